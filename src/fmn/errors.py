@@ -1,0 +1,46 @@
+"""The project's error tree.
+
+Everything the core raises on purpose derives from :class:`FmnError`, and
+falls in one of two families that tell an edge (a Lambda handler, the bridge,
+the CLI) what to do:
+
+* :class:`PermanentError`: retrying cannot help (bad input).  Dead-letter the
+  item, count it, move on.
+* :class:`RetryableError`: a dependency is away or overloaded.  Leave the item
+  where it is (report a batch-item failure) and let it come back.
+
+Library exceptions are translated into these at the edge; nobody branches on
+the text of an exception.
+"""
+
+from __future__ import annotations
+
+
+class FmnError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class PermanentError(FmnError):
+    """Retrying will not help: the input itself is wrong."""
+
+
+class RetryableError(FmnError):
+    """A dependency failed; the same input may succeed later."""
+
+
+class InvalidMessage(PermanentError):
+    """A bus record that cannot be turned into a :class:`fmn.message.Message`.
+
+    ``reason`` is a short machine-friendly tag (``not-json``, ``not-an-object``,
+    ``missing-topic``, ``unknown-format``, ``bad-field``), ``detail`` the human
+    explanation.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class SnapshotUnavailable(RetryableError):
+    """No preferences snapshot could be read from the store."""

@@ -1,0 +1,504 @@
+"""Preferences: users, destinations, rules and ownership (spec sections 2 and 4).
+
+These frozen value types are what the matcher, the snapshot builder, the
+database layer and the CLI pass around.  :func:`parse_document` turns a
+preferences export (spec section 4) into a :class:`Preferences`, refusing an
+invalid document with an :class:`InvalidPreferences` that names the offending
+user, rule and field; :func:`dump_document` is its exact inverse.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fmn.message import ARTIFACT_TYPES, SEVERITIES
+
+DOCUMENT_VERSION = 1
+PROTOCOLS: tuple[str, ...] = ("email", "irc", "matrix", "sse")
+TRACKING_KINDS: tuple[str, ...] = (
+    "artifacts-owned",
+    "artifacts-group-owned",
+    "artifacts-followed",
+    "related-events",
+    "users-followed",
+    "topics",
+)
+FILTER_NAMES: tuple[str, ...] = (
+    "applications",
+    "excluded_applications",
+    "severities",
+    "topic",
+    "my_actions",
+    "fields",
+)
+_FIELD_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+
+
+class InvalidPreferences(ValueError):
+    """A preferences document that does not follow the spec.
+
+    ``where`` locates the problem (``users[3] (alice) > rules[0] (r1) >
+    tracking.params.groups``) and ``reason`` says what is wrong with it.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}" if where else reason)
+        self.where = where
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------
+# value types
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    interval_s: int
+    max_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    id: str
+    protocol: str
+    address: str | None
+    verified: bool
+    digest: Digest | None = None
+
+    def address_for(self, user: str) -> str:
+        """The address printed in a notification (the user's name for ``sse``)."""
+        if self.protocol == "sse" or self.address is None:
+            return user
+        return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    type: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """What a rule follows.  Only the params of ``kind`` are non-empty."""
+
+    kind: str
+    groups: tuple[str, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
+    usernames: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """A generation rule's filters; ``None`` means the filter is absent."""
+
+    applications: tuple[str, ...] | None = None
+    excluded_applications: tuple[str, ...] | None = None
+    severities: tuple[str, ...] | None = None
+    topic: str | None = None
+    my_actions: bool | None = None
+    #: (dotted path, allowed JSON values) pairs, in document order.
+    fields: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRule:
+    filters: Filters
+    destinations: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    name: str
+    enabled: bool
+    tracking: Tracking
+    generation_rules: tuple[GenerationRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    enabled: bool
+    destinations: tuple[Destination, ...] = ()
+    rules: tuple[Rule, ...] = ()
+
+    def destination(self, dest_id: str) -> Destination | None:
+        for dest in self.destinations:
+            if dest.id == dest_id:
+                return dest
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Owners:
+    """Who owns an artifact: users directly, and groups."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    users: tuple[User, ...] = ()
+    #: artifact type -> artifact name -> owners
+    owners: Mapping[str, Mapping[str, Owners]] = field(
+        default_factory=lambda: {t: {} for t in ARTIFACT_TYPES}
+    )
+    #: group name -> member user names
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def user(self, name: str) -> User | None:
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
+
+
+# --------------------------------------------------------------------------
+# parsing
+
+
+def _where(*parts: str) -> str:
+    return " > ".join(p for p in parts if p)
+
+
+def _check_keys(obj: Mapping[str, Any], where: str, required: Sequence[str],
+                optional: Sequence[str] = ()) -> None:
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise InvalidPreferences(where, f"missing field {missing[0]!r}")
+    unknown = sorted(set(obj) - set(required) - set(optional))
+    if unknown:
+        raise InvalidPreferences(where, f"unknown field {unknown[0]!r}")
+
+
+def _obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidPreferences(where, f"must be an object, not {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidPreferences(where, f"must be a list, not {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidPreferences(where, f"must be a string, not {type(value).__name__}")
+    if not empty and not value:
+        raise InvalidPreferences(where, "must not be empty")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidPreferences(where, f"must be true or false, not {value!r}")
+    return value
+
+
+def _str_list(value: Any, where: str, *, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    items = _list(value, where)
+    out = []
+    for i, item in enumerate(items):
+        s = _str(item, f"{where}[{i}]")
+        if allowed is not None and s not in allowed:
+            raise InvalidPreferences(f"{where}[{i}]", f"{s!r} is not one of {', '.join(allowed)}")
+        out.append(s)
+    return tuple(out)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidPreferences(where, f"must be a positive integer, not {value!r}")
+    return value
+
+
+def parse_destination(data: Any, where: str) -> Destination:
+    d = _obj(data, where)
+    _check_keys(d, where, ("id", "protocol", "verified"), ("address", "digest"))
+    dest_id = _str(d["id"], _where(where, "id"))
+    where = f"{where} ({dest_id})"
+    protocol = _str(d["protocol"], _where(where, "protocol"))
+    if protocol not in PROTOCOLS:
+        raise InvalidPreferences(_where(where, "protocol"),
+                                 f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    address = d.get("address")
+    if protocol == "sse":
+        if address is not None:
+            address = _str(address, _where(where, "address"))
+    else:
+        address = _str(address, _where(where, "address"))
+    digest = None
+    if d.get("digest") is not None:
+        dg = _obj(d["digest"], _where(where, "digest"))
+        _check_keys(dg, _where(where, "digest"), ("interval_s", "max_count"))
+        digest = Digest(
+            interval_s=_positive_int(dg["interval_s"], _where(where, "digest.interval_s")),
+            max_count=_positive_int(dg["max_count"], _where(where, "digest.max_count")),
+        )
+    return Destination(id=dest_id, protocol=protocol, address=address,
+                       verified=_bool(d["verified"], _where(where, "verified")), digest=digest)
+
+
+def parse_tracking(data: Any, where: str) -> Tracking:
+    t = _obj(data, where)
+    _check_keys(t, where, ("kind",), ("params",))
+    kind = _str(t["kind"], _where(where, "kind"))
+    if kind not in TRACKING_KINDS:
+        raise InvalidPreferences(_where(where, "kind"),
+                                 f"{kind!r} is not one of {', '.join(TRACKING_KINDS)}")
+    params = _obj(t.get("params", {}), _where(where, "params"))
+    pw = _where(where, "params")
+    if kind in ("artifacts-owned", "related-events"):
+        _check_keys(params, pw, ())
+        return Tracking(kind=kind)
+    if kind == "artifacts-group-owned":
+        _check_keys(params, pw, ("groups",))
+        return Tracking(kind=kind, groups=_nonempty(_str_list(params["groups"], f"{pw}.groups"),
+                                                    f"{pw}.groups"))
+    if kind == "users-followed":
+        _check_keys(params, pw, ("usernames",))
+        return Tracking(kind=kind, usernames=_nonempty(
+            _str_list(params["usernames"], f"{pw}.usernames"), f"{pw}.usernames"))
+    if kind == "topics":
+        _check_keys(params, pw, ("patterns",))
+        return Tracking(kind=kind, patterns=_nonempty(
+            _str_list(params["patterns"], f"{pw}.patterns"), f"{pw}.patterns"))
+    # artifacts-followed
+    _check_keys(params, pw, ("artifacts",))
+    arts = []
+    for i, a in enumerate(_list(params["artifacts"], f"{pw}.artifacts")):
+        aw = f"{pw}.artifacts[{i}]"
+        ao = _obj(a, aw)
+        _check_keys(ao, aw, ("type", "name"))
+        atype = _str(ao["type"], f"{aw}.type")
+        if atype not in ARTIFACT_TYPES:
+            raise InvalidPreferences(f"{aw}.type",
+                                     f"{atype!r} is not one of {', '.join(ARTIFACT_TYPES)}")
+        arts.append(Artifact(type=atype, name=_str(ao["name"], f"{aw}.name")))
+    return Tracking(kind=kind, artifacts=_nonempty(tuple(arts), f"{pw}.artifacts"))
+
+
+def _nonempty(items: tuple[Any, ...], where: str) -> tuple[Any, ...]:
+    if not items:
+        raise InvalidPreferences(where, "must not be empty")
+    return items
+
+
+def parse_filters(data: Any, where: str) -> Filters:
+    f = _obj(data, where)
+    _check_keys(f, where, (), FILTER_NAMES)
+    kwargs: dict[str, Any] = {}
+    for name in ("applications", "excluded_applications"):
+        if name in f:
+            kwargs[name] = _str_list(f[name], f"{where}.{name}")
+    if "severities" in f:
+        kwargs["severities"] = _str_list(f["severities"], f"{where}.severities",
+                                         allowed=tuple(SEVERITIES))
+    if "topic" in f:
+        kwargs["topic"] = _str(f["topic"], f"{where}.topic")
+    if "my_actions" in f:
+        kwargs["my_actions"] = _bool(f["my_actions"], f"{where}.my_actions")
+    if "fields" in f:
+        fields = _obj(f["fields"], f"{where}.fields")
+        pairs = []
+        for path, values in fields.items():
+            pw = f"{where}.fields[{path!r}]"
+            if not isinstance(path, str) or not _FIELD_PATH.match(path):
+                raise InvalidPreferences(pw, "must be a dotted path such as 'update.status'")
+            pairs.append((path, tuple(_list(values, pw))))
+        kwargs["fields"] = tuple(pairs)
+    return Filters(**kwargs)
+
+
+def parse_rule(data: Any, where: str, dest_ids: set[str]) -> Rule:
+    r = _obj(data, where)
+    _check_keys(r, where, ("id", "name", "enabled", "tracking", "generation_rules"))
+    rule_id = _str(r["id"], _where(where, "id"))
+    where = f"{where} ({rule_id})"
+    gens = []
+    glist = _list(r["generation_rules"], _where(where, "generation_rules"))
+    if not glist:
+        raise InvalidPreferences(_where(where, "generation_rules"), "must not be empty")
+    for i, g in enumerate(glist):
+        gw = _where(where, f"generation_rules[{i}]")
+        go = _obj(g, gw)
+        _check_keys(go, gw, ("filters", "destinations"))
+        dests = _str_list(go["destinations"], f"{gw}.destinations")
+        for j, dest in enumerate(dests):
+            if dest not in dest_ids:
+                raise InvalidPreferences(f"{gw}.destinations[{j}]",
+                                         f"{dest!r} is not one of this user's destinations")
+        gens.append(GenerationRule(filters=parse_filters(go["filters"], f"{gw}.filters"),
+                                   destinations=dests))
+    return Rule(
+        id=rule_id,
+        name=_str(r["name"], _where(where, "name"), empty=True),
+        enabled=_bool(r["enabled"], _where(where, "enabled")),
+        tracking=parse_tracking(r["tracking"], _where(where, "tracking")),
+        generation_rules=tuple(gens),
+    )
+
+
+def parse_user(data: Any, where: str) -> User:
+    u = _obj(data, where)
+    _check_keys(u, where, ("name", "enabled"), ("destinations", "rules"))
+    name = _str(u["name"], _where(where, "name"))
+    where = f"{where} ({name})"
+    dests: list[Destination] = []
+    seen: set[str] = set()
+    for i, d in enumerate(_list(u.get("destinations", []), _where(where, "destinations"))):
+        dest = parse_destination(d, _where(where, f"destinations[{i}]"))
+        if dest.id in seen:
+            raise InvalidPreferences(_where(where, f"destinations[{i}]"),
+                                     f"duplicate destination id {dest.id!r}")
+        seen.add(dest.id)
+        dests.append(dest)
+    rules: list[Rule] = []
+    rule_ids: set[str] = set()
+    for i, r in enumerate(_list(u.get("rules", []), _where(where, "rules"))):
+        rule = parse_rule(r, _where(where, f"rules[{i}]"), seen)
+        if rule.id in rule_ids:
+            raise InvalidPreferences(_where(where, f"rules[{i}]"), f"duplicate rule id {rule.id!r}")
+        rule_ids.add(rule.id)
+        rules.append(rule)
+    return User(name=name, enabled=_bool(u["enabled"], _where(where, "enabled")),
+                destinations=tuple(dests), rules=tuple(rules))
+
+
+def parse_owners(data: Any, where: str = "owners") -> dict[str, dict[str, Owners]]:
+    o = _obj(data, where)
+    _check_keys(o, where, (), ARTIFACT_TYPES)
+    out: dict[str, dict[str, Owners]] = {}
+    for atype in ARTIFACT_TYPES:
+        tw = f"{where}.{atype}"
+        table = _obj(o.get(atype, {}), tw)
+        entries: dict[str, Owners] = {}
+        for name, own in table.items():
+            ow = f"{tw}[{name!r}]"
+            own_o = _obj(own, ow)
+            _check_keys(own_o, ow, (), ("users", "groups"))
+            entries[name] = Owners(users=_str_list(own_o.get("users", []), f"{ow}.users"),
+                                   groups=_str_list(own_o.get("groups", []), f"{ow}.groups"))
+        out[atype] = entries
+    return out
+
+
+def parse_groups(data: Any, where: str = "groups") -> dict[str, tuple[str, ...]]:
+    g = _obj(data, where)
+    return {name: _str_list(members, f"{where}[{name!r}]") for name, members in g.items()}
+
+
+def parse_document(data: Any) -> Preferences:
+    """Validate a preferences export and build the value types.
+
+    Raises :class:`InvalidPreferences` naming the offending user, rule and field.
+    """
+    doc = _obj(data, "document")
+    _check_keys(doc, "document", ("version", "users"), ("owners", "groups"))
+    if doc["version"] != DOCUMENT_VERSION:
+        raise InvalidPreferences("version", f"unsupported version {doc['version']!r}, "
+                                            f"expected {DOCUMENT_VERSION}")
+    users: list[User] = []
+    names: set[str] = set()
+    for i, u in enumerate(_list(doc["users"], "users")):
+        user = parse_user(u, f"users[{i}]")
+        if user.name in names:
+            raise InvalidPreferences(f"users[{i}]", f"duplicate user name {user.name!r}")
+        names.add(user.name)
+        users.append(user)
+    return Preferences(
+        users=tuple(users),
+        owners=parse_owners(doc.get("owners", {})),
+        groups=parse_groups(doc.get("groups", {})),
+    )
+
+
+# --------------------------------------------------------------------------
+# dumping
+
+
+def dump_destination(d: Destination) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "protocol": d.protocol,
+        "address": d.address,
+        "verified": d.verified,
+        "digest": None if d.digest is None
+        else {"interval_s": d.digest.interval_s, "max_count": d.digest.max_count},
+    }
+
+
+def dump_tracking(t: Tracking) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if t.kind == "artifacts-group-owned":
+        params["groups"] = list(t.groups)
+    elif t.kind == "artifacts-followed":
+        params["artifacts"] = [{"type": a.type, "name": a.name} for a in t.artifacts]
+    elif t.kind == "users-followed":
+        params["usernames"] = list(t.usernames)
+    elif t.kind == "topics":
+        params["patterns"] = list(t.patterns)
+    return {"kind": t.kind, "params": params}
+
+
+def dump_filters(f: Filters) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if f.applications is not None:
+        out["applications"] = list(f.applications)
+    if f.excluded_applications is not None:
+        out["excluded_applications"] = list(f.excluded_applications)
+    if f.severities is not None:
+        out["severities"] = list(f.severities)
+    if f.topic is not None:
+        out["topic"] = f.topic
+    if f.my_actions is not None:
+        out["my_actions"] = f.my_actions
+    if f.fields is not None:
+        out["fields"] = {path: list(values) for path, values in f.fields}
+    return out
+
+
+def dump_rule(r: Rule) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "enabled": r.enabled,
+        "tracking": dump_tracking(r.tracking),
+        "generation_rules": [
+            {"filters": dump_filters(g.filters), "destinations": list(g.destinations)}
+            for g in r.generation_rules
+        ],
+    }
+
+
+def dump_user(u: User) -> dict[str, Any]:
+    return {
+        "name": u.name,
+        "enabled": u.enabled,
+        "destinations": [dump_destination(d) for d in u.destinations],
+        "rules": [dump_rule(r) for r in u.rules],
+    }
+
+
+def dump_document(prefs: Preferences) -> dict[str, Any]:
+    """The preferences export (spec section 4); the inverse of :func:`parse_document`."""
+    return {
+        "version": DOCUMENT_VERSION,
+        "users": [dump_user(u) for u in prefs.users],
+        "owners": {
+            atype: {
+                name: {"users": list(o.users), "groups": list(o.groups)}
+                for name, o in prefs.owners.get(atype, {}).items()
+            }
+            for atype in ARTIFACT_TYPES
+        },
+        "groups": {name: list(members) for name, members in prefs.groups.items()},
+    }
