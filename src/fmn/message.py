@@ -74,6 +74,10 @@ class Message:
             "sent_at": self.sent_at,
         }
 
+    @staticmethod
+    def _names(values: Any) -> frozenset[str]:
+        return frozenset(v for v in values or () if isinstance(v, str))
+
     @classmethod
     def from_metadata(cls, data: Mapping[str, Any], body: Mapping[str, Any] | None = None) -> Message:
         """Rebuild a message from :meth:`metadata` output (or the golden ``metadata.jsonl``)."""
@@ -82,12 +86,12 @@ class Message:
             topic=str(data["topic"]),
             app_name=data.get("app_name"),
             agent_name=data.get("agent_name"),
-            usernames=frozenset(data.get("usernames") or ()),
-            groups=frozenset(data.get("groups") or ()),
-            rpms=frozenset(data.get("rpms") or ()),
-            containers=frozenset(data.get("containers") or ()),
-            modules=frozenset(data.get("modules") or ()),
-            flatpaks=frozenset(data.get("flatpaks") or ()),
+            usernames=cls._names(data.get("usernames")),
+            groups=cls._names(data.get("groups")),
+            rpms=cls._names(data.get("rpms")),
+            containers=cls._names(data.get("containers")),
+            modules=cls._names(data.get("modules")),
+            flatpaks=cls._names(data.get("flatpaks")),
             severity=int(data.get("severity", 20)),
             summary=data.get("summary"),
             url=data.get("url"),

@@ -1,0 +1,82 @@
+"""Turn a bus record into a :class:`fmn.message.Message` (spec sections 1 and 4).
+
+:func:`parse` takes one record, a JSON line (``bytes`` or ``str``) or an
+already decoded mapping, tells the two wire forms apart (a fedmsg envelope
+has ``msg``, a fedora-messaging record has ``body``) and hands it to
+:mod:`fmn.metadata.fedmsg_meta` or :mod:`fmn.metadata.fedora_messaging_meta`.
+Bad input raises :class:`fmn.errors.InvalidMessage`, never anything else; a
+schema property or processor method that raises only empties its field,
+and is logged on ``fmn.metadata`` and counted in :data:`property_errors`.
+The bus libraries are imported on first use (or by :func:`warm_up`), not at
+import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from fmn.errors import InvalidMessage
+from fmn.message import Message
+from fmn.metadata import fedmsg_meta, fedora_messaging_meta
+from fmn.metadata._fields import property_errors
+from fmn.metadata.fedmsg_meta import FEDMSG_CONFIG, NetworkDisabled, set_account_map
+
+__all__ = [
+    "FEDMSG_CONFIG",
+    "InvalidMessage",
+    "NetworkDisabled",
+    "decode",
+    "parse",
+    "property_errors",
+    "set_account_map",
+    "warm_up",
+]
+
+Record = bytes | bytearray | memoryview | str | Mapping[str, Any]
+
+
+def decode(record: Record) -> Mapping[str, Any]:
+    """The record as a JSON object; :class:`InvalidMessage` if it is not one."""
+    if isinstance(record, Mapping):
+        return record
+    if not isinstance(record, bytes | bytearray | memoryview | str):
+        raise InvalidMessage(
+            "not-an-object", f"expected bytes, str or a mapping, not {type(record).__name__}"
+        )
+    try:
+        data = orjson.loads(record)
+    except orjson.JSONDecodeError as error:  # also invalid UTF-8 and lone surrogates
+        raise InvalidMessage("not-json", str(error)) from error
+    if not isinstance(data, dict):
+        raise InvalidMessage("not-an-object", f"expected a JSON object, not {type(data).__name__}")
+    return data
+
+
+def parse(record: Record) -> Message:
+    """The :class:`~fmn.message.Message` of one fedmsg envelope or fedora-messaging record."""
+    data = decode(record)
+    topic = data.get("topic")
+    if not isinstance(topic, str) or not topic:
+        raise InvalidMessage(
+            "missing-topic", f"'topic' must be a non-empty string, not {type(topic).__name__}"
+        )
+    is_fedmsg = "msg" in data
+    if "body" in data:
+        if not is_fedmsg:
+            return fedora_messaging_meta.from_record(data)
+    elif is_fedmsg:
+        return fedmsg_meta.from_envelope(data)
+    raise InvalidMessage(
+        "unknown-format",
+        "expected a fedmsg envelope (with 'msg') or a fedora-messaging record (with 'body'), "
+        f"got keys {sorted(map(str, data))[:10]}",
+    )
+
+
+def warm_up() -> None:
+    """Load both buses' libraries, registries and processors now (cold-start work)."""
+    fedmsg_meta.warm_up()
+    fedora_messaging_meta.warm_up()
