@@ -1,4 +1,4 @@
-"""Small pieces of rule semantics that both engines share.
+"""The `fields` filter's JSON semantics, shared by both engines.
 
 The ``fields`` filter compares JSON values: ``true`` is not ``1`` (Python
 would say it is), while ``1`` and ``1.0`` are the same JSON number.  A dotted

@@ -34,7 +34,7 @@ FILTER_NAMES: tuple[str, ...] = (
     "my_actions",
     "fields",
 )
-_FIELD_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+_FIELD_PATH = re.compile(r"^[^.]+(\.[^.]+)*$")
 
 
 class InvalidPreferences(ValueError):

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from fmn.matcher.common import MISSING, json_equal, lookup_path
+from fmn.fields import MISSING, json_equal, lookup_path
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Filters, Preferences, User
 

@@ -1,0 +1,202 @@
+"""Where snapshots live, and how per-user changes reach the readers.
+
+A store holds one *current* full snapshot (an immutable blob under its own id)
+and, per snapshot, an append-only *change log* of user entries.  Writers:
+
+* :meth:`SnapshotStore.publish` writes a new blob, then switches the current
+  id to it in one atomic step: a reader sees the old snapshot or the new one,
+  never half of one.
+* :meth:`SnapshotStore.publish_user` appends one user's new entry (``None``:
+  nothing of theirs can fire any more) to the current snapshot's change log.
+
+Readers call :meth:`SnapshotStore.poll` with what they already hold: one
+round trip answers either "a new snapshot exists" or "here are the changes
+after the one you saw".  :class:`MemorySnapshotStore` is the in-process fake;
+:class:`RedisSnapshotStore` the real one (Redis or ElastiCache).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from fmn.errors import SnapshotUnavailable
+from fmn.snapshot.compiled import SnapshotData, UserEntry
+
+#: An old blob stays readable this long after a newer one became current, so
+#: that a reader that looked up the id just before the switch can finish.
+OLD_SNAPSHOT_GRACE_S = 3600
+
+
+@dataclass
+class Change:
+    """One user's new entry, at a position in a snapshot's change log."""
+
+    position: str
+    user: str
+    entry: UserEntry | None
+
+
+@dataclass
+class Poll:
+    """What a reader learns from one poll."""
+
+    current_id: str | None
+    changes: list[Change] = field(default_factory=list)
+
+
+class SnapshotStore(Protocol):
+    def publish(self, data: SnapshotData) -> None: ...
+
+    def publish_user(self, user: str, entry: UserEntry | None) -> None: ...
+
+    def current_id(self) -> str | None: ...
+
+    def load(self, snapshot_id: str | None = None) -> tuple[SnapshotData, str]:
+        """A full snapshot and the change-log position it is current up to."""
+        ...
+
+    def poll(self, snapshot_id: str, after: str) -> Poll: ...
+
+
+def encode_blob(data: SnapshotData) -> bytes:
+    # zlib level 1: a 100,000-user snapshot is mostly repeated keys, and a
+    # cold Lambda reads the blob over the network.
+    return zlib.compress(data.encode(), 1)
+
+
+def decode_blob(blob: bytes) -> SnapshotData:
+    return SnapshotData.decode(zlib.decompress(blob))
+
+
+def _encode_change(user: str, entry: UserEntry | None) -> bytes:
+    return orjson.dumps({"user": user, "entry": entry})
+
+
+def _decode_change(position: str, raw: bytes) -> Change:
+    doc = orjson.loads(raw)
+    return Change(position=position, user=doc["user"], entry=doc["entry"])
+
+
+class MemorySnapshotStore:
+    """An in-process store with the same behaviour, for unit tests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blobs: dict[str, bytes] = {}
+        self._logs: dict[str, list[bytes]] = {}
+        self._current: str | None = None
+
+    def publish(self, data: SnapshotData) -> None:
+        blob = encode_blob(data)
+        with self._lock:
+            self._blobs[data.id] = blob
+            self._logs[data.id] = []
+            self._current = data.id
+
+    def publish_user(self, user: str, entry: UserEntry | None) -> None:
+        with self._lock:
+            if self._current is None:
+                raise SnapshotUnavailable("no snapshot to change: publish one first")
+            self._logs[self._current].append(_encode_change(user, entry))
+
+    def current_id(self) -> str | None:
+        return self._current
+
+    def load(self, snapshot_id: str | None = None) -> tuple[SnapshotData, str]:
+        with self._lock:
+            sid = snapshot_id or self._current
+            if sid is None or sid not in self._blobs:
+                raise SnapshotUnavailable(f"no snapshot {sid!r} in the store")
+            blob, position = self._blobs[sid], str(len(self._logs[sid]))
+        return decode_blob(blob), position
+
+    def poll(self, snapshot_id: str, after: str) -> Poll:
+        with self._lock:
+            log = self._logs.get(snapshot_id, [])
+            start = int(after)
+            return Poll(self._current, [_decode_change(str(i + 1), raw)
+                                        for i, raw in enumerate(log[start:], start)])
+
+
+# Appends to the change log of whatever snapshot is current at that instant,
+# so a change can never land in the log of a snapshot being replaced.
+_PUBLISH_USER = """
+local current = redis.call('GET', KEYS[1])
+if not current then return false end
+redis.call('XADD', KEYS[2] .. current .. ':changes', '*', 'c', ARGV[1])
+return current
+"""
+
+
+class RedisSnapshotStore:
+    """The store on Redis (ElastiCache in AWS).
+
+    Keys, under ``prefix`` (default ``fmn:snapshot:``): ``current`` (the id),
+    ``<id>`` (the zlib-compressed blob), ``<id>:changes`` (a stream whose
+    entries carry one field ``c``, a JSON ``{"user", "entry"}``).
+    """
+
+    def __init__(self, client: Any, prefix: str = "fmn:snapshot:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._publish_user = client.register_script(_PUBLISH_USER)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "fmn:snapshot:") -> RedisSnapshotStore:
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5),
+                   prefix)
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def publish(self, data: SnapshotData) -> None:
+        blob = encode_blob(data)
+        old = self.current_id()
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(data.id), blob)
+            pipe.set(self._key("current"), data.id)
+            if old is not None and old != data.id:
+                pipe.expire(self._key(old), OLD_SNAPSHOT_GRACE_S)
+                pipe.expire(self._key(old, "changes"), OLD_SNAPSHOT_GRACE_S)
+            pipe.execute()
+
+    def publish_user(self, user: str, entry: UserEntry | None) -> None:
+        current = self._publish_user(keys=[self._key("current"), self.prefix],
+                                     args=[_encode_change(user, entry)])
+        if not current:
+            raise SnapshotUnavailable("no snapshot to change: publish one first")
+
+    def current_id(self) -> str | None:
+        value = self.client.get(self._key("current"))
+        return value.decode() if isinstance(value, bytes) else value
+
+    def load(self, snapshot_id: str | None = None) -> tuple[SnapshotData, str]:
+        sid = snapshot_id or self.current_id()
+        if sid is None:
+            raise SnapshotUnavailable("no current snapshot in Redis")
+        # Read the blob and the log's last position together, so that the
+        # changes after that position are exactly the ones the blob lacks.
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(sid))
+            pipe.xrevrange(self._key(sid, "changes"), count=1)
+            blob, last = pipe.execute()
+        if blob is None:
+            raise SnapshotUnavailable(f"snapshot {sid!r} is not in Redis")
+        position = last[0][0].decode() if last else "0-0"
+        return decode_blob(blob), position
+
+    def poll(self, snapshot_id: str, after: str) -> Poll:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self._key("current"))
+            pipe.xrange(self._key(snapshot_id, "changes"), min=f"({after}")
+            current, entries = pipe.execute()
+        current_id = current.decode() if isinstance(current, bytes) else current
+        return Poll(current_id, [_decode_change(pos.decode(), fields[b"c"])
+                                 for pos, fields in entries])
