@@ -11,7 +11,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from fmn.matcher.base import Notification
-from fmn.matcher.common import MISSING, json_equal, lookup_path
+from fmn.fields import MISSING, json_equal, lookup_path
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Filters, Preferences, Tracking, User
 

@@ -1,0 +1,252 @@
+"""The ``fmn`` command line.
+
+``fmn match``           the notifications for messages and preferences (spec JSON Lines)
+``fmn metadata``        the spec section 1 fields of each message
+``fmn prefs generate``  a realistic Fedora-scale preferences document
+``fmn prefs import``    load a preferences document into the database
+``fmn prefs export``    write the database's preferences document
+``fmn snapshot publish`` compile the database into a snapshot in Redis
+``fmn bench match``     matcher throughput, latency, snapshot build time and memory
+
+Errors in the input are reported on stderr with the file and line at fault;
+the exit status is 0 when everything was processed, 1 when some input was
+refused (the rest is still processed), 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from fmn.errors import FmnError, InvalidMessage
+from fmn.prefs import InvalidPreferences, Preferences, dump_document, parse_document
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(message: str) -> int:
+    print(f"fmn: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def read_preferences(path: str) -> Preferences:
+    """A preferences document from a file (``-`` for stdin), validated."""
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise FmnError(f"cannot read preferences {path}: {exc.strerror}") from exc
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise FmnError(f"{path}: not JSON: {exc}") from exc
+    try:
+        return parse_document(doc)
+    except InvalidPreferences as exc:
+        raise FmnError(f"{path}: invalid preferences: {exc}") from exc
+
+
+def iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for every non-blank line of a JSON Lines file."""
+    stream: BinaryIO
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    try:
+        for lineno, line in enumerate(stream, 1):
+            if line.strip():
+                yield lineno, line
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _write_jsonl(out: BinaryIO, obj: Any) -> None:
+    # json's own layout, sorted keys: byte for byte what the shared expected files hold
+    out.write(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode())
+    out.write(b"\n")
+
+
+# --------------------------------------------------------------------------
+# commands
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from fmn.matcher import make_matcher
+    from fmn.metadata import parse
+
+    prefs = read_preferences(args.prefs)
+    matcher = make_matcher(args.engine, prefs)
+    out = sys.stdout.buffer
+    refused = 0
+    for lineno, line in iter_lines(args.messages):
+        try:
+            message = parse(line)
+        except InvalidMessage as exc:
+            refused += 1
+            print(f"{args.messages}:{lineno}: refused: {exc}", file=sys.stderr)
+            continue
+        for notification in matcher.match(message):
+            _write_jsonl(out, notification.to_json())
+    out.flush()
+    return EXIT_PARTIAL if refused else EXIT_OK
+
+
+def cmd_metadata(args: argparse.Namespace) -> int:
+    from fmn.metadata import parse
+
+    out = sys.stdout.buffer
+    refused = 0
+    for lineno, line in iter_lines(args.messages):
+        try:
+            message = parse(line)
+        except InvalidMessage as exc:
+            refused += 1
+            print(f"{args.messages}:{lineno}: refused: {exc}", file=sys.stderr)
+            continue
+        _write_jsonl(out, message.metadata())
+    out.flush()
+    return EXIT_PARTIAL if refused else EXIT_OK
+
+
+def cmd_prefs_generate(args: argparse.Namespace) -> int:
+    from fmn.generate import generate_preferences
+
+    if args.users < 1:
+        return _fail("--users must be at least 1")
+    prefs = generate_preferences(args.users, args.seed)
+    sys.stdout.buffer.write(orjson.dumps(dump_document(prefs)))
+    sys.stdout.buffer.write(b"\n")
+    return EXIT_OK
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    from fmn.settings import Settings
+
+    return str(args.database or Settings.from_env().database_url)
+
+
+def cmd_prefs_import(args: argparse.Namespace) -> int:
+    from fmn import db
+
+    prefs = read_preferences(args.file)
+    url = _database_url(args)
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    db.import_document(engine, dump_document(prefs))
+    print(f"imported {len(prefs.users)} users into {engine.url!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_prefs_export(args: argparse.Namespace) -> int:
+    from fmn import db
+
+    engine = db.make_engine(_database_url(args))
+    sys.stdout.buffer.write(orjson.dumps(db.export_document(engine), option=orjson.OPT_INDENT_2))
+    sys.stdout.buffer.write(b"\n")
+    return EXIT_OK
+
+
+def cmd_snapshot_publish(args: argparse.Namespace) -> int:
+    from fmn import db
+    from fmn.settings import Settings
+    from fmn.snapshot.store import RedisSnapshotStore
+    from fmn.snapshot.sync import publish_full
+
+    settings = Settings.from_env()
+    engine = db.make_engine(args.database or settings.database_url)
+    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url)
+    data = publish_full(engine, store)
+    print(f"published snapshot {data.id} ({len(data.users)} users with live rules)",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_bench_match(args: argparse.Namespace) -> int:
+    from fmn.bench import run_match_benchmark
+
+    users = [int(u) for u in str(args.users).split(",")]
+    return run_match_benchmark(users=users, seed=args.seed, messages=args.messages,
+                               duration=args.duration, naive_messages=args.naive_messages,
+                               json_path=args.json)
+
+
+# --------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fmn.matcher import ENGINES
+
+    parser = argparse.ArgumentParser(prog="fmn", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("match", help="print the notifications for messages and preferences")
+    p.add_argument("--prefs", required=True, help="preferences document (JSON), - for stdin")
+    p.add_argument("--messages", required=True, help="messages (JSON Lines), - for stdin")
+    p.add_argument("--engine", choices=ENGINES, default="indexed")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("metadata", help="print the spec section 1 fields of each message")
+    p.add_argument("--messages", required=True, help="messages (JSON Lines), - for stdin")
+    p.set_defaults(func=cmd_metadata)
+
+    prefs = sub.add_parser("prefs", help="preferences documents and the database")
+    psub = prefs.add_subparsers(dest="prefs_command", required=True, metavar="ACTION")
+    p = psub.add_parser("generate", help="write a realistic generated preferences document")
+    p.add_argument("--users", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prefs_generate)
+    p = psub.add_parser("import", help="replace the database's preferences with a document")
+    p.add_argument("file", help="preferences document (JSON), - for stdin")
+    p.add_argument("--database", help="SQLAlchemy URL (default: FMN_DATABASE_URL or SQLite)")
+    p.set_defaults(func=cmd_prefs_import)
+    p = psub.add_parser("export", help="write the database's preferences document")
+    p.add_argument("--database", help="SQLAlchemy URL (default: FMN_DATABASE_URL or SQLite)")
+    p.set_defaults(func=cmd_prefs_export)
+
+    snap = sub.add_parser("snapshot", help="the preferences snapshot in Redis")
+    ssub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+    p = ssub.add_parser("publish", help="compile the database into a new current snapshot")
+    p.add_argument("--database", help="SQLAlchemy URL (default: FMN_DATABASE_URL or SQLite)")
+    p.add_argument("--redis", help="Redis URL (default: REDIS_URL)")
+    p.set_defaults(func=cmd_snapshot_publish)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    p = bsub.add_parser("match", help="matcher speed, snapshot build time and memory")
+    p.add_argument("--users", default="10000",
+                   help="generated users; a comma list compares sizes (e.g. 10000,100000)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--messages", action="append",
+                   help="messages JSON Lines (repeatable; default: the shared data)")
+    p.add_argument("--duration", type=float, default=3.0,
+                   help="seconds spent on each timed loop (default 3)")
+    p.add_argument("--naive-messages", type=int, default=60,
+                   help="messages the naive engine is timed on (default 60)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_match)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except FmnError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
