@@ -1,5 +1,6 @@
 """The ``fmn`` command line.
 
+``fmn run``             the main job on embedded defaults, with a summary
 ``fmn match``           the notifications for messages and preferences (spec JSON Lines)
 ``fmn metadata``        the spec section 1 fields of each message
 ``fmn prefs generate``  a realistic Fedora-scale preferences document
@@ -166,6 +167,12 @@ def cmd_snapshot_publish(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from fmn.run import run
+
+    return run(users=args.users, seed=args.seed, messages=args.messages, out_path=args.out)
+
+
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
@@ -191,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", required=True, help="messages (JSON Lines), - for stdin")
     p.add_argument("--engine", choices=ENGINES, default="indexed")
     p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("run", help="the main job on embedded defaults, with a summary")
+    p.add_argument("--users", type=int, default=10_000, help="generated users (default 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--messages", action="append",
+                   help="messages JSON Lines (repeatable; default: the shared data)")
+    p.add_argument("--out", default="var/notifications.jsonl",
+                   help="where to write the notifications")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("metadata", help="print the spec section 1 fields of each message")
     p.add_argument("--messages", required=True, help="messages (JSON Lines), - for stdin")

@@ -80,10 +80,10 @@ def _params(kind: str, user: User, tracking: Any) -> Any:
     return None
 
 
-def compile_user(user: User, revision: int = 0) -> UserEntry | None:
-    """A user's entry, or ``None`` when nothing of theirs can produce a notification."""
+def compile_user(user: User, revision: int = 0) -> UserEntry:
+    """A user's entry; its ``rules`` are empty when nothing of theirs can fire."""
     if not user.enabled:
-        return None
+        return {"rev": revision, "dests": {}, "rules": []}
     verified = {d.id: d for d in user.destinations if d.verified}
     rules = []
     used: set[str] = set()
@@ -99,8 +99,6 @@ def compile_user(user: User, revision: int = 0) -> UserEntry | None:
         if gens:
             params = _params(rule.tracking.kind, user, rule.tracking)
             rules.append([rule.id, rule.tracking.kind, params, gens])
-    if not rules:
-        return None
     dests_out = {
         d: [verified[d].protocol, verified[d].address_for(user.name)] for d in sorted(used)
     }
@@ -154,7 +152,7 @@ def compile_preferences(prefs: Preferences, snapshot_id: str, created_at: str,
     users: dict[str, UserEntry] = {}
     for user in prefs.users:
         entry = compile_user(user, revisions.get(user.name, 0))
-        if entry is not None:
+        if entry["rules"]:  # the blob keeps only users who can receive something
             users[user.name] = entry
     owners = {
         atype: {name: [list(o.users), list(o.groups)]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from fmn.snapshot.compiled import Snapshot
-from fmn.snapshot.store import SnapshotStore
+from fmn.snapshot.store import LOG_START, SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class LiveSnapshot:
         self.poll_interval = poll_interval
         self.clock = clock
         self._snapshot: Snapshot | None = None
-        self._position = "0"
+        self._position = LOG_START
         self._next_poll = 0.0
         #: how many full loads and per-user changes were applied (for metrics and tests)
         self.full_loads = 0
@@ -48,12 +48,14 @@ class LiveSnapshot:
 
     def _load(self, snapshot_id: str | None) -> None:
         started = time.perf_counter()
-        data, position = self.store.load(snapshot_id)
+        data = self.store.load(snapshot_id)
         self._snapshot = Snapshot(data)
-        self._position = position
+        self._position = LOG_START
         self.full_loads += 1
         log.info("loaded snapshot %s (%d users) in %.2fs", data.id, len(data.users),
                  time.perf_counter() - started)
+        # The blob is the state at publication; its log holds every change since.
+        self.refresh()
 
     def refresh(self) -> None:
         """Ask the store now, whatever the interval."""

@@ -9,9 +9,10 @@ and, per snapshot, an append-only *change log* of user entries.  Writers:
 * :meth:`SnapshotStore.publish_user` appends one user's new entry (``None``:
   nothing of theirs can fire any more) to the current snapshot's change log.
 
-Readers call :meth:`SnapshotStore.poll` with what they already hold: one
-round trip answers either "a new snapshot exists" or "here are the changes
-after the one you saw".  :class:`MemorySnapshotStore` is the in-process fake;
+Readers :meth:`SnapshotStore.load` a blob, then call :meth:`SnapshotStore.poll`
+with the last change they applied (:data:`LOG_START` at first): one round
+trip answers either "a new snapshot exists" or "here are the changes after
+the one you saw".  :class:`MemorySnapshotStore` is the in-process fake;
 :class:`RedisSnapshotStore` the real one (Redis or ElastiCache).
 """
 
@@ -30,6 +31,10 @@ from fmn.snapshot.compiled import SnapshotData, UserEntry
 #: An old blob stays readable this long after a newer one became current, so
 #: that a reader that looked up the id just before the switch can finish.
 OLD_SNAPSHOT_GRACE_S = 3600
+
+
+#: The position before a change log's first entry (valid for every store).
+LOG_START = "0"
 
 
 @dataclass
@@ -56,8 +61,8 @@ class SnapshotStore(Protocol):
 
     def current_id(self) -> str | None: ...
 
-    def load(self, snapshot_id: str | None = None) -> tuple[SnapshotData, str]:
-        """A full snapshot and the change-log position it is current up to."""
+    def load(self, snapshot_id: str | None = None) -> SnapshotData:
+        """A full snapshot as published; its change log is read with :meth:`poll`."""
         ...
 
     def poll(self, snapshot_id: str, after: str) -> Poll: ...
@@ -107,13 +112,13 @@ class MemorySnapshotStore:
     def current_id(self) -> str | None:
         return self._current
 
-    def load(self, snapshot_id: str | None = None) -> tuple[SnapshotData, str]:
+    def load(self, snapshot_id: str | None = None) -> SnapshotData:
         with self._lock:
             sid = snapshot_id or self._current
             if sid is None or sid not in self._blobs:
                 raise SnapshotUnavailable(f"no snapshot {sid!r} in the store")
-            blob, position = self._blobs[sid], str(len(self._logs[sid]))
-        return decode_blob(blob), position
+            blob = self._blobs[sid]
+        return decode_blob(blob)
 
     def poll(self, snapshot_id: str, after: str) -> Poll:
         with self._lock:
@@ -177,25 +182,20 @@ class RedisSnapshotStore:
         value = self.client.get(self._key("current"))
         return value.decode() if isinstance(value, bytes) else value
 
-    def load(self, snapshot_id: str | None = None) -> tuple[SnapshotData, str]:
+    def load(self, snapshot_id: str | None = None) -> SnapshotData:
         sid = snapshot_id or self.current_id()
         if sid is None:
             raise SnapshotUnavailable("no current snapshot in Redis")
-        # Read the blob and the log's last position together, so that the
-        # changes after that position are exactly the ones the blob lacks.
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.get(self._key(sid))
-            pipe.xrevrange(self._key(sid, "changes"), count=1)
-            blob, last = pipe.execute()
+        blob = self.client.get(self._key(sid))
         if blob is None:
             raise SnapshotUnavailable(f"snapshot {sid!r} is not in Redis")
-        position = last[0][0].decode() if last else "0-0"
-        return decode_blob(blob), position
+        return decode_blob(blob)
 
     def poll(self, snapshot_id: str, after: str) -> Poll:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.get(self._key("current"))
-            pipe.xrange(self._key(snapshot_id, "changes"), min=f"({after}")
+            pipe.xrange(self._key(snapshot_id, "changes"),
+                        min="-" if after == LOG_START else f"({after}")
             current, entries = pipe.execute()
         current_id = current.decode() if isinstance(current, bytes) else current
         return Poll(current_id, [_decode_change(pos.decode(), fields[b"c"])

@@ -1,0 +1,57 @@
+# The front door.  `make run` and `make test` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Chalice apps: each gets the core package installed into its git-ignored vendor/
+APPS := $(wildcard functions/*/app.py webapp/app.py)
+USERS ?= 10000
+
+.DEFAULT_GOAL := help
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install everything (system packages too, as root)
+
+services: ## start Redis and PostgreSQL if they are not answering
+	@scripts/services.sh
+
+run: setup ## run the main job on embedded defaults (SQLite, local Redis) and print a summary
+	@FMN_SKIP_POSTGRES=1 scripts/services.sh
+	$(BIN)/fmn run --users $(USERS)
+
+test: setup services ## run the whole test suite (lint included)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: setup ## ruff and mypy only
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+bench: setup ## matcher benchmark at 10,000 and 100,000 users (figures in var/bench-match.json)
+	@mkdir -p var
+	$(BIN)/fmn bench match --users 10000,100000 --json var/bench-match.json
+
+vendor: setup ## install the core package into each Chalice app's vendor/ (for chalice deploy)
+	@for app in $(dir $(APPS)); do \
+	  echo "vendor: $$app"; rm -rf $$app/vendor; \
+	  $(BIN)/pip install -q --no-deps --target $$app/vendor . ; \
+	done
+
+clean: ## remove generated files (keeps .venv)
+	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
+
+.PHONY: help setup services run test lint bench vendor clean

@@ -1,0 +1,45 @@
+"""Keeping the snapshot in step with the preferences database.
+
+* :func:`publish_full` compiles the whole database into a new snapshot and
+  makes it current (on a schedule, after an ownership import, or at start).
+* :func:`publish_user` sends one user's new entry after their preferences
+  changed (what the web UI calls after :func:`fmn.db.save_user`).
+
+A change that lands while a full snapshot is being compiled cannot be lost:
+revisions are read *before* the preferences, and once the new snapshot is
+current every user whose revision moved on meanwhile is published again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine
+
+from fmn import db
+from fmn.prefs import User
+from fmn.snapshot import SnapshotData, compile_snapshot, compile_user
+from fmn.snapshot.store import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+def publish_full(engine: Engine, store: SnapshotStore) -> SnapshotData:
+    revisions = db.user_revisions(engine)
+    prefs = db.load_preferences(engine)
+    data = compile_snapshot(prefs, revisions)
+    store.publish(data)
+    # Users changed since we read the revisions: their change may have gone
+    # to the previous snapshot's log.  Publish them again on the new one.
+    for name, revision in db.user_revisions(engine).items():
+        if revision != revisions.get(name):
+            publish_user(store, name, db.load_user(engine, name), revision)
+    for name in revisions.keys() - db.user_revisions(engine).keys():
+        publish_user(store, name, None, 0)
+    log.info("published snapshot %s: %d users with live rules", data.id, len(data.users))
+    return data
+
+
+def publish_user(store: SnapshotStore, name: str, user: User | None, revision: int) -> None:
+    """Publish one user's preferences (``None``: the user is gone)."""
+    store.publish_user(name, None if user is None else compile_user(user, revision))
