@@ -13,8 +13,9 @@ agents first; each has a few destinations (some unverified, some with a
 digest) and a long-tailed number of rules of every tracking kind, most users
 keeping the two default rules "My packages" and "My events".  Which artifacts
 and people are followed is Zipf-like, so a few packages (kernel, glibc,
-python3, ...) have thousands of followers at 100,000 users, the message
-packages hundreds or more, and most artifacts a handful.  ``dump_document`` of
+python3, ...) have thousands of followers at 100,000 users and most artifacts
+a handful; the message packages take random ranks, like any package a bus
+message is about.  ``dump_document`` of
 the result always passes ``parse_document``.
 """
 
@@ -486,12 +487,19 @@ def _fill(rng: random.Random, head: Sequence[str], size: int,
     return list(out)
 
 
-def _interleave(first: Sequence[str], second: Sequence[str]) -> list[str]:
-    """``first[0], second[0], first[1], ...``: both lists share the popularity head."""
-    out: list[str] = []
-    for i in range(max(len(first), len(second))):
-        out.extend(seq[i] for seq in (first, second) if i < len(seq))
-    return out
+def _scatter(rng: random.Random, ranked: list[str], keep: int,
+             extra: Sequence[str]) -> list[str]:
+    """``ranked`` with each name of ``extra`` moved to a random rank after the first ``keep``.
+
+    The list keeps its length: the last ranks make room for the newcomers.
+    """
+    extra = [n for n in dict.fromkeys(extra) if n not in ranked[:keep]]
+    extra_set = set(extra)
+    rest = [n for n in ranked[keep:] if n not in extra_set]
+    rest = rest[:max(0, len(ranked) - keep - len(extra))]
+    for name in extra:
+        rest.insert(rng.randrange(len(rest) + 1), name)
+    return ranked[:keep] + rest
 
 
 def _topic_globs(topic: str) -> list[str]:
@@ -515,16 +523,18 @@ def _universe() -> _Universe:
     rng = random.Random(_UNIVERSE_SEED)
     names = fedora_names()
     msg = names.artifacts
-    # The famous packages lead; the message packages share the head with them
-    # so that replayed messages fan out to many users.
+    # The famous packages lead the popularity ranks.  The message packages
+    # take random ranks among the rest, like any package a bus message is
+    # about: a replayed message fans out to as many people as its package's
+    # rank gives, not to a head placed there for it.
     heads = {
-        "rpms": list(_FAMOUS_RPMS[:10]) + _interleave(_FAMOUS_RPMS[10:], msg["rpms"]),
-        "containers": _interleave(_FAMOUS_CONTAINERS, msg["containers"]),
-        "modules": _interleave(_FAMOUS_MODULES, msg["modules"]),
-        "flatpaks": _interleave(_FAMOUS_FLATPAKS, msg["flatpaks"]),
+        "rpms": list(dict.fromkeys(_FAMOUS_RPMS)),
+        "containers": list(dict.fromkeys(_FAMOUS_CONTAINERS)),
+        "modules": list(dict.fromkeys(_FAMOUS_MODULES)),
+        "flatpaks": list(dict.fromkeys(_FAMOUS_FLATPAKS)),
     }
-    heads = {t: list(dict.fromkeys(h)) for t, h in heads.items()}
-    rpms = _fill(rng, heads["rpms"], UNIVERSE_SIZES["rpms"], _rpm_name)
+    rpms = _scatter(rng, _fill(rng, heads["rpms"], UNIVERSE_SIZES["rpms"], _rpm_name),
+                    len(heads["rpms"]), msg["rpms"])
     # Containers, modules and flatpaks mostly carry the name of the
     # application or service they ship, i.e. an rpm name outside the language
     # ecosystems, libraries and fonts.
@@ -536,7 +546,9 @@ def _universe() -> _Universe:
 
     artifacts = {"rpms": tuple(rpms)}
     for atype in ARTIFACT_TYPES[1:]:
-        artifacts[atype] = tuple(_fill(rng, heads[atype], UNIVERSE_SIZES[atype], from_rpms))
+        artifacts[atype] = tuple(_scatter(
+            rng, _fill(rng, heads[atype], UNIVERSE_SIZES[atype], from_rpms),
+            len(heads[atype]), msg[atype]))
 
     # Followers: a Zipf tail over the whole universe, plus a flatter share
     # for the head (famous and message artifacts), which is what people
@@ -928,11 +940,16 @@ def _generate(users: int, seed: int) -> Preferences:
     groups = _groups(rng, packagers, users)
     owners = _owners(rng, uni, packagers)
 
-    # Who gets followed: message names lead (so users-followed rules match the
-    # messages), then everyone else in a seed-shuffled order.
+    # Who gets followed: the people in the messages are active contributors,
+    # so they take random ranks in the busiest fifth; everyone else follows
+    # in a seed-shuffled order.
     others = [n for n in names if n not in real]
     rng.shuffle(others)
-    people = _Picker.zipf([n for n in names if n in real] + others, exponent=1.0, offset=2.0)
+    active = others[:max(1, len(others) // 5)]
+    for name in (n for n in names if n in real):
+        active.insert(rng.randrange(len(active) + 1), name)
+    people = _Picker.zipf(active + others[len(active) - sum(n in real for n in names):],
+                          exponent=1.0, offset=2.0)
 
     maker = _UserMaker(rng, uni, people, groups)
     return Preferences(users=tuple(maker.user(n) for n in names), owners=owners, groups=groups)

@@ -180,8 +180,11 @@ def test_some_users_rules_and_destinations_are_off(prefs: Preferences) -> None:
 
 def test_followed_people_include_the_message_people(prefs: Preferences) -> None:
     followed = Counter(n for u in prefs.users for r in u.rules for n in r.tracking.usernames)
-    assert followed.most_common(1)[0][0] in fedora_names().usernames
     assert set(followed) <= {u.name for u in prefs.users}
+    # The people in the messages are active contributors: followed more than most.
+    real = [followed[n] for n in fedora_names().usernames if n in followed]
+    everyone = [followed[u.name] for u in prefs.users]
+    assert real and statistics.median(real) > statistics.median(everyone)
 
 
 # -- the long tail --------------------------------------------------------
@@ -197,10 +200,11 @@ def test_followers_are_long_tailed(prefs_2k: Preferences) -> None:
     every = [followers.get((t, n), 0) for t, table in prefs_2k.owners.items() for n in table]
     assert statistics.median(every) == 0
     assert sum(c <= 1 for c in every) / len(every) > 0.9
-    # ... while the message packages, in the popularity head, all have some.
-    msg = [followers.get(("rpms", n), 0) for n in fedora_names().artifacts["rpms"]]
-    assert statistics.median(msg) >= 5
-    assert sum(c > 0 for c in msg) / len(msg) > 0.9
+    # ... and the message packages sit at random ranks, not in the head: a
+    # replayed message fans out like a message about any package would.
+    msg = [followers.get(("rpms", n), 0) for n in fedora_names().artifacts["rpms"]
+           if n not in {name for (_, name), _ in top}]
+    assert statistics.median(msg) <= 2
 
 
 def test_package_ownership_is_long_tailed(prefs_2k: Preferences) -> None:

@@ -37,10 +37,18 @@ _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:fmn:metadata:derived-message
 
 
 def record_error(source: str, field: str, error: BaseException) -> None:
-    """Log and count a property / processor method that raised."""
+    """Count a property / processor method that raised; log it.
+
+    The first failure of each (source, field) is a warning, the rest debug
+    lines: a schema that always raises must not flood the logs at bus rate
+    (the counter keeps the number).
+    """
     property_errors[(source, field)] += 1
-    log.warning(
-        "%s: reading %r raised %s: %.200s; the field is left empty",
+    first = property_errors[(source, field)] == 1
+    log.log(
+        logging.WARNING if first else logging.DEBUG,
+        "%s: reading %r raised %s: %.200s; the field is left empty"
+        + (" (further ones are logged at debug level)" if first else ""),
         source,
         field,
         type(error).__name__,
