@@ -34,6 +34,7 @@ FILTER_NAMES: tuple[str, ...] = (
     "my_actions",
     "fields",
 )
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _FIELD_PATH = re.compile(r"^[^.]+(\.[^.]+)*$")
 
 
@@ -194,6 +195,12 @@ def _str(value: Any, where: str, *, empty: bool = False) -> str:
         raise InvalidPreferences(where, f"must be a string, not {type(value).__name__}")
     if not empty and not value:
         raise InvalidPreferences(where, "must not be empty")
+    # Names, addresses and ids end up in mail headers, IRC lines and web
+    # pages (and the snapshot joins them with NUL): no control characters.
+    bad = _CONTROL.search(value)
+    if bad:
+        raise InvalidPreferences(where, f"must not contain control characters "
+                                        f"(found {bad.group()!r} at {bad.start()})")
     return value
 
 

@@ -21,6 +21,7 @@ message.
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -204,33 +205,50 @@ class CompiledFilter:
         return True
 
 
-#: One generation rule: (filter, my_actions, destination ids)
-CompiledGen = tuple[CompiledFilter, bool, tuple[str, ...]]
+#: The filter part of a rule's generation rules: ((filter, my_actions), ...),
+#: interned.  Rules that share one share its verdict for a message.
+FilterSig = tuple[tuple[CompiledFilter, bool], ...]
+#: Where a notification goes: ``user NUL protocol NUL address NUL destination
+#: id``, one interned string per (user, destination).  The matcher uses it as
+#: its dict key (a string caches its hash) and sorts by it (one memcmp orders
+#: by user, protocol, address and destination, since names hold no control
+#: characters); :attr:`Snapshot.targets` gives back the four parts.
+Target = str
+TargetParts = tuple[str, str, str, str]
+#: The destination part of a rule: one tuple of targets per generation rule.
+TargetSets = tuple[tuple[Target, ...], ...]
+#: A rule in a bucket: (user, rule id, targets per generation rule).
+Member = tuple[str, str, TargetSets]
 
 
 class CompiledRule:
-    __slots__ = ("user", "id", "kind", "params", "gens")
+    __slots__ = ("user", "id", "kind", "params", "sig", "targets")
 
-    def __init__(self, user: str, rule_id: str, kind: str, params: Any,
-                 gens: tuple[CompiledGen, ...]) -> None:
+    def __init__(self, user: str, rule_id: str, kind: str, params: Any, sig: FilterSig,
+                 targets: TargetSets) -> None:
         self.user = user
         self.id = rule_id
         self.kind = kind
         self.params = params
-        self.gens = gens
+        self.sig = sig
+        self.targets = targets
 
 
 class UserPart:
     __slots__ = ("rev", "dests", "rules")
 
-    def __init__(self, rev: int, dests: dict[str, tuple[str, str]],
+    def __init__(self, rev: int, dests: dict[str, Target],
                  rules: tuple[CompiledRule, ...]) -> None:
         self.rev = rev
         self.dests = dests
         self.rules = rules
 
 
-_Index = dict[Any, list[CompiledRule]]
+#: The rules under one index key, grouped by their filter signature: the
+#: matcher decides a group's filters once per message, then only walks its
+#: members.
+Bucket = dict[FilterSig, list[Member]]
+_Index = dict[Any, Bucket]
 
 
 class Snapshot:
@@ -248,6 +266,7 @@ class Snapshot:
         }
         self.groups = {g: tuple(m) for g, m in data.groups.items()}
         self.users: dict[str, UserPart] = {}
+        self.targets: dict[Target, TargetParts] = {}
         self.by_owner: _Index = {}
         self.by_owner_group: _Index = {}
         self.by_artifact: dict[str, _Index] = {atype: {} for atype in ARTIFACT_TYPES}
@@ -255,12 +274,21 @@ class Snapshot:
         self.by_followed_user: _Index = {}
         self.by_topic_pattern: _Index = {}
         self._topic_matchers: dict[str, Any] = {}
-        self._topic_cache: dict[str, tuple[CompiledRule, ...]] = {}
+        self._topic_cache: dict[str, tuple[Bucket, ...]] = {}
         self._filters: dict[bytes, CompiledFilter] = {}
         self._dest_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._gens: dict[tuple[int, bool, tuple[str, ...]], CompiledGen] = {}
-        for name, entry in data.users.items():
-            self._add_user(name, entry)
+        self._sigs: dict[tuple[int, ...], FilterSig] = {}
+        # Building makes millions of long-lived objects; the cyclic GC would
+        # rescan them again and again while they are being made.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            for name, entry in data.users.items():
+                self._add_user(name, entry)
+        finally:
+            if paused:
+                gc.enable()
+
 
     # -- building ---------------------------------------------------------
 
@@ -271,15 +299,10 @@ class Snapshot:
             cf = self._filters[key] = CompiledFilter(spec)
         return cf
 
-    def _gen(self, spec: list[Any]) -> CompiledGen:
-        cf = self._filter(spec[0])
-        dests = tuple(_intern(d) for d in spec[2])
-        dests = self._dest_tuples.setdefault(dests, dests)
-        key = (id(cf), bool(spec[1]), dests)
-        gen = self._gens.get(key)
-        if gen is None:
-            gen = self._gens[key] = (cf, bool(spec[1]), dests)
-        return gen
+    def _signature(self, specs: list[Any]) -> FilterSig:
+        sig = tuple((self._filter(spec[0]), bool(spec[1])) for spec in specs)
+        key = tuple(id(cf) * 2 + mine for cf, mine in sig)
+        return self._sigs.setdefault(key, sig)
 
     def _index_keys(self, rule: CompiledRule) -> Iterator[tuple[_Index, Any]]:
         kind, params = rule.kind, rule.params
@@ -304,39 +327,59 @@ class Snapshot:
 
     def _add_user(self, name: str, entry: UserEntry) -> None:
         name = _intern(name)
+        targets: dict[str, Target] = {}
+        for d, (p, a) in entry["dests"].items():
+            parts = (name, _intern(p), _intern(a), _intern(d))
+            target = _intern("\0".join(parts))
+            self.targets[target] = parts
+            targets[parts[3]] = target
+        # one tuple per distinct destination list of this user
+        target_tuples: dict[tuple[str, ...], tuple[Target, ...]] = {}
         rules = []
         for rule_id, kind, params, gens in entry["rules"]:
             if kind == "artifacts-followed":
                 params = tuple((a, _intern(n)) for a, n in params)
             elif params is not None:
                 params = tuple(_intern(p) for p in params)
-            rule = CompiledRule(name, _intern(rule_id), kind, params,
-                                tuple(self._gen(g) for g in gens))
+            sig = self._signature(gens)
+            target_sets = tuple(
+                target_tuples.setdefault(tuple(g[2]), tuple(targets[d] for d in g[2]))
+                for g in gens)
+            rule = CompiledRule(name, _intern(rule_id), kind, params, sig, target_sets)
             rules.append(rule)
+            member = (name, rule.id, target_sets)
             for index, key in self._index_keys(rule):
                 bucket = index.get(key)
                 if bucket is None:
-                    index[key] = [rule]
+                    index[key] = {sig: [member]}
                 else:
-                    bucket.append(rule)
+                    members = bucket.get(sig)
+                    if members is None:
+                        bucket[sig] = [member]
+                    else:
+                        members.append(member)
                 if index is self.by_topic_pattern:
                     if key not in self._topic_matchers:
                         self._topic_matchers[key] = re.compile(translate(key)).match
                     # cached topic -> rules tuples do not hold this rule yet
                     self._topic_cache.clear()
-        dests = {_intern(d): (p, a) for d, (p, a) in entry["dests"].items()}
-        self.users[name] = UserPart(int(entry.get("rev", 0)), dests, tuple(rules))
+        self.users[name] = UserPart(int(entry.get("rev", 0)), targets, tuple(rules))
 
     def _remove_user(self, name: str) -> None:
         part = self.users.pop(name, None)
         if part is None:
             return
+        for target in part.dests.values():
+            self.targets.pop(target, None)
         for rule in part.rules:
             for index, key in self._index_keys(rule):
                 bucket = index.get(key)
-                if bucket is None:
+                members = bucket.get(rule.sig) if bucket is not None else None
+                if bucket is None or members is None:
                     continue
-                bucket[:] = [r for r in bucket if r is not rule]
+                members[:] = [m for m in members if m[0] != rule.user or m[1] != rule.id]
+                if not members:
+                    del bucket[rule.sig]
                 if not bucket:
                     del index[key]
                     if index is self.by_topic_pattern:
@@ -360,22 +403,24 @@ class Snapshot:
 
     # -- reading ----------------------------------------------------------
 
-    def rules_for_topic(self, topic: str) -> tuple[CompiledRule, ...]:
+    def buckets_for_topic(self, topic: str) -> tuple[Bucket, ...]:
         found = self._topic_cache.get(topic)
         if found is None:
-            rules: list[CompiledRule] = []
-            for pattern, match in self._topic_matchers.items():
-                if match(topic) is not None:
-                    rules.extend(self.by_topic_pattern[pattern])
-            found = tuple(rules)
+            found = tuple(self.by_topic_pattern[pattern]
+                          for pattern, match in self._topic_matchers.items()
+                          if match(topic) is not None)
             if len(self._topic_cache) >= TOPIC_CACHE_SIZE:
                 self._topic_cache.clear()
             self._topic_cache[topic] = found
         return found
 
-    def candidates(self, m: Message) -> Iterable[CompiledRule]:
-        """Every rule whose tracking matches ``m`` (a rule may appear more than once)."""
-        out: list[CompiledRule] = []
+    def buckets(self, m: Message) -> list[Bucket]:
+        """The buckets of every rule whose tracking matches ``m``.
+
+        A rule may be in more than one of them (two of its followed artifacts
+        in one message, say); the matcher's output is a set, so that is safe.
+        """
+        out: list[Bucket] = []
         owner_users: set[str] = set()
         owner_groups: set[str] = set()
         for atype in ARTIFACT_TYPES:
@@ -389,34 +434,37 @@ class Snapshot:
                 if own is not None:
                     owner_users.update(own[0])
                     owner_groups.update(own[1])
-                rules = followed.get(name)
-                if rules:
-                    out.extend(rules)
-        for user in owner_users:
-            rules = self.by_owner.get(user)
-            if rules:
-                out.extend(rules)
-        for group in owner_groups:
-            rules = self.by_owner_group.get(group)
-            if rules:
-                out.extend(rules)
+                bucket = followed.get(name)
+                if bucket:
+                    out.append(bucket)
+        by_owner, by_group = self.by_owner, self.by_owner_group
+        out.extend(by_owner[u] for u in owner_users if u in by_owner)
+        out.extend(by_group[g] for g in owner_groups if g in by_group)
+        by_related, by_followed = self.by_related, self.by_followed_user
         for user in m.usernames:
-            rules = self.by_related.get(user)
-            if rules:
-                out.extend(rules)
-            rules = self.by_followed_user.get(user)
-            if rules:
-                out.extend(rules)
+            bucket = by_related.get(user)
+            if bucket:
+                out.append(bucket)
+            bucket = by_followed.get(user)
+            if bucket:
+                out.append(bucket)
         if self._topic_matchers:
-            out.extend(self.rules_for_topic(m.topic))
+            out.extend(self.buckets_for_topic(m.topic))
         return out
+
+    def candidates(self, m: Message) -> Iterator[tuple[FilterSig, Member]]:
+        """(filter signature, member) of every rule whose tracking matches ``m``."""
+        for bucket in self.buckets(m):
+            for sig, members in bucket.items():
+                for member in members:
+                    yield sig, member
 
     def stats(self) -> dict[str, int]:
         return {
             "users": len(self.users),
             "rules": sum(len(p.rules) for p in self.users.values()),
             "distinct_filters": len(self._filters),
-            "distinct_generation_rules": len(self._gens),
+            "distinct_filter_signatures": len(self._sigs),
             "artifacts_owned": sum(len(v) for v in self.owners.values()),
             "topic_patterns": len(self._topic_matchers),
         }
