@@ -1,0 +1,103 @@
+"""The ``fmn`` command, driven in-process as a user would type it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from shared_data import GOLDEN, MESSAGES
+
+from fmn.cli import main
+
+pytestmark = pytest.mark.unit
+
+
+def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, str]:
+    code = main(list(argv))
+    out, err = capsysbinary.readouterr()
+    return code, out, err.decode()
+
+
+@pytest.mark.parametrize("engine", ["indexed", "naive"])
+def test_match_prints_exactly_the_golden_notifications(
+        capsysbinary: pytest.CaptureFixture[bytes], engine: str) -> None:
+    code, out, err = run(capsysbinary, "match", "--engine", engine,
+                         "--prefs", str(GOLDEN / "prefs.json"),
+                         "--messages", str(GOLDEN / "messages.jsonl"))
+    assert (code, err) == (0, "")
+    assert out == (GOLDEN / "expected.jsonl").read_bytes()
+
+
+@pytest.mark.slow
+def test_both_engines_print_the_same_on_generated_prefs(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    code, out, _ = run(capsysbinary, "prefs", "generate", "--users", "400", "--seed", "7")
+    assert code == 0
+    prefs = tmp_path / "prefs.json"
+    prefs.write_bytes(out)
+    messages = tmp_path / "messages.jsonl"
+    messages.write_bytes((MESSAGES / "fedmsg.jsonl").read_bytes()
+                         + (MESSAGES / "fedora-messaging.jsonl").read_bytes())
+    outputs = {}
+    for engine in ("indexed", "naive"):
+        code, out, _ = run(capsysbinary, "match", "--engine", engine, "--prefs", str(prefs),
+                           "--messages", str(messages))
+        assert code == 0
+        outputs[engine] = out
+    assert outputs["indexed"] == outputs["naive"]
+    assert outputs["indexed"].count(b"\n") > 100, "the generated rules must fire"
+
+
+def test_bad_message_lines_are_reported_and_the_rest_matched(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    good = (GOLDEN / "messages.jsonl").read_text().splitlines()[:40]
+    messages = tmp_path / "messages.jsonl"
+    messages.write_text("\n".join([good[0], "{not json", '{"msg": {}}', "", *good[1:]]) + "\n")
+    code, out, err = run(capsysbinary, "match", "--prefs", str(GOLDEN / "prefs.json"),
+                         "--messages", str(messages))
+    assert code == 1
+    assert f"{messages}:2: refused: not-json" in err
+    assert f"{messages}:3: refused: missing-topic" in err
+    expected_ids = {json.loads(line).get("id") or json.loads(line).get("msg_id") for line in good}
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert printed and {n["message_id"] for n in printed} <= expected_ids
+
+
+def test_invalid_prefs_are_refused_naming_the_field(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    doc = json.loads((GOLDEN / "prefs.json").read_text())
+    doc["users"][2]["rules"][0]["tracking"]["kind"] = "everything"
+    prefs = tmp_path / "prefs.json"
+    prefs.write_text(json.dumps(doc))
+    code, out, err = run(capsysbinary, "match", "--prefs", str(prefs),
+                         "--messages", str(GOLDEN / "messages.jsonl"))
+    assert (code, out) == (2, b"")
+    assert "users[2] (adamw) > rules[0]" in err and "tracking > kind" in err
+
+
+def test_missing_file_is_a_clear_error(capsysbinary: pytest.CaptureFixture[bytes],
+                                       tmp_path: Path) -> None:
+    code, _, err = run(capsysbinary, "match", "--prefs", str(tmp_path / "nope.json"),
+                       "--messages", str(GOLDEN / "messages.jsonl"))
+    assert code == 2 and "cannot read preferences" in err and "nope.json" in err
+
+
+def test_metadata_prints_spec_fields(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    code, out, _ = run(capsysbinary, "metadata", "--messages", str(GOLDEN / "messages.jsonl"))
+    assert code == 0
+    first = json.loads(out.splitlines()[0])
+    expected = json.loads((GOLDEN / "metadata.jsonl").read_text().splitlines()[0])
+    for key in ("id", "topic", "app_name", "agent_name", "usernames", "severity"):
+        assert first[key] == expected[key]
+
+
+def test_prefs_import_then_export_gives_the_same_document(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fmn.sqlite'}"
+    code, _, err = run(capsysbinary, "prefs", "import", str(GOLDEN / "prefs.json"),
+                       "--database", url)
+    assert code == 0 and "imported 224 users" in err
+    code, out, _ = run(capsysbinary, "prefs", "export", "--database", url)
+    assert code == 0
+    assert json.loads(out) == json.loads((GOLDEN / "prefs.json").read_text())
