@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from fmn.errors import FmnError, InvalidMessage
+from fmn.gcpause import gc_paused
 from fmn.prefs import InvalidPreferences, Preferences, dump_document, parse_document
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -48,7 +49,8 @@ def read_preferences(path: str) -> Preferences:
     except orjson.JSONDecodeError as exc:
         raise FmnError(f"{path}: not JSON: {exc}") from exc
     try:
-        return parse_document(doc)
+        with gc_paused():
+            return parse_document(doc)
     except InvalidPreferences as exc:
         raise FmnError(f"{path}: invalid preferences: {exc}") from exc
 
@@ -120,7 +122,9 @@ def cmd_prefs_generate(args: argparse.Namespace) -> int:
     if args.users < 1:
         return _fail("--users must be at least 1")
     prefs = generate_preferences(args.users, args.seed)
-    sys.stdout.buffer.write(orjson.dumps(dump_document(prefs)))
+    with gc_paused():
+        doc = dump_document(prefs)
+    sys.stdout.buffer.write(orjson.dumps(doc))
     sys.stdout.buffer.write(b"\n")
     return EXIT_OK
 
@@ -138,7 +142,7 @@ def cmd_prefs_import(args: argparse.Namespace) -> int:
     url = _database_url(args)
     engine = db.make_engine(url)
     db.upgrade(engine)
-    db.import_document(engine, dump_document(prefs))
+    db.import_preferences(engine, prefs)  # validated above; no second parse
     print(f"imported {len(prefs.users)} users into {engine.url!r}", file=sys.stderr)
     return EXIT_OK
 

@@ -46,7 +46,6 @@ def run(users: int, seed: int, messages: list[str] | None, out_path: str,
     from fmn.generate import generate_preferences
     from fmn.matcher import IndexedMatcher
     from fmn.metadata import parse, warm_up
-    from fmn.prefs import dump_document
     from fmn.snapshot.live import LiveSnapshot
     from fmn.snapshot.sync import publish_full
 
@@ -63,7 +62,7 @@ def run(users: int, seed: int, messages: list[str] | None, out_path: str,
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)
     t0 = time.perf_counter()
-    db.import_document(engine, dump_document(prefs))
+    db.import_preferences(engine, prefs)
     _say(f"    imported in {time.perf_counter() - t0:.1f}s")
 
     store, where = _store(settings)

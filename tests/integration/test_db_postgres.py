@@ -1,0 +1,94 @@
+"""The preferences database on PostgreSQL: the shared contract on a real server.
+
+The tests create a database of their own (``fmn_test_<random>``) through
+``$FMN_TEST_POSTGRES_URL`` (default: the ``test`` database on 127.0.0.1, user
+``postgres``), give each test a fresh schema in it, and drop the database at
+the end.  No server: the tests skip locally and fail in CI (``CI`` set).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from db_contract import DbContract, golden, same_json
+from services import unavailable
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+
+from fmn import db
+
+pytestmark = pytest.mark.integration
+
+POSTGRES_URL = os.environ.get("FMN_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[URL]:
+    admin = db.make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"fmn_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
+    try:
+        yield admin.url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database: URL) -> Iterator[Engine]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = db.make_engine(database, connect_args={"options": f"-c search_path={schema}"})
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    db.upgrade(engine)
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+class TestPostgres(DbContract):
+    pass
+
+
+def test_filters_are_kept_as_json_text_not_jsonb(engine: Engine) -> None:
+    with engine.connect() as conn:
+        kind = conn.execute(text(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'generation_rules' "
+            "AND column_name = 'filters'")).scalar_one()
+    assert kind == "json"
+
+
+def test_a_bare_postgresql_url_works(database: URL) -> None:
+    engine = db.make_engine(database.set(drivername="postgresql").render_as_string(
+        hide_password=False))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        assert engine.dialect.driver == "psycopg"
+    finally:
+        engine.dispose()
+
+
+def test_round_trip_through_a_separate_engine(engine: Engine) -> None:
+    # What the CLI does: import in one process, export from another.
+    db.import_document(engine, golden())
+    with engine.connect() as conn:
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    other = db.make_engine(engine.url, connect_args={"options": f"-c search_path={schema}"})
+    try:
+        assert same_json(db.export_document(other), golden())
+    finally:
+        other.dispose()
