@@ -79,7 +79,8 @@ class Message:
         return frozenset(v for v in values or () if isinstance(v, str))
 
     @classmethod
-    def from_metadata(cls, data: Mapping[str, Any], body: Mapping[str, Any] | None = None) -> Message:
+    def from_metadata(cls, data: Mapping[str, Any],
+                      body: Mapping[str, Any] | None = None) -> Message:
         """Rebuild a message from :meth:`metadata` output (or the golden ``metadata.jsonl``)."""
         return cls(
             id=str(data["id"]),

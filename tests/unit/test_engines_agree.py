@@ -178,7 +178,7 @@ def test_per_user_changes_equal_a_rebuild(before: dict[str, Any], after: dict[st
     # Same ownership on both sides: per-user changes do not carry ownership.
     after = {**after, "owners": before["owners"], "groups": before["groups"]}
     old, new = parse_document(before), parse_document(after)
-    snapshot = Snapshot(compile_snapshot(old))
+    snapshot = Snapshot.from_data(compile_snapshot(old))
     for user in old.users:
         if new.user(user.name) is None:
             snapshot.apply_user(user.name, None)

@@ -49,7 +49,8 @@ def prefs(tracking: dict[str, Any], filters: dict[str, Any] | None = None, *,
 
 
 def msg(**kw: Any) -> Message:
-    base: dict[str, Any] = {"id": "m1", "topic": "org.fedoraproject.prod.buildsys.build.state.change",
+    base: dict[str, Any] = {"id": "m1",
+                            "topic": "org.fedoraproject.prod.buildsys.build.state.change",
                             "app_name": "Koji", "agent_name": None, "severity": 20}
     body = kw.pop("body", {})
     base.update(kw)

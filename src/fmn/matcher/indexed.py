@@ -45,7 +45,7 @@ class IndexedMatcher:
     def __init__(self, snapshot: Snapshot | Callable[[], Snapshot]) -> None:
         # A callable lets a live snapshot refresh itself between messages.
         self._get: Callable[[], Snapshot] = (
-            snapshot if callable(snapshot) else (lambda: snapshot)  # type: ignore[assignment]
+            snapshot if callable(snapshot) else (lambda: snapshot)
         )
 
     @property
@@ -64,7 +64,7 @@ class IndexedMatcher:
         reach = first.setdefault
         more: dict[Target, set[str]] = {}
         for bucket in snap.buckets(message):
-            for sig, members in bucket.items():
+            for sig, members in bucket:
                 verdict = decided.get(id(sig))
                 if verdict is None:
                     verdict = decided[id(sig)] = _decide(sig, message, app, filters)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from fmn.matcher.base import Notification
 from fmn.fields import MISSING, json_equal, lookup_path
+from fmn.matcher.base import Notification
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Filters, Preferences, Tracking, User
 
@@ -89,9 +89,9 @@ class NaiveMatcher:
                             found.setdefault((user.name, dest_id), set()).add(rule.id)
         out = []
         for (user_name, dest_id), rules in found.items():
-            user = self.prefs.user(user_name)
-            assert user is not None
-            dest = user.destination(dest_id)
+            owner = self.prefs.user(user_name)
+            assert owner is not None
+            dest = owner.destination(dest_id)
             assert dest is not None
             out.append(Notification(message.id, user_name, dest.protocol,
                                     dest.address_for(user_name), dest_id, tuple(sorted(rules))))

@@ -34,7 +34,7 @@ def compile_snapshot(prefs: Preferences,
 
 def build_snapshot(prefs: Preferences) -> Snapshot:
     """Compile and index preferences in one go (tests, CLI)."""
-    return Snapshot(compile_snapshot(prefs))
+    return Snapshot.from_data(compile_snapshot(prefs))
 
 
 __all__ = ["FORMAT_VERSION", "Snapshot", "SnapshotData", "UserEntry", "build_snapshot",

@@ -21,10 +21,10 @@ message.
 
 from __future__ import annotations
 
-import gc
+import functools
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from fmn.fields import MISSING, json_equal, lookup_path
+from fmn.gcpause import gc_paused
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Filters, Preferences, User
 
@@ -81,8 +82,40 @@ def _params(kind: str, user: User, tracking: Any) -> Any:
     return None
 
 
-def compile_user(user: User, revision: int = 0) -> UserEntry:
-    """A user's entry; its ``rules`` are empty when nothing of theirs can fire."""
+class FilterTable:
+    """The distinct filters of one compile, so that entries refer to them by number.
+
+    A 100,000-user snapshot has some 300,000 generation rules but only a few
+    thousand distinct filters: the table keeps the document small and lets a
+    reader build each filter once.
+    """
+
+    def __init__(self) -> None:
+        self.specs: list[dict[str, Any]] = []
+        self._by_id: dict[int, int] = {}
+        self._by_json: dict[bytes, int] = {}
+
+    def ref(self, f: Filters) -> int:
+        # Preferences built in memory share Filters objects; those loaded from
+        # the database do not, and are matched on their canonical JSON.
+        found = self._by_id.get(id(f))
+        if found is None:
+            spec = compile_filters(f)
+            key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+            found = self._by_json.get(key)
+            if found is None:
+                found = self._by_json[key] = len(self.specs)
+                self.specs.append(spec)
+            self._by_id[id(f)] = found
+        return found
+
+
+def compile_user(user: User, revision: int = 0, table: FilterTable | None = None) -> UserEntry:
+    """A user's entry; its ``rules`` are empty when nothing of theirs can fire.
+
+    With a ``table``, filters are numbers into it (a full snapshot); without,
+    they are written out in full (a change-log entry stands alone).
+    """
     if not user.enabled:
         return {"rev": revision, "dests": {}, "rules": []}
     verified = {d.id: d for d in user.destinations if d.verified}
@@ -95,7 +128,8 @@ def compile_user(user: User, revision: int = 0) -> UserEntry:
         for gen in rule.generation_rules:
             dests = sorted({d for d in gen.destinations if d in verified})
             if dests:
-                gens.append([compile_filters(gen.filters), bool(gen.filters.my_actions), dests])
+                spec = table.ref(gen.filters) if table is not None else compile_filters(gen.filters)
+                gens.append([spec, bool(gen.filters.my_actions), dests])
                 used.update(dests)
         if gens:
             params = _params(rule.tracking.kind, user, rule.tracking)
@@ -108,16 +142,24 @@ def compile_user(user: User, revision: int = 0) -> UserEntry:
 
 @dataclass
 class SnapshotData:
-    """The serialisable snapshot: entries, ownership and groups."""
+    """The serialisable snapshot: entries, filters, ownership and groups.
+
+    Encoded as JSON Lines: a header object, then one ``[name, entry]`` line per
+    user, so that a reader indexes users one at a time instead of decoding the
+    whole document first (which, at 100,000 users, costs more memory than the
+    indexes themselves).
+    """
 
     id: str
     created_at: str
     #: artifact type -> name -> [owner users, owner groups]
     owners: dict[str, dict[str, list[list[str]]]]
     groups: dict[str, list[str]]
+    #: the distinct filters, referred to by number in the entries
+    filters: list[dict[str, Any]] = field(default_factory=list)
     users: dict[str, UserEntry] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
         return {
             "format": "fmn-snapshot",
             "version": FORMAT_VERSION,
@@ -125,25 +167,46 @@ class SnapshotData:
             "created_at": self.created_at,
             "owners": self.owners,
             "groups": self.groups,
-            "users": self.users,
+            "filters": self.filters,
+            "users": len(self.users),
         }
 
     def encode(self) -> bytes:
-        return orjson.dumps(self.to_json())
+        dumps = orjson.dumps
+        with gc_paused():
+            return b"\n".join([dumps(self.header()),
+                                *(dumps([name, entry]) for name, entry in self.users.items())])
 
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> SnapshotData:
-        if doc.get("format") != "fmn-snapshot" or doc.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not an fmn snapshot of version {FORMAT_VERSION}: "
-                f"format={doc.get('format')!r} version={doc.get('version')!r}"
-            )
-        return cls(id=doc["id"], created_at=doc["created_at"], owners=doc["owners"],
-                   groups=doc["groups"], users=doc["users"])
 
-    @classmethod
-    def decode(cls, blob: bytes) -> SnapshotData:
-        return cls.from_json(orjson.loads(blob))
+def check_header(header: Any) -> Mapping[str, Any]:
+    if not isinstance(header, Mapping) or header.get("format") != "fmn-snapshot" \
+            or header.get("version") != FORMAT_VERSION:
+        found = header if not isinstance(header, Mapping) else {
+            k: header.get(k) for k in ("format", "version")}
+        raise ValueError(f"not an fmn snapshot of version {FORMAT_VERSION}: {found!r}")
+    return header
+
+
+def decode_lines(document: bytes) -> tuple[Mapping[str, Any], Iterator[tuple[str, UserEntry]]]:
+    """The header of an encoded snapshot, and its users decoded one by one."""
+    end = document.find(b"\n")
+    header = check_header(orjson.loads(document if end < 0 else document[:end]))
+
+    def users() -> Iterator[tuple[str, UserEntry]]:
+        # memoryview slices: no copy of the document, no list of its lines
+        # (those would sit in the allocator's arenas between the index's
+        # objects and keep the process large after they are freed)
+        view = memoryview(document)
+        start = end + 1 if end >= 0 else len(document)
+        while start < len(document):
+            stop = document.find(b"\n", start)
+            if stop < 0:
+                stop = len(document)
+            name, entry = orjson.loads(view[start:stop])
+            yield name, entry
+            start = stop + 1
+
+    return header, users()
 
 
 def compile_preferences(prefs: Preferences, snapshot_id: str, created_at: str,
@@ -151,22 +214,30 @@ def compile_preferences(prefs: Preferences, snapshot_id: str, created_at: str,
     """Compile a whole preferences set (optionally with each user's revision)."""
     revisions = revisions or {}
     users: dict[str, UserEntry] = {}
-    for user in prefs.users:
-        entry = compile_user(user, revisions.get(user.name, 0))
-        if entry["rules"]:  # the blob keeps only users who can receive something
-            users[user.name] = entry
-    owners = {
-        atype: {name: [list(o.users), list(o.groups)]
-                for name, o in prefs.owners.get(atype, {}).items()}
-        for atype in ARTIFACT_TYPES
-    }
-    groups = {g: list(m) for g, m in prefs.groups.items()}
+    table = FilterTable()
+    with gc_paused():
+        for user in prefs.users:
+            entry = compile_user(user, revisions.get(user.name, 0), table)
+            if entry["rules"]:  # the snapshot keeps only users who can receive something
+                users[user.name] = entry
+        owners = {
+            atype: {name: [list(o.users), list(o.groups)]
+                    for name, o in prefs.owners.get(atype, {}).items()}
+            for atype in ARTIFACT_TYPES
+        }
+        groups = {g: list(m) for g, m in prefs.groups.items()}
     return SnapshotData(id=snapshot_id, created_at=created_at, owners=owners, groups=groups,
-                        users=users)
+                        filters=table.specs, users=users)
 
 
 # --------------------------------------------------------------------------
 # the indexed, in-memory form
+
+
+@functools.lru_cache(maxsize=65536)
+def glob_matcher(pattern: str) -> Callable[[str], re.Match[str] | None]:
+    """A case-sensitive shell-glob matcher (compiled once per distinct glob)."""
+    return re.compile(translate(pattern)).match
 
 
 class CompiledFilter:
@@ -180,8 +251,7 @@ class CompiledFilter:
         self.xapps: frozenset[str] | None = (frozenset(spec["xapps"]) if "xapps" in spec
                                              else None)
         self.severities = frozenset(spec["sev"])
-        self.topic_match = (re.compile(translate(spec["topic"])).match if "topic" in spec
-                            else None)
+        self.topic_match = glob_matcher(spec["topic"]) if "topic" in spec else None
         self.fields: tuple[tuple[tuple[str, ...], tuple[Any, ...]], ...] | None = (
             tuple((tuple(path.split(".")), tuple(values)) for path, values in spec["fields"])
             if "fields" in spec else None
@@ -235,36 +305,55 @@ class CompiledRule:
 
 
 class UserPart:
-    __slots__ = ("rev", "dests", "rules")
+    __slots__ = ("rev", "targets", "rules")
 
-    def __init__(self, rev: int, dests: dict[str, Target],
+    def __init__(self, rev: int, targets: tuple[Target, ...],
                  rules: tuple[CompiledRule, ...]) -> None:
         self.rev = rev
-        self.dests = dests
+        self.targets = targets
         self.rules = rules
 
 
 #: The rules under one index key, grouped by their filter signature: the
 #: matcher decides a group's filters once per message, then only walks its
-#: members.
-Bucket = dict[FilterSig, list[Member]]
+#: members.  Immutable (a change to one user builds the few buckets it touches
+#: anew): most keys hold one or two rules, and a tuple of tuples is a third
+#: of the memory of a dict of lists.
+Bucket = tuple[tuple[FilterSig, tuple[Member, ...]], ...]
 _Index = dict[Any, Bucket]
+#: A bucket being built or changed.
+_Draft = dict[FilterSig, list[Member]]
+
+
+def _thaw(bucket: Bucket | None) -> _Draft:
+    return {sig: list(members) for sig, members in bucket or ()}
+
+
+def _freeze(draft: _Draft) -> Bucket:
+    return tuple((sig, tuple(members)) for sig, members in draft.items() if members)
 
 
 class Snapshot:
     """Indexes from what a message offers to the rules it can touch."""
 
-    def __init__(self, data: SnapshotData) -> None:
-        self.id = data.id
-        self.created_at = data.created_at
+    def __init__(self, header: Mapping[str, Any],
+                 users: Iterable[tuple[str, UserEntry]]) -> None:
+        """Index a snapshot from its header and its users (see :meth:`from_data`)."""
+        with gc_paused():
+            self._build(header, users)
+
+    def _build(self, header: Mapping[str, Any], users: Iterable[tuple[str, UserEntry]]) -> None:
+        check_header(header)
+        self.id: str = header["id"]
+        self.created_at: str = header["created_at"]
         self.owners: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
             atype: {
                 _intern(name): (tuple(_intern(u) for u in o[0]), tuple(_intern(g) for g in o[1]))
-                for name, o in data.owners.get(atype, {}).items()
+                for name, o in header["owners"].get(atype, {}).items()
             }
             for atype in ARTIFACT_TYPES
         }
-        self.groups = {g: tuple(m) for g, m in data.groups.items()}
+        self.groups = {g: tuple(m) for g, m in header["groups"].items()}
         self.users: dict[str, UserPart] = {}
         self.targets: dict[Target, TargetParts] = {}
         self.by_owner: _Index = {}
@@ -275,32 +364,41 @@ class Snapshot:
         self.by_topic_pattern: _Index = {}
         self._topic_matchers: dict[str, Any] = {}
         self._topic_cache: dict[str, tuple[Bucket, ...]] = {}
-        self._filters: dict[bytes, CompiledFilter] = {}
+        self._filters: dict[str, CompiledFilter] = {}
         self._dest_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._sigs: dict[tuple[int, ...], FilterSig] = {}
-        # Building makes millions of long-lived objects; the cyclic GC would
-        # rescan them again and again while they are being made.
-        paused = gc.isenabled()
-        gc.disable()
-        try:
-            for name, entry in data.users.items():
-                self._add_user(name, entry)
-        finally:
-            if paused:
-                gc.enable()
+        self._table = [self._filter(spec) for spec in header.get("filters", ())]
+        drafts: dict[tuple[int, Any], tuple[_Index, _Draft]] = {}
+        for name, entry in users:
+            self._add_user(name, entry, drafts)
+        self._commit(drafts)
 
+    @classmethod
+    def from_data(cls, data: SnapshotData) -> Snapshot:
+        return cls(data.header(), data.users.items())
+
+    @classmethod
+    def from_document(cls, document: bytes) -> Snapshot:
+        """Index an encoded snapshot (:meth:`SnapshotData.encode`), one user at a time."""
+        header, users = decode_lines(document)
+        return cls(header, users)
 
     # -- building ---------------------------------------------------------
 
     def _filter(self, spec: Mapping[str, Any]) -> CompiledFilter:
-        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+        # decoded: orjson's bytes can carry kilobytes of spare capacity, and
+        # thousands of these keys live as long as the snapshot
+        key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
         cf = self._filters.get(key)
         if cf is None:
             cf = self._filters[key] = CompiledFilter(spec)
         return cf
 
     def _signature(self, specs: list[Any]) -> FilterSig:
-        sig = tuple((self._filter(spec[0]), bool(spec[1])) for spec in specs)
+        # a number into the snapshot's filter table, or (change log) the filter itself
+        table = self._table
+        sig = tuple((table[spec[0]] if isinstance(spec[0], int) else self._filter(spec[0]),
+                     bool(spec[1])) for spec in specs)
         key = tuple(id(cf) * 2 + mine for cf, mine in sig)
         return self._sigs.setdefault(key, sig)
 
@@ -325,7 +423,37 @@ class Snapshot:
         else:
             raise ValueError(f"unknown tracking kind {kind!r} in snapshot")
 
-    def _add_user(self, name: str, entry: UserEntry) -> None:
+    def _draft(self, drafts: dict[tuple[int, Any], tuple[_Index, _Draft]], index: _Index,
+               key: Any) -> _Draft:
+        found = drafts.get((id(index), key))
+        if found is None:
+            found = drafts[(id(index), key)] = (index, _thaw(index.get(key)))
+        return found[1]
+
+    def _commit(self, drafts: dict[tuple[int, Any], tuple[_Index, _Draft]]) -> None:
+        topics_changed = False
+        while drafts:
+            # popped one by one: each freed draft makes room for the next
+            # frozen bucket instead of leaving holes behind all of them
+            (_, key), (index, draft) = drafts.popitem()
+            bucket = _freeze(draft)
+            del draft
+            if bucket:
+                index[key] = bucket
+            else:
+                index.pop(key, None)
+            if index is self.by_topic_pattern:
+                topics_changed = True
+                if not bucket:
+                    self._topic_matchers.pop(key, None)
+                elif key not in self._topic_matchers:
+                    self._topic_matchers[key] = glob_matcher(key)
+        if topics_changed:
+            # cached topic -> buckets tuples hold the buckets replaced here
+            self._topic_cache.clear()
+
+    def _add_user(self, name: str, entry: UserEntry,
+                  drafts: dict[tuple[int, Any], tuple[_Index, _Draft]]) -> None:
         name = _intern(name)
         targets: dict[str, Target] = {}
         for d, (p, a) in entry["dests"].items():
@@ -349,43 +477,22 @@ class Snapshot:
             rules.append(rule)
             member = (name, rule.id, target_sets)
             for index, key in self._index_keys(rule):
-                bucket = index.get(key)
-                if bucket is None:
-                    index[key] = {sig: [member]}
-                else:
-                    members = bucket.get(sig)
-                    if members is None:
-                        bucket[sig] = [member]
-                    else:
-                        members.append(member)
-                if index is self.by_topic_pattern:
-                    if key not in self._topic_matchers:
-                        self._topic_matchers[key] = re.compile(translate(key)).match
-                    # cached topic -> rules tuples do not hold this rule yet
-                    self._topic_cache.clear()
-        self.users[name] = UserPart(int(entry.get("rev", 0)), targets, tuple(rules))
+                self._draft(drafts, index, key).setdefault(sig, []).append(member)
+        self.users[name] = UserPart(int(entry.get("rev", 0)), tuple(targets.values()),
+                                    tuple(rules))
 
-    def _remove_user(self, name: str) -> None:
+    def _remove_user(self, name: str,
+                     drafts: dict[tuple[int, Any], tuple[_Index, _Draft]]) -> None:
         part = self.users.pop(name, None)
         if part is None:
             return
-        for target in part.dests.values():
+        for target in part.targets:
             self.targets.pop(target, None)
         for rule in part.rules:
             for index, key in self._index_keys(rule):
-                bucket = index.get(key)
-                members = bucket.get(rule.sig) if bucket is not None else None
-                if bucket is None or members is None:
-                    continue
-                members[:] = [m for m in members if m[0] != rule.user or m[1] != rule.id]
-                if not members:
-                    del bucket[rule.sig]
-                if not bucket:
-                    del index[key]
-                    if index is self.by_topic_pattern:
-                        self._topic_matchers.pop(key, None)
-        if any(r.kind == "topics" for r in part.rules):
-            self._topic_cache.clear()
+                members = self._draft(drafts, index, key).get(rule.sig)
+                if members:
+                    members[:] = [m for m in members if m[0] != rule.user or m[1] != rule.id]
 
     def apply_user(self, name: str, entry: UserEntry | None) -> bool:
         """Replace one user's part (``None`` removes it).
@@ -396,9 +503,11 @@ class Snapshot:
         current = self.users.get(name)
         if entry is not None and current is not None and int(entry.get("rev", 0)) < current.rev:
             return False
-        self._remove_user(name)
+        drafts: dict[tuple[int, Any], tuple[_Index, _Draft]] = {}
+        self._remove_user(name, drafts)
         if entry is not None:
-            self._add_user(name, entry)
+            self._add_user(name, entry, drafts)
+        self._commit(drafts)
         return True
 
     # -- reading ----------------------------------------------------------
@@ -455,7 +564,7 @@ class Snapshot:
     def candidates(self, m: Message) -> Iterator[tuple[FilterSig, Member]]:
         """(filter signature, member) of every rule whose tracking matches ``m``."""
         for bucket in self.buckets(m):
-            for sig, members in bucket.items():
+            for sig, members in bucket:
                 for member in members:
                     yield sig, member
 

@@ -49,12 +49,10 @@ class LiveSnapshot:
 
     def _load(self, snapshot_id: str | None) -> None:
         started = time.perf_counter()
-        data = self.store.load(snapshot_id)
         # The previous snapshot (frozen below) must become collectable again.
         gc.unfreeze()
         self._snapshot = None
-        self._snapshot = Snapshot(data)
-        del data
+        self._snapshot = self.store.load(snapshot_id)
         # A snapshot is millions of objects that live until the next reload:
         # move them out of the cyclic GC's sight, or every full collection
         # rescans them in the middle of matching (the p99 spikes).
@@ -62,8 +60,8 @@ class LiveSnapshot:
         gc.freeze()
         self._position = LOG_START
         self.full_loads += 1
-        log.info("loaded snapshot %s (%d users) in %.2fs", data.id, len(data.users),
-                 time.perf_counter() - started)
+        log.info("loaded snapshot %s (%d users) in %.2fs", self._snapshot.id,
+                 len(self._snapshot.users), time.perf_counter() - started)
         # The blob is the state at publication; its log holds every change since.
         self.refresh()
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import orjson
 
 from fmn.errors import SnapshotUnavailable
-from fmn.snapshot.compiled import SnapshotData, UserEntry
+from fmn.snapshot.compiled import Snapshot, SnapshotData, UserEntry
 
 #: An old blob stays readable this long after a newer one became current, so
 #: that a reader that looked up the id just before the switch can finish.
@@ -61,8 +61,8 @@ class SnapshotStore(Protocol):
 
     def current_id(self) -> str | None: ...
 
-    def load(self, snapshot_id: str | None = None) -> SnapshotData:
-        """A full snapshot as published; its change log is read with :meth:`poll`."""
+    def load(self, snapshot_id: str | None = None) -> Snapshot:
+        """A full snapshot as published, indexed; its change log is read with :meth:`poll`."""
         ...
 
     def poll(self, snapshot_id: str, after: str) -> Poll: ...
@@ -74,8 +74,8 @@ def encode_blob(data: SnapshotData) -> bytes:
     return zlib.compress(data.encode(), 1)
 
 
-def decode_blob(blob: bytes) -> SnapshotData:
-    return SnapshotData.decode(zlib.decompress(blob))
+def snapshot_from_blob(blob: bytes) -> Snapshot:
+    return Snapshot.from_document(zlib.decompress(blob))
 
 
 def _encode_change(user: str, entry: UserEntry | None) -> bytes:
@@ -112,13 +112,13 @@ class MemorySnapshotStore:
     def current_id(self) -> str | None:
         return self._current
 
-    def load(self, snapshot_id: str | None = None) -> SnapshotData:
+    def load(self, snapshot_id: str | None = None) -> Snapshot:
         with self._lock:
             sid = snapshot_id or self._current
             if sid is None or sid not in self._blobs:
                 raise SnapshotUnavailable(f"no snapshot {sid!r} in the store")
             blob = self._blobs[sid]
-        return decode_blob(blob)
+        return snapshot_from_blob(blob)
 
     def poll(self, snapshot_id: str, after: str) -> Poll:
         with self._lock:
@@ -182,14 +182,14 @@ class RedisSnapshotStore:
         value = self.client.get(self._key("current"))
         return value.decode() if isinstance(value, bytes) else value
 
-    def load(self, snapshot_id: str | None = None) -> SnapshotData:
+    def load(self, snapshot_id: str | None = None) -> Snapshot:
         sid = snapshot_id or self.current_id()
         if sid is None:
             raise SnapshotUnavailable("no current snapshot in Redis")
         blob = self.client.get(self._key(sid))
         if blob is None:
             raise SnapshotUnavailable(f"snapshot {sid!r} is not in Redis")
-        return decode_blob(blob)
+        return snapshot_from_blob(blob)
 
     def poll(self, snapshot_id: str, after: str) -> Poll:
         with self.client.pipeline(transaction=False) as pipe:
