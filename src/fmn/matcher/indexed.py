@@ -64,7 +64,8 @@ class IndexedMatcher:
         reach = first.setdefault
         more: dict[Target, set[str]] = {}
         for bucket in snap.buckets(message):
-            for sig, members in bucket:
+            it = iter(bucket)  # (sig, members, sig, members, ...)
+            for sig, members in zip(it, it, strict=False):
                 verdict = decided.get(id(sig))
                 if verdict is None:
                     verdict = decided[id(sig)] = _decide(sig, message, app, filters)
@@ -79,13 +80,13 @@ class IndexedMatcher:
                                 more.setdefault(target, {seen}).add(rule_id)
         if not first:
             return []
-        head = (message.id,)
+        mid = message.id
         new = tuple.__new__
-        parts = snap.targets
+        # a target is "user NUL protocol NUL address NUL destination"
         if not more:  # the common case: every target reached by one rule
-            return [new(Notification, head + parts[t] + ((first[t],),)) for t in sorted(first)]
+            return [new(Notification, (mid, *t.split("\0"), (first[t],))) for t in sorted(first)]
         return [
-            new(Notification, head + parts[t] + (
-                (first[t],) if t not in more else tuple(sorted(more[t])),))
+            new(Notification, (mid, *t.split("\0"),
+                               (first[t],) if t not in more else tuple(sorted(more[t]))))
             for t in sorted(first)
         ]

@@ -280,57 +280,71 @@ class CompiledFilter:
 FilterSig = tuple[tuple[CompiledFilter, bool], ...]
 #: Where a notification goes: ``user NUL protocol NUL address NUL destination
 #: id``, one interned string per (user, destination).  The matcher uses it as
-#: its dict key (a string caches its hash) and sorts by it (one memcmp orders
-#: by user, protocol, address and destination, since names hold no control
-#: characters); :attr:`Snapshot.targets` gives back the four parts.
+#: its dict key (a string caches its hash), sorts by it (one memcmp orders by
+#: user, protocol, address and destination, since names hold no control
+#: characters) and splits it for the notification: keeping the four parts
+#: apart as well would cost a 100,000-user snapshot some 35 MB.
 Target = str
-TargetParts = tuple[str, str, str, str]
 #: The destination part of a rule: one tuple of targets per generation rule.
 TargetSets = tuple[tuple[Target, ...], ...]
 #: A rule in a bucket: (user, rule id, targets per generation rule).
 Member = tuple[str, str, TargetSets]
 
 
-class CompiledRule:
-    __slots__ = ("user", "id", "kind", "params", "sig", "targets")
-
-    def __init__(self, user: str, rule_id: str, kind: str, params: Any, sig: FilterSig,
-                 targets: TargetSets) -> None:
-        self.user = user
-        self.id = rule_id
-        self.kind = kind
-        self.params = params
-        self.sig = sig
-        self.targets = targets
-
-
 class UserPart:
-    __slots__ = ("rev", "targets", "rules")
+    """What the snapshot holds of one user, enough to take them out of the indexes.
 
-    def __init__(self, rev: int, targets: tuple[Target, ...],
-                 rules: tuple[CompiledRule, ...]) -> None:
+    ``rules`` is flat, ``(kind, params, sig, member)`` four items per rule: a
+    tuple per rule (or an object) would cost a 100,000-user snapshot 12 MB.
+    """
+
+    __slots__ = ("rev", "rules")
+
+    def __init__(self, rev: int, rules: tuple[Any, ...]) -> None:
         self.rev = rev
-        self.targets = targets
         self.rules = rules
 
+    def __len__(self) -> int:
+        return len(self.rules) // 4
 
-#: The rules under one index key, grouped by their filter signature: the
-#: matcher decides a group's filters once per message, then only walks its
-#: members.  Immutable (a change to one user builds the few buckets it touches
-#: anew): most keys hold one or two rules, and a tuple of tuples is a third
-#: of the memory of a dict of lists.
-Bucket = tuple[tuple[FilterSig, tuple[Member, ...]], ...]
-_Index = dict[Any, Bucket]
+    def each(self) -> Iterator[tuple[str, Any, FilterSig, Member]]:
+        """(kind, params, filter signature, member) of each rule."""
+        r = self.rules
+        for i in range(0, len(r), 4):
+            yield r[i], r[i + 1], r[i + 2], r[i + 3]
+
+
+#: The rules under one index key, grouped by their filter signature, as one
+#: flat tuple ``(sig, members, sig, members, ...)``: the matcher decides a
+#: group's filters once per message, then only walks its members.  Immutable
+#: (a change to one user builds the few buckets it touches anew): most keys
+#: hold one or two rules, and this is a third of the memory of a dict of lists.
+Bucket = tuple[Any, ...]
+_Index = dict[Any, Any]  # key -> Bucket (a _Draft while building)
 #: A bucket being built or changed.
 _Draft = dict[FilterSig, list[Member]]
+#: Where to put a rule's member: the draft bucket of (index, key).
+_DraftOf = Callable[[_Index, Any], _Draft]
 
 
 def _thaw(bucket: Bucket | None) -> _Draft:
-    return {sig: list(members) for sig, members in bucket or ()}
+    it = iter(bucket or ())
+    return {sig: list(members) for sig, members in zip(it, it, strict=True)}
 
 
 def _freeze(draft: _Draft) -> Bucket:
-    return tuple((sig, tuple(members)) for sig, members in draft.items() if members)
+    return tuple(x for sig, members in draft.items() if members for x in (sig, tuple(members)))
+
+
+def pairs(bucket: Bucket) -> Iterator[tuple[FilterSig, tuple[Member, ...]]]:
+    """A bucket's (filter signature, members) groups."""
+    it = iter(bucket)
+    return zip(it, it, strict=True)
+
+
+def _draft_in_place(index: _Index, key: Any) -> _Draft:
+    draft: _Draft = index.setdefault(key, {})
+    return draft
 
 
 class Snapshot:
@@ -355,7 +369,6 @@ class Snapshot:
         }
         self.groups = {g: tuple(m) for g, m in header["groups"].items()}
         self.users: dict[str, UserPart] = {}
-        self.targets: dict[Target, TargetParts] = {}
         self.by_owner: _Index = {}
         self.by_owner_group: _Index = {}
         self.by_artifact: dict[str, _Index] = {atype: {} for atype in ARTIFACT_TYPES}
@@ -368,10 +381,15 @@ class Snapshot:
         self._dest_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._sigs: dict[tuple[int, ...], FilterSig] = {}
         self._table = [self._filter(spec) for spec in header.get("filters", ())]
-        drafts: dict[tuple[int, Any], tuple[_Index, _Draft]] = {}
+        # While building, the indexes hold drafts; each is frozen in place at
+        # the end (freed as the next is made, so the peak stays low).
         for name, entry in users:
-            self._add_user(name, entry, drafts)
-        self._commit(drafts)
+            self._add_user(name, entry, _draft_in_place)
+        for index in self._indexes():
+            for key in index:
+                index[key] = _freeze(index[key])
+        self._topic_matchers = {pattern: glob_matcher(pattern)
+                                for pattern in self.by_topic_pattern}
 
     @classmethod
     def from_data(cls, data: SnapshotData) -> Snapshot:
@@ -402,18 +420,17 @@ class Snapshot:
         key = tuple(id(cf) * 2 + mine for cf, mine in sig)
         return self._sigs.setdefault(key, sig)
 
-    def _index_keys(self, rule: CompiledRule) -> Iterator[tuple[_Index, Any]]:
-        kind, params = rule.kind, rule.params
+    def _index_keys(self, kind: str, params: Any, user: str) -> Iterator[tuple[_Index, Any]]:
         if kind == "artifacts-owned":
-            yield self.by_owner, rule.user
+            yield self.by_owner, user
         elif kind == "artifacts-group-owned":
             for group in params:
                 yield self.by_owner_group, group
         elif kind == "artifacts-followed":
-            for atype, name in params:
-                yield self.by_artifact[atype], name
+            for i in range(0, len(params), 2):
+                yield self.by_artifact[params[i]], params[i + 1]
         elif kind == "related-events":
-            yield self.by_related, rule.user
+            yield self.by_related, user
         elif kind == "users-followed":
             for name in params:
                 yield self.by_followed_user, name
@@ -423,21 +440,14 @@ class Snapshot:
         else:
             raise ValueError(f"unknown tracking kind {kind!r} in snapshot")
 
-    def _draft(self, drafts: dict[tuple[int, Any], tuple[_Index, _Draft]], index: _Index,
-               key: Any) -> _Draft:
-        found = drafts.get((id(index), key))
-        if found is None:
-            found = drafts[(id(index), key)] = (index, _thaw(index.get(key)))
-        return found[1]
+    def _indexes(self) -> list[_Index]:
+        return [self.by_owner, self.by_owner_group, *self.by_artifact.values(),
+                self.by_related, self.by_followed_user, self.by_topic_pattern]
 
     def _commit(self, drafts: dict[tuple[int, Any], tuple[_Index, _Draft]]) -> None:
         topics_changed = False
-        while drafts:
-            # popped one by one: each freed draft makes room for the next
-            # frozen bucket instead of leaving holes behind all of them
-            (_, key), (index, draft) = drafts.popitem()
+        for (_, key), (index, draft) in drafts.items():
             bucket = _freeze(draft)
-            del draft
             if bucket:
                 index[key] = bucket
             else:
@@ -452,47 +462,38 @@ class Snapshot:
             # cached topic -> buckets tuples hold the buckets replaced here
             self._topic_cache.clear()
 
-    def _add_user(self, name: str, entry: UserEntry,
-                  drafts: dict[tuple[int, Any], tuple[_Index, _Draft]]) -> None:
+    def _add_user(self, name: str, entry: UserEntry, draft_of: _DraftOf) -> None:
         name = _intern(name)
-        targets: dict[str, Target] = {}
-        for d, (p, a) in entry["dests"].items():
-            parts = (name, _intern(p), _intern(a), _intern(d))
-            target = _intern("\0".join(parts))
-            self.targets[target] = parts
-            targets[parts[3]] = target
+        targets: dict[str, Target] = {
+            d: _intern("\0".join((name, p, a, d))) for d, (p, a) in entry["dests"].items()
+        }
         # one tuple per distinct destination list of this user
         target_tuples: dict[tuple[str, ...], tuple[Target, ...]] = {}
-        rules = []
+        rules: list[Any] = []
         for rule_id, kind, params, gens in entry["rules"]:
-            if kind == "artifacts-followed":
-                params = tuple((a, _intern(n)) for a, n in params)
+            if kind == "artifacts-followed":  # flat: (type, name, type, name, ...)
+                params = tuple(_intern(x) for pair in params for x in pair)
             elif params is not None:
                 params = tuple(_intern(p) for p in params)
             sig = self._signature(gens)
             target_sets = tuple(
                 target_tuples.setdefault(tuple(g[2]), tuple(targets[d] for d in g[2]))
                 for g in gens)
-            rule = CompiledRule(name, _intern(rule_id), kind, params, sig, target_sets)
-            rules.append(rule)
-            member = (name, rule.id, target_sets)
-            for index, key in self._index_keys(rule):
-                self._draft(drafts, index, key).setdefault(sig, []).append(member)
-        self.users[name] = UserPart(int(entry.get("rev", 0)), tuple(targets.values()),
-                                    tuple(rules))
+            member = (name, _intern(rule_id), target_sets)
+            rules += (kind, params, sig, member)
+            for index, key in self._index_keys(kind, params, name):
+                draft_of(index, key).setdefault(sig, []).append(member)
+        self.users[name] = UserPart(int(entry.get("rev", 0)), tuple(rules))
 
-    def _remove_user(self, name: str,
-                     drafts: dict[tuple[int, Any], tuple[_Index, _Draft]]) -> None:
+    def _remove_user(self, name: str, draft_of: _DraftOf) -> None:
         part = self.users.pop(name, None)
         if part is None:
             return
-        for target in part.targets:
-            self.targets.pop(target, None)
-        for rule in part.rules:
-            for index, key in self._index_keys(rule):
-                members = self._draft(drafts, index, key).get(rule.sig)
+        for kind, params, sig, member in part.each():
+            for index, key in self._index_keys(kind, params, name):
+                members = draft_of(index, key).get(sig)
                 if members:
-                    members[:] = [m for m in members if m[0] != rule.user or m[1] != rule.id]
+                    members[:] = [m for m in members if m is not member]
 
     def apply_user(self, name: str, entry: UserEntry | None) -> bool:
         """Replace one user's part (``None`` removes it).
@@ -504,9 +505,16 @@ class Snapshot:
         if entry is not None and current is not None and int(entry.get("rev", 0)) < current.rev:
             return False
         drafts: dict[tuple[int, Any], tuple[_Index, _Draft]] = {}
-        self._remove_user(name, drafts)
+
+        def draft_of(index: _Index, key: Any) -> _Draft:
+            found = drafts.get((id(index), key))
+            if found is None:
+                found = drafts[(id(index), key)] = (index, _thaw(index.get(key)))
+            return found[1]
+
+        self._remove_user(name, draft_of)
         if entry is not None:
-            self._add_user(name, entry, drafts)
+            self._add_user(name, entry, draft_of)
         self._commit(drafts)
         return True
 
@@ -564,14 +572,14 @@ class Snapshot:
     def candidates(self, m: Message) -> Iterator[tuple[FilterSig, Member]]:
         """(filter signature, member) of every rule whose tracking matches ``m``."""
         for bucket in self.buckets(m):
-            for sig, members in bucket:
+            for sig, members in pairs(bucket):
                 for member in members:
                     yield sig, member
 
     def stats(self) -> dict[str, int]:
         return {
             "users": len(self.users),
-            "rules": sum(len(p.rules) for p in self.users.values()),
+            "rules": sum(len(p) for p in self.users.values()),
             "distinct_filters": len(self._filters),
             "distinct_filter_signatures": len(self._sigs),
             "artifacts_owned": sum(len(v) for v in self.owners.values()),
