@@ -31,10 +31,11 @@ def publish_full(engine: Engine, store: SnapshotStore) -> SnapshotData:
     store.publish(data)
     # Users changed since we read the revisions: their change may have gone
     # to the previous snapshot's log.  Publish them again on the new one.
-    for name, revision in db.user_revisions(engine).items():
+    now = db.user_revisions(engine)
+    for name, revision in now.items():
         if revision != revisions.get(name):
             publish_user(store, name, db.load_user(engine, name), revision)
-    for name in revisions.keys() - db.user_revisions(engine).keys():
+    for name in revisions.keys() - now.keys():
         publish_user(store, name, None, 0)
     log.info("published snapshot %s: %d users with live rules", data.id, len(data.users))
     return data
