@@ -1,0 +1,145 @@
+"""The bus envelope: what the bridge puts on the incoming SQS queue (version 1).
+
+One SQS message carries one bus message, as received, with where and when it
+came from.  The body is JSON (docs/envelope.md)::
+
+    {"v": 1, "bus": "fedmsg" | "fedora-messaging", "source": "tcp://hub:9940",
+     "received_at": "2026-11-27T20:00:00.123456+00:00", "seq": 1234,
+     "record": {...}}
+
+``record`` is the bus record itself: the fedmsg envelope (``topic``, ``msg``,
+``msg_id``, ``i``, ...) or the fedora-messaging record (``topic``,
+``headers``, ``id``, ``body``, ``queue``), as JSON.  A record that is not
+JSON is kept verbatim as ``record_text`` (or ``record_b64`` when it is not
+even UTF-8); the match function then dead-letters it: nothing is dropped on
+the way.  A record too large for one SQS message
+goes to S3 and the envelope carries ``claim`` (bucket, key, size, SHA-256)
+instead: the claim-check pattern.  ``seq`` is fedmsg's per-publisher sequence
+number ``i`` where there is one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from fmn.errors import PermanentError
+
+ENVELOPE_VERSION = 1
+BUSES: tuple[str, ...] = ("fedmsg", "fedora-messaging")
+#: SQS accepts 262,144 bytes per message; above this an envelope's record
+#: goes to S3 (the margin covers the envelope's own fields and attributes).
+MAX_INLINE_BYTES = 240 * 1024
+
+
+class InvalidEnvelope(PermanentError):
+    """An SQS body that is not a version-1 bus envelope."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Where a record too large for SQS was put."""
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "key": self.key, "size": self.size,
+                "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    bus: str
+    source: str
+    received_at: str
+    #: the record as received (JSON bytes or not); None when it is in S3
+    record: bytes | None
+    claim: Claim | None = None
+    seq: int | None = None
+
+    @classmethod
+    def wrap(cls, bus: str, source: str, record: bytes, seq: int | None = None,
+             received_at: datetime | None = None) -> Envelope:
+        if bus not in BUSES:
+            raise ValueError(f"unknown bus {bus!r}")
+        when = (received_at or datetime.now(UTC)).isoformat()
+        return cls(bus=bus, source=source, received_at=when, record=record, seq=seq)
+
+    def with_claim(self, claim: Claim) -> Envelope:
+        return Envelope(self.bus, self.source, self.received_at, None, claim, self.seq)
+
+    def encode(self) -> str:
+        """The SQS message body."""
+        doc: dict[str, Any] = {"v": ENVELOPE_VERSION, "bus": self.bus, "source": self.source,
+                               "received_at": self.received_at}
+        if self.seq is not None:
+            doc["seq"] = self.seq
+        if self.claim is not None:
+            doc["claim"] = self.claim.to_json()
+        elif self.record is not None:
+            if _is_json(self.record):
+                doc["record"] = orjson.Fragment(self.record)  # embedded as received
+            else:
+                try:
+                    doc["record_text"] = self.record.decode("utf-8")
+                except UnicodeDecodeError:  # kept byte for byte all the same
+                    doc["record_b64"] = base64.b64encode(self.record).decode()
+        return orjson.dumps(doc).decode()
+
+    @classmethod
+    def decode(cls, body: str | bytes) -> Envelope:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEnvelope(f"SQS body is not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
+            raise InvalidEnvelope(f"not a version-{ENVELOPE_VERSION} bus envelope")
+        if doc.get("bus") not in BUSES:
+            raise InvalidEnvelope(f"unknown bus {doc.get('bus')!r}")
+        claim = None
+        record: bytes | None = None
+        if "claim" in doc:
+            c = doc["claim"]
+            try:
+                claim = Claim(str(c["bucket"]), str(c["key"]), int(c["size"]), str(c["sha256"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidEnvelope(f"bad claim: {exc}") from exc
+        elif "record" in doc:
+            record = orjson.dumps(doc["record"])
+        elif "record_text" in doc:
+            record = str(doc["record_text"]).encode()
+        elif "record_b64" in doc:
+            try:
+                record = base64.b64decode(str(doc["record_b64"]), validate=True)
+            except ValueError as exc:
+                raise InvalidEnvelope(f"bad record_b64: {exc}") from exc
+        else:
+            raise InvalidEnvelope("envelope has neither record nor claim")
+        seq = doc.get("seq")
+        return cls(bus=doc["bus"], source=str(doc.get("source", "")),
+                   received_at=str(doc.get("received_at", "")), record=record, claim=claim,
+                   seq=seq if isinstance(seq, int) else None)
+
+    def encoded_size(self) -> int:
+        return len(self.encode().encode())
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def make_claim(bucket: str, key: str, record: bytes) -> Claim:
+    return Claim(bucket=bucket, key=key, size=len(record),
+                 sha256=hashlib.sha256(record).hexdigest())

@@ -1,0 +1,62 @@
+"""The queues of the pipeline: one definition for deployment and local runs.
+
+``infra/`` deploys exactly these, and the local Lambda runner creates and
+polls exactly these; nothing else spells a queue name, a dead-letter queue,
+a maximum receive count or a visibility timeout.  Names get a per-stage
+prefix (``FMN_QUEUE_PREFIX``, default ``fmn-``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The delivery backends, each with its own notifications queue.
+BACKENDS: tuple[str, ...] = ("email", "irc", "sse", "matrix")
+
+
+@dataclass(frozen=True)
+class QueueDef:
+    #: logical name (``incoming``, ``email``, ...); the SQS name is prefix + name
+    name: str
+    #: the function fed by this queue (``None``: nothing consumes it yet)
+    function: str | None
+    #: how long a received message stays invisible (must exceed the function's timeout)
+    visibility_timeout_s: int
+    #: receives before a message moves to the dead-letter queue
+    max_receive_count: int
+    #: event source mapping: records per invocation and how long to gather them
+    batch_size: int
+    batching_window_s: int
+    #: the most concurrent invocations of the function for this queue
+    max_concurrency: int
+    #: how long messages are kept (SQS maximum: 14 days)
+    retention_s: int = 4 * 24 * 3600
+
+    def sqs_name(self, prefix: str) -> str:
+        return f"{prefix}{self.name}"
+
+    def dlq_name(self, prefix: str) -> str:
+        return f"{prefix}{self.name}-dlq"
+
+
+QUEUES: tuple[QueueDef, ...] = (
+    QueueDef("incoming", "match", visibility_timeout_s=60, max_receive_count=5,
+             batch_size=100, batching_window_s=1, max_concurrency=20),
+    QueueDef("email", "send_email", visibility_timeout_s=120, max_receive_count=5,
+             batch_size=10, batching_window_s=1, max_concurrency=10),
+    # One IRC connection respects the network's flood limits: concurrency 1.
+    QueueDef("irc", "send_irc", visibility_timeout_s=300, max_receive_count=5,
+             batch_size=10, batching_window_s=1, max_concurrency=1),
+    QueueDef("sse", "sse", visibility_timeout_s=60, max_receive_count=5,
+             batch_size=100, batching_window_s=0, max_concurrency=5),
+    # Matrix notifications wait here for a later sender.
+    QueueDef("matrix", None, visibility_timeout_s=60, max_receive_count=5,
+             batch_size=10, batching_window_s=0, max_concurrency=1),
+)
+
+
+def queue(name: str) -> QueueDef:
+    for q in QUEUES:
+        if q.name == name:
+            return q
+    raise KeyError(f"no queue named {name!r}; known: {', '.join(q.name for q in QUEUES)}")
