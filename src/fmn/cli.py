@@ -180,7 +180,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
-    users = [int(u) for u in str(args.users).split(",")]
+    try:
+        users = [int(u) for u in str(args.users).split(",")]
+    except ValueError:
+        return _fail(f"--users takes user counts such as 10000 or 10000,100000, not "
+                     f"{args.users!r}")
+    if any(u < 1 for u in users):
+        return _fail("--users counts must be at least 1")
     return run_match_benchmark(users=users, seed=args.seed, messages=args.messages,
                                duration=args.duration, naive_messages=args.naive_messages,
                                json_path=args.json)
@@ -266,6 +272,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file that is not there, a directory, no permission
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    except Exception as exc:
+        message = _dependency_error(exc)
+        if message is None:
+            raise
+        return _fail(message)
+
+
+def _dependency_error(exc: Exception) -> str | None:
+    """What a database or Redis failure means to the person at the terminal.
+
+    Translated here, at the edge; anything else is a bug and keeps its traceback.
+    """
+    import redis
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    if isinstance(exc, NoSuchModuleError | ArgumentError):
+        return f"not a usable database URL: {exc}"
+    if isinstance(exc, SQLAlchemyError):
+        first = str(exc).splitlines()[0]
+        return (f"database error: {first} (is the database there and migrated? "
+                "`fmn prefs import` creates it)")
+    if isinstance(exc, redis.RedisError):
+        return f"Redis error: {exc} (is REDIS_URL right and Redis running?)"
+    return None
 
 
 if __name__ == "__main__":

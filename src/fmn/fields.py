@@ -39,7 +39,7 @@ def lookup_path(body: Any, path: Sequence[str]) -> Any:
             if part not in node:
                 return MISSING
             node = node[part]
-        elif isinstance(node, list) and part.isdecimal():
+        elif isinstance(node, list) and len(part) <= 9 and part.isascii() and part.isdigit():
             index = int(part)
             if index >= len(node):
                 return MISSING

@@ -34,8 +34,18 @@ FILTER_NAMES: tuple[str, ...] = (
     "my_actions",
     "fields",
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_FIELD_PATH = re.compile(r"^[^.]+(\.[^.]+)*$")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators:
+# nothing that can end a mail header or an IRC line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Up to 32 dotted parts of up to 256 characters, none of them control characters.
+_FIELD_PATH = re.compile("[^.\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}"
+                         "(?:\\.[^.\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}){0,31}")
+#: The deepest JSON value a ``fields`` filter may list.
+MAX_JSON_DEPTH = 32
+_INT64 = (-(2**63), 2**63 - 1)
+#: Upper bounds of a digest: a week, and ten thousand notifications.
+MAX_DIGEST_INTERVAL_S = 7 * 24 * 3600
+MAX_DIGEST_COUNT = 10_000
 
 
 class InvalidPreferences(ValueError):
@@ -221,10 +231,42 @@ def _str_list(value: Any, where: str, *, allowed: Sequence[str] | None = None) -
     return tuple(out)
 
 
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidPreferences(where, f"must be a positive integer, not {value!r}")
+def _positive_int(value: Any, where: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise InvalidPreferences(where, f"must be an integer from 1 to {maximum}, not {value!r}")
     return value
+
+
+def _json_value(value: Any, where: str, depth: int = 0) -> Any:
+    """A JSON value a filter may compare with: finite numbers, 64-bit integers,
+    valid Unicode, bounded depth (the snapshot must encode it exactly)."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidPreferences(where, f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise InvalidPreferences(where, f"integer {value} is outside the 64-bit range")
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidPreferences(where, f"{value!r} is not a JSON number")
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPreferences(where, "is not valid Unicode (lone surrogate)") from exc
+        return value
+    if isinstance(value, list):
+        return [_json_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        for k in value:
+            if not isinstance(k, str):
+                raise InvalidPreferences(where, f"object key {k!r} is not a string")
+            _json_value(k, f"{where}.{k}", depth + 1)
+        return {k: _json_value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+    raise InvalidPreferences(where, f"{type(value).__name__} is not a JSON value")
 
 
 def parse_destination(data: Any, where: str) -> Destination:
@@ -247,8 +289,10 @@ def parse_destination(data: Any, where: str) -> Destination:
         dg = _obj(d["digest"], _where(where, "digest"))
         _check_keys(dg, _where(where, "digest"), ("interval_s", "max_count"))
         digest = Digest(
-            interval_s=_positive_int(dg["interval_s"], _where(where, "digest.interval_s")),
-            max_count=_positive_int(dg["max_count"], _where(where, "digest.max_count")),
+            interval_s=_positive_int(dg["interval_s"], _where(where, "digest.interval_s"),
+                                     MAX_DIGEST_INTERVAL_S),
+            max_count=_positive_int(dg["max_count"], _where(where, "digest.max_count"),
+                                    MAX_DIGEST_COUNT),
         )
     return Destination(id=dest_id, protocol=protocol, address=address,
                        verified=_bool(d["verified"], _where(where, "verified")), digest=digest)
@@ -318,9 +362,11 @@ def parse_filters(data: Any, where: str) -> Filters:
         pairs = []
         for path, values in fields.items():
             pw = f"{where}.fields[{path!r}]"
-            if not isinstance(path, str) or not _FIELD_PATH.match(path):
-                raise InvalidPreferences(pw, "must be a dotted path such as 'update.status'")
-            pairs.append((path, tuple(_list(values, pw))))
+            if not isinstance(path, str) or not _FIELD_PATH.fullmatch(path):
+                raise InvalidPreferences(pw, "must be a dotted path such as 'update.status' "
+                                             "(at most 32 parts of 256 characters)")
+            pairs.append((path, tuple(_json_value(v, f"{pw}[{i}]")
+                                      for i, v in enumerate(_list(values, pw)))))
         kwargs["fields"] = tuple(pairs)
     return Filters(**kwargs)
 
@@ -390,6 +436,7 @@ def parse_owners(data: Any, where: str = "owners") -> dict[str, dict[str, Owners
         entries: dict[str, Owners] = {}
         for name, own in table.items():
             ow = f"{tw}[{name!r}]"
+            _str(name, ow)
             own_o = _obj(own, ow)
             _check_keys(own_o, ow, (), ("users", "groups"))
             entries[name] = Owners(users=_str_list(own_o.get("users", []), f"{ow}.users"),
@@ -400,7 +447,8 @@ def parse_owners(data: Any, where: str = "owners") -> dict[str, dict[str, Owners
 
 def parse_groups(data: Any, where: str = "groups") -> dict[str, tuple[str, ...]]:
     g = _obj(data, where)
-    return {name: _str_list(members, f"{where}[{name!r}]") for name, members in g.items()}
+    return {_str(name, f"{where}[{name!r}]"): _str_list(members, f"{where}[{name!r}]")
+            for name, members in g.items()}
 
 
 def parse_document(data: Any) -> Preferences:
@@ -410,7 +458,7 @@ def parse_document(data: Any) -> Preferences:
     """
     doc = _obj(data, "document")
     _check_keys(doc, "document", ("version", "users"), ("owners", "groups"))
-    if doc["version"] != DOCUMENT_VERSION:
+    if type(doc["version"]) is not int or doc["version"] != DOCUMENT_VERSION:
         raise InvalidPreferences("version", f"unsupported version {doc['version']!r}, "
                                             f"expected {DOCUMENT_VERSION}")
     users: list[User] = []

@@ -122,7 +122,11 @@ def test_a_deleted_user_leaves_the_snapshot(engine: Engine, store: RedisSnapshot
     sync.publish_full(engine, store)
     live = LiveSnapshot(store, poll_interval=0)
     name = routed(IndexedMatcher(live))[0].user
+    user = db.load_user(engine, name)
     assert db.delete_user(engine, name)
-    sync.publish_user(store, name, None, 0)
+    sync.publish_user(store, name, None, db.db_state(engine).change_seq)
     assert name not in {n.user for n in routed(IndexedMatcher(live))}
     assert live.full_loads == 1
+    # a change from before the deletion, published late, does not bring them back
+    sync.publish_user(store, name, user, 1)
+    assert name not in {n.user for n in routed(IndexedMatcher(live))}

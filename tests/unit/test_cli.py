@@ -101,3 +101,21 @@ def test_prefs_import_then_export_gives_the_same_document(
     code, out, _ = run(capsysbinary, "prefs", "export", "--database", url)
     assert code == 0
     assert json.loads(out) == json.loads((GOLDEN / "prefs.json").read_text())
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["match", "--prefs", str(GOLDEN / "prefs.json"), "--messages", "{tmp}/missing.jsonl"],
+     "No such file or directory"),
+    (["match", "--prefs", str(GOLDEN / "prefs.json"), "--messages", "{tmp}"],
+     "Is a directory"),
+    (["bench", "match", "--users", "abc"], "--users takes user counts"),
+    (["prefs", "import", str(GOLDEN / "prefs.json"), "--database", "bogus://x"],
+     "not a usable database URL"),
+    (["prefs", "export", "--database", "sqlite:///{tmp}/empty.sqlite"], "database error"),
+])
+def test_errors_are_a_message_not_a_traceback(capsysbinary: pytest.CaptureFixture[bytes],
+                                              tmp_path: Path, argv: list[str],
+                                              says: str) -> None:
+    code, _, err = run(capsysbinary, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2
+    assert err.startswith("fmn: error: ") and says in err and "Traceback" not in err

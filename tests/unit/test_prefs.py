@@ -39,6 +39,13 @@ def _bad(mutate: Any) -> InvalidPreferences:
     return info.value
 
 
+def _deep(n: int) -> Any:
+    value: Any = 1
+    for _ in range(n):
+        value = [value]
+    return value
+
+
 def _rule(doc: dict[str, Any]) -> dict[str, Any]:
     rule: dict[str, Any] = doc["users"][0]["rules"][0]
     return rule
@@ -58,7 +65,10 @@ def _rule(doc: dict[str, Any]) -> dict[str, Any]:
      "users[0] (@python) > destinations[0] (d0) > address", "must be a string"),
     (lambda d: d["users"][0]["destinations"][0].update(digest={"interval_s": 0,
                                                                 "max_count": 5}),
-     "digest.interval_s", "positive integer"),
+     "digest.interval_s", "integer from 1 to"),
+    (lambda d: d["users"][0]["destinations"][0].update(digest={"interval_s": 60,
+                                                                "max_count": 2**63}),
+     "digest.max_count", "integer from 1 to"),
     (lambda d: _rule(d)["tracking"].update(kind="everything"),
      "users[0] (@python) > rules[0] (r0) > tracking > kind", "'everything' is not one of"),
     (lambda d: _rule(d)["tracking"]["params"].update(groups=[]),
@@ -83,6 +93,23 @@ def _rule(doc: dict[str, Any]) -> dict[str, Any]:
      "users[0] > name", "control characters"),
     (lambda d: d["owners"]["rpms"].update(kernel={"users": "alice"}),
      "owners.rpms['kernel'].users", "must be a list"),
+    (lambda d: d["owners"]["rpms"].update({"k\x1b[31m": {"users": []}}),
+     "owners.rpms['k\\x1b[31m']", "control characters"),
+    (lambda d: d["users"][0]["destinations"][0].update(address="x@y.org\u2028Bcc: v@z.org"),
+     "destinations[0] (d0) > address", "control characters"),
+    (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"new\n": [1]}),
+     "filters.fields['new\\n']", "dotted path"),
+    (lambda d: _rule(d)["generation_rules"][0]["filters"].update(
+        fields={"builds." + "1" * 5000: ["x"]}), "filters.fields[", "dotted path"),
+    (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": [float("nan")]}),
+     "filters.fields['x'][0]", "not a JSON number"),
+    (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": [2**64]}),
+     "filters.fields['x'][0]", "outside the 64-bit range"),
+    (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": [_deep(40)]}),
+     "filters.fields['x'][0]", "nested deeper"),
+    (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": ["\ud800"]}),
+     "filters.fields['x'][0]", "lone surrogate"),
+    (lambda d: d.update(version=True), "version", "unsupported version"),
 ])
 def test_invalid_documents_name_the_culprit(mutate: Any, where: str, reason: str) -> None:
     error = _bad(mutate)

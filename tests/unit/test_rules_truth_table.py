@@ -137,6 +137,7 @@ CASES: list[tuple[str, dict[str, Any], Message, bool]] = [
     ("severities absent: DEBUG excluded", prefs(TOPICS_ALL), msg(severity=10), False),
     ("severities absent: INFO passes", prefs(TOPICS_ALL), msg(severity=20), True),
     ("severities absent: ERROR passes", prefs(TOPICS_ALL), msg(severity=40), True),
+    ("severities absent: an unknown level passes", prefs(TOPICS_ALL), msg(severity=50), True),
     ("severities: DEBUG listed", prefs(TOPICS_ALL, {"severities": ["DEBUG"]}),
      msg(severity=10), True),
     ("severities: INFO not listed", prefs(TOPICS_ALL, {"severities": ["ERROR", "WARNING"]}),

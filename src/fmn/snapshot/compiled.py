@@ -37,8 +37,7 @@ from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Filters, Preferences, User
 
 FORMAT_VERSION = 1
-DEFAULT_SEVERITIES: tuple[int, ...] = (SEVERITIES["INFO"], SEVERITIES["WARNING"],
-                                       SEVERITIES["ERROR"])
+DEBUG = SEVERITIES["DEBUG"]
 #: Distinct topics whose matching topic rules are remembered.
 TOPIC_CACHE_SIZE = 20_000
 
@@ -61,8 +60,8 @@ def compile_filters(f: Filters) -> dict[str, Any]:
         out["apps"] = sorted({a.lower() for a in f.applications})
     if f.excluded_applications is not None:
         out["xapps"] = sorted({a.lower() for a in f.excluded_applications})
-    out["sev"] = (sorted({SEVERITIES[s] for s in f.severities}) if f.severities is not None
-                  else list(DEFAULT_SEVERITIES))
+    if f.severities is not None:
+        out["sev"] = sorted({SEVERITIES[s] for s in f.severities})
     if f.topic is not None:
         out["topic"] = f.topic
     if f.fields is not None:
@@ -158,6 +157,8 @@ class SnapshotData:
     #: the distinct filters, referred to by number in the entries
     filters: list[dict[str, Any]] = field(default_factory=list)
     users: dict[str, UserEntry] = field(default_factory=dict)
+    #: the revisions of users left out (nothing of theirs can fire)
+    absent: dict[str, int] = field(default_factory=dict)
 
     def header(self) -> dict[str, Any]:
         return {
@@ -168,6 +169,7 @@ class SnapshotData:
             "owners": self.owners,
             "groups": self.groups,
             "filters": self.filters,
+            "absent": self.absent,
             "users": len(self.users),
         }
 
@@ -180,7 +182,7 @@ class SnapshotData:
 
 def check_header(header: Any) -> Mapping[str, Any]:
     if not isinstance(header, Mapping) or header.get("format") != "fmn-snapshot" \
-            or header.get("version") != FORMAT_VERSION:
+            or type(header.get("version")) is not int or header.get("version") != FORMAT_VERSION:
         found = header if not isinstance(header, Mapping) else {
             k: header.get(k) for k in ("format", "version")}
         raise ValueError(f"not an fmn snapshot of version {FORMAT_VERSION}: {found!r}")
@@ -214,12 +216,15 @@ def compile_preferences(prefs: Preferences, snapshot_id: str, created_at: str,
     """Compile a whole preferences set (optionally with each user's revision)."""
     revisions = revisions or {}
     users: dict[str, UserEntry] = {}
+    absent: dict[str, int] = {}
     table = FilterTable()
     with gc_paused():
         for user in prefs.users:
             entry = compile_user(user, revisions.get(user.name, 0), table)
             if entry["rules"]:  # the snapshot keeps only users who can receive something
                 users[user.name] = entry
+            elif entry["rev"]:
+                absent[user.name] = entry["rev"]
         owners = {
             atype: {name: [list(o.users), list(o.groups)]
                     for name, o in prefs.owners.get(atype, {}).items()}
@@ -227,7 +232,7 @@ def compile_preferences(prefs: Preferences, snapshot_id: str, created_at: str,
         }
         groups = {g: list(m) for g, m in prefs.groups.items()}
     return SnapshotData(id=snapshot_id, created_at=created_at, owners=owners, groups=groups,
-                        filters=table.specs, users=users)
+                        filters=table.specs, users=users, absent=absent)
 
 
 # --------------------------------------------------------------------------
@@ -250,7 +255,9 @@ class CompiledFilter:
                                             else None)
         self.xapps: frozenset[str] | None = (frozenset(spec["xapps"]) if "xapps" in spec
                                              else None)
-        self.severities = frozenset(spec["sev"])
+        # absent: every severity but DEBUG passes (spec section 2)
+        self.severities: frozenset[int] | None = (frozenset(spec["sev"]) if "sev" in spec
+                                                  else None)
         self.topic_match = glob_matcher(spec["topic"]) if "topic" in spec else None
         self.fields: tuple[tuple[tuple[str, ...], tuple[Any, ...]], ...] | None = (
             tuple((tuple(path.split(".")), tuple(values)) for path, values in spec["fields"])
@@ -259,7 +266,10 @@ class CompiledFilter:
 
     def passes(self, m: Message, app: str | None) -> bool:
         """Whether ``m`` passes; ``app`` is ``m.app_name`` lowercased."""
-        if m.severity not in self.severities:
+        if self.severities is None:
+            if m.severity == DEBUG:
+                return False
+        elif m.severity not in self.severities:
             return False
         if self.apps is not None and app not in self.apps:
             return False
@@ -381,10 +391,13 @@ class Snapshot:
         self._dest_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._sigs: dict[tuple[int, ...], FilterSig] = {}
         self._table = [self._filter(spec) for spec in header.get("filters", ())]
+        #: revisions of users the snapshot holds no line for (nothing of theirs
+        #: can fire): an older change must not bring them back
+        self.absent_revisions: dict[str, int] = dict(header.get("absent", {}))
         # While building, the indexes hold drafts; each is frozen in place at
         # the end (freed as the next is made, so the peak stays low).
         for name, entry in users:
-            self._add_user(name, entry, _draft_in_place)
+            self.users[_intern(name)] = self._add_user(name, entry, _draft_in_place)
         for index in self._indexes():
             for key in index:
                 index[key] = _freeze(index[key])
@@ -462,7 +475,8 @@ class Snapshot:
             # cached topic -> buckets tuples hold the buckets replaced here
             self._topic_cache.clear()
 
-    def _add_user(self, name: str, entry: UserEntry, draft_of: _DraftOf) -> None:
+    def _add_user(self, name: str, entry: UserEntry, draft_of: _DraftOf) -> UserPart:
+        """Put a user's rules into draft buckets; the caller stores the returned part."""
         name = _intern(name)
         targets: dict[str, Target] = {
             d: _intern("\0".join((name, p, a, d))) for d, (p, a) in entry["dests"].items()
@@ -483,12 +497,9 @@ class Snapshot:
             rules += (kind, params, sig, member)
             for index, key in self._index_keys(kind, params, name):
                 draft_of(index, key).setdefault(sig, []).append(member)
-        self.users[name] = UserPart(int(entry.get("rev", 0)), tuple(rules))
+        return UserPart(int(entry.get("rev", 0)), tuple(rules))
 
-    def _remove_user(self, name: str, draft_of: _DraftOf) -> None:
-        part = self.users.pop(name, None)
-        if part is None:
-            return
+    def _remove_rules(self, name: str, part: UserPart, draft_of: _DraftOf) -> None:
         for kind, params, sig, member in part.each():
             for index, key in self._index_keys(kind, params, name):
                 members = draft_of(index, key).get(sig)
@@ -502,8 +513,11 @@ class Snapshot:
         replaying a change log is harmless.  Returns whether anything changed.
         """
         current = self.users.get(name)
-        if entry is not None and current is not None and int(entry.get("rev", 0)) < current.rev:
+        known = current.rev if current is not None else self.absent_revisions.get(name, -1)
+        if entry is not None and int(entry.get("rev", 0)) < known:
             return False
+        # Everything below works on drafts (copies) until _commit: an entry
+        # that fails half-way leaves the indexes and the users as they were.
         drafts: dict[tuple[int, Any], tuple[_Index, _Draft]] = {}
 
         def draft_of(index: _Index, key: Any) -> _Draft:
@@ -512,10 +526,15 @@ class Snapshot:
                 found = drafts[(id(index), key)] = (index, _thaw(index.get(key)))
             return found[1]
 
-        self._remove_user(name, draft_of)
-        if entry is not None:
-            self._add_user(name, entry, draft_of)
+        if current is not None:
+            self._remove_rules(name, current, draft_of)
+        part = self._add_user(name, entry, draft_of) if entry is not None else None
         self._commit(drafts)
+        if part is None:
+            self.users.pop(name, None)
+        else:
+            self.users[_intern(name)] = part
+            self.absent_revisions.pop(name, None)
         return True
 
     # -- reading ----------------------------------------------------------

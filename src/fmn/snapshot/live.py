@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from fmn.errors import FmnError
 from fmn.snapshot.compiled import Snapshot
 from fmn.snapshot.store import LOG_START, SnapshotStore
 
@@ -35,24 +36,34 @@ class LiveSnapshot:
         #: how many full loads and per-user changes were applied (for metrics and tests)
         self.full_loads = 0
         self.changes_applied = 0
+        self.bad_changes = 0
+        self.poll_failures = 0
 
     def __call__(self) -> Snapshot:
         now = self.clock()
         if self._snapshot is None:
-            self._load(None)
+            self._load(None)  # nothing to serve yet: a failure here is the caller's
             self._next_poll = now + self.poll_interval
         elif now >= self._next_poll:
-            self.refresh()
             self._next_poll = now + self.poll_interval
+            try:
+                self.refresh()
+            except FmnError as exc:
+                # The store is away: keep matching on what we hold, retry at the
+                # next interval (not at every message).
+                self.poll_failures += 1
+                log.warning("snapshot store unavailable, matching on snapshot %s: %s",
+                            self._snapshot.id, exc)
         assert self._snapshot is not None
         return self._snapshot
 
     def _load(self, snapshot_id: str | None) -> None:
         started = time.perf_counter()
+        fresh = self.store.load(snapshot_id)  # the old one serves until this succeeds
         # The previous snapshot (frozen below) must become collectable again.
         gc.unfreeze()
-        self._snapshot = None
-        self._snapshot = self.store.load(snapshot_id)
+        self._snapshot = fresh
+        del fresh
         # A snapshot is millions of objects that live until the next reload:
         # move them out of the cyclic GC's sight, or every full collection
         # rescans them in the middle of matching (the p99 spikes).
@@ -75,9 +86,16 @@ class LiveSnapshot:
             self._load(poll.current_id)
             return
         for change in poll.changes:
-            self._snapshot.apply_user(change.user, change.entry)
+            try:
+                self._snapshot.apply_user(change.user, change.entry)
+                self.changes_applied += 1
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                # A malformed entry (a writer's bug, a version skew) must not
+                # block the log: skip it, loudly; the next full publish heals.
+                self.bad_changes += 1
+                log.error("skipping unusable change for user %r at %s: %r", change.user,
+                          change.position, exc)
             self._position = change.position
-            self.changes_applied += 1
         if poll.changes:
             log.info("applied %d user changes to snapshot %s", len(poll.changes),
                      self._snapshot.id)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,6 +140,17 @@ return current
 """
 
 
+@contextmanager
+def _redis_errors(action: str) -> Iterator[None]:
+    """Redis' own errors, as the project's retryable one."""
+    import redis
+
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise SnapshotUnavailable(f"Redis failed to {action}: {exc}") from exc
+
+
 class RedisSnapshotStore:
     """The store on Redis (ElastiCache in AWS).
 
@@ -162,37 +175,53 @@ class RedisSnapshotStore:
         return self.prefix + ":".join(parts)
 
     def publish(self, data: SnapshotData) -> None:
+        import redis
+
         blob = encode_blob(data)
-        old = self.current_id()
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(data.id), blob)
-            pipe.set(self._key("current"), data.id)
-            if old is not None and old != data.id:
-                pipe.expire(self._key(old), OLD_SNAPSHOT_GRACE_S)
-                pipe.expire(self._key(old, "changes"), OLD_SNAPSHOT_GRACE_S)
-            pipe.execute()
+        current = self._key("current")
+        with _redis_errors("publish a snapshot"), self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    # WATCH: two publishers racing must not leave an old blob
+                    # without its expiry
+                    pipe.watch(current)
+                    old = pipe.get(current)
+                    old = old.decode() if isinstance(old, bytes) else old
+                    pipe.multi()
+                    pipe.set(self._key(data.id), blob)
+                    pipe.set(current, data.id)
+                    if old is not None and old != data.id:
+                        pipe.expire(self._key(old), OLD_SNAPSHOT_GRACE_S)
+                        pipe.expire(self._key(old, "changes"), OLD_SNAPSHOT_GRACE_S)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def publish_user(self, user: str, entry: UserEntry | None) -> None:
-        current = self._publish_user(keys=[self._key("current"), self.prefix],
-                                     args=[_encode_change(user, entry)])
+        with _redis_errors("publish a change"):
+            current = self._publish_user(keys=[self._key("current"), self.prefix],
+                                         args=[_encode_change(user, entry)])
         if not current:
             raise SnapshotUnavailable("no snapshot to change: publish one first")
 
     def current_id(self) -> str | None:
-        value = self.client.get(self._key("current"))
+        with _redis_errors("read the current snapshot id"):
+            value = self.client.get(self._key("current"))
         return value.decode() if isinstance(value, bytes) else value
 
     def load(self, snapshot_id: str | None = None) -> Snapshot:
         sid = snapshot_id or self.current_id()
         if sid is None:
             raise SnapshotUnavailable("no current snapshot in Redis")
-        blob = self.client.get(self._key(sid))
+        with _redis_errors("read a snapshot"):
+            blob = self.client.get(self._key(sid))
         if blob is None:
             raise SnapshotUnavailable(f"snapshot {sid!r} is not in Redis")
         return snapshot_from_blob(blob)
 
     def poll(self, snapshot_id: str, after: str) -> Poll:
-        with self.client.pipeline(transaction=False) as pipe:
+        with _redis_errors("poll for changes"), self.client.pipeline(transaction=False) as pipe:
             pipe.get(self._key("current"))
             pipe.xrange(self._key(snapshot_id, "changes"),
                         min="-" if after == LOG_START else f"({after}")

@@ -35,12 +35,22 @@ def publish_full(engine: Engine, store: SnapshotStore) -> SnapshotData:
     for name, revision in now.items():
         if revision != revisions.get(name):
             publish_user(store, name, db.load_user(engine, name), revision)
-    for name in revisions.keys() - now.keys():
-        publish_user(store, name, None, 0)
+    gone = revisions.keys() - now.keys()
+    if gone:
+        seq = db.db_state(engine).change_seq
+        for name in gone:
+            publish_user(store, name, None, seq)
     log.info("published snapshot %s: %d users with live rules", data.id, len(data.users))
     return data
 
 
 def publish_user(store: SnapshotStore, name: str, user: User | None, revision: int) -> None:
-    """Publish one user's preferences (``None``: the user is gone)."""
-    store.publish_user(name, None if user is None else compile_user(user, revision))
+    """Publish one user's preferences at ``revision``.
+
+    ``None``: the user is gone; pass the database's change sequence after the
+    deletion as the revision, so that an older change published late cannot
+    bring them back.
+    """
+    entry = (compile_user(user, revision) if user is not None
+             else {"rev": revision, "dests": {}, "rules": []})
+    store.publish_user(name, entry)
