@@ -81,7 +81,7 @@ def edge_document() -> dict[str, Any]:
             {"name": odd, "enabled": True,
              "destinations": [
                  {"id": "z", "protocol": "sse", "address": odd, "verified": True,
-                  "digest": {"interval_s": 2**40, "max_count": 1}},
+                  "digest": {"interval_s": 7 * 24 * 3600, "max_count": 1}},
                  {"id": "a", "protocol": "email", "address": "a@example.org",
                   "verified": False, "digest": None},
                  {"id": odd, "protocol": "sse", "address": None, "verified": True,
