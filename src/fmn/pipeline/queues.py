@@ -27,7 +27,9 @@ class QueueDef:
     #: event source mapping: records per invocation and how long to gather them
     batch_size: int
     batching_window_s: int
-    #: the most concurrent invocations of the function for this queue
+    #: the most concurrent invocations of the function for this queue.  On AWS
+    #: the event source mapping's MaximumConcurrency must be 2 or more, so
+    #: infra deploys 1 as the function's reserved concurrency instead.
     max_concurrency: int
     #: how long messages are kept (SQS maximum: 14 days)
     retention_s: int = 4 * 24 * 3600
@@ -47,8 +49,9 @@ QUEUES: tuple[QueueDef, ...] = (
     # One IRC connection respects the network's flood limits: concurrency 1.
     QueueDef("irc", "send_irc", visibility_timeout_s=300, max_receive_count=5,
              batch_size=10, batching_window_s=1, max_concurrency=1),
+    # (AWS requires a batching window of at least 1 s above 10 records.)
     QueueDef("sse", "sse", visibility_timeout_s=60, max_receive_count=5,
-             batch_size=100, batching_window_s=0, max_concurrency=5),
+             batch_size=100, batching_window_s=1, max_concurrency=5),
     # Matrix notifications wait here for a later sender.
     QueueDef("matrix", None, visibility_timeout_s=60, max_receive_count=5,
              batch_size=10, batching_window_s=0, max_concurrency=1),
