@@ -29,3 +29,17 @@ def redis_client():  # type: ignore[no-untyped-def]
     except redis.RedisError as exc:
         unavailable(f"Redis at {REDIS_URL}", exc)
     return client
+
+
+AMQP_URL = os.environ.get("FMN_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def rabbitmq_connection():  # type: ignore[no-untyped-def]
+    """A pika BlockingConnection to the test RabbitMQ (skip locally, fail in CI)."""
+    import pika
+    import pika.exceptions
+
+    try:
+        return pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    except pika.exceptions.AMQPError as exc:
+        unavailable(f"RabbitMQ at {AMQP_URL}", exc)

@@ -1,0 +1,303 @@
+"""The fedora-messaging source: a pika consumer that acknowledges only what SQS accepted.
+
+Configured by a fedora-messaging TOML file, read with fedora-messaging's own
+parser (``amqp_url``, ``[tls]`` ca_cert/certfile/keyfile, ``[client_properties]``,
+``[queues.NAME]``, ``[[bindings]]``, ``[qos]``, ``passive_declares``), as
+Fedora's public broker needs.  It declares the configured queues and
+bindings, consumes the chosen queue (``--amqp-queue``, else
+``consumer_config.fmn_bridge_queue``, else every configured queue) with a
+bounded prefetch, and turns each delivery into the record that
+``fedora_messaging.message.dumps`` writes (``body``, ``headers``, ``id``,
+``priority``, ``queue``, ``topic``; sorted keys).  Each delivery is
+acknowledged, through ``add_callback_threadsafe`` on the connection's own
+thread, only after the sink reports SQS accepted it; so a crash at any point
+loses nothing (RabbitMQ redelivers what was unacknowledged; the one price is
+a possible duplicate, which the pipeline tolerates).  Connection failures are
+retried with exponential backoff.  On stop it cancels the consumer (pika
+returns undelivered prefetched messages to the queue), waits for the sink to
+flush and the acks to go out, and closes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import ssl
+import threading
+import time
+from base64 import b64encode
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fmn.pipeline.envelope import Envelope
+
+from .sqs_sink import SinkClosed, SqsSink
+
+log = logging.getLogger(__name__)
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """A fedora-messaging configuration file, merged with its defaults and validated."""
+    from fedora_messaging.config import LazyConfig
+
+    if not os.path.isfile(path):  # fedora-messaging would silently use its defaults
+        raise FileNotFoundError(f"no fedora-messaging configuration at {path}")
+    # a private LazyConfig: the global ``fedora_messaging.config.conf`` stays untouched
+    return dict(LazyConfig().load_config(config_path=path))
+
+
+def _jsonable(value: Any) -> Any:
+    """AMQP header values JSON cannot carry as they are (pika decodes these types)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return b64encode(value).decode()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> bytes | None:
+    """The ``fedora_messaging.message.dumps`` line for one delivery; None if the body is not JSON.
+
+    Built from the AMQP message the way ``fedora_messaging.message.get_message``
+    reads it: topic = routing key, id = message_id, headers and priority from
+    the properties, body = the JSON-decoded payload.
+    """
+    encoding = getattr(properties, "content_encoding", None) or "utf-8"
+    try:
+        payload = json.loads(body.decode(encoding))
+    except (UnicodeDecodeError, LookupError, ValueError):
+        return None
+    record = {
+        "body": payload,
+        "headers": dict(getattr(properties, "headers", None) or {}),
+        "id": getattr(properties, "message_id", None),
+        "priority": getattr(properties, "priority", None) or 0,
+        "queue": queue,
+        "topic": routing_key,
+    }
+    # the stdlib encoder, as fedora-messaging itself: exact for any integer size
+    return json.dumps(record, ensure_ascii=False, sort_keys=True, default=_jsonable).encode()
+
+
+def redact(url: str) -> str:
+    """The broker URL without credentials or query (it names the envelope's source)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", "", ""))
+
+
+def connection_parameters(conf: Mapping[str, Any]) -> Any:
+    """pika parameters from a fedora-messaging configuration (TLS as fedora-messaging does)."""
+    import pika
+
+    params = pika.URLParameters(conf["amqp_url"])
+    params.client_properties = dict(conf.get("client_properties") or {})
+    params.connection_attempts = 1  # the source does its own backoff
+    tls = conf.get("tls") or {}
+    if params.ssl_options is not None or tls.get("certfile") or tls.get("keyfile") \
+            or conf["amqp_url"].startswith("amqps"):
+        ctx = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH)
+        if tls.get("ca_cert"):
+            ctx.load_verify_locations(cafile=tls["ca_cert"])
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.get("certfile") and tls.get("keyfile"):
+            ctx.load_cert_chain(tls["certfile"], tls["keyfile"])
+            # Fedora's broker authenticates by client certificate
+            params.credentials = pika.credentials.ExternalCredentials()
+        params.ssl_options = pika.SSLOptions(ctx, server_hostname=params.host)
+    return params
+
+
+class AmqpSource:
+    """Consume fedora-messaging queues into the sink (see the module docstring)."""
+
+    bus = "fedora-messaging"
+
+    def __init__(self, conf: Mapping[str, Any], sink: SqsSink, *, queue: str | None = None,
+                 prefetch: int | None = None, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 60.0, drain_timeout_s: float = 30.0) -> None:
+        self.conf = conf
+        self.sink = sink
+        configured = list((conf.get("queues") or {}).keys())
+        chosen = queue or (conf.get("consumer_config") or {}).get("fmn_bridge_queue")
+        if chosen is not None and chosen not in configured:
+            raise ValueError(f"queue {chosen!r} is not configured; configured: {configured}")
+        self.queues = [chosen] if chosen is not None else configured
+        if not self.queues:
+            raise ValueError("the configuration names no queue to consume")
+        self.prefetch = prefetch or int((conf.get("qos") or {}).get("prefetch_count") or 10)
+        self.source_name = redact(str(conf["amqp_url"]))
+        self._backoff_initial = backoff_initial_s
+        self._backoff_max = backoff_max_s
+        self._drain_timeout = drain_timeout_s
+        self._stop = threading.Event()
+        self._drained = threading.Event()
+        self.stopped_receiving = threading.Event()
+        self.ready = threading.Event()
+        self._generation = 0
+        self._outstanding = 0  # delivered on the current connection, not yet acked
+        self.received = 0
+        self.acked = 0
+        self.acks_lost = 0
+        self.not_json = 0
+        self.connects = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def sink_drained(self) -> None:
+        self._drained.set()
+
+    def stats(self) -> dict[str, int]:
+        return {"acked": self.acked, "unacked": self._outstanding, "acks_lost": self.acks_lost,
+                "not_json": self.not_json, "connects": self.connects}
+
+    # -- the connection thread --------------------------------------------------
+
+    def run(self) -> None:
+        import pika.exceptions
+
+        delay = self._backoff_initial
+        try:
+            while not self._stop.is_set():
+                connects = self.connects
+                try:
+                    self._consume()
+                    return
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    self._generation += 1  # acks for the lost connection are void
+                    self._outstanding = 0
+                    if self.connects > connects:  # it had worked: start the backoff over
+                        delay = self._backoff_initial
+                    if self._stop.is_set():
+                        log.warning("AMQP connection lost during shutdown (%s: %s); the"
+                                    " broker redelivers what was not acknowledged",
+                                    type(exc).__name__, exc)
+                        return
+                    wait = delay * random.uniform(0.8, 1.2)  # jitter: no thundering herd
+                    log.warning("AMQP connection to %s failed (%s: %s); reconnecting in %.1fs",
+                                self.source_name, type(exc).__name__, exc, wait)
+                    self._stop.wait(wait)
+                    delay = min(delay * 2, self._backoff_max)
+        finally:
+            self.stopped_receiving.set()
+            log.info("AMQP source stopped (%d received, %d acknowledged)",
+                     self.received, self.acked)
+
+    def _consume(self) -> None:
+        import pika
+
+        conn = pika.BlockingConnection(connection_parameters(self.conf))
+        try:
+            self._generation += 1
+            gen = self._generation
+            self._outstanding = 0
+            self.connects += 1
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=self.prefetch)
+            names = self._declare(ch)
+            tags = []
+            for configured, actual in names.items():
+                def on_message(ch_: Any, method: Any, props: Any, body: bytes,
+                               _q: str = actual) -> None:
+                    self._on_message(conn, ch_, gen, _q, method, props, body)
+                tags.append(ch.basic_consume(actual, on_message, auto_ack=False))
+                log.info("AMQP: consuming %s (configured as %r) on %s, prefetch %d",
+                         actual, configured, self.source_name, self.prefetch)
+            self.ready.set()
+            while not self._stop.is_set():
+                conn.process_data_events(time_limit=0.2)
+            # Shutdown: no new deliveries (pika requeues prefetched, undispatched
+            # ones), then keep the connection serving acks while the sink flushes.
+            for tag in tags:
+                ch.basic_cancel(tag)
+            self.stopped_receiving.set()
+            deadline = time.monotonic() + self._drain_timeout
+            while time.monotonic() < deadline and not (
+                    self._drained.is_set() and self._outstanding == 0):
+                conn.process_data_events(time_limit=0.1)
+            conn.process_data_events(time_limit=0)
+            if self._outstanding:
+                log.warning("AMQP: closing with %d delivery(ies) unacknowledged: the broker"
+                            " redelivers them", self._outstanding)
+        finally:
+            if conn.is_open:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    log.debug("closing the AMQP connection failed", exc_info=True)
+
+    def _declare(self, ch: Any) -> dict[str, str]:
+        """Declare the consumed queues and their bindings; configured name -> actual name."""
+        passive = bool(self.conf.get("passive_declares"))
+        queues_conf = self.conf.get("queues") or {}
+        names: dict[str, str] = {}
+        for name in self.queues:
+            qc = dict(queues_conf.get(name) or {})
+            frame = ch.queue_declare(
+                queue=name, passive=bool(qc.get("passive", passive)),
+                durable=bool(qc.get("durable", False)), exclusive=bool(qc.get("exclusive", False)),
+                auto_delete=bool(qc.get("auto_delete", False)), arguments=qc.get("arguments"))
+            names[name] = frame.method.queue
+            if qc.get("auto_delete") or qc.get("exclusive"):
+                log.warning("AMQP queue %r is exclusive/auto-delete: what is published while"
+                            " the bridge is down is lost; use a durable named queue", name)
+        for binding in self.conf.get("bindings") or []:
+            qname = binding.get("queue", "")
+            if qname not in names:
+                continue
+            keys = binding.get("routing_keys") or []
+            for key in [keys] if isinstance(keys, str) else keys:
+                ch.queue_bind(queue=names[qname], exchange=binding["exchange"], routing_key=key,
+                              arguments=binding.get("arguments"))
+        return names
+
+    def _on_message(self, conn: Any, ch: Any, gen: int, queue: str, method: Any, props: Any,
+                    body: bytes) -> None:
+        self.received += 1
+        self._outstanding += 1
+        tag = method.delivery_tag
+        record = make_record(method.routing_key, props, body, queue)
+        if record is None:
+            # forwarded raw (the envelope keeps it verbatim); the match
+            # function dead-letters it: never dropped here
+            self.not_json += 1
+            record = body
+            log.warning("AMQP: message %s on %s has a body that is not JSON; forwarded raw",
+                        getattr(props, "message_id", None), method.routing_key)
+        try:
+            self.sink.put(Envelope.wrap(self.bus, f"{self.source_name}#{queue}", record),
+                          ack=lambda: self._ack_threadsafe(conn, ch, gen, tag))
+        except SinkClosed:
+            self._outstanding -= 1
+            ch.basic_nack(tag, requeue=True)
+
+    def _ack_threadsafe(self, conn: Any, ch: Any, gen: int, tag: int) -> None:
+        """Called by the sink thread once SQS accepted the message."""
+        if gen != self._generation:
+            self.acks_lost += 1  # that connection is gone: the broker redelivers
+            return
+        try:
+            conn.add_callback_threadsafe(lambda: self._ack(ch, gen, tag))
+        except Exception:  # noqa: BLE001 - the connection closed meanwhile
+            self.acks_lost += 1
+
+    def _ack(self, ch: Any, gen: int, tag: int) -> None:
+        """On the connection thread."""
+        if gen != self._generation or not ch.is_open:
+            self.acks_lost += 1
+            return
+        ch.basic_ack(delivery_tag=tag)
+        self._outstanding -= 1
+        self.acked += 1

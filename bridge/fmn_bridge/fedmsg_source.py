@@ -1,0 +1,183 @@
+"""The fedmsg source: ZeroMQ SUB sockets on fedmsg endpoints, every frame forwarded.
+
+fedmsg publishers send two-frame messages ``[topic, json_envelope]`` on a PUB
+socket.  This source opens one SUB socket per endpoint (subscribed to every
+topic), so it always knows which endpoint a message came from, and puts the
+JSON frame, byte for byte, into the sink as an envelope's record (``bus``
+``fedmsg``, ``source`` the endpoint, ``seq`` the envelope's ``i``).  ZeroMQ
+reconnects by itself, with the exponential backoff set below.  ZeroMQ has no
+acknowledgement: what a publisher sent while we were disconnected, or what
+was in the socket when the process died, is gone; this source can only
+*report* such losses, from fedmsg's per-publisher sequence number ``i``
+(``FedMsgContext.publish`` increments it per process).  A publisher is the
+endpoint plus the envelope's ``username`` plus its signing certificate (or
+GPG signer); a rise of ``i`` by more than one is a gap (logged, counted), a
+fall is a publisher restart.  Processes sharing a user and certificate (the
+WSGI workers of one app on one host) cannot be told apart by the envelope and
+may show as spurious restarts or gaps; a relay preserves ``i``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fmn.pipeline.envelope import Envelope
+
+from .sqs_sink import SinkClosed, SqsSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gap:
+    publisher: str
+    expected: int
+    got: int
+
+    @property
+    def missing(self) -> int:
+        return self.got - self.expected
+
+
+@dataclass
+class SequenceTracker:
+    """Per-publisher fedmsg ``i``: reports gaps and restarts."""
+
+    last: dict[str, int] = field(default_factory=dict)
+    gaps: list[Gap] = field(default_factory=list)
+    missing: int = 0
+    restarts: int = 0
+    #: the most gaps kept in ``gaps`` (the counters keep counting)
+    keep: int = 1000
+
+    def see(self, publisher: str, i: int) -> Gap | None:
+        prev = self.last.get(publisher)
+        self.last[publisher] = i
+        if prev is None or i == prev + 1:
+            return None
+        if i <= prev:  # a fall (or a repeat): the publisher's process restarted
+            self.restarts += 1
+            log.info("fedmsg publisher %s restarted its sequence (i %d after %d)",
+                     publisher, i, prev)
+            return None
+        gap = Gap(publisher, prev + 1, i)
+        self.missing += gap.missing
+        if len(self.gaps) < self.keep:
+            self.gaps.append(gap)
+        log.warning("fedmsg GAP: publisher %s skipped i=%d..%d (%d message(s) never received)",
+                    publisher, prev + 1, i - 1, gap.missing)
+        return gap
+
+
+def publisher_key(endpoint: str, envelope: dict[str, Any]) -> str:
+    """Who incremented this envelope's ``i``: endpoint, user, signing identity."""
+    signer = envelope.get("certificate") or envelope.get("signer") or ""
+    ident = hashlib.sha1(str(signer).encode(), usedforsecurity=False).hexdigest()[:12] \
+        if signer else "unsigned"
+    return f"{endpoint}|{envelope.get('username', '?')}|{ident}"
+
+
+class FedmsgSource:
+    """Subscribe to fedmsg endpoints and feed the sink (see the module docstring)."""
+
+    bus = "fedmsg"
+
+    def __init__(self, endpoints: list[str], sink: SqsSink, *, rcvhwm: int = 100_000,
+                 reconnect_ivl_ms: int = 100, reconnect_ivl_max_ms: int = 30_000) -> None:
+        if not endpoints:
+            raise ValueError("at least one fedmsg endpoint is needed")
+        self.endpoints = list(endpoints)
+        self.sink = sink
+        self.tracker = SequenceTracker()
+        self.received = 0
+        self.malformed = 0
+        self._rcvhwm = rcvhwm
+        self._ivl = reconnect_ivl_ms
+        self._ivl_max = reconnect_ivl_max_ms
+        self._stop = threading.Event()
+        self.stopped_receiving = threading.Event()
+        self.ready = threading.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def sink_drained(self) -> None:
+        """Nothing to do: ZeroMQ has no acknowledgement."""
+
+    def stats(self) -> dict[str, int]:
+        return {"gaps": len(self.tracker.gaps), "missing": self.tracker.missing,
+                "restarts": self.tracker.restarts, "malformed": self.malformed}
+
+    def run(self) -> None:
+        import zmq
+
+        ctx: Any = zmq.Context.instance()
+        sockets: dict[Any, str] = {}
+        poller = zmq.Poller()
+        try:
+            for endpoint in self.endpoints:
+                sock = ctx.socket(zmq.SUB)
+                # why: ZeroMQ reconnects by itself; these make it back off
+                # exponentially instead of hammering a hub that is down
+                sock.setsockopt(zmq.RECONNECT_IVL, self._ivl)
+                sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._ivl_max)
+                # why: a silently dead TCP peer would otherwise look like a quiet bus
+                sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+                sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+                sock.setsockopt(zmq.HEARTBEAT_IVL, 10_000)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
+                # why: while SQS is down the sink blocks us; let ZeroMQ hold a backlog
+                sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+                sock.connect(endpoint)
+                sockets[sock] = endpoint
+                poller.register(sock, zmq.POLLIN)
+                log.info("fedmsg: subscribed to %s", endpoint)
+            self.ready.set()
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(200):
+                    # drain what is there, but look at the stop flag between batches
+                    for _ in range(1000):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if not self._handle(sockets[sock], frames):
+                            return
+        finally:
+            for sock in sockets:
+                sock.close(linger=0)
+            self.stopped_receiving.set()
+            log.info("fedmsg source stopped (%d received)", self.received)
+
+    def _handle(self, endpoint: str, frames: list[bytes]) -> bool:
+        """Forward one ZeroMQ message; False when the sink is closed."""
+        self.received += 1
+        # fedmsg sends [topic, json]; anything else is forwarded all the same
+        record = frames[-1] if frames else b""
+        seq: int | None = None
+        try:
+            doc = orjson.loads(record)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("i"), int):
+            seq = doc["i"]
+            self.tracker.see(publisher_key(endpoint, doc), doc["i"])
+        elif not isinstance(doc, dict):
+            self.malformed += 1
+            log.warning("fedmsg: message from %s is not a JSON envelope (%d frames,"
+                        " %d bytes); forwarded as is", endpoint, len(frames), len(record))
+        try:
+            self.sink.put(Envelope.wrap(self.bus, endpoint, record, seq=seq))
+        except SinkClosed:
+            log.error("fedmsg: a message arrived during shutdown and could not be forwarded")
+            return False
+        return True

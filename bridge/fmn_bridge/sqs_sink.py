@@ -1,0 +1,316 @@
+"""The SQS sink: a bounded buffer of envelopes sent with ``SendMessageBatch``.
+
+Sources call :meth:`SqsSink.put` with an envelope and an optional ``ack``
+callback; one flusher thread sends the buffer in batches of up to 10 entries
+(and at most 256 KiB per call, SQS's limits), as soon as 10 are waiting or the
+oldest has waited ``linger_s``.  ``ack`` is called, from the flusher thread,
+only after SQS accepted that entry, so a source that acknowledges its bus
+only then never loses a message.  Nothing is ever dropped: an envelope above
+``MAX_INLINE_BYTES`` (or one SQS refuses as a sender fault) goes to S3 and
+the queue carries a claim; failed entries and failed calls are retried with
+exponential backoff for as long as it takes; while SQS is unreachable the
+buffer grows up to its bound, and when it is full ``put`` blocks (logged loudly once
+per episode, when it has blocked a second) so the sources stop reading instead of dropping.
+:meth:`flush_and_stop` sends what is buffered before the process exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fmn.pipeline.envelope import MAX_INLINE_BYTES, Envelope, make_claim
+
+log = logging.getLogger(__name__)
+
+#: SendMessageBatch limits: entries per call and total payload per call.
+BATCH_MAX_ENTRIES = 10
+BATCH_MAX_BYTES = 262_144
+#: how long ``put`` blocks on a full buffer before the loud log line
+FULL_ALARM_S = 1.0
+
+Ack = Callable[[], None]
+
+
+class SinkClosed(RuntimeError):
+    """``put`` after :meth:`SqsSink.flush_and_stop` began."""
+
+
+@dataclass
+class _Item:
+    envelope: Envelope
+    body: str
+    size: int
+    ack: Ack | None
+    enqueued: float
+    claimed: bool = False
+
+
+@dataclass
+class SinkStats:
+    received: int = 0
+    forwarded: int = 0
+    claimed: int = 0
+    retried_entries: int = 0
+    failed_calls: int = 0
+    full_episodes: int = 0
+    ack_errors: int = 0
+
+
+class SqsSink:
+    """Buffer, batch and send envelopes to one SQS queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        s3: Any,
+        queue_name: str,
+        claim_bucket: str,
+        *,
+        queue_url: str | None = None,
+        linger_s: float = 0.05,
+        max_items: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+    ) -> None:
+        self._sqs = sqs
+        self._s3 = s3
+        self._queue_name = queue_name
+        self._queue_url = queue_url
+        self._bucket = claim_bucket
+        self._linger = linger_s
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._backoff_initial = backoff_initial_s
+        self._backoff_max = backoff_max_s
+        self._buf: deque[_Item] = deque()
+        self._buf_bytes = 0
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._abort = threading.Event()
+        self._full_logged = False
+        self._thread: threading.Thread | None = None
+        self.stats = SinkStats()
+
+    # -- the source side ------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sqs-sink", daemon=True)
+        self._thread.start()
+
+    def put(self, envelope: Envelope, ack: Ack | None = None) -> None:
+        """Queue one envelope; blocks while the buffer is full (backpressure)."""
+        body = envelope.encode()
+        item = _Item(envelope, body, len(body.encode()), ack, time.monotonic())
+        with self._cond:
+            blocked_since = time.monotonic()
+            while not self._closing and self._is_full(item.size):
+                # a burst fills the buffer for milliseconds, which is just
+                # backpressure; a buffer full for a second means SQS is not keeping up
+                if not self._full_logged and time.monotonic() - blocked_since >= FULL_ALARM_S:
+                    self._full_logged = True
+                    self.stats.full_episodes += 1
+                    log.error(
+                        "SQS sink buffer FULL (%d items, %d bytes; bounds %d items, %d bytes):"
+                        " SQS is not accepting messages fast enough; sources are blocked"
+                        " until it drains (nothing is dropped)",
+                        len(self._buf), self._buf_bytes, self._max_items, self._max_bytes)
+                self._cond.wait(0.25)
+            if self._closing:
+                raise SinkClosed("the SQS sink is shutting down")
+            self._buf.append(item)
+            self._buf_bytes += item.size
+            self.stats.received += 1
+            self._cond.notify_all()
+
+    def _is_full(self, size: int) -> bool:
+        if not self._buf:  # one item always fits, whatever its size
+            return False
+        return len(self._buf) >= self._max_items or self._buf_bytes + size > self._max_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Envelopes not yet accepted by SQS (in the buffer or in the batch being sent)."""
+        with self._cond:
+            return len(self._buf) + self._in_flight
+
+    def flush_and_stop(self, timeout: float) -> bool:
+        """Refuse new envelopes, send every buffered one, stop; True when all were accepted."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._abort.set()  # stop retrying: the caller is giving up
+                self._thread.join(5)
+        left = self.buffered
+        if left:
+            log.error("SQS sink stopped with %d envelope(s) not accepted by SQS"
+                      " (unacknowledged: an AMQP broker redelivers them; fedmsg cannot)", left)
+        else:
+            log.info("SQS sink flushed: everything accepted by SQS")
+        return left == 0
+
+    # -- the flusher thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._url()  # a misnamed queue shows at start, not with the first message
+        except Exception as exc:  # noqa: BLE001 - retried with the first batch
+            log.warning("SQS queue %s not reachable yet (%s: %s); will retry",
+                        self._queue_name, type(exc).__name__, exc)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._deliver(batch)
+                if self._abort.is_set():
+                    return
+        except Exception:  # pragma: no cover - a bug; say so loudly rather than hang silently
+            log.exception("SQS sink flusher crashed")
+            raise
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Wait for a full batch or the linger deadline; None when closing and empty."""
+        with self._cond:
+            while True:
+                if self._buf:
+                    if (len(self._buf) >= BATCH_MAX_ENTRIES or self._closing
+                            or time.monotonic() - self._buf[0].enqueued >= self._linger):
+                        break
+                    self._cond.wait(self._linger - (time.monotonic() - self._buf[0].enqueued))
+                elif self._closing:
+                    return None
+                else:
+                    self._cond.wait(1.0)
+            batch: list[_Item] = []
+            total = 0
+            while self._buf and len(batch) < BATCH_MAX_ENTRIES:
+                # a claimed envelope is tiny; an inline one is at most MAX_INLINE_BYTES
+                size = min(self._buf[0].size, MAX_INLINE_BYTES)
+                if batch and total + size > BATCH_MAX_BYTES:
+                    break
+                item = self._buf.popleft()
+                self._buf_bytes -= item.size
+                batch.append(item)
+                total += size
+            self._in_flight = len(batch)
+            if self._full_logged and not self._is_full(0):
+                self._full_logged = False
+                log.warning("SQS sink buffer no longer full (%d items)", len(self._buf))
+            self._cond.notify_all()
+            return batch
+
+    def _deliver(self, batch: list[_Item]) -> None:
+        """Send until SQS accepted every entry of the batch (or the sink is aborted)."""
+        pending = {str(n): item for n, item in enumerate(batch)}
+        delay = self._backoff_initial
+        while pending and not self._abort.is_set():
+            try:
+                for item in pending.values():
+                    if not item.claimed and item.size > MAX_INLINE_BYTES:
+                        self._claim(item)
+                url = self._url()
+                resp = self._sqs.send_message_batch(QueueUrl=url, Entries=[
+                    {"Id": n, "MessageBody": item.body} for n, item in pending.items()])
+            except Exception as exc:  # noqa: BLE001 - any failure of the call: retry it
+                self.stats.failed_calls += 1
+                if self.stats.failed_calls == 1 or delay >= self._backoff_max:
+                    log.warning("SQS/S3 call failed (%s: %s); %d envelope(s) waiting,"
+                                " retrying in %.1fs", type(exc).__name__, exc,
+                                self.buffered, delay)
+                else:
+                    log.info("SQS/S3 call failed again (%s); retrying in %.1fs",
+                             type(exc).__name__, delay)
+                if type(exc).__name__ in ("QueueDoesNotExist",) or "NonExistentQueue" in str(exc):
+                    self._queue_url = None  # look the URL up again next time
+                self._abort.wait(delay)
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            accepted = [pending.pop(ok["Id"]) for ok in resp.get("Successful", [])]
+            self._accepted(accepted)
+            failed = resp.get("Failed", [])
+            fixed = 0
+            for fail in failed:
+                refused = pending.get(fail["Id"])
+                if refused is None:
+                    continue
+                item = refused
+                self.stats.retried_entries += 1
+                log.warning("SQS refused an entry (%s: %s; sender fault: %s)",
+                            fail.get("Code"), fail.get("Message"), fail.get("SenderFault"))
+                if fail.get("SenderFault") and not item.claimed:
+                    # SQS will never take this body (say, characters it does not
+                    # allow): the claim envelope is plain ASCII, so it always can.
+                    try:
+                        self._claim(item)
+                        fixed += 1
+                    except Exception as exc:  # noqa: BLE001 - retried with the batch
+                        log.warning("claim check to S3 failed (%s); will retry", exc)
+            if pending and fixed < len(pending):
+                # a transient refusal (throttling, SQS's own fault): back off
+                self._abort.wait(delay)
+                delay = min(delay * 2, self._backoff_max)
+            elif not pending:
+                delay = self._backoff_initial
+
+    def _accepted(self, items: list[_Item]) -> None:
+        with self._cond:
+            self._in_flight -= len(items)
+            self.stats.forwarded += len(items)
+            self._cond.notify_all()
+        for item in items:
+            if item.ack is None:
+                continue
+            try:
+                item.ack()
+            except Exception:  # noqa: BLE001 - the source's problem; the message is in SQS
+                self.stats.ack_errors += 1
+                log.exception("acknowledging an envelope accepted by SQS failed")
+
+    def _url(self) -> str:
+        if self._queue_url is None:
+            self._queue_url = str(
+                self._sqs.get_queue_url(QueueName=self._queue_name)["QueueUrl"])
+        return self._queue_url
+
+    def _claim(self, item: _Item) -> None:
+        """Put the record in S3 and make the item's body a claim envelope."""
+        env = item.envelope
+        record = env.record if env.record is not None else item.body.encode()
+        digest = hashlib.sha256(record).hexdigest()
+        now = datetime.now(UTC)
+        # content hash + time: the same record received twice gets two objects,
+        # and a key never names two different contents
+        key = f"claims/{now:%Y/%m/%d}/{digest}-{time.time_ns()}"
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=record,
+                            ContentType="application/octet-stream")
+        claimed = env.with_claim(make_claim(self._bucket, key, record))
+        item.body = claimed.encode()
+        item.claimed = True
+        self.stats.claimed += 1
+        log.info("record of %d bytes claim-checked to s3://%s/%s", len(record), self._bucket, key)
+
+
+def make_clients(endpoint_url: str | None, region: str) -> tuple[Any, Any]:
+    """boto3 SQS and S3 clients that fail fast: the sink does the retrying."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(region_name=region, connect_timeout=3, read_timeout=20,
+                    retries={"total_max_attempts": 2, "mode": "standard"})
+    session = boto3.session.Session()
+    sqs = session.client("sqs", endpoint_url=endpoint_url, config=config)
+    s3 = session.client("s3", endpoint_url=endpoint_url, config=config)
+    return sqs, s3

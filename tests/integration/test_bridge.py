@@ -1,0 +1,610 @@
+"""The bus bridge against real services: ZeroMQ, RabbitMQ, and SQS/S3 on the moto server.
+
+Each test uses its own SQS queue prefix, S3 bucket and RabbitMQ queue and
+exchange (deleted afterwards), so tests never see each other's messages.
+The kill test runs the bridge as a subprocess (``python -m fmn_bridge.cli``),
+SIGKILLs it mid-stream and restarts it: every message must reach SQS, and
+duplicates are allowed only within the unacknowledged window (prefetch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from services import AMQP_URL, rabbitmq_connection
+from shared_data import MESSAGES, read_jsonl
+
+from fmn.pipeline.envelope import MAX_INLINE_BYTES, Envelope
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _clients(endpoint: str) -> tuple[Any, Any]:
+    import boto3
+
+    return (boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1"),
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"))
+
+
+class Aws:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.sqs, self.s3 = _clients(endpoint)
+        tag = uuid.uuid4().hex[:10]
+        self.prefix = f"t{tag}-"
+        self.queue_name = f"{self.prefix}incoming"
+        self.queue_url = self.sqs.create_queue(QueueName=self.queue_name)["QueueUrl"]
+        self.bucket = f"claims-{tag}"
+        self.s3.create_bucket(Bucket=self.bucket)
+
+    def count(self) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+    def drain(self) -> list[Envelope]:
+        """Every message on the queue (received once, invisible for the rest of the test)."""
+        out: list[Envelope] = []
+        while True:
+            resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                                            VisibilityTimeout=600, WaitTimeSeconds=0)
+            msgs = resp.get("Messages", [])
+            if not msgs:
+                return out
+            out.extend(Envelope.decode(m["Body"]) for m in msgs)
+
+    def sink(self, **kw: Any) -> Any:
+        from fmn_bridge.sqs_sink import SqsSink
+
+        kw.setdefault("backoff_max_s", 0.5)
+        return SqsSink(self.sqs, self.s3, self.queue_name, self.bucket, **kw)
+
+
+@pytest.fixture
+def aws(aws_env: str) -> Aws:
+    return Aws(aws_env)
+
+
+def _canon(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True)
+
+
+# -- (a) fedmsg over ZeroMQ ----------------------------------------------------
+
+
+def _fedmsg_stream(n: int) -> tuple[list[dict[str, Any]], int]:
+    """n fedmsg envelopes from two publishers: alpha skips one ``i`` (a gap), beta restarts."""
+    out = []
+    counters = {"alpha": 0, "beta": 0}
+    for k, env in enumerate(read_jsonl(MESSAGES / "fedmsg.jsonl")[:n]):
+        env = {key: v for key, v in env.items()
+               if key not in ("certificate", "signature", "crypto")}
+        user = "alpha" if k % 2 == 0 else "beta"
+        counters[user] += 1
+        if user == "alpha" and counters[user] == 5:
+            counters[user] += 1  # alpha's i=5 is never sent
+        if user == "beta" and counters[user] == 11:
+            counters[user] = 1  # beta's process restarted: not a gap
+        env["username"] = user
+        env["i"] = counters[user]
+        out.append(env)
+    return out, 5
+
+
+def test_fedmsg_zmq_all_forwarded_once_and_gap_reported(aws: Aws) -> None:
+    import zmq
+
+    from fmn_bridge.fedmsg_source import FedmsgSource, publisher_key
+
+    ctx = zmq.Context.instance()
+    pubs, endpoints = [], []
+    for _ in range(2):  # alpha publishes on the first endpoint, beta on the second
+        pub = ctx.socket(zmq.XPUB)  # XPUB: we see the bridge's subscription arrive
+        pub.setsockopt(zmq.LINGER, 0)
+        endpoints.append(f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}")
+        pubs.append(pub)
+    sink = aws.sink()
+    source = FedmsgSource(endpoints, sink)
+    sink.start()
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        for pub in pubs:
+            assert pub.poll(10_000), "the bridge never subscribed"
+            assert pub.recv() == b"\x01"  # subscribe to everything
+        stream, missing_i = _fedmsg_stream(40)
+        for env in stream:
+            pub = pubs[0] if env["username"] == "alpha" else pubs[1]
+            pub.send_multipart([env["topic"].encode(), json.dumps(env).encode()])
+        _wait(lambda: sink.stats.forwarded == len(stream), 20, "every message in SQS")
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(5)
+        assert sink.flush_and_stop(10)
+        thread.join(5)
+        for pub in pubs:
+            pub.close()
+
+    got = aws.drain()
+    assert len(got) == len(stream)  # exactly once
+    assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
+        Counter(_canon(env) for env in stream)
+    assert {e.bus for e in got} == {"fedmsg"}
+    for e in got:  # each envelope names the endpoint it came from
+        record = json.loads(e.record or b"")
+        assert e.source == endpoints[0 if record["username"] == "alpha" else 1]
+        assert e.seq == record["i"]
+    # the gap: reported once, for alpha, exactly where it is; beta's restart is no gap
+    gaps = source.tracker.gaps
+    assert [(g.publisher, g.expected, g.got) for g in gaps] == [
+        (publisher_key(endpoints[0], {"username": "alpha"}), missing_i, missing_i + 1)]
+    assert source.tracker.missing == 1 and source.stats()["gaps"] == 1
+    assert source.tracker.restarts == 1
+
+
+# -- fedora-messaging over AMQP ------------------------------------------------
+
+
+class Rabbit:
+    """A unique topic exchange and queue on the test RabbitMQ, deleted afterwards."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:10]
+        self.exchange = f"fmn-test-{tag}"
+        self.queue = f"fmn-test-bridge-{tag}"
+        self.conn = rabbitmq_connection()
+        self.ch = self.conn.channel()
+        self.ch.exchange_declare(self.exchange, exchange_type="topic", auto_delete=False)
+        self.ch.queue_declare(self.queue, durable=True)
+        self.ch.queue_bind(self.queue, self.exchange, routing_key="#")
+
+    def config(self, path: Path, prefetch: int = 50) -> Path:
+        path.write_text(f"""\
+amqp_url = "{AMQP_URL}"
+passive_declares = false
+
+[client_properties]
+app = "fmn bridge test"
+
+[qos]
+prefetch_size = 0
+prefetch_count = {prefetch}
+
+[queues."{self.queue}"]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "{self.queue}"
+exchange = "{self.exchange}"
+routing_keys = ["#"]
+""")
+        return path
+
+    def publish(self, records: list[dict[str, Any]], ch: Any = None,
+                pause: float = 0.0) -> None:
+        """As fedora-messaging publishes: JSON body, headers, message_id, topic as routing key."""
+        import pika
+
+        ch = ch or self.ch
+        for rec in records:
+            props = pika.BasicProperties(
+                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                headers=rec["headers"], message_id=rec["id"], priority=rec["priority"])
+            ch.basic_publish(self.exchange, rec["topic"], json.dumps(rec["body"]).encode(),
+                             props)
+            if pause:
+                time.sleep(pause)
+
+    def counts(self) -> tuple[int, int]:
+        """(messages ready, consumers) on the queue."""
+        frame = self.ch.queue_declare(self.queue, passive=True)
+        return frame.method.message_count, frame.method.consumer_count
+
+    def close(self) -> None:
+        try:
+            self.ch.queue_delete(self.queue)
+            self.ch.exchange_delete(self.exchange)
+        finally:
+            self.conn.close()
+
+
+@pytest.fixture
+def rabbit() -> Iterator[Rabbit]:
+    r = Rabbit()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _fm_records() -> list[dict[str, Any]]:
+    return list(read_jsonl(MESSAGES / "fedora-messaging.jsonl"))
+
+
+def _expected(records: list[dict[str, Any]], queue: str) -> Counter[str]:
+    # the bridge's record is fedora-messaging's, with the queue it was consumed from
+    return Counter(_canon({**rec, "queue": queue}) for rec in records)
+
+
+def test_amqp_all_forwarded_once_and_acked(aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+
+    records = _fm_records()
+    rabbit.publish(records)
+    sink = aws.sink()
+    source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml"))), sink)
+    sink.start()
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: source.acked == len(records), 30, "every delivery acknowledged")
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        assert sink.flush_and_stop(10)
+        source.sink_drained()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert rabbit.counts() == (0, 0)  # nothing left, nothing unacked (it would be requeued)
+    got = aws.drain()
+    assert len(got) == len(records)
+    assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
+        _expected(records, rabbit.queue)
+    assert {e.bus for e in got} == {"fedora-messaging"}
+    assert source.acks_lost == 0 and sink.stats.forwarded == len(records)
+
+
+def _bridge(aws: Aws, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``fmn bridge`` as a process of its own, logging to ``log``."""
+    env = {**os.environ, "AWS_ENDPOINT_URL": aws.endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
+           "FMN_CLAIM_BUCKET": aws.bucket, "PYTHONPATH": str(REPO / "bridge")}
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fmn_bridge.cli", "--amqp-config", str(config),
+             "--linger-ms", "20", "--stats-interval", "0.5", "--backoff-max", "0.5"],
+            env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def _stats(log: Path) -> dict[str, int]:
+    """The last periodic stats line of a bridge's log."""
+    lines = [ln for ln in log.read_text().splitlines() if " stats: " in ln]
+    if not lines:
+        return {}
+    pairs = (kv.split("=", 1) for kv in lines[-1].split(" stats: ", 1)[1].split())
+    return {k: int(v) for k, v in pairs}
+
+
+def _stopped(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """Wait for the process to exit; its log."""
+    proc.wait(30)
+    return log.read_text()
+
+
+def test_amqp_kill_mid_stream_and_restart_loses_nothing(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    prefetch = 50
+    config = rabbit.config(tmp_path / "fm.toml", prefetch=prefetch)
+    records = _fm_records()
+    first = _bridge(aws, config, tmp_path / "first.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        _wait(lambda: rabbit.counts()[1] == 1, 30, "the bridge consuming")
+        # a publisher on its own connection, streaming while the bridge is killed
+        pub_conn = rabbitmq_connection()
+        publisher = threading.Thread(
+            target=rabbit.publish, args=(records, pub_conn.channel(), 0.004), daemon=True)
+        publisher.start()
+        _wait(lambda: aws.count() >= 60, 30, "the stream under way")
+        first.send_signal(signal.SIGKILL)  # no chance to flush or ack
+        first.wait(10)
+        in_sqs_at_kill = aws.count()
+        assert in_sqs_at_kill < len(records), "the kill came too late to be mid-stream"
+        log = tmp_path / "second.log"
+        second = _bridge(aws, config, log)
+        publisher.join(30)
+        pub_conn.close()
+
+        def caught_up() -> bool:
+            st = _stats(log)
+            return (rabbit.counts()[0] == 0 and st.get("received", 0) > 0
+                    and st["received"] == st["forwarded"] == st["acked"]
+                    and st["unacked"] == 0 and st["buffered"] == 0)
+
+        _wait(caught_up, 60, "the restarted bridge to catch up")
+        second.send_signal(signal.SIGTERM)  # a clean shutdown this time
+        err = _stopped(second, log)
+        assert second.returncode == 0, err[-2000:]
+        assert "SIGTERM received" in err
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert rabbit.counts() == (0, 0)  # every delivery acknowledged by the second bridge
+    got = aws.drain()
+    seen = Counter(_canon(json.loads(e.record or b"")) for e in got)
+    expected = _expected(records, rabbit.queue)
+    assert set(seen) == set(expected)  # none missing, nothing foreign
+    duplicates = len(got) - len(records)
+    print(f"\nkill test: {in_sqs_at_kill} in SQS at the kill, {len(got)} in SQS in all,"
+          f" {duplicates} duplicate(s) (unacked window: prefetch {prefetch})")
+    assert 0 <= duplicates <= prefetch
+
+
+def test_amqp_sigterm_mid_stream_flushes_acks_and_duplicates_nothing(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """A clean shutdown: what reached SQS was acked, the rest is still in RabbitMQ."""
+    config = rabbit.config(tmp_path / "fm.toml", prefetch=50)
+    records = _fm_records()
+    log = tmp_path / "bridge.log"
+    proc = _bridge(aws, config, log)
+    try:
+        _wait(lambda: rabbit.counts()[1] == 1, 30, "the bridge consuming")
+        pub_conn = rabbitmq_connection()
+        publisher = threading.Thread(
+            target=rabbit.publish, args=(records, pub_conn.channel(), 0.004), daemon=True)
+        publisher.start()
+        _wait(lambda: aws.count() >= 60, 30, "the stream under way")
+        proc.send_signal(signal.SIGTERM)
+        err = _stopped(proc, log)
+        assert proc.returncode == 0, err[-2000:]
+        assert "SQS sink flushed" in err
+        publisher.join(30)
+        pub_conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    in_sqs = [json.loads(e.record or b"")["id"] for e in aws.drain()]
+    left = []
+    while True:
+        method, props, _ = rabbit.ch.basic_get(rabbit.queue, auto_ack=True)
+        if method is None:
+            break
+        left.append(props.message_id)
+    assert 0 < len(in_sqs) < len(records)
+    assert len(in_sqs) == len(set(in_sqs))  # no duplicate on a clean shutdown
+    assert set(in_sqs).isdisjoint(left)  # nothing both forwarded and left unacked
+    assert sorted(in_sqs + left) == sorted(r["id"] for r in records)
+
+
+# -- (d) claim check -----------------------------------------------------------
+
+
+def test_oversized_record_goes_to_s3_with_a_claim(aws: Aws) -> None:
+    big = json.dumps({"topic": "org.fedoraproject.prod.big", "msg": {"log": "x" * 300_000}},
+                     sort_keys=True).encode()
+    small = json.dumps({"topic": "org.fedoraproject.prod.small", "msg": {}}).encode()
+    assert len(big) > 256 * 1024 > MAX_INLINE_BYTES
+    acked: list[str] = []
+    sink = aws.sink()
+    sink.start()
+    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", big, seq=7),
+             ack=lambda: acked.append("big"))
+    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", small, seq=8),
+             ack=lambda: acked.append("small"))
+    assert sink.flush_and_stop(10)
+    assert sorted(acked) == ["big", "small"]
+    got = {e.seq: e for e in aws.drain()}
+    assert set(got) == {7, 8}
+    claim = got[7].claim
+    assert claim is not None and got[7].record is None
+    assert claim.bucket == aws.bucket and claim.size == len(big)
+    assert claim.sha256 == hashlib.sha256(big).hexdigest()
+    assert claim.key.startswith("claims/") and claim.sha256 in claim.key
+    stored = aws.s3.get_object(Bucket=claim.bucket, Key=claim.key)["Body"].read()
+    assert stored == big
+    assert got[8].claim is None and json.loads(got[8].record or b"") == json.loads(small)
+    assert sink.stats.claimed == 1
+
+
+# -- (e) SQS outage ------------------------------------------------------------
+
+
+def test_sqs_outage_buffers_blocks_when_full_then_delivers(aws: Aws) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from fmn_bridge.sqs_sink import SqsSink
+
+    port = _free_port()  # nothing listens here yet: SQS is "down"
+    sqs, s3 = _clients(f"http://127.0.0.1:{port}")
+    sink = SqsSink(sqs, s3, aws.queue_name, aws.bucket, max_items=10,
+                   backoff_initial_s=0.05, backoff_max_s=0.3)
+    sink.start()
+    acked: list[int] = []
+    put: list[int] = []
+
+    def produce() -> None:
+        for n in range(30):
+            body = json.dumps({"topic": "t", "msg": {"n": n}}).encode()
+            sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", body, seq=n),
+                     ack=lambda n=n: acked.append(n))
+            put.append(n)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    server = None
+    try:
+        # one batch of 10 in flight, 10 in the buffer, the producer blocked
+        _wait(lambda: sink.stats.full_episodes == 1, 10, "the buffer-full alarm")
+        assert len(put) == 20 and producer.is_alive() and acked == []
+        assert sink.stats.full_episodes == 1 and sink.buffered == 20
+        # SQS comes back (the same moto state, on the port the sink points at)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        _wait(lambda: len(acked) == 30, 20, "the backlog delivered")
+        producer.join(5)
+        assert sink.flush_and_stop(10)
+    finally:
+        if server is not None:
+            server.stop()
+    got = aws.drain()
+    assert sorted(e.seq for e in got if e.seq is not None) == list(range(30))
+    assert sorted(acked) == list(range(30))
+
+
+def test_refused_entries_are_retried_or_claim_checked(aws: Aws) -> None:
+    """SQS's per-entry failures: a transient one is retried, a sender fault goes to S3."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    class Refusing:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+            self.throttled = False
+
+        def get_queue_url(self, **kw: Any) -> Any:
+            return self.real.get_queue_url(**kw)
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> Any:  # noqa: N803
+            bad = [e for e in Entries if "\ufffe" in e["MessageBody"]]
+            good = [e for e in Entries if e not in bad]
+            failed = [{"Id": e["Id"], "SenderFault": True, "Code": "InvalidMessageContents",
+                       "Message": "Invalid characters"} for e in bad]
+            if good and not self.throttled:  # the first time, SQS's own fault for one entry
+                self.throttled = True
+                failed.append({"Id": good[0]["Id"], "SenderFault": False,
+                               "Code": "InternalError", "Message": "try again"})
+                good = good[1:]
+            resp = (self.real.send_message_batch(QueueUrl=QueueUrl, Entries=good) if good
+                    else {"Successful": []})
+            resp["Failed"] = failed
+            return resp
+
+    odd = json.dumps({"topic": "t", "msg": {"text": "\ufffe"}}, ensure_ascii=False).encode()
+    sink = SqsSink(Refusing(aws.sqs), aws.s3, aws.queue_name, aws.bucket,
+                   backoff_initial_s=0.01, backoff_max_s=0.05)
+    sink.start()
+    acked: list[int] = []
+    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", odd, seq=0), ack=lambda: acked.append(0))
+    for n in range(1, 5):
+        body = json.dumps({"topic": "t", "msg": {"n": n}}).encode()
+        sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", body, seq=n),
+                 ack=lambda n=n: acked.append(n))
+    assert sink.flush_and_stop(10)
+    assert sorted(acked) == list(range(5))
+    got = {e.seq: e for e in aws.drain()}
+    assert set(got) == set(range(5))
+    claim = got[0].claim
+    assert claim is not None
+    assert aws.s3.get_object(Bucket=claim.bucket, Key=claim.key)["Body"].read() == odd
+    assert sink.stats.retried_entries == 2 and sink.stats.claimed == 1
+
+
+class Proxy:
+    """A TCP relay to RabbitMQ whose connections the test can cut (a network failure)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.accepted += 1
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def cut(self) -> None:
+        for s in self.conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.conns.clear()
+
+    def close(self) -> None:
+        self.lsock.close()
+        self.cut()
+
+
+def test_amqp_reconnects_after_a_network_cut(aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    from urllib.parse import urlsplit
+
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+
+    broker = urlsplit(AMQP_URL)
+    proxy = Proxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    conf = load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=20)))
+    conf["amqp_url"] = AMQP_URL.replace(f":{broker.port or 5672}/", f":{proxy.port}/")
+    records = _fm_records()[:80]
+    sink = aws.sink()
+    source = AmqpSource(conf, sink, backoff_initial_s=0.1, backoff_max_s=0.5)
+    sink.start()
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        rabbit.publish(records[:40])
+        _wait(lambda: source.acked >= 20, 20, "the first deliveries acknowledged")
+        proxy.cut()
+        rabbit.publish(records[40:])
+        _wait(lambda: rabbit.counts()[0] == 0 and source.connects >= 2
+              and source.stats()["unacked"] == 0 and sink.buffered == 0, 30, "catching up")
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        assert sink.flush_and_stop(10)
+        source.sink_drained()
+        thread.join(10)
+        proxy.close()
+    assert rabbit.counts() == (0, 0)
+    got = aws.drain()
+    seen = Counter(_canon(json.loads(e.record or b"")) for e in got)
+    assert set(seen) == set(_expected(records, rabbit.queue))
+    assert len(got) - len(records) <= 20  # duplicates only from the unacked window
