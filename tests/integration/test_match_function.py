@@ -1,0 +1,278 @@
+"""The match Lambda (functions/match/app.py), driven with Lambda-shaped SQS events.
+
+Real services throughout: the golden preferences compiled and published to
+Redis under a unique prefix, the pipeline's queues (from
+:mod:`fmn.pipeline.queues`) and a claim bucket created on the moto server
+under a unique prefix per test.  The app is imported from its folder and
+its lazy singletons are reset between tests.  What lands on the backend
+queues, unpacked, must be exactly what the indexed matcher (and the golden
+``expected.jsonl``) gives; a poisoned record must fail alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from services import REDIS_URL, redis_client
+from shared_data import GOLDEN, read_jsonl
+
+from fmn.errors import RetryableError, SnapshotUnavailable
+from fmn.matcher import IndexedMatcher
+from fmn.metadata import parse
+from fmn.pipeline.envelope import Envelope, make_claim
+from fmn.pipeline.notifications import unpack
+from fmn.pipeline.queues import BACKENDS, QUEUES
+from fmn.prefs import parse_document
+from fmn.snapshot import build_snapshot, compile_snapshot
+from fmn.snapshot.store import RedisSnapshotStore
+
+pytestmark = pytest.mark.integration
+
+APP_PATH = Path(__file__).resolve().parents[2] / "functions" / "match" / "app.py"
+Key = tuple[str, str, str, str, tuple[str, ...]]
+
+
+@pytest.fixture(scope="module")
+def match_app() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fmn_match_app", APP_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def records() -> list[bytes]:
+    return [line.encode() for line in (GOLDEN / "messages.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def expected(records: list[bytes]) -> list[Key]:
+    """What the indexed matcher gives for the golden prefs and messages (and the golden file)."""
+    prefs = parse_document(json.loads((GOLDEN / "prefs.json").read_text()))
+    matcher = IndexedMatcher(build_snapshot(prefs))
+    keys = [(n.message_id, n.user, n.protocol, n.address, n.rules)
+            for r in records for n in matcher.match(parse(r))]
+    golden = [(e["message_id"], e["user"], e["protocol"], e["address"], tuple(e["rules"]))
+              for e in read_jsonl(GOLDEN / "expected.jsonl")]
+    assert Counter(keys) == Counter(golden)
+    return keys
+
+
+@pytest.fixture
+def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, match_app: ModuleType
+        ) -> Iterator[SimpleNamespace]:
+    """Queues, a claim bucket and a published snapshot, all unique to this test."""
+    tag = uuid.uuid4().hex[:10]
+    prefix, bucket, snap_prefix = f"fmn-t{tag}-", f"fmn-t{tag}-claims", f"fmn-test:{tag}:"
+    sqs = boto3.client("sqs")
+    s3 = boto3.client("s3")
+    urls = {}
+    for q in QUEUES:
+        dlq = sqs.create_queue(QueueName=q.dlq_name(prefix))["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
+        redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"],
+                   "maxReceiveCount": str(q.max_receive_count)}
+        urls[q.name] = sqs.create_queue(QueueName=q.sqs_name(prefix), Attributes={
+            "VisibilityTimeout": str(q.visibility_timeout_s),
+            "RedrivePolicy": json.dumps(redrive)})["QueueUrl"]
+    s3.create_bucket(Bucket=bucket)
+    client = redis_client()
+    store = RedisSnapshotStore(client, snap_prefix)
+    store.publish(compile_snapshot(parse_document(json.loads((GOLDEN / "prefs.json")
+                                                             .read_text()))))
+    for name, value in {"REDIS_URL": REDIS_URL, "FMN_SNAPSHOT_PREFIX": snap_prefix,
+                        "FMN_QUEUE_PREFIX": prefix, "FMN_CLAIM_BUCKET": bucket}.items():
+        monkeypatch.setenv(name, value)
+    match_app.reset()
+    yield SimpleNamespace(sqs=sqs, s3=s3, urls=urls, bucket=bucket, prefix=prefix)
+    match_app.reset()
+    keys = list(client.scan_iter(match=snap_prefix + "*"))
+    if keys:
+        client.delete(*keys)
+
+
+def sqs_event(bodies: list[str], queue_name: str) -> tuple[dict[str, Any], list[str]]:
+    """A Lambda SQS event as the event source mapping delivers it, and its message ids."""
+    ids = [str(uuid.uuid4()) for _ in bodies]
+    return {"Records": [{
+        "messageId": mid, "receiptHandle": f"handle-{mid}", "body": body,
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1704067200000",
+                       "SenderId": "AIDATEST", "ApproximateFirstReceiveTimestamp": "1704067200001"},
+        "messageAttributes": {}, "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue_name}",
+    } for mid, body in zip(ids, bodies, strict=True)]}, ids
+
+
+CONTEXT = SimpleNamespace(function_name="fmn-match", memory_limit_in_mb=1024,
+                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:m",
+                          aws_request_id="req-1")
+
+
+def invoke(match_app: ModuleType, env: SimpleNamespace, bodies: list[str]
+           ) -> tuple[list[str], list[str]]:
+    """Run the handler on one batch; (failed message ids, all message ids)."""
+    event, ids = sqs_event(bodies, f"{env.prefix}incoming")
+    response = match_app.handle_incoming(event, CONTEXT)
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]], ids
+
+
+def drain(env: SimpleNamespace) -> tuple[list[Key], Counter[str]]:
+    """Every notification on the backend queues, and the SQS messages per backend."""
+    found: list[Key] = []
+    messages: Counter[str] = Counter()
+    for backend in BACKENDS:
+        while True:
+            got = env.sqs.receive_message(QueueUrl=env.urls[backend], MaxNumberOfMessages=10,
+                                          WaitTimeSeconds=0).get("Messages", [])
+            if not got:
+                break
+            # deleted as a sender would (and moto scans what is left on every receive)
+            env.sqs.delete_message_batch(QueueUrl=env.urls[backend], Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+            for m in got:
+                messages[backend] += 1
+                info, items = unpack(m["Body"], backend=backend)
+                found += [(info["id"], n["user"], backend, n["address"], tuple(n["rules"]))
+                          for n in items]
+    return found, messages
+
+
+def wrap(record: bytes) -> str:
+    return Envelope.wrap("fedora-messaging" if b'"body"' in record else "fedmsg",
+                         "tcp://hub.test:9940", record).encode()
+
+
+def test_the_handler_is_chalice_wired_to_the_incoming_queue(match_app: ModuleType) -> None:
+    (source,) = match_app.app.event_sources
+    assert source.queue.endswith("incoming") and source.batch_size == 100
+    assert source.maximum_batching_window_in_seconds == 1
+
+
+def test_backend_queues_get_exactly_what_the_matcher_decides(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes],
+        expected: list[Key]) -> None:
+    bodies = [wrap(r) for r in records]
+    found: list[Key] = []
+    messages: Counter[str] = Counter()
+    for start in range(0, len(bodies), 100):
+        failed, _ = invoke(match_app, env, bodies[start:start + 100])
+        assert failed == []
+        # drained batch by batch: moto's receive scans the whole queue each time
+        more, sent = drain(env)
+        found += more
+        messages += sent
+    assert Counter(found) == Counter(expected)  # every notification, each exactly once
+    # one SQS message per (bus message, backend) here: none carries thousands
+    per_backend = Counter(k[2] for k in expected)
+    assert set(messages) == set(per_backend)
+    assert all(messages[b] <= per_backend[b] for b in messages)
+
+
+def test_a_poisoned_record_fails_alone(match_app: ModuleType, env: SimpleNamespace,
+                                       records: list[bytes], expected: list[Key]) -> None:
+    with_notes = {k[0] for k in expected}
+    good = [r for r in records if parse(r).id in with_notes][:6]
+    bodies = [wrap(r) for r in good]
+    poison = ["this is not JSON", '{"v": 2, "bus": "fedmsg", "record": {}}',
+              Envelope.wrap("fedmsg", "tcp://hub", b'{"topic": "x"}').encode()]
+    batch = bodies[:2] + [poison[0]] + bodies[2:4] + poison[1:] + bodies[4:]
+    failed, ids = invoke(match_app, env, batch)
+    assert failed == [ids[2], ids[5], ids[6]]
+    found, _ = drain(env)
+    good_ids = {parse(r).id for r in good}
+    assert Counter(found) == Counter(k for k in expected if k[0] in good_ids)
+    with pytest.raises(BatchProcessingError):  # all failed: the whole invocation fails
+        invoke(match_app, env, poison)
+
+
+def test_a_claim_checked_record_is_fetched_from_s3(match_app: ModuleType, env: SimpleNamespace,
+                                                   records: list[bytes],
+                                                   expected: list[Key]) -> None:
+    record = next(r for r in records if parse(r).id in {k[0] for k in expected})
+    env.s3.put_object(Bucket=env.bucket, Key="claims/1", Body=record)
+    body = Envelope.wrap("fedmsg", "tcp://hub", record).with_claim(
+        make_claim(env.bucket, "claims/1", record)).encode()
+    failed, _ = invoke(match_app, env, [body])
+    assert failed == []
+    found, _ = drain(env)
+    assert Counter(found) == Counter(k for k in expected if k[0] == parse(record).id)
+
+
+def test_a_missing_s3_object_is_a_retryable_failure(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes]) -> None:
+    missing = Envelope.wrap("fedmsg", "tcp://hub", records[0]).with_claim(
+        make_claim(env.bucket, "claims/gone", records[0])).encode()
+    with pytest.raises(RetryableError):
+        match_app.process(missing)
+    failed, ids = invoke(match_app, env, [wrap(records[1]), missing])
+    assert failed == [ids[1]]
+
+
+def test_no_snapshot_is_a_retryable_failure(match_app: ModuleType, env: SimpleNamespace,
+                                            records: list[bytes],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FMN_SNAPSHOT_PREFIX", f"fmn-test:{uuid.uuid4().hex}:empty:")
+    match_app.reset()
+    with pytest.raises(SnapshotUnavailable):
+        match_app.process(wrap(records[0]))
+
+
+class FlakySQS:
+    """The real client, but every SendMessageBatch first reports its first entry failed."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> Any:  # noqa: N803
+        self.calls += 1
+        if self.calls % 2:
+            response = self.real.send_message_batch(QueueUrl=QueueUrl, Entries=Entries[1:])
+            return {"Successful": response.get("Successful", []),
+                    "Failed": [{"Id": Entries[0]["Id"], "SenderFault": False,
+                                "Code": "InternalError"}]}
+        return self.real.send_message_batch(QueueUrl=QueueUrl, Entries=Entries)
+
+
+def test_entries_sqs_reports_failed_are_retried(match_app: ModuleType, env: SimpleNamespace,
+                                                records: list[bytes],
+                                                expected: list[Key]) -> None:
+    batch = records[:40]
+    match_app._get("sqs")  # build the singletons, then wrap the client
+    flaky = match_app._state["sqs"] = FlakySQS(match_app._state["sqs"])
+    failed, _ = invoke(match_app, env, [wrap(r) for r in batch])
+    assert failed == [] and flaky.calls > 1
+    found, _ = drain(env)
+    ids = {parse(r).id for r in batch}
+    assert Counter(found) == Counter(k for k in expected if k[0] in ids)
+
+
+def test_records_whose_payloads_cannot_be_sent_come_back(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes],
+        expected: list[Key]) -> None:
+    env.sqs.delete_queue(QueueUrl=env.urls["irc"])
+    irc = {k[0] for k in expected if k[2] == "irc"}
+    batch = records[:60]
+    failed, ids = invoke(match_app, env, [wrap(r) for r in batch])
+    assert failed and set(failed) == {mid for mid, r in zip(ids, batch, strict=True)
+                                      if parse(r).id in irc}
+    only_irc = [r for r in records if parse(r).id in irc][:3]
+    with pytest.raises(RetryableError):  # nothing at all went: the invocation fails
+        invoke(match_app, env, [wrap(r) for r in only_irc])
