@@ -32,12 +32,12 @@ run: setup ## run the main job on embedded defaults (SQLite, local Redis) and pr
 	$(BIN)/fmn run --users $(USERS)
 
 test: setup services ## run the whole test suite (lint included)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src bridge functions tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: setup ## ruff and mypy only
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src bridge functions tests
 	$(BIN)/mypy
 
 bench: setup ## matcher benchmark at 10,000 and 100,000 users (figures in var/bench-match.json)

@@ -7,6 +7,8 @@
 ``fmn prefs import``    load a preferences document into the database
 ``fmn prefs export``    write the database's preferences document
 ``fmn snapshot publish`` compile the database into a snapshot in Redis
+``fmn bridge``          forward fedmsg (ZeroMQ) and fedora-messaging (AMQP) to SQS
+``fmn replay``          publish recorded messages on a local fedmsg endpoint or RabbitMQ
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
 
 Errors in the input are reported on stderr with the file and line at fault;
@@ -177,6 +179,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(users=args.users, seed=args.seed, messages=args.messages, out_path=args.out)
 
 
+def run_bridge(argv: Sequence[str]) -> int:
+    """``fmn bridge ...``: the bridge has its own options (``fmn bridge --help``)."""
+    try:
+        from fmn_bridge.cli import main as bridge_main
+    except ImportError as exc:  # the bridge is its own deployable
+        return _fail(f"the bridge is not installed here ({exc}); pip install -e .")
+    result: int = bridge_main(list(argv))
+    return result
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from fmn.local import replay
+
+    path = Path(args.file)
+    if args.rate is not None and args.rate <= 0:
+        return _fail("--rate must be a positive number of messages per second")
+    if args.to == "fedmsg":
+        replay.replay_fedmsg(path, args.endpoint or replay.DEFAULT_FEDMSG_ENDPOINT, args.rate)
+    else:
+        replay.replay_amqp(path, args.endpoint or replay.DEFAULT_AMQP_URL, args.rate)
+    return EXIT_OK
+
+
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
@@ -243,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="Redis URL (default: REDIS_URL)")
     p.set_defaults(func=cmd_snapshot_publish)
 
+    # (parsed by the bridge itself: see main)
+    sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "
+                                  "(fmn bridge --help)")
+
+    p = sub.add_parser("replay", help="publish recorded messages on a local bus for the bridge")
+    p.add_argument("file", help="messages (JSON Lines)")
+    p.add_argument("--to", choices=("fedmsg", "amqp"), default="fedmsg")
+    p.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
+    p.add_argument("--endpoint", help="ZeroMQ endpoint to bind (fedmsg) or AMQP URL (amqp)")
+    p.set_defaults(func=cmd_replay)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     p = bsub.add_parser("match", help="matcher speed, snapshot build time and memory")
@@ -261,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bridge"]:
+        return run_bridge(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
