@@ -16,6 +16,7 @@ The event source mapping needs ``FunctionResponseTypes:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -45,12 +46,12 @@ SEND_ATTEMPTS = 3
 app = Chalice(app_name="fmn-match", configure_logs=False)
 logger = Logger(service="fmn-match")
 metrics = Metrics(namespace="FMN", service="match")
-processor = BatchProcessor(event_type=EventType.SQS)
 _state: dict[str, Any] = {}
-#: this invocation's metrics, added once each when it ends
-_counts: Counter[str] = Counter()
-#: this invocation's matched records (SQS message id, result), sent together at the end
-_matched: list[tuple[str, MatchResult]] = []
+#: totals since the process started (the local stack's status display reads them)
+totals: Counter[str] = Counter()
+# Lambda runs one invocation per process at a time, the local runner several
+# in threads: per-invocation state stays local; what is shared is locked.
+_lock = threading.Lock()
 
 
 def reset() -> None:
@@ -60,19 +61,25 @@ def reset() -> None:
 
 def _get(name: str) -> Any:
     if not _state:
-        import boto3
-
-        from fmn.matcher import IndexedMatcher
-        from fmn.snapshot.live import LiveSnapshot
-        from fmn.snapshot.store import RedisSnapshotStore
-
-        copy_config_to_registered_loggers(source_logger=logger, include={"fmn"})
-        s = Settings.from_env()
-        store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
-        aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
-        _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
-                      matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={})
+        with _lock:
+            if not _state:
+                _build_state()
     return _state[name]
+
+
+def _build_state() -> None:
+    import boto3
+
+    from fmn.matcher import IndexedMatcher
+    from fmn.snapshot.live import LiveSnapshot
+    from fmn.snapshot.store import RedisSnapshotStore
+
+    copy_config_to_registered_loggers(source_logger=logger, include={"fmn"})
+    s = Settings.from_env()
+    store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
+    aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+    _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
+                      matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={})
 
 
 def queue_url(backend: str) -> str:
@@ -132,31 +139,39 @@ def process(body: str) -> MatchResult:
     return result
 
 
-def _record(record: SQSRecord) -> None:
-    try:
-        result = match_record(record.body, _get("matcher"), fetch_claim)
-    except Exception as exc:
-        kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
-        _counts[f"{kind}Failures"] += 1
-        logger.warning("record failed", extra={"sqs_message_id": record.message_id,
-                                               "failure": kind.lower(), "error": str(exc)[:500]})
-        raise
-    _matched.append((record.message_id, result))
-    _counts["MessagesMatched"] += 1
-    for backend, count in result.notifications.items():
-        _counts[f"Notifications_{backend}"] += count
-        _counts[f"Payloads_{backend}"] += len(result.bodies[backend])
+class _Invocation:
+    """One invocation's matched records and counts."""
 
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        #: (SQS message id, result), sent together at the end
+        self.matched: list[tuple[str, MatchResult]] = []
 
-def _send_matched() -> set[str]:
-    """Send every matched record's payloads, backend by backend, across records."""
-    unsent: set[str] = set()
-    for backend in BACKENDS:
-        entries = [(mid, body) for mid, result in _matched
-                   for body in result.bodies.get(backend, ())]
-        if entries:
-            unsent |= send(backend, entries)
-    return unsent
+    def record(self, record: SQSRecord) -> None:
+        try:
+            result = match_record(record.body, _get("matcher"), fetch_claim)
+        except Exception as exc:
+            kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
+            self.counts[f"{kind}Failures"] += 1
+            logger.warning("record failed", extra={"sqs_message_id": record.message_id,
+                                                   "failure": kind.lower(),
+                                                   "error": str(exc)[:500]})
+            raise
+        self.matched.append((record.message_id, result))
+        self.counts["MessagesMatched"] += 1
+        for backend, count in result.notifications.items():
+            self.counts[f"Notifications_{backend}"] += count
+            self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
+
+    def send_matched(self) -> set[str]:
+        """Send every matched record's payloads, backend by backend, across records."""
+        unsent: set[str] = set()
+        for backend in BACKENDS:
+            entries = [(mid, body) for mid, result in self.matched
+                       for body in result.bodies.get(backend, ())]
+            if entries:
+                unsent |= send(backend, entries)
+        return unsent
 
 
 @app.on_sqs_message(queue=INCOMING.sqs_name(Settings.from_env().queue_prefix),
@@ -164,24 +179,26 @@ def _send_matched() -> set[str]:
                     maximum_batching_window_in_seconds=INCOMING.batching_window_s,
                     maximum_concurrency=INCOMING.max_concurrency)
 def handle_incoming(event: Any) -> PartialItemFailureResponse:
-    _counts.clear()
-    _matched.clear()
+    call = _Invocation()
     raw = event.to_dict()
     try:
-        response = process_partial_response(event=raw, record_handler=_record,
-                                             processor=processor, context=event.context)
-        unsent = _send_matched()
+        response = process_partial_response(
+            event=raw, record_handler=call.record,
+            processor=BatchProcessor(event_type=EventType.SQS), context=event.context)
+        unsent = call.send_matched()
         if unsent:
-            _counts["RetryableFailures"] += len(unsent)
+            call.counts["RetryableFailures"] += len(unsent)
             failures = response["batchItemFailures"]
-            failures += [{"itemIdentifier": mid} for mid, _ in _matched if mid in unsent]
+            failures += [{"itemIdentifier": mid} for mid, _ in call.matched if mid in unsent]
             if len(failures) == len(raw["Records"]):  # nothing succeeded: fail the invocation
                 raise RetryableError(f"no payload of {len(unsent)} records reached SQS")
         logger.info("batch done", extra={"records": len(raw["Records"]),
                                          "failed": len(response["batchItemFailures"]),
-                                         "counts": dict(_counts)})
+                                         "counts": dict(call.counts)})
         return response
     finally:
-        for name, value in sorted(_counts.items()):
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-        metrics.flush_metrics()
+        with _lock:
+            totals.update(call.counts)
+            for name, value in sorted(call.counts.items()):
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+            metrics.flush_metrics()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,24 +39,31 @@ class LiveSnapshot:
         self.changes_applied = 0
         self.bad_changes = 0
         self.poll_failures = 0
+        self._lock = threading.Lock()
 
     def __call__(self) -> Snapshot:
         now = self.clock()
-        if self._snapshot is None:
-            self._load(None)  # nothing to serve yet: a failure here is the caller's
-            self._next_poll = now + self.poll_interval
-        elif now >= self._next_poll:
-            self._next_poll = now + self.poll_interval
-            try:
-                self.refresh()
-            except FmnError as exc:
-                # The store is away: keep matching on what we hold, retry at the
-                # next interval (not at every message).
-                self.poll_failures += 1
-                log.warning("snapshot store unavailable, matching on snapshot %s: %s",
-                            self._snapshot.id, exc)
-        assert self._snapshot is not None
-        return self._snapshot
+        snapshot = self._snapshot
+        if snapshot is not None and now < self._next_poll:
+            return snapshot  # the common case: no lock, no I/O
+        # One caller refreshes (invocations may run in threads, as under the
+        # local runner); the others wait for it rather than apply changes twice.
+        with self._lock:
+            if self._snapshot is None:
+                self._load(None)  # nothing to serve yet: a failure here is the caller's
+                self._next_poll = now + self.poll_interval
+            elif now >= self._next_poll:
+                self._next_poll = now + self.poll_interval
+                try:
+                    self.refresh()
+                except FmnError as exc:
+                    # The store is away: keep matching on what we hold, retry at
+                    # the next interval (not at every message).
+                    self.poll_failures += 1
+                    log.warning("snapshot store unavailable, matching on snapshot %s: %s",
+                                self._snapshot.id, exc)
+            assert self._snapshot is not None
+            return self._snapshot
 
     def _load(self, snapshot_id: str | None) -> None:
         started = time.perf_counter()
