@@ -7,6 +7,8 @@
 ``fmn prefs import``    load a preferences document into the database
 ``fmn prefs export``    write the database's preferences document
 ``fmn snapshot publish`` compile the database into a snapshot in Redis
+``fmn up``              the whole pipeline on this machine (moto, Redis, bridge, functions)
+``fmn status``          the running local stack's queues and counters (``--json``)
 ``fmn bridge``          forward fedmsg (ZeroMQ) and fedora-messaging (AMQP) to SQS
 ``fmn replay``          publish recorded messages on a local fedmsg endpoint or RabbitMQ
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
@@ -189,6 +191,25 @@ def run_bridge(argv: Sequence[str]) -> int:
     return result
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from fmn.local.stack import StackOptions, run_up
+    from fmn.settings import Settings
+
+    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir))
+    return run_up(Settings.from_env(), options, replay=args.replay)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fmn.local.stack import format_status, read_status
+
+    try:
+        doc = read_status(Path(args.workdir))
+    except RuntimeError as exc:
+        return _fail(str(exc))
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from fmn.local import replay
 
@@ -267,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", help="SQLAlchemy URL (default: FMN_DATABASE_URL or SQLite)")
     p.add_argument("--redis", help="Redis URL (default: REDIS_URL)")
     p.set_defaults(func=cmd_snapshot_publish)
+
+    p = sub.add_parser("up", help="the whole pipeline on this machine, on embedded defaults")
+    p.add_argument("--users", type=int, default=2000, help="generated demo users (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replay", action="store_true",
+                   help="replay the shared Fedora messages once the stack is up")
+    p.add_argument("--workdir", default="var/stack", help="status file, bridge config and log")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("status", help="the running local stack's queues and counters")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.add_argument("--workdir", default="var/stack")
+    p.set_defaults(func=cmd_status)
 
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "

@@ -161,6 +161,7 @@ class EventSourceMapping:
         report_batch_item_failures: bool = True,
         error_backoff_s: float = 1.0,
         rate_window_s: float = 5.0,
+        serialize_receives: bool = False,
     ) -> None:
         # Lambda always long-polls; a zero wait would spin on an empty queue.
         if not 1 <= poll_wait_s <= SQS_MAX_WAIT_S:
@@ -187,6 +188,13 @@ class EventSourceMapping:
         self.report_batch_item_failures = report_batch_item_failures
         self.error_backoff_s = error_backoff_s
         self.rate_window_s = rate_window_s
+        # The moto server's ReceiveMessage takes no lock: two pollers receiving
+        # at the same instant can get the same message.  Real SQS does not do
+        # that within a visibility timeout; with this set, pollers take turns
+        # to receive (a receive returns at once when messages wait), so a local
+        # run delivers like SQS does.
+        self._receive_lock: threading.Lock | None = threading.Lock() if serialize_receives \
+            else None
         region = urls.region
         account = urls.arn.split(":")[4]
         self.function_arn = f"arn:aws:lambda:{region}:{account}:function:{self.function_name}"
@@ -359,6 +367,22 @@ class EventSourceMapping:
                 self._record_point()
 
     def _receive(self, max_messages: int, wait_s: int) -> list[dict[str, Any]]:
+        if self._receive_lock is None:
+            return self._receive_now(max_messages, wait_s)
+        # Take turns with short receives, and wait between them outside the
+        # lock: holding it through a long poll would let one idle poller stall
+        # all the others.  The long poll is kept as a client-side deadline.
+        deadline = time.monotonic() + wait_s
+        pause = 0.02
+        while True:
+            with self._receive_lock:
+                messages = self._receive_now(max_messages, 0)
+            if messages or time.monotonic() >= deadline or self._stop.is_set():
+                return messages
+            self._stop.wait(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+
+    def _receive_now(self, max_messages: int, wait_s: int) -> list[dict[str, Any]]:
         response = self.sqs.receive_message(
             QueueUrl=self.urls.url,
             MaxNumberOfMessages=max_messages,

@@ -1,0 +1,426 @@
+"""``fmn up``: the whole pipeline on one machine, on embedded defaults.
+
+What it starts, in order (each reused when it already answers):
+
+1. AWS: ``AWS_ENDPOINT_URL`` if it answers (LocalStack, say), otherwise a moto
+   server on 127.0.0.1 (SQS, S3, SES, CloudWatch);
+2. Redis: ``REDIS_URL`` if it answers, otherwise ``redis-server`` (installed
+   by ``scripts/system-deps.sh``) on a port of its own, keeping nothing on disk;
+3. the preferences database (``FMN_DATABASE_URL``, SQLite by default), seeded
+   with generated demo users, and its snapshot published to Redis;
+4. the queues and dead-letter queues of :mod:`fmn.pipeline.queues` and the
+   claim-check bucket;
+5. the bridge, as its own process, subscribed to a local fedmsg endpoint and
+   to a RabbitMQ queue bound to every topic of ``amq.topic``;
+6. every function under the local runner (today: ``match``; the senders'
+   queues fill until their functions exist).
+
+While it runs it writes ``var/stack/status.json`` every second (what
+``fmn status --json`` prints) and shows one line per queue.  Stopping it
+(SIGINT/SIGTERM) stops the bridge first, lets in-flight invocations finish,
+then stops what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fmn.pipeline.queues import BACKENDS, QUEUES
+from fmn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_AWS_PORT = 5055
+DEFAULT_REDIS_PORT = 6390
+DEFAULT_FEDMSG_ENDPOINT = "tcp://127.0.0.1:9940"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+STATUS_FILE = "status.json"
+_FORWARDED = re.compile(rb"forwarded=(\d+)")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(what: str, check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def load_function(name: str) -> ModuleType:
+    """A function's Chalice ``app.py``, imported from ``functions/<name>/``."""
+    path = ROOT / "functions" / name / "app.py"
+    spec = importlib.util.spec_from_file_location(f"fmn_function_{name}", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class StackOptions:
+    users: int = 2000
+    seed: int = 0
+    workdir: Path = field(default_factory=lambda: Path("var/stack"))
+    aws_port: int = DEFAULT_AWS_PORT
+    redis_port: int = DEFAULT_REDIS_PORT
+    fedmsg_endpoint: str = DEFAULT_FEDMSG_ENDPOINT
+    amqp_url: str = DEFAULT_AMQP_URL
+    #: the RabbitMQ queue the bridge consumes (bound to every topic of amq.topic)
+    amqp_queue: str = "fmn-local-bridge"
+    #: the runner's long poll (Lambda uses 20 s; shorter stops faster)
+    poll_wait_s: int = 2
+
+
+class LocalStack:
+    def __init__(self, settings: Settings, options: StackOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.workdir = options.workdir
+        self.env: dict[str, str] = {}
+        self.urls: dict[str, Any] = {}
+        self.runners: dict[str, Any] = {}
+        self.functions: dict[str, ModuleType] = {}
+        self._moto: Any = None
+        self._redis: subprocess.Popen[bytes] | None = None
+        self._bridge: subprocess.Popen[bytes] | None = None
+        self._bridged = 0
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self.sqs: Any = None
+
+    # -- start -----------------------------------------------------------------
+
+    def start(self, say: Any = print) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The functions' metrics are JSON lines meant for CloudWatch.
+        self.env.setdefault("POWERTOOLS_METRICS_DISABLED",
+                            os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"))
+        say(f"1/6 AWS: {self._start_aws()}")
+        say(f"2/6 Redis: {self._start_redis()}")
+        # Everything below, in this process and the bridge's, reads these.
+        os.environ.update(self.env)
+        self.settings = Settings.from_env()
+        say(f"3/6 preferences: {self._seed_preferences()}")
+        say(f"4/6 queues: {self._make_queues()}")
+        say(f"5/6 bridge: {self._start_bridge()}")
+        say(f"6/6 functions: {self._start_functions()}")
+        self._quiet()
+        writer = threading.Thread(target=self._write_status, name="status", daemon=True)
+        writer.start()
+        self._threads.append(writer)
+
+    def _quiet(self) -> None:
+        # The emulator's request log, and the functions' INFO lines (structured
+        # JSON meant for CloudWatch), would drown the status display; -v and
+        # POWERTOOLS_LOG_LEVEL=INFO bring them back.
+        if not log.isEnabledFor(logging.INFO):
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            for name in ("fmn", "fmn-match"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+    def _start_aws(self) -> str:
+        endpoint = self.settings.aws_endpoint_url
+        if endpoint:
+            host, _, given = endpoint.split("//")[-1].partition(":")
+            if _port_open(host, int(given.split("/")[0] or 80)):
+                self.env["AWS_ENDPOINT_URL"] = endpoint
+                return f"using {endpoint}"
+        from moto.server import ThreadedMotoServer
+
+        port: int = self.options.aws_port \
+            if not _port_open("127.0.0.1", self.options.aws_port) else _free_port()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._moto.start()
+        endpoint = f"http://127.0.0.1:{port}"
+        self.env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="local",
+                        AWS_SECRET_ACCESS_KEY="local", AWS_DEFAULT_REGION=self.settings.aws_region)
+        return f"moto server at {endpoint} (SQS, S3, SES, CloudWatch)"
+
+    def _start_redis(self) -> str:
+        import redis
+
+        try:
+            redis.Redis.from_url(self.settings.redis_url, socket_timeout=1).ping()
+            self.env["REDIS_URL"] = self.settings.redis_url
+            return f"using {self.settings.redis_url}"
+        except redis.RedisError:
+            pass
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no Redis answers at REDIS_URL and redis-server is not "
+                               "installed (scripts/system-deps.sh installs it)")
+        port = self.options.redis_port if not _port_open("127.0.0.1", self.options.redis_port) \
+            else _free_port()
+        self._redis = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        _wait_for("redis-server", lambda: _port_open("127.0.0.1", port))
+        self.env["REDIS_URL"] = url
+        return f"started redis-server at {url}"
+
+    def _seed_preferences(self) -> str:
+        from fmn import db
+        from fmn.generate import generate_preferences
+        from fmn.snapshot.store import RedisSnapshotStore
+        from fmn.snapshot.sync import publish_full
+
+        url = self.settings.database_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = db.make_engine(url)
+        db.upgrade(engine)
+        prefs = generate_preferences(self.options.users, self.options.seed)
+        db.import_preferences(engine, prefs)
+        store = RedisSnapshotStore.from_url(self.settings.redis_url,
+                                            self.settings.snapshot_prefix)
+        data = publish_full(engine, store)
+        return (f"{self.options.users:,} demo users in {url}; snapshot {data.id} "
+                f"({len(data.users):,} users with live rules)")
+
+    def _make_queues(self) -> str:
+        from fmn.local.aws import clients, ensure_queues
+
+        aws = clients(self.settings)
+        self.sqs = aws.sqs
+        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix)
+        for urls in self.urls.values():  # counters start at zero
+            for url in (urls.url, urls.dlq_url):
+                aws.sqs.purge_queue(QueueUrl=url)
+        with contextlib.suppress(aws.s3.exceptions.BucketAlreadyOwnedByYou):
+            aws.s3.create_bucket(Bucket=self.settings.claim_bucket)
+        return f"{len(self.urls)} queues with dead-letter queues, bucket " \
+               f"{self.settings.claim_bucket}"
+
+    def _bridge_config(self) -> Path:
+        path = self.workdir / "bridge.toml"
+        queue = self.options.amqp_queue
+        path.write_text(f"""\
+# fedora-messaging configuration of the local bridge (written by fmn up)
+amqp_url = "{self.options.amqp_url}"
+passive_declares = false
+
+[client_properties]
+app = "fmn local bridge"
+
+[qos]
+prefetch_size = 0
+prefetch_count = 50
+
+[queues."{queue}"]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "{queue}"
+exchange = "amq.topic"
+routing_keys = ["#"]
+
+[consumer_config]
+fmn_bridge_queue = "{queue}"
+""")
+        return path
+
+    def _start_bridge(self) -> str:
+        config = self._bridge_config()
+        self._bridge = subprocess.Popen(
+            [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
+             "--amqp-config", str(config), "--stats-interval", "1"],
+            env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reader = threading.Thread(target=self._read_bridge, name="bridge-log", daemon=True)
+        reader.start()
+        self._threads.append(reader)
+        return (f"pid {self._bridge.pid}, fedmsg {self.options.fedmsg_endpoint}, "
+                f"AMQP queue {self.options.amqp_queue} on amq.topic")
+
+    def _read_bridge(self) -> None:
+        assert self._bridge is not None and self._bridge.stderr is not None
+        with (self.workdir / "bridge.log").open("ab") as out:
+            for line in self._bridge.stderr:
+                out.write(line)
+                out.flush()
+                found = _FORWARDED.search(line)
+                if found:
+                    self._bridged = int(found.group(1))
+
+    def _start_functions(self) -> str:
+        from fmn.local.runner import EventSourceMapping
+
+        started = []
+        for q in QUEUES:
+            if q.function is None or not (ROOT / "functions" / q.function / "app.py").exists():
+                continue
+            module = self.functions.setdefault(q.function, load_function(q.function))
+            handler = getattr(module, "handler", None) or getattr(module, f"handle_{q.name}")
+            runner = EventSourceMapping(self.sqs, q, self.urls[q.name], handler,
+                                        function_name=q.function,
+                                        poll_wait_s=self.options.poll_wait_s,
+                                        serialize_receives=True)
+            runner.start()
+            self.runners[q.name] = runner
+            started.append(f"{q.function} <- {q.sqs_name(self.settings.queue_prefix)}")
+        return ", ".join(started) or "none"
+
+    # -- status ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        queues: dict[str, Any] = {}
+        dead: dict[str, int] = {}
+        for q in QUEUES:
+            urls = self.urls[q.name]
+            main = self._attributes(urls.url)
+            dlq = self._attributes(urls.dlq_url)
+            runner = self.runners.get(q.name)
+            stats = runner.stats() if runner is not None else None
+            queues[q.name] = {
+                "visible": main[0], "in_flight": main[1], "dlq": dlq[0] + dlq[1],
+                "concurrency": stats.concurrency if stats else 0,
+                "messages_per_s": round(stats.messages_per_s, 1) if stats else 0.0,
+            }
+            dead[q.name] = dlq[0] + dlq[1]
+        totals: Any = getattr(self.functions.get("match"), "totals", {})
+        return {
+            "queues": queues,
+            "counters": {
+                "bridged": self._bridged,
+                "matched": int(totals.get("MessagesMatched", 0)),
+                "notifications": {b: int(totals.get(f"Notifications_{b}", 0))
+                                  for b in BACKENDS},
+                "delivered": {b: 0 for b in BACKENDS},
+                "dead_lettered": dead,
+            },
+        }
+
+    def _attributes(self, url: str) -> tuple[int, int]:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                          "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return (int(attrs["ApproximateNumberOfMessages"]),
+                int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+    def _write_status(self) -> None:
+        path = self.workdir / STATUS_FILE
+        while not self._stopping.wait(1.0):
+            try:
+                doc = {"updated_at": time.time(), **self.status()}
+            except Exception as exc:  # a status reading must not kill the stack
+                log.warning("status not updated: %s", exc)
+                continue
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            tmp.replace(path)
+
+    # -- stop ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._bridge is not None and self._bridge.poll() is None:
+            self._bridge.send_signal(signal.SIGTERM)
+            try:
+                self._bridge.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._bridge.kill()
+        for runner in self.runners.values():
+            runner.stop(timeout=60)
+        if self._redis is not None:
+            self._redis.terminate()
+            self._redis.wait(timeout=10)
+        if self._moto is not None:
+            self._moto.stop()
+        (self.workdir / STATUS_FILE).unlink(missing_ok=True)
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    lines = [f"{'queue':<10} {'visible':>8} {'in flight':>9} {'DLQ':>5} {'conc.':>5} {'msg/s':>8}"]
+    for name, q in doc["queues"].items():
+        lines.append(f"{name:<10} {q['visible']:>8} {q['in_flight']:>9} {q['dlq']:>5} "
+                     f"{q['concurrency']:>5} {q.get('messages_per_s', 0):>8}")
+    c = doc["counters"]
+    notes = ", ".join(f"{b} {n}" for b, n in c["notifications"].items())
+    lines.append(f"bridged {c['bridged']}, matched {c['matched']}, notifications: {notes}")
+    return "\n".join(lines)
+
+
+def read_status(workdir: Path, max_age_s: float = 5.0) -> dict[str, Any]:
+    path = workdir / STATUS_FILE
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RuntimeError("no local stack is running here (start one with: fmn up)") from None
+    age = time.time() - float(doc.get("updated_at", 0))
+    if age > max_age_s:
+        raise RuntimeError(f"the local stack's status is {age:.0f}s old: is fmn up still "
+                           "running?")
+    doc.pop("updated_at", None)
+    return doc
+
+
+def replay_shared(stack: LocalStack, say: Any = print) -> None:
+    """Replay the shared messages: fedmsg envelopes via fedmsg, the rest via AMQP."""
+    from fmn.bench import default_message_files
+    from fmn.local import replay
+
+    fedmsg_file, fm_file = default_message_files()
+    say(f"replaying {fedmsg_file} on {stack.options.fedmsg_endpoint} ...")
+    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None, settle_s=2.0)
+    say(f"replaying {fm_file} to RabbitMQ ...")
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+
+
+def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:
+    stack = LocalStack(settings, options)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start()
+        if replay:
+            replay_shared(stack)
+        print("fmn up: running; Ctrl-C stops it.  `fmn status --json` from another shell.")
+        while not stopping.wait(2.0):
+            print(format_status(stack.status()), flush=True)
+            print(flush=True)
+    finally:
+        print("fmn up: stopping ...", flush=True)
+        stack.stop()
+    return 0
