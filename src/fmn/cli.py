@@ -223,6 +223,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench_stack(args: argparse.Namespace) -> int:
+    from fmn.local.bench_stack import run
+
+    if args.messages < 1 or args.users < 1:
+        return _fail("--messages and --users must be at least 1")
+    return run(messages=args.messages, users=args.users, json_path=args.json)
+
+
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
@@ -327,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="messages the naive engine is timed on (default 60)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_match)
+    p = bsub.add_parser("stack", help="end-to-end throughput of the local stack, and the "
+                                      "moto server's own ceiling")
+    p.add_argument("--messages", type=int, default=15_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_stack)
     return parser
 
 

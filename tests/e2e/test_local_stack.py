@@ -60,6 +60,8 @@ def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
                            amqp_queue=f"fmn-e2e-{tag}", poll_wait_s=1)
     local = LocalStack(settings, options)
     local.start(say=lambda *_: None)
+    assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
+    assert local.urls["incoming"].url.endswith(f"/e2e{tag}-incoming")
     try:
         yield local
     finally:

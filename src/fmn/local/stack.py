@@ -24,6 +24,7 @@ then stops what it started.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -113,11 +114,12 @@ class LocalStack:
         self.urls: dict[str, Any] = {}
         self.runners: dict[str, Any] = {}
         self.functions: dict[str, ModuleType] = {}
-        self._moto: Any = None
+        self._moto: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
         self._bridged = 0
         self._threads: list[threading.Thread] = []
+        self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
         self.sqs: Any = None
 
@@ -130,9 +132,20 @@ class LocalStack:
                             os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"))
         say(f"1/6 AWS: {self._start_aws()}")
         say(f"2/6 Redis: {self._start_redis()}")
-        # Everything below, in this process and the bridge's, reads these.
+        self.settings = dataclasses.replace(
+            self.settings, aws_endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            redis_url=self.env["REDIS_URL"])
+        # The functions (in this process) and the bridge (its own) read their
+        # settings from the environment, as on AWS: export this stack's.
+        self.env.update(
+            FMN_DATABASE_URL=self.settings.database_url,
+            FMN_SNAPSHOT_PREFIX=self.settings.snapshot_prefix,
+            FMN_SNAPSHOT_POLL_S=str(self.settings.snapshot_poll_s),
+            AWS_DEFAULT_REGION=self.settings.aws_region,
+            FMN_QUEUE_PREFIX=self.settings.queue_prefix,
+            FMN_CLAIM_BUCKET=self.settings.claim_bucket)
+        self._saved_env = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
-        self.settings = Settings.from_env()
         say(f"3/6 preferences: {self._seed_preferences()}")
         say(f"4/6 queues: {self._make_queues()}")
         say(f"5/6 bridge: {self._start_bridge()}")
@@ -143,11 +156,10 @@ class LocalStack:
         self._threads.append(writer)
 
     def _quiet(self) -> None:
-        # The emulator's request log, and the functions' INFO lines (structured
+        # The functions' INFO lines (structured
         # JSON meant for CloudWatch), would drown the status display; -v and
         # POWERTOOLS_LOG_LEVEL=INFO bring them back.
         if not log.isEnabledFor(logging.INFO):
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
             for name in ("fmn", "fmn-match"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -158,15 +170,16 @@ class LocalStack:
             if _port_open(host, int(given.split("/")[0] or 80)):
                 self.env["AWS_ENDPOINT_URL"] = endpoint
                 return f"using {endpoint}"
-        from moto.server import ThreadedMotoServer
-
         port: int = self.options.aws_port \
             if not _port_open("127.0.0.1", self.options.aws_port) else _free_port()
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self._moto.start()
+        # Its own process: in this one it would share the GIL with the functions.
+        self._moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=(self.workdir / "moto.log").open("ab"))
+        _wait_for("the moto server", lambda: _port_open("127.0.0.1", port))
         endpoint = f"http://127.0.0.1:{port}"
         self.env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="local",
-                        AWS_SECRET_ACCESS_KEY="local", AWS_DEFAULT_REGION=self.settings.aws_region)
+                        AWS_SECRET_ACCESS_KEY="local")
         return f"moto server at {endpoint} (SQS, S3, SES, CloudWatch)"
 
     def _start_redis(self) -> str:
@@ -362,8 +375,14 @@ fmn_bridge_queue = "{queue}"
             self._redis.terminate()
             self._redis.wait(timeout=10)
         if self._moto is not None:
-            self._moto.stop()
+            self._moto.terminate()
+            self._moto.wait(timeout=10)
         (self.workdir / STATUS_FILE).unlink(missing_ok=True)
+        for key, value in self._saved_env.items():  # as it was before start()
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def format_status(doc: dict[str, Any]) -> str:
