@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Chalice apps: each gets the core package installed into its git-ignored vendor/
 APPS := $(wildcard functions/*/app.py webapp/app.py)
-USERS ?= 10000
+USERS ?= 5000
 
 .DEFAULT_GOAL := help
 
@@ -27,9 +27,9 @@ setup: $(STAMP) ## create .venv and install everything (system packages too, as 
 services: ## start Redis and PostgreSQL if they are not answering
 	@scripts/services.sh
 
-run: setup ## run the main job on embedded defaults (SQLite, local Redis) and print a summary
+run: setup ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
 	@FMN_SKIP_POSTGRES=1 scripts/services.sh
-	$(BIN)/fmn run --users $(USERS)
+	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)
 	$(BIN)/ruff check src bridge functions tests
@@ -40,9 +40,10 @@ lint: setup ## ruff and mypy only
 	$(BIN)/ruff check src bridge functions tests
 	$(BIN)/mypy
 
-bench: setup ## matcher benchmark at 10,000 and 100,000 users (figures in var/bench-match.json)
+bench: setup ## matcher benchmark at 10,000 and 100,000 users, then the local stack's throughput
 	@mkdir -p var
 	$(BIN)/fmn bench match --users 10000,100000 --json var/bench-match.json
+	$(BIN)/fmn bench stack --messages 2000 --users 5000 --json var/bench-stack.json
 
 vendor: setup ## install the core package into each Chalice app's vendor/ (for chalice deploy)
 	@for app in $(dir $(APPS)); do \

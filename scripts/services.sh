@@ -2,6 +2,7 @@
 # Make sure the services the tests talk to answer, starting those that do not.
 #   Redis       127.0.0.1:6379 (REDIS_URL)
 #   PostgreSQL  127.0.0.1:5432, trust auth, database `test` (FMN_TEST_POSTGRES_URL)
+#   RabbitMQ    127.0.0.1:5672, guest/guest (the bridge's AMQP source, fmn replay)
 # Starting needs the Debian packages (scripts/system-deps.sh) and root.
 set -euo pipefail
 
@@ -44,6 +45,18 @@ if [ "${FMN_SKIP_POSTGRES:-}" != 1 ] && ! pg_up; then
     wait_for PostgreSQL pg_up
 fi
 
+rabbit_up() { python3 - <<'PY'
+import socket
+socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+PY
+}
+
+if [ "${FMN_SKIP_RABBITMQ:-}" != 1 ] && ! rabbit_up 2>/dev/null; then
+    echo "services: starting RabbitMQ" >&2
+    rabbitmq-server -detached
+    wait_for RabbitMQ rabbit_up
+fi
+
 # The integration tests use the `test` database with trust auth for `postgres`.
 if [ "${FMN_SKIP_POSTGRES:-}" != 1 ]; then
     if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
@@ -51,4 +64,4 @@ if [ "${FMN_SKIP_POSTGRES:-}" != 1 ]; then
             || su postgres -c "createdb test" || true
     fi
 fi
-echo "services: Redis and PostgreSQL answer" >&2
+echo "services: Redis, PostgreSQL and RabbitMQ answer" >&2

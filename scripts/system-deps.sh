@@ -3,6 +3,7 @@
 #   libkrb5-dev   krb5-config, to build gssapi (pulled in by fedmsg_meta_fedora_infrastructure)
 #   redis-server  the snapshot store, for tests and `make run`
 #   postgresql    the production database engine, for the integration tests
+#   rabbitmq-server  the AMQP broker the bridge consumes (fedora-messaging), locally
 # Run as root (CI, this project's machines); elsewhere it prints what to install.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ missing=()
 command -v krb5-config >/dev/null 2>&1 || missing+=(libkrb5-dev)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ "${FMN_SKIP_POSTGRES:-}" = 1 ] || command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -94,7 +94,7 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     both = tmp_path / "both.jsonl"
     both.write_bytes(b"\n".join(fedmsg_lines + fm_lines) + b"\n")
     lines = fedmsg_lines + fm_lines + fm_lines  # fedora-messaging records: both buses
-    replay.replay_fedmsg(both, stack.options.fedmsg_endpoint, None, settle_s=2.0)
+    replay.replay_fedmsg(both, stack.options.fedmsg_endpoint, None)
     replay.replay_amqp(fm_file, stack.options.amqp_url, None)
 
     deadline = time.monotonic() + 240

@@ -3,9 +3,10 @@
 Starts the stack as ``fmn up`` does (its own moto server process), then:
 
 1. **the moto server's own ceiling**, in the same run and with the same
-   client settings: how fast a scratch queue takes ``SendMessageBatch`` calls
-   and gives back ``ReceiveMessage`` + ``DeleteMessageBatch``, from as many
-   threads as the incoming queue's maximum concurrency;
+   client settings: how fast a scratch queue gives back ``ReceiveMessage`` +
+   ``DeleteMessageBatch`` while taking ``SendMessageBatch`` calls, from as
+   many threads as the incoming queue's maximum concurrency, at queue depths
+   10, 100 and 1,000 (moto's calls slow down as a queue deepens);
 2. **end to end**: N bus messages (the shared Fedora messages, cycled, each
    copy with its own id) published as fast as possible, fedmsg envelopes on
    the local ZeroMQ endpoint and fedora-messaging records on RabbitMQ; the
@@ -28,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fmn.local.replay import bind_publisher
 from fmn.local.stack import LocalStack, StackOptions
 from fmn.settings import Settings
 
@@ -36,46 +38,58 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _moto_ceiling(sqs: Any, count: int, threads: int) -> dict[str, float]:
-    name = f"fmn-bench-ceiling-{uuid.uuid4().hex[:8]}"
-    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+def _moto_ceiling(sqs: Any, threads: int, depths: tuple[int, ...] = (10, 100, 1000),
+                  sample: int = 200) -> dict[str, Any]:
+    """Send and receive+delete rates of the emulator, at a few queue depths.
+
+    The moto server's SQS scans a queue's messages on every call, so its
+    rates fall as the queue gets deeper: a backlog slows the very calls that
+    would drain it.  Each depth is measured on a fresh queue filled to it,
+    with ``threads`` clients receiving ``sample`` messages (deleting each
+    batch) and sending as many back, so the depth holds.
+    """
     body = "x" * 600  # about the size of an envelope of a shared message
-    per_thread = count // threads
-
-    def send(n: int) -> None:
-        for i in range(0, n, 10):
+    out: dict[str, Any] = {"threads": threads, "by_depth": {}}
+    for depth in depths:
+        url = sqs.create_queue(QueueName=f"fmn-ceiling-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        for i in range(0, depth, 10):
             sqs.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(j), "MessageBody": body} for j in range(min(10, n - i))])
+                {"Id": str(j), "MessageBody": body} for j in range(min(10, depth - i))])
+        per_thread = max(1, sample // threads // 10)
+        counts = {"received": 0, "sent": 0}
+        lock = threading.Lock()
 
-    def drain(got: list[int]) -> None:
-        done = 0
-        while True:  # everything was sent before: an empty receive means drained
-            msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
-                                       WaitTimeSeconds=1).get("Messages", [])
-            if not msgs:
-                break
-            sqs.delete_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
-            done += len(msgs)
-        got.append(done)
+        def work(url: str = url, per_thread: int = per_thread,
+                 counts: dict[str, int] = counts, lock: threading.Lock = lock) -> None:
+            received = sent = 0
+            for _ in range(per_thread):
+                msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", [])
+                if msgs:
+                    sqs.delete_message_batch(QueueUrl=url, Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(msgs)])
+                    received += len(msgs)
+                sqs.send_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(j), "MessageBody": body} for j in range(10)])
+                sent += 10
+            with lock:
+                counts["received"] += received
+                counts["sent"] += sent
 
-    def timed(target: Any, args: list[tuple[Any, ...]]) -> float:
-        workers = [threading.Thread(target=target, args=a) for a in args]
+        workers = [threading.Thread(target=work) for _ in range(threads)]
         started = time.perf_counter()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        return time.perf_counter() - started
-
-    total = per_thread * threads
-    send_s = timed(send, [(per_thread,)] * threads)
-    got: list[int] = []
-    drain_s = timed(drain, [(got,)] * threads)
-    sqs.delete_queue(QueueUrl=url)
-    return {"messages": total, "threads": threads,
-            "send_messages_per_s": total / send_s,
-            "receive_delete_messages_per_s": sum(got) / drain_s}
+        elapsed = time.perf_counter() - started
+        sqs.delete_queue(QueueUrl=url)
+        out["by_depth"][depth] = {
+            "received_and_deleted_per_s": counts["received"] / elapsed,
+            "sent_per_s": counts["sent"] / elapsed,
+        }
+    return out
 
 
 def _records(count: int, files: list[Path]) -> tuple[list[bytes], list[dict[str, Any]]]:
@@ -99,7 +113,6 @@ def _records(count: int, files: list[Path]) -> tuple[list[bytes], list[dict[str,
 
 def run(messages: int, users: int, json_path: str | None) -> int:
     import pika
-    import zmq
 
     from fmn.bench import default_message_files
     from fmn.pipeline.queues import queue
@@ -113,17 +126,12 @@ def run(messages: int, users: int, json_path: str | None) -> int:
     stack.start(say=_say)
     try:
         threads = queue("incoming").max_concurrency
-        _say(f"measuring the moto server's own ceiling ({messages} messages, "
-             f"{threads} threads) ...")
-        ceiling = _moto_ceiling(stack.sqs, messages, threads)
+        _say(f"measuring the moto server's own ceiling ({threads} threads) ...")
+        ceiling = _moto_ceiling(stack.sqs, threads)
 
         frames, amqp = _records(messages, default_message_files())
         _say(f"publishing {len(frames)} fedmsg and {len(amqp)} fedora-messaging messages ...")
-        ctx: Any = zmq.Context.instance()
-        pub = ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, 0)
-        pub.bind(options.fedmsg_endpoint)
-        time.sleep(2.0)  # the bridge's SUB connects (ZeroMQ's slow joiner)
+        pub = bind_publisher(options.fedmsg_endpoint)
         conn = pika.BlockingConnection(pika.URLParameters(options.amqp_url))
         channel = conn.channel()
         started = time.perf_counter()
@@ -163,9 +171,10 @@ def run(messages: int, users: int, json_path: str | None) -> int:
         }
     finally:
         stack.stop()
-    print(f"moto server ceiling ({ceiling['threads']} threads): send "
-          f"{ceiling['send_messages_per_s']:,.0f} msg/s, receive+delete "
-          f"{ceiling['receive_delete_messages_per_s']:,.0f} msg/s")
+    for depth, fig in ceiling["by_depth"].items():
+        print(f"moto server ceiling at queue depth {depth:>5} ({ceiling['threads']} threads): "
+              f"receive+delete {fig['received_and_deleted_per_s']:,.0f} msg/s while sending "
+              f"{fig['sent_per_s']:,.0f} msg/s")
     print(f"end to end: {messages:,} messages published in {published_s:.1f}s, all in the "
           f"incoming queue after {bridged_s:.1f}s, all matched after {matched_s:.1f}s = "
           f"{messages / matched_s:,.0f} msg/s ({users:,} users; notifications "

@@ -63,18 +63,33 @@ class _Pacer:
             self.next = max(now, self.next) + self.interval
 
 
-def replay_fedmsg(path: Path, endpoint: str, rate: float | None,
-                  settle_s: float = 1.0) -> int:
+def bind_publisher(endpoint: str, wait_s: float = 60.0) -> Any:
+    """An XPUB socket bound to ``endpoint``, once a subscriber has subscribed.
+
+    A PUB socket drops what it sends while nobody is subscribed, and a
+    subscriber (the bridge) that tried to connect before we bound may be
+    waiting out a reconnect back-off of many seconds.  XPUB sees the
+    subscription arrive: publish only then (or warn after ``wait_s``).
+    """
     import zmq
 
     ctx: Any = zmq.Context.instance()
-    sock = ctx.socket(zmq.PUB)
+    sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 5000)
     sock.setsockopt(zmq.SNDHWM, 0)  # never drop for a slow subscriber
     sock.bind(endpoint)
-    # A SUB connecting to a fresh PUB misses what is sent before the
-    # subscription arrives (ZeroMQ's slow joiner): give subscribers time.
-    time.sleep(settle_s)
+    if sock.poll(int(wait_s * 1000), zmq.POLLIN):
+        sock.recv()  # the subscription message
+        time.sleep(0.2)  # let other subscribers that connect together join too
+    else:
+        _say(f"no subscriber on {endpoint} after {wait_s:.0f}s: publishing anyway "
+             "(is the bridge running?)")
+    return sock
+
+
+def replay_fedmsg(path: Path, endpoint: str, rate: float | None,
+                  settle_s: float = 60.0) -> int:
+    sock = bind_publisher(endpoint, settle_s)
     pacer, sent = _Pacer(rate), 0
     try:
         for _, record in read_records(path):

@@ -417,7 +417,7 @@ def replay_shared(stack: LocalStack, say: Any = print) -> None:
 
     fedmsg_file, fm_file = default_message_files()
     say(f"replaying {fedmsg_file} on {stack.options.fedmsg_endpoint} ...")
-    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None, settle_s=2.0)
+    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None)
     say(f"replaying {fm_file} to RabbitMQ ...")
     replay.replay_amqp(fm_file, stack.options.amqp_url, None)
 
