@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -82,9 +83,23 @@ def set_account_map(mapping: Mapping[str, str]) -> None:
     fasshim._fas_cache = _AccountMap(mapping)
 
 
-@functools.cache
+# Matching may run in several threads (the local Lambda runner): the
+# processors are built once, under a lock, before any lookup can see a
+# half-built list (and cache its answer for good).
+_build_lock = threading.Lock()
+_built: list[Any] = []
+
+
 def _meta() -> Any:
     """``fedmsg.meta``, with the processors built and cut off from the network."""
+    if not _built:
+        with _build_lock:
+            if not _built:
+                _built.append(_build())
+    return _built[0]
+
+
+def _build() -> Any:
     import fedmsg.config
     import fedmsg.meta
     import requests

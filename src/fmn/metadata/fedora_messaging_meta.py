@@ -16,6 +16,7 @@ not validated.  A property that raises leaves its field empty and is recorded
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,9 @@ _BASE_SCHEMA = "base.message"
 # and loads the entry-point registry on the first.  Bounded: names come from
 # the wire.  The import is deferred because fedora_messaging pulls in pika and
 # jsonschema, which the matcher and the CLI's other commands never need.
+_registry_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1024)
 def schema_class(schema_name: str | None) -> type[SchemaMessage]:
     """The registered class for a schema name; the base ``Message`` when unknown."""
@@ -56,7 +60,10 @@ def schema_class(schema_name: str | None) -> type[SchemaMessage]:
 
     if schema_name is None:
         return message.Message
-    return message.get_class(schema_name)
+    # get_class loads the schema registry on first use; a second thread must
+    # not look up (and cache for good) a class in a half-loaded registry.
+    with _registry_lock:
+        return message.get_class(schema_name)
 
 
 @functools.cache
