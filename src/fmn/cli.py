@@ -32,6 +32,7 @@ import orjson
 
 from fmn.errors import FmnError, InvalidMessage
 from fmn.gcpause import gc_paused
+from fmn.message import Message
 from fmn.prefs import InvalidPreferences, Preferences, dump_document, parse_document
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -82,42 +83,45 @@ def _write_jsonl(out: BinaryIO, obj: Any) -> None:
 # commands
 
 
+class MessageReader:
+    """The messages of a JSON Lines file; a line that is no bus message is
+    reported on stderr with its line number, counted, and skipped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.refused = 0
+
+    def __iter__(self) -> Iterator[Message]:
+        from fmn.metadata import parse
+
+        for lineno, line in iter_lines(self.path):
+            try:
+                yield parse(line)
+            except InvalidMessage as exc:
+                self.refused += 1
+                print(f"{self.path}:{lineno}: refused: {exc}", file=sys.stderr)
+
+
 def cmd_match(args: argparse.Namespace) -> int:
     from fmn.matcher import make_matcher
-    from fmn.metadata import parse
 
-    prefs = read_preferences(args.prefs)
-    matcher = make_matcher(args.engine, prefs)
+    matcher = make_matcher(args.engine, read_preferences(args.prefs))
     out = sys.stdout.buffer
-    refused = 0
-    for lineno, line in iter_lines(args.messages):
-        try:
-            message = parse(line)
-        except InvalidMessage as exc:
-            refused += 1
-            print(f"{args.messages}:{lineno}: refused: {exc}", file=sys.stderr)
-            continue
+    messages = MessageReader(args.messages)
+    for message in messages:
         for notification in matcher.match(message):
             _write_jsonl(out, notification.to_json())
     out.flush()
-    return EXIT_PARTIAL if refused else EXIT_OK
+    return EXIT_PARTIAL if messages.refused else EXIT_OK
 
 
 def cmd_metadata(args: argparse.Namespace) -> int:
-    from fmn.metadata import parse
-
     out = sys.stdout.buffer
-    refused = 0
-    for lineno, line in iter_lines(args.messages):
-        try:
-            message = parse(line)
-        except InvalidMessage as exc:
-            refused += 1
-            print(f"{args.messages}:{lineno}: refused: {exc}", file=sys.stderr)
-            continue
+    messages = MessageReader(args.messages)
+    for message in messages:
         _write_jsonl(out, message.metadata())
     out.flush()
-    return EXIT_PARTIAL if refused else EXIT_OK
+    return EXIT_PARTIAL if messages.refused else EXIT_OK
 
 
 def cmd_prefs_generate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fakes import FakeClock
 from services import redis_client
 from shared_data import golden_messages, golden_prefs_doc
 
@@ -24,14 +25,6 @@ from fmn.snapshot.live import LiveSnapshot
 from fmn.snapshot.store import MemorySnapshotStore, RedisSnapshotStore, SnapshotStore
 
 pytestmark = pytest.mark.integration
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeClock
 from services import redis_client
 from shared_data import golden_messages, golden_prefs_doc
 from sqlalchemy import Engine
@@ -28,14 +29,6 @@ from fmn.snapshot.live import LiveSnapshot
 from fmn.snapshot.store import RedisSnapshotStore
 
 pytestmark = pytest.mark.integration
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from fakes import FakeClock
 from shared_data import golden_prefs_doc
 
 from fmn.errors import SnapshotUnavailable
@@ -35,20 +36,13 @@ class FlakyStore(MemorySnapshotStore):
         return super().load(snapshot_id)
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def prefs() -> Preferences:
     return parse_document(json.loads(golden_prefs_doc()))
 
 
 def test_a_store_outage_keeps_the_snapshot_serving(prefs: Preferences) -> None:
-    store, clock = FlakyStore(), Clock()
+    store, clock = FlakyStore(), FakeClock()
     store.publish(compile_snapshot(prefs))
     live = LiveSnapshot(store, poll_interval=0.25, clock=clock)
     first = live()
@@ -64,7 +58,7 @@ def test_a_store_outage_keeps_the_snapshot_serving(prefs: Preferences) -> None:
 
 
 def test_a_failed_reload_keeps_the_old_snapshot(prefs: Preferences) -> None:
-    store, clock = FlakyStore(), Clock()
+    store, clock = FlakyStore(), FakeClock()
     store.publish(compile_snapshot(prefs))
     live = LiveSnapshot(store, poll_interval=0.25, clock=clock)
     first = live()
