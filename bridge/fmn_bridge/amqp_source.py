@@ -73,20 +73,26 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
     the properties, body = the JSON-decoded payload.
     """
     encoding = getattr(properties, "content_encoding", None) or "utf-8"
+    # Message content is untrusted: whatever it holds (an unknown encoding, a
+    # lone surrogate, nesting deep enough to exhaust the stack), this must not
+    # raise out of the consumer callback and stop the bridge.  A body we
+    # cannot rebuild as a record is forwarded raw instead (None), and the
+    # match function dead-letters it: nothing is lost.
     try:
         payload = json.loads(body.decode(encoding))
-    except (UnicodeDecodeError, LookupError, ValueError):
+        record = {
+            "body": payload,
+            "headers": dict(getattr(properties, "headers", None) or {}),
+            "id": getattr(properties, "message_id", None),
+            "priority": getattr(properties, "priority", None) or 0,
+            "queue": queue,
+            "topic": routing_key,
+        }
+        # the stdlib encoder, as fedora-messaging itself: exact for any integer size
+        return json.dumps(record, ensure_ascii=False, sort_keys=True,
+                          default=_jsonable).encode()
+    except (UnicodeError, LookupError, ValueError, RecursionError, TypeError):
         return None
-    record = {
-        "body": payload,
-        "headers": dict(getattr(properties, "headers", None) or {}),
-        "id": getattr(properties, "message_id", None),
-        "priority": getattr(properties, "priority", None) or 0,
-        "queue": queue,
-        "topic": routing_key,
-    }
-    # the stdlib encoder, as fedora-messaging itself: exact for any integer size
-    return json.dumps(record, ensure_ascii=False, sort_keys=True, default=_jsonable).encode()
 
 
 def redact(url: str) -> str:

@@ -120,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("a source stopped by itself: shutting down")
             failed = True
             break
+        if not sink.alive:
+            # sources would block on a full buffer forever while looking healthy
+            log.error("the SQS sink stopped by itself: shutting down")
+            failed = True
+            break
         if time.monotonic() >= next_stats:
             next_stats += args.stats_interval
             _log_stats(sink, sources)

@@ -143,6 +143,11 @@ class SqsSink:
         with self._cond:
             return len(self._buf) + self._in_flight
 
+    @property
+    def alive(self) -> bool:
+        """Whether the flusher thread runs (a dead one would block every source)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def flush_and_stop(self, timeout: float) -> bool:
         """Refuse new envelopes, send every buffered one, stop; True when all were accepted."""
         with self._cond:

@@ -95,7 +95,10 @@ def fetch_claim(claim: Claim) -> bytes:
     if claim.bucket != _get("settings").claim_bucket:
         raise PermanentError(f"claim names bucket {claim.bucket!r}, not the claim bucket")
     try:
-        data: bytes = _get("s3").get_object(Bucket=claim.bucket, Key=claim.key)["Body"].read()
+        # At most one byte more than the claim states: a forged claim pointing
+        # at a huge object must not be read whole (the size check then fails).
+        data: bytes = _get("s3").get_object(Bucket=claim.bucket, Key=claim.key,
+                                            Range=f"bytes=0-{claim.size}")["Body"].read()
     except Exception as exc:  # botocore ClientError (NoSuchKey, throttling), network
         raise RetryableError(f"s3://{claim.bucket}/{claim.key}: {exc}") from exc
     return data

@@ -34,9 +34,12 @@ FILTER_NAMES: tuple[str, ...] = (
     "my_actions",
     "fields",
 )
-# C0 and C1 controls, DEL, and the Unicode line and paragraph separators:
-# nothing that can end a mail header or an IRC line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators (nothing
+# that can end a mail header or an IRC line), lone surrogates and the
+# non-characters U+FFFE/U+FFFF (which SQS refuses to carry).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+#: The longest name, address, id or glob a preference may hold.
+MAX_STRING_CHARS = 512
 # Up to 32 dotted parts of up to 256 characters, none of them control characters.
 _FIELD_PATH = re.compile("[^.\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}"
                          "(?:\\.[^.\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}){0,31}")
@@ -205,6 +208,9 @@ def _str(value: Any, where: str, *, empty: bool = False) -> str:
         raise InvalidPreferences(where, f"must be a string, not {type(value).__name__}")
     if not empty and not value:
         raise InvalidPreferences(where, "must not be empty")
+    if len(value) > MAX_STRING_CHARS:
+        raise InvalidPreferences(where, f"is {len(value)} characters long; at most "
+                                        f"{MAX_STRING_CHARS}")
     # Names, addresses and ids end up in mail headers, IRC lines and web
     # pages (and the snapshot joins them with NUL): no control characters.
     bad = _CONTROL.search(value)

@@ -110,6 +110,10 @@ def _rule(doc: dict[str, Any]) -> dict[str, Any]:
     (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": ["\ud800"]}),
      "filters.fields['x'][0]", "lone surrogate"),
     (lambda d: d.update(version=True), "version", "unsupported version"),
+    (lambda d: d["users"][0]["destinations"][0].update(address="m\uffff@x.org"),
+     "destinations[0] (d0) > address", "control characters"),
+    (lambda d: d["users"][0]["destinations"][0].update(address="a" * 600),
+     "destinations[0] (d0) > address", "at most 512"),
 ])
 def test_invalid_documents_name_the_culprit(mutate: Any, where: str, reason: str) -> None:
     error = _bad(mutate)

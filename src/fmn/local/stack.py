@@ -322,11 +322,11 @@ fmn_bridge_queue = "{queue}"
             runner = self.runners.get(q.name)
             stats = runner.stats() if runner is not None else None
             queues[q.name] = {
-                "visible": main[0], "in_flight": main[1], "dlq": dlq[0] + dlq[1],
+                "visible": main[0], "in_flight": main[1], "dlq": max(-1, dlq[0] + dlq[1]),
                 "concurrency": stats.concurrency if stats else 0,
                 "messages_per_s": round(stats.messages_per_s, 1) if stats else 0.0,
             }
-            dead[q.name] = dlq[0] + dlq[1]
+            dead[q.name] = max(-1, dlq[0] + dlq[1])
         totals: Any = getattr(self.functions.get("match"), "totals", {})
         return {
             "queues": queues,
@@ -341,9 +341,15 @@ fmn_bridge_queue = "{queue}"
         }
 
     def _attributes(self, url: str) -> tuple[int, int]:
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                          "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        """(visible, in flight); (-1, -1) when the queue cannot be read (gone, emulator busy)."""
+        try:
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                              "ApproximateNumberOfMessagesNotVisible"]
+            )["Attributes"]
+        except Exception as exc:  # a status reading must never stop the stack
+            log.warning("cannot read queue %s: %s", url.rsplit("/", 1)[-1], exc)
+            return (-1, -1)
         return (int(attrs["ApproximateNumberOfMessages"]),
                 int(attrs["ApproximateNumberOfMessagesNotVisible"]))
 
@@ -437,8 +443,11 @@ def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:
             replay_shared(stack)
         print("fmn up: running; Ctrl-C stops it.  `fmn status --json` from another shell.")
         while not stopping.wait(2.0):
-            print(format_status(stack.status()), flush=True)
-            print(flush=True)
+            try:
+                print(format_status(stack.status()), flush=True)
+                print(flush=True)
+            except Exception as exc:  # the display must not stop the stack
+                log.warning("status not available: %s", exc)
     finally:
         print("fmn up: stopping ...", flush=True)
         stack.stop()

@@ -100,7 +100,8 @@ class Envelope:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidEnvelope(f"SQS body is not JSON: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
+        if not isinstance(doc, dict) or type(doc.get("v")) is not int \
+                or doc.get("v") != ENVELOPE_VERSION:
             raise InvalidEnvelope(f"not a version-{ENVELOPE_VERSION} bus envelope")
         if doc.get("bus") not in BUSES:
             raise InvalidEnvelope(f"unknown bus {doc.get('bus')!r}")
@@ -113,7 +114,10 @@ class Envelope:
             except (KeyError, TypeError, ValueError) as exc:
                 raise InvalidEnvelope(f"bad claim: {exc}") from exc
         elif "record" in doc:
-            record = orjson.dumps(doc["record"])
+            try:
+                record = orjson.dumps(doc["record"])
+            except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+                raise InvalidEnvelope(f"record cannot be re-encoded: {exc}") from exc
         elif "record_text" in doc:
             record = str(doc["record_text"]).encode()
         elif "record_b64" in doc:

@@ -21,6 +21,7 @@ replaced by U+FFFD.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -52,6 +53,7 @@ MESSAGE_KEYS: tuple[str, ...] = ("id", "topic", "app", "agent", "summary", "url"
 
 # Lone surrogates cannot be encoded as UTF-8 at all, and SQS refuses
 # U+FFFE/U+FFFF (control characters are escaped by the JSON encoder).
+log = logging.getLogger(__name__)
 _UNSENDABLE = re.compile("[\ud800-\udfff\ufffe\uffff]")
 
 
@@ -119,7 +121,22 @@ def _encode_header(info: dict[str, Any]) -> bytes:
     return encoded
 
 
-def _encode_notification(n: Notification) -> bytes:
+#: Longest routing field a notification may carry (preferences allow 512).
+MAX_ROUTING_CHARS = 1024
+
+
+def _encode_notification(n: Notification) -> bytes | None:
+    """The JSON of one notification, or None (logged) when SQS could not carry it.
+
+    Routing fields are never altered (a changed address is a wrong address);
+    preferences refuse such values, so this only guards against a writer bug:
+    one bad notification must not sink the other recipients of its message.
+    """
+    fields = (n.user, n.address, n.destination, *n.rules)
+    if any(len(f) > MAX_ROUTING_CHARS or _UNSENDABLE.search(f) for f in fields):
+        log.error("dropped a notification SQS cannot carry: user %.80r, destination %.80r",
+                  n.user, n.destination)
+        return None
     return orjson.dumps({"user": n.user, "address": n.address, "destination": n.destination,
                          "rules": n.rules})
 
@@ -145,6 +162,8 @@ def pack(message: Message, notifications: Sequence[Notification], backend: str,
     used = 0
     for n in notifications:
         item = _encode_notification(n)
+        if item is None:
+            continue
         size = len(item) + (1 if chunk else 0)  # the comma
         if chunk and (used + size > budget
                       or (max_notifications is not None and len(chunk) >= max_notifications)):
