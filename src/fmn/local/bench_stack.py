@@ -171,6 +171,10 @@ def run(messages: int, users: int, json_path: str | None) -> int:
         }
     finally:
         stack.stop()
+        # the benchmark's queue is bound to every topic: leave nothing behind
+        conn = pika.BlockingConnection(pika.URLParameters(options.amqp_url))
+        conn.channel().queue_delete(options.amqp_queue)
+        conn.close()
     for depth, fig in ceiling["by_depth"].items():
         print(f"moto server ceiling at queue depth {depth:>5} ({ceiling['threads']} threads): "
               f"receive+delete {fig['received_and_deleted_per_s']:,.0f} msg/s while sending "

@@ -270,7 +270,21 @@ fmn_bridge_queue = "{queue}"
 """)
         return path
 
+    def _purge_amqp_queue(self) -> None:
+        """Start from an empty bus queue, as the SQS queues do: the counters
+        count this stack's messages, not what an earlier run left behind."""
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
+        try:
+            channel = conn.channel()
+            channel.queue_declare(self.options.amqp_queue, durable=True)
+            channel.queue_purge(self.options.amqp_queue)
+        finally:
+            conn.close()
+
     def _start_bridge(self) -> str:
+        self._purge_amqp_queue()
         config = self._bridge_config()
         self._bridge = subprocess.Popen(
             [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
