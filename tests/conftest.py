@@ -8,16 +8,11 @@ endpoint alone.  One server per test session, on a free port of 127.0.0.1.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from fmn.local.stack import free_port
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +20,7 @@ def moto_endpoint() -> Iterator[str]:
     """The URL of a moto server running for this test session."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

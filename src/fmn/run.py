@@ -50,10 +50,6 @@ def run(users: int, seed: int, messages: list[str] | None, out_path: str,
     from fmn.snapshot.sync import publish_full
 
     settings = settings or Settings.from_env()
-    if settings.database_url.startswith("sqlite:///") and not settings.database_url.startswith(
-            "sqlite:////"):
-        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True,
-                                                                            exist_ok=True)
     started = time.perf_counter()
 
     _say(f"1/4 generating preferences for {users:,} users (seed {seed}) ...")

@@ -13,7 +13,6 @@ sent on, each notification present once per message sent, no dead letters.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections import Counter
@@ -27,7 +26,7 @@ from shared_data import MESSAGES
 
 from fmn.generate import generate_preferences
 from fmn.local import replay
-from fmn.local.stack import LocalStack, StackOptions
+from fmn.local.stack import LocalStack, StackOptions, free_port
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
 from fmn.pipeline.notifications import unpack
@@ -40,12 +39,6 @@ pytestmark = pytest.mark.e2e
 USERS, SEED = 300, 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
     redis_client()  # fail in CI / skip locally when there is none
@@ -56,7 +49,7 @@ def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
                         aws_endpoint_url=aws_env, queue_prefix=f"e2e{tag}-",
                         claim_bucket=f"claims-{tag}", snapshot_poll_s=0.25)
     options = StackOptions(users=USERS, seed=SEED, workdir=tmp_path / "stack",
-                           fedmsg_endpoint=f"tcp://127.0.0.1:{_free_port()}",
+                           fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
                            amqp_queue=f"fmn-e2e-{tag}", poll_wait_s=1)
     local = LocalStack(settings, options)
     local.start(say=lambda *_: None)

@@ -29,6 +29,7 @@ import pytest
 from services import AMQP_URL, rabbitmq_connection
 from shared_data import MESSAGES, read_jsonl
 
+from fmn.local.stack import free_port
 from fmn.pipeline.envelope import MAX_INLINE_BYTES, Envelope
 
 pytestmark = pytest.mark.integration
@@ -37,12 +38,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -443,7 +438,7 @@ def test_sqs_outage_buffers_blocks_when_full_then_delivers(aws: Aws) -> None:
 
     from fmn_bridge.sqs_sink import SqsSink
 
-    port = _free_port()  # nothing listens here yet: SQS is "down"
+    port = free_port()  # nothing listens here yet: SQS is "down"
     sqs, s3 = _clients(f"http://127.0.0.1:{port}")
     sink = SqsSink(sqs, s3, aws.queue_name, aws.bucket, max_items=10,
                    backoff_initial_s=0.05, backoff_max_s=0.3)

@@ -64,7 +64,8 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -171,7 +172,7 @@ class LocalStack:
                 self.env["AWS_ENDPOINT_URL"] = endpoint
                 return f"using {endpoint}"
         port: int = self.options.aws_port \
-            if not _port_open("127.0.0.1", self.options.aws_port) else _free_port()
+            if not _port_open("127.0.0.1", self.options.aws_port) else free_port()
         # Its own process: in this one it would share the GIL with the functions.
         self._moto = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -196,7 +197,7 @@ class LocalStack:
             raise RuntimeError("no Redis answers at REDIS_URL and redis-server is not "
                                "installed (scripts/system-deps.sh installs it)")
         port = self.options.redis_port if not _port_open("127.0.0.1", self.options.redis_port) \
-            else _free_port()
+            else free_port()
         self._redis = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
@@ -213,8 +214,6 @@ class LocalStack:
         from fmn.snapshot.sync import publish_full
 
         url = self.settings.database_url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = db.make_engine(url)
         db.upgrade(engine)
         prefs = generate_preferences(self.options.users, self.options.seed)

@@ -338,8 +338,7 @@ _DraftOf = Callable[[_Index, Any], _Draft]
 
 
 def _thaw(bucket: Bucket | None) -> _Draft:
-    it = iter(bucket or ())
-    return {sig: list(members) for sig, members in zip(it, it, strict=True)}
+    return {sig: list(members) for sig, members in pairs(bucket or ())}
 
 
 def _freeze(draft: _Draft) -> Bucket:
@@ -388,7 +387,6 @@ class Snapshot:
         self._topic_matchers: dict[str, Any] = {}
         self._topic_cache: dict[str, tuple[Bucket, ...]] = {}
         self._filters: dict[str, CompiledFilter] = {}
-        self._dest_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._sigs: dict[tuple[int, ...], FilterSig] = {}
         self._table = [self._filter(spec) for spec in header.get("filters", ())]
         #: revisions of users the snapshot holds no line for (nothing of theirs
@@ -587,13 +585,6 @@ class Snapshot:
         if self._topic_matchers:
             out.extend(self.buckets_for_topic(m.topic))
         return out
-
-    def candidates(self, m: Message) -> Iterator[tuple[FilterSig, Member]]:
-        """(filter signature, member) of every rule whose tracking matches ``m``."""
-        for bucket in self.buckets(m):
-            for sig, members in pairs(bucket):
-                for member in members:
-                    yield sig, member
 
     def stats(self) -> dict[str, int]:
         return {
