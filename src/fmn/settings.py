@@ -15,6 +15,15 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``AWS_DEFAULT_REGION`` | AWS region | ``us-east-1`` |
 | ``FMN_QUEUE_PREFIX`` | prefix of every queue name (one per stage) | ``fmn-`` |
 | ``FMN_CLAIM_BUCKET`` | S3 bucket for records too large for SQS | ``fmn-claims`` |
+| ``FMN_WEB_URL`` | the web UI's public URL (links in notifications) | ``http://127.0.0.1:8000`` |
+| ``FMN_SECRET_KEY`` | signs feed tokens, sessions and unsubscribe links | a development key |
+| ``FMN_MAIL_TRANSPORT`` | ``smtp`` or ``ses`` | ``smtp`` |
+| ``FMN_SMTP_URL`` | ``smtp://[user:password@]host:port`` (``smtps://`` for TLS, ``?starttls=1``) | ``smtp://127.0.0.1:2525`` |
+| ``FMN_MAIL_FROM`` | the notifications' sender address | ``notifications@fedoraproject.org`` |
+| ``FMN_IRC_URL`` | ``irc://nick[:password]@host:port`` (``ircs://`` for TLS; a password means SASL) | ``irc://fmn@127.0.0.1:6667`` |
+| ``FMN_IRC_BURST`` / ``FMN_IRC_RATE`` | flood limit: lines at once, then lines per second | ``5`` / ``2`` |
+| ``FMN_FEED_MAXLEN`` / ``FMN_FEED_MAX_AGE_S`` | each user's live feed: most events kept, oldest kept | ``1000`` / ``604800`` |
+| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (drops redelivered duplicates) | ``345600`` |
 """
 
 from __future__ import annotations
@@ -34,6 +43,18 @@ class Settings:
     aws_region: str = "us-east-1"
     queue_prefix: str = "fmn-"
     claim_bucket: str = "fmn-claims"
+    web_url: str = "http://127.0.0.1:8000"
+    secret_key: str = "development-only-secret-key"
+    mail_transport: str = "smtp"
+    smtp_url: str = "smtp://127.0.0.1:2525"
+    mail_from: str = "notifications@fedoraproject.org"
+    irc_url: str = "irc://fmn@127.0.0.1:6667"
+    irc_burst: int = 5
+    irc_rate: float = 2.0
+    feed_maxlen: int = 1000
+    feed_max_age_s: int = 7 * 24 * 3600
+    #: as long as SQS keeps a message (the queues' retention)
+    idempotency_ttl_s: int = 4 * 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,4 +69,15 @@ class Settings:
             aws_region=env.get("AWS_DEFAULT_REGION", default.aws_region),
             queue_prefix=env.get("FMN_QUEUE_PREFIX", default.queue_prefix),
             claim_bucket=env.get("FMN_CLAIM_BUCKET", default.claim_bucket),
+            web_url=env.get("FMN_WEB_URL", default.web_url).rstrip("/"),
+            secret_key=env.get("FMN_SECRET_KEY", default.secret_key),
+            mail_transport=env.get("FMN_MAIL_TRANSPORT", default.mail_transport),
+            smtp_url=env.get("FMN_SMTP_URL", default.smtp_url),
+            mail_from=env.get("FMN_MAIL_FROM", default.mail_from),
+            irc_url=env.get("FMN_IRC_URL", default.irc_url),
+            irc_burst=int(env.get("FMN_IRC_BURST", default.irc_burst)),
+            irc_rate=float(env.get("FMN_IRC_RATE", default.irc_rate)),
+            feed_maxlen=int(env.get("FMN_FEED_MAXLEN", default.feed_maxlen)),
+            feed_max_age_s=int(env.get("FMN_FEED_MAX_AGE_S", default.feed_max_age_s)),
+            idempotency_ttl_s=int(env.get("FMN_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s)),
         )

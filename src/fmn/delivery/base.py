@@ -1,0 +1,150 @@
+"""What every sender shares: a notification as a typed item, each item of a payload sent once.
+
+:func:`deliveries` reads one SQS body (``docs/notification-payload.md``) into
+:class:`Delivery` items.  :func:`deliver_payload` sends each item through a
+backend's ``send`` callable inside :class:`~fmn.delivery.once.Once`, keyed on
+the send itself (message id, backend, user, destination, address), so a
+redelivered payload, or one that comes back because a later item failed,
+does not send an item twice.  Outcomes:
+
+* ``send`` returns: the item is delivered and remembered;
+* ``send`` raises :class:`~fmn.errors.PermanentError` (an unknown address, a
+  5xx): the item alone goes to the backend's dead-letter queue through
+  ``dead_letter`` and is counted; the payload's other items go on;
+* ``send`` raises :class:`~fmn.errors.RetryableError` (a 4xx, throttling, the
+  server away): nothing is remembered for that item and the error propagates,
+  so the whole SQS message comes back later (its delivered items are then
+  skipped as duplicates).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fmn.delivery.once import Once
+from fmn.errors import PermanentError
+from fmn.pipeline.notifications import unpack
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    interval_s: int
+    max_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One notification to send: the bus message's header and one recipient.
+
+    ``message`` is the payload's message object (untrusted strings: escaping
+    for a mail header, an IRC line or HTML is the renderer's job).
+    """
+
+    backend: str
+    message: Mapping[str, Any]
+    user: str
+    address: str
+    destination: str
+    rules: tuple[str, ...]
+    #: the rules' names, in the order of ``rules`` (their ids when the payload has none)
+    rule_names: tuple[str, ...]
+    digest: Digest | None = None
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message["id"])
+
+    def key(self) -> dict[str, str]:
+        """What makes this send unique: the idempotency key."""
+        return {"message": self.message_id, "backend": self.backend, "user": self.user,
+                "destination": self.destination, "address": self.address}
+
+    def notification(self) -> dict[str, Any]:
+        """The payload's notification object (to dead-letter this item alone)."""
+        item: dict[str, Any] = {"user": self.user, "address": self.address,
+                                "destination": self.destination, "rules": list(self.rules),
+                                "rule_names": list(self.rule_names)}
+        if self.digest is not None:
+            item["digest"] = {"interval_s": self.digest.interval_s,
+                              "max_count": self.digest.max_count}
+        return item
+
+
+def _digest(value: Any) -> Digest | None:
+    if not isinstance(value, Mapping):
+        return None
+    interval, count = value.get("interval_s"), value.get("max_count")
+    if isinstance(interval, int) and isinstance(count, int) and interval > 0 and count > 0:
+        return Digest(interval, count)
+    return None
+
+
+def _names(item: Mapping[str, Any], rules: tuple[str, ...]) -> tuple[str, ...]:
+    names = item.get("rule_names")
+    if (isinstance(names, list) and len(names) == len(rules)
+            and all(isinstance(n, str) for n in names)):
+        return tuple(names)
+    return rules
+
+
+def deliveries(body: str | bytes, backend: str) -> list[Delivery]:
+    """The items of one payload body (raises ``InvalidPayload``, a PermanentError)."""
+    info, items = unpack(body, backend)
+    out = []
+    for item in items:
+        rules = tuple(item["rules"])
+        out.append(Delivery(backend=backend, message=info, user=item["user"],
+                            address=item["address"], destination=item["destination"],
+                            rules=rules, rule_names=_names(item, rules),
+                            digest=_digest(item.get("digest"))))
+    return out
+
+
+#: Sends one item; raises PermanentError or RetryableError (module docstring).
+Send = Callable[[Delivery], None]
+#: Puts one item alone on the dead-letter queue, with the reason.
+DeadLetter = Callable[[Delivery, str], None]
+
+
+def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter) -> str:
+    """Send one item once: ``sent``, ``dead-lettered`` or ``duplicate``."""
+    ran: list[str] = []
+
+    def action() -> str:
+        try:
+            send(item)
+            outcome = "sent"
+        except PermanentError as exc:
+            dead_letter(item, str(exc)[:1000])
+            outcome = "dead-lettered"
+        ran.append(outcome)
+        return outcome
+
+    once.run(item.key(), action)
+    return ran[0] if ran else "duplicate"
+
+
+def deliver_payload(body: str | bytes, backend: str, send: Send, once: Once,
+                    dead_letter: DeadLetter) -> Counter[str]:
+    """Deliver every item of one payload; counts of each outcome.
+
+    Stops at the first RetryableError (the server is likely away for all of
+    them) and lets it propagate.
+    """
+    counts: Counter[str] = Counter()
+    for item in deliveries(body, backend):
+        counts[deliver_one(item, send, once, dead_letter)] += 1
+    return counts
+
+
+def dead_letter_body(item: Delivery, reason: str) -> str:
+    """A one-notification payload for the dead-letter queue (redrivable as is)."""
+    import orjson
+
+    return orjson.dumps({"v": 1, "backend": item.backend, "part": 1, "parts": 1,
+                         "message": dict(item.message), "notifications": [item.notification()],
+                         "error": reason}).decode()
+

@@ -1,0 +1,152 @@
+"""The Lambda edge every sender shares: lazy clients, batch processing, dead letters, metrics.
+
+A sender's ``app.py`` builds one :class:`SenderFunction` with its backend and
+a ``make_send(settings) -> Send`` factory, and its Chalice handler calls
+:meth:`SenderFunction.handle` with the raw SQS event and the context.  Each
+record is one payload (:func:`fmn.delivery.base.deliver_payload`): a
+retryable failure reports it in ``batchItemFailures`` (it comes back, its
+delivered items are skipped); an unreadable payload is reported too and goes
+to the dead-letter queue after the queue's maximum receives; an item that
+cannot be sent goes alone to the dead-letter queue (with the reason as a
+message attribute) and is counted.  Nothing is built at import.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
+from fmn.delivery.once import Once, PowertoolsOnce
+from fmn.errors import PermanentError, RetryableError
+from fmn.pipeline.queues import queue
+from fmn.settings import Settings
+
+
+class SenderFunction:
+    """One sender Lambda's shared state and its SQS handler."""
+
+    def __init__(self, backend: str, make_send: Callable[[Settings], Send],
+                 service: str | None = None) -> None:
+        from aws_lambda_powertools import Logger, Metrics
+
+        self.backend = backend
+        self.make_send = make_send
+        self.service = service or f"fmn-send-{backend}"
+        self.logger = Logger(service=self.service)
+        self.metrics = Metrics(namespace="FMN", service=self.service)
+        #: totals since the process started (the local stack's status reads them)
+        self.totals: Counter[str] = Counter()
+        self._state: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- state, built on first use and kept across warm invocations ----------
+
+    def reset(self) -> None:
+        """Forget settings, clients and the send callable (tests, new settings)."""
+        with self._lock:
+            self._state.clear()
+
+    def get(self, name: str) -> Any:
+        if not self._state:
+            with self._lock:
+                if not self._state:
+                    self._build()
+        return self._state[name]
+
+    def _build(self) -> None:
+        import boto3
+        import redis
+        from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+        copy_config_to_registered_loggers(source_logger=self.logger, include={"fmn"})
+        s = Settings.from_env()
+        aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+        redis_client = redis.Redis.from_url(s.redis_url, socket_timeout=5,
+                                            socket_connect_timeout=5)
+        self._state.update(settings=s, sqs=boto3.client("sqs", **aws), redis=redis_client,
+                           once=PowertoolsOnce(redis_client, s.idempotency_ttl_s,
+                                               name=self.backend),
+                           send=self.make_send(s), dlq_url=None)
+
+    @property
+    def settings(self) -> Settings:
+        settings: Settings = self.get("settings")
+        return settings
+
+    @property
+    def once(self) -> Once:
+        once: Once = self.get("once")
+        return once
+
+    def dead_letter(self, item: Delivery, reason: str) -> None:
+        """Put one item on the backend's dead-letter queue; retryable if SQS refuses."""
+        sqs = self.get("sqs")
+        try:
+            if self._state.get("dlq_url") is None:
+                name = queue(self.backend).dlq_name(self.settings.queue_prefix)
+                self._state["dlq_url"] = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            sqs.send_message(QueueUrl=self._state["dlq_url"],
+                             MessageBody=dead_letter_body(item, reason),
+                             MessageAttributes={"error": {"DataType": "String",
+                                                          "StringValue": reason[:256] or "-"}})
+        except Exception as exc:  # botocore errors: the item must not vanish
+            raise RetryableError(f"dead-letter queue refused an item: {exc}") from exc
+        self.logger.warning("dead-lettered", extra={"user": item.user, "reason": reason[:300],
+                                                    "message_id": item.message_id[:200]})
+
+    # -- the handler -----------------------------------------------------------
+
+    def handle(self, event: dict[str, Any], context: Any,
+               deliver: Callable[[str, Send, Once, DeadLetter], Counter[str]] | None = None
+               ) -> Any:
+        """Lambda's SQS handler: a partial batch response.
+
+        ``deliver(body, send, once, dead_letter)`` replaces the per-record
+        default (:func:`deliver_payload`) for senders that plan across items.
+        """
+        from aws_lambda_powertools.metrics import MetricUnit
+        from aws_lambda_powertools.utilities.batch import (
+            BatchProcessor,
+            EventType,
+            process_partial_response,
+        )
+
+        counts: Counter[str] = Counter()
+        once = self.once
+        if isinstance(once, PowertoolsOnce) and context is not None:
+            once.register_context(context)
+        send = self.get("send")
+
+        def record_handler(record: Any) -> None:
+            try:
+                if deliver is None:
+                    counts.update(deliver_payload(record.body, self.backend, send, once,
+                                                  self.dead_letter))
+                else:
+                    counts.update(deliver(record.body, send, once, self.dead_letter))
+            except Exception as exc:
+                kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
+                counts[f"{kind}Failures"] += 1
+                self.logger.warning("record failed", extra={
+                    "sqs_message_id": record.message_id, "failure": kind.lower(),
+                    "error": str(exc)[:500]})
+                raise
+
+        try:
+            response = process_partial_response(
+                event=event, record_handler=record_handler,
+                processor=BatchProcessor(event_type=EventType.SQS), context=context)
+            self.logger.info("batch done", extra={"records": len(event.get("Records", ())),
+                                                  "failed": len(response["batchItemFailures"]),
+                                                  "counts": dict(counts)})
+            return response
+        finally:
+            with self._lock:
+                self.totals.update(counts)
+                for name, value in sorted(counts.items()):
+                    self.metrics.add_metric(name=name.replace("-", "_").title(),
+                                            unit=MetricUnit.Count, value=value)
+                self.metrics.flush_metrics()
