@@ -74,8 +74,9 @@ class PowertoolsOnce:
         self.config = IdempotencyConfig(expires_after_seconds=ttl_s)
         self.persistence = RedisCachePersistenceLayer(client=redis_client)
 
-        @idempotent_function(data_keyword_argument="key", persistence_store=self.persistence,
-                             config=self.config, key_prefix=f"fmn-{name}")
+        @idempotent_function(  # type: ignore[untyped-decorator]
+            data_keyword_argument="key", persistence_store=self.persistence,
+            config=self.config, key_prefix=f"fmn-{name}")
         def _run(*, key: dict[str, str], action: Callable[[], Any]) -> Any:
             return action()
 
