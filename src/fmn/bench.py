@@ -130,6 +130,8 @@ def bench_one(users: int, seed: int, lines: list[bytes], duration: float,
     from fmn.generate import generate_preferences
     from fmn.matcher import IndexedMatcher, NaiveMatcher
     from fmn.metadata import parse
+    from fmn.pipeline.match import group_by_backend
+    from fmn.pipeline.notifications import pack
     from fmn.snapshot import Snapshot, compile_snapshot
     from fmn.snapshot.store import encode_blob
 
@@ -190,6 +192,13 @@ def bench_one(users: int, seed: int, lines: list[bytes], duration: float,
                 "notifications": sum(len(indexed.match(m)) for m in ms)}
         for label, ms in sorted(classes.items(), key=lambda kv: _FANOUT_ORDER.index(kv[0]))
     }
+    # What the match function does per message after matching: group the
+    # notifications by backend and pack them into SQS bodies.
+    def match_and_pack(m: Message) -> int:
+        groups = group_by_backend(indexed.match(m))
+        return sum(len(pack(m, g, b, describe=indexed.describe)) for b, g in groups.items())
+
+    result["indexed_with_pack"] = _timed_loop(messages, match_and_pack, duration)
     result["metadata_only"] = _timed_loop(lines, parse, duration)
     result["indexed_with_metadata"] = _timed_loop(
         lines, lambda line: indexed.match(parse(line)), duration)
@@ -232,6 +241,7 @@ def format_report(results: list[dict[str, Any]]) -> str:
         for label, key in (("indexed", "indexed"),
                            ("metadata only", "metadata_only"),
                            ("indexed + metadata", "indexed_with_metadata"),
+                           ("indexed + pack", "indexed_with_pack"),
                            (f"naive ({r['naive']['messages']} msgs)", "naive"),
                            ("indexed, same msgs", "indexed_on_naive_subset")):
             f = r[key]

@@ -16,14 +16,21 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_QUEUE_PREFIX`` | prefix of every queue name (one per stage) | ``fmn-`` |
 | ``FMN_CLAIM_BUCKET`` | S3 bucket for records too large for SQS | ``fmn-claims`` |
 | ``FMN_WEB_URL`` | the web UI's public URL (links in notifications) | ``http://127.0.0.1:8000`` |
-| ``FMN_SECRET_KEY`` | signs feed tokens, sessions and unsubscribe links | a development key |
+| ``FMN_SECRET_KEY`` | signs feed tokens, sessions, unsubscribe links | a development key |
 | ``FMN_MAIL_TRANSPORT`` | ``smtp`` or ``ses`` | ``smtp`` |
-| ``FMN_SMTP_URL`` | ``smtp://[user:password@]host:port`` (``smtps://`` for TLS, ``?starttls=1``) | ``smtp://127.0.0.1:2525`` |
-| ``FMN_MAIL_FROM`` | the notifications' sender address | ``notifications@fedoraproject.org`` |
-| ``FMN_IRC_URL`` | ``irc://nick[:password]@host:port`` (``ircs://`` for TLS; a password means SASL) | ``irc://fmn@127.0.0.1:6667`` |
-| ``FMN_IRC_BURST`` / ``FMN_IRC_RATE`` | flood limit: lines at once, then lines per second | ``5`` / ``2`` |
-| ``FMN_FEED_MAXLEN`` / ``FMN_FEED_MAX_AGE_S`` | each user's live feed: most events kept, oldest kept | ``1000`` / ``604800`` |
-| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (drops redelivered duplicates) | ``345600`` |
+| ``FMN_SMTP_URL`` | mail server, see below | ``smtp://127.0.0.1:2525`` |
+| ``FMN_MAIL_FROM`` | the notifications' sender | ``notifications@fedoraproject.org`` |
+| ``FMN_IRC_URL`` | IRC network, see below | ``irc://fmn@127.0.0.1:6667`` |
+| ``FMN_IRC_BURST`` | flood limit: lines sent at once | ``5`` |
+| ``FMN_IRC_RATE`` | flood limit: lines per second after the burst | ``2`` |
+| ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
+| ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
+| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered against redelivery | ``345600`` |
+
+``FMN_SMTP_URL`` is ``smtp://[user:password@]host:port`` (``smtps://`` for
+TLS from the start, ``?starttls=1`` to upgrade).  ``FMN_IRC_URL`` is
+``irc://nick[:password]@host:port`` (``ircs://`` for TLS; a password means
+SASL PLAIN).
 """
 
 from __future__ import annotations

@@ -155,6 +155,9 @@ class FakeMatcher:
         self.fail = fail
         self.seen: list[Message] = []
 
+    def describe(self, n: Notification) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+        return tuple(f"rule {r}" for r in n.rules), (60, 5) if n.protocol == "email" else None
+
     def match(self, message: Message) -> list[Notification]:
         self.seen.append(message)
         if self.fail is not None:
@@ -176,6 +179,11 @@ def test_match_record_groups_and_packs_by_backend() -> None:
     assert result.notifications == {"email": 1, "irc": 2} and result.total == 3
     assert [n["user"] for b in result.bodies["irc"] for n in unpack(b, "irc")[1]] == ["alice",
                                                                                       "bob"]
+    # what the sender needs beyond routing: rule names, the digest setting
+    [email] = unpack(result.bodies["email"][0], "email")[1]
+    assert email["rule_names"] == ["rule r1"]
+    assert email["digest"] == {"interval_s": 60, "max_count": 5}
+    assert all("digest" not in n for b in result.bodies["irc"] for n in unpack(b, "irc")[1])
 
 
 def test_a_claim_is_fetched_and_verified() -> None:

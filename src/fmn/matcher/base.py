@@ -53,3 +53,13 @@ class Matcher(Protocol):
     def match(self, message: Message) -> list[Notification]:
         """The notifications for one message, sorted by :meth:`Notification.sort_key`."""
         ...
+
+    def describe(self, n: Notification) -> Description:
+        """The names of ``n``'s rules and its destination's digest setting (senders show
+        and use them; matching never does)."""
+        ...
+
+
+#: (the rules' names in the order of ``Notification.rules``, the destination's
+#: digest setting ``(interval_s, max_count)`` or ``None``)
+Description = tuple[tuple[str, ...], tuple[int, int] | None]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fmn.matcher.base import Notification
+from fmn.matcher.base import Description, Notification
 from fmn.message import Message
 from fmn.snapshot.compiled import CompiledFilter, FilterSig, Snapshot, Target
 
@@ -51,6 +51,9 @@ class IndexedMatcher:
     @property
     def snapshot(self) -> Snapshot:
         return self._get()
+
+    def describe(self, n: Notification) -> Description:
+        return self._get().describe(n.user, n.destination, n.rules)
 
     def match(self, message: Message) -> list[Notification]:
         snap = self._get()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from fmn.fields import MISSING, json_equal, lookup_path
-from fmn.matcher.base import Notification
+from fmn.matcher.base import Description, Notification
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Filters, Preferences, Tracking, User
 
@@ -21,6 +21,16 @@ class NaiveMatcher:
 
     def __init__(self, prefs: Preferences) -> None:
         self.prefs = prefs
+
+    def describe(self, n: Notification) -> Description:
+        for user in self.prefs.users:
+            if user.name == n.user:
+                names = {r.id: r.name for r in user.rules}
+                dest = user.destination(n.destination)
+                digest = dest.digest if dest is not None else None
+                return (tuple(names.get(r, r) for r in n.rules),
+                        (digest.interval_s, digest.max_count) if digest else None)
+        return n.rules, None
 
     def tracks(self, tracking: Tracking, user: User, m: Message) -> bool:
         kind = tracking.kind

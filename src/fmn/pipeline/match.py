@@ -109,7 +109,8 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
                          claimed=envelope.claim is not None)
     for backend, group in group_by_backend(notifications).items():
         result.bodies[backend] = pack(message, group, backend,
-                                      max_notifications=max_notifications)
+                                      max_notifications=max_notifications,
+                                      describe=matcher.describe)
         result.notifications[backend] = len(group)
     return result
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from fmn.errors import PermanentError
-from fmn.matcher.base import Notification
+from fmn.matcher.base import Description, Notification
 from fmn.message import ARTIFACT_TYPES, Message
 from fmn.pipeline.queues import BACKENDS
 
@@ -50,6 +50,9 @@ NOTIFICATION_KEYS: tuple[str, ...] = ("user", "address", "destination", "rules")
 MESSAGE_KEYS: tuple[str, ...] = ("id", "topic", "app", "agent", "summary", "url", "sent_at",
                                  "severity", "usernames", "num_usernames", "packages",
                                  "num_packages")
+
+#: The matcher's :meth:`~fmn.matcher.base.Matcher.describe`.
+Describe = Callable[[Notification], Description]
 
 # Lone surrogates cannot be encoded as UTF-8 at all, and SQS refuses
 # U+FFFE/U+FFFF (control characters are escaped by the JSON encoder).
@@ -125,7 +128,7 @@ def _encode_header(info: dict[str, Any]) -> bytes:
 MAX_ROUTING_CHARS = 1024
 
 
-def _encode_notification(n: Notification) -> bytes | None:
+def _encode_notification(n: Notification, describe: Describe | None = None) -> bytes | None:
     """The JSON of one notification, or None (logged) when SQS could not carry it.
 
     Routing fields are never altered (a changed address is a wrong address);
@@ -137,17 +140,26 @@ def _encode_notification(n: Notification) -> bytes | None:
         log.error("dropped a notification SQS cannot carry: user %.80r, destination %.80r",
                   n.user, n.destination)
         return None
-    return orjson.dumps({"user": n.user, "address": n.address, "destination": n.destination,
-                         "rules": n.rules})
+    item: dict[str, Any] = {"user": n.user, "address": n.address,
+                            "destination": n.destination, "rules": n.rules}
+    if describe is not None:
+        names, digest = describe(n)
+        item["rule_names"] = names
+        if digest is not None:
+            item["digest"] = {"interval_s": digest[0], "max_count": digest[1]}
+    return orjson.dumps(item)
 
 
 def pack(message: Message, notifications: Sequence[Notification], backend: str,
-         max_bytes: int = MAX_BODY_BYTES, max_notifications: int | None = None) -> list[str]:
+         max_bytes: int = MAX_BODY_BYTES, max_notifications: int | None = None,
+         describe: Describe | None = None) -> list[str]:
     """SQS bodies carrying ``notifications`` (all of ``backend``) of ``message``.
 
     As few bodies as fit under ``max_bytes`` (UTF-8 bytes), each holding at
     most ``max_notifications`` when given; the notifications keep their
-    order.  No notifications: no bodies.
+    order.  No notifications: no bodies.  With ``describe`` (the matcher's),
+    each notification also carries its rules' names and its destination's
+    digest setting.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
@@ -161,7 +173,7 @@ def pack(message: Message, notifications: Sequence[Notification], backend: str,
     chunk: list[bytes] = []
     used = 0
     for n in notifications:
-        item = _encode_notification(n)
+        item = _encode_notification(n, describe)
         if item is None:
             continue
         size = len(item) + (1 if chunk else 0)  # the comma

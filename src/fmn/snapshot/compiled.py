@@ -34,9 +34,12 @@ import orjson
 from fmn.fields import MISSING, json_equal, lookup_path
 from fmn.gcpause import gc_paused
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
-from fmn.prefs import Filters, Preferences, User
+from fmn.prefs import Destination, Filters, Preferences, User
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions a reader accepts: version 1 lacks rule names and digests
+#: (senders then show rule ids and send at once).
+READABLE_VERSIONS = (1, 2)
 DEBUG = SEVERITIES["DEBUG"]
 #: Distinct topics whose matching topic rules are remembered.
 TOPIC_CACHE_SIZE = 20_000
@@ -44,8 +47,8 @@ TOPIC_CACHE_SIZE = 20_000
 _intern = sys.intern
 
 # A user's entry, JSON-ready:
-#   {"rev": int, "dests": {dest_id: [protocol, address]},
-#    "rules": [[rule_id, kind, params, [[filter, my_actions, [dest_id, ...]], ...]], ...]}
+#   {"rev": int, "dests": {dest_id: [protocol, address(, interval_s, max_count)]},
+#    "rules": [[rule_id, kind, params, [[filter, my_actions, [dest_id, ...]], ...], name], ...]}
 UserEntry = dict[str, Any]
 
 
@@ -132,11 +135,16 @@ def compile_user(user: User, revision: int = 0, table: FilterTable | None = None
                 used.update(dests)
         if gens:
             params = _params(rule.tracking.kind, user, rule.tracking)
-            rules.append([rule.id, rule.tracking.kind, params, gens])
-    dests_out = {
-        d: [verified[d].protocol, verified[d].address_for(user.name)] for d in sorted(used)
-    }
+            rules.append([rule.id, rule.tracking.kind, params, gens, rule.name])
+    dests_out = {d: _dest(verified[d], user.name) for d in sorted(used)}
     return {"rev": revision, "dests": dests_out, "rules": rules}
+
+
+def _dest(dest: Destination, user: str) -> list[Any]:
+    out: list[Any] = [dest.protocol, dest.address_for(user)]
+    if dest.digest is not None:
+        out += (dest.digest.interval_s, dest.digest.max_count)
+    return out
 
 
 @dataclass
@@ -182,10 +190,11 @@ class SnapshotData:
 
 def check_header(header: Any) -> Mapping[str, Any]:
     if not isinstance(header, Mapping) or header.get("format") != "fmn-snapshot" \
-            or type(header.get("version")) is not int or header.get("version") != FORMAT_VERSION:
+            or type(header.get("version")) is not int \
+            or header.get("version") not in READABLE_VERSIONS:
         found = header if not isinstance(header, Mapping) else {
             k: header.get(k) for k in ("format", "version")}
-        raise ValueError(f"not an fmn snapshot of version {FORMAT_VERSION}: {found!r}")
+        raise ValueError(f"not an fmn snapshot of a version in {READABLE_VERSIONS}: {found!r}")
     return header
 
 
@@ -304,24 +313,39 @@ Member = tuple[str, str, TargetSets]
 class UserPart:
     """What the snapshot holds of one user, enough to take them out of the indexes.
 
-    ``rules`` is flat, ``(kind, params, sig, member)`` four items per rule: a
-    tuple per rule (or an object) would cost a 100,000-user snapshot 12 MB.
+    ``rules`` is flat, ``(kind, params, sig, member, name)`` five items per
+    rule: a tuple per rule (or an object) would cost a 100,000-user snapshot
+    12 MB.  ``digests`` maps the destinations with a digest setting to
+    ``(interval_s, max_count)`` (``None`` when none has one, the usual case).
     """
 
-    __slots__ = ("rev", "rules")
+    __slots__ = ("rev", "rules", "digests")
 
-    def __init__(self, rev: int, rules: tuple[Any, ...]) -> None:
+    def __init__(self, rev: int, rules: tuple[Any, ...],
+                 digests: dict[str, tuple[int, int]] | None = None) -> None:
         self.rev = rev
         self.rules = rules
+        self.digests = digests
 
     def __len__(self) -> int:
-        return len(self.rules) // 4
+        return len(self.rules) // 5
 
     def each(self) -> Iterator[tuple[str, Any, FilterSig, Member]]:
         """(kind, params, filter signature, member) of each rule."""
         r = self.rules
-        for i in range(0, len(r), 4):
+        for i in range(0, len(r), 5):
             yield r[i], r[i + 1], r[i + 2], r[i + 3]
+
+    def rule_name(self, rule_id: str) -> str:
+        """A rule's name (its id when the snapshot has none or no such rule)."""
+        r = self.rules
+        i = 3
+        while i < len(r):
+            if r[i][1] == rule_id:
+                name: str = r[i + 1]
+                return name
+            i += 5
+        return rule_id
 
 
 #: The rules under one index key, grouped by their filter signature, as one
@@ -476,13 +500,18 @@ class Snapshot:
     def _add_user(self, name: str, entry: UserEntry, draft_of: _DraftOf) -> UserPart:
         """Put a user's rules into draft buckets; the caller stores the returned part."""
         name = _intern(name)
-        targets: dict[str, Target] = {
-            d: _intern("\0".join((name, p, a, d))) for d, (p, a) in entry["dests"].items()
-        }
+        targets: dict[str, Target] = {}
+        digests: dict[str, tuple[int, int]] | None = None
+        for d, (p, a, *digest) in entry["dests"].items():
+            targets[d] = _intern("\0".join((name, p, a, d)))
+            if digest:
+                digests = digests or {}
+                digests[d] = (int(digest[0]), int(digest[1]))
         # one tuple per distinct destination list of this user
         target_tuples: dict[tuple[str, ...], tuple[Target, ...]] = {}
         rules: list[Any] = []
-        for rule_id, kind, params, gens in entry["rules"]:
+        for rule_id, kind, params, gens, *rest in entry["rules"]:
+            rule_name = _intern(rest[0]) if rest else rule_id  # version 1 has no names
             if kind == "artifacts-followed":  # flat: (type, name, type, name, ...)
                 params = tuple(_intern(x) for pair in params for x in pair)
             elif params is not None:
@@ -492,10 +521,10 @@ class Snapshot:
                 target_tuples.setdefault(tuple(g[2]), tuple(targets[d] for d in g[2]))
                 for g in gens)
             member = (name, _intern(rule_id), target_sets)
-            rules += (kind, params, sig, member)
+            rules += (kind, params, sig, member, rule_name)
             for index, key in self._index_keys(kind, params, name):
                 draft_of(index, key).setdefault(sig, []).append(member)
-        return UserPart(int(entry.get("rev", 0)), tuple(rules))
+        return UserPart(int(entry.get("rev", 0)), tuple(rules), digests)
 
     def _remove_rules(self, name: str, part: UserPart, draft_of: _DraftOf) -> None:
         for kind, params, sig, member in part.each():
@@ -585,6 +614,17 @@ class Snapshot:
         if self._topic_matchers:
             out.extend(self.buckets_for_topic(m.topic))
         return out
+
+    def describe(self, user: str, destination: str, rules: Iterable[str]
+                 ) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+        """What a sender needs beyond a notification: the rules' names and the
+        destination's digest setting ``(interval_s, max_count)`` or ``None``."""
+        part = self.users.get(user)
+        if part is None:  # gone since the match: ids, and send at once
+            return tuple(rules), None
+        names = tuple(map(part.rule_name, rules))
+        digests = part.digests
+        return names, digests.get(destination) if digests is not None else None
 
     def stats(self) -> dict[str, int]:
         return {
