@@ -73,6 +73,19 @@ class Delivery:
         return item
 
 
+def to_doc(item: Delivery) -> dict[str, Any]:
+    """``item`` as JSON-ready data (digests keep items in Redis this way)."""
+    return {"backend": item.backend, "message": dict(item.message), **item.notification()}
+
+
+def from_doc(doc: Mapping[str, Any]) -> Delivery:
+    """The inverse of :func:`to_doc`."""
+    rules = tuple(doc["rules"])
+    return Delivery(backend=doc["backend"], message=doc["message"], user=doc["user"],
+                    address=doc["address"], destination=doc["destination"], rules=rules,
+                    rule_names=_names(doc, rules), digest=_digest(doc.get("digest")))
+
+
 def _digest(value: Any) -> Digest | None:
     if not isinstance(value, Mapping):
         return None

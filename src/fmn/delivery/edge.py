@@ -81,6 +81,23 @@ class SenderFunction:
         once: Once = self.get("once")
         return once
 
+    def count(self, counts: Counter[str]) -> None:
+        """Add to the totals and the metrics (work done outside :meth:`handle`)."""
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        with self._lock:
+            self.totals.update(counts)
+            for name, value in sorted(counts.items()):
+                self.metrics.add_metric(name=name.replace("-", "_").title(),
+                                        unit=MetricUnit.Count, value=value)
+            self.metrics.flush_metrics()
+
+    def begin(self, context: Any) -> None:
+        """Start an invocation: its deadline bounds the in-progress marks of sends."""
+        once = self.once
+        if isinstance(once, PowertoolsOnce) and context is not None:
+            once.register_context(context)
+
     def dead_letter(self, item: Delivery, reason: str) -> None:
         """Put one item on the backend's dead-letter queue; retryable if SQS refuses."""
         sqs = self.get("sqs")
@@ -107,7 +124,6 @@ class SenderFunction:
         ``deliver(body, send, once, dead_letter)`` replaces the per-record
         default (:func:`deliver_payload`) for senders that plan across items.
         """
-        from aws_lambda_powertools.metrics import MetricUnit
         from aws_lambda_powertools.utilities.batch import (
             BatchProcessor,
             EventType,
@@ -115,10 +131,8 @@ class SenderFunction:
         )
 
         counts: Counter[str] = Counter()
-        once = self.once
-        if isinstance(once, PowertoolsOnce) and context is not None:
-            once.register_context(context)
-        send = self.get("send")
+        self.begin(context)
+        once, send = self.once, self.get("send")
 
         def record_handler(record: Any) -> None:
             try:
@@ -144,9 +158,4 @@ class SenderFunction:
                                                   "counts": dict(counts)})
             return response
         finally:
-            with self._lock:
-                self.totals.update(counts)
-                for name, value in sorted(counts.items()):
-                    self.metrics.add_metric(name=name.replace("-", "_").title(),
-                                            unit=MetricUnit.Count, value=value)
-                self.metrics.flush_metrics()
+            self.count(counts)

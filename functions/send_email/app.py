@@ -1,0 +1,80 @@
+"""The email sender Lambda (Chalice): the ``email`` queue -> mail via SMTP or SES, with digests.
+
+A thin adapter: :class:`fmn.delivery.edge.SenderFunction` reads each SQS
+record's payload and sends every notification once (Powertools idempotency
+on Redis) through :class:`fmn.delivery.email_sender.EmailSender`, which mails
+it or adds it to its destination's digest.  Digests that reach their count go
+out at the end of the record; ``flush_digests`` (every minute) sends the
+ones whose interval has passed.  Nothing is built at import.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, cast
+
+from chalice.app import Chalice, Rate
+
+from fmn.delivery.base import DeadLetter, Send, deliver_payload
+from fmn.delivery.edge import SenderFunction
+from fmn.delivery.email_sender import EmailSender
+from fmn.delivery.once import Once
+from fmn.errors import RetryableError
+from fmn.pipeline.queues import queue
+from fmn.settings import Settings
+
+EMAIL = queue("email")
+
+app = Chalice(app_name="fmn-send-email", configure_logs=False)
+
+
+def make_send(settings: Settings) -> Send:
+    import redis
+
+    from fmn.auth import unsubscribe_url
+    from fmn.delivery.digest import DigestStore
+    from fmn.delivery.mailers import make_mailer
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    return EmailSender(
+        make_mailer(settings), DigestStore(client), sender=settings.mail_from,
+        web_url=settings.web_url,
+        unsubscribe_url=lambda user, dest: unsubscribe_url(settings.web_url, user, dest,
+                                                           settings.secret_key))
+
+
+function = SenderFunction("email", make_send)
+#: totals since the process started (the local stack's status display reads them)
+totals = function.totals
+reset = function.reset
+
+
+def deliver(body: str, send: Send, once: Once, dead_letter: DeadLetter) -> Counter[str]:
+    counts = deliver_payload(body, "email", send, once, dead_letter)
+    try:
+        counts["digested"] += cast(EmailSender, send).flush_ready(once, dead_letter)
+    except RetryableError as exc:  # the schedule sends it later; the items are safe
+        function.logger.warning("digest not sent yet", extra={"error": str(exc)[:300]})
+    return counts
+
+
+@app.on_sqs_message(queue=EMAIL.sqs_name(Settings.from_env().queue_prefix),
+                    batch_size=EMAIL.batch_size,
+                    maximum_batching_window_in_seconds=EMAIL.batching_window_s,
+                    maximum_concurrency=EMAIL.max_concurrency)
+def handle_email(event: Any) -> Any:
+    return function.handle(event.to_dict(), event.context, deliver=deliver)
+
+
+def flush_digests_now(context: Any = None) -> int:
+    """Send every due digest; notifications sent (the schedule, and the local stack)."""
+    function.begin(context)
+    sender = cast(EmailSender, function.get("send"))
+    sent = sender.flush_due(function.once, function.dead_letter)
+    function.count(Counter(digested=sent))
+    return sent
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def flush_digests(event: Any) -> None:
+    flush_digests_now(event.context)

@@ -1,0 +1,215 @@
+"""Digests: a destination's notifications gathered in Redis and sent as one mail.
+
+A destination with a digest setting ``{interval_s, max_count}`` (spec
+section 2) gets no mail per notification: :meth:`DigestStore.add` appends
+the item to the destination's list and keeps the destination in a *due*
+sorted set, scored with when it must go out: its oldest item's time plus
+``interval_s``, or now once ``max_count`` items wait.  :func:`flush_due`
+(run by the sender's schedule, and right away when an add reaches the count)
+sends every due destination's digest.
+
+Sending is crash-safe, in three steps:
+
+1. :meth:`~DigestStore.claim` atomically moves up to ``cap`` items (the size
+   cap) from the list to the destination's *sending* batch under a new batch
+   id, and leases the destination for ``lease_s``;
+2. the mail is sent inside :class:`~fmn.delivery.once.Once` keyed on that
+   batch id;
+3. :meth:`~DigestStore.finish` drops the batch and reschedules whatever
+   arrived meanwhile (or what the cap left).
+
+A crash before 2 leaves the batch claimed: when the lease runs out the same
+batch (same id) is claimed again and sent.  A crash between 2 and 3 sends
+nothing twice: the retry finds the batch id already sent and only finishes.
+Items that arrive while a batch is out wait in the list for the next digest;
+none is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from fmn.delivery.base import DeadLetter, Delivery, from_doc, to_doc
+from fmn.delivery.once import Once
+from fmn.errors import PermanentError, RetryableError
+
+#: Notifications per digest mail; more wait for the next one (sent right after).
+DIGEST_CAP = 100
+#: How long a claimed batch is left alone before it is claimed (and sent) again.
+LEASE_S = 300
+
+_ADD = """
+local n = redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[1])
+if n >= tonumber(ARGV[5]) then
+  redis.call('ZADD', KEYS[2], 'LT', ARGV[4], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  return {redis.call('GET', KEYS[3]), redis.call('LRANGE', KEYS[2], 0, -1),
+          redis.call('LLEN', KEYS[1])}
+end
+local items = redis.call('LPOP', KEYS[1], ARGV[2])
+if not items then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return false
+end
+redis.call('RPUSH', KEYS[2], unpack(items))
+local id = tostring(redis.call('INCR', KEYS[5]))
+redis.call('SET', KEYS[3], id)
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return {id, items, redis.call('LLEN', KEYS[1])}
+"""
+
+_FINISH = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+local first = redis.call('LINDEX', KEYS[1], 0)
+if not first then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return 1
+end
+local e = cjson.decode(first)
+local due = e['t'] + e['interval']
+if redis.call('LLEN', KEYS[1]) >= e['max'] then
+  due = tonumber(ARGV[3])
+end
+redis.call('ZADD', KEYS[4], due, ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A digest batch being sent: its id, its items (oldest first), and how many wait after it."""
+
+    batch_id: str
+    items: list[Delivery]
+    remaining: int
+
+
+def destination_key(item: Delivery) -> str:
+    """The digest's identity: one per (user, destination)."""
+    return orjson.dumps([item.user, item.destination]).decode()
+
+
+class DigestStore:
+    """Digest lists, batches and the due set, in Redis (module docstring)."""
+
+    def __init__(self, redis: Any, prefix: str = "fmn:digest:", cap: int = DIGEST_CAP,
+                 lease_s: float = LEASE_S) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.cap = cap
+        self.lease_s = lease_s
+        self._add = redis.register_script(_ADD)
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+
+    def _keys(self, dk: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}items:{dk}", f"{p}sending:{dk}", f"{p}batch:{dk}", f"{p}due", f"{p}seq"]
+
+    def add(self, item: Delivery, now: float) -> bool:
+        """Queue ``item`` for its digest; True when the count is reached (send now)."""
+        if item.digest is None:
+            raise ValueError("only an item with a digest setting goes into a digest")
+        dk = destination_key(item)
+        entry = orjson.dumps({"t": now, "interval": item.digest.interval_s,
+                              "max": item.digest.max_count, "item": to_doc(item)})
+        items, _sending, _batch, due, _seq = self._keys(dk)
+        try:
+            return bool(self._add(keys=[items, due],
+                                  args=[dk, entry, now + item.digest.interval_s, now,
+                                        item.digest.max_count]))
+        except Exception as exc:  # redis errors: the item stays on its queue
+            raise RetryableError(f"digest store: {exc}") from exc
+
+    def due(self, now: float, limit: int = 1000) -> list[str]:
+        """Destinations whose digest (or unfinished batch) must go out by ``now``."""
+        try:
+            found = self.redis.zrangebyscore(f"{self.prefix}due", "-inf", now, start=0,
+                                             num=limit)
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+        return [k.decode() if isinstance(k, bytes) else k for k in found]
+
+    def claim(self, dk: str, now: float) -> Claimed | None:
+        """The destination's batch to send (an unfinished one first), or None if empty."""
+        items, sending, batch, due, seq = self._keys(dk)
+        try:
+            found = self._claim(keys=[items, sending, batch, due, seq],
+                                args=[dk, self.cap, now + self.lease_s])
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+        if not found:
+            return None
+        batch_id, entries, remaining = found
+        docs = [orjson.loads(e)["item"] for e in entries]
+        return Claimed(batch_id.decode() if isinstance(batch_id, bytes) else str(batch_id),
+                       [from_doc(d) for d in docs], int(remaining))
+
+    def finish(self, dk: str, batch_id: str, now: float) -> None:
+        """The batch went out: drop it and schedule what waits."""
+        items, sending, batch, due, _seq = self._keys(dk)
+        try:
+            self._finish(keys=[items, sending, batch, due], args=[dk, batch_id, now])
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+
+    def is_due(self, dk: str, now: float) -> bool:
+        try:
+            score = self.redis.zscore(f"{self.prefix}due", dk)
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+        return score is not None and float(score) <= now
+
+    def pending(self, dk: str) -> int:
+        """Items waiting (not counting a batch being sent)."""
+        return int(self.redis.llen(f"{self.prefix}items:{dk}"))
+
+
+#: Sends one digest of ``items`` (``more`` wait after them); PermanentError/RetryableError.
+SendDigest = Callable[[Sequence[Delivery], int], None]
+
+
+def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
+          dead_letter: DeadLetter) -> int:
+    """Send the destination's digest batches until none is left; notifications sent."""
+    sent = 0
+    while True:
+        claimed = store.claim(dk, now)
+        if claimed is None:
+            return sent
+
+        def action(c: Claimed = claimed) -> str:
+            try:
+                send(c.items, c.remaining)
+                return "sent"
+            except PermanentError as exc:  # the address is refused: each item dead-lettered
+                for item in c.items:
+                    dead_letter(item, str(exc)[:1000])
+                return "dead-lettered"
+
+        once.run({"digest": dk, "batch": claimed.batch_id}, action)
+        store.finish(dk, claimed.batch_id, now)
+        sent += len(claimed.items)
+        if not store.is_due(dk, now):  # what is left waits for its interval
+            return sent
+
+
+def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
+              dead_letter: DeadLetter) -> int:
+    """Send every digest due by ``now``; notifications sent (the schedule's job)."""
+    return sum(flush(store, dk, now, send, once, dead_letter) for dk in store.due(now))

@@ -1,0 +1,183 @@
+"""Notifications as plain-text email: one per notification, or one digest for many.
+
+:func:`render` builds the mail of one :class:`~fmn.delivery.base.Delivery`:
+the message's summary as subject, its summary and link in the body, and why
+it came (the names of the rules that fired, each with its link in the web
+UI), with the headers Fedora contributors filter on (``X-Fedmsg-Topic``,
+``-Category``, ``-Username``, ``-Package`` (the first ten, one header each),
+``-Num-Packages``, ``-Id``), ``Precedence: bulk``, ``Auto-Submitted:
+auto-generated``, ``List-Id`` and a one-click ``List-Unsubscribe`` (RFC 8058)
+pointing at the web app, and ``Date`` from the message's sent-at.
+:func:`render_digest` builds one mail for many.
+
+Every message field is untrusted.  Text goes through
+:func:`fmn.delivery.text.clean` (no CR/LF, escapes or controls, so no header
+injection), header values are capped, and :mod:`email` with the SMTP policy
+encodes non-ASCII (RFC 2047 words in headers, UTF-8 bodies) and folds long
+lines.  A recipient that is not exactly one plain address is refused with
+:class:`InvalidAddress` (a PermanentError: that notification is dead-lettered).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from urllib.parse import quote
+
+from fmn.delivery.base import Delivery
+from fmn.delivery.text import clean, shorten
+from fmn.errors import PermanentError
+
+#: Subject lines are cut here (characters); mail clients show far fewer.
+MAX_SUBJECT_CHARS = 200
+#: Other header values taken from a message (topic, names) are cut here.
+MAX_HEADER_CHARS = 200
+#: The body repeats a summary or link up to this many characters.
+MAX_BODY_TEXT_CHARS = 2000
+#: ``X-Fedmsg-Package`` headers per mail (``X-Fedmsg-Num-Packages`` has the count).
+MAX_PACKAGE_HEADERS = 10
+#: Digest entries show this much of each summary.
+MAX_DIGEST_SUMMARY_CHARS = 300
+POLICY = email.policy.SMTP.clone(max_line_length=78)
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+_DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+class InvalidAddress(PermanentError):
+    """A destination address that is not one plain e-mail address."""
+
+
+def check_address(address: str) -> str:
+    """``address`` if it is one ``local@domain`` (IDN domains allowed), else InvalidAddress."""
+    local, at, domain = address.rpartition("@")
+    if not at or not _LOCAL_PART.match(local) or len(address) > 254:
+        raise InvalidAddress(f"not a plain e-mail address: {address[:100]!r}")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise InvalidAddress(f"bad domain in {address[:100]!r}") from exc
+    if not all(_DOMAIN_LABEL.match(label) for label in ascii_domain.split(".")):
+        raise InvalidAddress(f"bad domain in {address[:100]!r}")
+    return address
+
+
+def _header_text(value: object, limit: int = MAX_HEADER_CHARS) -> str:
+    return shorten(clean(None if value is None else str(value)), limit)
+
+
+def category(topic: str, app: str | None) -> str:
+    """The fedmsg category: ``buildsys`` of ``org.fedoraproject.prod.buildsys.build...``."""
+    parts = topic.split(".")
+    if len(parts) > 3 and parts[0] == "org" and parts[1] == "fedoraproject":
+        return parts[3]
+    return app or (parts[0] if parts else "")
+
+
+def mail_date(sent_at: object) -> str:
+    """An RFC 5322 date from the message's RFC 3339 sent-at (now, if unreadable)."""
+    try:
+        when = datetime.fromisoformat(str(sent_at))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    except ValueError:
+        when = datetime.now(UTC)
+    return email.utils.format_datetime(when)
+
+
+def rule_url(web_url: str, rule_id: str) -> str:
+    return f"{web_url}/rules/{quote(rule_id, safe='')}"
+
+
+def _base(to: str, sender: str, list_id: str, unsubscribe_url: str) -> EmailMessage:
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = sender
+    msg["To"] = Address(addr_spec=check_address(to))
+    msg["Precedence"] = "bulk"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["List-Id"] = f"Fedora notifications <{list_id}>"
+    # RFC 8058: a POST to this URL with "List-Unsubscribe=One-Click" unsubscribes
+    msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return msg
+
+
+def _why(item: Delivery, web_url: str) -> list[str]:
+    lines = ["You get this because of your rule" + ("s:" if len(item.rules) > 1 else ":")]
+    for rule_id, name in zip(item.rules, item.rule_names, strict=True):
+        lines.append(f"  - {_header_text(name, 200)}: {rule_url(web_url, rule_id)}")
+    return lines
+
+
+def render(item: Delivery, *, sender: str, web_url: str, list_id: str,
+           unsubscribe_url: str) -> EmailMessage:
+    """The mail for one notification (raises InvalidAddress)."""
+    m = item.message
+    summary = clean(m.get("summary"))
+    topic = _header_text(m.get("topic"))
+    app = _header_text(m.get("app"), 100) or None
+    msg = _base(item.address, sender, list_id, unsubscribe_url)
+    msg["Subject"] = shorten(summary, MAX_SUBJECT_CHARS) or f"{app or 'Fedora'}: {topic}"
+    msg["Date"] = mail_date(m.get("sent_at"))
+    msg["Message-ID"] = email.utils.make_msgid(domain=list_id)
+    msg["X-Fedmsg-Id"] = _header_text(m.get("id"))
+    msg["X-Fedmsg-Topic"] = topic
+    msg["X-Fedmsg-Category"] = _header_text(category(str(m.get("topic") or ""), app), 100)
+    agent = _header_text(m.get("agent"), 100)
+    if agent:
+        msg["X-Fedmsg-Username"] = agent
+    packages = [p for p in (_header_text(p, 100) for p in m.get("packages") or []) if p]
+    for package in packages[:MAX_PACKAGE_HEADERS]:
+        msg["X-Fedmsg-Package"] = package
+    msg["X-Fedmsg-Num-Packages"] = str(int(m.get("num_packages") or len(packages)))
+    url = shorten(clean(m.get("url")), MAX_BODY_TEXT_CHARS)
+    body = [shorten(summary, MAX_BODY_TEXT_CHARS) or topic, ""]
+    if url:
+        body += [url, ""]
+    body += [f"Topic: {topic}", f"Sent: {_header_text(m.get('sent_at'), 60)}", ""]
+    body += _why(item, web_url)
+    body += _footer(web_url, unsubscribe_url)
+    msg.set_content("\n".join(body) + "\n", charset="utf-8", cte="quoted-printable")
+    return msg
+
+
+def render_digest(items: Sequence[Delivery], *, sender: str, web_url: str, list_id: str,
+                  unsubscribe_url: str, more: int = 0) -> EmailMessage:
+    """One mail for ``items`` (all to the same address), oldest first.
+
+    ``more`` counts notifications left for the next digest (the size cap).
+    """
+    if not items:
+        raise ValueError("a digest needs at least one notification")
+    msg = _base(items[0].address, sender, list_id, unsubscribe_url)
+    count = len(items)
+    msg["Subject"] = f"Fedora notifications: {count} new" + (f" ({more} more)" if more else "")
+    msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = email.utils.make_msgid(domain=list_id)
+    msg["X-Fedmsg-Digest-Count"] = str(count)
+    body = [f"{count} notification{'s' if count > 1 else ''} since the last digest:", ""]
+    for item in items:
+        m = item.message
+        summary = shorten(clean(m.get("summary")), MAX_DIGEST_SUMMARY_CHARS) \
+            or _header_text(m.get("topic"))
+        body.append(f"* {_header_text(m.get('sent_at'), 40)}  {summary}")
+        url = shorten(clean(m.get("url")), MAX_DIGEST_SUMMARY_CHARS)
+        if url:
+            body.append(f"  {url}")
+        names = ", ".join(_header_text(n, 100) for n in item.rule_names)
+        body.append(f"  (rule{'s' if len(item.rule_names) > 1 else ''}: {names})")
+        body.append("")
+    if more:
+        body += [f"{more} more notifications follow in the next digest.", ""]
+    body += _footer(web_url, unsubscribe_url)
+    msg.set_content("\n".join(body) + "\n", charset="utf-8", cte="quoted-printable")
+    return msg
+
+
+def _footer(web_url: str, unsubscribe_url: str) -> list[str]:
+    return ["", "-- ", f"Change what you receive: {web_url}/",
+            f"Stop these emails: {unsubscribe_url}"]

@@ -1,0 +1,77 @@
+"""The email sender's core: mail per notification, or into the destination's digest.
+
+:class:`EmailSender` is the ``send`` of :func:`fmn.delivery.base.deliver_payload`
+for the ``email`` backend.  An item whose destination has no digest setting
+is rendered (:func:`fmn.delivery.email.render`) and handed to the
+:class:`~fmn.delivery.mailers.Mailer`; one with a digest setting is added to
+its digest (:class:`~fmn.delivery.digest.DigestStore`) instead, and when that
+reaches ``max_count`` it is remembered for :meth:`EmailSender.flush_ready`,
+which the handler calls once the payload's items are all through (a digest
+is sent outside the item's send-once, so a failed digest never re-adds the
+item).  :meth:`EmailSender.flush_due` is the schedule's job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+
+from fmn.delivery.base import DeadLetter, Delivery
+from fmn.delivery.digest import DigestStore, destination_key, flush, flush_due
+from fmn.delivery.email import render, render_digest
+from fmn.delivery.mailers import Mailer
+from fmn.delivery.once import Once
+
+#: Builds the one-click unsubscribe URL of a (user, destination).
+UnsubscribeUrl = Callable[[str, str], str]
+
+
+class EmailSender:
+    def __init__(self, mailer: Mailer, digests: DigestStore | None, *, sender: str,
+                 web_url: str, unsubscribe_url: UnsubscribeUrl,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.mailer = mailer
+        self.digests = digests
+        self.sender = sender
+        self.web_url = web_url
+        self.unsubscribe_url = unsubscribe_url
+        self.clock = clock
+        # the mail domain names the list: List-Id and Message-IDs
+        self.list_id = "notifications." + (sender.rpartition("@")[2] or "localhost")
+        self._ready: set[str] = set()
+
+    def render(self, item: Delivery) -> EmailMessage:
+        return render(item, sender=self.sender, web_url=self.web_url, list_id=self.list_id,
+                      unsubscribe_url=self.unsubscribe_url(item.user, item.destination))
+
+    def __call__(self, item: Delivery) -> None:
+        """Send one item, or add it to its digest."""
+        if item.digest is not None and self.digests is not None:
+            if self.digests.add(item, self.clock()):
+                self._ready.add(destination_key(item))
+            return
+        self.mailer.send(self.render(item))
+
+    def send_digest(self, items: Sequence[Delivery], more: int) -> None:
+        first = items[0]
+        self.mailer.send(render_digest(
+            items, sender=self.sender, web_url=self.web_url, list_id=self.list_id,
+            unsubscribe_url=self.unsubscribe_url(first.user, first.destination), more=more))
+
+    def flush_ready(self, once: Once, dead_letter: DeadLetter) -> int:
+        """Send the digests that reached their count; notifications sent."""
+        sent = 0
+        if self.digests is None:
+            return 0
+        while self._ready:
+            sent += flush(self.digests, self._ready.pop(), self.clock(), self.send_digest,
+                          once, dead_letter)
+        return sent
+
+    def flush_due(self, once: Once, dead_letter: DeadLetter) -> int:
+        """Send every digest that is due (interval passed, count reached, or a batch
+        left unfinished); notifications sent."""
+        if self.digests is None:
+            return 0
+        return flush_due(self.digests, self.clock(), self.send_digest, once, dead_letter)

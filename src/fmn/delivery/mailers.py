@@ -1,0 +1,179 @@
+"""Where mail goes: the :class:`Mailer` port, SMTP and SES adapters, and an in-memory fake.
+
+``send(msg)`` delivers one rendered mail to its ``To`` address and maps every
+failure onto the error tree, so the sender knows what to do with it:
+
+* :class:`~fmn.errors.PermanentError`: this mail can never go (the server
+  refused the recipient or the content with a 5xx, SES rejected it): the
+  notification is dead-lettered and counted;
+* :class:`~fmn.errors.RetryableError`: try again later (a 4xx, throttling, the
+  server away or refusing *us*, e.g. the sender address or the login): the
+  notification stays on its queue.
+
+:class:`SmtpMailer` keeps one connection across sends and warm invocations
+and reconnects when the server drops it.  :func:`make_mailer` picks the
+adapter from the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import ssl
+import threading
+from email.message import EmailMessage
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from fmn.errors import PermanentError, RetryableError
+from fmn.settings import Settings
+
+
+class Mailer(Protocol):
+    def send(self, msg: EmailMessage) -> None:
+        """Deliver ``msg`` to its ``To`` address (PermanentError / RetryableError)."""
+        ...
+
+
+class MemoryMailer:
+    """Keeps what it is given (tests); ``fail`` makes every send raise it."""
+
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+        self.fail: Exception | None = None
+
+    def send(self, msg: EmailMessage) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append(msg)
+
+
+class SmtpMailer:
+    """SMTP (``smtp://``, ``smtps://``, ``?starttls=1``, optional login), one kept connection."""
+
+    def __init__(self, url: str, timeout_s: float = 20.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"not an smtp:// or smtps:// URL: {url!r}")
+        self.host = parts.hostname
+        self.tls = parts.scheme == "smtps"
+        self.port = parts.port or (465 if self.tls else 25)
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in ("1", "true", "yes")
+        self.timeout_s = timeout_s
+        self._conn: smtplib.SMTP | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        conn: smtplib.SMTP
+        if self.tls:
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=context)
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+            if self.starttls:
+                conn.starttls(context=context)
+        if self.user:
+            conn.login(self.user, self.password or "")
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    self._conn.quit()
+                self._conn = None
+
+    def send(self, msg: EmailMessage) -> None:
+        with self._lock:
+            # A kept connection may have been dropped by the server while idle:
+            # one fresh attempt before calling it a failure.
+            for attempt in (1, 2):
+                try:
+                    if self._conn is None:
+                        self._conn = self._connect()
+                    self._conn.send_message(msg)
+                    return
+                except smtplib.SMTPRecipientsRefused as exc:
+                    self._reset_after_refusal()
+                    code, text = next(iter(exc.recipients.values()))
+                    raise _by_code(code, text, "recipient refused") from exc
+                except smtplib.SMTPDataError as exc:
+                    self._reset_after_refusal()
+                    raise _by_code(exc.smtp_code, exc.smtp_error, "message refused") from exc
+                except smtplib.SMTPSenderRefused as exc:
+                    # our sender address: a configuration problem, not this mail's
+                    self._drop()
+                    raise RetryableError(f"SMTP sender refused ({exc.smtp_code})") from exc
+                except smtplib.SMTPAuthenticationError as exc:
+                    self._drop()
+                    raise RetryableError(f"SMTP login refused ({exc.smtp_code})") from exc
+                except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise RetryableError(f"SMTP server {self.host}:{self.port}: {exc}") \
+                            from exc
+                except (smtplib.SMTPException, OSError) as exc:
+                    self._drop()
+                    raise RetryableError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
+
+    def _reset_after_refusal(self) -> None:
+        # The session stays usable after a refused recipient or message.
+        try:
+            if self._conn is not None:
+                self._conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._conn = None
+
+
+def _by_code(code: int, text: bytes | str, what: str) -> Exception:
+    detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    message = f"SMTP {what}: {code} {detail[:300]}"
+    return PermanentError(message) if 500 <= code < 600 else RetryableError(message)
+
+
+#: SES error codes that say "this mail, never" (everything else is retried).
+_SES_PERMANENT = frozenset({"MessageRejected", "InvalidParameterValue"})
+
+
+class SesMailer:
+    """Amazon SES (v1 ``SendRawEmail``), through a boto3 client."""
+
+    def __init__(self, client: Any, sender: str) -> None:
+        self.client = client
+        self.sender = sender
+
+    def send(self, msg: EmailMessage) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.send_raw_email(Source=self.sender, Destinations=[str(msg["To"])],
+                                       RawMessage={"Data": msg.as_bytes()})
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            text = f"SES {code}: {exc.response.get('Error', {}).get('Message', '')[:300]}"
+            if code in _SES_PERMANENT:
+                raise PermanentError(text) from exc
+            raise RetryableError(text) from exc  # Throttling, sending paused, not verified
+        except BotoCoreError as exc:
+            raise RetryableError(f"SES: {exc}") from exc
+
+
+def make_mailer(settings: Settings) -> Mailer:
+    """The mailer the settings name (``FMN_MAIL_TRANSPORT``)."""
+    if settings.mail_transport == "smtp":
+        return SmtpMailer(settings.smtp_url)
+    if settings.mail_transport == "ses":
+        import boto3
+
+        client = boto3.client("ses", endpoint_url=settings.aws_endpoint_url,
+                              region_name=settings.aws_region)
+        return SesMailer(client, settings.mail_from)
+    raise ValueError(f"FMN_MAIL_TRANSPORT must be smtp or ses, not {settings.mail_transport!r}")

@@ -1,0 +1,53 @@
+"""Payloads for the sender tests: built with the real packer from real-looking messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+HOSTILE_SUMMARY = ("evil\r\nBcc: victim@example.org\r\n\r\n<script>alert(1)</script>"
+                   "\x1b[31mred\x1b[0m\x1b]8;;http://evil.example/\x07click\x1b]8;;\x07"
+                   "\u202eexe.pdf\x00\x07" + "x" * 10_000)
+
+
+def message(**over: Any) -> dict[str, Any]:
+    doc = {"id": "2024-0001", "topic": "org.fedoraproject.prod.buildsys.build.state.change",
+           "app": "koji", "agent": "alice",
+           "summary": "alice's kernel-6.1-1.fc40 completed",
+           "url": "https://koji.fedoraproject.org/koji/buildinfo?buildID=1",
+           "sent_at": "2024-01-01T12:30:00+00:00", "severity": "INFO",
+           "usernames": ["alice"], "num_usernames": 1,
+           "packages": [f"pkg{i:02d}" for i in range(12)], "num_packages": 12}
+    doc.update(over)
+    return doc
+
+
+def notification(user: str = "bob", address: str = "bob@example.org",
+                 destination: str = "d1", rules: tuple[str, ...] = ("r1",),
+                 names: tuple[str, ...] | None = ("My packages",),
+                 digest: tuple[int, int] | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"user": user, "address": address, "destination": destination,
+                            "rules": list(rules)}
+    if names is not None:
+        item["rule_names"] = list(names)
+    if digest is not None:
+        item["digest"] = {"interval_s": digest[0], "max_count": digest[1]}
+    return item
+
+
+def payload(backend: str, notifications: list[dict[str, Any]], **message_over: Any) -> str:
+    return orjson.dumps({"v": 1, "backend": backend, "part": 1, "parts": 1,
+                         "message": message(**message_over),
+                         "notifications": notifications}).decode()
+
+
+def sqs_event(*bodies: str, ids: list[str] | None = None) -> dict[str, Any]:
+    """A Lambda SQS event holding ``bodies`` (message ids given or numbered)."""
+    ids = ids or [f"m{i}" for i in range(len(bodies))]
+    return {"Records": [
+        {"messageId": mid, "receiptHandle": f"rh-{mid}", "body": body,
+         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+         "md5OfBody": "", "eventSource": "aws:sqs",
+         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
+        for mid, body in zip(ids, bodies, strict=True)]}

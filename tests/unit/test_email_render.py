@@ -1,0 +1,133 @@
+"""Email rendering: the headers Fedora filters on, and hostile content made harmless."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+from delivery_data import HOSTILE_SUMMARY, payload
+from delivery_data import notification as note
+
+from fmn.delivery.base import deliveries
+from fmn.delivery.email import InvalidAddress, check_address, render, render_digest
+from fmn.delivery.text import clean
+
+pytestmark = pytest.mark.unit
+
+KW = {"sender": "notifications@fedoraproject.org", "web_url": "https://notif.example",
+      "list_id": "notifications.fedoraproject.org",
+      "unsubscribe_url": "https://notif.example/unsubscribe/TOKEN"}
+
+
+def parsed(raw: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+def one(**over: object) -> bytes:
+    notes = [note(names=("My packages", "Kernel stuff"), rules=("r1", "r/2"))]
+    [item] = deliveries(payload("email", notes, **over), "email")
+    return render(item, **KW).as_bytes()
+
+
+def test_headers_fedora_filters_on() -> None:
+    msg = parsed(one())
+    assert msg["Subject"] == "alice's kernel-6.1-1.fc40 completed"
+    assert msg["To"] == "bob@example.org"
+    assert msg["From"] == "notifications@fedoraproject.org"
+    assert msg["X-Fedmsg-Topic"] == "org.fedoraproject.prod.buildsys.build.state.change"
+    assert msg["X-Fedmsg-Category"] == "buildsys"
+    assert msg["X-Fedmsg-Username"] == "alice"
+    assert msg["X-Fedmsg-Id"] == "2024-0001"
+    assert msg.get_all("X-Fedmsg-Package") == [f"pkg{i:02d}" for i in range(10)]
+    assert msg["X-Fedmsg-Num-Packages"] == "12"
+    assert msg["Precedence"] == "bulk"
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["List-Id"] == "Fedora notifications <notifications.fedoraproject.org>"
+    assert msg["List-Unsubscribe"] == "<https://notif.example/unsubscribe/TOKEN>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Date"] == "Mon, 01 Jan 2024 12:30:00 +0000"
+    body = msg.get_content()
+    assert "https://koji.fedoraproject.org/koji/buildinfo?buildID=1" in body
+    assert "My packages: https://notif.example/rules/r1" in body
+    assert "Kernel stuff: https://notif.example/rules/r%2F2" in body
+
+
+def test_hostile_summary_yields_a_safe_mail() -> None:
+    raw = one(summary=HOSTILE_SUMMARY, agent="eve\r\nX-Injected: 1",
+              packages=["a\nb", "\x1b[2Jc"], topic="t\r\nBcc: x@y")
+    # every line is short and ASCII (non-ASCII is encoded), nothing was injected
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    raw.decode("ascii")
+    assert b"\x1b" not in raw and b"\x00" not in raw
+    msg = parsed(raw)
+    names = [k.lower() for k in msg]
+    assert "bcc" not in names and "x-injected" not in names
+    assert len(msg["Subject"]) <= 200 and "\n" not in msg["Subject"]
+    assert msg["Subject"].startswith("evil Bcc: victim@example.org <script>alert(1)</script>red")
+    assert msg["X-Fedmsg-Username"] == "eve X-Injected: 1"
+    assert msg.get_all("X-Fedmsg-Package") == ["a b", "c"]
+    body = msg.get_content()
+    assert "\x1b" not in body and "\u202e" not in body and "\r" not in body.replace("\r\n", "")
+    assert len(body) < 4_000  # the 10,000 characters were cut
+
+
+def test_non_ascii_is_encoded_and_round_trips() -> None:
+    raw = one(summary="Zbyněk's přehled — ✓ done", agent="zbyněk")
+    raw.decode("ascii")
+    msg = parsed(raw)
+    assert msg["Subject"] == "Zbyněk's přehled — ✓ done"
+    assert msg["X-Fedmsg-Username"] == "zbyněk"
+    assert "Zbyněk's přehled — ✓ done" in msg.get_content()
+
+
+def test_missing_fields_still_render() -> None:
+    raw = one(summary=None, url=None, agent=None, packages=[], num_packages=0,
+              sent_at="not a date")
+    msg = parsed(raw)
+    assert msg["Subject"] == "koji: org.fedoraproject.prod.buildsys.build.state.change"
+    assert msg["X-Fedmsg-Username"] is None and msg["X-Fedmsg-Num-Packages"] == "0"
+    assert msg["Date"]
+
+
+@pytest.mark.parametrize("address", [
+    "a@x, b@y", "a b@example.org", "<a@example.org>", "a@example.org\r\nBcc: c@d",
+    '"a b"@example.org', "ü@example.org", "a@x@y", "a@-bad-.org", "", "@example.org",
+    "a@", "a@exa mple.org"])
+def test_bad_addresses_are_refused(address: str) -> None:
+    with pytest.raises(InvalidAddress):
+        check_address(address)
+    [item] = deliveries(payload("email", [note(address=address)]), "email")
+    with pytest.raises(InvalidAddress):
+        render(item, **KW)
+
+
+@pytest.mark.parametrize("address", ["bob@example.org", "first.last+tag@sub.example.org",
+                                     "bob@bücher.example", "o'neil@example.org"])
+def test_good_addresses_pass(address: str) -> None:
+    assert check_address(address) == address
+    [item] = deliveries(payload("email", [note(address=address)]), "email")
+    assert parsed(render(item, **KW).as_bytes())["To"]
+
+
+def test_digest_lists_every_item_and_the_rest() -> None:
+    items = [deliveries(payload("email", [note(digest=(60, 5))], id=f"m{i}",
+                                summary=f"build {i} \x1b[1mdone"), "email")[0]
+             for i in range(3)]
+    msg = parsed(render_digest(items, more=7, **KW).as_bytes())
+    assert msg["Subject"] == "Fedora notifications: 3 new (7 more)"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    body = msg.get_content()
+    assert all(f"build {i} done" in body for i in range(3))
+    assert "7 more notifications follow" in body and "\x1b" not in body
+
+
+def test_clean_removes_what_changes_meaning() -> None:
+    assert clean("a\r\nb\tc\u2028d") == "a b c d"
+    assert clean("\x1b[31mred\x1b[0m \x9b1mx") == "red x"
+    assert clean("\x1b]8;;http://evil\x07link\x1b]8;;\x07") == "link"
+    assert clean("abc\u202edef\u2066g\ud800") == "abcdefg"
+    assert clean("<b>&amp;</b>") == "<b>&amp;</b>"  # HTML is escaped where HTML is made
+    assert clean(None) == ""
