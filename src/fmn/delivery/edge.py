@@ -67,8 +67,9 @@ class SenderFunction:
         redis_client = redis.Redis.from_url(s.redis_url, socket_timeout=5,
                                             socket_connect_timeout=5)
         self._state.update(settings=s, sqs=boto3.client("sqs", **aws), redis=redis_client,
+                           # keys per stage: stages may share one Redis
                            once=PowertoolsOnce(redis_client, s.idempotency_ttl_s,
-                                               name=self.backend),
+                                               name=f"{s.queue_prefix}{self.backend}"),
                            send=self.make_send(s), dlq_url=None)
 
     @property
@@ -85,11 +86,14 @@ class SenderFunction:
         """Add to the totals and the metrics (work done outside :meth:`handle`)."""
         from aws_lambda_powertools.metrics import MetricUnit
 
+        counts = +counts  # only what happened
+        if not counts:
+            return
         with self._lock:
             self.totals.update(counts)
             for name, value in sorted(counts.items()):
-                self.metrics.add_metric(name=name.replace("-", "_").title(),
-                                        unit=MetricUnit.Count, value=value)
+                self.metrics.add_metric(name=_metric_name(name), unit=MetricUnit.Count,
+                                        value=value)
             self.metrics.flush_metrics()
 
     def begin(self, context: Any) -> None:
@@ -159,3 +163,8 @@ class SenderFunction:
             return response
         finally:
             self.count(counts)
+
+
+def _metric_name(count: str) -> str:
+    """``dead-lettered`` -> ``DeadLettered``; ``RetryableFailures`` stays."""
+    return "".join(part[:1].upper() + part[1:] for part in count.split("-"))

@@ -62,7 +62,7 @@ class MemoryOnce:
 class PowertoolsOnce:
     """:class:`Once` on Powertools idempotency with its Redis persistence layer."""
 
-    def __init__(self, redis_client: Any, ttl_s: int, name: str = "send") -> None:
+    def __init__(self, redis_client: Any, ttl_s: int, name: str = "fmn-send") -> None:
         from aws_lambda_powertools.utilities.idempotency import (
             IdempotencyConfig,
             idempotent_function,
@@ -76,7 +76,7 @@ class PowertoolsOnce:
 
         @idempotent_function(  # type: ignore[untyped-decorator]
             data_keyword_argument="key", persistence_store=self.persistence,
-            config=self.config, key_prefix=f"fmn-{name}")
+            config=self.config, key_prefix=name)
         def _run(*, key: dict[str, str], action: Callable[[], Any]) -> Any:
             return action()
 

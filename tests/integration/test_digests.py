@@ -1,0 +1,174 @@
+"""Digests on real Redis with a fake clock: both triggers, the size cap, and crashes.
+
+The email sender adds each notification of a digest destination to Redis
+(once, however often SQS delivers it) and sends one mail when the oldest
+item is ``interval_s`` old or ``max_count`` items wait.  A crash between
+sending a digest and clearing it must neither send it twice nor lose items.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+from delivery_data import notification as note
+from delivery_data import payload
+from fakes import FakeClock
+from services import redis_client
+
+from fmn.delivery.base import Delivery, deliver_payload, deliveries
+from fmn.delivery.digest import DigestStore, destination_key
+from fmn.delivery.email_sender import EmailSender
+from fmn.delivery.mailers import MemoryMailer
+from fmn.delivery.once import PowertoolsOnce
+
+pytestmark = pytest.mark.integration
+
+
+class Crash(BaseException):
+    """A crash nothing catches (Lambda killing the process)."""
+
+
+@pytest.fixture
+def world() -> Iterator[SimpleNamespace]:
+    client = redis_client()
+    tag = uuid.uuid4().hex[:10]
+    clock = FakeClock(1_000_000.0)
+    store = DigestStore(client, prefix=f"fmn-test:{tag}:digest:", cap=5, lease_s=300)
+    mailer = MemoryMailer()
+    sender = EmailSender(mailer, store, sender="notifications@fedoraproject.org",
+                         web_url="https://notif.example",
+                         unsubscribe_url=lambda u, d: f"https://notif.example/u/{u}/{d}",
+                         clock=clock)
+    once = PowertoolsOnce(client, 3600, name=f"fmn-test-{tag}")
+    dead: list[tuple[Delivery, str]] = []
+    yield SimpleNamespace(store=store, mailer=mailer, sender=sender, once=once, clock=clock,
+                          tag=tag, dead=dead,
+                          dead_letter=lambda item, reason: dead.append((item, reason)))
+    for key in client.scan_iter(f"fmn-test:{tag}:*"):
+        client.delete(key)
+
+
+def add(w: SimpleNamespace, n: int, digest: tuple[int, int], start: int = 0) -> None:
+    """Deliver ``n`` notifications for bob's digest destination, one message each."""
+    for i in range(start, start + n):
+        body = payload("email", [note("bob", "bob@example.org", "d9", digest=digest)],
+                       id=f"{w.tag}-{i}", summary=f"build {i} done")
+        assert deliver_payload(body, "email", w.sender, w.once, w.dead_letter) == {"sent": 1}
+
+
+def digest_items(w: SimpleNamespace) -> list[list[str]]:
+    """The summaries in each digest mail sent so far."""
+    return [[line.split("  ", 1)[1] for line in m.get_content().splitlines()
+             if line.startswith("* ")] for m in w.mailer.sent]
+
+
+def test_interval_trigger(world: SimpleNamespace) -> None:
+    w = world
+    add(w, 3, digest=(3600, 100))
+    w.clock.now += 1800
+    add(w, 1, digest=(3600, 100), start=3)
+    assert w.sender.flush_ready(w.once, w.dead_letter) == 0
+    w.clock.now += 1799  # the oldest item is 3,599 s old
+    assert w.sender.flush_due(w.once, w.dead_letter) == 0 and w.mailer.sent == []
+    w.clock.now += 1  # 3,600 s
+    assert w.sender.flush_due(w.once, w.dead_letter) == 4
+    assert digest_items(w) == [[f"build {i} done" for i in range(4)]]
+    assert w.mailer.sent[0]["Subject"] == "Fedora notifications: 4 new"
+    assert w.sender.flush_due(w.once, w.dead_letter) == 0  # nothing left
+    dk = destination_key(deliveries(payload("email", [note("bob", destination="d9")]),
+                                    "email")[0])
+    assert w.store.pending(dk) == 0 and not w.store.is_due(dk, w.clock.now + 10**6)
+
+
+def test_count_trigger(world: SimpleNamespace) -> None:
+    w = world
+    add(w, 2, digest=(86400, 3))
+    assert w.sender.flush_ready(w.once, w.dead_letter) == 0
+    add(w, 1, digest=(86400, 3), start=2)  # the third: the count is reached
+    assert w.sender.flush_ready(w.once, w.dead_letter) == 3
+    assert digest_items(w) == [["build 0 done", "build 1 done", "build 2 done"]]
+    # the count also makes the destination due for the schedule, at once
+    add(w, 3, digest=(86400, 3), start=3)
+    assert w.sender.flush_due(w.once, w.dead_letter) == 3
+    assert len(w.mailer.sent) == 2
+
+
+def test_redelivered_notification_is_in_the_digest_once(world: SimpleNamespace) -> None:
+    w = world
+    body = payload("email", [note("bob", "bob@example.org", "d9", digest=(60, 100))],
+                   id=f"{w.tag}-x", summary="only once")
+    for _ in range(3):
+        deliver_payload(body, "email", w.sender, w.once, w.dead_letter)
+    w.clock.now += 60
+    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert digest_items(w) == [["only once"]]
+
+
+def test_size_cap_splits_into_several_mails(world: SimpleNamespace) -> None:
+    w = world  # cap = 5 per mail
+    add(w, 12, digest=(60, 1000))
+    w.clock.now += 60
+    assert w.sender.flush_due(w.once, w.dead_letter) == 12
+    assert [len(d) for d in digest_items(w)] == [5, 5, 2]
+    assert [m["Subject"] for m in w.mailer.sent] == [
+        "Fedora notifications: 5 new (7 more)", "Fedora notifications: 5 new (2 more)",
+        "Fedora notifications: 2 new"]
+
+
+def test_crash_between_sending_and_clearing(world: SimpleNamespace,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    w = world
+    add(w, 3, digest=(60, 100))
+    w.clock.now += 60
+
+    def crash(*args: object) -> None:
+        raise Crash
+
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(w.store, "finish", crash)
+        w.sender.flush_due(w.once, w.dead_letter)
+    assert len(w.mailer.sent) == 1  # the digest went out, but was not cleared
+    add(w, 2, digest=(60, 100), start=3)  # arriving meanwhile
+    assert w.sender.flush_due(w.once, w.dead_letter) == 0  # the batch is leased
+    w.clock.now += 300  # the lease runs out: the batch is taken up again
+    assert w.sender.flush_due(w.once, w.dead_letter) == 5
+    # the crashed batch was not sent again; the two newer items went in a new digest
+    assert digest_items(w) == [["build 0 done", "build 1 done", "build 2 done"],
+                               ["build 3 done", "build 4 done"]]
+
+
+def test_crash_before_sending(world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.local.runner import LambdaContext
+
+    w = world
+    add(w, 2, digest=(60, 100))
+    w.clock.now += 60
+
+    def crash(msg: object) -> None:
+        raise Crash
+
+    # The send is marked in progress until the invocation's deadline (here:
+    # already passed), then the crash leaves the batch claimed and unsent.
+    w.once.register_context(LambdaContext("f", "arn", 128, timeout_s=0.0))
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(w.mailer, "send", crash)
+        w.sender.flush_due(w.once, w.dead_letter)
+    assert w.mailer.sent == []
+    w.clock.now += 300  # the lease runs out: the same batch is claimed and sent
+    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    assert w.sender.flush_due(w.once, w.dead_letter) == 0
+    assert digest_items(w) == [["build 0 done", "build 1 done"]]
+
+
+def test_refused_digest_address_dead_letters_every_item(world: SimpleNamespace) -> None:
+    w = world
+    for i in range(2):
+        body = payload("email", [note("bob", "bob@bad-.example", "d9", digest=(60, 100))],
+                       id=f"{w.tag}-{i}")
+        deliver_payload(body, "email", w.sender, w.once, w.dead_letter)
+    w.clock.now += 60
+    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    assert w.mailer.sent == [] and len(w.dead) == 2

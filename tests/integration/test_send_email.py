@@ -1,0 +1,207 @@
+"""The email sender Lambda against real servers: an aiosmtpd sink, SES on the moto server, Redis.
+
+Each test gets its own queue prefix (so its own dead-letter queue, digest
+keys and idempotency keys) and fresh message ids.  The handler is the real
+``functions/send_email/app.py`` called with Lambda-shaped SQS events, as the
+local runner calls it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from delivery_data import notification as note
+from delivery_data import payload, sqs_event
+from services import REDIS_URL, redis_client
+
+from fmn.local.aws import ensure_queue
+from fmn.local.mailsink import MailSink
+from fmn.local.runner import LambdaContext
+from fmn.local.stack import load_function
+from fmn.pipeline.queues import queue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def email_app() -> ModuleType:
+    return load_function("send_email")
+
+
+@pytest.fixture
+def sink() -> Iterator[MailSink]:
+    with MailSink() as s:
+        yield s
+
+
+@pytest.fixture
+def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, email_app: ModuleType,
+        sink: MailSink) -> Iterator[SimpleNamespace]:
+    redis_client()  # skip (locally) or fail (CI) without Redis
+    tag = uuid.uuid4().hex[:10]
+    prefix = f"fmn-t{tag}-"
+    sqs = boto3.client("sqs")
+    urls = ensure_queue(sqs, prefix, queue("email"))
+    for name, value in {"REDIS_URL": REDIS_URL, "FMN_QUEUE_PREFIX": prefix,
+                        "FMN_MAIL_TRANSPORT": "smtp", "FMN_SMTP_URL": sink.url,
+                        "FMN_WEB_URL": "https://notif.example"}.items():
+        monkeypatch.setenv(name, value)
+    email_app.reset()
+    yield SimpleNamespace(app=email_app, sink=sink, sqs=sqs, urls=urls, tag=tag)
+    email_app.reset()
+
+
+def context(timeout_s: float = 60) -> LambdaContext:
+    return LambdaContext("send_email", "arn:aws:lambda:us-east-1:123456789012:function:x",
+                         256, timeout_s)
+
+
+def invoke(env: SimpleNamespace, *bodies: str) -> list[str]:
+    """Run the handler on one event; the ids of the records it reported failed."""
+    event = sqs_event(*bodies)
+    try:
+        result: Any = env.app.handle_email(event, context())
+    except BatchProcessingError:  # every record failed: the whole batch comes back
+        return [r["messageId"] for r in event["Records"]]
+    return [f["itemIdentifier"] for f in result["batchItemFailures"]]
+
+
+def dead_letters(env: SimpleNamespace) -> list[dict[str, Any]]:
+    got = env.sqs.receive_message(QueueUrl=env.urls.dlq_url, MaxNumberOfMessages=10,
+                                  MessageAttributeNames=["All"], WaitTimeSeconds=0)
+    return [{"body": orjson.loads(m["Body"]),
+             "error": m["MessageAttributes"]["error"]["StringValue"]}
+            for m in got.get("Messages", [])]
+
+
+def mid(env: SimpleNamespace, n: int = 0) -> str:
+    return f"2024-{env.tag}-{n}"
+
+
+def test_smtp_mail_has_every_header(env: SimpleNamespace) -> None:
+    body = payload("email", [note("bob", "bob@example.org"), note("carol", "carol@example.org")],
+                   id=mid(env))
+    assert invoke(env, body) == []
+    got = env.sink.wait_for(2)
+    assert sorted(r.rcpt_tos[0] for r in got) == ["bob@example.org", "carol@example.org"]
+    msg = got[0].message
+    for header in ("X-Fedmsg-Topic", "X-Fedmsg-Category", "X-Fedmsg-Username",
+                   "X-Fedmsg-Package", "X-Fedmsg-Num-Packages", "Precedence", "Auto-Submitted",
+                   "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "Date", "Subject"):
+        assert msg[header], header
+    assert len(msg.get_all("X-Fedmsg-Package")) == 10
+    unsubscribe = msg["List-Unsubscribe"].strip("<>")
+    assert unsubscribe.startswith("https://notif.example/unsubscribe/")
+    from fmn.auth import verify_unsubscribe
+
+    assert verify_unsubscribe(unsubscribe.rsplit("/", 1)[1], "development-only-secret-key") in (
+        ("bob", "d1"), ("carol", "d1"))
+    assert env.app.totals["sent"] >= 2
+
+
+def test_redelivery_sends_exactly_once(env: SimpleNamespace) -> None:
+    body = payload("email", [note("bob", "bob@example.org")], id=mid(env))
+    assert invoke(env, body) == []
+    # SQS hands the same message out again (a crash between send and delete)
+    assert invoke(env, body) == []
+    env.app.reset()  # a cold container: the memory of the send is in Redis
+    assert invoke(env, body) == []
+    assert len(env.sink.wait_for(2, timeout=1.0)) == 1
+
+
+class Crash(BaseException):
+    """A crash the sender cannot catch (as when Lambda kills the process)."""
+
+
+def test_crash_before_the_send_still_sends_once(env: SimpleNamespace,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-progress mark of a crashed invocation lapses at its deadline."""
+    body = payload("email", [note("bob", "bob@example.org")], id=mid(env))
+    sender = env.app.function.get("send")
+
+    def crash(msg: Any) -> None:
+        raise Crash
+
+    # Crash mid-invocation, after the send was marked in progress; the
+    # invocation's deadline has passed by the time SQS redelivers.
+    short = LambdaContext("send_email", "arn", 256, timeout_s=0.0)
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(sender.mailer, "send", crash)
+        env.app.handle_email(sqs_event(body), short)
+    env.app.reset()
+    assert invoke(env, body) == []
+    assert invoke(env, body) == []
+    assert len(env.sink.wait_for(2, timeout=1.0)) == 1
+
+
+def test_refused_address_is_dead_lettered_alone(env: SimpleNamespace) -> None:
+    env.sink.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    body = payload("email", [note("bob", "bob@example.org"),
+                             note("gone", "gone@example.org"),
+                             note("eve", "eve@x, victim@example.org")], id=mid(env))
+    assert invoke(env, body) == []
+    assert [r.rcpt_tos for r in env.sink.wait_for(1)] == [["bob@example.org"]]
+    dead = dead_letters(env)
+    assert sorted(d["body"]["notifications"][0]["user"] for d in dead) == ["eve", "gone"]
+    assert any("550" in d["error"] for d in dead)
+    assert all(d["body"]["v"] == 1 and d["body"]["message"]["id"] == mid(env) for d in dead)
+    assert env.app.totals["dead-lettered"] >= 2
+
+
+def test_transient_refusal_leaves_the_record_to_retry(env: SimpleNamespace) -> None:
+    env.sink.refuse["later@example.org"] = "451 4.3.0 try again later"
+    body = payload("email", [note("bob", "bob@example.org"),
+                             note("later", "later@example.org")], id=mid(env))
+    assert invoke(env, body) == ["m0"]
+    assert dead_letters(env) == []
+    env.sink.refuse.clear()
+    assert invoke(env, body) == []
+    got = env.sink.wait_for(2)
+    assert sorted(r.rcpt_tos[0] for r in got) == ["bob@example.org", "later@example.org"]
+
+
+def test_smtp_server_away_is_retryable(env: SimpleNamespace,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.local.stack import free_port
+
+    monkeypatch.setenv("FMN_SMTP_URL", f"smtp://127.0.0.1:{free_port()}")
+    env.app.reset()
+    body = payload("email", [note("bob", "bob@example.org")], id=mid(env))
+    assert invoke(env, body) == ["m0"]
+    assert dead_letters(env) == []
+
+
+def test_an_unreadable_payload_fails_alone(env: SimpleNamespace) -> None:
+    good = payload("email", [note("bob", "bob@example.org")], id=mid(env))
+    assert invoke(env, "not json", good) == ["m0"]
+    assert len(env.sink.wait_for(1)) == 1
+
+
+def test_ses_through_the_moto_server(env: SimpleNamespace,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.ses.models import ses_backends
+
+    ses = boto3.client("ses")
+    ses.verify_email_identity(EmailAddress="notifications@fedoraproject.org")
+    monkeypatch.setenv("FMN_MAIL_TRANSPORT", "ses")
+    env.app.reset()
+    body = payload("email", [note("bob", "bob@example.org")], id=mid(env))
+    assert invoke(env, body) == []
+    assert invoke(env, body) == []  # a redelivery
+    assert env.sink.messages == []
+    sent = [m for m in ses_backends["123456789012"]["us-east-1"].sent_messages
+            if mid(env).encode() in getattr(m, "raw_data", "").encode()]
+    assert len(sent) == 1
+    import email
+    import email.policy
+
+    msg = email.message_from_string(sent[0].raw_data, policy=email.policy.default)
+    assert msg["X-Fedmsg-Id"] == mid(env) and msg["List-Unsubscribe-Post"]
+    assert msg["To"] == "bob@example.org"
