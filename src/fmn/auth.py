@@ -1,0 +1,153 @@
+"""Signed, expiring tokens that name a user: the feed's credentials and the web app's session.
+
+:func:`sign` turns a user name into a URL-safe token for one *purpose*
+(``"feed"``: a link to the live feed; ``"session"``: the web app's session
+cookie); :func:`verify` gives the user back, or raises :class:`InvalidToken`
+(a :class:`~fmn.errors.PermanentError`) when the token was not signed with
+this secret for this purpose, was altered, or is older than ``max_age_s``.
+A token signed for one purpose never verifies for another: each purpose is
+its own itsdangerous salt.  The secret may be a list (oldest first, the last
+one signs) so that a new key can be rolled out without logging everyone out.
+
+Tokens are signed, not encrypted: the user name inside is readable.  They
+carry no server-side state, so one cannot be revoked before it expires
+except by changing the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+
+from fmn.errors import PermanentError
+
+#: What a token may be used for; each purpose signs with a salt of its own.
+PURPOSES: tuple[str, ...] = ("feed", "session", "unsubscribe")
+#: The feed endpoint's default lifetimes of the two kinds of credentials.
+FEED_TOKEN_MAX_AGE_S = 7 * 24 * 3600
+SESSION_MAX_AGE_S = 14 * 24 * 3600
+#: The cookie the web app keeps its session in (the feed endpoint reads it too).
+SESSION_COOKIE = "fmn_session"
+#: Fedora account names are short; anything longer in a token is not one of ours.
+MAX_USER_CHARS = 255
+
+Secret = str | bytes | Sequence[str | bytes]
+Clock = Callable[[], float]
+
+
+class InvalidToken(PermanentError):
+    """Credentials that prove no user; ``reason``: ``expired``, ``invalid`` or ``missing``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason} token: {detail}")
+        self.reason = reason
+
+
+class _ClockSigner(TimestampSigner):
+    """itsdangerous' timestamp signer with an injectable clock (tests move time)."""
+
+    def __init__(self, *args: Any, clock: Clock = time.time, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+def _serializer(secret: Secret, purpose: str, clock: Clock) -> URLSafeTimedSerializer:
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown token purpose {purpose!r}; known: {', '.join(PURPOSES)}")
+    keys = [k.encode() if isinstance(k, str) else k
+            for k in ([secret] if isinstance(secret, str | bytes) else secret)]
+    if not keys or not all(keys):
+        raise ValueError("a token secret must not be empty")
+    return URLSafeTimedSerializer(keys, salt=f"fmn.{purpose}", signer=_ClockSigner,
+                                  signer_kwargs={"clock": clock,
+                                                 "digest_method": hashlib.sha256})
+
+
+def sign(user: str, secret: Secret, purpose: str, *, clock: Clock = time.time) -> str:
+    """A token naming ``user``, good for ``purpose`` only."""
+    if not user or len(user) > MAX_USER_CHARS:
+        raise ValueError(f"not a user name: {user[:80]!r}")
+    token: str = _serializer(secret, purpose, clock).dumps({"u": user})
+    return token
+
+
+def verify(token: str, secret: Secret, purpose: str, max_age_s: int, *,
+           clock: Clock = time.time) -> str:
+    """The user a token names; :class:`InvalidToken` if it does not prove it."""
+    try:
+        doc = _serializer(secret, purpose, clock).loads(token, max_age=max_age_s)
+    except SignatureExpired as exc:
+        raise InvalidToken("expired", f"older than {max_age_s} s") from exc
+    except BadData as exc:  # forged, altered, truncated, or signed for another purpose
+        raise InvalidToken("invalid", f"bad signature or payload ({type(exc).__name__})") \
+            from exc
+    user = doc.get("u") if isinstance(doc, dict) else None
+    if not isinstance(user, str) or not user or len(user) > MAX_USER_CHARS:
+        raise InvalidToken("invalid", "the payload names no user")
+    return user
+
+
+def feed_url(base_url: str, user: str, secret: Secret, *, clock: Clock = time.time) -> str:
+    """The live feed's address for ``user`` with a fresh feed token (what ``fmn`` prints)."""
+    query = urlencode({"token": sign(user, secret, "feed", clock=clock)})
+    return f"{base_url.rstrip('/')}/feed?{query}"
+
+
+def authenticate(*, authorization: str | None, token: str | None, session: str | None,
+                 secret: Secret, feed_max_age_s: int = FEED_TOKEN_MAX_AGE_S,
+                 session_max_age_s: int = SESSION_MAX_AGE_S, clock: Clock = time.time) -> str:
+    """The user a request's credentials name, the first one present deciding.
+
+    In order: an ``Authorization: Bearer`` feed token, a ``token`` query
+    parameter (a feed token: the browser's EventSource cannot set headers),
+    the ``fmn_session`` cookie (a session token).  :class:`InvalidToken` when
+    there is none, or the first one present does not verify.
+    """
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise InvalidToken("invalid", "the Authorization header is not 'Bearer <token>'")
+        return verify(value.strip(), secret, "feed", feed_max_age_s, clock=clock)
+    if token:
+        return verify(token, secret, "feed", feed_max_age_s, clock=clock)
+    if session:
+        return verify(session, secret, "session", session_max_age_s, clock=clock)
+    raise InvalidToken("missing", "no bearer token, token parameter or session cookie")
+
+
+#: One-click unsubscribe links stay good this long (old mails keep working).
+UNSUBSCRIBE_MAX_AGE_S = 365 * 24 * 3600
+
+
+def unsubscribe_url(web_url: str, user: str, destination: str, secret: Secret, *,
+                    clock: Clock = time.time) -> str:
+    """The web app's one-click unsubscribe URL for one of a user's destinations (RFC 8058)."""
+    if not user or len(user) > MAX_USER_CHARS:
+        raise ValueError(f"not a user name: {user[:80]!r}")
+    token: str = _serializer(secret, "unsubscribe", clock).dumps({"u": user, "d": destination})
+    return f"{web_url.rstrip('/')}/unsubscribe/{token}"
+
+
+def verify_unsubscribe(token: str, secret: Secret, *, max_age_s: float = UNSUBSCRIBE_MAX_AGE_S,
+                       clock: Clock = time.time) -> tuple[str, str]:
+    """The (user, destination) an unsubscribe token names; InvalidToken otherwise."""
+    try:
+        doc = _serializer(secret, "unsubscribe", clock).loads(token, max_age=int(max_age_s))
+    except SignatureExpired as exc:
+        raise InvalidToken("expired", f"older than {max_age_s:.0f} s") from exc
+    except BadData as exc:
+        raise InvalidToken("invalid", f"bad signature or payload ({type(exc).__name__})") \
+            from exc
+    user = doc.get("u") if isinstance(doc, dict) else None
+    dest = doc.get("d") if isinstance(doc, dict) else None
+    if not isinstance(user, str) or not user or not isinstance(dest, str):
+        raise InvalidToken("invalid", "the payload names no destination")
+    return user, dest
