@@ -639,6 +639,8 @@ def _user_names(count: int, rng: random.Random) -> list[str]:
 
 _OPENID = re.compile(r"https?://([^./]+)\.id\.fedoraproject\.org")
 _NOT_HANDLE = re.compile(r"[^A-Za-z0-9_.-]")
+#: account names that are e-mail addresses (not, say, "@python", a mention)
+_EMAILISH = re.compile(r"[A-Za-z0-9_.+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
 
 
 def _handle(name: str) -> str:
@@ -744,7 +746,7 @@ def _destinations(rand: Callable[[], float], name: str) -> tuple[Destination, ..
     for i, proto in enumerate(wanted, start=1):
         address: str | None
         if proto == "email":
-            if "@" in name:
+            if _EMAILISH.match(name):
                 address = name
             else:
                 d = rand()
