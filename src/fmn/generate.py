@@ -639,6 +639,8 @@ def _user_names(count: int, rng: random.Random) -> list[str]:
 
 _OPENID = re.compile(r"https?://([^./]+)\.id\.fedoraproject\.org")
 _NOT_HANDLE = re.compile(r"[^A-Za-z0-9_.-]")
+#: what an IRC nick cannot hold (dots, say: "quantum.analyst" is no nick)
+_NOT_NICK = re.compile(r"[^A-Za-z0-9\[\]\\`_^{|}-]")
 #: account names that are e-mail addresses (not, say, "@python", a mention)
 _EMAILISH = re.compile(r"[A-Za-z0-9_.+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
 
@@ -759,7 +761,8 @@ def _destinations(rand: Callable[[], float], name: str) -> tuple[Destination, ..
             # Unverified: an address typed in but never confirmed.
             verified, digest_p = rand() < 0.95, 0.12
         elif proto == "irc":
-            address = handle if rand() < 0.9 else f"{handle}_"
+            nick = _NOT_NICK.sub("", handle)[:30].lstrip("0123456789-") or "user"
+            address = nick if rand() < 0.9 else f"{nick}_"
             verified, digest_p = rand() < 0.85, 0.03
         elif proto == "matrix":
             address = f"@{handle.lower()}:{'fedora.im' if rand() < 0.7 else 'matrix.org'}"

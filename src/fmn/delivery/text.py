@@ -4,9 +4,9 @@ Bus message fields are written by whoever published the message.  Before
 any of it reaches a mail header, a mail body, an IRC line or a terminal,
 :func:`clean` removes what could change how the text is *interpreted*
 rather than shown: terminal escape sequences (ANSI CSI/OSC), C0 and C1
-control characters, DEL, the line and paragraph separators U+2028/2029,
-bidirectional overrides and isolates (which can make a link read as
-another), and lone surrogates.  Line breaks and tabs become spaces, so the
+control characters, DEL, IRC formatting codes, the line and paragraph
+separators U+2028/2029, bidirectional overrides and isolates (which can make
+a link read as another); lone surrogates become U+FFFD.  Line breaks and tabs become spaces, so the
 result is always one line; :func:`shorten` then caps its length.  HTML is
 *not* touched: it is harmless in plain text and escaped by whoever renders
 HTML.
@@ -15,25 +15,57 @@ HTML.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-# ESC [ ... final byte (CSI), ESC ] ... BEL or ESC \ (OSC), and any other ESC + one char
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?"
-                      r"|\x9b[0-?]*[ -/]*[@-~]", re.DOTALL)
-_SPACES = re.compile(r"[\t\n\r\x0b\x0c\u2028\u2029\x85]+")
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
-                        "\ud800-\udfff\ufeff\ufffe\uffff]")
+_ESCAPES = re.compile(
+    r"""
+      \x1b\[[0-?]*[ -/]*[@-~]                              # CSI
+    | \x9b[0-?]*[ -/]*[@-~]                                # 8-bit CSI
+    | (?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,512}(?:\x07|\x1b\\|\x9c)  # OSC, terminated
+    | (?:\x1b[PX^_]|[\x90\x98\x9e\x9f])[^\x1b\x9c]{0,512}(?:\x1b\\|\x9c)  # DCS SOS PM APC
+    | \x1b[ -/]*[0-~]                                      # any other escape sequence
+    """,
+    re.VERBOSE,
+)
+# IRC formatting (messages relayed from IRC carry it): bold, colour with its
+# optional "fg[,bg]" digits, hex colour, reset, monospace, reverse, italic,
+# strikethrough, underline.
+_IRC_FORMAT = re.compile(
+    r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?"
+    r"|[\x02\x0f\x11\x16\x1d\x1e\x1f]"
+)
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+_SPACES = re.compile(r"\s+")
 
 
-def clean(text: str | None) -> str:
-    """``text`` as one line of printable characters (``""`` for ``None``)."""
-    if not text:
+def _control_table() -> dict[int, str | None]:
+    table: dict[int, str | None] = {c: None for c in range(0x20)}
+    table.update({c: None for c in range(0x7F, 0xA0)})  # DEL and C1
+    for c in "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029":  # breaks: words stay apart
+        table[ord(c)] = " "
+    # Bidi marks, embeddings, overrides and isolates; the byte-order mark;
+    # the non-characters U+FFFE/U+FFFF.
+    for c in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF,
+              0xFFFE, 0xFFFF]:
+        table[c] = None
+    return table
+
+
+_CONTROLS = _control_table()
+
+
+def clean(text: Any) -> str:
+    """``text`` as one line of printable characters (``""`` for anything not a string)."""
+    if not isinstance(text, str) or not text:
         return ""
+    text = _SURROGATES.sub("\ufffd", text)
     text = _ESCAPES.sub("", text)
-    text = _SPACES.sub(" ", text)
-    return _INVISIBLE.sub("", text).strip()
+    text = _IRC_FORMAT.sub("", text)
+    text = text.translate(_CONTROLS)
+    return _SPACES.sub(" ", text).strip()
 
 
-def shorten(text: str, max_chars: int, ellipsis: str = "…") -> str:
+def shorten(text: str, max_chars: int, ellipsis: str = "\u2026") -> str:
     """``text`` cut to at most ``max_chars`` characters, marked when cut."""
     if len(text) <= max_chars:
         return text

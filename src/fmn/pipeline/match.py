@@ -25,7 +25,7 @@ from fmn.matcher.base import Matcher, Notification
 from fmn.metadata import parse
 from fmn.pipeline.envelope import Claim, Envelope
 from fmn.pipeline.notifications import pack
-from fmn.pipeline.queues import BACKENDS
+from fmn.pipeline.queues import BACKENDS, queue
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
     result = MatchResult(message_id=message.id, topic=message.topic,
                          claimed=envelope.claim is not None)
     for backend, group in group_by_backend(notifications).items():
-        result.bodies[backend] = pack(message, group, backend,
-                                      max_notifications=max_notifications,
+        cap = max_notifications or queue(backend).notifications_per_message
+        result.bodies[backend] = pack(message, group, backend, max_notifications=cap,
                                       describe=matcher.describe)
         result.notifications[backend] = len(group)
     return result

@@ -33,6 +33,10 @@ class QueueDef:
     max_concurrency: int
     #: how long messages are kept (SQS maximum: 14 days)
     retention_s: int = 4 * 24 * 3600
+    #: a backend queue: the most notifications the match function packs into
+    #: one SQS message, so that a slow sender gets through one within its
+    #: timeout (``None``: as many as fit in 256 KiB)
+    notifications_per_message: int | None = None
 
     def sqs_name(self, prefix: str) -> str:
         return f"{prefix}{self.name}"
@@ -44,11 +48,15 @@ class QueueDef:
 QUEUES: tuple[QueueDef, ...] = (
     QueueDef("incoming", "match", visibility_timeout_s=60, max_receive_count=5,
              batch_size=100, batching_window_s=1, max_concurrency=20),
+    # SES sends 14+ mails/s per account by default: 200 fit in one timeout.
     QueueDef("email", "send_email", visibility_timeout_s=120, max_receive_count=5,
-             batch_size=10, batching_window_s=1, max_concurrency=10),
+             batch_size=10, batching_window_s=1, max_concurrency=10,
+             notifications_per_message=200),
     # One IRC connection respects the network's flood limits: concurrency 1.
+    # At 2 lines/s, 50 notifications are at most half a minute of lines.
     QueueDef("irc", "send_irc", visibility_timeout_s=300, max_receive_count=5,
-             batch_size=10, batching_window_s=1, max_concurrency=1),
+             batch_size=10, batching_window_s=1, max_concurrency=1,
+             notifications_per_message=50),
     # (AWS requires a batching window of at least 1 s above 10 records.)
     QueueDef("sse", "sse", visibility_timeout_s=60, max_receive_count=5,
              batch_size=100, batching_window_s=1, max_concurrency=5),

@@ -1,0 +1,123 @@
+"""A local IRC server for the tests and ``fmn up``: miniircd in a subprocess.
+
+:class:`LocalIrcd` starts ``python -m miniircd`` (the ``miniircd`` package,
+a small real IRC server) on 127.0.0.1 and a free port, optionally with TLS
+from a PEM certificate and key, and waits until the port answers.
+:attr:`LocalIrcd.url` is what ``FMN_IRC_URL`` takes.  :meth:`LocalIrcd.stop`
+ends the process; :meth:`LocalIrcd.start` may start it again on the same
+port (a restart, as a network's server would).  miniircd has no SASL and no
+flood limit of its own; it relays each PRIVMSG to the nick at once, so the
+timing a client sees is the sender's.  It refuses to run as root unless told
+``--setuid root``, which is passed when we are root (CI, containers).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from fmn.local.stack import free_port
+
+
+class LocalIrcd:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
+                 cert_file: Path | None = None, key_file: Path | None = None,
+                 log_file: Path | None = None) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("TLS needs both a certificate and a key file")
+        self.host = host
+        self.port = port or free_port()
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.log_file = log_file
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+    def url_for(self, nick: str = "fmn") -> str:
+        """``FMN_IRC_URL`` for a client logging in as ``nick``."""
+        return f"{'ircs' if self.tls else 'irc'}://{nick}@{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.url_for()
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "miniircd", "--listen", self.host,
+               "--ports", str(self.port)]
+        if self.cert_file is not None and self.key_file is not None:
+            cmd += ["--ssl-cert-file", str(self.cert_file), "--ssl-key-file", str(self.key_file)]
+        if self.log_file is not None:
+            cmd += ["--log-file", str(self.log_file), "--verbose"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd += ["--setuid", "root"]
+        return cmd
+
+    def start(self, timeout: float = 10.0) -> LocalIrcd:
+        if self.running:
+            return self
+        # A file, not a pipe: nobody reads it while the server runs, and a full
+        # pipe would stop the server.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (open while it runs)
+        self._process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=self._stderr)
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            code = self._process.poll()
+            if code is not None:
+                self._stderr.seek(0)
+                err = self._stderr.read()[-500:].decode(errors="replace")
+                self.stop()
+                raise RuntimeError(f"miniircd exited with {code}: {err.strip()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"miniircd did not listen on {self.host}:{self.port} "
+                                   f"within {timeout:.0f}s")
+            time.sleep(0.05)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the server (its clients see the connection close)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> LocalIrcd:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,311 @@
+"""The IRC sender's record handling (fmn.delivery.irc, functions/send_irc) on fakes.
+
+A :class:`MemoryIrcLink` stands for the connection and :class:`MemoryOnce`
+for Redis.  What the user would notice: a redelivered notification is never
+sent twice, a crash before the send still sends it, a backlog for one nick
+is a few lines and one summary (which redelivery does not repeat, and whose
+items are never dropped when the summary could not be written), a bad nick
+is dead-lettered alone, an offline nick does not fail the batch, and the
+Lambda handler turns all of it into the right partial batch response.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from fakes import FakeClock
+
+from fmn.delivery.base import Delivery
+from fmn.delivery.irc import MAX_LINES_PER_NOTIFICATION, IrcNotifier, check_wire
+from fmn.delivery.irc_client import MemoryIrcLink
+from fmn.delivery.once import MemoryOnce
+from fmn.errors import RetryableError
+from fmn.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+WEB = "https://web.test"
+APP_PATH = Path(__file__).resolve().parents[2] / "functions" / "send_irc" / "app.py"
+
+
+def body(message_id: str, nicks: Sequence[str], summary: str = "a build completed") -> str:
+    """One ``irc`` payload: one bus message, one notification per nick."""
+    message = {"id": message_id, "topic": "org.fedoraproject.prod.buildsys.build.state.change",
+               "app": "koji", "agent": "alice", "summary": f"{summary} ({message_id})",
+               "url": f"https://koji.test/{message_id}", "sent_at": "2024-01-01T00:00:00+00:00",
+               "severity": "INFO", "usernames": ["alice"], "num_usernames": 1,
+               "packages": ["kernel"], "num_packages": 1}
+    return orjson.dumps({"v": 1, "backend": "irc", "part": 1, "parts": 1, "message": message,
+                         "notifications": [{"user": n.lower(), "address": n,
+                                            "destination": f"d-{n}", "rules": ["r1"],
+                                            "rule_names": ["My builds"]} for n in nicks]}).decode()
+
+
+class DeadLetters(list[tuple[str, str]]):
+    def __call__(self, item: Delivery, reason: str) -> None:
+        self.append((item.address, reason))
+
+
+class Sender:
+    """A warm sender process: one link, one notifier, one Once, batch after batch."""
+
+    def __init__(self, link: MemoryIrcLink | None = None) -> None:
+        self.link = link or MemoryIrcLink()
+        self.clock = FakeClock()
+        self.notifier = IrcNotifier(self.link, WEB, clock=self.clock)
+        self.once = MemoryOnce()
+        self.dead = DeadLetters()
+
+    def run(self, bodies: list[str], remaining_s: Any = None) -> tuple[Counter[str], list[int]]:
+        """Deliver one batch as the handler does; (counts, indexes of the failed records)."""
+        deliver = self.notifier.batch(bodies, remaining_s)
+        counts: Counter[str] = Counter()
+        failed = []
+        for i, b in enumerate(bodies):
+            try:
+                counts += deliver(b, self.notifier, self.once, self.dead)
+            except RetryableError:
+                failed.append(i)
+        return counts, failed
+
+    def lines(self, nick: str) -> list[str]:
+        return self.link.lines_to(nick)
+
+
+def test_each_notification_is_sent_once_across_redeliveries() -> None:
+    s = Sender()
+    batch = [body("m1", ["alice", "bob"]), body("m2", ["alice"])]
+    counts, failed = s.run(batch)
+    assert failed == [] and counts == Counter(sent=3)
+    assert s.lines("alice") == ["[koji] a build completed (m1) https://koji.test/m1 "
+                                "(rule: My builds)",
+                                "[koji] a build completed (m2) https://koji.test/m2 "
+                                "(rule: My builds)"]
+    sent = list(s.link.sent)
+    counts, failed = s.run(batch + [body("m1", ["alice"])])  # redelivered, and again
+    assert failed == [] and counts == Counter(duplicate=4)
+    assert s.link.sent == sent
+
+
+def test_a_crash_before_the_send_still_sends() -> None:
+    s = Sender()
+    s.link.down = True
+    counts, failed = s.run([body("m1", ["alice"])])
+    assert failed == [0] and s.link.sent == []
+    s.link.down = False
+    counts, failed = s.run([body("m1", ["alice"])])
+    assert failed == [] and counts == Counter(sent=1) and len(s.lines("alice")) == 1
+
+
+def test_a_connection_lost_mid_item_sends_the_item_again() -> None:
+    s = Sender()
+    long = body("m1", ["alice"], summary="word " * 150)  # two lines
+    s.link.fail_after = 1
+    _, failed = s.run([long])
+    assert failed == [0] and len(s.lines("alice")) == 1
+    s.link.fail_after = None
+    counts, failed = s.run([long])
+    assert failed == [] and counts == Counter(sent=1)
+    assert len(s.lines("alice")) == 1 + 2  # the first line again, then both: at least once
+
+
+def test_a_backlog_for_one_nick_is_a_few_lines_and_one_summary() -> None:
+    s = Sender()
+    batch = [body(f"m{i}", ["alice", "bob"] if i < 2 else ["alice"]) for i in range(10)]
+    counts, failed = s.run(batch)
+    assert failed == []
+    assert counts == Counter(sent=3 + 2, summarised=7, **{"summary-lines": 1})
+    alice = s.lines("alice")
+    assert [line.split(" (m")[1][:1] for line in alice[:3]] == ["0", "1", "2"]
+    assert alice[3:] == [f"7 more notifications: {WEB}/notifications"]
+    assert len(s.lines("bob")) == 2
+
+    counts, failed = s.run(batch)  # the whole batch again: nothing at all
+    assert failed == [] and counts == Counter(duplicate=12) and len(s.lines("alice")) == 4
+
+
+def test_a_warm_sender_keeps_summarising_a_backlog_across_batches() -> None:
+    s = Sender()
+    s.run([body(f"m{i}", ["alice"]) for i in range(5)])
+    counts, _ = s.run([body(f"n{i}", ["alice"]) for i in range(5)])
+    assert counts == Counter(summarised=5, **{"summary-lines": 1})  # no allowance left
+    assert s.lines("alice")[-1] == f"5 more notifications: {WEB}/notifications"
+    s.clock.now += 61  # the window has passed
+    counts, _ = s.run([body("p0", ["alice"])])
+    assert counts == Counter(sent=1)
+
+
+def test_a_summary_line_that_failed_is_written_by_the_next_item_and_nothing_is_lost() -> None:
+    class FlakyLink(MemoryIrcLink):
+        failures = 1
+
+        def send(self, nick: str, lines: Sequence[str]) -> None:
+            if self.failures and "more notifications" in lines[0]:
+                self.failures -= 1
+                raise RetryableError("connection lost (fake)")
+            super().send(nick, lines)
+
+    s = Sender(FlakyLink())
+    batch = [body(f"m{i}", ["alice"]) for i in range(8)]
+    counts, failed = s.run(batch)
+    assert failed == [3]  # the first summarised item's record comes back
+    assert counts == Counter(sent=3, summarised=4, **{"summary-lines": 1})
+    assert s.lines("alice")[3] == f"5 more notifications: {WEB}/notifications"
+
+    counts, failed = s.run([batch[3]])  # SQS redelivers the failed record alone
+    assert failed == [] and counts == Counter(sent=1)
+    assert "(m3)" in s.lines("alice")[-1]
+    assert len(s.lines("alice")) == len(set(s.lines("alice"))) == 5  # no line twice
+
+
+def test_a_failed_record_elsewhere_in_the_batch_does_not_repeat_the_summary() -> None:
+    class BobUnreachable(MemoryIrcLink):
+        broken = True
+
+        def send(self, nick: str, lines: Sequence[str]) -> None:
+            if self.broken and nick == "bob":
+                raise RetryableError("bob's line failed (fake)")
+            super().send(nick, lines)
+
+    link = BobUnreachable()
+    s = Sender(link)
+    batch = [body(f"m{i}", ["alice"]) for i in range(6)] + [body("x", ["bob", "carol"])]
+    _, failed = s.run(batch)
+    assert failed == [6] and len(s.lines("alice")) == 4
+    link.broken = False
+    counts, failed = s.run(batch)
+    assert failed == [] and counts == Counter(duplicate=6, sent=2)
+    assert len(s.lines("alice")) == 4 and len(s.lines("bob")) == len(s.lines("carol")) == 1
+
+
+def test_the_summary_counts_what_is_left_not_what_was_sent_before() -> None:
+    s = Sender()
+    s.run([body("m3", ["alice"]), body("m4", ["alice"])])  # sent earlier, on their own
+    s.notifier = IrcNotifier(s.link, WEB, clock=s.clock)  # a new process, same Redis
+    counts, _ = s.run([body(f"m{i}", ["alice"]) for i in range(12)])
+    assert counts == Counter(sent=3, duplicate=2, summarised=7, **{"summary-lines": 1})
+    assert s.lines("alice")[-1] == f"7 more notifications: {WEB}/notifications"
+
+
+def test_an_address_that_is_not_a_nick_is_dead_lettered_alone() -> None:
+    s = Sender()
+    counts, failed = s.run([body("m1", ["alice", "not a nick", "#fedora", "bob"])])
+    assert failed == [] and counts == Counter({"sent": 2, "dead-lettered": 2})
+    assert [a for a, _ in s.dead] == ["not a nick", "#fedora"]
+    assert all("not an IRC nick" in reason for _, reason in s.dead)
+    assert {n for n, _ in s.link.sent} == {"alice", "bob"}
+    counts, _ = s.run([body("m1", ["not a nick"])])  # remembered: not dead-lettered twice
+    assert counts == Counter(duplicate=1) and len(s.dead) == 2
+
+
+def test_an_offline_nick_is_counted_not_retried() -> None:
+    s = Sender(MemoryIrcLink(online=["alice"]))
+    counts, failed = s.run([body("m1", ["alice", "ghost"])])
+    assert failed == [] and counts == Counter(sent=2, offline=1)
+    counts, _ = s.run([body("m1", ["alice", "ghost"])])
+    assert counts == Counter(duplicate=2)
+
+
+def test_a_batch_that_runs_out_of_time_leaves_the_rest_for_later() -> None:
+    s = Sender()
+    left = iter([60.0, 5.0, 5.0])
+    counts, failed = s.run([body("m1", ["alice"]), body("m2", ["bob"]), body("m3", ["carol"])],
+                           remaining_s=lambda: next(left))
+    assert failed == [1, 2] and counts == Counter(sent=1)
+
+
+def test_hostile_content_reaches_the_link_only_as_safe_lines() -> None:
+    s = Sender()
+    hostile = "\x1b[31mx\r\nQUIT :bye\r\n\x01ACTION\x01 <b>" + "z" * 10_000
+    counts, failed = s.run([body("m1", ["alice"], summary=hostile)])
+    assert failed == [] and counts == Counter(sent=1)
+    lines = s.lines("alice")
+    assert 1 <= len(lines) <= MAX_LINES_PER_NOTIFICATION
+    for line in lines:
+        check_wire("alice", line)
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in line)
+
+
+# -- the Lambda handler (functions/send_irc/app.py), on the same fakes ---------------
+
+
+class FakeSQS:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def get_queue_url(self, QueueName: str) -> dict[str, str]:  # noqa: N803 (boto3's names)
+        return {"QueueUrl": f"https://sqs.test/{QueueName}"}
+
+    def send_message(self, **kwargs: Any) -> dict[str, str]:
+        self.sent.append(kwargs)
+        return {"MessageId": "x"}
+
+
+@pytest.fixture
+def app() -> Any:
+    spec = importlib.util.spec_from_file_location("fmn_send_irc_app_unit", APP_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def wire(app: ModuleType, link: MemoryIrcLink) -> FakeSQS:
+    """The function's lazy state, built from fakes instead of Redis and SQS."""
+    sqs = FakeSQS()
+    app.function._state.update(settings=Settings(queue_prefix="t-"), sqs=sqs, redis=None,
+                             once=MemoryOnce(), send=IrcNotifier(link, WEB), dlq_url=None)
+    return sqs
+
+
+def event(bodies: list[str]) -> dict[str, Any]:
+    return {"Records": [{"messageId": f"id-{i}", "receiptHandle": f"h-{i}", "body": b,
+                         "attributes": {"ApproximateReceiveCount": "1"},
+                         "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:t-irc",
+                         "awsRegion": "us-east-1"} for i, b in enumerate(bodies)]}
+
+
+CONTEXT = SimpleNamespace(function_name="send_irc", memory_limit_in_mb=256,
+                          invoked_function_arn="arn:aws:lambda:us-east-1:1:function:send_irc",
+                          aws_request_id="req-1", get_remaining_time_in_millis=lambda: 200_000)
+
+
+def test_the_handler_is_chalice_wired_to_the_irc_queue(app: ModuleType) -> None:
+    (source,) = app.app.event_sources
+    assert source.queue.endswith("irc") and source.batch_size == 10
+    assert app.app.app_name == "fmn-send-irc"
+
+
+def test_the_handler_plans_the_batch_and_reports_failed_records(app: ModuleType) -> None:
+    link = MemoryIrcLink()
+    sqs = wire(app, link)
+    bodies = [body(f"m{i}", ["alice"]) for i in range(6)] + [body("b", ["bad nick", "bob"]),
+                                                             "not a payload"]
+    response = app.handle_irc(event(bodies), CONTEXT)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "id-7"}]}
+    assert link.lines_to("alice")[-1] == f"3 more notifications: {WEB}/notifications"
+    assert len(link.lines_to("alice")) == 4 and len(link.lines_to("bob")) == 1
+    (dead,) = sqs.sent
+    assert dead["QueueUrl"].endswith("t-irc-dlq") and "bad nick" in dead["MessageBody"]
+    assert app.totals["sent"] == 4 and app.totals["summarised"] == 3
+
+    link.down = True  # the server is away: every record fails, so the invocation does
+    with pytest.raises(BatchProcessingError):
+        app.handle_irc(event([body("n1", ["carol"]), body("n2", ["dave"])]), CONTEXT)
+    response = app.handle_irc(event([body("n1", ["carol"]), body("n2", ["dave"]),
+                                     body("n3", [])]), CONTEXT)
+    assert response == {"batchItemFailures": [{"itemIdentifier": "id-0"},
+                                              {"itemIdentifier": "id-1"}]}
+    link.down = False
+    assert app.handle_irc(event([body("n1", ["carol"])]), CONTEXT) == {"batchItemFailures": []}
+    assert link.lines_to("carol") and not link.lines_to("dave")
+    app.reset()
