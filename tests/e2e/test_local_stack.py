@@ -1,4 +1,4 @@
-"""The whole local stack, end to end: bus -> bridge -> SQS -> match -> backend queues.
+"""The whole local stack, end to end: bus -> bridge -> SQS -> match -> senders -> people.
 
 ``fmn up``'s stack is started in-process on the real services (the moto
 server, Redis, RabbitMQ) and every shared Fedora message is replayed through
@@ -8,11 +8,16 @@ AMQP form: fedora-messaging messages are schema-typed bodies with headers, so
 the fedmsg file goes through fedmsg only.)  The notifications found on the
 backend queues must be exactly what the matcher gives for the same
 preferences and messages, counted: every message bridged once per bus it was
-sent on, each notification present once per message sent, no dead letters.
+sent on, no dead letters, and every notification delivered exactly once
+however many buses carried its message: each mail in the local mail sink
+once (or waiting in its digest), each feed event on its user's feed once,
+each IRC notification sent, summarised or found offline once, and lines
+arriving at the demo users logged in to the local IRC server.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
@@ -20,16 +25,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from services import REDIS_URL, rabbitmq_connection, redis_client
 from shared_data import MESSAGES
 
+from fmn.delivery.digest import DigestStore
+from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
 from fmn.local import replay
 from fmn.local.stack import LocalStack, StackOptions, free_port
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
-from fmn.pipeline.notifications import unpack
 from fmn.pipeline.queues import BACKENDS
 from fmn.settings import Settings
 from fmn.snapshot import build_snapshot
@@ -47,7 +54,8 @@ def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'prefs.sqlite'}",
                         redis_url=REDIS_URL, snapshot_prefix=f"fmn-test:{tag}:snapshot:",
                         aws_endpoint_url=aws_env, queue_prefix=f"e2e{tag}-",
-                        claim_bucket=f"claims-{tag}", snapshot_poll_s=0.25)
+                        claim_bucket=f"claims-{tag}", snapshot_poll_s=0.25,
+                        feed_prefix=f"fmn-test:{tag}:feed:")
     options = StackOptions(users=USERS, seed=SEED, workdir=tmp_path / "stack",
                            fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
                            amqp_queue=f"fmn-e2e-{tag}", poll_wait_s=1)
@@ -62,21 +70,10 @@ def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
         rabbit.channel().queue_delete(options.amqp_queue)
         rabbit.close()
         client = redis_client()
-        keys = list(client.scan_iter(match=f"fmn-test:{tag}:*"))
-        if keys:
-            client.delete(*keys)
-
-
-def drain(sqs: Any, url: str) -> list[str]:
-    bodies: list[str] = []
-    while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
-                                  WaitTimeSeconds=0).get("Messages", [])
-        if not got:
-            return bodies
-        bodies += [m["Body"] for m in got]
-        sqs.delete_message_batch(QueueUrl=url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+        for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:e2e{tag}-*", f"e2e{tag}-*"):
+            keys = list(client.scan_iter(match=pattern))
+            if keys:
+                client.delete(*keys)
 
 
 def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
@@ -90,33 +87,74 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     replay.replay_fedmsg(both, stack.options.fedmsg_endpoint, None)
     replay.replay_amqp(fm_file, stack.options.amqp_url, None)
 
-    deadline = time.monotonic() + 240
+    senders = ("incoming", "email", "irc", "sse")
+    deadline = time.monotonic() + 300
     status = stack.status()
     while time.monotonic() < deadline:
         status = stack.status()
-        incoming = status["queues"]["incoming"]
-        if status["counters"]["matched"] >= len(lines) and \
-                incoming["visible"] == incoming["in_flight"] == 0:
+        if status["counters"]["matched"] >= len(lines) and all(
+                status["queues"][q]["visible"] == status["queues"][q]["in_flight"] == 0
+                for q in senders):
             break
         time.sleep(0.5)
     counters = status["counters"]
     assert counters["bridged"] == len(lines), "every message reached the incoming queue once"
     assert counters["matched"] == len(lines)
     assert all(q["dlq"] == 0 for q in status["queues"].values()), status
+    assert all(status["queues"][q]["visible"] == 0 for q in senders), status
 
-    found: Counter[tuple[Any, ...]] = Counter()
-    for backend in BACKENDS:
-        for body in drain(stack.sqs, stack.urls[backend].url):
-            message, notifications = unpack(body, backend)
-            for n in notifications:
-                found[(message["id"], n["user"], backend, n["address"], tuple(n["rules"]))] += 1
-
-    matcher = IndexedMatcher(build_snapshot(generate_preferences(USERS, SEED)))
+    prefs = generate_preferences(USERS, SEED)
+    matcher = IndexedMatcher(build_snapshot(prefs))
     expected: Counter[tuple[Any, ...]] = Counter()
+    digested: set[tuple[str, str, str]] = set()
+    direct_mail: set[tuple[str, str, str, str]] = set()
+    irc_sends: set[tuple[str, str, str]] = set()
     for line in lines:
         for n in matcher.match(parse(line)):
             expected[(n.message_id, n.user, n.protocol, n.address, n.rules)] += 1
+            if n.protocol == "irc":
+                irc_sends.add((n.message_id, n.user, n.destination))
+            if n.protocol != "email":
+                continue
+            if matcher.describe(n)[1] is not None:
+                digested.add((n.message_id, n.user, n.destination))
+            else:
+                direct_mail.add((n.message_id, n.user, n.destination, n.address))
     assert expected, "the demo preferences must route some of the shared messages"
-    assert found == expected
     assert {b: counters["notifications"][b] for b in BACKENDS} == {
         b: sum(c for k, c in expected.items() if k[2] == b) for b in BACKENDS}
+    # one delivery per (message, user, address), however many buses carried it
+    once = {b: {(k[0], k[1], k[3]) for k in expected if k[2] == b} for b in BACKENDS}
+
+    # email: every non-digest notification in the mail sink exactly once
+    mails = Counter((r.message["X-Fedmsg-Id"], r.rcpt_tos[0]) for r in stack.mail.messages
+                    if r.message["X-Fedmsg-Id"])
+    assert mails == Counter((m, a) for m, _, _, a in direct_mail)
+    # digest notifications: in a digest mail already, or waiting for their interval
+    in_digests = sum(int(r.message["X-Fedmsg-Digest-Count"]) for r in stack.mail.messages
+                     if r.message["X-Fedmsg-Digest-Count"])
+    store = DigestStore(redis_client(), f"fmn:digest:{stack.settings.queue_prefix}")
+    waiting = sum(store.pending(orjson.dumps([u, d]).decode())
+                  for u, d in {(u, d) for _, u, d in digested})
+    assert in_digests + waiting == len(digested)
+
+    # live feed: each notification once on its user's feed
+    feed = RedisFeed(redis_client(), stack.settings.feed_prefix)
+    users = {u for _, u, _ in once["sse"]}
+    on_feeds = Counter((json.loads(e.data)["message_id"], u)
+                       for u in users for e in feed.latest(u, 1000))
+    assert on_feeds == Counter({(m, u) for m, u, _ in once["sse"]})
+
+    # IRC: each notification sent once, alone or in a summary line ("offline"
+    # counts the lines the server could not relay: nobody had that nick); the
+    # demo users logged in to the local IRC server got lines
+    irc = stack.functions["send_irc"].totals
+    assert irc["sent"] + irc["summarised"] == len(irc_sends), dict(irc)
+    assert irc["offline"] > 0 and irc["dead-lettered"] == 0
+    watched = {w.nick for w in stack.irc_listeners}
+    for listener in stack.irc_listeners:
+        if any(a == listener.nick for _, _, a in once["irc"]):
+            assert listener.got, f"{listener.nick} got no line"
+    assert watched and counters["irc_lines_received"] > 0
+    assert (stack.workdir / "irc.log").read_text().count(" <- ") == \
+        counters["irc_lines_received"]

@@ -43,6 +43,7 @@ from fmn.delivery.base import deliveries
 from fmn.delivery.irc import TokenBucket, render_lines
 from fmn.delivery.irc_client import IrcClientLink, IrcServer
 from fmn.errors import RetryableError
+from fmn.local.ircd import IrcListener as Listener
 from fmn.local.ircd import LocalIrcd
 
 pytestmark = pytest.mark.integration
@@ -54,64 +55,6 @@ SENDER_NICK = "fmnbot"
 
 
 # -- the people on the server ----------------------------------------------------------
-
-
-class Listener:
-    """A raw IRC client logged in as ``nick``: records each PRIVMSG it gets, and when."""
-
-    def __init__(self, port: int, nick: str) -> None:
-        self.nick = nick
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        #: (arrival, sender prefix, text)
-        self.got: list[tuple[float, str, str]] = []
-        self.errors: list[str] = []
-        self._welcome = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        self.sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
-        assert self._welcome.wait(5), f"{nick} was not welcomed"
-
-    def _read(self) -> None:
-        buffer = b""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            now = time.monotonic()
-            *lines, buffer = (buffer + data).split(b"\r\n")
-            for raw in lines:
-                if len(raw) + 2 > 512:
-                    self.errors.append(f"a line of {len(raw) + 2} bytes")
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    self.errors.append(f"not UTF-8: {raw!r}")
-                    continue
-                parts = line.split(" ", 3)
-                if line.startswith("PING"):
-                    self.sock.sendall(b"PONG" + raw[4:] + b"\r\n")
-                elif len(parts) > 1 and parts[1] == "001":
-                    self._welcome.set()
-                elif len(parts) == 4 and parts[1] == "PRIVMSG":
-                    self.got.append((now, parts[0][1:], parts[3][1:]))
-
-    def texts(self) -> list[str]:
-        return [text for _, _, text in self.got]
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(self.got) >= count, f"{self.nick} got {len(self.got)} of {count} lines"
-        return self.texts()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.sendall(b"QUIT :bye\r\n")
-        self.sock.close()
 
 
 class LineRecorder:

@@ -8,8 +8,9 @@ and remembers its (JSON-able) result for ``ttl_s``:
   running the action (a redelivery sends nothing);
 * an action that raises is forgotten, so the next delivery runs it again
   (a crash *before* the send still sends);
-* a call while another holds the key raises :class:`~fmn.errors.RetryableError`
-  (the message comes back later), as does an unreachable store.
+* a call while another holds the key waits a little for its result, then
+  raises :class:`~fmn.errors.RetryableError` (the message comes back later),
+  as does an unreachable store.
 
 :class:`PowertoolsOnce` is the real adapter: Powertools idempotency on Redis
 (ElastiCache in AWS).  While an action runs its key is marked in progress
@@ -21,6 +22,7 @@ so the in-progress mark of a crashed invocation does not block the retry.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -81,6 +83,8 @@ class PowertoolsOnce:
             return action()
 
         self._run = _run
+        #: pauses before asking again when another invocation holds the key
+        self.in_progress_waits_s: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0)
 
     def register_context(self, context: Any) -> None:
         """The current invocation's Lambda context (its deadline bounds an in-progress mark)."""
@@ -92,9 +96,18 @@ class PowertoolsOnce:
             IdempotencyPersistenceLayerError,
         )
 
-        try:
-            return self._run(key=dict(key), action=action)
-        except IdempotencyAlreadyInProgressError as exc:
-            raise RetryableError(f"send already in progress elsewhere: {dict(key)}") from exc
-        except IdempotencyPersistenceLayerError as exc:
-            raise RetryableError(f"idempotency store unavailable: {exc}") from exc
+        # The same notification often arrives twice at once (a message seen on
+        # both buses): the other send usually finishes within milliseconds, so
+        # wait for its result a little rather than fail the whole record back
+        # to the queue for a visibility timeout.
+        for wait in (*self.in_progress_waits_s, None):
+            try:
+                return self._run(key=dict(key), action=action)
+            except IdempotencyAlreadyInProgressError as exc:
+                if wait is None:
+                    raise RetryableError(f"send already in progress elsewhere: {dict(key)}") \
+                        from exc
+                time.sleep(wait)
+            except IdempotencyPersistenceLayerError as exc:
+                raise RetryableError(f"idempotency store unavailable: {exc}") from exc
+        raise AssertionError("unreachable")

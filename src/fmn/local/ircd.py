@@ -13,11 +13,13 @@ timing a client sees is the sender's.  It refuses to run as root unless told
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -121,3 +123,75 @@ class LocalIrcd:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class IrcListener:
+    """A raw IRC client logged in as ``nick``: records each PRIVMSG it gets, and when.
+
+    ``fmn up`` logs some demo users in with it, so that their notifications
+    land somewhere (``log``: a file each line is appended to); the tests use
+    it to see what the server relayed, and when.
+    """
+
+    def __init__(self, port: int, nick: str, log: Path | None = None) -> None:
+        self.nick = nick
+        self.log = log
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        #: (arrival, sender prefix, text)
+        self.got: list[tuple[float, str, str]] = []
+        self.errors: list[str] = []
+        self._welcome = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        self.sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+        if not self._welcome.wait(5):
+            self.close()
+            raise TimeoutError(f"{nick} was not welcomed by the IRC server")
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:  # idle (the timeout is for connecting): keep listening
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.monotonic()
+            *lines, buffer = (buffer + data).split(b"\r\n")
+            for raw in lines:
+                if len(raw) + 2 > 512:
+                    self.errors.append(f"a line of {len(raw) + 2} bytes")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.errors.append(f"not UTF-8: {raw!r}")
+                    continue
+                parts = line.split(" ", 3)
+                if line.startswith("PING"):
+                    self.sock.sendall(b"PONG" + raw[4:] + b"\r\n")
+                elif len(parts) > 1 and parts[1] == "001":
+                    self._welcome.set()
+                elif len(parts) == 4 and parts[1] == "PRIVMSG":
+                    self.got.append((now, parts[0][1:], parts[3][1:]))
+                    if self.log is not None:
+                        with self.log.open("a", encoding="utf-8") as out:
+                            out.write(f"{self.nick} <- {parts[0][1:]}: {parts[3][1:]}\n")
+
+    def texts(self) -> list[str]:
+        return [text for _, _, text in self.got]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if len(self.got) < count:
+            raise TimeoutError(f"{self.nick} got {len(self.got)} of {count} lines")
+        return self.texts()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"QUIT :bye\r\n")
+        self.sock.close()

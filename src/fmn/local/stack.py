@@ -82,8 +82,12 @@ def _wait_for(what: str, check: Any, timeout: float = 15.0) -> None:
 
 def load_function(name: str) -> ModuleType:
     """A function's Chalice ``app.py``, imported from ``functions/<name>/``."""
-    path = ROOT / "functions" / name / "app.py"
-    spec = importlib.util.spec_from_file_location(f"fmn_function_{name}", path)
+    return load_module(ROOT / "functions" / name / "app.py", f"fmn_function_{name}")
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """A module from a file of a deployable's folder (not a package of this one)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
@@ -104,6 +108,10 @@ class StackOptions:
     amqp_queue: str = "fmn-local-bridge"
     #: the runner's long poll (Lambda uses 20 s; shorter stops faster)
     poll_wait_s: int = 2
+    #: how often scheduled functions run (the digest flush: every minute on AWS)
+    schedule_s: float = 5.0
+    #: the live feed endpoint's port (another is chosen when it is taken)
+    feed_port: int = 8001
 
 
 class LocalStack:
@@ -119,6 +127,11 @@ class LocalStack:
         self._redis: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
         self._bridged = 0
+        self.mail: Any = None
+        self.ircd: Any = None
+        self.feed: Any = None
+        self.irc_listeners: list[Any] = []
+        self._demo_users: tuple[Any, ...] = ()
         self._threads: list[threading.Thread] = []
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
@@ -131,8 +144,8 @@ class LocalStack:
         # The functions' metrics are JSON lines meant for CloudWatch.
         self.env.setdefault("POWERTOOLS_METRICS_DISABLED",
                             os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"))
-        say(f"1/6 AWS: {self._start_aws()}")
-        say(f"2/6 Redis: {self._start_redis()}")
+        say(f"1/7 AWS: {self._start_aws()}")
+        say(f"2/7 Redis: {self._start_redis()}")
         self.settings = dataclasses.replace(
             self.settings, aws_endpoint_url=self.env["AWS_ENDPOINT_URL"],
             redis_url=self.env["REDIS_URL"])
@@ -147,10 +160,14 @@ class LocalStack:
             FMN_CLAIM_BUCKET=self.settings.claim_bucket)
         self._saved_env = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
-        say(f"3/6 preferences: {self._seed_preferences()}")
-        say(f"4/6 queues: {self._make_queues()}")
-        say(f"5/6 bridge: {self._start_bridge()}")
-        say(f"6/6 functions: {self._start_functions()}")
+        say(f"3/7 delivery: {self._start_delivery()}")
+        self._saved_env.update({k: os.environ.get(k) for k in self.env
+                                if k not in self._saved_env})
+        os.environ.update(self.env)
+        say(f"4/7 preferences: {self._seed_preferences()}")
+        say(f"5/7 queues: {self._make_queues()}")
+        say(f"6/7 bridge: {self._start_bridge()}")
+        say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}")
         self._quiet()
         writer = threading.Thread(target=self._write_status, name="status", daemon=True)
         writer.start()
@@ -161,7 +178,7 @@ class LocalStack:
         # JSON meant for CloudWatch), would drown the status display; -v and
         # POWERTOOLS_LOG_LEVEL=INFO bring them back.
         if not log.isEnabledFor(logging.INFO):
-            for name in ("fmn", "fmn-match"):
+            for name in ("fmn", "fmn-match", "fmn-send-email", "fmn-send-irc", "fmn-sse"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
     def _start_aws(self) -> str:
@@ -207,6 +224,40 @@ class LocalStack:
         self.env["REDIS_URL"] = url
         return f"started redis-server at {url}"
 
+    def _start_delivery(self) -> str:
+        """Where the senders deliver: a mail sink, an IRC server, the live feed endpoint."""
+        from fmn.local.http import serve
+        from fmn.local.ircd import LocalIrcd
+        from fmn.local.mailsink import MailSink
+
+        self.mail = MailSink(maildir=self.workdir / "mail").start()
+        self.ircd = LocalIrcd(log_file=self.workdir / "ircd.log").start()
+        self.env.update(FMN_MAIL_TRANSPORT="smtp", FMN_SMTP_URL=self.mail.url,
+                        FMN_IRC_URL=self.ircd.url_for("fmn"),
+                        FMN_FEED_PREFIX=self.settings.feed_prefix)
+        stream = load_module(ROOT / "functions" / "sse" / "stream.py", "fmn_function_sse_stream")
+        feed_app = stream.create_app(self.settings)
+        port = self.options.feed_port if not _port_open("127.0.0.1", self.options.feed_port) \
+            else None
+        self.feed = serve(feed_app, port=port, name="feed", on_stop=feed_app.state.close_streams)
+        return (f"mail sink {self.mail.url} (Maildir {self.workdir / 'mail'}), IRC server "
+                f"{self.ircd.url}, live feed {self.feed.url}/feed")
+
+    def _watch_irc(self, limit: int = 50) -> str:
+        """Log some demo users in to IRC, so their notifications land (``irc.log``)."""
+        from fmn.local.ircd import IrcListener
+
+        nicks = sorted({d.address for u in self._demo_users if u.enabled
+                        for d in u.destinations
+                        if d.protocol == "irc" and d.verified and d.address})[:limit]
+        for nick in nicks:
+            try:
+                self.irc_listeners.append(IrcListener(self.ircd.port, nick,
+                                                      log=self.workdir / "irc.log"))
+            except (OSError, TimeoutError) as exc:
+                log.warning("demo IRC user %s not logged in: %s", nick, exc)
+        return f"{len(self.irc_listeners)} demo users on IRC (lines in {self.workdir}/irc.log)"
+
     def _seed_preferences(self) -> str:
         from fmn import db
         from fmn.generate import generate_preferences
@@ -217,6 +268,7 @@ class LocalStack:
         engine = db.make_engine(url)
         db.upgrade(engine)
         prefs = generate_preferences(self.options.users, self.options.seed)
+        self._demo_users = prefs.users
         db.import_preferences(engine, prefs)
         store = RedisSnapshotStore.from_url(self.settings.redis_url,
                                             self.settings.snapshot_prefix)
@@ -321,7 +373,21 @@ fmn_bridge_queue = "{queue}"
             runner.start()
             self.runners[q.name] = runner
             started.append(f"{q.function} <- {q.sqs_name(self.settings.queue_prefix)}")
+        if "send_email" in self.functions:
+            ticker = threading.Thread(target=self._schedule, name="schedule", daemon=True)
+            ticker.start()
+            self._threads.append(ticker)
         return ", ".join(started) or "none"
+
+    def _schedule(self) -> None:
+        """The functions' schedules: the email sender's digest flush (every minute on
+        AWS, every few seconds here)."""
+        flush = self.functions["send_email"].flush_digests_now
+        while not self._stopping.wait(self.options.schedule_s):
+            try:
+                flush()
+            except Exception as exc:  # a failed run is retried at the next tick
+                log.warning("digest flush failed: %s", exc)
 
     # -- status ----------------------------------------------------------------
 
@@ -341,14 +407,26 @@ fmn_bridge_queue = "{queue}"
             }
             dead[q.name] = max(-1, dlq[0] + dlq[1])
         totals: Any = getattr(self.functions.get("match"), "totals", {})
+        delivered = {b: 0 for b in BACKENDS}
+        offline = 0
+        for q in QUEUES:
+            sent: Any = getattr(self.functions.get(q.function or ""), "totals", None)
+            if sent is not None and q.name in BACKENDS:
+                # an IRC line may carry several notifications ("12 more ...")
+                delivered[q.name] = int(sent.get("sent", 0)) + int(sent.get("summarised", 0))
+                offline += int(sent.get("offline", 0))
         return {
+            "feed_url": self.feed.url if self.feed is not None else None,
             "queues": queues,
             "counters": {
                 "bridged": self._bridged,
                 "matched": int(totals.get("MessagesMatched", 0)),
                 "notifications": {b: int(totals.get(f"Notifications_{b}", 0))
                                   for b in BACKENDS},
-                "delivered": {b: 0 for b in BACKENDS},
+                "delivered": delivered,
+                "mail_received": len(self.mail.messages) if self.mail is not None else 0,
+                "irc_offline": offline,
+                "irc_lines_received": sum(len(w.got) for w in self.irc_listeners),
                 "dead_lettered": dead,
             },
         }
@@ -382,6 +460,8 @@ fmn_bridge_queue = "{queue}"
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.feed is not None:  # open streams would hold the shutdown up
+            self.feed.stop()
         if self._bridge is not None and self._bridge.poll() is None:
             self._bridge.send_signal(signal.SIGTERM)
             try:
@@ -390,6 +470,14 @@ fmn_bridge_queue = "{queue}"
                 self._bridge.kill()
         for runner in self.runners.values():
             runner.stop(timeout=60)
+        if "send_irc" in self.functions:
+            self.functions["send_irc"].reset()  # hangs up its connection
+        for listener in self.irc_listeners:
+            listener.close()
+        if self.ircd is not None:
+            self.ircd.stop()
+        if self.mail is not None:
+            self.mail.stop()
         if self._redis is not None:
             self._redis.terminate()
             self._redis.wait(timeout=10)
@@ -412,6 +500,10 @@ def format_status(doc: dict[str, Any]) -> str:
     c = doc["counters"]
     notes = ", ".join(f"{b} {n}" for b, n in c["notifications"].items())
     lines.append(f"bridged {c['bridged']}, matched {c['matched']}, notifications: {notes}")
+    sent = ", ".join(f"{b} {n}" for b, n in c.get("delivered", {}).items() if b != "matrix")
+    lines.append(f"delivered: {sent}; mail in the sink {c.get('mail_received', 0)}, IRC lines "
+                 f"to demo users {c.get('irc_lines_received', 0)} (offline nicks "
+                 f"{c.get('irc_offline', 0)})")
     return "\n".join(lines)
 
 
