@@ -214,6 +214,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_feed_url(args: argparse.Namespace) -> int:
+    from fmn.auth import feed_url
+    from fmn.local.stack import read_status
+    from fmn.settings import Settings
+
+    base = args.url
+    if base is None:
+        try:
+            base = read_status(Path(args.workdir)).get("feed_url")
+        except RuntimeError as exc:
+            return _fail(f"{exc}; or give the endpoint with --url")
+    if not base:
+        return _fail("the local stack runs no feed endpoint; give one with --url")
+    try:
+        print(feed_url(base, args.user, Settings.from_env().secret_key))
+    except ValueError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from fmn.local import replay
 
@@ -313,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.add_argument("--workdir", default="var/stack")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("feed-url", help="a user's live feed address with a signed token "
+                                        "(curl -N it, or open it with EventSource)")
+    p.add_argument("user")
+    p.add_argument("--url", help="the feed endpoint (default: the running local stack's)")
+    p.add_argument("--workdir", default="var/stack")
+    p.set_defaults(func=cmd_feed_url)
 
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "

@@ -119,3 +119,20 @@ def test_errors_are_a_message_not_a_traceback(capsysbinary: pytest.CaptureFixtur
     code, _, err = run(capsysbinary, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == 2
     assert err.startswith("fmn: error: ") and says in err and "Traceback" not in err
+
+
+def test_feed_url_signs_a_token_for_the_user(capsysbinary: pytest.CaptureFixture[bytes],
+                                             tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from fmn.auth import verify
+
+    code, out, _ = run(capsysbinary, "feed-url", "alice", "--url", "http://127.0.0.1:9/")
+    assert code == 0
+    url = urlsplit(out.decode().strip())
+    assert url.netloc == "127.0.0.1:9" and url.path == "/feed"
+    token = parse_qs(url.query)["token"][0]
+    assert verify(token, "development-only-secret-key", "feed", 60) == "alice"
+    # no running stack and no --url: a clear error
+    code, _, err = run(capsysbinary, "feed-url", "alice", "--workdir", str(tmp_path))
+    assert code != 0 and "--url" in err and "Traceback" not in err

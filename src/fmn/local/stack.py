@@ -6,19 +6,25 @@ What it starts, in order (each reused when it already answers):
    server on 127.0.0.1 (SQS, S3, SES, CloudWatch);
 2. Redis: ``REDIS_URL`` if it answers, otherwise ``redis-server`` (installed
    by ``scripts/system-deps.sh``) on a port of its own, keeping nothing on disk;
-3. the preferences database (``FMN_DATABASE_URL``, SQLite by default), seeded
+3. where notifications go: an aiosmtpd mail sink (each mail also in the
+   Maildir ``var/stack/mail/``), a miniircd IRC server, and the live feed
+   endpoint (``functions/sse/stream.py``, port 8001 if free);
+4. the preferences database (``FMN_DATABASE_URL``, SQLite by default), seeded
    with generated demo users, and its snapshot published to Redis;
-4. the queues and dead-letter queues of :mod:`fmn.pipeline.queues` and the
+5. the queues and dead-letter queues of :mod:`fmn.pipeline.queues` and the
    claim-check bucket;
-5. the bridge, as its own process, subscribed to a local fedmsg endpoint and
+6. the bridge, as its own process, subscribed to a local fedmsg endpoint and
    to a RabbitMQ queue bound to every topic of ``amq.topic``;
-6. every function under the local runner (today: ``match``; the senders'
-   queues fill until their functions exist).
+7. every function under the local runner (match, send_email, send_irc, sse),
+   the email sender's digest schedule (every few seconds instead of every
+   minute), and up to 50 demo users logged in to the IRC server (what they
+   receive goes to ``var/stack/irc.log``).
 
 While it runs it writes ``var/stack/status.json`` every second (what
-``fmn status --json`` prints) and shows one line per queue.  Stopping it
-(SIGINT/SIGTERM) stops the bridge first, lets in-flight invocations finish,
-then stops what it started.
+``fmn status --json`` prints) and shows the queues and what was delivered.
+``fmn feed-url USER`` prints a demo user's live feed address.  Stopping it
+(SIGINT/SIGTERM) closes the feed, stops the bridge, lets in-flight
+invocations finish, then stops what it started.
 """
 
 from __future__ import annotations
@@ -242,6 +248,19 @@ class LocalStack:
         self.feed = serve(feed_app, port=port, name="feed", on_stop=feed_app.state.close_streams)
         return (f"mail sink {self.mail.url} (Maildir {self.workdir / 'mail'}), IRC server "
                 f"{self.ircd.url}, live feed {self.feed.url}/feed")
+
+    def demo_hint(self) -> str:
+        """Where to watch a demo user's notifications arrive."""
+        from fmn.auth import feed_url
+
+        user = next((u.name for u in self._demo_users if u.enabled and any(
+            d.protocol == "sse" and d.verified for d in u.destinations)), None)
+        lines = [f"mail: {self.workdir / 'mail'}/new/   IRC: {self.workdir / 'irc.log'}"]
+        if user is not None and self.feed is not None:
+            lines.append(f"live feed of demo user {user}: curl -N "
+                         f"'{feed_url(self.feed.url, user, self.settings.secret_key)}'"
+                         "  (fmn feed-url USER for another)")
+        return "\n".join(lines)
 
     def _watch_irc(self, limit: int = 50) -> str:
         """Log some demo users in to IRC, so their notifications land (``irc.log``)."""
@@ -547,6 +566,7 @@ def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:
         if replay:
             replay_shared(stack)
         print("fmn up: running; Ctrl-C stops it.  `fmn status --json` from another shell.")
+        print(stack.demo_hint())
         while not stopping.wait(2.0):
             try:
                 print(format_status(stack.status()), flush=True)
