@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -40,6 +41,15 @@ def payload(backend: str, notifications: list[dict[str, Any]], **message_over: A
     return orjson.dumps({"v": 1, "backend": backend, "part": 1, "parts": 1,
                          "message": message(**message_over),
                          "notifications": notifications}).decode()
+
+
+def irc_body(message_id: str, nicks: Sequence[str], summary: str = "a build completed") -> str:
+    """One ``irc`` payload: one bus message, one notification per nick."""
+    return payload("irc", [notification(n.lower(), n, f"d-{n}", names=("My builds",))
+                           for n in nicks],
+                   id=message_id, summary=f"{summary} ({message_id})",
+                   url=f"https://koji.test/{message_id}", packages=["kernel"], num_packages=1,
+                   sent_at="2024-01-01T00:00:00+00:00")
 
 
 def sqs_event(*bodies: str, ids: list[str] | None = None) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
 import threading
 import time
@@ -53,7 +52,7 @@ from fmn.delivery.feed import (
 from fmn.errors import RetryableError
 from fmn.local.http import ServerHandle, serve
 from fmn.local.runner import LambdaContext
-from fmn.local.stack import free_port
+from fmn.local.stack import free_port, load_module
 from fmn.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -64,11 +63,7 @@ TIMEOUT = httpx.Timeout(5.0)
 
 
 def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fmn_sse_{name}_test", FUNCTION / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(FUNCTION / f"{name}.py", f"fmn_sse_{name}_test")
 
 
 @pytest.fixture(scope="module")

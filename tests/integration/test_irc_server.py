@@ -21,7 +21,6 @@ import base64
 import contextlib
 import datetime
 import hashlib
-import importlib.util
 import ipaddress
 import socket
 import ssl
@@ -37,6 +36,7 @@ import boto3
 import orjson
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from delivery_data import irc_body
 from services import REDIS_URL, redis_client
 
 from fmn.delivery.base import deliveries
@@ -45,6 +45,7 @@ from fmn.delivery.irc_client import IrcClientLink, IrcServer
 from fmn.errors import RetryableError
 from fmn.local.ircd import IrcListener as Listener
 from fmn.local.ircd import LocalIrcd
+from fmn.local.stack import load_module
 
 pytestmark = pytest.mark.integration
 
@@ -138,16 +139,7 @@ def assert_never_faster_than(times: Sequence[float], burst: int, rate: float,
 # -- payloads and events -------------------------------------------------------------
 
 
-def body(message_id: str, nicks: Sequence[str], summary: str = "a build completed") -> str:
-    message = {"id": message_id, "topic": "org.fedoraproject.prod.buildsys.build.state.change",
-               "app": "koji", "agent": "alice", "summary": f"{summary} ({message_id[-6:]})",
-               "url": f"https://koji.test/{message_id}", "sent_at": "2024-01-01T00:00:00+00:00",
-               "severity": "INFO", "usernames": ["alice"], "num_usernames": 1,
-               "packages": ["kernel"], "num_packages": 1}
-    return orjson.dumps({"v": 1, "backend": "irc", "part": 1, "parts": 1, "message": message,
-                         "notifications": [{"user": n.lower(), "address": n,
-                                            "destination": f"d-{n}", "rules": ["r1"],
-                                            "rule_names": ["My builds"]} for n in nicks]}).decode()
+body = irc_body
 
 
 def sqs_event(bodies: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -176,11 +168,7 @@ CONTEXT = Context(function_name="send_irc", memory_limit_in_mb=256, aws_request_
 
 @pytest.fixture(scope="module")
 def irc_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fmn_send_irc_app", APP_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(APP_PATH, "fmn_send_irc_app")
 
 
 @pytest.fixture
@@ -265,8 +253,8 @@ def test_a_backlog_is_summarised_and_a_redelivery_sends_nothing_twice(
     assert stack.invoke(bodies) == []
     got = alice.wait_for(4)
     assert got[3] == f"5 more notifications: {WEB}/notifications"
-    assert [t.split("(")[1][:6] for t in got[:3]] == [b[-6:] for b in
-                                                      (f"{stack.tag}-m{i}" for i in range(3))]
+    assert [t.split("(")[1].split(")")[0] for t in got[:3]] == [f"{stack.tag}-m{i}"
+                                                                 for i in range(3)]
 
     assert stack.invoke(bodies) == []  # redelivered: every item is a duplicate
     assert stack.invoke([body(f"{stack.tag}-last", ["alice"])]) == []

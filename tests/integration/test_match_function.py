@@ -12,7 +12,6 @@ queues, unpacked, must be exactly what the indexed matcher (and the golden
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import uuid
 from collections import Counter
@@ -28,6 +27,7 @@ from services import REDIS_URL, redis_client
 from shared_data import GOLDEN, read_jsonl
 
 from fmn.errors import RetryableError, SnapshotUnavailable
+from fmn.local.stack import load_module
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
 from fmn.pipeline.envelope import Envelope, make_claim
@@ -45,11 +45,7 @@ Key = tuple[str, str, str, str, tuple[str, ...]]
 
 @pytest.fixture(scope="module")
 def match_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fmn_match_app", APP_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(APP_PATH, "fmn_match_app")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ a moment so their whole body can be read.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import threading
 import time
@@ -39,6 +38,7 @@ from fmn.delivery.feed import (
     sse_frame,
 )
 from fmn.errors import PermanentError
+from fmn.local.stack import load_module
 from fmn.pipeline.notifications import MAX_TEXT_CHARS
 from fmn.settings import Settings
 
@@ -248,11 +248,7 @@ def test_the_first_credential_present_decides() -> None:
 
 @pytest.fixture(scope="module")
 def stream() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fmn_sse_stream_unit", STREAM_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(STREAM_PATH, "fmn_sse_stream_unit")
 
 
 @pytest.fixture

@@ -11,16 +11,15 @@ Lambda handler turns all of it into the right partial batch response.
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-import orjson
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from delivery_data import irc_body
 from fakes import FakeClock
 
 from fmn.delivery.base import Delivery
@@ -28,6 +27,7 @@ from fmn.delivery.irc import MAX_LINES_PER_NOTIFICATION, IrcNotifier, check_wire
 from fmn.delivery.irc_client import MemoryIrcLink
 from fmn.delivery.once import MemoryOnce
 from fmn.errors import RetryableError
+from fmn.local.stack import load_module
 from fmn.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -36,17 +36,7 @@ WEB = "https://web.test"
 APP_PATH = Path(__file__).resolve().parents[2] / "functions" / "send_irc" / "app.py"
 
 
-def body(message_id: str, nicks: Sequence[str], summary: str = "a build completed") -> str:
-    """One ``irc`` payload: one bus message, one notification per nick."""
-    message = {"id": message_id, "topic": "org.fedoraproject.prod.buildsys.build.state.change",
-               "app": "koji", "agent": "alice", "summary": f"{summary} ({message_id})",
-               "url": f"https://koji.test/{message_id}", "sent_at": "2024-01-01T00:00:00+00:00",
-               "severity": "INFO", "usernames": ["alice"], "num_usernames": 1,
-               "packages": ["kernel"], "num_packages": 1}
-    return orjson.dumps({"v": 1, "backend": "irc", "part": 1, "parts": 1, "message": message,
-                         "notifications": [{"user": n.lower(), "address": n,
-                                            "destination": f"d-{n}", "rules": ["r1"],
-                                            "rule_names": ["My builds"]} for n in nicks]}).decode()
+body = irc_body
 
 
 class DeadLetters(list[tuple[str, str]]):
@@ -251,11 +241,7 @@ class FakeSQS:
 
 @pytest.fixture
 def app() -> Any:
-    spec = importlib.util.spec_from_file_location("fmn_send_irc_app_unit", APP_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(APP_PATH, "fmn_send_irc_app_unit")
 
 
 def wire(app: ModuleType, link: MemoryIrcLink) -> FakeSQS:

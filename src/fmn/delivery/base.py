@@ -27,12 +27,7 @@ from typing import Any
 from fmn.delivery.once import Once
 from fmn.errors import PermanentError
 from fmn.pipeline.notifications import unpack
-
-
-@dataclass(frozen=True, slots=True)
-class Digest:
-    interval_s: int
-    max_count: int
+from fmn.prefs import Digest
 
 
 @dataclass(frozen=True, slots=True)
