@@ -23,6 +23,7 @@ from fmn.delivery.digest import DigestStore, destination_key
 from fmn.delivery.email_sender import EmailSender
 from fmn.delivery.mailers import MemoryMailer
 from fmn.delivery.once import PowertoolsOnce
+from fmn.local.runner import LambdaContext
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,7 @@ def world() -> Iterator[SimpleNamespace]:
                          unsubscribe_url=lambda u, d: f"https://notif.example/u/{u}/{d}",
                          clock=clock)
     once = PowertoolsOnce(client, 3600, name=f"fmn-test-{tag}")
+    once.register_context(LambdaContext("send_email", "arn", 128, timeout_s=60))
     dead: list[tuple[Delivery, str]] = []
     yield SimpleNamespace(store=store, mailer=mailer, sender=sender, once=once, clock=clock,
                           tag=tag, dead=dead,
@@ -141,8 +143,6 @@ def test_crash_between_sending_and_clearing(world: SimpleNamespace,
 
 
 def test_crash_before_sending(world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fmn.local.runner import LambdaContext
-
     w = world
     add(w, 2, digest=(60, 100))
     w.clock.now += 60
