@@ -58,7 +58,7 @@ def add(w: SimpleNamespace, n: int, digest: tuple[int, int], start: int = 0) -> 
     for i in range(start, start + n):
         body = payload("email", [note("bob", "bob@example.org", "d9", digest=digest)],
                        id=f"{w.tag}-{i}", summary=f"build {i} done")
-        assert deliver_payload(body, "email", w.sender, w.once, w.dead_letter) == {"sent": 1}
+        assert deliver_payload(body, "email", w.sender, w.once, w.dead_letter) == {"queued": 1}
 
 
 def digest_items(w: SimpleNamespace) -> list[list[str]]:

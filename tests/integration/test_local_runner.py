@@ -260,6 +260,30 @@ def test_raising_handler_deletes_nothing_and_batch_comes_back(
     assert stats.invocation_errors >= 1 and stats.records_failed == len(bodies)
 
 
+def test_stopping_brings_in_flight_deadlines_to_now(
+    aws: AwsClients, prefix: str, runners: list[EventSourceMapping]
+) -> None:
+    """A long invocation that watches its deadline (the flood-limited IRC sender)
+    winds down when the runner stops, its batch left on the queue."""
+    qdef = QueueDef("slow", "worker", visibility_timeout_s=300, max_receive_count=3,
+                    batch_size=10, batching_window_s=0, max_concurrency=1)
+    urls = ensure_queues(aws.sqs, prefix, [qdef])["slow"]
+    started = threading.Event()
+
+    def handler(event: dict[str, Any], context: LambdaContext) -> None:
+        started.set()
+        while context.get_remaining_time_in_millis() > 10_000:  # paced work, one item a tick
+            time.sleep(0.05)
+        raise RuntimeError("out of time: the rest comes back")
+
+    _send(aws.sqs, urls.url, ["m0"])
+    runner = EventSourceMapping(aws.sqs, qdef, urls, handler, **FAST)
+    runners.append(runner.start())
+    assert started.wait(10)
+    assert runner.stop(timeout=10)
+    assert _counts(aws.sqs, urls.url) == (0, 1)  # not deleted: invisible until it times out
+
+
 def test_concurrency_rises_to_max_with_backlog_and_falls_back(
     aws: AwsClients, prefix: str, runners: list[EventSourceMapping]
 ) -> None:

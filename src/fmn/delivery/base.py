@@ -111,20 +111,21 @@ def deliveries(body: str | bytes, backend: str) -> list[Delivery]:
     return out
 
 
-#: Sends one item; raises PermanentError or RetryableError (module docstring).
-Send = Callable[[Delivery], None]
+#: Sends one item; raises PermanentError or RetryableError (module docstring).  It may
+#: name what it did instead of sending (``"queued"``: into a digest); ``None`` is ``"sent"``.
+Send = Callable[[Delivery], str | None]
 #: Puts one item alone on the dead-letter queue, with the reason.
 DeadLetter = Callable[[Delivery, str], None]
 
 
 def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter) -> str:
-    """Send one item once: ``sent``, ``dead-lettered`` or ``duplicate``."""
+    """Send one item once: ``sent`` (or what ``send`` named), ``dead-lettered`` or
+    ``duplicate``."""
     ran: list[str] = []
 
     def action() -> str:
         try:
-            send(item)
-            outcome = "sent"
+            outcome = send(item) or "sent"
         except PermanentError as exc:
             dead_letter(item, str(exc)[:1000])
             outcome = "dead-lettered"

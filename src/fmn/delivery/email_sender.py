@@ -45,13 +45,14 @@ class EmailSender:
         return render(item, sender=self.sender, web_url=self.web_url, list_id=self.list_id,
                       unsubscribe_url=self.unsubscribe_url(item.user, item.destination))
 
-    def __call__(self, item: Delivery) -> None:
-        """Send one item, or add it to its digest."""
+    def __call__(self, item: Delivery) -> str | None:
+        """Send one item, or add it to its digest (``"queued"``)."""
         if item.digest is not None and self.digests is not None:
             if self.digests.add(item, self.clock()):
                 self._ready.add(destination_key(item))
-            return
+            return "queued"
         self.mailer.send(self.render(item))
+        return None
 
     def send_digest(self, items: Sequence[Delivery], more: int) -> None:
         first = items[0]

@@ -109,6 +109,10 @@ class LambdaContext:
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
+    def expire(self) -> None:
+        """Bring the deadline to now: a handler that watches it winds down (stopping)."""
+        self._deadline = min(self._deadline, time.monotonic())
+
 
 @dataclass(frozen=True)
 class RunnerStats:
@@ -206,6 +210,8 @@ class EventSourceMapping:
         self._target = min_concurrency
         self._backlog = 0
         self._in_flight = 0
+        #: the contexts of in-flight invocations (stop() expires them)
+        self._contexts: set[LambdaContext] = set()
         self._invocations = 0
         self._invocation_errors = 0
         self._records_ok = 0
@@ -236,8 +242,16 @@ class EventSourceMapping:
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop receiving, let in-flight invocations finish; True if every thread ended."""
+        """Stop receiving, let in-flight invocations finish; True if every thread ended.
+
+        In-flight invocations see their deadline arrive: one that watches it
+        (the IRC sender, paced by the flood limit) ends early, leaving the
+        rest of its batch on the queue.
+        """
         self._stop.set()
+        with self._lock:
+            for context in self._contexts:
+                context.expire()
         deadline = None if timeout is None else time.monotonic() + timeout
         threads = [self._scaler] if self._scaler is not None else []
         with self._lock:
@@ -444,6 +458,7 @@ class EventSourceMapping:
         all_ids = {r["messageId"] for r in records}
         with self._lock:
             self._in_flight += 1
+            self._contexts.add(context)
         started = time.monotonic()
         errored = False
         try:
@@ -466,6 +481,7 @@ class EventSourceMapping:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._contexts.discard(context)
         succeeded = [r for r in records if r["messageId"] not in failed]
         self._delete(succeeded)
         now = time.monotonic()

@@ -431,8 +431,10 @@ fmn_bridge_queue = "{queue}"
         for q in QUEUES:
             sent: Any = getattr(self.functions.get(q.function or ""), "totals", None)
             if sent is not None and q.name in BACKENDS:
-                # an IRC line may carry several notifications ("12 more ...")
-                delivered[q.name] = int(sent.get("sent", 0)) + int(sent.get("summarised", 0))
+                # an IRC line may carry several notifications ("12 more ..."), a
+                # digest mail many
+                delivered[q.name] = sum(int(sent.get(k, 0))
+                                        for k in ("sent", "summarised", "digested"))
                 offline += int(sent.get("offline", 0))
         return {
             "feed_url": self.feed.url if self.feed is not None else None,
