@@ -4,6 +4,7 @@
 #   redis-server  the snapshot store, for tests and `make run`
 #   postgresql    the production database engine, for the integration tests
 #   rabbitmq-server  the AMQP broker the bridge consumes (fedora-messaging), locally
+#   chromium      Debian's browser, driven headless by Playwright in the browser tests
 # Run as root (CI, this project's machines); elsewhere it prints what to install.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v krb5-config >/dev/null 2>&1 || missing+=(libkrb5-dev)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ "${FMN_SKIP_POSTGRES:-}" = 1 ] || command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
