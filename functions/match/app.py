@@ -71,6 +71,7 @@ def _build_state() -> None:
     import boto3
 
     from fmn.matcher import IndexedMatcher
+    from fmn.preview.window import RedisWindowStore
     from fmn.snapshot.live import LiveSnapshot
     from fmn.snapshot.store import RedisSnapshotStore
 
@@ -79,7 +80,9 @@ def _build_state() -> None:
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
     aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
     _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
-                      matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={})
+                  matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
+                  window=RedisWindowStore.from_url(s.redis_url,
+                                                   key=f"fmn:preview:{s.queue_prefix}window"))
 
 
 def queue_url(backend: str) -> str:
@@ -139,7 +142,28 @@ def process(body: str) -> MatchResult:
     for backend, bodies in result.bodies.items():
         if send(backend, [("", b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
+    record_window([result])
     return result
+
+
+def record_window(results: list[MatchResult]) -> int:
+    """Keep the matched messages in the preview window (one Redis round trip).
+
+    Every parsed message, notified or not: a rule being edited may match
+    what nobody gets today.  The window must never hold delivery up, so a
+    failure is logged and counted, not raised.
+    """
+    from fmn.preview.window import record_many
+
+    messages = [r.message for r in results if r.message is not None]
+    if not messages:
+        return 0
+    try:
+        record_many(_get("window"), messages)
+    except Exception as exc:  # WindowUnavailable, or a message it cannot encode
+        logger.warning("preview window not updated", extra={"error": str(exc)[:300]})
+        return 0
+    return len(messages)
 
 
 class _Invocation:
@@ -189,6 +213,9 @@ def handle_incoming(event: Any) -> PartialItemFailureResponse:
             event=raw, record_handler=call.record,
             processor=BatchProcessor(event_type=EventType.SQS), context=event.context)
         unsent = call.send_matched()
+        missed = len(call.matched) - record_window([r for _, r in call.matched])
+        if missed:
+            call.counts["PreviewWindowMisses"] += missed
         if unsent:
             call.counts["RetryableFailures"] += len(unsent)
             failures = response["batchItemFailures"]

@@ -12,6 +12,8 @@
 ``fmn bridge``          forward fedmsg (ZeroMQ) and fedora-messaging (AMQP) to SQS
 ``fmn replay``          publish recorded messages on a local fedmsg endpoint or RabbitMQ
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
+``fmn bench preview``   rule preview latency over a 100,000-message window
+``fmn feed-url``        a user's live feed address, with a signed token
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -255,6 +257,13 @@ def cmd_bench_stack(args: argparse.Namespace) -> int:
     return run(messages=args.messages, users=args.users, json_path=args.json)
 
 
+def cmd_bench_preview(args: argparse.Namespace) -> int:
+    from fmn.preview.bench import main as bench_preview
+
+    result: int = bench_preview(args)
+    return result
+
+
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
@@ -372,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_stack)
+    p = bsub.add_parser("preview", help="rule preview latency over a 100,000-message window")
+    p.add_argument("--window", type=int, default=100_000, help="messages in the window")
+    p.add_argument("--users", type=int, default=10_000,
+                   help="generated users whose rules are previewed")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rules", type=int, default=3000, help="rules previewed")
+    p.add_argument("--batch", type=int, default=100, help="messages per record batch")
+    p.add_argument("--redis", help="Redis URL: build the window in Redis (default: in memory)")
+    p.add_argument("--messages", action="append",
+                   help="messages JSON Lines (repeatable; default: the shared data)")
+    p.add_argument("--check-rules", type=int, default=300,
+                   help="rules checked against the naive matcher")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_preview)
     return parser
 
 

@@ -70,7 +70,8 @@ def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
         rabbit.channel().queue_delete(options.amqp_queue)
         rabbit.close()
         client = redis_client()
-        for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:e2e{tag}-*", f"e2e{tag}-*"):
+        for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:e2e{tag}-*", f"e2e{tag}-*",
+                        f"fmn:preview:e2e{tag}-*"):
             keys = list(client.scan_iter(match=pattern))
             if keys:
                 client.delete(*keys)

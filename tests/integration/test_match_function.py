@@ -96,6 +96,7 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, match_app: ModuleType
     yield SimpleNamespace(sqs=sqs, s3=s3, urls=urls, bucket=bucket, prefix=prefix)
     match_app.reset()
     keys = list(client.scan_iter(match=snap_prefix + "*"))
+    keys += list(client.scan_iter(match=f"fmn:preview:{prefix}*"))
     if keys:
         client.delete(*keys)
 
@@ -176,6 +177,12 @@ def test_backend_queues_get_exactly_what_the_matcher_decides(
     per_backend = Counter(k[2] for k in expected)
     assert set(messages) == set(per_backend)
     assert all(messages[b] <= per_backend[b] for b in messages)
+    # every message, notified or not, is kept for the rule preview
+    from fmn.preview.window import RedisWindowStore, read_all
+
+    window = RedisWindowStore(redis_client(), key=f"fmn:preview:{env.prefix}window")
+    kept = [entry for _, entry in read_all(window)]
+    assert len(kept) == len(records)
 
 
 def test_a_poisoned_record_fails_alone(match_app: ModuleType, env: SimpleNamespace,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from fmn.errors import FmnError, PermanentError, RetryableError
 from fmn.matcher.base import Matcher, Notification
+from fmn.message import Message
 from fmn.metadata import parse
 from fmn.pipeline.envelope import Claim, Envelope
 from fmn.pipeline.notifications import pack
@@ -52,6 +53,8 @@ class MatchResult:
     notifications: dict[str, int] = field(default_factory=dict)
     #: whether the record came from S3 (claim check)
     claimed: bool = False
+    #: the parsed message (the preview window records it)
+    message: Message | None = None
 
     @property
     def total(self) -> int:
@@ -106,7 +109,7 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
     except Exception as exc:  # the snapshot store (Redis) failing mid-poll
         raise RetryableError(f"matching {message.id}: {exc!r}") from exc
     result = MatchResult(message_id=message.id, topic=message.topic,
-                         claimed=envelope.claim is not None)
+                         claimed=envelope.claim is not None, message=message)
     for backend, group in group_by_backend(notifications).items():
         cap = max_notifications or queue(backend).notifications_per_message
         result.bodies[backend] = pack(message, group, backend, max_notifications=cap,
