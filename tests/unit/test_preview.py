@@ -200,6 +200,18 @@ def test_a_body_too_large_to_keep_leaves_fields_filters_undecided() -> None:
 # -- the window: caps and incremental refresh ---------------------------------------
 
 
+def test_a_spent_time_budget_answers_with_the_newest_matches() -> None:
+    rule = _rule(Tracking("topics", patterns=("*",)), Filters(my_actions=True))
+    full = INDEX.preview(rule, "nobody", limit=5)
+    assert full.complete and full.candidates == full.total_candidates > 512
+    cut = INDEX.preview(rule, "nobody", limit=5, budget_ms=0.0)  # spent at once
+    assert not cut.complete and cut.candidates == 512 < cut.total_candidates
+    assert cut.count <= full.count
+    # newest first: what it did see are the same most recent matches
+    assert [m.id for m in cut.matches] == [m.id for m in full.matches]
+    assert cut.to_json()["complete"] is False
+
+
 def _numbered(n: int, start: int = 0) -> list[Message]:
     base = MESSAGES
     return [dataclasses.replace(base[i % len(base)], id=f"m{i}") for i in range(start, start + n)]

@@ -32,7 +32,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -103,6 +103,11 @@ class PreviewMatch:
                 "severity": self.severity}
 
 
+#: What a web request's preview may spend walking candidates (the target is
+#: an answer within 200 ms, refresh and serialisation included).
+DEFAULT_BUDGET_MS = 120.0
+
+
 @dataclass(frozen=True)
 class PreviewResult:
     """What a rule would have matched in the window."""
@@ -119,10 +124,15 @@ class PreviewResult:
     #: counted as not matching
     undecided: int
     elapsed_ms: float
+    #: False when the time budget ran out first: ``count`` and ``matches`` then
+    #: cover the newest ``candidates`` of ``total_candidates``
+    complete: bool = True
+    total_candidates: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "matches": [m.to_json() for m in self.matches],
                 "window_size": self.window_size, "candidates": self.candidates,
+                "total_candidates": self.total_candidates, "complete": self.complete,
                 "undecided": self.undecided, "elapsed_ms": round(self.elapsed_ms, 3)}
 
 
@@ -314,7 +324,7 @@ class PreviewIndex:
     # -- previewing -----------------------------------------------------------
 
     def _candidates(self, rule: Rule, user: str, ownership: Ownership,
-                    passing: list[list[_Gen]]) -> Iterable[int]:
+                    passing: list[list[_Gen]]) -> Collection[int]:
         t = rule.tracking
         kind = t.kind
         if kind == "topics":
@@ -342,7 +352,7 @@ class PreviewIndex:
         return self._union(found)
 
     @staticmethod
-    def _union(seqs: list[deque[int]]) -> Iterable[int]:
+    def _union(seqs: list[deque[int]]) -> Collection[int]:
         if not seqs:
             return ()
         if len(seqs) == 1:
@@ -361,15 +371,30 @@ class PreviewIndex:
         return out
 
     def preview(self, rule: Rule, user: str, ownership: Ownership | None = None,
-                limit: int = 20) -> PreviewResult:
-        """What ``rule`` of ``user`` would have matched in the window (module docstring)."""
+                limit: int = 20, budget_ms: float | None = None) -> PreviewResult:
+        """What ``rule`` of ``user`` would have matched in the window (module docstring).
+
+        Candidates are walked newest first; with ``budget_ms``, the walk stops
+        when the budget is spent and the result says it is not complete (a rule
+        that reads every message's body, say ``topic *`` with a ``fields``
+        filter, still answers in time, on the newest messages).
+        """
         started = time.perf_counter()
+        stop_at = None if budget_ms is None else started + budget_ms / 1000
         ownership = ownership or Ownership()
         passing = self._passing(_compile_gen(rule))
         entries, seq0 = self._entries, self._seq0
         matched: list[int] = []
         candidates = undecided = 0
-        for seq in self._candidates(rule, user, ownership, passing):
+        complete = True
+        pool = self._candidates(rule, user, ownership, passing)
+        total = len(pool)
+        newest_first = reversed(pool) if isinstance(pool, deque) else sorted(pool, reverse=True)
+        for seq in newest_first:
+            if stop_at is not None and not candidates & 511 and candidates \
+                    and time.perf_counter() > stop_at:
+                complete = False
+                break
             e = entries[seq - seq0]
             assert e is not None
             candidates += 1
@@ -403,7 +428,8 @@ class PreviewIndex:
                                       SEVERITY_NAMES.get(severity, "INFO")))
         return PreviewResult(count=len(matched), matches=shown, window_size=len(self),
                              candidates=candidates, undecided=undecided,
-                             elapsed_ms=(time.perf_counter() - started) * 1000)
+                             elapsed_ms=(time.perf_counter() - started) * 1000,
+                             complete=complete, total_candidates=total)
 
     def message_ids(self) -> list[str]:
         """The ids of the window's messages, oldest first (for tests and tools)."""
@@ -431,7 +457,7 @@ class WindowPreview:
         self._next = self.monotonic() + self.refresh_interval
 
     def preview(self, rule: Rule, user: str, ownership: Ownership | None = None,
-                limit: int = 20) -> PreviewResult:
+                limit: int = 20, budget_ms: float | None = DEFAULT_BUDGET_MS) -> PreviewResult:
         if self.monotonic() >= self._next:
             self.refresh()
-        return self.index.preview(rule, user, ownership, limit)
+        return self.index.preview(rule, user, ownership, limit, budget_ms)
