@@ -32,12 +32,12 @@ run: setup ## the whole pipeline on this machine, replaying the shared messages 
 	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)
-	$(BIN)/ruff check src bridge functions tests
+	$(BIN)/ruff check src bridge functions webapp tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: setup ## ruff and mypy only
-	$(BIN)/ruff check src bridge functions tests
+	$(BIN)/ruff check src bridge functions webapp tests
 	$(BIN)/mypy
 
 bench: setup ## matcher benchmark at 10,000 and 100,000 users, then the local stack's throughput

@@ -1,0 +1,574 @@
+"""One signed-in user's preferences: reading and editing them, no HTTP.
+
+:class:`PreferencesService` is what the web API's routes call.  Every method
+takes the name of the signed-in user (the edge proves it from the session)
+and only ever reads or writes that user's own preferences; the admin methods
+take the admin's name and refuse anyone not in ``admins``.  Edits load the
+user, change the value types, validate the result through
+:mod:`fmn.prefs` (so a refusal names the field, e.g.
+``generation_rules[0].filters.severities[1]``), save it with
+:func:`fmn.db.save_user` and publish the new revision with
+:func:`fmn.snapshot.sync.publish_user`, so the next message is matched on
+it.  Ids of new destinations and rules are made here; a body that carries
+a field the API does not know is refused.
+
+Errors are :class:`WebError` subclasses (all :class:`~fmn.errors.PermanentError`)
+carrying an error code, an HTTP status and the field at fault:
+:class:`Invalid` 400, :class:`NotSignedIn` 401, :class:`Forbidden` 403,
+:class:`NotFound` 404, :class:`Conflict` 409, :class:`RateLimited` 429.
+Database and Redis failures pass through untranslated (the edge answers 503),
+except a failure to publish a saved change: it is logged, and the next full
+publish carries it.
+A change is read-modify-write of the user: two concurrent edits of the same
+user may lose one (last writer wins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy import Engine, select
+
+from fmn import db
+from fmn.delivery.email import InvalidAddress, check_address
+from fmn.delivery.feed import FeedStore
+from fmn.delivery.irc import valid_nick
+from fmn.errors import FmnError, PermanentError
+from fmn.message import ARTIFACT_TYPES
+from fmn.prefs import (
+    PROTOCOLS,
+    Destination,
+    Filters,
+    GenerationRule,
+    InvalidPreferences,
+    Rule,
+    Tracking,
+    User,
+    dump_rule,
+    parse_destination,
+    parse_rule,
+)
+from fmn.snapshot.store import SnapshotStore
+from fmn.snapshot.sync import publish_user
+
+log = logging.getLogger(__name__)
+
+#: What one user may hold: enough for anyone, bounded for the snapshot.
+MAX_DESTINATIONS = 20
+MAX_RULES = 100
+MAX_PREVIEW_LIMIT = 200
+MAX_FEED_LIMIT = 1000
+STATS_DAYS = 7
+#: The fields a client may send (everything else is refused).
+RULE_FIELDS = ("name", "enabled", "tracking", "generation_rules")
+RULE_PATCH_FIELDS = ("enabled", "name")
+NEW_DESTINATION_FIELDS = ("protocol", "address")
+DESTINATION_PATCH_FIELDS = ("digest",)
+_MATRIX_ID = re.compile(r"@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?")
+_ID_PART = re.compile(r" \([^()]*\)")
+
+
+# --------------------------------------------------------------------------
+# errors
+
+
+class WebError(PermanentError):
+    """A request the API refuses: ``code`` (machine tag), ``status``, ``field`` (or None)."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.detail = detail
+        self.field = field
+
+    def as_json(self) -> dict[str, Any]:
+        return {"error": self.code, "detail": self.detail, "field": self.field}
+
+
+class Invalid(WebError):
+    status, code = 400, "invalid"
+
+
+class NotSignedIn(WebError):
+    status, code = 401, "not-signed-in"
+
+
+class Forbidden(WebError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(WebError):
+    status, code = 404, "not-found"
+
+
+class Conflict(WebError):
+    status, code = 409, "conflict"
+
+
+class RateLimited(WebError):
+    status, code = 429, "rate-limited"
+
+    def __init__(self, detail: str, retry_after_s: int, field: str | None = None) -> None:
+        super().__init__(detail, field)
+        self.retry_after_s = retry_after_s
+
+
+def field_path(where: str) -> str | None:
+    """The JSON path of an :class:`InvalidPreferences` location, relative to the body.
+
+    ``rule (r-1) > generation_rules[0].filters.topic`` -> ``generation_rules[0].filters.topic``
+    """
+    parts = [_ID_PART.sub("", p) for p in where.split(" > ")][1:]
+    return ".".join(parts) or None
+
+
+def _invalid(exc: InvalidPreferences) -> Invalid:
+    return Invalid(exc.reason, field_path(exc.where))
+
+
+def check_fields(body: Any, allowed: Sequence[str], required: Sequence[str] = (),
+                 prefix: str = "") -> Mapping[str, Any]:
+    """``body`` if it is an object with only ``allowed`` keys and every ``required`` one."""
+    if not isinstance(body, Mapping):
+        raise Invalid(f"the body must be a JSON object, not {type(body).__name__}",
+                      prefix or None)
+    for key in body:
+        if key not in allowed:
+            raise Invalid(f"unknown field (allowed: {', '.join(allowed)})", f"{prefix}{key}")
+    for key in required:
+        if key not in body:
+            raise Invalid("missing field", f"{prefix}{key}")
+    return body
+
+
+# --------------------------------------------------------------------------
+# ports
+
+
+class Previewer(Protocol):
+    """What the rule editor's preview asks: recent messages this rule would route."""
+
+    def __call__(self, user: User, rule: Rule, limit: int) -> Mapping[str, Any]: ...
+
+
+def unavailable_preview(user: User, rule: Rule, limit: int) -> dict[str, Any]:
+    """The stand-in while no preview engine is installed: nothing matched, said so."""
+    return {"window": 0, "matched": 0, "messages": [], "took_ms": 0.0, "available": False}
+
+
+def engine_previewer(engine: Engine, redis_url: str) -> Previewer:
+    """:class:`fmn.preview.WindowPreview` over the Redis window, behind the port.
+
+    The ownership a preview needs (the user's artifacts, and those of the
+    groups the rule names) is read from the database per preview.
+    """
+    from fmn.preview import Ownership, RedisWindowStore, WindowPreview
+
+    window = WindowPreview(RedisWindowStore.from_url(redis_url))
+
+    def run(user: User, rule: Rule, limit: int) -> Mapping[str, Any]:
+        by_user, by_group = ownership_for(engine, user.name, rule.tracking.groups)
+        result = window.preview(rule, user.name, Ownership(by_user, by_group), limit)
+        return {"window": result.window_size, "matched": result.count,
+                "messages": [{"id": m.id, "topic": m.topic, "app": m.app_name,
+                              "summary": m.summary, "url": m.url, "sent_at": m.sent_at,
+                              "severity": m.severity} for m in result.matches],
+                "took_ms": round(result.elapsed_ms, 3), "undecided": result.undecided}
+
+    return run
+
+
+def ownership_for(engine: Engine, name: str, groups: Sequence[str]
+                  ) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[tuple[str, str]]]]:
+    """(user -> owned artifacts, group -> owned artifacts) for one user and some groups."""
+    from fmn.db.models import OwnerGroupRow, OwnerUserRow
+
+    by_user: dict[str, list[tuple[str, str]]] = {name: []}
+    by_group: dict[str, list[tuple[str, str]]] = {g: [] for g in groups}
+    with engine.connect() as conn:
+        for t, n in conn.execute(select(OwnerUserRow.artifact_type, OwnerUserRow.artifact_name)
+                                 .where(OwnerUserRow.username == name)):
+            by_user[name].append((t, n))
+        if groups:
+            for t, n, g in conn.execute(
+                    select(OwnerGroupRow.artifact_type, OwnerGroupRow.artifact_name,
+                           OwnerGroupRow.group_name)
+                    .where(OwnerGroupRow.group_name.in_(list(groups)))):
+                by_group[g].append((t, n))
+    return by_user, by_group
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+# --------------------------------------------------------------------------
+# defaults
+
+
+def default_user(name: str, email: str | None) -> User:
+    """A first login's preferences: "My packages" and "My events" on the account's address.
+
+    The account's e-mail comes from the account system, so it counts as
+    verified.  Without one, the rules go to the user's live feed instead.
+    """
+    dest: Destination | None = None
+    if email:
+        try:
+            dest = Destination("email", "email", check_address(email), True)
+        except InvalidAddress:
+            log.warning("account %s has an unusable e-mail address; using the feed", name)
+    if dest is None:
+        dest = Destination("feed", "sse", None, True)
+    return User(name=name, enabled=True, destinations=(dest,), rules=(
+        Rule("my-packages", "My packages", True, Tracking("artifacts-owned"),
+             (GenerationRule(Filters(), (dest.id,)),)),
+        Rule("my-events", "My events", True, Tracking("related-events"),
+             (GenerationRule(Filters(my_actions=False), (dest.id,)),)),
+    ))
+
+
+def check_destination_address(protocol: str, address: Any, field: str = "address") -> str | None:
+    """The address, normalised, if it suits the protocol; :class:`Invalid` otherwise."""
+    if protocol == "sse":
+        if address is not None:
+            raise Invalid("a live feed (sse) has no address: leave it out", field)
+        return None
+    if not isinstance(address, str) or not address.strip():
+        raise Invalid(f"a {protocol} destination needs an address", field)
+    text: str = address.strip()
+    if protocol == "email":
+        try:
+            return check_address(text)
+        except InvalidAddress:
+            raise Invalid("not a plain e-mail address (local@domain)", field) from None
+    if protocol == "irc":
+        if not valid_nick(text):
+            raise Invalid("not an IRC nick (letters, digits and []\\`_^{|}-, at most 32)", field)
+        return text
+    if not _MATRIX_ID.fullmatch(text):
+        raise Invalid("not a Matrix user id (@name:server)", field)
+    return text
+
+
+# --------------------------------------------------------------------------
+# the service
+
+
+class PreferencesService:
+    def __init__(self, engine: Engine, store: SnapshotStore, *,
+                 admins: frozenset[str] = frozenset(), feed: FeedStore | None = None,
+                 previewer: Previewer = unavailable_preview,
+                 make_id: Callable[[str], str] = new_id,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.store = store
+        self.admins = admins
+        self.feed = feed
+        self.previewer = previewer
+        self.make_id = make_id
+        self.clock = clock
+
+    # -- users ---------------------------------------------------------------
+
+    def login(self, name: str, email: str | None) -> User:
+        """The user ``name``, created with the first-login defaults if new."""
+        user = db.load_user(self.engine, name)
+        if user is None:
+            user = default_user(name, email)
+            self._save(user)
+            log.info("first login of %s: default rules created", name)
+        return user
+
+    def user(self, name: str) -> User:
+        user = db.load_user(self.engine, name)
+        if user is None:
+            raise NotSignedIn("no such account; sign in again")
+        return user
+
+    def is_admin(self, name: str) -> bool:
+        return name in self.admins
+
+    def me(self, name: str) -> dict[str, Any]:
+        user = self.user(name)
+        email = next((d.address for d in user.destinations
+                      if d.protocol == "email" and d.verified), None)
+        return {"name": user.name, "email": email, "is_admin": self.is_admin(name),
+                "enabled": user.enabled}
+
+    def _save(self, user: User) -> User:
+        try:
+            revision = db.save_user(self.engine, user)
+        except InvalidPreferences as exc:
+            raise _invalid(exc) from exc
+        try:
+            publish_user(self.store, user.name, user, revision)
+        except FmnError as exc:
+            # Saved is saved: failing the request now would make the client
+            # repeat it.  The next full publish (publish_full) carries the change.
+            log.error("saved %s at revision %d but could not publish it: %s",
+                      user.name, revision, exc)
+        return user
+
+    def _fresh_id(self, prefix: str, taken: set[str]) -> str:
+        while True:
+            candidate = self.make_id(prefix)
+            if candidate not in taken:
+                return candidate
+
+    # -- destinations -------------------------------------------------------
+
+    def destinations(self, name: str) -> tuple[Destination, ...]:
+        return self.user(name).destinations
+
+    def destination(self, name: str, dest_id: str) -> Destination:
+        dest = self.user(name).destination(dest_id)
+        if dest is None:
+            raise NotFound(f"you have no destination {dest_id!r}")
+        return dest
+
+    def add_destination(self, name: str, body: Any) -> Destination:
+        """A new, unverified destination (``sse``, the user's own feed, needs no proof)."""
+        b = check_fields(body, NEW_DESTINATION_FIELDS, ("protocol",))
+        protocol = b["protocol"]
+        if protocol not in PROTOCOLS:
+            raise Invalid(f"must be one of {', '.join(PROTOCOLS)}", "protocol")
+        address = check_destination_address(protocol, b.get("address"))
+        user = self.user(name)
+        if len(user.destinations) >= MAX_DESTINATIONS:
+            raise Conflict(f"you have {MAX_DESTINATIONS} destinations already; delete one first")
+        for d in user.destinations:
+            same = (d.address or "").lower() == (address or "").lower()
+            if d.protocol == protocol and same:
+                raise Conflict(f"you have this destination already ({d.id})", "address")
+        dest = Destination(self._fresh_id("d-", {d.id for d in user.destinations}),
+                           protocol, address, verified=protocol == "sse")
+        self._save(dataclasses.replace(user, destinations=(*user.destinations, dest)))
+        return dest
+
+    def patch_destination(self, name: str, dest_id: str, body: Any) -> Destination:
+        b = check_fields(body, DESTINATION_PATCH_FIELDS)
+        user = self.user(name)
+        dest = user.destination(dest_id)
+        if dest is None:
+            raise NotFound(f"you have no destination {dest_id!r}")
+        doc = {"id": dest.id, "protocol": dest.protocol, "address": dest.address,
+               "verified": dest.verified, "digest": b.get("digest")}
+        try:
+            new = parse_destination(doc, "destination")
+        except InvalidPreferences as exc:
+            raise _invalid(exc) from exc
+        self._save(dataclasses.replace(user, destinations=tuple(
+            new if d.id == dest_id else d for d in user.destinations)))
+        return new
+
+    def delete_destination(self, name: str, dest_id: str) -> None:
+        user = self.user(name)
+        if user.destination(dest_id) is None:
+            raise NotFound(f"you have no destination {dest_id!r}")
+        users = [r.id for r in user.rules
+                 if any(dest_id in g.destinations for g in r.generation_rules)]
+        if users:
+            raise Conflict(f"rules {', '.join(users)} still send to this destination; "
+                           "change them first")
+        self._save(dataclasses.replace(user, destinations=tuple(
+            d for d in user.destinations if d.id != dest_id)))
+
+    def mark_verified(self, name: str, dest_id: str, address: str | None) -> Destination:
+        """Verify a destination, if it still has the address that was proven."""
+        user = self.user(name)
+        dest = user.destination(dest_id)
+        if dest is None or dest.address != address:
+            raise NotFound("this destination was deleted or changed since")
+        if dest.verified:
+            return dest
+        new = dataclasses.replace(dest, verified=True)
+        self._save(dataclasses.replace(user, destinations=tuple(
+            new if d.id == dest_id else d for d in user.destinations)))
+        return new
+
+    # -- rules ----------------------------------------------------------------
+
+    def rules(self, name: str) -> tuple[Rule, ...]:
+        return self.user(name).rules
+
+    def rule(self, name: str, rule_id: str) -> Rule:
+        for r in self.user(name).rules:
+            if r.id == rule_id:
+                return r
+        raise NotFound(f"you have no rule {rule_id!r}")
+
+    def _parse_rule(self, user: User, body: Any, rule_id: str) -> Rule:
+        b = check_fields(body, ("id", *RULE_FIELDS), RULE_FIELDS)
+        if "id" in b and b["id"] != rule_id:
+            raise Invalid("rule ids are chosen by the server: leave it out", "id")
+        try:
+            return parse_rule({**b, "id": rule_id}, "rule", {d.id for d in user.destinations})
+        except InvalidPreferences as exc:
+            raise _invalid(exc) from exc
+
+    def create_rule(self, name: str, body: Any) -> Rule:
+        user = self.user(name)
+        if isinstance(body, Mapping) and "id" in body:
+            raise Invalid("rule ids are chosen by the server: leave it out", "id")
+        if len(user.rules) >= MAX_RULES:
+            raise Conflict(f"you have {MAX_RULES} rules already; delete one first")
+        rule = self._parse_rule(user, body, self._fresh_id("r-", {r.id for r in user.rules}))
+        self._save(dataclasses.replace(user, rules=(*user.rules, rule)))
+        return rule
+
+    def replace_rule(self, name: str, rule_id: str, body: Any) -> Rule:
+        user = self.user(name)
+        self.rule(name, rule_id)
+        rule = self._parse_rule(user, body, rule_id)
+        return self._put_rule(user, rule)
+
+    def _put_rule(self, user: User, rule: Rule) -> Rule:
+        self._save(dataclasses.replace(user, rules=tuple(
+            rule if r.id == rule.id else r for r in user.rules)))
+        return rule
+
+    def patch_rule(self, name: str, rule_id: str, body: Any) -> Rule:
+        b = check_fields(body, RULE_PATCH_FIELDS)
+        user, rule = self.user(name), self.rule(name, rule_id)
+        doc = {**dump_rule(rule), **b}
+        return self._put_rule(user, self._parse_rule(user, doc, rule_id))
+
+    def delete_rule(self, name: str, rule_id: str) -> None:
+        user = self.user(name)
+        self.rule(name, rule_id)
+        self._save(dataclasses.replace(user, rules=tuple(r for r in user.rules
+                                                         if r.id != rule_id)))
+
+    def preview(self, name: str, body: Any) -> Mapping[str, Any]:
+        b = check_fields(body, ("rule", "limit"), ("rule",))
+        limit = b.get("limit", 50)
+        if isinstance(limit, bool) or not isinstance(limit, int) \
+                or not 0 < limit <= MAX_PREVIEW_LIMIT:
+            raise Invalid(f"must be an integer from 1 to {MAX_PREVIEW_LIMIT}", "limit")
+        user = self.user(name)
+        if isinstance(b["rule"], Mapping) and "id" in b["rule"]:
+            raise Invalid("a previewed rule has no id: leave it out", "rule.id")
+        try:
+            rule = self._parse_rule(user, b["rule"], "preview")
+        except Invalid as exc:
+            raise Invalid(exc.detail, f"rule.{exc.field}" if exc.field else "rule") from exc
+        return self.previewer(user, rule, limit)
+
+    # -- what happened ------------------------------------------------------
+
+    def notifications(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's latest feed events, oldest first, each with its feed ``id``."""
+        if not 0 < limit <= MAX_FEED_LIMIT:
+            raise Invalid(f"must be an integer from 1 to {MAX_FEED_LIMIT}", "limit")
+        if self.feed is None:
+            return []
+        out = []
+        for event in self.feed.latest(name, limit):
+            try:
+                doc = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict):
+                out.append({"id": event.id, **doc})
+        return out
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """Notifications per rule over the last :data:`STATS_DAYS` days (what the feed keeps)."""
+        counts = {r.id: 0 for r in self.user(name).rules}
+        since = self.clock() - STATS_DAYS * 24 * 3600
+        for event in self.notifications(name, MAX_FEED_LIMIT):
+            try:
+                at = datetime.fromisoformat(str(event.get("received_at"))).timestamp()
+            except ValueError:
+                continue
+            if at < since:
+                continue
+            for rule_id in event.get("rules") or ():
+                if rule_id in counts:
+                    counts[rule_id] += 1
+        return {"days": STATS_DAYS, "rules": counts}
+
+    # -- catalogue ----------------------------------------------------------
+
+    def artifacts(self, q: str, artifact_type: str | None, limit: int) -> list[dict[str, str]]:
+        """Artifacts of the ownership data whose name starts with ``q`` (case-insensitive)."""
+        from fmn.db.models import OwnedArtifactRow
+
+        if artifact_type is not None and artifact_type not in ARTIFACT_TYPES:
+            raise Invalid(f"must be one of {', '.join(ARTIFACT_TYPES)}", "type")
+        if not 0 < limit <= 100:
+            raise Invalid("must be an integer from 1 to 100", "limit")
+        escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (select(OwnedArtifactRow.artifact_type, OwnedArtifactRow.name)
+                 .where(OwnedArtifactRow.name.ilike(f"{escaped}%", escape="\\"))
+                 .order_by(OwnedArtifactRow.name, OwnedArtifactRow.artifact_type).limit(limit))
+        if artifact_type is not None:
+            query = query.where(OwnedArtifactRow.artifact_type == artifact_type)
+        with self.engine.connect() as conn:
+            return [{"type": t, "name": n} for t, n in conn.execute(query)]
+
+    # -- admin --------------------------------------------------------------
+
+    def _admin(self, admin: str, target: str) -> User:
+        if not self.is_admin(admin):
+            raise Forbidden("admins only")
+        user = db.load_user(self.engine, target)
+        if user is None:
+            raise NotFound(f"no user {target!r}")
+        return user
+
+    def disable_user(self, admin: str, target: str) -> User:
+        user = dataclasses.replace(self._admin(admin, target), enabled=False)
+        log.warning("admin %s disabled user %s", admin, target)
+        return self._save(user)
+
+    def disable_rule(self, admin: str, target: str, rule_id: str) -> Rule:
+        user = self._admin(admin, target)
+        for r in user.rules:
+            if r.id == rule_id:
+                log.warning("admin %s disabled rule %s of %s", admin, rule_id, target)
+                return self._put_rule(user, dataclasses.replace(r, enabled=False))
+        raise NotFound(f"{target} has no rule {rule_id!r}")
+
+
+
+_applications: list[str] = []
+
+
+def known_applications() -> list[str]:
+    """Application names a rule may filter on: installed message schemas and fedmsg processors.
+
+    Computed once per process (building the fedmsg processors takes a second).
+    """
+    if not _applications:
+        from importlib.metadata import entry_points
+
+        names: set[str] = set()
+        for ep in entry_points(group="fedora.messages"):
+            dist = ep.dist.name if ep.dist is not None else ""
+            name = re.sub(r"[-_](messages|messaging|schemas?|fedmsg-plugin-schemas)$", "",
+                          dist.lower())
+            if name and name not in ("fedora-messaging", "fedora_messaging"):
+                names.add(name.replace("_", "-"))
+        try:
+            from fmn.metadata.fedmsg_meta import _meta
+
+            for processor in _meta().processors:
+                label = getattr(processor, "__name__", None)
+                if isinstance(label, str) and label:
+                    names.add(label.lower())
+        except Exception as exc:  # a broken processor set must not break the API
+            log.warning("fedmsg processors unavailable: %s", exc)
+        _applications.extend(sorted(names))
+    return list(_applications)

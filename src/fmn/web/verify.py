@@ -1,0 +1,394 @@
+"""Proving that a destination belongs to its user, without letting anyone spam strangers.
+
+* **E-mail**: a link ``{web_url}/verify/email/<token>``.  The token is signed
+  (itsdangerous, salt ``fmn.verify-email``, the app's secret), names the user,
+  the destination and its address, expires after ``link_ttl_s`` (24 h), and
+  is single use: its random id is recorded with ``SET NX`` until it would
+  expire anyway, so a second click is refused.
+* **IRC and Matrix**: a 6-digit code sent through that network, typed back
+  in the UI.  Only an HMAC of the code is stored, for ``code_ttl_s``
+  (10 min); it is compared in constant time; after ``max_attempts`` wrong
+  guesses the code is destroyed and a new one must be asked for.  IRC goes
+  through an :class:`~fmn.delivery.irc_client.IrcLink`; Matrix has no sender
+  yet: :class:`RecordingChannel` keeps the code and logs that it was made
+  (the code itself only outside production).
+* **Rate limits**: every request to send a verification counts against the
+  user (``per_user`` an hour) and against the address (``per_address`` an
+  hour, whoever asks), in counters that expire.  Over either,
+  :class:`~fmn.web.service.RateLimited`.
+
+A destination stays unverified in the database until proven, and the
+snapshot never routes to an unverified one.  State lives behind the small
+:class:`Keys` port: :class:`RedisKeys` in production, :class:`MemoryKeys` in
+tests.  Failures: the refusals are :class:`VerificationFailed` (a
+:class:`~fmn.web.service.WebError` whose ``reason`` is ``expired``, ``used``,
+``forged``, ``wrong-code``, ``no-code``, ``too-many-attempts`` or
+``gone``); a mailer or IRC link that is away raises its
+:class:`~fmn.errors.RetryableError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+
+from fmn.delivery.irc_client import IrcLink
+from fmn.delivery.mailers import Mailer
+from fmn.errors import RetryableError
+from fmn.prefs import Destination
+from fmn.web.service import (
+    NotFound,
+    PreferencesService,
+    RateLimited,
+    WebError,
+    check_fields,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class ClockSigner(TimestampSigner):
+    """itsdangerous' timestamp signer with an injectable clock (as :mod:`fmn.auth`'s)."""
+
+    def __init__(self, *args: Any, clock: Clock = time.time, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+class VerificationFailed(WebError):
+    """A verification that proves nothing; ``reason`` says why."""
+
+    status, code = 400, "verification-failed"
+
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail, field)
+        self.reason = reason
+
+
+class TooManyAttempts(VerificationFailed):
+    status, code = 429, "rate-limited"
+
+
+# --------------------------------------------------------------------------
+# the state port
+
+
+class Keys(Protocol):
+    """The few Redis operations verification needs; every key expires."""
+
+    def add(self, key: str, value: str, ttl_s: int) -> bool:
+        """Set ``key`` unless it exists (``SET NX EX``); False if it did."""
+        ...
+
+    def put(self, key: str, value: str, ttl_s: int) -> None: ...
+
+    def get(self, key: str) -> str | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def incr(self, key: str, ttl_s: int) -> int:
+        """Add one; the first increment starts the key's ``ttl_s``."""
+        ...
+
+
+class MemoryKeys:
+    """In-memory :class:`Keys` with an injectable clock (tests)."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self._data: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str) -> str | None:
+        item = self._data.get(key)
+        if item is None or item[1] <= self.clock():
+            self._data.pop(key, None)
+            return None
+        return item[0]
+
+    def add(self, key: str, value: str, ttl_s: int) -> bool:
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._data[key] = (value, self.clock() + ttl_s)
+            return True
+
+    def put(self, key: str, value: str, ttl_s: int) -> None:
+        with self._lock:
+            self._data[key] = (value, self.clock() + ttl_s)
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            return self._live(key)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def incr(self, key: str, ttl_s: int) -> int:
+        with self._lock:
+            current = self._live(key)
+            if current is None:
+                self._data[key] = ("1", self.clock() + ttl_s)
+                return 1
+            value = int(current) + 1
+            self._data[key] = (str(value), self._data[key][1])
+            return value
+
+
+class RedisKeys:
+    """:class:`Keys` on Redis; failures are :class:`~fmn.errors.RetryableError`."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisKeys:
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                        decode_responses=True))
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        try:
+            return getattr(self.client, name)(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise RetryableError(f"Redis failed ({name}): {exc}") from exc
+
+    def add(self, key: str, value: str, ttl_s: int) -> bool:
+        return bool(self._call("set", key, value, nx=True, ex=ttl_s))
+
+    def put(self, key: str, value: str, ttl_s: int) -> None:
+        self._call("set", key, value, ex=ttl_s)
+
+    def get(self, key: str) -> str | None:
+        value = self._call("get", key)
+        return None if value is None else (value.decode() if isinstance(value, bytes)
+                                           else str(value))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key)
+
+    def incr(self, key: str, ttl_s: int) -> int:
+        import redis
+
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, ttl_s, nx=True)
+                count, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise RetryableError(f"Redis failed (incr): {exc}") from exc
+        return int(count)
+
+
+# --------------------------------------------------------------------------
+# code channels
+
+
+class CodeChannel(Protocol):
+    def send_code(self, address: str, text: str) -> None: ...
+
+
+@dataclass
+class IrcCodeChannel:
+    link: IrcLink
+
+    def send_code(self, address: str, text: str) -> None:
+        self.link.send(address, [text])
+
+
+@dataclass
+class RecordingChannel:
+    """A channel with no network behind it (Matrix today): keeps what it was given."""
+
+    name: str
+    log_codes: bool = False
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+    def send_code(self, address: str, text: str) -> None:
+        self.sent.append((address, text))
+        if self.log_codes:
+            log.warning("no %s sender: would send to %s: %s", self.name, address, text)
+        else:
+            log.warning("no %s sender: a verification code for %s was not delivered",
+                        self.name, address)
+
+
+# --------------------------------------------------------------------------
+# the verifier
+
+
+@dataclass(frozen=True)
+class Limits:
+    link_ttl_s: int = 24 * 3600
+    code_ttl_s: int = 10 * 60
+    max_attempts: int = 5
+    window_s: int = 3600
+    per_user: int = 10
+    per_address: int = 3
+
+
+class Verifier:
+    def __init__(self, service: PreferencesService, keys: Keys, secret: str | list[str], *,
+                 web_url: str, mailer: Mailer, mail_from: str,
+                 channels: dict[str, CodeChannel], limits: Limits = Limits(),
+                 prefix: str = "fmn:verify:", clock: Clock = time.time) -> None:
+        self.service = service
+        self.keys = keys
+        self.secrets = [secret] if isinstance(secret, str) else list(secret)
+        self.web_url = web_url.rstrip("/")
+        self.mailer = mailer
+        self.mail_from = mail_from
+        self.channels = channels
+        self.limits = limits
+        self.prefix = prefix
+        self.clock = clock
+
+    # -- helpers ------------------------------------------------------------
+
+    def _serializer(self) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer([s.encode() for s in self.secrets],
+                                      salt="fmn.verify-email", signer=ClockSigner,
+                                      signer_kwargs={"clock": self.clock,
+                                                     "digest_method": hashlib.sha256})
+
+    def _digest(self, *parts: str) -> str:
+        key = self.secrets[-1].encode()
+        return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
+
+    def _count(self, user: str, dest: Destination) -> None:
+        """Count one verification send; RateLimited when the user or the address is over."""
+        lim = self.limits
+        address = self._digest("address", dest.protocol, (dest.address or "").lower())
+        for key, limit, what in (
+                (f"{self.prefix}rate:user:{user}", lim.per_user, "you have asked for"),
+                (f"{self.prefix}rate:addr:{address}", lim.per_address,
+                 "this address was sent")):
+            if self.keys.incr(key, lim.window_s) > limit:
+                raise RateLimited(f"{what} too many verification messages; try again in an "
+                                  f"hour", lim.window_s)
+
+    def _code_key(self, user: str, dest_id: str, kind: str) -> str:
+        return f"{self.prefix}{kind}:{user}:{dest_id}"
+
+    # -- sending ------------------------------------------------------------
+
+    def start(self, user: str, dest_id: str) -> str:
+        """Send the destination's verification (link or code); what was sent: ``link``/``code``.
+
+        RateLimited when over a limit (nothing sent); Conflict-free for an
+        already verified destination (nothing sent, ``verified``).
+        """
+        dest = self.service.destination(user, dest_id)
+        if dest.verified:
+            return "verified"
+        self._count(user, dest)
+        assert dest.address is not None  # only sse has none, and it is always verified
+        if dest.protocol == "email":
+            self.mailer.send(self._mail(user, dest, self.email_link(user, dest)))
+            return "link"
+        code = f"{secrets.randbelow(10**6):06d}"
+        self.keys.put(self._code_key(user, dest.id, "code"),
+                      self._digest("code", user, dest.id, dest.address, code),
+                      self.limits.code_ttl_s)
+        self.keys.delete(self._code_key(user, dest.id, "tries"))
+        minutes = self.limits.code_ttl_s // 60
+        self.channels[dest.protocol].send_code(
+            dest.address, f"Fedora Notifications: your verification code is {code} (valid "
+                          f"{minutes} minutes). Ignore this if you did not ask for it.")
+        return "code"
+
+    def email_link(self, user: str, dest: Destination) -> str:
+        token = self._serializer().dumps({"u": user, "d": dest.id, "a": dest.address,
+                                          "j": secrets.token_urlsafe(12)})
+        return f"{self.web_url}/verify/email/{token}"
+
+    def _mail(self, user: str, dest: Destination, link: str) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"] = self.mail_from
+        msg["To"] = dest.address
+        msg["Subject"] = "Confirm your address for Fedora Notifications"
+        hours = self.limits.link_ttl_s // 3600
+        msg.set_content(
+            f"Someone (hopefully you, Fedora account {user}) asked Fedora Notifications to "
+            f"send notifications to this address.\n\nTo confirm, open this link within "
+            f"{hours} hours:\n\n{link}\n\nIf it was not you, ignore this message: nothing "
+            f"will be sent to you.\n")
+        return msg
+
+    # -- proving ------------------------------------------------------------
+
+    def confirm_email(self, token: str) -> tuple[str, Destination]:
+        """The (user, destination) a link verifies; VerificationFailed when it does not."""
+        try:
+            doc = self._serializer().loads(token, max_age=self.limits.link_ttl_s)
+        except SignatureExpired as exc:
+            raise VerificationFailed("expired", "this link has expired; ask for a new one "
+                                                "from your settings") from exc
+        except BadData as exc:
+            raise VerificationFailed("forged", "this link is not one we sent (or it was "
+                                               "cut short)") from exc
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str)
+                                                for k in ("u", "d", "a", "j")):
+            raise VerificationFailed("forged", "this link is not one we sent")
+        user, dest_id, address = doc["u"], doc["d"], doc["a"]
+        try:
+            dest = self.service.destination(user, dest_id)
+        except WebError as exc:
+            raise VerificationFailed("gone", "this destination was deleted since") from exc
+        if dest.address != address:
+            raise VerificationFailed("gone", "this destination was changed since")
+        if not self.keys.add(f"{self.prefix}used:{doc['j']}", user, self.limits.link_ttl_s):
+            raise VerificationFailed("used", "this link was used already")
+        if dest.verified:
+            return user, dest
+        try:
+            return user, self.service.mark_verified(user, dest_id, address)
+        except NotFound as exc:
+            raise VerificationFailed("gone", exc.detail) from exc
+
+    def confirm_code(self, user: str, dest_id: str, body: Any) -> Destination:
+        """Check a typed-back code for one of ``user``'s own destinations."""
+        b = check_fields(body, ("code",), ("code",))
+        code = b["code"]
+        if not isinstance(code, str) or len(code) != 6 or not code.isascii() \
+                or not code.isdigit():
+            raise VerificationFailed("wrong-code", "the code is six digits", "code")
+        dest = self.service.destination(user, dest_id)
+        if dest.verified:
+            return dest
+        if dest.protocol not in self.channels:
+            raise VerificationFailed("no-code", "this destination is verified by e-mail link")
+        key = self._code_key(user, dest_id, "code")
+        expected = self.keys.get(key)
+        if expected is None:
+            raise VerificationFailed("no-code", "no valid code: it expired or was never "
+                                                "sent; ask for a new one", "code")
+        tries = self.keys.incr(self._code_key(user, dest_id, "tries"), self.limits.code_ttl_s)
+        if tries > self.limits.max_attempts:
+            self.keys.delete(key)
+            raise TooManyAttempts("too-many-attempts", "too many wrong codes; ask for a new one",
+                                  "code")
+        given = self._digest("code", user, dest.id, dest.address or "", code)
+        if not hmac.compare_digest(given, expected):
+            raise VerificationFailed("wrong-code", "wrong code", "code")
+        self.keys.delete(key)
+        return self.service.mark_verified(user, dest_id, dest.address)

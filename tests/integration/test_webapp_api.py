@@ -1,0 +1,420 @@
+"""The web API through Chalice's test client, on PostgreSQL and real Redis.
+
+Sessions come from the development login; mail and IRC are the in-memory
+fakes (their real adapters have tests of their own).  The last tests show
+the point of it all: a rule changed through the API changes what a matcher
+reading the same Redis snapshot routes, within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chalice.test import Client
+from services import REDIS_URL, redis_client, unavailable
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from fmn import db
+from fmn.delivery.feed import RedisFeed, encode_event
+from fmn.delivery.irc_client import MemoryIrcLink
+from fmn.delivery.mailers import MemoryMailer
+from fmn.local.stack import load_module
+from fmn.matcher import IndexedMatcher
+from fmn.message import Message
+from fmn.settings import Settings
+from fmn.snapshot import sync
+from fmn.snapshot.live import LiveSnapshot
+from fmn.snapshot.store import RedisSnapshotStore
+from fmn.web import UnsafeConfiguration, WebSettings
+from fmn.web.verify import RedisKeys
+
+pytestmark = pytest.mark.integration
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ROOT = Path(__file__).resolve().parents[2]
+webapp = load_module(ROOT / "webapp" / "app.py", "fmn_webapp_under_test")
+
+TOPIC_RULE: dict[str, Any] = {
+    "name": "Koji builds", "enabled": True,
+    "tracking": {"kind": "topics", "params": {"patterns": ["*.buildsys.build.state.change"]}},
+    "generation_rules": [{"filters": {}, "destinations": ["email"]}]}
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[Any]:
+    import os
+
+    url = os.environ.get("FMN_TEST_POSTGRES_URL", POSTGRES_URL)
+    admin = db.make_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"fmn_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        unavailable(f"PostgreSQL at {url}", exc)
+    try:
+        yield admin.url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database: Any) -> Iterator[Engine]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = db.make_engine(database, connect_args={"options": f"-c search_path={schema}"})
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    db.upgrade(engine)
+    yield engine
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+class App:
+    """The configured app, its fakes, and one test client per signed-in user."""
+
+    def __init__(self, engine: Engine, prefix: str) -> None:
+        self.redis = redis_client()
+        self.prefix = prefix
+        self.settings = Settings(redis_url=REDIS_URL, web_url="http://testserver",
+            secret_key="test-secret", snapshot_prefix=f"{prefix}snap:",
+            feed_prefix=f"{prefix}feed:")
+        self.store = RedisSnapshotStore(self.redis, f"{prefix}snap:")
+        self.feed = RedisFeed(self.redis, f"{prefix}feed:")
+        self.mailer = MemoryMailer()
+        self.irc = MemoryIrcLink()
+        self.engine = engine
+        sync.publish_full(engine, self.store)  # the matchers' starting point
+        webapp.configure(self.settings, WebSettings(dev_login=True, admins=frozenset({"root"})),
+                         engine=engine, store=self.store, feed=self.feed, mailer=self.mailer,
+                         irc_link=self.irc, keys=_PrefixedKeys(self.redis, f"{prefix}v:"))
+
+    def client(self, user: str) -> Session:
+        return Session(user)
+
+
+class _PrefixedKeys(RedisKeys):
+    def __init__(self, client: Any, prefix: str) -> None:
+        super().__init__(client)
+        self.prefix = prefix
+
+    def add(self, key: str, value: str, ttl_s: int) -> bool:
+        return super().add(self.prefix + key, value, ttl_s)
+
+    def put(self, key: str, value: str, ttl_s: int) -> None:
+        super().put(self.prefix + key, value, ttl_s)
+
+    def get(self, key: str) -> str | None:
+        return super().get(self.prefix + key)
+
+    def delete(self, key: str) -> None:
+        super().delete(self.prefix + key)
+
+    def incr(self, key: str, ttl_s: int) -> int:
+        return super().incr(self.prefix + key, ttl_s)
+
+
+class Session:
+    """A browser: keeps cookies, sends the CSRF header like the UI does."""
+
+    def __init__(self, user: str | None) -> None:
+        self.http = Client(webapp.app).http
+        self.cookies: dict[str, str] = {}
+        if user is not None:
+            page = self.request("GET", "/dev/login")
+            assert page.status_code == 200
+            r = self.request("POST", "/dev/login", {"user": user})
+            assert r.status_code == 200, r.body
+
+    def request(self, method: str, path: str, body: Any = None, *, csrf: bool = True,
+                headers: dict[str, str] | None = None) -> Any:
+        h = {"cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()),
+             **(headers or {})}
+        if body is not None:
+            h.setdefault("content-type", "application/json")
+        if csrf and "fmn_csrf" in self.cookies:
+            h.setdefault("x-csrf-token", self.cookies["fmn_csrf"])
+        raw = b"" if body is None else json.dumps(body).encode()
+        r = self.http.request(method, path, headers=h, body=raw)
+        set_cookie = r.headers.get("Set-Cookie") or r.headers.get("set-cookie") or []
+        for line in [set_cookie] if isinstance(set_cookie, str) else set_cookie:
+            name, _, rest = line.partition("=")
+            self.cookies[name] = rest.split(";", 1)[0]
+        return r
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, {} if body is None else body, **kw)
+
+
+@pytest.fixture
+def app(engine: Engine) -> Iterator[App]:
+    prefix = f"fmn-test:{uuid.uuid4().hex}:"
+    a = App(engine, prefix)
+    yield a
+    keys = list(a.redis.scan_iter(match=prefix + "*"))
+    if keys:
+        a.redis.delete(*keys)
+    webapp.reset()
+
+
+# -- sessions, CSRF, validation ---------------------------------------------------
+
+
+def test_first_login_sets_a_safe_session_and_the_defaults(app: App) -> None:
+    s = Session(None)
+    s.get("/dev/login")
+    r = s.post("/dev/login", {"user": "alice"})
+    cookies = r.headers["Set-Cookie"]
+    session = next(c for c in cookies if c.startswith("fmn_session="))
+    assert "HttpOnly" in session and "SameSite=Lax" in session
+    assert "HttpOnly" not in next(c for c in cookies if c.startswith("fmn_csrf="))
+    assert s.get("/api/v1/me").json_body == {"name": "alice", "email": "alice@example.org",
+                                             "is_admin": False, "enabled": True}
+    rules = s.get("/api/v1/rules").json_body
+    assert {(r["name"], r["tracking"]["kind"], r["enabled"]) for r in rules} == {
+        ("My packages", "artifacts-owned", True), ("My events", "related-events", True)}
+    events = next(r for r in rules if r["name"] == "My events")
+    assert events["generation_rules"] == [{"filters": {"my_actions": False},
+                                           "destinations": ["email"]}]
+    assert s.get("/api/v1/destinations").json_body == [
+        {"id": "email", "protocol": "email", "address": "alice@example.org",
+         "verified": True, "digest": None}]
+
+
+def test_not_signed_in_is_401(app: App) -> None:
+    r = Session(None).get("/api/v1/rules")
+    assert r.status_code == 401 and r.json_body["error"] == "not-signed-in"
+    forged = Session(None)
+    forged.cookies["fmn_session"] = "alice.forged.signature"
+    assert forged.get("/api/v1/me").status_code == 401
+
+
+def test_state_changes_without_the_csrf_token_are_refused(app: App) -> None:
+    s = app.client("alice")
+    for method, path in (("POST", "/api/v1/rules"), ("DELETE", "/api/v1/rules/my-events"),
+                         ("PATCH", "/api/v1/rules/my-events"), ("POST", "/logout")):
+        r = s.request(method, path, {"enabled": False}, csrf=False)
+        assert r.status_code == 403 and r.json_body["field"] == "X-CSRF-Token", (method, path)
+        r = s.request(method, path, {"enabled": False}, headers={"x-csrf-token": "guess"})
+        assert r.status_code == 403
+    assert all(r["enabled"] for r in s.get("/api/v1/rules").json_body)
+
+
+def test_a_csrf_token_of_another_session_is_refused(app: App) -> None:
+    alice, mallory = app.client("alice"), app.client("mallory")
+    alice.cookies["fmn_csrf"] = mallory.cookies["fmn_csrf"]
+    r = alice.request("PATCH", "/api/v1/rules/my-events", {"enabled": False})
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({**TOPIC_RULE, "surprise": 1}, "surprise"),
+    ({**TOPIC_RULE, "tracking": {"kind": "artifacts-followed", "params": {
+        "artifacts": [{"type": "rpm", "name": "kernel"}]}}},
+     "tracking.params.artifacts[0].type"),
+    ({**TOPIC_RULE, "generation_rules": []}, "generation_rules"),
+])
+def test_validation_errors_name_the_field(app: App, body: dict[str, Any], field: str) -> None:
+    r = app.client("alice").post("/api/v1/rules", body)
+    assert r.status_code == 400
+    assert r.json_body["error"] == "invalid" and r.json_body["field"] == field
+    assert r.json_body["detail"]
+
+
+def test_bad_json_is_a_400(app: App) -> None:
+    s = app.client("alice")
+    r = s.http.request("POST", "/api/v1/rules", body=b"{not json", headers={
+        "content-type": "application/json", "x-csrf-token": s.cookies["fmn_csrf"],
+        "cookie": "; ".join(f"{k}={v}" for k, v in s.cookies.items())})
+    assert r.status_code == 400 and r.json_body["error"] == "invalid"
+
+
+# -- one user, another's data ---------------------------------------------------
+
+
+def test_nobody_reads_or_changes_another_users_data(app: App) -> None:
+    alice, bob = app.client("alice"), app.client("bob")
+    bobs = bob.post("/api/v1/rules", TOPIC_RULE).json_body
+    dest = bob.post("/api/v1/destinations", {"protocol": "irc", "address": "bobby"}).json_body
+    for method, path, body in (
+            ("GET", f"/api/v1/rules/{bobs['id']}", None),
+            ("PUT", f"/api/v1/rules/{bobs['id']}", TOPIC_RULE),
+            ("PATCH", f"/api/v1/rules/{bobs['id']}", {"enabled": False}),
+            ("DELETE", f"/api/v1/rules/{bobs['id']}", None),
+            ("PATCH", f"/api/v1/destinations/{dest['id']}", {"digest": None}),
+            ("DELETE", f"/api/v1/destinations/{dest['id']}", None),
+            ("POST", f"/api/v1/destinations/{dest['id']}/verify", {"code": "123456"}),
+            ("POST", f"/api/v1/destinations/{dest['id']}/resend", {})):
+        r = alice.request(method, path, body)
+        assert r.status_code == 404, (method, path, r.body)
+    # alice's own rules cannot point at bob's destination either
+    r = alice.post("/api/v1/rules", {**TOPIC_RULE, "generation_rules": [
+        {"filters": {}, "destinations": [dest["id"]]}]})
+    assert r.status_code == 400 and r.json_body["field"] == "generation_rules[0].destinations[0]"
+    assert bob.get(f"/api/v1/rules/{bobs['id']}").json_body == bobs
+    assert [d["id"] for d in bob.get("/api/v1/destinations").json_body] == ["email", dest["id"]]
+
+
+def test_each_user_sees_only_their_own_feed(app: App) -> None:
+    rule_doc = {"v": 1, "message_id": "m1", "topic": "t", "summary": "for bob",
+                "rules": ["my-events"], "received_at": "2000-01-01T00:00:00+00:00"}  # too old
+    app.feed.append("bob", encode_event(rule_doc))
+    alice, bob = app.client("alice"), app.client("bob")
+    assert alice.get("/api/v1/notifications").json_body == []
+    assert [e["summary"] for e in bob.get("/api/v1/notifications").json_body] == ["for bob"]
+    assert alice.get("/api/v1/stats").json_body["rules"] == {"my-packages": 0, "my-events": 0}
+    app.feed.append("bob", encode_event({**rule_doc, "received_at": time.strftime(
+        "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}))
+    assert bob.get("/api/v1/stats").json_body == {
+        "days": 7, "rules": {"my-packages": 0, "my-events": 1}}
+
+
+def test_admin_routes(app: App) -> None:
+    alice, root = app.client("alice"), app.client("root")
+    app.client("bob")
+    assert alice.post("/api/v1/admin/users/bob/disable").status_code == 403
+    assert alice.post("/api/v1/admin/users/bob/rules/my-events/disable").status_code == 403
+    r = root.post("/api/v1/admin/users/bob/rules/my-events/disable")
+    assert r.status_code == 200 and r.json_body["enabled"] is False
+    assert root.post("/api/v1/admin/users/bob/disable").json_body == {"name": "bob",
+                                                                      "enabled": False}
+    assert root.get("/api/v1/me").json_body["is_admin"] is True
+    assert app.client("bob").get("/api/v1/me").json_body["enabled"] is False
+
+
+# -- verification ---------------------------------------------------------------
+
+
+def test_email_verification_through_the_api(app: App) -> None:
+    s = app.client("alice")
+    r = s.post("/api/v1/destinations", {"protocol": "email", "address": "a2@example.org"})
+    assert r.status_code == 201 and r.json_body["verified"] is False
+    link = next(w for w in app.mailer.sent[-1].get_content().split() if "/verify/email/" in w)
+    path = link.removeprefix("http://testserver")
+    page = Session(None).get(path)  # no session needed: the link is the proof
+    assert page.status_code == 200 and b"confirmed" in page.body
+    assert s.get("/api/v1/destinations").json_body[1]["verified"] is True
+    again = Session(None).get(path)
+    assert again.status_code == 400 and b"used already" in again.body
+    forged = Session(None).get(path[:-3] + "abc")
+    assert forged.status_code == 400 and b"not one we sent" in forged.body
+
+
+def test_irc_verification_wrong_code_then_right(app: App) -> None:
+    s = app.client("alice")
+    dest = s.post("/api/v1/destinations", {"protocol": "irc", "address": "alice_irc"}).json_body
+    line = app.irc.lines_to("alice_irc")[-1]
+    code = next(w for w in line.split() if w.isdigit() and len(w) == 6)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    r = s.post(f"/api/v1/destinations/{dest['id']}/verify", {"code": wrong})
+    assert r.status_code == 400 and r.json_body["field"] == "code"
+    r = s.post(f"/api/v1/destinations/{dest['id']}/verify", {"code": code, "x": 1})
+    assert r.status_code == 400 and r.json_body["field"] == "x"
+    r = s.post(f"/api/v1/destinations/{dest['id']}/verify", {"code": code})
+    assert r.status_code == 200 and r.json_body["verified"] is True
+
+
+def test_verification_requests_are_rate_limited(app: App) -> None:
+    s = app.client("alice")
+    dest = s.post("/api/v1/destinations", {"protocol": "irc", "address": "victim"}).json_body
+    statuses = [s.post(f"/api/v1/destinations/{dest['id']}/resend").status_code
+                for _ in range(4)]
+    assert statuses == [202, 202, 429, 429]  # 3 an hour per address, the first included
+    r = s.post(f"/api/v1/destinations/{dest['id']}/resend")
+    assert r.json_body["error"] == "rate-limited" and r.headers["Retry-After"] == "3600"
+    assert len(app.irc.lines_to("victim")) == 3
+
+
+# -- configuration --------------------------------------------------------------
+
+
+def test_the_dev_login_refuses_to_run_in_production(app: App) -> None:
+    with pytest.raises(UnsafeConfiguration, match="FMN_DEV_LOGIN"):
+        webapp.configure(app.settings, WebSettings(env="production", dev_login=True),
+                         engine=app.engine, store=app.store)
+    with pytest.raises(UnsafeConfiguration):
+        webapp.serve_local(app.settings, 0, WebSettings(env="production", dev_login=True),
+                           engine=app.engine, store=app.store)
+
+
+def test_the_dev_login_is_off_unless_asked(app: App) -> None:
+    webapp.configure(app.settings, WebSettings(), engine=app.engine, store=app.store,
+                     feed=app.feed, mailer=app.mailer, irc_link=app.irc)
+    s = Session(None)
+    assert s.get("/dev/login").status_code == 404
+    s.cookies["fmn_csrf"] = "x"
+    assert s.post("/dev/login", {"user": "alice"}).status_code == 404
+
+
+def test_openapi_and_the_ui_route(app: App) -> None:
+    doc = Session(None).get("/api/v1/openapi.json").json_body
+    assert doc["openapi"].startswith("3.1") and "/api/v1/rules/{id}" in doc["paths"]
+    assert Session(None).get("/").status_code == 200
+    assert Session(None).get("/static/..").status_code == 404
+
+
+def test_serve_local_answers_on_a_real_port(app: App) -> None:
+    import httpx
+
+    handle = webapp.serve_local(app.settings, 0, WebSettings(dev_login=True), engine=app.engine,
+                                store=app.store, feed=app.feed, mailer=app.mailer,
+                                irc_link=app.irc)
+    try:
+        r = httpx.get(f"{handle.url}/api/v1/me", timeout=5)
+        assert r.status_code == 401
+    finally:
+        handle.stop()
+
+
+# -- propagation -------------------------------------------------------------------
+
+
+def _routed(matcher: IndexedMatcher, message: Message, user: str) -> set[str]:
+    return {n.destination for n in matcher.match(message) if n.user == user}
+
+
+def _eventually(check: Any, timeout_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def test_a_rule_changed_through_the_api_reroutes_the_next_message(app: App) -> None:
+    alice = app.client("alice")
+    matcher = IndexedMatcher(LiveSnapshot(app.store, poll_interval=0.1))
+    bobs_comment = Message(id="m1", topic="org.fedoraproject.prod.bodhi.update.comment",
+                           app_name="bodhi", agent_name="bob",
+                           usernames=frozenset({"alice", "bob"}))
+    build = Message(id="m2", topic="org.fedoraproject.prod.buildsys.build.state.change",
+                    app_name="koji", agent_name="carol")
+    # the default "My events" routes bob's comment on alice's update to her address
+    assert _eventually(lambda: _routed(matcher, bobs_comment, "alice") == {"email"})
+    assert _routed(matcher, build, "alice") == set()
+
+    r = alice.request("PATCH", "/api/v1/rules/my-events", {"enabled": False})
+    assert r.status_code == 200
+    assert _eventually(lambda: _routed(matcher, bobs_comment, "alice") == set())
+
+    assert alice.post("/api/v1/rules", TOPIC_RULE).status_code == 201
+    assert _eventually(lambda: _routed(matcher, build, "alice") == {"email"})
+    # a full rebuild agrees with what the incremental path delivered
+    sync.publish_full(app.engine, app.store)
+    assert _eventually(lambda: _routed(matcher, build, "alice") == {"email"})

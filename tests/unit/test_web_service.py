@@ -1,0 +1,445 @@
+"""The web app's core on SQLite and in-memory fakes: preferences edits, verification, sign-in.
+
+What a user would notice: refusals name the field at fault, nobody reaches
+another user's data, a change reaches the snapshot store, verification links
+and codes work once and only for their address, and nobody can make the
+service spam an address.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fakes import FakeClock
+from sqlalchemy import Engine
+
+from fmn import db
+from fmn.delivery.irc_client import MemoryIrcLink
+from fmn.delivery.mailers import MemoryMailer
+from fmn.prefs import Preferences
+from fmn.snapshot import compile_snapshot
+from fmn.snapshot.store import MemorySnapshotStore
+from fmn.web import UnsafeConfiguration, WebSettings
+from fmn.web.oidc import OidcClient, OidcError, pkce_challenge
+from fmn.web.service import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PreferencesService,
+    RateLimited,
+    field_path,
+)
+from fmn.web.verify import (
+    IrcCodeChannel,
+    Limits,
+    MemoryKeys,
+    RecordingChannel,
+    VerificationFailed,
+    Verifier,
+)
+
+pytestmark = pytest.mark.unit
+
+TOPIC_RULE: dict[str, Any] = {
+    "name": "Koji", "enabled": True,
+    "tracking": {"kind": "topics", "params": {"patterns": ["*.buildsys.*"]}},
+    "generation_rules": [{"filters": {"severities": ["INFO"]}, "destinations": ["email"]}]}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'web.sqlite'}")
+    db.upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
+
+
+class RecordingStore(MemorySnapshotStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.publish(compile_snapshot(Preferences()))
+        self.published: list[tuple[str, Any]] = []
+
+    def publish_user(self, user: str, entry: Any) -> None:
+        super().publish_user(user, entry)
+        self.published.append((user, entry))
+
+
+@pytest.fixture
+def store() -> RecordingStore:
+    return RecordingStore()
+
+
+@pytest.fixture
+def service(engine: Engine, store: RecordingStore, clock: FakeClock) -> PreferencesService:
+    svc = PreferencesService(engine, store, admins=frozenset({"root"}), clock=clock)
+    svc.login("alice", "alice@example.org")
+    svc.login("bob", "bob@example.org")
+    return svc
+
+
+class World:
+    def __init__(self, service: PreferencesService, clock: FakeClock) -> None:
+        self.mailer = MemoryMailer()
+        self.irc = MemoryIrcLink()
+        self.matrix = RecordingChannel("matrix")
+        self.keys = MemoryKeys(clock)
+        self.verifier = Verifier(service, self.keys, "s3cret", web_url="https://fmn.test",
+                                 mailer=self.mailer, mail_from="fmn@example.org",
+                                 channels={"irc": IrcCodeChannel(self.irc),
+                                           "matrix": self.matrix},
+                                 limits=Limits(per_user=5, per_address=2), clock=clock)
+
+    def link(self) -> str:
+        body = self.mailer.sent[-1].get_content()
+        return next(w for w in body.split() if "/verify/email/" in w)
+
+    def code(self, nick: str) -> str:
+        line = self.irc.lines_to(nick)[-1]
+        return next(w for w in line.split() if w.isdigit() and len(w) == 6)
+
+
+@pytest.fixture
+def world(service: PreferencesService, clock: FakeClock) -> World:
+    return World(service, clock)
+
+
+# -- preferences -----------------------------------------------------------
+
+
+def test_first_login_gets_two_rules_on_the_verified_account_address(
+        service: PreferencesService, store: RecordingStore) -> None:
+    user = service.user("alice")
+    assert [(d.protocol, d.address, d.verified) for d in user.destinations] == [
+        ("email", "alice@example.org", True)]
+    by_name = {r.name: r for r in user.rules}
+    assert set(by_name) == {"My packages", "My events"}
+    assert by_name["My packages"].tracking.kind == "artifacts-owned"
+    assert by_name["My events"].tracking.kind == "related-events"
+    assert by_name["My events"].generation_rules[0].filters.my_actions is False
+    assert all(r.enabled for r in user.rules)
+    assert service.login("alice", "other@example.org") == user  # a second login changes nothing
+    assert [name for name, _ in store.published] == ["alice", "bob"]
+    assert len(store.published[0][1]["rules"]) == 2  # the matcher sees both rules
+
+
+def test_a_rule_gets_a_server_id_and_reaches_the_snapshot_store(
+        service: PreferencesService, store: RecordingStore) -> None:
+    store.published.clear()
+    rule = service.create_rule("alice", TOPIC_RULE)
+    assert rule.id.startswith("r-") and [n for n, _ in store.published] == ["alice"]
+    assert len(store.published[0][1]["rules"]) == 3
+    assert service.rule("alice", rule.id) == rule
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({**TOPIC_RULE, "colour": "red"}, "colour"),
+    ({**TOPIC_RULE, "id": "mine"}, "id"),
+    ({k: v for k, v in TOPIC_RULE.items() if k != "name"}, "name"),
+    ({**TOPIC_RULE, "tracking": {"kind": "topics", "params": {"patterns": []}}},
+     "tracking.params.patterns"),
+    ({**TOPIC_RULE, "generation_rules": [{"filters": {"severities": ["LOUD"]},
+                                          "destinations": ["email"]}]},
+     "generation_rules[0].filters.severities[0]"),
+    ({**TOPIC_RULE, "generation_rules": [{"filters": {"bogus": 1}, "destinations": []}]},
+     "generation_rules[0].filters"),
+    ({**TOPIC_RULE, "generation_rules": [{"filters": {}, "destinations": ["nope"]}]},
+     "generation_rules[0].destinations[0]"),
+    ({**TOPIC_RULE, "enabled": "yes"}, "enabled"),
+])
+def test_invalid_rules_are_refused_naming_the_field(service: PreferencesService,
+                                                    body: dict[str, Any], field: str) -> None:
+    with pytest.raises(Invalid) as info:
+        service.create_rule("alice", body)
+    assert info.value.field == field
+    assert len(service.rules("alice")) == 2  # nothing written
+
+
+def test_field_paths_drop_the_ids() -> None:
+    assert field_path("rule (r-1) > generation_rules[0].filters.topic") == \
+        "generation_rules[0].filters.topic"
+    assert field_path("rule (r-1)") is None
+
+
+def test_nobody_reaches_another_users_rules_or_destinations(service: PreferencesService) -> None:
+    bobs = service.create_rule("bob", TOPIC_RULE)
+    with pytest.raises(NotFound):
+        service.rule("alice", bobs.id)
+    with pytest.raises(NotFound):
+        service.patch_rule("alice", bobs.id, {"enabled": False})
+    with pytest.raises(NotFound):
+        service.delete_rule("alice", bobs.id)
+    with pytest.raises(NotFound):
+        service.replace_rule("alice", bobs.id, TOPIC_RULE)
+    assert service.rule("bob", bobs.id).enabled
+    # a rule may only name its owner's destinations
+    dest = service.add_destination("bob", {"protocol": "irc", "address": "bobby"})
+    body = {**TOPIC_RULE, "generation_rules": [{"filters": {}, "destinations": [dest.id]}]}
+    with pytest.raises(Invalid) as info:
+        service.create_rule("alice", body)
+    assert info.value.field == "generation_rules[0].destinations[0]"
+    with pytest.raises(NotFound):
+        service.patch_destination("alice", dest.id, {"digest": None})
+
+
+def test_patch_and_replace(service: PreferencesService) -> None:
+    rule = service.create_rule("alice", TOPIC_RULE)
+    assert service.patch_rule("alice", rule.id, {"enabled": False}).enabled is False
+    with pytest.raises(Invalid) as info:
+        service.patch_rule("alice", rule.id, {"tracking": {}})
+    assert info.value.field == "tracking"
+    new = service.replace_rule("alice", rule.id, {**TOPIC_RULE, "name": "Renamed"})
+    assert new.id == rule.id and new.name == "Renamed"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"protocol": "fax", "address": "1"}, "protocol"),
+    ({"protocol": "email", "address": "not an address"}, "address"),
+    ({"protocol": "irc", "address": "bad nick!"}, "address"),
+    ({"protocol": "matrix", "address": "alice"}, "address"),
+    ({"protocol": "sse", "address": "x"}, "address"),
+    ({"protocol": "email", "address": "a@b.org", "verified": True}, "verified"),
+])
+def test_invalid_destinations_are_refused(service: PreferencesService, body: dict[str, Any],
+                                          field: str) -> None:
+    with pytest.raises(Invalid) as info:
+        service.add_destination("alice", body)
+    assert info.value.field == field
+
+
+def test_destinations_start_unverified_and_cannot_be_deleted_while_used(
+        service: PreferencesService) -> None:
+    dest = service.add_destination("alice", {"protocol": "irc", "address": "alice"})
+    assert dest.verified is False
+    with pytest.raises(Conflict):
+        service.add_destination("alice", {"protocol": "irc", "address": "ALICE"})
+    with pytest.raises(Conflict):
+        service.delete_destination("alice", "email")
+    with pytest.raises(Invalid) as info:
+        service.patch_destination("alice", dest.id, {"digest": {"interval_s": 3600,
+                                                                "max_count": 0}})
+    assert info.value.field == "digest.max_count"
+    assert service.patch_destination("alice", dest.id, {"digest": {
+        "interval_s": 3600, "max_count": 10}}).digest is not None
+    service.delete_destination("alice", dest.id)
+    assert [d.id for d in service.destinations("alice")] == ["email"]
+
+
+def test_admins_disable_users_and_rules_others_cannot(service: PreferencesService) -> None:
+    rule = service.create_rule("bob", TOPIC_RULE)
+    with pytest.raises(Forbidden):
+        service.disable_user("alice", "bob")
+    with pytest.raises(Forbidden):
+        service.disable_rule("alice", "bob", rule.id)
+    assert service.disable_rule("root", "bob", rule.id).enabled is False
+    assert service.disable_user("root", "bob").enabled is False
+    assert service.me("bob")["enabled"] is False
+    with pytest.raises(NotFound):
+        service.disable_user("root", "nobody")
+
+
+# -- verification ------------------------------------------------------------
+
+
+def test_an_email_link_verifies_once(service: PreferencesService, world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    assert world.verifier.start("alice", dest.id) == "link"
+    assert world.mailer.sent[-1]["To"] == "a2@example.org"
+    token = world.link().rsplit("/", 1)[1]
+    user, verified = world.verifier.confirm_email(token)
+    assert (user, verified.verified) == ("alice", True)
+    assert service.destination("alice", dest.id).verified
+
+
+def test_a_used_email_link_is_refused(service: PreferencesService, world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    world.verifier.start("alice", dest.id)
+    token = world.link().rsplit("/", 1)[1]
+    world.verifier.confirm_email(token)
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_email(token)
+    assert info.value.reason == "used"
+
+
+def test_a_link_for_a_deleted_destination_is_refused(service: PreferencesService,
+                                                     world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    world.verifier.start("alice", dest.id)
+    token = world.link().rsplit("/", 1)[1]
+    service.delete_destination("alice", dest.id)
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_email(token)
+    assert info.value.reason == "gone"
+
+
+def test_a_replayed_link_is_refused_as_used(service: PreferencesService, world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    world.verifier.start("alice", dest.id)
+    token = world.link().rsplit("/", 1)[1]
+    # the token's id was recorded by someone else's click (e.g. a race)
+    world.keys.add("fmn:verify:used:" + json.loads(_payload(token))["j"], "x", 60)
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_email(token)
+    assert info.value.reason == "used"
+    assert not service.destination("alice", dest.id).verified
+
+
+def _payload(token: str) -> str:
+    part = token.split(".")[0]
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+
+
+def test_expired_and_forged_links_are_refused(service: PreferencesService, world: World,
+                                              clock: FakeClock) -> None:
+    dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    world.verifier.start("alice", dest.id)
+    token = world.link().rsplit("/", 1)[1]
+    for forged in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "garbage",
+                   token.replace(token.split(".")[0], base64.urlsafe_b64encode(
+                       json.dumps({"u": "bob", "d": "email", "a": "bob@example.org",
+                                   "j": "x"}).encode()).decode().rstrip("="))):
+        with pytest.raises(VerificationFailed) as info:
+            world.verifier.confirm_email(forged)
+        assert info.value.reason == "forged"
+    clock.now += 24 * 3600 + 1
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_email(token)
+    assert info.value.reason == "expired"
+    assert not service.destination("alice", dest.id).verified
+
+
+def test_an_irc_code_verifies(service: PreferencesService, world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "irc", "address": "alice_"})
+    assert world.verifier.start("alice", dest.id) == "code"
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_code("alice", dest.id, {"code": "12345"})
+    assert info.value.field == "code"
+    code = world.code("alice_")
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_code("alice", dest.id, {"code": wrong})
+    assert info.value.reason == "wrong-code"
+    # bob cannot type alice's code for her destination
+    with pytest.raises(NotFound):
+        world.verifier.confirm_code("bob", dest.id, {"code": code})
+    assert world.verifier.confirm_code("alice", dest.id, {"code": code}).verified
+
+
+def test_an_irc_code_expires(service: PreferencesService, world: World,
+                             clock: FakeClock) -> None:
+    dest = service.add_destination("alice", {"protocol": "irc", "address": "alice_"})
+    world.verifier.start("alice", dest.id)
+    clock.now += 601
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_code("alice", dest.id, {"code": world.code("alice_")})
+    assert info.value.reason == "no-code"
+
+
+def test_too_many_wrong_codes_destroy_the_code(service: PreferencesService,
+                                               world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "irc", "address": "alice_"})
+    world.verifier.start("alice", dest.id)
+    code = world.code("alice_")
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for _ in range(5):
+        with pytest.raises(VerificationFailed):
+            world.verifier.confirm_code("alice", dest.id, {"code": wrong})
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_code("alice", dest.id, {"code": code})
+    assert info.value.reason == "too-many-attempts" and info.value.status == 429
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_code("alice", dest.id, {"code": code})
+    assert info.value.reason == "no-code"
+
+
+def test_matrix_codes_are_recorded_for_lack_of_a_sender(service: PreferencesService,
+                                                        world: World) -> None:
+    dest = service.add_destination("alice", {"protocol": "matrix",
+                                             "address": "@alice:fedora.im"})
+    world.verifier.start("alice", dest.id)
+    address, text = world.matrix.sent[-1]
+    code = next(w for w in text.split() if w.isdigit() and len(w) == 6)
+    assert address == "@alice:fedora.im"
+    assert world.verifier.confirm_code("alice", dest.id, {"code": code}).verified
+
+
+def test_verification_sends_are_rate_limited_per_address_and_per_user(
+        service: PreferencesService, world: World, clock: FakeClock) -> None:
+    a = service.add_destination("alice", {"protocol": "irc", "address": "victim"})
+    b = service.add_destination("bob", {"protocol": "irc", "address": "victim"})
+    world.verifier.start("alice", a.id)
+    world.verifier.start("bob", b.id)
+    with pytest.raises(RateLimited):  # a third message to the same nick, whoever asks
+        world.verifier.start("alice", a.id)
+    assert len(world.irc.lines_to("victim")) == 2
+    nicks = [service.add_destination("alice", {"protocol": "irc", "address": f"n{i}"})
+             for i in range(5)]
+    sent = 0
+    with pytest.raises(RateLimited):
+        for d in nicks:
+            world.verifier.start("alice", d.id)
+            sent += 1
+    assert sent == 3  # alice had used 2 of her 5 already (one of them refused)
+    clock.now += 3601
+    world.verifier.start("alice", a.id)  # an hour later the window has passed
+
+
+# -- configuration and sign-in ---------------------------------------------
+
+
+def test_the_dev_login_is_refused_in_production() -> None:
+    web = WebSettings.from_env({"FMN_ENV": "production", "FMN_DEV_LOGIN": "1"})
+    with pytest.raises(UnsafeConfiguration, match="FMN_DEV_LOGIN"):
+        web.check("a-real-secret")
+    with pytest.raises(UnsafeConfiguration, match="FMN_SECRET_KEY"):
+        WebSettings(env="production").check("development-only-secret-key")
+    WebSettings(env="development", dev_login=True).check("development-only-secret-key")
+    assert WebSettings.from_env({"FMN_ADMINS": "a, b,,"}).admins == {"a", "b"}
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    def enc(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+    return f"{enc({'alg': 'RS256'})}.{enc(claims)}.sig"
+
+
+def test_oidc_code_flow_with_pkce(clock: FakeClock) -> None:
+    issuer = "https://id.example.org"
+    seen: dict[str, Any] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json={
+                "issuer": issuer, "authorization_endpoint": f"{issuer}/auth",
+                "token_endpoint": f"{issuer}/token"})
+        form = dict(httpx.QueryParams(request.content.decode()))
+        seen.update(form)
+        return httpx.Response(200, json={"id_token": _jwt({
+            "iss": issuer, "aud": "fmn", "exp": clock() + 60, "nonce": seen["nonce"],
+            "sub": "1", "nickname": "alice", "email": "alice@example.org"})})
+
+    client = OidcClient(issuer, "fmn", None, "https://fmn.test/oidc/callback",
+                        http=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock)
+    url, pending = client.begin()
+    query = dict(httpx.URL(url).params)
+    assert query["code_challenge"] == pkce_challenge(pending["verifier"])
+    assert query["code_challenge_method"] == "S256" and query["state"] == pending["state"]
+    seen["nonce"] = pending["nonce"]
+    with pytest.raises(OidcError):
+        client.finish(pending, {"state": "forged", "code": "c"})
+    account = client.finish(pending, {"state": pending["state"], "code": "c"})
+    assert (account.name, account.email) == ("alice", "alice@example.org")
+    assert seen["code_verifier"] == pending["verifier"] and seen["client_id"] == "fmn"
+    seen["nonce"] = "another"
+    with pytest.raises(OidcError, match="nonce"):
+        client.finish(pending, {"state": pending["state"], "code": "c"})
