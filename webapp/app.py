@@ -469,6 +469,43 @@ def verify_email(token: str) -> Response:
                  f"{html.escape(dest.address or '')}.</p><p><a href=/>Your settings</a></p>")
 
 
+def _unsubscribe_target(token: str) -> tuple[str, str] | Response:
+    from fmn.auth import InvalidToken, verify_unsubscribe
+
+    try:
+        return verify_unsubscribe(token, _get("settings").secret_key)
+    except InvalidToken:
+        return _html("Link not valid", "<p>This unsubscribe link is not valid (altered or "
+                     "too old).</p><p><a href=/>Your settings</a></p>", 400)
+
+
+@app.route("/unsubscribe/{token}", methods=["GET"])
+def unsubscribe_page(token: str) -> Response:
+    """What a person clicking the link sees: one button (the POST does it)."""
+    target = _unsubscribe_target(token)
+    if isinstance(target, Response):
+        return target
+    return _html("Stop these emails", "<form method=post><p>Stop the notifications sent to "
+                 "this address? You can turn them on again by verifying it in your "
+                 "settings.</p><button type=submit>Stop these emails</button></form>")
+
+
+@app.route("/unsubscribe/{token}", methods=["POST"], content_types=FORM_TYPES)
+def unsubscribe(token: str) -> Response:
+    """RFC 8058 one-click unsubscribe: the signed token is the credential (no session,
+    no CSRF token: mail clients POST ``List-Unsubscribe=One-Click`` themselves)."""
+    target = _unsubscribe_target(token)
+    if isinstance(target, Response):
+        return target
+    user, dest_id = target
+    try:
+        _get("service").unsubscribe(user, dest_id)
+    except RetryableError:
+        return _html("Try again shortly", "<p>A service we depend on is unavailable.</p>", 503)
+    return _html("Unsubscribed", "<p>No more notifications go to this address until you "
+                 "verify it again in <a href=/>your settings</a>.</p>")
+
+
 @app.route("/api/v1/rules", methods=["GET"])
 @endpoint()
 def list_rules(user: str) -> Response:

@@ -418,3 +418,24 @@ def test_a_rule_changed_through_the_api_reroutes_the_next_message(app: App) -> N
     # a full rebuild agrees with what the incremental path delivered
     sync.publish_full(app.engine, app.store)
     assert _eventually(lambda: _routed(matcher, build, "alice") == {"email"})
+
+
+def test_one_click_unsubscribe_from_a_mail(app: App) -> None:
+    """The List-Unsubscribe link of every mail: signed, no session, no CSRF token."""
+    from fmn.auth import unsubscribe_url
+
+    alice = Session("alice")
+    url = unsubscribe_url("http://web.test", "alice", "email", app.settings.secret_key)
+    path = "/" + url.split("/", 3)[3]
+    outsider = Session(None)
+    page = outsider.get(path)
+    assert page.status_code == 200 and b"<form method=post>" in page.body
+    r = outsider.request("POST", path, headers={
+        "content-type": "application/x-www-form-urlencoded"}, csrf=False)
+    assert r.status_code == 200, r.body
+    [dest] = alice.get("/api/v1/destinations").json_body
+    assert dest["verified"] is False  # receives nothing until verified again
+    assert outsider.request("POST", path, csrf=False, headers={
+        "content-type": "application/x-www-form-urlencoded"}).status_code == 200  # idempotent
+    forged = path[:-3] + ("abc" if not path.endswith("abc") else "xyz")
+    assert outsider.get(forged).status_code == 400

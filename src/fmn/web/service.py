@@ -397,6 +397,23 @@ class PreferencesService:
             new if d.id == dest_id else d for d in user.destinations)))
         return new
 
+    def unsubscribe(self, name: str, dest_id: str) -> Destination | None:
+        """One-click unsubscribe (RFC 8058): the destination receives nothing until it
+        is verified again.  ``None`` when it is gone already (the link stays harmless)."""
+        try:
+            user = self.user(name)
+        except NotFound:
+            return None
+        dest = user.destination(dest_id)
+        if dest is None:
+            return None
+        if not dest.verified:
+            return dest
+        new = dataclasses.replace(dest, verified=False)
+        self._save(dataclasses.replace(user, destinations=tuple(
+            new if d.id == dest_id else d for d in user.destinations)))
+        return new
+
     # -- rules ----------------------------------------------------------------
 
     def rules(self, name: str) -> tuple[Rule, ...]:
