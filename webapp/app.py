@@ -410,7 +410,12 @@ def dev_login() -> Response:
 @app.route("/api/v1/me", methods=["GET"])
 @endpoint()
 def me(user: str) -> Response:
-    return _json(_service().me(user))
+    from fmn.auth import feed_url
+
+    s = _get("settings")
+    # the live feed (another origin on AWS): a signed link the page's EventSource opens
+    live = feed_url(s.feed_url, user, s.secret_key) if s.feed_url else None
+    return _json({**_service().me(user), "feed_url": live})
 
 
 @app.route("/api/v1/destinations", methods=["GET"])

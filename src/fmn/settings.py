@@ -23,6 +23,7 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_IRC_URL`` | IRC network, see below | ``irc://fmn@127.0.0.1:6667`` |
 | ``FMN_IRC_BURST`` | flood limit: lines sent at once | ``5`` |
 | ``FMN_IRC_RATE`` | flood limit: lines per second after the burst | ``2`` |
+| ``FMN_FEED_URL`` | the live feed endpoint's public URL (the web UI links to it) | unset |
 | ``FMN_FEED_PREFIX`` | key prefix of the users' live feeds in Redis | ``fmn:feed:`` |
 | ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
 | ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
@@ -59,6 +60,7 @@ class Settings:
     irc_url: str = "irc://fmn@127.0.0.1:6667"
     irc_burst: int = 5
     irc_rate: float = 2.0
+    feed_url: str | None = None
     feed_prefix: str = "fmn:feed:"
     feed_maxlen: int = 1000
     feed_max_age_s: int = 7 * 24 * 3600
@@ -86,6 +88,7 @@ class Settings:
             irc_url=env.get("FMN_IRC_URL", default.irc_url),
             irc_burst=int(env.get("FMN_IRC_BURST", default.irc_burst)),
             irc_rate=float(env.get("FMN_IRC_RATE", default.irc_rate)),
+            feed_url=env.get("FMN_FEED_URL") or None,
             feed_prefix=env.get("FMN_FEED_PREFIX", default.feed_prefix),
             feed_maxlen=int(env.get("FMN_FEED_MAXLEN", default.feed_maxlen)),
             feed_max_age_s=int(env.get("FMN_FEED_MAX_AGE_S", default.feed_max_age_s)),

@@ -118,6 +118,8 @@ class StackOptions:
     schedule_s: float = 5.0
     #: the live feed endpoint's port (another is chosen when it is taken)
     feed_port: int = 8001
+    #: the web UI's port (another is chosen when it is taken)
+    web_port: int = 8000
 
 
 class LocalStack:
@@ -136,6 +138,8 @@ class LocalStack:
         self.mail: Any = None
         self.ircd: Any = None
         self.feed: Any = None
+        self.web: Any = None
+        self.web_port = 0
         self.irc_listeners: list[Any] = []
         self._demo_users: tuple[Any, ...] = ()
         self._threads: list[threading.Thread] = []
@@ -174,6 +178,7 @@ class LocalStack:
         say(f"5/7 queues: {self._make_queues()}")
         say(f"6/7 bridge: {self._start_bridge()}")
         say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}")
+        say(f"web UI: {self._start_web()}")
         self._quiet()
         writer = threading.Thread(target=self._write_status, name="status", daemon=True)
         writer.start()
@@ -238,16 +243,33 @@ class LocalStack:
 
         self.mail = MailSink(maildir=self.workdir / "mail").start()
         self.ircd = LocalIrcd(log_file=self.workdir / "ircd.log").start()
+        # the web UI's address goes into every mail and IRC line: known before they start
+        self.web_port = self.options.web_port \
+            if not _port_open("127.0.0.1", self.options.web_port) else free_port()
+        self.settings = dataclasses.replace(self.settings,
+                                            web_url=f"http://127.0.0.1:{self.web_port}")
         self.env.update(FMN_MAIL_TRANSPORT="smtp", FMN_SMTP_URL=self.mail.url,
-                        FMN_IRC_URL=self.ircd.url_for("fmn"),
+                        FMN_IRC_URL=self.ircd.url_for("fmn"), FMN_WEB_URL=self.settings.web_url,
                         FMN_FEED_PREFIX=self.settings.feed_prefix)
         stream = load_module(ROOT / "functions" / "sse" / "stream.py", "fmn_function_sse_stream")
         feed_app = stream.create_app(self.settings)
         port = self.options.feed_port if not _port_open("127.0.0.1", self.options.feed_port) \
             else None
         self.feed = serve(feed_app, port=port, name="feed", on_stop=feed_app.state.close_streams)
+        self.settings = dataclasses.replace(self.settings, feed_url=self.feed.url)
+        self.env["FMN_FEED_URL"] = self.feed.url
         return (f"mail sink {self.mail.url} (Maildir {self.workdir / 'mail'}), IRC server "
                 f"{self.ircd.url}, live feed {self.feed.url}/feed")
+
+    def _start_web(self) -> str:
+        """The preferences web UI and API, with the development login (demo users)."""
+        from fmn.web import WebSettings
+
+        webapp = load_module(ROOT / "webapp" / "app.py", "fmn_webapp")
+        self.web = webapp.serve_local(
+            self.settings, self.web_port,
+            WebSettings(dev_login=True, admins=frozenset({"admin"})))
+        return f"{self.web.url}/ (development login: pick any demo user)"
 
     def demo_hint(self) -> str:
         """Where to watch a demo user's notifications arrive."""
@@ -438,6 +460,7 @@ fmn_bridge_queue = "{queue}"
                 offline += int(sent.get("offline", 0))
         return {
             "feed_url": self.feed.url if self.feed is not None else None,
+            "web_url": self.web.url if self.web is not None else None,
             "queues": queues,
             "counters": {
                 "bridged": self._bridged,
@@ -481,6 +504,8 @@ fmn_bridge_queue = "{queue}"
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.web is not None:
+            self.web.stop()
         if self.feed is not None:  # open streams would hold the shutdown up
             self.feed.stop()
         if self._bridge is not None and self._bridge.poll() is None:
