@@ -144,9 +144,10 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
 
 
 def _previewer(engine: Any, s: Settings) -> Any:
+    from fmn.preview.window import window_key
     from fmn.web.service import engine_previewer
 
-    return engine_previewer(engine, s.redis_url)
+    return engine_previewer(engine, s.redis_url, window_key(s.queue_prefix))
 
 
 # --------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def _build_state() -> None:
     import boto3
 
     from fmn.matcher import IndexedMatcher
-    from fmn.preview.window import RedisWindowStore
+    from fmn.preview.window import RedisWindowStore, window_key
     from fmn.snapshot.live import LiveSnapshot
     from fmn.snapshot.store import RedisSnapshotStore
 
@@ -82,7 +82,7 @@ def _build_state() -> None:
     _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
                   matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
-                                                   key=f"fmn:preview:{s.queue_prefix}window"))
+                                                   key=window_key(s.queue_prefix)))
 
 
 def queue_url(backend: str) -> str:

@@ -178,9 +178,9 @@ def test_backend_queues_get_exactly_what_the_matcher_decides(
     assert set(messages) == set(per_backend)
     assert all(messages[b] <= per_backend[b] for b in messages)
     # every message, notified or not, is kept for the rule preview
-    from fmn.preview.window import RedisWindowStore, read_all
+    from fmn.preview.window import RedisWindowStore, read_all, window_key
 
-    window = RedisWindowStore(redis_client(), key=f"fmn:preview:{env.prefix}window")
+    window = RedisWindowStore(redis_client(), key=window_key(env.prefix))
     kept = [entry for _, entry in read_all(window)]
     assert len(kept) == len(records)
 

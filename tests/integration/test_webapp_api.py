@@ -89,7 +89,7 @@ class App:
         self.prefix = prefix
         self.settings = Settings(redis_url=REDIS_URL, web_url="http://testserver",
             secret_key="test-secret", snapshot_prefix=f"{prefix}snap:",
-            feed_prefix=f"{prefix}feed:")
+            feed_prefix=f"{prefix}feed:", queue_prefix=prefix)
         self.store = RedisSnapshotStore(self.redis, f"{prefix}snap:")
         self.feed = RedisFeed(self.redis, f"{prefix}feed:")
         self.mailer = MemoryMailer()
@@ -440,3 +440,35 @@ def test_one_click_unsubscribe_from_a_mail(app: App) -> None:
         "content-type": "application/x-www-form-urlencoded"}).status_code == 200  # idempotent
     forged = path[:-3] + ("abc" if not path.endswith("abc") else "xyz")
     assert outsider.get(forged).status_code == 400
+
+
+def test_the_preview_shows_what_a_rule_would_have_matched(app: App) -> None:
+    """The real preview engine over the window the match function fills."""
+    from shared_data import golden_messages
+
+    from fmn.matcher import NaiveMatcher
+    from fmn.prefs import Preferences, parse_rule
+    from fmn.preview.window import RedisWindowStore, record_many, window_key
+
+    messages = golden_messages()
+    record_many(RedisWindowStore(app.redis, key=window_key(app.prefix)), messages)
+    alice = Session("alice")
+    draft = {"name": "koji stuff", "enabled": True,
+             "tracking": {"kind": "topics", "params": {"patterns": ["*buildsys*"]}},
+             "generation_rules": [{"filters": {}, "destinations": ["email"]}]}
+    got = alice.post("/api/v1/preview", {"rule": draft, "limit": 5})
+    assert got.status_code == 200, got.body
+    body = got.json_body
+    assert body["window"] == len(messages) and body["complete"] is True
+    # the same as the naive matcher for that one rule
+    from fmn.prefs import Destination, User
+
+    rule = parse_rule({**draft, "id": "r"}, "rule", {"email"})
+    user = User("alice", True, (Destination("email", "email", "a@example.org", True),), (rule,))
+    naive = NaiveMatcher(Preferences(users=(user,)))
+    expected = [m.id for m in messages if naive.match(m)]
+    assert body["matched"] == len(expected) > 0
+    assert [m["id"] for m in body["messages"]] == list(reversed(expected))[:5]
+    # an invalid draft names the field, as everywhere
+    bad = alice.post("/api/v1/preview", {"rule": {**draft, "tracking": {"kind": "nope"}}})
+    assert bad.status_code == 400 and bad.json_body["field"]

@@ -184,6 +184,11 @@ def _redis_errors(action: str) -> Iterator[None]:
         raise WindowUnavailable(f"Redis failed to {action}: {exc}") from exc
 
 
+def window_key(queue_prefix: str) -> str:
+    """The window's Redis key for a stage (stages may share one Redis, as queues do)."""
+    return f"fmn:preview:{queue_prefix}window"
+
+
 class RedisWindowStore:
     """The window as a Redis stream (key ``fmn:preview:window`` by default).
 

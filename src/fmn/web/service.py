@@ -166,7 +166,7 @@ def unavailable_preview(user: User, rule: Rule, limit: int) -> dict[str, Any]:
     return {"window": 0, "matched": 0, "messages": [], "took_ms": 0.0, "available": False}
 
 
-def engine_previewer(engine: Engine, redis_url: str) -> Previewer:
+def engine_previewer(engine: Engine, redis_url: str, key: str) -> Previewer:
     """:class:`fmn.preview.WindowPreview` over the Redis window, behind the port.
 
     The ownership a preview needs (the user's artifacts, and those of the
@@ -174,7 +174,7 @@ def engine_previewer(engine: Engine, redis_url: str) -> Previewer:
     """
     from fmn.preview import Ownership, RedisWindowStore, WindowPreview
 
-    window = WindowPreview(RedisWindowStore.from_url(redis_url))
+    window = WindowPreview(RedisWindowStore.from_url(redis_url, key=key))
 
     def run(user: User, rule: Rule, limit: int) -> Mapping[str, Any]:
         by_user, by_group = ownership_for(engine, user.name, rule.tracking.groups)
@@ -183,7 +183,8 @@ def engine_previewer(engine: Engine, redis_url: str) -> Previewer:
                 "messages": [{"id": m.id, "topic": m.topic, "app": m.app_name,
                               "summary": m.summary, "url": m.url, "sent_at": m.sent_at,
                               "severity": m.severity} for m in result.matches],
-                "took_ms": round(result.elapsed_ms, 3), "undecided": result.undecided}
+                "took_ms": round(result.elapsed_ms, 3), "undecided": result.undecided,
+                "complete": result.complete}
 
     return run
 
