@@ -1,0 +1,63 @@
+"""The UI against the real web app (``webapp/app.py``) and the real feed endpoint.
+
+Everything runs in this process on in-memory services (SQLite, memory snapshot
+store, memory feed); the notification is appended to the feed as the ``sse``
+sender would.  The full pipeline (replaying a bus message through the local
+stack) is for the local-stack end-to-end tests to wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from harness import PageProbe, Stack
+from test_ui import clean, sign_in, unlabelled
+
+from fmn.delivery.feed import encode_event
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+def test_real_app_sign_in_add_rule_and_live_feed(
+        page: Any, real_stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, real_stack, "dora")
+    expect(page.locator("#feed-state")).to_have_text("live")
+
+    # The live feed as a destination (no address, no verification).
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_label("Destination kind").select_option("sse")
+    page.get_by_role("button", name="Add destination").click()
+    expect(page.locator("#destination-list")).to_contain_text("Live feed")
+    assert unlabelled(page) == []
+
+    # A topics rule to it.
+    page.get_by_role("link", name="Rules").click()
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("Bodhi comments")
+    page.get_by_label("Tracking kind").select_option("topics")
+    page.get_by_label("Topic patterns").fill("org.fedoraproject.prod.bodhi.update.comment")
+    page.locator("#generation-rules").get_by_label("Live feed").check()
+    expect(page.locator("#preview-summary")).not_to_be_empty()
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#rule-list > li", has_text="Bodhi comments")).to_be_visible()
+    assert unlabelled(page) == []
+
+    # A notification for it arrives on the live feed, then in the recent list.
+    real_stack.feed.append("dora", encode_event({
+        "v": 1, "message_id": "2024-77", "topic": "org.fedoraproject.prod.bodhi.update.comment",
+        "app": "bodhi", "agent": "bob", "summary": "bob commented on FEDORA-2024-77",
+        "url": "https://bodhi.fedoraproject.org/updates/FEDORA-2024-77",
+        "sent_at": "2024-06-01T13:00:00+00:00", "severity": "INFO", "rules": ["r1"],
+        "rule_names": ["Bodhi comments"], "received_at": "2024-06-01T13:00:01.000+00:00"}))
+    expect(page.locator("#feed-list > li").first).to_contain_text(
+        "bob commented on FEDORA-2024-77")
+    page.get_by_role("link", name="Recent notifications").click()
+    expect(page.locator("#notification-list")).to_contain_text("bob commented on FEDORA-2024-77")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    clean(probe)

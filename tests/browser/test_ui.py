@@ -1,0 +1,316 @@
+"""The preferences UI in headless Chromium against the fake API and the real feed endpoint."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fake_api import HOSTILE_SUMMARY, VERIFY_CODE
+from harness import ARTIFACTS, PageProbe, Stack
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+SCREENSHOT = ARTIFACTS / "rules-editor-preview-feed.png"
+
+#: Every form control without an accessible name (label, aria-label, aria-labelledby).
+UNLABELLED_JS = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((el) => el.offsetParent !== null || el.getClientRects().length)
+  .filter((el) => {
+    if (el.tagName === 'BUTTON') return !(el.getAttribute('aria-label') || el.textContent.trim());
+    if (el.labels && [...el.labels].some((l) => l.textContent.trim())) return false;
+    if ((el.getAttribute('aria-label') || '').trim()) return false;
+    const by = (el.getAttribute('aria-labelledby') || '').split(' ').filter(Boolean);
+    return !by.some((id) => (document.getElementById(id)?.textContent || '').trim());
+  })
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
+def sign_in(page: Any, stack: Stack, user: str = "alice") -> None:
+    """The development login, with the keyboard."""
+    page.goto(stack.url)
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("link", name="Sign in with Fedora")).to_have_attribute("href",
+                                                                                    "/login")
+    demo = page.get_by_label("Demo user")
+    expect(demo).to_be_visible()
+    demo.focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(user)
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Sign in as this user")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#account-name")).to_have_text(user)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+
+
+def unlabelled(page: Any) -> list[str]:
+    return page.evaluate(UNLABELLED_JS)
+
+
+def clean(probe: PageProbe) -> None:
+    assert probe.dialogs == []
+    assert probe.errors == []
+
+
+def test_sign_in_add_rule_see_preview_and_live_notification(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, stack)
+    expect(page.locator("#rule-list > li")).to_have_count(1)
+    expect(page.locator("#feed-state")).to_have_text("live")
+    # The feed's history: the two seeded notifications.
+    expect(page.locator("#feed-list > li")).to_have_count(2)
+
+    # A new rule, with the keyboard: name, tracking kind, artifact search and pick.
+    page.get_by_role("button", name="New rule").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Rule name")).to_be_focused()
+    page.keyboard.type("Kernel news")
+    page.keyboard.press("Tab")  # Enabled
+    page.keyboard.press("Tab")  # Tracking kind
+    expect(page.get_by_label("Tracking kind")).to_be_focused()
+    page.get_by_label("Tracking kind").select_option("artifacts-followed")
+    search = page.get_by_label("Find an artifact")
+    search.focus()
+    page.keyboard.type("kern")
+    expect(page.get_by_role("button", name="Follow rpms/kernel", exact=True)).to_be_visible()
+    page.keyboard.press("ArrowDown")
+    expect(page.get_by_role("button", name="Follow rpms/kernel", exact=True)).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#artifact-chosen")).to_contain_text("rpms/kernel")
+    expect(search).to_be_focused()
+
+    # The preview follows the rule: kernel messages not by alice (DEBUG excluded).
+    summary = page.locator("#preview-summary")
+    expect(summary).to_contain_text("2 of the last 9 messages match")
+    expect(page.locator("#preview-list")).to_contain_text("bob commented on bodhi update kernel")
+    page.get_by_label("Include my own actions").check()
+    expect(summary).to_contain_text("3 of the last 9 messages match")
+    page.get_by_label("Topic pattern").fill("*.bodhi.update.comment")
+    expect(summary).to_contain_text("1 of the last 9 messages match")
+    page.get_by_label("Topic pattern").fill("")
+    page.get_by_label("Include my own actions").uncheck()
+    page.get_by_label("WARNING").check()
+    expect(summary).to_contain_text("1 of the last 9 messages match")  # the hostile one
+    page.get_by_label("WARNING").uncheck()
+    page.locator("#generation-rules").get_by_label("bodhi", exact=True).check()
+    expect(summary).to_contain_text("1 of the last 9 messages match")
+
+    # Destinations: the live feed is ticked for a new rule; add the e-mail too; save.
+    sends_to = page.locator("#generation-rules")
+    expect(sends_to.get_by_label("Live feed")).to_be_checked()
+    sends_to.get_by_label("E-mail: alice@example.org").check()
+    page.get_by_role("button", name="Save rule").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#editor")).to_be_hidden()
+    new_rule = page.locator("#rule-list > li", has_text="Kernel news")
+    expect(new_rule).to_be_visible()
+    expect(new_rule.get_by_role("heading", name="Kernel news")).to_be_focused()
+    expect(page.locator("#status")).to_contain_text("Rule Kernel news saved")
+    saved = [r for r in stack.api.users["alice"].rules if r["name"] == "Kernel news"][0]
+    assert saved["tracking"] == {"kind": "artifacts-followed",
+                                 "params": {"artifacts": [{"type": "rpms", "name": "kernel"}]}}
+    assert saved["generation_rules"][0]["filters"] == {"applications": ["bodhi"]}
+    assert len(saved["generation_rules"][0]["destinations"]) == 2
+
+    # A matching message goes out: it arrives on the live feed, newest first.
+    stack.api.push("alice", summary="bob commented on kernel-6.9.4-200.fc40",
+                   url="https://bodhi.fedoraproject.org/updates/FEDORA-2024-1",
+                   rules=[saved["id"]], rule_names=["Kernel news"])
+    first = page.locator("#feed-list > li").first
+    expect(first).to_contain_text("bob commented on kernel-6.9.4-200.fc40")
+    expect(first).to_contain_text("Rule: Kernel news")
+    expect(first.get_by_role("link")).to_have_attribute(
+        "href", "https://bodhi.fedoraproject.org/updates/FEDORA-2024-1")
+
+    # Every non-GET request carried the CSRF token.
+    writes = [r for r in stack.api.requests if r[0] != "GET" and r[1] != "/dev/login"]
+    assert writes and all(csrf for _, _, csrf in writes)
+
+    # The README's screenshot: the rule open in the editor, its preview, the live feed.
+    new_rule.get_by_role("button", name="Edit Kernel news").click()
+    expect(summary).to_contain_text("1 of the last 9 messages match")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))  # the editor with its preview and the live feed
+    clean(probe)
+
+
+def test_recent_notifications_and_enable_toggle_and_delete(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    stack.api.push("alice", summary="A third notification", rule_names=["My packages"])
+    sign_in(page, stack)
+    page.get_by_role("link", name="Recent notifications").click()
+    expect(page.get_by_role("heading", name="Recent notifications")).to_be_focused()
+    items = page.locator("#notification-list > li")
+    expect(items).to_have_count(3)
+    expect(items.first).to_contain_text("A third notification")
+    expect(items.nth(1)).to_contain_text("bob commented on bodhi update")
+    expect(items.nth(2)).to_contain_text("alice's kernel-6.9.3-200.fc40 completed")
+
+    page.get_by_role("link", name="Rules").click()
+    expect(page.get_by_role("heading", name="Rules", exact=True)).to_be_focused()
+    toggle = page.locator("#rule-list > li", has_text="My packages").get_by_label("Enabled")
+    expect(toggle).to_be_checked()
+    toggle.focus()
+    page.keyboard.press("Space")
+    expect(page.locator("#status")).to_contain_text("My packages disabled")
+    assert stack.api.users["alice"].rules[0]["enabled"] is False
+
+    page.get_by_role("button", name="Delete My packages").click()
+    confirm = page.get_by_role("button", name="Yes, delete")
+    expect(confirm).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#rule-list > li")).to_have_count(0)
+    expect(page.get_by_role("heading", name="Rules")).to_be_focused()
+    assert stack.api.users["alice"].rules == []
+    clean(probe)
+
+
+def test_destinations_verify_digest_and_errors_next_to_fields(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, stack)
+    page.get_by_role("link", name="Destinations").click()
+    expect(page.locator("#destination-list > li")).to_have_count(3)
+
+    # A bad Matrix ID: the error sits next to the address field.
+    page.get_by_label("Destination kind").select_option("matrix")
+    address = page.get_by_label("Address")
+    address.fill("alice")
+    page.get_by_role("button", name="Add destination").click()
+    expect(address).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#dest-address-field .field-error")).to_contain_text("@name:server")
+    expect(address).to_be_focused()
+    address.fill("@alice:fedora.im")
+    page.keyboard.press("Enter")
+    matrix = page.locator("#destination-list > li", has_text="@alice:fedora.im")
+    expect(matrix).to_contain_text("not verified")
+    expect(address).not_to_have_attribute("aria-invalid", "true")
+
+    # Verification: a wrong code, then the right one.
+    code = matrix.get_by_label("Verification code for Matrix: @alice:fedora.im")
+    code.fill("000000")
+    code.press("Enter")
+    expect(code).to_have_attribute("aria-invalid", "true")
+    expect(matrix.locator(".field-error:visible")).to_have_text("wrong or expired code")
+    code.fill(VERIFY_CODE)
+    code.press("Enter")
+    matrix = page.locator("#destination-list > li", has_text="@alice:fedora.im")
+    expect(matrix.locator(".badge")).to_have_text("verified")
+
+    # The digest setting.
+    irc = page.locator("#destination-list > li", has_text="IRC: alice_f")
+    irc.get_by_label("Batch into digests").check()
+    irc.get_by_label("Send at most every (minutes)").fill("30")
+    irc.get_by_label("or when this many wait").fill("20")
+    irc.get_by_role("button", name="Save digest setting").click()
+    expect(page.locator("#status")).to_contain_text("Digest setting saved")
+    dest = [d for d in stack.api.users["alice"].destinations if d["protocol"] == "irc"][0]
+    assert dest["digest"] == {"interval_s": 1800, "max_count": 20}
+
+    # Removing a destination a rule uses: refused, said next to it.
+    mail = page.locator("#destination-list > li", has_text="E-mail: alice@example.org")
+    mail.get_by_role("button", name="Remove E-mail: alice@example.org").click()
+    page.get_by_role("button", name="Yes, delete").click()
+    expect(mail.locator(".form-error")).to_contain_text("a rule still sends to this destination")
+    # ...and one no rule uses goes.
+    irc.get_by_role("button", name="Remove IRC: alice_f").click()
+    page.get_by_role("button", name="Yes, delete").press("Enter")
+    expect(page.locator("#destination-list > li", has_text="alice_f")).to_have_count(0)
+    clean(probe)
+
+
+def test_rule_errors_are_shown_next_to_the_field(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, stack)
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("Topics")
+    page.get_by_label("Tracking kind").select_option("topics")
+    patterns = page.get_by_label("Topic patterns")
+    # No pattern yet: the preview's 400 names tracking.params.patterns.
+    expect(patterns).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#preview-summary")).to_contain_text("not complete")
+    patterns.fill("org.fedoraproject.prod.fas.*")
+    expect(page.locator("#preview-summary")).to_contain_text("1 of the last 9 messages match")
+    expect(patterns).not_to_have_attribute("aria-invalid", "true")
+    # Saving without a destination: the error is on the destinations group.
+    page.locator("#generation-rules").get_by_label("Live feed").uncheck()
+    page.get_by_role("button", name="Save rule").click()
+    dests = page.locator("#generation-rules [data-field='generation_rules.0.destinations']")
+    expect(dests).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#generation-rules")).to_contain_text("choose at least one destination")
+    # Escape closes the editor and gives focus back.
+    page.get_by_label("Rule name").press("Escape")
+    expect(page.locator("#editor")).to_be_hidden()
+    expect(page.get_by_role("button", name="New rule")).to_be_focused()
+    clean(probe)
+
+
+def test_message_content_is_text_never_markup(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    stack.api.push("alice", summary=HOSTILE_SUMMARY, url="javascript:alert(2)",
+                   app="<b>bodhi</b>", topic="<script>alert(3)</script>")
+    sign_in(page, stack)
+    first = page.locator("#feed-list > li").first
+    expect(first.locator(".summary")).to_have_text(HOSTILE_SUMMARY)
+    expect(first).to_contain_text("<b>bodhi</b>")
+    expect(first).to_contain_text("<script>alert(3)</script>")
+    assert first.locator("a").count() == 0  # a javascript: URL is no link
+
+    # Live, after the page loaded.
+    stack.api.push("alice", summary=HOSTILE_SUMMARY + " live", url="data:text/html,<b>x</b>")
+    expect(page.locator("#feed-list > li").first).to_contain_text(HOSTILE_SUMMARY + " live")
+
+    # In the preview (a sample message has the hostile summary) and the recent list.
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Tracking kind").select_option("artifacts-followed")
+    page.get_by_label("Find an artifact").fill("kernel")
+    page.get_by_role("button", name="Follow rpms/kernel", exact=True).click()
+    page.get_by_label("WARNING").check()
+    expect(page.locator("#preview-list")).to_contain_text(HOSTILE_SUMMARY)
+    page.get_by_role("link", name="Recent notifications").click()
+    expect(page.locator("#notification-list")).to_contain_text(HOSTILE_SUMMARY)
+
+    page.wait_for_timeout(300)  # give a would-be onerror handler time to fire
+    assert page.locator("img, script:not([src]), b").count() == 0
+    assert page.locator("a[href^='javascript:'], a[href^='data:']").count() == 0
+    clean(probe)
+
+
+def test_every_control_is_labelled(page: Any, stack: Stack, probe: PageProbe) -> None:
+    page.goto(stack.url)
+    expect(page.get_by_label("Demo user")).to_be_visible()
+    assert unlabelled(page) == []
+    sign_in(page, stack)
+    page.get_by_role("button", name="New rule").click()
+    for kind in ("artifacts-owned", "artifacts-group-owned", "artifacts-followed",
+                 "related-events", "users-followed", "topics"):
+        page.get_by_label("Tracking kind").select_option(kind)
+        assert unlabelled(page) == [], kind
+    page.get_by_role("button", name="Add another delivery").click()
+    expect(page.locator("#generation-rules fieldset")).to_have_count(2)
+    assert unlabelled(page) == []
+    for view in ("Destinations", "Recent notifications"):
+        page.get_by_role("link", name=view).click()
+        expect(page.get_by_role("heading", name=view, exact=True)).to_be_focused()
+        assert unlabelled(page) == [], view
+    # Live regions: errors, status and the feed are announced.
+    assert page.locator("#alert").get_attribute("role") == "alert"
+    assert page.locator("#status").get_attribute("aria-live") == "polite"
+    assert page.locator("#feed-list").get_attribute("role") == "log"
+    clean(probe)
+
+
+def test_sign_out_returns_to_the_sign_in_page(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, stack, "bob")
+    expect(page.locator("#rules-empty")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#feed")).to_be_hidden()
+    page.reload()
+    expect(page.get_by_label("Demo user")).to_be_visible()
+    assert re.search(r"Sign in", page.title())
+    clean(probe)

@@ -1,0 +1,1116 @@
+// Fedora Notifications: the preferences UI (no framework, no build step).
+//
+// Everything that comes from the server is inserted as text (textContent,
+// attribute values through setAttribute on a fixed set of names); links are
+// only ever http(s).  See README.md beside this file for the structure.
+
+const API = "/api/v1";
+const ARTIFACT_TYPES = ["rpms", "containers", "modules", "flatpaks"];
+const SEVERITIES = ["DEBUG", "INFO", "WARNING", "ERROR"];
+const FEED_MAX_ITEMS = 100;
+const PREVIEW_DELAY_MS = 250;
+
+const TRACKING_HINTS = {
+  "artifacts-owned": "Packages, containers, modules and flatpaks you own directly.",
+  "artifacts-group-owned": "Artifacts owned by one of the groups you list.",
+  "artifacts-followed": "The artifacts you pick, whoever owns them.",
+  "related-events": "Events that name you (your builds, updates, comments...).",
+  "users-followed": "Events that name one of the people you list.",
+  "topics": "Messages whose topic matches one of your patterns.",
+};
+
+const ADDRESS_HINTS = {
+  email: "An e-mail address; we send it a link to confirm.",
+  irc: "Your IRC nick on Libera.Chat; we send it a code to enter here.",
+  matrix: "Your Matrix ID, like @you:fedora.im; we send it a code to enter here.",
+  sse: "No address needed: notifications appear in this page's live feed.",
+};
+
+const state = {
+  me: null,
+  destinations: [],
+  rules: [],
+  applications: [],
+  editing: null, // the rule being edited (a working copy), or null
+  feed: null,
+  previewTimer: 0,
+  previewSeq: 0,
+};
+
+// -- small helpers ------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+/** An element: attrs set with setAttribute (or as properties for a few), children as text. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "checked" || key === "value" || key === "selected") el[key] = value;
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "href") {
+      const safe = safeUrl(value);
+      if (safe) el.setAttribute("href", safe);
+    } else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** The URL if it is http(s), else null (never javascript:, data:, ...). */
+function safeUrl(value) {
+  if (typeof value !== "string") return null;
+  try {
+    const url = new URL(value, location.href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+let uid = 0;
+const nextId = (prefix) => `${prefix}-${++uid}`;
+
+function cookie(name) {
+  for (const part of document.cookie.split(";")) {
+    const [key, ...rest] = part.trim().split("=");
+    if (key === name) return decodeURIComponent(rest.join("="));
+  }
+  return null;
+}
+
+function announce(text) {
+  const el = $("status");
+  el.textContent = "";
+  // A fresh text node, so the same message twice is announced twice.
+  setTimeout(() => { el.textContent = text; }, 30);
+}
+
+function showAlert(text) {
+  $("alert").textContent = text || "";
+}
+
+function formatTime(value) {
+  if (!value) return "";
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString();
+}
+
+// -- the API --------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && (body.detail || body.error)) || `HTTP ${status}`);
+    this.status = status;
+    this.code = body && body.error;
+    this.field = body && typeof body.field === "string" ? body.field : null;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (method !== "GET" && method !== "HEAD") {
+    const csrf = cookie("fmn_csrf");
+    if (csrf) headers["X-CSRF-Token"] = csrf;
+  }
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204 || response.status === 202) return null;
+  let data = null;
+  const type = response.headers.get("content-type") || "";
+  if (type.includes("json")) data = await response.json().catch(() => null);
+  if (!response.ok) {
+    if (response.status === 401 && state.me) signedOut();
+    throw new ApiError(response.status, data);
+  }
+  return data;
+}
+
+// -- field errors -------------------------------------------------------------------
+
+/** "$.rule.generation_rules[0].filters.topic" or "rule (r1) > tracking.params" -> dotted. */
+function normalizeField(field) {
+  return field
+    .replace(/\s*\([^)]*\)/g, "")
+    .replace(/\s*>\s*/g, ".")
+    .replace(/\[(\d+)\]/g, ".$1")
+    .replace(/^\$\.?/, "")
+    .replace(/^(rule|body)\./, "")
+    .replace(/^\.+|\.+$/g, "");
+}
+
+function clearErrors(form) {
+  for (const el of form.querySelectorAll(".field-error")) {
+    el.hidden = true;
+    el.textContent = "";
+  }
+  for (const el of form.querySelectorAll("[aria-invalid]")) {
+    el.removeAttribute("aria-invalid");
+    const described = (el.getAttribute("aria-describedby") || "").split(" ")
+      .filter((id) => id && !id.startsWith("err-"));
+    if (described.length) el.setAttribute("aria-describedby", described.join(" "));
+    else el.removeAttribute("aria-describedby");
+  }
+}
+
+/** Show an API error beside the control its `field` names (else at the top of the form). */
+function showError(form, formError, error, { focus = true } = {}) {
+  const message = error instanceof ApiError ? error.message : `Something went wrong: ${error}`;
+  let target = null;
+  if (error instanceof ApiError && error.field) {
+    const path = normalizeField(error.field);
+    let best = -1;
+    for (const el of form.querySelectorAll("[data-field]")) {
+      const name = el.dataset.field;
+      if ((path === name || path.startsWith(`${name}.`)) && name.length > best) {
+        best = name.length;
+        target = el;
+      }
+    }
+  }
+  if (target) {
+    const id = `err-${target.id || nextId("f")}`;
+    let box = document.getElementById(id);
+    if (!box) {
+      box = h("p", { class: "field-error", id });
+      const anchor = target.closest(".field, fieldset") || target;
+      anchor.append(box);
+    }
+    box.textContent = message;
+    box.hidden = false;
+    target.setAttribute("aria-invalid", "true");
+    const described = (target.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+    if (!described.includes(id)) described.push(id);
+    target.setAttribute("aria-describedby", described.join(" "));
+    if (focus) target.focus();
+  } else if (formError) {
+    formError.textContent = message;
+    formError.hidden = false;
+    if (focus) showAlert(message);
+  } else {
+    showAlert(message);
+  }
+}
+
+// -- messages and notifications -------------------------------------------------------
+
+/** One message or feed event as a list item; every value inserted as text. */
+function messageItem(m, { live = false } = {}) {
+  const severity = SEVERITIES.includes(m.severity) ? m.severity : null;
+  const summary = m.summary || m.topic || "(no summary)";
+  const url = safeUrl(m.url);
+  const title = url
+    ? h("a", { href: url, rel: "noopener noreferrer", target: "_blank" }, summary)
+    : h("span", {}, summary);
+  const meta = h("p", { class: "meta" },
+    m.app ? h("span", { class: "app" }, m.app) : null,
+    severity ? h("span", { class: `severity severity-${severity.toLowerCase()}` }, severity) : null,
+    m.topic ? h("code", { class: "topic" }, m.topic) : null,
+    h("time", { datetime: m.sent_at || m.received_at || "" },
+      formatTime(m.sent_at || m.received_at)));
+  const rules = Array.isArray(m.rule_names) && m.rule_names.length
+    ? h("p", { class: "rules" }, `Rule: ${m.rule_names.join(", ")}`) : null;
+  return h("li", { class: live ? "message live" : "message", "data-message-id": m.message_id || m.id || "" },
+    h("p", { class: "summary" }, title), meta, rules);
+}
+
+/** Newest first, whichever order the server used: by feed id ("<ms>-<seq>"), else received_at. */
+function newestFirst(a, b) {
+  const key = (e) => {
+    const m = /^(\d+)-(\d+)$/.exec(String(e.id || ""));
+    return m ? [Number(m[1]), Number(m[2])] : null;
+  };
+  const ka = key(a);
+  const kb = key(b);
+  if (ka && kb) return kb[0] - ka[0] || kb[1] - ka[1];
+  return String(b.received_at || "").localeCompare(String(a.received_at || ""));
+}
+
+async function loadNotifications() {
+  const list = $("notification-list");
+  try {
+    const events = [...((await api("GET", `${API}/notifications?limit=50`)) || [])];
+    events.sort(newestFirst);
+    list.replaceChildren(...events.map((e) => messageItem(e)));
+    $("notifications-empty").hidden = list.children.length > 0;
+  } catch (error) {
+    showAlert(`Could not load recent notifications: ${error.message}`);
+  }
+}
+
+// -- the live feed --------------------------------------------------------------------
+
+function feedState(text) {
+  const badge = $("feed-state");
+  badge.textContent = text;
+  badge.dataset.state = text;
+}
+
+function openFeed() {
+  closeFeed();
+  const url = state.me && safeUrl(state.me.feed_url);
+  if (!url || typeof EventSource === "undefined") {
+    feedState("unavailable");
+    return;
+  }
+  feedState("connecting");
+  const source = new EventSource(url, { withCredentials: true });
+  state.feed = source;
+  source.addEventListener("open", () => feedState("live"));
+  source.addEventListener("error", () => {
+    feedState(source.readyState === EventSource.CLOSED ? "offline" : "reconnecting");
+  });
+  source.addEventListener("notification", (event) => {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (!data || typeof data !== "object") return;
+    const list = $("feed-list");
+    list.prepend(messageItem(data, { live: true }));
+    while (list.children.length > FEED_MAX_ITEMS) list.lastElementChild.remove();
+    $("feed-empty").hidden = true;
+  });
+}
+
+function closeFeed() {
+  if (state.feed) state.feed.close();
+  state.feed = null;
+  feedState("offline");
+}
+
+// -- destinations ---------------------------------------------------------------------
+
+function destinationLabel(d) {
+  const kinds = { email: "E-mail", irc: "IRC", matrix: "Matrix", sse: "Live feed" };
+  const kind = kinds[d.protocol] || d.protocol;
+  return d.address ? `${kind}: ${d.address}` : kind;
+}
+
+async function loadDestinations() {
+  state.destinations = (await api("GET", `${API}/destinations`)) || [];
+  renderDestinations();
+}
+
+function renderDestinations() {
+  const list = $("destination-list");
+  list.replaceChildren(...state.destinations.map(destinationItem));
+  $("destinations-empty").hidden = state.destinations.length > 0;
+}
+
+function destinationItem(d) {
+  const titleId = nextId("dest");
+  const li = h("li", { class: "item card", "data-destination-id": d.id, "aria-labelledby": titleId });
+  const errorBox = h("p", { class: "field-error form-error", hidden: true });
+  const status = d.verified
+    ? h("span", { class: "badge ok" }, "verified")
+    : h("span", { class: "badge warn" }, "not verified");
+  li.append(h("div", { class: "item-head" },
+    h("h3", { id: titleId, class: "item-title" }, destinationLabel(d)), status));
+  li.append(errorBox);
+
+  if (!d.verified && d.protocol !== "sse") {
+    if (d.protocol === "email") {
+      li.append(h("p", { class: "hint" }, "We sent a confirmation link to this address."));
+      li.append(resendButton(d, errorBox));
+    } else {
+      const codeId = nextId("code");
+      const form = h("form", { class: "inline-form", novalidate: true });
+      const input = h("input", {
+        id: codeId, type: "text", inputmode: "numeric", autocomplete: "one-time-code",
+        maxlength: "12", "data-field": "code",
+      });
+      form.append(
+        h("div", { class: "field" },
+          h("label", { for: codeId }, `Verification code for ${destinationLabel(d)}`), input),
+        h("button", { type: "submit" }, "Verify"),
+        resendButton(d, errorBox));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        clearErrors(li);
+        try {
+          const updated = await api("POST", `${API}/destinations/${encodeURIComponent(d.id)}/verify`,
+            { code: input.value.trim() });
+          replaceDestination(updated);
+          announce(`${destinationLabel(d)} verified.`);
+          focusDestination(d.id);
+        } catch (error) {
+          // A wrong code is about the code field, whatever the server names.
+          showError(form, errorBox, error instanceof ApiError && error.field ? error
+            : new ApiError(error.status || 400, { detail: error.message, field: "code" }));
+        }
+      });
+      li.append(form);
+    }
+  }
+
+  // Digest setting.
+  const digestForm = h("form", { class: "inline-form digest", novalidate: true });
+  const onId = nextId("digest-on");
+  const intervalId = nextId("digest-interval");
+  const countId = nextId("digest-count");
+  const on = h("input", { id: onId, type: "checkbox", checked: Boolean(d.digest), "data-field": "digest" });
+  const interval = h("input", {
+    id: intervalId, type: "number", min: "1", step: "1", "data-field": "digest.interval_s",
+    value: String(d.digest ? Math.round(d.digest.interval_s / 60) : 60),
+  });
+  const count = h("input", {
+    id: countId, type: "number", min: "1", step: "1", "data-field": "digest.max_count",
+    value: String(d.digest ? d.digest.max_count : 50),
+  });
+  const digestFields = h("div", { class: "digest-fields" },
+    h("div", { class: "field" }, h("label", { for: intervalId }, "Send at most every (minutes)"), interval),
+    h("div", { class: "field" }, h("label", { for: countId }, "or when this many wait"), count));
+  const syncDigest = () => {
+    interval.disabled = !on.checked;
+    count.disabled = !on.checked;
+  };
+  on.addEventListener("change", syncDigest);
+  syncDigest();
+  digestForm.append(
+    h("div", { class: "field" },
+      h("label", { for: onId, class: "inline" }, on, " Batch into digests")),
+    digestFields,
+    h("button", { type: "submit", class: "secondary" }, "Save digest setting"));
+  digestForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(li);
+    const digest = on.checked
+      ? { interval_s: Math.round(Number(interval.value) * 60), max_count: Math.round(Number(count.value)) }
+      : null;
+    try {
+      const updated = await api("PATCH", `${API}/destinations/${encodeURIComponent(d.id)}`, { digest });
+      replaceDestination(updated);
+      announce(`Digest setting saved for ${destinationLabel(d)}.`);
+      focusDestination(d.id);
+    } catch (error) {
+      showError(digestForm, errorBox, error);
+    }
+  });
+  li.append(digestForm);
+
+  const remove = h("button", { type: "button", class: "danger" }, `Remove ${destinationLabel(d)}`);
+  remove.addEventListener("click", () => confirmInline(remove, `Really remove ${destinationLabel(d)}?`,
+    async () => {
+      try {
+        await api("DELETE", `${API}/destinations/${encodeURIComponent(d.id)}`);
+        state.destinations = state.destinations.filter((x) => x.id !== d.id);
+        renderDestinations();
+        announce(`${destinationLabel(d)} removed.`);
+        $("destinations-title").focus();
+      } catch (error) {
+        showError(li, errorBox, error);
+        remove.focus();
+      }
+    }));
+  li.append(h("div", { class: "actions" }, remove));
+  return li;
+}
+
+function resendButton(d, errorBox) {
+  const button = h("button", { type: "button", class: "secondary" }, "Send again");
+  button.addEventListener("click", async () => {
+    try {
+      await api("POST", `${API}/destinations/${encodeURIComponent(d.id)}/resend`);
+      announce(`A new verification message is on its way to ${destinationLabel(d)}.`);
+    } catch (error) {
+      errorBox.textContent = error.message;
+      errorBox.hidden = false;
+    }
+  });
+  return button;
+}
+
+function replaceDestination(updated) {
+  if (!updated) return;
+  state.destinations = state.destinations.map((x) => (x.id === updated.id ? updated : x));
+  renderDestinations();
+}
+
+function focusDestination(id) {
+  const li = [...$("destination-list").children].find((el) => el.dataset.destinationId === id);
+  const heading = li && li.querySelector(".item-title");
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
+}
+
+/** Replace `button` with "really?" and "cancel" buttons; run `action` on confirmation. */
+function confirmInline(button, question, action) {
+  const box = h("span", { class: "confirm", role: "group", "aria-label": question });
+  const yes = h("button", { type: "button", class: "danger" }, "Yes, delete");
+  const no = h("button", { type: "button", class: "secondary" }, "Cancel");
+  box.append(h("span", {}, question), yes, no);
+  button.hidden = true;
+  button.after(box);
+  no.addEventListener("click", () => {
+    box.remove();
+    button.hidden = false;
+    button.focus();
+  });
+  yes.addEventListener("click", async () => {
+    box.remove();
+    button.hidden = false;
+    await action();
+  });
+  yes.focus();
+}
+
+function setupDestinationForm() {
+  const form = $("destination-form");
+  const protocol = $("dest-protocol");
+  const address = $("dest-address");
+  const sync = () => {
+    $("dest-address-hint").textContent = ADDRESS_HINTS[protocol.value] || "";
+    $("dest-address-field").hidden = protocol.value === "sse";
+    address.type = protocol.value === "email" ? "email" : "text";
+  };
+  protocol.addEventListener("change", sync);
+  sync();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const body = { protocol: protocol.value };
+    if (protocol.value !== "sse") body.address = address.value.trim();
+    try {
+      const created = await api("POST", `${API}/destinations`, body);
+      state.destinations.push(created);
+      renderDestinations();
+      address.value = "";
+      announce(`${destinationLabel(created)} added${created.verified ? "" : "; verify it to use it"}.`);
+      focusDestination(created.id);
+    } catch (error) {
+      showError(form, $("destination-form-error"), error);
+    }
+  });
+}
+
+// -- rules: the list ---------------------------------------------------------------------
+
+function trackingSummary(t) {
+  const p = (t && t.params) || {};
+  switch (t && t.kind) {
+    case "artifacts-owned": return "Artifacts I own";
+    case "artifacts-group-owned": return `Artifacts owned by ${(p.groups || []).join(", ")}`;
+    case "artifacts-followed":
+      return `Following ${(p.artifacts || []).map((a) => `${a.type}/${a.name}`).join(", ")}`;
+    case "related-events": return "Events about me";
+    case "users-followed": return `Following ${(p.usernames || []).join(", ")}`;
+    case "topics": return `Topics ${(p.patterns || []).join(", ")}`;
+    default: return String((t && t.kind) || "");
+  }
+}
+
+async function loadRules() {
+  state.rules = (await api("GET", `${API}/rules`)) || [];
+  renderRules();
+}
+
+function renderRules() {
+  const list = $("rule-list");
+  list.replaceChildren(...state.rules.map(ruleItem));
+  $("rules-empty").hidden = state.rules.length > 0;
+}
+
+function ruleItem(rule) {
+  const titleId = nextId("rule");
+  const toggleId = nextId("rule-enabled");
+  const name = rule.name || "(unnamed rule)";
+  const errorBox = h("p", { class: "field-error form-error", hidden: true });
+  const toggle = h("input", { id: toggleId, type: "checkbox", checked: Boolean(rule.enabled) });
+  toggle.addEventListener("change", async () => {
+    errorBox.hidden = true;
+    try {
+      const updated = await api("PATCH", `${API}/rules/${encodeURIComponent(rule.id)}`,
+        { enabled: toggle.checked });
+      Object.assign(rule, updated || { enabled: toggle.checked });
+      announce(`${name} ${rule.enabled ? "enabled" : "disabled"}.`);
+    } catch (error) {
+      toggle.checked = !toggle.checked;
+      errorBox.textContent = error.message;
+      errorBox.hidden = false;
+    }
+  });
+  const edit = h("button", { type: "button", class: "secondary" }, "Edit");
+  edit.setAttribute("aria-label", `Edit ${name}`);
+  edit.addEventListener("click", () => openEditor(rule));
+  const del = h("button", { type: "button", class: "danger" }, "Delete");
+  del.setAttribute("aria-label", `Delete ${name}`);
+  del.addEventListener("click", () => confirmInline(del, `Really delete ${name}?`, async () => {
+    try {
+      await api("DELETE", `${API}/rules/${encodeURIComponent(rule.id)}`);
+      state.rules = state.rules.filter((r) => r.id !== rule.id);
+      renderRules();
+      if (state.editing && state.editing.id === rule.id) closeEditor();
+      announce(`${name} deleted.`);
+      $("rules-title").focus();
+    } catch (error) {
+      errorBox.textContent = error.message;
+      errorBox.hidden = false;
+      del.focus();
+    }
+  }));
+  const dests = new Set((rule.generation_rules || []).flatMap((g) => g.destinations || []));
+  const destNames = state.destinations.filter((d) => dests.has(d.id)).map(destinationLabel);
+  return h("li", { class: "item card", "data-rule-id": rule.id, "aria-labelledby": titleId },
+    h("div", { class: "item-head" },
+      h("h3", { id: titleId, class: "item-title", tabindex: "-1" }, name),
+      h("label", { for: toggleId, class: "inline switch" }, toggle, " Enabled")),
+    h("p", { class: "meta" }, trackingSummary(rule.tracking)),
+    destNames.length ? h("p", { class: "meta" }, `To ${destNames.join(", ")}`) : null,
+    errorBox,
+    h("div", { class: "actions" }, edit, del));
+}
+
+// -- rules: the editor --------------------------------------------------------------------
+
+function blankRule() {
+  const sse = state.destinations.find((d) => d.protocol === "sse" && d.verified);
+  return {
+    name: "",
+    enabled: true,
+    tracking: { kind: "artifacts-owned", params: {} },
+    generation_rules: [{ filters: {}, destinations: sse ? [sse.id] : [] }],
+  };
+}
+
+function openEditor(rule) {
+  const copy = structuredClone(rule || blankRule());
+  if (!copy.generation_rules || !copy.generation_rules.length) {
+    copy.generation_rules = [{ filters: {}, destinations: [] }];
+  }
+  state.editing = copy;
+  const form = $("rule-form");
+  clearErrors(form);
+  $("rule-form-error").hidden = true;
+  $("editor-title").textContent = copy.id ? `Edit rule: ${copy.name || copy.id}` : "New rule";
+  $("rule-name").value = copy.name || "";
+  $("rule-enabled-new").checked = copy.enabled !== false;
+  $("tracking-kind").value = copy.tracking.kind;
+  renderTrackingParams();
+  renderGenerationRules();
+  $("editor").hidden = false;
+  $("new-rule").hidden = true;
+  $("rule-name").focus();
+  schedulePreview(0);
+}
+
+function closeEditor() {
+  const wasEditing = state.editing;
+  state.editing = null;
+  $("editor").hidden = true;
+  $("new-rule").hidden = false;
+  $("preview-list").replaceChildren();
+  $("preview-summary").textContent = "";
+  return wasEditing;
+}
+
+function splitList(text) {
+  return text.split(/[\s,]+/).map((s) => s.trim()).filter(Boolean);
+}
+
+function renderTrackingParams() {
+  const rule = state.editing;
+  const kind = $("tracking-kind").value;
+  const old = rule.tracking;
+  const params = old.kind === kind ? old.params || {} : {};
+  rule.tracking = { kind, params: {} };
+  $("tracking-kind-hint").textContent = TRACKING_HINTS[kind] || "";
+  const box = $("tracking-params");
+  box.replaceChildren();
+
+  const listField = (key, label, hint, lines = false) => {
+    const id = `tracking-${key}`;
+    const hintId = `${id}-hint`;
+    rule.tracking.params[key] = [...(params[key] || [])];
+    const input = lines
+      ? h("textarea", { id, rows: "3", "data-field": `tracking.params.${key}`, "aria-describedby": hintId })
+      : h("input", { id, type: "text", autocomplete: "off", "data-field": `tracking.params.${key}`,
+        "aria-describedby": hintId });
+    input.value = rule.tracking.params[key].join(lines ? "\n" : ", ");
+    input.addEventListener("input", () => {
+      rule.tracking.params[key] = lines
+        ? input.value.split("\n").map((s) => s.trim()).filter(Boolean)
+        : splitList(input.value);
+      schedulePreview();
+    });
+    box.append(h("div", { class: "field" }, h("label", { for: id }, label), input,
+      h("p", { class: "hint", id: hintId }, hint)));
+  };
+
+  if (kind === "artifacts-group-owned") {
+    listField("groups", "Groups", "Group names, separated by commas or spaces.");
+  } else if (kind === "users-followed") {
+    listField("usernames", "Usernames", "Fedora account names, separated by commas or spaces.");
+  } else if (kind === "topics") {
+    listField("patterns", "Topic patterns",
+      "One glob per line, like org.fedoraproject.prod.bodhi.update.*");
+  } else if (kind === "artifacts-followed") {
+    rule.tracking.params.artifacts = (params.artifacts || []).map((a) => ({ type: a.type, name: a.name }));
+    box.append(artifactPicker(rule.tracking.params.artifacts));
+  }
+}
+
+function artifactPicker(chosen) {
+  const wrap = h("div", { class: "artifact-picker", "data-field": "tracking.params.artifacts", tabindex: "-1" });
+  const typeSel = h("select", { id: "artifact-type" },
+    ARTIFACT_TYPES.map((t) => h("option", { value: t }, t)));
+  const search = h("input", {
+    id: "artifact-search", type: "search", autocomplete: "off",
+    "aria-describedby": "artifact-search-hint", "aria-controls": "artifact-results",
+  });
+  const results = h("ul", { id: "artifact-results", class: "choices", "aria-label": "Matching artifacts" });
+  const chosenList = h("ul", { id: "artifact-chosen", class: "chips", "aria-label": "Followed artifacts" });
+
+  const renderChosen = () => {
+    chosenList.replaceChildren(...chosen.map((a, i) => {
+      const remove = h("button", { type: "button", class: "chip-remove" }, "Remove");
+      remove.setAttribute("aria-label", `Stop following ${a.type}/${a.name}`);
+      remove.addEventListener("click", () => {
+        chosen.splice(i, 1);
+        renderChosen();
+        schedulePreview();
+        search.focus();
+      });
+      return h("li", { class: "chip" }, h("span", {}, `${a.type}/${a.name}`), remove);
+    }));
+    if (!chosen.length) chosenList.append(h("li", { class: "empty" }, "None yet."));
+  };
+
+  let timer = 0;
+  let seq = 0;
+  const lookup = () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const q = search.value.trim();
+      const mine = ++seq;
+      if (!q) {
+        results.replaceChildren();
+        return;
+      }
+      try {
+        const params = new URLSearchParams({ q, type: typeSel.value, limit: "20" });
+        const found = (await api("GET", `${API}/artifacts?${params}`)) || [];
+        if (mine !== seq) return;
+        results.replaceChildren(...found.map((a) => {
+          const add = h("button", { type: "button", class: "choice" }, `${a.type}/${a.name}`);
+          add.setAttribute("aria-label", `Follow ${a.type}/${a.name}`);
+          add.addEventListener("click", () => {
+            if (!chosen.some((c) => c.type === a.type && c.name === a.name)) {
+              chosen.push({ type: a.type, name: a.name });
+            }
+            renderChosen();
+            schedulePreview();
+            announce(`Following ${a.type}/${a.name}.`);
+            search.focus();
+          });
+          return h("li", {}, add);
+        }));
+        if (!found.length) results.append(h("li", { class: "empty" }, "No match."));
+      } catch (error) {
+        results.replaceChildren(h("li", { class: "field-error" }, error.message));
+      }
+    }, 200);
+  };
+  search.addEventListener("input", lookup);
+  typeSel.addEventListener("change", lookup);
+  search.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowDown") {
+      const first = results.querySelector("button");
+      if (first) {
+        event.preventDefault();
+        first.focus();
+      }
+    } else if (event.key === "Enter") {
+      event.preventDefault(); // do not submit the rule form
+      const first = results.querySelector("button");
+      if (first) first.click();
+    }
+  });
+  results.addEventListener("keydown", (event) => {
+    const buttons = [...results.querySelectorAll("button")];
+    const i = buttons.indexOf(document.activeElement);
+    if (i < 0) return;
+    if (event.key === "ArrowDown" && i + 1 < buttons.length) {
+      event.preventDefault();
+      buttons[i + 1].focus();
+    } else if (event.key === "ArrowUp") {
+      event.preventDefault();
+      (i > 0 ? buttons[i - 1] : search).focus();
+    }
+  });
+  renderChosen();
+  wrap.append(
+    h("div", { class: "field-row" },
+      h("div", { class: "field" }, h("label", { for: "artifact-type" }, "Artifact type"), typeSel),
+      h("div", { class: "field grow" }, h("label", { for: "artifact-search" }, "Find an artifact"), search)),
+    h("p", { class: "hint", id: "artifact-search-hint" },
+      "Type part of a name, then pick from the list (arrow keys or Tab)."),
+    results,
+    h("h4", {}, "Followed"),
+    chosenList);
+  return wrap;
+}
+
+function renderGenerationRules() {
+  const box = $("generation-rules");
+  const gens = state.editing.generation_rules;
+  box.replaceChildren(...gens.map((g, i) => generationFieldset(g, i, gens.length)));
+}
+
+function generationFieldset(gen, index, total) {
+  const base = `generation_rules.${index}`;
+  const f = gen.filters || (gen.filters = {});
+  const fs = h("fieldset", { class: "generation", "data-field": base });
+  fs.append(h("legend", {}, total > 1 ? `Delivery ${index + 1}: filters and destinations`
+    : "Filters and destinations"));
+
+  // Applications: a filterable checkbox list.
+  const appsId = nextId("apps");
+  const appsFilterId = nextId("apps-filter");
+  const chosenApps = new Set(f.applications || []);
+  const appsList = h("div", { class: "checklist", role: "group", "aria-labelledby": appsId,
+    "data-field": `${base}.filters.applications`, tabindex: "-1" });
+  const apps = [...new Set([...state.applications, ...chosenApps])];
+  for (const app of apps) {
+    const id = nextId("app");
+    const box = h("input", { id, type: "checkbox", value: app, checked: chosenApps.has(app) });
+    box.addEventListener("change", () => {
+      if (box.checked) chosenApps.add(app);
+      else chosenApps.delete(app);
+      if (chosenApps.size) f.applications = apps.filter((a) => chosenApps.has(a));
+      else delete f.applications;
+      schedulePreview();
+    });
+    appsList.append(h("label", { for: id, class: "inline", "data-app": app }, box, ` ${app}`));
+  }
+  const appsFilter = h("input", { id: appsFilterId, type: "search", autocomplete: "off" });
+  appsFilter.addEventListener("input", () => {
+    const q = appsFilter.value.trim().toLowerCase();
+    for (const label of appsList.children) {
+      label.hidden = Boolean(q) && !label.dataset.app.toLowerCase().includes(q);
+    }
+  });
+  fs.append(h("div", { class: "field" },
+    h("p", { class: "label", id: appsId }, "Applications (none checked: all)"),
+    h("label", { for: appsFilterId, class: "sub" }, "Filter the applications list"), appsFilter,
+    appsList));
+
+  // Severities.
+  const sevId = nextId("sev");
+  const sevs = h("div", { class: "checkrow", role: "group", "aria-labelledby": sevId,
+    "data-field": `${base}.filters.severities`, tabindex: "-1" });
+  const chosenSev = new Set(f.severities || []);
+  for (const s of SEVERITIES) {
+    const id = nextId("sev");
+    const box = h("input", { id, type: "checkbox", value: s, checked: chosenSev.has(s) });
+    box.addEventListener("change", () => {
+      if (box.checked) chosenSev.add(s);
+      else chosenSev.delete(s);
+      if (chosenSev.size) f.severities = SEVERITIES.filter((x) => chosenSev.has(x));
+      else delete f.severities;
+      schedulePreview();
+    });
+    sevs.append(h("label", { for: id, class: "inline" }, box, ` ${s}`));
+  }
+  fs.append(h("div", { class: "field" },
+    h("p", { class: "label", id: sevId }, "Severities (none checked: all but DEBUG)"), sevs));
+
+  // Topic glob.
+  const topicId = nextId("topic");
+  const topicHint = nextId("topic-hint");
+  const topic = h("input", { id: topicId, type: "text", autocomplete: "off",
+    "data-field": `${base}.filters.topic`, "aria-describedby": topicHint, value: f.topic || "" });
+  topic.addEventListener("input", () => {
+    if (topic.value.trim()) f.topic = topic.value.trim();
+    else delete f.topic;
+    schedulePreview();
+  });
+  fs.append(h("div", { class: "field" }, h("label", { for: topicId }, "Topic pattern"), topic,
+    h("p", { class: "hint", id: topicHint }, "Optional glob, like *.bodhi.update.comment")));
+
+  // My actions.
+  const mineId = nextId("mine");
+  const mine = h("input", { id: mineId, type: "checkbox", checked: f.my_actions === true,
+    "data-field": `${base}.filters.my_actions` });
+  mine.addEventListener("change", () => {
+    if (mine.checked) f.my_actions = true;
+    else delete f.my_actions;
+    schedulePreview();
+  });
+  fs.append(h("div", { class: "field" },
+    h("label", { for: mineId, class: "inline" }, mine, " Include my own actions")));
+
+  // Destinations.
+  const destId = nextId("dests");
+  const dests = h("div", { class: "checklist short", role: "group", "aria-labelledby": destId,
+    "data-field": `${base}.destinations`, tabindex: "-1" });
+  const chosenDest = new Set(gen.destinations || []);
+  for (const d of state.destinations) {
+    const id = nextId("dest");
+    const box = h("input", { id, type: "checkbox", value: d.id, checked: chosenDest.has(d.id) });
+    box.addEventListener("change", () => {
+      if (box.checked) chosenDest.add(d.id);
+      else chosenDest.delete(d.id);
+      gen.destinations = state.destinations.map((x) => x.id).filter((x) => chosenDest.has(x));
+      schedulePreview();
+    });
+    dests.append(h("label", { for: id, class: "inline" }, box,
+      ` ${destinationLabel(d)}${d.verified ? "" : " (not verified)"}`));
+  }
+  if (!state.destinations.length) {
+    dests.append(h("p", { class: "hint" }, "Add a destination first (Destinations)."));
+  }
+  fs.append(h("div", { class: "field" }, h("p", { class: "label", id: destId }, "Send to"), dests));
+
+  if (total > 1) {
+    const remove = h("button", { type: "button", class: "secondary" }, `Remove delivery ${index + 1}`);
+    remove.addEventListener("click", () => {
+      state.editing.generation_rules.splice(index, 1);
+      renderGenerationRules();
+      schedulePreview();
+      $("add-generation").focus();
+    });
+    fs.append(remove);
+  }
+  return fs;
+}
+
+/** The editor's rule as the API wants it (no id). */
+function editedRule() {
+  const r = state.editing;
+  return {
+    name: $("rule-name").value.trim(),
+    enabled: $("rule-enabled-new").checked,
+    tracking: structuredClone(r.tracking),
+    generation_rules: structuredClone(r.generation_rules),
+  };
+}
+
+function schedulePreview(delay = PREVIEW_DELAY_MS) {
+  clearTimeout(state.previewTimer);
+  state.previewTimer = setTimeout(runPreview, delay);
+}
+
+async function runPreview() {
+  if (!state.editing) return;
+  const mine = ++state.previewSeq;
+  const form = $("rule-form");
+  const summary = $("preview-summary");
+  summary.dataset.state = "loading";
+  try {
+    const answer = await api("POST", `${API}/preview`, { rule: editedRule(), limit: 50 });
+    if (mine !== state.previewSeq || !state.editing) return;
+    clearErrors(form);
+    $("rule-form-error").hidden = true;
+    const messages = (answer && answer.messages) || [];
+    if (answer && answer.available === false) {
+      summary.textContent = "The preview is not available on this server.";
+    } else {
+      summary.textContent = `${answer.matched} of the last ${answer.window} messages match`
+        + (typeof answer.took_ms === "number" ? ` (${answer.took_ms.toFixed(1)} ms).` : ".");
+    }
+    $("preview-list").replaceChildren(...messages.map((m) => messageItem(m)));
+    summary.dataset.state = "done";
+  } catch (error) {
+    if (mine !== state.previewSeq) return;
+    clearErrors(form);
+    summary.textContent = "No preview: the rule is not complete yet.";
+    $("preview-list").replaceChildren();
+    showError(form, null, error, { focus: false });
+    summary.dataset.state = "error";
+  }
+}
+
+function setupEditor() {
+  const form = $("rule-form");
+  $("new-rule").addEventListener("click", () => openEditor(null));
+  $("cancel-rule").addEventListener("click", () => {
+    const was = closeEditor();
+    const item = was && was.id && ruleHeading(was.id);
+    (item || $("new-rule")).focus();
+  });
+  $("tracking-kind").addEventListener("change", () => {
+    renderTrackingParams();
+    schedulePreview();
+  });
+  $("rule-name").addEventListener("input", () => schedulePreview());
+  $("rule-enabled-new").addEventListener("change", () => schedulePreview());
+  $("add-generation").addEventListener("click", () => {
+    state.editing.generation_rules.push({ filters: {}, destinations: [] });
+    renderGenerationRules();
+    schedulePreview();
+    const last = $("generation-rules").lastElementChild;
+    const first = last && last.querySelector("input");
+    if (first) first.focus();
+  });
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") $("cancel-rule").click();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    $("rule-form-error").hidden = true;
+    const body = editedRule();
+    const id = state.editing.id;
+    try {
+      const saved = id
+        ? await api("PUT", `${API}/rules/${encodeURIComponent(id)}`, body)
+        : await api("POST", `${API}/rules`, body);
+      if (id) state.rules = state.rules.map((r) => (r.id === id ? saved : r));
+      else state.rules.push(saved);
+      closeEditor();
+      renderRules();
+      announce(`Rule ${saved.name || ""} saved.`);
+      const heading = ruleHeading(saved.id);
+      if (heading) heading.focus();
+    } catch (error) {
+      showError(form, $("rule-form-error"), error);
+    }
+  });
+}
+
+function ruleHeading(id) {
+  const li = [...$("rule-list").children].find((el) => el.dataset.ruleId === id);
+  return li ? li.querySelector(".item-title") : null;
+}
+
+// -- views and sign in ----------------------------------------------------------------------
+
+const VIEWS = ["rules", "destinations", "notifications"];
+
+function showView(name, { focus = true } = {}) {
+  for (const section of document.querySelectorAll("main > .view")) section.hidden = true;
+  const view = $(`view-${name}`);
+  view.hidden = false;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (name === "notifications") loadNotifications();
+  if (name === "rules" && state.editing) renderGenerationRules(); // destinations may have changed
+  if (focus) {
+    const heading = view.querySelector("h2");
+    if (heading) heading.focus();
+  }
+  document.title = `${view.querySelector("h2").textContent} - Fedora Notifications`;
+}
+
+function route({ focus = true } = {}) {
+  if (!state.me) return;
+  const name = location.hash.replace(/^#\/?/, "");
+  showView(VIEWS.includes(name) ? name : "rules", { focus });
+}
+
+async function showSignIn() {
+  $("nav").hidden = true;
+  $("account").hidden = true;
+  $("feed").hidden = true;
+  for (const section of document.querySelectorAll("main > .view")) section.hidden = true;
+  $("view-signin").hidden = false;
+  document.title = "Sign in - Fedora Notifications";
+  try {
+    // Also sets the fmn_csrf cookie the sign-in POST must echo.
+    const response = await fetch("/dev/login", {
+      headers: { Accept: "application/json" }, credentials: "same-origin",
+    });
+    if (!response.ok) return; // no development login here
+    let users = [];
+    if ((response.headers.get("content-type") || "").includes("json")) {
+      const data = await response.json();
+      users = Array.isArray(data) ? data : (data && data.users) || [];
+    } else {
+      // The server's own HTML sign-in page: read the names of its datalist (parsed inert).
+      const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+      users = [...doc.querySelectorAll("datalist option")].map((o) => o.value || o.textContent);
+    }
+    const names = users.map((u) => (typeof u === "string" ? u : u && (u.name || u.user)))
+      .filter((n) => typeof n === "string" && n);
+    $("dev-users").replaceChildren(...names.map((n) => h("option", { value: n })));
+    const input = $("dev-user");
+    if (!input.value && names.length) input.value = names[0];
+    $("dev-login").hidden = false;
+  } catch {
+    // no development login here
+  }
+}
+
+function setupSignIn() {
+  $("dev-login").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const err = $("dev-user-error");
+    err.hidden = true;
+    try {
+      await api("POST", "/dev/login", { user: $("dev-user").value.trim() });
+      await start();
+    } catch (error) {
+      err.textContent = error.message;
+      err.hidden = false;
+      $("dev-user").focus();
+    }
+  });
+  $("sign-out").addEventListener("click", async () => {
+    try {
+      await api("POST", "/logout");
+    } catch {
+      // signed out anyway, as far as this page is concerned
+    }
+    signedOut();
+  });
+}
+
+function signedOut() {
+  state.me = null;
+  closeFeed();
+  closeEditor();
+  showSignIn().then(() => $("main").focus());
+}
+
+async function start() {
+  try {
+    state.me = await api("GET", `${API}/me`);
+  } catch (error) {
+    if (error.status === 401) {
+      state.me = null;
+      await showSignIn();
+      return;
+    }
+    showAlert(`Cannot reach the server: ${error.message}`);
+    return;
+  }
+  showAlert("");
+  $("account-name").textContent = state.me.name;
+  $("account").hidden = false;
+  $("nav").hidden = false;
+  $("feed").hidden = false;
+  $("view-signin").hidden = true;
+  try {
+    const [apps] = await Promise.all([api("GET", `${API}/applications`), loadDestinations()]);
+    state.applications = Array.isArray(apps) ? apps : [];
+    await loadRules();
+  } catch (error) {
+    showAlert(`Could not load your preferences: ${error.message}`);
+  }
+  openFeed();
+  route({ focus: false });
+  $("main").focus();
+  document.body.dataset.ready = "true";
+}
+
+setupSignIn();
+setupDestinationForm();
+setupEditor();
+window.addEventListener("hashchange", () => route());
+start();
