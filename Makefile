@@ -50,6 +50,8 @@ vendor: setup ## install the core package into each Chalice app's vendor/ (for c
 	  echo "vendor: $$app"; rm -rf $$app/vendor; \
 	  $(BIN)/pip install -q --no-deps --target $$app/vendor . ; \
 	done
+	@# Chalice ships vendor/ beside app.py: the UI's files go there too
+	cp -r webapp/static webapp/vendor/static
 
 clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
