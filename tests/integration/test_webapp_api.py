@@ -281,7 +281,7 @@ def test_each_user_sees_only_their_own_feed(app: App) -> None:
     app.feed.append("bob", encode_event({**rule_doc, "received_at": time.strftime(
         "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}))
     assert bob.get("/api/v1/stats").json_body == {
-        "days": 7, "rules": {"my-packages": 0, "my-events": 1}}
+        "days": 7, "rules": {"my-packages": 0, "my-events": 1}, "source": "feed"}
 
 
 def test_admin_routes(app: App) -> None:
@@ -469,6 +469,14 @@ def test_the_preview_shows_what_a_rule_would_have_matched(app: App) -> None:
     expected = [m.id for m in messages if naive.match(m)]
     assert body["matched"] == len(expected) > 0
     assert [m["id"] for m in body["messages"]] == list(reversed(expected))[:5]
+    # saved, the rule's matches are the user's recent notifications, whatever the channel,
+    # and its count over the window is its figure for the last 7 days
+    saved = alice.post("/api/v1/rules", draft).json_body
+    stats = alice.get("/api/v1/stats").json_body
+    assert stats["source"] == "window" and stats["rules"][saved["id"]] == len(expected)
+    recent = alice.get("/api/v1/notifications?limit=5").json_body
+    assert [n["message_id"] for n in recent] == list(reversed(expected))[:5]
+    assert all("koji stuff" in n["rule_names"] for n in recent)
     # an invalid draft names the field, as everywhere
     bad = alice.post("/api/v1/preview", {"rule": {**draft, "tracking": {"kind": "nope"}}})
     assert bad.status_code == 400 and bad.json_body["field"]

@@ -485,10 +485,8 @@ class PreferencesService:
 
     # -- what happened ------------------------------------------------------
 
-    def notifications(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The user's latest feed events, oldest first, each with its feed ``id``."""
-        if not 0 < limit <= MAX_FEED_LIMIT:
-            raise Invalid(f"must be an integer from 1 to {MAX_FEED_LIMIT}", "limit")
+    def _feed_events(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The user's latest live-feed events, oldest first, each with its feed ``id``."""
         if self.feed is None:
             return []
         out = []
@@ -501,11 +499,60 @@ class PreferencesService:
                 out.append({"id": event.id, **doc})
         return out
 
+    def _window_matches(self, user: User, limit: int) -> tuple[bool, dict[str, Any]]:
+        """What each enabled rule matched in the preview window (the last 7 days or
+        100,000 messages, whatever the destination): ``(window has messages, rule id ->
+        preview answer)``."""
+        answers: dict[str, Any] = {}
+        seen = False
+        for rule in user.rules:
+            if not rule.enabled:
+                continue
+            answer = self.previewer(user, rule, limit)
+            if answer.get("available") is False:
+                return False, {}
+            seen = seen or bool(answer.get("window"))
+            answers[rule.id] = answer
+        return seen, answers
+
+    def notifications(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The user's recent notifications, newest first: what their enabled rules matched
+        among the recent bus messages (whatever the channel), and their live feed's events.
+        """
+        if not 0 < limit <= MAX_FEED_LIMIT:
+            raise Invalid(f"must be an integer from 1 to {MAX_FEED_LIMIT}", "limit")
+        user = self.user(name)
+        events = self._feed_events(name, limit)
+        by_message = {str(e.get("message_id")): e for e in events}
+        _seen, answers = self._window_matches(user, limit)
+        names = {r.id: r.name for r in user.rules}
+        for rule_id, answer in answers.items():
+            for m in answer.get("messages", ()):
+                item = by_message.get(m["id"])
+                if item is None:
+                    item = by_message[m["id"]] = {
+                        "message_id": m["id"], "topic": m["topic"], "app": m["app"],
+                        "summary": m["summary"], "url": m["url"], "sent_at": m["sent_at"],
+                        "severity": m["severity"], "rules": [], "rule_names": [],
+                        "received_at": m["sent_at"]}
+                if rule_id not in item.setdefault("rules", []):
+                    item["rules"] = [*item["rules"], rule_id]
+                    item["rule_names"] = [*item.get("rule_names", []), names[rule_id]]
+        found = sorted(by_message.values(), key=lambda e: str(e.get("received_at") or ""),
+                       reverse=True)
+        return found[:limit]
+
     def stats(self, name: str) -> dict[str, Any]:
-        """Notifications per rule over the last :data:`STATS_DAYS` days (what the feed keeps)."""
-        counts = {r.id: 0 for r in self.user(name).rules}
+        """Notifications per rule over the last :data:`STATS_DAYS` days: what each enabled
+        rule matched in the preview window, or, without one, on the live feed."""
+        user = self.user(name)
+        counts = {r.id: 0 for r in user.rules}
+        seen, answers = self._window_matches(user, 1)
+        if seen:
+            counts.update({rule_id: int(a.get("matched", 0)) for rule_id, a in answers.items()})
+            return {"days": STATS_DAYS, "rules": counts, "source": "window"}
         since = self.clock() - STATS_DAYS * 24 * 3600
-        for event in self.notifications(name, MAX_FEED_LIMIT):
+        for event in self._feed_events(name, MAX_FEED_LIMIT):
             try:
                 at = datetime.fromisoformat(str(event.get("received_at"))).timestamp()
             except ValueError:
@@ -515,7 +562,7 @@ class PreferencesService:
             for rule_id in event.get("rules") or ():
                 if rule_id in counts:
                     counts[rule_id] += 1
-        return {"days": STATS_DAYS, "rules": counts}
+        return {"days": STATS_DAYS, "rules": counts, "source": "feed"}
 
     # -- catalogue ----------------------------------------------------------
 
