@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from chalice.app import Chalice, Request, Response
+from sqlalchemy.exc import DBAPIError
 
 from fmn import auth
 from fmn.errors import RetryableError
@@ -221,8 +222,8 @@ def _body(request: Request) -> Any:
         return None
     try:
         return json.loads(raw)
-    except ValueError as exc:
-        raise Invalid(f"the body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting
+        raise Invalid(f"the body is not JSON: {str(exc)[:200]}") from exc
 
 
 def csrf_for(session: str) -> str:
@@ -280,7 +281,7 @@ def endpoint(*, signed_in: bool = True) -> Callable[[Callable[..., Response]],
             except UnsafeConfiguration as exc:
                 log.error("refusing to serve: %s", exc)
                 return _json({"error": "misconfigured", "detail": str(exc), "field": None}, 500)
-            except RetryableError as exc:
+            except (RetryableError, DBAPIError) as exc:  # DBAPIError: the database away
                 log.warning("dependency failed: %s", exc)
                 return _json({"error": "unavailable", "detail": "a service we depend on is "
                               "unavailable; try again shortly", "field": None}, 503,
@@ -302,7 +303,7 @@ def _int_param(name: str, default: int) -> int:
     value = (_request().query_params or {}).get(name)
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 6:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
         raise Invalid("must be a positive integer", name)
     return int(value)
 
@@ -368,11 +369,13 @@ def dev_login_page() -> Response:
     from fmn import db
 
     names = list(db.user_revisions(_get("engine")))[:20]
-    token = _cookies(_request()).get(CSRF_COOKIE) or secrets.token_hex(32)
+    token = _cookies(_request()).get(CSRF_COOKIE, "")
+    if not re.fullmatch(r"[0-9a-f]{64}", token):  # only ever reuse one we could have set
+        token = secrets.token_hex(32)
     options = "".join(f"<option>{html.escape(n)}</option>" for n in names)
     body = ("<p>Development login: no password. Never enabled in production.</p>"
             "<form method=post action=/dev/login>"
-            f"<input type=hidden name=csrf value={html.escape(token)}>"
+            f'<input type=hidden name=csrf value="{html.escape(token)}">'
             "<input name=user list=users required autofocus>"
             f"<datalist id=users>{options}</datalist> <button>Sign in</button></form>")
     page = _html("Sign in (development)", body)
@@ -496,7 +499,8 @@ def unsubscribe_page(token: str) -> Response:
                  "settings.</p><button type=submit>Stop these emails</button></form>")
 
 
-@app.route("/unsubscribe/{token}", methods=["POST"], content_types=FORM_TYPES)
+@app.route("/unsubscribe/{token}", methods=["POST"],
+           content_types=[*FORM_TYPES, "multipart/form-data"])  # RFC 8058 allows both
 def unsubscribe(token: str) -> Response:
     """RFC 8058 one-click unsubscribe: the signed token is the credential (no session,
     no CSRF token: mail clients POST ``List-Unsubscribe=One-Click`` themselves)."""

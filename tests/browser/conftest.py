@@ -98,8 +98,11 @@ def real_stack(tmp_path: Path) -> Iterator[Stack]:
         feed_server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module.  Not per session: Playwright's sync API keeps an
+    event loop running in this thread while it is open, and later tests (and asyncio.run
+    in them) must not run under it."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")

@@ -480,3 +480,40 @@ def test_the_preview_shows_what_a_rule_would_have_matched(app: App) -> None:
     # an invalid draft names the field, as everywhere
     bad = alice.post("/api/v1/preview", {"rule": {**draft, "tracking": {"kind": "nope"}}})
     assert bad.status_code == 400 and bad.json_body["field"]
+
+
+def test_hostile_requests_get_a_400_not_a_500(app: App) -> None:
+    alice = Session("alice")
+    assert alice.get("/api/v1/notifications?limit=%C2%B2").status_code == 400  # "²".isdigit()
+    assert alice.get("/api/v1/artifacts?q=a%00b").status_code == 400
+    deep = alice.request("POST", "/api/v1/rules", None, headers={
+        "content-type": "application/json"})
+    assert deep.status_code in (400, 415)
+    r = alice.http.request("POST", "/api/v1/rules", body=b"[" * 100_000, headers={
+        "cookie": "; ".join(f"{k}={v}" for k, v in alice.cookies.items()),
+        "content-type": "application/json", "x-csrf-token": alice.cookies["fmn_csrf"]})
+    assert r.status_code == 400 and json.loads(r.body)["error"] == "invalid"
+
+
+def test_unsubscribe_edge_cases(app: App) -> None:
+    from fmn.auth import unsubscribe_url
+
+    outsider = Session(None)
+    ghost = unsubscribe_url("http://t", "ghost", "email", app.settings.secret_key)
+    r = outsider.request("POST", "/" + ghost.split("/", 3)[3], csrf=False, headers={
+        "content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200  # an account that is gone: nothing to stop, no error
+    Session("alice")
+    url = unsubscribe_url("http://t", "alice", "email", app.settings.secret_key)
+    r = outsider.http.request("POST", "/" + url.split("/", 3)[3], headers={
+        "content-type": "multipart/form-data; boundary=x"},
+        body=b'--x\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+             b"One-Click\r\n--x--\r\n")
+    assert r.status_code == 200  # RFC 8058 lets mail clients send multipart too
+
+
+def test_oidc_with_the_development_key_is_refused() -> None:
+    web = WebSettings(oidc_issuer="https://id.fedoraproject.org", oidc_client_id="fmn")
+    with pytest.raises(UnsafeConfiguration):
+        web.check("development-only-secret-key")
+    web.check("a-real-secret")

@@ -71,6 +71,10 @@ class WebSettings:
             raise UnsafeConfiguration(
                 "FMN_DEV_LOGIN=1 lets anyone sign in as anyone: it is refused when "
                 "FMN_ENV=production. Unset FMN_DEV_LOGIN (and configure FMN_OIDC_*).")
-        if self.production and (not secret_key or secret_key == DEFAULT_SECRET_KEY):
+        # Real sign-ins (OIDC) with the public development key would let anyone
+        # forge anyone's session: refused whatever FMN_ENV says.
+        if (self.production or self.oidc_issuer) \
+                and (not secret_key or secret_key == DEFAULT_SECRET_KEY):
             raise UnsafeConfiguration("FMN_SECRET_KEY is the development key: set a secret "
-                                      "of your own when FMN_ENV=production.")
+                                      "of your own when FMN_ENV=production or FMN_OIDC_ISSUER "
+                                      "is set.")

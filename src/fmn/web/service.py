@@ -403,7 +403,7 @@ class PreferencesService:
         is verified again.  ``None`` when it is gone already (the link stays harmless)."""
         try:
             user = self.user(name)
-        except NotFound:
+        except WebError:  # the account is gone: nothing to stop
             return None
         dest = user.destination(dest_id)
         if dest is None:
@@ -574,6 +574,8 @@ class PreferencesService:
             raise Invalid(f"must be one of {', '.join(ARTIFACT_TYPES)}", "type")
         if not 0 < limit <= 100:
             raise Invalid("must be an integer from 1 to 100", "limit")
+        if len(q) > 255 or any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in q):
+            raise Invalid("must be at most 255 printable characters", "q")
         escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = (select(OwnedArtifactRow.artifact_type, OwnedArtifactRow.name)
                  .where(OwnedArtifactRow.name.ilike(f"{escaped}%", escape="\\"))
