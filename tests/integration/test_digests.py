@@ -49,8 +49,9 @@ def world() -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(store=store, mailer=mailer, sender=sender, once=once, clock=clock,
                           tag=tag, dead=dead,
                           dead_letter=lambda item, reason: dead.append((item, reason)))
-    for key in client.scan_iter(f"fmn-test:{tag}:*"):
-        client.delete(key)
+    for pattern in (f"fmn-test:{tag}:*", f"fmn-test-{tag}*"):  # digests, sends remembered
+        for key in client.scan_iter(pattern):
+            client.delete(key)
 
 
 def add(w: SimpleNamespace, n: int, digest: tuple[int, int], start: int = 0) -> None:

@@ -484,7 +484,7 @@ def sqs_event(bodies: list[str], queue_name: str) -> dict[str, Any]:
 @pytest.fixture
 def writer(aws_env: str, monkeypatch: pytest.MonkeyPatch, sse_app: ModuleType,
            prefix: str) -> Iterator[dict[str, Any]]:
-    tag = uuid.uuid4().hex[:10]  # message ids: the idempotency records are not cleaned up
+    tag = uuid.uuid4().hex[:10]
     for name, value in {"REDIS_URL": REDIS_URL, "FMN_FEED_MAXLEN": "3",
                         "FMN_FEED_PREFIX": prefix, "FMN_QUEUE_PREFIX": f"fmn-t{tag}-",
                         "FMN_IDEMPOTENCY_TTL_S": "600"}.items():
@@ -492,6 +492,9 @@ def writer(aws_env: str, monkeypatch: pytest.MonkeyPatch, sse_app: ModuleType,
     sse_app.reset()
     yield {"tag": tag, "users": ["alice", "bob"], "queue": f"fmn-t{tag}-sse"}
     sse_app.reset()
+    client = redis_client()
+    for key in client.scan_iter(f"fmn-t{tag}-*"):  # the sends it remembered
+        client.delete(key)
 
 
 def invoke(sse_app: ModuleType, bodies: list[str], queue_name: str) -> Any:

@@ -322,3 +322,28 @@ def test_concurrency_rises_to_max_with_backlog_and_falls_back(
     # Every message processed (at least once: see the note on moto at the top).
     assert set(seen) == set(bodies)
     assert _counts(aws.sqs, urls.url) == (0, 0)
+
+
+def test_fmn_up_starts_from_a_clean_stage_in_redis(tmp_path: Any) -> None:
+    """A second `make run` replays the same messages: the senders' memory of the first
+    run's sends (and its digests, window, feeds) must not swallow them."""
+    from services import REDIS_URL, redis_client
+
+    from fmn.local.stack import LocalStack, StackOptions
+
+    client = redis_client()
+    tag = uuid4().hex[:8]
+    prefix, other = f"up{tag}-", f"other{tag}-"
+    settings = Settings(redis_url=REDIS_URL, queue_prefix=prefix,
+                        feed_prefix=f"fmn-test:{tag}:feed:")
+    mine = [f"{prefix}email#abc", f"{prefix}irc#def", f"fmn:digest:{prefix}due",
+            f"fmn:preview:{prefix}window", f"fmn-test:{tag}:feed:alice"]
+    theirs = [f"{other}email#abc", f"fmn:digest:{other}due"]
+    for key in mine + theirs:
+        client.set(key, "1")
+    try:
+        LocalStack(settings, StackOptions(workdir=tmp_path))._clear_stage_state()
+        assert [k for k in mine if client.exists(k)] == []
+        assert all(client.exists(k) for k in theirs)
+    finally:
+        client.delete(*mine, *theirs)

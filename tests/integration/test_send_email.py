@@ -56,6 +56,10 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, email_app: ModuleType,
     email_app.reset()
     yield SimpleNamespace(app=email_app, sink=sink, sqs=sqs, urls=urls, tag=tag)
     email_app.reset()
+    client = redis_client()
+    for pattern in (f"{prefix}*", f"fmn:digest:{prefix}*"):  # sends remembered, digests
+        for key in client.scan_iter(pattern):
+            client.delete(key)
 
 
 def context(timeout_s: float = 60) -> LambdaContext:

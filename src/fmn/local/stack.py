@@ -326,10 +326,35 @@ class LocalStack:
         for urls in self.urls.values():  # counters start at zero
             for url in (urls.url, urls.dlq_url):
                 aws.sqs.purge_queue(QueueUrl=url)
+        self._clear_stage_state()
         with contextlib.suppress(aws.s3.exceptions.BucketAlreadyOwnedByYou):
             aws.s3.create_bucket(Bucket=self.settings.claim_bucket)
         return f"{len(self.urls)} queues with dead-letter queues, bucket " \
                f"{self.settings.claim_bucket}"
+
+    def _clear_stage_state(self) -> None:
+        """Start from a clean Redis for this stage, as from empty queues: the senders
+        remember every send for days (no duplicate after a redelivery), so a second
+        run's replay of the same messages would otherwise send nothing."""
+        import redis
+
+        prefix = self.settings.queue_prefix
+        patterns = [f"{prefix}{backend}#*" for backend in BACKENDS]
+        patterns += [f"fmn:digest:{prefix}*", f"fmn:preview:{prefix}*",
+                     f"{self.settings.feed_prefix}*"]
+        client = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            for pattern in patterns:
+                batch = []
+                for key in client.scan_iter(match=pattern, count=1000):
+                    batch.append(key)
+                    if len(batch) >= 1000:
+                        client.delete(*batch)
+                        batch = []
+                if batch:
+                    client.delete(*batch)
+        finally:
+            client.close()
 
     def _bridge_config(self) -> Path:
         path = self.workdir / "bridge.toml"
