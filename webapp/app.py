@@ -664,6 +664,28 @@ class LocalServer:
         self._thread.join(timeout=5)
 
 
+class _OneAtATime:
+    """The app for a threaded local server, one request at a time.
+
+    Chalice keeps the request being handled on the app object
+    (``app.current_request``), as Lambda runs one request per container at a
+    time; a threaded server running two at once would let one handler read the
+    other's request (cookies included).  Connections are still threads, so a
+    kept-alive connection does not hold the others up between requests.
+    """
+
+    def __init__(self, target: Chalice) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Any, context: Any) -> Any:
+        with self._lock:
+            return self._target(event, context)
+
+    def __getattr__(self, name: str) -> Any:  # routes, api, ... as the app's
+        return getattr(self._target, name)
+
+
 def serve_local(settings: Settings, port: int, web: WebSettings | None = None,
                 host: str = "127.0.0.1", **overrides: Any) -> LocalServer:
     """Serve this app on http://host:port in a thread (local stack, browser tests).
@@ -675,7 +697,7 @@ def serve_local(settings: Settings, port: int, web: WebSettings | None = None,
     from chalice.local import LocalDevServer
 
     configure(settings, web, **overrides)
-    server = LocalDevServer(app, Config.create(app_name=app.app_name), host, port)
+    server = LocalDevServer(_OneAtATime(app), Config.create(app_name=app.app_name), host, port)
     thread = threading.Thread(target=server.server.serve_forever, name="fmn-webapp",
                               daemon=True)
     thread.start()

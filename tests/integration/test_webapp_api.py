@@ -377,6 +377,31 @@ def test_serve_local_answers_on_a_real_port(app: App) -> None:
     try:
         r = httpx.get(f"{handle.url}/api/v1/me", timeout=5)
         assert r.status_code == 401
+        # Two people at once: each answer is about its own request (Chalice keeps the
+        # current request on the app; the local server must not mix them up).
+        from concurrent.futures import ThreadPoolExecutor
+
+        clients = {}
+        for name in ("alice", "bob"):
+            c = httpx.Client(base_url=handle.url, timeout=10)
+            c.get("/dev/login")
+            c.post("/dev/login", json={"user": name},
+                   headers={"x-csrf-token": c.cookies["fmn_csrf"]})
+            clients[name] = c
+
+        def me(name: str) -> str:
+            return str(clients[name].get("/api/v1/me").json()["name"])
+
+        import sys
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # interleave the server's threads as much as possible
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                names = ["alice", "bob"] * 150
+                assert list(pool.map(me, names)) == names
+        finally:
+            sys.setswitchinterval(interval)
     finally:
         handle.stop()
 
