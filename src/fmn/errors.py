@@ -28,6 +28,11 @@ class RetryableError(FmnError):
     """A dependency failed; the same input may succeed later."""
 
 
+class Deferred(RetryableError):
+    """This one item cannot go *for now* (a mailbox full, greylisting): the items
+    sent with it go on, and its record comes back later."""
+
+
 class InvalidMessage(PermanentError):
     """A bus record that cannot be turned into a :class:`fmn.message.Message`.
 

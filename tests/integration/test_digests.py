@@ -173,3 +173,30 @@ def test_refused_digest_address_dead_letters_every_item(world: SimpleNamespace) 
     w.clock.now += 60
     assert w.sender.flush_due(w.once, w.dead_letter) == 2
     assert w.mailer.sent == [] and len(w.dead) == 2
+
+
+def test_one_failing_digest_does_not_hold_the_others_up(world: SimpleNamespace,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.errors import RetryableError
+
+    w = world
+    for user in ("bob", "carol"):
+        body = payload("email", [note(user, f"{user}@example.org", "d9", digest=(60, 100))],
+                       id=f"{w.tag}-{user}")
+        deliver_payload(body, "email", w.sender, w.once, w.dead_letter)
+    w.clock.now += 60
+    real = w.mailer.send
+
+    def send(msg: object) -> None:
+        if "bob@" in str(msg["To"]):  # type: ignore[index]
+            raise RetryableError("bob's server is away")
+        real(msg)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(w.mailer, "send", send)
+    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert [str(m["To"]) for m in w.mailer.sent] == ["carol@example.org"]
+    monkeypatch.undo()
+    w.clock.now += 300  # bob's claim's lease runs out
+    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert sorted(str(m["To"]) for m in w.mailer.sent) == ["bob@example.org",
+                                                           "carol@example.org"]

@@ -209,3 +209,37 @@ def test_ses_through_the_moto_server(env: SimpleNamespace,
     msg = email.message_from_string(sent[0].raw_data, policy=email.policy.default)
     assert msg["X-Fedmsg-Id"] == mid(env) and msg["List-Unsubscribe-Post"]
     assert msg["To"] == "bob@example.org"
+
+
+def test_one_deferred_recipient_does_not_hold_the_others_up(env: SimpleNamespace) -> None:
+    env.sink.refuse["full@example.org"] = "452 4.2.2 mailbox full"
+    body = payload("email", [note("full", "full@example.org"), note("bob", "bob@example.org"),
+                             note("carol", "carol@example.org")], id=mid(env))
+    assert invoke(env, body) == ["m0"]  # comes back for the deferred one
+    assert sorted(r.rcpt_tos[0] for r in env.sink.wait_for(2)) == [
+        "bob@example.org", "carol@example.org"]
+    env.sink.refuse.clear()
+    assert invoke(env, body) == []
+    got = env.sink.wait_for(3)
+    assert sorted(r.rcpt_tos[0] for r in got) == [
+        "bob@example.org", "carol@example.org", "full@example.org"]  # each exactly once
+    assert dead_letters(env) == []
+
+
+def test_an_unforeseen_failure_dead_letters_that_item_alone(
+        env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = env.app.function.get("send")
+    real = sender.render
+
+    def render(item: Any) -> Any:
+        if item.user == "odd":
+            raise KeyError("a case nobody foresaw")
+        return real(item)
+
+    monkeypatch.setattr(sender, "render", render)
+    body = payload("email", [note("odd", "odd@example.org"), note("bob", "bob@example.org")],
+                   id=mid(env))
+    assert invoke(env, body) == []
+    assert [r.rcpt_tos for r in env.sink.wait_for(1)] == [["bob@example.org"]]
+    [dead] = dead_letters(env)
+    assert dead["body"]["notifications"][0]["user"] == "odd" and "KeyError" in dead["error"]

@@ -131,3 +131,26 @@ def test_clean_removes_what_changes_meaning() -> None:
     assert clean("abc\u202edef\u2066g\ud800") == "abcdefg\ufffd"
     assert clean("<b>&amp;</b>") == "<b>&amp;</b>"  # HTML is escaped where HTML is made
     assert clean(None) == ""
+
+
+@pytest.mark.parametrize("field", ["summary", "topic", "agent", "id"])
+def test_encoded_words_cannot_smuggle_a_line_break(field: str) -> None:
+    """RFC 2047 words are decoded when a header is set: "=0D=0A" must stay text."""
+    hostile = "=?utf-8?q?hello=0D=0ABcc:_evil@x.org=0D=0A=0D=0A<b>forged</b>?="
+    raw = one(**{field: hostile})
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\nBcc:" not in head and b"forged" not in raw.split(b"\r\n\r\n", 1)[0]
+    msg = parsed(raw)
+    assert "bcc" not in [k.lower() for k in msg]
+    assert all("\n" not in str(v) and "\r" not in str(v) for v in msg.values())
+
+
+def test_a_package_count_that_is_not_a_count_is_ignored() -> None:
+    for bad in ("x", [1], True, -5, None):
+        assert parsed(one(num_packages=bad))["X-Fedmsg-Num-Packages"] == "12"
+
+
+def test_an_idn_domain_goes_out_in_ascii() -> None:
+    [item] = deliveries(payload("email", [note(address="bob@bücher.example")]), "email")
+    raw = render(item, **KW).as_bytes()
+    assert b"To: bob@xn--bcher-kva.example\r\n" in raw

@@ -19,15 +19,18 @@ does not send an item twice.  Outcomes:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fmn.delivery.once import Once
-from fmn.errors import PermanentError
+from fmn.errors import Deferred, PermanentError, RetryableError
 from fmn.pipeline.notifications import unpack
 from fmn.prefs import Digest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +129,14 @@ def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter)
     def action() -> str:
         try:
             outcome = send(item) or "sent"
+        except RetryableError:
+            raise
         except PermanentError as exc:
             dead_letter(item, str(exc)[:1000])
+            outcome = "dead-lettered"
+        except Exception as exc:  # a case nobody foresaw: this item only, never its batch
+            log.exception("sending one %s notification failed unexpectedly", item.backend)
+            dead_letter(item, f"unexpected {type(exc).__name__}: {str(exc)[:900]}")
             outcome = "dead-lettered"
         ran.append(outcome)
         return outcome
@@ -141,11 +150,19 @@ def deliver_payload(body: str | bytes, backend: str, send: Send, once: Once,
     """Deliver every item of one payload; counts of each outcome.
 
     Stops at the first RetryableError (the server is likely away for all of
-    them) and lets it propagate.
+    them) and lets it propagate; a :class:`~fmn.errors.Deferred` concerns one
+    item only, so the others go on first and it is raised at the end.
     """
     counts: Counter[str] = Counter()
+    deferred: Deferred | None = None
     for item in deliveries(body, backend):
-        counts[deliver_one(item, send, once, dead_letter)] += 1
+        try:
+            counts[deliver_one(item, send, once, dead_letter)] += 1
+        except Deferred as exc:
+            counts["deferred"] += 1
+            deferred = deferred or exc
+    if deferred is not None:
+        raise deferred
     return counts
 
 

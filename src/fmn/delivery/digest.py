@@ -27,6 +27,7 @@ none is lost.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ import orjson
 from fmn.delivery.base import DeadLetter, Delivery, from_doc, to_doc
 from fmn.delivery.once import Once
 from fmn.errors import PermanentError, RetryableError
+
+log = logging.getLogger(__name__)
 
 #: Notifications per digest mail; more wait for the next one (sent right after).
 DIGEST_CAP = 100
@@ -211,5 +214,15 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
 
 def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
               dead_letter: DeadLetter) -> int:
-    """Send every digest due by ``now``; notifications sent (the schedule's job)."""
-    return sum(flush(store, dk, now, send, once, dead_letter) for dk in store.due(now))
+    """Send every digest due by ``now``; notifications sent (the schedule's job).
+
+    One destination failing (its server away, its batch being sent elsewhere)
+    does not hold the others up: its claim's lease brings it back later.
+    """
+    sent = 0
+    for dk in store.due(now):
+        try:
+            sent += flush(store, dk, now, send, once, dead_letter)
+        except RetryableError as exc:
+            log.warning("digest of %s not sent yet: %s", dk[:200], exc)
+    return sent

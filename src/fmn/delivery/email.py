@@ -67,7 +67,23 @@ def check_address(address: str) -> str:
 
 
 def _header_text(value: object, limit: int = MAX_HEADER_CHARS) -> str:
-    return shorten(clean(None if value is None else str(value)), limit)
+    return _no_encoded_words(shorten(clean(None if value is None else str(value)), limit))
+
+
+def _no_encoded_words(text: str) -> str:
+    # Setting a header decodes RFC 2047 encoded words ("=?utf-8?q?a=0D=0AB?=") in
+    # its value, so cleaned text could turn back into CR/LF on the wire: break
+    # every "=?" with a zero-width space (invisible, and no longer an encoded word).
+    return text.replace("=?", "=\u200b?")
+
+
+def _set(msg: EmailMessage, name: str, value: str) -> None:
+    """Add a header whose value holds untrusted text, and check what it became."""
+    msg[name] = value
+    got = (msg.get_all(name) or [""])[-1]
+    if "\r" in str(got) or "\n" in str(got):  # should be impossible after the above
+        del msg[name]
+        raise PermanentError(f"{name} would carry a line break: refused")
 
 
 def category(topic: str, app: str | None) -> str:
@@ -96,7 +112,9 @@ def rule_url(web_url: str, rule_id: str) -> str:
 def _base(to: str, sender: str, list_id: str, unsubscribe_url: str) -> EmailMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = sender
-    msg["To"] = Address(addr_spec=check_address(to))
+    local, _, domain = check_address(to).rpartition("@")
+    # the domain in ASCII (IDNA): an encoded word is not allowed inside an address
+    msg["To"] = Address(addr_spec=f"{local}@{domain.encode('idna').decode('ascii')}")
     msg["Precedence"] = "bulk"
     msg["Auto-Submitted"] = "auto-generated"
     msg["List-Id"] = f"Fedora notifications <{list_id}>"
@@ -121,19 +139,23 @@ def render(item: Delivery, *, sender: str, web_url: str, list_id: str,
     topic = _header_text(m.get("topic"))
     app = _header_text(m.get("app"), 100) or None
     msg = _base(item.address, sender, list_id, unsubscribe_url)
-    msg["Subject"] = shorten(summary, MAX_SUBJECT_CHARS) or f"{app or 'Fedora'}: {topic}"
+    _set(msg, "Subject", _no_encoded_words(shorten(summary, MAX_SUBJECT_CHARS))
+         or f"{app or 'Fedora'}: {topic}")
     msg["Date"] = mail_date(m.get("sent_at"))
     msg["Message-ID"] = email.utils.make_msgid(domain=list_id)
-    msg["X-Fedmsg-Id"] = _header_text(m.get("id"))
-    msg["X-Fedmsg-Topic"] = topic
-    msg["X-Fedmsg-Category"] = _header_text(category(str(m.get("topic") or ""), app), 100)
+    _set(msg, "X-Fedmsg-Id", _header_text(m.get("id")))
+    _set(msg, "X-Fedmsg-Topic", topic)
+    _set(msg, "X-Fedmsg-Category", _header_text(category(str(m.get("topic") or ""), app), 100))
     agent = _header_text(m.get("agent"), 100)
     if agent:
-        msg["X-Fedmsg-Username"] = agent
+        _set(msg, "X-Fedmsg-Username", agent)
     packages = [p for p in (_header_text(p, 100) for p in m.get("packages") or []) if p]
     for package in packages[:MAX_PACKAGE_HEADERS]:
-        msg["X-Fedmsg-Package"] = package
-    msg["X-Fedmsg-Num-Packages"] = str(int(m.get("num_packages") or len(packages)))
+        _set(msg, "X-Fedmsg-Package", package)
+    count = m.get("num_packages")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        count = len(packages)  # untrusted: only a count is a count
+    msg["X-Fedmsg-Num-Packages"] = str(count)
     url = shorten(clean(m.get("url")), MAX_BODY_TEXT_CHARS)
     body = [shorten(summary, MAX_BODY_TEXT_CHARS) or topic, ""]
     if url:

@@ -65,10 +65,12 @@ class EmailSender:
         sent = 0
         if self.digests is None:
             return 0
-        while self._ready:
-            sent += flush(self.digests, self._ready.pop(), self.clock(), self.send_digest,
-                          once, dead_letter)
-        return sent
+        while True:
+            try:  # shared by the local runner's threads: another may take the last one
+                dk = self._ready.pop()
+            except KeyError:
+                return sent
+            sent += flush(self.digests, dk, self.clock(), self.send_digest, once, dead_letter)
 
     def flush_due(self, once: Once, dead_letter: DeadLetter) -> int:
         """Send every digest that is due (interval passed, count reached, or a batch

@@ -25,7 +25,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fmn.errors import PermanentError, RetryableError
+from fmn.errors import Deferred, PermanentError, RetryableError
 from fmn.settings import Settings
 
 
@@ -98,7 +98,11 @@ class SmtpMailer:
                 except smtplib.SMTPRecipientsRefused as exc:
                     self._reset_after_refusal()
                     code, text = next(iter(exc.recipients.values()))
-                    raise _by_code(code, text, "recipient refused") from exc
+                    raise _by_code(code, text, "recipient refused",
+                                   deferred=RecipientDeferred) from exc
+                except smtplib.SMTPNotSupportedError as exc:  # e.g. needs SMTPUTF8: never
+                    self._reset_after_refusal()
+                    raise PermanentError(f"SMTP server cannot take this mail: {exc}") from exc
                 except smtplib.SMTPDataError as exc:
                     self._reset_after_refusal()
                     raise _by_code(exc.smtp_code, exc.smtp_error, "message refused") from exc
@@ -133,10 +137,16 @@ class SmtpMailer:
         self._conn = None
 
 
-def _by_code(code: int, text: bytes | str, what: str) -> Exception:
+class RecipientDeferred(Deferred):
+    """This recipient only, for now (a 4xx to RCPT: mailbox full, greylisting): the
+    payload's other recipients go on; this one's record comes back later."""
+
+
+def _by_code(code: int, text: bytes | str, what: str,
+             deferred: type[RetryableError] = RetryableError) -> Exception:
     detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     message = f"SMTP {what}: {code} {detail[:300]}"
-    return PermanentError(message) if 500 <= code < 600 else RetryableError(message)
+    return PermanentError(message) if 500 <= code < 600 else deferred(message)
 
 
 #: SES error codes that say "this mail, never" (everything else is retried).
