@@ -43,3 +43,55 @@ def rabbitmq_connection():  # type: ignore[no-untyped-def]
         return pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     except pika.exceptions.AMQPError as exc:
         unavailable(f"RabbitMQ at {AMQP_URL}", exc)
+
+
+POSTGRES_URL = os.environ.get("FMN_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_database():  # type: ignore[no-untyped-def]
+    """A fresh PostgreSQL database for a test module, dropped after it (a generator
+    for a fixture to ``yield from``); its URL is what it yields."""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from fmn import db
+
+    admin = db.make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"fmn_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
+    try:
+        yield admin.url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def postgres_schema(database):  # type: ignore[no-untyped-def]
+    """An engine on a schema of its own in ``database``, migrated to head, dropped after
+    (a generator for a fixture to ``yield from``)."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from fmn import db
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = db.make_engine(database, connect_args={"options": f"-c search_path={schema}"})
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    db.upgrade(engine)
+    try:
+        yield engine
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()

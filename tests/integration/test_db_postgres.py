@@ -8,54 +8,28 @@ the end.  No server: the tests skip locally and fail in CI (``CI`` set).
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from db_contract import DbContract, golden, same_json
-from services import unavailable
+from services import postgres_database, postgres_schema
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError
 
 from fmn import db
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = os.environ.get("FMN_TEST_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[URL]:
-    admin = db.make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"fmn_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        unavailable(f"PostgreSQL at {POSTGRES_URL}", exc)
-    try:
-        yield admin.url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def database() -> Iterator[Any]:
+    yield from postgres_database()
 
 
 @pytest.fixture
-def engine(database: URL) -> Iterator[Engine]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = db.make_engine(database, connect_args={"options": f"-c search_path={schema}"})
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    db.upgrade(engine)
-    yield engine
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+def engine(database: Any) -> Iterator[Engine]:
+    yield from postgres_schema(database)
 
 
 class TestPostgres(DbContract):

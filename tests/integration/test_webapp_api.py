@@ -17,11 +17,9 @@ from typing import Any
 
 import pytest
 from chalice.test import Client
-from services import REDIS_URL, redis_client, unavailable
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError
+from services import REDIS_URL, postgres_database, postgres_schema, redis_client
+from sqlalchemy import Engine
 
-from fmn import db
 from fmn.delivery.feed import RedisFeed, encode_event
 from fmn.delivery.irc_client import MemoryIrcLink
 from fmn.delivery.mailers import MemoryMailer
@@ -37,7 +35,6 @@ from fmn.web.verify import RedisKeys
 
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROOT = Path(__file__).resolve().parents[2]
 webapp = load_module(ROOT / "webapp" / "app.py", "fmn_webapp_under_test")
 
@@ -49,36 +46,12 @@ TOPIC_RULE: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[Any]:
-    import os
-
-    url = os.environ.get("FMN_TEST_POSTGRES_URL", POSTGRES_URL)
-    admin = db.make_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"fmn_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        unavailable(f"PostgreSQL at {url}", exc)
-    try:
-        yield admin.url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    yield from postgres_database()
 
 
 @pytest.fixture
 def engine(database: Any) -> Iterator[Engine]:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = db.make_engine(database, connect_args={"options": f"-c search_path={schema}"})
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    db.upgrade(engine)
-    yield engine
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    yield from postgres_schema(database)
 
 
 class App:
