@@ -16,21 +16,19 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import ARTIFACTS, ROOT, PageProbe
-from services import REDIS_URL, rabbitmq_connection, redis_client
+from local_stack import run_local_stack
 from shared_data import MESSAGES
 from test_ui import clean, sign_in, unlabelled
 
 from fmn.local import replay
-from fmn.local.stack import LocalStack, StackOptions, free_port
+from fmn.local.stack import LocalStack
 from fmn.metadata import parse
-from fmn.settings import Settings
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
@@ -42,32 +40,7 @@ TOPIC = "org.fedoraproject.prod.buildsys.build.state.change"
 
 @pytest.fixture
 def local(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
-    redis_client()
-    rabbit = rabbitmq_connection()
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'prefs.sqlite'}",
-                        redis_url=REDIS_URL, snapshot_prefix=f"fmn-test:{tag}:snapshot:",
-                        aws_endpoint_url=aws_env, queue_prefix=f"ui{tag}-",
-                        claim_bucket=f"claims-{tag}", snapshot_poll_s=0.25,
-                        feed_prefix=f"fmn-test:{tag}:feed:")
-    options = StackOptions(users=50, seed=4, workdir=tmp_path / "stack",
-                           fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
-                           amqp_queue=f"fmn-ui-{tag}", poll_wait_s=1,
-                           web_port=free_port(), feed_port=free_port())
-    stack = LocalStack(settings, options)
-    stack.start(say=lambda *_: None)
-    try:
-        yield stack
-    finally:
-        stack.stop()
-        rabbit.channel().queue_delete(options.amqp_queue)
-        rabbit.close()
-        client = redis_client()
-        for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:ui{tag}-*", f"ui{tag}-*",
-                        f"fmn:preview:ui{tag}-*"):
-            keys = list(client.scan_iter(match=pattern))
-            if keys:
-                client.delete(*keys)
+    yield from run_local_stack(aws_env, tmp_path, "ui", users=50)
 
 
 class _Url:

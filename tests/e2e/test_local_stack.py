@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +26,18 @@ from typing import Any
 
 import orjson
 import pytest
-from services import REDIS_URL, rabbitmq_connection, redis_client
+from local_stack import run_local_stack
+from services import redis_client
 from shared_data import MESSAGES
 
 from fmn.delivery.digest import DigestStore
 from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
 from fmn.local import replay
-from fmn.local.stack import LocalStack, StackOptions, free_port
+from fmn.local.stack import LocalStack
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
 from fmn.pipeline.queues import BACKENDS
-from fmn.settings import Settings
 from fmn.snapshot import build_snapshot
 
 pytestmark = pytest.mark.e2e
@@ -48,33 +47,10 @@ USERS, SEED = 300, 4
 
 @pytest.fixture
 def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
-    redis_client()  # fail in CI / skip locally when there is none
-    rabbit = rabbitmq_connection()
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'prefs.sqlite'}",
-                        redis_url=REDIS_URL, snapshot_prefix=f"fmn-test:{tag}:snapshot:",
-                        aws_endpoint_url=aws_env, queue_prefix=f"e2e{tag}-",
-                        claim_bucket=f"claims-{tag}", snapshot_poll_s=0.25,
-                        feed_prefix=f"fmn-test:{tag}:feed:")
-    options = StackOptions(users=USERS, seed=SEED, workdir=tmp_path / "stack",
-                           fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
-                           amqp_queue=f"fmn-e2e-{tag}", poll_wait_s=1)
-    local = LocalStack(settings, options)
-    local.start(say=lambda *_: None)
-    assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
-    assert local.urls["incoming"].url.endswith(f"/e2e{tag}-incoming")
-    try:
+    for local in run_local_stack(aws_env, tmp_path, "e2e", USERS, SEED):
+        assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
+        assert local.urls["incoming"].url.endswith(f"{local.settings.queue_prefix}incoming")
         yield local
-    finally:
-        local.stop()
-        rabbit.channel().queue_delete(options.amqp_queue)
-        rabbit.close()
-        client = redis_client()
-        for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:e2e{tag}-*", f"e2e{tag}-*",
-                        f"fmn:preview:e2e{tag}-*"):
-            keys = list(client.scan_iter(match=pattern))
-            if keys:
-                client.delete(*keys)
 
 
 def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
