@@ -50,14 +50,3 @@ def irc_body(message_id: str, nicks: Sequence[str], summary: str = "a build comp
                    id=message_id, summary=f"{summary} ({message_id})",
                    url=f"https://koji.test/{message_id}", packages=["kernel"], num_packages=1,
                    sent_at="2024-01-01T00:00:00+00:00")
-
-
-def sqs_event(*bodies: str, ids: list[str] | None = None) -> dict[str, Any]:
-    """A Lambda SQS event holding ``bodies`` (message ids given or numbered)."""
-    ids = ids or [f"m{i}" for i in range(len(bodies))]
-    return {"Records": [
-        {"messageId": mid, "receiptHandle": f"rh-{mid}", "body": body,
-         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-         "md5OfBody": "", "eventSource": "aws:sqs",
-         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
-        for mid, body in zip(ids, bodies, strict=True)]}

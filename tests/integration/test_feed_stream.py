@@ -21,7 +21,6 @@ Every test uses its own key prefix or user names and removes its keys.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import httpx
 import pytest
 from fakes import FakeClock
+from lambda_events import context, sqs_event
 from services import REDIS_URL, redis_client
 
 from fmn import auth
@@ -51,7 +51,6 @@ from fmn.delivery.feed import (
 )
 from fmn.errors import RetryableError
 from fmn.local.http import ServerHandle, serve
-from fmn.local.runner import LambdaContext
 from fmn.local.stack import free_port, load_module
 from fmn.settings import Settings
 
@@ -470,17 +469,6 @@ def payload(msg_id: str, users: list[str]) -> str:
                            "rule_names": ["My builds"]} for u in users]})
 
 
-def sqs_event(bodies: list[str], queue_name: str) -> dict[str, Any]:
-    return {"Records": [{
-        "messageId": str(uuid.uuid4()), "receiptHandle": f"handle-{n}", "body": body,
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1704067200000",
-                       "SenderId": "AIDATEST", "ApproximateFirstReceiveTimestamp": "1704067200001"},
-        "messageAttributes": {}, "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
-        "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue_name}",
-    } for n, body in enumerate(bodies)]}
-
-
 @pytest.fixture
 def writer(aws_env: str, monkeypatch: pytest.MonkeyPatch, sse_app: ModuleType,
            prefix: str) -> Iterator[dict[str, Any]]:
@@ -498,8 +486,7 @@ def writer(aws_env: str, monkeypatch: pytest.MonkeyPatch, sse_app: ModuleType,
 
 
 def invoke(sse_app: ModuleType, bodies: list[str], queue_name: str) -> Any:
-    context = LambdaContext("sse", "arn:aws:lambda:us-east-1:123456789012:function:sse", 256, 60)
-    return sse_app.handle_sse(sqs_event(bodies, queue_name), context)
+    return sse_app.handle_sse(sqs_event(bodies, queue_name), context("sse"))
 
 
 def test_the_writer_is_chalice_wired_to_the_sse_queue(sse_app: ModuleType) -> None:
@@ -538,8 +525,8 @@ def test_an_unreadable_payload_fails_alone(sse_app: ModuleType, writer: dict[str
     alice = writer["users"][0]
     good = payload(f"msg-{writer['tag']}", [alice])
     event_ = sqs_event(["not a payload", good], writer["queue"])
-    context = LambdaContext("sse", "arn:aws:lambda:us-east-1:123456789012:function:sse", 256, 60)
-    response = sse_app.handle_sse(event_, context)
+    ctx = context("sse")
+    response = sse_app.handle_sse(event_, ctx)
     assert response == {"batchItemFailures": [
         {"itemIdentifier": event_["Records"][0]["messageId"]}]}
     assert len(RedisFeed(redis, prefix).latest(alice, 10)) == 1

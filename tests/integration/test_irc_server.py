@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import hashlib
 import ipaddress
 import socket
 import ssl
@@ -30,13 +29,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
 
 import boto3
 import orjson
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from delivery_data import irc_body
+from lambda_events import context, message_ids, sqs_event
 from services import REDIS_URL, redis_client
 
 from fmn.delivery.base import deliveries
@@ -142,27 +141,6 @@ def assert_never_faster_than(times: Sequence[float], burst: int, rate: float,
 body = irc_body
 
 
-def sqs_event(bodies: list[str]) -> tuple[dict[str, Any], list[str]]:
-    ids = [str(uuid.uuid4()) for _ in bodies]
-    return {"Records": [{
-        "messageId": mid, "receiptHandle": f"handle-{mid}", "body": b,
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1704067200000",
-                       "SenderId": "AIDATEST", "ApproximateFirstReceiveTimestamp": "1704067200001"},
-        "messageAttributes": {}, "md5OfBody": hashlib.md5(b.encode()).hexdigest(),
-        "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:irc",
-    } for mid, b in zip(ids, bodies, strict=True)]}, ids
-
-
-class Context(SimpleNamespace):
-    def get_remaining_time_in_millis(self) -> int:
-        return 200_000
-
-
-CONTEXT = Context(function_name="send_irc", memory_limit_in_mb=256, aws_request_id="req-1",
-                  invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:i")
-
-
 # -- fixtures ----------------------------------------------------------------------
 
 
@@ -197,8 +175,9 @@ def stack(aws_env: str, ircd: LocalIrcd, monkeypatch: pytest.MonkeyPatch,
         return listeners[-1]
 
     def invoke(bodies: list[str]) -> list[str]:
-        event, ids = sqs_event(bodies)
-        response = irc_app.handle_irc(event, CONTEXT)
+        event = sqs_event(bodies, "irc")
+        ids = message_ids(event)
+        response = irc_app.handle_irc(event, context("send_irc", 200))
         failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
         return [str(ids.index(f)) for f in failed]
 

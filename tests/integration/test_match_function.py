@@ -11,7 +11,6 @@ queues, unpacked, must be exactly what the indexed matcher (and the golden
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections import Counter
@@ -23,6 +22,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from lambda_events import context, message_ids, sqs_event
 from services import REDIS_URL, redis_client
 from shared_data import GOLDEN, read_jsonl
 
@@ -101,30 +101,12 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, match_app: ModuleType
         client.delete(*keys)
 
 
-def sqs_event(bodies: list[str], queue_name: str) -> tuple[dict[str, Any], list[str]]:
-    """A Lambda SQS event as the event source mapping delivers it, and its message ids."""
-    ids = [str(uuid.uuid4()) for _ in bodies]
-    return {"Records": [{
-        "messageId": mid, "receiptHandle": f"handle-{mid}", "body": body,
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1704067200000",
-                       "SenderId": "AIDATEST", "ApproximateFirstReceiveTimestamp": "1704067200001"},
-        "messageAttributes": {}, "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
-        "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue_name}",
-    } for mid, body in zip(ids, bodies, strict=True)]}, ids
-
-
-CONTEXT = SimpleNamespace(function_name="fmn-match", memory_limit_in_mb=1024,
-                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:m",
-                          aws_request_id="req-1")
-
-
 def invoke(match_app: ModuleType, env: SimpleNamespace, bodies: list[str]
            ) -> tuple[list[str], list[str]]:
     """Run the handler on one batch; (failed message ids, all message ids)."""
-    event, ids = sqs_event(bodies, f"{env.prefix}incoming")
-    response = match_app.handle_incoming(event, CONTEXT)
-    return [f["itemIdentifier"] for f in response["batchItemFailures"]], ids
+    event = sqs_event(bodies, f"{env.prefix}incoming")
+    response = match_app.handle_incoming(event, context("fmn-match", memory_mb=1024))
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]], message_ids(event)
 
 
 def drain(env: SimpleNamespace) -> tuple[list[Key], Counter[str]]:

@@ -18,12 +18,12 @@ import orjson
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from delivery_data import notification as note
-from delivery_data import payload, sqs_event
+from delivery_data import payload
+from lambda_events import context, sqs_event
 from services import REDIS_URL, redis_client
 
 from fmn.local.aws import ensure_queue
 from fmn.local.mailsink import MailSink
-from fmn.local.runner import LambdaContext
 from fmn.local.stack import load_function
 from fmn.pipeline.queues import queue
 
@@ -62,16 +62,11 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, email_app: ModuleType,
             client.delete(key)
 
 
-def context(timeout_s: float = 60) -> LambdaContext:
-    return LambdaContext("send_email", "arn:aws:lambda:us-east-1:123456789012:function:x",
-                         256, timeout_s)
-
-
 def invoke(env: SimpleNamespace, *bodies: str) -> list[str]:
     """Run the handler on one event; the ids of the records it reported failed."""
-    event = sqs_event(*bodies)
+    event = sqs_event(bodies)
     try:
-        result: Any = env.app.handle_email(event, context())
+        result: Any = env.app.handle_email(event, context("send_email"))
     except BatchProcessingError:  # every record failed: the whole batch comes back
         return [r["messageId"] for r in event["Records"]]
     return [f["itemIdentifier"] for f in result["batchItemFailures"]]
@@ -135,10 +130,10 @@ def test_crash_before_the_send_still_sends_once(env: SimpleNamespace,
 
     # Crash mid-invocation, after the send was marked in progress; the
     # invocation's deadline has passed by the time SQS redelivers.
-    short = LambdaContext("send_email", "arn", 256, timeout_s=0.0)
+    short = context("send_email", timeout_s=0.0)
     with monkeypatch.context() as patch, pytest.raises(Crash):
         patch.setattr(sender.mailer, "send", crash)
-        env.app.handle_email(sqs_event(body), short)
+        env.app.handle_email(sqs_event([body]), short)
     env.app.reset()
     assert invoke(env, body) == []
     assert invoke(env, body) == []
