@@ -32,12 +32,12 @@ def make_send(settings: Settings) -> Send:
     import redis
 
     from fmn.auth import unsubscribe_url
-    from fmn.delivery.digest import DigestStore
+    from fmn.delivery.digest import DigestStore, digest_prefix
     from fmn.delivery.mailers import make_mailer
 
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     # digest keys per stage, as the queues: stages may share one Redis
-    digests = DigestStore(client, f"fmn:digest:{settings.queue_prefix}")
+    digests = DigestStore(client, digest_prefix(settings.queue_prefix))
     return EmailSender(
         make_mailer(settings), digests, sender=settings.mail_from, web_url=settings.web_url,
         unsubscribe_url=lambda user, dest: unsubscribe_url(settings.web_url, user, dest,

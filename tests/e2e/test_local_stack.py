@@ -30,7 +30,7 @@ from local_stack import run_local_stack
 from services import redis_client
 from shared_data import MESSAGES
 
-from fmn.delivery.digest import DigestStore
+from fmn.delivery.digest import DigestStore, digest_prefix
 from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
 from fmn.local import replay
@@ -110,7 +110,7 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     # digest notifications: in a digest mail already, or waiting for their interval
     in_digests = sum(int(r.message["X-Fedmsg-Digest-Count"]) for r in stack.mail.messages
                      if r.message["X-Fedmsg-Digest-Count"])
-    store = DigestStore(redis_client(), f"fmn:digest:{stack.settings.queue_prefix}")
+    store = DigestStore(redis_client(), digest_prefix(stack.settings.queue_prefix))
     waiting = sum(store.pending(orjson.dumps([u, d]).decode())
                   for u, d in {(u, d) for _, u, d in digested})
     assert in_digests + waiting == len(digested)

@@ -102,6 +102,11 @@ class Claimed:
     remaining: int
 
 
+def digest_prefix(queue_prefix: str) -> str:
+    """The digests' Redis key prefix for a stage (stages may share one Redis, as queues do)."""
+    return f"fmn:digest:{queue_prefix}"
+
+
 def destination_key(item: Delivery) -> str:
     """The digest's identity: one per (user, destination)."""
     return orjson.dumps([item.user, item.destination]).decode()

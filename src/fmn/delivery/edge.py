@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
-from fmn.delivery.once import Once, PowertoolsOnce
+from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.queues import queue
 from fmn.settings import Settings
@@ -69,7 +69,7 @@ class SenderFunction:
         self._state.update(settings=s, sqs=boto3.client("sqs", **aws), redis=redis_client,
                            # keys per stage: stages may share one Redis
                            once=PowertoolsOnce(redis_client, s.idempotency_ttl_s,
-                                               name=f"{s.queue_prefix}{self.backend}"),
+                                               name=sends_prefix(s.queue_prefix, self.backend)),
                            send=self.make_send(s), dlq_url=None)
 
     @property

@@ -29,6 +29,12 @@ from typing import Any, Protocol
 from fmn.errors import RetryableError
 
 
+def sends_prefix(queue_prefix: str, backend: str) -> str:
+    """The key prefix of a stage's remembered sends for one backend (Powertools stores
+    each as ``<prefix>#<hash>``)."""
+    return f"{queue_prefix}{backend}"
+
+
 class Once(Protocol):
     def run(self, key: Mapping[str, str], action: Callable[[], Any]) -> Any:
         """The action's result, running it only if ``key`` has no result yet."""

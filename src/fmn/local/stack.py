@@ -338,9 +338,13 @@ class LocalStack:
         run's replay of the same messages would otherwise send nothing."""
         import redis
 
+        from fmn.delivery.digest import digest_prefix
+        from fmn.delivery.once import sends_prefix
+        from fmn.preview.window import window_key
+
         prefix = self.settings.queue_prefix
-        patterns = [f"{prefix}{backend}#*" for backend in BACKENDS]
-        patterns += [f"fmn:digest:{prefix}*", f"fmn:preview:{prefix}*",
+        patterns = [f"{sends_prefix(prefix, backend)}#*" for backend in BACKENDS]
+        patterns += [f"{digest_prefix(prefix)}*", f"{window_key(prefix)}*",
                      f"{self.settings.feed_prefix}*"]
         client = redis.Redis.from_url(self.settings.redis_url)
         try:
