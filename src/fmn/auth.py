@@ -27,7 +27,7 @@ from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTime
 from fmn.errors import PermanentError
 
 #: What a token may be used for; each purpose signs with a salt of its own.
-PURPOSES: tuple[str, ...] = ("feed", "session", "unsubscribe")
+PURPOSES: tuple[str, ...] = ("feed", "session", "unsubscribe", "verify-email", "oidc")
 #: The feed endpoint's default lifetimes of the two kinds of credentials.
 FEED_TOKEN_MAX_AGE_S = 7 * 24 * 3600
 SESSION_MAX_AGE_S = 14 * 24 * 3600
@@ -79,16 +79,34 @@ def sign(user: str, secret: Secret, purpose: str, *, clock: Clock = time.time) -
     return token
 
 
-def verify(token: str, secret: Secret, purpose: str, max_age_s: int, *,
-           clock: Clock = time.time) -> str:
-    """The user a token names; :class:`InvalidToken` if it does not prove it."""
+def seal(value: Any, secret: Secret, purpose: str, *, clock: Clock = time.time) -> str:
+    """``value`` (JSON-able) as a signed, timestamped token good for ``purpose`` only."""
+    token: str = _serializer(secret, purpose, clock).dumps(value)
+    return token
+
+
+def unseal(token: str, secret: Secret, purpose: str, max_age_s: float, *,
+           clock: Clock = time.time) -> Any:
+    """What :func:`seal` sealed; :class:`InvalidToken` (``expired`` or ``invalid``) if the
+    token was not sealed for ``purpose`` with this secret, was altered, or is too old."""
+    return _load(token, secret, purpose, max_age_s, clock)
+
+
+def _load(token: str, secret: Secret, purpose: str, max_age_s: float, clock: Clock) -> Any:
+    """What a token signed for ``purpose`` carries; InvalidToken if it does not verify."""
     try:
-        doc = _serializer(secret, purpose, clock).loads(token, max_age=max_age_s)
+        return _serializer(secret, purpose, clock).loads(token, max_age=int(max_age_s))
     except SignatureExpired as exc:
-        raise InvalidToken("expired", f"older than {max_age_s} s") from exc
+        raise InvalidToken("expired", f"older than {max_age_s:.0f} s") from exc
     except BadData as exc:  # forged, altered, truncated, or signed for another purpose
         raise InvalidToken("invalid", f"bad signature or payload ({type(exc).__name__})") \
             from exc
+
+
+def verify(token: str, secret: Secret, purpose: str, max_age_s: int, *,
+           clock: Clock = time.time) -> str:
+    """The user a token names; :class:`InvalidToken` if it does not prove it."""
+    doc = _load(token, secret, purpose, max_age_s, clock)
     user = doc.get("u") if isinstance(doc, dict) else None
     if not isinstance(user, str) or not user or len(user) > MAX_USER_CHARS:
         raise InvalidToken("invalid", "the payload names no user")
@@ -139,13 +157,7 @@ def unsubscribe_url(web_url: str, user: str, destination: str, secret: Secret, *
 def verify_unsubscribe(token: str, secret: Secret, *, max_age_s: float = UNSUBSCRIBE_MAX_AGE_S,
                        clock: Clock = time.time) -> tuple[str, str]:
     """The (user, destination) an unsubscribe token names; InvalidToken otherwise."""
-    try:
-        doc = _serializer(secret, "unsubscribe", clock).loads(token, max_age=int(max_age_s))
-    except SignatureExpired as exc:
-        raise InvalidToken("expired", f"older than {max_age_s:.0f} s") from exc
-    except BadData as exc:
-        raise InvalidToken("invalid", f"bad signature or payload ({type(exc).__name__})") \
-            from exc
+    doc = _load(token, secret, "unsubscribe", max_age_s, clock)
     user = doc.get("u") if isinstance(doc, dict) else None
     dest = doc.get("d") if isinstance(doc, dict) else None
     if not isinstance(user, str) or not user or not isinstance(dest, str):

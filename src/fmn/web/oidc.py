@@ -33,8 +33,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from itsdangerous import BadData, URLSafeTimedSerializer
 
+from fmn import auth
 from fmn.errors import PermanentError, RetryableError
 
 PENDING_MAX_AGE_S = 600
@@ -61,14 +61,13 @@ def pkce_challenge(verifier: str) -> str:
 
 
 def seal(value: dict[str, Any], secret: str) -> str:
-    token: str = URLSafeTimedSerializer(secret, salt="fmn.oidc").dumps(value)
-    return token
+    return auth.seal(value, secret, "oidc")
 
 
 def unseal(token: str, secret: str, max_age_s: int = PENDING_MAX_AGE_S) -> dict[str, Any]:
     try:
-        value = URLSafeTimedSerializer(secret, salt="fmn.oidc").loads(token, max_age=max_age_s)
-    except BadData as exc:
+        value = auth.unseal(token, secret, "oidc", max_age_s)
+    except auth.InvalidToken as exc:
         raise OidcError("the sign-in took too long or did not start here; try again") from exc
     if not isinstance(value, dict):
         raise OidcError("the sign-in did not start here; try again")

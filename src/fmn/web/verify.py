@@ -40,8 +40,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
 
-from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
-
+from fmn.auth import InvalidToken, seal, unseal
 from fmn.delivery.irc_client import IrcLink
 from fmn.delivery.mailers import Mailer
 from fmn.errors import RetryableError
@@ -57,17 +56,6 @@ from fmn.web.service import (
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-
-class ClockSigner(TimestampSigner):
-    """itsdangerous' timestamp signer with an injectable clock (as :mod:`fmn.auth`'s)."""
-
-    def __init__(self, *args: Any, clock: Clock = time.time, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._clock = clock
-
-    def get_timestamp(self) -> int:
-        return int(self._clock())
 
 
 class VerificationFailed(WebError):
@@ -264,12 +252,6 @@ class Verifier:
 
     # -- helpers ------------------------------------------------------------
 
-    def _serializer(self) -> URLSafeTimedSerializer:
-        return URLSafeTimedSerializer([s.encode() for s in self.secrets],
-                                      salt="fmn.verify-email", signer=ClockSigner,
-                                      signer_kwargs={"clock": self.clock,
-                                                     "digest_method": hashlib.sha256})
-
     def _digest(self, *parts: str) -> str:
         key = self.secrets[-1].encode()
         return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
@@ -317,8 +299,9 @@ class Verifier:
         return "code"
 
     def email_link(self, user: str, dest: Destination) -> str:
-        token = self._serializer().dumps({"u": user, "d": dest.id, "a": dest.address,
-                                          "j": secrets.token_urlsafe(12)})
+        token = seal({"u": user, "d": dest.id, "a": dest.address,
+                      "j": secrets.token_urlsafe(12)}, self.secrets, "verify-email",
+                     clock=self.clock)
         return f"{self.web_url}/verify/email/{token}"
 
     def _mail(self, user: str, dest: Destination, link: str) -> EmailMessage:
@@ -339,11 +322,12 @@ class Verifier:
     def confirm_email(self, token: str) -> tuple[str, Destination]:
         """The (user, destination) a link verifies; VerificationFailed when it does not."""
         try:
-            doc = self._serializer().loads(token, max_age=self.limits.link_ttl_s)
-        except SignatureExpired as exc:
-            raise VerificationFailed("expired", "this link has expired; ask for a new one "
-                                                "from your settings") from exc
-        except BadData as exc:
+            doc = unseal(token, self.secrets, "verify-email", self.limits.link_ttl_s,
+                         clock=self.clock)
+        except InvalidToken as exc:
+            if exc.reason == "expired":
+                raise VerificationFailed("expired", "this link has expired; ask for a new one "
+                                                    "from your settings") from exc
             raise VerificationFailed("forged", "this link is not one we sent (or it was "
                                                "cut short)") from exc
         if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str)
