@@ -31,7 +31,7 @@ from harness import (
 )
 
 from fmn.delivery.feed import MemoryFeed
-from fmn.local.http import serve
+from fmn.local.http import ServerHandle, serve
 from fmn.local.stack import free_port, load_module
 from fmn.settings import Settings
 
@@ -47,17 +47,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture
-def stack() -> Iterator[Stack]:
-    """The fake API with demo data and the real feed endpoint, both running."""
+def _feed_endpoint() -> tuple[MemoryFeed, int, ServerHandle]:
+    """The real feed endpoint on a memory feed, allowing the web UI's future port."""
     stream = load_module(STREAM_PATH, "fmn_sse_stream_browser")
     feed = MemoryFeed()
     web_port = free_port()
-    web_url = f"http://127.0.0.1:{web_port}"
     options = stream.StreamOptions(ping_s=5, block_s=0.2, retry_ms=500,
-                                   allow_origins=(web_url,))
+                                   allow_origins=(f"http://127.0.0.1:{web_port}",))
     feed_app = stream.create_app(Settings(secret_key=SECRET), options, reader=feed.reader(0.02))
-    feed_server = serve(feed_app, name="feed", on_stop=feed_app.state.close_streams)
+    return feed, web_port, serve(feed_app, name="feed", on_stop=feed_app.state.close_streams)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    """The fake API with demo data and the real feed endpoint, both running."""
+    feed, web_port, feed_server = _feed_endpoint()
     api = FakeApi(feed, feed_server.url)
     seed_demo(api)
     try:
@@ -77,14 +81,7 @@ def real_stack(tmp_path: Path) -> Iterator[Stack]:
     """The real web app (``webapp/app.py``) and the real feed endpoint on one memory feed."""
     if not WEBAPP_PATH.exists():
         pytest.skip("webapp/app.py is not there yet")
-    stream = load_module(STREAM_PATH, "fmn_sse_stream_browser_real")
-    feed = MemoryFeed()
-    web_port = free_port()
-    web_url = f"http://127.0.0.1:{web_port}"
-    options = stream.StreamOptions(ping_s=5, block_s=0.2, retry_ms=500,
-                                   allow_origins=(web_url,))
-    feed_app = stream.create_app(Settings(secret_key=SECRET), options, reader=feed.reader(0.02))
-    feed_server = serve(feed_app, name="feed", on_stop=feed_app.state.close_streams)
+    feed, web_port, feed_server = _feed_endpoint()
     try:
         url, web_server = start_real_web(web_port, SECRET, feed, feed_server.url,
                                          tmp_path / "web.sqlite")
