@@ -31,12 +31,12 @@ from fmn.delivery.irc import (
     payload_budget,
     plan_batch,
     render_lines,
-    sanitize,
     split_utf8,
     summary_line,
     truncate_utf8,
 )
 from fmn.delivery.irc_client import IrcServer, MemoryIrcLink, PacedSocket
+from fmn.delivery.text import clean
 from fmn.errors import PermanentError
 
 pytestmark = pytest.mark.unit
@@ -75,7 +75,7 @@ def assert_safe_on_the_wire(nick: str, lines: list[str]) -> None:
 # -- sanitising ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "clean"), [
+@pytest.mark.parametrize(("raw", "expected"), [
     ("line one\r\nPRIVMSG #fedora :spam", "line one PRIVMSG #fedora :spam"),
     ("a\rb\nc\td\x0bE\x0cF", "a b c d E F"),
     ("\x1b[31mred\x1b[0m and \x1b[1;4;38;5;208mfancy\x1b[m", "red and fancy"),
@@ -99,14 +99,14 @@ def assert_safe_on_the_wire(nick: str, lines: list[str]) -> None:
     (None, ""),
     (12, ""),
 ])
-def test_sanitize_leaves_one_line_of_printable_text(raw: Any, clean: str) -> None:
-    assert sanitize(raw) == clean
+def test_clean_leaves_one_line_of_printable_text(raw: Any, expected: str) -> None:
+    assert clean(raw) == expected
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec=None), max_size=300))
-def test_sanitize_never_lets_a_control_character_through(text: str) -> None:
-    out = sanitize(text)
+def test_clean_never_lets_a_control_character_through(text: str) -> None:
+    out = clean(text)
     out.encode("utf-8")  # no lone surrogate
     assert not any(unicodedata.category(c) == "Cc" or c in BIDI for c in out)
     assert out == out.strip()

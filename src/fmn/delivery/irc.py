@@ -3,7 +3,7 @@
 Everything here is plain Python (no sockets); the connection is the
 :class:`~fmn.delivery.irc_client.IrcLink` port.  Contract:
 
-* **Text.**  :func:`sanitize` turns any string from the bus into one line of
+* **Text.**  :func:`fmn.delivery.text.clean` turns any string from the bus into one line of
   printable text: ANSI/VT escape sequences, IRC formatting codes (bold,
   colour with its digits, reset, ...), C0 and C1 controls, DEL, line and
   paragraph separators and bidi overrides are removed (line breaks and tabs
@@ -85,11 +85,6 @@ ELLIPSIS = "\u2026"
 
 # -- text ---------------------------------------------------------------------
 
-def sanitize(text: Any) -> str:
-    """One line of printable text from an untrusted value (anything not a string: empty)."""
-    return clean(text)
-
-
 def truncate_utf8(text: str, limit: int, ellipsis: str = ELLIPSIS) -> str:
     """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary, marked if cut."""
     data = text.encode()
@@ -104,7 +99,7 @@ def split_utf8(text: str, limit: int) -> list[str]:
 
     A piece ends at a space when one falls in its second half (the space is
     dropped), otherwise at the last whole character that fits.  ``text`` must
-    be encodable (run it through :func:`sanitize`).
+    be encodable (run it through :func:`fmn.delivery.text.clean`).
     """
     if limit < 4:
         raise ValueError("a piece must hold at least one character (4 bytes)")
@@ -142,7 +137,7 @@ def valid_nick(nick: str) -> bool:
 def check_nick(nick: str) -> str:
     """``nick`` if it is a valid IRC nick, else :class:`InvalidNick`."""
     if not valid_nick(nick):
-        raise InvalidNick(f"not an IRC nick: {sanitize(str(nick))[:64]!r}")
+        raise InvalidNick(f"not an IRC nick: {clean(str(nick))[:64]!r}")
     return nick
 
 
@@ -172,7 +167,7 @@ def check_wire(nick: str, line: str) -> bytes:
 
 
 def _url(value: Any) -> str:
-    url = sanitize(value)
+    url = clean(value)
     # Only a whole, clickable web link is worth a line's room.
     if (not url.startswith(("https://", "http://")) or " " in url
             or len(url.encode()) > URL_MAX_BYTES):
@@ -181,7 +176,7 @@ def _url(value: Any) -> str:
 
 
 def _rules(names: Sequence[str]) -> str:
-    shown = [truncate_utf8(n, RULE_NAME_MAX_BYTES) for n in map(sanitize, names[:RULES_SHOWN])]
+    shown = [truncate_utf8(n, RULE_NAME_MAX_BYTES) for n in map(clean, names[:RULES_SHOWN])]
     shown = [n for n in shown if n]
     if not shown:
         return ""
@@ -192,8 +187,8 @@ def _rules(names: Sequence[str]) -> str:
 def render_text(message: Mapping[str, Any], rule_names: Sequence[str],
                 summary_max_bytes: int = SUMMARY_MAX_BYTES) -> str:
     """One notification as one (possibly long) line of safe text."""
-    app = truncate_utf8(sanitize(message.get("app")) or "fedora", APP_MAX_BYTES)
-    summary = sanitize(message.get("summary")) or sanitize(message.get("topic"))
+    app = truncate_utf8(clean(message.get("app")) or "fedora", APP_MAX_BYTES)
+    summary = clean(message.get("summary")) or clean(message.get("topic"))
     parts = [f"[{app}]", truncate_utf8(summary, summary_max_bytes) if summary_max_bytes else "",
              _url(message.get("url")), _rules(rule_names)]
     return " ".join(p for p in parts if p)
@@ -214,7 +209,7 @@ def render_lines(item: Delivery, nick: str | None = None) -> list[str]:
 def summary_line(count: int, web_url: str, nick: str) -> str:
     """The line that stands for ``count`` notifications not sent on their own."""
     link = f"{web_url.rstrip('/')}/notifications"
-    return truncate_utf8(sanitize(f"{count} more notifications: {link}"), payload_budget(nick))
+    return truncate_utf8(clean(f"{count} more notifications: {link}"), payload_budget(nick))
 
 
 # -- the flood limit ----------------------------------------------------------
