@@ -369,9 +369,12 @@ class PreferencesService:
             new = parse_destination(doc, "destination")
         except InvalidPreferences as exc:
             raise _invalid(exc) from exc
-        self._save(dataclasses.replace(user, destinations=tuple(
-            new if d.id == dest_id else d for d in user.destinations)))
+        self._replace_destination(user, new)
         return new
+
+    def _replace_destination(self, user: User, new: Destination) -> None:
+        self._save(dataclasses.replace(user, destinations=tuple(
+            new if d.id == new.id else d for d in user.destinations)))
 
     def delete_destination(self, name: str, dest_id: str) -> None:
         user = self.user(name)
@@ -394,8 +397,7 @@ class PreferencesService:
         if dest.verified:
             return dest
         new = dataclasses.replace(dest, verified=True)
-        self._save(dataclasses.replace(user, destinations=tuple(
-            new if d.id == dest_id else d for d in user.destinations)))
+        self._replace_destination(user, new)
         return new
 
     def unsubscribe(self, name: str, dest_id: str) -> Destination | None:
@@ -411,8 +413,7 @@ class PreferencesService:
         if not dest.verified:
             return dest
         new = dataclasses.replace(dest, verified=False)
-        self._save(dataclasses.replace(user, destinations=tuple(
-            new if d.id == dest_id else d for d in user.destinations)))
+        self._replace_destination(user, new)
         return new
 
     # -- rules ----------------------------------------------------------------
