@@ -79,8 +79,9 @@ def _build_state() -> None:
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
     aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+    live = LiveSnapshot(store, s.snapshot_poll_s)
     _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
-                  matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
+                  matcher=IndexedMatcher(live), live=live, store=store, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
 
@@ -136,9 +137,41 @@ def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
     return unsent
 
 
+def live_ownership(message: Any) -> None:
+    """Apply an ownership or membership message before matching (fmn.ownership.live).
+
+    Here rather than in a consumer of its own: SQS gives each message to one
+    consumer, and this one already sees every message in bus order, so the
+    change is in the snapshot before the next message of the same batch is
+    matched.  Only the few ownership topics touch the database.
+    """
+    from fmn.ownership.live import LiveUpdater, classify
+    from fmn.ownership.settings import SyncSettings
+
+    if "ownership" not in _state:
+        with _lock:
+            if "ownership" not in _state:
+                _state["ownership"] = SyncSettings.from_env()
+    sync: SyncSettings = _state["ownership"]
+    if not sync.live or classify(message) is None:
+        return
+    with _lock:
+        if "updater" not in _state:
+            from fmn import db
+
+            _state["updater"] = LiveUpdater(
+                db.make_engine(_get("settings").database_url), _get("store"),
+                fasjson=sync.fasjson() if sync.live_fasjson else None)
+    result = _state["updater"].handle(message)
+    if result is not None and result.snapshot_changes:
+        _get("live").refresh_now()
+        with _lock:
+            totals["OwnershipUpdates"] += 1
+
+
 def process(body: str) -> MatchResult:
     """Match one incoming body and send its notifications (the local runner's shortcut)."""
-    result = match_record(body, _get("matcher"), fetch_claim)
+    result = match_record(body, _get("matcher"), fetch_claim, before_match=live_ownership)
     for backend, bodies in result.bodies.items():
         if send(backend, [("", b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
@@ -176,7 +209,8 @@ class _Invocation:
 
     def record(self, record: SQSRecord) -> None:
         try:
-            result = match_record(record.body, _get("matcher"), fetch_claim)
+            result = match_record(record.body, _get("matcher"), fetch_claim,
+                                  before_match=live_ownership)
         except Exception as exc:
             kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
             self.counts[f"{kind}Failures"] += 1

@@ -14,6 +14,7 @@
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
 ``fmn bench preview``   rule preview latency over a 100,000-message window
 ``fmn feed-url``        a user's live feed address, with a signed token
+``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -174,7 +175,8 @@ def cmd_snapshot_publish(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     engine = db.make_engine(args.database or settings.database_url)
-    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url)
+    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url,
+                                        settings.snapshot_prefix)
     data = publish_full(engine, store)
     print(f"published snapshot {data.id} ({len(data.users)} users with live rules)",
           file=sys.stderr)
@@ -207,12 +209,26 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fmn.local.stack import format_status, read_status
+    from fmn.ownership.cli import status_text
+    from fmn.ownership.reconcile import status as sync_status
+    from fmn.settings import Settings
 
+    sync = status_text(Settings.from_env().database_url)
     try:
         doc = read_status(Path(args.workdir))
     except RuntimeError as exc:
+        if sync is not None and not args.json:
+            print(sync)
         return _fail(str(exc))
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    if args.json:
+        try:
+            from fmn import db
+
+            doc["sync"] = sync_status(db.make_engine(Settings.from_env().database_url))
+        except Exception:  # no database: the stack's status alone
+            pass
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc)
+          + (f"\n{sync}" if sync else ""))
     return EXIT_OK
 
 
@@ -360,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
     p.add_argument("--endpoint", help="ZeroMQ endpoint to bind (fedmsg) or AMQP URL (amqp)")
     p.set_defaults(func=cmd_replay)
+
+    from fmn.ownership.cli import add_parsers as add_sync_parsers
+
+    add_sync_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -93,8 +93,14 @@ def group_by_backend(notifications: list[Notification]) -> dict[str, list[Notifi
 
 
 def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
-                 max_notifications: int | None = None) -> MatchResult:
-    """Decode, parse, match, group and pack one incoming SQS body."""
+                 max_notifications: int | None = None,
+                 before_match: Callable[[Message], None] | None = None) -> MatchResult:
+    """Decode, parse, match, group and pack one incoming SQS body.
+
+    ``before_match`` sees the parsed message first (the live ownership update:
+    a message that changes who owns a package is applied before it, and any
+    later one, is matched).
+    """
     envelope = Envelope.decode(body)  # InvalidEnvelope is a PermanentError
     if envelope.claim is not None:
         record = fetch_verified(envelope.claim, fetch_claim)
@@ -102,6 +108,8 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
         assert envelope.record is not None  # decode guarantees one of the two
         record = envelope.record
     message = parse(record)  # InvalidMessage is a PermanentError
+    if before_match is not None:
+        before_match(message)
     try:
         notifications = matcher.match(message)
     except FmnError:

@@ -8,6 +8,8 @@ and, per snapshot, an append-only *change log* of user entries.  Writers:
   never half of one.
 * :meth:`SnapshotStore.publish_user` appends one user's new entry (``None``:
   nothing of theirs can fire any more) to the current snapshot's change log.
+* :meth:`SnapshotStore.publish_ownership` appends an ownership change (who
+  owns which artifacts, who is in which group) to the same log.
 
 Readers :meth:`SnapshotStore.load` a blob, then call :meth:`SnapshotStore.poll`
 with the last change they applied (:data:`LOG_START` at first): one round
@@ -41,11 +43,13 @@ LOG_START = "0"
 
 @dataclass
 class Change:
-    """One user's new entry, at a position in a snapshot's change log."""
+    """One user's new entry, or an ownership change, at a position in a snapshot's change log."""
 
     position: str
     user: str
     entry: UserEntry | None
+    #: an ownership change (``{"owners": ..., "groups": ...}``) instead of a user's entry
+    ownership: dict[str, Any] | None = None
 
 
 @dataclass
@@ -60,6 +64,8 @@ class SnapshotStore(Protocol):
     def publish(self, data: SnapshotData) -> None: ...
 
     def publish_user(self, user: str, entry: UserEntry | None) -> None: ...
+
+    def publish_ownership(self, change: dict[str, Any]) -> None: ...
 
     def current_id(self) -> str | None: ...
 
@@ -84,8 +90,14 @@ def _encode_change(user: str, entry: UserEntry | None) -> bytes:
     return orjson.dumps({"user": user, "entry": entry})
 
 
+def _encode_ownership(change: dict[str, Any]) -> bytes:
+    return orjson.dumps({"ownership": change})
+
+
 def _decode_change(position: str, raw: bytes) -> Change:
     doc = orjson.loads(raw)
+    if "ownership" in doc:
+        return Change(position=position, user="", entry=None, ownership=doc["ownership"])
     return Change(position=position, user=doc["user"], entry=doc["entry"])
 
 
@@ -110,6 +122,12 @@ class MemorySnapshotStore:
             if self._current is None:
                 raise SnapshotUnavailable("no snapshot to change: publish one first")
             self._logs[self._current].append(_encode_change(user, entry))
+
+    def publish_ownership(self, change: dict[str, Any]) -> None:
+        with self._lock:
+            if self._current is None:
+                raise SnapshotUnavailable("no snapshot to change: publish one first")
+            self._logs[self._current].append(_encode_ownership(change))
 
     def current_id(self) -> str | None:
         return self._current
@@ -202,6 +220,13 @@ class RedisSnapshotStore:
         with _redis_errors("publish a change"):
             current = self._publish_user(keys=[self._key("current"), self.prefix],
                                          args=[_encode_change(user, entry)])
+        if not current:
+            raise SnapshotUnavailable("no snapshot to change: publish one first")
+
+    def publish_ownership(self, change: dict[str, Any]) -> None:
+        with _redis_errors("publish an ownership change"):
+            current = self._publish_user(keys=[self._key("current"), self.prefix],
+                                         args=[_encode_ownership(change)])
         if not current:
             raise SnapshotUnavailable("no snapshot to change: publish one first")
 
