@@ -63,12 +63,12 @@ def _done(report: SyncReport) -> dict[str, Any]:
 def sync_ownership_now() -> dict[str, Any]:
     from fmn.ownership.reconcile import reconcile_ownership
     from fmn.ownership.sources import fetch_ownership
-    from fmn.ownership.store import load_ownership
+    from fmn.ownership.store import tracked_groups
 
     d = _deps()
     s = d["sync"]
     distgit, fasjson = s.distgit(), s.fasjson()
-    groups = set(load_ownership(d["engine"]).groups)
+    groups = tracked_groups(d["engine"])
     return _done(reconcile_ownership(
         d["engine"], d["store"], lambda: fetch_ownership(distgit, fasjson, groups),
         max_drop=s.max_drop))

@@ -92,12 +92,12 @@ def cmd_sync_ownership(args: argparse.Namespace) -> int:
         report = reconcile_ownership(engine, store, fetch, max_drop=max_drop, with_groups=False)
         return _report(args, report)
 
-    from fmn.ownership.store import load_ownership
+    from fmn.ownership.store import tracked_groups
 
     distgit = DistGit(s.distgit_url, make_session("none"), s.timeout_s)
     fasjson = None if args.no_groups else FasJson(s.fasjson_url, make_session(s.fasjson_auth),
                                                   s.timeout_s)
-    rule_groups = set(load_ownership(engine).groups)
+    rule_groups = tracked_groups(engine)
     with _Progress("group members") as progress:
         report = reconcile_ownership(
             engine, store, lambda: fetch_ownership(distgit, fasjson, rule_groups, progress),

@@ -19,6 +19,8 @@ from fmn.prefs import Owners
 
 #: the default share of entries a fetch may lose before it is refused
 DEFAULT_MAX_DROP = 0.10
+#: so many entries may always go (four people of forty leaving a group is life)
+MIN_DROP_ALLOWED = 5
 
 
 @dataclass
@@ -114,7 +116,7 @@ def implausible(what: str, before: int, after: int, max_drop: float) -> str | No
     be applied; ``None`` when it looks sane."""
     if after == 0:
         return f"the fetched {what} is empty (the database holds {before}): refused"
-    if before and after < before * (1 - max_drop):
+    if before and before - after > max(before * max_drop, MIN_DROP_ALLOWED):
         return (f"the fetched {what} has {after} entries where the database holds "
                 f"{before}: a drop of {1 - after / before:.1%}, more than the "
                 f"{max_drop:.0%} allowed: refused")

@@ -171,9 +171,11 @@ def apply_accounts(engine: Engine, accounts: Iterable[Account]) -> tuple[int, di
         names = list(fresh)
         old: dict[str, Account] = {}
         for start in range(0, len(names), 500):
-            for row in conn.execute(select(AccountRow).where(
+            for row in conn.execute(select(
+                    AccountRow.username, AccountRow.emails, AccountRow.ircnicks,
+                    AccountRow.locked, AccountRow.deleted).where(
                     AccountRow.username.in_(names[start:start + 500]))):
-                old[row.AccountRow.username] = _account(row.AccountRow)
+                old[row.username] = _account(row)
         changed = [a for n, a in fresh.items() if n not in old or not old[n].same_as(a)]
         if changed:
             keys = [{"b_name": a.username} for a in changed]
@@ -300,3 +302,14 @@ def user_names_in(engine: Engine, names: Iterable[str]) -> list[str]:
     wanted = list(set(names))
     with engine.connect() as conn:
         return list(conn.execute(select(UserRow.name).where(UserRow.name.in_(wanted))).scalars())
+
+
+def tracked_groups(engine: Engine) -> set[str]:
+    """Groups whose members a reconcile fetches besides the owning ones: those the
+    database holds and those the users' rules name."""
+    from fmn.db.models import RuleGroupRow
+
+    with engine.connect() as conn:
+        held = set(conn.execute(select(GroupRow.name)).scalars())
+        named = set(conn.execute(select(RuleGroupRow.group_name).distinct()).scalars())
+    return held | named
