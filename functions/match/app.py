@@ -153,7 +153,7 @@ def live_ownership(message: Any) -> None:
             if "ownership" not in _state:
                 _state["ownership"] = SyncSettings.from_env()
     sync: SyncSettings = _state["ownership"]
-    if not sync.live or classify(message) is None:
+    if not sync.live or classify(message, dict(sync.live_namespaces)) is None:
         return
     with _lock:
         if "updater" not in _state:
@@ -161,7 +161,8 @@ def live_ownership(message: Any) -> None:
 
             _state["updater"] = LiveUpdater(
                 db.make_engine(_get("settings").database_url), _get("store"),
-                fasjson=sync.fasjson() if sync.live_fasjson else None)
+                fasjson=sync.fasjson() if sync.live_fasjson else None,
+                namespaces=dict(sync.live_namespaces))
     result = _state["updater"].handle(message)
     if result is not None and result.snapshot_changes:
         _get("live").refresh_now()

@@ -9,6 +9,7 @@
 | ``FMN_SYNC_TIMEOUT_S`` | HTTP timeout per request | ``60`` |
 | ``FMN_SYNC_WORKERS`` | concurrent FASJSON requests of ``fmn sync accounts`` | ``8`` |
 | ``FMN_LIVE_OWNERSHIP`` | ``0`` turns the match function's live ownership updates off | ``1`` |
+| ``FMN_LIVE_NAMESPACES`` | more Pagure namespaces taken as dist-git (``ns=type,...``) | none |
 | ``FMN_LIVE_FASJSON`` | ``1``: fetch an account at once when the bus says it changed | ``0`` |
 """
 
@@ -31,6 +32,9 @@ class SyncSettings:
     workers: int = 8
     live: bool = True
     live_fasjson: bool = False
+    #: extra Pagure namespace -> artifact type (the shared data's pagure
+    #: messages are about the ``fedora-infra`` namespace)
+    live_namespaces: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
@@ -45,6 +49,10 @@ class SyncSettings:
             workers=int(env.get("FMN_SYNC_WORKERS", d.workers)),
             live=env.get("FMN_LIVE_OWNERSHIP", "1") != "0",
             live_fasjson=env.get("FMN_LIVE_FASJSON", "0") == "1",
+            live_namespaces=tuple(
+                (ns.strip(), atype.strip()) for ns, _, atype in (
+                    pair.partition("=") for pair in env.get("FMN_LIVE_NAMESPACES", "").split(",")
+                    if "=" in pair)),
         )
 
     def distgit(self) -> object:
