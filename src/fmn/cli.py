@@ -220,13 +220,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if sync is not None and not args.json:
             print(sync)
         return _fail(str(exc))
-    if args.json:
-        try:
-            from fmn import db
+    if args.json and sync is not None:
+        from fmn import db
 
-            doc["sync"] = sync_status(db.make_engine(Settings.from_env().database_url))
-        except Exception:  # no database: the stack's status alone
-            pass
+        doc["sync"] = sync_status(db.make_engine(Settings.from_env().database_url))
     print(json.dumps(doc, indent=2) if args.json else format_status(doc)
           + (f"\n{sync}" if sync else ""))
     return EXIT_OK

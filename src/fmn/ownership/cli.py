@@ -171,10 +171,15 @@ def add_parsers(sub: Any) -> None:
 
 def status_text(database_url: str) -> str | None:
     """The sync lines of ``fmn status``; None when the database cannot say."""
+    from sqlalchemy.engine import make_url
+
     from fmn import db
     from fmn.ownership.reconcile import format_status, status
 
     try:
+        url = make_url(database_url)
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+            return None  # asking would create an empty database file
         return format_status(status(db.make_engine(database_url)))
     except (FmnError, Exception):  # no database yet, not migrated: nothing to show
         return None

@@ -8,7 +8,7 @@
 | ``FMN_SYNC_MAX_DROP`` | the share of entries a fetch may lose before it is refused | ``0.10`` |
 | ``FMN_SYNC_TIMEOUT_S`` | HTTP timeout per request | ``60`` |
 | ``FMN_SYNC_WORKERS`` | concurrent FASJSON requests of ``fmn sync accounts`` | ``8`` |
-| ``FMN_LIVE_OWNERSHIP`` | ``0`` turns the match function's live ownership updates off | ``1`` |
+| ``FMN_LIVE_OWNERSHIP`` | ``0``: no live updates in the match function (nor without a DB URL) | 1 |
 | ``FMN_LIVE_NAMESPACES`` | more Pagure namespaces taken as dist-git (``ns=type,...``) | none |
 | ``FMN_LIVE_FASJSON`` | ``1``: fetch an account at once when the bus says it changed | ``0`` |
 """
@@ -47,7 +47,9 @@ class SyncSettings:
             max_drop=float(env.get("FMN_SYNC_MAX_DROP", d.max_drop)),
             timeout_s=float(env.get("FMN_SYNC_TIMEOUT_S", d.timeout_s)),
             workers=int(env.get("FMN_SYNC_WORKERS", d.workers)),
-            live=env.get("FMN_LIVE_OWNERSHIP", "1") != "0",
+            # the match function applies bus messages only where it is given
+            # the preferences database (without, the reconcile catches up)
+            live=env.get("FMN_LIVE_OWNERSHIP", "1") != "0" and bool(env.get("FMN_DATABASE_URL")),
             live_fasjson=env.get("FMN_LIVE_FASJSON", "0") == "1",
             live_namespaces=tuple(
                 (ns.strip(), atype.strip()) for ns, _, atype in (
