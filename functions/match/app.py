@@ -138,7 +138,7 @@ def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
 
 
 def live_ownership(message: Any) -> None:
-    """Apply an ownership or membership message before matching (fmn.ownership.live).
+    """Apply an ownership or membership message once it is matched (fmn.ownership.live).
 
     Here rather than in a consumer of its own: SQS gives each message to one
     consumer, and this one already sees every message in bus order, so the
@@ -172,7 +172,7 @@ def live_ownership(message: Any) -> None:
 
 def process(body: str) -> MatchResult:
     """Match one incoming body and send its notifications (the local runner's shortcut)."""
-    result = match_record(body, _get("matcher"), fetch_claim, before_match=live_ownership)
+    result = match_record(body, _get("matcher"), fetch_claim, after_match=live_ownership)
     for backend, bodies in result.bodies.items():
         if send(backend, [("", b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
@@ -211,7 +211,7 @@ class _Invocation:
     def record(self, record: SQSRecord) -> None:
         try:
             result = match_record(record.body, _get("matcher"), fetch_claim,
-                                  before_match=live_ownership)
+                                  after_match=live_ownership)
         except Exception as exc:
             kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
             self.counts[f"{kind}Failures"] += 1

@@ -133,6 +133,10 @@ class FasJson(_Http):
                 names, url = parse_members_page(doc, group)
             except InvalidSource as exc:
                 raise SourceError(str(exc)) from exc
+            if url is not None and not url.startswith(self.base_url.rstrip("/") + "/"):
+                # credentials go where the pages go: never to another host
+                raise SourceError(f"members of {group}: next page {url[:200]!r} is not "
+                                  f"under {self.base_url}")
             page = doc.get("page") if isinstance(doc, dict) else None
             if isinstance(page, dict) and isinstance(page.get("total_results"), int):
                 expected = page["total_results"]
