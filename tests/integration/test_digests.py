@@ -11,12 +11,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from delivery_data import notification as note
 from delivery_data import payload
 from fakes import FakeClock
-from services import redis_client
 
 from fmn.delivery.base import Delivery, deliver_payload, deliveries
 from fmn.delivery.digest import DigestStore, destination_key
@@ -33,8 +33,9 @@ class Crash(BaseException):
 
 
 @pytest.fixture
-def world() -> Iterator[SimpleNamespace]:
-    client = redis_client()
+def world(redis_any: Any) -> Iterator[SimpleNamespace]:
+    """Digests and sends remembered on the single Redis and on the cluster."""
+    client = redis_any
     tag = uuid.uuid4().hex[:10]
     clock = FakeClock(1_000_000.0)
     store = DigestStore(client, prefix=f"fmn-test:{tag}:digest:", cap=5, lease_s=300)
@@ -49,7 +50,8 @@ def world() -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(store=store, mailer=mailer, sender=sender, once=once, clock=clock,
                           tag=tag, dead=dead,
                           dead_letter=lambda item, reason: dead.append((item, reason)))
-    for pattern in (f"fmn-test:{tag}:*", f"fmn-test-{tag}*"):  # digests, sends remembered
+    # digests, sends remembered
+    for pattern in (f"{store.prefix}*", f"fmn-test-{tag}*"):
         for key in client.scan_iter(pattern):
             client.delete(key)
 

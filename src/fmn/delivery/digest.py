@@ -23,6 +23,12 @@ batch (same id) is claimed again and sent.  A crash between 2 and 3 sends
 nothing twice: the retry finds the batch id already sent and only finishes.
 Items that arrive while a batch is out wait in the list for the next digest;
 none is lost.
+
+Every key of a store shares one hash tag (the prefix, :func:`digest_prefix`),
+so the scripts, which touch a destination's lists and the due set at once,
+run on a Redis cluster too (ElastiCache Serverless, cluster mode): digests
+then live on one shard, which their volume (a few items per person and
+interval) allows.
 """
 
 from __future__ import annotations
@@ -103,8 +109,9 @@ class Claimed:
 
 
 def digest_prefix(queue_prefix: str) -> str:
-    """The digests' Redis key prefix for a stage (stages may share one Redis, as queues do)."""
-    return f"fmn:digest:{queue_prefix}"
+    """The digests' Redis key prefix for a stage (stages may share one Redis, as queues do):
+    ``fmn:digest:{<queue prefix>}``, a hash tag that keeps a stage's digests in one slot."""
+    return f"fmn:digest:{{{queue_prefix}}}"
 
 
 def destination_key(item: Delivery) -> str:
@@ -117,8 +124,11 @@ class DigestStore:
 
     def __init__(self, redis: Any, prefix: str = "fmn:digest:", cap: int = DIGEST_CAP,
                  lease_s: float = LEASE_S) -> None:
+        from fmn.redisconn import hash_tagged
+
         self.redis = redis
-        self.prefix = prefix
+        #: every key under one hash tag (module docstring)
+        self.prefix = hash_tagged(prefix)
         self.cap = cap
         self.lease_s = lease_s
         self._add = redis.register_script(_ADD)
