@@ -11,11 +11,12 @@ ones whose interval has passed.  Nothing is built at import.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 from chalice.app import Chalice, Rate
 
-from fmn.delivery.base import DeadLetter, Send, deliver_payload
+from fmn.delivery.base import DeadLetter, Delivery, Send, deliver_payload
 from fmn.delivery.edge import SenderFunction
 from fmn.delivery.email_sender import EmailSender
 from fmn.delivery.once import Once
@@ -29,19 +30,40 @@ app = Chalice(app_name="fmn-send-email", configure_logs=False)
 
 
 def make_send(settings: Settings) -> Send:
-    import redis
-
     from fmn.auth import unsubscribe_url
     from fmn.delivery.digest import DigestStore, digest_prefix
     from fmn.delivery.mailers import make_mailer
+    from fmn.redisconn import connect
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     # digest keys per stage, as the queues: stages may share one Redis
     digests = DigestStore(client, digest_prefix(settings.queue_prefix))
     return EmailSender(
         make_mailer(settings), digests, sender=settings.mail_from, web_url=settings.web_url,
         unsubscribe_url=lambda user, dest: unsubscribe_url(settings.web_url, user, dest,
-                                                           settings.secret_key))
+                                                           settings.secret_key),
+        subscribed=database_subscriptions(settings.database_url))
+
+
+def database_subscriptions(url: str) -> Callable[[Delivery], bool]:
+    """Whether an item's destination still wants mail, asked of the preferences database
+    (built on first use; a database failure is retryable: the digest waits)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fmn import db
+    from fmn.db.pending import destination_live
+
+    engines: list[Any] = []
+
+    def subscribed(item: Delivery) -> bool:
+        try:
+            if not engines:
+                engines.append(db.make_engine(url))
+            return destination_live(engines[0], item.user, item.destination, item.address)
+        except SQLAlchemyError as exc:
+            raise RetryableError(f"preferences database: {exc}") from exc
+
+    return subscribed
 
 
 function = SenderFunction("email", make_send)

@@ -20,6 +20,7 @@ from shared_data import golden_messages, golden_prefs_doc
 
 from fmn.matcher import IndexedMatcher, NaiveMatcher
 from fmn.prefs import Preferences, Rule, User, parse_document
+from fmn.redisconn import connect
 from fmn.snapshot import compile_snapshot, compile_user
 from fmn.snapshot.live import LiveSnapshot
 from fmn.snapshot.store import MemorySnapshotStore, RedisSnapshotStore, SnapshotStore
@@ -27,17 +28,19 @@ from fmn.snapshot.store import MemorySnapshotStore, RedisSnapshotStore, Snapshot
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[SnapshotStore]:
     if request.param == "memory":
         yield MemorySnapshotStore()
         return
-    client = redis_client()
+    client = (redis_client() if request.param == "redis"
+              else connect(request.getfixturevalue("redis_cluster_url")))
     prefix = f"fmn-test:{uuid.uuid4().hex}:"
-    yield RedisSnapshotStore(client, prefix)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
+    store = RedisSnapshotStore(client, prefix)
+    yield store
+    keys = list(client.scan_iter(match=store.prefix + "*"))
+    for key in keys:
+        client.delete(key)
 
 
 @pytest.fixture(scope="module")
