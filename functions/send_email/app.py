@@ -50,20 +50,43 @@ def database_subscriptions(url: str) -> Callable[[Delivery], bool]:
     (built on first use; a database failure is retryable: the digest waits)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from fmn import db
     from fmn.db.pending import destination_live
-
-    engines: list[Any] = []
 
     def subscribed(item: Delivery) -> bool:
         try:
-            if not engines:
-                engines.append(db.make_engine(url))
-            return destination_live(engines[0], item.user, item.destination, item.address)
+            return destination_live(_engine(url), item.user, item.destination, item.address)
         except SQLAlchemyError as exc:
             raise RetryableError(f"preferences database: {exc}") from exc
 
     return subscribed
+
+
+_engines: dict[str, Any] = {}
+
+
+def _engine(url: str) -> Any:
+    if url not in _engines:
+        from fmn import db
+
+        _engines[url] = db.make_engine(url)
+    return _engines[url]
+
+
+def digests_lost(settings: Settings, store: Any) -> bool:
+    """Whether Redis lost the queued digest items since the last check (the generation
+    marker, remembered in the database: :func:`fmn.delivery.digest.check_generation`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fmn.db import pending
+    from fmn.delivery.digest import check_generation
+
+    engine = _engine(settings.database_url)
+    name = f"digests:{store.prefix}"
+    try:
+        return check_generation(store, pending.marker(engine, name),
+                                lambda token: pending.set_marker(engine, name, token))
+    except SQLAlchemyError as exc:
+        raise RetryableError(f"preferences database: {exc}") from exc
 
 
 function = SenderFunction("email", make_send)
@@ -93,6 +116,13 @@ def flush_digests_now(context: Any = None) -> int:
     """Send every due digest; notifications sent (the schedule, and the local stack)."""
     function.begin(context)
     sender = cast(EmailSender, function.get("send"))
+    if sender.digests is not None:
+        try:
+            if digests_lost(function.settings, sender.digests):
+                function.count(Counter({"digest-store-lost": 1}))  # metric DigestStoreLost
+        except RetryableError as exc:
+            function.logger.warning("digest store generation not checked",
+                                    extra={"error": str(exc)[:300]})
     sent = sender.flush_due(function.once, function.dead_letter)
     function.count(Counter(digested=sent))
     return sent

@@ -139,6 +139,7 @@ def app(engine: Engine) -> Iterator[App]:
     a = App(engine, prefix)
     yield a
     keys = list(a.redis.scan_iter(match=prefix + "*"))
+    keys += list(a.redis.scan_iter(match="{" + prefix + "*"))  # the snapshot's hash tag
     if keys:
         a.redis.delete(*keys)
     webapp.reset()

@@ -350,6 +350,18 @@ class PendingPublishRow(Base):
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class StoreMarkerRow(Base):
+    """The generation token last seen in a Redis-held store (digests): a token Redis
+    no longer holds means Redis restarted empty and that store's content is lost."""
+
+    __tablename__ = "store_markers"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    token: Mapped[str] = mapped_column(String)
+    #: when this token was first seen (UTC)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 #: child tables first: the order in which to empty them
 USER_CONTENT_TABLES = (
     GenerationRuleDestinationRow, GenerationRuleRow, RuleGroupRow, RuleArtifactRow,

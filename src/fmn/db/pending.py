@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, select
 
-from fmn.db.models import DestinationRow, PendingPublishRow, UserRow
+from fmn.db.models import DestinationRow, PendingPublishRow, StoreMarkerRow, UserRow
 
 
 def mark(conn: Connection, name: str, revision: int) -> None:
@@ -69,3 +69,18 @@ def destination_live(engine: Engine, user: str, dest_id: str, address: str) -> b
             .where(UserRow.name == user, DestinationRow.dest_id == dest_id)).first()
     return row is not None and bool(row.verified) and bool(row.enabled) \
         and row.address == address
+
+
+def marker(engine: Engine, name: str) -> str | None:
+    """The generation token last seen in the Redis-held store ``name`` (None: never)."""
+    with engine.connect() as conn:
+        found = conn.execute(select(StoreMarkerRow.token)
+                             .where(StoreMarkerRow.name == name)).scalar()
+    return None if found is None else str(found)
+
+
+def set_marker(engine: Engine, name: str, token: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(StoreMarkerRow).where(StoreMarkerRow.name == name))
+        conn.execute(insert(StoreMarkerRow).values(name=name, token=token,
+                                                   since=datetime.now(UTC)))

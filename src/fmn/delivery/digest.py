@@ -193,9 +193,46 @@ class DigestStore:
             raise RetryableError(f"digest store: {exc}") from exc
         return score is not None and float(score) <= now
 
+    def generation(self, new_token: str) -> str:
+        """This store's generation token, set to ``new_token`` if it has none (a fresh
+        or emptied Redis); see :func:`check_generation`."""
+        key = f"{self.prefix}generation"
+        try:
+            self.redis.set(key, new_token, nx=True)
+            token = self.redis.get(key)
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+        return str(token.decode() if isinstance(token, bytes) else token)
+
     def pending(self, dk: str) -> int:
         """Items waiting (not counting a batch being sent)."""
         return int(self.redis.llen(f"{self.prefix}items:{dk}"))
+
+
+def check_generation(store: DigestStore, remembered: str | None,
+                     remember: Callable[[str], None]) -> bool:
+    """Whether the digest store lost its content since the last check (True: loudly).
+
+    Digest items live only in Redis once their SQS record is deleted.  The store
+    holds a generation token; its last value is kept outside Redis (the
+    database: ``remembered``, written through ``remember``).  A token other than
+    the remembered one means Redis restarted empty (or was replaced): every
+    item queued before is gone.  Nothing can bring them back; the caller makes
+    it impossible to miss (an error log, the ``DigestStoreLost`` metric and its
+    alarm).  The deployment requires persistence so that this never fires
+    (docs/redis.md).
+    """
+    import uuid
+
+    token = store.generation(uuid.uuid4().hex)
+    if token == remembered:
+        return False
+    remember(token)
+    if remembered is None:
+        return False  # the first check ever: nothing was known to be lost
+    log.error("the digest store (%s) restarted empty: digest items queued before now are "
+              "lost (generation %s, was %s)", store.prefix, token, remembered)
+    return True
 
 
 #: Sends one digest of ``items`` (``more`` wait after them); PermanentError/RetryableError.

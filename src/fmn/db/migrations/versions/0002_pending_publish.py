@@ -1,4 +1,8 @@
-"""Pending publishes: users whose saved change may not be in the snapshot yet.
+"""Pending publishes and store markers: what Redis alone must not hold.
+
+``pending_publish``: users whose saved change may not be in the snapshot yet.
+``store_markers``: the generation token of each Redis-held store last seen,
+to notice a Redis restarted empty.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,7 +30,15 @@ def upgrade() -> None:
         sa.Column("since", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_pending_publish")),
     )
+    op.create_table(
+        "store_markers",
+        sa.Column("name", sa.String(), nullable=False),
+        sa.Column("token", sa.String(), nullable=False),
+        sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_store_markers")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("store_markers")
     op.drop_table("pending_publish")
