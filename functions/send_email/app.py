@@ -72,9 +72,10 @@ def _engine(url: str) -> Any:
     return _engines[url]
 
 
-def digests_lost(settings: Settings, store: Any) -> bool:
-    """Whether Redis lost the queued digest items since the last check (the generation
-    marker, remembered in the database: :func:`fmn.delivery.digest.check_generation`)."""
+def digests_lost(settings: Settings, store: Any) -> int | None:
+    """None, or how many queued digest items Redis lost (at least) since the last check
+    (the generation marker, remembered in the database:
+    :func:`fmn.delivery.digest.check_generation`)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from fmn.db import pending
@@ -84,7 +85,8 @@ def digests_lost(settings: Settings, store: Any) -> bool:
     name = f"digests:{store.prefix}"
     try:
         return check_generation(store, pending.marker(engine, name),
-                                lambda token: pending.set_marker(engine, name, token))
+                                lambda token, items: pending.set_marker(engine, name, token,
+                                                                        items))
     except SQLAlchemyError as exc:
         raise RetryableError(f"preferences database: {exc}") from exc
 
@@ -118,8 +120,9 @@ def flush_digests_now(context: Any = None) -> int:
     sender = cast(EmailSender, function.get("send"))
     if sender.digests is not None:
         try:
-            if digests_lost(function.settings, sender.digests):
-                function.count(Counter({"digest-store-lost": 1}))  # metric DigestStoreLost
+            lost = digests_lost(function.settings, sender.digests)
+            if lost is not None:  # metrics DigestStoreLost, DigestItemsLost
+                function.count(Counter({"digest-store-lost": 1, "digest-items-lost": lost}))
         except RetryableError as exc:
             function.logger.warning("digest store generation not checked",
                                     extra={"error": str(exc)[:300]})

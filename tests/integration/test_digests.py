@@ -249,14 +249,14 @@ def test_a_redis_restarted_empty_cannot_lose_digests_unnoticed(world: SimpleName
     engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
     db.upgrade(engine)
 
-    def check() -> bool:
+    def check() -> int | None:
         return check_generation(w.store, pending.marker(engine, "digests"),
-                                lambda token: pending.set_marker(engine, "digests", token))
+                                lambda token, n: pending.set_marker(engine, "digests", token, n))
 
-    assert check() is False  # the first check: nothing known, nothing lost
+    assert check() is None  # the first check: nothing known, nothing lost
     add(w, 3, digest=(3600, 100))
-    assert check() is False
+    assert check() is None
     for key in list(w.store.redis.scan_iter(f"{w.store.prefix}*")):
         w.store.redis.delete(key)  # a restart without persistence
-    assert check() is True  # loudly, once
-    assert check() is False
+    assert check() == 3  # loudly, once, with what was waiting
+    assert check() is None

@@ -358,7 +358,9 @@ class StoreMarkerRow(Base):
 
     name: Mapped[str] = mapped_column(String, primary_key=True)
     token: Mapped[str] = mapped_column(String)
-    #: when this token was first seen (UTC)
+    #: how many items the store held at the last check (what a loss loses, at least)
+    items: Mapped[int] = mapped_column(BigInteger)
+    #: when this was last checked (UTC)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

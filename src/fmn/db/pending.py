@@ -71,16 +71,17 @@ def destination_live(engine: Engine, user: str, dest_id: str, address: str) -> b
         and row.address == address
 
 
-def marker(engine: Engine, name: str) -> str | None:
-    """The generation token last seen in the Redis-held store ``name`` (None: never)."""
+def marker(engine: Engine, name: str) -> tuple[str, int] | None:
+    """The generation token last seen in the Redis-held store ``name`` and how many
+    items it held then (None: never checked)."""
     with engine.connect() as conn:
-        found = conn.execute(select(StoreMarkerRow.token)
-                             .where(StoreMarkerRow.name == name)).scalar()
-    return None if found is None else str(found)
+        found = conn.execute(select(StoreMarkerRow.token, StoreMarkerRow.items)
+                             .where(StoreMarkerRow.name == name)).first()
+    return None if found is None else (str(found[0]), int(found[1]))
 
 
-def set_marker(engine: Engine, name: str, token: str) -> None:
+def set_marker(engine: Engine, name: str, token: str, items: int) -> None:
     with engine.begin() as conn:
         conn.execute(delete(StoreMarkerRow).where(StoreMarkerRow.name == name))
-        conn.execute(insert(StoreMarkerRow).values(name=name, token=token,
+        conn.execute(insert(StoreMarkerRow).values(name=name, token=token, items=items,
                                                    since=datetime.now(UTC)))

@@ -204,35 +204,52 @@ class DigestStore:
             raise RetryableError(f"digest store: {exc}") from exc
         return str(token.decode() if isinstance(token, bytes) else token)
 
+    def waiting(self) -> int:
+        """Items waiting in every digest, batches being sent included."""
+        try:
+            dks = [k.decode() if isinstance(k, bytes) else k
+                   for k in self.redis.zrange(f"{self.prefix}due", 0, -1)]
+            if not dks:
+                return 0
+            with self.redis.pipeline(transaction=False) as pipe:
+                for dk in dks:
+                    pipe.llen(f"{self.prefix}items:{dk}")
+                    pipe.llen(f"{self.prefix}sending:{dk}")
+                return sum(int(n) for n in pipe.execute())
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+
     def pending(self, dk: str) -> int:
         """Items waiting (not counting a batch being sent)."""
         return int(self.redis.llen(f"{self.prefix}items:{dk}"))
 
 
-def check_generation(store: DigestStore, remembered: str | None,
-                     remember: Callable[[str], None]) -> bool:
-    """Whether the digest store lost its content since the last check (True: loudly).
+def check_generation(store: DigestStore, remembered: tuple[str, int] | None,
+                     remember: Callable[[str, int], None]) -> int | None:
+    """Whether the digest store lost its content since the last check: None if not,
+    else how many items it held at that check (at least that many are lost).
 
     Digest items live only in Redis once their SQS record is deleted.  The store
-    holds a generation token; its last value is kept outside Redis (the
-    database: ``remembered``, written through ``remember``).  A token other than
-    the remembered one means Redis restarted empty (or was replaced): every
-    item queued before is gone.  Nothing can bring them back; the caller makes
-    it impossible to miss (an error log, the ``DigestStoreLost`` metric and its
-    alarm).  The deployment requires persistence so that this never fires
-    (docs/redis.md).
+    holds a generation token; its last value and the number of items waiting
+    then are kept outside Redis (the database: ``remembered``, written through
+    ``remember``).  A token other than the remembered one means Redis restarted
+    empty (or was replaced): every item queued before is gone.  Nothing can
+    bring them back; the caller makes it impossible to miss (an error log, the
+    ``DigestStoreLost`` and ``DigestItemsLost`` metrics and their alarm).  The
+    deployment requires persistence so that this never fires (docs/redis.md).
     """
     import uuid
 
     token = store.generation(uuid.uuid4().hex)
-    if token == remembered:
-        return False
-    remember(token)
-    if remembered is None:
-        return False  # the first check ever: nothing was known to be lost
+    waiting = store.waiting()
+    remember(token, waiting)
+    if remembered is None or token == remembered[0]:
+        return None  # the same store, or the first check ever (nothing known)
+    lost = remembered[1]
     log.error("the digest store (%s) restarted empty: digest items queued before now are "
-              "lost (generation %s, was %s)", store.prefix, token, remembered)
-    return True
+              "lost, at least %d (generation %s, was %s)", store.prefix, lost, token,
+              remembered[0])
+    return lost
 
 
 #: Sends one digest of ``items`` (``more`` wait after them); PermanentError/RetryableError.

@@ -34,6 +34,7 @@ def upgrade() -> None:
         "store_markers",
         sa.Column("name", sa.String(), nullable=False),
         sa.Column("token", sa.String(), nullable=False),
+        sa.Column("items", sa.BigInteger(), nullable=False),
         sa.Column("since", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_store_markers")),
     )
