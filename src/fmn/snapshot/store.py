@@ -187,10 +187,10 @@ class MemorySnapshotStore:
 
     def poll(self, snapshot_id: str, after: str) -> Poll:
         with self._lock:
-            log = self._logs.get(snapshot_id, [])
+            changes = self._logs.get(snapshot_id, [])
             start = int(after)
             return Poll(self._current, [_decode_change(str(i + 1), raw)
-                                        for i, raw in enumerate(log[start:], start)])
+                                        for i, raw in enumerate(changes[start:], start)])
 
 
 # Appends to the change log of the snapshot the caller read as current, if it
