@@ -113,7 +113,7 @@ def env(aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     match_app.reset()
     yield SimpleNamespace(sqs=sqs, urls=urls, prefix=prefix, engine=engine, store=store)
     match_app.reset()
-    keys = list(client.scan_iter(match=snap_prefix + "*"))
+    keys = list(client.scan_iter(match=store.prefix + "*"))
     keys += list(client.scan_iter(match=f"fmn:preview:{prefix}*"))
     if keys:
         client.delete(*keys)

@@ -90,7 +90,7 @@ def env(tmp_path: Path) -> Iterator[SimpleNamespace]:
             up=up, engine=engine, store=store, live=live, matcher=IndexedMatcher(live),
             distgit=DistGit(server.url, session, 10),
             fasjson=FasJson(server.url + FASJSON_BASE, session, 10))
-    keys = list(client.scan_iter(match=prefix + "*"))
+    keys = list(client.scan_iter(match=store.prefix + "*"))
     if keys:
         client.delete(*keys)
 

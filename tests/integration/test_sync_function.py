@@ -40,7 +40,8 @@ def sync_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Module
         {"name": "alice", "enabled": True, "destinations": [], "rules": []}]})
     prefix = f"fmn-test:{uuid.uuid4().hex}:"
     client = redis_client()
-    sync.publish_full(engine, RedisSnapshotStore(client, prefix))
+    store = RedisSnapshotStore(client, prefix)
+    sync.publish_full(engine, store)
     app = load_module(APP_PATH, "fmn_sync_app")
     with serve(up.app(), name="upstreams") as server:
         for name, value in {"FMN_DATABASE_URL": url, "REDIS_URL": REDIS_URL,
@@ -53,7 +54,7 @@ def sync_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Module
         app.engine_for_test = engine  # type: ignore[attr-defined]
         yield app
         app.reset()
-    keys = list(client.scan_iter(match=prefix + "*"))
+    keys = list(client.scan_iter(match=store.prefix + "*"))
     if keys:
         client.delete(*keys)
 
