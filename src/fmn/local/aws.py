@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fmn.pipeline.queues import QUEUES, QueueDef
+from fmn.pipeline.queues import DLQ_RETENTION_S, QUEUES, QueueDef
 from fmn.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: SQS's longest retention: dead letters outlive the messages of their source queue.
-DLQ_RETENTION_S = 14 * 24 * 3600
+__all__ = ["DLQ_RETENTION_S", "AwsClients", "QueueUrls", "clients", "ensure_queue",
+           "ensure_queues"]
 
 
 @dataclass(frozen=True)
