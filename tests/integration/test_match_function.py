@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from lambda_events import context, message_ids, sqs_event
 from services import REDIS_URL, redis_client
 from shared_data import GOLDEN, read_jsonl
@@ -221,6 +222,35 @@ def test_no_snapshot_is_a_retryable_failure(match_app: ModuleType, env: SimpleNa
     match_app.reset()
     with pytest.raises(SnapshotUnavailable):
         match_app.process(wrap(records[0]))
+
+
+def test_a_retryable_failure_backs_off_by_receive_count(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record is hidden for a delay that doubles with each receive, not dead-lettered."""
+    monkeypatch.setenv("FMN_SNAPSHOT_PREFIX", f"fmn-test:{uuid.uuid4().hex}:empty:")
+    match_app.reset()
+    url = env.urls["incoming"]
+    # without a back-off, a failed record would be visible again at once
+    env.sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "0"})
+    env.sqs.send_message(QueueUrl=url, MessageBody=wrap(records[0]))
+    receives = []
+    for _ in range(3):  # each receive fails; make the record visible again at once to go on
+        (msg,) = env.sqs.receive_message(QueueUrl=url, MessageSystemAttributeNames=["All"],
+                                         WaitTimeSeconds=1)["Messages"]
+        event = sqs_event([msg["Body"]], f"{env.prefix}incoming")
+        record = event["Records"][0]
+        record.update(receiptHandle=msg["ReceiptHandle"], attributes=msg["Attributes"])
+        with pytest.raises(BatchProcessingError):  # the only record failed: the invocation fails
+            match_app.handle_incoming(event, context("fmn-match"))
+        assert env.sqs.receive_message(QueueUrl=url).get("Messages") is None  # hidden
+        receives.append(int(msg["Attributes"]["ApproximateReceiveCount"]))
+        env.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"],
+                                          VisibilityTimeout=0)
+    assert receives == [1, 2, 3]
+    from fmn.pipeline.redelivery import retry_delay_s
+
+    assert [retry_delay_s(n, 60) for n in receives] == [60, 120, 240]
 
 
 class FlakySQS:
