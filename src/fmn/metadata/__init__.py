@@ -62,6 +62,7 @@ def _lenient(record: bytes | bytearray | memoryview | str, error: Exception) -> 
 
     try:
         text = bytes(record).decode("utf-8") if not isinstance(record, str) else record
+        text.encode("utf-8")  # a str holding a lone surrogate is no UTF-8 text
         return json.loads(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidMessage("not-json", str(error)) from error
