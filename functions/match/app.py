@@ -79,7 +79,13 @@ def _build_state() -> None:
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
     aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+    journal = None
+    if s.ledger_dir:  # local runs: what was produced, for fmn ledger
+        from fmn.ledger.journal import Journal
+
+        journal = Journal(s.ledger_dir)
     _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
+                  journal=journal,
                   matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
@@ -173,6 +179,8 @@ class _Invocation:
         self.counts: Counter[str] = Counter()
         #: (SQS message id, result), sent together at the end
         self.matched: list[tuple[str, MatchResult]] = []
+        #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)
+        self.queued_at: dict[str, int] = {}
 
     def record(self, record: SQSRecord) -> None:
         try:
@@ -183,12 +191,33 @@ class _Invocation:
             logger.warning("record failed", extra={"sqs_message_id": record.message_id,
                                                    "failure": kind.lower(),
                                                    "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, kind.lower(), f"{type(exc).__name__}: {exc}")
             raise
         self.matched.append((record.message_id, result))
+        self.queued_at[record.message_id] = int(record.attributes.sent_timestamp or 0)
         self.counts["MessagesMatched"] += 1
         for backend, count in result.notifications.items():
             self.counts[f"Notifications_{backend}"] += count
             self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
+
+    def journal(self, unsent: set[str]) -> None:
+        """Journal every record whose payloads all went (local runs: ``fmn ledger``)."""
+        journal = _get("journal")
+        if journal is None:
+            return
+        describe = _get("matcher").describe
+        entries = []
+        for mid, result in self.matched:
+            if mid in unsent:
+                continue
+            produced = {backend: [(n.user, n.destination, n.address,
+                                   int(describe(n)[1] is not None)) for n in group]
+                        for backend, group in result.recipients.items()}
+            entries.append({"id": result.message_id, "sqs": mid,
+                            "q": self.queued_at.get(mid, 0), "n": produced})
+        journal.matched(entries)
 
     def send_matched(self) -> set[str]:
         """Send every matched record's payloads, backend by backend, across records."""
@@ -213,6 +242,7 @@ def handle_incoming(event: Any) -> PartialItemFailureResponse:
             event=raw, record_handler=call.record,
             processor=BatchProcessor(event_type=EventType.SQS), context=event.context)
         unsent = call.send_matched()
+        call.journal(unsent)
         missed = len(call.matched) - record_window([r for _, r in call.matched])
         if missed:
             call.counts["PreviewWindowMisses"] += missed

@@ -28,6 +28,7 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
 | ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
 | ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered against redelivery | ``345600`` |
+| ``FMN_LEDGER_DIR`` | local runs: the journal of ``fmn ledger`` | unset |
 
 ``FMN_SMTP_URL`` is ``smtp://[user:password@]host:port`` (``smtps://`` for
 TLS from the start, ``?starttls=1`` to upgrade).  ``FMN_IRC_URL`` is
@@ -66,6 +67,8 @@ class Settings:
     feed_max_age_s: int = 7 * 24 * 3600
     #: as long as SQS keeps a message (the queues' retention)
     idempotency_ttl_s: int = 4 * 24 * 3600
+    #: local runs only: the ledger's journal directory (``fmn ledger``)
+    ledger_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,4 +96,5 @@ class Settings:
             feed_maxlen=int(env.get("FMN_FEED_MAXLEN", default.feed_maxlen)),
             feed_max_age_s=int(env.get("FMN_FEED_MAX_AGE_S", default.feed_max_age_s)),
             idempotency_ttl_s=int(env.get("FMN_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s)),
+            ledger_dir=env.get("FMN_LEDGER_DIR") or None,
         )
