@@ -83,9 +83,14 @@ def _build_state() -> None:
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
     aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+    journal = None
+    if s.ledger_dir:  # local runs: what was produced, for fmn ledger
+        from fmn.ledger.journal import Journal
+
+        journal = Journal(s.ledger_dir)
     sqs = boto3.client("sqs", **aws)
     _state.update(settings=s, sqs=sqs, s3=boto3.client("s3", **aws),
-                  redelivery=Redelivery(sqs, s.first_retry_delay_s),
+                  redelivery=Redelivery(sqs, s.first_retry_delay_s), journal=journal,
                   matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
@@ -179,6 +184,8 @@ class _Invocation:
         self.counts: Counter[str] = Counter()
         #: (SQS message id, result), sent together at the end
         self.matched: list[tuple[str, MatchResult]] = []
+        #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)
+        self.queued_at: dict[str, int] = {}
 
     def record(self, record: SQSRecord) -> None:
         try:
@@ -188,6 +195,9 @@ class _Invocation:
             self.counts["PermanentFailures"] += 1
             logger.warning("record dead-lettered", extra={"sqs_message_id": record.message_id,
                                                           "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "permanent", f"{type(exc).__name__}: {exc}")
             try:
                 _get("redelivery").dead_letter(record.raw_event, str(exc))
             except Exception as dlq_failed:  # botocore: it comes back, nothing lost
@@ -200,12 +210,33 @@ class _Invocation:
             logger.warning("record failed", extra={"sqs_message_id": record.message_id,
                                                    "failure": "retryable",
                                                    "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "retryable", f"{type(exc).__name__}: {exc}")
             raise
         self.matched.append((record.message_id, result))
+        self.queued_at[record.message_id] = int(record.attributes.sent_timestamp or 0)
         self.counts["MessagesMatched"] += 1
         for backend, count in result.notifications.items():
             self.counts[f"Notifications_{backend}"] += count
             self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
+
+    def journal(self, unsent: set[str]) -> None:
+        """Journal every record whose payloads all went (local runs: ``fmn ledger``)."""
+        journal = _get("journal")
+        if journal is None:
+            return
+        describe = _get("matcher").describe
+        entries = []
+        for mid, result in self.matched:
+            if mid in unsent:
+                continue
+            produced = {backend: [(n.user, n.destination, n.address,
+                                   int(describe(n)[1] is not None)) for n in group]
+                        for backend, group in result.recipients.items()}
+            entries.append({"id": result.message_id, "sqs": mid,
+                            "q": self.queued_at.get(mid, 0), "n": produced})
+        journal.matched(entries)
 
     def send_matched(self) -> set[str]:
         """Send every matched record's payloads, backend by backend, across records."""
@@ -241,6 +272,7 @@ def handle_event(raw: dict[str, Any], context: Any) -> PartialItemFailureRespons
             redelivery.back_off(raw["Records"])
             raise
         unsent = call.send_matched()
+        call.journal(unsent)
         missed = len(call.matched) - record_window([r for _, r in call.matched])
         if missed:
             call.counts["PreviewWindowMisses"] += missed

@@ -29,6 +29,7 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
 | ``FMN_RETRY_DELAY_S`` | a failed record's first retry delay (doubling) | its queue's visibility |
 | ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (redrives too) | ``1555200`` (18 days) |
+| ``FMN_LEDGER_DIR`` | local runs: the journal of ``fmn ledger`` | unset |
 
 ``FMN_SMTP_URL`` is ``smtp://[user:password@]host:port`` (``smtps://`` for
 TLS from the start, ``?starttls=1`` to upgrade).  ``FMN_IRC_URL`` is
@@ -73,6 +74,8 @@ class Settings:
     #: a failed record's first retry delay, doubling with each receive
     #: (fmn.pipeline.redelivery); None: the queue's visibility timeout
     retry_delay_s: float | None = None
+    #: local runs only: the ledger's journal directory (``fmn ledger``)
+    ledger_dir: str | None = None
 
     def first_retry_delay_s(self, sqs_name: str) -> float:
         """The first retry delay of the queue named ``sqs_name`` (this stage's)."""
@@ -113,4 +116,5 @@ class Settings:
             idempotency_ttl_s=int(env.get("FMN_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s)),
             retry_delay_s=float(env["FMN_RETRY_DELAY_S"]) if env.get("FMN_RETRY_DELAY_S")
             else None,
+            ledger_dir=env.get("FMN_LEDGER_DIR") or None,
         )

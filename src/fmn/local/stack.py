@@ -146,6 +146,44 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
         self.sqs: Any = None
+        self._journal: Any = None
+
+    # -- the ledger ------------------------------------------------------------
+
+    @property
+    def ledger_dir(self) -> Path:
+        """The ledger's journal of this stack (``fmn ledger --workdir``)."""
+        return self.workdir / "ledger"
+
+    @property
+    def journal(self) -> Any:
+        """The :class:`fmn.ledger.Journal` publishers write the ids they publish to."""
+        if self._journal is None:
+            from fmn.ledger import Journal
+
+            self._journal = Journal(self.ledger_dir)
+        return self._journal
+
+    def _start_journal(self) -> None:
+        """A fresh journal, as the queues start empty: the ledger accounts for this run."""
+        from fmn.ledger.journal import FAILED, MATCHED, PUBLISHED
+
+        for name in (PUBLISHED, MATCHED, FAILED):
+            (self.ledger_dir / name).unlink(missing_ok=True)
+        self.journal.write_stack({
+            "queue_prefix": self.settings.queue_prefix, "redis_url": self.settings.redis_url,
+            "feed_prefix": self.settings.feed_prefix,
+            "aws_endpoint_url": self.settings.aws_endpoint_url,
+            "aws_region": self.settings.aws_region,
+            "maildir": str((self.workdir / "mail").resolve()),
+            "irc_log": str((self.workdir / "irc.log").resolve()),
+            "status_file": str((self.workdir / STATUS_FILE).resolve())})
+
+    def ledger(self) -> Any:
+        """The :class:`fmn.ledger.LedgerReport` of this stack's run so far."""
+        from fmn.ledger import account
+
+        return account(self.ledger_dir, sqs=self.sqs, bridged=self._bridged)
 
     # -- start -----------------------------------------------------------------
 
@@ -162,6 +200,7 @@ class LocalStack:
         # The functions (in this process) and the bridge (its own) read their
         # settings from the environment, as on AWS: export this stack's.
         self.env.update(
+            FMN_LEDGER_DIR=str(self.ledger_dir),
             FMN_DATABASE_URL=self.settings.database_url,
             FMN_SNAPSHOT_PREFIX=self.settings.snapshot_prefix,
             FMN_SNAPSHOT_POLL_S=str(self.settings.snapshot_poll_s),
@@ -327,6 +366,7 @@ class LocalStack:
             for url in (urls.url, urls.dlq_url):
                 aws.sqs.purge_queue(QueueUrl=url)
         self._clear_stage_state()
+        self._start_journal()
         with contextlib.suppress(aws.s3.exceptions.BucketAlreadyOwnedByYou):
             aws.s3.create_bucket(Bucket=self.settings.claim_bucket)
         return f"{len(self.urls)} queues with dead-letter queues, bucket " \
@@ -603,9 +643,10 @@ def replay_shared(stack: LocalStack, say: Any = print) -> None:
 
     fedmsg_file, fm_file = default_message_files()
     say(f"replaying {fedmsg_file} on {stack.options.fedmsg_endpoint} ...")
-    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None)
+    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None,
+                         journal=stack.journal)
     say(f"replaying {fm_file} to RabbitMQ ...")
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, journal=stack.journal)
 
 
 def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:
