@@ -108,3 +108,17 @@ def test_the_bridge_killed_and_restarted_on_the_amqp_source(tmp_path: Path) -> N
     record_row(Row.from_ledger("bridge kill -9 + restart (AMQP)", ledger))
     assert ledger.ok, format_report(ledger)
     assert ledger.dead_lettered == 0
+
+
+@full_only
+def test_the_irc_server_down_then_back(tmp_path: Path) -> None:
+    with ChaosRun(tmp_path, "irc") as run:
+        run.publish_fedmsg(rate=50)
+        run.wait_until("some matched", lambda: run.matched() > 10)
+        run.stack.ircd.stop()
+        time.sleep(120 / SCALE)
+        run.stack.ircd.start()  # the same port: the sender connects again
+        ledger = run.settle()
+    record_row(Row.from_ledger(f"IRC server down 2 min (/{SCALE:g}), then back", ledger))
+    assert ledger.ok, format_report(ledger)
+    assert sum(b.dead_lettered for b in ledger.backends.values()) == 0
