@@ -3,9 +3,12 @@
 A thin adapter around :func:`fmn.pipeline.match.match_record`.  Each SQS
 record is matched on its own (Powertools partial batch processing), then
 the payloads of all the batch's records are sent together, ten to a
-SendMessageBatch request.  A record that fails (to match, or to have all its
-payloads accepted) is reported in ``batchItemFailures`` and comes back
-alone, then goes to the dead-letter queue after the queue's maximum
+SendMessageBatch request.  A record that cannot be read (a permanent
+error: not an envelope, not a bus message) goes to the dead-letter queue at
+once with its reason; one that fails for a while (the snapshot store away,
+its payloads not all accepted) is reported in ``batchItemFailures`` and
+backed off, coming back after a growing delay
+(:mod:`fmn.pipeline.redelivery`), so an outage does not use up its
 receives; the others are not retried.  Clients, the live snapshot and the matcher are
 built on first use and kept across warm invocations; nothing does I/O at
 import.  ``handle_incoming(event, context)`` takes the raw Lambda SQS event
@@ -37,6 +40,7 @@ from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
 from fmn.pipeline.queues import BACKENDS, queue
+from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
 
 INCOMING = queue("incoming")
@@ -79,8 +83,15 @@ def _build_state() -> None:
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
     aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+    journal = None
+    if s.ledger_dir:  # local runs: what was produced, for fmn ledger
+        from fmn.ledger.journal import Journal
+
+        journal = Journal(s.ledger_dir)
     live = LiveSnapshot(store, s.snapshot_poll_s, rebuild=_rebuilder(s, store))
-    _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
+    sqs = boto3.client("sqs", **aws)
+    _state.update(settings=s, sqs=sqs, s3=boto3.client("s3", **aws),
+                  redelivery=Redelivery(sqs, s.first_retry_delay_s), journal=journal,
                   matcher=IndexedMatcher(live), live=live, store=store, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
@@ -226,23 +237,60 @@ class _Invocation:
         self.counts: Counter[str] = Counter()
         #: (SQS message id, result), sent together at the end
         self.matched: list[tuple[str, MatchResult]] = []
+        #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)
+        self.queued_at: dict[str, int] = {}
 
     def record(self, record: SQSRecord) -> None:
         try:
             result = match_record(record.body, _get("matcher"), fetch_claim,
                                   after_match=live_ownership)
+        except PermanentError as exc:
+            # retrying cannot help: to the dead-letter queue now, with the reason
+            self.counts["PermanentFailures"] += 1
+            logger.warning("record dead-lettered", extra={"sqs_message_id": record.message_id,
+                                                          "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "permanent", f"{type(exc).__name__}: {exc}")
+            try:
+                _get("redelivery").dead_letter(record.raw_event, str(exc))
+            except Exception as dlq_failed:  # botocore: it comes back, nothing lost
+                raise RetryableError(f"dead-letter queue refused a record: {dlq_failed}") \
+                    from dlq_failed
+            self.counts["DeadLettered"] += 1
+            return
         except Exception as exc:
-            kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
-            self.counts[f"{kind}Failures"] += 1
+            self.counts["RetryableFailures"] += 1
             logger.warning("record failed", extra={"sqs_message_id": record.message_id,
-                                                   "failure": kind.lower(),
+                                                   "failure": "retryable",
                                                    "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "retryable", f"{type(exc).__name__}: {exc}")
             raise
         self.matched.append((record.message_id, result))
+        self.queued_at[record.message_id] = int(record.attributes.sent_timestamp or 0)
         self.counts["MessagesMatched"] += 1
         for backend, count in result.notifications.items():
             self.counts[f"Notifications_{backend}"] += count
             self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
+
+    def journal(self, unsent: set[str]) -> None:
+        """Journal every record whose payloads all went (local runs: ``fmn ledger``)."""
+        journal = _get("journal")
+        if journal is None:
+            return
+        describe = _get("matcher").describe
+        entries = []
+        for mid, result in self.matched:
+            if mid in unsent:
+                continue
+            produced = {backend: [(n.user, n.destination, n.address,
+                                   int(describe(n)[1] is not None)) for n in group]
+                        for backend, group in result.recipients.items()}
+            entries.append({"id": result.message_id, "sqs": mid,
+                            "q": self.queued_at.get(mid, 0), "n": produced})
+        journal.matched(entries)
 
     def send_matched(self) -> set[str]:
         """Send every matched record's payloads, backend by backend, across records."""
@@ -260,13 +308,25 @@ class _Invocation:
                     maximum_batching_window_in_seconds=INCOMING.batching_window_s,
                     maximum_concurrency=INCOMING.max_concurrency)
 def handle_incoming(event: Any) -> PartialItemFailureResponse:
+    return handle_event(event.to_dict(), event.context)
+
+
+def handle_event(raw: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+    """The handler on the raw Lambda SQS event (what the local runner calls)."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
     call = _Invocation()
-    raw = event.to_dict()
+    redelivery: Redelivery = _get("redelivery")
     try:
-        response = process_partial_response(
-            event=raw, record_handler=call.record,
-            processor=BatchProcessor(event_type=EventType.SQS), context=event.context)
+        try:
+            response = process_partial_response(
+                event=raw, record_handler=call.record,
+                processor=BatchProcessor(event_type=EventType.SQS), context=context)
+        except BatchProcessingError:  # every record failed
+            redelivery.back_off(raw["Records"])
+            raise
         unsent = call.send_matched()
+        call.journal(unsent)
         missed = len(call.matched) - record_window([r for _, r in call.matched])
         if missed:
             call.counts["PreviewWindowMisses"] += missed
@@ -274,8 +334,11 @@ def handle_incoming(event: Any) -> PartialItemFailureResponse:
             call.counts["RetryableFailures"] += len(unsent)
             failures = response["batchItemFailures"]
             failures += [{"itemIdentifier": mid} for mid, _ in call.matched if mid in unsent]
-            if len(failures) == len(raw["Records"]):  # nothing succeeded: fail the invocation
-                raise RetryableError(f"no payload of {len(unsent)} records reached SQS")
+        if response["batchItemFailures"]:
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+            redelivery.back_off(r for r in raw["Records"] if r.get("messageId") in failed)
+            if len(failed) == len(raw["Records"]):  # nothing succeeded: fail the invocation
+                raise RetryableError(f"none of {len(failed)} records went through")
         logger.info("batch done", extra={"records": len(raw["Records"]),
                                          "failed": len(response["batchItemFailures"]),
                                          "counts": dict(call.counts)})

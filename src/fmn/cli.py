@@ -15,6 +15,7 @@
 ``fmn bench preview``   rule preview latency over a 100,000-message window
 ``fmn feed-url``        a user's live feed address, with a signed token
 ``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
+``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -249,16 +250,41 @@ def cmd_feed_url(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from fmn.ledger import account, format_report
+
+    try:
+        report = account(Path(args.workdir) / "ledger")
+    except RuntimeError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(format_report(report))
+    return EXIT_OK if report.ok else EXIT_PARTIAL
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from fmn.local import replay
 
     path = Path(args.file)
     if args.rate is not None and args.rate <= 0:
         return _fail("--rate must be a positive number of messages per second")
+    journal = None
+    try:  # a local stack runs here: journal what is published, for its ledger
+        from fmn.ledger import Journal
+        from fmn.local.stack import read_status
+
+        read_status(Path(args.workdir))
+        journal = Journal(Path(args.workdir) / "ledger")
+    except RuntimeError:
+        pass
     if args.to == "fedmsg":
-        replay.replay_fedmsg(path, args.endpoint or replay.DEFAULT_FEDMSG_ENDPOINT, args.rate)
+        replay.replay_fedmsg(path, args.endpoint or replay.DEFAULT_FEDMSG_ENDPOINT, args.rate,
+                             journal=journal)
     else:
-        replay.replay_amqp(path, args.endpoint or replay.DEFAULT_AMQP_URL, args.rate)
+        replay.replay_amqp(path, args.endpoint or replay.DEFAULT_AMQP_URL, args.rate,
+                           journal=journal)
     return EXIT_OK
 
 
@@ -363,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/stack")
     p.set_defaults(func=cmd_feed_url)
 
+    p = sub.add_parser("ledger", help="a local run's accounts: every bus message once, every "
+                                      "notification delivered, waiting or dead-lettered, none "
+                                      "twice (exit 1 if anything is lost or duplicated)")
+    p.add_argument("--workdir", default="var/stack",
+                   help="the run's directory (its journal is WORKDIR/ledger)")
+    p.add_argument("--json", action="store_true", help="the whole report as JSON")
+    p.set_defaults(func=cmd_ledger)
+
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "
                                   "(fmn bridge --help)")
@@ -372,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("fedmsg", "amqp"), default="fedmsg")
     p.add_argument("--rate", type=float, help="messages per second (default: as fast as possible)")
     p.add_argument("--endpoint", help="ZeroMQ endpoint to bind (fedmsg) or AMQP URL (amqp)")
+    p.add_argument("--workdir", default="var/stack",
+                   help="a running fmn up's directory: its ledger journals what is published")
     p.set_defaults(func=cmd_replay)
 
     from fmn.ownership.cli import add_parsers as add_sync_parsers

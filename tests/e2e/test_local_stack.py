@@ -33,6 +33,7 @@ from shared_data import MESSAGES
 from fmn.delivery.digest import DigestStore, digest_prefix
 from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
+from fmn.ledger import format_report
 from fmn.local import replay
 from fmn.local.stack import LocalStack
 from fmn.matcher import IndexedMatcher
@@ -67,8 +68,8 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     both = tmp_path / "both.jsonl"
     both.write_bytes(b"\n".join(fedmsg_lines + fm_lines) + b"\n")
     lines = fedmsg_lines + fm_lines + fm_lines  # fedora-messaging records: both buses
-    replay.replay_fedmsg(both, stack.options.fedmsg_endpoint, None)
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+    replay.replay_fedmsg(both, stack.options.fedmsg_endpoint, None, journal=stack.journal)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, journal=stack.journal)
 
     senders = ("incoming", "email", "irc", "sse")
     deadline = time.monotonic() + 300
@@ -80,6 +81,10 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
                 for q in senders):
             break
         time.sleep(0.5)
+    # the ledger: every published id accounted for once, every notification
+    # delivered, in a digest or waiting for a sender, nothing twice
+    ledger = stack.ledger()
+    assert ledger.ok, format_report(ledger)
     counters = status["counters"]
     assert counters["bridged"] == len(lines), "every message reached the incoming queue once"
     assert counters["matched"] == len(lines)
@@ -141,3 +146,18 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     assert watched and counters["irc_lines_received"] > 0
     assert (stack.workdir / "irc.log").read_text().count(" <- ") == \
         counters["irc_lines_received"]
+
+    ids = Counter(parse(line).id for line in lines)
+    assert ledger.published == ledger.matched == len(ids)
+    assert ledger.published_twice == sum(1 for n in ids.values() if n > 1)
+    assert ledger.bridged == len(lines)
+    assert ledger.notified + ledger.matched_nobody == len(ids)
+    assert ledger.dead_lettered == ledger.lost == 0
+    for backend in BACKENDS:
+        b = ledger.backends[backend]
+        assert b.produced == len(once[backend]), backend
+        assert b.produced == (b.delivered + b.sent_in_digest + b.waiting_in_digest
+                              + b.waiting_for_sender), backend
+    assert ledger.backends["email"].sent_in_digest + \
+        ledger.backends["email"].waiting_in_digest == len(digested)
+    assert ledger.backends["matrix"].waiting_for_sender == ledger.backends["matrix"].produced

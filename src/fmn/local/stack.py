@@ -110,8 +110,10 @@ class StackOptions:
     redis_port: int = DEFAULT_REDIS_PORT
     fedmsg_endpoint: str = DEFAULT_FEDMSG_ENDPOINT
     amqp_url: str = DEFAULT_AMQP_URL
-    #: the RabbitMQ queue the bridge consumes (bound to every topic of amq.topic)
+    #: the RabbitMQ queue the bridge consumes (bound to every topic of amqp_exchange)
     amqp_queue: str = "fmn-local-bridge"
+    #: the topic exchange it is bound to (a private one keeps others' traffic out)
+    amqp_exchange: str = "amq.topic"
     #: the runner's long poll (Lambda uses 20 s; shorter stops faster)
     poll_wait_s: int = 2
     #: how often scheduled functions run (the digest flush: every minute on AWS)
@@ -120,6 +122,12 @@ class StackOptions:
     feed_port: int = 8001
     #: the web UI's port (another is chosen when it is taken)
     web_port: int = 8000
+    #: queues whose function runs in a child process (``fmn.local.worker``) that a
+    #: fault test can kill (``LocalStack.kill_worker``); the others run in-process
+    external: tuple[str, ...] = ()
+    #: every queue's visibility timeout and its function's timeout, scaled down
+    #: for fault tests (None: the definitions' own)
+    visibility_s: int | None = None
 
 
 class LocalStack:
@@ -131,6 +139,7 @@ class LocalStack:
         self.urls: dict[str, Any] = {}
         self.runners: dict[str, Any] = {}
         self.functions: dict[str, ModuleType] = {}
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self._moto: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
@@ -146,6 +155,44 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
         self.sqs: Any = None
+        self._journal: Any = None
+
+    # -- the ledger ------------------------------------------------------------
+
+    @property
+    def ledger_dir(self) -> Path:
+        """The ledger's journal of this stack (``fmn ledger --workdir``)."""
+        return self.workdir / "ledger"
+
+    @property
+    def journal(self) -> Any:
+        """The :class:`fmn.ledger.Journal` publishers write the ids they publish to."""
+        if self._journal is None:
+            from fmn.ledger import Journal
+
+            self._journal = Journal(self.ledger_dir)
+        return self._journal
+
+    def _start_journal(self) -> None:
+        """A fresh journal, as the queues start empty: the ledger accounts for this run."""
+        from fmn.ledger.journal import FAILED, MATCHED, PUBLISHED
+
+        for name in (PUBLISHED, MATCHED, FAILED):
+            (self.ledger_dir / name).unlink(missing_ok=True)
+        self.journal.write_stack({
+            "queue_prefix": self.settings.queue_prefix, "redis_url": self.settings.redis_url,
+            "feed_prefix": self.settings.feed_prefix,
+            "aws_endpoint_url": self.settings.aws_endpoint_url,
+            "aws_region": self.settings.aws_region,
+            "maildir": str((self.workdir / "mail").resolve()),
+            "irc_log": str((self.workdir / "irc.log").resolve()),
+            "status_file": str((self.workdir / STATUS_FILE).resolve())})
+
+    def ledger(self) -> Any:
+        """The :class:`fmn.ledger.LedgerReport` of this stack's run so far."""
+        from fmn.ledger import account
+
+        return account(self.ledger_dir, sqs=self.sqs, bridged=self._bridged)
 
     # -- start -----------------------------------------------------------------
 
@@ -162,6 +209,7 @@ class LocalStack:
         # The functions (in this process) and the bridge (its own) read their
         # settings from the environment, as on AWS: export this stack's.
         self.env.update(
+            FMN_LEDGER_DIR=str(self.ledger_dir),
             FMN_DATABASE_URL=self.settings.database_url,
             FMN_SNAPSHOT_PREFIX=self.settings.snapshot_prefix,
             FMN_SNAPSHOT_POLL_S=str(self.settings.snapshot_poll_s),
@@ -324,11 +372,12 @@ class LocalStack:
 
         aws = clients(self.settings)
         self.sqs = aws.sqs
-        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix)
+        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix, self.queues())
         for urls in self.urls.values():  # counters start at zero
             for url in (urls.url, urls.dlq_url):
                 aws.sqs.purge_queue(QueueUrl=url)
         self._clear_stage_state()
+        self._start_journal()
         with contextlib.suppress(aws.s3.exceptions.BucketAlreadyOwnedByYou):
             aws.s3.create_bucket(Bucket=self.settings.claim_bucket)
         return f"{len(self.urls)} queues with dead-letter queues, bucket " \
@@ -384,7 +433,7 @@ arguments = {{}}
 
 [[bindings]]
 queue = "{queue}"
-exchange = "amq.topic"
+exchange = "{self.options.amqp_exchange}"
 routing_keys = ["#"]
 
 [consumer_config]
@@ -400,13 +449,24 @@ fmn_bridge_queue = "{queue}"
         conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
         try:
             channel = conn.channel()
+            if self.options.amqp_exchange != "amq.topic":
+                channel.exchange_declare(self.options.amqp_exchange, "topic", durable=False,
+                                         auto_delete=False)
             channel.queue_declare(self.options.amqp_queue, durable=True)
             channel.queue_purge(self.options.amqp_queue)
         finally:
             conn.close()
 
-    def _start_bridge(self) -> str:
-        self._purge_amqp_queue()
+    def restart_bridge(self) -> None:
+        """SIGKILL the bridge and start it again on the same bus queue (nothing purged)."""
+        if self._bridge is not None:
+            self._bridge.kill()
+            self._bridge.wait(timeout=10)
+        self._start_bridge(purge=False)
+
+    def _start_bridge(self, purge: bool = True) -> str:
+        if purge:
+            self._purge_amqp_queue()
         config = self._bridge_config()
         self._bridge = subprocess.Popen(
             [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
@@ -432,8 +492,13 @@ fmn_bridge_queue = "{queue}"
         from fmn.local.runner import EventSourceMapping
 
         started = []
-        for q in QUEUES:
+        for q in self.queues():
             if q.function is None or not (ROOT / "functions" / q.function / "app.py").exists():
+                continue
+            if q.name in self.options.external:
+                self.start_worker(q.name)
+                started.append(f"{q.function} (own process) <- "
+                               f"{q.sqs_name(self.settings.queue_prefix)}")
                 continue
             module = self.functions.setdefault(q.function, load_function(q.function))
             handler = getattr(module, "handler", None) or getattr(module, f"handle_{q.name}")
@@ -449,6 +514,30 @@ fmn_bridge_queue = "{queue}"
             ticker.start()
             self._threads.append(ticker)
         return ", ".join(started) or "none"
+
+    def queues(self) -> list[Any]:
+        """The queue definitions this stack runs (visibility scaled when asked)."""
+        if self.options.visibility_s is None:
+            return list(QUEUES)
+        return [dataclasses.replace(q, visibility_timeout_s=self.options.visibility_s)
+                for q in QUEUES]
+
+    def start_worker(self, queue_name: str) -> None:
+        """Run the function of ``queue_name`` under its own runner in a child process."""
+        log_file = (self.workdir / f"worker-{queue_name}.log").open("ab")
+        args = [sys.executable, "-m", "fmn.local.worker", queue_name,
+                "--poll-wait-s", str(self.options.poll_wait_s),
+                "--schedule-s", str(self.options.schedule_s)]
+        if self.options.visibility_s is not None:
+            args += ["--visibility-s", str(self.options.visibility_s)]
+        self.workers[queue_name] = subprocess.Popen(
+            args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
+
+    def kill_worker(self, queue_name: str) -> None:
+        """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""
+        worker = self.workers.pop(queue_name)
+        worker.kill()
+        worker.wait(timeout=10)
 
     def _schedule(self) -> None:
         """The functions' schedules: the email sender's digest flush (every minute on
@@ -544,6 +633,13 @@ fmn_bridge_queue = "{queue}"
                 self._bridge.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._bridge.kill()
+        for worker in self.workers.values():
+            worker.send_signal(signal.SIGTERM)
+        for worker in self.workers.values():
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         for runner in self.runners.values():
             runner.stop(timeout=60)
         if "send_irc" in self.functions:
@@ -604,9 +700,10 @@ def replay_shared(stack: LocalStack, say: Any = print) -> None:
 
     fedmsg_file, fm_file = default_message_files()
     say(f"replaying {fedmsg_file} on {stack.options.fedmsg_endpoint} ...")
-    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None)
+    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None,
+                         journal=stack.journal)
     say(f"replaying {fm_file} to RabbitMQ ...")
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, journal=stack.journal)
 
 
 def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:

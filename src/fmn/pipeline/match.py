@@ -55,6 +55,8 @@ class MatchResult:
     claimed: bool = False
     #: the parsed message (the preview window records it)
     message: Message | None = None
+    #: backend -> the notifications packed into ``bodies`` (the ledger's journal reads them)
+    recipients: dict[str, list[Notification]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -124,6 +126,7 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
         result.bodies[backend] = pack(message, group, backend, max_notifications=cap,
                                       describe=matcher.describe)
         result.notifications[backend] = len(group)
+        result.recipients[backend] = group
     return result
 
 
