@@ -15,6 +15,7 @@
 ``fmn bench preview``   rule preview latency over a 100,000-message window
 ``fmn feed-url``        a user's live feed address, with a signed token
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
+``fmn loadtest``        the 2016 15,000-message test end to end (``fmn loadtest --help``)
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -195,6 +196,16 @@ def run_bridge(argv: Sequence[str]) -> int:
     except ImportError as exc:  # the bridge is its own deployable
         return _fail(f"the bridge is not installed here ({exc}); pip install -e .")
     result: int = bridge_main(list(argv))
+    return result
+
+
+def run_loadtest(argv: Sequence[str]) -> int:
+    """``fmn loadtest ...``: the load test has its own options (``fmn loadtest --help``)."""
+    try:
+        from loadtest.cli import main as loadtest_main
+    except ImportError as exc:  # installed without the repository's loadtest/
+        return _fail(f"the load test is not installed here ({exc}); pip install -e .")
+    result: int = loadtest_main(list(argv))
     return result
 
 
@@ -384,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the whole report as JSON")
     p.set_defaults(func=cmd_ledger)
 
+    # (parsed by the load test itself: see main)
+    sub.add_parser("loadtest", help="the 2016 15,000-message test end to end, with the report, "
+                                    "plots and the bill (fmn loadtest --help)")
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "
                                   "(fmn bridge --help)")
@@ -438,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bridge"]:
         return run_bridge(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        return run_loadtest(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
