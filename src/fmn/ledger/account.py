@@ -197,11 +197,13 @@ def peek_queue(sqs: Any, url: str, hold_s: int = 60) -> list[dict[str, Any]]:
 
 
 def _payload_idents(body: str) -> tuple[str, list[Ident], str]:
-    """(backend, identities, reason) of a notification payload body."""
+    """(backend, identities, reason) of a notification payload body (version 1 or 2)."""
     doc = orjson.loads(body)
-    mid = str(doc.get("message", {}).get("id"))
-    idents = [(mid, str(n.get("user")), str(n.get("destination")), str(n.get("address")))
-              for n in doc.get("notifications", ())]
+    idents = []
+    for inner in doc.get("payloads") or [doc]:
+        mid = str(inner.get("message", {}).get("id"))
+        idents += [(mid, str(n.get("user")), str(n.get("destination")), str(n.get("address")))
+                   for n in inner.get("notifications", ())]
     return str(doc.get("backend")), idents, str(doc.get("error", ""))
 
 
@@ -458,6 +460,8 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
     for (mid, to), extra in remaining.items():
         if extra <= 0:
             continue
+        if mid not in produced and pending_incoming:
+            continue  # delivered before its record's journal line was read: in flight
         if (mid, to) in direct_expected:
             email.duplicates += extra
             report.flag("duplicate", mid, "email", to, f"{extra} more mail(s) than notifications")
@@ -508,7 +512,12 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
         else:
             settle("sse", ident, sse)
     for (mid, user), extra in remaining.items():
-        if extra > 0:
+        if extra > 0 and mid not in produced and pending_incoming:
+            continue  # delivered before its record's journal line was read: in flight
+        if extra > 0 and mid not in produced:
+            report.flag("unexpected", mid, "sse", user, f"{extra} feed event(s) nobody was "
+                        "notified of")
+        elif extra > 0:
             sse.duplicates += extra
             report.flag("duplicate", mid, "sse", user, f"{extra} more feed event(s) than "
                         "notifications")
