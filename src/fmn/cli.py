@@ -213,7 +213,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from fmn.local.stack import StackOptions, run_up
     from fmn.settings import Settings
 
-    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir))
+    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir),
+                           log_dir=Path(args.workdir) / "logs")
     return run_up(Settings.from_env(), options, replay=args.replay)
 
 

@@ -244,7 +244,9 @@ class LocalStack:
         say(f"4/7 preferences: {self._seed_preferences()}")
         say(f"5/7 queues: {self._make_queues()}")
         say(f"6/7 bridge: {self._start_bridge()}")
-        say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}")
+        say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}"
+            + (f"; their logs and metrics in {self.options.log_dir}/<function>.log"
+               if self.options.log_dir is not None else ""))
         if self.options.web:
             say(f"web UI: {self._start_web()}")
         self._quiet()
