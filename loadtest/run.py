@@ -357,10 +357,14 @@ def _clean(stack: Any, settings: Settings, options: Any, tag: str) -> None:
                 stack.sqs.delete_queue(QueueUrl=url)
             except Exception as exc:  # an emulator gone: nothing left to remove
                 log.debug("queue %s not deleted: %s", url, exc)
+    from fmn.delivery.digest import digest_prefix
+    from fmn.preview.window import window_key
+
     try:
         client = redis.Redis.from_url(settings.redis_url)
-        for pattern in (f"fmn-lt:{tag}:*", f"fmn:digest:{settings.queue_prefix}*",
-                        f"{settings.queue_prefix}*", f"fmn:preview:{settings.queue_prefix}*"):
+        for pattern in (f"fmn-lt:{tag}:*", f"{{fmn-lt:{tag}:*",
+                        f"{digest_prefix(settings.queue_prefix)}*",
+                        f"{settings.queue_prefix}*", f"{window_key(settings.queue_prefix)}*"):
             batch = list(client.scan_iter(match=pattern, count=1000))
             for start in range(0, len(batch), 1000):
                 client.delete(*batch[start:start + 1000])

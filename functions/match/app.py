@@ -85,11 +85,30 @@ def _build_state() -> None:
         from fmn.ledger.journal import Journal
 
         journal = Journal(s.ledger_dir)
+    live = LiveSnapshot(store, s.snapshot_poll_s, rebuild=_rebuilder(s, store))
     _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
-                  journal=journal,
-                  matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
+                  journal=journal, matcher=IndexedMatcher(live), live=live, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
+
+
+def _rebuilder(s: Settings, store: Any) -> Any:
+    """What rebuilds the snapshot from the database when Redis holds none (one
+    process at a time: :func:`fmn.snapshot.sync.rebuild_if_missing`)."""
+    engines: list[Any] = []
+
+    def rebuild() -> bool:
+        from fmn import db
+        from fmn.snapshot.sync import rebuild_if_missing
+
+        if not engines:
+            engines.append(db.make_engine(s.database_url))
+        rebuilt = rebuild_if_missing(engines[0], store)
+        if rebuilt:
+            metrics.add_metric(name="SnapshotRebuilt", unit=MetricUnit.Count, value=1)
+        return rebuilt
+
+    return rebuild
 
 
 def queue_url(backend: str) -> str:
