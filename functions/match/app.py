@@ -256,7 +256,12 @@ class _Invocation:
                                         result.counts.get(backend, ()), strict=True)]
             if not parts:
                 continue
-            cap = queue(backend).notifications_per_message
+            # A sender invocation takes up to batch_size bodies and must get through
+            # them within its timeout: a combined body holds no more than its share of
+            # the per-message cap (a message's own body may still hold the whole cap).
+            q = queue(backend)
+            cap = None if q.notifications_per_message is None else \
+                max(1, q.notifications_per_message // q.batch_size)
             entries = [(tuple(owners[i] for i in positions), body)
                        for body, positions in combine(parts, backend, max_notifications=cap)]
             self.counts[f"Bodies_{backend}"] += len(entries)
