@@ -341,8 +341,13 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
 
     urls: dict[str, tuple[str, str]] = {}
     for q in QUEUES:
-        url = sqs.get_queue_url(QueueName=q.sqs_name(info.queue_prefix))["QueueUrl"]
-        dlq = sqs.get_queue_url(QueueName=q.dlq_name(info.queue_prefix))["QueueUrl"]
+        try:
+            url = sqs.get_queue_url(QueueName=q.sqs_name(info.queue_prefix))["QueueUrl"]
+            dlq = sqs.get_queue_url(QueueName=q.dlq_name(info.queue_prefix))["QueueUrl"]
+        except Exception as exc:  # botocore: the queue is gone, the emulator is away
+            raise RuntimeError(f"cannot read the run's queue {q.sqs_name(info.queue_prefix)} "
+                               f"at {info.aws_endpoint_url or 'AWS'} ({exc}); the ledger "
+                               "reads a run that is still up") from exc
         urls[q.name] = (url, dlq)
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
