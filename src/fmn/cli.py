@@ -16,6 +16,7 @@
 ``fmn feed-url``        a user's live feed address, with a signed token
 ``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
+``fmn loadtest``        the 2016 15,000-message test end to end (``fmn loadtest --help``)
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -200,11 +201,22 @@ def run_bridge(argv: Sequence[str]) -> int:
     return result
 
 
+def run_loadtest(argv: Sequence[str]) -> int:
+    """``fmn loadtest ...``: the load test has its own options (``fmn loadtest --help``)."""
+    try:
+        from loadtest.cli import main as loadtest_main
+    except ImportError as exc:  # installed without the repository's loadtest/
+        return _fail(f"the load test is not installed here ({exc}); pip install -e .")
+    result: int = loadtest_main(list(argv))
+    return result
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from fmn.local.stack import StackOptions, run_up
     from fmn.settings import Settings
 
-    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir))
+    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir),
+                           log_dir=Path(args.workdir) / "logs")
     return run_up(Settings.from_env(), options, replay=args.replay)
 
 
@@ -397,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the whole report as JSON")
     p.set_defaults(func=cmd_ledger)
 
+    # (parsed by the load test itself: see main)
+    sub.add_parser("loadtest", help="the 2016 15,000-message test end to end, with the report, "
+                                    "plots and the bill (fmn loadtest --help)")
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "
                                   "(fmn bridge --help)")
@@ -455,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bridge"]:
         return run_bridge(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        return run_loadtest(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

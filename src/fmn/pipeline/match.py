@@ -25,7 +25,7 @@ from fmn.matcher.base import Matcher, Notification
 from fmn.message import Message
 from fmn.metadata import parse
 from fmn.pipeline.envelope import Claim, Envelope
-from fmn.pipeline.notifications import pack
+from fmn.pipeline.notifications import pack_counted
 from fmn.pipeline.queues import BACKENDS, queue
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class MatchResult:
     message: Message | None = None
     #: backend -> the notifications packed into ``bodies`` (the ledger's journal reads them)
     recipients: dict[str, list[Notification]] = field(default_factory=dict)
+    #: backend -> how many notifications each of ``bodies`` carries
+    counts: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -123,8 +125,10 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
                          claimed=envelope.claim is not None, message=message)
     for backend, group in group_by_backend(notifications).items():
         cap = max_notifications or queue(backend).notifications_per_message
-        result.bodies[backend] = pack(message, group, backend, max_notifications=cap,
-                                      describe=matcher.describe)
+        packed = pack_counted(message, group, backend, max_notifications=cap,
+                              describe=matcher.describe)
+        result.bodies[backend] = [body for body, _ in packed]
+        result.counts[backend] = [n for _, n in packed]
         result.notifications[backend] = len(group)
         result.recipients[backend] = group
     return result
