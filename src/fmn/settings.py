@@ -28,6 +28,12 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
 | ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
 | ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered against redelivery | ``345600`` |
+| ``FMN_ENV`` | ``development`` or ``production`` (stricter web app) | ``development`` |
+| ``FMN_DEV_LOGIN`` | ``1``: the web app's password-less demo login (refused in production) | off |
+| ``FMN_OIDC_ISSUER`` | OpenID Connect issuer of the web app's sign-in | unset |
+| ``FMN_OIDC_CLIENT_ID`` | the web app's client id at the issuer | unset |
+| ``FMN_OIDC_CLIENT_SECRET`` | its secret (none: a public client, PKCE only) | unset |
+| ``FMN_ADMINS`` | comma-separated account names allowed the admin routes | none |
 
 ``FMN_SMTP_URL`` is ``smtp://[user:password@]host:port`` (``smtps://`` for
 TLS from the start, ``?starttls=1`` to upgrade).  ``FMN_IRC_URL`` is
@@ -39,7 +45,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,17 @@ class Settings:
     feed_max_age_s: int = 7 * 24 * 3600
     #: as long as SQS keeps a message (the queues' retention)
     idempotency_ttl_s: int = 4 * 24 * 3600
+    # the web app: environment, sign-in, admins
+    env: str = "development"
+    dev_login: bool = False
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    admins: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,4 +112,11 @@ class Settings:
             feed_maxlen=int(env.get("FMN_FEED_MAXLEN", default.feed_maxlen)),
             feed_max_age_s=int(env.get("FMN_FEED_MAX_AGE_S", default.feed_max_age_s)),
             idempotency_ttl_s=int(env.get("FMN_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s)),
+            env=env.get("FMN_ENV", default.env).strip().lower() or default.env,
+            dev_login=env.get("FMN_DEV_LOGIN", "").strip().lower() in _TRUE,
+            oidc_issuer=(env.get("FMN_OIDC_ISSUER") or "").rstrip("/") or None,
+            oidc_client_id=env.get("FMN_OIDC_CLIENT_ID") or None,
+            oidc_client_secret=env.get("FMN_OIDC_CLIENT_SECRET") or None,
+            admins=frozenset(a.strip() for a in env.get("FMN_ADMINS", "").split(",")
+                             if a.strip()),
         )

@@ -44,6 +44,8 @@ from fmn.delivery.irc import valid_nick
 from fmn.errors import FmnError, PermanentError
 from fmn.message import ARTIFACT_TYPES
 from fmn.prefs import (
+    MAX_DESTINATIONS,
+    MAX_RULES,
     PROTOCOLS,
     Destination,
     Filters,
@@ -58,12 +60,10 @@ from fmn.prefs import (
 )
 from fmn.snapshot.store import SnapshotStore
 from fmn.snapshot.sync import publish_user
+from fmn.web import schema
 
 log = logging.getLogger(__name__)
 
-#: What one user may hold: enough for anyone, bounded for the snapshot.
-MAX_DESTINATIONS = 20
-MAX_RULES = 100
 MAX_PREVIEW_LIMIT = 200
 MAX_FEED_LIMIT = 1000
 STATS_DAYS = 7
@@ -113,6 +113,12 @@ class NotFound(WebError):
 
 class Conflict(WebError):
     status, code = 409, "conflict"
+
+
+class TooLarge(WebError):
+    """A request body over the size limit (the detail names it)."""
+
+    status, code = 413, "too-large"
 
 
 class RateLimited(WebError):
@@ -340,6 +346,7 @@ class PreferencesService:
 
     def add_destination(self, name: str, body: Any) -> Destination:
         """A new, unverified destination (``sse``, the user's own feed, needs no proof)."""
+        schema.check(schema.NewDestination, body)
         b = check_fields(body, NEW_DESTINATION_FIELDS, ("protocol",))
         protocol = b["protocol"]
         if protocol not in PROTOCOLS:
@@ -358,6 +365,7 @@ class PreferencesService:
         return dest
 
     def patch_destination(self, name: str, dest_id: str, body: Any) -> Destination:
+        schema.check(schema.DestinationPatch, body)
         b = check_fields(body, DESTINATION_PATCH_FIELDS)
         user = self.user(name)
         dest = user.destination(dest_id)
@@ -440,6 +448,7 @@ class PreferencesService:
         user = self.user(name)
         if isinstance(body, Mapping) and "id" in body:
             raise Invalid("rule ids are chosen by the server: leave it out", "id")
+        schema.check(schema.NewRule, body)
         if len(user.rules) >= MAX_RULES:
             raise Conflict(f"you have {MAX_RULES} rules already; delete one first")
         rule = self._parse_rule(user, body, self._fresh_id("r-", {r.id for r in user.rules}))
@@ -449,6 +458,7 @@ class PreferencesService:
     def replace_rule(self, name: str, rule_id: str, body: Any) -> Rule:
         user = self.user(name)
         self.rule(name, rule_id)
+        schema.check(schema.RuleReplacement, body)
         rule = self._parse_rule(user, body, rule_id)
         return self._put_rule(user, rule)
 
@@ -458,6 +468,7 @@ class PreferencesService:
         return rule
 
     def patch_rule(self, name: str, rule_id: str, body: Any) -> Rule:
+        schema.check(schema.RulePatch, body)
         b = check_fields(body, RULE_PATCH_FIELDS)
         user, rule = self.user(name), self.rule(name, rule_id)
         doc = {**dump_rule(rule), **b}
@@ -470,6 +481,10 @@ class PreferencesService:
                                                          if r.id != rule_id)))
 
     def preview(self, name: str, body: Any) -> Mapping[str, Any]:
+        if isinstance(body, Mapping) and isinstance(body.get("rule"), Mapping) \
+                and "id" in body["rule"]:
+            raise Invalid("a previewed rule has no id: leave it out", "rule.id")
+        schema.check(schema.PreviewRequest, body)
         b = check_fields(body, ("rule", "limit"), ("rule",))
         limit = b.get("limit", 50)
         if isinstance(limit, bool) or not isinstance(limit, int) \
