@@ -621,18 +621,44 @@ class _OneAtATime:
         return getattr(self._target, name)
 
 
+def _allowed(path: str) -> list[str]:
+    """The methods the routes of ``path`` take."""
+    path = path.split("?", 1)[0]
+    for template, methods in app.routes.items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            return sorted(methods)
+    return []
+
+
 def _documented_gateway_errors(handler_cls: Any) -> Any:
-    """The local gateway's own refusals (an unknown path) in the documented format."""
+    """The local gateway's own refusals in the documented format: an unknown path (404),
+    a method no route has (405: TRACE, CONNECT...)."""
 
     class Handler(handler_cls):  # type: ignore[misc,valid-type]
         def _send_error_response(self, error: Any) -> None:
-            answer = http.error_json(404, "not-found", "no such path")
-            self.send_response(404)
+            self._send(http.error_json(404, "not-found", "no such path"))
+
+        def _send(self, answer: http.Answer) -> None:
+            body = answer.body if isinstance(answer.body, bytes) else answer.body.encode()
+            self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, str(value))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            body = answer.body if isinstance(answer.body, bytes) else answer.body.encode()
             self.wfile.write(body)
+
+        def _no_such_method(self) -> None:
+            answer = http.error_json(405, "method-not-allowed",
+                                     f"unsupported method: {self.command}",
+                                     {"Allow": ", ".join(_allowed(self.path))})
+            self._send(answer)
+
+        do_TRACE = do_CONNECT = do_PROPFIND = _no_such_method
+
+        def __getattr__(self, name: str) -> Any:  # any other method: 405
+            if name.startswith("do_"):
+                return self._no_such_method
+            raise AttributeError(name)
 
     return Handler
 

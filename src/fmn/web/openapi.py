@@ -68,14 +68,24 @@ class Operation:
 
 
 def _schema(t: Any, mode: str, defs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = TypeAdapter(t).json_schema(mode=mode,  # type: ignore[arg-type]
-                                                     ref_template=REF)
+    out: dict[str, Any] = _no_null_defaults(TypeAdapter(t).json_schema(
+        mode=mode, ref_template=REF))  # type: ignore[arg-type]
     defs.update(out.pop("$defs", {}))
     name = getattr(t, "__name__", None)
     if isinstance(t, type) and name and out.get("type") == "object":
         defs[name] = out
         return {"$ref": REF.format(model=name)}
     return out
+
+
+def _no_null_defaults(node: Any) -> Any:
+    """The schema without ``"default": null`` (an optional field is left out, never null)."""
+    if isinstance(node, dict):
+        return {k: _no_null_defaults(v) for k, v in node.items()
+                if not (k == "default" and v is None)}
+    if isinstance(node, list):
+        return [_no_null_defaults(v) for v in node]
+    return node
 
 
 def _operation(op: Operation, defs: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +95,8 @@ def _operation(op: Operation, defs: dict[str, Any]) -> dict[str, Any]:
         {"name": n, "in": "path", "required": True, "schema": PATH_PARAMETER}
         for n in _PARAM.findall(op.path)]
     if op.query is not None:
-        query = TypeAdapter(op.query).json_schema(mode="validation", ref_template=REF)
+        query = _no_null_defaults(TypeAdapter(op.query).json_schema(mode="validation",
+                                                                     ref_template=REF))
         defs.update(query.pop("$defs", {}))
         params += [{"name": name, "in": "query", "required": False, "schema": prop}
                    for name, prop in query.get("properties", {}).items()]

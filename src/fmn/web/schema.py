@@ -19,7 +19,15 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic.json_schema import SkipJsonSchema
 
 from fmn.prefs import (
@@ -51,16 +59,37 @@ MatrixId = Annotated[str, StringConstraints(
     max_length=MAX_STRING_CHARS,
     pattern=r"^@[a-z0-9._=/+-]{1,255}:[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STRING_CHARS)]
-#: An optional field may be left out, not sent as null (the core parser refuses null).
+
+
+
+#: An optional field may be left out, not sent as null (the core parser refuses null):
+#: ``field: X | Absent = None``.
 Absent = SkipJsonSchema[None]
+def _absent(annotation: Any) -> bool:
+    """Whether a field's type is ``X | Absent`` (may be left out, not null)."""
+    return "SkipJsonSchema" in repr(annotation)
+
+
 TextList = Annotated[list[Text], Field(max_length=MAX_LIST_ITEMS)]
 
 
 class Model(BaseModel):
-    """A request body: exact (unknown fields refused), strict types (no coercion)."""
+    """A request body: exact (unknown fields refused), strict types (no coercion); a field
+    that may be left out (``X | Absent = None``) is not null either."""
 
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re",
                               frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_is_not_null(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for name, info in cls.model_fields.items():
+                key = info.alias or name
+                if key in data and data[key] is None and _absent(info.annotation):
+                    raise PydanticCustomError("not_null", "may be left out, not null",
+                                              {"field": key})
+        return data
 
 
 class Answer(BaseModel):
@@ -386,6 +415,8 @@ def check(model: Any, body: Any) -> Any:
         first = exc.errors(include_url=False)[0]
         loc = tuple(first["loc"])
         named = first["type"] in ("missing", "extra_forbidden")
+        if first["type"] == "not_null":
+            loc, named = (*loc, str(first["ctx"]["field"])), True
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc, named = (*loc, str(first["ctx"]["discriminator"]).strip("'")), True
         field = _path(body, loc, named)
