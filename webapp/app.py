@@ -526,7 +526,12 @@ def admin_disable_rule(user: str, name: str, rule_id: str) -> http.Answer:
 @api(Operation("GET", "/api/v1/openapi.json", "this description", answer=dict[str, Any],
                access="public"))
 def openapi() -> http.Answer:
-    return http.json_answer(document(OPERATIONS))
+    if _openapi.get("routes") != len(OPERATIONS):  # made once (it takes half a second)
+        _openapi.update(routes=len(OPERATIONS), document=document(OPERATIONS))
+    return http.json_answer(_openapi["document"])
+
+
+_openapi: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------
