@@ -130,6 +130,9 @@ def test_blank_rule_names_are_refused(app: App, name: str) -> None:
     rule = alice.post("/api/v1/rules", TOPIC_RULE).json_body
     r = alice.request("PATCH", f"/api/v1/rules/{rule['id']}", {"name": name})
     assert _is_error(r, 400)["field"] == "name"
+    # the rule editor previews a rule before it has a name
+    r = alice.post("/api/v1/preview", {"rule": {**TOPIC_RULE, "name": name.strip()}})
+    assert r.status_code == 200, r.body
 
 
 def test_the_frameworks_own_errors_have_the_documented_format(app: App) -> None:

@@ -272,8 +272,15 @@ class Rule(Answer):
     generation_rules: list[dict[str, Any]]
 
 
+class PreviewRule(NewRule):
+    """A rule being edited: it may have no name yet."""
+
+    name: Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS,
+                                           pattern=TEXT_PATTERN)]
+
+
 class PreviewRequest(Model):
-    rule: NewRule
+    rule: PreviewRule
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 

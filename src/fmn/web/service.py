@@ -215,6 +215,14 @@ def ownership_for(engine: Engine, name: str, groups: Sequence[str]
     return by_user, by_group
 
 
+def _named(rule: Any) -> Any:
+    """A previewed rule, named if it is not yet (the editor previews before naming)."""
+    if isinstance(rule, Mapping) and isinstance(rule.get("name"), str) \
+            and not rule["name"].strip():
+        return {**rule, "name": "preview"}
+    return rule
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(4)}"
 
@@ -494,7 +502,7 @@ class PreferencesService:
         if isinstance(b["rule"], Mapping) and "id" in b["rule"]:
             raise Invalid("a previewed rule has no id: leave it out", "rule.id")
         try:
-            rule = self._parse_rule(user, b["rule"], "preview")
+            rule = self._parse_rule(user, _named(b["rule"]), "preview")
         except Invalid as exc:
             raise Invalid(exc.detail, f"rule.{exc.field}" if exc.field else "rule") from exc
         return self.previewer(user, rule, limit)
