@@ -362,6 +362,8 @@ class Me(Answer):
     enabled: bool
     #: the signed link of the user's live feed (null: no feed endpoint configured)
     feed_url: str | None = None
+    #: a saved change not yet in the snapshot (it is retried; matching lags until then)
+    publish_pending: bool = False
 
 
 class ArtifactAnswer(Answer):
