@@ -98,7 +98,7 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
     import time
 
     from fmn import db
-    from fmn.web.verify import IrcCodeChannel, RecordingChannel, RedisKeys, Verifier
+    from fmn.web.verify import IrcCodeChannel, RedisKeys, Verifier
 
     web.check(s.secret_key)
     clock = o.get("clock", time.time)
@@ -129,7 +129,7 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
         from fmn.delivery.irc_client import IrcClientLink
 
         irc_link = IrcClientLink.from_url(s.irc_url, TokenBucket(s.irc_burst, s.irc_rate))
-    matrix = o.get("matrix") or RecordingChannel("matrix", log_codes=not web.production)
+    matrix = o.get("matrix") or _matrix_channel(s, web)
     verifier = o.get("verifier") or Verifier(
         service, o.get("keys") or RedisKeys.from_url(s.redis_url), s.secret_key,
         web_url=s.web_url, mailer=mailer, mail_from=s.mail_from,
@@ -142,6 +142,17 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
                           f"{s.web_url}/oidc/callback", clock=clock)
     _state.update(settings=s, web=web, engine=engine, store=store, feed=feed, service=service,
                   verifier=verifier, oidc=oidc, matrix=matrix, clock=clock)
+
+
+def _matrix_channel(s: Settings, web: WebSettings) -> Any:
+    """Verification codes through the Matrix bot, or only recorded without its token."""
+    from fmn.web.verify import MatrixCodeChannel, RecordingChannel
+
+    if not s.matrix_token:
+        return RecordingChannel("matrix", log_codes=not web.production)
+    from fmn.delivery.matrix_client import make_notifier
+
+    return MatrixCodeChannel(make_notifier(s))
 
 
 def _previewer(engine: Any, s: Settings) -> Any:

@@ -21,8 +21,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from chalice.app import Chalice
 
 from fmn.delivery.edge import SenderFunction
-from fmn.delivery.matrix import MatrixNotifier, RedisRooms
-from fmn.delivery.matrix_client import NioLink
+from fmn.delivery.matrix import MatrixNotifier
+from fmn.delivery.matrix_client import NioLink, make_notifier
 from fmn.pipeline.queues import queue
 from fmn.settings import Settings
 
@@ -35,14 +35,10 @@ _links: list[NioLink] = []
 
 
 def make_send(settings: Settings) -> MatrixNotifier:
-    import redis
-
-    link = NioLink(settings.matrix_url, settings.matrix_token or "")
-    _links.append(link)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    # Rooms are the bot's: one memory per stage and homeserver
-    rooms = RedisRooms(client, f"{settings.queue_prefix}matrix:{settings.matrix_url}:")
-    return MatrixNotifier(link, rooms, settings.web_url, per_user=settings.matrix_per_user)
+    notifier = make_notifier(settings)
+    assert isinstance(notifier.link, NioLink)
+    _links.append(notifier.link)
+    return notifier
 
 
 function = SenderFunction("matrix", make_send)

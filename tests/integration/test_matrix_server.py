@@ -196,3 +196,32 @@ def test_an_address_that_is_not_a_matrix_user_goes_to_the_dead_letter_queue(
     assert sorted(orjson.loads(m["Body"])["notifications"][0]["address"] for m in dead) == [
         "@nobody:elsewhere.test", "grace@example.org"]
     assert all(m["MessageAttributes"]["error"]["StringValue"] for m in dead)
+
+
+def test_a_matrix_destination_is_verified_by_a_code_sent_over_matrix(
+        stack: SimpleNamespace, tmp_path: Path) -> None:
+    from fmn import db
+    from fmn.delivery.mailers import MemoryMailer
+    from fmn.delivery.matrix_client import make_notifier
+    from fmn.settings import Settings
+    from fmn.snapshot.store import MemorySnapshotStore
+    from fmn.web.service import PreferencesService
+    from fmn.web.verify import MatrixCodeChannel, MemoryKeys, RecordingChannel, Verifier
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    db.upgrade(engine)
+    service = PreferencesService(engine, MemorySnapshotStore())
+    service.login("heidi", "heidi@example.org")
+    heidi = stack.person("heidi")
+    verifier = Verifier(service, MemoryKeys(), "s3cret", web_url=WEB, mailer=MemoryMailer(),
+                        mail_from="fmn@example.org",
+                        channels={"irc": RecordingChannel("irc"),
+                                  "matrix": MatrixCodeChannel(make_notifier(Settings.from_env()))})
+    dest = service.add_destination("heidi", {"protocol": "matrix", "address": heidi.user_id})
+    assert not dest.verified
+    assert verifier.start("heidi", dest.id) == "code"
+    (got,) = heidi.wait_for(1)
+    assert got.sender == stack.bot.user_id and got.content["msgtype"] == "m.notice"
+    code = next(w for w in got.body.split() if w.isdigit() and len(w) == 6)
+    assert verifier.confirm_code("heidi", dest.id, {"code": code}).verified
+    engine.dispose()

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from fmn.delivery.matrix import LimitExceeded, RoomGone
+from fmn.delivery.matrix import LimitExceeded, MatrixNotifier, RedisRooms, RoomGone
 from fmn.errors import PermanentError, RetryableError
 
 T = TypeVar("T")
@@ -157,3 +157,15 @@ class NioLink:
             with contextlib.suppress(Exception):  # closing is best effort
                 asyncio.run_coroutine_threadsafe(client.close(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def make_notifier(settings: Any) -> MatrixNotifier:
+    """The bot's notifier from :class:`~fmn.settings.Settings`: its session, and each
+    person's room remembered in Redis under a key per stage and homeserver (the sender
+    and the web app's verification codes share the rooms)."""
+    import redis
+
+    link = NioLink(settings.matrix_url, settings.matrix_token or "")
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    rooms = RedisRooms(client, f"{settings.queue_prefix}matrix:{settings.matrix_url}:")
+    return MatrixNotifier(link, rooms, settings.web_url, per_user=settings.matrix_per_user)
