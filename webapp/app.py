@@ -130,8 +130,9 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
 
         irc_link = IrcClientLink.from_url(s.irc_url, TokenBucket(s.irc_burst, s.irc_rate))
     matrix = o.get("matrix") or _matrix_channel(s, web)
+    keys = o.get("keys") or RedisKeys.from_url(s.redis_url)
     verifier = o.get("verifier") or Verifier(
-        service, o.get("keys") or RedisKeys.from_url(s.redis_url), s.secret_key,
+        service, keys, s.secret_key,
         web_url=s.web_url, mailer=mailer, mail_from=s.mail_from,
         channels={"irc": IrcCodeChannel(irc_link), "matrix": matrix}, clock=clock)
     oidc = o.get("oidc")
@@ -140,8 +141,11 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
 
         oidc = OidcClient(web.oidc_issuer, web.oidc_client_id, web.oidc_client_secret,
                           f"{s.web_url}/oidc/callback", clock=clock)
+    from fmn.web.atom import AtomFeeds
+
     _state.update(settings=s, web=web, engine=engine, store=store, feed=feed, service=service,
-                  verifier=verifier, oidc=oidc, matrix=matrix, clock=clock)
+                  verifier=verifier, oidc=oidc, matrix=matrix, clock=clock,
+                  atom=AtomFeeds(keys, s.secret_key, s.web_url))
 
 
 def _matrix_channel(s: Settings, web: WebSettings) -> Any:
@@ -590,6 +594,31 @@ def notifications(user: str) -> Response:
     return _json(_service().notifications(user, _int_param("limit", 50)))
 
 
+@app.route("/api/v1/atom-url", methods=["GET"])
+@endpoint()
+def atom_url(user: str) -> Response:
+    return _json({"url": _get("atom").url(user)})
+
+
+@app.route("/api/v1/atom-url/revoke", methods=["POST"], content_types=JSON_TYPES)
+@endpoint()
+def revoke_atom_url(user: str) -> Response:
+    return _json({"url": _get("atom").revoke(user)})
+
+
+@app.route("/atom/{token}", methods=["GET"])
+@endpoint(signed_in=False)
+def atom_feed(token: str) -> Response:
+    from fmn.web import atom
+
+    user = _get("atom").user_of(token)
+    body = atom.render(user, _service().notifications(user, atom.ENTRIES),
+                       f"{_get('settings').web_url}/atom/{token}", _get("settings").web_url)
+    return Response(body=body.decode(), status_code=200, headers={
+        "Content-Type": atom.CONTENT_TYPE, "Cache-Control": "private, max-age=60",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+
+
 @app.route("/api/v1/stats", methods=["GET"])
 @endpoint()
 def stats(user: str) -> Response:
@@ -787,6 +816,9 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/preview": {"post": _op("what a rule would have matched lately", "Preview")},
         "/api/v1/notifications": {"get": _op("my latest notifications (limit)")},
         "/api/v1/stats": {"get": _op("notifications per rule, last 7 days")},
+        "/api/v1/atom-url": {"get": _op("my Atom feed's signed address")},
+        "/api/v1/atom-url/revoke": {"post": _op("revoke my Atom feed's address; a new one")},
+        "/atom/{token}": {"get": _op("a person's recent notifications as Atom (no session)")},
         "/api/v1/admin/users/{name}/disable": {"post": _op("admin: disable a user")},
         "/api/v1/admin/users/{name}/rules/{id}/disable": {"post": _op("admin: disable a rule")},
         "/verify/email/{token}": {"get": {**_op("confirm an e-mail address (HTML)"),
