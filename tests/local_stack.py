@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from services import REDIS_URL, rabbitmq_connection, redis_client
 
@@ -19,7 +20,8 @@ from fmn.settings import Settings
 
 
 def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
-                    seed: int = 4) -> Iterator[LocalStack]:
+                    seed: int = 4, synapse: Any = None) -> Iterator[LocalStack]:
+    """``synapse``: the session's homeserver for the Matrix sender (none: no Matrix)."""
     redis_client()
     rabbit = rabbitmq_connection()
     tag = uuid.uuid4().hex[:8]
@@ -32,7 +34,8 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
     options = StackOptions(users=users, seed=seed, workdir=tmp_path / "stack",
                            fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
                            amqp_queue=f"fmn-{name}-{tag}", poll_wait_s=1,
-                           web_port=free_port(), feed_port=free_port())
+                           web_port=free_port(), feed_port=free_port(),
+                           matrix=synapse is not None, synapse=synapse)
     stack = LocalStack(settings, options)
     stack.start(say=lambda *_: None)
     try:
