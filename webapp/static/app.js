@@ -257,6 +257,26 @@ async function loadNotifications() {
   }
 }
 
+// -- the Atom feed's private address (asked for, never loaded by itself) -------------------
+
+function setupAtomFeed() {
+  const show = async (method, path) => {
+    try {
+      const answer = await api(method, path, method === "POST" ? {} : undefined);
+      const url = answer && safeUrl(answer.url);
+      if (!url) return;
+      $("atom-url").value = url;
+      $("atom-row").hidden = false;
+      $("atom-url").focus();
+      $("atom-url").select();
+    } catch (error) {
+      showAlert(`Could not get your feed address: ${error.message}`);
+    }
+  };
+  $("atom-show").addEventListener("click", () => show("GET", `${API}/atom-url`));
+  $("atom-revoke").addEventListener("click", () => show("POST", `${API}/atom-url/revoke`));
+}
+
 // -- the live feed --------------------------------------------------------------------
 
 function feedState(text) {
@@ -1195,5 +1215,6 @@ setupSignIn();
 setupDestinationForm();
 setupEditor();
 setupDesktopNotifications();
+setupAtomFeed();
 window.addEventListener("hashchange", () => route());
 start();
