@@ -163,9 +163,9 @@ def make_notifier(settings: Any) -> MatrixNotifier:
     """The bot's notifier from :class:`~fmn.settings.Settings`: its session, and each
     person's room remembered in Redis under a key per stage and homeserver (the sender
     and the web app's verification codes share the rooms)."""
-    import redis
+    from fmn.redisconn import connect
 
     link = NioLink(settings.matrix_url, settings.matrix_token or "")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     rooms = RedisRooms(client, f"{settings.queue_prefix}matrix:{settings.matrix_url}:")
     return MatrixNotifier(link, rooms, settings.web_url, per_user=settings.matrix_per_user)
