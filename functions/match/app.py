@@ -3,9 +3,12 @@
 A thin adapter around :func:`fmn.pipeline.match.match_record`.  Each SQS
 record is matched on its own (Powertools partial batch processing), then
 the payloads of all the batch's records are sent together, ten to a
-SendMessageBatch request.  A record that fails (to match, or to have all its
-payloads accepted) is reported in ``batchItemFailures`` and comes back
-alone, then goes to the dead-letter queue after the queue's maximum
+SendMessageBatch request.  A record that cannot be read (a permanent
+error: not an envelope, not a bus message) goes to the dead-letter queue at
+once with its reason; one that fails for a while (the snapshot store away,
+its payloads not all accepted) is reported in ``batchItemFailures`` and
+backed off, coming back after a growing delay
+(:mod:`fmn.pipeline.redelivery`), so an outage does not use up its
 receives; the others are not retried.  Clients, the live snapshot and the matcher are
 built on first use and kept across warm invocations; nothing does I/O at
 import.  ``handle_incoming(event, context)`` takes the raw Lambda SQS event
@@ -36,7 +39,9 @@ from chalice.app import Chalice
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
+from fmn.pipeline.notifications import combine
 from fmn.pipeline.queues import BACKENDS, queue
+from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
 
 INCOMING = queue("incoming")
@@ -79,9 +84,16 @@ def _build_state() -> None:
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
     aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
+    journal = None
+    if s.ledger_dir:  # local runs: what was produced, for fmn ledger
+        from fmn.ledger.journal import Journal
+
+        journal = Journal(s.ledger_dir)
     live = LiveSnapshot(store, s.snapshot_poll_s, rebuild=_rebuilder(s, store))
-    _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
-                  matcher=IndexedMatcher(live), live=live, urls={},
+    sqs = boto3.client("sqs", **aws)
+    _state.update(settings=s, sqs=sqs, s3=boto3.client("s3", **aws),
+                  redelivery=Redelivery(sqs, s.first_retry_delay_s), journal=journal,
+                  matcher=IndexedMatcher(live), live=live, store=store, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
 
@@ -127,8 +139,8 @@ def fetch_claim(claim: Claim) -> bytes:
     return data
 
 
-def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
-    """SendMessageBatch ``(record id, body)`` entries; the ids of records not fully sent.
+def send(backend: str, entries: list[tuple[tuple[str, ...], str]]) -> set[str]:
+    """SendMessageBatch ``(record ids, body)`` entries; the ids of records not fully sent.
 
     Entries SQS reports as failed are retried; a record whose bodies still
     did not all go comes back whole (the senders drop what they already sent).
@@ -137,7 +149,7 @@ def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
         sqs, url = _get("sqs"), queue_url(backend)
     except Exception as exc:
         logger.warning("no %s queue: %s", backend, exc)
-        return {owner for owner, _ in entries}
+        return {owner for owners, _ in entries for owner in owners}
     unsent: set[str] = set()
     for batch in send_batches([body for _, body in entries]):
         pending = {str(i): entries[i] for i in batch}
@@ -152,15 +164,48 @@ def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
             if not pending:
                 break
             time.sleep(0.1 * 2**attempt)
-        unsent |= {owner for owner, _ in pending.values()}
+        unsent |= {owner for owners, _ in pending.values() for owner in owners}
     return unsent
+
+
+def live_ownership(message: Any) -> None:
+    """Apply an ownership or membership message once it is matched (fmn.ownership.live).
+
+    Here rather than in a consumer of its own: SQS gives each message to one
+    consumer, and this one already sees every message in bus order, so the
+    change is in the snapshot before the next message of the same batch is
+    matched.  Only the few ownership topics touch the database.
+    """
+    from fmn.ownership.live import LiveUpdater, classify
+    from fmn.ownership.settings import SyncSettings
+
+    if "ownership" not in _state:
+        with _lock:
+            if "ownership" not in _state:
+                _state["ownership"] = SyncSettings.from_env()
+    sync: SyncSettings = _state["ownership"]
+    if not sync.live or classify(message, dict(sync.live_namespaces)) is None:
+        return
+    with _lock:
+        if "updater" not in _state:
+            from fmn import db
+
+            _state["updater"] = LiveUpdater(
+                db.make_engine(_get("settings").database_url), _get("store"),
+                fasjson=sync.fasjson() if sync.live_fasjson else None,
+                namespaces=dict(sync.live_namespaces))
+    result = _state["updater"].handle(message)
+    if result is not None and result.snapshot_changes:
+        _get("live").refresh_now()
+        with _lock:
+            totals["OwnershipUpdates"] += 1
 
 
 def process(body: str) -> MatchResult:
     """Match one incoming body and send its notifications (the local runner's shortcut)."""
-    result = match_record(body, _get("matcher"), fetch_claim)
+    result = match_record(body, _get("matcher"), fetch_claim, after_match=live_ownership)
     for backend, bodies in result.bodies.items():
-        if send(backend, [("", b) for b in bodies]):
+        if send(backend, [((), b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
     record_window([result])
     return result
@@ -193,31 +238,88 @@ class _Invocation:
         self.counts: Counter[str] = Counter()
         #: (SQS message id, result), sent together at the end
         self.matched: list[tuple[str, MatchResult]] = []
+        #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)
+        self.queued_at: dict[str, int] = {}
 
     def record(self, record: SQSRecord) -> None:
         try:
-            result = match_record(record.body, _get("matcher"), fetch_claim)
+            result = match_record(record.body, _get("matcher"), fetch_claim,
+                                  after_match=live_ownership)
+        except PermanentError as exc:
+            # retrying cannot help: to the dead-letter queue now, with the reason
+            self.counts["PermanentFailures"] += 1
+            logger.warning("record dead-lettered", extra={"sqs_message_id": record.message_id,
+                                                          "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "permanent", f"{type(exc).__name__}: {exc}")
+            try:
+                _get("redelivery").dead_letter(record.raw_event, str(exc))
+            except Exception as dlq_failed:  # botocore: it comes back, nothing lost
+                raise RetryableError(f"dead-letter queue refused a record: {dlq_failed}") \
+                    from dlq_failed
+            self.counts["DeadLettered"] += 1
+            return
         except Exception as exc:
-            kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
-            self.counts[f"{kind}Failures"] += 1
+            self.counts["RetryableFailures"] += 1
             logger.warning("record failed", extra={"sqs_message_id": record.message_id,
-                                                   "failure": kind.lower(),
+                                                   "failure": "retryable",
                                                    "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "retryable", f"{type(exc).__name__}: {exc}")
             raise
         self.matched.append((record.message_id, result))
+        self.queued_at[record.message_id] = int(record.attributes.sent_timestamp or 0)
         self.counts["MessagesMatched"] += 1
         for backend, count in result.notifications.items():
             self.counts[f"Notifications_{backend}"] += count
             self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
 
+    def journal(self, unsent: set[str]) -> None:
+        """Journal every record whose payloads all went (local runs: ``fmn ledger``)."""
+        journal = _get("journal")
+        if journal is None:
+            return
+        describe = _get("matcher").describe
+        entries = []
+        for mid, result in self.matched:
+            if mid in unsent:
+                continue
+            produced = {backend: [(n.user, n.destination, n.address,
+                                   int(describe(n)[1] is not None)) for n in group]
+                        for backend, group in result.recipients.items()}
+            entries.append({"id": result.message_id, "sqs": mid,
+                            "q": self.queued_at.get(mid, 0), "n": produced})
+        journal.matched(entries)
+
     def send_matched(self) -> set[str]:
-        """Send every matched record's payloads, backend by backend, across records."""
+        """Send every matched record's payloads, backend by backend, across records.
+
+        The records' bodies for one backend travel together: as few SQS
+        messages as the size and the queue's notifications cap allow
+        (:func:`~fmn.pipeline.notifications.combine`), so a batch of a hundred
+        messages costs a few requests per backend, not a hundred.
+        """
         unsent: set[str] = set()
         for backend in BACKENDS:
-            entries = [(mid, body) for mid, result in self.matched
-                       for body in result.bodies.get(backend, ())]
-            if entries:
-                unsent |= send(backend, entries)
+            owners = [mid for mid, result in self.matched
+                      for _ in result.bodies.get(backend, ())]
+            parts = [(body, n) for _, result in self.matched
+                     for body, n in zip(result.bodies.get(backend, ()),
+                                        result.counts.get(backend, ()), strict=True)]
+            if not parts:
+                continue
+            # A sender invocation takes up to batch_size bodies and must get through
+            # them within its timeout: a combined body holds no more than its share of
+            # the per-message cap (a message's own body may still hold the whole cap).
+            q = queue(backend)
+            cap = None if q.notifications_per_message is None else \
+                max(1, q.notifications_per_message // q.batch_size)
+            entries = [(tuple(owners[i] for i in positions), body)
+                       for body, positions in combine(parts, backend, max_notifications=cap)]
+            self.counts[f"Bodies_{backend}"] += len(entries)
+            unsent |= send(backend, entries)
         return unsent
 
 
@@ -226,13 +328,25 @@ class _Invocation:
                     maximum_batching_window_in_seconds=INCOMING.batching_window_s,
                     maximum_concurrency=INCOMING.max_concurrency)
 def handle_incoming(event: Any) -> PartialItemFailureResponse:
+    return handle_event(event.to_dict(), event.context)
+
+
+def handle_event(raw: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+    """The handler on the raw Lambda SQS event (what the local runner calls)."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
     call = _Invocation()
-    raw = event.to_dict()
+    redelivery: Redelivery = _get("redelivery")
     try:
-        response = process_partial_response(
-            event=raw, record_handler=call.record,
-            processor=BatchProcessor(event_type=EventType.SQS), context=event.context)
+        try:
+            response = process_partial_response(
+                event=raw, record_handler=call.record,
+                processor=BatchProcessor(event_type=EventType.SQS), context=context)
+        except BatchProcessingError:  # every record failed
+            redelivery.back_off(raw["Records"])
+            raise
         unsent = call.send_matched()
+        call.journal(unsent)
         missed = len(call.matched) - record_window([r for _, r in call.matched])
         if missed:
             call.counts["PreviewWindowMisses"] += missed
@@ -240,8 +354,11 @@ def handle_incoming(event: Any) -> PartialItemFailureResponse:
             call.counts["RetryableFailures"] += len(unsent)
             failures = response["batchItemFailures"]
             failures += [{"itemIdentifier": mid} for mid, _ in call.matched if mid in unsent]
-            if len(failures) == len(raw["Records"]):  # nothing succeeded: fail the invocation
-                raise RetryableError(f"no payload of {len(unsent)} records reached SQS")
+        if response["batchItemFailures"]:
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+            redelivery.back_off(r for r in raw["Records"] if r.get("messageId") in failed)
+            if len(failed) == len(raw["Records"]):  # nothing succeeded: fail the invocation
+                raise RetryableError(f"none of {len(failed)} records went through")
         logger.info("batch done", extra={"records": len(raw["Records"]),
                                          "failed": len(response["batchItemFailures"]),
                                          "counts": dict(call.counts)})

@@ -87,8 +87,20 @@ def bind_publisher(endpoint: str, wait_s: float = 60.0) -> Any:
     return sock
 
 
+def message_id(record: dict[str, Any]) -> str:
+    """The bus message id the pipeline will know ``record`` by (the ledger's key)."""
+    from fmn.errors import InvalidMessage
+    from fmn.metadata import parse
+
+    try:
+        return parse(record).id
+    except InvalidMessage:  # the pipeline refuses it too; it is known by its own id field
+        return str(record.get("msg_id") or record.get("id") or "?")
+
+
 def replay_fedmsg(path: Path, endpoint: str, rate: float | None,
-                  settle_s: float = 60.0) -> int:
+                  settle_s: float = 60.0, journal: Any = None) -> int:
+    """Publish every record of ``path``; with a ledger ``journal``, journal their ids."""
     sock = bind_publisher(endpoint, settle_s)
     pacer, sent = _Pacer(rate), 0
     try:
@@ -96,13 +108,17 @@ def replay_fedmsg(path: Path, endpoint: str, rate: float | None,
             pacer.wait()
             sock.send_multipart([record["topic"].encode(), json.dumps(record).encode()])
             sent += 1
+            if journal is not None:
+                journal.published([message_id(record)], "fedmsg")
     finally:
         sock.close()
     _say(f"replayed {sent} messages from {path} on {endpoint}")
     return sent
 
 
-def replay_amqp(path: Path, url: str, rate: float | None, exchange: str = "amq.topic") -> int:
+def replay_amqp(path: Path, url: str, rate: float | None, exchange: str = "amq.topic",
+                journal: Any = None) -> int:
+    """Publish every record of ``path``; with a ledger ``journal``, journal their ids."""
     import pika
 
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -125,6 +141,8 @@ def replay_amqp(path: Path, url: str, rate: float | None, exchange: str = "amq.t
                                   body=json.dumps(record.get("body")).encode(),
                                   properties=properties, mandatory=False)
             sent += 1
+            if journal is not None:
+                journal.published([message_id(record)], "amqp")
     finally:
         conn.close()
     _say(f"replayed {sent} messages from {path} to {exchange} at {url.split('@')[-1]}")

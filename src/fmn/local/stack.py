@@ -74,6 +74,17 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def _is_localstack(endpoint: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint.rstrip('/')}/_localstack/health",
+                                    timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -114,8 +125,11 @@ class StackOptions:
     redis_port: int = DEFAULT_REDIS_PORT
     fedmsg_endpoint: str = DEFAULT_FEDMSG_ENDPOINT
     amqp_url: str = DEFAULT_AMQP_URL
-    #: the RabbitMQ queue the bridge consumes (bound to every topic of amq.topic)
+    #: the RabbitMQ queue the bridge consumes (bound to every topic of amqp_exchange)
     amqp_queue: str = "fmn-local-bridge"
+    #: the topic exchange publishers use (another than amq.topic keeps a run apart from
+    #: other runs on the same broker; it is declared if missing)
+    amqp_exchange: str = "amq.topic"
     #: the runner's long poll (Lambda uses 20 s; shorter stops faster)
     poll_wait_s: int = 2
     #: how often scheduled functions run (the digest flush: every minute on AWS)
@@ -129,6 +143,25 @@ class StackOptions:
     matrix: bool = True
     synapse: Any = None
     matrix_people: int = 10
+    #: queues whose function runs in a child process (``fmn.local.worker``) that a
+    #: fault test can kill (``LocalStack.kill_worker``); the others run in-process
+    external: tuple[str, ...] = ()
+    #: every queue's visibility timeout and its function's timeout, scaled down
+    #: for fault tests (None: the definitions' own)
+    visibility_s: int | None = None
+    #: start the web UI (the load test does without)
+    web: bool = True
+    #: queue -> the most concurrent invocations of its function (the queue's own by default)
+    max_concurrency: dict[str, int] = field(default_factory=dict)
+    #: seconds between writes of status.json (None: not written)
+    status_every_s: float | None = 1.0
+    #: each function's JSON logs and EMF lines go to DIR/<function>.log (None: the console)
+    log_dir: Path | None = None
+    #: the bridge counts its AWS requests into this file (FMN_REQUEST_COUNTS)
+    request_counts: Path | None = None
+    #: real long polls of this many seconds where the emulator has them (LocalStack,
+    #: like SQS); the moto server gets short receives taking turns instead
+    long_poll_s: int = 10
 
 
 class LocalStack:
@@ -140,6 +173,7 @@ class LocalStack:
         self.urls: dict[str, Any] = {}
         self.runners: dict[str, Any] = {}
         self.functions: dict[str, ModuleType] = {}
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self._moto: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
@@ -156,7 +190,46 @@ class LocalStack:
         self._threads: list[threading.Thread] = []
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
+        self._localstack = False
         self.sqs: Any = None
+        self._journal: Any = None
+
+    # -- the ledger ------------------------------------------------------------
+
+    @property
+    def ledger_dir(self) -> Path:
+        """The ledger's journal of this stack (``fmn ledger --workdir``)."""
+        return self.workdir / "ledger"
+
+    @property
+    def journal(self) -> Any:
+        """The :class:`fmn.ledger.Journal` publishers write the ids they publish to."""
+        if self._journal is None:
+            from fmn.ledger import Journal
+
+            self._journal = Journal(self.ledger_dir)
+        return self._journal
+
+    def _start_journal(self) -> None:
+        """A fresh journal, as the queues start empty: the ledger accounts for this run."""
+        from fmn.ledger.journal import FAILED, MATCHED, PUBLISHED
+
+        for name in (PUBLISHED, MATCHED, FAILED):
+            (self.ledger_dir / name).unlink(missing_ok=True)
+        self.journal.write_stack({
+            "queue_prefix": self.settings.queue_prefix, "redis_url": self.settings.redis_url,
+            "feed_prefix": self.settings.feed_prefix,
+            "aws_endpoint_url": self.settings.aws_endpoint_url,
+            "aws_region": self.settings.aws_region,
+            "maildir": str((self.workdir / "mail").resolve()),
+            "irc_log": str((self.workdir / "irc.log").resolve()),
+            "status_file": str((self.workdir / STATUS_FILE).resolve())})
+
+    def ledger(self) -> Any:
+        """The :class:`fmn.ledger.LedgerReport` of this stack's run so far."""
+        from fmn.ledger import account
+
+        return account(self.ledger_dir, sqs=self.sqs, bridged=self._bridged)
 
     # -- start -----------------------------------------------------------------
 
@@ -173,6 +246,7 @@ class LocalStack:
         # The functions (in this process) and the bridge (its own) read their
         # settings from the environment, as on AWS: export this stack's.
         self.env.update(
+            FMN_LEDGER_DIR=str(self.ledger_dir),
             FMN_DATABASE_URL=self.settings.database_url,
             FMN_SNAPSHOT_PREFIX=self.settings.snapshot_prefix,
             FMN_SNAPSHOT_POLL_S=str(self.settings.snapshot_poll_s),
@@ -189,12 +263,16 @@ class LocalStack:
         say(f"5/7 queues: {self._make_queues()}")
         say(f"6/7 bridge: {self._start_bridge()}")
         say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}"
-            + (f"; {self.matrix.watch(self._matrix_people)}" if self.matrix else ""))
-        say(f"web UI: {self._start_web()}")
+            + (f"; {self.matrix.watch(self._matrix_people)}" if self.matrix else "")
+            + (f"; their logs and metrics in {self.options.log_dir}/<function>.log"
+               if self.options.log_dir is not None else ""))
+        if self.options.web:
+            say(f"web UI: {self._start_web()}")
         self._quiet()
-        writer = threading.Thread(target=self._write_status, name="status", daemon=True)
-        writer.start()
-        self._threads.append(writer)
+        if self.options.status_every_s is not None:
+            writer = threading.Thread(target=self._write_status, name="status", daemon=True)
+            writer.start()
+            self._threads.append(writer)
 
     def _quiet(self) -> None:
         # The functions' INFO lines (structured
@@ -205,13 +283,23 @@ class LocalStack:
                          "fmn-send-matrix"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
+    @property
+    def long_polling(self) -> bool:
+        """Whether the emulator long-polls and never hands one message to two receivers
+        (LocalStack does, as SQS; the moto server does neither)."""
+        return self._localstack
+
     def _start_aws(self) -> str:
         endpoint = self.settings.aws_endpoint_url
+        self._localstack = False
         if endpoint:
             host, _, given = endpoint.split("//")[-1].partition(":")
             if _port_open(host, int(given.split("/")[0] or 80)):
                 self.env["AWS_ENDPOINT_URL"] = endpoint
-                return f"using {endpoint}"
+                if not os.environ.get("AWS_ACCESS_KEY_ID"):  # an emulator takes any
+                    self.env.update(AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local")
+                self._localstack = _is_localstack(endpoint)
+                return f"using {endpoint}" + (" (LocalStack)" if self._localstack else "")
         port: int = self.options.aws_port \
             if not _port_open("127.0.0.1", self.options.aws_port) else free_port()
         # Its own process: in this one it would share the GIL with the functions.
@@ -351,11 +439,12 @@ class LocalStack:
 
         aws = clients(self.settings)
         self.sqs = aws.sqs
-        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix)
+        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix, self.queues())
         for urls in self.urls.values():  # counters start at zero
             for url in (urls.url, urls.dlq_url):
                 aws.sqs.purge_queue(QueueUrl=url)
         self._clear_stage_state()
+        self._start_journal()
         with contextlib.suppress(aws.s3.exceptions.BucketAlreadyOwnedByYou):
             aws.s3.create_bucket(Bucket=self.settings.claim_bucket)
         return f"{len(self.urls)} queues with dead-letter queues, bucket " \
@@ -411,7 +500,7 @@ arguments = {{}}
 
 [[bindings]]
 queue = "{queue}"
-exchange = "amq.topic"
+exchange = "{self.options.amqp_exchange}"
 routing_keys = ["#"]
 
 [consumer_config]
@@ -427,23 +516,44 @@ fmn_bridge_queue = "{queue}"
         conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
         try:
             channel = conn.channel()
+            if not self.options.amqp_exchange.startswith("amq."):
+                channel.exchange_declare(self.options.amqp_exchange, "topic", durable=True)
             channel.queue_declare(self.options.amqp_queue, durable=True)
             channel.queue_purge(self.options.amqp_queue)
         finally:
             conn.close()
 
-    def _start_bridge(self) -> str:
-        self._purge_amqp_queue()
+    def restart_bridge(self) -> None:
+        """SIGKILL the bridge and start it again on the same bus queue (nothing purged)."""
+        if self._bridge is not None:
+            self._bridge.kill()
+            self._bridge.wait(timeout=10)
+        self._start_bridge(purge=False)
+
+    def _start_bridge(self, purge: bool = True) -> str:
+        if purge:
+            self._purge_amqp_queue()
         config = self._bridge_config()
+        env = {**os.environ, **self.env}
+        if self.options.request_counts is not None:
+            env["FMN_REQUEST_COUNTS"] = str(self.options.request_counts)
         self._bridge = subprocess.Popen(
             [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
              "--amqp-config", str(config), "--stats-interval", "1"],
-            env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         reader = threading.Thread(target=self._read_bridge, name="bridge-log", daemon=True)
         reader.start()
         self._threads.append(reader)
         return (f"pid {self._bridge.pid}, fedmsg {self.options.fedmsg_endpoint}, "
-                f"AMQP queue {self.options.amqp_queue} on amq.topic")
+                f"AMQP queue {self.options.amqp_queue} on {self.options.amqp_exchange}")
+
+    @property
+    def bridge_pid(self) -> int | None:
+        return self._bridge.pid if self._bridge is not None else None
+
+    @property
+    def moto_pid(self) -> int | None:
+        return self._moto.pid if self._moto is not None else None
 
     def _read_bridge(self) -> None:
         assert self._bridge is not None and self._bridge.stderr is not None
@@ -459,15 +569,30 @@ fmn_bridge_queue = "{queue}"
         from fmn.local.runner import EventSourceMapping
 
         started = []
-        for q in QUEUES:
+        for q in self.queues():
             if q.function is None or not (ROOT / "functions" / q.function / "app.py").exists():
                 continue
-            module = self.functions.setdefault(q.function, load_function(q.function))
+            if q.name in self.options.external:
+                self.start_worker(q.name)
+                started.append(f"{q.function} (own process) <- "
+                               f"{q.sqs_name(self.settings.queue_prefix)}")
+                continue
+            if q.function not in self.functions:
+                self.functions[q.function] = load_function(q.function)
+                if self.options.log_dir is not None:
+                    from fmn.local.logs import to_file
+
+                    to_file(self.functions[q.function], q.function, self.options.log_dir)
+            module = self.functions[q.function]
             handler = getattr(module, "handler", None) or getattr(module, f"handle_{q.name}")
+            if q.name in self.options.max_concurrency:
+                q = dataclasses.replace(q, max_concurrency=self.options.max_concurrency[q.name])
+            long_poll = self.long_polling
             runner = EventSourceMapping(self.sqs, q, self.urls[q.name], handler,
                                         function_name=q.function,
-                                        poll_wait_s=self.options.poll_wait_s,
-                                        serialize_receives=True)
+                                        poll_wait_s=self.options.long_poll_s if long_poll
+                                        else self.options.poll_wait_s,
+                                        serialize_receives=not long_poll)
             runner.start()
             self.runners[q.name] = runner
             started.append(f"{q.function} <- {q.sqs_name(self.settings.queue_prefix)}")
@@ -476,6 +601,30 @@ fmn_bridge_queue = "{queue}"
             ticker.start()
             self._threads.append(ticker)
         return ", ".join(started) or "none"
+
+    def queues(self) -> list[Any]:
+        """The queue definitions this stack runs (visibility scaled when asked)."""
+        if self.options.visibility_s is None:
+            return list(QUEUES)
+        return [dataclasses.replace(q, visibility_timeout_s=self.options.visibility_s)
+                for q in QUEUES]
+
+    def start_worker(self, queue_name: str) -> None:
+        """Run the function of ``queue_name`` under its own runner in a child process."""
+        log_file = (self.workdir / f"worker-{queue_name}.log").open("ab")
+        args = [sys.executable, "-m", "fmn.local.worker", queue_name,
+                "--poll-wait-s", str(self.options.poll_wait_s),
+                "--schedule-s", str(self.options.schedule_s)]
+        if self.options.visibility_s is not None:
+            args += ["--visibility-s", str(self.options.visibility_s)]
+        self.workers[queue_name] = subprocess.Popen(
+            args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
+
+    def kill_worker(self, queue_name: str) -> None:
+        """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""
+        worker = self.workers.pop(queue_name)
+        worker.kill()
+        worker.wait(timeout=10)
 
     def _schedule(self) -> None:
         """The functions' schedules: the email sender's digest flush (every minute on
@@ -572,6 +721,13 @@ fmn_bridge_queue = "{queue}"
                 self._bridge.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._bridge.kill()
+        for worker in self.workers.values():
+            worker.send_signal(signal.SIGTERM)
+        for worker in self.workers.values():
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         for runner in self.runners.values():
             runner.stop(timeout=60)
         if "send_irc" in self.functions:
@@ -637,9 +793,10 @@ def replay_shared(stack: LocalStack, say: Any = print) -> None:
 
     fedmsg_file, fm_file = default_message_files()
     say(f"replaying {fedmsg_file} on {stack.options.fedmsg_endpoint} ...")
-    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None)
+    replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None,
+                         journal=stack.journal)
     say(f"replaying {fm_file} to RabbitMQ ...")
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, journal=stack.journal)
 
 
 def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:
