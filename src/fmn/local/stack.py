@@ -139,8 +139,10 @@ class StackOptions:
     #: the web UI's port (another is chosen when it is taken)
     web_port: int = 8000
     #: start a Matrix homeserver (Synapse) for the Matrix sender, or use ``synapse``
-    #: (a running fmn.local.synapse.LocalSynapse); demo people reading their rooms
-    matrix: bool = True
+    #: (a running fmn.local.synapse.LocalSynapse); demo people reading their rooms.
+    #: Without it (the default but for ``fmn up``) the Matrix sender does not run and
+    #: the ``matrix`` queue only fills.
+    matrix: bool = False
     synapse: Any = None
     matrix_people: int = 10
     #: queues whose function runs in a child process (``fmn.local.worker``) that a
@@ -572,6 +574,8 @@ fmn_bridge_queue = "{queue}"
         for q in self.queues():
             if q.function is None or not (ROOT / "functions" / q.function / "app.py").exists():
                 continue
+            if q.name == "matrix" and self.matrix is None:
+                continue  # no homeserver: the queue keeps them
             if q.name in self.options.external:
                 self.start_worker(q.name)
                 started.append(f"{q.function} (own process) <- "
