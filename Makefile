@@ -22,7 +22,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install everything (system packages too, as root)
+# Synapse (the local Matrix homeserver) in an environment of its own: its pins
+# never meet the project's.
+SYNAPSE_VENV := .venv-synapse
+SYNAPSE_STAMP := $(SYNAPSE_VENV)/.installed
+
+$(SYNAPSE_STAMP): requirements-synapse.txt
+	$(PYTHON) -m venv $(SYNAPSE_VENV)
+	$(SYNAPSE_VENV)/bin/pip install -q --upgrade pip
+	$(SYNAPSE_VENV)/bin/pip install -q -r requirements-synapse.txt
+	touch $(SYNAPSE_STAMP)
+
+synapse: $(SYNAPSE_STAMP) ## install the local Matrix homeserver (Synapse) into .venv-synapse
+
+setup: $(STAMP) $(SYNAPSE_STAMP) ## create .venv and install everything (system packages too, as root)
 
 services: ## start Redis and PostgreSQL if they are not answering
 	@scripts/services.sh
@@ -69,4 +82,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup services run test test-api lint bench chaos fuzz loadtest vendor clean
+.PHONY: help setup synapse services run test test-api lint bench chaos fuzz loadtest vendor clean

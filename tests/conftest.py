@@ -83,3 +83,27 @@ def redis_any(redis_url: str) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A Synapse homeserver for this test session (it takes seconds to start).
+
+    Server-wide limits are generous; a test that wants ``M_LIMIT_EXCEEDED``
+    lowers its own bot's limit (``LocalSynapse.override_ratelimit``).
+    """
+    import sys
+
+    from services import unavailable
+
+    from fmn.local.synapse import LocalSynapse, synapse_python
+
+    if not synapse_python().exists():
+        unavailable("Synapse", FileNotFoundError(f"{synapse_python()} (run `make synapse`)"))
+    server = LocalSynapse(tmp_path_factory.mktemp("synapse"))
+    server.start()
+    print(f"\nSynapse started in {server.startup_s:.1f} s", file=sys.stderr)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from services import REDIS_URL, rabbitmq_connection, redis_client
 
@@ -19,7 +20,8 @@ from fmn.settings import Settings
 
 
 def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
-                    seed: int = 4) -> Iterator[LocalStack]:
+                    seed: int = 4, synapse: Any = None) -> Iterator[LocalStack]:
+    """``synapse``: the session's homeserver for the Matrix sender (none: no Matrix)."""
     redis_client()
     rabbitmq_connection().close()
     tag = uuid.uuid4().hex[:8]
@@ -35,7 +37,8 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
                            # an exchange of its own: other stacks on the same broker
                            # (tests running at the same time) bind amq.topic's "#"
                            amqp_exchange=f"fmn-{name}-{tag}",
-                           web_port=free_port(), feed_port=free_port())
+                           web_port=free_port(), feed_port=free_port(),
+                           matrix=synapse is not None, synapse=synapse)
     stack = LocalStack(settings, options)
     stack.start(say=lambda *_: None)
     try:

@@ -89,7 +89,7 @@ def _build(s: Settings, o: dict[str, Any]) -> None:
     import time
 
     from fmn import db
-    from fmn.web.verify import IrcCodeChannel, RecordingChannel, RedisKeys, Verifier
+    from fmn.web.verify import IrcCodeChannel, RedisKeys, Verifier
 
     check_settings(s)
     clock = o.get("clock", time.time)
@@ -120,9 +120,10 @@ def _build(s: Settings, o: dict[str, Any]) -> None:
         from fmn.delivery.irc_client import IrcClientLink
 
         irc_link = IrcClientLink.from_url(s.irc_url, TokenBucket(s.irc_burst, s.irc_rate))
-    matrix = o.get("matrix") or RecordingChannel("matrix", log_codes=not s.production)
+    matrix = o.get("matrix") or _matrix_channel(s)
+    keys = o.get("keys") or RedisKeys.from_url(s.redis_url)
     verifier = o.get("verifier") or Verifier(
-        service, o.get("keys") or RedisKeys.from_url(s.redis_url), s.secret_key,
+        service, keys, s.secret_key,
         web_url=s.web_url, mailer=mailer, mail_from=s.mail_from,
         channels={"irc": IrcCodeChannel(irc_link), "matrix": matrix}, clock=clock)
     oidc = o.get("oidc")
@@ -131,9 +132,23 @@ def _build(s: Settings, o: dict[str, Any]) -> None:
 
         oidc = OidcClient(s.oidc_issuer, s.oidc_client_id, s.oidc_client_secret,
                           f"{s.web_url}/oidc/callback", clock=clock)
+    from fmn.web.atom import AtomFeeds
+
     _state.update(settings=s, engine=engine, store=store, feed=feed, service=service,
                   verifier=verifier, oidc=oidc, matrix=matrix, clock=clock,
-                  sessions=http.Sessions(s, clock))
+                  sessions=http.Sessions(s, clock),
+                  atom=AtomFeeds(keys, s.secret_key, s.web_url))
+
+
+def _matrix_channel(s: Settings) -> Any:
+    """Verification codes through the Matrix bot, or only recorded without its token."""
+    from fmn.web.verify import MatrixCodeChannel, RecordingChannel
+
+    if not s.matrix_token:
+        return RecordingChannel("matrix", log_codes=not s.production)
+    from fmn.delivery.matrix_client import make_notifier
+
+    return MatrixCodeChannel(make_notifier(s))
 
 
 def _previewer(engine: Any, s: Settings) -> Any:
@@ -511,6 +526,31 @@ def preview(user: str) -> http.Answer:
 def notifications(user: str) -> http.Answer:
     q = schema.query(schema.NotificationsQuery, _request().query_params)
     return http.json_answer(_service().notifications(user, q.limit))
+
+
+@api(Operation("GET", "/api/v1/atom-url", "my Atom feed's private address",
+               answer=schema.AtomUrl))
+def atom_url(user: str) -> http.Answer:
+    return http.json_answer({"url": _get("atom").url(user)})
+
+
+@api(Operation("POST", "/api/v1/atom-url/revoke",
+               "revoke my Atom feed's address and make a new one", answer=schema.AtomUrl))
+def revoke_atom_url(user: str) -> http.Answer:
+    return http.json_answer({"url": _get("atom").revoke(user)})
+
+
+@api(Operation("GET", "/atom/{token}", "my recent notifications as an Atom feed (the signed "
+               "token is the credential)", answer="file", access="token"))
+def atom_feed(token: str) -> http.Answer:
+    from fmn.web import atom
+
+    user = _get("atom").user_of(token)
+    body = atom.render(user, _service().notifications(user, atom.ENTRIES),
+                       f"{_get('settings').web_url}/atom/{token}", _get("settings").web_url)
+    return http.Answer(200, body.decode(), {
+        "Content-Type": atom.CONTENT_TYPE, "Cache-Control": "private, max-age=60",
+        "Referrer-Policy": "no-referrer", **http.COMMON_HEADERS})
 
 
 @api(Operation("GET", "/api/v1/stats", "notifications per rule, last 7 days",

@@ -27,7 +27,7 @@ from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTime
 from fmn.errors import PermanentError
 
 #: What a token may be used for; each purpose signs with a salt of its own.
-PURPOSES: tuple[str, ...] = ("feed", "session", "unsubscribe", "verify-email", "oidc")
+PURPOSES: tuple[str, ...] = ("feed", "session", "unsubscribe", "verify-email", "oidc", "atom")
 #: The feed endpoint's default lifetimes of the two kinds of credentials.
 FEED_TOKEN_MAX_AGE_S = 7 * 24 * 3600
 SESSION_MAX_AGE_S = 14 * 24 * 3600

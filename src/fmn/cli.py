@@ -216,7 +216,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from fmn.settings import Settings
 
     options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir),
-                           log_dir=Path(args.workdir) / "logs")
+                           log_dir=Path(args.workdir) / "logs", matrix=True)
     return run_up(Settings.from_env(), options, replay=args.replay)
 
 

@@ -24,6 +24,9 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_IRC_URL`` | IRC network, see below | ``irc://fmn@127.0.0.1:6667`` |
 | ``FMN_IRC_BURST`` | flood limit: lines sent at once | ``5`` |
 | ``FMN_IRC_RATE`` | flood limit: lines per second after the burst | ``2`` |
+| ``FMN_MATRIX_URL`` | the Matrix homeserver the bot uses | ``http://127.0.0.1:8008`` |
+| ``FMN_MATRIX_TOKEN`` | the bot's access token (a secret) | unset |
+| ``FMN_MATRIX_PER_USER`` | notices of their own per person and minute; then a summary | ``10`` |
 | ``FMN_FEED_URL`` | the live feed endpoint's public URL (the web UI links to it) | unset |
 | ``FMN_FEED_PREFIX`` | key prefix of the users' live feeds in Redis | ``fmn:feed:`` |
 | ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
@@ -74,6 +77,9 @@ class Settings:
     irc_url: str = "irc://fmn@127.0.0.1:6667"
     irc_burst: int = 5
     irc_rate: float = 2.0
+    matrix_url: str = "http://127.0.0.1:8008"
+    matrix_token: str | None = None
+    matrix_per_user: int = 10
     feed_url: str | None = None
     feed_prefix: str = "fmn:feed:"
     feed_maxlen: int = 1000
@@ -132,6 +138,9 @@ class Settings:
             irc_url=env.get("FMN_IRC_URL", default.irc_url),
             irc_burst=int(env.get("FMN_IRC_BURST", default.irc_burst)),
             irc_rate=float(env.get("FMN_IRC_RATE", default.irc_rate)),
+            matrix_url=env.get("FMN_MATRIX_URL", default.matrix_url).rstrip("/"),
+            matrix_token=env.get("FMN_MATRIX_TOKEN") or None,
+            matrix_per_user=int(env.get("FMN_MATRIX_PER_USER", default.matrix_per_user)),
             feed_url=env.get("FMN_FEED_URL") or None,
             feed_prefix=env.get("FMN_FEED_PREFIX", default.feed_prefix),
             feed_maxlen=int(env.get("FMN_FEED_MAXLEN", default.feed_maxlen)),

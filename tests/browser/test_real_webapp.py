@@ -8,6 +8,7 @@ stack) is for the local-stack end-to-end tests to wire.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -57,6 +58,23 @@ def test_real_app_sign_in_add_rule_and_live_feed(
         "bob commented on FEDORA-2024-77")
     page.get_by_role("link", name="Recent notifications").click()
     expect(page.locator("#notification-list")).to_contain_text("bob commented on FEDORA-2024-77")
+
+    # Its Atom feed: a private address that a reader without the session can read,
+    # and that stops working once revoked.
+    page.get_by_role("button", name="Show my feed address").click()
+    address = page.get_by_label("Feed address")
+    expect(address).to_have_value(re.compile(r"^http://127\.0\.0\.1:\d+/atom/"))
+    first = address.input_value()
+    reader = page.context.browser.new_context()  # no cookies: a feed reader
+    try:
+        atom = reader.request.get(first)
+        assert atom.status == 200 and "bob commented on FEDORA-2024-77" in atom.text()
+        page.get_by_role("button", name="Revoke and make a new address").click()
+        expect(address).not_to_have_value(first)
+        assert reader.request.get(first).status == 404
+        assert reader.request.get(address.input_value()).status == 200
+    finally:
+        reader.close()
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()

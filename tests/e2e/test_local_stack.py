@@ -12,7 +12,9 @@ sent on, no dead letters, and every notification delivered exactly once
 however many buses carried its message: each mail in the local mail sink
 once (or waiting in its digest), each feed event on its user's feed once,
 each IRC notification sent, summarised or found offline once, and lines
-arriving at the demo users logged in to the local IRC server.
+arriving at the demo users logged in to the local IRC server; each Matrix
+notification sent or summarised once, and notices arriving in the direct
+rooms of the demo people on the local Synapse.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
 from fmn.ledger import format_report
 from fmn.local import replay
+from fmn.local.matrix import localize
 from fmn.local.stack import LocalStack
+from fmn.local.synapse import LocalSynapse
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
 from fmn.pipeline.queues import BACKENDS
@@ -47,14 +51,14 @@ USERS, SEED = 300, 4
 
 
 @pytest.fixture
-def stack(aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-          ) -> Iterator[LocalStack]:
+def stack(aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+          synapse: LocalSynapse) -> Iterator[LocalStack]:
     # The expected notifications come from a fixed snapshot: the ownership
     # messages of the data must not change it on the way (matching in
     # parallel, the outcome would depend on timing).  Live ownership has its
     # own test (tests/integration/test_live_ownership.py).
     monkeypatch.setenv("FMN_LIVE_OWNERSHIP", "0")
-    for local in run_local_stack(aws_env, tmp_path, "e2e", USERS, SEED):
+    for local in run_local_stack(aws_env, tmp_path, "e2e", USERS, SEED, synapse):
         assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
         assert local.urls["incoming"].url.endswith(f"{local.settings.queue_prefix}incoming")
         yield local
@@ -72,7 +76,7 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     replay.replay_amqp(fm_file, stack.options.amqp_url, None, journal=stack.journal,
                        exchange=stack.options.amqp_exchange)
 
-    senders = ("incoming", "email", "irc", "sse")
+    senders = ("incoming", "email", "irc", "sse", "matrix")
     deadline = time.monotonic() + 900  # a shared, busy machine drains slowly
     status = stack.status()
     while time.monotonic() < deadline:
@@ -94,17 +98,21 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     assert all(q["dlq"] == 0 for q in status["queues"].values()), status
     assert all(status["queues"][q]["visible"] == 0 for q in senders), status
 
-    prefs = generate_preferences(USERS, SEED)
+    prefs = localize(generate_preferences(USERS, SEED), stack.matrix.server_name,
+                     stack.options.matrix_people)
     matcher = IndexedMatcher(build_snapshot(prefs))
     expected: Counter[tuple[Any, ...]] = Counter()
     digested: set[tuple[str, str, str]] = set()
     direct_mail: set[tuple[str, str, str, str]] = set()
     irc_sends: set[tuple[str, str, str]] = set()
+    matrix_sends: set[tuple[str, str, str]] = set()
     for line in lines:
         for n in matcher.match(parse(line)):
             expected[(n.message_id, n.user, n.protocol, n.address, n.rules)] += 1
             if n.protocol == "irc":
                 irc_sends.add((n.message_id, n.user, n.destination))
+            if n.protocol == "matrix":
+                matrix_sends.add((n.message_id, n.user, n.destination))
             if n.protocol != "email":
                 continue
             if matcher.describe(n)[1] is not None:
@@ -163,4 +171,22 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
                               + b.waiting_for_sender), backend
     assert ledger.backends["email"].sent_in_digest + \
         ledger.backends["email"].waiting_in_digest == len(digested)
-    assert ledger.backends["matrix"].waiting_for_sender == ledger.backends["matrix"].produced
+
+    # Matrix: each notification sent once, alone or in a summary notice, into the
+    # direct room of a demo person on the local Synapse, who reads it there
+    matrix = stack.functions["send_matrix"].totals
+    assert matrix_sends, "the demo preferences must route some messages to Matrix"
+    assert matrix["sent"] + matrix["summarised"] == len(matrix_sends), dict(matrix)
+    assert matrix["dead-lettered"] == 0
+    notices = matrix["sent"] + matrix["summary-notices"]
+    deadline = time.monotonic() + 60
+    while stack.status()["counters"]["matrix_received"] < notices \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stack.status()["counters"]["matrix_received"] == notices
+    for person in stack.matrix.listeners:
+        wanted = sum(1 for _, _, a in once["matrix"] if a == person.user_id)
+        assert bool(person.got) == bool(wanted), person.user_id
+        assert all(m.sender == stack.matrix.bot.user_id and m.content["msgtype"] == "m.notice"
+                   for m in person.got)
+    assert (stack.workdir / "matrix.log").read_text().count(" <- ") == notices

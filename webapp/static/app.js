@@ -33,6 +33,7 @@ const state = {
   applications: [],
   editing: null, // the rule being edited (a working copy), or null
   feed: null,
+  liveSince: 0,
   previewTimer: 0,
   previewSeq: 0,
 };
@@ -111,6 +112,14 @@ class ApiError extends Error {
   }
 }
 
+/** Server time minus this browser's, from a response's Date header (whole seconds: +0.5 s). */
+let serverOffsetMs = 0;
+
+function noteServerClock(response) {
+  const date = Date.parse(response.headers.get("date") || "");
+  if (!Number.isNaN(date)) serverOffsetMs = date + 500 - Date.now();
+}
+
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   if (method !== "GET" && method !== "HEAD") {
@@ -124,6 +133,7 @@ async function api(method, path, body) {
     credentials: "same-origin",
     body: body === undefined ? undefined : JSON.stringify(body),
   });
+  noteServerClock(response);
   if (response.status === 204 || response.status === 202) return null;
   let data = null;
   const type = response.headers.get("content-type") || "";
@@ -247,6 +257,26 @@ async function loadNotifications() {
   }
 }
 
+// -- the Atom feed's private address (asked for, never loaded by itself) -------------------
+
+function setupAtomFeed() {
+  const show = async (method, path) => {
+    try {
+      const answer = await api(method, path, method === "POST" ? {} : undefined);
+      const url = answer && safeUrl(answer.url);
+      if (!url) return;
+      $("atom-url").value = url;
+      $("atom-row").hidden = false;
+      $("atom-url").focus();
+      $("atom-url").select();
+    } catch (error) {
+      showAlert(`Could not get your feed address: ${error.message}`);
+    }
+  };
+  $("atom-show").addEventListener("click", () => show("GET", `${API}/atom-url`));
+  $("atom-revoke").addEventListener("click", () => show("POST", `${API}/atom-url/revoke`));
+}
+
 // -- the live feed --------------------------------------------------------------------
 
 function feedState(text) {
@@ -263,6 +293,9 @@ function openFeed() {
     return;
   }
   feedState("connecting");
+  // The stream first replays recent history: only what the server received from now
+  // on (its clock) is new enough for a desktop notification.
+  state.liveSince = Date.now() + serverOffsetMs;
   const source = new EventSource(url, { withCredentials: true });
   state.feed = source;
   source.addEventListener("open", () => feedState("live"));
@@ -281,7 +314,76 @@ function openFeed() {
     list.prepend(messageItem(data, { live: true }));
     while (list.children.length > FEED_MAX_ITEMS) list.lastElementChild.remove();
     $("feed-empty").hidden = true;
+    desktopNotify(data);
   });
+}
+
+// -- desktop notifications (opt-in, while the page is open) -------------------------------
+
+const DESKTOP_KEY = "fmn.desktopNotifications";
+
+function desktopWanted() {
+  try {
+    return window.localStorage.getItem(DESKTOP_KEY) === "on";
+  } catch {
+    return false; // storage refused (private mode): never on by itself
+  }
+}
+
+function setDesktopWanted(on) {
+  try {
+    if (on) window.localStorage.setItem(DESKTOP_KEY, "on");
+    else window.localStorage.removeItem(DESKTOP_KEY);
+  } catch {
+    /* the choice then lasts for this page only */
+  }
+}
+
+function setupDesktopNotifications() {
+  if (typeof Notification === "undefined") return; // the row stays hidden
+  const box = $("desktop-notify");
+  const note = $("desktop-notify-note");
+  $("desktop-notify-row").hidden = false;
+  box.checked = desktopWanted() && Notification.permission === "granted";
+  box.addEventListener("change", async () => {
+    note.textContent = "";
+    if (!box.checked) {
+      setDesktopWanted(false);
+      return;
+    }
+    let permission = Notification.permission;
+    if (permission === "default") permission = await Notification.requestPermission();
+    if (permission === "granted") {
+      setDesktopWanted(true);
+    } else {
+      box.checked = false;
+      setDesktopWanted(false);
+      note.textContent = "The browser refused: allow notifications for this site in its settings.";
+    }
+  });
+}
+
+/** A desktop notification for one live event; the API shows title and body as plain text. */
+function desktopNotify(data) {
+  if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
+  if (!desktopWanted() || !$("desktop-notify").checked) return;
+  const received = Date.parse(typeof data.received_at === "string" ? data.received_at : "");
+  if (Number.isNaN(received) || received < (state.liveSince || 0)) return; // history
+  const text = (value, max) => (typeof value === "string" ? value : "").slice(0, max);
+  const app = text(data.app, 40) || "Fedora";
+  try {
+    const shown = new Notification(`[${app}] Fedora Notifications`, {
+      body: text(data.summary, 300) || text(data.topic, 200),
+      tag: text(data.message_id, 200) || undefined,
+    });
+    const url = safeUrl(data.url);
+    shown.addEventListener("click", () => {
+      window.focus();
+      if (url) window.open(url, "_blank", "noopener");
+    });
+  } catch {
+    /* some browsers allow notifications only from a service worker: nothing to show */
+  }
 }
 
 function closeFeed() {
@@ -1158,5 +1260,7 @@ async function start() {
 setupSignIn();
 setupDestinationForm();
 setupEditor();
+setupDesktopNotifications();
+setupAtomFeed();
 window.addEventListener("hashchange", () => route());
 start();

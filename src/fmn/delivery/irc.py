@@ -277,10 +277,13 @@ class RecentLines:
     """
 
     def __init__(self, per_nick: int, window_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 fold: Callable[[str], str] | None = None) -> None:
         self.per_nick = per_nick
         self.window_s = window_s
         self.clock = clock
+        #: two spellings of one recipient are one (IRC: rfc1459 case folding)
+        self.fold = fold or irc_lower
         self._lines: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -294,15 +297,15 @@ class RecentLines:
         """How many notifications ``nick`` may still get as their own lines now."""
         with self._lock:
             now = self.clock()
-            recent = self._recent(irc_lower(nick), now)
+            recent = self._recent(self.fold(nick), now)
             if not recent:
-                del self._lines[irc_lower(nick)]
+                del self._lines[self.fold(nick)]
             return max(0, self.per_nick - len(recent))
 
     def note(self, nick: str) -> None:
         with self._lock:
             now = self.clock()
-            self._recent(irc_lower(nick), now).append(now)
+            self._recent(self.fold(nick), now).append(now)
 
 
 Key = tuple[str, ...]
@@ -337,21 +340,25 @@ class BatchPlan:
         return self.groups.get(_key(item))
 
 
-def plan_batch(items: Iterable[Delivery], allowance: Callable[[str], int]) -> BatchPlan:
+def plan_batch(items: Iterable[Delivery], allowance: Callable[[str], int],
+               valid: Callable[[str], bool] = valid_nick,
+               fold: Callable[[str], str] = irc_lower) -> BatchPlan:
     """Per nick, in batch order: ``allowance(nick)`` items on their own, the rest summarised.
 
     A single leftover item is sent on its own too: one line either way.
-    Items whose address is not a valid nick are left out of every group (they
-    are dead-lettered on their own).
+    Items whose address is not ``valid`` (a nick) are left out of every group
+    (they are dead-lettered on their own).  ``fold`` makes two spellings of an
+    address one recipient.  (The Matrix sender plans with its own ``valid``
+    and ``fold``.)
     """
     per_nick: dict[str, list[tuple[Key, str]]] = {}
     seen: set[Key] = set()
     for item in items:
         key = _key(item)
-        if not valid_nick(item.address) or key in seen:  # twice in a batch is once
+        if not valid(item.address) or key in seen:  # twice in a batch is once
             continue
         seen.add(key)
-        per_nick.setdefault(irc_lower(item.address), []).append((key, item.address))
+        per_nick.setdefault(fold(item.address), []).append((key, item.address))
     groups: dict[Key, Group] = {}
     for keys in per_nick.values():
         rest = keys[max(0, allowance(keys[0][1])):]

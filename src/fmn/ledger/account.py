@@ -48,7 +48,7 @@ from fmn.ledger.journal import FAILED, MATCHED, PUBLISHED, STACK, read_lines
 from fmn.pipeline.queues import BACKENDS, QUEUES
 
 #: backends whose notifications are delivered by a sender today
-SENT_BACKENDS = ("email", "irc", "sse")
+SENT_BACKENDS = ("email", "irc", "sse", "matrix")
 #: exceptions printed in full; beyond that, counted
 MAX_LISTED = 200
 
@@ -550,7 +550,17 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
             report.irc_lines_received = Path(info.irc_log).read_text(
                 errors="replace").count(" <- ")
 
-    # matrix (no sender yet): waiting on its queue, dead-lettered, or lost
+    # Matrix: the sender's send-once records, as for IRC
+    matrix = report.backends["matrix"]
+    idents = list(expected.get("matrix", {}))
+    outcomes = read_once(redis, [once_key(info.queue_prefix, "matrix", i) for i in idents])
+    for ident, outcome in zip(idents, outcomes, strict=True):
+        if outcome in ("sent", "summarised"):
+            matrix.delivered += 1
+        else:
+            settle("matrix", ident, matrix)
+
+    # a backend with no sender: waiting on its queue, dead-lettered, or lost
     for backend in BACKENDS:
         if backend in SENT_BACKENDS:
             continue
@@ -595,7 +605,7 @@ def format_report(report: LedgerReport, max_listed: int = MAX_LISTED) -> str:
     if report.irc_lines_received:
         out.append(f"  IRC lines the demo users logged in to the server received: "
                    f"{report.irc_lines_received:,}")
-    busy = {q: v for q, v in report.queues.items() if sum(v) and q not in ("matrix",)}
+    busy = {q: v for q, v in report.queues.items() if sum(v)}
     if busy:
         out.append("  not drained yet: " + ", ".join(f"{q} {v[0]} visible + {v[1]} in flight"
                                                     for q, v in busy.items()))

@@ -7,8 +7,10 @@ What it starts, in order (each reused when it already answers):
 2. Redis: ``REDIS_URL`` if it answers, otherwise ``redis-server`` (installed
    by ``scripts/system-deps.sh``) on a port of its own, keeping nothing on disk;
 3. where notifications go: an aiosmtpd mail sink (each mail also in the
-   Maildir ``var/stack/mail/``), a miniircd IRC server, and the live feed
-   endpoint (``functions/sse/stream.py``, port 8001 if free);
+   Maildir ``var/stack/mail/``), a miniircd IRC server, the live feed
+   endpoint (``functions/sse/stream.py``, port 8001 if free), and a Matrix
+   homeserver (Synapse, data in ``var/synapse/``, port 8008 if free) with the
+   sender's bot (:mod:`fmn.local.matrix`);
 4. the preferences database (``FMN_DATABASE_URL``, SQLite by default), seeded
    with generated demo users, and its snapshot published to Redis;
 5. the queues and dead-letter queues of :mod:`fmn.pipeline.queues` and the
@@ -17,8 +19,9 @@ What it starts, in order (each reused when it already answers):
    to a RabbitMQ queue bound to every topic of ``amq.topic``;
 7. every function under the local runner (match, send_email, send_irc, sse),
    the email sender's digest schedule (every few seconds instead of every
-   minute), and up to 50 demo users logged in to the IRC server (what they
-   receive goes to ``var/stack/irc.log``).
+   minute), up to 50 demo users logged in to the IRC server (what they
+   receive goes to ``var/stack/irc.log``) and 10 on Matrix
+   (``var/stack/matrix.log``).
 
 While it runs it writes ``var/stack/status.json`` every second (what
 ``fmn status --json`` prints) and shows the queues and what was delivered.
@@ -58,6 +61,7 @@ DEFAULT_AWS_PORT = 5055
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_FEDMSG_ENDPOINT = "tcp://127.0.0.1:9940"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_MATRIX_PORT = 8008
 STATUS_FILE = "status.json"
 _FORWARDED = re.compile(rb"forwarded=(\d+)")
 
@@ -134,6 +138,13 @@ class StackOptions:
     feed_port: int = 8001
     #: the web UI's port (another is chosen when it is taken)
     web_port: int = 8000
+    #: start a Matrix homeserver (Synapse) for the Matrix sender, or use ``synapse``
+    #: (a running fmn.local.synapse.LocalSynapse); demo people reading their rooms.
+    #: Without it (the default but for ``fmn up``) the Matrix sender does not run and
+    #: the ``matrix`` queue only fills.
+    matrix: bool = False
+    synapse: Any = None
+    matrix_people: int = 10
     #: queues whose function runs in a child process (``fmn.local.worker``) that a
     #: fault test can kill (``LocalStack.kill_worker``); the others run in-process
     external: tuple[str, ...] = ()
@@ -175,6 +186,8 @@ class LocalStack:
         self.web: Any = None
         self.web_port = 0
         self.irc_listeners: list[Any] = []
+        self.matrix: Any = None
+        self._matrix_people: list[str] = []
         self._demo_users: tuple[Any, ...] = ()
         self._threads: list[threading.Thread] = []
         self._saved_env: dict[str, str | None] = {}
@@ -252,6 +265,7 @@ class LocalStack:
         say(f"5/7 queues: {self._make_queues()}")
         say(f"6/7 bridge: {self._start_bridge()}")
         say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}"
+            + (f"; {self.matrix.watch(self._matrix_people)}" if self.matrix else "")
             + (f"; their logs and metrics in {self.options.log_dir}/<function>.log"
                if self.options.log_dir is not None else ""))
         if self.options.web:
@@ -267,7 +281,8 @@ class LocalStack:
         # JSON meant for CloudWatch), would drown the status display; -v and
         # POWERTOOLS_LOG_LEVEL=INFO bring them back.
         if not log.isEnabledFor(logging.INFO):
-            for name in ("fmn", "fmn-match", "fmn-send-email", "fmn-send-irc", "fmn-sse"):
+            for name in ("fmn", "fmn-match", "fmn-send-email", "fmn-send-irc", "fmn-sse",
+                         "fmn-send-matrix"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
     @property
@@ -348,8 +363,16 @@ class LocalStack:
         self.feed = serve(feed_app, port=port, name="feed", on_stop=feed_app.state.close_streams)
         self.settings = dataclasses.replace(self.settings, feed_url=self.feed.url)
         self.env["FMN_FEED_URL"] = self.feed.url
+        matrix = ""
+        if self.options.matrix:
+            from fmn.local.matrix import LocalMatrix
+
+            self.matrix = LocalMatrix(self.workdir.parent / "synapse", self.workdir,
+                                      self.options.synapse)
+            matrix = f", Matrix: {self.matrix.start()}"
+            self.env.update(self.matrix.env())
         return (f"mail sink {self.mail.url} (Maildir {self.workdir / 'mail'}), IRC server "
-                f"{self.ircd.url}, live feed {self.feed.url}/feed")
+                f"{self.ircd.url}, live feed {self.feed.url}/feed{matrix}")
 
     def _start_web(self) -> str:
         """The preferences web UI and API, with the development login (demo users)."""
@@ -365,7 +388,8 @@ class LocalStack:
 
         user = next((u.name for u in self._demo_users if u.enabled and any(
             d.protocol == "sse" and d.verified for d in u.destinations)), None)
-        lines = [f"mail: {self.workdir / 'mail'}/new/   IRC: {self.workdir / 'irc.log'}"]
+        lines = [f"mail: {self.workdir / 'mail'}/new/   IRC: {self.workdir / 'irc.log'}"
+                 + (f"   Matrix: {self.workdir / 'matrix.log'}" if self.matrix else "")]
         if user is not None and self.feed is not None:
             lines.append(f"live feed of demo user {user}: curl -N "
                          f"'{feed_url(self.feed.url, user, self.settings.secret_key)}'"
@@ -397,6 +421,11 @@ class LocalStack:
         engine = db.make_engine(url)
         db.upgrade(engine)
         prefs = generate_preferences(self.options.users, self.options.seed)
+        if self.matrix is not None:
+            from fmn.local.matrix import localize, people_of
+
+            prefs = localize(prefs, self.matrix.server_name, self.options.matrix_people)
+            self._matrix_people = people_of(prefs)
         self._demo_users = prefs.users
         db.import_preferences(engine, prefs)
         store = RedisSnapshotStore.from_url(self.settings.redis_url,
@@ -543,6 +572,8 @@ fmn_bridge_queue = "{queue}"
         for q in self.queues():
             if q.function is None or not (ROOT / "functions" / q.function / "app.py").exists():
                 continue
+            if q.name == "matrix" and self.matrix is None:
+                continue  # no homeserver: the queue keeps them
             if q.name in self.options.external:
                 self.start_worker(q.name)
                 started.append(f"{q.function} (own process) <- "
@@ -648,6 +679,7 @@ fmn_bridge_queue = "{queue}"
                 "mail_received": len(self.mail.messages) if self.mail is not None else 0,
                 "irc_offline": offline,
                 "irc_lines_received": sum(len(w.got) for w in self.irc_listeners),
+                "matrix_received": self.matrix.received() if self.matrix else 0,
                 "dead_lettered": dead,
             },
         }
@@ -704,6 +736,10 @@ fmn_bridge_queue = "{queue}"
             self.functions["send_irc"].reset()  # hangs up its connection
         for listener in self.irc_listeners:
             listener.close()
+        if "send_matrix" in self.functions:
+            self.functions["send_matrix"].reset()  # closes the bot's session
+        if self.matrix is not None:
+            self.matrix.stop()
         if self.ircd is not None:
             self.ircd.stop()
         if self.mail is not None:
@@ -730,10 +766,11 @@ def format_status(doc: dict[str, Any]) -> str:
     c = doc["counters"]
     notes = ", ".join(f"{b} {n}" for b, n in c["notifications"].items())
     lines.append(f"bridged {c['bridged']}, matched {c['matched']}, notifications: {notes}")
-    sent = ", ".join(f"{b} {n}" for b, n in c.get("delivered", {}).items() if b != "matrix")
+    sent = ", ".join(f"{b} {n}" for b, n in c.get("delivered", {}).items())
     lines.append(f"delivered: {sent}; mail in the sink {c.get('mail_received', 0)}, IRC lines "
                  f"to demo users {c.get('irc_lines_received', 0)} (offline nicks "
-                 f"{c.get('irc_offline', 0)})")
+                 f"{c.get('irc_offline', 0)}), Matrix notices to demo users "
+                 f"{c.get('matrix_received', 0)}")
     return "\n".join(lines)
 
 

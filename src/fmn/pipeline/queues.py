@@ -68,9 +68,12 @@ QUEUES: tuple[QueueDef, ...] = (
     # (AWS requires a batching window of at least 1 s above 10 records.)
     QueueDef("sse", "sse", visibility_timeout_s=60, max_receive_count=5,
              batch_size=100, batching_window_s=1, max_concurrency=5),
-    # Matrix notifications wait here for a later sender.
-    QueueDef("matrix", None, visibility_timeout_s=60, max_receive_count=5,
-             batch_size=10, batching_window_s=0, max_concurrency=1),
+    # One bot account: its homeserver rate-limits it as a whole, so concurrency 1
+    # keeps each room in order.  The sender waits out M_LIMIT_EXCEEDED within
+    # its timeout: 100 notifications at a few a second fit in one visibility timeout.
+    QueueDef("matrix", "send_matrix", visibility_timeout_s=300, max_receive_count=5,
+             batch_size=10, batching_window_s=1, max_concurrency=1,
+             notifications_per_message=100),
 )
 
 

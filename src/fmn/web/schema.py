@@ -405,6 +405,10 @@ class Ownership(Answer):
     account: Account | None
 
 
+class AtomUrl(Answer):
+    url: str
+
+
 class Message(Answer):
     id: str
     topic: str

@@ -9,9 +9,11 @@
   in the UI.  Only an HMAC of the code is stored, for ``code_ttl_s``
   (10 min); it is compared in constant time; after ``max_attempts`` wrong
   guesses the code is destroyed and a new one must be asked for.  IRC goes
-  through an :class:`~fmn.delivery.irc_client.IrcLink`; Matrix has no sender
-  yet: :class:`RecordingChannel` keeps the code and logs that it was made
-  (the code itself only outside production).
+  through an :class:`~fmn.delivery.irc_client.IrcLink`, Matrix through the
+  bot's :class:`~fmn.delivery.matrix.MatrixNotifier` (:class:`MatrixCodeChannel`:
+  a notice in the person's direct room).  Without a bot token,
+  :class:`RecordingChannel` keeps the code and logs that it was made (the
+  code itself only outside production).
 * **Rate limits**: every request to send a verification counts against the
   user (``per_user`` an hour) and against the address (``per_address`` an
   hour, whoever asks), in counters that expire.  Over either,
@@ -204,8 +206,19 @@ class IrcCodeChannel:
 
 
 @dataclass
+class MatrixCodeChannel:
+    """Codes as notices in the person's direct room with the bot."""
+
+    notifier: Any  # a fmn.delivery.matrix.MatrixNotifier
+
+    def send_code(self, address: str, text: str) -> None:
+        self.notifier.send_text(address, text, txn=secrets.token_hex(16))
+
+
+@dataclass
 class RecordingChannel:
-    """A channel with no network behind it (Matrix today): keeps what it was given."""
+    """A channel with no network behind it (Matrix without a bot token): keeps what it
+    was given."""
 
     name: str
     log_codes: bool = False

@@ -1,0 +1,174 @@
+"""The Matrix notifier on in-memory fakes: rooms, rate limits against the deadline, backlogs.
+
+The same behaviour against a real Synapse is in
+``tests/integration/test_matrix_server.py``; here the homeserver is a fake
+link whose rate limit and memberships the test sets, and time is a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from delivery_data import HOSTILE_SUMMARY, message, notification, payload
+
+from fmn.delivery.base import deliveries
+from fmn.delivery.matrix import (
+    LimitExceeded,
+    MatrixNotifier,
+    MemoryRooms,
+    RoomGone,
+    check_user_id,
+    render,
+    summary_notice,
+)
+from fmn.delivery.once import MemoryOnce
+from fmn.errors import PermanentError, RetryableError
+
+pytestmark = pytest.mark.unit
+
+
+class FakeLink:
+    """A homeserver: rooms with members; ``limited`` sends answer M_LIMIT_EXCEEDED."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, dict[str, str]] = {}
+        self.sent: list[tuple[str, dict[str, Any], str]] = []
+        self.limit_next: list[float] = []
+        self.gone: set[str] = set()
+
+    def create_direct_room(self, user_id: str) -> str:
+        room = f"!r{len(self.rooms)}:test"
+        self.rooms[room] = {user_id: "invite"}
+        return room
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        if room_id in self.gone:
+            raise RoomGone(room_id)
+        return self.rooms.get(room_id, {}).get(user_id)
+
+    def send(self, room_id: str, content: Mapping[str, Any], txn: str) -> str:
+        if self.limit_next:
+            raise LimitExceeded(self.limit_next.pop(0))
+        if room_id in self.gone:
+            raise RoomGone(room_id)
+        if any(t == txn for _, _, t in self.sent):  # the homeserver's own dedup
+            return "$dup"
+        self.sent.append((room_id, dict(content), txn))
+        return f"$e{len(self.sent)}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def make(per_user: int = 10) -> tuple[FakeLink, MemoryRooms, MatrixNotifier, Clock]:
+    link, rooms, clock = FakeLink(), MemoryRooms(), Clock()
+    return link, rooms, MatrixNotifier(link, rooms, "https://web.test", per_user=per_user,
+                                       clock=clock, sleep=clock.sleep), clock
+
+
+def body(i: int, people: list[str]) -> str:
+    return payload("matrix", [notification(p[1:3], p, "d") for p in people],
+                   id=f"m-{i}", summary=f"n-{i}")
+
+
+def run(notifier: MatrixNotifier, bodies: list[str], once: MemoryOnce,
+        remaining_s: float | None = None) -> tuple[Counter[str], list[int]]:
+    """One batch: counts and the indexes of the records that went back."""
+    dead: list[tuple[str, str]] = []
+    plan = notifier.batch(bodies, (lambda: remaining_s) if remaining_s is not None else None)
+    counts: Counter[str] = Counter()
+    failed = []
+    for i, b in enumerate(bodies):
+        try:
+            counts.update(plan(b, notifier, once, lambda item, why: dead.append((item.address,
+                                                                                  why))))
+        except RetryableError:
+            failed.append(i)
+    counts["dead"] = len(dead)
+    return counts, failed
+
+
+def test_the_notice_is_plain_text_and_escaped_html() -> None:
+    plain, html = render(message(summary="<b>x</b> & y", app="koji<"), ["My <rule>"])
+    assert plain == ("[koji<] <b>x</b> & y https://koji.fedoraproject.org/koji/buildinfo?"
+                     "buildID=1 (rule: My <rule>)")
+    assert html == ('<b>[koji&lt;]</b> &lt;b&gt;x&lt;/b&gt; &amp; y <a href="https://koji.'
+                    'fedoraproject.org/koji/buildinfo?buildID=1">https://koji.fedoraproject.'
+                    'org/koji/buildinfo?buildID=1</a> <i>(rule: My &lt;rule&gt;)</i>')
+    plain, html = render(message(summary=HOSTILE_SUMMARY, url="javascript:x"), [])
+    assert "\n" not in plain and "\x1b" not in plain and "\u202e" not in plain
+    assert "<script" not in html and "href" not in html and len(plain.encode()) < 2100
+    assert summary_notice(3, "https://web.test")[0] == \
+        "3 more notifications: https://web.test/notifications"
+
+
+@pytest.mark.parametrize("address", ["bob", "bob@example.org", "@bob", "@:x", "@bo b:x",
+                                     "@bob:x\n", "@" + "a" * 260 + ":x"])
+def test_addresses_that_are_not_user_ids_are_refused(address: str) -> None:
+    with pytest.raises(PermanentError):
+        check_user_id(address)
+
+
+def test_one_room_per_person_made_once_and_remade_when_they_left() -> None:
+    link, rooms, notifier, _ = make()
+    once = MemoryOnce()
+    run(notifier, [body(0, ["@ann:x", "@bo:x"]), body(1, ["@ann:x"])], once)
+    assert len(link.rooms) == 2 and [r for r, _, _ in link.sent] == ["!r0:test", "!r1:test",
+                                                                     "!r0:test"]
+    link.rooms["!r0:test"]["@ann:x"] = "leave"
+    run(notifier, [body(2, ["@ann:x"])], once)
+    assert rooms.get("@ann:x") == "!r2:test" and link.sent[-1][0] == "!r2:test"
+    link.gone.add("!r2:test")  # the bot was kicked: a send finds out, a new room is made
+    notifier._checked.add("@ann:x")
+    notifier(deliveries(body(3, ["@ann:x"]), "matrix")[0])
+    assert link.sent[-1][0] == "!r3:test"
+
+
+def test_a_rate_limit_is_waited_out_within_the_deadline() -> None:
+    link, _, notifier, clock = make()
+    link.limit_next = [0.5, 1.5]
+    counts, failed = run(notifier, [body(i, ["@ann:x"]) for i in range(3)], MemoryOnce(),
+                         remaining_s=100)
+    assert failed == [] and counts["sent"] == 3 and counts["rate-limited"] == 2
+    assert clock.slept == [0.5, 1.5]
+
+
+def test_a_limit_too_long_for_the_deadline_returns_the_rest_in_order() -> None:
+    link, _, notifier, clock = make()
+    once = MemoryOnce()
+    bodies = [body(i, ["@ann:x"]) for i in range(4)]
+    link.sent.clear()
+    first = notifier.batch(bodies[:1], lambda: 100)
+    first(bodies[0], notifier, once, lambda *_: None)
+    link.limit_next = [30.0]  # more than the 15 s left minus the margin
+    counts, failed = run(notifier, bodies, once, remaining_s=15)
+    assert failed == [1, 2, 3]  # record 1 hit the limit; 2 and 3 wait their turn
+    assert clock.slept == [] and [c["body"].split()[1] for _, c, _ in link.sent] == ["n-0"]
+    counts, failed = run(notifier, bodies, once, remaining_s=100)  # they come back
+    assert failed == [] and counts["duplicate"] == 1 and counts["sent"] == 3
+    assert [c["body"].split()[1] for _, c, _ in link.sent] == ["n-0", "n-1", "n-2", "n-3"]
+
+
+def test_a_backlog_becomes_one_summary_and_a_bad_address_goes_alone() -> None:
+    link, _, notifier, _ = make(per_user=2)
+    once = MemoryOnce()
+    bodies = [body(i, ["@ann:x"]) for i in range(6)] + [body(9, ["ann@example.org"])]
+    counts, failed = run(notifier, bodies, once)
+    assert failed == [] and counts["sent"] == 2 and counts["summarised"] == 4
+    assert counts["summary-notices"] == 1 and counts["dead"] == 1
+    assert link.sent[-1][1]["body"] == "4 more notifications: https://web.test/notifications"
+    counts, _ = run(notifier, bodies[:6], once)
+    assert counts["duplicate"] == 6 and len(link.sent) == 3
