@@ -33,7 +33,6 @@ from fmn.local.stack import load_module
 from fmn.settings import Settings
 from fmn.snapshot import sync
 from fmn.snapshot.store import MemorySnapshotStore
-from fmn.web import WebSettings
 from fmn.web.verify import RedisKeys
 
 pytestmark = pytest.mark.integration
@@ -78,8 +77,8 @@ def web(webapp: ModuleType, tmp_path: Path) -> Iterator[Any]:
     feed = MemoryFeed()
     store = MemorySnapshotStore()
     sync.publish_full(engine, store)
-    webapp.configure(Settings(redis_url=REDIS_URL, web_url=WEB, secret_key="atom-secret"),
-                     WebSettings(dev_login=True), engine=engine, store=store,
+    webapp.configure(Settings(redis_url=REDIS_URL, web_url=WEB, secret_key="atom-secret",
+                              dev_login=True), engine=engine, store=store,
                      feed=feed, mailer=MemoryMailer(), irc_link=MemoryIrcLink(),
                      keys=_PrefixedKeys(client, prefix))
     yield feed
