@@ -32,12 +32,12 @@ run: setup ## the whole pipeline on this machine, replaying the shared messages 
 	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)
-	$(BIN)/ruff check src bridge functions webapp tests
+	$(BIN)/ruff check src bridge functions webapp tests loadtest
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: setup ## ruff and mypy only
-	$(BIN)/ruff check src bridge functions webapp tests
+	$(BIN)/ruff check src bridge functions webapp tests loadtest
 	$(BIN)/mypy
 
 bench: setup ## matcher benchmark at 10,000 and 100,000 users, then the local stack's throughput
@@ -51,6 +51,9 @@ chaos: setup services ## faults under load (2,000 messages each), the ledger of 
 fuzz: setup ## the decoders of untrusted bytes, fuzzed longer than in make test
 	FMN_FUZZ_EXAMPLES=$${FMN_FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/unit/test_fuzz_decoders.py
 
+loadtest: setup services ## the 2016 15,000-message test end to end (LocalStack if it answers); report and plots in var/loadtest/
+	$(BIN)/fmn loadtest $(LOADTEST_ARGS)
+
 vendor: setup ## install the core package into each Chalice app's vendor/ (for chalice deploy)
 	@for app in $(dir $(APPS)); do \
 	  echo "vendor: $$app"; rm -rf $$app/vendor; \
@@ -63,4 +66,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup services run test lint bench chaos fuzz vendor clean
+.PHONY: help setup services run test lint bench chaos fuzz loadtest vendor clean

@@ -21,7 +21,7 @@ from fmn.settings import Settings
 def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
                     seed: int = 4) -> Iterator[LocalStack]:
     redis_client()
-    rabbit = rabbitmq_connection()
+    rabbitmq_connection().close()
     tag = uuid.uuid4().hex[:8]
     prefix = f"{name}{tag}-"
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'prefs.sqlite'}",
@@ -32,6 +32,9 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
     options = StackOptions(users=users, seed=seed, workdir=tmp_path / "stack",
                            fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
                            amqp_queue=f"fmn-{name}-{tag}", poll_wait_s=1,
+                           # an exchange of its own: other stacks on the same broker
+                           # (tests running at the same time) bind amq.topic's "#"
+                           amqp_exchange=f"fmn-{name}-{tag}",
                            web_port=free_port(), feed_port=free_port())
     stack = LocalStack(settings, options)
     stack.start(say=lambda *_: None)
@@ -39,7 +42,11 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
         yield stack
     finally:
         stack.stop()
-        rabbit.channel().queue_delete(options.amqp_queue)
+        # a fresh connection: the first one may have been idle past its heartbeat
+        rabbit = rabbitmq_connection()
+        channel = rabbit.channel()
+        channel.queue_delete(options.amqp_queue)
+        channel.exchange_delete(options.amqp_exchange)
         rabbit.close()
         client = redis_client()
         for pattern in (f"fmn-test:{tag}:*", f"{{fmn-test:{tag}:*", f"fmn:digest:{{{prefix}}}*",

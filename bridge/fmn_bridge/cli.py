@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     queue_name = queue("incoming").sqs_name(prefix)
 
     sqs, s3 = make_clients(endpoint, region)
+    counter = _request_counter(prefix, sqs, s3)
     sink = SqsSink(sqs, s3, queue_name, bucket, linger_s=args.linger_ms / 1000,
                    max_items=args.buffer_items, backoff_max_s=args.backoff_max)
     try:
@@ -128,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if time.monotonic() >= next_stats:
             next_stats += args.stats_interval
             _log_stats(sink, sources)
+            if counter is not None:
+                counter.write(os.environ["FMN_REQUEST_COUNTS"])
 
     for s in sources:
         s.request_stop()
@@ -139,8 +143,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in threads:
         t.join(args.shutdown_timeout)
     _log_stats(sink, sources)
+    if counter is not None:
+        counter.write(os.environ["FMN_REQUEST_COUNTS"])
     log.info("bridge stopped%s", "" if flushed and not failed else " WITH ERRORS")
     return 0 if flushed and not failed else 1
+
+
+def _request_counter(prefix: str, *clients: Any) -> Any:
+    """Local runs: count this process's AWS requests into ``FMN_REQUEST_COUNTS``."""
+    if not os.environ.get("FMN_REQUEST_COUNTS"):
+        return None
+    from fmn.local.requests import RequestCounter
+
+    counter = RequestCounter(prefix, role="bridge")
+    for client in clients:
+        counter.install(client.meta.events)
+    return counter
 
 
 def _sources(args: argparse.Namespace, sink: SqsSink) -> list[Source]:

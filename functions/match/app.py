@@ -39,6 +39,7 @@ from chalice.app import Chalice
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
+from fmn.pipeline.notifications import combine
 from fmn.pipeline.queues import BACKENDS, queue
 from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
@@ -92,7 +93,7 @@ def _build_state() -> None:
     sqs = boto3.client("sqs", **aws)
     _state.update(settings=s, sqs=sqs, s3=boto3.client("s3", **aws),
                   redelivery=Redelivery(sqs, s.first_retry_delay_s), journal=journal,
-                  matcher=IndexedMatcher(live), live=live, urls={},
+                  matcher=IndexedMatcher(live), live=live, store=store, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
 
@@ -138,8 +139,8 @@ def fetch_claim(claim: Claim) -> bytes:
     return data
 
 
-def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
-    """SendMessageBatch ``(record id, body)`` entries; the ids of records not fully sent.
+def send(backend: str, entries: list[tuple[tuple[str, ...], str]]) -> set[str]:
+    """SendMessageBatch ``(record ids, body)`` entries; the ids of records not fully sent.
 
     Entries SQS reports as failed are retried; a record whose bodies still
     did not all go comes back whole (the senders drop what they already sent).
@@ -148,7 +149,7 @@ def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
         sqs, url = _get("sqs"), queue_url(backend)
     except Exception as exc:
         logger.warning("no %s queue: %s", backend, exc)
-        return {owner for owner, _ in entries}
+        return {owner for owners, _ in entries for owner in owners}
     unsent: set[str] = set()
     for batch in send_batches([body for _, body in entries]):
         pending = {str(i): entries[i] for i in batch}
@@ -163,15 +164,48 @@ def send(backend: str, entries: list[tuple[str, str]]) -> set[str]:
             if not pending:
                 break
             time.sleep(0.1 * 2**attempt)
-        unsent |= {owner for owner, _ in pending.values()}
+        unsent |= {owner for owners, _ in pending.values() for owner in owners}
     return unsent
+
+
+def live_ownership(message: Any) -> None:
+    """Apply an ownership or membership message once it is matched (fmn.ownership.live).
+
+    Here rather than in a consumer of its own: SQS gives each message to one
+    consumer, and this one already sees every message in bus order, so the
+    change is in the snapshot before the next message of the same batch is
+    matched.  Only the few ownership topics touch the database.
+    """
+    from fmn.ownership.live import LiveUpdater, classify
+    from fmn.ownership.settings import SyncSettings
+
+    if "ownership" not in _state:
+        with _lock:
+            if "ownership" not in _state:
+                _state["ownership"] = SyncSettings.from_env()
+    sync: SyncSettings = _state["ownership"]
+    if not sync.live or classify(message, dict(sync.live_namespaces)) is None:
+        return
+    with _lock:
+        if "updater" not in _state:
+            from fmn import db
+
+            _state["updater"] = LiveUpdater(
+                db.make_engine(_get("settings").database_url), _get("store"),
+                fasjson=sync.fasjson() if sync.live_fasjson else None,
+                namespaces=dict(sync.live_namespaces))
+    result = _state["updater"].handle(message)
+    if result is not None and result.snapshot_changes:
+        _get("live").refresh_now()
+        with _lock:
+            totals["OwnershipUpdates"] += 1
 
 
 def process(body: str) -> MatchResult:
     """Match one incoming body and send its notifications (the local runner's shortcut)."""
-    result = match_record(body, _get("matcher"), fetch_claim)
+    result = match_record(body, _get("matcher"), fetch_claim, after_match=live_ownership)
     for backend, bodies in result.bodies.items():
-        if send(backend, [("", b) for b in bodies]):
+        if send(backend, [((), b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
     record_window([result])
     return result
@@ -209,7 +243,8 @@ class _Invocation:
 
     def record(self, record: SQSRecord) -> None:
         try:
-            result = match_record(record.body, _get("matcher"), fetch_claim)
+            result = match_record(record.body, _get("matcher"), fetch_claim,
+                                  after_match=live_ownership)
         except PermanentError as exc:
             # retrying cannot help: to the dead-letter queue now, with the reason
             self.counts["PermanentFailures"] += 1
@@ -259,13 +294,32 @@ class _Invocation:
         journal.matched(entries)
 
     def send_matched(self) -> set[str]:
-        """Send every matched record's payloads, backend by backend, across records."""
+        """Send every matched record's payloads, backend by backend, across records.
+
+        The records' bodies for one backend travel together: as few SQS
+        messages as the size and the queue's notifications cap allow
+        (:func:`~fmn.pipeline.notifications.combine`), so a batch of a hundred
+        messages costs a few requests per backend, not a hundred.
+        """
         unsent: set[str] = set()
         for backend in BACKENDS:
-            entries = [(mid, body) for mid, result in self.matched
-                       for body in result.bodies.get(backend, ())]
-            if entries:
-                unsent |= send(backend, entries)
+            owners = [mid for mid, result in self.matched
+                      for _ in result.bodies.get(backend, ())]
+            parts = [(body, n) for _, result in self.matched
+                     for body, n in zip(result.bodies.get(backend, ()),
+                                        result.counts.get(backend, ()), strict=True)]
+            if not parts:
+                continue
+            # A sender invocation takes up to batch_size bodies and must get through
+            # them within its timeout: a combined body holds no more than its share of
+            # the per-message cap (a message's own body may still hold the whole cap).
+            q = queue(backend)
+            cap = None if q.notifications_per_message is None else \
+                max(1, q.notifications_per_message // q.batch_size)
+            entries = [(tuple(owners[i] for i in positions), body)
+                       for body, positions in combine(parts, backend, max_notifications=cap)]
+            self.counts[f"Bodies_{backend}"] += len(entries)
+            unsent |= send(backend, entries)
         return unsent
 
 

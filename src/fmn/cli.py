@@ -14,7 +14,9 @@
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
 ``fmn bench preview``   rule preview latency over a 100,000-message window
 ``fmn feed-url``        a user's live feed address, with a signed token
+``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
+``fmn loadtest``        the 2016 15,000-message test end to end (``fmn loadtest --help``)
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -175,7 +177,8 @@ def cmd_snapshot_publish(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     engine = db.make_engine(args.database or settings.database_url)
-    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url)
+    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url,
+                                        settings.snapshot_prefix)
     data = publish_full(engine, store)
     print(f"published snapshot {data.id} ({len(data.users)} users with live rules)",
           file=sys.stderr)
@@ -198,22 +201,44 @@ def run_bridge(argv: Sequence[str]) -> int:
     return result
 
 
+def run_loadtest(argv: Sequence[str]) -> int:
+    """``fmn loadtest ...``: the load test has its own options (``fmn loadtest --help``)."""
+    try:
+        from loadtest.cli import main as loadtest_main
+    except ImportError as exc:  # installed without the repository's loadtest/
+        return _fail(f"the load test is not installed here ({exc}); pip install -e .")
+    result: int = loadtest_main(list(argv))
+    return result
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from fmn.local.stack import StackOptions, run_up
     from fmn.settings import Settings
 
-    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir))
+    options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir),
+                           log_dir=Path(args.workdir) / "logs")
     return run_up(Settings.from_env(), options, replay=args.replay)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fmn.local.stack import format_status, read_status
+    from fmn.ownership.cli import status_text
+    from fmn.ownership.reconcile import status as sync_status
+    from fmn.settings import Settings
 
+    sync = status_text(Settings.from_env().database_url)
     try:
         doc = read_status(Path(args.workdir))
     except RuntimeError as exc:
+        if sync is not None and not args.json:
+            print(sync)
         return _fail(str(exc))
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    if args.json and sync is not None:
+        from fmn import db
+
+        doc["sync"] = sync_status(db.make_engine(Settings.from_env().database_url))
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc)
+          + (f"\n{sync}" if sync else ""))
     return EXIT_OK
 
 
@@ -384,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the whole report as JSON")
     p.set_defaults(func=cmd_ledger)
 
+    # (parsed by the load test itself: see main)
+    sub.add_parser("loadtest", help="the 2016 15,000-message test end to end, with the report, "
+                                    "plots and the bill (fmn loadtest --help)")
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "
                                   "(fmn bridge --help)")
@@ -396,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/stack",
                    help="a running fmn up's directory: its ledger journals what is published")
     p.set_defaults(func=cmd_replay)
+
+    from fmn.ownership.cli import add_parsers as add_sync_parsers
+
+    add_sync_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -438,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bridge"]:
         return run_bridge(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        return run_loadtest(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

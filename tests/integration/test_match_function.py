@@ -31,7 +31,7 @@ from fmn.local.stack import load_module
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
 from fmn.pipeline.envelope import Envelope, make_claim
-from fmn.pipeline.notifications import unpack
+from fmn.pipeline.notifications import unpack_all
 from fmn.pipeline.queues import BACKENDS, QUEUES
 from fmn.prefs import parse_document
 from fmn.snapshot import build_snapshot, compile_snapshot
@@ -124,9 +124,9 @@ def drain(env: SimpleNamespace) -> tuple[list[Key], Counter[str]]:
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
             for m in got:
                 messages[backend] += 1
-                info, items = unpack(m["Body"], backend=backend)
-                found += [(info["id"], n["user"], backend, n["address"], tuple(n["rules"]))
-                          for n in items]
+                for info, items in unpack_all(m["Body"], backend=backend):
+                    found += [(info["id"], n["user"], backend, n["address"], tuple(n["rules"]))
+                              for n in items]
     return found, messages
 
 

@@ -228,3 +228,58 @@ def test_bad_input_is_permanent(body: str) -> None:
         match_record(body, FakeMatcher(), no_claims)
     with pytest.raises(InvalidEnvelope):
         match_record("[]", FakeMatcher(), no_claims)
+
+
+def _message(i: int) -> Message:
+    return Message(id=f"m{i}", topic=MESSAGE.topic, app_name="koji", agent_name="alice",
+                   usernames=frozenset({"alice"}), rpms=frozenset({"kernel"}), severity=20,
+                   summary=f"build {i}", url=None, sent_at="2024-01-01T00:00:00+00:00")
+
+
+def test_a_batch_of_messages_travels_in_few_bodies_that_read_back_the_same() -> None:
+    from fmn.delivery.base import deliveries
+    from fmn.pipeline.notifications import combine, pack_counted, unpack_all
+
+    parts = []
+    for i in range(100):
+        notes = [Notification(f"m{i}", f"u{j}", "email", f"u{j}@example.org", "d1", ("r1",))
+                 for j in range(i % 4)]
+        parts += pack_counted(_message(i), notes, "email")
+    assert len(parts) == 75  # a message with no notification has no body
+    combined = combine(parts, "email", max_notifications=200)
+    assert len(combined) == 1  # 150 notifications, a few KiB: one SQS message
+    assert sorted(p for _, positions in combined for p in positions) == list(range(75))
+    (body, _), = combined
+    assert orjson.loads(body)["v"] == 2
+    got = [(info["id"], n["user"]) for info, items in unpack_all(body, "email") for n in items]
+    want = [(info["id"], n["user"]) for b, _ in parts for info, items in [unpack(b)]
+            for n in items]
+    assert got == want
+    assert [(d.message_id, d.user) for d in deliveries(body, "email")] == want
+    # the caps: notifications per body, and bytes
+    assert all(sum(parts[p][1] for p in positions) <= 40
+               for _, positions in combine(parts, "email", max_notifications=40))
+    small = combine(parts, "email", max_bytes=4000)
+    assert len(small) > 1 and all(len(b.encode()) <= 4000 for b, _ in small)
+
+
+def test_a_batch_body_is_checked_like_its_parts() -> None:
+    from fmn.pipeline.notifications import combine, pack_counted, unpack_all
+
+    parts = pack_counted(MESSAGE, followers(3), "email") + \
+        pack_counted(_message(1), followers(2), "email")
+    (body, _), = combine(parts, "email")
+    with pytest.raises(InvalidPayload):
+        unpack_all(body, "irc")
+    with pytest.raises(InvalidPayload):
+        unpack(body)  # a version-1 reader refuses it rather than half-reading it
+    bad = orjson.loads(body)
+    bad["payloads"][1]["notifications"][0]["user"] = 7
+    with pytest.raises(InvalidPayload):
+        unpack_all(orjson.dumps(bad))
+    bad["payloads"] = []
+    with pytest.raises(InvalidPayload):
+        unpack_all(orjson.dumps(bad))
+    # one part alone stays a version-1 body
+    (single, positions), = combine(parts[:1], "email")
+    assert positions == [0] and orjson.loads(single)["v"] == 1

@@ -33,7 +33,7 @@ from typing import Any
 
 from fmn.delivery.once import Once
 from fmn.errors import Deferred, PermanentError, RetryableError
-from fmn.pipeline.notifications import unpack
+from fmn.pipeline.notifications import unpack_all
 from fmn.prefs import Digest
 
 log = logging.getLogger(__name__)
@@ -126,16 +126,17 @@ def _names(item: Mapping[str, Any], rules: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def deliveries(body: str | bytes, backend: str) -> list[Delivery]:
-    """The items of one payload body (raises ``InvalidPayload``, a PermanentError)."""
-    info, items = unpack(body, backend)
+    """The items of one payload body, of one bus message or several (version 2), in order
+    (raises ``InvalidPayload``, a PermanentError)."""
     out = []
-    for item in items:
-        rules = tuple(item["rules"])
-        out.append(Delivery(backend=backend, message=info, user=item["user"],
-                            address=item["address"], destination=item["destination"],
-                            rules=rules, rule_names=_names(item, rules),
-                            digest=_digest(item.get("digest")),
-                            dead_letters=_dead_letters(item)))
+    for info, items in unpack_all(body, backend):
+        for item in items:
+            rules = tuple(item["rules"])
+            out.append(Delivery(backend=backend, message=info, user=item["user"],
+                                address=item["address"], destination=item["destination"],
+                                rules=rules, rule_names=_names(item, rules),
+                                digest=_digest(item.get("digest")),
+                                dead_letters=_dead_letters(item)))
     return out
 
 

@@ -121,7 +121,8 @@ def run(messages: int, users: int, json_path: str | None) -> int:
                                    queue_prefix=f"bench{uuid.uuid4().hex[:6]}-",
                                    database_url="sqlite:///var/bench/prefs.sqlite")
     options = StackOptions(users=users, workdir=Path("var/bench"),
-                           amqp_queue=f"fmn-bench-{uuid.uuid4().hex[:6]}", poll_wait_s=1)
+                           amqp_queue=f"fmn-bench-{uuid.uuid4().hex[:6]}", poll_wait_s=1,
+                           log_dir=Path("var/bench/logs"), web=False)
     stack = LocalStack(settings, options)
     stack.start(say=_say)
     try:

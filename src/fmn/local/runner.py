@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from fmn.errors import RetryableError
 from fmn.local.aws import QueueUrls
 from fmn.pipeline.queues import QueueDef
 
@@ -136,6 +137,8 @@ class RunnerStats:
     records_failed: int
     #: records processed successfully per second over the last few seconds
     messages_per_s: float
+    #: seconds spent inside the handler since start (what Lambda bills)
+    busy_s: float = 0.0
 
 
 class ScalePoint(NamedTuple):
@@ -216,6 +219,8 @@ class EventSourceMapping:
         self._invocation_errors = 0
         self._records_ok = 0
         self._records_failed = 0
+        #: seconds spent inside the handler (Lambda bills these)
+        self._busy_s = 0.0
         self._done: deque[tuple[float, int]] = deque()
         self._history: list[ScalePoint] = []
         self._scaler: threading.Thread | None = None
@@ -295,6 +300,7 @@ class EventSourceMapping:
                 records_ok=self._records_ok,
                 records_failed=self._records_failed,
                 messages_per_s=rate,
+                busy_s=self._busy_s,
             )
 
     def history(self) -> list[ScalePoint]:
@@ -463,6 +469,10 @@ class EventSourceMapping:
         errored = False
         try:
             result = self.handler({"Records": records}, context)
+        except RetryableError as exc:  # back-pressure (a dependency away): a one-line note
+            log.warning("%s: a batch of %d comes back after the visibility timeout: %s",
+                        self.function_name, len(records), str(exc)[:200])
+            failed, errored = all_ids, True
         except Exception:
             log.exception(
                 "%s raised on a batch of %d; it comes back after the visibility timeout",
@@ -473,12 +483,13 @@ class EventSourceMapping:
             elapsed = time.monotonic() - started
             if elapsed > self.function_timeout_s:
                 # Lambda would have killed the invocation: the batch failed.
-                log.error("%s ran %.1fs, past its %.1fs timeout; batch failed",
+                log.warning("%s ran %.1fs, past its %.1fs timeout; batch failed",
                           self.function_name, elapsed, self.function_timeout_s)
                 failed, errored = all_ids, True
             else:
                 failed = self._failed_ids(result, all_ids)
         finally:
+            handler_s = time.monotonic() - started
             with self._lock:
                 self._in_flight -= 1
                 self._contexts.discard(context)
@@ -487,6 +498,7 @@ class EventSourceMapping:
         now = time.monotonic()
         with self._lock:
             self._invocations += 1
+            self._busy_s += handler_s
             self._invocation_errors += errored
             self._records_ok += len(succeeded)
             self._records_failed += len(records) - len(succeeded)

@@ -70,6 +70,17 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+def _is_localstack(endpoint: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint.rstrip('/')}/_localstack/health",
+                                    timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -112,7 +123,8 @@ class StackOptions:
     amqp_url: str = DEFAULT_AMQP_URL
     #: the RabbitMQ queue the bridge consumes (bound to every topic of amqp_exchange)
     amqp_queue: str = "fmn-local-bridge"
-    #: the topic exchange it is bound to (a private one keeps others' traffic out)
+    #: the topic exchange publishers use (another than amq.topic keeps a run apart from
+    #: other runs on the same broker; it is declared if missing)
     amqp_exchange: str = "amq.topic"
     #: the runner's long poll (Lambda uses 20 s; shorter stops faster)
     poll_wait_s: int = 2
@@ -128,6 +140,19 @@ class StackOptions:
     #: every queue's visibility timeout and its function's timeout, scaled down
     #: for fault tests (None: the definitions' own)
     visibility_s: int | None = None
+    #: start the web UI (the load test does without)
+    web: bool = True
+    #: queue -> the most concurrent invocations of its function (the queue's own by default)
+    max_concurrency: dict[str, int] = field(default_factory=dict)
+    #: seconds between writes of status.json (None: not written)
+    status_every_s: float | None = 1.0
+    #: each function's JSON logs and EMF lines go to DIR/<function>.log (None: the console)
+    log_dir: Path | None = None
+    #: the bridge counts its AWS requests into this file (FMN_REQUEST_COUNTS)
+    request_counts: Path | None = None
+    #: real long polls of this many seconds where the emulator has them (LocalStack,
+    #: like SQS); the moto server gets short receives taking turns instead
+    long_poll_s: int = 10
 
 
 class LocalStack:
@@ -154,6 +179,7 @@ class LocalStack:
         self._threads: list[threading.Thread] = []
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
+        self._localstack = False
         self.sqs: Any = None
         self._journal: Any = None
 
@@ -225,12 +251,16 @@ class LocalStack:
         say(f"4/7 preferences: {self._seed_preferences()}")
         say(f"5/7 queues: {self._make_queues()}")
         say(f"6/7 bridge: {self._start_bridge()}")
-        say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}")
-        say(f"web UI: {self._start_web()}")
+        say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}"
+            + (f"; their logs and metrics in {self.options.log_dir}/<function>.log"
+               if self.options.log_dir is not None else ""))
+        if self.options.web:
+            say(f"web UI: {self._start_web()}")
         self._quiet()
-        writer = threading.Thread(target=self._write_status, name="status", daemon=True)
-        writer.start()
-        self._threads.append(writer)
+        if self.options.status_every_s is not None:
+            writer = threading.Thread(target=self._write_status, name="status", daemon=True)
+            writer.start()
+            self._threads.append(writer)
 
     def _quiet(self) -> None:
         # The functions' INFO lines (structured
@@ -240,13 +270,23 @@ class LocalStack:
             for name in ("fmn", "fmn-match", "fmn-send-email", "fmn-send-irc", "fmn-sse"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
+    @property
+    def long_polling(self) -> bool:
+        """Whether the emulator long-polls and never hands one message to two receivers
+        (LocalStack does, as SQS; the moto server does neither)."""
+        return self._localstack
+
     def _start_aws(self) -> str:
         endpoint = self.settings.aws_endpoint_url
+        self._localstack = False
         if endpoint:
             host, _, given = endpoint.split("//")[-1].partition(":")
             if _port_open(host, int(given.split("/")[0] or 80)):
                 self.env["AWS_ENDPOINT_URL"] = endpoint
-                return f"using {endpoint}"
+                if not os.environ.get("AWS_ACCESS_KEY_ID"):  # an emulator takes any
+                    self.env.update(AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local")
+                self._localstack = _is_localstack(endpoint)
+                return f"using {endpoint}" + (" (LocalStack)" if self._localstack else "")
         port: int = self.options.aws_port \
             if not _port_open("127.0.0.1", self.options.aws_port) else free_port()
         # Its own process: in this one it would share the GIL with the functions.
@@ -449,9 +489,8 @@ fmn_bridge_queue = "{queue}"
         conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
         try:
             channel = conn.channel()
-            if self.options.amqp_exchange != "amq.topic":
-                channel.exchange_declare(self.options.amqp_exchange, "topic", durable=False,
-                                         auto_delete=False)
+            if not self.options.amqp_exchange.startswith("amq."):
+                channel.exchange_declare(self.options.amqp_exchange, "topic", durable=True)
             channel.queue_declare(self.options.amqp_queue, durable=True)
             channel.queue_purge(self.options.amqp_queue)
         finally:
@@ -468,15 +507,26 @@ fmn_bridge_queue = "{queue}"
         if purge:
             self._purge_amqp_queue()
         config = self._bridge_config()
+        env = {**os.environ, **self.env}
+        if self.options.request_counts is not None:
+            env["FMN_REQUEST_COUNTS"] = str(self.options.request_counts)
         self._bridge = subprocess.Popen(
             [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
              "--amqp-config", str(config), "--stats-interval", "1"],
-            env={**os.environ, **self.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         reader = threading.Thread(target=self._read_bridge, name="bridge-log", daemon=True)
         reader.start()
         self._threads.append(reader)
         return (f"pid {self._bridge.pid}, fedmsg {self.options.fedmsg_endpoint}, "
-                f"AMQP queue {self.options.amqp_queue} on amq.topic")
+                f"AMQP queue {self.options.amqp_queue} on {self.options.amqp_exchange}")
+
+    @property
+    def bridge_pid(self) -> int | None:
+        return self._bridge.pid if self._bridge is not None else None
+
+    @property
+    def moto_pid(self) -> int | None:
+        return self._moto.pid if self._moto is not None else None
 
     def _read_bridge(self) -> None:
         assert self._bridge is not None and self._bridge.stderr is not None
@@ -500,12 +550,22 @@ fmn_bridge_queue = "{queue}"
                 started.append(f"{q.function} (own process) <- "
                                f"{q.sqs_name(self.settings.queue_prefix)}")
                 continue
-            module = self.functions.setdefault(q.function, load_function(q.function))
+            if q.function not in self.functions:
+                self.functions[q.function] = load_function(q.function)
+                if self.options.log_dir is not None:
+                    from fmn.local.logs import to_file
+
+                    to_file(self.functions[q.function], q.function, self.options.log_dir)
+            module = self.functions[q.function]
             handler = getattr(module, "handler", None) or getattr(module, f"handle_{q.name}")
+            if q.name in self.options.max_concurrency:
+                q = dataclasses.replace(q, max_concurrency=self.options.max_concurrency[q.name])
+            long_poll = self.long_polling
             runner = EventSourceMapping(self.sqs, q, self.urls[q.name], handler,
                                         function_name=q.function,
-                                        poll_wait_s=self.options.poll_wait_s,
-                                        serialize_receives=True)
+                                        poll_wait_s=self.options.long_poll_s if long_poll
+                                        else self.options.poll_wait_s,
+                                        serialize_receives=not long_poll)
             runner.start()
             self.runners[q.name] = runner
             started.append(f"{q.function} <- {q.sqs_name(self.settings.queue_prefix)}")

@@ -25,7 +25,7 @@ from fmn.matcher.base import Matcher, Notification
 from fmn.message import Message
 from fmn.metadata import parse
 from fmn.pipeline.envelope import Claim, Envelope
-from fmn.pipeline.notifications import pack
+from fmn.pipeline.notifications import pack_counted
 from fmn.pipeline.queues import BACKENDS, queue
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class MatchResult:
     message: Message | None = None
     #: backend -> the notifications packed into ``bodies`` (the ledger's journal reads them)
     recipients: dict[str, list[Notification]] = field(default_factory=dict)
+    #: backend -> how many notifications each of ``bodies`` carries
+    counts: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -95,8 +97,15 @@ def group_by_backend(notifications: list[Notification]) -> dict[str, list[Notifi
 
 
 def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
-                 max_notifications: int | None = None) -> MatchResult:
-    """Decode, parse, match, group and pack one incoming SQS body."""
+                 max_notifications: int | None = None,
+                 after_match: Callable[[Message], None] | None = None) -> MatchResult:
+    """Decode, parse, match, group and pack one incoming SQS body.
+
+    ``after_match`` sees the parsed message once it is matched (the live
+    ownership update: a message that changes who owns a package goes to the
+    owners it names as before, and every later message is matched on the new
+    ones).  If it raises, the record fails whole and comes back.
+    """
     envelope = Envelope.decode(body)  # InvalidEnvelope is a PermanentError
     if envelope.claim is not None:
         record = fetch_verified(envelope.claim, fetch_claim)
@@ -110,12 +119,16 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
         raise  # SnapshotUnavailable is already retryable
     except Exception as exc:  # the snapshot store (Redis) failing mid-poll
         raise RetryableError(f"matching {message.id}: {exc!r}") from exc
+    if after_match is not None:
+        after_match(message)
     result = MatchResult(message_id=message.id, topic=message.topic,
                          claimed=envelope.claim is not None, message=message)
     for backend, group in group_by_backend(notifications).items():
         cap = max_notifications or queue(backend).notifications_per_message
-        result.bodies[backend] = pack(message, group, backend, max_notifications=cap,
-                                      describe=matcher.describe)
+        packed = pack_counted(message, group, backend, max_notifications=cap,
+                              describe=matcher.describe)
+        result.bodies[backend] = [body for body, _ in packed]
+        result.counts[backend] = [n for _, n in packed]
         result.notifications[backend] = len(group)
         result.recipients[backend] = group
     return result

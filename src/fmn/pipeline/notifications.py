@@ -153,6 +153,14 @@ def _encode_notification(n: Notification, describe: Describe | None = None) -> b
 def pack(message: Message, notifications: Sequence[Notification], backend: str,
          max_bytes: int = MAX_BODY_BYTES, max_notifications: int | None = None,
          describe: Describe | None = None) -> list[str]:
+    """SQS bodies carrying ``notifications``: :func:`pack_counted`'s bodies."""
+    return [body for body, _ in pack_counted(message, notifications, backend, max_bytes,
+                                             max_notifications, describe)]
+
+
+def pack_counted(message: Message, notifications: Sequence[Notification], backend: str,
+                 max_bytes: int = MAX_BODY_BYTES, max_notifications: int | None = None,
+                 describe: Describe | None = None) -> list[tuple[str, int]]:
     """SQS bodies carrying ``notifications`` (all of ``backend``) of ``message``.
 
     As few bodies as fit under ``max_bytes`` (UTF-8 bytes), each holding at
@@ -187,7 +195,7 @@ def pack(message: Message, notifications: Sequence[Notification], backend: str,
         used += size
     chunks.append(chunk)
     total = len(chunks)
-    return [_frame(backend, i, total, header, b",".join(c)).decode()
+    return [(_frame(backend, i, total, header, b",".join(c)).decode(), len(c))
             for i, c in enumerate(chunks, 1)]
 
 
@@ -197,9 +205,75 @@ def _frame(backend: str, part: int, parts: int, header: bytes, items: bytes) -> 
                      b',"notifications":[', items, b"]}"))
 
 
+#: A body carrying several bus messages' payloads for one backend (see :func:`combine`).
+BATCH_VERSION = 2
+
+
+def combine(parts: Sequence[tuple[str, int]], backend: str, max_bytes: int = MAX_BODY_BYTES,
+            max_notifications: int | None = None) -> list[tuple[str, list[int]]]:
+    """Version-1 bodies gathered into as few version-2 bodies as fit.
+
+    ``parts`` are ``(version-1 body, its notification count)``; each result is
+    ``(body, positions of the parts it carries)``.  A body holds at most
+    ``max_bytes`` and, with ``max_notifications``, at most that many
+    notifications (a part alone over either limit travels alone, as it is).
+    Nothing is re-encoded: the parts are joined as they are, in order.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    head = b'{"v":%d,"backend":' % BATCH_VERSION + orjson.dumps(backend) + b',"payloads":['
+    out: list[tuple[str, list[int]]] = []
+    chunk: list[int] = []
+    size = count = 0
+    encoded = [body.encode() for body, _ in parts]
+
+    def flush() -> None:
+        if len(chunk) == 1:  # one part: no need to wrap it
+            out.append((parts[chunk[0]][0], list(chunk)))
+        elif chunk:
+            out.append(((head + b",".join(encoded[i] for i in chunk) + b"]}").decode(),
+                        list(chunk)))
+
+    for i, (_body, n) in enumerate(parts):
+        extra = len(encoded[i]) + 1
+        if chunk and (len(head) + 2 + size + extra > max_bytes
+                      or (max_notifications is not None and count + n > max_notifications)):
+            flush()
+            chunk, size, count = [], 0, 0
+        chunk.append(i)
+        size += extra
+        count += n
+    flush()
+    return out
+
+
+def unpack_all(body: str | bytes, backend: str | None = None
+               ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """``[(message info, notifications), ...]`` of a version-1 or version-2 body."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidPayload(f"payload is not JSON: {exc}") from exc
+    if isinstance(doc, dict) and doc.get("v") == BATCH_VERSION:
+        if doc.get("backend") not in BACKENDS:
+            raise InvalidPayload(f"unknown backend {doc.get('backend')!r}")
+        if backend is not None and doc["backend"] != backend:
+            raise InvalidPayload(f"payload for {doc['backend']!r} on the {backend!r} queue")
+        payloads = doc.get("payloads")
+        if not isinstance(payloads, list) or not payloads:
+            raise InvalidPayload("payloads must be a non-empty list")
+        out = []
+        for inner in payloads:
+            if not isinstance(inner, dict) or inner.get("backend") != doc["backend"]:
+                raise InvalidPayload("each payload must be a version-1 payload of the backend")
+            out.append(_checked(inner, backend))
+        return out
+    return [_checked(doc, backend)]
+
+
 def unpack(body: str | bytes, backend: str | None = None
            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(message info, notifications)`` of one payload body.
+    """``(message info, notifications)`` of one version-1 payload body.
 
     The message info has the keys of :data:`MESSAGE_KEYS`; each notification
     ``user``, ``address``, ``destination`` (strings) and ``rules`` (a list of
@@ -210,6 +284,11 @@ def unpack(body: str | bytes, backend: str | None = None
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidPayload(f"payload is not JSON: {exc}") from exc
+    return _checked(doc, backend)
+
+
+def _checked(doc: Any, backend: str | None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not isinstance(doc, dict) or doc.get("v") != PAYLOAD_VERSION:
         raise InvalidPayload(f"not a version-{PAYLOAD_VERSION} notification payload")
     if doc.get("backend") not in BACKENDS:

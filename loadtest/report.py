@@ -1,0 +1,154 @@
+"""The load test's report: the seed's words, per stage figures, requests, ceiling, CPU, bill.
+
+:func:`summarise` turns one :class:`~loadtest.run.RunData` into the figures
+the report prints and the JSON keeps; :func:`format_run` prints one run as
+the 2016 write-up did (``Lasted for``, ``Maxed at``, ``Avg processing``)
+followed by the stages, the requests, the emulator's ceiling, the CPU and the
+bill; :func:`format_summary` compares the runs with the 2016 figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from loadtest.ceiling import BILLED_ROLES
+from loadtest.cost import bill
+
+#: The seed's figures (2016, 15,000 messages): workers -> (lasted s, maxed at, msg/s);
+#: 1 is the original architecture (one consumer).
+SEED_2016: dict[int, tuple[float, int, float]] = {
+    1: (9 * 3600 + 5 * 60 + 23.3, 14995, 0.458672376874),
+    2: (4 * 3600 + 32 * 60 + 48.9, 13470, 0.824487297215),
+    4: (3 * 3600 + 18 * 60 + 10.0, 13447, 1.1342276217),
+    6: (3 * 3600 + 6 * 60 + 2.9, 13392, 1.20500359971),
+    8: (3 * 3600 + 14 * 60 + 11.7, 13351, 1.15160928467),
+}
+
+
+def summarise(data: Any) -> dict[str, Any]:
+    n = max(1, data.messages)
+    st = data.stages
+    sqs = [r for r in data.requests if r["api"].startswith("sqs.")]
+    busy = [r for r in sqs if r["role"] in BILLED_ROLES and not r["idle"]]
+    idle = [r for r in sqs if r["idle"]]
+    overhead = [r for r in sqs if r["role"] not in BILLED_ROLES and not r["idle"]]
+    by_stage: dict[str, int] = defaultdict(int)
+    by_api: dict[str, int] = defaultdict(int)
+    for r in busy:
+        by_stage[r["stage"]] += r["calls"]
+        by_api[r["api"]] += r["calls"]
+    drain_s = max(1e-9, st.get("lasted_s", 0.0))
+    busy_calls = sum(r["calls"] for r in busy)
+    pipeline_rps = busy_calls / drain_s
+    ceiling = data.ceiling.get("requests_per_s", 0.0)
+    per_message = busy_calls / n
+    invocations = sum(f["invocations"] for f in data.functions.values())
+    mails = st.get("mails", 0) + st.get("digest_mails", 0)
+    return {
+        "concurrency": data.concurrency,
+        "messages": data.messages,
+        "drained": data.drained,
+        "lasted_s": st.get("lasted_s", 0.0),
+        "maxed_at": st.get("maxed_at", 0),
+        "avg_processing": st.get("avg_processing", 0.0),
+        "stages": st.get("stages", []),
+        "sqs_requests_per_message": per_message,
+        "sqs_billed_per_message": sum(r["billed"] for r in busy) / n,
+        "sqs_requests_by_stage_per_message": {k: v / n for k, v in sorted(
+            by_stage.items(), key=lambda kv: -kv[1])},
+        "sqs_requests_by_api": dict(by_api),
+        "idle_requests": sum(r["calls"] for r in idle),
+        "local_overhead_requests": sum(r["calls"] for r in overhead),
+        "invocations_per_message": invocations / n,
+        "functions": data.functions,
+        "pipeline_requests_per_s": pipeline_rps,
+        "emulator_ceiling_requests_per_s": ceiling,
+        "fraction_of_ceiling": pipeline_rps / ceiling if ceiling else 0.0,
+        "ceiling_messages_per_s": ceiling / per_message if per_message else 0.0,
+        "cpu_s": data.cpu_s,
+        "cpu_share": {k: v / drain_s for k, v in data.cpu_s.items()},
+        "irc": data.irc,
+        "ledger_ok": bool(data.ledger.get("ok")),
+        "ledger": data.ledger,
+        "cost": bill(n, data.requests, data.functions, mails),
+        "journal_write_s": data.journal_write_s,
+        "publish_s": data.publish_s,
+    }
+
+
+def _td(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds, 6)))
+
+
+def format_run(s: dict[str, Any], aws: str) -> str:
+    out = [f"Test c={s['concurrency']} - match concurrency {s['concurrency']} - "
+           f"{s['messages']:,} messages - {aws}"
+           + ("" if s["drained"] else "  (NOT DRAINED: figures are partial)"),
+           f"  Lasted for {_td(s['lasted_s'])}",
+           f"  Maxed at:  {s['maxed_at']}",
+           f"  Avg processing: {s['avg_processing']:.3f} msg/s"]
+    out.append(f"  {'stage':<46} {'count':>8} {'per s':>8} {'p50 s':>8} {'p95 s':>8} "
+               f"{'p99 s':>8}")
+    for g in s["stages"]:
+        out.append(f"  {g['stage']:<46} {g['count']:>8,} {g['per_s']:>8.1f} {g['p50']:>8.2f} "
+                   f"{g['p95']:>8.2f} {g['p99']:>8.2f}")
+    irc = s["irc"]
+    out.append(f"  IRC (paced by the flood limit, not waited for): "
+               f"{irc.get('sent', 0):,} sent on their own line, {irc.get('summarised', 0):,} "
+               f"in {irc.get('summary-lines', 0):,} summary lines, "
+               f"{irc.get('offline', 0):,} lines to nicks not online")
+    out.append(f"  SQS requests per bus message: {s['sqs_requests_per_message']:.3f} "
+               f"(billed as {s['sqs_billed_per_message']:.3f} with 64 KiB chunks); idle "
+               f"receives {s['idle_requests']:,}, local scaler and instrument reads "
+               f"{s['local_overhead_requests']:,} (not counted)")
+    for stage, per in list(s["sqs_requests_by_stage_per_message"].items())[:8]:
+        out.append(f"    {per:6.3f}  {stage}")
+    out.append(f"  function invocations per bus message: {s['invocations_per_message']:.3f} ("
+               + ", ".join(f"{k} {v['invocations']:,}" for k, v in s["functions"].items())
+               + ")")
+    if s["emulator_ceiling_requests_per_s"]:
+        out.append(f"  emulator ceiling for this request mix: "
+                   f"{s['emulator_ceiling_requests_per_s']:,.0f} requests/s "
+                   f"(= {s['ceiling_messages_per_s']:,.0f} bus messages/s); the pipeline used "
+                   f"{s['pipeline_requests_per_s']:,.0f} requests/s = "
+                   f"{100 * s['fraction_of_ceiling']:.0f} % of it")
+    out.append("  CPU while draining (share of one core): " + ", ".join(
+        f"{k} {100 * v:.0f} %" for k, v in s["cpu_share"].items()))
+    c = s["cost"]
+    if c:
+        lines = ", ".join(f"{k} ${v:.3f}" for k, v in c["per_million_messages"].items())
+        out.append(f"  per million bus messages on AWS (list prices {c['prices_as_of']}): "
+                   f"{lines} = ${c['sqs_and_lambda']:.2f} for SQS+Lambda, mostly "
+                   f"{c['dominant']}; SES ${c['ses_per_million_messages']:,.2f} "
+                   f"({c['mails_per_message']:.1f} mails per message); fixed per month: "
+                   + ", ".join(f"{k} ${v:.2f}" for k, v in c["fixed_monthly"].items()))
+    led = s["ledger"]
+    out.append(f"  ledger: {'OK' if s['ledger_ok'] else 'FAILED'}: published "
+               f"{led.get('published', 0):,}, matched {led.get('matched', 0):,}, dead-lettered "
+               f"{led.get('dead_lettered', 0):,}, lost {led.get('lost_total', 0):,}, "
+               f"duplicates {led.get('duplicates_total', 0):,}, still queued "
+               f"{led.get('pending_total', 0):,}")
+    return "\n".join(out)
+
+
+def format_summary(runs: Sequence[dict[str, Any]]) -> str:
+    out = ["", f"{'concurrency':>11} {'lasted':>16} {'maxed at':>9} {'msg/s':>9} "
+           f"{'SQS req/msg':>11} {'% ceiling':>9} {'$/M msgs':>9} {'ledger':>7} "
+           f"{'2016 msg/s':>10}"]
+    for s in runs:
+        seed = SEED_2016.get(s["concurrency"])
+        out.append(f"{s['concurrency']:>11} {_td(s['lasted_s']):>16} {s['maxed_at']:>9} "
+                   f"{s['avg_processing']:>9.2f} {s['sqs_requests_per_message']:>11.3f} "
+                   f"{100 * s['fraction_of_ceiling']:>8.0f}% "
+                   f"{s['cost'].get('sqs_and_lambda', 0):>9.3f} "
+                   f"{'OK' if s['ledger_ok'] else 'FAILED':>7} "
+                   f"{(f'{seed[2]:.2f}' if seed else '-'):>10}")
+    if runs:
+        best = max(runs, key=lambda s: s["avg_processing"])
+        out.append(f"best: concurrency {best['concurrency']}, {best['avg_processing']:.1f} "
+                   f"msg/s, {best['avg_processing'] / SEED_2016[6][2]:,.0f}x the 2016 best "
+                   f"(1.2 msg/s, 6 workers)")
+    return "\n".join(out)

@@ -1,0 +1,61 @@
+"""A short load test through the whole local stack: the counts add up, not the timings.
+
+A few hundred re-keyed messages at one concurrency, on the test session's
+moto server (any emulator does: counts do not depend on its speed): every
+message published is matched, the ledger accounts for every notification
+with none lost or duplicated, the report's figures are there and consistent,
+and the run leaves none of its queues behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from services import redis_client
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES, USERS = 200, 500
+
+
+def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.cli import run
+    from loadtest.run import Options
+
+    redis_client()
+    opts = Options(messages=MESSAGES, concurrencies=(1,), users=USERS, aws="moto",
+                   aws_endpoint=aws_env, workdir=tmp_path, timeout_s=600, ceiling_s=1.0,
+                   seed=3)
+    status = run(opts, plots=True)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    for words in ("Lasted for", "Maxed at:", "Avg processing:", "SQS requests per bus message",
+                  "emulator ceiling", "per million bus messages"):
+        assert words in out
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    (run_, ) = report["runs"]
+    assert run_["drained"]
+    ledger = run_["ledger"]
+    assert ledger["ok"] and ledger["published"] == ledger["matched"] == MESSAGES
+    assert ledger["lost_total"] == ledger["duplicates_total"] == 0
+    stages = {s["stage"]: s for s in run_["stages"]}
+    assert stages["bus -> incoming queue"]["count"] == MESSAGES
+    assert stages["match (incoming -> backend queues)"]["count"] == MESSAGES
+    email = ledger["backends"]["email"]
+    # every direct mail in the sink was timed once, as the ledger counted them delivered
+    assert stages["email queue -> mail"]["count"] == email["delivered"] > 0
+    assert stages["sse queue -> feed event"]["count"] == ledger["backends"]["sse"]["delivered"]
+    assert 0 < run_["sqs_requests_per_message"] < 3
+    assert run_["invocations_per_message"] > 0
+    for png in ("throughput.png", "backlog-c1.png", "latency.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+    prefix = json.loads((tmp_path / "c1" / "ledger" / "stack.json").read_text())["queue_prefix"]
+    sqs = boto3.client("sqs", endpoint_url=aws_env)
+    assert not sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls"), "queues left behind"
+    assert not list(redis_client().scan_iter(match=f"{prefix}*")), "Redis keys left behind"
