@@ -96,7 +96,11 @@ class Redelivery:
                 except Exception as exc:  # the record comes back after its timeout anyway
                     log.warning("backing off %d records of %s failed: %s", len(chunk), name, exc)
                     continue
-                done += len(chunk) - len(response.get("Failed", []))
+                failed = response.get("Failed", [])
+                if failed:  # e.g. received again meanwhile: it comes back at its timeout
+                    log.warning("backing off %d of %d records of %s failed: %s", len(failed),
+                                len(chunk), name, failed[0].get("Message", failed[0]))
+                done += len(chunk) - len(failed)
         return done
 
     def dead_letter(self, record: Mapping[str, Any], reason: str) -> None:
