@@ -45,6 +45,12 @@ bench: setup ## matcher benchmark at 10,000 and 100,000 users, then the local st
 	$(BIN)/fmn bench match --users 10000,100000 --json var/bench-match.json
 	$(BIN)/fmn bench stack --messages 2000 --users 5000 --json var/bench-stack.json
 
+chaos: setup services ## faults under load (2,000 messages each), the ledger of each: one table
+	FMN_CHAOS_MESSAGES=$${FMN_CHAOS_MESSAGES:-2000} $(BIN)/pytest tests/chaos -m chaos
+
+fuzz: setup ## the decoders of untrusted bytes, fuzzed longer than in make test
+	FMN_FUZZ_EXAMPLES=$${FMN_FUZZ_EXAMPLES:-5000} $(BIN)/pytest tests/unit/test_fuzz_decoders.py
+
 loadtest: setup services ## the 2016 15,000-message test end to end (LocalStack if it answers); report and plots in var/loadtest/
 	$(BIN)/fmn loadtest $(LOADTEST_ARGS)
 
@@ -60,4 +66,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup services run test lint bench loadtest vendor clean
+.PHONY: help setup services run test lint bench chaos fuzz loadtest vendor clean

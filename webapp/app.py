@@ -567,6 +567,14 @@ def artifacts(user: str) -> Response:
                                       _int_param("limit", 20)))
 
 
+@app.route("/api/v1/ownership", methods=["GET"])
+@endpoint()
+def ownership(user: str) -> Response:
+    from fmn.web.ownership import my_ownership
+
+    return _json(my_ownership(_service().engine, user))
+
+
 @app.route("/api/v1/preview", methods=["POST"], content_types=JSON_TYPES)
 @endpoint()
 def preview(user: str) -> Response:
@@ -773,6 +781,8 @@ OPENAPI: dict[str, Any] = {
                                "delete": _op("delete a rule", ok="204")},
         "/api/v1/applications": {"get": _op("application names")},
         "/api/v1/artifacts": {"get": _op("artifacts by name prefix (q, type, limit)")},
+        "/api/v1/ownership": {"get": _op("what I own, directly and through my groups, and "
+                                         "when that was refreshed")},
         "/api/v1/preview": {"post": _op("what a rule would have matched lately", "Preview")},
         "/api/v1/notifications": {"get": _op("my latest notifications (limit)")},
         "/api/v1/stats": {"get": _op("notifications per rule, last 7 days")},

@@ -70,27 +70,31 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
 
     Built from the AMQP message the way ``fedora_messaging.message.get_message``
     reads it: topic = routing key, id = message_id, headers and priority from
-    the properties, body = the JSON-decoded payload.
+    the properties, body = the payload.  The body is carried **unchanged**:
+    its JSON text goes into the record as it came (only transcoded to UTF-8
+    from another content encoding), never parsed and re-encoded, so what
+    Python's ``json`` accepts and strict encoders refuse or round (``NaN``,
+    ``Infinity``, integers beyond 64 bits) arrives as it was sent.
     """
     encoding = getattr(properties, "content_encoding", None) or "utf-8"
-    # Message content is untrusted: whatever it holds (an unknown encoding, a
-    # lone surrogate, nesting deep enough to exhaust the stack), this must not
-    # raise out of the consumer callback and stop the bridge.  A body we
-    # cannot rebuild as a record is forwarded raw instead (None), and the
-    # match function dead-letters it: nothing is lost.
+    # Message content is untrusted: whatever it holds (an unknown encoding,
+    # nesting deep enough to exhaust the stack), this must not raise out of
+    # the consumer callback and stop the bridge.  A body we cannot carry as
+    # a record is forwarded raw instead (None), and the match function
+    # dead-letters it: nothing is lost.
     try:
-        payload = json.loads(body.decode(encoding))
-        record = {
-            "body": payload,
+        text = body.decode(encoding)
+        json.loads(text)  # JSON as fedora-messaging reads it (the standard library)
+        members = {
             "headers": dict(getattr(properties, "headers", None) or {}),
             "id": getattr(properties, "message_id", None),
             "priority": getattr(properties, "priority", None) or 0,
             "queue": queue,
             "topic": routing_key,
         }
-        # the stdlib encoder, as fedora-messaging itself: exact for any integer size
-        return json.dumps(record, ensure_ascii=False, sort_keys=True,
-                          default=_jsonable).encode()
+        # sorted keys, as fedora-messaging writes them: "body" comes first
+        rest = json.dumps(members, ensure_ascii=False, sort_keys=True, default=_jsonable)
+        return ('{"body": ' + text.strip() + ", " + rest[1:]).encode()
     except (UnicodeError, LookupError, ValueError, RecursionError, TypeError):
         return None
 

@@ -15,23 +15,35 @@ GPG signer); a rise of ``i`` by more than one is a gap (logged, counted), a
 fall is a publisher restart.  Processes sharing a user and certificate (the
 WSGI workers of one app on one host) cannot be told apart by the envelope and
 may show as spurious restarts or gaps; a relay preserves ``i``.
+
+Frames are bounded (``ZMQ_MAXMSGSIZE``, :data:`MAX_FRAME_BYTES` by default,
+what the match function accepts through a claim check at most): ZeroMQ
+drops the connection of a peer that sends a larger one instead of reading
+it into memory, so one huge frame cannot exhaust the bridge and lose its
+buffer (which fedmsg cannot redeliver).  ZeroMQ does not reconnect after
+such a protocol error by itself, so the source watches each socket's
+disconnections (a socket monitor) and connects again; what the peer sent
+meanwhile is lost, as with any disconnection, and shows as a gap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from fmn.pipeline.envelope import Envelope
+from fmn.pipeline.envelope import Envelope, loads
+from fmn.pipeline.match import MAX_CLAIM_BYTES
 
 from .sqs_sink import SinkClosed, SqsSink
 
 log = logging.getLogger(__name__)
+
+#: The largest frame read (the largest record the match function reads, through S3).
+MAX_FRAME_BYTES = MAX_CLAIM_BYTES
 
 
 @dataclass
@@ -89,7 +101,8 @@ class FedmsgSource:
     bus = "fedmsg"
 
     def __init__(self, endpoints: list[str], sink: SqsSink, *, rcvhwm: int = 100_000,
-                 reconnect_ivl_ms: int = 100, reconnect_ivl_max_ms: int = 30_000) -> None:
+                 reconnect_ivl_ms: int = 100, reconnect_ivl_max_ms: int = 30_000,
+                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         if not endpoints:
             raise ValueError("at least one fedmsg endpoint is needed")
         self.endpoints = list(endpoints)
@@ -97,7 +110,9 @@ class FedmsgSource:
         self.tracker = SequenceTracker()
         self.received = 0
         self.malformed = 0
+        self.disconnects = 0
         self._rcvhwm = rcvhwm
+        self.max_frame_bytes = max_frame_bytes
         self._ivl = reconnect_ivl_ms
         self._ivl_max = reconnect_ivl_max_ms
         self._stop = threading.Event()
@@ -112,13 +127,15 @@ class FedmsgSource:
 
     def stats(self) -> dict[str, int]:
         return {"gaps": len(self.tracker.gaps), "missing": self.tracker.missing,
-                "restarts": self.tracker.restarts, "malformed": self.malformed}
+                "restarts": self.tracker.restarts, "malformed": self.malformed,
+                "disconnects": self.disconnects}
 
     def run(self) -> None:
         import zmq
 
         ctx: Any = zmq.Context.instance()
         sockets: dict[Any, str] = {}
+        monitors: dict[Any, Any] = {}  # monitor socket -> the socket it watches
         poller = zmq.Poller()
         try:
             for endpoint in self.endpoints:
@@ -135,15 +152,24 @@ class FedmsgSource:
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 30_000)
                 # why: while SQS is down the sink blocks us; let ZeroMQ hold a backlog
                 sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
+                # why: a peer sending a larger frame is disconnected, not read into memory
+                sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
                 sock.connect(endpoint)
                 sockets[sock] = endpoint
+                monitors[monitor] = sock
                 poller.register(sock, zmq.POLLIN)
+                poller.register(monitor, zmq.POLLIN)
                 log.info("fedmsg: subscribed to %s", endpoint)
             self.ready.set()
             while not self._stop.is_set():
                 for sock, _ in poller.poll(200):
+                    if sock in monitors:  # a monitor: its socket lost a connection
+                        watched = monitors[sock]
+                        self._reconnect(watched, sock, sockets[watched])
+                        continue
                     # drain what is there, but look at the stop flag between batches
                     for _ in range(1000):
                         try:
@@ -154,9 +180,26 @@ class FedmsgSource:
                             return
         finally:
             for sock in sockets:
+                sock.disable_monitor()
                 sock.close(linger=0)
+            for monitor in monitors:
+                monitor.close(linger=0)
             self.stopped_receiving.set()
             log.info("fedmsg source stopped (%d received)", self.received)
+
+    def _reconnect(self, sock: Any, monitor: Any, endpoint: str) -> None:
+        """A connection dropped: a frame above the limit, or the peer went away."""
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        recv_monitor_message(monitor)
+        self.disconnects += 1
+        log.warning("fedmsg: connection to %s dropped (a frame above %d bytes, or the peer"
+                    " went away); connecting again", endpoint, self.max_frame_bytes)
+        # already gone after a protocol error (which ends the connection for good)
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disconnect(endpoint)
+        sock.connect(endpoint)
 
     def _handle(self, endpoint: str, frames: list[bytes]) -> bool:
         """Forward one ZeroMQ message; False when the sink is closed."""
@@ -165,8 +208,8 @@ class FedmsgSource:
         record = frames[-1] if frames else b""
         seq: int | None = None
         try:
-            doc = orjson.loads(record)
-        except orjson.JSONDecodeError:
+            doc = loads(record)  # as Python's json reads it: NaN and all
+        except ValueError:
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("i"), int):
             seq = doc["i"]

@@ -3,9 +3,12 @@
 A thin adapter around :func:`fmn.pipeline.match.match_record`.  Each SQS
 record is matched on its own (Powertools partial batch processing), then
 the payloads of all the batch's records are sent together, ten to a
-SendMessageBatch request.  A record that fails (to match, or to have all its
-payloads accepted) is reported in ``batchItemFailures`` and comes back
-alone, then goes to the dead-letter queue after the queue's maximum
+SendMessageBatch request.  A record that cannot be read (a permanent
+error: not an envelope, not a bus message) goes to the dead-letter queue at
+once with its reason; one that fails for a while (the snapshot store away,
+its payloads not all accepted) is reported in ``batchItemFailures`` and
+backed off, coming back after a growing delay
+(:mod:`fmn.pipeline.redelivery`), so an outage does not use up its
 receives; the others are not retried.  Clients, the live snapshot and the matcher are
 built on first use and kept across warm invocations; nothing does I/O at
 import.  ``handle_incoming(event, context)`` takes the raw Lambda SQS event
@@ -38,6 +41,7 @@ from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
 from fmn.pipeline.notifications import combine
 from fmn.pipeline.queues import BACKENDS, queue
+from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
 
 INCOMING = queue("incoming")
@@ -86,8 +90,10 @@ def _build_state() -> None:
 
         journal = Journal(s.ledger_dir)
     live = LiveSnapshot(store, s.snapshot_poll_s, rebuild=_rebuilder(s, store))
-    _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
-                  journal=journal, matcher=IndexedMatcher(live), live=live, urls={},
+    sqs = boto3.client("sqs", **aws)
+    _state.update(settings=s, sqs=sqs, s3=boto3.client("s3", **aws),
+                  redelivery=Redelivery(sqs, s.first_retry_delay_s), journal=journal,
+                  matcher=IndexedMatcher(live), live=live, store=store, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
 
@@ -162,9 +168,42 @@ def send(backend: str, entries: list[tuple[tuple[str, ...], str]]) -> set[str]:
     return unsent
 
 
+def live_ownership(message: Any) -> None:
+    """Apply an ownership or membership message once it is matched (fmn.ownership.live).
+
+    Here rather than in a consumer of its own: SQS gives each message to one
+    consumer, and this one already sees every message in bus order, so the
+    change is in the snapshot before the next message of the same batch is
+    matched.  Only the few ownership topics touch the database.
+    """
+    from fmn.ownership.live import LiveUpdater, classify
+    from fmn.ownership.settings import SyncSettings
+
+    if "ownership" not in _state:
+        with _lock:
+            if "ownership" not in _state:
+                _state["ownership"] = SyncSettings.from_env()
+    sync: SyncSettings = _state["ownership"]
+    if not sync.live or classify(message, dict(sync.live_namespaces)) is None:
+        return
+    with _lock:
+        if "updater" not in _state:
+            from fmn import db
+
+            _state["updater"] = LiveUpdater(
+                db.make_engine(_get("settings").database_url), _get("store"),
+                fasjson=sync.fasjson() if sync.live_fasjson else None,
+                namespaces=dict(sync.live_namespaces))
+    result = _state["updater"].handle(message)
+    if result is not None and result.snapshot_changes:
+        _get("live").refresh_now()
+        with _lock:
+            totals["OwnershipUpdates"] += 1
+
+
 def process(body: str) -> MatchResult:
     """Match one incoming body and send its notifications (the local runner's shortcut)."""
-    result = match_record(body, _get("matcher"), fetch_claim)
+    result = match_record(body, _get("matcher"), fetch_claim, after_match=live_ownership)
     for backend, bodies in result.bodies.items():
         if send(backend, [((), b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
@@ -204,16 +243,31 @@ class _Invocation:
 
     def record(self, record: SQSRecord) -> None:
         try:
-            result = match_record(record.body, _get("matcher"), fetch_claim)
+            result = match_record(record.body, _get("matcher"), fetch_claim,
+                                  after_match=live_ownership)
+        except PermanentError as exc:
+            # retrying cannot help: to the dead-letter queue now, with the reason
+            self.counts["PermanentFailures"] += 1
+            logger.warning("record dead-lettered", extra={"sqs_message_id": record.message_id,
+                                                          "error": str(exc)[:500]})
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "permanent", f"{type(exc).__name__}: {exc}")
+            try:
+                _get("redelivery").dead_letter(record.raw_event, str(exc))
+            except Exception as dlq_failed:  # botocore: it comes back, nothing lost
+                raise RetryableError(f"dead-letter queue refused a record: {dlq_failed}") \
+                    from dlq_failed
+            self.counts["DeadLettered"] += 1
+            return
         except Exception as exc:
-            kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
-            self.counts[f"{kind}Failures"] += 1
+            self.counts["RetryableFailures"] += 1
             logger.warning("record failed", extra={"sqs_message_id": record.message_id,
-                                                   "failure": kind.lower(),
+                                                   "failure": "retryable",
                                                    "error": str(exc)[:500]})
             journal = _get("journal")
             if journal is not None:
-                journal.failed(record.message_id, kind.lower(), f"{type(exc).__name__}: {exc}")
+                journal.failed(record.message_id, "retryable", f"{type(exc).__name__}: {exc}")
             raise
         self.matched.append((record.message_id, result))
         self.queued_at[record.message_id] = int(record.attributes.sent_timestamp or 0)
@@ -274,12 +328,23 @@ class _Invocation:
                     maximum_batching_window_in_seconds=INCOMING.batching_window_s,
                     maximum_concurrency=INCOMING.max_concurrency)
 def handle_incoming(event: Any) -> PartialItemFailureResponse:
+    return handle_event(event.to_dict(), event.context)
+
+
+def handle_event(raw: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+    """The handler on the raw Lambda SQS event (what the local runner calls)."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
     call = _Invocation()
-    raw = event.to_dict()
+    redelivery: Redelivery = _get("redelivery")
     try:
-        response = process_partial_response(
-            event=raw, record_handler=call.record,
-            processor=BatchProcessor(event_type=EventType.SQS), context=event.context)
+        try:
+            response = process_partial_response(
+                event=raw, record_handler=call.record,
+                processor=BatchProcessor(event_type=EventType.SQS), context=context)
+        except BatchProcessingError:  # every record failed
+            redelivery.back_off(raw["Records"])
+            raise
         unsent = call.send_matched()
         call.journal(unsent)
         missed = len(call.matched) - record_window([r for _, r in call.matched])
@@ -289,8 +354,11 @@ def handle_incoming(event: Any) -> PartialItemFailureResponse:
             call.counts["RetryableFailures"] += len(unsent)
             failures = response["batchItemFailures"]
             failures += [{"itemIdentifier": mid} for mid, _ in call.matched if mid in unsent]
-            if len(failures) == len(raw["Records"]):  # nothing succeeded: fail the invocation
-                raise RetryableError(f"no payload of {len(unsent)} records reached SQS")
+        if response["batchItemFailures"]:
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+            redelivery.back_off(r for r in raw["Records"] if r.get("messageId") in failed)
+            if len(failed) == len(raw["Records"]):  # nothing succeeded: fail the invocation
+                raise RetryableError(f"none of {len(failed)} records went through")
         logger.info("batch done", extra={"records": len(raw["Records"]),
                                          "failed": len(response["batchItemFailures"]),
                                          "counts": dict(call.counts)})

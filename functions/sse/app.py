@@ -9,7 +9,7 @@ user, destination and address), and the send appends the item's event
 ``fmn:feed:``; ``FMN_FEED_MAXLEN`` events, none older than
 ``FMN_FEED_MAX_AGE_S``).  A redelivered payload therefore adds nothing twice;
 Redis trouble is retryable (the record comes back), an unreadable payload
-goes to ``sse-dlq`` after the queue's maximum receives.
+goes to ``sse-dlq`` at once.
 
 ``handle_sse(event, context)`` takes the raw Lambda SQS event (the local
 runner calls it directly) and returns a partial batch response; ``reset()``

@@ -19,7 +19,10 @@ its ``id:`` (EventSource remembers it without firing an event), then:
   :data:`MAX_HISTORY`, default ``history`` of :class:`StreamOptions`), then
   every new one;
 * with ``Last-Event-ID`` (the header EventSource sends when it reconnects,
-  or ``?last_event_id=``; malformed: 400): exactly the events after it.
+  or ``?last_event_id=``; malformed: 400): exactly the events after it; if
+  the feed has since dropped events after it (its length or age cap), an
+  ``event: gap`` frame first (``{"v": 1, "after": "<that id>"}``, no id),
+  so the client knows to look at the recent notifications page.
 
 Each event is ``id: <feed id>``, ``event: notification``, one ``data:``
 line of JSON (``fmn.delivery.feed``).  A ``: keep-alive`` comment goes out
@@ -66,6 +69,7 @@ from fmn.delivery.feed import (
     FeedReader,
     InvalidEventId,
     cursor_frame,
+    gap_frame,
     parse_event_id,
     retry_frame,
     sse_frame,
@@ -142,6 +146,9 @@ async def _events(reader: FeedReader, user: str, last_id: str | None, history: i
                 yield sse_frame(event)
         else:
             cursor = last_id
+            if await reader.missed_after(user, last_id):
+                # the feed dropped events after the client's position: say so
+                yield gap_frame(last_id)
         while not (closing.is_set() or shutdown.is_set()):
             wait = options.block_s
             if deadline is not None:

@@ -14,6 +14,7 @@
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
 ``fmn bench preview``   rule preview latency over a 100,000-message window
 ``fmn feed-url``        a user's live feed address, with a signed token
+``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
 ``fmn loadtest``        the 2016 15,000-message test end to end (``fmn loadtest --help``)
 
@@ -176,7 +177,8 @@ def cmd_snapshot_publish(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     engine = db.make_engine(args.database or settings.database_url)
-    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url)
+    store = RedisSnapshotStore.from_url(args.redis or settings.redis_url,
+                                        settings.snapshot_prefix)
     data = publish_full(engine, store)
     print(f"published snapshot {data.id} ({len(data.users)} users with live rules)",
           file=sys.stderr)
@@ -220,12 +222,23 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fmn.local.stack import format_status, read_status
+    from fmn.ownership.cli import status_text
+    from fmn.ownership.reconcile import status as sync_status
+    from fmn.settings import Settings
 
+    sync = status_text(Settings.from_env().database_url)
     try:
         doc = read_status(Path(args.workdir))
     except RuntimeError as exc:
+        if sync is not None and not args.json:
+            print(sync)
         return _fail(str(exc))
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    if args.json and sync is not None:
+        from fmn import db
+
+        doc["sync"] = sync_status(db.make_engine(Settings.from_env().database_url))
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc)
+          + (f"\n{sync}" if sync else ""))
     return EXIT_OK
 
 
@@ -411,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="var/stack",
                    help="a running fmn up's directory: its ledger journals what is published")
     p.set_defaults(func=cmd_replay)
+
+    from fmn.ownership.cli import add_parsers as add_sync_parsers
+
+    add_sync_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -33,6 +33,12 @@ class Deferred(RetryableError):
     sent with it go on, and its record comes back later."""
 
 
+class Postponed(RetryableError):
+    """Not a failure: the rest of this record's work must wait (an IRC batch paced
+    past its invocation's time).  The edge sends the record again as a fresh
+    message, so waiting never uses up the record's receives."""
+
+
 class InvalidMessage(PermanentError):
     """A bus record that cannot be turned into a :class:`fmn.message.Message`.
 

@@ -28,7 +28,8 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_FEED_PREFIX`` | key prefix of the users' live feeds in Redis | ``fmn:feed:`` |
 | ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
 | ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
-| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered against redelivery | ``345600`` |
+| ``FMN_RETRY_DELAY_S`` | a failed record's first retry delay (doubling) | its queue's visibility |
+| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (redrives too) | ``1555200`` (18 days) |
 | ``FMN_LEDGER_DIR`` | local runs: the journal of ``fmn ledger`` | unset |
 
 ``FMN_SMTP_URL`` is ``smtp://[user:password@]host:port`` (``smtps://`` for
@@ -41,8 +42,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fmn.pipeline.queues import idempotency_window_s
 from fmn.redisconn import cluster_url
 
 
@@ -68,10 +70,25 @@ class Settings:
     feed_prefix: str = "fmn:feed:"
     feed_maxlen: int = 1000
     feed_max_age_s: int = 7 * 24 * 3600
-    #: as long as SQS keeps a message (the queues' retention)
-    idempotency_ttl_s: int = 4 * 24 * 3600
+    #: as long as SQS may keep a record carrying the send: queue and dead-letter
+    #: retention, and a redrive (fmn.pipeline.queues.idempotency_window_s)
+    idempotency_ttl_s: int = field(default_factory=idempotency_window_s)
+    #: a failed record's first retry delay, doubling with each receive
+    #: (fmn.pipeline.redelivery); None: the queue's visibility timeout
+    retry_delay_s: float | None = None
     #: local runs only: the ledger's journal directory (``fmn ledger``)
     ledger_dir: str | None = None
+
+    def first_retry_delay_s(self, sqs_name: str) -> float:
+        """The first retry delay of the queue named ``sqs_name`` (this stage's)."""
+        from fmn.pipeline.queues import QUEUES
+
+        if self.retry_delay_s is not None:
+            return self.retry_delay_s
+        for q in QUEUES:
+            if sqs_name == q.sqs_name(self.queue_prefix):
+                return float(q.visibility_timeout_s)
+        return 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,5 +117,7 @@ class Settings:
             feed_maxlen=int(env.get("FMN_FEED_MAXLEN", default.feed_maxlen)),
             feed_max_age_s=int(env.get("FMN_FEED_MAX_AGE_S", default.feed_max_age_s)),
             idempotency_ttl_s=int(env.get("FMN_IDEMPOTENCY_TTL_S", default.idempotency_ttl_s)),
+            retry_delay_s=float(env["FMN_RETRY_DELAY_S"]) if env.get("FMN_RETRY_DELAY_S")
+            else None,
             ledger_dir=env.get("FMN_LEDGER_DIR") or None,
         )

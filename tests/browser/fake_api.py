@@ -375,6 +375,16 @@ class FakeApi:
                      if q in n.lower() and (not atype or t == atype)]
             return JSONResponse(found[:limit])
 
+        async def ownership(request: Request) -> Response:
+            user_of(request)
+            return JSONResponse({
+                "direct": [{"type": t, "name": n} for t, n in ARTIFACTS[:3]],
+                "groups": [{"name": "kernel-maint", "artifacts": [
+                    {"type": t, "name": n} for t, n in ARTIFACTS[3:5]]}],
+                "refreshed": {"reconcile": "2026-12-02T07:00:00+00:00",
+                              "live": "2026-12-02T07:59:00+00:00", "accounts": None},
+                "account": None})
+
         async def preview(request: Request) -> Response:
             user = user_of(request)
             body = _check_keys(await body_of(request), {"rule", "limit"}, {"rule"})
@@ -413,6 +423,7 @@ class FakeApi:
             Route("/api/v1/rules/{id}", endpoint(rule), methods=["GET", "PUT", "PATCH", "DELETE"]),
             Route("/api/v1/applications", endpoint(applications)),
             Route("/api/v1/artifacts", endpoint(artifacts)),
+            Route("/api/v1/ownership", endpoint(ownership)),
             Route("/api/v1/preview", endpoint(preview), methods=["POST"]),
             Route("/api/v1/notifications", endpoint(notifications)),
             Mount("/static", StaticFiles(directory=STATIC)),

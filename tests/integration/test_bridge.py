@@ -171,6 +171,48 @@ def test_fedmsg_zmq_all_forwarded_once_and_gap_reported(aws: Aws) -> None:
     assert source.tracker.restarts == 1
 
 
+class Collected(list[Envelope]):
+    """A sink that keeps what it is given."""
+
+    def put(self, envelope: Envelope, ack: Any = None) -> None:
+        self.append(envelope)
+
+
+def test_fedmsg_a_frame_above_the_size_limit_is_never_read_and_the_bridge_goes_on() -> None:
+    import zmq
+
+    from fmn_bridge.fedmsg_source import FedmsgSource
+
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    sink = Collected()
+    source = FedmsgSource([endpoint], sink, max_frame_bytes=64 * 1024,  # type: ignore[arg-type]
+                          reconnect_ivl_ms=50)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        assert pub.poll(10_000) and pub.recv() == b"\x01"
+        huge = json.dumps({"topic": "t.huge", "msg": {"x": "y" * 1_000_000}, "i": 1}).encode()
+        pub.send_multipart([b"t.huge", huge])
+        # the bridge drops that connection and comes back: small frames flow again
+        deadline = time.monotonic() + 20
+        n = 1
+        while not sink:
+            assert time.monotonic() < deadline, "nothing arrived after the huge frame"
+            n += 1
+            pub.send_multipart([b"t.small", json.dumps({"topic": "t.small", "msg": {},
+                                                        "i": n}).encode()])
+            time.sleep(0.05)
+    finally:
+        source.request_stop()
+        thread.join(5)
+        pub.close()
+    assert all(len(e.record or b"") < 64 * 1024 for e in sink)
+    assert {json.loads(e.record or b"")["topic"] for e in sink} == {"t.small"}
+
+
 # -- fedora-messaging over AMQP ------------------------------------------------
 
 

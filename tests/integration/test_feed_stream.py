@@ -151,6 +151,18 @@ def test_a_feed_keeps_at_most_maxlen_events(make_store: Callable[..., FeedStore]
     assert ids(feed.after("alice", START, 100)) == appended[-5:]
 
 
+def test_a_feed_says_when_a_position_is_older_than_what_it_dropped(
+        make_store: Callable[..., FeedStore]) -> None:
+    feed = make_store(maxlen=3)
+    appended = [feed.append("alice", event(f"m{n}")) for n in range(3)]
+    assert not feed.missed_after("alice", appended[0])  # nothing dropped yet
+    appended += [feed.append("alice", event(f"m{n}")) for n in range(3, 6)]
+    assert feed.missed_after("alice", appended[0])  # m1 and m2 are gone
+    assert not feed.missed_after("alice", appended[3])  # m4, m5 kept: nothing missed
+    assert not feed.missed_after("alice", START)  # a first connection misses nothing
+    assert not feed.missed_after("nobody", appended[0])
+
+
 def append_at(feed: FeedStore, clock: FakeClock, data: str, at_s: float) -> str:
     """Append as if at ``at_s`` (Redis stamps ids with its own clock: give the id)."""
     if isinstance(feed, RedisFeed):
@@ -372,6 +384,26 @@ def test_events_arrive_with_ids_and_a_reconnect_resumes_without_loss_or_repeats(
     assert {e.event for e in seen} == {"notification"}
 
 
+def test_a_client_resuming_past_the_trim_gets_a_gap_marker_then_what_is_kept(
+        start: Callable[..., ServerHandle], redis: Any, prefix: str) -> None:
+    server = start()
+    feed = RedisFeed(redis, prefix, maxlen=3)
+    seen = feed.append("alice", event("m0"))
+    kept = [feed.append("alice", event(f"m{n}")) for n in range(1, 6)][-3:]
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client, \
+            client.stream("GET", "/feed", params={"token": token()},
+                          headers={"Last-Event-ID": seen}) as response:
+        reader = EventSourceReader(response)
+        gap, *events = reader.events(4)
+    assert gap.event == "gap" and json.loads(gap.data) == {"v": 1, "after": seen}
+    assert not any(line.startswith("id") for line in gap.lines)  # the position stays
+    assert [e.id for e in events] == kept and {e.event for e in events} == {"notification"}
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client, \
+            client.stream("GET", "/feed", params={"token": token()},
+                          headers={"Last-Event-ID": kept[0]}) as response:
+        assert [e.event for e in EventSourceReader(response).events(2)] == ["notification"] * 2
+
+
 def test_a_connection_that_saw_no_event_still_resumes_from_where_it_started(
         start: Callable[..., ServerHandle], feed: RedisFeed) -> None:
     server = start()
@@ -525,13 +557,21 @@ def test_the_writer_keeps_the_length_cap(sse_app: ModuleType, writer: dict[str, 
     assert redis.xlen(f"{prefix}{alice}") == 3
 
 
-def test_an_unreadable_payload_fails_alone(sse_app: ModuleType, writer: dict[str, Any],
-                                           redis: Any, prefix: str) -> None:
+def test_an_unreadable_payload_is_dead_lettered_alone(
+        sse_app: ModuleType, writer: dict[str, Any], redis: Any, prefix: str) -> None:
+    import boto3
+
+    from fmn.local.aws import ensure_queue
+    from fmn.pipeline.queues import queue
+
+    sqs = boto3.client("sqs")
+    urls = ensure_queue(sqs, f"fmn-t{writer['tag']}-", queue("sse"))
     alice = writer["users"][0]
     good = payload(f"msg-{writer['tag']}", [alice])
     event_ = sqs_event(["not a payload", good], writer["queue"])
     ctx = context("sse")
     response = sse_app.handle_sse(event_, ctx)
-    assert response == {"batchItemFailures": [
-        {"itemIdentifier": event_["Records"][0]["messageId"]}]}
+    assert response == {"batchItemFailures": []}  # retrying cannot help: it ends now
     assert len(RedisFeed(redis, prefix).latest(alice, 10)) == 1
+    dead = sqs.receive_message(QueueUrl=urls.dlq_url, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in dead] == ["not a payload"]

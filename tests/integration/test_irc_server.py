@@ -231,7 +231,7 @@ def test_a_backlog_is_summarised_and_a_redelivery_sends_nothing_twice(
     bodies = [body(f"{stack.tag}-m{i}", ["alice"]) for i in range(8)]
     assert stack.invoke(bodies) == []
     got = alice.wait_for(4)
-    assert got[3] == f"5 more notifications: {WEB}/notifications"
+    assert got[3] == f"5 more notifications: {WEB}/#/notifications"
     assert [t.split("(")[1].split(")")[0] for t in got[:3]] == [f"{stack.tag}-m{i}"
                                                                  for i in range(3)]
 

@@ -176,12 +176,20 @@ def test_a_poisoned_record_fails_alone(match_app: ModuleType, env: SimpleNamespa
               Envelope.wrap("fedmsg", "tcp://hub", b'{"topic": "x"}').encode()]
     batch = bodies[:2] + [poison[0]] + bodies[2:4] + poison[1:] + bodies[4:]
     failed, ids = invoke(match_app, env, batch)
-    assert failed == [ids[2], ids[5], ids[6]]
+    # retrying cannot help: the poison ends in the dead-letter queue now, with its reason
+    assert failed == []
     found, _ = drain(env)
     good_ids = {parse(r).id for r in good}
     assert Counter(found) == Counter(k for k in expected if k[0] in good_ids)
-    with pytest.raises(BatchProcessingError):  # all failed: the whole invocation fails
-        invoke(match_app, env, poison)
+    dlq = env.sqs.get_queue_url(QueueName=f"{env.prefix}incoming-dlq")["QueueUrl"]
+    dead = []
+    while got := env.sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10,
+                                         MessageAttributeNames=["All"]).get("Messages"):
+        dead += got
+        env.sqs.delete_message_batch(QueueUrl=dlq, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+    assert sorted(m["Body"] for m in dead) == sorted(poison)
+    assert all(m["MessageAttributes"]["error"]["StringValue"] for m in dead)
 
 
 def test_a_claim_checked_record_is_fetched_from_s3(match_app: ModuleType, env: SimpleNamespace,
@@ -214,6 +222,35 @@ def test_no_snapshot_is_a_retryable_failure(match_app: ModuleType, env: SimpleNa
     match_app.reset()
     with pytest.raises(SnapshotUnavailable):
         match_app.process(wrap(records[0]))
+
+
+def test_a_retryable_failure_backs_off_by_receive_count(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record is hidden for a delay that doubles with each receive, not dead-lettered."""
+    monkeypatch.setenv("FMN_SNAPSHOT_PREFIX", f"fmn-test:{uuid.uuid4().hex}:empty:")
+    match_app.reset()
+    url = env.urls["incoming"]
+    # without a back-off, a failed record would be visible again at once
+    env.sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "0"})
+    env.sqs.send_message(QueueUrl=url, MessageBody=wrap(records[0]))
+    receives = []
+    for _ in range(3):  # each receive fails; make the record visible again at once to go on
+        (msg,) = env.sqs.receive_message(QueueUrl=url, MessageSystemAttributeNames=["All"],
+                                         WaitTimeSeconds=1)["Messages"]
+        event = sqs_event([msg["Body"]], f"{env.prefix}incoming")
+        record = event["Records"][0]
+        record.update(receiptHandle=msg["ReceiptHandle"], attributes=msg["Attributes"])
+        with pytest.raises(BatchProcessingError):  # the only record failed: the invocation fails
+            match_app.handle_incoming(event, context("fmn-match"))
+        assert env.sqs.receive_message(QueueUrl=url).get("Messages") is None  # hidden
+        receives.append(int(msg["Attributes"]["ApproximateReceiveCount"]))
+        env.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"],
+                                          VisibilityTimeout=0)
+    assert receives == [1, 2, 3]
+    from fmn.pipeline.redelivery import retry_delay_s
+
+    assert [retry_delay_s(n, 60) for n in receives] == [60, 120, 240]
 
 
 class FlakySQS:

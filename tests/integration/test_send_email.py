@@ -66,7 +66,7 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, email_app: ModuleType,
 
 def invoke(env: SimpleNamespace, *bodies: str) -> list[str]:
     """Run the handler on one event; the ids of the records it reported failed."""
-    event = sqs_event(bodies)
+    event = sqs_event(bodies, f"fmn-t{env.tag}-email")
     try:
         result: Any = env.app.handle_email(event, context("send_email"))
     except BatchProcessingError:  # every record failed: the whole batch comes back
@@ -156,6 +156,21 @@ def test_refused_address_is_dead_lettered_alone(env: SimpleNamespace) -> None:
     assert env.app.totals["dead-lettered"] >= 2
 
 
+def test_a_redriven_dead_letter_is_sent_once_the_relay_is_fixed(env: SimpleNamespace) -> None:
+    env.sink.refuse["gone@example.org"] = "550 5.1.1 mailbox unavailable"
+    body = payload("email", [note("bob", "bob@example.org"), note("gone", "gone@example.org")],
+                   id=mid(env))
+    assert invoke(env, body) == []
+    assert [r.rcpt_tos for r in env.sink.wait_for(1)] == [["bob@example.org"]]
+    (dead,) = dead_letters(env)
+    env.sink.refuse.clear()  # the relay is fixed: re-drive the dead-letter queue
+    assert invoke(env, orjson.dumps(dead["body"]).decode()) == []
+    got = env.sink.wait_for(2)
+    assert sorted(r.rcpt_tos[0] for r in got) == ["bob@example.org", "gone@example.org"]
+    assert invoke(env, orjson.dumps(dead["body"]).decode()) == []  # a redrive redelivered
+    assert len(env.sink.wait_for(3, timeout=1.0)) == 2
+
+
 def test_transient_refusal_leaves_the_record_to_retry(env: SimpleNamespace) -> None:
     env.sink.refuse["later@example.org"] = "451 4.3.0 try again later"
     body = payload("email", [note("bob", "bob@example.org"),
@@ -179,10 +194,14 @@ def test_smtp_server_away_is_retryable(env: SimpleNamespace,
     assert dead_letters(env) == []
 
 
-def test_an_unreadable_payload_fails_alone(env: SimpleNamespace) -> None:
+def test_an_unreadable_payload_is_dead_lettered_at_once(env: SimpleNamespace) -> None:
     good = payload("email", [note("bob", "bob@example.org")], id=mid(env))
-    assert invoke(env, "not json", good) == ["m0"]
+    assert invoke(env, "not json", good) == []
     assert len(env.sink.wait_for(1)) == 1
+    got = env.sqs.receive_message(QueueUrl=env.urls.dlq_url, MaxNumberOfMessages=10,
+                                  MessageAttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in got] == ["not json"]
+    assert "not JSON" in got[0]["MessageAttributes"]["error"]["StringValue"]
 
 
 def test_ses_through_the_moto_server(env: SimpleNamespace,

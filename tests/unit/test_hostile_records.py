@@ -23,9 +23,9 @@ class Props:
 
 
 @pytest.mark.parametrize("body", [
-    b'{"a": "\\ud800"}',                      # a lone surrogate, escaped: valid JSON
     b"[" * 100_000 + b"]" * 100_000,          # deep enough to exhaust the stack
     b"\xff\xfe not utf-8",
+    b"{'single': 'quotes'}",
 ])
 def test_an_amqp_body_the_bridge_cannot_rebuild_is_forwarded_raw(body: bytes) -> None:
     # None: the bridge forwards the body as received (record_text / record_b64)
@@ -33,10 +33,43 @@ def test_an_amqp_body_the_bridge_cannot_rebuild_is_forwarded_raw(body: bytes) ->
     assert make_record("org.fedoraproject.prod.x", Props(), body, "q") is None
 
 
-def test_a_record_too_deep_to_re_encode_is_an_invalid_envelope() -> None:
-    body = '{"v": 1, "bus": "fedmsg", "record": ' + "[" * 600 + "]" * 600 + "}"
+def test_a_deep_record_is_carried_and_one_too_deep_to_read_is_an_invalid_envelope() -> None:
+    deep = "[" * 600 + "]" * 600
+    body = '{"v": 1, "bus": "fedmsg", "record": ' + deep + "}"
+    assert Envelope.decode(body).record == deep.encode()
     with pytest.raises(InvalidEnvelope):
-        Envelope.decode(body)
+        Envelope.decode('{"v": 1, "bus": "fedmsg", "record": ' + "[" * 100_000 + "]" * 100_000
+                        + "}")
+
+
+# Valid on Fedora's buses (Python's json writes them), refused or rounded by strict parsers.
+PYTHON_JSON_BODY = (b'{"agent": "alice", "ratio": NaN, "max": Infinity, "min": -Infinity,'
+                    b' "big": 123456789012345678901234567890, "neg": -9223372036854775809,'
+                    b' "s": "\\ud800 lone"}')
+
+
+def test_an_amqp_body_is_carried_through_the_bridge_and_the_envelope_unchanged() -> None:
+    record = make_record("org.fedoraproject.prod.bodhi.update.comment", Props(),
+                         PYTHON_JSON_BODY, "q")
+    assert record is not None and PYTHON_JSON_BODY in record
+    encoded = Envelope.wrap("fedora-messaging", "amqp://broker/%2F#q", record).encode()
+    assert '"record":' in encoded and "record_text" not in encoded
+    assert Envelope.decode(encoded).record == record  # byte for byte
+
+
+def test_a_record_in_python_json_is_a_bus_message() -> None:
+    from fmn.metadata import parse
+
+    record = make_record("org.fedoraproject.prod.bodhi.update.comment", Props(),
+                         PYTHON_JSON_BODY, "q")
+    assert record is not None
+    message = parse(Envelope.decode(Envelope.wrap("fedora-messaging", "amqp://b#q",
+                                                  record).encode()).record or b"")
+    assert message.topic == "org.fedoraproject.prod.bodhi.update.comment"
+    assert message.id == "m1"
+    fedmsg = b'{"topic": "org.fedoraproject.prod.x", "msg": {"n": NaN, "big": ' \
+             b'123456789012345678901234567890}, "i": 1}'
+    assert parse(fedmsg).id  # derived from the content, integers and all
 
 
 def test_a_boolean_version_is_not_version_1() -> None:

@@ -334,7 +334,7 @@ def test_lines_in_the_last_window_reduce_the_allowance() -> None:
 
 def test_the_summary_line_links_to_the_web_ui() -> None:
     line = summary_line(12, "https://notifications.example.org/", "alice")
-    assert line == "12 more notifications: https://notifications.example.org/notifications"
+    assert line == "12 more notifications: https://notifications.example.org/#/notifications"
     check_wire("alice", line)
 
 

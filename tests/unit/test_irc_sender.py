@@ -28,6 +28,7 @@ from fmn.delivery.irc_client import MemoryIrcLink
 from fmn.delivery.once import MemoryOnce
 from fmn.errors import RetryableError
 from fmn.local.stack import load_module
+from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -115,7 +116,7 @@ def test_a_backlog_for_one_nick_is_a_few_lines_and_one_summary() -> None:
     assert counts == Counter(sent=3 + 2, summarised=7, **{"summary-lines": 1})
     alice = s.lines("alice")
     assert [line.split(" (m")[1][:1] for line in alice[:3]] == ["0", "1", "2"]
-    assert alice[3:] == [f"7 more notifications: {WEB}/notifications"]
+    assert alice[3:] == [f"7 more notifications: {WEB}/#/notifications"]
     assert len(s.lines("bob")) == 2
 
     counts, failed = s.run(batch)  # the whole batch again: nothing at all
@@ -127,7 +128,7 @@ def test_a_warm_sender_keeps_summarising_a_backlog_across_batches() -> None:
     s.run([body(f"m{i}", ["alice"]) for i in range(5)])
     counts, _ = s.run([body(f"n{i}", ["alice"]) for i in range(5)])
     assert counts == Counter(summarised=5, **{"summary-lines": 1})  # no allowance left
-    assert s.lines("alice")[-1] == f"5 more notifications: {WEB}/notifications"
+    assert s.lines("alice")[-1] == f"5 more notifications: {WEB}/#/notifications"
     s.clock.now += 61  # the window has passed
     counts, _ = s.run([body("p0", ["alice"])])
     assert counts == Counter(sent=1)
@@ -148,7 +149,7 @@ def test_a_summary_line_that_failed_is_written_by_the_next_item_and_nothing_is_l
     counts, failed = s.run(batch)
     assert failed == [3]  # the first summarised item's record comes back
     assert counts == Counter(sent=3, summarised=4, **{"summary-lines": 1})
-    assert s.lines("alice")[3] == f"5 more notifications: {WEB}/notifications"
+    assert s.lines("alice")[3] == f"5 more notifications: {WEB}/#/notifications"
 
     counts, failed = s.run([batch[3]])  # SQS redelivers the failed record alone
     assert failed == [] and counts == Counter(sent=1)
@@ -182,7 +183,7 @@ def test_the_summary_counts_what_is_left_not_what_was_sent_before() -> None:
     s.notifier = IrcNotifier(s.link, WEB, clock=s.clock)  # a new process, same Redis
     counts, _ = s.run([body(f"m{i}", ["alice"]) for i in range(12)])
     assert counts == Counter(sent=3, duplicate=2, summarised=7, **{"summary-lines": 1})
-    assert s.lines("alice")[-1] == f"7 more notifications: {WEB}/notifications"
+    assert s.lines("alice")[-1] == f"7 more notifications: {WEB}/#/notifications"
 
 
 def test_an_address_that_is_not_a_nick_is_dead_lettered_alone() -> None:
@@ -230,6 +231,8 @@ def test_hostile_content_reaches_the_link_only_as_safe_lines() -> None:
 class FakeSQS:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        #: (receipt handle, visibility timeout) of every ChangeMessageVisibility
+        self.hidden: list[tuple[str, int]] = []
 
     def get_queue_url(self, QueueName: str) -> dict[str, str]:  # noqa: N803 (boto3's names)
         return {"QueueUrl": f"https://sqs.test/{QueueName}"}
@@ -237,6 +240,11 @@ class FakeSQS:
     def send_message(self, **kwargs: Any) -> dict[str, str]:
         self.sent.append(kwargs)
         return {"MessageId": "x"}
+
+    def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
+        self.hidden.extend((e["ReceiptHandle"], e["VisibilityTimeout"])
+                           for e in kwargs["Entries"])
+        return {"Successful": [{"Id": e["Id"]} for e in kwargs["Entries"]], "Failed": []}
 
 
 @pytest.fixture
@@ -247,14 +255,16 @@ def app() -> Any:
 def wire(app: ModuleType, link: MemoryIrcLink) -> FakeSQS:
     """The function's lazy state, built from fakes instead of Redis and SQS."""
     sqs = FakeSQS()
-    app.function._state.update(settings=Settings(queue_prefix="t-"), sqs=sqs, redis=None,
-                             once=MemoryOnce(), send=IrcNotifier(link, WEB), dlq_url=None)
+    settings = Settings(queue_prefix="t-")
+    app.function._state.update(settings=settings, sqs=sqs, redis=None,
+                               once=MemoryOnce(), send=IrcNotifier(link, WEB), dlq_url=None,
+                               redelivery=Redelivery(sqs, settings.first_retry_delay_s))
     return sqs
 
 
-def event(bodies: list[str]) -> dict[str, Any]:
+def event(bodies: list[str], receives: int = 1) -> dict[str, Any]:
     return {"Records": [{"messageId": f"id-{i}", "receiptHandle": f"h-{i}", "body": b,
-                         "attributes": {"ApproximateReceiveCount": "1"},
+                         "attributes": {"ApproximateReceiveCount": str(receives)},
                          "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:t-irc",
                          "awsRegion": "us-east-1"} for i, b in enumerate(bodies)]}
@@ -277,21 +287,41 @@ def test_the_handler_plans_the_batch_and_reports_failed_records(app: ModuleType)
     bodies = [body(f"m{i}", ["alice"]) for i in range(6)] + [body("b", ["bad nick", "bob"]),
                                                              "not a payload"]
     response = app.handle_irc(event(bodies), CONTEXT)
-    assert response == {"batchItemFailures": [{"itemIdentifier": "id-7"}]}
-    assert link.lines_to("alice")[-1] == f"3 more notifications: {WEB}/notifications"
+    # the unreadable record ends now, in the dead-letter queue: retrying cannot help
+    assert response == {"batchItemFailures": []}
+    assert link.lines_to("alice")[-1] == f"3 more notifications: {WEB}/#/notifications"
     assert len(link.lines_to("alice")) == 4 and len(link.lines_to("bob")) == 1
-    (dead,) = sqs.sent
+    dead, record = sqs.sent
     assert dead["QueueUrl"].endswith("t-irc-dlq") and "bad nick" in dead["MessageBody"]
+    assert record["QueueUrl"].endswith("t-irc-dlq") and record["MessageBody"] == "not a payload"
+    assert record["MessageAttributes"]["error"]["StringValue"]
     assert app.totals["sent"] == 4 and app.totals["summarised"] == 3
+    assert sqs.hidden == []
 
     link.down = True  # the server is away: every record fails, so the invocation does
     with pytest.raises(BatchProcessingError):
         app.handle_irc(event([body("n1", ["carol"]), body("n2", ["dave"])]), CONTEXT)
+    # ... and each backs off by the queue's visibility timeout, not burning receives
+    assert sqs.hidden == [("h-0", 300), ("h-1", 300)]
     response = app.handle_irc(event([body("n1", ["carol"]), body("n2", ["dave"]),
-                                     body("n3", [])]), CONTEXT)
+                                     body("n3", [])], receives=3), CONTEXT)
     assert response == {"batchItemFailures": [{"itemIdentifier": "id-0"},
                                               {"itemIdentifier": "id-1"}]}
+    assert sqs.hidden[2:] == [("h-0", 1200), ("h-1", 1200)]  # twice as long per receive
     link.down = False
     assert app.handle_irc(event([body("n1", ["carol"])]), CONTEXT) == {"batchItemFailures": []}
     assert link.lines_to("carol") and not link.lines_to("dave")
+    app.reset()
+
+
+def test_a_batch_out_of_time_goes_back_as_fresh_messages_using_up_no_receive(
+        app: ModuleType) -> None:
+    link = MemoryIrcLink()
+    sqs = wire(app, link)
+    late = SimpleNamespace(**{**vars(CONTEXT), "get_remaining_time_in_millis": lambda: 5_000})
+    bodies = [body("m1", ["alice"]), body("m2", ["bob"])]
+    assert app.handle_irc(event(bodies, receives=4), late) == {"batchItemFailures": []}
+    assert [m["MessageBody"] for m in sqs.sent] == bodies
+    assert all(m["QueueUrl"].endswith("/t-irc") for m in sqs.sent)
+    assert sqs.hidden == [] and link.sent == []
     app.reset()

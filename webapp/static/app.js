@@ -661,6 +661,46 @@ function renderTrackingParams() {
     rule.tracking.params.artifacts = (params.artifacts || []).map((a) => ({ type: a.type, name: a.name }));
     box.append(artifactPicker(rule.tracking.params.artifacts));
   }
+  if (kind === "artifacts-owned" || kind === "artifacts-group-owned") {
+    box.append(ownershipPanel(kind));
+  }
+}
+
+// What the person owns, directly and through each group, and how fresh that is.
+const OWNED_SHOWN = 40;
+
+function ownedList(artifacts) {
+  const shown = artifacts.slice(0, OWNED_SHOWN).map((a) => `${a.type}/${a.name}`).join(", ");
+  const more = artifacts.length > OWNED_SHOWN ? ` and ${artifacts.length - OWNED_SHOWN} more` : "";
+  return artifacts.length ? shown + more : "nothing";
+}
+
+function ownershipPanel(kind) {
+  const panel = h("section", { class: "ownership", id: "ownership-panel", "aria-live": "polite" },
+    h("p", { class: "hint" }, "Loading what you own..."));
+  api("GET", `${API}/ownership`).then((o) => {
+    if (!o) return;
+    const when = (t) => (t ? new Date(t).toLocaleString() : "never");
+    const rows = [
+      h("h4", {}, "What you own"),
+      h("p", { id: "owned-direct" }, `Directly (${o.direct.length}): ${ownedList(o.direct)}`),
+    ];
+    for (const g of o.groups) {
+      rows.push(h("p", { class: "owned-group", "data-group": g.name },
+        `Through ${g.name} (${g.artifacts.length}): ${ownedList(g.artifacts)}`));
+    }
+    if (kind === "artifacts-owned" && o.groups.length) {
+      rows.push(h("p", { class: "hint" },
+        "Artifacts of your groups need an \u201cArtifacts owned by groups\u201d rule naming the group."));
+    }
+    rows.push(h("p", { class: "hint", id: "ownership-refreshed" },
+      `Ownership data from dist-git and FAS refreshed ${when(o.refreshed.reconcile)}; ` +
+      `last live update from the bus ${when(o.refreshed.live)}.`));
+    panel.replaceChildren(...rows);
+  }).catch(() => {
+    panel.replaceChildren(h("p", { class: "hint" }, "What you own could not be loaded."));
+  });
+  return panel;
 }
 
 function artifactPicker(chosen) {

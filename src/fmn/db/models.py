@@ -333,6 +333,44 @@ class GroupMemberRow(Base):
     username: Mapped[str] = mapped_column(String)
 
 
+# --------------------------------------------------------------------------
+# Fedora accounts and the state of the ownership sync
+
+
+class AccountRow(Base):
+    """A Fedora account as FASJSON last described it (``fmn sync accounts``).
+
+    ``emails`` and ``ircnicks`` are FASJSON's lists, kept verbatim (nicks are
+    ``irc:/nick`` or ``matrix:/nick`` URIs); the account's own addresses count
+    as verified destinations.  A ``locked`` or ``deleted`` account receives
+    nothing (its snapshot entry is compiled empty).
+    """
+
+    __tablename__ = "fas_accounts"
+
+    username: Mapped[str] = mapped_column(String, primary_key=True)
+    emails: Mapped[list[str]] = mapped_column(JSON)
+    ircnicks: Mapped[list[str]] = mapped_column(JSON)
+    locked: Mapped[bool] = mapped_column(Boolean)
+    deleted: Mapped[bool] = mapped_column(Boolean)
+    fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncStateRow(Base):
+    """One row per kind of update: ``ownership``, ``accounts`` (full reconciles), ``live``."""
+
+    __tablename__ = "sync_state"
+
+    source: Mapped[str] = mapped_column(String, primary_key=True)
+    #: when the last attempt ended, and whether it changed the database
+    attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    succeeded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: why the last attempt changed nothing (``None`` when it succeeded)
+    error: Mapped[str | None] = mapped_column(String)
+    #: the last attempt's figures (entries fetched, changed, users published, seconds)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class PendingPublishRow(Base):
     """A user whose saved preferences may not have reached the snapshot yet.
 

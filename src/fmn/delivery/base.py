@@ -9,8 +9,14 @@ does not send an item twice.  Outcomes:
 
 * ``send`` returns: the item is delivered and remembered;
 * ``send`` raises :class:`~fmn.errors.PermanentError` (an unknown address, a
-  5xx): the item alone goes to the backend's dead-letter queue through
-  ``dead_letter`` and is counted; the payload's other items go on;
+  5xx), or anything unforeseen: the item alone goes to the backend's
+  dead-letter queue through ``dead_letter`` and is counted; the payload's
+  other items go on.  A dead-lettered item is **not** remembered as done:
+  once the cause is fixed, a redrive of the dead letter sends it.  Putting
+  it on the dead-letter queue is itself done once per *generation* (the
+  item's ``dead_letters`` count, one more in each dead letter), so a
+  redelivery of the same payload does not dead-letter it twice, while a
+  redriven item that fails again goes back to the dead-letter queue;
 * ``send`` raises :class:`~fmn.errors.RetryableError` (a 4xx, throttling, the
   server away): nothing is remembered for that item and the error propagates,
   so the whole SQS message comes back later (its delivered items are then
@@ -50,15 +56,25 @@ class Delivery:
     #: the rules' names, in the order of ``rules`` (their ids when the payload has none)
     rule_names: tuple[str, ...]
     digest: Digest | None = None
+    #: how many times this notification went to a dead-letter queue before
+    dead_letters: int = 0
 
     @property
     def message_id(self) -> str:
         return str(self.message["id"])
 
     def key(self) -> dict[str, str]:
-        """What makes this send unique: the idempotency key."""
-        return {"message": self.message_id, "backend": self.backend, "user": self.user,
-                "destination": self.destination, "address": self.address}
+        """What makes this send unique: the idempotency key.
+
+        A re-driven dead letter is a send of its own (``redrive``: its
+        generation): it was never sent under the earlier key, where it may
+        be remembered as queued into a digest that then could not go out.
+        """
+        key = {"message": self.message_id, "backend": self.backend, "user": self.user,
+               "destination": self.destination, "address": self.address}
+        if self.dead_letters:
+            key["redrive"] = str(self.dead_letters)
+        return key
 
     def notification(self) -> dict[str, Any]:
         """The payload's notification object (to dead-letter this item alone)."""
@@ -68,6 +84,8 @@ class Delivery:
         if self.digest is not None:
             item["digest"] = {"interval_s": self.digest.interval_s,
                               "max_count": self.digest.max_count}
+        if self.dead_letters:
+            item["dead_letters"] = self.dead_letters
         return item
 
 
@@ -81,7 +99,13 @@ def from_doc(doc: Mapping[str, Any]) -> Delivery:
     rules = tuple(doc["rules"])
     return Delivery(backend=doc["backend"], message=doc["message"], user=doc["user"],
                     address=doc["address"], destination=doc["destination"], rules=rules,
-                    rule_names=_names(doc, rules), digest=_digest(doc.get("digest")))
+                    rule_names=_names(doc, rules), digest=_digest(doc.get("digest")),
+                    dead_letters=_dead_letters(doc))
+
+
+def _dead_letters(item: Mapping[str, Any]) -> int:
+    value = item.get("dead_letters")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _digest(value: Any) -> Digest | None:
@@ -111,7 +135,8 @@ def deliveries(body: str | bytes, backend: str) -> list[Delivery]:
             out.append(Delivery(backend=backend, message=info, user=item["user"],
                                 address=item["address"], destination=item["destination"],
                                 rules=rules, rule_names=_names(item, rules),
-                                digest=_digest(item.get("digest"))))
+                                digest=_digest(item.get("digest")),
+                                dead_letters=_dead_letters(item)))
     return out
 
 
@@ -120,6 +145,40 @@ def deliveries(body: str | bytes, backend: str) -> list[Delivery]:
 Send = Callable[[Delivery], str | None]
 #: Puts one item alone on the dead-letter queue, with the reason.
 DeadLetter = Callable[[Delivery, str], None]
+
+
+class Refused(Exception):
+    """Raised inside a send's :class:`~fmn.delivery.once.Once` action when the item
+    cannot be sent: the action is then forgotten, not remembered as done, and
+    the caller dead-letters the item (:func:`dead_letter_once`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def refusal(item: Delivery, exc: Exception) -> Refused:
+    """The :class:`Refused` for an exception a send raised (not a RetryableError)."""
+    if isinstance(exc, PermanentError):
+        return Refused(str(exc)[:1000])
+    # a case nobody foresaw: this item only, never its batch
+    log.exception("sending one %s notification failed unexpectedly", item.backend)
+    return Refused(f"unexpected {type(exc).__name__}: {str(exc)[:900]}")
+
+
+def dead_letter_once(item: Delivery, reason: str, once: Once,
+                     dead_letter: DeadLetter) -> str:
+    """Put ``item`` on the dead-letter queue once for its generation: ``dead-lettered``,
+    or ``duplicate`` when a redelivery of the same payload already did."""
+    done: list[str] = []
+
+    def action() -> str:
+        dead_letter(item, reason)
+        done.append("dead-lettered")
+        return "dead-lettered"
+
+    once.run({**item.key(), "dead_letter": str(item.dead_letters + 1)}, action)
+    return done[0] if done else "duplicate"
 
 
 def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter) -> str:
@@ -132,17 +191,15 @@ def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter)
             outcome = send(item) or "sent"
         except RetryableError:
             raise
-        except PermanentError as exc:
-            dead_letter(item, str(exc)[:1000])
-            outcome = "dead-lettered"
-        except Exception as exc:  # a case nobody foresaw: this item only, never its batch
-            log.exception("sending one %s notification failed unexpectedly", item.backend)
-            dead_letter(item, f"unexpected {type(exc).__name__}: {str(exc)[:900]}")
-            outcome = "dead-lettered"
+        except Exception as exc:
+            raise refusal(item, exc) from exc
         ran.append(outcome)
         return outcome
 
-    once.run(item.key(), action)
+    try:
+        once.run(item.key(), action)
+    except Refused as refused:
+        return dead_letter_once(item, refused.reason, once, dead_letter)
     return ran[0] if ran else "duplicate"
 
 
@@ -168,10 +225,12 @@ def deliver_payload(body: str | bytes, backend: str, send: Send, once: Once,
 
 
 def dead_letter_body(item: Delivery, reason: str) -> str:
-    """A one-notification payload for the dead-letter queue (redrivable as is)."""
+    """A one-notification payload for the dead-letter queue (redrivable as is); its
+    notification counts one more dead letter."""
     import orjson
 
+    notification = {**item.notification(), "dead_letters": item.dead_letters + 1}
     return orjson.dumps({"v": 1, "backend": item.backend, "part": 1, "parts": 1,
-                         "message": dict(item.message), "notifications": [item.notification()],
+                         "message": dict(item.message), "notifications": [notification],
                          "error": reason}).decode()
 

@@ -285,8 +285,10 @@ def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
               dead_letter: DeadLetter) -> int:
     """Send every digest due by ``now``; notifications sent (the schedule's job).
 
-    One destination failing (its server away, its batch being sent elsewhere)
-    does not hold the others up: its claim's lease brings it back later.
+    One destination failing, for whatever reason (its server away, its batch
+    being sent elsewhere, an entry nobody can read), does not hold the others
+    up: its claim's lease brings it back later, and it stays due (and logged)
+    until it goes out.
     """
     sent = 0
     for dk in store.due(now):
@@ -294,4 +296,6 @@ def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
             sent += flush(store, dk, now, send, once, dead_letter)
         except RetryableError as exc:
             log.warning("digest of %s not sent yet: %s", dk[:200], exc)
+        except Exception:  # one destination's fault, never every other digest's
+            log.exception("digest of %s failed; the next run tries it again", dk[:200])
     return sent

@@ -4,11 +4,13 @@ A sender's ``app.py`` builds one :class:`SenderFunction` with its backend and
 a ``make_send(settings) -> Send`` factory, and its Chalice handler calls
 :meth:`SenderFunction.handle` with the raw SQS event and the context.  Each
 record is one payload (:func:`fmn.delivery.base.deliver_payload`): a
-retryable failure reports it in ``batchItemFailures`` (it comes back, its
-delivered items are skipped); an unreadable payload is reported too and goes
-to the dead-letter queue after the queue's maximum receives; an item that
-cannot be sent goes alone to the dead-letter queue (with the reason as a
-message attribute) and is counted.  Nothing is built at import.
+retryable failure reports it in ``batchItemFailures`` and backs it off (it
+comes back after a growing delay, its delivered items are skipped:
+:mod:`fmn.pipeline.redelivery`); an unreadable payload goes to the
+dead-letter queue at once; a postponed one (:class:`~fmn.errors.Postponed`)
+goes back on its queue as a fresh message; an item that cannot be sent goes
+alone to the dead-letter queue (with the reason as a message attribute) and
+is counted.  Nothing is built at import.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
-from fmn.errors import PermanentError, RetryableError
+from fmn.errors import PermanentError, Postponed, RetryableError
 from fmn.pipeline.queues import queue
+from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
 
 
@@ -66,7 +69,9 @@ class SenderFunction:
         s = Settings.from_env()
         aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
         redis_client = connect(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        self._state.update(settings=s, sqs=boto3.client("sqs", **aws), redis=redis_client,
+        sqs = boto3.client("sqs", **aws)
+        self._state.update(settings=s, sqs=sqs, redis=redis_client,
+                           redelivery=Redelivery(sqs, s.first_retry_delay_s),
                            # keys per stage: stages may share one Redis
                            once=PowertoolsOnce(redis_client, s.idempotency_ttl_s,
                                                name=sends_prefix(s.queue_prefix, self.backend)),
@@ -133,10 +138,12 @@ class SenderFunction:
             EventType,
             process_partial_response,
         )
+        from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
         counts: Counter[str] = Counter()
         self.begin(context)
         once, send = self.once, self.get("send")
+        redelivery: Redelivery = self.get("redelivery")
 
         def record_handler(record: Any) -> None:
             try:
@@ -145,20 +152,47 @@ class SenderFunction:
                                                   self.dead_letter))
                 else:
                     counts.update(deliver(record.body, send, once, self.dead_letter))
+            except Postponed as exc:
+                # the rest waits as a fresh message: waiting uses up no receive
+                try:
+                    redelivery.requeue(record.raw_event)
+                except Exception as requeue_failed:  # botocore: back off like a failure
+                    raise RetryableError(f"{exc}; requeue failed: {requeue_failed}") \
+                        from requeue_failed
+                counts["postponed"] += 1
+                self.logger.info("record postponed", extra={
+                    "sqs_message_id": record.message_id, "reason": str(exc)[:300]})
+            except PermanentError as exc:
+                # nothing can read it: retrying cannot help, so it ends now
+                counts["PermanentFailures"] += 1
+                self.logger.warning("record dead-lettered", extra={
+                    "sqs_message_id": record.message_id, "error": str(exc)[:500]})
+                try:
+                    redelivery.dead_letter(record.raw_event, str(exc))
+                except Exception as dlq_failed:  # botocore: it comes back, nothing lost
+                    raise RetryableError(f"dead-letter queue refused a record: {dlq_failed}") \
+                        from dlq_failed
             except Exception as exc:
-                kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
-                counts[f"{kind}Failures"] += 1
+                counts["RetryableFailures"] += 1
                 self.logger.warning("record failed", extra={
-                    "sqs_message_id": record.message_id, "failure": kind.lower(),
+                    "sqs_message_id": record.message_id, "failure": "retryable",
                     "error": str(exc)[:500]})
                 raise
 
+        records = event.get("Records", ())
         try:
-            response = process_partial_response(
-                event=event, record_handler=record_handler,
-                processor=BatchProcessor(event_type=EventType.SQS), context=context)
-            self.logger.info("batch done", extra={"records": len(event.get("Records", ())),
-                                                  "failed": len(response["batchItemFailures"]),
+            try:
+                response = process_partial_response(
+                    event=event, record_handler=record_handler,
+                    processor=BatchProcessor(event_type=EventType.SQS), context=context)
+            except BatchProcessingError:  # every record failed
+                redelivery.back_off(records)
+                raise
+            failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+            if failed:
+                redelivery.back_off(r for r in records if r.get("messageId") in failed)
+            self.logger.info("batch done", extra={"records": len(records),
+                                                  "failed": len(failed),
                                                   "counts": dict(counts)})
             return response
         finally:

@@ -7,7 +7,10 @@ it an id ``<milliseconds>-<sequence>`` that only grows, and keeps at most
 disappears ``max_age_s`` after its last event).  Readers ask for the
 ``latest`` events, or for the events strictly ``after`` an id (the SSE
 ``Last-Event-ID``), optionally waiting for one to arrive; a reader that was
-away longer than the feed keeps gets what is still kept.
+away longer than the feed keeps gets what is still kept, and
+:meth:`FeedStore.missed_after` tells it so (the endpoint then sends a
+:func:`gap_frame` first): its position is older than the oldest event kept
+and the feed has dropped events (by length or age).
 
 :class:`RedisFeed` (appends and reads, blocking) and :class:`AsyncRedisFeed`
 (reads for the asyncio server) keep one Redis stream per user under a key
@@ -161,6 +164,26 @@ def cursor_frame(event_id: str) -> bytes:
     return f"id: {event_id}\n\n".encode()
 
 
+#: The SSE event name of the gap marker (``event: gap``).
+GAP_EVENT = "gap"
+
+
+def gap_frame(last_id: str) -> bytes:
+    """The marker a client resuming past the feed's trim gets before the events kept:
+    events after ``last_id`` may have been dropped (the web UI's recent-notifications
+    page has them).  No ``id:``: the client's position does not move."""
+    parse_event_id(last_id)
+    data = orjson.dumps({"v": EVENT_VERSION, "after": last_id}).decode()
+    return f"event: {GAP_EVENT}\ndata: {data}\n\n".encode()
+
+
+def missed(last_id: str, first_kept: str | None, dropped: bool) -> bool:
+    """Whether a client at ``last_id`` may have missed events the feed dropped."""
+    last = parse_event_id(last_id)
+    return (dropped and first_kept is not None and last != (0, 0)
+            and last < parse_event_id(first_kept))
+
+
 def retry_frame(retry_ms: int) -> bytes:
     """A frame telling the client how long to wait before reconnecting."""
     return f"retry: {int(retry_ms)}\n\n".encode()
@@ -188,6 +211,10 @@ class FeedStore(Protocol):
         """
         ...
 
+    def missed_after(self, user: str, last_id: str) -> bool:
+        """Whether events after ``last_id`` may have been dropped (:func:`missed`)."""
+        ...
+
 
 class FeedReader(Protocol):
     """The reading half of a feed, for an asyncio server."""
@@ -196,6 +223,8 @@ class FeedReader(Protocol):
 
     async def after(self, user: str, last_id: str, count: int,
                     block_s: float | None = None) -> list[FeedEvent]: ...
+
+    async def missed_after(self, user: str, last_id: str) -> bool: ...
 
     async def aclose(self) -> None: ...
 
@@ -212,6 +241,8 @@ class MemoryFeed:
         self.max_age_s = max_age_s
         self.clock = clock
         self.streams: dict[str, list[FeedEvent]] = {}
+        #: events ever appended per user (with the streams' lengths: what was dropped)
+        self.added: dict[str, int] = {}
         self._last = (0, 0)
         self._changed = threading.Condition()
 
@@ -224,6 +255,7 @@ class MemoryFeed:
             cutoff = int((self.clock() - self.max_age_s) * 1000)
             kept = [e for e in self.streams.get(user, []) if parse_event_id(e.id)[0] >= cutoff]
             self.streams[user] = (kept + [event])[-self.maxlen:]
+            self.added[user] = self.added.get(user, 0) + 1
             self._changed.notify_all()
             return event.id
 
@@ -246,6 +278,12 @@ class MemoryFeed:
                 if found or left <= 0:
                     return found
                 self._changed.wait(left)
+
+    def missed_after(self, user: str, last_id: str) -> bool:
+        with self._changed:
+            events = self.streams.get(user, [])
+            return missed(last_id, events[0].id if events else None,
+                          self.added.get(user, 0) > len(events))
 
     def reader(self, poll_s: float = 0.02) -> MemoryFeedReader:
         """This feed as a :class:`FeedReader` (waits by polling every ``poll_s``)."""
@@ -270,6 +308,9 @@ class MemoryFeedReader:
             if found or time.monotonic() >= deadline:
                 return found
             await asyncio.sleep(self.poll_s)
+
+    async def missed_after(self, user: str, last_id: str) -> bool:
+        return self.feed.missed_after(user, last_id)
 
     async def aclose(self) -> None:
         return None
@@ -305,6 +346,24 @@ def _xread_events(reply: Any) -> list[FeedEvent]:
     if isinstance(reply, dict):
         return [e for value in reply.values() for entries in value for e in _events(entries)]
     return [e for _key, entries in reply for e in _events(entries)]
+
+
+def _missed(info: Any, last_id: str) -> bool:
+    """:func:`missed` from ``XINFO STREAM`` (``None``: no stream)."""
+    if not info:
+        return False
+    first = info.get("first-entry")
+    first_id = first[0] if first else None
+    if isinstance(first_id, bytes):
+        first_id = first_id.decode()
+    dropped = int(info.get("entries-added", 0)) > int(info.get("length", 0))
+    return missed(last_id, first_id, dropped)
+
+
+def _no_stream(exc: BaseException) -> bool:
+    import redis
+
+    return isinstance(exc, redis.ResponseError)  # XINFO on a missing key
 
 
 def _block_ms(block_s: float | None) -> int | None:
@@ -372,6 +431,17 @@ class RedisFeed:
                                       block=_block_ms(block_s))
         return _xread_events(reply)
 
+    def missed_after(self, user: str, last_id: str) -> bool:
+        parse_event_id(last_id)
+        try:
+            with _redis_errors("read a feed"):
+                info = self.client.xinfo_stream(self.key(user))
+        except RetryableError as exc:
+            if exc.__cause__ is not None and _no_stream(exc.__cause__):
+                return False
+            raise
+        return _missed(info, last_id)
+
 
 class AsyncRedisFeed:
     """:class:`FeedReader` on the same streams as :class:`RedisFeed` (``redis.asyncio``).
@@ -409,6 +479,17 @@ class AsyncRedisFeed:
             reply = await self.client.xread({self.key(user): last_id}, count=count,
                                             block=_block_ms(block_s))
         return _xread_events(reply)
+
+    async def missed_after(self, user: str, last_id: str) -> bool:
+        parse_event_id(last_id)
+        try:
+            with _redis_errors("read a feed"):
+                info = await self.client.xinfo_stream(self.key(user))
+        except RetryableError as exc:
+            if exc.__cause__ is not None and _no_stream(exc.__cause__):
+                return False
+            raise
+        return _missed(info, last_id)
 
     async def aclose(self) -> None:
         with _redis_errors("close the feed connections"):

@@ -26,10 +26,12 @@ Everything here is plain Python (no sockets); the connection is the
 * **Backlog.**  Within one batch, a nick gets at most ``per_nick``
   notifications as their own lines (fewer if it already had lines in the
   last ``window_s`` seconds, :class:`RecentLines`); when two or more are left
-  over they collapse into one line ``"12 more notifications: <web>/notifications"``.
+  over they collapse into one line ``"12 more notifications: <web>/#/notifications"``
+  (the UI's page of recent notifications).
 * **Time.**  The flood limit can make a batch outlast its invocation: items
   are not started within :attr:`BatchDelivery.deadline_margin_s` of the
-  deadline (a RetryableError: the record comes back, its sent items are
+  deadline (:class:`~fmn.errors.Postponed`: the record goes back on the
+  queue as a fresh message, using up no receive; its sent items are
   skipped then).
 * **Idempotency** (:class:`BatchDelivery`).  Every item, summarised or not,
   runs inside :class:`~fmn.delivery.once.Once` under its own key
@@ -56,9 +58,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries
+from fmn.delivery.base import (
+    DeadLetter,
+    Delivery,
+    Refused,
+    Send,
+    dead_letter_once,
+    deliveries,
+    refusal,
+)
 from fmn.delivery.text import clean
-from fmn.errors import PermanentError, RetryableError
+from fmn.errors import PermanentError, Postponed, RetryableError
 
 if TYPE_CHECKING:
     from fmn.delivery.irc_client import IrcLink
@@ -208,7 +218,8 @@ def render_lines(item: Delivery, nick: str | None = None) -> list[str]:
 
 def summary_line(count: int, web_url: str, nick: str) -> str:
     """The line that stands for ``count`` notifications not sent on their own."""
-    link = f"{web_url.rstrip('/')}/notifications"
+    # the UI is one page: its views are fragments (webapp/static/README.md)
+    link = f"{web_url.rstrip('/')}/#/notifications"
     return truncate_utf8(clean(f"{count} more notifications: {link}"), payload_budget(nick))
 
 
@@ -416,7 +427,7 @@ class BatchDelivery:
                 if self.remaining_s is not None and self.remaining_s() < self.deadline_margin_s:
                     # The flood limit made the batch longer than the invocation: the
                     # rest comes back (what was sent is remembered).
-                    raise RetryableError("IRC sender out of time for this batch")
+                    raise Postponed("IRC sender out of time for this batch")
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
         finally:
@@ -441,13 +452,17 @@ class BatchDelivery:
                         group.summary_sent = True
                         ran.append("summary-lines")
                     outcome = "summarised"
-            except PermanentError as exc:
-                dead_letter(item, str(exc)[:1000])
-                outcome = "dead-lettered"
+            except RetryableError:
+                raise
+            except Exception as exc:  # this item alone, never the other 49 of its payload
+                raise refusal(item, exc) from exc
             ran.append(outcome)
             return outcome
 
-        once.run(item.key(), action)
+        try:
+            once.run(item.key(), action)
+        except Refused as refused:
+            ran.append(dead_letter_once(item, refused.reason, once, dead_letter))
         if group is not None:
             group.settled.add(key)
         return ran or ["duplicate"]

@@ -307,9 +307,17 @@ def _message_id_of(body: str) -> str | None:
         envelope = Envelope.decode(body)
         if envelope.record is None:
             return None
-        return parse(envelope.record).id
     except Exception:  # an envelope that never parsed: known by its SQS id only
         return None
+    try:
+        return parse(envelope.record).id
+    except Exception:  # no bus message: known by its own id field, as the publisher journals
+        try:
+            doc = json.loads(envelope.record)
+        except ValueError:
+            return None
+        found = doc.get("msg_id") or doc.get("id") if isinstance(doc, dict) else None
+        return str(found) if found else None
 
 
 def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
@@ -365,7 +373,8 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
     dead_messages: dict[str, str] = {}
     for m in peek_queue(sqs, urls["incoming"][1]):
         mid = _message_id_of(m["Body"]) or f"sqs:{m['MessageId']}"
-        dead_messages[mid] = reasons.get(m["MessageId"], "no reason journalled")
+        attribute = (m.get("MessageAttributes") or {}).get("error", {}).get("StringValue")
+        dead_messages[mid] = reasons.get(m["MessageId"]) or attribute or "no reason journalled"
 
     report.published = len(published)
     report.published_twice = sum(1 for c in published.values() if c > 1)

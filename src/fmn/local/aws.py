@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fmn.pipeline.queues import QUEUES, QueueDef
+from fmn.pipeline.queues import DLQ_RETENTION_S, QUEUES, QueueDef
 from fmn.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: SQS's longest retention: dead letters outlive the messages of their source queue.
-DLQ_RETENTION_S = 14 * 24 * 3600
+__all__ = ["DLQ_RETENTION_S", "AwsClients", "QueueUrls", "clients", "ensure_queue",
+           "ensure_queues", "redrive"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,25 @@ def ensure_queues(
 ) -> dict[str, QueueUrls]:
     """Create every queue of ``queues`` (default: the pipeline's) with its DLQ; by logical name."""
     return {q.name: ensure_queue(sqs, prefix, q) for q in queues}
+
+
+def redrive(sqs: Any, dlq_url: str, url: str) -> int:
+    """Move every message of a dead-letter queue back to its source queue; how many.
+
+    Each message is sent before it is deleted, so a failure in between
+    re-drives it twice (the senders drop the repeat), never loses it.
+    """
+    moved = 0
+    while True:
+        messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=0).get("Messages", [])
+        if not messages:
+            return moved
+        sent = sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)])
+        ok = {int(e["Id"]) for e in sent.get("Successful", [])}
+        done = [m for i, m in enumerate(messages) if i in ok]
+        if done:
+            sqs.delete_message_batch(QueueUrl=dlq_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)])
+        moved += len(done)

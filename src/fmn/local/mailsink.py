@@ -41,7 +41,7 @@ class _Handler:
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
-        reply = self.sink.refuse.get(address)
+        reply = self.sink.refuse.get(address) or self.sink.refuse.get("*")
         if reply:
             return reply
         envelope.rcpt_tos.append(address)

@@ -134,6 +134,12 @@ class StackOptions:
     feed_port: int = 8001
     #: the web UI's port (another is chosen when it is taken)
     web_port: int = 8000
+    #: queues whose function runs in a child process (``fmn.local.worker``) that a
+    #: fault test can kill (``LocalStack.kill_worker``); the others run in-process
+    external: tuple[str, ...] = ()
+    #: every queue's visibility timeout and its function's timeout, scaled down
+    #: for fault tests (None: the definitions' own)
+    visibility_s: int | None = None
     #: start the web UI (the load test does without)
     web: bool = True
     #: queue -> the most concurrent invocations of its function (the queue's own by default)
@@ -158,6 +164,7 @@ class LocalStack:
         self.urls: dict[str, Any] = {}
         self.runners: dict[str, Any] = {}
         self.functions: dict[str, ModuleType] = {}
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self._moto: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
@@ -405,7 +412,7 @@ class LocalStack:
 
         aws = clients(self.settings)
         self.sqs = aws.sqs
-        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix)
+        self.urls = ensure_queues(aws.sqs, self.settings.queue_prefix, self.queues())
         for urls in self.urls.values():  # counters start at zero
             for url in (urls.url, urls.dlq_url):
                 aws.sqs.purge_queue(QueueUrl=url)
@@ -489,8 +496,16 @@ fmn_bridge_queue = "{queue}"
         finally:
             conn.close()
 
-    def _start_bridge(self) -> str:
-        self._purge_amqp_queue()
+    def restart_bridge(self) -> None:
+        """SIGKILL the bridge and start it again on the same bus queue (nothing purged)."""
+        if self._bridge is not None:
+            self._bridge.kill()
+            self._bridge.wait(timeout=10)
+        self._start_bridge(purge=False)
+
+    def _start_bridge(self, purge: bool = True) -> str:
+        if purge:
+            self._purge_amqp_queue()
         config = self._bridge_config()
         env = {**os.environ, **self.env}
         if self.options.request_counts is not None:
@@ -527,8 +542,13 @@ fmn_bridge_queue = "{queue}"
         from fmn.local.runner import EventSourceMapping
 
         started = []
-        for q in QUEUES:
+        for q in self.queues():
             if q.function is None or not (ROOT / "functions" / q.function / "app.py").exists():
+                continue
+            if q.name in self.options.external:
+                self.start_worker(q.name)
+                started.append(f"{q.function} (own process) <- "
+                               f"{q.sqs_name(self.settings.queue_prefix)}")
                 continue
             if q.function not in self.functions:
                 self.functions[q.function] = load_function(q.function)
@@ -554,6 +574,30 @@ fmn_bridge_queue = "{queue}"
             ticker.start()
             self._threads.append(ticker)
         return ", ".join(started) or "none"
+
+    def queues(self) -> list[Any]:
+        """The queue definitions this stack runs (visibility scaled when asked)."""
+        if self.options.visibility_s is None:
+            return list(QUEUES)
+        return [dataclasses.replace(q, visibility_timeout_s=self.options.visibility_s)
+                for q in QUEUES]
+
+    def start_worker(self, queue_name: str) -> None:
+        """Run the function of ``queue_name`` under its own runner in a child process."""
+        log_file = (self.workdir / f"worker-{queue_name}.log").open("ab")
+        args = [sys.executable, "-m", "fmn.local.worker", queue_name,
+                "--poll-wait-s", str(self.options.poll_wait_s),
+                "--schedule-s", str(self.options.schedule_s)]
+        if self.options.visibility_s is not None:
+            args += ["--visibility-s", str(self.options.visibility_s)]
+        self.workers[queue_name] = subprocess.Popen(
+            args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
+
+    def kill_worker(self, queue_name: str) -> None:
+        """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""
+        worker = self.workers.pop(queue_name)
+        worker.kill()
+        worker.wait(timeout=10)
 
     def _schedule(self) -> None:
         """The functions' schedules: the email sender's digest flush (every minute on
@@ -649,6 +693,13 @@ fmn_bridge_queue = "{queue}"
                 self._bridge.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._bridge.kill()
+        for worker in self.workers.values():
+            worker.send_signal(signal.SIGTERM)
+        for worker in self.workers.values():
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         for runner in self.runners.values():
             runner.stop(timeout=60)
         if "send_irc" in self.functions:

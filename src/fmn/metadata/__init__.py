@@ -49,10 +49,23 @@ def decode(record: Record) -> Mapping[str, Any]:
     try:
         data = orjson.loads(record)
     except orjson.JSONDecodeError as error:  # also invalid UTF-8 and lone surrogates
-        raise InvalidMessage("not-json", str(error)) from error
+        # What Python's json reads is valid on Fedora's buses (NaN, Infinity)
+        data = _lenient(record, error)
     if not isinstance(data, dict):
         raise InvalidMessage("not-an-object", f"expected a JSON object, not {type(data).__name__}")
     return data
+
+
+def _lenient(record: bytes | bytearray | memoryview | str, error: Exception) -> Any:
+    """The record as Python's ``json`` reads it, or InvalidMessage with orjson's reason."""
+    import json
+
+    try:
+        text = bytes(record).decode("utf-8") if not isinstance(record, str) else record
+        text.encode("utf-8")  # a str holding a lone surrogate is no UTF-8 text
+        return json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise InvalidMessage("not-json", str(error)) from error
 
 
 def parse(record: Record) -> Message:

@@ -95,8 +95,17 @@ def message_id(value: Any, record: Mapping[str, Any], key: str) -> str:
         raise InvalidMessage("bad-field", f"{key!r} must be a string, not {type(value).__name__}")
     try:
         canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    except TypeError as error:  # a Mapping given by a caller, holding non-JSON values
-        raise InvalidMessage("bad-field", f"record is not JSON-serialisable: {error}") from error
+    except TypeError:
+        # integers beyond 64 bits (valid on the bus): the standard library writes them
+        import json
+
+        try:
+            text = json.dumps(record, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError) as error:  # non-JSON values
+            raise InvalidMessage("bad-field",
+                                 f"record is not JSON-serialisable: {error}") from error
+        return str(uuid.uuid5(_ID_NAMESPACE, text))
     return str(uuid.uuid5(_ID_NAMESPACE, canonical.decode()))
 
 

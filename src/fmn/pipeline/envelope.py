@@ -16,12 +16,22 @@ the way.  A record too large for one SQS message
 goes to S3 and the envelope carries ``claim`` (bucket, key, size, SHA-256)
 instead: the claim-check pattern.  ``seq`` is fedmsg's per-publisher sequence
 number ``i`` where there is one.
+
+Records are carried **unchanged**: what the bus sent is JSON as Python's
+``json`` reads it (``NaN``, ``Infinity``, integers beyond 64 bits all
+occur in valid Fedora messages), which strict parsers refuse or round.
+So the envelope embeds the record's bytes as they are, and
+:meth:`Envelope.decode` hands back exactly those bytes (it never parses and
+re-encodes the record: :func:`_top_level` reads the envelope with the
+standard library's scanner and slices the record out).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -97,29 +107,34 @@ class Envelope:
     @classmethod
     def decode(cls, body: str | bytes) -> Envelope:
         try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEnvelope(f"SQS body is not JSON: {exc}") from exc
-        if not isinstance(doc, dict) or type(doc.get("v")) is not int \
-                or doc.get("v") != ENVELOPE_VERSION:
+            text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else str(body)
+            fields = _top_level(text)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise InvalidEnvelope(f"SQS body is not a JSON object: {exc}") from exc
+        doc = {key: value for key, (value, _span) in fields.items()}
+        if type(doc.get("v")) is not int or doc.get("v") != ENVELOPE_VERSION:
             raise InvalidEnvelope(f"not a version-{ENVELOPE_VERSION} bus envelope")
         if doc.get("bus") not in BUSES:
-            raise InvalidEnvelope(f"unknown bus {doc.get('bus')!r}")
+            raise InvalidEnvelope(f"unknown bus {str(doc.get('bus'))[:100]!r}")
         claim = None
         record: bytes | None = None
         if "claim" in doc:
             c = doc["claim"]
             try:
                 claim = Claim(str(c["bucket"]), str(c["key"]), int(c["size"]), str(c["sha256"]))
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise InvalidEnvelope(f"bad claim: {exc}") from exc
         elif "record" in doc:
+            start, end = fields["record"][1]
             try:
-                record = orjson.dumps(doc["record"])
-            except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
-                raise InvalidEnvelope(f"record cannot be re-encoded: {exc}") from exc
+                record = text[start:end].encode("utf-8")  # exactly as embedded
+            except UnicodeEncodeError as exc:
+                raise InvalidEnvelope(f"record is not UTF-8: {exc}") from exc
         elif "record_text" in doc:
-            record = str(doc["record_text"]).encode()
+            try:
+                record = str(doc["record_text"]).encode()
+            except UnicodeEncodeError as exc:  # a lone surrogate, escaped
+                raise InvalidEnvelope(f"bad record_text: {exc}") from exc
         elif "record_b64" in doc:
             try:
                 record = base64.b64decode(str(doc["record_b64"]), validate=True)
@@ -130,18 +145,71 @@ class Envelope:
         seq = doc.get("seq")
         return cls(bus=doc["bus"], source=str(doc.get("source", "")),
                    received_at=str(doc.get("received_at", "")), record=record, claim=claim,
-                   seq=seq if isinstance(seq, int) else None)
+                   seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
 
     def encoded_size(self) -> int:
         return len(self.encode().encode())
 
 
+#: The standard library's decoder: NaN, Infinity and integers of any size, as Fedora sends.
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON as Python's ``json`` reads it (orjson first, for speed); ValueError if it is not.
+
+    Values orjson cannot represent exactly (integers beyond 64 bits) come back
+    as floats from the fast path: use it to look, never to re-encode.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
 def _is_json(raw: bytes) -> bool:
     try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        loads(raw)
+    except ValueError:
         return False
     return True
+
+
+def _top_level(text: str) -> dict[str, tuple[Any, tuple[int, int]]]:
+    """A JSON object's members: key -> (value, (start, end) of its text in ``text``)."""
+    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    if text[pos:pos + 1] != "{":
+        raise ValueError("not a JSON object")
+    pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    members: dict[str, tuple[Any, tuple[int, int]]] = {}
+    if text[pos:pos + 1] == "}":
+        pos += 1
+    else:
+        while True:
+            if text[pos:pos + 1] != '"':
+                raise ValueError(f"expected a key at {pos}")
+            key, pos = _DECODER.raw_decode(text, pos)
+            pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+            if text[pos:pos + 1] != ":":
+                raise ValueError(f"expected ':' at {pos}")
+            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            value, end = _DECODER.raw_decode(text, pos)
+            members[key] = (value, (pos, end))
+            pos = _WS.match(text, end).end()  # type: ignore[union-attr]
+            separator = text[pos:pos + 1]
+            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            if separator == "}":
+                break
+            if separator != ",":
+                raise ValueError(f"expected ',' or '}}' at {pos}")
+    if _WS.match(text, pos).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError("extra data after the object")
+    return members
 
 
 def make_claim(bucket: str, key: str, record: bytes) -> Claim:

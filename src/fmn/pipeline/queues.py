@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: How long a dead-letter queue keeps a message: SQS's longest retention, so
+#: dead letters outlive the messages of their source queue.
+DLQ_RETENTION_S = 14 * 24 * 3600
+
 #: The delivery backends, each with its own notifications queue.
 BACKENDS: tuple[str, ...] = ("email", "irc", "sse", "matrix")
 
@@ -54,7 +58,11 @@ QUEUES: tuple[QueueDef, ...] = (
              notifications_per_message=200),
     # One IRC connection respects the network's flood limits: concurrency 1.
     # At 2 lines/s, 50 notifications are at most half a minute of lines.
-    QueueDef("irc", "send_irc", visibility_timeout_s=300, max_receive_count=5,
+    # Its reserved concurrency of 1 throttles the event source mapping, and a
+    # throttled batch still counts a receive (AWS advises at least 5): 20 keep
+    # a paced backlog out of the dead-letter queue.  (A batch out of time is
+    # requeued as a fresh message: it uses up no receive.)
+    QueueDef("irc", "send_irc", visibility_timeout_s=300, max_receive_count=20,
              batch_size=10, batching_window_s=1, max_concurrency=1,
              notifications_per_message=50),
     # (AWS requires a batching window of at least 1 s above 10 records.)
@@ -71,3 +79,19 @@ def queue(name: str) -> QueueDef:
         if q.name == name:
             return q
     raise KeyError(f"no queue named {name!r}; known: {', '.join(q.name for q in QUEUES)}")
+
+
+def idempotency_window_s(queues: tuple[QueueDef, ...] = QUEUES) -> int:
+    """How long a sender must remember a send so that nothing it sent is sent again.
+
+    A record can carry a notification that was already sent for as long as
+    the record itself exists: in its queue, then in the dead-letter queue
+    (SQS counts a dead letter's retention from its *first* enqueue), and,
+    re-driven at the last moment, once more for a whole queue retention in
+    its source queue (a redrive enqueues it afresh).  So the window is the
+    dead-letter retention plus the longest queue retention (18 days): a
+    redrive at any time while SQS still holds the dead letter sends nothing
+    twice.  (A dead letter of the incoming queue, re-driven, is matched and
+    sent within the same bound.)  ``docs/notification-payload.md`` states it.
+    """
+    return DLQ_RETENTION_S + max(q.retention_s for q in queues)

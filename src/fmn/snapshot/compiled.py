@@ -198,6 +198,12 @@ def check_header(header: Any) -> Mapping[str, Any]:
     return header
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a name must be a string, not {type(value).__name__}")
+    return value
+
+
 def decode_lines(document: bytes) -> tuple[Mapping[str, Any], Iterator[tuple[str, UserEntry]]]:
     """The header of an encoded snapshot, and its users decoded one by one."""
     end = document.find(b"\n")
@@ -563,6 +569,50 @@ class Snapshot:
             self.users[_intern(name)] = part
             self.absent_revisions.pop(name, None)
         return True
+
+    def apply_ownership(self, change: Mapping[str, Any]) -> int:
+        """Apply an ownership change (docs/snapshot-format.md); how many entries moved.
+
+        ``change["owners"][type][name]`` is ``[owner users, owner groups]``,
+        or ``None`` for an artifact nobody owns any more; ``change["groups"]
+        [name]`` is the member list or ``None``.  Owners are looked up per
+        message, not indexed per rule, so nothing else has to be rebuilt.
+        Validated whole before anything is applied.
+        """
+        owners_in = change.get("owners") or {}
+        groups_in = change.get("groups") or {}
+        if not isinstance(owners_in, Mapping) or not isinstance(groups_in, Mapping):
+            raise TypeError("an ownership change holds objects")
+        owners: list[tuple[str, str, tuple[tuple[str, ...], tuple[str, ...]] | None]] = []
+        for atype, names in owners_in.items():
+            if atype not in self.owners or not isinstance(names, Mapping):
+                raise ValueError(f"unknown artifact type {atype!r}")
+            for name, own in names.items():
+                if own is None:
+                    owners.append((atype, name, None))
+                    continue
+                users, groups = own
+                owners.append((atype, _intern(name), (
+                    tuple(_intern(_text(u)) for u in users),
+                    tuple(_intern(_text(g)) for g in groups))))
+        members = [(name, None if m is None else tuple(_text(u) for u in m))
+                   for name, m in groups_in.items()]
+        if change.get("replace"):
+            # the whole ownership data: what it does not name is gone
+            for table in self.owners.values():
+                table.clear()
+            self.groups.clear()
+        for atype, name, value in owners:
+            if value is None or not (value[0] or value[1]):
+                self.owners[atype].pop(name, None)
+            else:
+                self.owners[atype][name] = value
+        for name, m in members:
+            if m is None:
+                self.groups.pop(name, None)
+            else:
+                self.groups[name] = m
+        return len(owners) + len(members)
 
     # -- reading ----------------------------------------------------------
 

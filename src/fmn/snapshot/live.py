@@ -111,6 +111,11 @@ class LiveSnapshot:
         # The blob is the state at publication; its log holds every change since.
         self.refresh()
 
+    def refresh_now(self) -> None:
+        """Ask the store now, under the lock (a writer that just published calls it)."""
+        with self._lock:
+            self.refresh()
+
     def refresh(self) -> None:
         """Ask the store now, whatever the interval."""
         if self._snapshot is None:
@@ -130,14 +135,17 @@ class LiveSnapshot:
                         poll.current_id, self._snapshot.id, self._snapshot.id)
         for change in poll.changes:
             try:
-                self._snapshot.apply_user(change.user, change.entry)
+                if change.ownership is not None:
+                    self._snapshot.apply_ownership(change.ownership)
+                else:
+                    self._snapshot.apply_user(change.user, change.entry)
                 self.changes_applied += 1
             except (KeyError, TypeError, ValueError, IndexError) as exc:
                 # A malformed entry (a writer's bug, a version skew) must not
                 # block the log: skip it, loudly; the next full publish heals.
                 self.bad_changes += 1
-                log.error("skipping unusable change for user %r at %s: %r", change.user,
-                          change.position, exc)
+                log.error("skipping unusable change for user %r at %s: %r",
+                          change.user or "(ownership)", change.position, exc)
             self._position = change.position
         if poll.changes:
             log.info("applied %d user changes to snapshot %s", len(poll.changes),

@@ -11,6 +11,8 @@ and, per snapshot, an append-only *change log* of user entries.  Writers:
   replica answering with an older ``current``).
 * :meth:`SnapshotStore.publish_user` appends one user's new entry (``None``:
   nothing of theirs can fire any more) to the current snapshot's change log.
+* :meth:`SnapshotStore.publish_ownership` appends an ownership change (who
+  owns which artifacts, who is in which group) to the same log.
 
 Readers :meth:`SnapshotStore.load` a blob, then call :meth:`SnapshotStore.poll`
 with the last change they applied (:data:`LOG_START` at first): one round
@@ -73,11 +75,13 @@ LOG_START = "0"
 
 @dataclass
 class Change:
-    """One user's new entry, at a position in a snapshot's change log."""
+    """One user's new entry, or an ownership change, at a position in a snapshot's change log."""
 
     position: str
     user: str
     entry: UserEntry | None
+    #: an ownership change (``{"owners": ..., "groups": ...}``) instead of a user's entry
+    ownership: dict[str, Any] | None = None
 
 
 @dataclass
@@ -94,6 +98,8 @@ class SnapshotStore(Protocol):
         ...
 
     def publish_user(self, user: str, entry: UserEntry | None) -> None: ...
+
+    def publish_ownership(self, change: dict[str, Any]) -> None: ...
 
     def current_id(self) -> str | None: ...
 
@@ -125,8 +131,14 @@ def _encode_change(user: str, entry: UserEntry | None) -> bytes:
     return orjson.dumps({"user": user, "entry": entry})
 
 
+def _encode_ownership(change: dict[str, Any]) -> bytes:
+    return orjson.dumps({"ownership": change})
+
+
 def _decode_change(position: str, raw: bytes) -> Change:
     doc = orjson.loads(raw)
+    if "ownership" in doc:
+        return Change(position=position, user="", entry=None, ownership=doc["ownership"])
     return Change(position=position, user=doc["user"], entry=doc["entry"])
 
 
@@ -171,6 +183,12 @@ class MemorySnapshotStore:
             if self._current is None:
                 raise SnapshotMissing("no snapshot to change: publish one first")
             self._logs[self._current].append(_encode_change(user, entry))
+
+    def publish_ownership(self, change: dict[str, Any]) -> None:
+        with self._lock:
+            if self._current is None:
+                raise SnapshotMissing("no snapshot to change: publish one first")
+            self._logs[self._current].append(_encode_ownership(change))
 
     def current_id(self) -> str | None:
         return self._current
@@ -272,7 +290,12 @@ class RedisSnapshotStore:
                     continue
 
     def publish_user(self, user: str, entry: UserEntry | None) -> None:
-        change = _encode_change(user, entry)
+        self._append(_encode_change(user, entry))
+
+    def publish_ownership(self, change: dict[str, Any]) -> None:
+        self._append(_encode_ownership(change))
+
+    def _append(self, change: bytes) -> None:
         sid = self.current_id()
         for _ in range(10):  # a full publish switching meanwhile: use the new one
             if sid is None:
@@ -304,6 +327,7 @@ class RedisSnapshotStore:
                     pass  # it lapsed: the rebuild outlived its ttl
                 except redis.RedisError as exc:
                     log.warning("could not release the snapshot rebuild lock: %s", exc)
+
 
     def current_id(self) -> str | None:
         with _redis_errors("read the current snapshot id"):

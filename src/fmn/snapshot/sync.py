@@ -23,6 +23,7 @@ instead of all compiling the database at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fmn import db
 from fmn.db import pending
 from fmn.errors import SnapshotUnavailable
-from fmn.prefs import User
+from fmn.prefs import Preferences, User
 from fmn.snapshot import SnapshotData, compile_snapshot, compile_user
 from fmn.snapshot.store import SnapshotMissing, SnapshotStore
 
@@ -44,9 +45,12 @@ REBUILD_LOCK_S = 300
 
 
 def publish_full(engine: Engine, store: SnapshotStore) -> SnapshotData:
+    from fmn.ownership.store import blocked_users
+
     waiting = pending.pending(engine, limit=100_000)  # before the revisions: covered below
     revisions = db.user_revisions(engine)
-    prefs = db.load_preferences(engine)
+    ownership_before = db.db_state(engine).ownership_revision
+    prefs = receivable(db.load_preferences(engine), blocked_users(engine))
     data = compile_snapshot(prefs, revisions)
     if not store.publish(data):
         # A snapshot compiled later is current already: it holds all of this.
@@ -55,9 +59,20 @@ def publish_full(engine: Engine, store: SnapshotStore) -> SnapshotData:
     # Users changed since we read the revisions: their change may have gone
     # to the previous snapshot's log.  Publish them again on the new one.
     now = db.user_revisions(engine)
+    blocked = blocked_users(engine)
     for name, revision in now.items():
         if revision != revisions.get(name):
-            publish_user(store, name, db.load_user(engine, name), revision)
+            user = db.load_user(engine, name)
+            publish_user(store, name, None if name in blocked else user, revision)
+    if db.db_state(engine).ownership_revision != ownership_before:
+        # Ownership moved meanwhile (a bus message, a reconcile): its change
+        # may be in the old log.  Send the whole of it as one change.
+        owners = db.load_preferences(engine)
+        store.publish_ownership({
+            "replace": True,
+            "owners": {t: {n: [list(o.users), list(o.groups)] for n, o in names.items()}
+                       for t, names in owners.owners.items()},
+            "groups": {g: list(m) for g, m in owners.groups.items()}})
     gone = revisions.keys() - now.keys()
     if gone:
         seq = db.db_state(engine).change_seq
@@ -66,6 +81,15 @@ def publish_full(engine: Engine, store: SnapshotStore) -> SnapshotData:
     pending.clear(engine, waiting)
     log.info("published snapshot %s: %d users with live rules", data.id, len(data.users))
     return data
+
+
+def receivable(prefs: Preferences, blocked: set[str]) -> Preferences:
+    """``prefs`` with the users whose Fedora account is locked or deleted switched off."""
+    if not blocked:
+        return prefs
+    return dataclasses.replace(prefs, users=tuple(
+        dataclasses.replace(u, enabled=False) if u.name in blocked and u.enabled else u
+        for u in prefs.users))
 
 
 def publish_pending(engine: Engine, store: SnapshotStore, limit: int = 100) -> int:

@@ -361,8 +361,12 @@ class PreferencesService:
             same = (d.address or "").lower() == (address or "").lower()
             if d.protocol == protocol and same:
                 raise Conflict(f"you have this destination already ({d.id})", "address")
+        from fmn.web.ownership import offered_by_account
+
+        # the user's own feed needs no proof, nor an address FAS verified as theirs
+        verified = protocol == "sse" or offered_by_account(self.engine, name, protocol, address)
         dest = Destination(self._fresh_id("d-", {d.id for d in user.destinations}),
-                           protocol, address, verified=protocol == "sse")
+                           protocol, address, verified=verified)
         self._save(dataclasses.replace(user, destinations=(*user.destinations, dest)))
         return dest
 

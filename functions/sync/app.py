@@ -1,0 +1,93 @@
+"""The sync Lambda (Chalice): the scheduled full reconcile of ownership and accounts.
+
+Every hour it reconciles package ownership (dist-git's owner map) and the
+members of the groups that own packages or that rules name (FASJSON); once a
+day, every user's Fedora account (FASJSON: e-mails and nicks offered as
+destinations, locked or deleted accounts switched off).  Each run fetches,
+compares with the database, writes only the difference and publishes only
+that to the snapshot's change log (:mod:`fmn.ownership.reconcile`); a fetch
+that fails or looks wrong changes nothing, is logged, counted
+(``SyncRefused``) and recorded for ``fmn status``.  The live updates from the
+bus, between two runs, happen in the match function.
+
+Production FASJSON needs Kerberos: give the function a keytab
+(``KRB5_CLIENT_KTNAME``, from a secret) and ``FMN_FASJSON_AUTH=gssapi``.
+Nothing does I/O at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+from chalice.app import Chalice, Cron, Rate
+
+from fmn.ownership.reconcile import SyncReport
+from fmn.settings import Settings
+
+app = Chalice(app_name="fmn-sync", configure_logs=False)
+logger = Logger(service="fmn-sync")
+metrics = Metrics(namespace="FMN", service="sync")
+_state: dict[str, Any] = {}
+
+
+def reset() -> None:
+    _state.clear()
+
+
+def _deps() -> dict[str, Any]:
+    if not _state:
+        from fmn import db
+        from fmn.ownership.settings import SyncSettings
+        from fmn.snapshot.store import RedisSnapshotStore
+
+        copy_config_to_registered_loggers(source_logger=logger, include={"fmn"})
+        s = Settings.from_env()
+        _state.update(sync=SyncSettings.from_env(), engine=db.make_engine(s.database_url),
+                      store=RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix))
+    return _state
+
+
+def _done(report: SyncReport) -> dict[str, Any]:
+    logger.info(report.summary(), extra={"report": report.as_dict()})
+    metrics.add_metric(name="SyncRefused" if not report.ok else "SyncApplied",
+                       unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="SnapshotChanges", unit=MetricUnit.Count,
+                       value=report.snapshot_changes)
+    metrics.flush_metrics()
+    return report.as_dict()
+
+
+def sync_ownership_now() -> dict[str, Any]:
+    from fmn.ownership.reconcile import reconcile_ownership
+    from fmn.ownership.sources import fetch_ownership
+    from fmn.ownership.store import tracked_groups
+
+    d = _deps()
+    s = d["sync"]
+    distgit, fasjson = s.distgit(), s.fasjson()
+    groups = tracked_groups(d["engine"])
+    return _done(reconcile_ownership(
+        d["engine"], d["store"], lambda: fetch_ownership(distgit, fasjson, groups),
+        max_drop=s.max_drop))
+
+
+def sync_accounts_now() -> dict[str, Any]:
+    from fmn.ownership.reconcile import reconcile_accounts
+
+    d = _deps()
+    s = d["sync"]
+    return _done(reconcile_accounts(d["engine"], d["store"], s.fasjson().user,
+                                    max_drop=s.max_drop, workers=s.workers))
+
+
+@app.schedule(Rate(1, unit=Rate.HOURS))
+def sync_ownership(event: Any) -> None:
+    sync_ownership_now()
+
+
+@app.schedule(Cron(30, 3, "*", "*", "?", "*"))
+def sync_accounts(event: Any) -> None:
+    sync_accounts_now()

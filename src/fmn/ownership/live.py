@@ -1,0 +1,339 @@
+"""Ownership and membership changes from the bus, applied as they arrive.
+
+:func:`classify` reads one message and says what it changes (pure);
+:class:`LiveUpdater` applies that to the database and appends the change to
+the snapshot's log, so that the next message about the artifact is matched
+on the new owners (the match function refreshes its snapshot right after).
+
+Messages understood (topic suffixes, any environment prefix):
+
+* dist-git (pagure on src.fedoraproject.org): ``pagure.project.new``,
+  ``.deleted``, ``.user.added``, ``.user.access.updated``, ``.user.removed``,
+  ``.group.added``, ``.group.access.updated``, ``.group.removed``.  The
+  message's ``project`` carries the access lists; the change it announces is
+  applied on top (so a project serialised before or after the change gives
+  the same result).  Only dist-git namespaces count (``rpms``, ``container``,
+  ``modules``, ``flatpaks``); pagure.io's projects are not packages.
+* pkgdb (Fedora's package database until 2017; the shared data has it):
+  ``pkgdb.package.new`` (the point of contact owns it), ``pkgdb.acl.user.remove``
+  and ``pkgdb.package.update.status`` to ``Retired`` on the development branch.
+* FAS / noggin: ``fas.group.member.sponsor`` (added), ``fas.group.member.removed``
+  and ``.remove`` (removed), FreeIPA's ``ipa.group_add_member.v1`` and
+  ``ipa.group_remove_member.v1``: group membership, for groups the database
+  tracks; ``fas.user.update``: the account is fetched again from FASJSON
+  (destinations, locked) when a FASJSON client is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from fmn.errors import FmnError, RetryableError
+from fmn.message import Message
+from fmn.ownership import store as ostore
+from fmn.ownership.data import (
+    DISTGIT_NAMESPACES,
+    MAINTAINER_ACCESS,
+    ORPHAN,
+    project_artifact,
+    project_owners,
+    valid_name,
+)
+from fmn.ownership.diff import OwnershipDelta
+from fmn.prefs import Owners
+
+log = logging.getLogger(__name__)
+
+_DEV_BRANCHES = ("master", "devel", "rawhide", "main")
+
+
+@dataclass
+class ArtifactChange:
+    #: the owners the message states (its project's access lists), or None: the database's
+    base: Owners | None = None
+    add_users: set[str] = field(default_factory=set)
+    remove_users: set[str] = field(default_factory=set)
+    add_groups: set[str] = field(default_factory=set)
+    remove_groups: set[str] = field(default_factory=set)
+    deleted: bool = False
+
+    def apply(self, current: Owners | None) -> Owners | None:
+        if self.deleted:
+            return None
+        base = self.base if self.base is not None else current or Owners()
+        users = [u for u in base.users if u not in self.remove_users]
+        users += sorted(u for u in self.add_users if u not in users and u != ORPHAN)
+        groups = [g for g in base.groups if g not in self.remove_groups]
+        groups += sorted(g for g in self.add_groups if g not in groups)
+        return Owners(users=tuple(users), groups=tuple(groups))
+
+
+@dataclass
+class LiveUpdate:
+    """What one message changes."""
+
+    kind: str
+    artifacts: dict[tuple[str, str], ArtifactChange] = field(default_factory=dict)
+    #: group -> (members added, members removed)
+    members: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+    #: accounts to fetch again
+    accounts: set[str] = field(default_factory=set)
+
+
+def _suffix(topic: str, *candidates: str) -> str | None:
+    for c in candidates:
+        if topic == c or topic.endswith("." + c):
+            return c
+    return None
+
+
+def _body(message: Message) -> Mapping[str, Any]:
+    body = message.body
+    inner = body.get("msg") if isinstance(body, Mapping) else None
+    # noggin wraps its fields in "msg"; fedmsg and pagure do not
+    return inner if isinstance(inner, Mapping) else body
+
+
+def _user_name(value: Any) -> str | None:
+    if isinstance(value, Mapping):
+        value = value.get("username") or value.get("name")
+    return value if valid_name(value) else None
+
+
+PAGURE = ("pagure.project.new", "pagure.project.deleted", "pagure.project.user.added",
+          "pagure.project.user.access.updated", "pagure.project.user.removed",
+          "pagure.project.group.added", "pagure.project.group.access.updated",
+          "pagure.project.group.removed")
+FAS = ("fas.group.member.sponsor", "fas.group.member.removed", "fas.group.member.remove",
+       "ipa.group_add_member.v1", "ipa.group_remove_member.v1", "fas.user.update")
+PKGDB = ("pkgdb.package.new", "pkgdb.acl.user.remove", "pkgdb.package.update.status")
+
+
+def classify(message: Message, namespaces: Mapping[str, str] | None = None
+             ) -> LiveUpdate | None:
+    """What ``message`` changes in ownership, membership or accounts; None if nothing.
+
+    ``namespaces`` maps extra Pagure namespaces to artifact types (tests).
+    """
+    topic = message.topic
+    body = _body(message)
+    kind = _suffix(topic, *PAGURE)
+    if kind is not None:
+        return _pagure(kind, body, namespaces or {})
+    kind = _suffix(topic, *FAS)
+    if kind is not None:
+        return _fas(kind, body)
+    kind = _suffix(topic, *PKGDB)
+    if kind is not None:
+        return _pkgdb(kind, body)
+    return None
+
+
+def _pagure(kind: str, body: Mapping[str, Any], extra: Mapping[str, str]) -> LiveUpdate | None:
+    project = body.get("project")
+    key = project_artifact(project)
+    if key is None and isinstance(project, Mapping):
+        atype = extra.get(project.get("namespace") or "")
+        if atype is not None and valid_name(project.get("name")):
+            key = (atype, project["name"])
+    if key is None or not isinstance(project, Mapping):
+        return None
+    change = ArtifactChange()
+    if "access_users" in project or "access_groups" in project:
+        change.base = project_owners(project)
+    update = LiveUpdate(kind=kind, artifacts={key: change})
+    if kind == "pagure.project.deleted":
+        change.deleted = True
+    elif kind in ("pagure.project.user.added", "pagure.project.user.access.updated"):
+        user = _user_name(body.get("new_user"))
+        access = body.get("new_access") or body.get("access") or "commit"
+        if user is not None:
+            (change.add_users if access in MAINTAINER_ACCESS else change.remove_users).add(user)
+    elif kind == "pagure.project.user.removed":
+        user = _user_name(body.get("removed_user"))
+        if user is not None:
+            change.remove_users.add(user)
+    elif kind in ("pagure.project.group.added", "pagure.project.group.access.updated"):
+        group = body.get("new_group")
+        access = body.get("new_access") or body.get("access") or "commit"
+        if valid_name(group):
+            (change.add_groups if access in MAINTAINER_ACCESS else change.remove_groups).add(group)
+    elif kind == "pagure.project.group.removed":
+        removed = body.get("removed_groups")
+        for group in removed if isinstance(removed, list) else [removed]:
+            if valid_name(group):
+                change.remove_groups.add(group)
+    return update
+
+
+def _ipa_params(body: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    if body.get("IPA_API_RESULT") != "SUCCESS":
+        return None, []
+    try:
+        params = json.loads(body.get("IPA_API_PARAMS") or "{}")
+    except (TypeError, ValueError):
+        return None, []
+    if not isinstance(params, dict):
+        return None, []
+    group = params.get("cn")
+    users = params.get("user")  # nested groups ("group") are not people
+    names = [u for u in (users if isinstance(users, list) else [users]) if valid_name(u)]
+    return (group if valid_name(group) else None), names
+
+
+def _fas(kind: str, body: Mapping[str, Any]) -> LiveUpdate | None:
+    if kind == "fas.user.update":
+        user = _user_name(body.get("user"))
+        return LiveUpdate(kind=kind, accounts={user}) if user else None
+    if kind.startswith("ipa."):
+        group, users = _ipa_params(body)
+        if group is None or not users:
+            return None
+        added = kind == "ipa.group_add_member.v1"
+    else:
+        g = body.get("group")
+        group = _user_name(g) if isinstance(g, Mapping) else (g if valid_name(g) else None)
+        user = _user_name(body.get("user"))
+        if group is None or user is None:
+            return None
+        users = [user]
+        added = kind == "fas.group.member.sponsor"
+    return LiveUpdate(kind=kind, members={group: (set(users), set()) if added
+                                          else (set(), set(users))})
+
+
+def _pkgdb(kind: str, body: Mapping[str, Any]) -> LiveUpdate | None:
+    update = LiveUpdate(kind=kind)
+    if kind == "pkgdb.acl.user.remove":
+        user = _user_name(body.get("username"))
+        listings = body.get("package_listings")
+        for listing in listings if isinstance(listings, list) and user else ():
+            name = ((listing or {}).get("package") or {}).get("name")
+            branch = ((listing or {}).get("collection") or {}).get("branchname")
+            if valid_name(name) and branch in _DEV_BRANCHES:
+                update.artifacts[("rpms", name)] = ArtifactChange(remove_users={user or ""})
+        return update if update.artifacts else None
+    listing = body.get("package_listing")
+    if not isinstance(listing, Mapping):
+        return None
+    name = (listing.get("package") or {}).get("name")
+    branch = (listing.get("collection") or {}).get("branchname")
+    if not valid_name(name) or branch not in _DEV_BRANCHES:
+        return None
+    if kind == "pkgdb.package.new":
+        poc = _user_name(listing.get("point_of_contact"))
+        if poc is None or poc == ORPHAN:
+            return None
+        update.artifacts[("rpms", name)] = ArtifactChange(add_users={poc})
+    elif body.get("status") == "Retired":
+        update.artifacts[("rpms", name)] = ArtifactChange(deleted=True)
+    else:
+        return None
+    return update
+
+
+# --------------------------------------------------------------------------
+# applying
+
+
+@dataclass
+class LiveResult:
+    kind: str
+    delta: OwnershipDelta
+    users_affected: set[str]
+    snapshot_changes: int
+    seconds: float
+    accounts: int = 0
+
+
+class LiveUpdater:
+    """Applies :func:`classify`'s answer to the database and the snapshot's change log.
+
+    ``fasjson`` (a :class:`~fmn.ownership.sources.FasJson`) lets an account
+    update be fetched at once; without it the next ``fmn sync accounts`` does.
+    A database that fails raises :class:`~fmn.errors.RetryableError`: the
+    message comes back and is applied then.
+    """
+
+    def __init__(self, engine: Engine, store: Any, *, fasjson: Any = None,
+                 namespaces: Mapping[str, str] | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.fasjson = fasjson
+        self.namespaces = {k: v for k, v in (namespaces or {}).items()
+                           if k not in DISTGIT_NAMESPACES}
+
+    def handle(self, message: Message) -> LiveResult | None:
+        update = classify(message, self.namespaces)
+        if update is None:
+            return None
+        started = time.perf_counter()
+        try:
+            result = self._apply(update)
+        except FmnError:
+            raise
+        except Exception as exc:  # SQLAlchemy's errors: the database is away
+            raise RetryableError(f"applying {update.kind} of {message.id}: {exc!r}") from exc
+        result.seconds = time.perf_counter() - started
+        ostore.record_sync(self.engine, "live", ok=True, error=None, detail={
+            "topic": message.topic, "message_id": message.id,
+            "artifacts": result.delta.artifact_count(), "groups": len(result.delta.groups),
+            "users_affected": len(result.users_affected), "accounts": result.accounts,
+            "snapshot_changes": result.snapshot_changes,
+            "seconds": round(result.seconds, 4)})
+        log.info("live %s: %d artifacts, %d groups, %d users affected, %d snapshot changes",
+                 update.kind, result.delta.artifact_count(), len(result.delta.groups),
+                 len(result.users_affected), result.snapshot_changes)
+        return result
+
+    def _apply(self, update: LiveUpdate) -> LiveResult:
+        from fmn.ownership.publish import publish_accounts, publish_delta
+
+        delta = OwnershipDelta()
+        affected: set[str] = set()
+        if update.artifacts:
+            current = ostore.owners_of(self.engine, update.artifacts)
+            for key, change in update.artifacts.items():
+                was = current.get(key)
+                new = change.apply(was)
+                if new is not None and not (new.users or new.groups):
+                    new = None
+                if new is None and was is None:
+                    continue
+                if was is not None and new is not None and set(was.users) == set(new.users) \
+                        and set(was.groups) == set(new.groups):
+                    continue
+                delta.owners[key[0]][key[1]] = new
+                affected |= set(was.users if was else ()) ^ set(new.users if new else ())
+        if update.members:
+            known = ostore.members_of(self.engine, update.members)
+            for group, (added, removed) in update.members.items():
+                if group not in known:
+                    continue  # a group nobody here cares about
+                before = known[group]
+                after = tuple(m for m in before if m not in removed) + tuple(
+                    sorted(u for u in added if u not in before))
+                if set(after) != set(before):
+                    delta.groups[group] = after
+                    affected |= set(before) ^ set(after)
+        changes = 0
+        if delta:
+            ostore.apply_delta(self.engine, delta)
+            changes += publish_delta(self.store, delta)
+        accounts = 0
+        if update.accounts and self.fasjson is not None:
+            names = [n for n in update.accounts if n in set(ostore.user_names_in(
+                self.engine, update.accounts))]
+            fetched = [self.fasjson.user(n) for n in names]
+            if fetched:
+                accounts = len(fetched)
+                changes += publish_accounts(self.engine, self.store, fetched)
+        return LiveResult(kind=update.kind, delta=delta, users_affected=affected,
+                          snapshot_changes=changes, seconds=0.0, accounts=accounts)

@@ -1,0 +1,200 @@
+"""The full reconcile: fetch, compare with the database, apply only the difference.
+
+:func:`reconcile_ownership` (``fmn sync ownership``, the scheduled
+``functions/sync``) and :func:`reconcile_accounts` (``fmn sync accounts``)
+share one shape:
+
+1. fetch everything from the source; any failure (:class:`SourceError`)
+   changes nothing;
+2. check that the answer is believable (:func:`~fmn.ownership.diff.implausible`:
+   not empty, not a drop of more than ``max_drop`` of the entries);
+3. compute the difference with the database and write only that;
+4. publish only what changed to the snapshot's log: ownership changes as
+   ownership entries, users whose account changed state through their own
+   per-user entry;
+5. record the attempt (``sync_state``), success or refusal, with its figures:
+   ``fmn status`` and the web UI show it.
+
+A refusal is logged, recorded and returned in the report, and the command
+exits non-zero; the database and the snapshot stay as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from fmn.errors import FmnError
+from fmn.message import ARTIFACT_TYPES
+from fmn.ownership import store as ostore
+from fmn.ownership.data import Account, Ownership
+from fmn.ownership.diff import (
+    DEFAULT_MAX_DROP,
+    OwnershipDelta,
+    affected_users,
+    diff_groups,
+    diff_owners,
+    implausible,
+)
+from fmn.ownership.publish import publish_account_users, publish_delta
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class SyncReport:
+    source: str
+    ok: bool
+    #: why nothing was changed (a failed or implausible fetch)
+    reason: str | None = None
+    fetched: int = 0
+    artifacts_changed: int = 0
+    groups_changed: int = 0
+    accounts_changed: int = 0
+    #: users whose view changed (gained or lost an artifact or a group, or
+    #: whose account was locked, deleted or usable again)
+    users_affected: int = 0
+    #: entries appended to the snapshot's change log
+    snapshot_changes: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"{self.source}: nothing changed: {self.reason}"
+        what = (f"{self.artifacts_changed} artifacts, {self.groups_changed} groups"
+                if self.source == "ownership" else f"{self.accounts_changed} accounts")
+        return (f"{self.source}: {self.fetched} fetched, {what} changed, "
+                f"{self.users_affected} users affected, {self.snapshot_changes} snapshot "
+                f"changes published, in {self.seconds:.2f}s"
+                + (f" ({self.skipped} unusable entries skipped)" if self.skipped else ""))
+
+
+def _refuse(engine: Engine, report: SyncReport, reason: str, started: float) -> SyncReport:
+    report.ok, report.reason = False, reason
+    report.seconds = time.perf_counter() - started
+    log.error("%s sync refused: %s", report.source, reason)
+    ostore.record_sync(engine, report.source, ok=False, error=reason, detail=report.as_dict())
+    return report
+
+
+def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownership], *,
+                        max_drop: float = DEFAULT_MAX_DROP,
+                        with_groups: bool = True) -> SyncReport:
+    """Fetch the ownership data and make the database (and the snapshot) agree.
+
+    ``with_groups``: the fetch includes group members (FASJSON); without, the
+    database's membership is left as it is.
+    """
+    started = time.perf_counter()
+    report = SyncReport(source="ownership", ok=True)
+    try:
+        data = fetch()
+    except FmnError as exc:
+        return _refuse(engine, report, f"fetch failed: {exc}", started)
+    report.fetched, report.skipped = data.artifact_count(), data.skipped
+    current = ostore.load_ownership(engine)
+    reason = implausible("owner map", current.artifact_count(), data.artifact_count(), max_drop)
+    for atype in ARTIFACT_TYPES:
+        before, after = len(current.owners.get(atype, {})), len(data.owners.get(atype, {}))
+        reason = reason or (implausible(f"owner map's {atype}", before, after, max_drop)
+                            if before >= 20 else None)
+    if with_groups and current.membership_count():
+        reason = reason or implausible("group membership", current.membership_count(),
+                                       data.membership_count(), max_drop)
+    if reason:
+        return _refuse(engine, report, reason, started)
+    delta = OwnershipDelta()
+    diff_owners(current.owners, data.owners, delta)
+    if with_groups:
+        diff_groups(current.groups, data.groups, delta)
+    report.artifacts_changed = delta.artifact_count()
+    report.groups_changed = len(delta.groups)
+    report.users_affected = len(affected_users(delta, current.owners, current.groups))
+    if delta:
+        ostore.apply_delta(engine, delta)
+        report.snapshot_changes = publish_delta(store, delta)
+    report.seconds = time.perf_counter() - started
+    ostore.record_sync(engine, "ownership", ok=True, error=None, detail=report.as_dict())
+    log.info("%s", report.summary())
+    return report
+
+
+def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], Account], *,
+                       names: Iterable[str] | None = None, max_drop: float = DEFAULT_MAX_DROP,
+                       workers: int = 8, progress: Progress | None = None) -> SyncReport:
+    """Fetch the account of every user (or of ``names``) and store what changed.
+
+    A user whose account is now locked or deleted is published with nothing
+    to receive; one whose account is usable again gets their rules back.
+    """
+    started = time.perf_counter()
+    report = SyncReport(source="accounts", ok=True)
+    wanted = list(ostore.user_names(engine) if names is None else names)
+    fetched: list[Account] = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for i, account in enumerate(pool.map(fetch_user, wanted)):
+                fetched.append(account)
+                if progress is not None:
+                    progress(i + 1, len(wanted))
+    except FmnError as exc:
+        return _refuse(engine, report, f"fetch failed: {exc}", started)
+    report.fetched = len(fetched)
+    known = ostore.load_accounts(engine, wanted)
+    usable_before = sum(1 for n in wanted if not (known[n].blocked if n in known else False))
+    usable_after = sum(1 for a in fetched if not a.blocked)
+    if wanted:
+        reason = implausible("usable accounts", usable_before, usable_after, max_drop)
+        if reason:
+            return _refuse(engine, report, reason, started)
+    changed = [a for a in fetched if a.username not in known or not known[a.username].same_as(a)]
+    report.accounts_changed = len(changed)
+    if changed:
+        _, revisions = ostore.apply_accounts(engine, changed)
+        report.users_affected = len(revisions)
+        report.snapshot_changes = publish_account_users(engine, store, revisions)
+    report.seconds = time.perf_counter() - started
+    ostore.record_sync(engine, "accounts", ok=True, error=None, detail=report.as_dict())
+    log.info("%s", report.summary())
+    return report
+
+
+def status(engine: Engine) -> dict[str, Any]:
+    """The last reconcile of each kind and the last live update (``fmn status``)."""
+    return ostore.sync_states(engine)
+
+
+def format_status(states: dict[str, Any]) -> str:
+    lines = []
+    for source in ostore.SOURCES:
+        s = states.get(source)
+        if s is None:
+            lines.append(f"{source:<10} never")
+            continue
+        d = s.get("detail") or {}
+        if source == "live":
+            what = (f"{d.get('topic')}: {d.get('artifacts', 0)} artifacts, "
+                    f"{d.get('groups', 0)} groups, {d.get('users_affected', 0)} users")
+        elif s.get("error"):
+            what = f"REFUSED: {s['error']}"
+        else:
+            what = (f"{d.get('fetched', 0)} fetched, {d.get('artifacts_changed', 0)} artifacts / "
+                    f"{d.get('groups_changed', 0)} groups / {d.get('accounts_changed', 0)} "
+                    f"accounts changed, {d.get('snapshot_changes', 0)} snapshot changes")
+        lines.append(f"{source:<10} last {s.get('attempted_at')}, last success "
+                     f"{s.get('succeeded_at') or 'never'}: {what}")
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""HTTP clients for dist-git (its owner map and Pagure API) and FASJSON.
+
+Production FASJSON needs Kerberos: ``auth="gssapi"`` signs every request
+with SPNEGO (requests-gssapi, the machine's keytab via ``KRB5_CLIENT_KTNAME``);
+``auth="none"`` is for tests and local fixtures.  Every failure to get a
+complete, well-formed answer (connection refused, a 5xx, a body cut short,
+JSON that does not parse, a member list shorter than its own page count)
+is a :class:`SourceError`, so the reconcile changes nothing.  A 404 is an
+answer, not a failure: the group or account does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from fmn.errors import RetryableError
+from fmn.ownership.data import (
+    Account,
+    InvalidSource,
+    Ownership,
+    parse_account,
+    parse_members_page,
+    parse_owner_map,
+    project_owners,
+)
+from fmn.prefs import Owners
+
+log = logging.getLogger(__name__)
+
+OWNER_MAP_PATH = "/extras/pagure_owner_alias.json"
+#: artifact type -> dist-git namespace in URLs
+NAMESPACE_OF = {"rpms": "rpms", "containers": "container", "modules": "modules",
+                "flatpaks": "flatpaks"}
+#: the most member pages followed for one group (FASJSON's largest groups
+#: have some 10,000 members; at 1,000 a page that is 10)
+MAX_PAGES = 200
+
+Progress = Callable[[int, int | None], None]
+
+
+class SourceError(RetryableError):
+    """An upstream did not give a complete, well-formed answer."""
+
+
+def make_session(auth: str = "none") -> Any:
+    import requests
+
+    session = requests.Session()
+    session.headers["User-Agent"] = "fmn-sync (Fedora notifications)"
+    session.headers["Accept"] = "application/json"
+    if auth == "gssapi":
+        from requests_gssapi import OPTIONAL, HTTPSPNEGOAuth
+
+        session.auth = HTTPSPNEGOAuth(mutual_authentication=OPTIONAL)
+    elif auth != "none":
+        raise ValueError(f"unknown auth {auth!r}: 'gssapi' or 'none'")
+    return session
+
+
+@dataclass
+class _Http:
+    base_url: str
+    session: Any
+    timeout_s: float = 60.0
+
+    def get(self, url: str, *, missing_ok: bool = False) -> Any:
+        """GET ``url`` (absolute, or a path under the base) as JSON; ``None`` on a 404
+        when ``missing_ok``."""
+        import requests
+
+        if not url.startswith(("http://", "https://")):
+            url = self.base_url.rstrip("/") + url
+        try:
+            response = self.session.get(url, timeout=self.timeout_s)
+            if missing_ok and response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise SourceError(f"GET {url}: HTTP {response.status_code}")
+            content = response.content  # reads the whole body: a short one raises here
+        except requests.RequestException as exc:
+            raise SourceError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        try:
+            return response.json() if content else None
+        except ValueError as exc:
+            raise SourceError(f"GET {url}: not JSON ({len(content)} bytes; cut short?): "
+                              f"{exc}") from exc
+
+
+class DistGit(_Http):
+    """dist-git (src.fedoraproject.org): the owner map and Pagure's project API."""
+
+    def owner_map(self) -> Ownership:
+        doc = self.get(OWNER_MAP_PATH)
+        try:
+            return parse_owner_map(doc)
+        except InvalidSource as exc:
+            raise SourceError(f"GET {OWNER_MAP_PATH}: {exc}") from exc
+
+    def project(self, atype: str, name: str) -> Owners | None:
+        """One artifact's maintainers from ``/api/0/<namespace>/<name>``; None if none."""
+        doc = self.get(f"/api/0/{NAMESPACE_OF[atype]}/{quote(name, safe='')}", missing_ok=True)
+        if doc is None:
+            return None
+        if not isinstance(doc, dict) or "access_users" not in doc:
+            raise SourceError(f"dist-git project {atype}/{name}: no access_users")
+        return project_owners(doc)
+
+
+class FasJson(_Http):
+    """FASJSON (fasjson.fedoraproject.org): group members and users, API v1."""
+
+    page_size: int = 1000
+
+    def group_members(self, group: str) -> tuple[str, ...] | None:
+        """Every member of ``group``, following the pages; None if the group does not exist."""
+        url: str | None = (f"/v1/groups/{quote(group, safe='')}/members/"
+                           f"?page_size={self.page_size}")
+        members: list[str] = []
+        expected: int | None = None
+        pages = 0
+        while url is not None:
+            pages += 1
+            if pages > MAX_PAGES:
+                raise SourceError(f"members of {group}: more than {MAX_PAGES} pages")
+            doc = self.get(url, missing_ok=pages == 1)
+            if doc is None:
+                return None
+            try:
+                names, url = parse_members_page(doc, group)
+            except InvalidSource as exc:
+                raise SourceError(str(exc)) from exc
+            if url is not None and not url.startswith(self.base_url.rstrip("/") + "/"):
+                # credentials go where the pages go: never to another host
+                raise SourceError(f"members of {group}: next page {url[:200]!r} is not "
+                                  f"under {self.base_url}")
+            page = doc.get("page") if isinstance(doc, dict) else None
+            if isinstance(page, dict) and isinstance(page.get("total_results"), int):
+                expected = page["total_results"]
+            members.extend(names)
+        if expected is not None and len(set(members)) < expected:
+            # A page lost on the way: applying it would drop real members.
+            raise SourceError(f"members of {group}: {len(set(members))} read, "
+                              f"FASJSON counts {expected}")
+        return tuple(dict.fromkeys(members))
+
+    def user(self, name: str) -> Account:
+        """The account ``name``; ``deleted`` when FASJSON has none (FASJSON also hides
+        locked accounts behind a 404)."""
+        doc = self.get(f"/v1/users/{quote(name, safe='')}/", missing_ok=True)
+        if doc is None:
+            return Account(username=name, deleted=True)
+        try:
+            return parse_account(doc, name)
+        except InvalidSource as exc:
+            raise SourceError(str(exc)) from exc
+
+
+def fetch_ownership(distgit: DistGit, fasjson: FasJson | None,
+                    extra_groups: Iterable[str] = (),
+                    progress: Progress | None = None) -> Ownership:
+    """The owner map, plus the members of every group that owns something (and of
+    ``extra_groups``, the groups the users' rules name)."""
+    data = distgit.owner_map()
+    if fasjson is None:
+        return data
+    groups = sorted(data.owner_groups() | set(extra_groups))
+    for i, group in enumerate(groups):
+        members = fasjson.group_members(group)
+        if members is not None:
+            data.groups[group] = members
+        if progress is not None:
+            progress(i + 1, len(groups))
+    return data

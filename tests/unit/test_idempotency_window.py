@@ -1,0 +1,30 @@
+"""A dead letter re-driven at any time while SQS holds it sends nothing twice.
+
+The senders remember each send for ``Settings.idempotency_ttl_s``; a record
+carrying that send can exist for the dead-letter queue's retention (from its
+first enqueue) and then, re-driven, a whole queue retention again.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fmn.local.aws import DLQ_RETENTION_S as DEPLOYED_DLQ_RETENTION_S
+from fmn.pipeline.queues import DLQ_RETENTION_S, QUEUES, idempotency_window_s
+from fmn.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_sends_are_remembered_as_long_as_a_redriven_record_can_carry_them() -> None:
+    ttl = Settings().idempotency_ttl_s
+    for q in QUEUES:
+        assert ttl >= DLQ_RETENTION_S + q.retention_s, q.name
+
+
+def test_the_window_follows_the_queue_definitions() -> None:
+    assert DEPLOYED_DLQ_RETENTION_S == DLQ_RETENTION_S
+    assert Settings.from_env({}).idempotency_ttl_s == idempotency_window_s()
+    assert Settings.from_env({"FMN_IDEMPOTENCY_TTL_S": "60"}).idempotency_ttl_s == 60
+    # dead letters outlive the records of every source queue
+    assert all(q.retention_s <= DLQ_RETENTION_S for q in QUEUES)
