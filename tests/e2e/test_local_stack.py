@@ -120,8 +120,10 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
             else:
                 direct_mail.add((n.message_id, n.user, n.destination, n.address))
     assert expected, "the demo preferences must route some of the shared messages"
-    assert {b: counters["notifications"][b] for b in BACKENDS} == {
-        b: sum(c for k, c in expected.items() if k[2] == b) for b in BACKENDS}
+    # a record redelivered (at least once) is matched again: the counters may exceed
+    # the expected notifications; the ledger's distinct ones must not (below)
+    assert all(counters["notifications"][b] >= sum(c for k, c in expected.items()
+                                                  if k[2] == b) for b in BACKENDS)
     # one delivery per (message, user, address), however many buses carried it
     once = {b: {(k[0], k[1], k[3]) for k in expected if k[2] == b} for b in BACKENDS}
 
