@@ -39,7 +39,7 @@ from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
 from fmn.ownership import store as ostore
 from fmn.pipeline.envelope import Envelope
-from fmn.pipeline.notifications import unpack
+from fmn.pipeline.notifications import unpack_all
 from fmn.pipeline.queues import QUEUES
 from fmn.snapshot import sync
 from fmn.snapshot.live import LiveSnapshot
@@ -136,8 +136,8 @@ def run_batch(match_app: ModuleType, env: SimpleNamespace, records: list[bytes]
         env.sqs.delete_message_batch(QueueUrl=env.urls["sse"], Entries=[
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
         for m in got:
-            info, items = unpack(m["Body"], backend="sse")
-            routed.setdefault(info["id"], set()).update(n["user"] for n in items)
+            for info, items in unpack_all(m["Body"], backend="sse"):
+                routed.setdefault(info["id"], set()).update(n["user"] for n in items)
 
 
 def then_build(match_app: ModuleType, env: SimpleNamespace, change: bytes,
