@@ -36,6 +36,9 @@ test: setup services ## run the whole test suite (lint included)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+test-api: setup ## schemathesis against the web API, a longer hunt than make test's
+	FMN_SCHEMATHESIS_EXAMPLES=$${EXAMPLES:-30} $(BIN)/pytest -q tests/integration/test_webapp_schemathesis.py
+
 lint: setup ## ruff and mypy only
 	$(BIN)/ruff check src bridge functions webapp tests loadtest
 	$(BIN)/mypy
@@ -66,4 +69,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup services run test lint bench chaos fuzz loadtest vendor clean
+.PHONY: help setup services run test test-api lint bench chaos fuzz loadtest vendor clean

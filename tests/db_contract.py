@@ -70,10 +70,11 @@ def generated(users: int, seed: int) -> dict[str, Any]:
 
 def edge_document() -> dict[str, Any]:
     """Shapes the golden file lacks: odd strings, duplicates, empty lists, odd JSON."""
-    # COPY and SQL quoting meet backslashes, \N, quotes and %; names may
-    # not hold control characters, but fields values (any JSON) may.
+    # COPY and SQL quoting meet backslashes, \N, quotes and %; no string of a
+    # preference holds control characters (fields values neither), but their
+    # escaped spellings must come back as they went in.
     odd = "back \\ slash \\N \"quote\" 'single' %s %(x)s {}, é, 🚀"
-    control = "tab\t new\n line nul\x00 bell\x07"
+    control = "tab\\t new\\n line nul\\x00 bell\\x07 \\\\. end"
     return {
         "version": 1,
         "users": [
@@ -88,7 +89,7 @@ def edge_document() -> dict[str, Any]:
                   "digest": None},
              ],
              "rules": [
-                 {"id": "r9", "name": "", "enabled": False,
+                 {"id": "r9", "name": " spaced ", "enabled": False,
                   "tracking": {"kind": "artifacts-group-owned",
                                "params": {"groups": ["g", "g", odd]}},
                   "generation_rules": [

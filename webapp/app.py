@@ -1,9 +1,12 @@
 """The preferences web app (Chalice): the API of docs/web-api.md, sign-in, and the UI's files.
 
-A thin edge around :mod:`fmn.web`: each route reads the session, checks the
-CSRF token of a state-changing request, calls
-:class:`fmn.web.service.PreferencesService` or :class:`fmn.web.verify.Verifier`
-and maps what they raise to JSON errors (``{"error", "detail", "field"}``).
+A thin edge around :mod:`fmn.web`: each route is declared once as an
+:class:`fmn.web.openapi.Operation` (which also makes its OpenAPI
+description), reads the session and checks the CSRF token through
+:class:`fmn.web.http.Sessions`, calls
+:class:`fmn.web.service.PreferencesService` or :class:`fmn.web.verify.Verifier`,
+and turns what they answer or raise into a response (``{"error", "detail",
+"field"}`` for every error, the framework's own 405/415/500 included).
 Clients, the database engine and the OIDC client are built on first use
 (:func:`configure` injects them in tests and the local stack); nothing does
 I/O at import.  A configuration unsafe to serve with (the development login
@@ -16,36 +19,29 @@ returns a handle with ``url`` and ``stop()``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
-import json
 import logging
 import mimetypes
 import re
 import secrets
 import threading
 from collections.abc import Callable
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from chalice.app import Chalice, Request, Response
 from sqlalchemy.exc import DBAPIError
 
-from fmn import auth
 from fmn.errors import RetryableError
 from fmn.prefs import dump_destination, dump_rule
 from fmn.settings import Settings
-from fmn.web import UnsafeConfiguration, WebSettings
+from fmn.web import UnsafeConfiguration, http, schema
+from fmn.web import check as check_settings
+from fmn.web.openapi import FORM, JSON, MULTIPART, Operation, document
 from fmn.web.service import (
-    Forbidden,
     Invalid,
     NotFound,
-    NotSignedIn,
     PreferencesService,
-    RateLimited,
     WebError,
     known_applications,
 )
@@ -55,14 +51,10 @@ app.api.binary_types.extend(["image/*", "font/*", "application/octet-stream"])
 log = logging.getLogger("fmn.webapp")
 
 STATIC = Path(__file__).resolve().parent / "static"
-CSRF_COOKIE = "fmn_csrf"
-CSRF_HEADER = "x-csrf-token"
-OIDC_COOKIE = "fmn_oidc"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-JSON_TYPES = ["application/json"]
-FORM_TYPES = ["application/json", "application/x-www-form-urlencoded"]
-_DEV_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+#: Every route, in the order declared: the OpenAPI description is made from it.
+OPERATIONS: list[Operation] = []
 
 _state: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -76,31 +68,30 @@ def reset() -> None:
     _state.clear()
 
 
-def configure(settings: Settings | None = None, web: WebSettings | None = None,
-              **overrides: Any) -> None:
+def configure(settings: Settings | None = None, **overrides: Any) -> None:
     """Build the state now from explicit settings; ``overrides`` replace parts of it
     (``engine``, ``store``, ``service``, ``verifier``, ``oidc``, ``feed``, ``mailer``,
     ``irc_link``, ``keys``, ``clock``).  Raises UnsafeConfiguration."""
     with _lock:
         _state.clear()
-        _build(settings or Settings.from_env(), web or WebSettings.from_env(), overrides)
+        _build(settings or Settings.from_env(), overrides)
 
 
 def _get(name: str) -> Any:
     if not _state:
         with _lock:
             if not _state:
-                _build(Settings.from_env(), WebSettings.from_env(), {})
+                _build(Settings.from_env(), {})
     return _state[name]
 
 
-def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
+def _build(s: Settings, o: dict[str, Any]) -> None:
     import time
 
     from fmn import db
     from fmn.web.verify import IrcCodeChannel, RecordingChannel, RedisKeys, Verifier
 
-    web.check(s.secret_key)
+    check_settings(s)
     clock = o.get("clock", time.time)
     engine = o.get("engine") or db.make_engine(s.database_url)
     if "store" in o:
@@ -116,7 +107,7 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
 
         feed = RedisFeed.from_url(s.redis_url, s.feed_prefix, s.feed_maxlen, s.feed_max_age_s)
     service = o.get("service") or PreferencesService(
-        engine, store, admins=web.admins, feed=feed,
+        engine, store, admins=s.admins, feed=feed,
         previewer=o.get("previewer") or _previewer(engine, s), clock=clock)
     mailer = o.get("mailer")
     if mailer is None:
@@ -129,19 +120,20 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
         from fmn.delivery.irc_client import IrcClientLink
 
         irc_link = IrcClientLink.from_url(s.irc_url, TokenBucket(s.irc_burst, s.irc_rate))
-    matrix = o.get("matrix") or RecordingChannel("matrix", log_codes=not web.production)
+    matrix = o.get("matrix") or RecordingChannel("matrix", log_codes=not s.production)
     verifier = o.get("verifier") or Verifier(
         service, o.get("keys") or RedisKeys.from_url(s.redis_url), s.secret_key,
         web_url=s.web_url, mailer=mailer, mail_from=s.mail_from,
         channels={"irc": IrcCodeChannel(irc_link), "matrix": matrix}, clock=clock)
     oidc = o.get("oidc")
-    if oidc is None and web.oidc_issuer and web.oidc_client_id:
+    if oidc is None and s.oidc_issuer and s.oidc_client_id:
         from fmn.web.oidc import OidcClient
 
-        oidc = OidcClient(web.oidc_issuer, web.oidc_client_id, web.oidc_client_secret,
+        oidc = OidcClient(s.oidc_issuer, s.oidc_client_id, s.oidc_client_secret,
                           f"{s.web_url}/oidc/callback", clock=clock)
-    _state.update(settings=s, web=web, engine=engine, store=store, feed=feed, service=service,
-                  verifier=verifier, oidc=oidc, matrix=matrix, clock=clock)
+    _state.update(settings=s, engine=engine, store=store, feed=feed, service=service,
+                  verifier=verifier, oidc=oidc, matrix=matrix, clock=clock,
+                  sessions=http.Sessions(s, clock))
 
 
 def _previewer(engine: Any, s: Settings) -> Any:
@@ -149,6 +141,16 @@ def _previewer(engine: Any, s: Settings) -> Any:
     from fmn.web.service import engine_previewer
 
     return engine_previewer(engine, s.redis_url, window_key(s.queue_prefix))
+
+
+def _service() -> PreferencesService:
+    service: PreferencesService = _get("service")
+    return service
+
+
+def _sessions() -> http.Sessions:
+    sessions: http.Sessions = _get("sessions")
+    return sessions
 
 
 # --------------------------------------------------------------------------
@@ -161,215 +163,144 @@ def _request() -> Request:
     return request
 
 
-def _cookies(request: Request) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(request.headers.get("cookie", ""))
-    except Exception:  # http.cookies.CookieError: a garbled header counts as no cookies
-        return {}
-    return {k: m.value for k, m in jar.items()}
+def _response(answer: http.Answer) -> Response:
+    return Response(body=answer.body, status_code=answer.status, headers=answer.headers)
 
 
-def _cookie(name: str, value: str, *, max_age: int | None, http_only: bool = True,
-            path: str = "/") -> str:
-    parts = [f"{name}={value}", f"Path={path}", "SameSite=Lax"]
-    if max_age is not None:
-        parts.append(f"Max-Age={max_age}")
-    if http_only:
-        parts.append("HttpOnly")
-    s, web = _get("settings"), _get("web")
-    if s.web_url.startswith("https://") or web.production:
-        parts.append("Secure")
-    return "; ".join(parts)
+def _jar() -> dict[str, str]:
+    return http.cookies(_request().headers.get("cookie"))
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, Any] | None = None) -> Response:
-    return Response(body=json.dumps(body), status_code=status,
-                    headers={"Content-Type": "application/json", "Cache-Control": "no-store",
-                             **(headers or {})})
+def _body() -> Any:
+    request = _request()
+    return http.read_body(request.raw_body, request.headers.get("content-type"))
 
 
-def _html(title: str, body: str, status: int = 200) -> Response:
-    page = (f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}"
-            f"</title><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-    return Response(body=page, status_code=status,
-                    headers={"Content-Type": "text/html; charset=utf-8",
-                             "Cache-Control": "no-store",
-                             "Content-Security-Policy": "default-src 'self'",
-                             "X-Frame-Options": "DENY"})
+def _form() -> Any:
+    """The body when it is a form (its ``csrf`` field stands for the CSRF header)."""
+    request = _request()
+    if request.headers.get("content-type", "").startswith(FORM):
+        return _body()
+    return None
 
 
-def _redirect(location: str, cookies: list[str] | None = None) -> Response:
-    headers: dict[str, Any] = {"Location": location, "Cache-Control": "no-store"}
-    if cookies:
-        headers["Set-Cookie"] = cookies
-    return Response(body="", status_code=302, headers=headers)
+def api(op: Operation) -> Callable[[Callable[..., http.Answer]], Callable[..., Response]]:
+    """Declare a route: registered with Chalice and described in the OpenAPI document.
 
+    The view returns an :class:`fmn.web.http.Answer`; the CSRF token of an unsafe
+    method is checked first, then the session (``user`` is passed to the view of a
+    signed-in route), and errors become the documented JSON errors.
+    """
 
-def _error(exc: WebError) -> Response:
-    headers = {}
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    return _json(exc.as_json(), exc.status, headers)
-
-
-def _body(request: Request) -> Any:
-    raw = request.raw_body or b""
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("application/x-www-form-urlencoded"):
-        return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting
-        raise Invalid(f"the body is not JSON: {str(exc)[:200]}") from exc
-
-
-def csrf_for(session: str) -> str:
-    """The CSRF token bound to a session (double-submit, and forgeable by no one else)."""
-    key = _get("settings").secret_key.encode()
-    return hmac.new(key, b"csrf\0" + session.encode(), hashlib.sha256).hexdigest()
-
-
-def _check_csrf(request: Request, form: Any = None) -> None:
-    cookie = _cookies(request).get(CSRF_COOKIE, "")
-    sent = request.headers.get(CSRF_HEADER, "")
-    if not sent and isinstance(form, dict):
-        sent = str(form.get("csrf", ""))
-    if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
-        raise Forbidden("missing or wrong CSRF token: send the fmn_csrf cookie's value in "
-                        "the X-CSRF-Token header", "X-CSRF-Token")
-    session = _cookies(request).get(auth.SESSION_COOKIE)
-    if session and not hmac.compare_digest(csrf_for(session).encode(), sent.encode()):
-        raise Forbidden("the CSRF token belongs to another session", "X-CSRF-Token")
-
-
-def _user(request: Request) -> str:
-    session = _cookies(request).get(auth.SESSION_COOKIE)
-    if not session:
-        raise NotSignedIn("sign in first (GET /login)")
-    try:
-        return auth.verify(session, _get("settings").secret_key, "session",
-                           auth.SESSION_MAX_AGE_S, clock=_get("clock"))
-    except auth.InvalidToken as exc:
-        raise NotSignedIn(f"your session is not valid ({exc.reason}); sign in again") from exc
-
-
-def _session_cookies(name: str) -> list[str]:
-    session = auth.sign(name, _get("settings").secret_key, "session", clock=_get("clock"))
-    return [_cookie(auth.SESSION_COOKIE, session, max_age=auth.SESSION_MAX_AGE_S),
-            _cookie(CSRF_COOKIE, csrf_for(session), max_age=auth.SESSION_MAX_AGE_S,
-                    http_only=False)]
-
-
-def endpoint(*, signed_in: bool = True) -> Callable[[Callable[..., Response]],
-                                                     Callable[..., Response]]:
-    """Wrap a view: CSRF for unsafe methods, the user, errors mapped to JSON."""
-
-    def wrap(view: Callable[..., Response]) -> Callable[..., Response]:
+    def wrap(view: Callable[..., http.Answer]) -> Callable[..., Response]:
         def run(**params: Any) -> Response:
             request = _request()
             try:
-                if request.method in UNSAFE_METHODS:
-                    _check_csrf(request)
-                if signed_in:
-                    params["user"] = _user(request)
-                return view(**params)
+                if op.csrf:
+                    _sessions().check_csrf(_jar(), request.headers, _form())
+                if op.access == "user":
+                    params["user"] = _sessions().user(_jar())
+                return _response(view(**params))
             except WebError as exc:
-                return _error(exc)
+                return _response(http.error(exc))
             except UnsafeConfiguration as exc:
                 log.error("refusing to serve: %s", exc)
-                return _json({"error": "misconfigured", "detail": str(exc), "field": None}, 500)
+                return _response(http.error_json(500, "misconfigured", str(exc)))
             except (RetryableError, DBAPIError) as exc:  # DBAPIError: the database away
                 log.warning("dependency failed: %s", exc)
-                return _json({"error": "unavailable", "detail": "a service we depend on is "
-                              "unavailable; try again shortly", "field": None}, 503,
-                             {"Retry-After": "5"})
+                return _response(http.unavailable())
 
         run.__name__ = view.__name__
         run.__doc__ = view.__doc__
+        OPERATIONS.append(op)
+        app.route(op.path, methods=[op.method], content_types=op.content_types)(run)
         return run
 
     return wrap
 
 
-def _service() -> PreferencesService:
-    service: PreferencesService = _get("service")
-    return service
-
-
-def _int_param(name: str, default: int) -> int:
-    value = (_request().query_params or {}).get(name)
-    if value is None:
-        return default
-    if not (value.isascii() and value.isdigit()) or len(value) > 6:
-        raise Invalid("must be a positive integer", name)
-    return int(value)
+@app.middleware("http")
+def documented_errors(event: Any, get_response: Callable[[Any], Response]) -> Response:
+    """The framework's own answers (405, 415, an unhandled error's 500) in the documented
+    error format, and ``nosniff`` on every answer."""
+    try:
+        response = get_response(event)
+    except Exception:
+        log.exception("unhandled error")
+        response = _response(http.internal_error())
+    fixed = http.framework_error(response.status_code, response.body)
+    if fixed is not None:
+        keep = {k: v for k, v in response.headers.items() if k.lower() in ("allow",)}
+        response = _response(fixed)
+        response.headers.update(keep)
+    for name, value in http.COMMON_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 # --------------------------------------------------------------------------
 # sign-in
 
 
-@app.route("/login", methods=["GET"])
-@endpoint(signed_in=False)
-def login() -> Response:
+@api(Operation("GET", "/login", "sign in: to the account system (OpenID Connect), or to the "
+               "development login", answer="redirect", ok=302, access="public"))
+def login() -> http.Answer:
     oidc = _get("oidc")
     if oidc is None:
-        if _get("web").dev_login:
-            return _redirect("/dev/login")
-        return _json({"error": "no-login", "detail": "no account system is configured "
-                      "(FMN_OIDC_ISSUER, FMN_OIDC_CLIENT_ID)", "field": None}, 503)
+        if _get("settings").dev_login:
+            return http.redirect("/dev/login")
+        return http.error_json(503, "no-login", "no account system is configured "
+                                                "(FMN_OIDC_ISSUER, FMN_OIDC_CLIENT_ID)")
     from fmn.web.oidc import seal
 
     url, pending = oidc.begin("/")
     sealed = seal(pending, _get("settings").secret_key)
-    return _redirect(url, [_cookie(OIDC_COOKIE, sealed, max_age=600, path="/oidc")])
+    return http.redirect(url, [_sessions().cookie(http.OIDC_COOKIE, sealed, max_age=600,
+                                                  path="/oidc")])
 
 
-@app.route("/oidc/callback", methods=["GET"])
-@endpoint(signed_in=False)
-def oidc_callback() -> Response:
+@api(Operation("GET", "/oidc/callback", "the account system's answer: signs in, then "
+               "redirects to /", answer="redirect", ok=302, access="public",
+               query=schema.OidcCallbackQuery, errors_html=True))
+def oidc_callback() -> http.Answer:
     from fmn.web.oidc import OidcError, unseal
 
     request = _request()
     oidc = _get("oidc")
     if oidc is None:
         raise NotFound("no account system is configured")
+    schema.query(schema.OidcCallbackQuery, request.query_params)
     try:
-        pending = unseal(_cookies(request).get(OIDC_COOKIE, ""), _get("settings").secret_key)
+        pending = unseal(_jar().get(http.OIDC_COOKIE, ""), _get("settings").secret_key)
         account = oidc.finish(pending, dict(request.query_params or {}))
     except OidcError as exc:
-        return _html("Sign-in failed", f"<p>{html.escape(str(exc))}</p>"
-                                       "<p><a href=/login>Try again</a></p>", 401)
+        return http.page("Sign-in failed", f"<p>{html.escape(str(exc))}</p>"
+                                           "<p><a href=/login>Try again</a></p>", 401)
     _service().login(account.name, account.email)
-    cookies = [*_session_cookies(account.name),
-               _cookie(OIDC_COOKIE, "", max_age=0, path="/oidc")]
-    return _redirect("/", cookies)
+    cookies = [*_sessions().sign_in(account.name),
+               _sessions().cookie(http.OIDC_COOKIE, "", max_age=0, path="/oidc")]
+    return http.redirect("/", cookies)
 
 
-@app.route("/logout", methods=["POST"], content_types=FORM_TYPES)
-@endpoint(signed_in=False)
-def logout() -> Response:
-    return Response(body="", status_code=204, headers={"Set-Cookie": [
-        _cookie(auth.SESSION_COOKIE, "", max_age=0),
-        _cookie(CSRF_COOKIE, "", max_age=0, http_only=False)]})
+@api(Operation("POST", "/logout", "sign out: clears the session cookies", ok=204,
+               body_types=(JSON, FORM), access="public"))
+def logout() -> http.Answer:
+    return http.empty(204).with_cookies(_sessions().sign_out())
 
 
 def _dev_login_on() -> None:
-    if not _get("web").dev_login:
+    if not _get("settings").dev_login:
         raise NotFound("the development login is off (FMN_DEV_LOGIN)")
 
 
-@app.route("/dev/login", methods=["GET"])
-@endpoint(signed_in=False)
-def dev_login_page() -> Response:
+@api(Operation("GET", "/dev/login", "the development login's form (FMN_DEV_LOGIN=1 only)",
+               answer="html", access="public"))
+def dev_login_page() -> http.Answer:
     _dev_login_on()
     from fmn import db
 
     names = list(db.user_revisions(_get("engine")))[:20]
-    token = _cookies(_request()).get(CSRF_COOKIE, "")
+    token = _jar().get(http.CSRF_COOKIE, "")
     if not re.fullmatch(r"[0-9a-f]{64}", token):  # only ever reuse one we could have set
         token = secrets.token_hex(32)
     options = "".join(f"<option>{html.escape(n)}</option>" for n in names)
@@ -378,277 +309,287 @@ def dev_login_page() -> Response:
             f'<input type=hidden name=csrf value="{html.escape(token)}">'
             "<input name=user list=users required autofocus>"
             f"<datalist id=users>{options}</datalist> <button>Sign in</button></form>")
-    page = _html("Sign in (development)", body)
-    page.headers["Set-Cookie"] = _cookie(CSRF_COOKIE, token, max_age=3600, http_only=False)
-    return page
+    return http.page("Sign in (development)", body).with_cookies(
+        [_sessions().cookie(http.CSRF_COOKIE, token, max_age=3600, http_only=False)])
 
 
-@app.route("/dev/login", methods=["POST"], content_types=FORM_TYPES)
-def dev_login() -> Response:
-    request = _request()
-    try:
-        _dev_login_on()
-        form = _body(request)
-        _check_csrf(request, form)
-        if not isinstance(form, dict) or not isinstance(form.get("user"), str):
-            raise Invalid("name the user to sign in as", "user")
-        name = form["user"].strip()
-        if not _DEV_NAME.fullmatch(name):
-            raise Invalid("not an account name (lowercase letters, digits, _ . -)", "user")
-        _service().login(name, f"{name}@example.org")
-    except WebError as exc:
-        return _error(exc)
-    except UnsafeConfiguration as exc:
-        return _json({"error": "misconfigured", "detail": str(exc), "field": None}, 500)
-    cookies = _session_cookies(name)
-    if request.headers.get("content-type", "").startswith("application/json"):
-        me = _service().me(name)
-        return _json(me, 200, {"Set-Cookie": cookies})
-    return _redirect("/", cookies)
+@api(Operation("POST", "/dev/login", "sign in as anyone, no password (FMN_DEV_LOGIN=1 only): "
+               "JSON answers the user, a form redirects to /", body=schema.DevLogin,
+               body_types=(JSON, FORM), answer=schema.Me, access="public", redirects=True))
+def dev_login() -> http.Answer:
+    _dev_login_on()
+    form = _body()
+    if isinstance(form, dict) and not isinstance(form.get("user"), str):
+        raise Invalid("name the user to sign in as", "user")
+    name = schema.check(schema.DevLogin, form).user
+    _service().login(name, f"{name}@example.org")
+    cookies = _sessions().sign_in(name)
+    if _request().headers.get("content-type", "").startswith(JSON):
+        return http.json_answer(_service().me(name)).with_cookies(cookies)
+    return http.redirect("/", cookies)
 
 
 # --------------------------------------------------------------------------
 # the API
 
 
-@app.route("/api/v1/me", methods=["GET"])
-@endpoint()
-def me(user: str) -> Response:
+@api(Operation("GET", "/api/v1/me", "the signed-in user", answer=schema.Me))
+def me(user: str) -> http.Answer:
     from fmn.auth import feed_url
 
     s = _get("settings")
     # the live feed (another origin on AWS): a signed link the page's EventSource opens
     live = feed_url(s.feed_url, user, s.secret_key) if s.feed_url else None
-    return _json({**_service().me(user), "feed_url": live})
+    return http.json_answer({**_service().me(user), "feed_url": live})
 
 
-@app.route("/api/v1/destinations", methods=["GET"])
-@endpoint()
-def list_destinations(user: str) -> Response:
-    return _json([dump_destination(d) for d in _service().destinations(user)])
+@api(Operation("GET", "/api/v1/destinations", "my destinations",
+               answer=list[schema.Destination]))
+def list_destinations(user: str) -> http.Answer:
+    return http.json_answer([dump_destination(d) for d in _service().destinations(user)])
 
 
-@app.route("/api/v1/destinations", methods=["POST"], content_types=JSON_TYPES)
-@endpoint()
-def add_destination(user: str) -> Response:
-    dest = _service().add_destination(user, _body(_request()))
-    sent = _get("verifier").start(user, dest.id) if not dest.verified else "verified"
-    return _json({**dump_destination(dest), "verification": sent}, 201)
+@api(Operation("POST", "/api/v1/destinations", "add a destination (unverified: its "
+               "verification is sent; over the rate limit nothing is added)",
+               body=schema.NewDestination, ok=201, answer=schema.CreatedDestination))
+def add_destination(user: str) -> http.Answer:
+    dest, sent = _get("verifier").add(user, _body())
+    return http.json_answer({**dump_destination(dest), "verification": sent}, 201)
 
 
-@app.route("/api/v1/destinations/{dest_id}", methods=["PATCH"], content_types=JSON_TYPES)
-@endpoint()
-def patch_destination(user: str, dest_id: str) -> Response:
-    return _json(dump_destination(_service().patch_destination(user, dest_id,
-                                                               _body(_request()))))
+@api(Operation("PATCH", "/api/v1/destinations/{dest_id}", "set or clear the digest",
+               body=schema.DestinationPatch, answer=schema.Destination))
+def patch_destination(user: str, dest_id: str) -> http.Answer:
+    return http.json_answer(dump_destination(_service().patch_destination(user, dest_id,
+                                                                          _body())))
 
 
-@app.route("/api/v1/destinations/{dest_id}", methods=["DELETE"])
-@endpoint()
-def delete_destination(user: str, dest_id: str) -> Response:
+@api(Operation("DELETE", "/api/v1/destinations/{dest_id}", "delete a destination (409 while "
+               "a rule uses it)", ok=204))
+def delete_destination(user: str, dest_id: str) -> http.Answer:
     _service().delete_destination(user, dest_id)
-    return Response(body="", status_code=204)
+    return http.empty(204)
 
 
-@app.route("/api/v1/destinations/{dest_id}/verify", methods=["POST"], content_types=JSON_TYPES)
-@endpoint()
-def verify_destination(user: str, dest_id: str) -> Response:
-    dest = _get("verifier").confirm_code(user, dest_id, _body(_request()))
-    return _json(dump_destination(dest))
+@api(Operation("POST", "/api/v1/destinations/{dest_id}/verify", "type back a code (IRC, "
+               "Matrix)", body=schema.Code, answer=schema.Destination))
+def verify_destination(user: str, dest_id: str) -> http.Answer:
+    dest = _get("verifier").confirm_code(user, dest_id, _body())
+    return http.json_answer(dump_destination(dest))
 
 
-@app.route("/api/v1/destinations/{dest_id}/resend", methods=["POST"], content_types=JSON_TYPES)
-@endpoint()
-def resend_verification(user: str, dest_id: str) -> Response:
-    return _json({"verification": _get("verifier").start(user, dest_id)}, 202)
+@api(Operation("POST", "/api/v1/destinations/{dest_id}/resend", "send the verification "
+               "again", ok=202, answer=schema.Verification))
+def resend_verification(user: str, dest_id: str) -> http.Answer:
+    return http.json_answer({"verification": _get("verifier").start(user, dest_id)}, 202)
 
 
-@app.route("/verify/email/{token}", methods=["GET"])
-def verify_email(token: str) -> Response:
+@api(Operation("GET", "/verify/email/{token}", "confirm an e-mail address: the link of the "
+               "verification mail (an HTML page says whether it worked)", answer="html",
+               access="token"))
+def verify_email(token: str) -> http.Answer:
     from fmn.web.verify import VerificationFailed
 
     try:
         _user_name, dest = _get("verifier").confirm_email(token)
     except VerificationFailed as exc:
-        return _html("Address not confirmed", f"<p>{html.escape(exc.detail)}</p>"
-                     "<p><a href=/>Your settings</a></p>", 400)
+        return http.page("Address not confirmed", f"<p>{html.escape(exc.detail)}</p>"
+                         "<p><a href=/>Your settings</a></p>", 400)
     except RetryableError:
-        return _html("Try again shortly", "<p>A service we depend on is unavailable.</p>", 503)
-    return _html("Address confirmed", f"<p>Notifications may now go to "
-                 f"{html.escape(dest.address or '')}.</p><p><a href=/>Your settings</a></p>")
+        return http.page("Try again shortly", "<p>A service we depend on is unavailable.</p>",
+                         503)
+    return http.page("Address confirmed", f"<p>Notifications may now go to "
+                     f"{html.escape(dest.address or '')}.</p><p><a href=/>Your settings</a></p>")
 
 
-def _unsubscribe_target(token: str) -> tuple[str, str] | Response:
+def _unsubscribe_target(token: str) -> tuple[str, str] | http.Answer:
     from fmn.auth import InvalidToken, verify_unsubscribe
 
     try:
         return verify_unsubscribe(token, _get("settings").secret_key)
     except InvalidToken:
-        return _html("Link not valid", "<p>This unsubscribe link is not valid (altered or "
-                     "too old).</p><p><a href=/>Your settings</a></p>", 400)
+        return http.page("Link not valid", "<p>This unsubscribe link is not valid (altered or "
+                         "too old).</p><p><a href=/>Your settings</a></p>", 400)
 
 
-@app.route("/unsubscribe/{token}", methods=["GET"])
-def unsubscribe_page(token: str) -> Response:
-    """What a person clicking the link sees: one button (the POST does it)."""
+@api(Operation("GET", "/unsubscribe/{token}", "the mails' List-Unsubscribe link: a page with "
+               "one button (which POSTs)", answer="html", access="token"))
+def unsubscribe_page(token: str) -> http.Answer:
     target = _unsubscribe_target(token)
-    if isinstance(target, Response):
+    if isinstance(target, http.Answer):
         return target
-    return _html("Stop these emails", "<form method=post><p>Stop the notifications sent to "
-                 "this address? You can turn them on again by verifying it in your "
-                 "settings.</p><button type=submit>Stop these emails</button></form>")
+    return http.page("Stop these emails", "<form method=post>"
+                     "<input type=hidden name=List-Unsubscribe value=One-Click>"
+                     "<p>Stop the notifications sent to this address? You can turn them on "
+                     "again by verifying it in your settings.</p>"
+                     "<button type=submit>Stop these emails</button></form>")
 
 
-@app.route("/unsubscribe/{token}", methods=["POST"],
-           content_types=[*FORM_TYPES, "multipart/form-data"])  # RFC 8058 allows both
-def unsubscribe(token: str) -> Response:
-    """RFC 8058 one-click unsubscribe: the signed token is the credential (no session,
-    no CSRF token: mail clients POST ``List-Unsubscribe=One-Click`` themselves)."""
+@api(Operation("POST", "/unsubscribe/{token}", "RFC 8058 one-click unsubscribe: the signed "
+               "token is the credential (no session, no CSRF token); the destination is "
+               "unverified", body=schema.OneClick, body_types=(FORM, MULTIPART),
+               answer="html", access="token"))
+def unsubscribe(token: str) -> http.Answer:
     target = _unsubscribe_target(token)
-    if isinstance(target, Response):
+    if isinstance(target, http.Answer):
         return target
+    schema.check(schema.OneClick, _body())
     user, dest_id = target
     try:
         _get("service").unsubscribe(user, dest_id)
     except RetryableError:
-        return _html("Try again shortly", "<p>A service we depend on is unavailable.</p>", 503)
-    return _html("Unsubscribed", "<p>No more notifications go to this address until you "
-                 "verify it again in <a href=/>your settings</a>.</p>")
+        return http.page("Try again shortly", "<p>A service we depend on is unavailable.</p>",
+                         503)
+    return http.page("Unsubscribed", "<p>No more notifications go to this address until you "
+                     "verify it again in <a href=/>your settings</a>.</p>")
 
 
-@app.route("/api/v1/rules", methods=["GET"])
-@endpoint()
-def list_rules(user: str) -> Response:
-    return _json([dump_rule(r) for r in _service().rules(user)])
+@api(Operation("GET", "/api/v1/rules", "my rules", answer=list[schema.Rule]))
+def list_rules(user: str) -> http.Answer:
+    return http.json_answer([dump_rule(r) for r in _service().rules(user)])
 
 
-@app.route("/api/v1/rules", methods=["POST"], content_types=JSON_TYPES)
-@endpoint()
-def create_rule(user: str) -> Response:
-    return _json(dump_rule(_service().create_rule(user, _body(_request()))), 201)
+@api(Operation("POST", "/api/v1/rules", "create a rule", body=schema.NewRule, ok=201,
+               answer=schema.Rule))
+def create_rule(user: str) -> http.Answer:
+    return http.json_answer(dump_rule(_service().create_rule(user, _body())), 201)
 
 
-@app.route("/api/v1/rules/{rule_id}", methods=["GET"])
-@endpoint()
-def get_rule(user: str, rule_id: str) -> Response:
-    return _json(dump_rule(_service().rule(user, rule_id)))
+@api(Operation("GET", "/api/v1/rules/{rule_id}", "one rule", answer=schema.Rule))
+def get_rule(user: str, rule_id: str) -> http.Answer:
+    return http.json_answer(dump_rule(_service().rule(user, rule_id)))
 
 
-@app.route("/api/v1/rules/{rule_id}", methods=["PUT"], content_types=JSON_TYPES)
-@endpoint()
-def replace_rule(user: str, rule_id: str) -> Response:
-    return _json(dump_rule(_service().replace_rule(user, rule_id, _body(_request()))))
+@api(Operation("PUT", "/api/v1/rules/{rule_id}", "replace a rule",
+               body=schema.RuleReplacement, answer=schema.Rule))
+def replace_rule(user: str, rule_id: str) -> http.Answer:
+    return http.json_answer(dump_rule(_service().replace_rule(user, rule_id, _body())))
 
 
-@app.route("/api/v1/rules/{rule_id}", methods=["PATCH"], content_types=JSON_TYPES)
-@endpoint()
-def patch_rule(user: str, rule_id: str) -> Response:
-    return _json(dump_rule(_service().patch_rule(user, rule_id, _body(_request()))))
+@api(Operation("PATCH", "/api/v1/rules/{rule_id}", "enable or disable, rename",
+               body=schema.RulePatch, answer=schema.Rule))
+def patch_rule(user: str, rule_id: str) -> http.Answer:
+    return http.json_answer(dump_rule(_service().patch_rule(user, rule_id, _body())))
 
 
-@app.route("/api/v1/rules/{rule_id}", methods=["DELETE"])
-@endpoint()
-def delete_rule(user: str, rule_id: str) -> Response:
+@api(Operation("DELETE", "/api/v1/rules/{rule_id}", "delete a rule", ok=204))
+def delete_rule(user: str, rule_id: str) -> http.Answer:
     _service().delete_rule(user, rule_id)
-    return Response(body="", status_code=204)
+    return http.empty(204)
 
 
-@app.route("/api/v1/applications", methods=["GET"])
-@endpoint()
-def applications(user: str) -> Response:
-    return _json(known_applications())
+@api(Operation("GET", "/api/v1/applications", "application names a rule may filter on",
+               answer=list[str]))
+def applications(user: str) -> http.Answer:
+    return http.json_answer(known_applications())
 
 
-@app.route("/api/v1/artifacts", methods=["GET"])
-@endpoint()
-def artifacts(user: str) -> Response:
-    params = _request().query_params or {}
-    return _json(_service().artifacts(params.get("q", ""), params.get("type"),
-                                      _int_param("limit", 20)))
+@api(Operation("GET", "/api/v1/artifacts", "artifacts of the ownership data by name prefix",
+               query=schema.ArtifactsQuery, answer=list[schema.ArtifactAnswer]))
+def artifacts(user: str) -> http.Answer:
+    q = schema.query(schema.ArtifactsQuery, _request().query_params)
+    return http.json_answer(_service().artifacts(q.q, q.type, q.limit))
 
 
-@app.route("/api/v1/ownership", methods=["GET"])
-@endpoint()
-def ownership(user: str) -> Response:
+@api(Operation("GET", "/api/v1/ownership",
+               "what I own, directly and through my groups, and when that was refreshed",
+               answer=schema.Ownership))
+def ownership(user: str) -> http.Answer:
     from fmn.web.ownership import my_ownership
 
-    return _json(my_ownership(_service().engine, user))
+    return http.json_answer(my_ownership(_service().engine, user))
 
 
-@app.route("/api/v1/preview", methods=["POST"], content_types=JSON_TYPES)
-@endpoint()
-def preview(user: str) -> Response:
-    return _json(_service().preview(user, _body(_request())))
+@api(Operation("POST", "/api/v1/preview", "what a rule would have matched lately",
+               body=schema.PreviewRequest, answer=schema.Preview))
+def preview(user: str) -> http.Answer:
+    return http.json_answer(_service().preview(user, _body()))
 
 
-@app.route("/api/v1/notifications", methods=["GET"])
-@endpoint()
-def notifications(user: str) -> Response:
-    return _json(_service().notifications(user, _int_param("limit", 50)))
+@api(Operation("GET", "/api/v1/notifications", "my latest notifications, newest first",
+               query=schema.NotificationsQuery, answer=list[schema.Notification]))
+def notifications(user: str) -> http.Answer:
+    q = schema.query(schema.NotificationsQuery, _request().query_params)
+    return http.json_answer(_service().notifications(user, q.limit))
 
 
-@app.route("/api/v1/stats", methods=["GET"])
-@endpoint()
-def stats(user: str) -> Response:
-    return _json(_service().stats(user))
+@api(Operation("GET", "/api/v1/stats", "notifications per rule, last 7 days",
+               answer=schema.Stats))
+def stats(user: str) -> http.Answer:
+    return http.json_answer(_service().stats(user))
 
 
-@app.route("/api/v1/admin/users/{name}/disable", methods=["POST"], content_types=JSON_TYPES)
-@endpoint()
-def admin_disable_user(user: str, name: str) -> Response:
+@api(Operation("POST", "/api/v1/admin/users/{name}/disable", "admin: disable a user",
+               answer=schema.UserState))
+def admin_disable_user(user: str, name: str) -> http.Answer:
     target = _service().disable_user(user, name)
-    return _json({"name": target.name, "enabled": target.enabled})
+    return http.json_answer({"name": target.name, "enabled": target.enabled})
 
 
-@app.route("/api/v1/admin/users/{name}/rules/{rule_id}/disable", methods=["POST"],
-           content_types=JSON_TYPES)
-@endpoint()
-def admin_disable_rule(user: str, name: str, rule_id: str) -> Response:
-    return _json(dump_rule(_service().disable_rule(user, name, rule_id)))
+@api(Operation("POST", "/api/v1/admin/users/{name}/rules/{rule_id}/disable",
+               "admin: disable a rule", answer=schema.Rule))
+def admin_disable_rule(user: str, name: str, rule_id: str) -> http.Answer:
+    return http.json_answer(dump_rule(_service().disable_rule(user, name, rule_id)))
 
 
-@app.route("/api/v1/openapi.json", methods=["GET"])
-def openapi() -> Response:
-    return _json(OPENAPI)
+@api(Operation("GET", "/api/v1/openapi.json", "this description", answer=dict[str, Any],
+               access="public"))
+def openapi() -> http.Answer:
+    if _openapi.get("routes") != len(OPERATIONS):  # made once (it takes half a second)
+        _openapi.update(routes=len(OPERATIONS), document=document(OPERATIONS))
+    return http.json_answer(_openapi["document"])
+
+
+_openapi: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------
 # the UI's files
 
 
-def _static(relative: str) -> Response:
+def _static(relative: str) -> http.Answer:
     path = STATIC / relative
     if not path.is_file():
         raise NotFound(f"no file {relative!r}")
     ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    headers: dict[str, str | list[str]] = {"Cache-Control": "no-cache", **http.COMMON_HEADERS}
+    if ctype == "text/html":
+        feed = _get("settings").feed_url
+        headers.update(http.PAGE_HEADERS)
+        headers["Content-Security-Policy"] = http.content_security_policy(
+            _origin(feed) if feed else None)
     if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
-        return Response(body=path.read_text("utf-8"), status_code=200,
-                        headers={"Content-Type": f"{ctype}; charset=utf-8",
-                                 "Cache-Control": "no-cache"})
-    return Response(body=path.read_bytes(), status_code=200,
-                    headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
+        headers["Content-Type"] = f"{ctype}; charset=utf-8"
+        return http.Answer(200, path.read_text("utf-8"), headers)
+    headers["Content-Type"] = ctype
+    return http.Answer(200, path.read_bytes(), headers)
 
 
-@app.route("/", methods=["GET"])
-@endpoint(signed_in=False)
-def index() -> Response:
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@api(Operation("GET", "/", "the web UI", answer="html", access="public"))
+def index() -> http.Answer:
     if (STATIC / "index.html").is_file():
         return _static("index.html")
-    return _html("Fedora Notifications", "<p>The UI is not installed. The API is at "
-                 "<a href=/api/v1/openapi.json>/api/v1</a>; <a href=/login>sign in</a>.</p>")
+    return http.page("Fedora Notifications", "<p>The UI is not installed. The API is at "
+                     "<a href=/api/v1/openapi.json>/api/v1</a>; <a href=/login>sign in</a>.</p>")
 
 
-@app.route("/static/{name}", methods=["GET"])
-@endpoint(signed_in=False)
-def static_file(name: str) -> Response:
+@api(Operation("GET", "/static/{name}", "the UI's files", answer="file", access="public"))
+def static_file(name: str) -> http.Answer:
     if not _STATIC_NAME.fullmatch(name):
         raise NotFound("no such file")
     return _static(name)
 
 
-@app.route("/static/{folder}/{name}", methods=["GET"])
-@endpoint(signed_in=False)
-def static_file_in(folder: str, name: str) -> Response:
+@api(Operation("GET", "/static/{folder}/{name}", "the UI's files", answer="file",
+               access="public"))
+def static_file_in(folder: str, name: str) -> http.Answer:
     if not _STATIC_NAME.fullmatch(folder) or not _STATIC_NAME.fullmatch(name):
         raise NotFound("no such file")
     return _static(f"{folder}/{name}")
@@ -694,102 +635,62 @@ class _OneAtATime:
         return getattr(self._target, name)
 
 
-def serve_local(settings: Settings, port: int, web: WebSettings | None = None,
-                host: str = "127.0.0.1", **overrides: Any) -> LocalServer:
+def _allowed(path: str) -> list[str]:
+    """The methods the routes of ``path`` take."""
+    path = path.split("?", 1)[0]
+    for template, methods in app.routes.items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            return sorted(methods)
+    return []
+
+
+def _documented_gateway_errors(handler_cls: Any) -> Any:
+    """The local gateway's own refusals in the documented format: an unknown path (404),
+    a method no route has (405: TRACE, CONNECT...)."""
+
+    class Handler(handler_cls):  # type: ignore[misc,valid-type]
+        def _send_error_response(self, error: Any) -> None:
+            self._send(http.error_json(404, "not-found", "no such path"))
+
+        def _send(self, answer: http.Answer) -> None:
+            body = answer.body if isinstance(answer.body, bytes) else answer.body.encode()
+            self.send_response(answer.status)
+            for name, value in answer.headers.items():
+                self.send_header(name, str(value))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _no_such_method(self) -> None:
+            answer = http.error_json(405, "method-not-allowed",
+                                     f"unsupported method: {self.command}",
+                                     {"Allow": ", ".join(_allowed(self.path))})
+            self._send(answer)
+
+        do_TRACE = do_CONNECT = do_PROPFIND = _no_such_method
+
+        def __getattr__(self, name: str) -> Any:  # any other method: 405
+            if name.startswith("do_"):
+                return self._no_such_method
+            raise AttributeError(name)
+
+    return Handler
+
+
+def serve_local(settings: Settings, port: int, host: str = "127.0.0.1",
+                **overrides: Any) -> LocalServer:
     """Serve this app on http://host:port in a thread (local stack, browser tests).
 
-    The state is built now from ``settings`` (and ``web``, default from the
-    environment), so a refused configuration raises here, before listening.
+    The state is built now from ``settings``, so a refused configuration raises
+    here, before listening.
     """
     from chalice.config import Config
-    from chalice.local import LocalDevServer
+    from chalice.local import ChaliceRequestHandler, LocalDevServer
 
-    configure(settings, web, **overrides)
-    server = LocalDevServer(_OneAtATime(app), Config.create(app_name=app.app_name), host, port)
+    configure(settings, **overrides)
+    server = LocalDevServer(_OneAtATime(app), Config.create(app_name=app.app_name), host, port,
+                            handler_cls=_documented_gateway_errors(ChaliceRequestHandler))
     thread = threading.Thread(target=server.server.serve_forever, name="fmn-webapp",
                               daemon=True)
     thread.start()
     return LocalServer(f"http://{host}:{server.server.server_port}", server, thread)
-
-
-# --------------------------------------------------------------------------
-# the OpenAPI description (hand-written; docs/web-api.md is the prose)
-
-
-def _op(summary: str, body: str | None = None, ok: str = "200") -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {
-        ok: {"description": "success"},
-        "default": {"description": "error",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/"
-                                                                          "schemas/Error"}}}}}}
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
-    return op
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "Fedora Notifications preferences API", "version": "1"},
-    "components": {
-        "securitySchemes": {
-            "session": {"type": "apiKey", "in": "cookie", "name": auth.SESSION_COOKIE},
-            "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}},
-        "schemas": {
-            "Error": {"type": "object", "required": ["error", "detail", "field"],
-                      "properties": {"error": {"type": "string"}, "detail": {"type": "string"},
-                                     "field": {"type": ["string", "null"]}}},
-            "NewDestination": {"type": "object", "required": ["protocol"],
-                               "additionalProperties": False, "properties": {
-                                   "protocol": {"enum": ["email", "irc", "matrix", "sse"]},
-                                   "address": {"type": ["string", "null"]}}},
-            "DestinationPatch": {"type": "object", "additionalProperties": False,
-                                 "properties": {"digest": {"type": ["object", "null"],
-                                                           "properties": {
-                                                               "interval_s": {"type": "integer"},
-                                                               "max_count": {"type": "integer"}}}}},
-            "Code": {"type": "object", "required": ["code"], "additionalProperties": False,
-                     "properties": {"code": {"type": "string", "pattern": "^[0-9]{6}$"}}},
-            "Rule": {"type": "object", "additionalProperties": False,
-                     "required": ["name", "enabled", "tracking", "generation_rules"],
-                     "properties": {"name": {"type": "string"}, "enabled": {"type": "boolean"},
-                                    "tracking": {"type": "object"},
-                                    "generation_rules": {"type": "array", "minItems": 1}}},
-            "RulePatch": {"type": "object", "additionalProperties": False,
-                          "properties": {"enabled": {"type": "boolean"},
-                                         "name": {"type": "string"}}},
-            "Preview": {"type": "object", "required": ["rule"], "additionalProperties": False,
-                        "properties": {"rule": {"$ref": "#/components/schemas/Rule"},
-                                       "limit": {"type": "integer", "minimum": 1,
-                                                 "maximum": 200}}},
-        }},
-    "security": [{"session": [], "csrf": []}],
-    "paths": {
-        "/api/v1/me": {"get": _op("the signed-in user")},
-        "/api/v1/destinations": {"get": _op("my destinations"),
-                                 "post": _op("add a destination (sends its verification)",
-                                             "NewDestination", "201")},
-        "/api/v1/destinations/{id}": {"patch": _op("set the digest", "DestinationPatch"),
-                                      "delete": _op("delete (409 while a rule uses it)",
-                                                    ok="204")},
-        "/api/v1/destinations/{id}/verify": {"post": _op("type back a code", "Code")},
-        "/api/v1/destinations/{id}/resend": {"post": _op("send the verification again",
-                                                         ok="202")},
-        "/api/v1/rules": {"get": _op("my rules"), "post": _op("create a rule", "Rule", "201")},
-        "/api/v1/rules/{id}": {"get": _op("one rule"), "put": _op("replace a rule", "Rule"),
-                               "patch": _op("enable or disable, rename", "RulePatch"),
-                               "delete": _op("delete a rule", ok="204")},
-        "/api/v1/applications": {"get": _op("application names")},
-        "/api/v1/artifacts": {"get": _op("artifacts by name prefix (q, type, limit)")},
-        "/api/v1/ownership": {"get": _op("what I own, directly and through my groups, and "
-                                         "when that was refreshed")},
-        "/api/v1/preview": {"post": _op("what a rule would have matched lately", "Preview")},
-        "/api/v1/notifications": {"get": _op("my latest notifications (limit)")},
-        "/api/v1/stats": {"get": _op("notifications per rule, last 7 days")},
-        "/api/v1/admin/users/{name}/disable": {"post": _op("admin: disable a user")},
-        "/api/v1/admin/users/{name}/rules/{id}/disable": {"post": _op("admin: disable a rule")},
-        "/verify/email/{token}": {"get": {**_op("confirm an e-mail address (HTML)"),
-                                          "security": []}},
-    },
-}
-

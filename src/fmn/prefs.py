@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from fmn.message import ARTIFACT_TYPES, SEVERITIES
 
 DOCUMENT_VERSION = 1
@@ -34,18 +36,40 @@ FILTER_NAMES: tuple[str, ...] = (
     "my_actions",
     "fields",
 )
-# C0 and C1 controls, DEL, the Unicode line and paragraph separators (nothing
-# that can end a mail header or an IRC line), lone surrogates and the
-# non-characters U+FFFE/U+FFFF (which SQS refuses to carry).
+# One rule for every string a preference holds (names, addresses, ids, globs,
+# filter paths, the keys and strings of a filter's JSON values): no C0 or C1
+# controls, DEL, Unicode line and paragraph separators (nothing that can end a
+# mail header or an IRC line), no lone surrogates (no UTF-8 encodes them, so the
+# snapshot cannot hold them) and no non-characters U+FFFE/U+FFFF (which SQS
+# refuses to carry).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
-#: The longest name, address, id or glob a preference may hold.
-MAX_STRING_CHARS = 512
-# Up to 32 dotted parts of up to 256 characters, none of them control characters.
-_FIELD_PATH = re.compile("[^.\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}"
-                         "(?:\\.[^.\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}){0,31}")
+#: The same rule as a JSON Schema pattern (surrogates cannot be written there).
+TEXT_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ufffe\\uffff]*$"
+# Up to 32 dotted parts, none of them empty.
+_FIELD_PATH = re.compile("[^.]{1,256}(?:\\.[^.]{1,256}){0,31}")
+FIELD_PATH_PATTERN = ("^[^.\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ufffe\\uffff]{1,256}"
+                      "(\\.[^.\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\ufffe\\uffff]{1,256})"
+                      "{0,31}$")
 #: The deepest JSON value a ``fields`` filter may list.
 MAX_JSON_DEPTH = 32
 _INT64 = (-(2**63), 2**63 - 1)
+
+# Limits (docs/web-api.md lists them): each bounds what one user can make the
+# snapshot, the matcher, the preview and the stats carry.
+#: The longest string (name, address, id, glob, filter path or value).
+MAX_STRING_CHARS = 512
+#: The most items of one list (groups, people, artifacts, topic globs, applications,
+#: destinations of a generation rule, a filter's values, any list inside them), and
+#: the most keys of one object (a ``fields`` filter, an object among its values).
+MAX_LIST_ITEMS = 200
+#: The most generation rules in one rule.
+MAX_GENERATION_RULES = 20
+#: The largest rule, as compact JSON.
+MAX_RULE_BYTES = 64 * 1024
+#: The most destinations and rules of one user, and the largest user as compact JSON.
+MAX_DESTINATIONS = 20
+MAX_RULES = 100
+MAX_USER_BYTES = 512 * 1024
 #: Upper bounds of a digest: a week, and ten thousand notifications.
 MAX_DIGEST_INTERVAL_S = 7 * 24 * 3600
 MAX_DIGEST_COUNT = 10_000
@@ -197,26 +221,39 @@ def _obj(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def _list(value: Any, where: str, limit: int | None = MAX_LIST_ITEMS,
+          what: str = "items per list") -> list[Any]:
     if not isinstance(value, list):
         raise InvalidPreferences(where, f"must be a list, not {type(value).__name__}")
+    if limit is not None and len(value) > limit:
+        raise InvalidPreferences(where, f"has {len(value)} items; the limit is {limit} {what}")
     return value
 
 
-def _str(value: Any, where: str, *, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise InvalidPreferences(where, f"must be a string, not {type(value).__name__}")
-    if not empty and not value:
-        raise InvalidPreferences(where, "must not be empty")
+def _text(value: str, where: str) -> str:
+    """The rule every string of a preference follows, empty or not (see ``_CONTROL``)."""
     if len(value) > MAX_STRING_CHARS:
-        raise InvalidPreferences(where, f"is {len(value)} characters long; at most "
-                                        f"{MAX_STRING_CHARS}")
+        raise InvalidPreferences(where, f"is {len(value)} characters long; the limit is "
+                                        f"{MAX_STRING_CHARS} characters per string")
     # Names, addresses and ids end up in mail headers, IRC lines and web
     # pages (and the snapshot joins them with NUL): no control characters.
     bad = _CONTROL.search(value)
     if bad:
-        raise InvalidPreferences(where, f"must not contain control characters "
-                                        f"(found {bad.group()!r} at {bad.start()})")
+        what = ("a lone surrogate (not Unicode text)" if "\ud800" <= bad.group() <= "\udfff"
+                else f"{bad.group()!r}")
+        raise InvalidPreferences(where, f"must not contain control characters, lone "
+                                        f"surrogates or U+FFFE/U+FFFF (found {what} at "
+                                        f"{bad.start()})")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    """A name, address, id or glob: a string following :func:`_text`, not blank."""
+    if not isinstance(value, str):
+        raise InvalidPreferences(where, f"must be a string, not {type(value).__name__}")
+    _text(value, where)
+    if not value.strip():
+        raise InvalidPreferences(where, "must not be empty or blank")
     return value
 
 
@@ -226,8 +263,9 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def _str_list(value: Any, where: str, *, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
-    items = _list(value, where)
+def _str_list(value: Any, where: str, *, allowed: Sequence[str] | None = None,
+              limit: int | None = MAX_LIST_ITEMS) -> tuple[str, ...]:
+    items = _list(value, where, limit)
     out = []
     for i, item in enumerate(items):
         s = _str(item, f"{where}[{i}]")
@@ -259,20 +297,25 @@ def _json_value(value: Any, where: str, depth: int = 0) -> Any:
             raise InvalidPreferences(where, f"{value!r} is not a JSON number")
         return value
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidPreferences(where, "is not valid Unicode (lone surrogate)") from exc
-        return value
+        return _text(value, where)
     if isinstance(value, list):
-        return [_json_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return [_json_value(v, f"{where}[{i}]", depth + 1)
+                for i, v in enumerate(_list(value, where))]
     if isinstance(value, Mapping):
+        if len(value) > MAX_LIST_ITEMS:
+            raise InvalidPreferences(where, f"has {len(value)} keys; the limit is "
+                                            f"{MAX_LIST_ITEMS} keys per object")
         for k in value:
             if not isinstance(k, str):
                 raise InvalidPreferences(where, f"object key {k!r} is not a string")
-            _json_value(k, f"{where}.{k}", depth + 1)
-        return {k: _json_value(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+            _text(k, f"{where}[{_key(k)}]")
+        return {k: _json_value(v, f"{where}[{_key(k)}]", depth + 1) for k, v in value.items()}
     raise InvalidPreferences(where, f"{type(value).__name__} is not a JSON value")
+
+
+def _key(key: str) -> str:
+    """An object key as a location: quoted, and printable whatever it holds."""
+    return ascii(key) if _CONTROL.search(key) else repr(key)
 
 
 def parse_destination(data: Any, where: str) -> Destination:
@@ -365,10 +408,16 @@ def parse_filters(data: Any, where: str) -> Filters:
         kwargs["my_actions"] = _bool(f["my_actions"], f"{where}.my_actions")
     if "fields" in f:
         fields = _obj(f["fields"], f"{where}.fields")
+        if len(fields) > MAX_LIST_ITEMS:
+            raise InvalidPreferences(f"{where}.fields", f"has {len(fields)} paths; the limit "
+                                                        f"is {MAX_LIST_ITEMS} keys per object")
         pairs = []
         for path, values in fields.items():
-            pw = f"{where}.fields[{path!r}]"
-            if not isinstance(path, str) or not _FIELD_PATH.fullmatch(path):
+            if not isinstance(path, str):
+                raise InvalidPreferences(f"{where}.fields", f"key {path!r} is not a string")
+            pw = f"{where}.fields[{_key(path)}]"
+            _text(path, pw)
+            if not _FIELD_PATH.fullmatch(path):
                 raise InvalidPreferences(pw, "must be a dotted path such as 'update.status' "
                                              "(at most 32 parts of 256 characters)")
             pairs.append((path, tuple(_json_value(v, f"{pw}[{i}]")
@@ -383,7 +432,8 @@ def parse_rule(data: Any, where: str, dest_ids: set[str]) -> Rule:
     rule_id = _str(r["id"], _where(where, "id"))
     where = f"{where} ({rule_id})"
     gens = []
-    glist = _list(r["generation_rules"], _where(where, "generation_rules"))
+    glist = _list(r["generation_rules"], _where(where, "generation_rules"),
+                  MAX_GENERATION_RULES, "generation rules per rule")
     if not glist:
         raise InvalidPreferences(_where(where, "generation_rules"), "must not be empty")
     for i, g in enumerate(glist):
@@ -397,13 +447,18 @@ def parse_rule(data: Any, where: str, dest_ids: set[str]) -> Rule:
                                          f"{dest!r} is not one of this user's destinations")
         gens.append(GenerationRule(filters=parse_filters(go["filters"], f"{gw}.filters"),
                                    destinations=dests))
-    return Rule(
+    rule = Rule(
         id=rule_id,
-        name=_str(r["name"], _where(where, "name"), empty=True),
+        name=_str(r["name"], _where(where, "name")),
         enabled=_bool(r["enabled"], _where(where, "enabled")),
         tracking=parse_tracking(r["tracking"], _where(where, "tracking")),
         generation_rules=tuple(gens),
     )
+    size = len(orjson.dumps(dump_rule(rule)))
+    if size > MAX_RULE_BYTES:
+        raise InvalidPreferences(where, f"is {size} bytes as JSON; the limit is "
+                                        f"{MAX_RULE_BYTES} bytes per rule")
+    return rule
 
 
 def parse_user(data: Any, where: str) -> User:
@@ -413,7 +468,8 @@ def parse_user(data: Any, where: str) -> User:
     where = f"{where} ({name})"
     dests: list[Destination] = []
     seen: set[str] = set()
-    for i, d in enumerate(_list(u.get("destinations", []), _where(where, "destinations"))):
+    for i, d in enumerate(_list(u.get("destinations", []), _where(where, "destinations"),
+                                MAX_DESTINATIONS, "destinations per user")):
         dest = parse_destination(d, _where(where, f"destinations[{i}]"))
         if dest.id in seen:
             raise InvalidPreferences(_where(where, f"destinations[{i}]"),
@@ -422,14 +478,20 @@ def parse_user(data: Any, where: str) -> User:
         dests.append(dest)
     rules: list[Rule] = []
     rule_ids: set[str] = set()
-    for i, r in enumerate(_list(u.get("rules", []), _where(where, "rules"))):
+    for i, r in enumerate(_list(u.get("rules", []), _where(where, "rules"), MAX_RULES,
+                                "rules per user")):
         rule = parse_rule(r, _where(where, f"rules[{i}]"), seen)
         if rule.id in rule_ids:
             raise InvalidPreferences(_where(where, f"rules[{i}]"), f"duplicate rule id {rule.id!r}")
         rule_ids.add(rule.id)
         rules.append(rule)
-    return User(name=name, enabled=_bool(u["enabled"], _where(where, "enabled")),
+    user = User(name=name, enabled=_bool(u["enabled"], _where(where, "enabled")),
                 destinations=tuple(dests), rules=tuple(rules))
+    size = len(orjson.dumps(dump_user(user)))
+    if size > MAX_USER_BYTES:
+        raise InvalidPreferences(where, f"is {size} bytes as JSON; the limit is "
+                                        f"{MAX_USER_BYTES} bytes per user")
+    return user
 
 
 def parse_owners(data: Any, where: str = "owners") -> dict[str, dict[str, Owners]]:
@@ -441,19 +503,21 @@ def parse_owners(data: Any, where: str = "owners") -> dict[str, dict[str, Owners
         table = _obj(o.get(atype, {}), tw)
         entries: dict[str, Owners] = {}
         for name, own in table.items():
-            ow = f"{tw}[{name!r}]"
+            ow = f"{tw}[{_key(name)}]"
             _str(name, ow)
             own_o = _obj(own, ow)
             _check_keys(own_o, ow, (), ("users", "groups"))
-            entries[name] = Owners(users=_str_list(own_o.get("users", []), f"{ow}.users"),
-                                   groups=_str_list(own_o.get("groups", []), f"{ow}.groups"))
+            entries[name] = Owners(
+                users=_str_list(own_o.get("users", []), f"{ow}.users", limit=None),
+                groups=_str_list(own_o.get("groups", []), f"{ow}.groups", limit=None))
         out[atype] = entries
     return out
 
 
 def parse_groups(data: Any, where: str = "groups") -> dict[str, tuple[str, ...]]:
     g = _obj(data, where)
-    return {_str(name, f"{where}[{name!r}]"): _str_list(members, f"{where}[{name!r}]")
+    return {_str(name, f"{where}[{_key(name)}]"): _str_list(members, f"{where}[{_key(name)}]",
+                                                            limit=None)
             for name, members in g.items()}
 
 
@@ -469,7 +533,7 @@ def parse_document(data: Any) -> Preferences:
                                             f"expected {DOCUMENT_VERSION}")
     users: list[User] = []
     names: set[str] = set()
-    for i, u in enumerate(_list(doc["users"], "users")):
+    for i, u in enumerate(_list(doc["users"], "users", limit=None)):
         user = parse_user(u, f"users[{i}]")
         if user.name in names:
             raise InvalidPreferences(f"users[{i}]", f"duplicate user name {user.name!r}")

@@ -31,6 +31,12 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_RETRY_DELAY_S`` | a failed record's first retry delay (doubling) | its queue's visibility |
 | ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (redrives too) | ``1555200`` (18 days) |
 | ``FMN_LEDGER_DIR`` | local runs: the journal of ``fmn ledger`` | unset |
+| ``FMN_ENV`` | ``development`` or ``production`` (stricter web app) | ``development`` |
+| ``FMN_DEV_LOGIN`` | ``1``: the web app's password-less demo login (refused in production) | off |
+| ``FMN_OIDC_ISSUER`` | OpenID Connect issuer of the web app's sign-in | unset |
+| ``FMN_OIDC_CLIENT_ID`` | the web app's client id at the issuer | unset |
+| ``FMN_OIDC_CLIENT_SECRET`` | its secret (none: a public client, PKCE only) | unset |
+| ``FMN_ADMINS`` | comma-separated account names allowed the admin routes | none |
 
 ``FMN_SMTP_URL`` is ``smtp://[user:password@]host:port`` (``smtps://`` for
 TLS from the start, ``?starttls=1`` to upgrade).  ``FMN_IRC_URL`` is
@@ -46,6 +52,8 @@ from dataclasses import dataclass, field
 
 from fmn.pipeline.queues import idempotency_window_s
 from fmn.redisconn import cluster_url
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,18 @@ class Settings:
                 return float(q.visibility_timeout_s)
         return 60.0
 
+    # the web app: environment, sign-in, admins
+    env: str = "development"
+    dev_login: bool = False
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    admins: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -120,4 +140,11 @@ class Settings:
             retry_delay_s=float(env["FMN_RETRY_DELAY_S"]) if env.get("FMN_RETRY_DELAY_S")
             else None,
             ledger_dir=env.get("FMN_LEDGER_DIR") or None,
+            env=env.get("FMN_ENV", default.env).strip().lower() or default.env,
+            dev_login=env.get("FMN_DEV_LOGIN", "").strip().lower() in _TRUE,
+            oidc_issuer=(env.get("FMN_OIDC_ISSUER") or "").rstrip("/") or None,
+            oidc_client_id=env.get("FMN_OIDC_CLIENT_ID") or None,
+            oidc_client_secret=env.get("FMN_OIDC_CLIENT_SECRET") or None,
+            admins=frozenset(a.strip() for a in env.get("FMN_ADMINS", "").split(",")
+                             if a.strip()),
         )

@@ -389,7 +389,11 @@ class FakeApi:
             user = user_of(request)
             body = _check_keys(await body_of(request), {"rule", "limit"}, {"rule"})
             started = time.perf_counter()
-            rule = self._validate_rule(user, body["rule"], "preview", need_destinations=False)
+            unnamed = body["rule"]  # the editor previews before the rule is named
+            if isinstance(unnamed, dict) and isinstance(unnamed.get("name"), str) \
+                    and not unnamed["name"].strip():
+                unnamed = {**unnamed, "name": "preview"}
+            rule = self._validate_rule(user, unnamed, "preview", need_destinations=False)
             messages = [m for m in SAMPLE_MESSAGES
                         if self._tracks(user, rule["tracking"], m)
                         and any(self._passes(user, g["filters"], m)

@@ -57,7 +57,6 @@ def start_real_web(port: int, secret: str, feed: MemoryFeed, feed_base_url: str,
     from fmn.settings import Settings
     from fmn.snapshot import compile_snapshot
     from fmn.snapshot.store import MemorySnapshotStore
-    from fmn.web import WebSettings
     from fmn.web.service import unavailable_preview
     from fmn.web.verify import MemoryKeys
 
@@ -68,8 +67,8 @@ def start_real_web(port: int, secret: str, feed: MemoryFeed, feed_base_url: str,
     store.publish(compile_snapshot(Preferences()))
 
     settings = Settings(secret_key=secret, web_url=f"http://127.0.0.1:{port}",
-                        feed_url=feed_base_url)
-    server = webapp.serve_local(settings, port, WebSettings(env="development", dev_login=True),
+                        feed_url=feed_base_url, env="development", dev_login=True)
+    server = webapp.serve_local(settings, port,
                                 engine=engine, store=store, feed=feed,
                                 previewer=unavailable_preview, mailer=MemoryMailer(),
                                 irc_link=MemoryIrcLink(), keys=MemoryKeys())

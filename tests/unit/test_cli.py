@@ -136,3 +136,15 @@ def test_feed_url_signs_a_token_for_the_user(capsysbinary: pytest.CaptureFixture
     # no running stack and no --url: a clear error
     code, _, err = run(capsysbinary, "feed-url", "alice", "--workdir", str(tmp_path))
     assert code != 0 and "--url" in err and "Traceback" not in err
+
+
+def test_prefs_import_refuses_what_the_snapshot_cannot_hold(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    doc = json.loads((GOLDEN / "prefs.json").read_text())
+    # (a lone surrogate is refused earlier: the file is not JSON to the reader)
+    doc["users"][0]["rules"][0]["generation_rules"][0]["filters"]["fields"] = {"\ufffe": [1]}
+    bad = tmp_path / "prefs.json"
+    bad.write_text(json.dumps(doc))
+    url = f"sqlite:///{tmp_path / 'fmn.sqlite'}"
+    code, _, err = run(capsysbinary, "prefs", "import", str(bad), "--database", url)
+    assert code == 2 and "U+FFFE/U+FFFF" in err and "fields" in err

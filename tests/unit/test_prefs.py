@@ -98,9 +98,9 @@ def _rule(doc: dict[str, Any]) -> dict[str, Any]:
     (lambda d: d["users"][0]["destinations"][0].update(address="x@y.org\u2028Bcc: v@z.org"),
      "destinations[0] (d0) > address", "control characters"),
     (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"new\n": [1]}),
-     "filters.fields['new\\n']", "dotted path"),
+     "filters.fields['new\\n']", "control characters"),
     (lambda d: _rule(d)["generation_rules"][0]["filters"].update(
-        fields={"builds." + "1" * 5000: ["x"]}), "filters.fields[", "dotted path"),
+        fields={"builds." + "1" * 5000: ["x"]}), "filters.fields[", "characters per string"),
     (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": [float("nan")]}),
      "filters.fields['x'][0]", "not a JSON number"),
     (lambda d: _rule(d)["generation_rules"][0]["filters"].update(fields={"x": [2**64]}),
@@ -113,7 +113,7 @@ def _rule(doc: dict[str, Any]) -> dict[str, Any]:
     (lambda d: d["users"][0]["destinations"][0].update(address="m\uffff@x.org"),
      "destinations[0] (d0) > address", "control characters"),
     (lambda d: d["users"][0]["destinations"][0].update(address="a" * 600),
-     "destinations[0] (d0) > address", "at most 512"),
+     "destinations[0] (d0) > address", "the limit is 512"),
 ])
 def test_invalid_documents_name_the_culprit(mutate: Any, where: str, reason: str) -> None:
     error = _bad(mutate)

@@ -481,6 +481,9 @@ function setupDestinationForm() {
   sync();
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    // A preview still pending or in flight must not clear what saving reports.
+    clearTimeout(state.previewTimer);
+    state.previewSeq++;
     clearErrors(form);
     const body = { protocol: protocol.value };
     if (protocol.value !== "sse") body.address = address.value.trim();
@@ -1001,6 +1004,9 @@ function setupEditor() {
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    // A preview still pending or in flight must not clear what saving reports.
+    clearTimeout(state.previewTimer);
+    state.previewSeq++;
     clearErrors(form);
     $("rule-form-error").hidden = true;
     const body = editedRule();

@@ -353,12 +353,10 @@ class LocalStack:
 
     def _start_web(self) -> str:
         """The preferences web UI and API, with the development login (demo users)."""
-        from fmn.web import WebSettings
-
         webapp = load_module(ROOT / "webapp" / "app.py", "fmn_webapp")
         self.web = webapp.serve_local(
-            self.settings, self.web_port,
-            WebSettings(dev_login=True, admins=frozenset({"admin"})))
+            dataclasses.replace(self.settings, dev_login=True, admins=frozenset({"admin"})),
+            self.web_port)
         return f"{self.web.url}/ (development login: pick any demo user)"
 
     def demo_hint(self) -> str:

@@ -47,6 +47,8 @@ from fmn.delivery.irc import valid_nick
 from fmn.errors import FmnError, PermanentError
 from fmn.message import ARTIFACT_TYPES
 from fmn.prefs import (
+    MAX_DESTINATIONS,
+    MAX_RULES,
     PROTOCOLS,
     Destination,
     Filters,
@@ -61,12 +63,10 @@ from fmn.prefs import (
 )
 from fmn.snapshot.store import SnapshotStore
 from fmn.snapshot.sync import publish_pending, publish_user
+from fmn.web import schema
 
 log = logging.getLogger(__name__)
 
-#: What one user may hold: enough for anyone, bounded for the snapshot.
-MAX_DESTINATIONS = 20
-MAX_RULES = 100
 MAX_PREVIEW_LIMIT = 200
 MAX_FEED_LIMIT = 1000
 STATS_DAYS = 7
@@ -116,6 +116,12 @@ class NotFound(WebError):
 
 class Conflict(WebError):
     status, code = 409, "conflict"
+
+
+class TooLarge(WebError):
+    """A request body over the size limit (the detail names it)."""
+
+    status, code = 413, "too-large"
 
 
 class RateLimited(WebError):
@@ -210,6 +216,14 @@ def ownership_for(engine: Engine, name: str, groups: Sequence[str]
                     .where(OwnerGroupRow.group_name.in_(list(groups)))):
                 by_group[g].append((t, n))
     return by_user, by_group
+
+
+def _named(rule: Any) -> Any:
+    """A previewed rule, named if it is not yet (the editor previews before naming)."""
+    if isinstance(rule, Mapping) and isinstance(rule.get("name"), str) \
+            and not rule["name"].strip():
+        return {**rule, "name": "preview"}
+    return rule
 
 
 def new_id(prefix: str) -> str:
@@ -349,6 +363,7 @@ class PreferencesService:
 
     def add_destination(self, name: str, body: Any) -> Destination:
         """A new, unverified destination (``sse``, the user's own feed, needs no proof)."""
+        schema.check(schema.NewDestination, body)
         b = check_fields(body, NEW_DESTINATION_FIELDS, ("protocol",))
         protocol = b["protocol"]
         if protocol not in PROTOCOLS:
@@ -371,6 +386,7 @@ class PreferencesService:
         return dest
 
     def patch_destination(self, name: str, dest_id: str, body: Any) -> Destination:
+        schema.check(schema.DestinationPatch, body)
         b = check_fields(body, DESTINATION_PATCH_FIELDS)
         user = self.user(name)
         dest = user.destination(dest_id)
@@ -453,6 +469,7 @@ class PreferencesService:
         user = self.user(name)
         if isinstance(body, Mapping) and "id" in body:
             raise Invalid("rule ids are chosen by the server: leave it out", "id")
+        schema.check(schema.NewRule, body)
         if len(user.rules) >= MAX_RULES:
             raise Conflict(f"you have {MAX_RULES} rules already; delete one first")
         rule = self._parse_rule(user, body, self._fresh_id("r-", {r.id for r in user.rules}))
@@ -462,6 +479,7 @@ class PreferencesService:
     def replace_rule(self, name: str, rule_id: str, body: Any) -> Rule:
         user = self.user(name)
         self.rule(name, rule_id)
+        schema.check(schema.RuleReplacement, body)
         rule = self._parse_rule(user, body, rule_id)
         return self._put_rule(user, rule)
 
@@ -471,6 +489,7 @@ class PreferencesService:
         return rule
 
     def patch_rule(self, name: str, rule_id: str, body: Any) -> Rule:
+        schema.check(schema.RulePatch, body)
         b = check_fields(body, RULE_PATCH_FIELDS)
         user, rule = self.user(name), self.rule(name, rule_id)
         doc = {**dump_rule(rule), **b}
@@ -483,6 +502,10 @@ class PreferencesService:
                                                          if r.id != rule_id)))
 
     def preview(self, name: str, body: Any) -> Mapping[str, Any]:
+        if isinstance(body, Mapping) and isinstance(body.get("rule"), Mapping) \
+                and "id" in body["rule"]:
+            raise Invalid("a previewed rule has no id: leave it out", "rule.id")
+        schema.check(schema.PreviewRequest, body)
         b = check_fields(body, ("rule", "limit"), ("rule",))
         limit = b.get("limit", 50)
         if isinstance(limit, bool) or not isinstance(limit, int) \
@@ -492,7 +515,7 @@ class PreferencesService:
         if isinstance(b["rule"], Mapping) and "id" in b["rule"]:
             raise Invalid("a previewed rule has no id: leave it out", "rule.id")
         try:
-            rule = self._parse_rule(user, b["rule"], "preview")
+            rule = self._parse_rule(user, _named(b["rule"]), "preview")
         except Invalid as exc:
             raise Invalid(exc.detail, f"rule.{exc.field}" if exc.field else "rule") from exc
         return self.previewer(user, rule, limit)

@@ -273,6 +273,21 @@ class Verifier:
 
     # -- sending ------------------------------------------------------------
 
+    def add(self, user: str, body: Any) -> tuple[Destination, str]:
+        """Add a destination and send its verification: ``(destination, what was sent)``.
+
+        Over a rate limit, nothing stays: the destination is removed again and
+        :class:`RateLimited` raised (a refused request changes nothing).
+        """
+        dest = self.service.add_destination(user, body)
+        if dest.verified:
+            return dest, "verified"
+        try:
+            return dest, self.start(user, dest.id)
+        except RateLimited:
+            self.service.delete_destination(user, dest.id)
+            raise
+
     def start(self, user: str, dest_id: str) -> str:
         """Send the destination's verification (link or code); what was sent: ``link``/``code``.
 
@@ -351,6 +366,9 @@ class Verifier:
 
     def confirm_code(self, user: str, dest_id: str, body: Any) -> Destination:
         """Check a typed-back code for one of ``user``'s own destinations."""
+        from fmn.web import schema
+
+        schema.check(schema.Code, body)
         b = check_fields(body, ("code",), ("code",))
         code = b["code"]
         if not isinstance(code, str) or len(code) != 6 or not code.isascii() \

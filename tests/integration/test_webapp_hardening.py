@@ -1,0 +1,196 @@
+"""The web API against hostile and oversized input, and its description kept exact.
+
+Through Chalice's test client on PostgreSQL and Redis (the fixtures of
+``test_webapp_api``): what the snapshot cannot hold is refused before it is
+saved, sizes are bounded (413/400 naming the limit), every error has the
+documented shape (the framework's own 405/415/500 included), pages carry a
+Content-Security-Policy and no JSON answer can be sniffed into something
+else, and the OpenAPI description names every route, parameter and body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from test_webapp_api import TOPIC_RULE, App, Session, app, database, engine, webapp
+
+from fmn import prefs
+from fmn.snapshot import sync
+from fmn.web.http import MAX_BODY_BYTES
+
+pytestmark = pytest.mark.integration
+__all__ = ["app", "database", "engine"]  # the fixtures, shared
+
+
+def _rule_with_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    return {**TOPIC_RULE, "generation_rules": [{"filters": filters,
+                                                 "destinations": ["email"]}]}
+
+
+def _is_error(r: Any, status: int) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.body)
+    doc: dict[str, Any] = json.loads(r.body)
+    assert set(doc) == {"error", "detail", "field"}, doc
+    return doc
+
+
+# -- defect: one rule stops snapshot publishing for every user ---------------------
+
+
+@pytest.mark.parametrize("key", ["\ud800", "\udfff", "a\ufffe", "\uffff"])
+def test_a_filter_key_the_snapshot_cannot_hold_is_refused_and_publishing_goes_on(
+        app: App, key: str) -> None:
+    alice = app.client("alice")
+    body = json.dumps(_rule_with_filters({"fields": {key: [1]}})).encode()  # \\ud800 escapes
+    r = alice.http.request("POST", "/api/v1/rules", body=body, headers={
+        "content-type": "application/json", "x-csrf-token": alice.cookies["fmn_csrf"],
+        "cookie": "; ".join(f"{k}={v}" for k, v in alice.cookies.items())})
+    doc = _is_error(r, 400)
+    assert doc["field"].startswith("generation_rules[0].filters.fields")
+    assert len(alice.get("/api/v1/rules").json_body) == 2  # nothing saved
+    # alice's next edit is published, and a full publish still works for everyone
+    assert alice.post("/api/v1/rules", TOPIC_RULE).status_code == 201
+    sync.publish_full(app.engine, app.store)
+
+
+def test_a_failing_publish_answers_a_documented_error(app: App) -> None:
+    alice = app.client("alice")
+
+    class Broken(type(app.store)):  # type: ignore[misc]
+        def apply_change(self, *args: Any, **kwargs: Any) -> Any:
+            raise TypeError("cannot encode")
+
+        publish_user = apply_change
+
+    webapp.configure(app.settings, engine=app.engine, store=Broken(app.redis, app.prefix),
+                     feed=app.feed, mailer=app.mailer, irc_link=app.irc)
+    r = alice.post("/api/v1/rules", TOPIC_RULE)
+    assert r.status_code >= 500 or r.status_code == 201
+    if r.status_code >= 500:
+        assert _is_error(r, r.status_code)["error"] in ("internal", "unavailable")
+
+
+# -- defect: no size limits --------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_413_naming_it(app: App) -> None:
+    alice = app.client("alice")
+    huge = _rule_with_filters({"fields": {"a": ["x" * 500] * (MAX_BODY_BYTES // 400)}})
+    doc = _is_error(alice.post("/api/v1/rules", huge), 413)
+    assert doc["error"] == "too-large" and str(MAX_BODY_BYTES) in doc["detail"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (_rule_with_filters({"fields": {"a": ["x" * (prefs.MAX_STRING_CHARS + 1)]}}),
+     "generation_rules[0].filters.fields"),
+    (_rule_with_filters({"fields": {"a": list(range(prefs.MAX_LIST_ITEMS + 1))}}),
+     "generation_rules[0].filters.fields"),
+    ({**TOPIC_RULE, "tracking": {"kind": "users-followed", "params": {
+        "usernames": [f"u{i}" for i in range(prefs.MAX_LIST_ITEMS + 1)]}}},
+     "tracking.params.usernames"),
+    ({**TOPIC_RULE, "generation_rules": TOPIC_RULE["generation_rules"]
+      * (prefs.MAX_GENERATION_RULES + 1)}, "generation_rules"),
+])
+def test_documented_limits_are_400_naming_the_limit(app: App, body: dict[str, Any],
+                                                    field: str) -> None:
+    doc = _is_error(app.client("alice").post("/api/v1/rules", body), 400)
+    assert doc["field"].startswith(field), doc
+    assert "limit" in doc["detail"], doc
+
+
+def test_rules_per_user_are_bounded(app: App) -> None:
+    alice = app.client("alice")
+    for _ in range(prefs.MAX_RULES - 2):
+        assert alice.post("/api/v1/rules", TOPIC_RULE).status_code == 201
+    doc = _is_error(alice.post("/api/v1/rules", TOPIC_RULE), 409)
+    assert str(prefs.MAX_RULES) in doc["detail"]
+
+
+# -- defect: the smaller ones --------------------------------------------------------
+
+
+def test_a_rate_limited_destination_is_not_created(app: App) -> None:
+    alice = app.client("alice")
+    statuses = []
+    for i in range(12):  # 10 verifications an hour per user
+        statuses.append(alice.post("/api/v1/destinations",
+                                   {"protocol": "irc", "address": f"nick{i}"}).status_code)
+    assert statuses[-1] == 429 and 201 in statuses
+    kept = [d for d in alice.get("/api/v1/destinations").json_body if d["protocol"] == "irc"]
+    assert len(kept) == statuses.count(201)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"])
+def test_blank_rule_names_are_refused(app: App, name: str) -> None:
+    alice = app.client("alice")
+    assert _is_error(alice.post("/api/v1/rules", {**TOPIC_RULE, "name": name}),
+                     400)["field"] == "name"
+    rule = alice.post("/api/v1/rules", TOPIC_RULE).json_body
+    r = alice.request("PATCH", f"/api/v1/rules/{rule['id']}", {"name": name})
+    assert _is_error(r, 400)["field"] == "name"
+    # the rule editor previews a rule before it has a name
+    r = alice.post("/api/v1/preview", {"rule": {**TOPIC_RULE, "name": name.strip()}})
+    assert r.status_code == 200, r.body
+
+
+def test_the_frameworks_own_errors_have_the_documented_format(app: App) -> None:
+    alice = app.client("alice")
+    r = alice.request("POST", "/api/v1/rules", TOPIC_RULE, headers={
+        "content-type": "text/plain"})
+    assert _is_error(r, 415)["error"] == "unsupported-media-type"
+    r = alice.request("PUT", "/api/v1/rules", TOPIC_RULE)
+    assert _is_error(r, 405)["error"] == "method-not-allowed"
+
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    webapp.configure(app.settings, engine=app.engine, store=app.store, feed=app.feed,
+                     mailer=app.mailer, irc_link=app.irc, previewer=boom)
+    r = alice.post("/api/v1/preview", {"rule": TOPIC_RULE})
+    doc = _is_error(r, 500)
+    assert doc["error"] == "internal" and "a bug" not in doc["detail"]
+
+
+def test_pages_cannot_be_framed_and_answers_cannot_be_sniffed(app: App) -> None:
+    s = Session(None)
+    ui = s.get("/")
+    csp = ui.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert ui.headers["X-Frame-Options"] == "DENY"
+    for path in ("/", "/api/v1/me", "/api/v1/openapi.json", "/static/app.js", "/dev/login"):
+        assert s.get(path).headers["X-Content-Type-Options"] == "nosniff", path
+    assert app.client("alice").get("/api/v1/rules").headers[
+        "X-Content-Type-Options"] == "nosniff"
+
+
+# -- defect: the OpenAPI description ------------------------------------------------
+
+
+def test_the_description_names_every_route_parameter_and_body(app: App) -> None:
+    doc = Session(None).get("/api/v1/openapi.json").json_body
+    routes = {(path, method.lower()) for path, methods in webapp.app.routes.items()
+              for method in methods}
+    described = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert routes == described
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(webapp.app.routes[path][method.upper()].view_args), path
+    for path in ("/unsubscribe/{token}", "/dev/login", "/logout"):
+        assert path in doc["paths"]
+    html = doc["paths"]["/verify/email/{token}"]["get"]["responses"]["200"]["content"]
+    assert list(html) == ["text/html"]
+    query = {p["name"] for p in doc["paths"]["/api/v1/artifacts"]["get"]["parameters"]}
+    assert query == {"q", "type", "limit"}
+    assert [p["name"] for p in doc["paths"]["/api/v1/notifications"]["get"]["parameters"]] \
+        == ["limit"]
+    schemas = doc["components"]["schemas"]
+    assert schemas["NewIrc"]["properties"]["address"]["pattern"]
+    assert schemas["GenerationRule"]["required"] == ["filters", "destinations"]
+    kinds = {k for t in ("OwnedTracking", "GroupTracking", "ArtifactTracking", "UserTracking",
+                         "TopicTracking")
+             for k in (schemas[t]["properties"]["kind"].get("enum")
+                       or [schemas[t]["properties"]["kind"]["const"]])}
+    assert kinds == set(prefs.TRACKING_KINDS)
