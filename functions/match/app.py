@@ -269,6 +269,8 @@ class _Invocation:
             if journal is not None:
                 journal.failed(record.message_id, "retryable", f"{type(exc).__name__}: {exc}")
             raise
+        # the rest of this record's log lines name its bus message
+        logger.set_correlation_id(result.message_id)
         self.matched.append((record.message_id, result))
         self.queued_at[record.message_id] = int(record.attributes.sent_timestamp or 0)
         self.counts["MessagesMatched"] += 1

@@ -10,7 +10,10 @@ comes back after a growing delay, its delivered items are skipped:
 dead-letter queue at once; a postponed one (:class:`~fmn.errors.Postponed`)
 goes back on its queue as a fresh message; an item that cannot be sent goes
 alone to the dead-letter queue (with the reason as a message attribute) and
-is counted.  Nothing is built at import.
+is counted.  Metrics (Powertools EMF, names in :mod:`fmn.pipeline.alarms`):
+each outcome's count (``Sent``, ``DeadLettered``, ``RetryableFailures``...)
+and the bus-to-send latency of what was sent; every log line of a record
+carries its bus message id as the correlation id.  Nothing is built at import.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, Postponed, RetryableError
+from fmn.pipeline.alarms import BUS_TO_SEND_LATENCY
+from fmn.pipeline.notifications import unpack_all
 from fmn.pipeline.queues import queue
 from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
@@ -141,17 +147,24 @@ class SenderFunction:
         from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
         counts: Counter[str] = Counter()
+        latencies: list[float] = []
         self.begin(context)
         once, send = self.once, self.get("send")
         redelivery: Redelivery = self.get("redelivery")
 
         def record_handler(record: Any) -> None:
+            message_id, sent_at = _message_of(record.body)
+            # every log line of this record names the bus message it is about
+            self.logger.set_correlation_id(message_id)
             try:
                 if deliver is None:
-                    counts.update(deliver_payload(record.body, self.backend, send, once,
-                                                  self.dead_letter))
+                    done = deliver_payload(record.body, self.backend, send, once,
+                                           self.dead_letter)
                 else:
-                    counts.update(deliver(record.body, send, once, self.dead_letter))
+                    done = deliver(record.body, send, once, self.dead_letter)
+                counts.update(done)
+                if done.get("sent"):
+                    latencies.extend(ms for ms in map(_since_ms, sent_at) if ms is not None)
             except Postponed as exc:
                 # the rest waits as a fresh message: waiting uses up no receive
                 try:
@@ -197,6 +210,52 @@ class SenderFunction:
             return response
         finally:
             self.count(counts)
+            self.record_latency(latencies)
+            self.logger.set_correlation_id(None)
+
+    def record_latency(self, latencies: list[float]) -> None:
+        """Bus-to-send latency (ms) of the payloads just sent, at most 100 values a flush."""
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        if not latencies:
+            return
+        latencies = sorted(latencies)
+        step = max(1, len(latencies) // 100)  # a spread over the range, the maximum kept
+        sample = latencies[::step][:99] + [latencies[-1]]
+        with self._lock:
+            for ms in sample:
+                self.metrics.add_metric(name=BUS_TO_SEND_LATENCY,
+                                        unit=MetricUnit.Milliseconds, value=ms)
+            self.metrics.flush_metrics()
+
+
+def _message_of(body: str) -> tuple[str | None, list[str]]:
+    """The bus message id(s) of a payload (a correlation id) and their times.
+
+    A version-2 body holds several messages: their ids, comma-separated (at
+    most 10), so a search for one id still finds the record's log lines.
+    ``None``: unreadable (the delivery says why).
+    """
+    try:
+        messages = unpack_all(body)
+    except Exception:  # InvalidPayload: the delivery reports it
+        return None, []
+    ids = [str(info["id"])[:200] for info, _ in messages]
+    times = [info["sent_at"] for info, _ in messages if isinstance(info.get("sent_at"), str)]
+    return (",".join(ids[:10]) or None), times
+
+
+def _since_ms(sent_at: str | None) -> float | None:
+    """Milliseconds since the bus message was sent (``None``: no usable time)."""
+    if not sent_at:
+        return None
+    try:
+        when = datetime.fromisoformat(sent_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - when).total_seconds() * 1000)
 
 
 def _metric_name(count: str) -> str:
