@@ -38,9 +38,15 @@ $(SYNAPSE_STAMP): requirements-synapse.txt
 synapse: $(SYNAPSE_STAMP) ## install the local Matrix homeserver (Synapse) into .venv-synapse
 
 setup: $(STAMP) $(SYNAPSE_STAMP) ## create .venv and install everything (system packages too, as root)
+	@# LocalStack, the local AWS, in its own .venv-localstack (where Python 3.13 is)
+	@scripts/localstack.sh install --optional
 
-services: ## start Redis and PostgreSQL if they are not answering
+services: ## start Redis, PostgreSQL, RabbitMQ and LocalStack if they are not answering
 	@scripts/services.sh
+	@scripts/localstack.sh start --if-installed
+
+localstack: ## install LocalStack (Python 3.13) in .venv-localstack and start it unless one answers
+	@scripts/localstack.sh start
 
 run: setup ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
 	@FMN_SKIP_POSTGRES=1 scripts/services.sh
@@ -88,4 +94,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache chalice.out infra/chalice.out infra/cdk.out
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup synapse services run test test-api lint bench chaos fuzz loadtest vendor synth clean
+.PHONY: help setup synapse localstack services run test test-api lint bench chaos fuzz loadtest vendor synth clean
