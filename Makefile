@@ -20,15 +20,23 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
+	@# LocalStack, the local AWS, in its own .venv-localstack (needs Python 3.13)
+	@scripts/localstack.sh install --optional
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install everything (system packages too, as root)
 
-services: ## start Redis and PostgreSQL if they are not answering
+services: ## start Redis, PostgreSQL, RabbitMQ and LocalStack if they are not answering
 	@scripts/services.sh
+	@if [ -f .venv-localstack/bin/python ]; then scripts/localstack.sh start; fi
+
+localstack: ## install LocalStack (Python 3.13) in .venv-localstack and start it unless one answers
+	@scripts/localstack.sh start
 
 run: setup ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
 	@FMN_SKIP_POSTGRES=1 scripts/services.sh
+	@# LocalStack where it is set up (started unless one answers), the moto server otherwise
+	@if [ -f .venv-localstack/bin/python ]; then scripts/localstack.sh start; fi
 	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)
@@ -57,4 +65,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup services run test lint bench vendor clean
+.PHONY: help setup services localstack run test lint bench vendor clean
