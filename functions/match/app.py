@@ -68,8 +68,7 @@ def _get(name: str) -> Any:
 
 
 def _build_state() -> None:
-    import boto3
-
+    from fmn.aws import client
     from fmn.matcher import IndexedMatcher
     from fmn.preview.window import RedisWindowStore, window_key
     from fmn.snapshot.live import LiveSnapshot
@@ -78,8 +77,7 @@ def _build_state() -> None:
     copy_config_to_registered_loggers(source_logger=logger, include={"fmn"})
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
-    aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
-    _state.update(settings=s, sqs=boto3.client("sqs", **aws), s3=boto3.client("s3", **aws),
+    _state.update(settings=s, sqs=client("sqs", s), s3=client("s3", s),
                   matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))

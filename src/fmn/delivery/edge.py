@@ -57,16 +57,16 @@ class SenderFunction:
         return self._state[name]
 
     def _build(self) -> None:
-        import boto3
         import redis
         from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
         copy_config_to_registered_loggers(source_logger=self.logger, include={"fmn"})
+        from fmn.aws import client
+
         s = Settings.from_env()
-        aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
         redis_client = redis.Redis.from_url(s.redis_url, socket_timeout=5,
                                             socket_connect_timeout=5)
-        self._state.update(settings=s, sqs=boto3.client("sqs", **aws), redis=redis_client,
+        self._state.update(settings=s, sqs=client("sqs", s), redis=redis_client,
                            # keys per stage: stages may share one Redis
                            once=PowertoolsOnce(redis_client, s.idempotency_ttl_s,
                                                name=sends_prefix(s.queue_prefix, self.backend)),
