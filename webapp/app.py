@@ -80,7 +80,8 @@ def configure(settings: Settings | None = None, web: WebSettings | None = None,
               **overrides: Any) -> None:
     """Build the state now from explicit settings; ``overrides`` replace parts of it
     (``engine``, ``store``, ``service``, ``verifier``, ``oidc``, ``feed``, ``mailer``,
-    ``irc_link``, ``keys``, ``clock``).  Raises UnsafeConfiguration."""
+    ``irc_link``, ``keys``, ``clock``; ``demo_users``: the names the development
+    login offers first, its default first).  Raises UnsafeConfiguration."""
     with _lock:
         _state.clear()
         _build(settings or Settings.from_env(), web or WebSettings.from_env(), overrides)
@@ -141,7 +142,8 @@ def _build(s: Settings, web: WebSettings, o: dict[str, Any]) -> None:
         oidc = OidcClient(web.oidc_issuer, web.oidc_client_id, web.oidc_client_secret,
                           f"{s.web_url}/oidc/callback", clock=clock)
     _state.update(settings=s, web=web, engine=engine, store=store, feed=feed, service=service,
-                  verifier=verifier, oidc=oidc, matrix=matrix, clock=clock)
+                  verifier=verifier, oidc=oidc, matrix=matrix, clock=clock,
+                  demo_users=tuple(o.get("demo_users", ())))
 
 
 def _previewer(engine: Any, s: Settings) -> Any:
@@ -368,7 +370,9 @@ def dev_login_page() -> Response:
     _dev_login_on()
     from fmn import db
 
-    names = list(db.user_revisions(_get("engine")))[:20]
+    suggested = list(_get("demo_users"))  # the local stack's: those the replay notifies
+    names = (suggested + [n for n in db.user_revisions(_get("engine"))
+                          if n not in suggested])[:20]
     token = _cookies(_request()).get(CSRF_COOKIE, "")
     if not re.fullmatch(r"[0-9a-f]{64}", token):  # only ever reuse one we could have set
         token = secrets.token_hex(32)

@@ -38,11 +38,11 @@ def client(service: str, settings: Settings | None = None, *,
     """A boto3 client for ``service`` (``"sqs"``, ``"s3"``, ``"ses"``, ``"cloudwatch"`` ...).
 
     The endpoint and region come from ``settings`` (default: the environment's),
-    unless given explicitly (``endpoint_url=None``: AWS itself).  ``None`` options keep botocore's defaults (60 s
-    timeouts); ``max_attempts`` counts the first call too (standard retry
-    mode either way).  ``session``: a ``boto3.session.Session`` for a thread
-    of its own (boto3's default session is not thread-safe to create clients
-    from concurrently).
+    unless given explicitly (``endpoint_url=None``: AWS itself).  ``None``
+    options keep botocore's defaults (60 s timeouts); ``max_attempts`` counts
+    the first call too (standard retry mode either way).  ``session``: a
+    session of its own (:func:`new_session`) for clients of another thread
+    (boto3's default session is not safe to create clients from concurrently).
     """
     import boto3
     from botocore.config import Config

@@ -1,9 +1,10 @@
 """The whole local stack, end to end: bus -> bridge -> SQS -> match -> senders -> people.
 
 ``fmn up``'s stack is started in-process on the real services (the moto
-server, Redis, RabbitMQ) and every shared Fedora message is replayed through
-fedmsg (a ZeroMQ publisher, as fedmsg's hubs publish), and every
-fedora-messaging record through RabbitMQ as well.  (A fedmsg envelope has no
+server, and LocalStack too: the test runs on each; Redis, RabbitMQ) and every
+shared Fedora message is replayed through fedmsg (a ZeroMQ publisher, as
+fedmsg's hubs publish), and every fedora-messaging record through RabbitMQ as
+well.  (A fedmsg envelope has no
 AMQP form: fedora-messaging messages are schema-typed bodies with headers, so
 the fedmsg file goes through fedmsg only.)  The notifications found on the
 backend queues must be exactly what the matcher gives for the same
@@ -18,12 +19,14 @@ arriving at the demo users logged in to the local IRC server.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from local_stack import run_local_stack
@@ -34,9 +37,11 @@ from fmn.delivery.digest import DigestStore, digest_prefix
 from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
 from fmn.local import replay
-from fmn.local.stack import LocalStack
+from fmn.local.emulator import is_localstack
+from fmn.local.stack import LocalStack, format_status
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
+from fmn.pipeline.alarms import alarm_names
 from fmn.pipeline.queues import BACKENDS
 from fmn.snapshot import build_snapshot
 
@@ -46,8 +51,8 @@ USERS, SEED = 300, 4
 
 
 @pytest.fixture
-def stack(aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
-    for local in run_local_stack(aws_env, tmp_path, "e2e", USERS, SEED):
+def stack(any_aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
+    for local in run_local_stack(any_aws_env, tmp_path, "e2e", USERS, SEED):
         assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
         assert local.urls["incoming"].url.endswith(f"{local.settings.queue_prefix}incoming")
         yield local
@@ -76,7 +81,7 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
         time.sleep(0.5)
     counters = status["counters"]
     assert counters["bridged"] == len(lines), "every message reached the incoming queue once"
-    assert counters["matched"] == len(lines)
+    assert counters["matched"] == len(lines), f"on {stack.emulator}"
     assert all(q["dlq"] == 0 for q in status["queues"].values()), status
     assert all(status["queues"][q]["visible"] == 0 for q in senders), status
 
@@ -135,3 +140,20 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     assert watched and counters["irc_lines_received"] > 0
     assert (stack.workdir / "irc.log").read_text().count(" <- ") == \
         counters["irc_lines_received"]
+
+    # the demo user fmn up suggests got notifications from the replay, on the
+    # live feed too, and is the development login's default
+    demo = stack.demo_user
+    assert demo is not None and feed.latest(demo, 1000), "the suggested demo user got nothing"
+    assert stack.status()["demo_user"] == demo
+    options = re.findall(r"<option>([^<]*)</option>", httpx.get(f"{stack.web.url}/dev/login").text)
+    assert options[0] == demo
+
+    # fmn status: every alarm of the stage next to the queues
+    status = stack.status()
+    assert [a["name"] for a in status["alarms"]] == alarm_names(stack.settings.queue_prefix)
+    assert all(a["state"] in ("OK", "INSUFFICIENT_DATA", "ALARM") for a in status["alarms"])
+    assert status["aws"] == ("localstack" if is_localstack(stack.settings.aws_endpoint_url or "")
+                             else "moto")
+    table = format_status(status)
+    assert "alarms:" in table.splitlines()[0] and "bridge-silent" in table
