@@ -24,7 +24,7 @@ which tells stages apart) and, for the connection, ``Bus``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -159,33 +159,32 @@ class AlarmDef:
     #: a metric math expression over the metric (id ``m``), or ``None``
     expression: str | None = None
 
-    def put_metric_alarm(self, thresholds: Thresholds | None = None,
-                         actions: Iterable[str] = ()) -> dict[str, Any]:
-        """The keyword arguments of CloudWatch ``put_metric_alarm`` for these thresholds.
+    def properties(self, value: Callable[[Param | int], Any],
+                   actions: Sequence[Any] = ()) -> dict[str, Any]:
+        """The alarm's CloudFormation properties, which are PutMetricAlarm's arguments.
 
-        ``actions`` (an SNS topic's ARN) are the alarm, OK and
-        insufficient-data actions.
+        ``value`` gives each threshold's value: a number for the API, a
+        parameter reference for a template.  ``actions`` (an SNS topic's
+        ARN) are the alarm and OK actions.
         """
-        t = thresholds or Thresholds()
-        actions = list(actions)
-        kwargs: dict[str, Any] = {
+        props: dict[str, Any] = {
             "AlarmName": self.name,
             "AlarmDescription": self.description,
             "ComparisonOperator": self.comparison,
-            "Threshold": float(_resolve(self.threshold, t)),
-            "EvaluationPeriods": _resolve(self.evaluation_periods, t),
+            "Threshold": value(self.threshold),
+            "EvaluationPeriods": value(self.evaluation_periods),
             "TreatMissingData": self.treat_missing_data,
             "ActionsEnabled": bool(actions),
-            "AlarmActions": actions,
-            "OKActions": actions,
+            "AlarmActions": list(actions),
+            "OKActions": list(actions),
         }
-        period = _resolve(self.period, t)
+        period = value(self.period)
         if self.expression is None:
-            kwargs.update(Namespace=self.metric.namespace, MetricName=self.metric.name,
-                          Dimensions=self.metric.dimension_list(),
-                          Statistic=self.metric.statistic, Period=period)
+            props.update(Namespace=self.metric.namespace, MetricName=self.metric.name,
+                         Dimensions=self.metric.dimension_list(),
+                         Statistic=self.metric.statistic, Period=period)
         else:
-            kwargs["Metrics"] = [
+            props["Metrics"] = [
                 {"Id": "m", "ReturnData": False,
                  "MetricStat": {"Metric": {"Namespace": self.metric.namespace,
                                            "MetricName": self.metric.name,
@@ -194,6 +193,14 @@ class AlarmDef:
                 {"Id": "e", "Expression": self.expression, "Label": self.name,
                  "ReturnData": True},
             ]
+        return props
+
+    def put_metric_alarm(self, thresholds: Thresholds | None = None,
+                         actions: Sequence[str] = ()) -> dict[str, Any]:
+        """The keyword arguments of CloudWatch ``put_metric_alarm`` for these thresholds."""
+        t = thresholds or Thresholds()
+        kwargs = self.properties(lambda v: _resolve(v, t), actions)
+        kwargs["Threshold"] = float(kwargs["Threshold"])
         return kwargs
 
 
