@@ -102,6 +102,9 @@ THRESHOLD_DOCS: dict[str, tuple[str, str]] = {
                          "bus is never that quiet); a multiple of 60"),
 }
 assert set(THRESHOLD_DOCS) == {f.name for f in fields(Thresholds)}
+#: the smallest value each threshold may take (the others: 0)
+THRESHOLD_MINIMUM: dict[str, int] = {"period_s": 10, "evaluation_periods": 1,
+                                     "duration_percent": 1, "bridge_silence_s": 10}
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,10 @@ class Param:
     @property
     def doc(self) -> str:
         return THRESHOLD_DOCS[self.key][1]
+
+    @property
+    def minimum(self) -> int:
+        return THRESHOLD_MINIMUM.get(self.key, 0)
 
     def value(self, thresholds: Thresholds) -> int:
         v: int = getattr(thresholds, self.key)
@@ -158,6 +165,16 @@ class AlarmDef:
     treat_missing_data: str = "notBreaching"
     #: a metric math expression over the metric (id ``m``), or ``None``
     expression: str | None = None
+
+    @property
+    def logical_id(self) -> str:
+        """A template's resource name: ``QueueEmailAgeAlarm`` (no prefix: one per stack).
+
+        The check is the name's last word (``age``, ``depth``, ``errors``...).
+        """
+        check = self.name.rsplit("-", 1)[-1]
+        words = f"{self.kind} {self.subject} {check}".replace("_", " ").replace("-", " ")
+        return "".join(w.capitalize() for w in words.split()) + "Alarm"
 
     def properties(self, value: Callable[[Param | int], Any],
                    actions: Sequence[Any] = ()) -> dict[str, Any]:
