@@ -24,7 +24,7 @@ which tells stages apart) and, for the connection, ``Bus``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -102,6 +102,9 @@ THRESHOLD_DOCS: dict[str, tuple[str, str]] = {
                          "bus is never that quiet); a multiple of 60"),
 }
 assert set(THRESHOLD_DOCS) == {f.name for f in fields(Thresholds)}
+#: the smallest value each threshold may take (the others: 0)
+THRESHOLD_MINIMUM: dict[str, int] = {"period_s": 10, "evaluation_periods": 1,
+                                     "duration_percent": 1, "bridge_silence_s": 10}
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,10 @@ class Param:
     @property
     def doc(self) -> str:
         return THRESHOLD_DOCS[self.key][1]
+
+    @property
+    def minimum(self) -> int:
+        return THRESHOLD_MINIMUM.get(self.key, 0)
 
     def value(self, thresholds: Thresholds) -> int:
         v: int = getattr(thresholds, self.key)
@@ -159,33 +166,42 @@ class AlarmDef:
     #: a metric math expression over the metric (id ``m``), or ``None``
     expression: str | None = None
 
-    def put_metric_alarm(self, thresholds: Thresholds | None = None,
-                         actions: Iterable[str] = ()) -> dict[str, Any]:
-        """The keyword arguments of CloudWatch ``put_metric_alarm`` for these thresholds.
+    @property
+    def logical_id(self) -> str:
+        """A template's resource name: ``QueueEmailAgeAlarm`` (no prefix: one per stack).
 
-        ``actions`` (an SNS topic's ARN) are the alarm, OK and
-        insufficient-data actions.
+        The check is the name's last word (``age``, ``depth``, ``errors``...).
         """
-        t = thresholds or Thresholds()
-        actions = list(actions)
-        kwargs: dict[str, Any] = {
+        check = self.name.rsplit("-", 1)[-1]
+        words = f"{self.kind} {self.subject} {check}".replace("_", " ").replace("-", " ")
+        return "".join(w.capitalize() for w in words.split()) + "Alarm"
+
+    def properties(self, value: Callable[[Param | int], Any],
+                   actions: Sequence[Any] = ()) -> dict[str, Any]:
+        """The alarm's CloudFormation properties, which are PutMetricAlarm's arguments.
+
+        ``value`` gives each threshold's value: a number for the API, a
+        parameter reference for a template.  ``actions`` (an SNS topic's
+        ARN) are the alarm and OK actions.
+        """
+        props: dict[str, Any] = {
             "AlarmName": self.name,
             "AlarmDescription": self.description,
             "ComparisonOperator": self.comparison,
-            "Threshold": float(_resolve(self.threshold, t)),
-            "EvaluationPeriods": _resolve(self.evaluation_periods, t),
+            "Threshold": value(self.threshold),
+            "EvaluationPeriods": value(self.evaluation_periods),
             "TreatMissingData": self.treat_missing_data,
             "ActionsEnabled": bool(actions),
-            "AlarmActions": actions,
-            "OKActions": actions,
+            "AlarmActions": list(actions),
+            "OKActions": list(actions),
         }
-        period = _resolve(self.period, t)
+        period = value(self.period)
         if self.expression is None:
-            kwargs.update(Namespace=self.metric.namespace, MetricName=self.metric.name,
-                          Dimensions=self.metric.dimension_list(),
-                          Statistic=self.metric.statistic, Period=period)
+            props.update(Namespace=self.metric.namespace, MetricName=self.metric.name,
+                         Dimensions=self.metric.dimension_list(),
+                         Statistic=self.metric.statistic, Period=period)
         else:
-            kwargs["Metrics"] = [
+            props["Metrics"] = [
                 {"Id": "m", "ReturnData": False,
                  "MetricStat": {"Metric": {"Namespace": self.metric.namespace,
                                            "MetricName": self.metric.name,
@@ -194,6 +210,14 @@ class AlarmDef:
                 {"Id": "e", "Expression": self.expression, "Label": self.name,
                  "ReturnData": True},
             ]
+        return props
+
+    def put_metric_alarm(self, thresholds: Thresholds | None = None,
+                         actions: Sequence[str] = ()) -> dict[str, Any]:
+        """The keyword arguments of CloudWatch ``put_metric_alarm`` for these thresholds."""
+        t = thresholds or Thresholds()
+        kwargs = self.properties(lambda v: _resolve(v, t), actions)
+        kwargs["Threshold"] = float(kwargs["Threshold"])
         return kwargs
 
 
