@@ -12,8 +12,11 @@ What it starts, in order (each reused when it already answers):
    endpoint (``functions/sse/stream.py``, port 8001 if free);
 4. the preferences database (``FMN_DATABASE_URL``, SQLite by default), seeded
    with generated demo users, and its snapshot published to Redis;
-5. the queues and dead-letter queues of :mod:`fmn.pipeline.queues` and the
-   claim-check bucket;
+5. the queues and dead-letter queues of :mod:`fmn.pipeline.queues`, the
+   claim-check bucket and the alarms of :mod:`fmn.pipeline.alarms` with their
+   SNS topic: on LocalStack the messaging stack's synthesized template through
+   CloudFormation (:mod:`fmn.local.messaging`), otherwise through the API from
+   the same definitions;
 6. the bridge, as its own process, subscribed to a local fedmsg endpoint and
    to a RabbitMQ queue bound to every topic of ``amq.topic``;
 7. every function under the local runner (match, send_email, send_irc, sse),
@@ -190,7 +193,8 @@ class LocalStack:
                                 if k not in self._saved_env})
         os.environ.update(self.env)
         say(f"4/7 preferences: {self._seed_preferences()}")
-        say(f"5/7 queues: {self._make_queues()}; alarms: {self._make_alarms()}")
+        deployed = self._deploy_messaging()
+        say(f"5/7 queues: {self._make_queues()}; alarms: {self._make_alarms(deployed)}")
         say(f"6/7 bridge: {self._start_bridge()}")
         say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}")
         say(f"web UI: {self._start_web()}")
@@ -378,13 +382,42 @@ class LocalStack:
         return f"{len(self.urls)} queues with dead-letter queues, bucket " \
                f"{self.settings.claim_bucket}"
 
-    def _make_alarms(self) -> str:
+    def _deploy_messaging(self) -> str | None:
+        """On LocalStack, the messaging stack's synthesized template through CloudFormation
+        (queues, DLQs, claim bucket, alarms, topic, dashboard); the stack's name, or None
+        where it is not (no template: ``make synth``; the moto server skips alarms)."""
+        from fmn.aws import client
+        from fmn.local import messaging
+
+        template = messaging.find_template()
+        if self.emulator != "localstack" or template is None:
+            return None
+        prefix = self.settings.queue_prefix
+        try:
+            outputs = messaging.deploy(client("cloudformation", self.settings), template, prefix)
+        except Exception as exc:  # the same resources then come from the API
+            log.warning("messaging template %s not deployed (%s): creating the queues and "
+                        "alarms through the API", template.name, exc)
+            return None
+        bucket = outputs.get("ClaimBucketName")
+        if bucket:  # the template names it after the account: the functions must know it
+            self.settings = dataclasses.replace(self.settings, claim_bucket=bucket)
+            self.env["FMN_CLAIM_BUCKET"] = bucket
+            os.environ["FMN_CLAIM_BUCKET"] = bucket
+        return messaging.stack_name(prefix)
+
+    def _make_alarms(self, deployed: str | None = None) -> str:
         """The stage's messaging alarms (queue age and depth, dead letters, the bridge)
         and their SNS topic, from the same definitions as the deployment's template."""
         from fmn.aws import client
         from fmn.ops.alarms import ensure_alarms
+        from fmn.pipeline.alarms import messaging_alarms
 
         self.cloudwatch = client("cloudwatch", self.settings)
+        if deployed is not None:
+            self.alarms = messaging_alarms(self.settings.queue_prefix)
+            return (f"{len(self.alarms)} from the messaging template (CloudFormation stack "
+                    f"{deployed}), evaluated by LocalStack")
         self.alarms, topic = ensure_alarms(self.cloudwatch, client("sns", self.settings),
                                            self.settings.queue_prefix)
         evaluated = "evaluated by LocalStack" if self.emulator == "localstack" else \
@@ -628,8 +661,14 @@ fmn_bridge_queue = "{queue}"
                 self._bridge.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._bridge.kill()
-        for runner in self.runners.values():
-            runner.stop(timeout=60)
+        # together: on LocalStack each idle poller may be in a 20 s long poll
+        stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},
+                                     name=f"stop-{name}")
+                    for name, runner in self.runners.items()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         if "send_irc" in self.functions:
             self.functions["send_irc"].reset()  # hangs up its connection
         for listener in self.irc_listeners:
