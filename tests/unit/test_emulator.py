@@ -59,3 +59,22 @@ def test_localstack_insisted_on_but_not_there_says_what_to_run(tmp_path: Path) -
         _choose("localstack", None, set(), tmp_path)
     with pytest.raises(ValueError, match="--aws"):
         choose("docker", None, LS)
+
+
+@pytest.mark.parametrize("prefix, name", [("fmn-", "fmn-messaging"),
+                                          ("fmn-prod-", "fmn-prod-messaging"),
+                                          ("e2e1a2b3c4d-", "e2e1a2b3c4d-messaging"),
+                                          ("9x_y.", "x-y-messaging")])
+def test_the_messaging_stack_is_named_after_the_stage(prefix: str, name: str) -> None:
+    from fmn.local.messaging import stack_name
+
+    assert stack_name(prefix) == name
+
+
+def test_the_synthesized_template_is_found_where_make_synth_writes_it(tmp_path: Path) -> None:
+    from fmn.local.messaging import find_template
+
+    assert find_template(tmp_path) is None
+    (tmp_path / "infra" / "cdk.out").mkdir(parents=True)
+    (tmp_path / "infra" / "cdk.out" / "fmn-dev-messaging.template.json").write_text("{}")
+    assert find_template(tmp_path) == tmp_path / "infra/cdk.out/fmn-dev-messaging.template.json"
