@@ -18,11 +18,11 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 sys.path.insert(0, str(HERE))
 
 import aws_cdk as cdk  # noqa: E402
-
 from fmn_infra.app import build  # noqa: E402
 
 if __name__ == "__main__":
     # the cdk command sets CDK_OUTDIR; run directly (make synth), write beside this file
     app = cdk.App(outdir=os.environ.get("CDK_OUTDIR", str(HERE / "cdk.out")))
-    build(app, stage=app.node.try_get_context("stage") or "dev")
+    build(app, stage=app.node.try_get_context("stage") or "dev",
+          lean_packages=os.environ.get("FMN_LEAN_PACKAGES") == "1")
     app.synth()
