@@ -319,3 +319,13 @@ def make_clients(endpoint_url: str | None, region: str) -> tuple[Any, Any]:
     sqs = session.client("sqs", endpoint_url=endpoint_url, config=config)
     s3 = session.client("s3", endpoint_url=endpoint_url, config=config)
     return sqs, s3
+
+
+def make_cloudwatch(endpoint_url: str | None, region: str) -> Any:
+    """A boto3 CloudWatch client for the heartbeat: short timeouts, few retries."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(region_name=region, connect_timeout=3, read_timeout=10,
+                    retries={"total_max_attempts": 2, "mode": "standard"})
+    return boto3.session.Session().client("cloudwatch", endpoint_url=endpoint_url, config=config)
