@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # Chalice apps: each gets the core package installed into its git-ignored vendor/
 APPS := $(wildcard functions/*/app.py webapp/app.py)
 USERS ?= 5000
+# the deployment stage `make synth` writes templates for (queue prefix fmn-STAGE-)
+STAGE ?= dev
 
 .DEFAULT_GOAL := help
 
@@ -40,12 +42,12 @@ run: setup ## the whole pipeline on this machine, replaying the shared messages 
 	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)
-	$(BIN)/ruff check src bridge functions webapp tests
+	$(BIN)/ruff check src bridge functions webapp infra tests
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: setup ## ruff and mypy only
-	$(BIN)/ruff check src bridge functions webapp tests
+	$(BIN)/ruff check src bridge functions webapp infra tests
 	$(BIN)/mypy
 
 bench: setup ## matcher benchmark at 10,000 and 100,000 users, then the local stack's throughput
@@ -61,8 +63,12 @@ vendor: setup ## install the core package into each Chalice app's vendor/ (for c
 	@# Chalice ships vendor/ beside app.py: the UI's files go there too
 	cp -r webapp/static webapp/vendor/static
 
+synth: vendor ## write the CloudFormation templates of both stacks to infra/cdk.out (no AWS account)
+	cd infra && FMN_STAGE=$(STAGE) ../$(BIN)/python app.py
+	@echo "templates: infra/cdk.out/*.template.json (cdk deploy --app infra/cdk.out, see docs/operations.md)"
+
 clean: ## remove generated files (keeps .venv)
-	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache chalice.out infra/chalice.out infra/cdk.out
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup services localstack run test lint bench vendor clean
+.PHONY: help setup services localstack run test lint bench vendor synth clean

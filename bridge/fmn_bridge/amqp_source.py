@@ -158,6 +158,8 @@ class AmqpSource:
         self.acks_lost = 0
         self.not_json = 0
         self.connects = 0
+        #: consuming on an open connection (the heartbeat reports it)
+        self.connected = False
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -222,6 +224,7 @@ class AmqpSource:
                 log.info("AMQP: consuming %s (configured as %r) on %s, prefetch %d",
                          actual, configured, self.source_name, self.prefetch)
             self.ready.set()
+            self.connected = True
             while not self._stop.is_set():
                 conn.process_data_events(time_limit=0.2)
             # Shutdown: no new deliveries (pika requeues prefetched, undispatched
@@ -238,6 +241,7 @@ class AmqpSource:
                 log.warning("AMQP: closing with %d delivery(ies) unacknowledged: the broker"
                             " redelivers them", self._outstanding)
         finally:
+            self.connected = False
             if conn.is_open:
                 try:
                     conn.close()

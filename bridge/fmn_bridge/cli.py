@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="longest wait between SQS retries, seconds (default 10)")
     tune.add_argument("--stats-interval", type=float, default=60.0,
                       help="seconds between stats log lines (default 60)")
+    tune.add_argument("--heartbeat-interval", type=float, default=60.0,
+                      help="seconds between CloudWatch heartbeats (messages bridged, bus"
+                           " connections; 0: none; default 60)")
     tune.add_argument("--shutdown-timeout", type=float, default=30.0,
                       help="how long shutdown may spend flushing to SQS (default 30)")
     p.add_argument("--log-level", default="INFO")
@@ -109,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log.info("bridging into SQS queue %s (endpoint %s)", queue_name, endpoint or "AWS")
     sink.start()
+    heartbeat = None
+    if args.heartbeat_interval > 0:
+        from .heartbeat import Heartbeat
+        from .sqs_sink import make_cloudwatch
+
+        heartbeat = Heartbeat(make_cloudwatch(endpoint, region), queue_name, sink, sources,
+                              args.heartbeat_interval)
+        heartbeat.start()
     threads = [threading.Thread(target=s.run, name=type(s).__name__, daemon=True)
                for s in sources]
     for t in threads:
@@ -129,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             next_stats += args.stats_interval
             _log_stats(sink, sources)
 
+    if heartbeat is not None:
+        heartbeat.stop()
     for s in sources:
         s.request_stop()
     for s in sources:

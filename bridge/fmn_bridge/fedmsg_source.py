@@ -104,6 +104,12 @@ class FedmsgSource:
         self.stopped_receiving = threading.Event()
         self.ready = threading.Event()
 
+    @property
+    def connected(self) -> bool:
+        """Subscribed and receiving.  ZeroMQ reconnects by itself and does not say
+        when a hub is away: the silence alarm covers that."""
+        return self.ready.is_set() and not self.stopped_receiving.is_set()
+
     def request_stop(self) -> None:
         self._stop.set()
 

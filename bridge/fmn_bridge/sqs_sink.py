@@ -316,3 +316,11 @@ def make_clients(endpoint_url: str | None, region: str) -> tuple[Any, Any]:
                                "connect_timeout": 3, "read_timeout": 20, "max_attempts": 2,
                                "session": new_session()}
     return client("sqs", **options), client("s3", **options)
+
+
+def make_cloudwatch(endpoint_url: str | None, region: str) -> Any:
+    """A boto3 CloudWatch client for the heartbeat: short timeouts, few retries."""
+    from fmn.aws import client, new_session
+
+    return client("cloudwatch", endpoint_url=endpoint_url, region=region, connect_timeout=3,
+                  read_timeout=10, max_attempts=2, session=new_session())

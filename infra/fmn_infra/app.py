@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aws_cdk as cdk
 
+from fmn_infra.compute import ComputeStack
 from fmn_infra.messaging import MessagingStack
 
 
@@ -12,10 +13,18 @@ def synthesizer() -> cdk.DefaultStackSynthesizer:
     return cdk.DefaultStackSynthesizer(generate_bootstrap_version_rule=False)
 
 
-def build(app: cdk.App, stage: str = "dev") -> dict[str, cdk.Stack]:
+def build(app: cdk.App, stage: str = "dev", *, lean_packages: bool = False
+          ) -> dict[str, cdk.Stack]:
+    """The stage's two stacks; ``lean_packages``: code zips without dependencies (tests)."""
     prefix = f"fmn-{stage}-"
     messaging = MessagingStack(app, f"fmn-{stage}-messaging", prefix=prefix,
                                synthesizer=synthesizer(),
                                description="FMN queues, dead-letter queues, claim bucket, "
                                            "alarms, alarm topic and dashboard")
-    return {"messaging": messaging}
+    compute = ComputeStack(app, f"fmn-{stage}-compute", prefix=prefix,
+                           lean_packages=lean_packages, synthesizer=synthesizer(),
+                           description="FMN functions, web app, feed endpoint, ElastiCache, "
+                                       "PostgreSQL, SES and secrets")
+    # named, not referenced: the compute stack finds queues, bucket and topic by name
+    compute.add_dependency(messaging)
+    return {"messaging": messaging, "compute": compute}

@@ -20,6 +20,7 @@ from constructs import Construct
 
 from fmn.pipeline import alarms
 from fmn.pipeline.queues import QUEUES, queue
+from fmn_infra.alarming import AlarmFactory
 
 #: SQS keeps a message at most 14 days: a dead letter waits that long for an operator
 DLQ_RETENTION = cdk.Duration.days(14)
@@ -48,9 +49,7 @@ class MessagingStack(cdk.Stack):
             description="prefix of every queue, topic and alarm name (one per stage): "
                         "FMN_QUEUE_PREFIX of the functions and the bridge")
         p = self.prefix_param.value_as_string
-        self.thresholds = thresholds or alarms.Thresholds()
-        #: a parameter per threshold the alarms use, made on first use
-        self.params: dict[str, cdk.CfnParameter] = {}
+        self.alarm_factory = AlarmFactory(self, thresholds)
         email = cdk.CfnParameter(self, "AlarmEmail", type="String", default="",
                                  description="an address the alarms are mailed to (empty: none;"
                                              " subscribe a pager to the topic instead)")
@@ -89,33 +88,14 @@ class MessagingStack(cdk.Stack):
                                               cdk.Duration.days(1))],
             removal_policy=cdk.RemovalPolicy.RETAIN)
 
-        self.alarms: dict[str, cdk.CfnResource] = {}
         for definition in alarms.messaging_alarms(p):
-            self.add_alarm(definition)
+            self.alarm_factory.add(definition, [self.topic.topic_arn])
         self._dashboard(p)
 
         cdk.CfnOutput(self, "AlarmTopicArn", value=self.topic.topic_arn)
         cdk.CfnOutput(self, "ClaimBucketName", value=self.claims.bucket_name)
-        for name, queue in self.queues.items():
-            cdk.CfnOutput(self, f"{name}QueueUrl", value=queue.queue_url)
-
-    def value(self, v: alarms.Param | int) -> Any:
-        """A threshold: its parameter's reference, or the constant."""
-        if not isinstance(v, alarms.Param):
-            return v
-        if v.key not in self.params:
-            self.params[v.key] = cdk.CfnParameter(self, v.cfn_name, type="Number",
-                                                  default=v.value(self.thresholds),
-                                                  min_value=v.minimum, description=v.doc)
-        return self.params[v.key].value_as_number
-
-    def add_alarm(self, definition: alarms.AlarmDef) -> cdk.CfnResource:
-        """One ``AWS::CloudWatch::Alarm``: its properties are PutMetricAlarm's arguments."""
-        alarm = cdk.CfnResource(self, definition.logical_id, type="AWS::CloudWatch::Alarm",
-                                properties=definition.properties(self.value,
-                                                                 [self.topic.topic_arn]))
-        self.alarms[definition.name] = alarm
-        return alarm
+        for name, q in self.queues.items():
+            cdk.CfnOutput(self, f"{name}QueueUrl", value=q.queue_url)
 
     def _dashboard(self, p: str) -> None:
         period = cdk.Duration.minutes(1)

@@ -69,6 +69,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        if environ is None:  # deployed: secrets from Secrets Manager join the environment
+            from fmn.secrets import load_secrets
+
+            load_secrets()
         env = os.environ if environ is None else environ
         default = cls()
         return cls(

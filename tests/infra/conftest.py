@@ -26,7 +26,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from fmn_infra.app import build
 
     app = cdk.App(outdir=str(tmp_path_factory.mktemp("cdk.out")))
-    built: dict[str, Any] = build(app, stage="test")
+    built: dict[str, Any] = build(app, stage="test", lean_packages=True)
     return built
 
 
