@@ -42,7 +42,7 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_endpoint
 
 
-LOCALSTACK_URL = os.environ.get("FMN_TEST_LOCALSTACK_URL", "http://127.0.0.1:4566")
+LOCALSTACK_URL = os.environ.get("FMN_LOCALSTACK_URL", "http://127.0.0.1:4566")
 
 
 @pytest.fixture(scope="session")
