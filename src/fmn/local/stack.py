@@ -420,7 +420,8 @@ class LocalStack:
                     f"{deployed}), evaluated by LocalStack")
         self.alarms, topic = ensure_alarms(self.cloudwatch, client("sns", self.settings),
                                            self.settings.queue_prefix)
-        evaluated = "evaluated by LocalStack" if self.emulator == "localstack" else \
+        evaluated = "evaluated by LocalStack; no messaging template deployed (make synth " \
+            "writes it)" if self.emulator == "localstack" else \
             "stored, never evaluated by the moto server"
         return f"{len(self.alarms)} created through the API ({evaluated}), notifying {topic}"
 
