@@ -22,15 +22,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
-	@# LocalStack, the local AWS, in its own .venv-localstack (needs Python 3.13)
-	@scripts/localstack.sh install --optional
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install everything (system packages too, as root)
+	@# LocalStack, the local AWS, in its own .venv-localstack (where Python 3.13 is)
+	@scripts/localstack.sh install --optional
 
 services: ## start Redis, PostgreSQL, RabbitMQ and LocalStack if they are not answering
 	@scripts/services.sh
-	@if [ -f .venv-localstack/bin/python ]; then scripts/localstack.sh start; fi
+	@scripts/localstack.sh start --if-installed
 
 localstack: ## install LocalStack (Python 3.13) in .venv-localstack and start it unless one answers
 	@scripts/localstack.sh start
@@ -38,7 +38,7 @@ localstack: ## install LocalStack (Python 3.13) in .venv-localstack and start it
 run: setup ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
 	@FMN_SKIP_POSTGRES=1 scripts/services.sh
 	@# LocalStack where it is set up (started unless one answers), the moto server otherwise
-	@if [ -f .venv-localstack/bin/python ]; then scripts/localstack.sh start; fi
+	@scripts/localstack.sh start --if-installed
 	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)

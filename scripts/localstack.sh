@@ -3,7 +3,7 @@
 # CloudFormation, SNS, IAM, STS, Logs), without Docker and without an account token.
 #
 #   scripts/localstack.sh install [--optional]   the runtime in .venv-localstack
-#   scripts/localstack.sh start                  install if needed, start unless one answers
+#   scripts/localstack.sh start [--if-installed] install if needed, start unless one answers
 #   scripts/localstack.sh status                 exit 0 when one answers
 #   scripts/localstack.sh stop                   stop the one this script started
 #
@@ -92,6 +92,10 @@ start() {
         say "answering at $URL (reused)"
         return 0
     fi
+    if [ "${1:-}" = --if-installed ] && [ ! -f "$STAMP" ]; then
+        say "not installed here (make localstack): fmn up uses the moto server"
+        return 0
+    fi
     install
     mkdir -p "$RUNDIR"
     say "starting at $URL (log: $RUNDIR/localstack.log)"
@@ -138,9 +142,10 @@ stop() {
 
 case "${1:-start}" in
     install) install "${2:-}" ;;
-    start) start ;;
+    start) start "${2:-}" ;;
     status) if answers; then say "answering at $URL"; else say "not answering at $URL"; exit 1; fi ;;
     stop) stop ;;
     python) find_python313 ;;
-    *) echo "usage: $0 install [--optional] | start | status | stop" >&2; exit 2 ;;
+    *) echo "usage: $0 install [--optional] | start [--if-installed] | status | stop" >&2
+       exit 2 ;;
 esac

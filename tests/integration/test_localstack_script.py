@@ -35,9 +35,15 @@ def test_start_reuses_the_answering_one(localstack_endpoint: str) -> None:
     assert _run("status").returncode == 0
 
 
-def test_status_says_when_none_answers() -> None:
-    result = _run("status", env={"FMN_LOCALSTACK_PORT": str(free_port())})
+def test_status_says_when_none_answers(tmp_path: Path) -> None:
+    elsewhere = {"FMN_LOCALSTACK_PORT": str(free_port()),
+                 "FMN_LOCALSTACK_VENV": str(tmp_path / "venv")}
+    result = _run("status", env=elsewhere)
     assert result.returncode == 1 and "not answering" in result.stderr
+    # make run and make test: start it only where it is installed, else the moto server
+    result = _run("start", "--if-installed", env=elsewhere)
+    assert result.returncode == 0 and "not installed here" in result.stderr
+    assert not (tmp_path / "venv").exists()
 
 
 def test_without_python_313_an_optional_install_steps_aside(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ def _choose(wanted: str, endpoint: str | None, up: set[str], tmp_path: Path,
             installed: bool = False) -> tuple[Choice, list[Path]]:
     started: list[Path] = []
     if installed:
-        (tmp_path / ".venv-localstack" / "bin").mkdir(parents=True)
-        (tmp_path / ".venv-localstack" / "bin" / "python").touch()
+        (tmp_path / ".venv-localstack").mkdir()
+        (tmp_path / ".venv-localstack" / ".installed-2026.3.0").touch()
 
     def start(root: Path) -> None:
         started.append(root)

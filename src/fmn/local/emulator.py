@@ -78,7 +78,8 @@ def is_localstack(url: str) -> bool:
 
 
 def localstack_installed(root: Path = ROOT) -> bool:
-    return (root / ".venv-localstack" / "bin" / "python").exists()
+    """Whether ``scripts/localstack.sh install`` completed here (its stamp file)."""
+    return any((root / ".venv-localstack").glob(".installed-*"))
 
 
 def start_localstack(root: Path = ROOT) -> None:
