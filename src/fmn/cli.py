@@ -505,6 +505,13 @@ def _dependency_error(exc: Exception) -> str | None:
                 "`fmn prefs import` creates it)")
     if isinstance(exc, redis.RedisError):
         return f"Redis error: {exc} (is REDIS_URL right and Redis running?)"
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no AWS SDK in this deployable
+        return None
+    if isinstance(exc, BotoCoreError | ClientError):
+        return (f"AWS error: {exc} (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the credentials "
+                "name the stage? a local stack: is fmn up running here?)")
     return None
 
 

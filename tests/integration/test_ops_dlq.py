@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -166,3 +167,15 @@ def test_fmn_dlq_list_show_redrive(aws: AwsClients, prefix: str,
 
     assert main(["dlq", "show", "nonesuch"]) == 2
     assert "no queue named 'nonesuch'" in capsys.readouterr().err
+
+
+def test_an_unreachable_endpoint_is_an_error_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    from fmn.local.stack import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    assert main(["dlq", "list", "--workdir", str(tmp_path)]) == 2
+    assert "AWS error: Could not connect" in capsys.readouterr().err
