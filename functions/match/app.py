@@ -182,6 +182,8 @@ class _Invocation:
                                                    "failure": kind.lower(),
                                                    "error": str(exc)[:500]})
             raise
+        # the rest of this record's log lines name its bus message
+        logger.set_correlation_id(result.message_id)
         self.matched.append((record.message_id, result))
         self.counts["MessagesMatched"] += 1
         for backend, count in result.notifications.items():

@@ -8,7 +8,11 @@ retryable failure reports it in ``batchItemFailures`` (it comes back, its
 delivered items are skipped); an unreadable payload is reported too and goes
 to the dead-letter queue after the queue's maximum receives; an item that
 cannot be sent goes alone to the dead-letter queue (with the reason as a
-message attribute) and is counted.  Nothing is built at import.
+message attribute) and is counted.  Metrics (Powertools EMF, names in
+:mod:`fmn.pipeline.alarms`): each outcome's count (``Sent``,
+``DeadLettered``, ``RetryableFailures``...) and the bus-to-send latency of
+what was sent; every log line of a record carries its bus message id as the
+correlation id.  Nothing is built at import.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, RetryableError
+from fmn.pipeline.alarms import BUS_TO_SEND_LATENCY
+from fmn.pipeline.notifications import unpack
 from fmn.pipeline.queues import queue
 from fmn.settings import Settings
 
@@ -135,16 +142,24 @@ class SenderFunction:
         )
 
         counts: Counter[str] = Counter()
+        latencies: list[float] = []
         self.begin(context)
         once, send = self.once, self.get("send")
 
         def record_handler(record: Any) -> None:
+            message_id, sent_at = _message_of(record.body)
+            # every log line of this record names the bus message it is about
+            self.logger.set_correlation_id(message_id)
             try:
                 if deliver is None:
-                    counts.update(deliver_payload(record.body, self.backend, send, once,
-                                                  self.dead_letter))
+                    done = deliver_payload(record.body, self.backend, send, once,
+                                           self.dead_letter)
                 else:
-                    counts.update(deliver(record.body, send, once, self.dead_letter))
+                    done = deliver(record.body, send, once, self.dead_letter)
+                counts.update(done)
+                latency = _since_ms(sent_at)
+                if done.get("sent") and latency is not None:
+                    latencies.append(latency)
             except Exception as exc:
                 kind = "Permanent" if isinstance(exc, PermanentError) else "Retryable"
                 counts[f"{kind}Failures"] += 1
@@ -163,6 +178,46 @@ class SenderFunction:
             return response
         finally:
             self.count(counts)
+            self.record_latency(latencies)
+            self.logger.set_correlation_id(None)
+
+    def record_latency(self, latencies: list[float]) -> None:
+        """Bus-to-send latency (ms) of the payloads just sent, at most 100 values a flush."""
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        if not latencies:
+            return
+        latencies = sorted(latencies)
+        step = max(1, len(latencies) // 100)  # a spread over the range, the maximum kept
+        sample = latencies[::step][:99] + [latencies[-1]]
+        with self._lock:
+            for ms in sample:
+                self.metrics.add_metric(name=BUS_TO_SEND_LATENCY,
+                                        unit=MetricUnit.Milliseconds, value=ms)
+            self.metrics.flush_metrics()
+
+
+def _message_of(body: str) -> tuple[str | None, str | None]:
+    """The bus message id and time of a payload, or ``None`` (the delivery says why)."""
+    try:
+        info, _ = unpack(body)
+    except Exception:  # InvalidPayload: deliver_payload reports it
+        return None, None
+    sent_at = info.get("sent_at")
+    return str(info["id"])[:200], sent_at if isinstance(sent_at, str) else None
+
+
+def _since_ms(sent_at: str | None) -> float | None:
+    """Milliseconds since the bus message was sent (``None``: no usable time)."""
+    if not sent_at:
+        return None
+    try:
+        when = datetime.fromisoformat(sent_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - when).total_seconds() * 1000)
 
 
 def _metric_name(count: str) -> str:
