@@ -19,7 +19,10 @@ from fmn.settings import Settings
 
 
 def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
-                    seed: int = 4) -> Iterator[LocalStack]:
+                    seed: int = 4, own_exchange: bool = False) -> Iterator[LocalStack]:
+    """``own_exchange``: the bus's AMQP side is an exchange of the test's own (publish
+    to ``stack.options.amqp_exchange``), so that the other stacks on a shared broker,
+    whose bridges bind every topic of amq.topic, neither take nor add messages."""
     redis_client()
     rabbitmq_connection().close()  # there (skip or fail otherwise)
     tag = uuid.uuid4().hex[:8]
@@ -32,6 +35,7 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
     options = StackOptions(users=users, seed=seed, workdir=tmp_path / "stack",
                            fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
                            amqp_queue=f"fmn-{name}-{tag}", poll_wait_s=1,
+                           amqp_exchange=f"fmn-{name}-{tag}" if own_exchange else "amq.topic",
                            web_port=free_port(), feed_port=free_port())
     stack = LocalStack(settings, options)
     stack.start(say=lambda *_: None)
@@ -43,7 +47,10 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
             remove_stage(stack.settings)
         # a connection of its own: one held idle through the test can lose its heartbeats
         rabbit = rabbitmq_connection()
-        rabbit.channel().queue_delete(options.amqp_queue)
+        channel = rabbit.channel()
+        channel.queue_delete(options.amqp_queue)
+        if own_exchange:
+            channel.exchange_delete(options.amqp_exchange)
         rabbit.close()
         client = redis_client()
         for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:{prefix}*", f"{prefix}*",

@@ -52,7 +52,7 @@ USERS, SEED = 300, 4
 
 @pytest.fixture
 def stack(any_aws_env: str, tmp_path: Path) -> Iterator[LocalStack]:
-    for local in run_local_stack(any_aws_env, tmp_path, "e2e", USERS, SEED):
+    for local in run_local_stack(any_aws_env, tmp_path, "e2e", USERS, SEED, own_exchange=True):
         assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
         assert local.urls["incoming"].url.endswith(f"{local.settings.queue_prefix}incoming")
         yield local
@@ -67,7 +67,7 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     both.write_bytes(b"\n".join(fedmsg_lines + fm_lines) + b"\n")
     lines = fedmsg_lines + fm_lines + fm_lines  # fedora-messaging records: both buses
     replay.replay_fedmsg(both, stack.options.fedmsg_endpoint, None)
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, stack.options.amqp_exchange)
 
     senders = ("incoming", "email", "irc", "sse")
     deadline = time.monotonic() + 300

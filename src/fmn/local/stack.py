@@ -117,8 +117,11 @@ class StackOptions:
     redis_port: int = DEFAULT_REDIS_PORT
     fedmsg_endpoint: str = DEFAULT_FEDMSG_ENDPOINT
     amqp_url: str = DEFAULT_AMQP_URL
-    #: the RabbitMQ queue the bridge consumes (bound to every topic of amq.topic)
+    #: the RabbitMQ queue the bridge consumes (bound to every topic of amqp_exchange)
     amqp_queue: str = "fmn-local-bridge"
+    #: the topic exchange bus messages are published to (tests use one of their own:
+    #: on a shared broker, every queue bound to amq.topic gets everyone's messages)
+    amqp_exchange: str = "amq.topic"
     #: the local AWS: ``auto``, ``localstack`` or ``moto`` (:mod:`fmn.local.emulator`)
     aws: str = "auto"
     #: the runner's long poll (Lambda uses 20 s; shorter stops faster).  Default:
@@ -476,7 +479,7 @@ arguments = {{}}
 
 [[bindings]]
 queue = "{queue}"
-exchange = "amq.topic"
+exchange = "{self.options.amqp_exchange}"
 routing_keys = ["#"]
 
 [consumer_config]
@@ -492,6 +495,9 @@ fmn_bridge_queue = "{queue}"
         conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
         try:
             channel = conn.channel()
+            if not self.options.amqp_exchange.startswith("amq."):  # amq.* always exist
+                channel.exchange_declare(self.options.amqp_exchange, exchange_type="topic",
+                                         durable=True)
             channel.queue_declare(self.options.amqp_queue, durable=True)
             channel.queue_purge(self.options.amqp_queue)
         finally:
@@ -508,7 +514,7 @@ fmn_bridge_queue = "{queue}"
         reader.start()
         self._threads.append(reader)
         return (f"pid {self._bridge.pid}, fedmsg {self.options.fedmsg_endpoint}, "
-                f"AMQP queue {self.options.amqp_queue} on amq.topic")
+                f"AMQP queue {self.options.amqp_queue} on {self.options.amqp_exchange}")
 
     def _read_bridge(self) -> None:
         assert self._bridge is not None and self._bridge.stderr is not None
@@ -755,7 +761,7 @@ def replay_shared(stack: LocalStack, say: Any = print) -> None:
     say(f"replaying {fedmsg_file} on {stack.options.fedmsg_endpoint} ...")
     replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None)
     say(f"replaying {fm_file} to RabbitMQ ...")
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, stack.options.amqp_exchange)
 
 
 def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:
