@@ -8,7 +8,9 @@ endpoint alone.  One server per test session, on a free port of 127.0.0.1.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -78,3 +80,44 @@ def any_aws_env(request: pytest.FixtureRequest) -> str:
     name = "aws_env" if request.param == "moto" else "localstack_env"
     endpoint: str = request.getfixturevalue(name)
     return endpoint
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A three-node Redis Cluster for this session (``redis+cluster://``), torn down after."""
+    from redis_cluster import start_cluster
+    from services import unavailable
+
+    try:
+        cluster = start_cluster()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        unavailable("a local Redis Cluster", exc)
+        raise  # unreachable: unavailable() skips or fails
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The test Redis, once as a single server and once as a cluster (ElastiCache's modes)."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("redis_cluster_url")
+        return url
+    from services import REDIS_URL, redis_client
+
+    redis_client()  # skip (locally) or fail (CI) without Redis
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_any(redis_url: str) -> Iterator[Any]:
+    """A client of :func:`redis_url`'s Redis (``redis.Redis`` or ``RedisCluster``)."""
+    from fmn.redisconn import connect
+
+    client = connect(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()

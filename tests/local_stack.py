@@ -53,7 +53,8 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
             channel.exchange_delete(options.amqp_exchange)
         rabbit.close()
         client = redis_client()
-        for pattern in (f"fmn-test:{tag}:*", f"fmn:digest:{prefix}*", f"{prefix}*",
+        for pattern in (f"fmn-test:{tag}:*", f"{{fmn-test:{tag}:*", f"fmn:digest:{{{prefix}}}*",
+                        f"{prefix}*",
                         f"fmn:preview:{prefix}*"):
             keys = list(client.scan_iter(match=pattern))
             if keys:

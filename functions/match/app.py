@@ -77,10 +77,30 @@ def _build_state() -> None:
     copy_config_to_registered_loggers(source_logger=logger, include={"fmn"})
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
+    live = LiveSnapshot(store, s.snapshot_poll_s, rebuild=_rebuilder(s, store))
     _state.update(settings=s, sqs=client("sqs", s), s3=client("s3", s),
-                  matcher=IndexedMatcher(LiveSnapshot(store, s.snapshot_poll_s)), urls={},
+                  matcher=IndexedMatcher(live), live=live, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,
                                                    key=window_key(s.queue_prefix)))
+
+
+def _rebuilder(s: Settings, store: Any) -> Any:
+    """What rebuilds the snapshot from the database when Redis holds none (one
+    process at a time: :func:`fmn.snapshot.sync.rebuild_if_missing`)."""
+    engines: list[Any] = []
+
+    def rebuild() -> bool:
+        from fmn import db
+        from fmn.snapshot.sync import rebuild_if_missing
+
+        if not engines:
+            engines.append(db.make_engine(s.database_url))
+        rebuilt = rebuild_if_missing(engines[0], store)
+        if rebuilt:
+            metrics.add_metric(name="SnapshotRebuilt", unit=MetricUnit.Count, value=1)
+        return rebuilt
+
+    return rebuild
 
 
 def queue_url(backend: str) -> str:

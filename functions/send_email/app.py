@@ -11,11 +11,12 @@ ones whose interval has passed.  Nothing is built at import.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 from chalice.app import Chalice, Rate
 
-from fmn.delivery.base import DeadLetter, Send, deliver_payload
+from fmn.delivery.base import DeadLetter, Delivery, Send, deliver_payload
 from fmn.delivery.edge import SenderFunction
 from fmn.delivery.email_sender import EmailSender
 from fmn.delivery.once import Once
@@ -29,19 +30,65 @@ app = Chalice(app_name="fmn-send-email", configure_logs=False)
 
 
 def make_send(settings: Settings) -> Send:
-    import redis
-
     from fmn.auth import unsubscribe_url
     from fmn.delivery.digest import DigestStore, digest_prefix
     from fmn.delivery.mailers import make_mailer
+    from fmn.redisconn import connect
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     # digest keys per stage, as the queues: stages may share one Redis
     digests = DigestStore(client, digest_prefix(settings.queue_prefix))
     return EmailSender(
         make_mailer(settings), digests, sender=settings.mail_from, web_url=settings.web_url,
         unsubscribe_url=lambda user, dest: unsubscribe_url(settings.web_url, user, dest,
-                                                           settings.secret_key))
+                                                           settings.secret_key),
+        subscribed=database_subscriptions(settings.database_url))
+
+
+def database_subscriptions(url: str) -> Callable[[Delivery], bool]:
+    """Whether an item's destination still wants mail, asked of the preferences database
+    (built on first use; a database failure is retryable: the digest waits)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fmn.db.pending import destination_live
+
+    def subscribed(item: Delivery) -> bool:
+        try:
+            return destination_live(_engine(url), item.user, item.destination, item.address)
+        except SQLAlchemyError as exc:
+            raise RetryableError(f"preferences database: {exc}") from exc
+
+    return subscribed
+
+
+_engines: dict[str, Any] = {}
+
+
+def _engine(url: str) -> Any:
+    if url not in _engines:
+        from fmn import db
+
+        _engines[url] = db.make_engine(url)
+    return _engines[url]
+
+
+def digests_lost(settings: Settings, store: Any) -> int | None:
+    """None, or how many queued digest items Redis lost (at least) since the last check
+    (the generation marker, remembered in the database:
+    :func:`fmn.delivery.digest.check_generation`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fmn.db import pending
+    from fmn.delivery.digest import check_generation
+
+    engine = _engine(settings.database_url)
+    name = f"digests:{store.prefix}"
+    try:
+        return check_generation(store, pending.marker(engine, name),
+                                lambda token, items: pending.set_marker(engine, name, token,
+                                                                        items))
+    except SQLAlchemyError as exc:
+        raise RetryableError(f"preferences database: {exc}") from exc
 
 
 function = SenderFunction("email", make_send)
@@ -71,6 +118,14 @@ def flush_digests_now(context: Any = None) -> int:
     """Send every due digest; notifications sent (the schedule, and the local stack)."""
     function.begin(context)
     sender = cast(EmailSender, function.get("send"))
+    if sender.digests is not None:
+        try:
+            lost = digests_lost(function.settings, sender.digests)
+            if lost is not None:  # metrics DigestStoreLost, DigestItemsLost
+                function.count(Counter({"digest-store-lost": 1, "digest-items-lost": lost}))
+        except RetryableError as exc:
+            function.logger.warning("digest store generation not checked",
+                                    extra={"error": str(exc)[:300]})
     sent = sender.flush_due(function.once, function.dead_letter)
     function.count(Counter(digested=sent))
     return sent

@@ -9,6 +9,7 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 |---|---|---|
 | ``FMN_DATABASE_URL`` | SQLAlchemy URL of the preferences database | ``sqlite:///var/fmn.sqlite`` |
 | ``REDIS_URL`` | Redis (ElastiCache in AWS) holding the snapshot | ``redis://127.0.0.1:6379/0`` |
+| ``FMN_REDIS_CLUSTER`` | ``1``: Redis is a cluster (``redis+cluster://``) | off |
 | ``FMN_SNAPSHOT_PREFIX`` | key prefix of the snapshot in Redis | ``fmn:snapshot:`` |
 | ``FMN_SNAPSHOT_POLL_S`` | how often a matcher asks for changes | ``0.25`` |
 | ``AWS_ENDPOINT_URL`` | AWS endpoint: the moto server or LocalStack locally | unset (AWS) |
@@ -40,6 +41,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from fmn.redisconn import cluster_url
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ class Settings:
         default = cls()
         return cls(
             database_url=env.get("FMN_DATABASE_URL", default.database_url),
-            redis_url=env.get("REDIS_URL", default.redis_url),
+            redis_url=cluster_url(env.get("REDIS_URL", default.redis_url),
+                                  env.get("FMN_REDIS_CLUSTER", "").lower() in ("1", "true", "yes")),
             snapshot_prefix=env.get("FMN_SNAPSHOT_PREFIX", default.snapshot_prefix),
             snapshot_poll_s=float(env.get("FMN_SNAPSHOT_POLL_S", default.snapshot_poll_s)),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from delivery_data import notification as note
 from delivery_data import payload
 from fakes import FakeClock
-from services import redis_client
 
 from fmn.delivery.base import Delivery, deliver_payload, deliveries
 from fmn.delivery.digest import DigestStore, destination_key
@@ -33,8 +33,9 @@ class Crash(BaseException):
 
 
 @pytest.fixture
-def world() -> Iterator[SimpleNamespace]:
-    client = redis_client()
+def world(redis_any: Any) -> Iterator[SimpleNamespace]:
+    """Digests and sends remembered on the single Redis and on the cluster."""
+    client = redis_any
     tag = uuid.uuid4().hex[:10]
     clock = FakeClock(1_000_000.0)
     store = DigestStore(client, prefix=f"fmn-test:{tag}:digest:", cap=5, lease_s=300)
@@ -49,7 +50,8 @@ def world() -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(store=store, mailer=mailer, sender=sender, once=once, clock=clock,
                           tag=tag, dead=dead,
                           dead_letter=lambda item, reason: dead.append((item, reason)))
-    for pattern in (f"fmn-test:{tag}:*", f"fmn-test-{tag}*"):  # digests, sends remembered
+    # digests, sends remembered
+    for pattern in (f"{store.prefix}*", f"fmn-test-{tag}*"):
         for key in client.scan_iter(pattern):
             client.delete(key)
 
@@ -200,3 +202,61 @@ def test_one_failing_digest_does_not_hold_the_others_up(world: SimpleNamespace,
     assert w.sender.flush_due(w.once, w.dead_letter) == 1
     assert sorted(str(m["To"]) for m in w.mailer.sent) == ["bob@example.org",
                                                            "carol@example.org"]
+
+
+def test_items_of_a_destination_unsubscribed_meanwhile_do_not_go_out(
+        world: SimpleNamespace, tmp_path: Any) -> None:
+    """bob unsubscribes (one-click) while three items wait in his digest: the digest,
+    checked against the preferences database when it is due, sends nothing."""
+    from fmn import db
+    from fmn.db.pending import destination_live
+    from fmn.prefs import Destination, Digest, User
+    from fmn.snapshot.store import MemorySnapshotStore
+    from fmn.web.service import PreferencesService
+
+    w = world
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    db.upgrade(engine)
+    db.save_user(engine, User("bob", True, (Destination(
+        "d9", "email", "bob@example.org", True, Digest(3600, 100)),)))
+    w.sender.subscribed = lambda item: destination_live(engine, item.user, item.destination,
+                                                        item.address)
+    add(w, 3, digest=(3600, 100))
+    PreferencesService(engine, MemorySnapshotStore()).unsubscribe("bob", "d9")
+    w.clock.now += 3600
+    w.sender.flush_due(w.once, w.dead_letter)
+    assert w.mailer.sent == [] and w.sender.dropped == 3
+    assert w.dead == []  # not an error: nothing to send any more
+
+    # verified again: what arrives from now on goes out
+    db.save_user(engine, User("bob", True, (Destination(
+        "d9", "email", "bob@example.org", True, Digest(3600, 100)),)))
+    add(w, 2, digest=(3600, 100), start=10)
+    w.clock.now += 3600
+    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    assert digest_items(w) == [["build 10 done", "build 11 done"]]
+
+
+def test_a_redis_restarted_empty_cannot_lose_digests_unnoticed(world: SimpleNamespace,
+                                                               tmp_path: Any) -> None:
+    """Digest items live only in Redis: if Redis comes back empty, the next check says
+    so (the sender turns it into an error log and the DigestStoreLost metric)."""
+    from fmn import db
+    from fmn.db import pending
+    from fmn.delivery.digest import check_generation
+
+    w = world
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    db.upgrade(engine)
+
+    def check() -> int | None:
+        return check_generation(w.store, pending.marker(engine, "digests"),
+                                lambda token, n: pending.set_marker(engine, "digests", token, n))
+
+    assert check() is None  # the first check: nothing known, nothing lost
+    add(w, 3, digest=(3600, 100))
+    assert check() is None
+    for key in list(w.store.redis.scan_iter(f"{w.store.prefix}*")):
+        w.store.redis.delete(key)  # a restart without persistence
+    assert check() == 3  # loudly, once, with what was waiting
+    assert check() is None

@@ -52,6 +52,7 @@ from fmn.delivery.feed import (
 from fmn.errors import RetryableError
 from fmn.local.http import ServerHandle, serve
 from fmn.local.stack import free_port, load_module
+from fmn.redisconn import connect
 from fmn.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -106,13 +107,17 @@ def event(msg_id: str, user: str = "alice") -> str:
 # -- the store contract: the fake and Redis -----------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest) -> Callable[..., FeedStore]:
     def make(maxlen: int = 1000, max_age_s: int = 3600,
              clock: Callable[[], float] | None = None) -> FeedStore:
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
         if request.param == "memory":
             return MemoryFeed(maxlen, max_age_s, **kwargs)
+        if request.param == "cluster":  # keys of its own: the prefix is unique
+            client = connect(request.getfixturevalue("redis_cluster_url"))
+            return RedisFeed(client, request.getfixturevalue("prefix"), maxlen, max_age_s,
+                             **kwargs)
         return RedisFeed(request.getfixturevalue("redis"), request.getfixturevalue("prefix"),
                          maxlen, max_age_s, **kwargs)
 

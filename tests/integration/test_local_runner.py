@@ -336,9 +336,9 @@ def test_fmn_up_starts_from_a_clean_stage_in_redis(tmp_path: Any) -> None:
     prefix, other = f"up{tag}-", f"other{tag}-"
     settings = Settings(redis_url=REDIS_URL, queue_prefix=prefix,
                         feed_prefix=f"fmn-test:{tag}:feed:")
-    mine = [f"{prefix}email#abc", f"{prefix}irc#def", f"fmn:digest:{prefix}due",
+    mine = [f"{prefix}email#abc", f"{prefix}irc#def", f"fmn:digest:{{{prefix}}}due",
             f"fmn:preview:{prefix}window", f"fmn-test:{tag}:feed:alice"]
-    theirs = [f"{other}email#abc", f"fmn:digest:{other}due"]
+    theirs = [f"{other}email#abc", f"fmn:digest:{{{other}}}due"]
     for key in mine + theirs:
         client.set(key, "1")
     try:

@@ -93,9 +93,9 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, match_app: ModuleType
                         "FMN_QUEUE_PREFIX": prefix, "FMN_CLAIM_BUCKET": bucket}.items():
         monkeypatch.setenv(name, value)
     match_app.reset()
-    yield SimpleNamespace(sqs=sqs, s3=s3, urls=urls, bucket=bucket, prefix=prefix)
+    yield SimpleNamespace(sqs=sqs, s3=s3, urls=urls, bucket=bucket, prefix=prefix, store=store)
     match_app.reset()
-    keys = list(client.scan_iter(match=snap_prefix + "*"))
+    keys = list(client.scan_iter(match=store.prefix + "*"))
     keys += list(client.scan_iter(match=f"fmn:preview:{prefix}*"))
     if keys:
         client.delete(*keys)
@@ -261,3 +261,30 @@ def test_records_whose_payloads_cannot_be_sent_come_back(
     only_irc = [r for r in records if parse(r).id in irc][:3]
     with pytest.raises(RetryableError):  # nothing at all went: the invocation fails
         invoke(match_app, env, [wrap(r) for r in only_irc])
+
+
+def test_a_snapshot_lost_with_redis_is_rebuilt_from_the_database(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes],
+        expected: list[Key], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis restarted without persistence: no ``current``, no blob.  The cold
+    matcher rebuilds the snapshot from the database (once) and matches as before,
+    instead of failing every record into the dead-letter queue."""
+    from fmn import db
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    db.upgrade(engine)
+    db.import_document(engine, json.loads((GOLDEN / "prefs.json").read_text()))
+    monkeypatch.setenv("FMN_DATABASE_URL", f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    client = redis_client()
+    for key in list(client.scan_iter(match=env.store.prefix + "*")):
+        client.delete(key)  # what a restart without persistence leaves
+    assert env.store.current_id() is None
+    match_app.reset()
+
+    failed, _ = invoke(match_app, env, [wrap(r) for r in records[:100]])
+    assert failed == []
+    found, _ = drain(env)
+    ids = {parse(r).id for r in records[:100]}
+    assert Counter(found) == Counter(k for k in expected if k[0] in ids)
+    assert env.store.current_id() is not None
+    assert match_app._get("live").rebuilds == 1

@@ -21,6 +21,7 @@ from fmn.message import Message
 from fmn.prefs import Filters, GenerationRule, Rule, Tracking
 from fmn.preview import MemoryWindowStore, PreviewIndex, RedisWindowStore, record, record_many
 from fmn.preview.window import WindowStore, encode
+from fmn.redisconn import connect
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +36,13 @@ def _numbered(n: int, start: int = 0) -> list[Message]:
             for i in range(start, start + n)]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest) -> Iterator[Factory]:
     if request.param == "memory":
         yield lambda **kw: MemoryWindowStore(**kw)
         return
-    client = redis_client()
+    client = (redis_client() if request.param == "redis"
+              else connect(request.getfixturevalue("redis_cluster_url")))
     keys: list[str] = []
 
     def make(**kw: object) -> WindowStore:
@@ -48,8 +50,8 @@ def make_store(request: pytest.FixtureRequest) -> Iterator[Factory]:
         return RedisWindowStore(client, key=keys[-1], **kw)  # type: ignore[arg-type]
 
     yield make
-    if keys:
-        client.delete(*keys)
+    for key in keys:
+        client.delete(key)
 
 
 def test_append_and_read_back_in_order(make_store: Factory) -> None:

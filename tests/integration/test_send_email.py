@@ -57,7 +57,9 @@ def env(aws_env: str, monkeypatch: pytest.MonkeyPatch, email_app: ModuleType,
     yield SimpleNamespace(app=email_app, sink=sink, sqs=sqs, urls=urls, tag=tag)
     email_app.reset()
     client = redis_client()
-    for pattern in (f"{prefix}*", f"fmn:digest:{prefix}*"):  # sends remembered, digests
+    from fmn.delivery.digest import digest_prefix
+
+    for pattern in (f"{prefix}*", f"{digest_prefix(prefix)}*"):  # sends remembered, digests
         for key in client.scan_iter(pattern):
             client.delete(key)
 

@@ -20,6 +20,7 @@ from shared_data import golden_messages, golden_prefs_doc
 
 from fmn.matcher import IndexedMatcher, NaiveMatcher
 from fmn.prefs import Preferences, Rule, User, parse_document
+from fmn.redisconn import connect
 from fmn.snapshot import compile_snapshot, compile_user
 from fmn.snapshot.live import LiveSnapshot
 from fmn.snapshot.store import MemorySnapshotStore, RedisSnapshotStore, SnapshotStore
@@ -27,17 +28,19 @@ from fmn.snapshot.store import MemorySnapshotStore, RedisSnapshotStore, Snapshot
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[SnapshotStore]:
     if request.param == "memory":
         yield MemorySnapshotStore()
         return
-    client = redis_client()
+    client = (redis_client() if request.param == "redis"
+              else connect(request.getfixturevalue("redis_cluster_url")))
     prefix = f"fmn-test:{uuid.uuid4().hex}:"
-    yield RedisSnapshotStore(client, prefix)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
+    store = RedisSnapshotStore(client, prefix)
+    yield store
+    keys = list(client.scan_iter(match=store.prefix + "*"))
+    for key in keys:
+        client.delete(key)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +128,29 @@ def test_change_without_a_snapshot_is_refused(store: SnapshotStore) -> None:
         store.publish_user("alice", None)
     with pytest.raises(SnapshotUnavailable):
         store.load()
+
+
+def test_an_older_snapshot_never_replaces_a_newer(store: SnapshotStore,
+                                                  prefs: Preferences) -> None:
+    older, newer = compile_snapshot(prefs), compile_snapshot(prefs)
+    assert store.publish(newer)
+    assert not store.publish(older)  # compiled first, published last: refused
+    assert store.current_id() == newer.id
+    assert store.load().id == newer.id
+
+
+def test_a_missing_snapshot_is_told_apart_from_an_unreachable_store(
+        store: SnapshotStore) -> None:
+    from fmn.snapshot.store import SnapshotMissing
+
+    with pytest.raises(SnapshotMissing):
+        store.load()
+    with pytest.raises(SnapshotMissing):
+        store.publish_user("alice", None)
+
+
+def test_one_process_at_a_time_holds_the_rebuild_lock(store: SnapshotStore) -> None:
+    with store.rebuild_lock(30) as first, store.rebuild_lock(30) as second:
+        assert (first, second) == (True, False)
+    with store.rebuild_lock(30) as again:
+        assert again

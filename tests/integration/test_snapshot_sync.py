@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from fakes import FakeClock
-from services import redis_client
 from shared_data import golden_messages, golden_prefs_doc
 from sqlalchemy import Engine
 
@@ -40,13 +39,12 @@ def engine(tmp_path: Path) -> Engine:
 
 
 @pytest.fixture
-def store() -> Iterator[RedisSnapshotStore]:
-    client = redis_client()
-    prefix = f"fmn-test:{uuid.uuid4().hex}:"
-    yield RedisSnapshotStore(client, prefix)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
+def store(redis_any: Any) -> Iterator[RedisSnapshotStore]:
+    """A store on the single Redis and on the cluster."""
+    store = RedisSnapshotStore(redis_any, f"fmn-test:{uuid.uuid4().hex}:")
+    yield store
+    for key in list(redis_any.scan_iter(match=store.prefix + "*")):
+        redis_any.delete(key)
 
 
 def routed(matcher: Any) -> list[Any]:
@@ -94,14 +92,14 @@ def test_a_change_racing_a_full_rebuild_is_not_lost(engine: Engine,
     name = routed(NaiveMatcher(db.load_preferences(engine)))[0].user
     real_publish = store.publish
 
-    def publish_while_a_user_changes(data: Any) -> None:
+    def publish_while_a_user_changes(data: Any) -> bool:
         # The web UI saves a change after the rebuild read the database but
         # before the new snapshot is current: its change goes to the old log.
         user = db.load_user(engine, name)
         assert user is not None
         revision = db.save_user(engine, silenced(user))
         sync.publish_user(store, name, db.load_user(engine, name), revision)
-        real_publish(data)
+        return real_publish(data)
 
     monkeypatch.setattr(store, "publish", publish_while_a_user_changes)
     sync.publish_full(engine, store)

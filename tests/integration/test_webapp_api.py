@@ -139,6 +139,7 @@ def app(engine: Engine) -> Iterator[App]:
     a = App(engine, prefix)
     yield a
     keys = list(a.redis.scan_iter(match=prefix + "*"))
+    keys += list(a.redis.scan_iter(match="{" + prefix + "*"))  # the snapshot's hash tag
     if keys:
         a.redis.delete(*keys)
     webapp.reset()
@@ -157,7 +158,7 @@ def test_first_login_sets_a_safe_session_and_the_defaults(app: App) -> None:
     assert "HttpOnly" not in next(c for c in cookies if c.startswith("fmn_csrf="))
     assert s.get("/api/v1/me").json_body == {"name": "alice", "email": "alice@example.org",
                                              "is_admin": False, "enabled": True,
-                                             "feed_url": None}
+                                             "publish_pending": False, "feed_url": None}
     rules = s.get("/api/v1/rules").json_body
     assert {(r["name"], r["tracking"]["kind"], r["enabled"]) for r in rules} == {
         ("My packages", "artifacts-owned", True), ("My events", "related-events", True)}

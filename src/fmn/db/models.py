@@ -333,6 +333,37 @@ class GroupMemberRow(Base):
     username: Mapped[str] = mapped_column(String)
 
 
+class PendingPublishRow(Base):
+    """A user whose saved preferences may not have reached the snapshot yet.
+
+    Written in the same transaction as the change (:func:`fmn.db.save_user`),
+    deleted once that revision is published (:mod:`fmn.db.pending`): while a row
+    exists, the database and the snapshot may disagree, and someone must publish.
+    """
+
+    __tablename__ = "pending_publish"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    #: the user's revision (or the change sequence of their deletion) to publish
+    revision: Mapped[int] = mapped_column(BigInteger)
+    #: when the change was saved (UTC)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StoreMarkerRow(Base):
+    """The generation token last seen in a Redis-held store (digests): a token Redis
+    no longer holds means Redis restarted empty and that store's content is lost."""
+
+    __tablename__ = "store_markers"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    token: Mapped[str] = mapped_column(String)
+    #: how many items the store held at the last check (what a loss loses, at least)
+    items: Mapped[int] = mapped_column(BigInteger)
+    #: when this was last checked (UTC)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 #: child tables first: the order in which to empty them
 USER_CONTENT_TABLES = (
     GenerationRuleDestinationRow, GenerationRuleRow, RuleGroupRow, RuleArtifactRow,

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from fmn.db import pending
 from fmn.db.engine import json_dumps
 from fmn.db.models import (
     OWNERSHIP_TABLES,
@@ -336,16 +337,18 @@ def save_user(engine: Engine, user: User) -> int:
             conn.execute(update(UserRow).where(UserRow.id == uid).values(
                 enabled=user.enabled, revision=seq, content_hash=h))
             _insert_user_content(conn, [(uid, user)])
+        pending.mark(conn, user.name, seq)  # cleared once published (fmn.db.pending)
     return seq
 
 
 def delete_user(engine: Engine, name: str) -> bool:
     """Delete the user ``name`` and all their preferences; False if there was none."""
     with engine.connect() as conn, conn.begin() as tx:
-        _bump(conn)
+        seq = _bump(conn)
         uid = conn.execute(select(UserRow.id).where(UserRow.name == name)).scalar()
         if uid is None:
             tx.rollback()
             return False
         _delete_users(conn, [uid])
+        pending.mark(conn, name, seq)
     return True

@@ -23,6 +23,12 @@ batch (same id) is claimed again and sent.  A crash between 2 and 3 sends
 nothing twice: the retry finds the batch id already sent and only finishes.
 Items that arrive while a batch is out wait in the list for the next digest;
 none is lost.
+
+Every key of a store shares one hash tag (the prefix, :func:`digest_prefix`),
+so the scripts, which touch a destination's lists and the due set at once,
+run on a Redis cluster too (ElastiCache Serverless, cluster mode): digests
+then live on one shard, which their volume (a few items per person and
+interval) allows.
 """
 
 from __future__ import annotations
@@ -103,8 +109,9 @@ class Claimed:
 
 
 def digest_prefix(queue_prefix: str) -> str:
-    """The digests' Redis key prefix for a stage (stages may share one Redis, as queues do)."""
-    return f"fmn:digest:{queue_prefix}"
+    """The digests' Redis key prefix for a stage (stages may share one Redis, as queues do):
+    ``fmn:digest:{<queue prefix>}``, a hash tag that keeps a stage's digests in one slot."""
+    return f"fmn:digest:{{{queue_prefix}}}"
 
 
 def destination_key(item: Delivery) -> str:
@@ -117,8 +124,11 @@ class DigestStore:
 
     def __init__(self, redis: Any, prefix: str = "fmn:digest:", cap: int = DIGEST_CAP,
                  lease_s: float = LEASE_S) -> None:
+        from fmn.redisconn import hash_tagged
+
         self.redis = redis
-        self.prefix = prefix
+        #: every key under one hash tag (module docstring)
+        self.prefix = hash_tagged(prefix)
         self.cap = cap
         self.lease_s = lease_s
         self._add = redis.register_script(_ADD)
@@ -183,9 +193,63 @@ class DigestStore:
             raise RetryableError(f"digest store: {exc}") from exc
         return score is not None and float(score) <= now
 
+    def generation(self, new_token: str) -> str:
+        """This store's generation token, set to ``new_token`` if it has none (a fresh
+        or emptied Redis); see :func:`check_generation`."""
+        key = f"{self.prefix}generation"
+        try:
+            self.redis.set(key, new_token, nx=True)
+            token = self.redis.get(key)
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+        return str(token.decode() if isinstance(token, bytes) else token)
+
+    def waiting(self) -> int:
+        """Items waiting in every digest, batches being sent included."""
+        try:
+            dks = [k.decode() if isinstance(k, bytes) else k
+                   for k in self.redis.zrange(f"{self.prefix}due", 0, -1)]
+            if not dks:
+                return 0
+            with self.redis.pipeline(transaction=False) as pipe:
+                for dk in dks:
+                    pipe.llen(f"{self.prefix}items:{dk}")
+                    pipe.llen(f"{self.prefix}sending:{dk}")
+                return sum(int(n) for n in pipe.execute())
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+
     def pending(self, dk: str) -> int:
         """Items waiting (not counting a batch being sent)."""
         return int(self.redis.llen(f"{self.prefix}items:{dk}"))
+
+
+def check_generation(store: DigestStore, remembered: tuple[str, int] | None,
+                     remember: Callable[[str, int], None]) -> int | None:
+    """Whether the digest store lost its content since the last check: None if not,
+    else how many items it held at that check (at least that many are lost).
+
+    Digest items live only in Redis once their SQS record is deleted.  The store
+    holds a generation token; its last value and the number of items waiting
+    then are kept outside Redis (the database: ``remembered``, written through
+    ``remember``).  A token other than the remembered one means Redis restarted
+    empty (or was replaced): every item queued before is gone.  Nothing can
+    bring them back; the caller makes it impossible to miss (an error log, the
+    ``DigestStoreLost`` and ``DigestItemsLost`` metrics and their alarm).  The
+    deployment requires persistence so that this never fires (docs/redis.md).
+    """
+    import uuid
+
+    token = store.generation(uuid.uuid4().hex)
+    waiting = store.waiting()
+    remember(token, waiting)
+    if remembered is None or token == remembered[0]:
+        return None  # the same store, or the first check ever (nothing known)
+    lost = remembered[1]
+    log.error("the digest store (%s) restarted empty: digest items queued before now are "
+              "lost, at least %d (generation %s, was %s)", store.prefix, lost, token,
+              remembered[0])
+    return lost
 
 
 #: Sends one digest of ``items`` (``more`` wait after them); PermanentError/RetryableError.

@@ -64,15 +64,14 @@ class SenderFunction:
         return self._state[name]
 
     def _build(self) -> None:
-        import redis
         from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
-        copy_config_to_registered_loggers(source_logger=self.logger, include={"fmn"})
         from fmn.aws import client
+        from fmn.redisconn import connect
 
+        copy_config_to_registered_loggers(source_logger=self.logger, include={"fmn"})
         s = Settings.from_env()
-        redis_client = redis.Redis.from_url(s.redis_url, socket_timeout=5,
-                                            socket_connect_timeout=5)
+        redis_client = connect(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._state.update(settings=s, sqs=client("sqs", s), redis=redis_client,
                            # keys per stage: stages may share one Redis
                            once=PowertoolsOnce(redis_client, s.idempotency_ttl_s,

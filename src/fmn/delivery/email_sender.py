@@ -9,10 +9,17 @@ reaches ``max_count`` it is remembered for :meth:`EmailSender.flush_ready`,
 which the handler calls once the payload's items are all through (a digest
 is sent outside the item's send-once, so a failed digest never re-adds the
 item).  :meth:`EmailSender.flush_due` is the schedule's job.
+
+A digest goes out hours after its items were queued: by then the person may
+have unsubscribed, deleted the destination or changed its address.  With a
+``subscribed`` check (:func:`fmn.db.pending.destination_live` on the database,
+in the Lambda), each item is checked when its digest is sent and dropped,
+counted in :attr:`EmailSender.dropped`, if its destination no longer wants it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
@@ -23,15 +30,23 @@ from fmn.delivery.email import render, render_digest
 from fmn.delivery.mailers import Mailer
 from fmn.delivery.once import Once
 
+log = logging.getLogger(__name__)
+
 #: Builds the one-click unsubscribe URL of a (user, destination).
 UnsubscribeUrl = Callable[[str, str], str]
+#: Whether an item's destination still wants mail (verified, same address, user enabled).
+Subscribed = Callable[[Delivery], bool]
 
 
 class EmailSender:
     def __init__(self, mailer: Mailer, digests: DigestStore | None, *, sender: str,
                  web_url: str, unsubscribe_url: UnsubscribeUrl,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 subscribed: Subscribed | None = None) -> None:
         self.mailer = mailer
+        self.subscribed = subscribed
+        #: digest items not sent because their destination was unsubscribed meanwhile
+        self.dropped = 0
         self.digests = digests
         self.sender = sender
         self.web_url = web_url
@@ -55,6 +70,15 @@ class EmailSender:
         return None
 
     def send_digest(self, items: Sequence[Delivery], more: int) -> None:
+        if self.subscribed is not None:
+            wanted = [item for item in items if self.subscribed(item)]
+            if len(wanted) < len(items):
+                self.dropped += len(items) - len(wanted)
+                log.info("digest of %s: %d items dropped, destination unsubscribed",
+                         items[0].user, len(items) - len(wanted))
+            items = wanted
+            if not items:
+                return
         first = items[0]
         self.mailer.send(render_digest(
             items, sender=self.sender, web_url=self.web_url, list_id=self.list_id,

@@ -338,9 +338,9 @@ class RedisFeed:
     @classmethod
     def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX, maxlen: int = 1000,
                  max_age_s: int = 7 * 24 * 3600, **kwargs: Any) -> RedisFeed:
-        import redis
+        from fmn.redisconn import connect
 
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5),
+        return cls(connect(url, socket_timeout=5, socket_connect_timeout=5),
                    prefix, maxlen, max_age_s, **kwargs)
 
     def key(self, user: str) -> str:
@@ -387,9 +387,9 @@ class AsyncRedisFeed:
     @classmethod
     def from_url(cls, url: str, prefix: str = DEFAULT_PREFIX,
                  max_block_s: float = 30.0) -> AsyncRedisFeed:
-        import redis.asyncio
+        from fmn.redisconn import connect_async
 
-        return cls(redis.asyncio.Redis.from_url(url, socket_timeout=max_block_s + 10,
+        return cls(connect_async(url, socket_timeout=max_block_s + 10,
                                                 socket_connect_timeout=5), prefix)
 
     def key(self, user: str) -> str:

@@ -241,8 +241,10 @@ class LocalStack:
     def _start_redis(self) -> str:
         import redis
 
+        from fmn.redisconn import connect
+
         try:
-            redis.Redis.from_url(self.settings.redis_url, socket_timeout=1).ping()
+            connect(self.settings.redis_url, socket_timeout=1).ping()
             self.env["REDIS_URL"] = self.settings.redis_url
             return f"using {self.settings.redis_url}"
         except redis.RedisError:
@@ -432,17 +434,16 @@ class LocalStack:
         """Start from a clean Redis for this stage, as from empty queues: the senders
         remember every send for days (no duplicate after a redelivery), so a second
         run's replay of the same messages would otherwise send nothing."""
-        import redis
-
         from fmn.delivery.digest import digest_prefix
         from fmn.delivery.once import sends_prefix
         from fmn.preview.window import window_key
+        from fmn.redisconn import connect
 
         prefix = self.settings.queue_prefix
         patterns = [f"{sends_prefix(prefix, backend)}#*" for backend in BACKENDS]
         patterns += [f"{digest_prefix(prefix)}*", f"{window_key(prefix)}*",
                      f"{self.settings.feed_prefix}*"]
-        client = redis.Redis.from_url(self.settings.redis_url)
+        client = connect(self.settings.redis_url)
         try:
             for pattern in patterns:
                 batch = []

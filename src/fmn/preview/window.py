@@ -210,9 +210,9 @@ class RedisWindowStore:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisWindowStore:
-        import redis
+        from fmn.redisconn import connect
 
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5),
+        return cls(connect(url, socket_timeout=10, socket_connect_timeout=5),
                    **kwargs)
 
     def append(self, entries: Sequence[WindowEntry]) -> None:

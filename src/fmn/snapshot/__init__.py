@@ -21,8 +21,10 @@ from fmn.snapshot.compiled import (
 
 
 def new_snapshot_id() -> str:
+    """``<UTC time to the microsecond>-<random>``: ids sort by when they were made
+    (:func:`fmn.snapshot.store.is_newer`)."""
     now = datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return f"{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
 def compile_snapshot(prefs: Preferences,

@@ -8,6 +8,13 @@ since the last change it applied (then it replaces only those users' parts).
 With the default interval of 0.25 s, a preference change is picked up well
 within a second, and a busy matcher pays one store round trip per interval,
 not per message.
+
+Two things it refuses to do: switch to a snapshot older than the one it
+holds (a lagging replica's ``current``: it keeps its own and counts
+``stale_current``), and fail forever when the store holds no snapshot at all
+(Redis restarted empty): with a ``rebuild`` callable
+(:func:`fmn.snapshot.sync.rebuild_if_missing` bound to the database), a
+missing snapshot is rebuilt, by one process at a time, before loading.
 """
 
 from __future__ import annotations
@@ -20,15 +27,18 @@ from collections.abc import Callable
 
 from fmn.errors import FmnError
 from fmn.snapshot.compiled import Snapshot
-from fmn.snapshot.store import LOG_START, SnapshotStore
+from fmn.snapshot.store import LOG_START, SnapshotMissing, SnapshotStore, is_newer
 
 log = logging.getLogger(__name__)
 
 
 class LiveSnapshot:
     def __init__(self, store: SnapshotStore, poll_interval: float = 0.25,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rebuild: Callable[[], object] | None = None) -> None:
         self.store = store
+        #: publishes a snapshot when the store has none (None: wait for someone to)
+        self.rebuild = rebuild
         self.poll_interval = poll_interval
         self.clock = clock
         self._snapshot: Snapshot | None = None
@@ -39,6 +49,10 @@ class LiveSnapshot:
         self.changes_applied = 0
         self.bad_changes = 0
         self.poll_failures = 0
+        #: polls that named an older snapshot than the one held (ignored)
+        self.stale_current = 0
+        #: rebuilds asked for because the store had no snapshot
+        self.rebuilds = 0
         self._lock = threading.Lock()
 
     def __call__(self) -> Snapshot:
@@ -65,9 +79,22 @@ class LiveSnapshot:
             assert self._snapshot is not None
             return self._snapshot
 
+    def _rebuild(self) -> None:
+        if self.rebuild is None:
+            return
+        self.rebuilds += 1
+        log.warning("the snapshot store holds no snapshot: rebuilding it")
+        self.rebuild()
+
     def _load(self, snapshot_id: str | None) -> None:
         started = time.perf_counter()
-        fresh = self.store.load(snapshot_id)  # the old one serves until this succeeds
+        try:
+            fresh = self.store.load(snapshot_id)  # the old one serves until this succeeds
+        except SnapshotMissing:
+            if snapshot_id is not None or self.rebuild is None:
+                raise
+            self._rebuild()
+            fresh = self.store.load(None)
         # The previous snapshot (frozen below) must become collectable again.
         gc.unfreeze()
         self._snapshot = fresh
@@ -90,9 +117,17 @@ class LiveSnapshot:
             self._load(None)
             return
         poll = self.store.poll(self._snapshot.id, self._position)
-        if poll.current_id is not None and poll.current_id != self._snapshot.id:
-            self._load(poll.current_id)
+        if poll.current_id is None:
+            # Our snapshot's log is gone with it: changes made now would be lost.
+            self._rebuild()
             return
+        if poll.current_id != self._snapshot.id:
+            if is_newer(poll.current_id, self._snapshot.id):
+                self._load(poll.current_id)
+                return
+            self.stale_current += 1
+            log.warning("the store names snapshot %s, older than %s: keeping %s",
+                        poll.current_id, self._snapshot.id, self._snapshot.id)
         for change in poll.changes:
             try:
                 self._snapshot.apply_user(change.user, change.entry)

@@ -17,8 +17,10 @@ carrying an error code, an HTTP status and the field at fault:
 :class:`Invalid` 400, :class:`NotSignedIn` 401, :class:`Forbidden` 403,
 :class:`NotFound` 404, :class:`Conflict` 409, :class:`RateLimited` 429.
 Database and Redis failures pass through untranslated (the edge answers 503),
-except a failure to publish a saved change: it is logged, and the next full
-publish carries it.
+except a failure to publish a saved change: saving recorded it as pending
+(:mod:`fmn.db.pending`, in the same transaction), so it is published by the
+next write that reaches the store or by the next full publish, and ``me``
+reports ``publish_pending`` until then.
 A change is read-modify-write of the user: two concurrent edits of the same
 user may lose one (last writer wins).
 """
@@ -38,6 +40,7 @@ import orjson
 from sqlalchemy import Engine, select
 
 from fmn import db
+from fmn.db import pending
 from fmn.delivery.email import InvalidAddress, check_address
 from fmn.delivery.feed import FeedStore
 from fmn.delivery.irc import valid_nick
@@ -57,7 +60,7 @@ from fmn.prefs import (
     parse_rule,
 )
 from fmn.snapshot.store import SnapshotStore
-from fmn.snapshot.sync import publish_user
+from fmn.snapshot.sync import publish_pending, publish_user
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +308,9 @@ class PreferencesService:
         email = next((d.address for d in user.destinations
                       if d.protocol == "email" and d.verified), None)
         return {"name": user.name, "email": email, "is_admin": self.is_admin(name),
-                "enabled": user.enabled}
+                "enabled": user.enabled,
+                # a saved change not yet in the snapshot (the store was away)
+                "publish_pending": pending.is_pending(self.engine, name)}
 
     def _save(self, user: User) -> User:
         try:
@@ -314,10 +319,14 @@ class PreferencesService:
             raise _invalid(exc) from exc
         try:
             publish_user(self.store, user.name, user, revision)
+            pending.clear(self.engine, [(user.name, revision)])
+            # The store answers again: publish what earlier failures left behind.
+            publish_pending(self.engine, self.store)
         except FmnError as exc:
             # Saved is saved: failing the request now would make the client
-            # repeat it.  The next full publish (publish_full) carries the change.
-            log.error("saved %s at revision %d but could not publish it: %s",
+            # repeat it.  The pending row saving wrote keeps the change due:
+            # the next write or full publish carries it.
+            log.error("saved %s at revision %d but could not publish it (pending): %s",
                       user.name, revision, exc)
         return user
 

@@ -147,9 +147,9 @@ class RedisKeys:
 
     @classmethod
     def from_url(cls, url: str) -> RedisKeys:
-        import redis
+        from fmn.redisconn import connect
 
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+        return cls(connect(url, socket_timeout=5, socket_connect_timeout=5,
                                         decode_responses=True))
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
