@@ -50,6 +50,8 @@ localstack: ## install LocalStack (Python 3.13) in .venv-localstack and start it
 
 run: setup ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
 	@FMN_SKIP_POSTGRES=1 scripts/services.sh
+	@# LocalStack where it is set up (started unless one answers), the moto server otherwise
+	@scripts/localstack.sh start --if-installed
 	$(BIN)/fmn up --users $(USERS) --replay
 
 test: setup services ## run the whole test suite (lint included)

@@ -191,6 +191,8 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         users=opts.users, seed=opts.seed, workdir=rundir,
         fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}",
         amqp_queue=f"fmn-lt-{tag}", amqp_exchange=f"fmn-lt-{tag}",
+        # no endpoint: a moto server of the stack's own (the load test chose already)
+        aws="auto" if settings.aws_endpoint_url else "moto",
         poll_wait_s=1, web=False, status_every_s=None, log_dir=rundir / "logs",
         request_counts=counts_file, max_concurrency={"incoming": concurrency},
         feed_port=free_port(), web_port=free_port())

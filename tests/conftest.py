@@ -44,6 +44,44 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_endpoint
 
 
+LOCALSTACK_URL = os.environ.get("FMN_LOCALSTACK_URL", "http://127.0.0.1:4566")
+
+
+@pytest.fixture(scope="session")
+def localstack_endpoint() -> str:
+    """The machine's LocalStack (``scripts/localstack.sh start``), shared by every test
+    and worker: resources keep apart by name prefix.  Skipped locally when it does not
+    answer, failed in CI."""
+    from services import unavailable
+
+    from fmn.local.emulator import is_localstack
+
+    if not is_localstack(LOCALSTACK_URL):
+        unavailable(f"LocalStack at {LOCALSTACK_URL}",
+                    RuntimeError("no answer (scripts/localstack.sh start)"))
+    return LOCALSTACK_URL
+
+
+@pytest.fixture
+def localstack_env(localstack_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point boto3 at LocalStack (any credentials will do); returns the endpoint."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", localstack_endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return localstack_endpoint
+
+
+@pytest.fixture(params=["moto", "localstack"])
+def any_aws_env(request: pytest.FixtureRequest) -> str:
+    """The test runs twice: on the moto server and on LocalStack (its endpoint)."""
+    name = "aws_env" if request.param == "moto" else "localstack_env"
+    endpoint: str = request.getfixturevalue(name)
+    return endpoint
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """A three-node Redis Cluster for this session (``redis+cluster://``), torn down after."""

@@ -71,7 +71,8 @@ def reset() -> None:
 def configure(settings: Settings | None = None, **overrides: Any) -> None:
     """Build the state now from explicit settings; ``overrides`` replace parts of it
     (``engine``, ``store``, ``service``, ``verifier``, ``oidc``, ``feed``, ``mailer``,
-    ``irc_link``, ``keys``, ``clock``).  Raises UnsafeConfiguration."""
+    ``irc_link``, ``keys``, ``clock``; ``demo_users``: the names the development
+    login offers first, its default first).  Raises UnsafeConfiguration."""
     with _lock:
         _state.clear()
         _build(settings or Settings.from_env(), overrides)
@@ -137,7 +138,8 @@ def _build(s: Settings, o: dict[str, Any]) -> None:
     _state.update(settings=s, engine=engine, store=store, feed=feed, service=service,
                   verifier=verifier, oidc=oidc, matrix=matrix, clock=clock,
                   sessions=http.Sessions(s, clock),
-                  atom=AtomFeeds(keys, s.secret_key, s.web_url))
+                  atom=AtomFeeds(keys, s.secret_key, s.web_url),
+                  demo_users=tuple(o.get("demo_users", ())))
 
 
 def _matrix_channel(s: Settings) -> Any:
@@ -314,7 +316,9 @@ def dev_login_page() -> http.Answer:
     _dev_login_on()
     from fmn import db
 
-    names = list(db.user_revisions(_get("engine")))[:20]
+    suggested = list(_get("demo_users"))  # the local stack's: those the replay notifies
+    names = (suggested + [n for n in db.user_revisions(_get("engine"))
+                          if n not in suggested])[:20]
     token = _jar().get(http.CSRF_COOKIE, "")
     if not re.fullmatch(r"[0-9a-f]{64}", token):  # only ever reuse one we could have set
         token = secrets.token_hex(32)

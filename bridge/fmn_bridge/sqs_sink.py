@@ -310,22 +310,17 @@ class SqsSink:
 
 def make_clients(endpoint_url: str | None, region: str) -> tuple[Any, Any]:
     """boto3 SQS and S3 clients that fail fast: the sink does the retrying."""
-    import boto3
-    from botocore.config import Config
+    from fmn.aws import client, new_session
 
-    config = Config(region_name=region, connect_timeout=3, read_timeout=20,
-                    retries={"total_max_attempts": 2, "mode": "standard"})
-    session = boto3.session.Session()
-    sqs = session.client("sqs", endpoint_url=endpoint_url, config=config)
-    s3 = session.client("s3", endpoint_url=endpoint_url, config=config)
-    return sqs, s3
+    options: dict[str, Any] = {"endpoint_url": endpoint_url, "region": region,
+                               "connect_timeout": 3, "read_timeout": 20, "max_attempts": 2,
+                               "session": new_session()}
+    return client("sqs", **options), client("s3", **options)
 
 
 def make_cloudwatch(endpoint_url: str | None, region: str) -> Any:
     """A boto3 CloudWatch client for the heartbeat: short timeouts, few retries."""
-    import boto3
-    from botocore.config import Config
+    from fmn.aws import client, new_session
 
-    config = Config(region_name=region, connect_timeout=3, read_timeout=10,
-                    retries={"total_max_attempts": 2, "mode": "standard"})
-    return boto3.session.Session().client("cloudwatch", endpoint_url=endpoint_url, config=config)
+    return client("cloudwatch", endpoint_url=endpoint_url, region=region, connect_timeout=3,
+                  read_timeout=10, max_attempts=2, session=new_session())

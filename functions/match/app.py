@@ -73,8 +73,7 @@ def _get(name: str) -> Any:
 
 
 def _build_state() -> None:
-    import boto3
-
+    from fmn.aws import client
     from fmn.matcher import IndexedMatcher
     from fmn.preview.window import RedisWindowStore, window_key
     from fmn.snapshot.live import LiveSnapshot
@@ -83,15 +82,14 @@ def _build_state() -> None:
     copy_config_to_registered_loggers(source_logger=logger, include={"fmn"})
     s = Settings.from_env()
     store = RedisSnapshotStore.from_url(s.redis_url, s.snapshot_prefix)
-    aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
     journal = None
     if s.ledger_dir:  # local runs: what was produced, for fmn ledger
         from fmn.ledger.journal import Journal
 
         journal = Journal(s.ledger_dir)
     live = LiveSnapshot(store, s.snapshot_poll_s, rebuild=_rebuilder(s, store))
-    sqs = boto3.client("sqs", **aws)
-    _state.update(settings=s, sqs=sqs, s3=boto3.client("s3", **aws),
+    sqs = client("sqs", s)
+    _state.update(settings=s, sqs=sqs, s3=client("s3", s),
                   redelivery=Redelivery(sqs, s.first_retry_delay_s), journal=journal,
                   matcher=IndexedMatcher(live), live=live, store=store, urls={},
                   window=RedisWindowStore.from_url(s.redis_url,

@@ -7,7 +7,8 @@
 ``fmn prefs import``    load a preferences document into the database
 ``fmn prefs export``    write the database's preferences document
 ``fmn snapshot publish`` compile the database into a snapshot in Redis
-``fmn up``              the whole pipeline on this machine (moto, Redis, bridge, functions)
+``fmn up``              the whole pipeline on this machine (LocalStack or moto, Redis, bridge,
+                        functions)
 ``fmn status``          the running local stack's queues and counters (``--json``)
 ``fmn bridge``          forward fedmsg (ZeroMQ) and fedora-messaging (AMQP) to SQS
 ``fmn replay``          publish recorded messages on a local fedmsg endpoint or RabbitMQ
@@ -17,6 +18,8 @@
 ``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
 ``fmn loadtest``        the 2016 15,000-message test end to end (``fmn loadtest --help``)
+``fmn dlq``             the dead-letter queues: ``list``, ``show QUEUE``, ``redrive QUEUE``
+``fmn doctor``          check that every part of a stage answers and agrees, one line each
 
 Errors in the input are reported on stderr with the file and line at fault;
 the exit status is 0 when everything was processed, 1 when some input was
@@ -216,7 +219,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from fmn.settings import Settings
 
     options = StackOptions(users=args.users, seed=args.seed, workdir=Path(args.workdir),
-                           log_dir=Path(args.workdir) / "logs", matrix=True)
+                           log_dir=Path(args.workdir) / "logs", matrix=True,
+                           aws=args.aws)
     return run_up(Settings.from_env(), options, replay=args.replay)
 
 
@@ -240,6 +244,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(json.dumps(doc, indent=2) if args.json else format_status(doc)
           + (f"\n{sync}" if sync else ""))
     return EXIT_OK
+
+
+def _ops_settings(args: argparse.Namespace) -> Any:
+    """The environment's settings; without AWS_ENDPOINT_URL, those of the local stack
+    running here (``fmn up``), if one is."""
+    import dataclasses
+    import os
+
+    from fmn.local.stack import LOCAL_SETTINGS, read_status
+    from fmn.settings import Settings
+
+    settings = Settings.from_env()
+    if settings.aws_endpoint_url is not None:
+        return settings
+    try:
+        shared = read_status(Path(args.workdir)).get("settings") or {}
+    except RuntimeError:
+        return settings  # AWS itself
+    print(f"fmn: the local stack's AWS at {shared.get('aws_endpoint_url')} "
+          f"(queues {shared.get('queue_prefix')}*)", file=sys.stderr)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # emulators take any
+        os.environ.setdefault(key, "test")
+    return dataclasses.replace(settings, **{k: v for k, v in shared.items()
+                                            if k in LOCAL_SETTINGS})
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from fmn.ops.cli import dlq
+
+    return dlq(args, _ops_settings(args))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from fmn.ops.cli import doctor
+
+    return doctor(args, _ops_settings(args))
 
 
 def cmd_feed_url(args: argparse.Namespace) -> int:
@@ -387,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", action="store_true",
                    help="replay the shared Fedora messages once the stack is up")
     p.add_argument("--workdir", default="var/stack", help="status file, bridge config and log")
+    p.add_argument("--aws", choices=("auto", "localstack", "moto"), default="auto",
+                   help="the local AWS: LocalStack (alarms evaluated, CloudFormation) or the "
+                        "moto server; auto: AWS_ENDPOINT_URL if it answers, else LocalStack "
+                        "where set up (scripts/localstack.sh), else moto")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("status", help="the running local stack's queues and counters")
@@ -412,6 +456,30 @@ def build_parser() -> argparse.ArgumentParser:
     # (parsed by the load test itself: see main)
     sub.add_parser("loadtest", help="the 2016 15,000-message test end to end, with the report, "
                                     "plots and the bill (fmn loadtest --help)")
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queues: list, show, redrive")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    p = dsub.add_parser("list", help="every queue's dead-letter queue and its messages")
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.add_argument("--workdir", default="var/stack")
+    p.set_defaults(func=cmd_dlq)
+    p = dsub.add_parser("show", help="dead letters, readable (they stay in the queue)")
+    p.add_argument("queue", help="a queue's name (incoming, email, ...; prefixed or -dlq too)")
+    p.add_argument("--limit", type=int, default=10, help="at most this many (default 10)")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one per dead letter")
+    p.add_argument("--workdir", default="var/stack")
+    p.set_defaults(func=cmd_dlq)
+    p = dsub.add_parser("redrive", help="move a dead-letter queue's messages back to its queue")
+    p.add_argument("queue", help="a queue's name (incoming, email, ...; prefixed or -dlq too)")
+    p.add_argument("--workdir", default="var/stack")
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("doctor", help="check that Redis, the database, the queues, the alarms "
+                                      "and the snapshot answer and agree (one line each)")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one per check")
+    p.add_argument("--workdir", default="var/stack")
+    p.set_defaults(func=cmd_doctor)
+
     # (parsed by the bridge itself: see main)
     sub.add_parser("bridge", help="forward bus messages to the incoming SQS queue "
                                   "(fmn bridge --help)")
@@ -508,6 +576,13 @@ def _dependency_error(exc: Exception) -> str | None:
                 "`fmn prefs import` creates it)")
     if isinstance(exc, redis.RedisError):
         return f"Redis error: {exc} (is REDIS_URL right and Redis running?)"
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no AWS SDK in this deployable
+        return None
+    if isinstance(exc, BotoCoreError | ClientError):
+        return (f"AWS error: {exc} (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION and the credentials "
+                "name the stage? a local stack: is fmn up running here?)")
     return None
 
 

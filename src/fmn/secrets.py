@@ -42,9 +42,10 @@ def load_secrets(environ: MutableMapping[str, str] | None = None, client: object
         return 0
     with _lock:
         if client is None:
-            import boto3
+            from fmn.aws import client as aws_client
+            from fmn.settings import Settings
 
-            client = boto3.client("secretsmanager")
+            client = aws_client("secretsmanager", Settings.from_env(env))
         count = 0
         for arn in todo:
             try:

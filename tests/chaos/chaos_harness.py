@@ -101,7 +101,7 @@ class ChaosRun:
             fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}", amqp_queue=f"fmn-chaos-{self.tag}",
             amqp_exchange=f"fmn-chaos-{self.tag}",
             poll_wait_s=1, schedule_s=2.0, web_port=free_port(), feed_port=free_port(),
-            external=external, visibility_s=VISIBILITY_S)
+            external=external, visibility_s=VISIBILITY_S, aws="moto")
         self.stack = LocalStack(settings, self.options)
         self._threads: list[threading.Thread] = []
 

@@ -1,9 +1,10 @@
 """The whole local stack, end to end: bus -> bridge -> SQS -> match -> senders -> people.
 
 ``fmn up``'s stack is started in-process on the real services (the moto
-server, Redis, RabbitMQ) and every shared Fedora message is replayed through
-fedmsg (a ZeroMQ publisher, as fedmsg's hubs publish), and every
-fedora-messaging record through RabbitMQ as well.  (A fedmsg envelope has no
+server, and LocalStack too: the test runs on each; Redis, RabbitMQ) and every
+shared Fedora message is replayed through fedmsg (a ZeroMQ publisher, as
+fedmsg's hubs publish), and every fedora-messaging record through RabbitMQ as
+well.  (A fedmsg envelope has no
 AMQP form: fedora-messaging messages are schema-typed bodies with headers, so
 the fedmsg file goes through fedmsg only.)  The notifications found on the
 backend queues must be exactly what the matcher gives for the same
@@ -20,12 +21,14 @@ rooms of the demo people on the local Synapse.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from local_stack import run_local_stack
@@ -37,11 +40,13 @@ from fmn.delivery.feed import RedisFeed
 from fmn.generate import generate_preferences
 from fmn.ledger import format_report
 from fmn.local import replay
+from fmn.local.emulator import is_localstack
 from fmn.local.matrix import localize
-from fmn.local.stack import LocalStack
+from fmn.local.stack import LocalStack, format_status
 from fmn.local.synapse import LocalSynapse
 from fmn.matcher import IndexedMatcher
 from fmn.metadata import parse
+from fmn.pipeline.alarms import alarm_names
 from fmn.pipeline.queues import BACKENDS
 from fmn.snapshot import build_snapshot
 
@@ -51,14 +56,14 @@ USERS, SEED = 300, 4
 
 
 @pytest.fixture
-def stack(aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def stack(any_aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
           synapse: LocalSynapse) -> Iterator[LocalStack]:
     # The expected notifications come from a fixed snapshot: the ownership
     # messages of the data must not change it on the way (matching in
     # parallel, the outcome would depend on timing).  Live ownership has its
     # own test (tests/integration/test_live_ownership.py).
     monkeypatch.setenv("FMN_LIVE_OWNERSHIP", "0")
-    for local in run_local_stack(aws_env, tmp_path, "e2e", USERS, SEED, synapse):
+    for local in run_local_stack(any_aws_env, tmp_path, "e2e", USERS, SEED, synapse):
         assert (tmp_path / "prefs.sqlite").exists() and "incoming" in local.urls
         assert local.urls["incoming"].url.endswith(f"{local.settings.queue_prefix}incoming")
         yield local
@@ -94,7 +99,7 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
     # at least once: a broker connection reset under load redelivers what the bridge
     # had not acknowledged yet (the ledger above shows none of it was delivered twice)
     assert counters["bridged"] >= len(lines), "every message reached the incoming queue"
-    assert counters["matched"] >= len(lines)
+    assert counters["matched"] >= len(lines), f"on {stack.emulator}"
     assert all(q["dlq"] == 0 for q in status["queues"].values()), status
     assert all(status["queues"][q]["visible"] == 0 for q in senders), status
 
@@ -192,3 +197,20 @@ def test_every_shared_message_flows_through_the_stack(stack: LocalStack,
         assert all(m.sender == stack.matrix.bot.user_id and m.content["msgtype"] == "m.notice"
                    for m in person.got)
     assert (stack.workdir / "matrix.log").read_text().count(" <- ") == notices
+
+    # the demo user fmn up suggests got notifications from the replay, on the
+    # live feed too, and is the development login's default
+    demo = stack.demo_user
+    assert demo is not None and feed.latest(demo, 1000), "the suggested demo user got nothing"
+    assert stack.status()["demo_user"] == demo
+    options = re.findall(r"<option>([^<]*)</option>", httpx.get(f"{stack.web.url}/dev/login").text)
+    assert options[0] == demo
+
+    # fmn status: every alarm of the stage next to the queues
+    status = stack.status()
+    assert [a["name"] for a in status["alarms"]] == alarm_names(stack.settings.queue_prefix)
+    assert all(a["state"] in ("OK", "INSUFFICIENT_DATA", "ALARM") for a in status["alarms"])
+    assert status["aws"] == ("localstack" if is_localstack(stack.settings.aws_endpoint_url or "")
+                             else "moto")
+    table = format_status(status)
+    assert "alarms:" in table.splitlines()[0] and "bridge-silent" in table

@@ -66,16 +66,15 @@ class SenderFunction:
         return self._state[name]
 
     def _build(self) -> None:
-        import boto3
         from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+        from fmn.aws import client
         from fmn.redisconn import connect
 
         copy_config_to_registered_loggers(source_logger=self.logger, include={"fmn"})
         s = Settings.from_env()
-        aws = {"endpoint_url": s.aws_endpoint_url, "region_name": s.aws_region}
         redis_client = connect(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        sqs = boto3.client("sqs", **aws)
+        sqs = client("sqs", s)
         self._state.update(settings=s, sqs=sqs, redis=redis_client,
                            redelivery=Redelivery(sqs, s.first_retry_delay_s),
                            # keys per stage: stages may share one Redis

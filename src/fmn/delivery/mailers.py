@@ -181,9 +181,7 @@ def make_mailer(settings: Settings) -> Mailer:
     if settings.mail_transport == "smtp":
         return SmtpMailer(settings.smtp_url)
     if settings.mail_transport == "ses":
-        import boto3
+        from fmn.aws import client
 
-        client = boto3.client("ses", endpoint_url=settings.aws_endpoint_url,
-                              region_name=settings.aws_region)
-        return SesMailer(client, settings.mail_from)
+        return SesMailer(client("ses", settings), settings.mail_from)
     raise ValueError(f"FMN_MAIL_TRANSPORT must be smtp or ses, not {settings.mail_transport!r}")

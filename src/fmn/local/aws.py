@@ -1,9 +1,9 @@
 """AWS clients by endpoint alone, and the pipeline's queues created from their definitions.
 
-:func:`clients` builds the boto3 clients from :class:`fmn.settings.Settings`:
-the endpoint (moto server, LocalStack, or unset for AWS) and the region are
-the only differences between environments; credentials come from boto3's
-ordinary chain.  :func:`ensure_queues` creates every queue of
+:func:`clients` builds the runner's SQS and S3 clients with
+:func:`fmn.aws.client` from :class:`fmn.settings.Settings`: the endpoint
+(moto server, LocalStack, or unset for AWS) and the region are the only
+differences between environments.  :func:`ensure_queues` creates every queue of
 :data:`fmn.pipeline.queues.QUEUES` and its dead-letter queue with the
 definition's visibility timeout, retention and redrive policy
 (``maxReceiveCount``), idempotently: an existing queue has its attributes set
@@ -54,20 +54,12 @@ def clients(settings: Settings, *, max_pool_connections: int = 50) -> AwsClients
     (boto3's default of 10 would make pollers queue for connections), and the
     read timeout exceeds SQS's longest long poll (20 s).
     """
-    import boto3
-    from botocore.config import Config
+    from fmn.aws import LONG_POLL_READ_TIMEOUT_S, client
 
-    config = Config(
-        region_name=settings.aws_region,
-        max_pool_connections=max_pool_connections,
-        read_timeout=60,
-        retries={"mode": "standard"},
-    )
-    endpoint = settings.aws_endpoint_url
-    return AwsClients(
-        sqs=boto3.client("sqs", endpoint_url=endpoint, config=config),
-        s3=boto3.client("s3", endpoint_url=endpoint, config=config),
-    )
+    options: dict[str, Any] = {"max_pool_connections": max_pool_connections,
+                               "read_timeout": LONG_POLL_READ_TIMEOUT_S}
+    return AwsClients(sqs=client("sqs", settings, **options),
+                      s3=client("s3", settings, **options))
 
 
 def _ensure_queue(sqs: Any, name: str, attributes: dict[str, str]) -> tuple[str, str]:

@@ -2,8 +2,9 @@
 
 What it starts, in order (each reused when it already answers):
 
-1. AWS: ``AWS_ENDPOINT_URL`` if it answers (LocalStack, say), otherwise a moto
-   server on 127.0.0.1 (SQS, S3, SES, CloudWatch);
+1. AWS (``--aws``, :mod:`fmn.local.emulator`): ``AWS_ENDPOINT_URL`` if it
+   answers, else LocalStack where it is set up (``scripts/localstack.sh``),
+   else a moto server on 127.0.0.1 (SQS, S3, SES, CloudWatch);
 2. Redis: ``REDIS_URL`` if it answers, otherwise ``redis-server`` (installed
    by ``scripts/system-deps.sh``) on a port of its own, keeping nothing on disk;
 3. where notifications go: an aiosmtpd mail sink (each mail also in the
@@ -13,8 +14,11 @@ What it starts, in order (each reused when it already answers):
    sender's bot (:mod:`fmn.local.matrix`);
 4. the preferences database (``FMN_DATABASE_URL``, SQLite by default), seeded
    with generated demo users, and its snapshot published to Redis;
-5. the queues and dead-letter queues of :mod:`fmn.pipeline.queues` and the
-   claim-check bucket;
+5. the queues and dead-letter queues of :mod:`fmn.pipeline.queues`, the
+   claim-check bucket and the alarms of :mod:`fmn.pipeline.alarms` with their
+   SNS topic: on LocalStack the messaging stack's synthesized template through
+   CloudFormation (:mod:`fmn.local.messaging`), otherwise through the API from
+   the same definitions;
 6. the bridge, as its own process, subscribed to a local fedmsg endpoint and
    to a RabbitMQ queue bound to every topic of ``amq.topic``;
 7. every function under the local runner (match, send_email, send_irc, sse),
@@ -63,6 +67,9 @@ DEFAULT_FEDMSG_ENDPOINT = "tcp://127.0.0.1:9940"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_MATRIX_PORT = 8008
 STATUS_FILE = "status.json"
+#: the settings a running stack shares through its status file (no secrets)
+LOCAL_SETTINGS = ("aws_endpoint_url", "aws_region", "queue_prefix", "claim_bucket",
+                  "redis_url", "snapshot_prefix", "database_url")
 _FORWARDED = re.compile(rb"forwarded=(\d+)")
 
 
@@ -70,17 +77,6 @@ def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
-    except OSError:
-        return False
-
-
-def _is_localstack(endpoint: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{endpoint.rstrip('/')}/_localstack/health",
-                                    timeout=2) as answer:
-            return bool(answer.status == 200)
     except OSError:
         return False
 
@@ -130,7 +126,10 @@ class StackOptions:
     #: the topic exchange publishers use (another than amq.topic keeps a run apart from
     #: other runs on the same broker; it is declared if missing)
     amqp_exchange: str = "amq.topic"
-    #: the runner's long poll (Lambda uses 20 s; shorter stops faster)
+    #: the local AWS: ``auto``, ``localstack`` or ``moto`` (:mod:`fmn.local.emulator`)
+    aws: str = "auto"
+    #: the runner's wait between receives where the emulator has no real long polls
+    #: (the moto server; LocalStack long-polls ``long_poll_s``)
     poll_wait_s: int = 2
     #: how often scheduled functions run (the digest flush: every minute on AWS)
     schedule_s: float = 5.0
@@ -189,12 +188,18 @@ class LocalStack:
         self.matrix: Any = None
         self._matrix_people: list[str] = []
         self._demo_users: tuple[Any, ...] = ()
+        #: the demo users the replay notifies, the suggested one first (fmn.local.demo)
+        self.demo_ranking: list[Any] = []
         self._threads: list[threading.Thread] = []
         self._saved_env: dict[str, str | None] = {}
         self._stopping = threading.Event()
-        self._localstack = False
         self.sqs: Any = None
         self._journal: Any = None
+        self.cloudwatch: Any = None
+        #: the stage's alarms (fmn.pipeline.alarms), created with the queues
+        self.alarms: list[Any] = []
+        #: ``localstack`` or ``moto``: which emulator the stack runs on
+        self.emulator = ""
 
     # -- the ledger ------------------------------------------------------------
 
@@ -262,7 +267,8 @@ class LocalStack:
                                 if k not in self._saved_env})
         os.environ.update(self.env)
         say(f"4/7 preferences: {self._seed_preferences()}")
-        say(f"5/7 queues: {self._make_queues()}")
+        deployed = self._deploy_messaging()
+        say(f"5/7 queues: {self._make_queues()}; alarms: {self._make_alarms(deployed)}")
         say(f"6/7 bridge: {self._start_bridge()}")
         say(f"7/7 functions: {self._start_functions()}; {self._watch_irc()}"
             + (f"; {self.matrix.watch(self._matrix_people)}" if self.matrix else "")
@@ -289,19 +295,24 @@ class LocalStack:
     def long_polling(self) -> bool:
         """Whether the emulator long-polls and never hands one message to two receivers
         (LocalStack does, as SQS; the moto server does neither)."""
-        return self._localstack
+        from fmn.local.emulator import LOCALSTACK
+
+        return self.emulator == LOCALSTACK
 
     def _start_aws(self) -> str:
-        endpoint = self.settings.aws_endpoint_url
-        self._localstack = False
-        if endpoint:
-            host, _, given = endpoint.split("//")[-1].partition(":")
-            if _port_open(host, int(given.split("/")[0] or 80)):
-                self.env["AWS_ENDPOINT_URL"] = endpoint
-                if not os.environ.get("AWS_ACCESS_KEY_ID"):  # an emulator takes any
-                    self.env.update(AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local")
-                self._localstack = _is_localstack(endpoint)
-                return f"using {endpoint}" + (" (LocalStack)" if self._localstack else "")
+        from fmn.local.emulator import LOCALSTACK, choose
+
+        chosen = choose(self.options.aws, self.settings.aws_endpoint_url)
+        self.emulator = chosen.kind
+        if chosen.endpoint is not None:
+            self.env["AWS_ENDPOINT_URL"] = chosen.endpoint
+            if chosen.kind == LOCALSTACK:  # any key will do; never real credentials
+                self.env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+                return (f"LocalStack at {chosen.endpoint} (shared; this stack's resources "
+                        f"are named {self.settings.queue_prefix}*)")
+            if not os.environ.get("AWS_ACCESS_KEY_ID"):  # an emulator takes any
+                self.env.update(AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local")
+            return f"using {chosen.endpoint}"
         port: int = self.options.aws_port \
             if not _port_open("127.0.0.1", self.options.aws_port) else free_port()
         # Its own process: in this one it would share the GIL with the functions.
@@ -379,19 +390,22 @@ class LocalStack:
         webapp = load_module(ROOT / "webapp" / "app.py", "fmn_webapp")
         self.web = webapp.serve_local(
             dataclasses.replace(self.settings, dev_login=True, admins=frozenset({"admin"})),
-            self.web_port)
-        return f"{self.web.url}/ (development login: pick any demo user)"
+            self.web_port, demo_users=[u.name for u in self.demo_ranking[:20]])
+        suggested = f"; try {self.demo_user}" if self.demo_user else ""
+        return f"{self.web.url}/ (development login: any demo user{suggested})"
 
     def demo_hint(self) -> str:
         """Where to watch a demo user's notifications arrive."""
         from fmn.auth import feed_url
 
-        user = next((u.name for u in self._demo_users if u.enabled and any(
-            d.protocol == "sse" and d.verified for d in u.destinations)), None)
+        user = self.demo_user
         lines = [f"mail: {self.workdir / 'mail'}/new/   IRC: {self.workdir / 'irc.log'}"
                  + (f"   Matrix: {self.workdir / 'matrix.log'}" if self.matrix else "")]
         if user is not None and self.feed is not None:
-            lines.append(f"live feed of demo user {user}: curl -N "
+            top = self.demo_ranking[0] if self.demo_ranking else None
+            expect = f" ({top.feed} notifications on it from the replay)" \
+                if top is not None and top.feed else ""
+            lines.append(f"live feed of demo user {user}{expect}: curl -N "
                          f"'{feed_url(self.feed.url, user, self.settings.secret_key)}'"
                          "  (fmn feed-url USER for another)")
         return "\n".join(lines)
@@ -431,8 +445,30 @@ class LocalStack:
         store = RedisSnapshotStore.from_url(self.settings.redis_url,
                                             self.settings.snapshot_prefix)
         data = publish_full(engine, store)
+        self.demo_ranking = self._rank_demo_users(prefs, data)
         return (f"{self.options.users:,} demo users in {url}; snapshot {data.id} "
                 f"({len(data.users):,} users with live rules)")
+
+    def _rank_demo_users(self, prefs: Any, data: Any) -> list[Any]:
+        """The demo users ranked by what the replay will notify them of."""
+        from fmn.bench import default_message_files
+        from fmn.local.demo import rank_demo_users, read_messages
+        from fmn.snapshot import Snapshot
+
+        try:
+            files = default_message_files()
+        except FileNotFoundError as exc:
+            log.warning("demo users not ranked: %s", exc)
+            return []
+        return rank_demo_users(prefs, Snapshot.from_data(data), read_messages(files))
+
+    @property
+    def demo_user(self) -> str | None:
+        """The suggested demo user: the one the replay notifies most (on the live feed)."""
+        if self.demo_ranking:
+            return str(self.demo_ranking[0].name)
+        return next((u.name for u in self._demo_users if u.enabled and any(
+            d.protocol == "sse" and d.verified for d in u.destinations)), None)
 
     def _make_queues(self) -> str:
         from fmn.local.aws import clients, ensure_queues
@@ -449,6 +485,49 @@ class LocalStack:
             aws.s3.create_bucket(Bucket=self.settings.claim_bucket)
         return f"{len(self.urls)} queues with dead-letter queues, bucket " \
                f"{self.settings.claim_bucket}"
+
+    def _deploy_messaging(self) -> str | None:
+        """On LocalStack, the messaging stack's synthesized template through CloudFormation
+        (queues, DLQs, claim bucket, alarms, topic, dashboard); the stack's name, or None
+        where it is not (no template: ``make synth``; the moto server skips alarms)."""
+        from fmn.aws import client
+        from fmn.local import messaging
+
+        template = messaging.find_template()
+        if self.emulator != "localstack" or template is None:
+            return None
+        prefix = self.settings.queue_prefix
+        try:
+            outputs = messaging.deploy(client("cloudformation", self.settings), template, prefix)
+        except Exception as exc:  # the same resources then come from the API
+            log.warning("messaging template %s not deployed (%s): creating the queues and "
+                        "alarms through the API", template.name, exc)
+            return None
+        bucket = outputs.get("ClaimBucketName")
+        if bucket:  # the template names it after the account: the functions must know it
+            self.settings = dataclasses.replace(self.settings, claim_bucket=bucket)
+            self.env["FMN_CLAIM_BUCKET"] = bucket
+            os.environ["FMN_CLAIM_BUCKET"] = bucket
+        return messaging.stack_name(prefix)
+
+    def _make_alarms(self, deployed: str | None = None) -> str:
+        """The stage's messaging alarms (queue age and depth, dead letters, the bridge)
+        and their SNS topic, from the same definitions as the deployment's template."""
+        from fmn.aws import client
+        from fmn.ops.alarms import ensure_alarms
+        from fmn.pipeline.alarms import messaging_alarms
+
+        self.cloudwatch = client("cloudwatch", self.settings)
+        if deployed is not None:
+            self.alarms = messaging_alarms(self.settings.queue_prefix)
+            return (f"{len(self.alarms)} from the messaging template (CloudFormation stack "
+                    f"{deployed}), evaluated by LocalStack")
+        self.alarms, topic = ensure_alarms(self.cloudwatch, client("sns", self.settings),
+                                           self.settings.queue_prefix)
+        evaluated = "evaluated by LocalStack; no messaging template deployed (make synth " \
+            "writes it)" if self.emulator == "localstack" else \
+            "stored, never evaluated by the moto server"
+        return f"{len(self.alarms)} created through the API ({evaluated}), notifying {topic}"
 
     def _clear_stage_state(self) -> None:
         """Start from a clean Redis for this stage, as from empty queues: the senders
@@ -667,6 +746,11 @@ fmn_bridge_queue = "{queue}"
                                         for k in ("sent", "summarised", "digested"))
                 offline += int(sent.get("offline", 0))
         return {
+            "aws": self.emulator,
+            # what `fmn dlq` and `fmn doctor` from another shell need to find this stage
+            "settings": {k: getattr(self.settings, k) for k in LOCAL_SETTINGS},
+            "alarms": self._alarm_states(),
+            "demo_user": self.demo_user,
             "feed_url": self.feed.url if self.feed is not None else None,
             "web_url": self.web.url if self.web is not None else None,
             "queues": queues,
@@ -683,6 +767,18 @@ fmn_bridge_queue = "{queue}"
                 "dead_lettered": dead,
             },
         }
+
+    def _alarm_states(self) -> list[dict[str, str]]:
+        from fmn.ops.alarms import alarm_states
+
+        if self.cloudwatch is None or not self.alarms:
+            return []
+        try:
+            return [s.to_json() for s in alarm_states(self.cloudwatch, self.alarms)]
+        except Exception as exc:  # a status reading must never stop the stack
+            log.warning("cannot read the alarms: %s", exc)
+            return [{"name": a.name, "kind": a.kind, "subject": a.subject, "state": "UNKNOWN",
+                     "reason": str(exc)[:200]} for a in self.alarms]
 
     def _attributes(self, url: str) -> tuple[int, int]:
         """(visible, in flight); (-1, -1) when the queue cannot be read (gone, emulator busy)."""
@@ -730,8 +826,14 @@ fmn_bridge_queue = "{queue}"
                 worker.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        for runner in self.runners.values():
-            runner.stop(timeout=60)
+        # together: on LocalStack each idle poller may be in a long poll
+        stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},
+                                     name=f"stop-{name}")
+                    for name, runner in self.runners.items()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         if "send_irc" in self.functions:
             self.functions["send_irc"].reset()  # hangs up its connection
         for listener in self.irc_listeners:
@@ -758,11 +860,36 @@ fmn_bridge_queue = "{queue}"
                 os.environ[key] = value
 
 
+#: how an alarm state reads in the status table
+_STATE = {"OK": "ok", "ALARM": "ALARM", "INSUFFICIENT_DATA": "no data", "MISSING": "missing"}
+
+
+def _alarm_cell(alarms: list[dict[str, str]], kind: str, subject: str, suffix: str = "") -> str:
+    for a in alarms:
+        if a.get("kind") == kind and a.get("subject") == subject \
+                and a.get("name", "").endswith(suffix):
+            return _STATE.get(a.get("state", ""), a.get("state", "?").lower())
+    return "-"
+
+
 def format_status(doc: dict[str, Any]) -> str:
-    lines = [f"{'queue':<10} {'visible':>8} {'in flight':>9} {'DLQ':>5} {'conc.':>5} {'msg/s':>8}"]
+    alarms: list[dict[str, str]] = doc.get("alarms") or []
+    header = f"{'queue':<10} {'visible':>8} {'in flight':>9} {'DLQ':>5} {'conc.':>5} {'msg/s':>8}"
+    if alarms:
+        header += f"   alarms: {'age':<8} {'depth':<8} {'DLQ':<8}"
+    lines = [header]
     for name, q in doc["queues"].items():
-        lines.append(f"{name:<10} {q['visible']:>8} {q['in_flight']:>9} {q['dlq']:>5} "
-                     f"{q['concurrency']:>5} {q.get('messages_per_s', 0):>8}")
+        line = (f"{name:<10} {q['visible']:>8} {q['in_flight']:>9} {q['dlq']:>5} "
+                f"{q['concurrency']:>5} {q.get('messages_per_s', 0):>8}")
+        if alarms:
+            line += (f"           {_alarm_cell(alarms, 'queue', name, '-age'):<8} "
+                     f"{_alarm_cell(alarms, 'queue', name, '-depth'):<8} "
+                     f"{_alarm_cell(alarms, 'dlq', name):<8}")
+        lines.append(line.rstrip())
+    others = [a for a in alarms if a.get("kind") not in ("queue", "dlq")]
+    if others:
+        lines.append("alarms: " + ", ".join(
+            f"{a['name']} {_STATE.get(a['state'], a['state'].lower())}" for a in others))
     c = doc["counters"]
     notes = ", ".join(f"{b} {n}" for b, n in c["notifications"].items())
     lines.append(f"bridged {c['bridged']}, matched {c['matched']}, notifications: {notes}")
@@ -798,7 +925,8 @@ def replay_shared(stack: LocalStack, say: Any = print) -> None:
     replay.replay_fedmsg(fedmsg_file, stack.options.fedmsg_endpoint, None,
                          journal=stack.journal)
     say(f"replaying {fm_file} to RabbitMQ ...")
-    replay.replay_amqp(fm_file, stack.options.amqp_url, None, journal=stack.journal)
+    replay.replay_amqp(fm_file, stack.options.amqp_url, None, stack.options.amqp_exchange,
+                       journal=stack.journal)
 
 
 def run_up(settings: Settings, options: StackOptions, replay: bool) -> int:

@@ -1,0 +1,119 @@
+"""The messaging and observability template, deployed by ``fmn up`` to LocalStack.
+
+``infra/`` synthesizes the messaging stack (queues, dead-letter queues, the
+claim bucket, the alarms, their SNS topic, a dashboard) into
+``infra/cdk.out/<stage>-messaging.template.json``; its ``QueuePrefix``
+parameter names every resource, so one template serves every stage.  On
+LocalStack ``fmn up`` deploys that very template through CloudFormation
+(:func:`deploy`), so the local stack runs what production runs.  Where the
+template has not been synthesized, or on the moto server (whose
+CloudFormation silently skips alarms), the stack creates the same queues and
+alarms through the API from the same definitions instead
+(:mod:`fmn.local.aws`, :mod:`fmn.ops.alarms`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[3]
+_DONE = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+_FAILED_AT_BIRTH = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
+
+
+class DeployFailed(RuntimeError):
+    """The template did not deploy; the message says how it ended."""
+
+
+def find_template(root: Path = ROOT) -> Path | None:
+    """The synthesized messaging template (``make synth``), if there is one."""
+    found = sorted((root / "infra" / "cdk.out").glob("*messaging.template.json"))
+    return found[0] if found else None
+
+
+def stack_name(prefix: str) -> str:
+    """The stage's CloudFormation stack (``fmn-messaging`` for the prefix ``fmn-``)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", f"{prefix}messaging").lstrip("-0123456789") or \
+        "fmn-messaging"
+
+
+def _status(cloudformation: Any, name: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    except ClientError as exc:
+        if "does not exist" in str(exc.response.get("Error", {}).get("Message", "")):
+            return None
+        raise
+    return stack
+
+
+def _wait(cloudformation: Any, name: str, timeout_s: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stack = _status(cloudformation, name)
+        if stack is None or not stack["StackStatus"].endswith("_IN_PROGRESS"):
+            return stack
+        if time.monotonic() > deadline:
+            raise DeployFailed(f"stack {name} still {stack['StackStatus']} after "
+                               f"{timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def deploy(cloudformation: Any, template: Path, prefix: str,
+           parameters: dict[str, str] | None = None, timeout_s: float = 180.0) -> dict[str, str]:
+    """Create or update the stage's messaging stack from ``template``; its outputs.
+
+    Idempotent: an existing stack is updated (nothing to update is fine); one
+    left in a failed creation is deleted first, as CloudFormation requires.
+    """
+    from botocore.exceptions import ClientError
+
+    name = stack_name(prefix)
+    params = [{"ParameterKey": k, "ParameterValue": v}
+              for k, v in {"QueuePrefix": prefix, **(parameters or {})}.items()]
+    body = template.read_text()
+    current = _wait(cloudformation, name, timeout_s)
+    if current is not None and current["StackStatus"] in _FAILED_AT_BIRTH:
+        cloudformation.delete_stack(StackName=name)
+        current = _wait(cloudformation, name, timeout_s)
+    if current is None or current["StackStatus"] == "DELETE_COMPLETE":
+        cloudformation.create_stack(StackName=name, TemplateBody=body, Parameters=params)
+    else:
+        try:
+            cloudformation.update_stack(StackName=name, TemplateBody=body, Parameters=params)
+        except ClientError as exc:
+            if "No updates are to be performed" not in str(exc):
+                raise
+    stack = _wait(cloudformation, name, timeout_s)
+    if stack is None or stack["StackStatus"] not in _DONE:
+        status = "gone" if stack is None else stack["StackStatus"]
+        reason = "" if stack is None else stack.get("StackStatusReason", "")
+        raise DeployFailed(f"stack {name} ended {status} {reason}".strip())
+    log.info("stack %s: %s", name, stack["StackStatus"])
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def remove(cloudformation: Any, s3: Any, prefix: str, timeout_s: float = 120.0) -> None:
+    """Delete the stage's messaging stack and the claim bucket it retains."""
+    name = stack_name(prefix)
+    stack = _status(cloudformation, name)
+    if stack is None:
+        return
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    cloudformation.delete_stack(StackName=name)
+    _wait(cloudformation, name, timeout_s)
+    bucket = outputs.get("ClaimBucketName")
+    if bucket:  # kept by its removal policy (claims outlive a stack update)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        s3.delete_bucket(Bucket=bucket)

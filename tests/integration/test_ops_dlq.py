@@ -1,0 +1,181 @@
+"""Dead-letter queues for real, on the moto server and on LocalStack alike.
+
+* A record the function keeps failing is moved to the dead-letter queue by
+  SQS itself; ``peek`` reads it (bus message id, topic, receive count) and
+  leaves it there; ``redrive`` sends it back (``StartMessageMoveTask`` on
+  LocalStack, a batched move on the moto server, which lacks it) and, the
+  function fixed, it is delivered exactly once.
+* ``fmn dlq list``, ``show`` and ``redrive`` on the pipeline's own queues
+  (under a fresh prefix): a sender's dead letter with its reason, a bus
+  envelope, a hostile topic printed harmlessly, nothing lost by looking.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from shared_data import MESSAGES
+
+from fmn.cli import main
+from fmn.local.aws import AwsClients, clients, ensure_queues
+from fmn.local.emulator import is_localstack
+from fmn.local.runner import EventSourceMapping, LambdaContext
+from fmn.ops import dlq
+from fmn.pipeline.envelope import Envelope
+from fmn.pipeline.queues import QueueDef
+from fmn.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def aws(any_aws_env: str) -> AwsClients:
+    return clients(Settings.from_env())
+
+
+@pytest.fixture
+def prefix(aws: AwsClients) -> Iterator[str]:
+    tag = f"t{uuid4().hex[:8]}-"
+    yield tag
+    # the shared LocalStack keeps what a test leaves: remove this test's queues
+    for url in aws.sqs.list_queues(QueueNamePrefix=tag).get("QueueUrls", []):
+        aws.sqs.delete_queue(QueueUrl=url)
+
+
+def _counts(sqs: Any, url: str) -> tuple[int, int]:
+    a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.1)
+
+
+def _fedmsg_record() -> tuple[bytes, str, str]:
+    """A shared fedmsg record, its id as every stage reads it (fmn.metadata), its topic."""
+    from fmn.metadata import parse
+
+    line = next(ln for ln in (MESSAGES / "fedmsg.jsonl").read_bytes().splitlines()
+                if ln.strip() and b'"msg_id"' not in ln)  # an id derived from the content
+    message = parse(line)
+    return line, message.id, message.topic
+
+
+def test_a_dead_letter_redriven_is_delivered_once(aws: AwsClients, prefix: str,
+                                                   any_aws_env: str) -> None:
+    qdef = QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
+                    batch_size=10, batching_window_s=0, max_concurrency=1)
+    urls = ensure_queues(aws.sqs, prefix, [qdef])["work"]
+    record, bus_id, topic = _fedmsg_record()
+    body = Envelope.wrap("fedmsg", "tcp://hub.example:9940", record).encode()
+    delivered: Counter[str] = Counter()
+    broken = threading.Event()
+    broken.set()
+
+    def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        failures = []
+        for r in event["Records"]:
+            if broken.is_set():
+                failures.append({"itemIdentifier": r["messageId"]})
+            else:
+                delivered[r["body"]] += 1
+        return {"batchItemFailures": failures}
+
+    aws.sqs.send_message(QueueUrl=urls.url, MessageBody=body)
+    runner = EventSourceMapping(aws.sqs, qdef, urls, handler, poll_wait_s=1,
+                                scale_interval_s=0.2, serialize_receives=True).start()
+    try:
+        _wait_for(lambda: _counts(aws.sqs, urls.dlq_url)[0] == 1)
+        found = dlq.find(aws.sqs, prefix, "work", [qdef])
+        assert (found.visible, found.source_url) == (1, urls.url)
+
+        letters = dlq.peek(aws.sqs, found, limit=5)
+        assert [(d.bus_message_id, d.topic, d.kind) for d in letters] == \
+            [(bus_id, topic, "envelope")]
+        assert letters[0].receive_count == qdef.max_receive_count
+        assert _counts(aws.sqs, urls.dlq_url) == (1, 0), "looking took nothing away"
+
+        broken.clear()
+        result = dlq.redrive(aws.sqs, found)
+        expected = "StartMessageMoveTask" if is_localstack(any_aws_env) else "batched move"
+        assert (result.moved, result.method) == (1, expected)
+        _wait_for(lambda: delivered[body] == 1)
+        _wait_for(lambda: _counts(aws.sqs, urls.url) == (0, 0))
+        time.sleep(1.5)  # past the visibility timeout: nothing comes back
+    finally:
+        assert runner.stop(timeout=15)
+    assert delivered == Counter({body: 1})
+    assert _counts(aws.sqs, urls.dlq_url) == (0, 0)
+
+
+def test_fmn_dlq_list_show_redrive(aws: AwsClients, prefix: str,
+                                   monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FMN_QUEUE_PREFIX", prefix)
+    urls = ensure_queues(aws.sqs, prefix)
+    record, bus_id, topic = _fedmsg_record()
+    aws.sqs.send_message(QueueUrl=urls["incoming"].dlq_url,
+                         MessageBody=Envelope.wrap("fedmsg", "tcp://h:1", record).encode())
+    hostile = "org.fedoraproject.prod.\x1b[2Jwiped\nX-Injected: yes"
+    payload = {"v": 1, "backend": "sse", "part": 1, "parts": 1,
+               "message": {"id": "2026-hostile", "topic": hostile},
+               "notifications": [{"user": "alice", "address": "alice", "destination": "d1",
+                                  "rules": ["r1"]}],
+               "error": "the feed refused it"}
+    for _ in range(2):
+        aws.sqs.send_message(QueueUrl=urls["sse"].dlq_url, MessageBody=json.dumps(payload),
+                             MessageAttributes={"error": {"DataType": "String",
+                                                          "StringValue": "the feed refused it"}})
+
+    assert main(["dlq", "list"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["incoming"][1:3] == [f"{prefix}incoming-dlq", "1"]
+    assert rows["sse"][1:3] == [f"{prefix}sse-dlq", "2"]
+    assert rows["email"][2] == "0"
+
+    assert main(["dlq", "show", "incoming"]) == 0
+    out = capsys.readouterr().out
+    assert f"bus message {bus_id}" in out and f"topic {topic}" in out
+
+    assert main(["dlq", "show", f"{prefix}sse-dlq", "--limit", "1", "--json"]) == 0
+    [shown] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert shown["bus_message_id"] == "2026-hostile"
+    assert shown["reason"] == "the feed refused it" and shown["recipients"] == ["alice"]
+    assert "\x1b" not in shown["topic"] and "\n" not in shown["topic"]
+    assert shown["topic"].startswith("org.fedoraproject.prod.")
+    assert _counts(aws.sqs, urls["sse"].dlq_url) == (2, 0), "show leaves them all there"
+
+    assert main(["dlq", "redrive", "sse"]) == 0
+    assert "2 moved back" in capsys.readouterr().out
+    _wait_for(lambda: _counts(aws.sqs, urls["sse"].url)[0] == 2)
+    assert _counts(aws.sqs, urls["sse"].dlq_url) == (0, 0)
+    bodies = [m["Body"] for m in aws.sqs.receive_message(
+        QueueUrl=urls["sse"].url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]]
+    assert bodies and all(json.loads(b) == payload for b in bodies)
+
+    assert main(["dlq", "show", "nonesuch"]) == 2
+    assert "no queue named 'nonesuch'" in capsys.readouterr().err
+
+
+def test_an_unreachable_endpoint_is_an_error_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    from fmn.local.stack import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    assert main(["dlq", "list", "--workdir", str(tmp_path)]) == 2
+    assert "AWS error: Could not connect" in capsys.readouterr().err
