@@ -328,6 +328,9 @@ class MatrixListener:
         self.invites: list[str] = []
         self.errors: list[str] = []
         self._since: str | None = None
+        #: what a room held before this person started reading is not counted (an
+        #: account reused by a later stack on the same homeserver sees it again)
+        self._started_ms = int(time.time() * 1000)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._synced = threading.Event()
@@ -367,7 +370,8 @@ class MatrixListener:
         for room_id, room in rooms.get("join", {}).items():
             for event in room.get("timeline", {}).get("events", ()):
                 if event.get("type") != "m.room.message" or \
-                        event.get("sender") == self.user_id:
+                        event.get("sender") == self.user_id or \
+                        event.get("origin_server_ts", self._started_ms) < self._started_ms:
                     continue
                 got = Received(room_id, event["sender"], event["event_id"],
                                event.get("content", {}))
