@@ -65,7 +65,8 @@ SECRETS_OF: dict[str, tuple[str, ...]] = {
     "send_matrix": ("signing_key", "matrix"),
     "snapshot": ("database",),
     "sync": ("database",),
-    "webapp": ("signing_key", "oidc", "database"),
+    # the web app sends verification codes over IRC and Matrix itself
+    "webapp": ("signing_key", "oidc", "database", "irc", "matrix"),
 }
 #: apps that send mail through SES
 SENDS_MAIL = ("send_email", "webapp")

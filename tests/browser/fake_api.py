@@ -22,6 +22,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,7 @@ class FakeApi:
                  "agent": "bob", "summary": "A notification", "url": None,
                  "sent_at": "2024-06-01T13:00:00+00:00", "severity": "INFO",
                  "rules": [], "rule_names": [],
-                 "received_at": time.strftime("%Y-%m-%dT%H:%M:%S.000+00:00", time.gmtime())}
+                 "received_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
         event.update(fields)
         return self.feed.append(user, encode_event(event))
 

@@ -177,7 +177,7 @@ def test_destinations_verify_digest_and_errors_next_to_fields(
 
     # A bad Matrix ID: the error sits next to the address field.
     page.get_by_label("Destination kind").select_option("matrix")
-    address = page.get_by_label("Address")
+    address = page.get_by_label("Address", exact=True)
     address.fill("alice")
     page.get_by_role("button", name="Add destination").click()
     expect(address).to_have_attribute("aria-invalid", "true")

@@ -11,6 +11,7 @@ preferences from scratch.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -20,12 +21,24 @@ from shared_data import golden_messages, golden_prefs_doc
 
 from fmn.matcher import IndexedMatcher, NaiveMatcher
 from fmn.message import ARTIFACT_TYPES
-from fmn.prefs import PROTOCOLS, Preferences, parse_document
+from fmn.prefs import (
+    MAX_STRING_CHARS,
+    PROTOCOLS,
+    TEXT_PATTERN,
+    Preferences,
+    parse_document,
+)
 from fmn.snapshot import Snapshot, build_snapshot, compile_snapshot, compile_user
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
 MESSAGES = golden_messages()
+
+
+def _storable(value: Any) -> bool:
+    """Whether a preference may hold ``value`` (the parser refuses the other strings)."""
+    return not isinstance(value, str) or (len(value) <= MAX_STRING_CHARS
+                                          and re.fullmatch(TEXT_PATTERN, value) is not None)
 
 
 def _vocab() -> dict[str, list[Any]]:
@@ -47,10 +60,12 @@ def _vocab() -> dict[str, list[Any]]:
             if "." in key:
                 continue  # a dotted path cannot name it
             if isinstance(value, (str, int, float, bool)) or value is None:
-                fields.add((key, value))
+                if _storable(value):
+                    fields.add((key, value))
             elif isinstance(value, dict):
                 for k2, v2 in value.items():
-                    if "." not in k2 and isinstance(v2, (str, int, bool)) or v2 is None:
+                    if ("." not in k2 and isinstance(v2, (str, int, bool)) or v2 is None) \
+                            and _storable(v2):
                         fields.add((f"{key}.{k2}", v2))
     return {
         "names": sorted(names) + ["nobody", "ghost"],
