@@ -33,6 +33,10 @@ from fmn.pipeline.queues import queue
 from fmn.pipeline.redelivery import Redelivery
 from fmn.settings import Settings
 
+#: bus-to-send latencies recorded per flush: Powertools flushes a metric by itself, with
+#: print(), when it reaches 100 values, which would bypass a local run's log file
+LATENCY_SAMPLE = 99
+
 
 class SenderFunction:
     """One sender Lambda's shared state and its SQS handler."""
@@ -213,14 +217,15 @@ class SenderFunction:
             self.logger.set_correlation_id(None)
 
     def record_latency(self, latencies: list[float]) -> None:
-        """Bus-to-send latency (ms) of the payloads just sent, at most 100 values a flush."""
+        """Bus-to-send latency (ms) of the payloads just sent, at most
+        :data:`LATENCY_SAMPLE` values a flush: a spread over the range, the maximum kept."""
         from aws_lambda_powertools.metrics import MetricUnit
 
         if not latencies:
             return
         latencies = sorted(latencies)
-        step = max(1, len(latencies) // 100)  # a spread over the range, the maximum kept
-        sample = latencies[::step][:99] + [latencies[-1]]
+        step = -(-len(latencies) // (LATENCY_SAMPLE - 1))  # ceiling division
+        sample = latencies[:-1:step][:LATENCY_SAMPLE - 1] + [latencies[-1]]
         with self._lock:
             for ms in sample:
                 self.metrics.add_metric(name=BUS_TO_SEND_LATENCY,
