@@ -48,7 +48,17 @@ services: ## start Redis, PostgreSQL, RabbitMQ and LocalStack if they are not an
 localstack: ## install LocalStack (Python 3.13) in .venv-localstack and start it unless one answers
 	@scripts/localstack.sh start
 
-run: setup ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
+# the messaging stack's template alone (seconds; `make synth` writes both stacks, packaging
+# every function): what `fmn up` deploys to LocalStack through CloudFormation
+MESSAGING_TEMPLATE := infra/cdk.out/fmn-$(STAGE)-messaging.template.json
+$(MESSAGING_TEMPLATE): $(STAMP) infra/app.py $(wildcard infra/fmn_infra/*.py) src/fmn/pipeline/queues.py src/fmn/pipeline/alarms.py
+	@# without it (no Node.js, say) fmn up creates the same alarms through the API
+	cd infra && FMN_STAGE=$(STAGE) FMN_SYNTH_ONLY=messaging ../$(BIN)/python app.py || \
+	  echo "messaging template not written: fmn up creates the queues and alarms through the API"
+
+synth-messaging: $(MESSAGING_TEMPLATE) ## write the messaging stack's template alone (what fmn up deploys to LocalStack)
+
+run: setup $(MESSAGING_TEMPLATE) ## the whole pipeline on this machine, replaying the shared messages (Ctrl-C stops)
 	@FMN_SKIP_POSTGRES=1 scripts/services.sh
 	@# LocalStack where it is set up (started unless one answers), the moto server otherwise
 	@scripts/localstack.sh start --if-installed
@@ -96,4 +106,4 @@ clean: ## remove generated files (keeps .venv)
 	rm -rf var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache chalice.out infra/chalice.out infra/cdk.out
 	find . -name vendor -path './functions/*' -prune -exec rm -rf {} +
 
-.PHONY: help setup synapse localstack services run test test-api lint bench chaos fuzz loadtest vendor synth clean
+.PHONY: help setup synapse localstack services synth-messaging run test test-api lint bench chaos fuzz loadtest vendor synth clean

@@ -4,7 +4,9 @@ Context ``stage`` (``cdk synth -c stage=prod``, or ``FMN_STAGE``; default ``dev`
 names the stacks (``fmn-dev-messaging``, ``fmn-dev-compute``) and gives the
 queue prefix ``fmn-<stage>-``.  No AWS account is needed to synthesize.
 ``FMN_LEAN_PACKAGES=1`` packages the functions without their dependencies
-(fast, for looking at templates; not deployable).
+(fast, for looking at templates; not deployable).  ``FMN_SYNTH_ONLY=messaging``
+writes the messaging stack alone, in seconds (``make synth-messaging``, which
+``make run`` uses so that ``fmn up`` deploys it to LocalStack).
 """
 
 from __future__ import annotations
@@ -26,5 +28,6 @@ if __name__ == "__main__":
     # the cdk command sets CDK_OUTDIR; run directly (make synth), write beside this file
     app = cdk.App(outdir=os.environ.get("CDK_OUTDIR", str(HERE / "cdk.out")))
     build(app, stage=app.node.try_get_context("stage") or os.environ.get("FMN_STAGE") or "dev",
-          lean_packages=os.environ.get("FMN_LEAN_PACKAGES") == "1")
+          lean_packages=os.environ.get("FMN_LEAN_PACKAGES") == "1",
+          messaging_only=os.environ.get("FMN_SYNTH_ONLY") == "messaging")
     app.synth()

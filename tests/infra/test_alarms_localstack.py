@@ -208,3 +208,28 @@ def test_localstack_publishes_no_message_age(deployed: dict[str, str]) -> None:
                                              "Value": queue("incoming").sqs_name(
                                                  deployed["prefix"])}])["Metrics"]
     assert published == []
+
+
+def test_the_template_deploys_over_a_stage_an_earlier_run_made_through_the_api(
+        localstack: str, template_files: dict[str, Any]) -> None:
+    """``fmn up`` without a template creates the topic and alarms through the API; a later
+    ``fmn up`` with one (``make run`` writes it) must still deploy it: the API-made topic
+    has other attributes than the template's, and CloudFormation refused to create it."""
+    from fmn.local import messaging
+    from fmn.ops.alarms import ensure_alarms
+
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    cfn, s3, sns = _client("cloudformation"), _client("s3"), _client("sns")
+    ensure_alarms(_client("cloudwatch"), sns, prefix)
+    try:
+        outputs = messaging.deploy(cfn, template_files["messaging"], prefix, sns=sns)
+        status = cfn.describe_stacks(StackName=messaging.stack_name(prefix))["Stacks"][0]
+        assert status["StackStatus"] == "CREATE_COMPLETE"
+        assert outputs["AlarmTopicArn"].endswith(f":{prefix}alarms")
+    finally:
+        messaging.remove(cfn, s3, prefix)
+        cw = _client("cloudwatch")
+        cw.delete_alarms(AlarmNames=[a.name for a in alarms.messaging_alarms(prefix)])
+        for topic in sns.list_topics()["Topics"]:
+            if topic["TopicArn"].endswith(f":{prefix}alarms"):
+                sns.delete_topic(TopicArn=topic["TopicArn"])

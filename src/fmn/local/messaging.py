@@ -55,6 +55,24 @@ def _status(cloudformation: Any, name: str) -> dict[str, Any] | None:
     return stack
 
 
+def clear_api_topic(cloudformation: Any, sns: Any, prefix: str) -> bool:
+    """Before the stack is first created: delete the stage's alarm topic that an earlier
+    run made through the API (no template then), whose attributes differ from the
+    template's, so that CloudFormation can create its own; True when one was deleted."""
+    from fmn.ops.alarms import topic_name
+
+    stack = _status(cloudformation, stack_name(prefix))
+    if stack is not None and stack["StackStatus"] not in (*_FAILED_AT_BIRTH, "DELETE_COMPLETE"):
+        return False  # the stack's own topic
+    suffix = f":{topic_name(prefix)}"
+    for page in sns.get_paginator("list_topics").paginate():
+        for topic in page.get("Topics", []):
+            if topic["TopicArn"].endswith(suffix):
+                sns.delete_topic(TopicArn=topic["TopicArn"])
+                return True
+    return False
+
+
 def _wait(cloudformation: Any, name: str, timeout_s: float) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -68,14 +86,19 @@ def _wait(cloudformation: Any, name: str, timeout_s: float) -> dict[str, Any] | 
 
 
 def deploy(cloudformation: Any, template: Path, prefix: str,
-           parameters: dict[str, str] | None = None, timeout_s: float = 180.0) -> dict[str, str]:
+           parameters: dict[str, str] | None = None, timeout_s: float = 180.0,
+           sns: Any = None) -> dict[str, str]:
     """Create or update the stage's messaging stack from ``template``; its outputs.
 
     Idempotent: an existing stack is updated (nothing to update is fine); one
     left in a failed creation is deleted first, as CloudFormation requires.
+    With ``sns``, the alarm topic an earlier run made through the API is deleted
+    before the stack is first created (:func:`clear_api_topic`).
     """
     from botocore.exceptions import ClientError
 
+    if sns is not None and clear_api_topic(cloudformation, sns, prefix):
+        log.info("deleted the alarm topic an earlier run made through the API")
     name = stack_name(prefix)
     params = [{"ParameterKey": k, "ParameterValue": v}
               for k, v in {"QueuePrefix": prefix, **(parameters or {})}.items()]

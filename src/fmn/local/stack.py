@@ -55,6 +55,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fmn.pipeline.alarms import Param, Thresholds
 from fmn.pipeline.queues import BACKENDS, QUEUES
 from fmn.settings import Settings
 
@@ -70,6 +71,11 @@ STATUS_FILE = "status.json"
 #: the settings a running stack shares through its status file (no secrets)
 LOCAL_SETTINGS = ("aws_endpoint_url", "aws_region", "queue_prefix", "claim_bucket",
                   "redis_url", "snapshot_prefix", "database_url")
+#: a local bus is quiet but for replays: the bridge beats every few seconds and its silence
+#: alarm watches a minute (AWS: a beat a minute, ten minutes), so that ``fmn status``
+#: shows it OK while messages flow and ALARM a minute after they stop, not ALARM at start
+LOCAL_HEARTBEAT_S = 10
+LOCAL_THRESHOLDS = Thresholds(bridge_silence_s=60)
 _FORWARDED = re.compile(rb"forwarded=(\d+)")
 
 
@@ -498,7 +504,10 @@ class LocalStack:
             return None
         prefix = self.settings.queue_prefix
         try:
-            outputs = messaging.deploy(client("cloudformation", self.settings), template, prefix)
+            outputs = messaging.deploy(
+                client("cloudformation", self.settings), template, prefix,
+                {Param("bridge_silence_s").cfn_name: str(LOCAL_THRESHOLDS.bridge_silence_s)},
+                sns=client("sns", self.settings))
         except Exception as exc:  # the same resources then come from the API
             log.warning("messaging template %s not deployed (%s): creating the queues and "
                         "alarms through the API", template.name, exc)
@@ -523,7 +532,7 @@ class LocalStack:
             return (f"{len(self.alarms)} from the messaging template (CloudFormation stack "
                     f"{deployed}), evaluated by LocalStack")
         self.alarms, topic = ensure_alarms(self.cloudwatch, client("sns", self.settings),
-                                           self.settings.queue_prefix)
+                                           self.settings.queue_prefix, LOCAL_THRESHOLDS)
         evaluated = "evaluated by LocalStack; no messaging template deployed (make synth " \
             "writes it)" if self.emulator == "localstack" else \
             "stored, never evaluated by the moto server"
@@ -618,7 +627,8 @@ fmn_bridge_queue = "{queue}"
             env["FMN_REQUEST_COUNTS"] = str(self.options.request_counts)
         self._bridge = subprocess.Popen(
             [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
-             "--amqp-config", str(config), "--stats-interval", "1"],
+             "--amqp-config", str(config), "--stats-interval", "1",
+             "--heartbeat-interval", str(LOCAL_HEARTBEAT_S)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         reader = threading.Thread(target=self._read_bridge, name="bridge-log", daemon=True)
         reader.start()
