@@ -19,7 +19,8 @@ help: ## show this help
 $(STAMP): requirements.txt pyproject.toml
 	@scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@# chalice packages with pip and accepts pip<26.3: not the newest
+	$(BIN)/pip install -q --upgrade "pip<26.3"
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
