@@ -236,6 +236,23 @@ def test_destinations_start_unverified_and_cannot_be_deleted_while_used(
     assert [d.id for d in service.destinations("alice")] == ["email"]
 
 
+def test_only_an_email_the_account_lists_is_verified_at_once(
+        service: PreferencesService, engine: Engine) -> None:
+    from fmn.ownership.data import Account
+    from fmn.ownership.store import apply_accounts
+
+    # FAS verified mallory's e-mail; her IRC and Matrix nicks are free text she typed
+    service.login("mallory", "mallory@example.org")
+    apply_accounts(engine, [Account("mallory", emails=("m2@example.org",),
+                                    ircnicks=("irc:/victim", "matrix:/victim"))])
+    assert service.add_destination("mallory", {"protocol": "email",
+                                               "address": "M2@example.org"}).verified
+    irc = service.add_destination("mallory", {"protocol": "irc", "address": "victim"})
+    matrix = service.add_destination("mallory", {"protocol": "matrix",
+                                                 "address": "@victim:fedora.im"})
+    assert irc.verified is False and matrix.verified is False
+
+
 def test_admins_disable_users_and_rules_others_cannot(service: PreferencesService) -> None:
     rule = service.create_rule("bob", TOPIC_RULE)
     with pytest.raises(Forbidden):

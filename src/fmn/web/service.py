@@ -378,8 +378,11 @@ class PreferencesService:
                 raise Conflict(f"you have this destination already ({d.id})", "address")
         from fmn.web.ownership import offered_by_account
 
-        # the user's own feed needs no proof, nor an address FAS verified as theirs
-        verified = protocol == "sse" or offered_by_account(self.engine, name, protocol, address)
+        # The user's own feed needs no proof, nor an e-mail address FAS verified as
+        # theirs.  IRC and Matrix nicks in the account are free text its owner
+        # typed (FAS proves nothing about them): they still need the code.
+        verified = protocol == "sse" or (
+            protocol == "email" and offered_by_account(self.engine, name, protocol, address))
         dest = Destination(self._fresh_id("d-", {d.id for d in user.destinations}),
                            protocol, address, verified=verified)
         self._save(dataclasses.replace(user, destinations=(*user.destinations, dest)))
