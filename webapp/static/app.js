@@ -1159,6 +1159,23 @@ function showView(name, { focus = true } = {}) {
 function route({ focus = true } = {}) {
   if (!state.me) return;
   const name = location.hash.replace(/^#\/?/, "");
+  // #/rules/<id>: the rule a mail's "why you got this" names
+  const ruleLink = /^rules\/(.+)$/.exec(name);
+  if (ruleLink) {
+    let id = ruleLink[1];
+    try { id = decodeURIComponent(id); } catch { /* left as it is */ }
+    showView("rules", { focus });
+    for (const li of $("rule-list").children) li.removeAttribute("aria-current");
+    const heading = ruleHeading(id);
+    if (heading) {
+      heading.closest("li").setAttribute("aria-current", "true");
+      heading.scrollIntoView({ block: "center" });
+      if (focus) heading.focus();
+    } else {
+      announce("That rule no longer exists.");
+    }
+    return;
+  }
   showView(VIEWS.includes(name) ? name : "rules", { focus });
 }
 
