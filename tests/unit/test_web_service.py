@@ -412,6 +412,23 @@ def test_verification_sends_are_rate_limited_per_address_and_per_user(
     world.verifier.start("alice", a.id)  # an hour later the window has passed
 
 
+def test_a_destination_whose_verification_cannot_go_out_is_not_kept(
+        service: PreferencesService, world: World) -> None:
+    from fmn.errors import RetryableError
+
+    world.mailer.fail = RetryableError("the mail relay is away")
+    with pytest.raises(RetryableError):
+        world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})
+    world.irc.down = True
+    with pytest.raises(RetryableError):
+        world.verifier.add("alice", {"protocol": "irc", "address": "alice"})
+    assert [d.id for d in service.destinations("alice")] == ["email"]
+    # so the same request, made again once the relay is back, adds it
+    world.mailer.fail = None
+    dest, sent = world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})
+    assert sent == "link" and world.mailer.sent[-1]["To"] == "a2@example.org"
+
+
 # -- configuration and sign-in ---------------------------------------------
 
 

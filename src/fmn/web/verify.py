@@ -290,14 +290,17 @@ class Verifier:
         """Add a destination and send its verification: ``(destination, what was sent)``.
 
         Over a rate limit, nothing stays: the destination is removed again and
-        :class:`RateLimited` raised (a refused request changes nothing).
+        :class:`RateLimited` raised (a refused request changes nothing).  The
+        same when the verification cannot be sent for now (the mailer, the IRC
+        link or Redis away: :class:`~fmn.errors.RetryableError`, a 503): the
+        request can then simply be made again, not answered 409 as a duplicate.
         """
         dest = self.service.add_destination(user, body)
         if dest.verified:
             return dest, "verified"
         try:
             return dest, self.start(user, dest.id)
-        except RateLimited:
+        except (RateLimited, RetryableError):
             self.service.delete_destination(user, dest.id)
             raise
 
