@@ -429,6 +429,21 @@ def test_a_destination_whose_verification_cannot_go_out_is_not_kept(
     assert sent == "link" and world.mailer.sent[-1]["To"] == "a2@example.org"
 
 
+def test_irc_nicks_are_one_nick_under_irc_case_folding(
+        service: PreferencesService, world: World) -> None:
+    # rfc1459: [ ] \\ ~ are the upper case of { } | ^
+    a = service.add_destination("alice", {"protocol": "irc", "address": "victim["})
+    with pytest.raises(Conflict):
+        service.add_destination("alice", {"protocol": "irc", "address": "VICTIM{"})
+    b = service.add_destination("bob", {"protocol": "irc", "address": "victim{"})
+    service.login("carol", "carol@example.org")
+    c = service.add_destination("carol", {"protocol": "irc", "address": "Victim["})
+    world.verifier.start("alice", a.id)
+    world.verifier.start("bob", b.id)
+    with pytest.raises(RateLimited):  # a third message to the same nick, however spelt
+        world.verifier.start("carol", c.id)
+
+
 # -- configuration and sign-in ---------------------------------------------
 
 

@@ -43,7 +43,7 @@ from fmn import db
 from fmn.db import pending
 from fmn.delivery.email import InvalidAddress, check_address
 from fmn.delivery.feed import FeedStore
-from fmn.delivery.irc import valid_nick
+from fmn.delivery.irc import irc_lower, valid_nick
 from fmn.errors import FmnError, PermanentError
 from fmn.message import ARTIFACT_TYPES
 from fmn.prefs import (
@@ -283,6 +283,14 @@ def check_destination_address(protocol: str, address: Any, field: str = "address
 # the service
 
 
+def address_key(protocol: str, address: str | None) -> str:
+    """The form of ``address`` under which two spellings of it are one: IRC nicks
+    case-folded as IRC does (rfc1459: ``victim[`` is ``VICTIM{``), others lower-cased."""
+    if protocol == "irc":
+        return irc_lower(address or "")
+    return (address or "").lower()
+
+
 class PreferencesService:
     def __init__(self, engine: Engine, store: SnapshotStore, *,
                  admins: frozenset[str] = frozenset(), feed: FeedStore | None = None,
@@ -373,7 +381,7 @@ class PreferencesService:
         if len(user.destinations) >= MAX_DESTINATIONS:
             raise Conflict(f"you have {MAX_DESTINATIONS} destinations already; delete one first")
         for d in user.destinations:
-            same = (d.address or "").lower() == (address or "").lower()
+            same = address_key(protocol, d.address) == address_key(protocol, address)
             if d.protocol == protocol and same:
                 raise Conflict(f"you have this destination already ({d.id})", "address")
         from fmn.web.ownership import offered_by_account

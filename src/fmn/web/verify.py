@@ -52,6 +52,7 @@ from fmn.web.service import (
     PreferencesService,
     RateLimited,
     WebError,
+    address_key,
     check_fields,
 )
 
@@ -272,7 +273,8 @@ class Verifier:
     def _count(self, user: str, dest: Destination) -> None:
         """Count one verification send; RateLimited when the user or the address is over."""
         lim = self.limits
-        address = self._digest("address", dest.protocol, (dest.address or "").lower())
+        address = self._digest("address", dest.protocol,
+                               address_key(dest.protocol, dest.address))
         for key, limit, what in (
                 (f"{self.prefix}rate:user:{user}", lim.per_user, "you have asked for"),
                 (f"{self.prefix}rate:addr:{address}", lim.per_address,
