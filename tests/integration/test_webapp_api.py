@@ -101,6 +101,9 @@ class _PrefixedKeys(RedisKeys):
     def incr(self, key: str, ttl_s: int) -> int:
         return super().incr(self.prefix + key, ttl_s)
 
+    def touch(self, key: str, ttl_s: int) -> None:
+        super().touch(self.prefix + key, ttl_s)
+
 
 class Session:
     """A browser: keeps cookies, sends the CSRF header like the UI does."""

@@ -444,6 +444,36 @@ def test_irc_nicks_are_one_nick_under_irc_case_folding(
         world.verifier.start("carol", c.id)
 
 
+def test_an_atom_feed_address_lives_while_it_is_read(clock: FakeClock) -> None:
+    from fmn.web.atom import KEY_TTL_S, AtomFeeds, FeedNotFound
+
+    class CountingKeys(MemoryKeys):
+        touched = 0
+
+        def touch(self, key: str, ttl_s: int) -> None:
+            self.touched += 1
+            super().touch(key, ttl_s)
+
+    keys = CountingKeys(clock)
+    feeds = AtomFeeds(keys, "s3cret", "https://fmn.test")
+    token = feeds.url("alice").rsplit("/", 1)[1]
+    for _day in range(800):  # a feed reader polling every hour for more than two years
+        for _hour in range(24):
+            assert feeds.user_of(token) == "alice"
+            clock.now += 3600
+    assert keys.touched == 800  # once a day, not on every read
+    # a token is still refused once nobody read it for the key's lifetime
+    clock.now += KEY_TTL_S + 1
+    with pytest.raises(FeedNotFound):
+        feeds.user_of(token)
+    # and a revocation is never undone by a read that raced it
+    token = feeds.url("alice").rsplit("/", 1)[1]
+    feeds.revoke("alice")
+    clock.now += 2 * 24 * 3600
+    with pytest.raises(FeedNotFound):
+        feeds.user_of(token)
+
+
 # -- configuration and sign-in ---------------------------------------------
 
 

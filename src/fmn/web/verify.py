@@ -96,6 +96,10 @@ class Keys(Protocol):
         """Add one; the first increment starts the key's ``ttl_s``."""
         ...
 
+    def touch(self, key: str, ttl_s: int) -> None:
+        """Make ``key`` expire ``ttl_s`` from now, its value untouched (nothing if gone)."""
+        ...
+
 
 class MemoryKeys:
     """In-memory :class:`Keys` with an injectable clock (tests)."""
@@ -140,6 +144,12 @@ class MemoryKeys:
             value = int(current) + 1
             self._data[key] = (str(value), self._data[key][1])
             return value
+
+    def touch(self, key: str, ttl_s: int) -> None:
+        with self._lock:
+            current = self._live(key)
+            if current is not None:
+                self._data[key] = (current, self.clock() + ttl_s)
 
 
 class RedisKeys:
@@ -188,6 +198,9 @@ class RedisKeys:
         except redis.RedisError as exc:
             raise RetryableError(f"Redis failed (incr): {exc}") from exc
         return int(count)
+
+    def touch(self, key: str, ttl_s: int) -> None:
+        self._call("expire", key, ttl_s)
 
 
 # --------------------------------------------------------------------------
