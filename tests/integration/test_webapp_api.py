@@ -278,6 +278,21 @@ def test_admin_routes(app: App) -> None:
     assert app.client("bob").get("/api/v1/me").json_body["enabled"] is False
 
 
+def test_a_rule_an_admin_disabled_stays_disabled(app: App) -> None:
+    root, bob = app.client("root"), app.client("bob")
+    assert root.post("/api/v1/admin/users/bob/rules/my-events/disable").status_code == 200
+    r = bob.request("PATCH", "/api/v1/rules/my-events", {"enabled": True})
+    assert r.status_code == 409 and r.json_body["error"] == "conflict"
+    assert r.json_body["field"] == "enabled" and "administrator" in r.json_body["detail"]
+    rule = {k: v for k, v in bob.get("/api/v1/rules/my-events").json_body.items()
+            if k != "id"}
+    assert bob.request("PUT", "/api/v1/rules/my-events",
+                       {**rule, "enabled": True}).status_code == 409
+    assert bob.get("/api/v1/rules/my-events").json_body["enabled"] is False
+    r = bob.request("PATCH", "/api/v1/rules/my-events", {"name": "Still off"})
+    assert r.status_code == 200 and r.json_body["enabled"] is False
+
+
 # -- verification ---------------------------------------------------------------
 
 

@@ -266,6 +266,25 @@ def test_admins_disable_users_and_rules_others_cannot(service: PreferencesServic
         service.disable_user("root", "nobody")
 
 
+def test_a_rule_an_admin_disabled_cannot_be_enabled_again_by_its_owner(
+        service: PreferencesService) -> None:
+    rule = service.create_rule("bob", TOPIC_RULE)
+    mine = service.create_rule("bob", TOPIC_RULE)
+    service.disable_rule("root", "bob", rule.id)
+    with pytest.raises(Conflict) as info:
+        service.patch_rule("bob", rule.id, {"enabled": True})
+    assert info.value.field == "enabled" and "administrator" in info.value.detail
+    with pytest.raises(Conflict):
+        service.replace_rule("bob", rule.id, {**TOPIC_RULE, "enabled": True})
+    assert service.rule("bob", rule.id).enabled is False
+    # other edits stay the owner's, and so do their other rules
+    assert service.patch_rule("bob", rule.id, {"name": "Renamed"}).name == "Renamed"
+    service.patch_rule("bob", mine.id, {"enabled": False})
+    assert service.patch_rule("bob", mine.id, {"enabled": True}).enabled
+    service.delete_rule("bob", rule.id)
+    assert rule.id not in {r.id for r in service.rules("bob")}
+
+
 # -- verification ------------------------------------------------------------
 
 

@@ -402,6 +402,23 @@ class StoreMarkerRow(Base):
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class AdminDisabledRuleRow(Base):
+    """A rule an admin disabled (``POST /api/v1/admin/users/{name}/rules/{id}/disable``).
+
+    Kept apart from the rule's own rows, which every save of the user rewrites:
+    while this row exists the rule's owner cannot enable it again (the web API
+    answers 409); deleting the rule deletes the row.
+    """
+
+    __tablename__ = "admin_disabled_rules"
+
+    user_name: Mapped[str] = mapped_column(String, primary_key=True)
+    rule_id: Mapped[str] = mapped_column(String, primary_key=True)
+    #: the admin who disabled it, and when (UTC)
+    admin: Mapped[str] = mapped_column(String)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 #: child tables first: the order in which to empty them
 USER_CONTENT_TABLES = (
     GenerationRuleDestinationRow, GenerationRuleRow, RuleGroupRow, RuleArtifactRow,
