@@ -293,9 +293,16 @@ def test_an_email_link_verifies_once(service: PreferencesService, world: World) 
     assert world.verifier.start("alice", dest.id) == "link"
     assert world.mailer.sent[-1]["To"] == "a2@example.org"
     token = world.link().rsplit("/", 1)[1]
+    # looking at the link (the page it opens, a link scanner) changes nothing
+    for _ in range(3):
+        assert world.verifier.check_email(token) == ("alice", dest)
+    assert not service.destination("alice", dest.id).verified
     user, verified = world.verifier.confirm_email(token)
     assert (user, verified.verified) == ("alice", True)
     assert service.destination("alice", dest.id).verified
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.check_email(token)
+    assert info.value.reason == "used"
 
 
 def test_a_used_email_link_is_refused(service: PreferencesService, world: World) -> None:

@@ -4,7 +4,11 @@
   (itsdangerous, salt ``fmn.verify-email``, the app's secret), names the user,
   the destination and its address, expires after ``link_ttl_s`` (24 h), and
   is single use: its random id is recorded with ``SET NX`` until it would
-  expire anyway, so a second click is refused.
+  expire anyway, so a second use is refused.  Opening the link only looks
+  (:meth:`Verifier.check_email`: a page with a button); the button's POST
+  verifies (:meth:`Verifier.confirm_email`): mail systems' link scanners
+  open every link of a mail, and must neither confirm an address someone
+  else added nor use up the owner's link.
 * **IRC and Matrix**: a 6-digit code sent through that network, typed back
   in the UI.  Only an HMAC of the code is stored, for ``code_ttl_s``
   (10 min); it is compared in constant time; after ``max_attempts`` wrong
@@ -359,14 +363,22 @@ class Verifier:
         msg.set_content(
             f"Someone (hopefully you, Fedora account {user}) asked Fedora Notifications to "
             f"send notifications to this address.\n\nTo confirm, open this link within "
-            f"{hours} hours:\n\n{link}\n\nIf it was not you, ignore this message: nothing "
-            f"will be sent to you.\n")
+            f"{hours} hours and press its Confirm button:\n\n{link}\n\nIf it was not you, "
+            f"ignore this message: nothing will be sent to you.\n")
         return msg
 
     # -- proving ------------------------------------------------------------
 
-    def confirm_email(self, token: str) -> tuple[str, Destination]:
-        """The (user, destination) a link verifies; VerificationFailed when it does not."""
+    def check_email(self, token: str) -> tuple[str, Destination]:
+        """The (user, destination) a link would verify, changing nothing (the page the
+        link opens); VerificationFailed when it would not, as :meth:`confirm_email`."""
+        user, dest, used = self._email_target(token)
+        if self.keys.get(used) is not None:
+            raise VerificationFailed("used", "this link was used already")
+        return user, dest
+
+    def _email_target(self, token: str) -> tuple[str, Destination, str]:
+        """The link's (user, destination, used-key); VerificationFailed when not valid."""
         try:
             doc = unseal(token, self.secrets, "verify-email", self.limits.link_ttl_s,
                          clock=self.clock)
@@ -386,12 +398,17 @@ class Verifier:
             raise VerificationFailed("gone", "this destination was deleted since") from exc
         if dest.address != address:
             raise VerificationFailed("gone", "this destination was changed since")
-        if not self.keys.add(f"{self.prefix}used:{doc['j']}", user, self.limits.link_ttl_s):
+        return user, dest, f"{self.prefix}used:{doc['j']}"
+
+    def confirm_email(self, token: str) -> tuple[str, Destination]:
+        """The (user, destination) a link verifies; VerificationFailed when it does not."""
+        user, dest, used = self._email_target(token)
+        if not self.keys.add(used, user, self.limits.link_ttl_s):
             raise VerificationFailed("used", "this link was used already")
         if dest.verified:
             return user, dest
         try:
-            return user, self.service.mark_verified(user, dest_id, address)
+            return user, self.service.mark_verified(user, dest.id, dest.address)
         except NotFound as exc:
             raise VerificationFailed("gone", exc.detail) from exc
 
