@@ -212,3 +212,39 @@ def test_other_messages_never_touch_the_database(match_app: ModuleType,
     run_batch(match_app, env, builds + list(lines(FM)[:40]))
     assert "live" not in ostore.sync_states(env.engine)
     assert "updater" not in match_app._state
+
+
+def test_an_ownership_change_waits_until_its_own_notifications_went_out(
+        match_app: ModuleType, env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pkgdb's "php-zmq is new, lmacken its point of contact" goes to php-zmq's owner
+    (ralph).  SQS refuses its payloads: the record comes back with the ownership
+    unchanged, and is matched again on the owners it was first matched on, not on
+    those a first attempt would have written (ralph and lmacken)."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from fmn.errors import RetryableError
+    from fmn.ownership.diff import OwnershipDelta
+    from fmn.ownership.publish import publish_delta
+    from fmn.prefs import Owners
+
+    key = ("rpms", "php-zmq")
+    delta = OwnershipDelta()
+    delta.owners["rpms"]["php-zmq"] = Owners(users=("ralph",))
+    ostore.apply_delta(env.engine, delta)
+    publish_delta(env.store, delta)
+    match_app._get("live").refresh_now()
+    change = find(FEDMSG, "org.fedoraproject.stg.pkgdb.package.new")
+
+    real_send = match_app.send
+    monkeypatch.setattr(match_app, "send", lambda backend, entries: {
+        owner for owners, _ in entries for owner in owners})  # nothing accepted
+    body = Envelope.wrap("fedmsg", "tcp://hub.test:9940", change).encode()
+    with pytest.raises((BatchProcessingError, RetryableError)):  # its only record failed
+        match_app.handle_incoming(sqs_event([body], f"{env.prefix}incoming"),
+                                  context("fmn-match", memory_mb=1024))
+    assert ostore.owners_of(env.engine, [key])[key].users == ("ralph",)
+
+    monkeypatch.setattr(match_app, "send", real_send)
+    routed = run_batch(match_app, env, [change])  # the record comes back
+    assert [users for users in routed.values()] == [{"ralph"}]
+    assert set(ostore.owners_of(env.engine, [key])[key].users) == {"ralph", "lmacken"}
