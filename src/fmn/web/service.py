@@ -673,6 +673,8 @@ class PreferencesService:
         (they may edit or delete it)."""
         from datetime import UTC
 
+        from sqlalchemy import insert
+
         from fmn.db.models import AdminDisabledRuleRow as Row
 
         user = self._admin(admin, target)
@@ -682,7 +684,7 @@ class PreferencesService:
                 with self.engine.begin() as conn:
                     if conn.execute(select(Row.rule_id).where(
                             Row.user_name == target, Row.rule_id == rule_id)).first() is None:
-                        conn.execute(Row.__table__.insert().values(
+                        conn.execute(insert(Row).values(
                             user_name=target, rule_id=rule_id, admin=admin,
                             since=datetime.now(UTC)))
                 return self._put_rule(user, dataclasses.replace(r, enabled=False))
