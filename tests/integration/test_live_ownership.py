@@ -73,6 +73,14 @@ def build_of(package: str) -> bytes:
     return json.dumps(doc).encode()
 
 
+def restamped(record: bytes, sent_at: str) -> bytes:
+    """A fedora-messaging record sent again at ``sent_at`` (a new message id)."""
+    doc = json.loads(record)
+    doc["headers"]["sent-at"] = sent_at
+    doc["id"] = str(uuid.uuid4())
+    return json.dumps(doc).encode()
+
+
 def prefs_doc() -> dict[str, Any]:
     return {"version": 1, "owners": {"rpms": {}, "containers": {}, "modules": {},
                                      "flatpaks": {}},
@@ -174,7 +182,11 @@ def test_ownership_messages_reroute_the_next_build(match_app: ModuleType,
           "began, SQS calls included")
 
     assert then_build(match_app, env, removed, "fedocal-messages") == {"pingou"}
-    assert then_build(match_app, env, deleted, "fedocal-messages") == set()
+    # the shared data's deletion was sent (16:20) before the removal (18:20): arriving
+    # after it, it is stale and changes nothing; sent after it, it applies
+    assert then_build(match_app, env, deleted, "fedocal-messages") == {"pingou"}
+    later = restamped(deleted, "2024-01-02T18:30:00+00:00")
+    assert then_build(match_app, env, later, "fedocal-messages") == set()
     owners = ostore.owners_of(env.engine, [("rpms", "fedocal-messages")])
     assert owners == {}
 
@@ -196,7 +208,12 @@ def test_membership_messages_update_groups(match_app: ModuleType, env: SimpleNam
     old_remove = find(FEDMSG, "org.fedoraproject.stg.fas.group.member.remove")
     run_batch(match_app, env, [removed])
     assert "testuser" not in ostore.members_of(env.engine, ["developers"])["developers"]
+    # the sponsoring was sent (10:30) before the removal (10:40): arriving after it,
+    # it does not bring testuser back; the others are about other members
     run_batch(match_app, env, [sponsored, ipa_add, old_remove])
+    members = ostore.members_of(env.engine, ["developers", "ambassadors"])
+    assert set(members["developers"]) == {"someone", "testing"}
+    run_batch(match_app, env, [restamped(sponsored, "2024-01-02T11:00:00+00:00")])
     members = ostore.members_of(env.engine, ["developers", "ambassadors"])
     assert set(members["developers"]) == {"testuser", "someone", "testing"}
     assert set(members["ambassadors"]) == {"x"}

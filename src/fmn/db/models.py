@@ -371,6 +371,24 @@ class SyncStateRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class LiveStampRow(Base):
+    """When the ownership data was last known as of (the bus's ``sent_at``, UTC).
+
+    ``scope`` ``artifact`` (key ``type/name``) and ``member`` (key
+    ``group/user``): the newest live message applied about it;
+    ``reconcile`` (key ``ownership``, ``members``): when the last full
+    reconcile began fetching.  A live message older than either is stale
+    (SQS reorders, retries and dead-letter redrives replay old messages) and
+    is skipped (:mod:`fmn.ownership.live`).
+    """
+
+    __tablename__ = "live_stamps"
+
+    scope: Mapped[str] = mapped_column(String, primary_key=True)
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class PendingPublishRow(Base):
     """A user whose saved preferences may not have reached the snapshot yet.
 
