@@ -403,22 +403,54 @@ def resend_verification(user: str, dest_id: str) -> http.Answer:
     return http.json_answer({"verification": _get("verifier").start(user, dest_id)}, 202)
 
 
-@api(Operation("GET", "/verify/email/{token}", "confirm an e-mail address: the link of the "
-               "verification mail (an HTML page says whether it worked)", answer="html",
-               access="token"))
+@api(Operation("GET", "/verify/email/{token}", "the link of the verification mail: a page "
+               "with one button (which POSTs); opening it confirms nothing, so that a mail "
+               "system's link scanner neither confirms the address nor uses the link up",
+               answer="html", access="token"))
+def verify_email_page(token: str) -> http.Answer:
+    from fmn.web.verify import VerificationFailed
+
+    try:
+        user, dest = _get("verifier").check_email(token)
+    except VerificationFailed as exc:
+        return _not_confirmed(exc)
+    except RetryableError:
+        return _try_again()
+    address = html.escape(dest.address or "")
+    return http.page("Confirm your address", "<form method=post>"
+                     "<input type=hidden name=confirm value=yes>"
+                     f"<p>Send Fedora Notifications for the account {html.escape(user)} to "
+                     f"{address}?</p><p>If you did not ask for this, close this page: "
+                     "nothing will be sent to you.</p>"
+                     "<button type=submit>Confirm this address</button></form>")
+
+
+@api(Operation("POST", "/verify/email/{token}", "confirm an e-mail address (the verification "
+               "page's button; the signed token is the credential, no session or CSRF token; "
+               "an HTML page says whether it worked)", body=schema.ConfirmAddress,
+               body_types=(FORM, MULTIPART), answer="html", access="token"))
 def verify_email(token: str) -> http.Answer:
     from fmn.web.verify import VerificationFailed
 
     try:
+        _user_name, dest = _get("verifier").check_email(token)  # a bad link first: its page
+        schema.check(schema.ConfirmAddress, _body())
         _user_name, dest = _get("verifier").confirm_email(token)
     except VerificationFailed as exc:
-        return http.page("Address not confirmed", f"<p>{html.escape(exc.detail)}</p>"
-                         "<p><a href=/>Your settings</a></p>", 400)
+        return _not_confirmed(exc)
     except RetryableError:
-        return http.page("Try again shortly", "<p>A service we depend on is unavailable.</p>",
-                         503)
+        return _try_again()
     return http.page("Address confirmed", f"<p>Notifications may now go to "
                      f"{html.escape(dest.address or '')}.</p><p><a href=/>Your settings</a></p>")
+
+
+def _not_confirmed(exc: WebError) -> http.Answer:
+    return http.page("Address not confirmed", f"<p>{html.escape(exc.detail)}</p>"
+                     "<p><a href=/>Your settings</a></p>", 400)
+
+
+def _try_again() -> http.Answer:
+    return http.page("Try again shortly", "<p>A service we depend on is unavailable.</p>", 503)
 
 
 def _unsubscribe_target(token: str) -> tuple[str, str] | http.Answer:

@@ -3,7 +3,9 @@
 A thin adapter around :func:`fmn.pipeline.match.match_record`.  Each SQS
 record is matched on its own (Powertools partial batch processing), then
 the payloads of all the batch's records are sent together, ten to a
-SendMessageBatch request.  A record that cannot be read (a permanent
+SendMessageBatch request (a record that changes ownership first sends its
+own, then applies the change: :meth:`_Invocation._send_then_apply`).  A
+record that cannot be read (a permanent
 error: not an envelope, not a bus message) goes to the dead-letter queue at
 once with its reason; one that fails for a while (the snapshot store away,
 its payloads not all accepted) is reported in ``batchItemFailures`` and
@@ -166,24 +168,41 @@ def send(backend: str, entries: list[tuple[tuple[str, ...], str]]) -> set[str]:
     return unsent
 
 
-def live_ownership(message: Any) -> None:
-    """Apply an ownership or membership message once it is matched (fmn.ownership.live).
-
-    Here rather than in a consumer of its own: SQS gives each message to one
-    consumer, and this one already sees every message in bus order, so the
-    change is in the snapshot before the next message of the same batch is
-    matched.  Only the few ownership topics touch the database.
-    """
-    from fmn.ownership.live import LiveUpdater, classify
+def _sync_settings() -> Any:
     from fmn.ownership.settings import SyncSettings
 
     if "ownership" not in _state:
         with _lock:
             if "ownership" not in _state:
                 _state["ownership"] = SyncSettings.from_env()
-    sync: SyncSettings = _state["ownership"]
-    if not sync.live or classify(message, dict(sync.live_namespaces)) is None:
+    return _state["ownership"]
+
+
+def changes_ownership(message: Any) -> bool:
+    """Whether ``message`` is an ownership or membership change to apply live."""
+    from fmn.ownership.live import classify
+
+    sync = _sync_settings()
+    return bool(sync.live) and classify(message, dict(sync.live_namespaces)) is not None
+
+
+def live_ownership(message: Any) -> None:
+    """Apply an ownership or membership message once its notifications went out
+    (fmn.ownership.live).
+
+    Here rather than in a consumer of its own: SQS gives each message to one
+    consumer, and this one already sees every message in bus order, so the
+    change is in the snapshot before the next message of the same batch is
+    matched.  Only the few ownership topics touch the database.  The caller
+    applies it only after every payload of the message's record was accepted
+    (:meth:`_Invocation.record`): a record that comes back is then matched
+    again on the same owners, not on those its first attempt wrote.
+    """
+    from fmn.ownership.live import LiveUpdater
+
+    if not changes_ownership(message):
         return
+    sync = _sync_settings()
     with _lock:
         if "updater" not in _state:
             from fmn import db
@@ -200,11 +219,14 @@ def live_ownership(message: Any) -> None:
 
 
 def process(body: str) -> MatchResult:
-    """Match one incoming body and send its notifications (the local runner's shortcut)."""
-    result = match_record(body, _get("matcher"), fetch_claim, after_match=live_ownership)
+    """Match one incoming body and send its notifications (the local runner's shortcut);
+    an ownership change is applied once they were all accepted."""
+    result = match_record(body, _get("matcher"), fetch_claim)
     for backend, bodies in result.bodies.items():
         if send(backend, [((), b) for b in bodies]):
             raise RetryableError(f"{backend} payloads not accepted by SQS")
+    if result.message is not None:
+        live_ownership(result.message)
     record_window([result])
     return result
 
@@ -238,11 +260,14 @@ class _Invocation:
         self.matched: list[tuple[str, MatchResult]] = []
         #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)
         self.queued_at: dict[str, int] = {}
+        #: records whose payloads went out already (ownership changes: before applying them)
+        self.sent_early: set[str] = set()
 
     def record(self, record: SQSRecord) -> None:
         try:
-            result = match_record(record.body, _get("matcher"), fetch_claim,
-                                  after_match=live_ownership)
+            result = match_record(record.body, _get("matcher"), fetch_claim)
+            if result.message is not None and changes_ownership(result.message):
+                self._send_then_apply(record.message_id, result)
         except PermanentError as exc:
             # retrying cannot help: to the dead-letter queue now, with the reason
             self.counts["PermanentFailures"] += 1
@@ -276,6 +301,22 @@ class _Invocation:
             self.counts[f"Notifications_{backend}"] += count
             self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
 
+    def _send_then_apply(self, mid: str, result: MatchResult) -> None:
+        """An ownership change: its own notifications go out first, on the owners it
+        names as before, and the change is applied only once SQS accepted every one
+        of its payloads.  Otherwise the record fails (RetryableError) with the
+        ownership unchanged, so that when it comes back it is matched again on the
+        same owners (the senders drop what already went).  Applied, it is in the
+        snapshot before the batch's next record is matched."""
+        for backend, bodies in result.bodies.items():
+            self.counts[f"Bodies_{backend}"] += len(bodies)
+            if send(backend, [((mid,), b) for b in bodies]):
+                raise RetryableError(f"{backend} payloads of an ownership change not accepted "
+                                     "by SQS: the change waits for them")
+        self.sent_early.add(mid)
+        assert result.message is not None
+        live_ownership(result.message)
+
     def journal(self, unsent: set[str]) -> None:
         """Journal every record whose payloads all went (local runs: ``fmn ledger``)."""
         journal = _get("journal")
@@ -302,10 +343,12 @@ class _Invocation:
         messages costs a few requests per backend, not a hundred.
         """
         unsent: set[str] = set()
+        pending = [(mid, result) for mid, result in self.matched
+                   if mid not in self.sent_early]
         for backend in BACKENDS:
-            owners = [mid for mid, result in self.matched
+            owners = [mid for mid, result in pending
                       for _ in result.bodies.get(backend, ())]
-            parts = [(body, n) for _, result in self.matched
+            parts = [(body, n) for _, result in pending
                      for body, n in zip(result.bodies.get(backend, ()),
                                         result.counts.get(backend, ()), strict=True)]
             if not parts:

@@ -39,6 +39,8 @@ class PageProbe:
 
 
 WEBAPP_PATH = ROOT / "webapp" / "app.py"
+#: the mail the real web app sent (verification links), by its URL
+MAILERS: dict[str, Any] = {}
 
 
 def start_real_web(port: int, secret: str, feed: MemoryFeed, feed_base_url: str,
@@ -68,8 +70,10 @@ def start_real_web(port: int, secret: str, feed: MemoryFeed, feed_base_url: str,
 
     settings = Settings(secret_key=secret, web_url=f"http://127.0.0.1:{port}",
                         feed_url=feed_base_url, env="development", dev_login=True)
+    mailer = MemoryMailer()
     server = webapp.serve_local(settings, port,
                                 engine=engine, store=store, feed=feed,
-                                previewer=unavailable_preview, mailer=MemoryMailer(),
+                                previewer=unavailable_preview, mailer=mailer,
                                 irc_link=MemoryIrcLink(), keys=MemoryKeys())
+    MAILERS[server.url] = mailer
     return server.url, server

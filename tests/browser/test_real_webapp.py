@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from harness import PageProbe, Stack
+from harness import MAILERS, PageProbe, Stack
 from test_ui import clean, sign_in, unlabelled
 
 from fmn.delivery.feed import encode_event
@@ -78,4 +78,37 @@ def test_real_app_sign_in_add_rule_and_live_feed(
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    clean(probe)
+
+
+def test_an_email_address_is_confirmed_by_the_pages_button_not_by_opening_the_link(
+        page: Any, real_stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, real_stack, "erin")
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_label("Destination kind").select_option("email")
+    page.get_by_label("Address", exact=True).fill("erin2@example.org")
+    page.get_by_role("button", name="Add destination").click()
+    item = page.locator("#destination-list > li", has_text="erin2@example.org")
+    expect(item).to_contain_text("not verified")
+    mail = MAILERS[real_stack.url].sent[-1]
+    link = next(w for w in mail.get_content().split() if "/verify/email/" in w)
+
+    other = page.context.browser.new_context()  # the mail client: no session
+    try:
+        scanner = other.request.get(link)  # a link scanner opens it first
+        assert scanner.status == 200 and "Confirm this address" in scanner.text()
+        page.reload()
+        page.get_by_role("link", name="Destinations").click()
+        expect(item).to_contain_text("not verified")
+
+        tab = other.new_page()
+        tab.goto(link)
+        expect(tab.get_by_text("erin2@example.org")).to_be_visible()
+        tab.get_by_role("button", name="Confirm this address").click()
+        expect(tab.get_by_role("heading", name="Address confirmed")).to_be_visible()
+    finally:
+        other.close()
+    page.reload()
+    page.get_by_role("link", name="Destinations").click()
+    expect(item.locator(".badge")).to_have_text("verified")
     clean(probe)

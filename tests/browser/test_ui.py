@@ -169,6 +169,35 @@ def test_recent_notifications_and_enable_toggle_and_delete(
     clean(probe)
 
 
+def test_links_in_mails_and_chat_summaries_open_their_view(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    """The UI is one page with #/ routes: the links the senders write land there."""
+    from fmn.delivery.email import rule_url
+    from fmn.delivery.irc import summary_line
+    from fmn.delivery.matrix import summary_notice
+
+    sign_in(page, stack)
+    rule = stack.api.users["alice"].rules[0]
+    item = page.locator("#rule-list > li", has_text=rule["name"])
+    # a mail's "why you got this" link, opened afresh (a click in a mail client)
+    page.goto("about:blank")
+    page.goto(rule_url(stack.url, rule["id"]))
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.get_by_role("heading", name="Rules", exact=True)).to_be_visible()
+    expect(item).to_have_attribute("aria-current", "true")
+    # IRC's and Matrix's "N more notifications" links
+    for link in (summary_line(3, stack.url, "alice").rsplit(" ", 1)[1],
+                 summary_notice(3, stack.url)[0].rsplit(" ", 1)[1]):
+        page.goto("about:blank")
+        page.goto(link)
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        expect(page.get_by_role("heading", name="Recent notifications")).to_be_visible()
+    # and the rule link within the page (a hash change) focuses the rule
+    page.goto(rule_url(stack.url, rule["id"]))
+    expect(item.locator(".item-title")).to_be_focused()
+    clean(probe)
+
+
 def test_destinations_verify_digest_and_errors_next_to_fields(
         page: Any, stack: Stack, probe: PageProbe) -> None:
     sign_in(page, stack)

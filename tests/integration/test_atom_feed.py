@@ -62,6 +62,9 @@ class _PrefixedKeys(RedisKeys):
     def incr(self, key: str, ttl_s: int) -> int:
         return super().incr(self.prefix + key, ttl_s)
 
+    def touch(self, key: str, ttl_s: int) -> None:
+        super().touch(self.prefix + key, ttl_s)
+
 
 @pytest.fixture(scope="module")
 def webapp() -> ModuleType:
@@ -182,3 +185,14 @@ def test_a_revoked_address_stops_working_and_a_forged_one_never_did(
     # the revocation needs the session (and its CSRF token)
     assert reader.post("/api/v1/atom-url/revoke", body=b"{}",
                        headers={"content-type": "application/json"}).status_code in (401, 403)
+
+
+def test_reading_the_feed_keeps_its_address_alive(webapp: ModuleType, web: MemoryFeed) -> None:
+    notify(web, "dave", "d-1")
+    http, headers = signed_in(webapp, "dave")
+    url = json.loads(http.get("/api/v1/atom-url", headers=headers).body)["url"]
+    keys = webapp._get("atom").keys
+    name = f"{keys.prefix}fmn:atom:key:dave"
+    keys.client.expire(name, 3600)  # a year since the address was shown: almost gone
+    assert Client(webapp.app).http.get(url.removeprefix(WEB)).status_code == 200
+    assert keys.client.ttl(name) > 365 * 24 * 3600  # the reader keeps it a year longer

@@ -66,3 +66,19 @@ def test_round_trip_through_a_separate_engine(engine: Engine) -> None:
         assert same_json(db.export_document(other), golden())
     finally:
         other.dispose()
+
+
+def test_live_ownership_stamps_move_only_forward(engine: Engine) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from fmn.ownership import store as ostore
+
+    t = datetime(2024, 1, 2, 18, 20, tzinfo=UTC)
+    ostore.stamp_live(engine, "artifact", {"rpms/foo": t, "rpms/bar": t})
+    # an older stamp (another zone, the same instant minus an hour) never moves one back
+    ostore.stamp_live(engine, "artifact", {
+        "rpms/foo": (t - timedelta(hours=1)).astimezone(timezone(timedelta(hours=2))),
+        "rpms/bar": t + timedelta(minutes=1)})
+    assert ostore.live_stamps(engine, "artifact", ["rpms/foo", "rpms/bar", "rpms/baz"]) == {
+        "rpms/foo": t, "rpms/bar": t + timedelta(minutes=1)}
+    assert ostore.live_stamps(engine, "member", ["rpms/foo"]) == {}

@@ -73,6 +73,14 @@ def build_of(package: str) -> bytes:
     return json.dumps(doc).encode()
 
 
+def restamped(record: bytes, sent_at: str) -> bytes:
+    """A fedora-messaging record sent again at ``sent_at`` (a new message id)."""
+    doc = json.loads(record)
+    doc["headers"]["sent-at"] = sent_at
+    doc["id"] = str(uuid.uuid4())
+    return json.dumps(doc).encode()
+
+
 def prefs_doc() -> dict[str, Any]:
     return {"version": 1, "owners": {"rpms": {}, "containers": {}, "modules": {},
                                      "flatpaks": {}},
@@ -174,7 +182,11 @@ def test_ownership_messages_reroute_the_next_build(match_app: ModuleType,
           "began, SQS calls included")
 
     assert then_build(match_app, env, removed, "fedocal-messages") == {"pingou"}
-    assert then_build(match_app, env, deleted, "fedocal-messages") == set()
+    # the shared data's deletion was sent (16:20) before the removal (18:20): arriving
+    # after it, it is stale and changes nothing; sent after it, it applies
+    assert then_build(match_app, env, deleted, "fedocal-messages") == {"pingou"}
+    later = restamped(deleted, "2024-01-02T18:30:00+00:00")
+    assert then_build(match_app, env, later, "fedocal-messages") == set()
     owners = ostore.owners_of(env.engine, [("rpms", "fedocal-messages")])
     assert owners == {}
 
@@ -196,7 +208,12 @@ def test_membership_messages_update_groups(match_app: ModuleType, env: SimpleNam
     old_remove = find(FEDMSG, "org.fedoraproject.stg.fas.group.member.remove")
     run_batch(match_app, env, [removed])
     assert "testuser" not in ostore.members_of(env.engine, ["developers"])["developers"]
+    # the sponsoring was sent (10:30) before the removal (10:40): arriving after it,
+    # it does not bring testuser back; the others are about other members
     run_batch(match_app, env, [sponsored, ipa_add, old_remove])
+    members = ostore.members_of(env.engine, ["developers", "ambassadors"])
+    assert set(members["developers"]) == {"someone", "testing"}
+    run_batch(match_app, env, [restamped(sponsored, "2024-01-02T11:00:00+00:00")])
     members = ostore.members_of(env.engine, ["developers", "ambassadors"])
     assert set(members["developers"]) == {"testuser", "someone", "testing"}
     assert set(members["ambassadors"]) == {"x"}
@@ -212,3 +229,39 @@ def test_other_messages_never_touch_the_database(match_app: ModuleType,
     run_batch(match_app, env, builds + list(lines(FM)[:40]))
     assert "live" not in ostore.sync_states(env.engine)
     assert "updater" not in match_app._state
+
+
+def test_an_ownership_change_waits_until_its_own_notifications_went_out(
+        match_app: ModuleType, env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pkgdb's "php-zmq is new, lmacken its point of contact" goes to php-zmq's owner
+    (ralph).  SQS refuses its payloads: the record comes back with the ownership
+    unchanged, and is matched again on the owners it was first matched on, not on
+    those a first attempt would have written (ralph and lmacken)."""
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from fmn.errors import RetryableError
+    from fmn.ownership.diff import OwnershipDelta
+    from fmn.ownership.publish import publish_delta
+    from fmn.prefs import Owners
+
+    key = ("rpms", "php-zmq")
+    delta = OwnershipDelta()
+    delta.owners["rpms"]["php-zmq"] = Owners(users=("ralph",))
+    ostore.apply_delta(env.engine, delta)
+    publish_delta(env.store, delta)
+    match_app._get("live").refresh_now()
+    change = find(FEDMSG, "org.fedoraproject.stg.pkgdb.package.new")
+
+    real_send = match_app.send
+    monkeypatch.setattr(match_app, "send", lambda backend, entries: {
+        owner for owners, _ in entries for owner in owners})  # nothing accepted
+    body = Envelope.wrap("fedmsg", "tcp://hub.test:9940", change).encode()
+    with pytest.raises((BatchProcessingError, RetryableError)):  # its only record failed
+        match_app.handle_incoming(sqs_event([body], f"{env.prefix}incoming"),
+                                  context("fmn-match", memory_mb=1024))
+    assert ostore.owners_of(env.engine, [key])[key].users == ("ralph",)
+
+    monkeypatch.setattr(match_app, "send", real_send)
+    routed = run_batch(match_app, env, [change])  # the record comes back
+    assert [users for users in routed.values()] == [{"ralph"}]
+    assert set(ostore.owners_of(env.engine, [key])[key].users) == {"ralph", "lmacken"}

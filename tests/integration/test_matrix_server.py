@@ -225,7 +225,7 @@ def test_a_backlog_is_summarised_per_person_and_nothing_twice(
     texts = [n["body"] for n in notices(frank, room)]
     # 10 of its own in the first minute, then one summary for the other 5
     assert len(texts) == 11
-    assert texts[-1] == f"5 more notifications: {WEB}/notifications"
+    assert texts[-1] == f"5 more notifications: {WEB}/#/notifications"
     assert matrix_app.totals["summarised"] == 5
 
 

@@ -49,17 +49,19 @@ def test_my_packages_shows_direct_and_group_ownership_and_freshness(web: App) ->
     assert Session("carol").get("/api/v1/ownership").json_body["direct"] == []
 
 
-def test_an_address_fas_vouches_for_is_verified_at_once(web: App) -> None:
+def test_an_email_fas_vouches_for_is_verified_at_once_not_a_nick(web: App) -> None:
     alice = Session("alice")
     publish_accounts(web.engine, web.store, [Account(
         "alice", emails=("alice@fedoraproject.org",), ircnicks=("irc:/alice_",))])
     offered = alice.get("/api/v1/ownership").json_body["account"]["destinations"]
     assert offered == [{"protocol": "email", "address": "alice@fedoraproject.org"},
                        {"protocol": "irc", "address": "alice_"}]
-    r = alice.post("/api/v1/destinations", {"protocol": "irc", "address": "alice_"})
+    r = alice.post("/api/v1/destinations", {"protocol": "email",
+                                            "address": "alice@fedoraproject.org"})
     assert r.status_code == 201 and r.json_body["verification"] == "verified"
     assert r.json_body["verified"] is True
-    # any other nick still has to prove itself
-    r = alice.post("/api/v1/destinations", {"protocol": "irc", "address": "alice_2"})
-    assert r.status_code == 201 and r.json_body["verified"] is False
+    # an IRC nick in the account is free text anyone may type: it proves itself
+    r = alice.post("/api/v1/destinations", {"protocol": "irc", "address": "alice_"})
+    assert r.status_code == 201 and r.json_body["verification"] == "code"
+    assert r.json_body["verified"] is False
     assert web.irc.sent  # a code went out

@@ -101,6 +101,9 @@ class _PrefixedKeys(RedisKeys):
     def incr(self, key: str, ttl_s: int) -> int:
         return super().incr(self.prefix + key, ttl_s)
 
+    def touch(self, key: str, ttl_s: int) -> None:
+        super().touch(self.prefix + key, ttl_s)
+
 
 class Session:
     """A browser: keeps cookies, sends the CSRF header like the UI does."""
@@ -275,6 +278,21 @@ def test_admin_routes(app: App) -> None:
     assert app.client("bob").get("/api/v1/me").json_body["enabled"] is False
 
 
+def test_a_rule_an_admin_disabled_stays_disabled(app: App) -> None:
+    root, bob = app.client("root"), app.client("bob")
+    assert root.post("/api/v1/admin/users/bob/rules/my-events/disable").status_code == 200
+    r = bob.request("PATCH", "/api/v1/rules/my-events", {"enabled": True})
+    assert r.status_code == 409 and r.json_body["error"] == "conflict"
+    assert r.json_body["field"] == "enabled" and "administrator" in r.json_body["detail"]
+    rule = {k: v for k, v in bob.get("/api/v1/rules/my-events").json_body.items()
+            if k != "id"}
+    assert bob.request("PUT", "/api/v1/rules/my-events",
+                       {**rule, "enabled": True}).status_code == 409
+    assert bob.get("/api/v1/rules/my-events").json_body["enabled"] is False
+    r = bob.request("PATCH", "/api/v1/rules/my-events", {"name": "Still off"})
+    assert r.status_code == 200 and r.json_body["enabled"] is False
+
+
 # -- verification ---------------------------------------------------------------
 
 
@@ -284,13 +302,36 @@ def test_email_verification_through_the_api(app: App) -> None:
     assert r.status_code == 201 and r.json_body["verified"] is False
     link = next(w for w in app.mailer.sent[-1].get_content().split() if "/verify/email/" in w)
     path = link.removeprefix("http://testserver")
-    page = Session(None).get(path)  # no session needed: the link is the proof
-    assert page.status_code == 200 and b"confirmed" in page.body
+    # opening the link (a person, or a mail system's link scanner) confirms nothing
+    for _ in range(3):
+        page = Session(None).get(path)  # no session needed: the link is the proof
+        assert page.status_code == 200 and b"<form method=post>" in page.body
+        assert b"a2@example.org" in page.body and b"Confirm this address" in page.body
+    assert s.get("/api/v1/destinations").json_body[1]["verified"] is False
+    # its button does (a form POST; no session, no CSRF token)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    done = Session(None).http.request("POST", path, headers=form, body=b"confirm=yes")
+    assert done.status_code == 200 and b"Address confirmed" in done.body
     assert s.get("/api/v1/destinations").json_body[1]["verified"] is True
     again = Session(None).get(path)
     assert again.status_code == 400 and b"used already" in again.body
+    again = Session(None).http.request("POST", path, headers=form, body=b"confirm=yes")
+    assert again.status_code == 400 and b"used already" in again.body
     forged = Session(None).get(path[:-3] + "abc")
     assert forged.status_code == 400 and b"not one we sent" in forged.body
+
+
+def test_a_verification_post_without_its_button_confirms_nothing(app: App) -> None:
+    s = app.client("alice")
+    s.post("/api/v1/destinations", {"protocol": "email", "address": "a3@example.org"})
+    link = next(w for w in app.mailer.sent[-1].get_content().split() if "/verify/email/" in w)
+    path = link.removeprefix("http://testserver")
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = Session(None).http.request("POST", path, headers=form, body=b"")
+    assert r.status_code == 400
+    assert s.get("/api/v1/destinations").json_body[1]["verified"] is False
+    ok = Session(None).http.request("POST", path, headers=form, body=b"confirm=yes")
+    assert ok.status_code == 200  # the link was not used up
 
 
 def test_irc_verification_wrong_code_then_right(app: App) -> None:

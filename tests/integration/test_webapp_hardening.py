@@ -180,8 +180,12 @@ def test_the_description_names_every_route_parameter_and_body(app: App) -> None:
             assert declared == set(webapp.app.routes[path][method.upper()].view_args), path
     for path in ("/unsubscribe/{token}", "/dev/login", "/logout"):
         assert path in doc["paths"]
-    html = doc["paths"]["/verify/email/{token}"]["get"]["responses"]["200"]["content"]
-    assert list(html) == ["text/html"]
+    for method in ("get", "post"):
+        html = doc["paths"]["/verify/email/{token}"][method]["responses"]["200"]["content"]
+        assert list(html) == ["text/html"]
+    confirm = doc["paths"]["/verify/email/{token}"]["post"]
+    assert confirm["security"] == [] and set(confirm["requestBody"]["content"]) == {
+        "application/x-www-form-urlencoded", "multipart/form-data"}
     query = {p["name"] for p in doc["paths"]["/api/v1/artifacts"]["get"]["parameters"]}
     assert query == {"q", "type", "limit"}
     assert [p["name"] for p in doc["paths"]["/api/v1/notifications"]["get"]["parameters"]] \

@@ -20,7 +20,7 @@ from fmn.delivery.base import Delivery, deliver_payload
 from fmn.delivery.irc import IrcNotifier
 from fmn.delivery.irc_client import MemoryIrcLink
 from fmn.delivery.once import MemoryOnce
-from fmn.errors import PermanentError
+from fmn.errors import PermanentError, RetryableError
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +84,54 @@ def test_a_redriven_item_that_fails_again_goes_back_to_the_dead_letter_queue() -
     assert orjson.loads(dlq[1])["notifications"][0]["dead_letters"] == 2
     relay.refused.clear()
     assert deliver_payload(dlq[1], "email", relay, once, dlq) == Counter(sent=1)
+
+
+def test_a_payload_dead_lettered_whole_after_its_item_was_does_not_send_it_twice() -> None:
+    """alice's item fails for good and is dead-lettered alone; bob's keeps failing
+    retryably until SQS moves the whole payload (alice's item included) to the
+    dead-letter queue.  Once both causes are fixed and the queue is re-driven,
+    alice gets her notification once: from her own dead letter."""
+    relay, once, dlq = Relay(), MemoryOnce(), DeadLetterQueue()
+    relay.refused.add("alice@example.org")
+    away = {"bob@example.org"}
+
+    def send(item: Delivery) -> None:
+        if item.address in away:
+            raise RetryableError("bob's server is away")
+        relay(item)
+
+    body = payload("email", [notification("alice", "alice@example.org"),
+                             notification("bob", "bob@example.org")])
+    for _ in range(5):  # the queue's receives, each failing on bob
+        with pytest.raises(RetryableError):
+            deliver_payload(body, "email", send, once, dlq)
+    assert len(dlq) == 1  # alice's own dead letter, once
+    dlq.append(body)  # SQS: maxReceiveCount reached, the payload itself is dead-lettered
+
+    relay.refused.clear()
+    away.clear()
+    counts: Counter[str] = Counter()
+    for redriven in list(dlq):
+        counts += deliver_payload(redriven, "email", send, once, dlq)
+    assert relay.sent == ["alice@example.org", "bob@example.org"]
+    assert counts == Counter({"sent": 2, "duplicate": 1})
+    assert len(dlq) == 2  # nothing dead-lettered again
+
+
+def test_irc_an_item_dead_lettered_alone_is_not_sent_again_by_its_payload() -> None:
+    link = FlakyLink({"carol"})
+    notifier = IrcNotifier(link, "https://web.test")
+    once, dlq = MemoryOnce(), DeadLetterQueue()
+    body = irc_body("m1", ["alice", "carol"])
+    assert notifier.batch([body])(body, notifier, once, dlq) == Counter(
+        {"sent": 1, "dead-lettered": 1})
+    link.broken.clear()
+    # the payload comes back (redelivered, or re-driven from the dead-letter queue)
+    assert notifier.batch([body])(body, notifier, once, dlq) == Counter(duplicate=2)
+    assert not link.lines_to("carol")
+    redriven = dlq[0]
+    assert notifier.batch([redriven])(redriven, notifier, once, dlq) == Counter(sent=1)
+    assert len(link.lines_to("carol")) == 1
 
 
 def test_an_unforeseen_error_dead_letters_the_item_alone_and_a_redrive_sends_it() -> None:

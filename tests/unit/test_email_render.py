@@ -51,8 +51,8 @@ def test_headers_fedora_filters_on() -> None:
     assert msg["Date"] == "Mon, 01 Jan 2024 12:30:00 +0000"
     body = msg.get_content()
     assert "https://koji.fedoraproject.org/koji/buildinfo?buildID=1" in body
-    assert "My packages: https://notif.example/rules/r1" in body
-    assert "Kernel stuff: https://notif.example/rules/r%2F2" in body
+    assert "My packages: https://notif.example/#/rules/r1" in body
+    assert "Kernel stuff: https://notif.example/#/rules/r%2F2" in body
 
 
 def test_hostile_summary_yields_a_safe_mail() -> None:

@@ -112,7 +112,7 @@ def test_the_notice_is_plain_text_and_escaped_html() -> None:
     assert "\n" not in plain and "\x1b" not in plain and "\u202e" not in plain
     assert "<script" not in html and "href" not in html and len(plain.encode()) < 2100
     assert summary_notice(3, "https://web.test")[0] == \
-        "3 more notifications: https://web.test/notifications"
+        "3 more notifications: https://web.test/#/notifications"
 
 
 @pytest.mark.parametrize("address", ["bob", "bob@example.org", "@bob", "@:x", "@bo b:x",
@@ -169,6 +169,6 @@ def test_a_backlog_becomes_one_summary_and_a_bad_address_goes_alone() -> None:
     counts, failed = run(notifier, bodies, once)
     assert failed == [] and counts["sent"] == 2 and counts["summarised"] == 4
     assert counts["summary-notices"] == 1 and counts["dead"] == 1
-    assert link.sent[-1][1]["body"] == "4 more notifications: https://web.test/notifications"
+    assert link.sent[-1][1]["body"] == "4 more notifications: https://web.test/#/notifications"
     counts, _ = run(notifier, bodies[:6], once)
     assert counts["duplicate"] == 6 and len(link.sent) == 3

@@ -236,6 +236,23 @@ def test_destinations_start_unverified_and_cannot_be_deleted_while_used(
     assert [d.id for d in service.destinations("alice")] == ["email"]
 
 
+def test_only_an_email_the_account_lists_is_verified_at_once(
+        service: PreferencesService, engine: Engine) -> None:
+    from fmn.ownership.data import Account
+    from fmn.ownership.store import apply_accounts
+
+    # FAS verified mallory's e-mail; her IRC and Matrix nicks are free text she typed
+    service.login("mallory", "mallory@example.org")
+    apply_accounts(engine, [Account("mallory", emails=("m2@example.org",),
+                                    ircnicks=("irc:/victim", "matrix:/victim"))])
+    assert service.add_destination("mallory", {"protocol": "email",
+                                               "address": "M2@example.org"}).verified
+    irc = service.add_destination("mallory", {"protocol": "irc", "address": "victim"})
+    matrix = service.add_destination("mallory", {"protocol": "matrix",
+                                                 "address": "@victim:fedora.im"})
+    assert irc.verified is False and matrix.verified is False
+
+
 def test_admins_disable_users_and_rules_others_cannot(service: PreferencesService) -> None:
     rule = service.create_rule("bob", TOPIC_RULE)
     with pytest.raises(Forbidden):
@@ -249,6 +266,25 @@ def test_admins_disable_users_and_rules_others_cannot(service: PreferencesServic
         service.disable_user("root", "nobody")
 
 
+def test_a_rule_an_admin_disabled_cannot_be_enabled_again_by_its_owner(
+        service: PreferencesService) -> None:
+    rule = service.create_rule("bob", TOPIC_RULE)
+    mine = service.create_rule("bob", TOPIC_RULE)
+    service.disable_rule("root", "bob", rule.id)
+    with pytest.raises(Conflict) as info:
+        service.patch_rule("bob", rule.id, {"enabled": True})
+    assert info.value.field == "enabled" and "administrator" in info.value.detail
+    with pytest.raises(Conflict):
+        service.replace_rule("bob", rule.id, {**TOPIC_RULE, "enabled": True})
+    assert service.rule("bob", rule.id).enabled is False
+    # other edits stay the owner's, and so do their other rules
+    assert service.patch_rule("bob", rule.id, {"name": "Renamed"}).name == "Renamed"
+    service.patch_rule("bob", mine.id, {"enabled": False})
+    assert service.patch_rule("bob", mine.id, {"enabled": True}).enabled
+    service.delete_rule("bob", rule.id)
+    assert rule.id not in {r.id for r in service.rules("bob")}
+
+
 # -- verification ------------------------------------------------------------
 
 
@@ -257,9 +293,16 @@ def test_an_email_link_verifies_once(service: PreferencesService, world: World) 
     assert world.verifier.start("alice", dest.id) == "link"
     assert world.mailer.sent[-1]["To"] == "a2@example.org"
     token = world.link().rsplit("/", 1)[1]
+    # looking at the link (the page it opens, a link scanner) changes nothing
+    for _ in range(3):
+        assert world.verifier.check_email(token) == ("alice", dest)
+    assert not service.destination("alice", dest.id).verified
     user, verified = world.verifier.confirm_email(token)
     assert (user, verified.verified) == ("alice", True)
     assert service.destination("alice", dest.id).verified
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.check_email(token)
+    assert info.value.reason == "used"
 
 
 def test_a_used_email_link_is_refused(service: PreferencesService, world: World) -> None:
@@ -393,6 +436,68 @@ def test_verification_sends_are_rate_limited_per_address_and_per_user(
     assert sent == 3  # alice had used 2 of her 5 already (one of them refused)
     clock.now += 3601
     world.verifier.start("alice", a.id)  # an hour later the window has passed
+
+
+def test_a_destination_whose_verification_cannot_go_out_is_not_kept(
+        service: PreferencesService, world: World) -> None:
+    from fmn.errors import RetryableError
+
+    world.mailer.fail = RetryableError("the mail relay is away")
+    with pytest.raises(RetryableError):
+        world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})
+    world.irc.down = True
+    with pytest.raises(RetryableError):
+        world.verifier.add("alice", {"protocol": "irc", "address": "alice"})
+    assert [d.id for d in service.destinations("alice")] == ["email"]
+    # so the same request, made again once the relay is back, adds it
+    world.mailer.fail = None
+    dest, sent = world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})
+    assert sent == "link" and world.mailer.sent[-1]["To"] == "a2@example.org"
+
+
+def test_irc_nicks_are_one_nick_under_irc_case_folding(
+        service: PreferencesService, world: World) -> None:
+    # rfc1459: [ ] \\ ~ are the upper case of { } | ^
+    a = service.add_destination("alice", {"protocol": "irc", "address": "victim["})
+    with pytest.raises(Conflict):
+        service.add_destination("alice", {"protocol": "irc", "address": "VICTIM{"})
+    b = service.add_destination("bob", {"protocol": "irc", "address": "victim{"})
+    service.login("carol", "carol@example.org")
+    c = service.add_destination("carol", {"protocol": "irc", "address": "Victim["})
+    world.verifier.start("alice", a.id)
+    world.verifier.start("bob", b.id)
+    with pytest.raises(RateLimited):  # a third message to the same nick, however spelt
+        world.verifier.start("carol", c.id)
+
+
+def test_an_atom_feed_address_lives_while_it_is_read(clock: FakeClock) -> None:
+    from fmn.web.atom import KEY_TTL_S, AtomFeeds, FeedNotFound
+
+    class CountingKeys(MemoryKeys):
+        touched = 0
+
+        def touch(self, key: str, ttl_s: int) -> None:
+            self.touched += 1
+            super().touch(key, ttl_s)
+
+    keys = CountingKeys(clock)
+    feeds = AtomFeeds(keys, "s3cret", "https://fmn.test")
+    token = feeds.url("alice").rsplit("/", 1)[1]
+    for _day in range(800):  # a feed reader polling every hour for more than two years
+        for _hour in range(24):
+            assert feeds.user_of(token) == "alice"
+            clock.now += 3600
+    assert keys.touched == 800  # once a day, not on every read
+    # a token is still refused once nobody read it for the key's lifetime
+    clock.now += KEY_TTL_S + 1
+    with pytest.raises(FeedNotFound):
+        feeds.user_of(token)
+    # and a revocation is never undone by a read that raced it
+    token = feeds.url("alice").rsplit("/", 1)[1]
+    feeds.revoke("alice")
+    clock.now += 2 * 24 * 3600
+    with pytest.raises(FeedNotFound):
+        feeds.user_of(token)
 
 
 # -- configuration and sign-in ---------------------------------------------

@@ -20,7 +20,7 @@ const TRACKING_HINTS = {
 };
 
 const ADDRESS_HINTS = {
-  email: "An e-mail address; we send it a link to confirm.",
+  email: "An e-mail address; we send it a link to open and confirm.",
   irc: "Your IRC nick on Libera.Chat; we send it a code to enter here.",
   matrix: "Your Matrix ID, like @you:fedora.im; we send it a code to enter here.",
   sse: "No address needed: notifications appear in this page's live feed.",
@@ -424,7 +424,7 @@ function destinationItem(d) {
 
   if (!d.verified && d.protocol !== "sse") {
     if (d.protocol === "email") {
-      li.append(h("p", { class: "hint" }, "We sent a confirmation link to this address."));
+      li.append(h("p", { class: "hint" }, "We sent a confirmation link to this address: open it and press its Confirm button."));
       li.append(resendButton(d, errorBox));
     } else {
       const codeId = nextId("code");
@@ -1159,6 +1159,23 @@ function showView(name, { focus = true } = {}) {
 function route({ focus = true } = {}) {
   if (!state.me) return;
   const name = location.hash.replace(/^#\/?/, "");
+  // #/rules/<id>: the rule a mail's "why you got this" names
+  const ruleLink = /^rules\/(.+)$/.exec(name);
+  if (ruleLink) {
+    let id = ruleLink[1];
+    try { id = decodeURIComponent(id); } catch { /* left as it is */ }
+    showView("rules", { focus });
+    for (const li of $("rule-list").children) li.removeAttribute("aria-current");
+    const heading = ruleHeading(id);
+    if (heading) {
+      heading.closest("li").setAttribute("aria-current", "true");
+      heading.scrollIntoView({ block: "center" });
+      if (focus) heading.focus();
+    } else {
+      announce("That rule no longer exists.");
+    }
+    return;
+  }
   showView(VIEWS.includes(name) ? name : "rules", { focus });
 }
 

@@ -371,6 +371,24 @@ class SyncStateRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class LiveStampRow(Base):
+    """When the ownership data was last known as of (the bus's ``sent_at``, UTC).
+
+    ``scope`` ``artifact`` (key ``type/name``) and ``member`` (key
+    ``group/user``): the newest live message applied about it;
+    ``reconcile`` (key ``ownership``, ``members``): when the last full
+    reconcile began fetching.  A live message older than either is stale
+    (SQS reorders, retries and dead-letter redrives replay old messages) and
+    is skipped (:mod:`fmn.ownership.live`).
+    """
+
+    __tablename__ = "live_stamps"
+
+    scope: Mapped[str] = mapped_column(String, primary_key=True)
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class PendingPublishRow(Base):
     """A user whose saved preferences may not have reached the snapshot yet.
 
@@ -399,6 +417,23 @@ class StoreMarkerRow(Base):
     #: how many items the store held at the last check (what a loss loses, at least)
     items: Mapped[int] = mapped_column(BigInteger)
     #: when this was last checked (UTC)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AdminDisabledRuleRow(Base):
+    """A rule an admin disabled (``POST /api/v1/admin/users/{name}/rules/{id}/disable``).
+
+    Kept apart from the rule's own rows, which every save of the user rewrites:
+    while this row exists the rule's owner cannot enable it again (the web API
+    answers 409); deleting the rule deletes the row.
+    """
+
+    __tablename__ = "admin_disabled_rules"
+
+    user_name: Mapped[str] = mapped_column(String, primary_key=True)
+    rule_id: Mapped[str] = mapped_column(String, primary_key=True)
+    #: the admin who disabled it, and when (UTC)
+    admin: Mapped[str] = mapped_column(String)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -11,12 +11,17 @@ does not send an item twice.  Outcomes:
 * ``send`` raises :class:`~fmn.errors.PermanentError` (an unknown address, a
   5xx), or anything unforeseen: the item alone goes to the backend's
   dead-letter queue through ``dead_letter`` and is counted; the payload's
-  other items go on.  A dead-lettered item is **not** remembered as done:
-  once the cause is fixed, a redrive of the dead letter sends it.  Putting
-  it on the dead-letter queue is itself done once per *generation* (the
-  item's ``dead_letters`` count, one more in each dead letter), so a
-  redelivery of the same payload does not dead-letter it twice, while a
-  redriven item that fails again goes back to the dead-letter queue;
+  other items go on.  The dead letter is the item's next *generation* (its
+  ``dead_letters`` count, one more in each dead letter), a send of its own
+  under its own key (:meth:`Delivery.key`): once the cause is fixed, a
+  redrive of the dead letter sends it.  The generation that failed is then
+  remembered as done (outcome ``dead-lettered``), so that only the dead
+  letter can send it: the payload it came in may reach the dead-letter
+  queue too (another of its items failing retryably until SQS gives up on
+  it), and a redrive of that payload must not send the item a second time.
+  Putting it on the dead-letter queue is itself done once per generation,
+  so a redelivery of the same payload does not dead-letter it twice, while
+  a redriven item that fails again goes back to the dead-letter queue;
 * ``send`` raises :class:`~fmn.errors.RetryableError` (a 4xx, throttling, the
   server away): nothing is remembered for that item and the error propagates,
   so the whole SQS message comes back later (its delivered items are then
@@ -169,7 +174,12 @@ def refusal(item: Delivery, exc: Exception) -> Refused:
 def dead_letter_once(item: Delivery, reason: str, once: Once,
                      dead_letter: DeadLetter) -> str:
     """Put ``item`` on the dead-letter queue once for its generation: ``dead-lettered``,
-    or ``duplicate`` when a redelivery of the same payload already did."""
+    or ``duplicate`` when a redelivery of the same payload already did.
+
+    Then the item's own key is remembered as done (``dead-lettered``): the
+    dead letter, the next generation, is the only copy that may still send
+    it (module docstring).
+    """
     done: list[str] = []
 
     def action() -> str:
@@ -178,6 +188,7 @@ def dead_letter_once(item: Delivery, reason: str, once: Once,
         return "dead-lettered"
 
     once.run({**item.key(), "dead_letter": str(item.dead_letters + 1)}, action)
+    once.run(item.key(), lambda: "dead-lettered")
     return done[0] if done else "duplicate"
 
 

@@ -106,7 +106,9 @@ def mail_date(sent_at: object) -> str:
 
 
 def rule_url(web_url: str, rule_id: str) -> str:
-    return f"{web_url}/rules/{quote(rule_id, safe='')}"
+    """The rule in the web UI: a single page whose views are ``#/`` routes (only ``/``
+    and the API are paths the web app serves)."""
+    return f"{web_url.rstrip('/')}/#/rules/{quote(rule_id, safe='')}"
 
 
 def _base(to: str, sender: str, list_id: str, unsubscribe_url: str) -> EmailMessage:

@@ -34,7 +34,7 @@ and the memory of each person's room the :class:`RoomStore` port
 * **Backlog.**  As for IRC (:func:`fmn.delivery.irc.plan_batch`): within a
   batch a person gets at most ``per_user`` notices of their own (fewer if
   they had some within ``window_s``); two or more left over become one
-  notice ``"N more notifications: <web>/notifications"``.  The bookkeeping
+  notice ``"N more notifications: <web>/#/notifications"``.  The bookkeeping
   that keeps summaries idempotent is IRC's (:mod:`fmn.delivery.irc`).
 """
 
@@ -131,7 +131,8 @@ def render(message: Mapping[str, Any], rule_names: Sequence[str]) -> tuple[str, 
 
 
 def summary_notice(count: int, web_url: str) -> tuple[str, str]:
-    link = clean(f"{web_url.rstrip('/')}/notifications")
+    # the UI is one page with #/ routes, as in the IRC summary line
+    link = clean(f"{web_url.rstrip('/')}/#/notifications")
     body = f"{count} more notifications: {link}"
     if not link.startswith(("https://", "http://")) or " " in link:
         return body, html.escape(body)

@@ -302,15 +302,37 @@ def _sendable(attributes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) -> int:
-    """Send each batch to the source queue, then delete what SQS accepted."""
+    """Send each batch to the source queue, then delete what SQS accepted.
+
+    Moves at most the messages the dead-letter queue held when it began, and
+    stops at a body it already moved: a message that still fails for good
+    comes straight back, and would otherwise be moved round forever.
+    """
+    import hashlib
+
+    limit = sum(_attributes(sqs, dlq.url))
     moved = 0
     empty_receives = 0
-    while empty_receives < 2:  # one empty answer can be a sampling miss
-        batch = _receive(sqs, dlq.url, SQS_BATCH_MAX)
+    seen: set[str] = set()
+    came_back = False
+    while empty_receives < 2 and moved < limit and not came_back:
+        # one empty answer can be a sampling miss
+        batch = _receive(sqs, dlq.url, min(SQS_BATCH_MAX, limit - moved))
         if not batch:
             empty_receives += 1
             continue
         empty_receives = 0
+        again = [m for m in batch
+                 if hashlib.sha256(m["Body"].encode()).hexdigest() in seen]
+        if again:
+            came_back = True
+            _release(sqs, dlq.url, [m["ReceiptHandle"] for m in again])
+            log.warning("%d dead letters came back while being moved (they fail again at "
+                        "once): left in %s", len(again), dlq.name)
+            batch = [m for m in batch if m not in again]
+            if not batch:
+                break
+        seen.update(hashlib.sha256(m["Body"].encode()).hexdigest() for m in batch)
         sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
             {"Id": str(i), "MessageBody": m["Body"],
              "MessageAttributes": _sendable(m.get("MessageAttributes", {}))}

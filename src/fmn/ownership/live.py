@@ -22,6 +22,16 @@ Messages understood (topic suffixes, any environment prefix):
   ``ipa.group_remove_member.v1``: group membership, for groups the database
   tracks; ``fas.user.update``: the account is fetched again from FASJSON
   (destinations, locked) when a FASJSON client is configured.
+
+Messages arrive out of order (SQS reorders, a failed record is retried after
+a back-off of up to half an hour, a dead-letter redrive replays messages
+days old), and a project message states its whole access lists: applied
+late, it would bring back a maintainer removed since.  So each change is
+applied only if its message is not older (``sent_at``) than the last one
+applied to the same artifact, or to the same member of the same group, nor
+than the last full reconcile's fetch (which already holds it); the newest
+``sent_at`` applied is kept per artifact and per member (``live_stamps``).
+A message without a ``sent_at`` cannot be placed and is applied as before.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -251,6 +262,27 @@ class LiveResult:
     snapshot_changes: int
     seconds: float
     accounts: int = 0
+    #: artifacts and group members left alone: the message is older than what is known
+    stale: int = 0
+
+
+def sent_at(message: Message) -> datetime | None:
+    """When the message was sent (UTC), or None if it does not say (or not readably)."""
+    if not message.sent_at:
+        return None
+    try:
+        when = datetime.fromisoformat(message.sent_at)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _member_key(group: str, user: str) -> str:
+    return f"{group}/{user}"
+
+
+def _artifact_key(key: tuple[str, str]) -> str:
+    return f"{key[0]}/{key[1]}"
 
 
 class LiveUpdater:
@@ -276,7 +308,7 @@ class LiveUpdater:
             return None
         started = time.perf_counter()
         try:
-            result = self._apply(update)
+            result = self._apply(update, sent_at(message))
         except FmnError:
             raise
         except Exception as exc:  # SQLAlchemy's errors: the database is away
@@ -286,16 +318,50 @@ class LiveUpdater:
             "topic": message.topic, "message_id": message.id,
             "artifacts": result.delta.artifact_count(), "groups": len(result.delta.groups),
             "users_affected": len(result.users_affected), "accounts": result.accounts,
-            "snapshot_changes": result.snapshot_changes,
+            "snapshot_changes": result.snapshot_changes, "stale": result.stale,
             "seconds": round(result.seconds, 4)})
-        log.info("live %s: %d artifacts, %d groups, %d users affected, %d snapshot changes",
-                 update.kind, result.delta.artifact_count(), len(result.delta.groups),
-                 len(result.users_affected), result.snapshot_changes)
+        log.info("live %s: %d artifacts, %d groups, %d users affected, %d snapshot changes"
+                 "%s", update.kind, result.delta.artifact_count(), len(result.delta.groups),
+                 len(result.users_affected), result.snapshot_changes,
+                 f" ({result.stale} left alone: {message.id} is older than what is known)"
+                 if result.stale else "")
         return result
 
-    def _apply(self, update: LiveUpdate) -> LiveResult:
+    def _drop_stale(self, update: LiveUpdate, when: datetime) -> int:
+        """Take out of ``update`` what a newer message or the last reconcile already
+        set; how many artifacts and group members were taken out."""
+        reconciled = ostore.live_stamps(self.engine, "reconcile", ("ownership", "members"))
+        stale = 0
+        if update.artifacts:
+            known = ostore.live_stamps(self.engine, "artifact",
+                                       (_artifact_key(k) for k in update.artifacts))
+            since = reconciled.get("ownership")
+            for key in list(update.artifacts):
+                last = known.get(_artifact_key(key))
+                if (last is not None and when < last) or (since is not None and when < since):
+                    del update.artifacts[key]
+                    stale += 1
+        if update.members:
+            keys = [_member_key(g, u) for g, (added, removed) in update.members.items()
+                    for u in added | removed]
+            known = ostore.live_stamps(self.engine, "member", keys)
+            since = reconciled.get("members")
+            for group, (added, removed) in list(update.members.items()):
+                for users in (added, removed):
+                    for user in list(users):
+                        last = known.get(_member_key(group, user))
+                        if (last is not None and when < last) or \
+                                (since is not None and when < since):
+                            users.discard(user)
+                            stale += 1
+                if not added and not removed:
+                    del update.members[group]
+        return stale
+
+    def _apply(self, update: LiveUpdate, when: datetime | None = None) -> LiveResult:
         from fmn.ownership.publish import publish_accounts, publish_delta
 
+        stale = 0 if when is None else self._drop_stale(update, when)
         delta = OwnershipDelta()
         affected: set[str] = set()
         if update.artifacts:
@@ -312,8 +378,10 @@ class LiveUpdater:
                     continue
                 delta.owners[key[0]][key[1]] = new
                 affected |= set(was.users if was else ()) ^ set(new.users if new else ())
+        tracked: set[str] = set()
         if update.members:
             known = ostore.members_of(self.engine, update.members)
+            tracked = set(known)
             for group, (added, removed) in update.members.items():
                 if group not in known:
                     continue  # a group nobody here cares about
@@ -327,6 +395,12 @@ class LiveUpdater:
         if delta:
             ostore.apply_delta(self.engine, delta)
             changes += publish_delta(self.store, delta)
+        if when is not None:  # what this message said is now the newest known
+            ostore.stamp_live(self.engine, "artifact",
+                              {_artifact_key(k): when for k in update.artifacts})
+            ostore.stamp_live(self.engine, "member", {
+                _member_key(g, u): when for g, (added, removed) in update.members.items()
+                if g in tracked for u in added | removed})
         accounts = 0
         if update.accounts and self.fasjson is not None:
             names = [n for n in update.accounts if n in set(ostore.user_names_in(
@@ -336,4 +410,5 @@ class LiveUpdater:
                 accounts = len(fetched)
                 changes += publish_accounts(self.engine, self.store, fetched)
         return LiveResult(kind=update.kind, delta=delta, users_affected=affected,
-                          snapshot_changes=changes, seconds=0.0, accounts=accounts)
+                          snapshot_changes=changes, seconds=0.0, accounts=accounts,
+                          stale=stale)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -100,6 +101,7 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     database's membership is left as it is.
     """
     started = time.perf_counter()
+    fetched_at = datetime.now(UTC)  # what the fetch says is true as of (about) now
     report = SyncReport(source="ownership", ok=True)
     try:
         data = fetch()
@@ -127,6 +129,10 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     if delta:
         ostore.apply_delta(engine, delta)
         report.snapshot_changes = publish_delta(store, delta)
+    # A live message sent before the fetch began is in what it fetched: one that
+    # arrives late (SQS retries, a dead-letter redrive) must not undo it.
+    ostore.stamp_live(engine, "reconcile", {"ownership": fetched_at, **(
+        {"members": fetched_at} if with_groups else {})})
     report.seconds = time.perf_counter() - started
     ostore.record_sync(engine, "ownership", ok=True, error=None, detail=report.as_dict())
     log.info("%s", report.summary())

@@ -21,6 +21,7 @@ from fmn.db.models import (
     AccountRow,
     GroupMemberRow,
     GroupRow,
+    LiveStampRow,
     OwnedArtifactRow,
     OwnerGroupRow,
     OwnerUserRow,
@@ -313,3 +314,46 @@ def tracked_groups(engine: Engine) -> set[str]:
         held = set(conn.execute(select(GroupRow.name)).scalars())
         named = set(conn.execute(select(RuleGroupRow.group_name).distinct()).scalars())
     return held | named
+
+
+# --------------------------------------------------------------------------
+# how recent the ownership data is (live messages are applied in bus order)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def live_stamps(engine: Engine, scope: str, keys: Iterable[str]) -> dict[str, datetime]:
+    """``{key: sent_at}`` of the keys of ``scope`` that have a stamp (UTC)."""
+    wanted = list(set(keys))
+    out: dict[str, datetime] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(wanted), 500):
+            for key, at in conn.execute(select(LiveStampRow.key, LiveStampRow.sent_at).where(
+                    LiveStampRow.scope == scope,
+                    LiveStampRow.key.in_(wanted[start:start + 500]))):
+                out[key] = _aware(at)
+    return out
+
+
+def stamp_live(engine: Engine, scope: str, stamps: Mapping[str, datetime]) -> None:
+    """Record ``sent_at`` for these keys of ``scope``, never moving a stamp back."""
+    if not stamps:
+        return
+    with engine.begin() as conn:
+        keys = list(stamps)
+        current: dict[str, datetime] = {}
+        for start in range(0, len(keys), 500):
+            for key, at in conn.execute(select(LiveStampRow.key, LiveStampRow.sent_at).where(
+                    LiveStampRow.scope == scope,
+                    LiveStampRow.key.in_(keys[start:start + 500]))):
+                current[key] = _aware(at)
+        newer = {k: v for k, v in stamps.items() if k not in current or v > current[k]}
+        if not newer:
+            return
+        conn.execute(delete(LiveStampRow).where(
+            LiveStampRow.scope == scope, LiveStampRow.key == bindparam("b_key")),
+            [{"b_key": k} for k in newer])
+        conn.execute(insert(LiveStampRow), [{"scope": scope, "key": k, "sent_at": v}
+                                            for k, v in newer.items()])

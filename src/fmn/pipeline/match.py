@@ -97,14 +97,13 @@ def group_by_backend(notifications: list[Notification]) -> dict[str, list[Notifi
 
 
 def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
-                 max_notifications: int | None = None,
-                 after_match: Callable[[Message], None] | None = None) -> MatchResult:
+                 max_notifications: int | None = None) -> MatchResult:
     """Decode, parse, match, group and pack one incoming SQS body.
 
-    ``after_match`` sees the parsed message once it is matched (the live
-    ownership update: a message that changes who owns a package goes to the
-    owners it names as before, and every later message is matched on the new
-    ones).  If it raises, the record fails whole and comes back.
+    A message that changes who owns a package (the live ownership update) is
+    the edge's to apply, and only once every payload of its record was
+    accepted: the message goes to the owners it names as before, and a
+    record that comes back is matched again on those same owners.
     """
     envelope = Envelope.decode(body)  # InvalidEnvelope is a PermanentError
     if envelope.claim is not None:
@@ -119,8 +118,6 @@ def match_record(body: str | bytes, matcher: Matcher, fetch_claim: FetchClaim,
         raise  # SnapshotUnavailable is already retryable
     except Exception as exc:  # the snapshot store (Redis) failing mid-poll
         raise RetryableError(f"matching {message.id}: {exc!r}") from exc
-    if after_match is not None:
-        after_match(message)
     result = MatchResult(message_id=message.id, topic=message.topic,
                          claimed=envelope.claim is not None, message=message)
     for backend, group in group_by_backend(notifications).items():

@@ -8,7 +8,8 @@ expire with time (a reader keeps its URL); :meth:`AtomFeeds.revoke` replaces
 the key, so every address given out before stops working at once, and the
 next :meth:`AtomFeeds.url` is a new one.  A token that does not verify, or
 names a key that is not the user's current one (revoked, or expired from the
-store after a year unused), is :class:`FeedNotFound`: the same answer as for
+store after a year unused: each issued URL, and each read of the feed at
+most once a day, makes it live a year from then), is :class:`FeedNotFound`: the same answer as for
 a user who does not exist, so the feed tells nothing to someone guessing.
 
 The feed (:func:`render`, built with feedgen) holds the notifications the web
@@ -34,8 +35,10 @@ from fmn.delivery.text import clean, shorten
 from fmn.web.service import WebError
 from fmn.web.verify import Keys
 
-#: how long a feed key lives unused in the store (each issued URL refreshes it)
+#: how long a feed key lives unused in the store (each issued URL refreshes it, and
+#: each read of the feed, at most once per ``REFRESH_EVERY_S``)
 KEY_TTL_S = 366 * 24 * 3600
+REFRESH_EVERY_S = 24 * 3600
 #: tokens do not expire by age: only a new key revokes them
 TOKEN_MAX_AGE_S = 100 * 365 * 24 * 3600
 ENTRIES = 50
@@ -84,10 +87,16 @@ class AtomFeeds:
         if not isinstance(doc, dict) or not isinstance(doc.get("u"), str) \
                 or not isinstance(doc.get("k"), str):
             raise FeedNotFound("no such feed")
-        current = self.keys.get(self._key_name(doc["u"]))
+        user = str(doc["u"])
+        current = self.keys.get(self._key_name(user))
         if current is None or not hmac.compare_digest(current.encode(), doc["k"].encode()):
             raise FeedNotFound("no such feed")
-        return str(doc["u"])
+        # A feed reader polling the address keeps it alive: the key's expiry moves
+        # on, at most once a day.  Only its expiry: a revocation racing this read
+        # must not be undone by writing the old key back.
+        if self.keys.add(f"{self.prefix}seen:{user}", "1", REFRESH_EVERY_S):
+            self.keys.touch(self._key_name(user), KEY_TTL_S)
+        return user
 
 
 def _when(value: Any) -> datetime:

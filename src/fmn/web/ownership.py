@@ -4,7 +4,9 @@
 user owns directly, those of each group they are a member of, when the
 ownership data was last refreshed (full reconcile and live update), and the
 destinations their Fedora account offers (FASJSON's e-mails, IRC and Matrix
-nicks: adding one of those needs no verification, FAS verified it).
+nicks).  Only the e-mail addresses count as verified when added (FAS
+verified them); the IRC and Matrix nicks are free text the account's owner
+typed, so anyone could list someone else's: those still need their code.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ def my_ownership(engine: Engine, name: str) -> dict[str, Any]:
 
 
 def offered_by_account(engine: Engine, name: str, protocol: str, address: str | None) -> bool:
-    """Whether FAS says ``address`` is the account's own (then it counts as verified)."""
+    """Whether FAS lists ``address`` for the account.
+
+    Proof of ownership only for ``email`` (FAS verified the address): the
+    caller must not treat an IRC or Matrix nick found here as verified.
+    """
     if address is None:
         return False
     account = ostore.account_of(engine, name)

@@ -294,6 +294,13 @@ class DevLogin(Model):
     csrf: Annotated[str, StringConstraints(max_length=128)] | Absent = None
 
 
+class ConfirmAddress(Model):
+    """The form of the e-mail verification page: its one button."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    confirm: Literal["yes"]
+
+
 class OneClick(Model):
     """RFC 8058's one-click unsubscribe body."""
 

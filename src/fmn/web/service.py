@@ -43,7 +43,7 @@ from fmn import db
 from fmn.db import pending
 from fmn.delivery.email import InvalidAddress, check_address
 from fmn.delivery.feed import FeedStore
-from fmn.delivery.irc import valid_nick
+from fmn.delivery.irc import irc_lower, valid_nick
 from fmn.errors import FmnError, PermanentError
 from fmn.message import ARTIFACT_TYPES
 from fmn.prefs import (
@@ -283,6 +283,14 @@ def check_destination_address(protocol: str, address: Any, field: str = "address
 # the service
 
 
+def address_key(protocol: str, address: str | None) -> str:
+    """The form of ``address`` under which two spellings of it are one: IRC nicks
+    case-folded as IRC does (rfc1459: ``victim[`` is ``VICTIM{``), others lower-cased."""
+    if protocol == "irc":
+        return irc_lower(address or "")
+    return (address or "").lower()
+
+
 class PreferencesService:
     def __init__(self, engine: Engine, store: SnapshotStore, *,
                  admins: frozenset[str] = frozenset(), feed: FeedStore | None = None,
@@ -373,13 +381,16 @@ class PreferencesService:
         if len(user.destinations) >= MAX_DESTINATIONS:
             raise Conflict(f"you have {MAX_DESTINATIONS} destinations already; delete one first")
         for d in user.destinations:
-            same = (d.address or "").lower() == (address or "").lower()
+            same = address_key(protocol, d.address) == address_key(protocol, address)
             if d.protocol == protocol and same:
                 raise Conflict(f"you have this destination already ({d.id})", "address")
         from fmn.web.ownership import offered_by_account
 
-        # the user's own feed needs no proof, nor an address FAS verified as theirs
-        verified = protocol == "sse" or offered_by_account(self.engine, name, protocol, address)
+        # The user's own feed needs no proof, nor an e-mail address FAS verified as
+        # theirs.  IRC and Matrix nicks in the account are free text its owner
+        # typed (FAS proves nothing about them): they still need the code.
+        verified = protocol == "sse" or (
+            protocol == "email" and offered_by_account(self.engine, name, protocol, address))
         dest = Destination(self._fresh_id("d-", {d.id for d in user.destinations}),
                            protocol, address, verified=verified)
         self._save(dataclasses.replace(user, destinations=(*user.destinations, dest)))
@@ -481,25 +492,45 @@ class PreferencesService:
         self.rule(name, rule_id)
         schema.check(schema.RuleReplacement, body)
         rule = self._parse_rule(user, body, rule_id)
-        return self._put_rule(user, rule)
+        return self._put_own_rule(user, rule)
 
     def _put_rule(self, user: User, rule: Rule) -> Rule:
         self._save(dataclasses.replace(user, rules=tuple(
             rule if r.id == rule.id else r for r in user.rules)))
         return rule
 
+    def _put_own_rule(self, user: User, rule: Rule) -> Rule:
+        """Save the owner's edit of a rule; an admin-disabled rule stays disabled."""
+        if rule.enabled and self._admin_disabled(user.name, rule.id):
+            raise Conflict("an administrator disabled this rule: it cannot be enabled again "
+                           "(you may still edit or delete it)", "enabled")
+        return self._put_rule(user, rule)
+
+    def _admin_disabled(self, name: str, rule_id: str) -> bool:
+        from fmn.db.models import AdminDisabledRuleRow as Row
+
+        with self.engine.connect() as conn:
+            return conn.execute(select(Row.rule_id).where(
+                Row.user_name == name, Row.rule_id == rule_id)).first() is not None
+
     def patch_rule(self, name: str, rule_id: str, body: Any) -> Rule:
         schema.check(schema.RulePatch, body)
         b = check_fields(body, RULE_PATCH_FIELDS)
         user, rule = self.user(name), self.rule(name, rule_id)
         doc = {**dump_rule(rule), **b}
-        return self._put_rule(user, self._parse_rule(user, doc, rule_id))
+        return self._put_own_rule(user, self._parse_rule(user, doc, rule_id))
 
     def delete_rule(self, name: str, rule_id: str) -> None:
+        from sqlalchemy import delete
+
+        from fmn.db.models import AdminDisabledRuleRow as Row
+
         user = self.user(name)
         self.rule(name, rule_id)
         self._save(dataclasses.replace(user, rules=tuple(r for r in user.rules
                                                          if r.id != rule_id)))
+        with self.engine.begin() as conn:
+            conn.execute(delete(Row).where(Row.user_name == name, Row.rule_id == rule_id))
 
     def preview(self, name: str, body: Any) -> Mapping[str, Any]:
         if isinstance(body, Mapping) and isinstance(body.get("rule"), Mapping) \
@@ -638,10 +669,24 @@ class PreferencesService:
         return self._save(user)
 
     def disable_rule(self, admin: str, target: str, rule_id: str) -> Rule:
+        """Disable one of ``target``'s rules for good: its owner cannot enable it again
+        (they may edit or delete it)."""
+        from datetime import UTC
+
+        from sqlalchemy import insert
+
+        from fmn.db.models import AdminDisabledRuleRow as Row
+
         user = self._admin(admin, target)
         for r in user.rules:
             if r.id == rule_id:
                 log.warning("admin %s disabled rule %s of %s", admin, rule_id, target)
+                with self.engine.begin() as conn:
+                    if conn.execute(select(Row.rule_id).where(
+                            Row.user_name == target, Row.rule_id == rule_id)).first() is None:
+                        conn.execute(insert(Row).values(
+                            user_name=target, rule_id=rule_id, admin=admin,
+                            since=datetime.now(UTC)))
                 return self._put_rule(user, dataclasses.replace(r, enabled=False))
         raise NotFound(f"{target} has no rule {rule_id!r}")
 

@@ -4,7 +4,11 @@
   (itsdangerous, salt ``fmn.verify-email``, the app's secret), names the user,
   the destination and its address, expires after ``link_ttl_s`` (24 h), and
   is single use: its random id is recorded with ``SET NX`` until it would
-  expire anyway, so a second click is refused.
+  expire anyway, so a second use is refused.  Opening the link only looks
+  (:meth:`Verifier.check_email`: a page with a button); the button's POST
+  verifies (:meth:`Verifier.confirm_email`): mail systems' link scanners
+  open every link of a mail, and must neither confirm an address someone
+  else added nor use up the owner's link.
 * **IRC and Matrix**: a 6-digit code sent through that network, typed back
   in the UI.  Only an HMAC of the code is stored, for ``code_ttl_s``
   (10 min); it is compared in constant time; after ``max_attempts`` wrong
@@ -52,6 +56,7 @@ from fmn.web.service import (
     PreferencesService,
     RateLimited,
     WebError,
+    address_key,
     check_fields,
 )
 
@@ -93,6 +98,10 @@ class Keys(Protocol):
 
     def incr(self, key: str, ttl_s: int) -> int:
         """Add one; the first increment starts the key's ``ttl_s``."""
+        ...
+
+    def touch(self, key: str, ttl_s: int) -> None:
+        """Make ``key`` expire ``ttl_s`` from now, its value untouched (nothing if gone)."""
         ...
 
 
@@ -139,6 +148,12 @@ class MemoryKeys:
             value = int(current) + 1
             self._data[key] = (str(value), self._data[key][1])
             return value
+
+    def touch(self, key: str, ttl_s: int) -> None:
+        with self._lock:
+            current = self._live(key)
+            if current is not None:
+                self._data[key] = (current, self.clock() + ttl_s)
 
 
 class RedisKeys:
@@ -187,6 +202,9 @@ class RedisKeys:
         except redis.RedisError as exc:
             raise RetryableError(f"Redis failed (incr): {exc}") from exc
         return int(count)
+
+    def touch(self, key: str, ttl_s: int) -> None:
+        self._call("expire", key, ttl_s)
 
 
 # --------------------------------------------------------------------------
@@ -272,7 +290,8 @@ class Verifier:
     def _count(self, user: str, dest: Destination) -> None:
         """Count one verification send; RateLimited when the user or the address is over."""
         lim = self.limits
-        address = self._digest("address", dest.protocol, (dest.address or "").lower())
+        address = self._digest("address", dest.protocol,
+                               address_key(dest.protocol, dest.address))
         for key, limit, what in (
                 (f"{self.prefix}rate:user:{user}", lim.per_user, "you have asked for"),
                 (f"{self.prefix}rate:addr:{address}", lim.per_address,
@@ -290,14 +309,17 @@ class Verifier:
         """Add a destination and send its verification: ``(destination, what was sent)``.
 
         Over a rate limit, nothing stays: the destination is removed again and
-        :class:`RateLimited` raised (a refused request changes nothing).
+        :class:`RateLimited` raised (a refused request changes nothing).  The
+        same when the verification cannot be sent for now (the mailer, the IRC
+        link or Redis away: :class:`~fmn.errors.RetryableError`, a 503): the
+        request can then simply be made again, not answered 409 as a duplicate.
         """
         dest = self.service.add_destination(user, body)
         if dest.verified:
             return dest, "verified"
         try:
             return dest, self.start(user, dest.id)
-        except RateLimited:
+        except (RateLimited, RetryableError):
             self.service.delete_destination(user, dest.id)
             raise
 
@@ -341,14 +363,22 @@ class Verifier:
         msg.set_content(
             f"Someone (hopefully you, Fedora account {user}) asked Fedora Notifications to "
             f"send notifications to this address.\n\nTo confirm, open this link within "
-            f"{hours} hours:\n\n{link}\n\nIf it was not you, ignore this message: nothing "
-            f"will be sent to you.\n")
+            f"{hours} hours and press its Confirm button:\n\n{link}\n\nIf it was not you, "
+            f"ignore this message: nothing will be sent to you.\n")
         return msg
 
     # -- proving ------------------------------------------------------------
 
-    def confirm_email(self, token: str) -> tuple[str, Destination]:
-        """The (user, destination) a link verifies; VerificationFailed when it does not."""
+    def check_email(self, token: str) -> tuple[str, Destination]:
+        """The (user, destination) a link would verify, changing nothing (the page the
+        link opens); VerificationFailed when it would not, as :meth:`confirm_email`."""
+        user, dest, used = self._email_target(token)
+        if self.keys.get(used) is not None:
+            raise VerificationFailed("used", "this link was used already")
+        return user, dest
+
+    def _email_target(self, token: str) -> tuple[str, Destination, str]:
+        """The link's (user, destination, used-key); VerificationFailed when not valid."""
         try:
             doc = unseal(token, self.secrets, "verify-email", self.limits.link_ttl_s,
                          clock=self.clock)
@@ -368,12 +398,17 @@ class Verifier:
             raise VerificationFailed("gone", "this destination was deleted since") from exc
         if dest.address != address:
             raise VerificationFailed("gone", "this destination was changed since")
-        if not self.keys.add(f"{self.prefix}used:{doc['j']}", user, self.limits.link_ttl_s):
+        return user, dest, f"{self.prefix}used:{doc['j']}"
+
+    def confirm_email(self, token: str) -> tuple[str, Destination]:
+        """The (user, destination) a link verifies; VerificationFailed when it does not."""
+        user, dest, used = self._email_target(token)
+        if not self.keys.add(used, user, self.limits.link_ttl_s):
             raise VerificationFailed("used", "this link was used already")
         if dest.verified:
             return user, dest
         try:
-            return user, self.service.mark_verified(user, dest_id, address)
+            return user, self.service.mark_verified(user, dest.id, dest.address)
         except NotFound as exc:
             raise VerificationFailed("gone", exc.detail) from exc
 

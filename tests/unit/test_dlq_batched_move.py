@@ -1,0 +1,85 @@
+"""``fmn dlq redrive`` where SQS has no StartMessageMoveTask: the batched move ends.
+
+On an in-memory SQS whose source queue's consumer still fails: every message
+the move sends back lands on the dead-letter queue again at once.  The move
+takes each dead letter back once and stops, rather than moving them round
+forever.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from fmn.ops import dlq
+from fmn.pipeline.queues import QueueDef
+
+pytestmark = pytest.mark.unit
+
+
+class LoopingSqs:
+    """A dead-letter queue and a source queue whose consumer fails at once, for good."""
+
+    def __init__(self, bodies: list[str], overcount: int = 0) -> None:
+        #: SQS's counts are approximate: this many more than there are
+        self.overcount = overcount
+        self.ids = itertools.count()
+        self.dead: dict[str, str] = {}  # receipt handle -> body, visible
+        self.held: dict[str, str] = {}  # received, not yet deleted or released
+        for body in bodies:
+            self.dead[f"h{next(self.ids)}"] = body
+        self.sent_back = 0
+        self.receives = 0
+
+    def start_message_move_task(self, **_: Any) -> Any:
+        raise ClientError({"Error": {"Code": "UnsupportedOperation"}}, "StartMessageMoveTask")
+
+    def get_queue_attributes(self, **_: Any) -> dict[str, Any]:
+        return {"Attributes": {"ApproximateNumberOfMessages": str(len(self.dead) + self.overcount),
+                               "ApproximateNumberOfMessagesNotVisible": str(len(self.held))}}
+
+    def receive_message(self, *, MaxNumberOfMessages: int, **_: Any) -> dict[str, Any]:
+        self.receives += 1
+        if self.receives > 1000:
+            raise AssertionError("the move never ends")
+        handles = list(self.dead)[:MaxNumberOfMessages]
+        out = []
+        for h in handles:
+            self.held[h] = self.dead.pop(h)
+            out.append({"MessageId": h, "ReceiptHandle": h, "Body": self.held[h]})
+        return {"Messages": out}
+
+    def send_message_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+        for entry in Entries:  # the consumer fails it again: straight back to the DLQ
+            self.sent_back += 1
+            self.dead[f"h{next(self.ids)}"] = entry["MessageBody"]
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def delete_message_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> Any:
+        for entry in Entries:
+            self.held.pop(entry["ReceiptHandle"])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def change_message_visibility_batch(self, *, Entries: list[dict[str, Any]],
+                                        **_: Any) -> Any:
+        for entry in Entries:
+            self.dead[entry["ReceiptHandle"]] = self.held.pop(entry["ReceiptHandle"])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+
+@pytest.mark.parametrize("overcount", [0, 40])
+def test_a_message_that_fails_again_at_once_is_moved_once_not_forever(overcount: int) -> None:
+    """At most what the queue held at the start; and (when SQS's count was too high)
+    never a body already moved."""
+    sqs = LoopingSqs([f"body-{i}" for i in range(25)], overcount)
+    qdef = QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
+                    batch_size=10, batching_window_s=0, max_concurrency=1)
+    found = dlq.Dlq(qdef, "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work",
+                    visible=25)
+    result = dlq.redrive(sqs, found)
+    assert (result.moved, result.method) == (25, "batched move")
+    assert sqs.sent_back == 25  # each once
+    assert len(sqs.dead) == 25 and not sqs.held  # all back where they were, visible
