@@ -710,10 +710,13 @@ fmn_bridge_queue = "{queue}"
     def _schedule(self) -> None:
         """The functions' schedules: the email sender's digest flush (every minute on
         AWS, every few seconds here)."""
+        from fmn.local.runner import scheduled_context
+
         flush = self.functions["send_email"].flush_digests_now
+        timeout = next(q.visibility_timeout_s for q in self.queues() if q.name == "email")
         while not self._stopping.wait(self.options.schedule_s):
-            try:
-                flush()
+            try:  # each run with its own deadline, as on AWS
+                flush(scheduled_context("send_email-flush_digests", timeout))
             except Exception as exc:  # a failed run is retried at the next tick
                 log.warning("digest flush failed: %s", exc)
 
