@@ -589,7 +589,12 @@ fmn_bridge_queue = "{queue}"
 
     def _purge_amqp_queue(self) -> None:
         """Start from an empty bus queue, as the SQS queues do: the counters
-        count this stack's messages, not what an earlier run left behind."""
+        count this stack's messages, not what an earlier run left behind.
+
+        The queue is bound here, not only by the bridge once it is connected:
+        as Fedora's broker keeps the bridge's queue bound, whatever is
+        published from now on waits in it (RabbitMQ drops what a topic
+        exchange routes nowhere, and the bridge takes a moment to start)."""
         import pika
 
         conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
