@@ -260,6 +260,8 @@ class LocalStack:
             AWS_DEFAULT_REGION=self.settings.aws_region,
             FMN_QUEUE_PREFIX=self.settings.queue_prefix,
             FMN_CLAIM_BUCKET=self.settings.claim_bucket)
+        if self.settings.retry_delay_s is not None:  # fault tests scale the back-off down
+            self.env["FMN_RETRY_DELAY_S"] = str(self.settings.retry_delay_s)
         self._saved_env = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
         say(f"3/7 delivery: {self._start_delivery()}")
@@ -603,6 +605,8 @@ fmn_bridge_queue = "{queue}"
             if not self.options.amqp_exchange.startswith("amq."):
                 channel.exchange_declare(self.options.amqp_exchange, "topic", durable=True)
             channel.queue_declare(self.options.amqp_queue, durable=True)
+            channel.queue_bind(self.options.amqp_queue, self.options.amqp_exchange,
+                               routing_key="#")
             channel.queue_purge(self.options.amqp_queue)
         finally:
             conn.close()
