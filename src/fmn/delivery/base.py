@@ -11,12 +11,13 @@ does not send an item twice.  Outcomes:
 * ``send`` raises :class:`~fmn.errors.PermanentError` (an unknown address, a
   5xx), or anything unforeseen: the item alone goes to the backend's
   dead-letter queue through ``dead_letter`` and is counted; the payload's
-  other items go on.  A dead-lettered item is **not** remembered as done:
-  once the cause is fixed, a redrive of the dead letter sends it.  Putting
-  it on the dead-letter queue is itself done once per *generation* (the
-  item's ``dead_letters`` count, one more in each dead letter), so a
-  redelivery of the same payload does not dead-letter it twice, while a
-  redriven item that fails again goes back to the dead-letter queue;
+  other items go on.  ``dead-lettered`` is remembered for the item's
+  *generation* only (its ``dead_letters`` count, one more in each dead
+  letter, is part of its key): a redelivery of the same payload (another of
+  its items failed for a while) neither dead-letters it twice nor sends it
+  once the cause is fixed, since its dead letter will; the redrive of the
+  dead letter is the next generation and sends it, and a redriven item
+  that fails again goes back to the dead-letter queue;
 * ``send`` raises :class:`~fmn.errors.RetryableError` (a 4xx, throttling, the
   server away): nothing is remembered for that item and the error propagates,
   so the whole SQS message comes back later (its delivered items are then
@@ -181,6 +182,18 @@ def dead_letter_once(item: Delivery, reason: str, once: Once,
     return done[0] if done else "duplicate"
 
 
+def dead_letter_now(item: Delivery, exc: Exception, dead_letter: DeadLetter) -> str:
+    """Inside a send's :class:`~fmn.delivery.once.Once` action, for an exception the
+    send raised (not a RetryableError): put the item alone on the dead-letter queue
+    and return ``dead-lettered``, the outcome remembered for this generation of the
+    item.  A redelivery of the same payload then neither sends it nor dead-letters
+    it again (the dead letter is where it lives now: its redrive, the next
+    generation, has a key of its own and sends it).  If the dead-letter queue
+    refuses, the RetryableError leaves nothing remembered."""
+    dead_letter(item, refusal(item, exc).reason)
+    return "dead-lettered"
+
+
 def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter) -> str:
     """Send one item once: ``sent`` (or what ``send`` named), ``dead-lettered`` or
     ``duplicate``."""
@@ -192,14 +205,11 @@ def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter)
         except RetryableError:
             raise
         except Exception as exc:
-            raise refusal(item, exc) from exc
+            outcome = dead_letter_now(item, exc, dead_letter)
         ran.append(outcome)
         return outcome
 
-    try:
-        once.run(item.key(), action)
-    except Refused as refused:
-        return dead_letter_once(item, refused.reason, once, dead_letter)
+    once.run(item.key(), action)
     return ran[0] if ran else "duplicate"
 
 
