@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +29,7 @@ from typing import Any
 from services import rabbitmq_connection
 from shared_data import MESSAGES
 
-from fmn.ledger import LedgerReport, format_report
+from fmn.ledger import LedgerReport, account, format_report
 from fmn.local import replay
 from fmn.local.redis_server import RedisServer
 from fmn.local.stack import LocalStack, StackOptions, free_port
@@ -87,7 +90,8 @@ def rekeyed(path: Path, count: int, tag: str, key: str) -> list[dict[str, Any]]:
 class ChaosRun:
     """One fault's stack (see the module docstring)."""
 
-    def __init__(self, tmp_path: Path, name: str, external: tuple[str, ...] = ()) -> None:
+    def __init__(self, tmp_path: Path, name: str, external: tuple[str, ...] = (),
+                 visibility_s: int = VISIBILITY_S) -> None:
         self.tag = uuid.uuid4().hex[:8]
         self.name = name
         self.tmp_path = tmp_path
@@ -95,15 +99,17 @@ class ChaosRun:
         settings = Settings(database_url=f"sqlite:///{tmp_path / 'prefs.sqlite'}",
                             redis_url=self.redis.url, snapshot_prefix="fmn:snapshot:",
                             aws_endpoint_url=None, queue_prefix=f"chaos{self.tag}-",
-                            claim_bucket=f"chaos-{self.tag}", snapshot_poll_s=0.25)
+                            claim_bucket=f"chaos-{self.tag}", snapshot_poll_s=0.25,
+                            retry_delay_s=RETRY_DELAY_S)
         self.options = StackOptions(
             users=USERS, seed=SEED, workdir=tmp_path / "stack", aws_port=free_port(),
             fedmsg_endpoint=f"tcp://127.0.0.1:{free_port()}", amqp_queue=f"fmn-chaos-{self.tag}",
             amqp_exchange=f"fmn-chaos-{self.tag}",
             poll_wait_s=1, schedule_s=2.0, web_port=free_port(), feed_port=free_port(),
-            external=external, visibility_s=VISIBILITY_S, aws="moto")
+            external=external, visibility_s=visibility_s, aws="moto")
         self.stack = LocalStack(settings, self.options)
         self._threads: list[threading.Thread] = []
+        self.image: RedisServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -122,6 +128,7 @@ class ChaosRun:
             self.stack.stop()
         finally:
             self.redis.stop()
+            self.stop_image()
             rabbit = rabbitmq_connection()
             channel = rabbit.channel()
             channel.queue_delete(self.options.amqp_queue)
@@ -131,10 +138,13 @@ class ChaosRun:
     # -- traffic -------------------------------------------------------------------------
 
     def publish_fedmsg(self, count: int = MESSAGES_PER_FAULT, rate: float | None = None,
-                       background: bool = True, extra: tuple[dict[str, Any], ...] = ()) -> None:
-        """``count`` re-keyed fedmsg envelopes (then ``extra``) on the stack's fedmsg endpoint."""
-        path = self.tmp_path / "fedmsg.jsonl"
-        records = rekeyed(MESSAGES / "fedmsg.jsonl", count, self.tag, "msg_id") + list(extra)
+                       background: bool = True, extra: tuple[dict[str, Any], ...] = (),
+                       part: str = "") -> None:
+        """``count`` re-keyed fedmsg envelopes (then ``extra``) on the stack's fedmsg endpoint
+        (a later ``part``: fresh ids again; parts must not overlap, each binds the endpoint)."""
+        path = self.tmp_path / f"fedmsg{part}.jsonl"
+        records = rekeyed(MESSAGES / "fedmsg.jsonl", count, self.tag + part,
+                          "msg_id") + list(extra)
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         self._run(lambda: replay.replay_fedmsg(path, self.options.fedmsg_endpoint, rate,
                                                journal=self.stack.journal), background)
@@ -156,6 +166,10 @@ class ChaosRun:
         thread = threading.Thread(target=work, name="publisher", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def join_publishers(self, timeout: float = 600) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
 
     def published(self) -> int:
         return sum(1 for _ in self._lines("published.jsonl"))
@@ -187,8 +201,9 @@ class ChaosRun:
             return False
         return all(sum(self.stack._attributes(self.stack.urls[q].url)) == 0 for q in queues)
 
-    def settle(self, timeout: float = 600) -> LedgerReport:
-        """Wait until every queue is empty twice in a row, then read the ledger."""
+    def settle(self, timeout: float = 600, redis: Any = None) -> LedgerReport:
+        """Wait until every queue is empty twice in a row, then read the ledger (through
+        ``redis``, a :class:`AcrossRestart`, when Redis was emptied on the way)."""
         def quiet() -> bool:
             if not self.drained():
                 return False
@@ -196,6 +211,105 @@ class ChaosRun:
             return self.drained()
 
         self.wait_until("draining", quiet, timeout)
-        ledger = self.stack.ledger()
+        ledger = account(self.stack.ledger_dir, sqs=self.stack.sqs, redis=redis,
+                         bridged=self.stack._bridged)
         (self.tmp_path / "ledger.txt").write_text(format_report(ledger))
         return ledger
+
+    # -- faults --------------------------------------------------------------------------
+
+    def aws_unreachable(self, seconds: float) -> None:
+        """Freeze the moto server (SIGSTOP) for ``seconds``: every AWS call hangs, as
+        behind a network partition, and nothing it holds is lost."""
+        pid = self.stack.moto_pid
+        assert pid is not None, "the chaos stack runs its own moto server"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def restart_redis_empty(self) -> Any:
+        """Restart Redis empty, as ElastiCache without persistence after a failure.
+
+        Writes are paused first (``CLIENT PAUSE WRITE``) and the server's content
+        copied to an RDB file, which a second, private ``redis-server`` then
+        serves: the *image* of what the receivers had got before (feed events,
+        remembered sends) and of the digest items that the restart loses.  The
+        server is then killed and started again, empty, on the same port.
+        Returns the image's client (stop it with :meth:`stop_image`).
+        """
+        import redis as redis_lib
+
+        client = redis_lib.Redis.from_url(self.redis.url)
+        image_dir = self.tmp_path / "redis-image"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        subprocess.run([shutil.which("redis-cli") or "redis-cli", "-p", str(self.redis.port),
+                        "--rdb", str(image_dir / "dump.rdb")], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        client.close()
+        (self.redis.workdir / "dump.rdb").unlink(missing_ok=True)
+        self.redis.restart()  # nothing on disk to load: empty (then the pipeline writes)
+        self.image = RedisServer(image_dir).start()
+        return redis_lib.Redis.from_url(self.image.url)
+
+    def stop_image(self) -> None:
+        if self.image is not None:
+            self.image.stop()
+            self.image = None
+
+
+class AcrossRestart:
+    """The ledger's Redis across a restart that emptied it (:meth:`ChaosRun.restart_redis_empty`).
+
+    What the receivers got is read from both servers: feed events appended
+    before (the image) and after, sends remembered before or after.  Digests
+    are read from the restarted server only: the items the image holds are
+    the ones the restart lost (unless they were queued again or sent since),
+    and the ledger must count them.
+    """
+
+    def __init__(self, now: Any, before: Any, digest_prefix: str) -> None:
+        self.now, self.before, self.digest_prefix = now, before, digest_prefix
+
+    def _both(self) -> tuple[Any, Any]:
+        return self.now, self.before
+
+    def scan_iter(self, match: str, count: int = 1000) -> Iterator[Any]:
+        if match.startswith(self.digest_prefix):
+            yield from self.now.scan_iter(match=match, count=count)
+            return
+        seen = set()
+        for client in self._both():
+            for key in client.scan_iter(match=match, count=count):
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+
+    def type(self, key: Any) -> Any:
+        found = self.now.type(key)
+        return found if found not in (b"none", "none") else self.before.type(key)
+
+    def xrange(self, key: Any) -> list[Any]:
+        return [entry for client in (self.before, self.now) for entry in client.xrange(key)]
+
+    def xinfo_stream(self, key: Any) -> dict[str, int]:
+        import redis as redis_lib
+
+        added = 0
+        for client in self._both():
+            try:
+                info = client.xinfo_stream(key)
+            except redis_lib.ResponseError:  # not on this one
+                continue
+            added += int(info.get("entries-added") or info.get(b"entries-added")
+                         or info.get("length") or 0)
+        return {"entries-added": added}
+
+    def lrange(self, key: Any, start: int, end: int) -> list[Any]:
+        return list(self.now.lrange(key, start, end))
+
+    def mget(self, keys: list[Any]) -> list[Any]:
+        return [n if n is not None else b for n, b in
+                zip(self.now.mget(keys), self.before.mget(keys), strict=True)]

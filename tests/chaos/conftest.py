@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from chaos_harness import RESULTS
@@ -12,7 +13,9 @@ COLUMNS = ("fault", "messages_in", "delivered", "in_digests", "filtered", "dead_
 
 
 def pytest_sessionstart(session: Any) -> None:
-    RESULTS.unlink(missing_ok=True)
+    # FMN_CHAOS_APPEND=1: keep the rows of the session before (a long run split in two)
+    if os.environ.get("FMN_CHAOS_APPEND") != "1":
+        RESULTS.unlink(missing_ok=True)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -166,6 +166,43 @@ def test_crash_before_sending(world: SimpleNamespace, monkeypatch: pytest.Monkey
     assert digest_items(w) == [["build 0 done", "build 1 done"]]
 
 
+def test_a_scheduled_flush_crashed_mid_send_goes_out_after_its_deadline(
+        world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scheduled run has a deadline of its own (``scheduled_context``, as on AWS):
+    without one, a run killed mid-send left its batch marked in progress for the whole
+    idempotency window, and the digest never went out."""
+    import time
+
+    from fmn.local.runner import scheduled_context
+
+    w = world
+    add(w, 2, digest=(60, 100))
+    w.clock.now += 60
+
+    def crash(msg: object) -> None:
+        raise Crash
+
+    w.once.register_context(scheduled_context("send_email-flush_digests", 0.2))
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(w.mailer, "send", crash)
+        w.sender.flush_due(w.once, w.dead_letter)
+    time.sleep(0.3)  # that run's deadline passes
+    w.clock.now += 300  # and the lease
+    w.once.register_context(scheduled_context("send_email-flush_digests", 60))
+    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    assert digest_items(w) == [["build 0 done", "build 1 done"]]
+
+    # the same crash in a run with no deadline: the batch stays in progress
+    no_deadline = PowertoolsOnce(w.store.redis, 3600, name=f"fmn-test-{w.tag}-none")
+    add(w, 1, digest=(60, 100), start=2)
+    w.clock.now += 60
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(w.mailer, "send", crash)
+        w.sender.flush_due(no_deadline, w.dead_letter)
+    w.clock.now += 300
+    assert w.sender.flush_due(no_deadline, w.dead_letter) == 0  # "in progress elsewhere"
+
+
 def test_refused_digest_address_dead_letters_every_item(world: SimpleNamespace) -> None:
     w = world
     for i in range(2):

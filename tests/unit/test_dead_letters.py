@@ -74,6 +74,37 @@ def test_a_redelivered_payload_does_not_dead_letter_an_item_twice() -> None:
     assert len(dlq) == 1
 
 
+def test_a_payload_back_after_the_fix_does_not_send_what_it_dead_lettered() -> None:
+    """The SMTP fault (4xx, then 5xx, then fixed and the DLQ re-driven) mailed 48
+    notifications twice: a payload whose other item was deferred came back after
+    the relay was fixed and sent the item it had dead-lettered, then the redrive of
+    that dead letter sent it again."""
+    from fmn.errors import Deferred
+
+    once, dlq, sent = MemoryOnce(), DeadLetterQueue(), []
+    refused, deferred = {"gone@example.org"}, {"later@example.org"}
+
+    def send(item: Delivery) -> None:
+        if item.address in refused:
+            raise PermanentError(f"550 {item.address}")
+        if item.address in deferred:
+            raise Deferred(f"451 {item.address}")
+        sent.append(item.address)
+
+    body = payload("email", [notification("gone", "gone@example.org"),
+                             notification("later", "later@example.org")])
+    with pytest.raises(Deferred):  # the record comes back for "later"
+        deliver_payload(body, "email", send, once, dlq)
+    assert len(dlq) == 1
+    refused.clear()  # the relay is fixed
+    deferred.clear()
+    assert deliver_payload(body, "email", send, once, dlq) == Counter(
+        {"sent": 1, "duplicate": 1})
+    assert sent == ["later@example.org"]  # not gone@: its dead letter will send it
+    assert deliver_payload(dlq[0], "email", send, once, dlq) == Counter(sent=1)
+    assert sorted(sent) == ["gone@example.org", "later@example.org"]
+
+
 def test_a_redriven_item_that_fails_again_goes_back_to_the_dead_letter_queue() -> None:
     relay, once, dlq = Relay(), MemoryOnce(), DeadLetterQueue()
     relay.refused.add("gone@example.org")

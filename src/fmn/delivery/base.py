@@ -11,17 +11,13 @@ does not send an item twice.  Outcomes:
 * ``send`` raises :class:`~fmn.errors.PermanentError` (an unknown address, a
   5xx), or anything unforeseen: the item alone goes to the backend's
   dead-letter queue through ``dead_letter`` and is counted; the payload's
-  other items go on.  The dead letter is the item's next *generation* (its
-  ``dead_letters`` count, one more in each dead letter), a send of its own
-  under its own key (:meth:`Delivery.key`): once the cause is fixed, a
-  redrive of the dead letter sends it.  The generation that failed is then
-  remembered as done (outcome ``dead-lettered``), so that only the dead
-  letter can send it: the payload it came in may reach the dead-letter
-  queue too (another of its items failing retryably until SQS gives up on
-  it), and a redrive of that payload must not send the item a second time.
-  Putting it on the dead-letter queue is itself done once per generation,
-  so a redelivery of the same payload does not dead-letter it twice, while
-  a redriven item that fails again goes back to the dead-letter queue;
+  other items go on.  ``dead-lettered`` is remembered for the item's
+  *generation* only (its ``dead_letters`` count, one more in each dead
+  letter, is part of its key): a redelivery of the same payload (another of
+  its items failed for a while) neither dead-letters it twice nor sends it
+  once the cause is fixed, since its dead letter will; the redrive of the
+  dead letter is the next generation and sends it, and a redriven item
+  that fails again goes back to the dead-letter queue;
 * ``send`` raises :class:`~fmn.errors.RetryableError` (a 4xx, throttling, the
   server away): nothing is remembered for that item and the error propagates,
   so the whole SQS message comes back later (its delivered items are then
@@ -153,9 +149,8 @@ DeadLetter = Callable[[Delivery, str], None]
 
 
 class Refused(Exception):
-    """Raised inside a send's :class:`~fmn.delivery.once.Once` action when the item
-    cannot be sent: the action is then forgotten, not remembered as done, and
-    the caller dead-letters the item (:func:`dead_letter_once`)."""
+    """Why an item cannot be sent (:func:`refusal`): the reason its dead letter
+    carries (:func:`dead_letter_now`)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -171,25 +166,16 @@ def refusal(item: Delivery, exc: Exception) -> Refused:
     return Refused(f"unexpected {type(exc).__name__}: {str(exc)[:900]}")
 
 
-def dead_letter_once(item: Delivery, reason: str, once: Once,
-                     dead_letter: DeadLetter) -> str:
-    """Put ``item`` on the dead-letter queue once for its generation: ``dead-lettered``,
-    or ``duplicate`` when a redelivery of the same payload already did.
-
-    Then the item's own key is remembered as done (``dead-lettered``): the
-    dead letter, the next generation, is the only copy that may still send
-    it (module docstring).
-    """
-    done: list[str] = []
-
-    def action() -> str:
-        dead_letter(item, reason)
-        done.append("dead-lettered")
-        return "dead-lettered"
-
-    once.run({**item.key(), "dead_letter": str(item.dead_letters + 1)}, action)
-    once.run(item.key(), lambda: "dead-lettered")
-    return done[0] if done else "duplicate"
+def dead_letter_now(item: Delivery, exc: Exception, dead_letter: DeadLetter) -> str:
+    """Inside a send's :class:`~fmn.delivery.once.Once` action, for an exception the
+    send raised (not a RetryableError): put the item alone on the dead-letter queue
+    and return ``dead-lettered``, the outcome remembered for this generation of the
+    item.  A redelivery of the same payload then neither sends it nor dead-letters
+    it again (the dead letter is where it lives now: its redrive, the next
+    generation, has a key of its own and sends it).  If the dead-letter queue
+    refuses, the RetryableError leaves nothing remembered."""
+    dead_letter(item, refusal(item, exc).reason)
+    return "dead-lettered"
 
 
 def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter) -> str:
@@ -203,14 +189,11 @@ def deliver_one(item: Delivery, send: Send, once: Once, dead_letter: DeadLetter)
         except RetryableError:
             raise
         except Exception as exc:
-            raise refusal(item, exc) from exc
+            outcome = dead_letter_now(item, exc, dead_letter)
         ran.append(outcome)
         return outcome
 
-    try:
-        once.run(item.key(), action)
-    except Refused as refused:
-        return dead_letter_once(item, refused.reason, once, dead_letter)
+    once.run(item.key(), action)
     return ran[0] if ran else "duplicate"
 
 

@@ -61,11 +61,9 @@ from typing import TYPE_CHECKING, Any
 from fmn.delivery.base import (
     DeadLetter,
     Delivery,
-    Refused,
     Send,
-    dead_letter_once,
+    dead_letter_now,
     deliveries,
-    refusal,
 )
 from fmn.delivery.text import clean
 from fmn.errors import PermanentError, Postponed, RetryableError
@@ -462,14 +460,11 @@ class BatchDelivery:
             except RetryableError:
                 raise
             except Exception as exc:  # this item alone, never the other 49 of its payload
-                raise refusal(item, exc) from exc
+                outcome = dead_letter_now(item, exc, dead_letter)
             ran.append(outcome)
             return outcome
 
-        try:
-            once.run(item.key(), action)
-        except Refused as refused:
-            ran.append(dead_letter_once(item, refused.reason, once, dead_letter))
+        once.run(item.key(), action)
         if group is not None:
             group.settled.add(key)
         return ran or ["duplicate"]

@@ -156,11 +156,14 @@ class StackInfo:
 
 def once_key(queue_prefix: str, backend: str, ident: Ident) -> str:
     """The Redis key of a send's idempotency record (Powertools: ``prefix#md5(key JSON)``)."""
+    mid, user, dest, address = ident
+    return _once_key(queue_prefix, backend, {"message": mid, "backend": backend, "user": user,
+                                             "destination": dest, "address": address})
+
+
+def _once_key(queue_prefix: str, backend: str, data: dict[str, str]) -> str:
     from fmn.delivery.once import sends_prefix
 
-    mid, user, dest, address = ident
-    data = {"message": mid, "backend": backend, "user": user, "destination": dest,
-            "address": address}
     digest = hashlib.md5(json.dumps(data, sort_keys=True).encode()).hexdigest()  # noqa: S324
     return f"{sends_prefix(queue_prefix, backend)}#{digest}"
 
@@ -263,18 +266,70 @@ def read_feeds(redis: Any, prefix: str) -> tuple[Counter[tuple[str, str]], dict[
 
 
 def read_digests(redis: Any, queue_prefix: str) -> list[Ident]:
-    """The identities of every notification waiting in a digest (or in a batch being sent)."""
+    """The identities of every notification waiting in a digest, or in a batch being sent
+    whose mail has not gone out (see :func:`read_digest_state`)."""
+    return read_digest_state(redis, queue_prefix)[0]
+
+
+def read_digest_state(redis: Any, queue_prefix: str) -> tuple[list[Ident], bool]:
+    """(waiting, uncertain): the notifications waiting in a digest or in a batch being
+    sent, and whether a batch is being sent right now (its mail may be out already).
+
+    A batch being sent (``sending:``) whose send is remembered as done went out
+    (a sender stopped between the mail and clearing the batch, which the next
+    claim of it only clears): its items are not waiting.
+    """
     from fmn.delivery.digest import digest_prefix
 
     prefix = digest_prefix(queue_prefix)
     waiting: list[Ident] = []
-    for kind in ("items:", "sending:"):
-        for key in redis.scan_iter(match=f"{prefix}{kind}*", count=1000):
-            for raw in redis.lrange(key, 0, -1):
-                item = orjson.loads(raw)["item"]
-                waiting.append((str(item["message"]["id"]), item["user"], item["destination"],
-                                item["address"]))
-    return waiting
+    uncertain = False
+
+    def add(raws: Iterable[Any]) -> None:
+        for raw in raws:
+            item = orjson.loads(raw)["item"]
+            waiting.append((str(item["message"]["id"]), item["user"], item["destination"],
+                            item["address"]))
+
+    for key in redis.scan_iter(match=f"{prefix}items:*", count=1000):
+        add(redis.lrange(key, 0, -1))
+    for key in redis.scan_iter(match=f"{prefix}sending:*", count=1000):
+        dk = _decode(key)[len(f"{prefix}sending:"):]
+        raws = redis.lrange(key, 0, -1)
+        batch = redis.get(f"{prefix}batch:{dk}")
+        outcome = None if batch is None else read_once(redis, [_once_key(
+            queue_prefix, "email", {"digest": dk, "batch": _decode(batch)})])[0]
+        if outcome == "inprogress":
+            uncertain = True
+        if outcome is None or outcome == "inprogress":
+            add(raws)
+    return waiting, uncertain
+
+
+def read_mail_and_digests(redis: Any, queue_prefix: str, maildir: Path, attempts: int = 20,
+                          pause_s: float = 0.1
+                          ) -> tuple[tuple[Counter[tuple[str, str]], Counter[str], int],
+                                     list[Ident]]:
+    """The mails received (:func:`read_mail`) and the digest items waiting
+    (:func:`read_digests`), read so that a digest going out meanwhile counts once.
+
+    The senders' digest schedule runs while the ledger reads: a digest mail
+    arriving after the Maildir was read, its batch cleared before the digests
+    were, would be in neither (lost, to the ledger), and one read in both would
+    count twice.  So the digests are read before and after the mail, again
+    until they are the same both times with no batch on its way (at most
+    ``attempts`` times; then the last reading).
+    """
+    waiting, uncertain = read_digest_state(redis, queue_prefix)
+    for attempt in range(max(1, attempts)):
+        mail = read_mail(maildir)
+        again, uncertain_again = read_digest_state(redis, queue_prefix)
+        if Counter(again) == Counter(waiting) and not (uncertain or uncertain_again):
+            break
+        waiting, uncertain = again, uncertain_again
+        if attempt + 1 < attempts:
+            time.sleep(pause_s)
+    return mail, again
 
 
 def read_once(redis: Any, keys: list[str]) -> list[str | None]:
@@ -452,7 +507,8 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
                         + (" (its queue is not empty yet)" if pending else ""))
 
     # email: direct mails by (message id, To); digests by To
-    mails, digest_mails, _n = read_mail(Path(info.maildir))
+    (mails, digest_mails, _n), waiting_list = read_mail_and_digests(
+        redis, info.queue_prefix, Path(info.maildir))
     email = report.backends["email"]
     direct_expected: Counter[tuple[str, str]] = Counter()
     digest_expected: dict[str, list[Ident]] = defaultdict(list)
@@ -481,7 +537,7 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
             report.flag("duplicate", mid, "email", to, f"{extra} more mail(s) than notifications")
         else:
             report.flag("unexpected", mid, "email", to, f"{extra} mail(s) nobody was notified of")
-    waiting = set(read_digests(redis, info.queue_prefix))
+    waiting = set(waiting_list)
     for address, idents in sorted(digest_expected.items()):
         unsettled = 0
         for ident in idents:

@@ -115,6 +115,15 @@ class LambdaContext:
         self._deadline = min(self._deadline, time.monotonic())
 
 
+def scheduled_context(function_name: str, timeout_s: float) -> LambdaContext:
+    """The context of one run of a scheduled function (an EventBridge rule invokes it
+    with a deadline of its own, as any invocation: the send-once marks of what it
+    sends last no longer than that run)."""
+    return LambdaContext(function_name,
+                         f"arn:aws:lambda:us-east-1:000000000000:function:{function_name}",
+                         128, timeout_s)
+
+
 @dataclass(frozen=True)
 class RunnerStats:
     """A live reading of one mapping, for a status display."""

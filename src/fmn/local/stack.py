@@ -266,6 +266,8 @@ class LocalStack:
             AWS_DEFAULT_REGION=self.settings.aws_region,
             FMN_QUEUE_PREFIX=self.settings.queue_prefix,
             FMN_CLAIM_BUCKET=self.settings.claim_bucket)
+        if self.settings.retry_delay_s is not None:  # fault tests scale the back-off down
+            self.env["FMN_RETRY_DELAY_S"] = str(self.settings.retry_delay_s)
         self._saved_env = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
         say(f"3/7 delivery: {self._start_delivery()}")
@@ -598,7 +600,12 @@ fmn_bridge_queue = "{queue}"
 
     def _purge_amqp_queue(self) -> None:
         """Start from an empty bus queue, as the SQS queues do: the counters
-        count this stack's messages, not what an earlier run left behind."""
+        count this stack's messages, not what an earlier run left behind.
+
+        The queue is bound here, not only by the bridge once it is connected:
+        as Fedora's broker keeps the bridge's queue bound, whatever is
+        published from now on waits in it (RabbitMQ drops what a topic
+        exchange routes nowhere, and the bridge takes a moment to start)."""
         import pika
 
         conn = pika.BlockingConnection(pika.URLParameters(self.options.amqp_url))
@@ -607,6 +614,8 @@ fmn_bridge_queue = "{queue}"
             if not self.options.amqp_exchange.startswith("amq."):
                 channel.exchange_declare(self.options.amqp_exchange, "topic", durable=True)
             channel.queue_declare(self.options.amqp_queue, durable=True)
+            channel.queue_bind(self.options.amqp_queue, self.options.amqp_exchange,
+                               routing_key="#")
             channel.queue_purge(self.options.amqp_queue)
         finally:
             conn.close()
@@ -720,10 +729,13 @@ fmn_bridge_queue = "{queue}"
     def _schedule(self) -> None:
         """The functions' schedules: the email sender's digest flush (every minute on
         AWS, every few seconds here)."""
+        from fmn.local.runner import scheduled_context
+
         flush = self.functions["send_email"].flush_digests_now
+        timeout = next(q.visibility_timeout_s for q in self.queues() if q.name == "email")
         while not self._stopping.wait(self.options.schedule_s):
-            try:
-                flush()
+            try:  # each run with its own deadline, as on AWS
+                flush(scheduled_context("send_email-flush_digests", timeout))
             except Exception as exc:  # a failed run is retried at the next tick
                 log.warning("digest flush failed: %s", exc)
 

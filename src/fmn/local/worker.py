@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from fmn.local.aws import clients
-from fmn.local.runner import EventSourceMapping
+from fmn.local.runner import EventSourceMapping, scheduled_context
 from fmn.local.stack import load_function
 from fmn.pipeline.queues import queue
 from fmn.settings import Settings
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     flush = getattr(module, "flush_digests_now", None)
     while not stopping.wait(args.schedule_s):
         if flush is not None:
-            try:
-                flush()
+            try:  # each run with its own deadline, as on AWS
+                flush(scheduled_context(f"{q.function}-flush_digests", q.visibility_timeout_s))
             except Exception as exc:  # a failed run is retried at the next tick
                 log.warning("digest flush failed: %s", exc)
     runner.stop(timeout=60)
