@@ -3,7 +3,11 @@
 :class:`MailSink` runs an aiosmtpd SMTP server in a thread on 127.0.0.1.
 Every message it accepts is kept in memory (``messages``: envelope
 recipients and the parsed mail) and, with a ``maildir``, written there too,
-so ``fmn up`` leaves readable mail under ``var/stack/mail/``.  ``refuse``
+so ``fmn up`` leaves readable mail under ``var/stack/mail/``.  A mail is
+written as Maildir delivers (a file in ``tmp/`` renamed into ``new/``) but
+without :mod:`mailbox`'s fsync of every file: this is a test sink, and an
+fsync per mail on the server's event loop held every connection up (it
+made the sink, not the sender, the limit of the load test).  ``refuse``
 maps recipient addresses to SMTP replies (``"550 5.1.1 no such user"``,
 ``"451 4.3.0 try later"``) so tests can make the server refuse like a real
 one.
@@ -13,8 +17,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import mailbox
+import os
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -53,7 +61,7 @@ class _Handler:
         with self.sink.lock:
             self.sink.messages.append(got)
             if self.sink.maildir is not None:
-                self.sink.maildir.add(got.raw)
+                self.sink.write(got.raw)
             self.sink.lock.notify_all()
         return "250 Message accepted for delivery"
 
@@ -69,7 +77,17 @@ class MailSink:
         self.refuse: dict[str, str] = {}
         self.lock = threading.Condition()
         self.maildir = mailbox.Maildir(str(maildir), create=True) if maildir else None
+        self._names = itertools.count()
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def write(self, raw: bytes) -> None:
+        """One mail into the Maildir's ``new/`` (module docstring: no fsync)."""
+        assert self.maildir is not None
+        root = Path(self.maildir._path)
+        name = f"{time.time():.6f}.P{os.getpid()}Q{next(self._names)}.{socket.gethostname()}"
+        tmp = root / "tmp" / name
+        tmp.write_bytes(raw)
+        os.rename(tmp, root / "new" / name)
 
     @property
     def url(self) -> str:
