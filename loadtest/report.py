@@ -47,6 +47,8 @@ def summarise(data: Any) -> dict[str, Any]:
     per_message = busy_calls / n
     invocations = sum(f["invocations"] for f in data.functions.values())
     mails = st.get("mails", 0) + st.get("digest_mails", 0)
+    mails_direct = st.get("mails", 0)
+    mail_ceiling = getattr(data, "mail_ceiling", {}).get("mails_per_s", 0.0)
     return {
         "concurrency": data.concurrency,
         "messages": data.messages,
@@ -68,6 +70,11 @@ def summarise(data: Any) -> dict[str, Any]:
         "emulator_ceiling_requests_per_s": ceiling,
         "fraction_of_ceiling": pipeline_rps / ceiling if ceiling else 0.0,
         "ceiling_messages_per_s": ceiling / per_message if per_message else 0.0,
+        "mails_per_s": mails_direct / drain_s,
+        "mail_ceiling_per_s": mail_ceiling,
+        "mail_ceiling_threads": getattr(data, "mail_ceiling", {}).get("threads", 0),
+        "fraction_of_mail_ceiling": (mails_direct / drain_s) / mail_ceiling
+        if mail_ceiling else 0.0,
         "cpu_s": data.cpu_s,
         "cpu_share": {k: v / drain_s for k, v in data.cpu_s.items()},
         "irc": data.irc,
@@ -115,6 +122,12 @@ def format_run(s: dict[str, Any], aws: str) -> str:
                    f"(= {s['ceiling_messages_per_s']:,.0f} bus messages/s); the pipeline used "
                    f"{s['pipeline_requests_per_s']:,.0f} requests/s = "
                    f"{100 * s['fraction_of_ceiling']:.0f} % of it")
+    if s.get("mail_ceiling_per_s"):
+        out.append(f"  mail sink ceiling (the run's mails again over "
+                   f"{s.get('mail_ceiling_threads', 0)} kept SMTP connections): "
+                   f"{s['mail_ceiling_per_s']:,.0f} mails/s; the pipeline delivered "
+                   f"{s['mails_per_s']:,.0f} mails/s = "
+                   f"{100 * s['fraction_of_mail_ceiling']:.0f} % of it")
     out.append("  CPU while draining (share of one core): " + ", ".join(
         f"{k} {100 * v:.0f} %" for k, v in s["cpu_share"].items()))
     c = s["cost"]

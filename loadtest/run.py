@@ -10,7 +10,8 @@ stops once the match function has matched every message and the email and
 feed queues are empty: "to the last email and the last feed event"; the IRC
 sender, paced by the network's flood limit, is reported apart and may still
 have a backlog.  Then it reads the ledger, measures the emulator's ceiling for
-the run's own request mix, stops the stack and removes what it made.
+the run's own request mix and the mail sink's for the run's own mails, stops
+the stack and removes what it made.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fmn.local.requests import RequestCounter, read_counts
-from fmn.pipeline.queues import QUEUES
+from fmn.pipeline.queues import QUEUES, queue
 from fmn.settings import Settings
 from loadtest.messages import Outgoing, Rekeyer, Template
 
@@ -91,6 +92,8 @@ class RunData:
     ledger: dict[str, Any] = field(default_factory=dict)
     ledger_text: str = ""
     ceiling: dict[str, Any] = field(default_factory=dict)
+    #: the mail sink's own ceiling (:func:`loadtest.ceiling.measure_mail`)
+    mail_ceiling: dict[str, Any] = field(default_factory=dict)
     #: process -> CPU seconds used while draining
     cpu_s: dict[str, float] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
@@ -247,6 +250,17 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
                 "request mix ...")
             data.ceiling = measure(stack.sqs, data.requests, prefix, opts.ceiling_s,
                                    threads=max(4, concurrency + 3))
+            if stack.mail is not None:
+                from loadtest.ceiling import measure_mail
+
+                say(f"c={concurrency}: measuring the mail sink's ceiling with this run's "
+                    "mails ...")
+                kept = stack.mail.messages
+                step = max(1, len(kept) // 200)
+                samples = [(m.mail_from, m.rcpt_tos, m.raw) for m in kept[::step]]
+                data.mail_ceiling = measure_mail(
+                    "127.0.0.1", stack.mail.port, samples, opts.ceiling_s,
+                    threads=queue("email").max_concurrency)
     finally:
         if boto3.DEFAULT_SESSION is not None:
             counter.uninstall(boto3.DEFAULT_SESSION.events)
