@@ -198,7 +198,7 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         aws="auto" if settings.aws_endpoint_url else "moto",
         poll_wait_s=1, web=False, status_every_s=None, log_dir=rundir / "logs",
         request_counts=counts_file, max_concurrency={"incoming": concurrency},
-        feed_port=free_port(), web_port=free_port())
+        feed_port=free_port(), web_port=free_port(), mail_process=True)
     functions = {q.name: q.function for q in QUEUES if q.function}
     counter = RequestCounter(prefix, role="instrument", functions=functions)
     counter.install_default_session()
@@ -215,7 +215,7 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         outgoing = list(rekeyer.copies(opts.messages))
         say(f"c={concurrency}: publishing {len(outgoing):,} re-keyed messages on {opts.bus}")
         cpu = _Cpu({"this process (functions, runner, sinks)": os.getpid(),
-                    "bridge": stack.bridge_pid,
+                    "bridge": stack.bridge_pid, "mail sink": stack.mail.pid,
                     "AWS emulator": stack.moto_pid or _find_pid("localstack.runtime.main"),
                     "redis-server": _find_pid("redis-server")})
         publisher = threading.Thread(target=_publish, name="publisher", daemon=True,
@@ -251,16 +251,20 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
             data.ceiling = measure(stack.sqs, data.requests, prefix, opts.ceiling_s,
                                    threads=max(4, concurrency + 3))
             if stack.mail is not None:
+                from fmn.local.mailsink import ProcessMailSink
                 from loadtest.ceiling import measure_mail
 
                 say(f"c={concurrency}: measuring the mail sink's ceiling with this run's "
                     "mails ...")
-                kept = stack.mail.messages
-                step = max(1, len(kept) // 200)
-                samples = [(m.mail_from, m.rcpt_tos, m.raw) for m in kept[::step]]
-                data.mail_ceiling = measure_mail(
-                    "127.0.0.1", stack.mail.port, samples, opts.ceiling_s,
-                    threads=queue("email").max_concurrency)
+                samples = [(m.mail_from, m.rcpt_tos, m.raw) for m in stack.mail.samples(200)]
+                # a sink of the same kind, fresh: the run's Maildir holds the run's mails only
+                with ProcessMailSink(rundir / "ceiling-mail") as scratch:
+                    data.mail_ceiling = measure_mail(
+                        "127.0.0.1", scratch.port, samples, opts.ceiling_s,
+                        threads=queue("email").max_concurrency)
+                import shutil
+
+                shutil.rmtree(rundir / "ceiling-mail", ignore_errors=True)
     finally:
         if boto3.DEFAULT_SESSION is not None:
             counter.uninstall(boto3.DEFAULT_SESSION.events)
@@ -345,7 +349,7 @@ def _watch(stack: Any, data: RunData, opts: Options,
                 queues[name] = (-1, -1)
         totals = getattr(stack.functions.get("match"), "totals", {})
         matched = int(totals.get("MessagesMatched", 0))
-        mails = len(stack.mail.messages) if stack.mail is not None else 0
+        mails = stack.mail.count if stack.mail is not None else 0
         sample = Sample(time.time(), queues, matched, mails)
         data.samples.append(sample)
         on_sample(data, sample, "")

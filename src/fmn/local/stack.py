@@ -163,6 +163,8 @@ class StackOptions:
     #: real long polls of this many seconds where the emulator has them (LocalStack,
     #: like SQS); the moto server gets short receives taking turns instead
     long_poll_s: int = 10
+    #: the mail sink in a process of its own, keeping no mail in memory (the load test)
+    mail_process: bool = False
 
 
 class LocalStack:
@@ -355,9 +357,10 @@ class LocalStack:
         """Where the senders deliver: a mail sink, an IRC server, the live feed endpoint."""
         from fmn.local.http import serve
         from fmn.local.ircd import LocalIrcd
-        from fmn.local.mailsink import MailSink
+        from fmn.local.mailsink import MailSink, ProcessMailSink
 
-        self.mail = MailSink(maildir=self.workdir / "mail").start()
+        self.mail = (ProcessMailSink(self.workdir / "mail") if self.options.mail_process
+                     else MailSink(maildir=self.workdir / "mail")).start()
         self.ircd = LocalIrcd(log_file=self.workdir / "ircd.log").start()
         # the web UI's address goes into every mail and IRC line: known before they start
         self.web_port = self.options.web_port \
@@ -760,7 +763,7 @@ fmn_bridge_queue = "{queue}"
                 "notifications": {b: int(totals.get(f"Notifications_{b}", 0))
                                   for b in BACKENDS},
                 "delivered": delivered,
-                "mail_received": len(self.mail.messages) if self.mail is not None else 0,
+                "mail_received": self.mail.count if self.mail is not None else 0,
                 "irc_offline": offline,
                 "irc_lines_received": sum(len(w.got) for w in self.irc_listeners),
                 "matrix_received": self.matrix.received() if self.matrix else 0,
