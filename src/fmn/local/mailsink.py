@@ -96,7 +96,9 @@ class MailSink:
         """One mail into the Maildir's ``new/`` (module docstring: no fsync)."""
         assert self.maildir is not None
         root = Path(self.maildir._path)
-        name = f"{time.time():.6f}.P{os.getpid()}Q{next(self._names)}.{socket.gethostname()}"
+        now = time.time()  # the standard name: the load test reads the receipt time off it
+        name = (f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._names)}."
+                f"{socket.gethostname()}")
         tmp = root / "tmp" / name
         tmp.write_bytes(raw)
         os.rename(tmp, root / "new" / name)
