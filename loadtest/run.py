@@ -99,6 +99,8 @@ class RunData:
     stages: dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
     journal_write_s: float = 0.0
+    #: the machine's 1-minute load average when publishing started and when it drained
+    load_average: tuple[float, float] = (0.0, 0.0)
 
 
 def endpoint_for(opts: Options) -> str | None:
@@ -221,9 +223,11 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         publisher = threading.Thread(target=_publish, name="publisher", daemon=True,
                                      args=(stack, opts.bus, outgoing, data))
         data.published_at = time.time()
+        load_start = os.getloadavg()[0]
         publisher.start()
         _watch(stack, data, opts, on_sample, stop, publisher)
         data.cpu_s = cpu.used()
+        data.load_average = (load_start, os.getloadavg()[0])
         publisher.join(5)
         say(f"c={concurrency}: reading the ledger ...")
         report = stack.ledger()
