@@ -60,21 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def held(lock: str | None, say: Any) -> Iterator[None]:
-    """An exclusive flock on ``lock`` for the duration (nothing when ``lock`` is None)."""
+def held(lock: str | None, say: Any, stop: threading.Event) -> Iterator[bool]:
+    """An exclusive flock on ``lock`` for the duration (nothing when ``lock`` is None);
+    yields False when ``stop`` was set while waiting for it (Ctrl-C: no run)."""
     if lock is None:
-        yield
+        yield True
         return
     import fcntl
 
     with open(lock, "a") as f:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    say(f"waiting for the lock on {lock} ...")
+                    waiting = True
+                if stop.wait(0.5):
+                    yield False
+                    return
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for the lock on {lock} ...")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -223,7 +231,9 @@ def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
                 if stop.is_set():
                     break
                 display.index = i
-                with held(lock, display.say):
+                with held(lock, display.say, stop) as got:
+                    if not got:
+                        break
                     data = run_once(opts, c, templates, display.update, stop)
                 runs.append(data)
                 summary = rep.summarise(data)
