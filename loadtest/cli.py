@@ -62,29 +62,47 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def held(lock: str | None, say: Any, stop: threading.Event) -> Iterator[bool]:
     """An exclusive flock on ``lock`` for the duration (nothing when ``lock`` is None);
-    yields False when ``stop`` was set while waiting for it (Ctrl-C: no run)."""
+    yields False when ``stop`` was set while waiting for it (Ctrl-C: no run).
+
+    The wait is a blocking flock in a thread of its own, so this process queues
+    for the lock like ``flock(1)`` does rather than polling behind the others;
+    abandoned, that thread lets the lock go as soon as it gets it.
+    """
     if lock is None:
         yield True
         return
     import fcntl
 
-    with open(lock, "a") as f:
-        waiting = False
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waiting:
-                    say(f"waiting for the lock on {lock} ...")
-                    waiting = True
-                if stop.wait(0.5):
-                    yield False
-                    return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    f = open(lock, "a")  # noqa: SIM115 (closed by whoever holds the lock last)
+    got = threading.Event()
+    guard = threading.Lock()
+    abandoned = [False]
+
+    def take() -> None:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with guard:
+            if abandoned[0]:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+                return
+            got.set()
+
+    threading.Thread(target=take, name="lock", daemon=True).start()
+    if not got.wait(0.2):
+        say(f"waiting for the lock on {lock} ...")
+    while not got.wait(0.5):
+        if stop.is_set():
+            with guard:
+                if not got.is_set():
+                    abandoned[0] = True
+            if abandoned[0]:
+                yield False
+                return
+    try:
+        yield True
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 class Display:
