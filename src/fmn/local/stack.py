@@ -637,6 +637,11 @@ fmn_bridge_queue = "{queue}"
     def moto_pid(self) -> int | None:
         return self._moto.pid if self._moto is not None else None
 
+    @property
+    def bridged(self) -> int:
+        """Bus messages the bridge has received so far (its latest stats line)."""
+        return self._bridged
+
     def _read_bridge(self) -> None:
         assert self._bridge is not None and self._bridge.stderr is not None
         with (self.workdir / "bridge.log").open("ab") as out:
