@@ -229,7 +229,8 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         data.cpu_s = cpu.used()
         data.load_average = (load_start, os.getloadavg()[0])
         publisher.join(5)
-        say(f"c={concurrency}: reading the ledger ...")
+        say(f"c={concurrency}: stopping the functions, reading the ledger ...")
+        stack.quiesce()
         report = stack.ledger()
         from fmn.ledger import format_report
         from loadtest.analysis import read_feed_times

@@ -815,6 +815,23 @@ fmn_bridge_queue = "{queue}"
 
     # -- stop ------------------------------------------------------------------
 
+    def quiesce(self) -> None:
+        """Stop every function (their runners and the digest schedule) and let what they
+        have in flight finish, leaving the queues, sinks and Redis as they are: a still
+        state for the ledger, which otherwise races a digest being sent while it reads
+        (the digest's items gone from Redis, its mail not yet in the Maildir it read)."""
+        self._stopping.set()
+        stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},
+                                     name=f"stop-{name}")
+                    for name, runner in self.runners.items()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        for t in self._threads:
+            if t.name == "schedule":
+                t.join(60)
+
     def stop(self) -> None:
         self._stopping.set()
         if self.web is not None:
