@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+from fmn.ledger.account import mail_headers
 from fmn.ledger.journal import MATCHED, PUBLISHED, read_lines
 
 _MAILDIR_TIME = re.compile(r"^(\d+)\.M(\d+)P")
@@ -55,7 +54,6 @@ def _stage(name: str, done: Sequence[float], latencies: Sequence[float],
 
 def read_mails(maildir: Path) -> tuple[list[tuple[float, str, str]], int, int]:
     """(receipt time, message id, To) of each direct mail; digest mails; digest items."""
-    parser = BytesHeaderParser(policy=default_policy)
     mails: list[tuple[float, str, str]] = []
     digests = items = 0
     for sub in ("new", "cur"):
@@ -65,14 +63,13 @@ def read_mails(maildir: Path) -> tuple[list[tuple[float, str, str]], int, int]:
         for path in folder.iterdir():
             found = _MAILDIR_TIME.match(path.name)
             t = int(found.group(1)) + int(found.group(2)) / 1e6 if found else path.stat().st_mtime
-            with path.open("rb") as f:
-                headers = parser.parse(f)
-            count = headers.get("X-Fedmsg-Digest-Count")
+            headers = mail_headers(path)
+            count = headers.get("x-fedmsg-digest-count")
             if count is not None:
                 digests += 1
-                items += int(str(count))
+                items += int(count)
                 continue
-            mails.append((t, str(headers.get("X-Fedmsg-Id", "")), str(headers.get("To", ""))))
+            mails.append((t, headers.get("x-fedmsg-id", ""), headers.get("to", "")))
     return mails, digests, items
 
 

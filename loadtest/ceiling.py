@@ -105,3 +105,45 @@ def measure(sqs: Any, requests: Sequence[dict[str, Any]], prefix: str, seconds: 
     return {"threads": threads, "seconds": round(elapsed, 2), "requests": sum(done),
             "requests_per_s": sum(done) / elapsed,
             "mix": {api: round(m["calls"] / total, 3) for api, m in mix.items()}}
+
+
+def measure_mail(host: str, port: int, samples: Sequence[tuple[str, list[str], bytes]],
+                 seconds: float, threads: int = 4) -> dict[str, Any]:
+    """The mail sink's own ceiling, in the same run: the run's own mails (``samples``:
+    envelope sender, recipients, raw bytes) sent again over ``threads`` kept SMTP
+    connections, as fast as the sink takes them, for ``seconds``.
+
+    What it leaves out is the email sender's own work per mail (composing it,
+    remembering the send): the pipeline's mails per second while it drained,
+    divided by this, say how much of the transport and sink the sender used.
+    The sink keeps these mails too (they are not the run's: the ledger has read
+    the Maildir already).
+    """
+    import smtplib
+
+    if not samples:
+        return {}
+    done = [0] * threads
+    stop = threading.Event()
+
+    def work(n: int) -> None:
+        with smtplib.SMTP(host, port, timeout=20) as conn:
+            k = n
+            while not stop.is_set():
+                sender, rcpts, raw = samples[k % len(samples)]
+                k += 1
+                conn.sendmail(sender, rcpts, raw)
+                done[n] += 1
+
+    workers = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    stop.set()
+    for w in workers:
+        w.join(30)
+    elapsed = time.perf_counter() - started
+    return {"threads": threads, "seconds": round(elapsed, 2), "mails": sum(done),
+            "mails_per_s": sum(done) / elapsed,
+            "bytes_per_mail": sum(len(s[2]) for s in samples) / len(samples)}

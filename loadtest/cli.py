@@ -9,13 +9,16 @@ directory.  A live display shows each queue's backlog while it runs (a line
 every few seconds when the output is not a terminal).  Ctrl-C stops the
 current run cleanly (in-flight invocations finish, the stack stops, its
 queues and keys are removed) and reports what was measured; a second Ctrl-C
-aborts.  Exit status: 0 when every run's ledger is clean, 1 otherwise, 2 for
-bad options.
+aborts.  With ``--lock FILE`` each run holds an exclusive lock on FILE (flock)
+while it runs and lets it go between runs, so other heavy jobs sharing the
+machine neither overlap a run nor wait for the whole series.  Exit status: 0
+when every run's ledger is clean, 1 otherwise, 2 for bad options.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +53,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up on a run not drained after this many seconds")
     p.add_argument("--ceiling-seconds", type=float, default=8.0,
                    help="how long the emulator's ceiling is measured (0: not measured)")
+    p.add_argument("--lock", default=None, metavar="FILE",
+                   help="hold an exclusive flock on FILE during each run, not between runs")
     p.add_argument("--no-plots", action="store_true")
     return p
+
+
+@contextlib.contextmanager
+def held(lock: str | None, say: Any, stop: threading.Event) -> Iterator[bool]:
+    """An exclusive flock on ``lock`` for the duration (nothing when ``lock`` is None);
+    yields False when ``stop`` was set while waiting for it (Ctrl-C: no run).
+
+    The wait is a blocking flock in a thread of its own, so this process queues
+    for the lock like ``flock(1)`` does rather than polling behind the others;
+    abandoned, that thread lets the lock go as soon as it gets it.
+    """
+    if lock is None:
+        yield True
+        return
+    import fcntl
+
+    f = open(lock, "a")  # noqa: SIM115 (closed by whoever holds the lock last)
+    got = threading.Event()
+    guard = threading.Lock()
+    abandoned = [False]
+
+    def take() -> None:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with guard:
+            if abandoned[0]:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+                return
+            got.set()
+
+    threading.Thread(target=take, name="lock", daemon=True).start()
+    if not got.wait(0.2):
+        say(f"waiting for the lock on {lock} ...")
+    while not got.wait(0.5):
+        if stop.is_set():
+            with guard:
+                if not got.is_set():
+                    abandoned[0] = True
+            if abandoned[0]:
+                yield False
+                return
+    try:
+        yield True
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 class Display:
@@ -159,10 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(messages=args.messages, concurrencies=concurrencies, users=args.users,
                    bus=args.bus, aws=aws, seed=args.seed, workdir=Path(args.workdir),
                    timeout_s=args.timeout, ceiling_s=args.ceiling_seconds)
-    return run(opts, plots=not args.no_plots)
+    return run(opts, plots=not args.no_plots, lock=args.lock)
 
 
-def run(opts: Options, plots: bool = True) -> int:
+def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
     """Every run of ``opts``, then the report; the exit status."""
     from fmn.bench import default_message_files
     from loadtest import report as rep
@@ -198,7 +249,10 @@ def run(opts: Options, plots: bool = True) -> int:
                 if stop.is_set():
                     break
                 display.index = i
-                data = run_once(opts, c, templates, display.update, stop)
+                with held(lock, display.say, stop) as got:
+                    if not got:
+                        break
+                    data = run_once(opts, c, templates, display.update, stop)
                 runs.append(data)
                 summary = rep.summarise(data)
                 summaries.append(summary)

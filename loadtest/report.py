@@ -47,6 +47,8 @@ def summarise(data: Any) -> dict[str, Any]:
     per_message = busy_calls / n
     invocations = sum(f["invocations"] for f in data.functions.values())
     mails = st.get("mails", 0) + st.get("digest_mails", 0)
+    mails_direct = st.get("mails", 0)
+    mail_ceiling = getattr(data, "mail_ceiling", {}).get("mails_per_s", 0.0)
     return {
         "concurrency": data.concurrency,
         "messages": data.messages,
@@ -68,6 +70,11 @@ def summarise(data: Any) -> dict[str, Any]:
         "emulator_ceiling_requests_per_s": ceiling,
         "fraction_of_ceiling": pipeline_rps / ceiling if ceiling else 0.0,
         "ceiling_messages_per_s": ceiling / per_message if per_message else 0.0,
+        "mails_per_s": mails_direct / drain_s,
+        "mail_ceiling_per_s": mail_ceiling,
+        "mail_ceiling_threads": getattr(data, "mail_ceiling", {}).get("threads", 0),
+        "fraction_of_mail_ceiling": (mails_direct / drain_s) / mail_ceiling
+        if mail_ceiling else 0.0,
         "cpu_s": data.cpu_s,
         "cpu_share": {k: v / drain_s for k, v in data.cpu_s.items()},
         "irc": data.irc,
@@ -75,6 +82,7 @@ def summarise(data: Any) -> dict[str, Any]:
         "ledger": data.ledger,
         "cost": bill(n, data.requests, data.functions, mails),
         "journal_write_s": data.journal_write_s,
+        "load_average": list(getattr(data, "load_average", (0.0, 0.0))),
         "publish_s": data.publish_s,
     }
 
@@ -115,8 +123,16 @@ def format_run(s: dict[str, Any], aws: str) -> str:
                    f"(= {s['ceiling_messages_per_s']:,.0f} bus messages/s); the pipeline used "
                    f"{s['pipeline_requests_per_s']:,.0f} requests/s = "
                    f"{100 * s['fraction_of_ceiling']:.0f} % of it")
+    if s.get("mail_ceiling_per_s"):
+        out.append(f"  mail sink ceiling (the run's mails again over "
+                   f"{s.get('mail_ceiling_threads', 0)} kept SMTP connections): "
+                   f"{s['mail_ceiling_per_s']:,.0f} mails/s; the pipeline delivered "
+                   f"{s['mails_per_s']:,.0f} mails/s = "
+                   f"{100 * s['fraction_of_mail_ceiling']:.0f} % of it")
     out.append("  CPU while draining (share of one core): " + ", ".join(
-        f"{k} {100 * v:.0f} %" for k, v in s["cpu_share"].items()))
+        f"{k} {100 * v:.0f} %" for k, v in s["cpu_share"].items())
+        + "; machine load average {:.1f} at the start, {:.1f} when drained".format(
+            *s.get("load_average", (0.0, 0.0))))
     c = s["cost"]
     if c:
         lines = ", ".join(f"{k} ${v:.3f}" for k, v in c["per_million_messages"].items())
@@ -137,7 +153,7 @@ def format_run(s: dict[str, Any], aws: str) -> str:
 def format_summary(runs: Sequence[dict[str, Any]]) -> str:
     out = ["", f"{'concurrency':>11} {'lasted':>16} {'maxed at':>9} {'msg/s':>9} "
            f"{'SQS req/msg':>11} {'% ceiling':>9} {'$/M msgs':>9} {'ledger':>7} "
-           f"{'2016 msg/s':>10}"]
+           f"{'2016 msg/s':>10} {'load avg':>9}"]
     for s in runs:
         seed = SEED_2016.get(s["concurrency"])
         out.append(f"{s['concurrency']:>11} {_td(s['lasted_s']):>16} {s['maxed_at']:>9} "
@@ -145,7 +161,8 @@ def format_summary(runs: Sequence[dict[str, Any]]) -> str:
                    f"{100 * s['fraction_of_ceiling']:>8.0f}% "
                    f"{s['cost'].get('sqs_and_lambda', 0):>9.3f} "
                    f"{'OK' if s['ledger_ok'] else 'FAILED':>7} "
-                   f"{(f'{seed[2]:.2f}' if seed else '-'):>10}")
+                   f"{(f'{seed[2]:.2f}' if seed else '-'):>10} "
+                   f"{'{:.1f}-{:.1f}'.format(*s.get('load_average', (0.0, 0.0))):>9}")
     if runs:
         best = max(runs, key=lambda s: s["avg_processing"])
         out.append(f"best: concurrency {best['concurrency']}, {best['avg_processing']:.1f} "

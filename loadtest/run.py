@@ -10,7 +10,8 @@ stops once the match function has matched every message and the email and
 feed queues are empty: "to the last email and the last feed event"; the IRC
 sender, paced by the network's flood limit, is reported apart and may still
 have a backlog.  Then it reads the ledger, measures the emulator's ceiling for
-the run's own request mix, stops the stack and removes what it made.
+the run's own request mix and the mail sink's for the run's own mails, stops
+the stack and removes what it made.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fmn.local.requests import RequestCounter, read_counts
-from fmn.pipeline.queues import QUEUES
+from fmn.pipeline.queues import QUEUES, queue
 from fmn.settings import Settings
 from loadtest.messages import Outgoing, Rekeyer, Template
 
@@ -91,11 +92,15 @@ class RunData:
     ledger: dict[str, Any] = field(default_factory=dict)
     ledger_text: str = ""
     ceiling: dict[str, Any] = field(default_factory=dict)
+    #: the mail sink's own ceiling (:func:`loadtest.ceiling.measure_mail`)
+    mail_ceiling: dict[str, Any] = field(default_factory=dict)
     #: process -> CPU seconds used while draining
     cpu_s: dict[str, float] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
     journal_write_s: float = 0.0
+    #: the machine's 1-minute load average when publishing started and when it drained
+    load_average: tuple[float, float] = (0.0, 0.0)
 
 
 def endpoint_for(opts: Options) -> str | None:
@@ -195,7 +200,7 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         aws="auto" if settings.aws_endpoint_url else "moto",
         poll_wait_s=1, web=False, status_every_s=None, log_dir=rundir / "logs",
         request_counts=counts_file, max_concurrency={"incoming": concurrency},
-        feed_port=free_port(), web_port=free_port())
+        feed_port=free_port(), web_port=free_port(), mail_process=True)
     functions = {q.name: q.function for q in QUEUES if q.function}
     counter = RequestCounter(prefix, role="instrument", functions=functions)
     counter.install_default_session()
@@ -212,17 +217,20 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         outgoing = list(rekeyer.copies(opts.messages))
         say(f"c={concurrency}: publishing {len(outgoing):,} re-keyed messages on {opts.bus}")
         cpu = _Cpu({"this process (functions, runner, sinks)": os.getpid(),
-                    "bridge": stack.bridge_pid,
+                    "bridge": stack.bridge_pid, "mail sink": stack.mail.pid,
                     "AWS emulator": stack.moto_pid or _find_pid("localstack.runtime.main"),
                     "redis-server": _find_pid("redis-server")})
         publisher = threading.Thread(target=_publish, name="publisher", daemon=True,
                                      args=(stack, opts.bus, outgoing, data))
         data.published_at = time.time()
+        load_start = os.getloadavg()[0]
         publisher.start()
         _watch(stack, data, opts, on_sample, stop, publisher)
         data.cpu_s = cpu.used()
+        data.load_average = (load_start, os.getloadavg()[0])
         publisher.join(5)
-        say(f"c={concurrency}: reading the ledger ...")
+        say(f"c={concurrency}: stopping the functions, reading the ledger ...")
+        stack.quiesce()
         report = stack.ledger()
         from fmn.ledger import format_report
         from loadtest.analysis import read_feed_times
@@ -247,6 +255,21 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
                 "request mix ...")
             data.ceiling = measure(stack.sqs, data.requests, prefix, opts.ceiling_s,
                                    threads=max(4, concurrency + 3))
+            if stack.mail is not None:
+                from fmn.local.mailsink import ProcessMailSink
+                from loadtest.ceiling import measure_mail
+
+                say(f"c={concurrency}: measuring the mail sink's ceiling with this run's "
+                    "mails ...")
+                samples = [(m.mail_from, m.rcpt_tos, m.raw) for m in stack.mail.samples(200)]
+                # a sink of the same kind, fresh: the run's Maildir holds the run's mails only
+                with ProcessMailSink(rundir / "ceiling-mail") as scratch:
+                    data.mail_ceiling = measure_mail(
+                        "127.0.0.1", scratch.port, samples, opts.ceiling_s,
+                        threads=queue("email").max_concurrency)
+                import shutil
+
+                shutil.rmtree(rundir / "ceiling-mail", ignore_errors=True)
     finally:
         if boto3.DEFAULT_SESSION is not None:
             counter.uninstall(boto3.DEFAULT_SESSION.events)
@@ -281,6 +304,12 @@ def _publish(stack: Any, bus: str, outgoing: list[Outgoing], data: RunData) -> N
                 if len(chunk) >= 200:
                     journal.published(chunk, bus)
                     chunk = []
+            data.publish_s = time.perf_counter() - started
+            # Closing the socket drops what is still queued for a subscriber that has
+            # not read it yet (15,000 messages went out in 3 s, the bridge took about
+            # a thousand a second, and lost the last 3,000 when the socket closed):
+            # keep it open until the bridge has them all.
+            _wait_bridged(stack, len(outgoing))
         finally:
             if chunk:
                 journal.published(chunk, bus)
@@ -307,7 +336,20 @@ def _publish(stack: Any, bus: str, outgoing: list[Outgoing], data: RunData) -> N
             if chunk:
                 journal.published(chunk, bus)
             conn.close()
-    data.publish_s = time.perf_counter() - started
+    data.publish_s = data.publish_s or time.perf_counter() - started
+
+
+def _wait_bridged(stack: Any, count: int, stall_s: float = 30.0) -> None:
+    """Until the bridge has received ``count`` messages, or received nothing for ``stall_s``."""
+    last, since = -1, time.monotonic()
+    while stack.bridged < count:
+        if stack.bridged != last:
+            last, since = stack.bridged, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            log.warning("the bridge received %d of %d messages and nothing for %.0fs",
+                        last, count, stall_s)
+            return
+        time.sleep(0.2)
 
 
 def _watch(stack: Any, data: RunData, opts: Options,
@@ -331,7 +373,7 @@ def _watch(stack: Any, data: RunData, opts: Options,
                 queues[name] = (-1, -1)
         totals = getattr(stack.functions.get("match"), "totals", {})
         matched = int(totals.get("MessagesMatched", 0))
-        mails = len(stack.mail.messages) if stack.mail is not None else 0
+        mails = stack.mail.count if stack.mail is not None else 0
         sample = Sample(time.time(), queues, matched, mails)
         data.samples.append(sample)
         on_sample(data, sample, "")

@@ -34,7 +34,7 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     out = capsys.readouterr().out
     assert status == 0, out
     for words in ("Lasted for", "Maxed at:", "Avg processing:", "SQS requests per bus message",
-                  "emulator ceiling", "per million bus messages"):
+                  "emulator ceiling", "mail sink ceiling", "per million bus messages"):
         assert words in out
 
     report = json.loads((tmp_path / "report.json").read_text())
@@ -52,6 +52,9 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     assert stages["sse queue -> feed event"]["count"] == ledger["backends"]["sse"]["delivered"]
     assert 0 < run_["sqs_requests_per_message"] < 3
     assert run_["invocations_per_message"] > 0
+    # the sink's ceiling is measured on a sink of its own: the run's mails stay the run's
+    assert run_["mail_ceiling_per_s"] > 0
+    assert not (tmp_path / "c1" / "ceiling-mail").exists()
     for png in ("throughput.png", "backlog-c1.png", "latency.png"):
         assert (tmp_path / png).stat().st_size > 1000
 

@@ -135,11 +135,62 @@ def test_crash_before_the_send_still_sends_once(env: SimpleNamespace,
     short = context("send_email", timeout_s=0.0)
     with monkeypatch.context() as patch, pytest.raises(Crash):
         patch.setattr(sender.mailer, "send", crash)
+        # (an invocation out of time starts no send: this one is made to start it)
+        patch.setattr(env.app.function, "deadline_margin_s", None)
         env.app.handle_email(sqs_event([body]), short)
     env.app.reset()
     assert invoke(env, body) == []
     assert invoke(env, body) == []
     assert len(env.sink.wait_for(2, timeout=1.0)) == 1
+
+
+def waiting(env: SimpleNamespace) -> list[str]:
+    """The bodies waiting on the email queue (taken off it)."""
+    got = env.sqs.receive_message(QueueUrl=env.urls.url, MaxNumberOfMessages=10,
+                                  WaitTimeSeconds=0)
+    for m in got.get("Messages", []):
+        env.sqs.delete_message(QueueUrl=env.urls.url, ReceiptHandle=m["ReceiptHandle"])
+    return [m["Body"] for m in got.get("Messages", [])]
+
+
+def test_an_invocation_near_its_deadline_hands_its_records_back(env: SimpleNamespace) -> None:
+    """No record is started within the margin of the deadline: it goes back on its
+    queue as a fresh message (no receive used up) and is sent from there, once."""
+    body = payload("email", [note("bob", "bob@example.org")], id=mid(env))
+    event = sqs_event([body], f"fmn-t{env.tag}-email")
+    result = env.app.handle_email(event, context("send_email", timeout_s=0.0))
+    assert result["batchItemFailures"] == []
+    assert env.sink.messages == []
+    assert waiting(env) == [body]
+    assert invoke(env, body) == []
+    assert len(env.sink.wait_for(2, timeout=1.0)) == 1
+    assert env.app.totals["postponed"] >= 1
+
+
+def test_a_record_cut_by_the_deadline_sends_only_its_rest_later(
+        env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline comes mid-record: the items sent are remembered, the record comes
+    back and sends only the others; nothing twice, the invocation never overruns."""
+    people = [note(f"u{i}", f"u{i}@example.org") for i in range(3)]
+    body = payload("email", people, id=mid(env))
+    sender = env.app.function.get("send")
+    real = sender.mailer.send
+    ctx = context("send_email", timeout_s=600)
+
+    def send_then_run_late(msg: Any) -> None:
+        real(msg)
+        ctx.expire()  # the first mail took the invocation's time
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sender.mailer, "send", send_then_run_late)
+        event = sqs_event([body], f"fmn-t{env.tag}-email")
+        assert env.app.handle_email(event, ctx)["batchItemFailures"] == []
+    assert len(env.sink.wait_for(1, timeout=1.0)) == 1
+    assert waiting(env) == [body]
+    assert invoke(env, body) == []
+    got = env.sink.wait_for(4, timeout=1.0)
+    assert sorted(r.rcpt_tos[0] for r in got) == ["u0@example.org", "u1@example.org",
+                                                 "u2@example.org"]
 
 
 def test_refused_address_is_dead_lettered_alone(env: SimpleNamespace) -> None:

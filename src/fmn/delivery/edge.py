@@ -10,10 +10,16 @@ comes back after a growing delay, its delivered items are skipped:
 dead-letter queue at once; a postponed one (:class:`~fmn.errors.Postponed`)
 goes back on its queue as a fresh message; an item that cannot be sent goes
 alone to the dead-letter queue (with the reason as a message attribute) and
-is counted.  Metrics (Powertools EMF, names in :mod:`fmn.pipeline.alarms`):
-each outcome's count (``Sent``, ``DeadLettered``, ``RetryableFailures``...)
-and the bus-to-send latency of what was sent; every log line of a record
-carries its bus message id as the correlation id.  Nothing is built at import.
+is counted.  A sender built with ``deadline_margin_s`` watches its
+invocation's deadline (the context's remaining time): it starts no record,
+and no item, that close to it, and the rest goes back on its queue as a
+fresh message the same way (:class:`~fmn.errors.Postponed`; what was sent is
+remembered and skipped when it comes back), so an invocation never runs past
+its timeout while its records are handed out again, which would send them
+twice.  Metrics (Powertools EMF, names in :mod:`fmn.pipeline.alarms`): each
+outcome's count (``Sent``, ``DeadLettered``, ``RetryableFailures``...) and
+the bus-to-send latency of what was sent; every log line of a record carries
+its bus message id as the correlation id.  Nothing is built at import.
 """
 
 from __future__ import annotations
@@ -42,11 +48,13 @@ class SenderFunction:
     """One sender Lambda's shared state and its SQS handler."""
 
     def __init__(self, backend: str, make_send: Callable[[Settings], Send],
-                 service: str | None = None) -> None:
+                 service: str | None = None, deadline_margin_s: float | None = None) -> None:
         from aws_lambda_powertools import Logger, Metrics
 
         self.backend = backend
         self.make_send = make_send
+        #: start no record or item this close to the invocation's deadline (None: no watch)
+        self.deadline_margin_s = deadline_margin_s
         self.service = service or f"fmn-send-{backend}"
         self.logger = Logger(service=self.service)
         self.metrics = Metrics(namespace="FMN", service=self.service)
@@ -154,12 +162,17 @@ class SenderFunction:
         self.begin(context)
         once, send = self.once, self.get("send")
         redelivery: Redelivery = self.get("redelivery")
+        out_of_time = self._deadline(context)
+        if out_of_time is not None:
+            send = _watching(send, out_of_time)
 
         def record_handler(record: Any) -> None:
             message_id, sent_at = _message_of(record.body)
             # every log line of this record names the bus message it is about
             self.logger.set_correlation_id(message_id)
             try:
+                if out_of_time is not None and out_of_time():
+                    raise Postponed(f"{self.backend} sender out of time for this record")
                 if deliver is None:
                     done = deliver_payload(record.body, self.backend, send, once,
                                            self.dead_letter)
@@ -216,6 +229,18 @@ class SenderFunction:
             self.record_latency(latencies)
             self.logger.set_correlation_id(None)
 
+    def _deadline(self, context: Any) -> Callable[[], bool] | None:
+        """Whether the invocation is within the margin of its deadline (None: not watched).
+
+        The margin is at most half the time the invocation starts with, so a
+        function given a short timeout (a fault test's) still gets work done.
+        """
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        if self.deadline_margin_s is None or remaining_ms is None:
+            return None
+        margin_ms = min(self.deadline_margin_s * 1000, remaining_ms() / 2)
+        return lambda: remaining_ms() <= margin_ms
+
     def record_latency(self, latencies: list[float]) -> None:
         """Bus-to-send latency (ms) of the payloads just sent, at most
         :data:`LATENCY_SAMPLE` values a flush: a spread over the range, the maximum kept."""
@@ -231,6 +256,18 @@ class SenderFunction:
                 self.metrics.add_metric(name=BUS_TO_SEND_LATENCY,
                                         unit=MetricUnit.Milliseconds, value=ms)
             self.metrics.flush_metrics()
+
+
+def _watching(send: Send, out_of_time: Callable[[], bool]) -> Send:
+    """``send``, refusing to start an item once out of time (:class:`Postponed`: nothing is
+    remembered for it, and the record goes back on its queue)."""
+
+    def watched(item: Delivery) -> str | None:
+        if out_of_time():
+            raise Postponed(f"{item.backend} sender out of time: the record's rest comes back")
+        return send(item)
+
+    return watched
 
 
 def _message_of(body: str) -> tuple[str | None, list[str]]:

@@ -25,7 +25,7 @@ import email.utils
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from urllib.parse import quote
 
@@ -43,7 +43,26 @@ MAX_BODY_TEXT_CHARS = 2000
 MAX_PACKAGE_HEADERS = 10
 #: Digest entries show this much of each summary.
 MAX_DIGEST_SUMMARY_CHARS = 300
-POLICY = email.policy.SMTP.clone(max_line_length=78)
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard header registry, making each header's class once: the standard one
+    builds a new class on every lookup (twice per header set), which was a third of
+    the time to render a mail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
+POLICY = email.policy.SMTP.clone(max_line_length=78, header_factory=_HeaderClasses())
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 _DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 

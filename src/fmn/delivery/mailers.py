@@ -10,8 +10,11 @@ failure onto the error tree, so the sender knows what to do with it:
   server away or refusing *us*, e.g. the sender address or the login): the
   notification stays on its queue.
 
-:class:`SmtpMailer` keeps one connection across sends and warm invocations
-and reconnects when the server drops it.  :func:`make_mailer` picks the
+:class:`SmtpMailer` keeps one connection per thread across sends and warm
+invocations (in Lambda, one per execution environment; under the local
+runner, whose concurrent invocations are threads of one process, one per
+invocation thread, so that they do not queue behind one socket) and
+reconnects when the server drops it.  :func:`make_mailer` picks the
 adapter from the settings.
 """
 
@@ -49,7 +52,8 @@ class MemoryMailer:
 
 
 class SmtpMailer:
-    """SMTP (``smtp://``, ``smtps://``, ``?starttls=1``, optional login), one kept connection."""
+    """SMTP (``smtp://``, ``smtps://``, ``?starttls=1``, optional login), one kept
+    connection per thread (module docstring)."""
 
     def __init__(self, url: str, timeout_s: float = 20.0) -> None:
         parts = urlsplit(url)
@@ -62,8 +66,25 @@ class SmtpMailer:
         self.password = unquote(parts.password) if parts.password else None
         self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in ("1", "true", "yes")
         self.timeout_s = timeout_s
-        self._conn: smtplib.SMTP | None = None
+        self._local = threading.local()
+        #: every thread's open connection (close() ends them all)
+        self._open: set[smtplib.SMTP] = set()
         self._lock = threading.Lock()
+
+    @property
+    def _conn(self) -> smtplib.SMTP | None:
+        conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
+        return conn
+
+    @_conn.setter
+    def _conn(self, conn: smtplib.SMTP | None) -> None:
+        old = self._conn
+        with self._lock:
+            if old is not None:
+                self._open.discard(old)
+            if conn is not None:
+                self._open.add(conn)
+        self._local.conn = conn
 
     def _connect(self) -> smtplib.SMTP:
         context = ssl.create_default_context()
@@ -79,48 +100,50 @@ class SmtpMailer:
         return conn
 
     def close(self) -> None:
+        """End every thread's connection (a thread's next send opens a fresh one)."""
         with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(smtplib.SMTPException, OSError):
-                    self._conn.quit()
-                self._conn = None
+            conns, self._open = list(self._open), set()
+        for conn in conns:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                conn.quit()
+        self._local = threading.local()
 
     def send(self, msg: EmailMessage) -> None:
-        with self._lock:
-            # A kept connection may have been dropped by the server while idle:
-            # one fresh attempt before calling it a failure.
-            for attempt in (1, 2):
-                try:
-                    if self._conn is None:
-                        self._conn = self._connect()
-                    self._conn.send_message(msg)
-                    return
-                except smtplib.SMTPRecipientsRefused as exc:
-                    self._reset_after_refusal()
-                    code, text = next(iter(exc.recipients.values()))
-                    raise _by_code(code, text, "recipient refused",
-                                   deferred=RecipientDeferred) from exc
-                except smtplib.SMTPNotSupportedError as exc:  # e.g. needs SMTPUTF8: never
-                    self._reset_after_refusal()
-                    raise PermanentError(f"SMTP server cannot take this mail: {exc}") from exc
-                except smtplib.SMTPDataError as exc:
-                    self._reset_after_refusal()
-                    raise _by_code(exc.smtp_code, exc.smtp_error, "message refused") from exc
-                except smtplib.SMTPSenderRefused as exc:
-                    # our sender address: a configuration problem, not this mail's
-                    self._drop()
-                    raise RetryableError(f"SMTP sender refused ({exc.smtp_code})") from exc
-                except smtplib.SMTPAuthenticationError as exc:
-                    self._drop()
-                    raise RetryableError(f"SMTP login refused ({exc.smtp_code})") from exc
-                except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
-                    self._drop()
-                    if attempt == 2:
-                        raise RetryableError(f"SMTP server {self.host}:{self.port}: {exc}") \
-                            from exc
-                except (smtplib.SMTPException, OSError) as exc:
-                    self._drop()
-                    raise RetryableError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
+        # this thread's own connection: no lock held across the conversation
+        # A kept connection may have been dropped by the server while idle:
+        # one fresh attempt before calling it a failure.
+        for attempt in (1, 2):
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                self._conn.send_message(msg)
+                return
+            except smtplib.SMTPRecipientsRefused as exc:
+                self._reset_after_refusal()
+                code, text = next(iter(exc.recipients.values()))
+                raise _by_code(code, text, "recipient refused",
+                               deferred=RecipientDeferred) from exc
+            except smtplib.SMTPNotSupportedError as exc:  # e.g. needs SMTPUTF8: never
+                self._reset_after_refusal()
+                raise PermanentError(f"SMTP server cannot take this mail: {exc}") from exc
+            except smtplib.SMTPDataError as exc:
+                self._reset_after_refusal()
+                raise _by_code(exc.smtp_code, exc.smtp_error, "message refused") from exc
+            except smtplib.SMTPSenderRefused as exc:
+                # our sender address: a configuration problem, not this mail's
+                self._drop()
+                raise RetryableError(f"SMTP sender refused ({exc.smtp_code})") from exc
+            except smtplib.SMTPAuthenticationError as exc:
+                self._drop()
+                raise RetryableError(f"SMTP login refused ({exc.smtp_code})") from exc
+            except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                self._drop()
+                if attempt == 2:
+                    raise RetryableError(f"SMTP server {self.host}:{self.port}: {exc}") \
+                        from exc
+            except (smtplib.SMTPException, OSError) as exc:
+                self._drop()
+                raise RetryableError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
 
     def _reset_after_refusal(self) -> None:
         # The session stays usable after a refused recipient or message.

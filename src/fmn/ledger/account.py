@@ -38,7 +38,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
+from email.policy import compat32
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ import orjson
 
 from fmn.ledger.journal import FAILED, MATCHED, PUBLISHED, STACK, read_lines
 from fmn.pipeline.queues import BACKENDS, QUEUES
+
+_PARSER = BytesHeaderParser(policy=compat32)
 
 #: backends whose notifications are delivered by a sender today
 SENT_BACKENDS = ("email", "irc", "sse", "matrix")
@@ -210,28 +212,52 @@ def _payload_idents(body: str) -> tuple[str, list[Ident], str]:
     return str(doc.get("backend")), idents, str(doc.get("error", ""))
 
 
+_WANTED = ("to", "x-fedmsg-id", "x-fedmsg-digest-count")
+
+
+def mail_headers(path: Path) -> dict[str, str]:
+    """``To``, ``X-Fedmsg-Id`` and ``X-Fedmsg-Digest-Count`` of one mail file (the ones
+    present, lower-case names), unfolded and with encoded words decoded.
+
+    A quarter of a million mails in a load test: a parser with the default
+    policy took a millisecond a mail, so this reads the header block with the
+    compat32 parser, which leaves values as they are, and decodes only these.
+    """
+    from email.header import decode_header, make_header
+
+    with path.open("rb") as f:
+        headers = _PARSER.parse(f)
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in _WANTED and key not in out:
+            text = "".join(str(value).replace("\r", "").split("\n"))
+            if "=?" in text:
+                text = str(make_header(decode_header(text)))
+            out[key] = text.strip()
+    return out
+
+
 def read_mail(maildir: Path) -> tuple[Counter[tuple[str, str]], Counter[str], int]:
     """(mails per (message id, To), digest notifications per To, mails read)."""
     direct: Counter[tuple[str, str]] = Counter()
     digests: Counter[str] = Counter()
     if not maildir.exists():
         return direct, digests, 0
-    parser = BytesHeaderParser(policy=default_policy)
     count = 0
     for sub in ("new", "cur"):
         folder = maildir / sub
         if not folder.exists():
             continue
         for path in folder.iterdir():
-            with path.open("rb") as f:
-                headers = parser.parse(f)
+            headers = mail_headers(path)
             count += 1
-            to = str(headers.get("To", "")).strip()
-            digest = headers.get("X-Fedmsg-Digest-Count")
+            to = headers.get("to", "")
+            digest = headers.get("x-fedmsg-digest-count")
             if digest is not None:
-                digests[to] += int(str(digest))
+                digests[to] += int(digest)
             else:
-                direct[(str(headers.get("X-Fedmsg-Id", "")), to)] += 1
+                direct[(headers.get("x-fedmsg-id", ""), to)] += 1
     return direct, digests, count
 
 

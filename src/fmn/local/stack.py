@@ -169,6 +169,8 @@ class StackOptions:
     #: real long polls of this many seconds where the emulator has them (LocalStack,
     #: like SQS); the moto server gets short receives taking turns instead
     long_poll_s: int = 10
+    #: the mail sink in a process of its own, keeping no mail in memory (the load test)
+    mail_process: bool = False
 
 
 class LocalStack:
@@ -363,9 +365,10 @@ class LocalStack:
         """Where the senders deliver: a mail sink, an IRC server, the live feed endpoint."""
         from fmn.local.http import serve
         from fmn.local.ircd import LocalIrcd
-        from fmn.local.mailsink import MailSink
+        from fmn.local.mailsink import MailSink, ProcessMailSink
 
-        self.mail = MailSink(maildir=self.workdir / "mail").start()
+        self.mail = (ProcessMailSink(self.workdir / "mail") if self.options.mail_process
+                     else MailSink(maildir=self.workdir / "mail")).start()
         self.ircd = LocalIrcd(log_file=self.workdir / "ircd.log").start()
         # the web UI's address goes into every mail and IRC line: known before they start
         self.web_port = self.options.web_port \
@@ -653,6 +656,11 @@ fmn_bridge_queue = "{queue}"
     def moto_pid(self) -> int | None:
         return self._moto.pid if self._moto is not None else None
 
+    @property
+    def bridged(self) -> int:
+        """Bus messages the bridge has received so far (its latest stats line)."""
+        return self._bridged
+
     def _read_bridge(self) -> None:
         assert self._bridge is not None and self._bridge.stderr is not None
         with (self.workdir / "bridge.log").open("ab") as out:
@@ -782,7 +790,7 @@ fmn_bridge_queue = "{queue}"
                 "notifications": {b: int(totals.get(f"Notifications_{b}", 0))
                                   for b in BACKENDS},
                 "delivered": delivered,
-                "mail_received": len(self.mail.messages) if self.mail is not None else 0,
+                "mail_received": self.mail.count if self.mail is not None else 0,
                 "irc_offline": offline,
                 "irc_lines_received": sum(len(w.got) for w in self.irc_listeners),
                 "matrix_received": self.matrix.received() if self.matrix else 0,
@@ -828,6 +836,23 @@ fmn_bridge_queue = "{queue}"
             tmp.replace(path)
 
     # -- stop ------------------------------------------------------------------
+
+    def quiesce(self) -> None:
+        """Stop every function (their runners and the digest schedule) and let what they
+        have in flight finish, leaving the queues, sinks and Redis as they are: a still
+        state for the ledger, which otherwise races a digest being sent while it reads
+        (the digest's items gone from Redis, its mail not yet in the Maildir it read)."""
+        self._stopping.set()
+        stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},
+                                     name=f"stop-{name}")
+                    for name, runner in self.runners.items()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        for t in self._threads:
+            if t.name == "schedule":
+                t.join(60)
 
     def stop(self) -> None:
         self._stopping.set()
