@@ -215,10 +215,18 @@ def test_a_missing_s3_object_is_a_retryable_failure(
     assert failed == [ids[1]]
 
 
+def no_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No snapshot and no database to rebuild it from.  Not the default database: that is
+    ``var/fmn.sqlite`` under the working directory, which ``make run`` fills, and the
+    matcher would rebuild the snapshot from it."""
+    monkeypatch.setenv("FMN_DATABASE_URL", "sqlite:////nonexistent/fmn-test/prefs.sqlite")
+
+
 def test_no_snapshot_is_a_retryable_failure(match_app: ModuleType, env: SimpleNamespace,
                                             records: list[bytes],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FMN_SNAPSHOT_PREFIX", f"fmn-test:{uuid.uuid4().hex}:empty:")
+    no_database(monkeypatch)
     match_app.reset()
     with pytest.raises(SnapshotUnavailable):
         match_app.process(wrap(records[0]))
@@ -229,6 +237,7 @@ def test_a_retryable_failure_backs_off_by_receive_count(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The record is hidden for a delay that doubles with each receive, not dead-lettered."""
     monkeypatch.setenv("FMN_SNAPSHOT_PREFIX", f"fmn-test:{uuid.uuid4().hex}:empty:")
+    no_database(monkeypatch)
     match_app.reset()
     url = env.urls["incoming"]
     # without a back-off, a failed record would be visible again at once
