@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 BILLED_ROLES = ("bridge", "esm", "function")
@@ -90,16 +90,7 @@ def measure(sqs: Any, requests: Sequence[dict[str, Any]], prefix: str, seconds: 
                     sqs.delete_message(QueueUrl=url, ReceiptHandle=handles.pop())
                 done[n] += 1
 
-        workers = [threading.Thread(target=work, args=(n,), daemon=True)
-                   for n in range(threads)]
-        started = time.perf_counter()
-        for w in workers:
-            w.start()
-        time.sleep(seconds)
-        stop.set()
-        for w in workers:
-            w.join(30)
-        elapsed = time.perf_counter() - started
+        elapsed = _run_for(work, threads, seconds, stop)
     finally:
         sqs.delete_queue(QueueUrl=url)
     return {"threads": threads, "seconds": round(elapsed, 2), "requests": sum(done),
@@ -135,6 +126,16 @@ def measure_mail(host: str, port: int, samples: Sequence[tuple[str, list[str], b
                 conn.sendmail(sender, rcpts, raw)
                 done[n] += 1
 
+    elapsed = _run_for(work, threads, seconds, stop)
+    return {"threads": threads, "seconds": round(elapsed, 2), "mails": sum(done),
+            "mails_per_s": sum(done) / elapsed,
+            "bytes_per_mail": sum(len(s[2]) for s in samples) / len(samples)}
+
+
+def _run_for(work: Callable[[int], None], threads: int, seconds: float,
+             stop: threading.Event) -> float:
+    """``work(n)`` in ``threads`` threads until ``stop`` is set after ``seconds``; the
+    seconds they ran."""
     workers = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(threads)]
     started = time.perf_counter()
     for w in workers:
@@ -143,7 +144,4 @@ def measure_mail(host: str, port: int, samples: Sequence[tuple[str, list[str], b
     stop.set()
     for w in workers:
         w.join(30)
-    elapsed = time.perf_counter() - started
-    return {"threads": threads, "seconds": round(elapsed, 2), "mails": sum(done),
-            "mails_per_s": sum(done) / elapsed,
-            "bytes_per_mail": sum(len(s[2]) for s in samples) / len(samples)}
+    return time.perf_counter() - started
