@@ -6,6 +6,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -99,42 +100,14 @@ def test_a_digest_sent_while_the_ledger_reads_is_counted_once(
     import email.message
     import importlib
     import mailbox
-    import time
 
-    import boto3
-
-    from fmn.delivery.base import Delivery
-    from fmn.delivery.digest import DigestStore, destination_key, digest_prefix
     from fmn.ledger import account
-    from fmn.local.aws import ensure_queues
-    from fmn.prefs import Digest
 
     account_module = importlib.import_module("fmn.ledger.account")  # the package's
-    client = redis_client()  # name for it is the function
-    prefix = f"ledger-{uuid.uuid4().hex[:8]}-"
-    sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    urls = ensure_queues(sqs, prefix)
-    maildir = tmp_path / "mail"
-    journal = Journal(tmp_path / "ledger")
-    journal.write_stack({"queue_prefix": prefix, "redis_url": REDIS_URL,
-                         "feed_prefix": f"{prefix}feed:", "aws_endpoint_url": aws_env,
-                         "aws_region": "us-east-1", "maildir": str(maildir)})
-    address = "alice@example.org"
-    ids = [f"{prefix}m{i}" for i in range(3)]
-    journal.published(ids, "fedmsg")
-    journal.matched([{"id": i, "sqs": f"s-{i}", "q": 0,
-                      "n": {"email": [["alice", "d1", address, 1]]}} for i in ids])
-    store = DigestStore(client, digest_prefix(prefix))
-    items = [Delivery(backend="email", message={"id": i}, user="alice", address=address,
-                      destination="d1", rules=("r1",), rule_names=("r1",),
-                      digest=Digest(300, 10)) for i in ids]
-    now = time.time()
-    for item in items:
-        store.add(item, now)
-    dk = destination_key(items[0])
-    claimed = store.claim(dk, now)  # the schedule is sending it
+    stage = _digest_stage(tmp_path, aws_env, "alice", 3)  # name for it is the function
+    claimed = stage.store.claim(stage.dk, stage.now)  # the schedule is sending it
     assert claimed is not None and len(claimed.items) == 3
-    box = mailbox.Maildir(str(maildir), create=True)
+    box = mailbox.Maildir(str(stage.maildir), create=True)
 
     reads = []
     read_mail = account_module.read_mail
@@ -143,23 +116,19 @@ def test_a_digest_sent_while_the_ledger_reads_is_counted_once(
         got = read_mail(path)
         if not reads:  # the mail arrives just after the Maildir was listed, then the
             mail = email.message.EmailMessage()  # batch is cleared
-            mail["To"] = address
+            mail["To"] = stage.address
             mail["X-Fedmsg-Digest-Count"] = "3"
             mail.set_content("3 notifications")
             box.add(mail)
-            store.finish(dk, claimed.batch_id, now)
+            stage.store.finish(stage.dk, claimed.batch_id, stage.now)
         reads.append(path)
         return got
 
     monkeypatch.setattr(account_module, "read_mail", read_mail_while_the_digest_goes_out)
     try:
-        report = account(tmp_path / "ledger", sqs=sqs, redis=client)
+        report = account(tmp_path / "ledger", sqs=stage.sqs, redis=stage.redis)
     finally:
-        for key in client.scan_iter(match=f"{digest_prefix(prefix)}*"):
-            client.delete(key)
-        for q in urls.values():
-            sqs.delete_queue(QueueUrl=q.url)
-            sqs.delete_queue(QueueUrl=q.dlq_url)
+        _remove_stage(stage)
     email_count = report.backends["email"]
     assert report.lost_total == 0 and report.duplicates_total == 0, report.exceptions
     assert email_count.sent_in_digest == 3 and email_count.waiting_in_digest == 0
@@ -171,17 +140,40 @@ def test_a_digest_sent_but_not_cleared_counts_as_sent(
     in Redis, its send remembered: the items are in the mail, not still waiting."""
     import email.message
     import mailbox
+
+    from fmn.ledger import account
+
+    stage = _digest_stage(tmp_path, aws_env, "bob", 2)
+    claimed = stage.store.claim(stage.dk, stage.now)
+    assert claimed is not None
+    once = PowertoolsOnce(stage.redis, 60, name=sends_prefix(stage.prefix, "email"))
+    mail = email.message.EmailMessage()
+    mail["To"] = stage.address
+    mail["X-Fedmsg-Digest-Count"] = "2"
+    mail.set_content("2 notifications")
+    once.run({"digest": stage.dk, "batch": claimed.batch_id},
+             lambda: mailbox.Maildir(str(stage.maildir), create=True).add(mail) and "sent")
+    try:  # ... and the sender is gone before store.finish
+        report = account(tmp_path / "ledger", sqs=stage.sqs, redis=stage.redis)
+    finally:
+        _remove_stage(stage, f"{stage.prefix}*")  # the sends remembered too
+    assert report.ok, report.exceptions
+    assert report.backends["email"].sent_in_digest == 2
+    assert report.backends["email"].waiting_in_digest == 0
+
+
+def _digest_stage(tmp_path: Path, aws_env: str, user: str, count: int) -> SimpleNamespace:
+    """A stage of its own (queues, a journal) where ``count`` bus messages were published
+    and matched to ``user``'s e-mail digest, and their items queued in the digest."""
     import time
 
     import boto3
 
     from fmn.delivery.base import Delivery
     from fmn.delivery.digest import DigestStore, destination_key, digest_prefix
-    from fmn.ledger import account
     from fmn.local.aws import ensure_queues
     from fmn.prefs import Digest
 
-    client = redis_client()
     prefix = f"ledger-{uuid.uuid4().hex[:8]}-"
     sqs = boto3.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     urls = ensure_queues(sqs, prefix)
@@ -190,38 +182,31 @@ def test_a_digest_sent_but_not_cleared_counts_as_sent(
     journal.write_stack({"queue_prefix": prefix, "redis_url": REDIS_URL,
                          "feed_prefix": f"{prefix}feed:", "aws_endpoint_url": aws_env,
                          "aws_region": "us-east-1", "maildir": str(maildir)})
-    address = "bob@example.org"
-    ids = [f"{prefix}m{i}" for i in range(2)]
+    address = f"{user}@example.org"
+    ids = [f"{prefix}m{i}" for i in range(count)]
     journal.published(ids, "fedmsg")
     journal.matched([{"id": i, "sqs": f"s-{i}", "q": 0,
-                      "n": {"email": [["bob", "d1", address, 1]]}} for i in ids])
+                      "n": {"email": [[user, "d1", address, 1]]}} for i in ids])
+    client = redis_client()
     store = DigestStore(client, digest_prefix(prefix))
+    items = [Delivery(backend="email", message={"id": i}, user=user, address=address,
+                      destination="d1", rules=("r1",), rule_names=("r1",),
+                      digest=Digest(300, 10)) for i in ids]
     now = time.time()
-    for i in ids:
-        store.add(Delivery(backend="email", message={"id": i}, user="bob", address=address,
-                           destination="d1", rules=("r1",), rule_names=("r1",),
-                           digest=Digest(300, 10)), now)
-    dk = destination_key(Delivery(backend="email", message={"id": ids[0]}, user="bob",
-                                  address=address, destination="d1", rules=(),
-                                  rule_names=()))
-    claimed = store.claim(dk, now)
-    assert claimed is not None
-    once = PowertoolsOnce(client, 60, name=sends_prefix(prefix, "email"))
-    mail = email.message.EmailMessage()
-    mail["To"] = address
-    mail["X-Fedmsg-Digest-Count"] = "2"
-    mail.set_content("2 notifications")
-    once.run({"digest": dk, "batch": claimed.batch_id},
-             lambda: mailbox.Maildir(str(maildir), create=True).add(mail) and "sent")
-    try:  # ... and the sender is gone before store.finish
-        report = account(tmp_path / "ledger", sqs=sqs, redis=client)
-    finally:
-        for key in [*client.scan_iter(match=f"{digest_prefix(prefix)}*"),
-                    *client.scan_iter(match=f"{prefix}*")]:
-            client.delete(key)
-        for q in urls.values():
-            sqs.delete_queue(QueueUrl=q.url)
-            sqs.delete_queue(QueueUrl=q.dlq_url)
-    assert report.ok, report.exceptions
-    assert report.backends["email"].sent_in_digest == 2
-    assert report.backends["email"].waiting_in_digest == 0
+    for item in items:
+        store.add(item, now)
+    return SimpleNamespace(prefix=prefix, sqs=sqs, urls=urls, maildir=maildir, redis=client,
+                           address=address, store=store, dk=destination_key(items[0]), now=now)
+
+
+def _remove_stage(stage: SimpleNamespace, *keys: str) -> None:
+    """Delete a :func:`_digest_stage`'s digests, its other Redis keys matching ``keys``
+    and its queues."""
+    from fmn.delivery.digest import digest_prefix
+
+    for pattern in (f"{digest_prefix(stage.prefix)}*", *keys):
+        for key in stage.redis.scan_iter(match=pattern):
+            stage.redis.delete(key)
+    for q in stage.urls.values():
+        stage.sqs.delete_queue(QueueUrl=q.url)
+        stage.sqs.delete_queue(QueueUrl=q.dlq_url)
