@@ -618,29 +618,20 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
             report.flag("duplicate", mid, "sse", user, f"{extra} more feed event(s) than "
                         "notifications")
 
-    # IRC: the sender's send-once records (lines carry no message id)
-    irc = report.backends["irc"]
-    idents = list(expected.get("irc", {}))
-    outcomes = read_once(redis, [once_key(info.queue_prefix, "irc", i) for i in idents])
-    for ident, outcome in zip(idents, outcomes, strict=True):
-        if outcome in ("sent", "summarised"):
-            irc.delivered += 1
-        else:
-            settle("irc", ident, irc)
+    # IRC and Matrix: the senders' send-once records (IRC lines carry no message id)
+    for backend in ("irc", "matrix"):
+        count = report.backends[backend]
+        idents = list(expected.get(backend, {}))
+        outcomes = read_once(redis, [once_key(info.queue_prefix, backend, i) for i in idents])
+        for ident, outcome in zip(idents, outcomes, strict=True):
+            if outcome in ("sent", "summarised"):
+                count.delivered += 1
+            else:
+                settle(backend, ident, count)
     if info.irc_log:
         with contextlib.suppress(FileNotFoundError):
             report.irc_lines_received = Path(info.irc_log).read_text(
                 errors="replace").count(" <- ")
-
-    # Matrix: the sender's send-once records, as for IRC
-    matrix = report.backends["matrix"]
-    idents = list(expected.get("matrix", {}))
-    outcomes = read_once(redis, [once_key(info.queue_prefix, "matrix", i) for i in idents])
-    for ident, outcome in zip(idents, outcomes, strict=True):
-        if outcome in ("sent", "summarised"):
-            matrix.delivered += 1
-        else:
-            settle("matrix", ident, matrix)
 
     # a backend with no sender: waiting on its queue, dead-lettered, or lost
     for backend in BACKENDS:
