@@ -55,15 +55,12 @@ def _status(cloudformation: Any, name: str) -> dict[str, Any] | None:
     return stack
 
 
-def clear_api_topic(cloudformation: Any, sns: Any, prefix: str) -> bool:
+def clear_api_topic(sns: Any, prefix: str) -> bool:
     """Before the stack is first created: delete the stage's alarm topic that an earlier
     run made through the API (no template then), whose attributes differ from the
     template's, so that CloudFormation can create its own; True when one was deleted."""
     from fmn.ops.alarms import topic_name
 
-    stack = _status(cloudformation, stack_name(prefix))
-    if stack is not None and stack["StackStatus"] not in (*_FAILED_AT_BIRTH, "DELETE_COMPLETE"):
-        return False  # the stack's own topic
     suffix = f":{topic_name(prefix)}"
     for page in sns.get_paginator("list_topics").paginate():
         for topic in page.get("Topics", []):
@@ -97,8 +94,6 @@ def deploy(cloudformation: Any, template: Path, prefix: str,
     """
     from botocore.exceptions import ClientError
 
-    if sns is not None and clear_api_topic(cloudformation, sns, prefix):
-        log.info("deleted the alarm topic an earlier run made through the API")
     name = stack_name(prefix)
     params = [{"ParameterKey": k, "ParameterValue": v}
               for k, v in {"QueuePrefix": prefix, **(parameters or {})}.items()]
@@ -108,6 +103,8 @@ def deploy(cloudformation: Any, template: Path, prefix: str,
         cloudformation.delete_stack(StackName=name)
         current = _wait(cloudformation, name, timeout_s)
     if current is None or current["StackStatus"] == "DELETE_COMPLETE":
+        if sns is not None and clear_api_topic(sns, prefix):
+            log.info("deleted the alarm topic an earlier run made through the API")
         cloudformation.create_stack(StackName=name, TemplateBody=body, Parameters=params)
     else:
         try:
