@@ -72,6 +72,19 @@ def test_a_record_in_python_json_is_a_bus_message() -> None:
     assert parse(fedmsg).id  # derived from the content, integers and all
 
 
+@pytest.mark.parametrize("record", [
+    b" 0",                                          # whitespace the slice would lose
+    b'{"topic": "x"}\n',
+    '{"topic": "x"}'.encode("utf-16"),              # Python's json reads UTF-16 bytes
+    '{"topic": "x"}'.encode("utf-32-le"),
+    b'\xef\xbb\xbf{"topic": "x"}',                  # a UTF-8 byte-order mark
+], ids=["leading-space", "trailing-newline", "utf-16", "utf-32", "utf-8-bom"])
+def test_a_record_json_reads_but_the_envelope_cannot_embed_comes_back_unchanged(
+        record: bytes) -> None:
+    encoded = Envelope.wrap("fedmsg", "tcp://hub:9940", record).encode()
+    assert Envelope.decode(encoded).record == record
+
+
 def test_a_boolean_version_is_not_version_1() -> None:
     with pytest.raises(InvalidEnvelope):
         Envelope.decode('{"v": true, "bus": "fedmsg", "record": {}}')

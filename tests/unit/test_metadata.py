@@ -318,6 +318,15 @@ def test_fedmsg_without_msg_id_gets_a_stable_derived_id() -> None:
     assert first.sent_at is None
 
 
+@pytest.mark.parametrize("record", [
+    b'{"topic": "org.fedoraproject.prod.x", "msg": {"s": "\\ud800 lone"}}',
+    b'{"topic": "org.fedoraproject.prod.x", "msg": {"\\udfff": NaN}}',
+], ids=["lone-surrogate", "lone-surrogate-key-nan"])
+def test_a_lone_surrogate_without_msg_id_still_gets_a_stable_id(record: bytes) -> None:
+    # "\ud800" is valid JSON that Python reads as a lone surrogate: no UTF-8 text
+    assert parse(record).id == parse(record).id
+
+
 # --------------------------------------------------------------------------
 # golden: the metadata the matcher's golden example rests on
 

@@ -102,6 +102,10 @@ def message_id(value: Any, record: Mapping[str, Any], key: str) -> str:
         try:
             text = json.dumps(record, sort_keys=True, separators=(",", ":"),
                               ensure_ascii=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): escaped
+                text = json.dumps(record, sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError, RecursionError) as error:  # non-JSON values
             raise InvalidMessage("bad-field",
                                  f"record is not JSON-serialisable: {error}") from error

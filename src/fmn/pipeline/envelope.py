@@ -95,7 +95,7 @@ class Envelope:
         if self.claim is not None:
             doc["claim"] = self.claim.to_json()
         elif self.record is not None:
-            if _is_json(self.record):
+            if _embeddable(self.record):
                 doc["record"] = orjson.Fragment(self.record)  # embedded as received
             else:
                 try:
@@ -172,12 +172,26 @@ def loads(raw: bytes | str) -> Any:
         raise ValueError("JSON nested too deeply") from exc
 
 
-def _is_json(raw: bytes) -> bool:
+def _embeddable(raw: bytes) -> bool:
+    """Whether ``raw`` can sit in the envelope as it is and be sliced out unchanged:
+    JSON in UTF-8 without a byte-order mark or surrounding whitespace (which the
+    slice would lose).  Python's ``json`` reads UTF-16 and UTF-32 bytes too, which
+    would be no text inside a UTF-8 document: those go as ``record_b64``."""
     try:
-        loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if not text or text[0] in _EDGES or text[-1] in _EDGES:
+        return False
+    try:
+        loads(text)
     except ValueError:
         return False
     return True
+
+
+#: what may not start or end an embedded record: JSON's whitespace, a byte-order mark
+_EDGES = frozenset(" \t\n\r\ufeff")
 
 
 def _top_level(text: str) -> dict[str, tuple[Any, tuple[int, int]]]:
