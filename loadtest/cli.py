@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the AWS emulator (default: LocalStack where it answers, else moto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="var/loadtest", help="runs, report.json and plots")
-    p.add_argument("--timeout", type=float, default=1800.0,
+    p.add_argument("--timeout", type=float, default=3600.0,
                    help="give up on a run not drained after this many seconds")
     p.add_argument("--ceiling-seconds", type=float, default=8.0,
                    help="how long the emulator's ceiling is measured (0: not measured)")

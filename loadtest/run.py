@@ -56,7 +56,7 @@ class Options:
     seed: int = 0
     workdir: Path = field(default_factory=lambda: Path("var/loadtest"))
     #: give up on a run that has not drained after this long
-    timeout_s: float = 1800.0
+    timeout_s: float = 3600.0
     #: how long the emulator's ceiling is measured
     ceiling_s: float = 8.0
     #: seconds between samples of the queues
