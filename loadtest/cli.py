@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the emulator's ceiling is measured (0: not measured)")
     p.add_argument("--lock", default=None, metavar="FILE",
                    help="hold an exclusive flock on FILE during each run, not between runs")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the email sender and the feed function in this process "
+                        "with the others (by default each has a process of its own)")
     p.add_argument("--no-plots", action="store_true")
     return p
 
@@ -209,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     opts = Options(messages=args.messages, concurrencies=concurrencies, users=args.users,
                    bus=args.bus, aws=aws, seed=args.seed, workdir=Path(args.workdir),
-                   timeout_s=args.timeout, ceiling_s=args.ceiling_seconds)
+                   timeout_s=args.timeout, ceiling_s=args.ceiling_seconds,
+                   own_process=() if args.in_process else Options.own_process)
     return run(opts, plots=not args.no_plots, lock=args.lock)
 
 

@@ -3,15 +3,17 @@
 :func:`run_once` starts ``fmn up``'s stack under names of its own (queues,
 Redis keys, a RabbitMQ queue and exchange, free ports, a fresh SQLite
 preferences database), with the match function's maximum concurrency set,
-counts every AWS request of the run (:class:`fmn.local.requests.RequestCounter`,
-in this process and in the bridge's), publishes the re-keyed messages as fast
-as the bus takes them, samples every queue's backlog while it drains, and
-stops once the match function has matched every message and the email and
-feed queues are empty: "to the last email and the last feed event"; the IRC
-sender, paced by the network's flood limit, is reported apart and may still
-have a backlog.  Then it reads the ledger, measures the emulator's ceiling for
-the run's own request mix and the mail sink's for the run's own mails, stops
-the stack and removes what it made.
+counts every AWS request of the run
+(:class:`fmn.local.requests.RequestCounter`, in this process, in the bridge's
+and in those of the email sender and the feed function, which run in processes
+of their own as Lambda functions have environments of their own), publishes the re-keyed messages as fast
+as the bus takes them, samples every queue's backlog while it drains, and stops
+once the match function has matched every message and the email and feed queues
+are empty: "to the last email and the last feed event"; the IRC sender, paced
+by the network's flood limit, is reported apart and may still have a backlog.
+Then it reads the ledger, measures the emulator's ceiling for the run's own
+request mix and the mail sink's for the run's own mails, stops the stack and
+removes what it made.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class Options:
     #: seconds between samples of the queues
     sample_s: float = 0.5
     redis_url: str | None = None
+    #: queues whose function runs in a process of its own (``fmn.local.worker``), as
+    #: each Lambda function has environments of its own; the others share this
+    #: process's interpreter
+    own_process: tuple[str, ...] = ("email", "sse")
 
 
 @dataclass
@@ -143,7 +149,9 @@ class _Cpu:
             try:
                 t = p.cpu_times()
                 out[name] = t.user + t.system
-                for child in p.children(recursive=True) if name != "this process" else ():
+                # this process's children (bridge, mail sink, workers) are read on their own
+                children = () if name.startswith("this process") else p.children(recursive=True)
+                for child in children:
                     ct = child.cpu_times()
                     out[name] += ct.user + ct.system
             except psutil.Error:
@@ -200,7 +208,8 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         aws="auto" if settings.aws_endpoint_url else "moto",
         poll_wait_s=1, web=False, status_every_s=None, log_dir=rundir / "logs",
         request_counts=counts_file, max_concurrency={"incoming": concurrency},
-        feed_port=free_port(), web_port=free_port(), mail_process=True)
+        feed_port=free_port(), web_port=free_port(), mail_process=True,
+        external=tuple(opts.own_process))
     functions = {q.name: q.function for q in QUEUES if q.function}
     counter = RequestCounter(prefix, role="instrument", functions=functions)
     counter.install_default_session()
@@ -219,7 +228,9 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         cpu = _Cpu({"this process (functions, runner, sinks)": os.getpid(),
                     "bridge": stack.bridge_pid, "mail sink": stack.mail.pid,
                     "AWS emulator": stack.moto_pid or _find_pid("localstack.runtime.main"),
-                    "redis-server": _find_pid("redis-server")})
+                    "redis-server": _find_pid("redis-server"),
+                    **{f"{functions[q]} (own process)": w.pid
+                       for q, w in stack.workers.items()}})
         publisher = threading.Thread(target=_publish, name="publisher", daemon=True,
                                      args=(stack, opts.bus, outgoing, data))
         data.published_at = time.time()
@@ -243,11 +254,20 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
             st = runner.stats()
             data.functions[st.function] = {"invocations": st.invocations, "busy_s": st.busy_s,
                                            "records": st.records_ok + st.records_failed}
+        for q in stack.workers:  # stopped by quiesce: their files are written
+            worker = _read_json(stack.worker_file(q, "stats"))
+            if worker:
+                data.functions[worker["function"]] = {
+                    "invocations": worker["invocations"], "busy_s": worker["busy_s"],
+                    "records": worker["records_ok"] + worker["records_failed"]}
+            else:
+                log.warning("the %s worker wrote no totals: its figures are missing", q)
         irc = getattr(stack.functions.get("send_irc"), "totals", {})
         data.irc = {k: int(v) for k, v in irc.items()}
         journal = getattr(stack.functions.get("match"), "_state", {}).get("journal")
         data.journal_write_s = float(getattr(journal, "write_s", 0.0))
-        data.requests = counter.snapshot() + read_counts(counts_file)
+        data.requests = counter.snapshot() + read_counts(counts_file) + [
+            r for q in stack.workers for r in read_counts(stack.worker_file(q, "requests"))]
         if not stop.is_set() and opts.ceiling_s > 0:
             from loadtest.ceiling import measure
 
@@ -285,6 +305,14 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
     data.stages = analyse(rundir, data, feeds)
     (rundir / "run.json").write_text(json.dumps(dataclasses.asdict(data), default=str))
     return data
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _publish(stack: Any, bus: str, outgoing: list[Outgoing], data: RunData) -> None:

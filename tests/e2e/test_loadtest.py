@@ -52,6 +52,10 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     assert stages["sse queue -> feed event"]["count"] == ledger["backends"]["sse"]["delivered"]
     assert 0 < run_["sqs_requests_per_message"] < 3
     assert run_["invocations_per_message"] > 0
+    # the email sender ran in a process of its own and reported its totals and requests
+    assert run_["functions"]["send_email"]["records"] > 0
+    assert run_["cpu_s"]["send_email (own process)"] > 0
+    assert run_["sqs_requests_by_stage_per_message"]["send_email event source -> email"] > 0
     # the sink's ceiling is measured on a sink of its own: the run's mails stay the run's
     assert run_["mail_ceiling_per_s"] > 0
     assert not (tmp_path / "c1" / "ceiling-mail").exists()

@@ -720,13 +720,39 @@ fmn_bridge_queue = "{queue}"
     def start_worker(self, queue_name: str) -> None:
         """Run the function of ``queue_name`` under its own runner in a child process."""
         log_file = (self.workdir / f"worker-{queue_name}.log").open("ab")
+        poll_wait_s = self.options.long_poll_s if self.long_polling else self.options.poll_wait_s
         args = [sys.executable, "-m", "fmn.local.worker", queue_name,
-                "--poll-wait-s", str(self.options.poll_wait_s),
-                "--schedule-s", str(self.options.schedule_s)]
+                "--poll-wait-s", str(poll_wait_s), "--schedule-s", str(self.options.schedule_s)]
         if self.options.visibility_s is not None:
             args += ["--visibility-s", str(self.options.visibility_s)]
+        if queue_name in self.options.max_concurrency:
+            args += ["--max-concurrency", str(self.options.max_concurrency[queue_name])]
+        if self.long_polling:
+            args.append("--long-poll")
+        if self.options.log_dir is not None:
+            args += ["--log-dir", str(self.options.log_dir)]
+        args += ["--stats", str(self.worker_file(queue_name, "stats")),
+                 "--request-counts", str(self.worker_file(queue_name, "requests"))]
         self.workers[queue_name] = subprocess.Popen(
             args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
+
+    def worker_file(self, queue_name: str, kind: str) -> Path:
+        """What the worker of ``queue_name`` writes when it stops (``stats``: its runner's
+        totals; ``requests``: its AWS request counts), as JSON."""
+        return self.workdir / f"worker-{queue_name}-{kind}.json"
+
+    def stop_workers(self) -> None:
+        """SIGTERM every function's child process and wait: in-flight invocations
+        finish and each writes its :meth:`worker_file` files."""
+        for worker in self.workers.values():
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers.values():
+            try:
+                worker.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
 
     def kill_worker(self, queue_name: str) -> None:
         """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""
@@ -846,6 +872,7 @@ fmn_bridge_queue = "{queue}"
         stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},
                                      name=f"stop-{name}")
                     for name, runner in self.runners.items()]
+        stoppers.append(threading.Thread(target=self.stop_workers, name="stop-workers"))
         for t in stoppers:
             t.start()
         for t in stoppers:
@@ -866,13 +893,7 @@ fmn_bridge_queue = "{queue}"
                 self._bridge.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._bridge.kill()
-        for worker in self.workers.values():
-            worker.send_signal(signal.SIGTERM)
-        for worker in self.workers.values():
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        self.stop_workers()
         # together: on LocalStack each idle poller may be in a long poll
         stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},
                                      name=f"stop-{name}")
