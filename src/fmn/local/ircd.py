@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from fmn.local.stack import free_port
+from fmn.local.stack import end_process, free_port
 
 
 class LocalIrcd:
@@ -106,13 +106,7 @@ class LocalIrcd:
     def stop(self, timeout: float = 5.0) -> None:
         """End the server (its clients see the connection close)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        end_process(process, timeout)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None

@@ -94,6 +94,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def end_process(process: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+    """SIGTERM ``process`` and wait; SIGKILL it if it has not ended within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
 def _wait_for(what: str, check: Any, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -914,12 +926,8 @@ fmn_bridge_queue = "{queue}"
             self.ircd.stop()
         if self.mail is not None:
             self.mail.stop()
-        if self._redis is not None:
-            self._redis.terminate()
-            self._redis.wait(timeout=10)
-        if self._moto is not None:
-            self._moto.terminate()
-            self._moto.wait(timeout=10)
+        end_process(self._redis)
+        end_process(self._moto)
         (self.workdir / STATUS_FILE).unlink(missing_ok=True)
         for key, value in self._saved_env.items():  # as it was before start()
             if value is None:

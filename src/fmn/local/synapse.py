@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from fmn.local.stack import ROOT, free_port
+from fmn.local.stack import ROOT, end_process, free_port
 
 SERVER_NAME = "fmn.localhost"
 
@@ -232,13 +232,7 @@ class LocalSynapse:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        end_process(process, timeout)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
