@@ -85,6 +85,30 @@ def test_a_record_json_reads_but_the_envelope_cannot_embed_comes_back_unchanged(
     assert Envelope.decode(encoded).record == record
 
 
+@pytest.mark.parametrize("depth", [600, 995, 1010, 1020, 1100])
+def test_a_record_nested_as_deep_as_orjson_reads_comes_back_unchanged(depth: int) -> None:
+    # orjson reads 1024 levels, the standard library (which reads the envelope) fewer
+    record = b'{"topic": "x", "msg": ' + b"[" * depth + b"]" * depth + b"}"
+    encoded = Envelope.wrap("fedmsg", "tcp://hub:9940", record).encode()
+    assert Envelope.decode(encoded).record == record
+
+
+@pytest.mark.parametrize("i", ["18446744073709551616", "-9223372036854775809", "1e400", "true"])
+def test_a_fedmsg_sequence_number_json_cannot_write_is_dropped_not_fatal(i: str) -> None:
+    from fmn_bridge.fedmsg_source import FedmsgSource
+
+    class Sink(list[Envelope]):
+        def put(self, envelope: Envelope, ack: Any = None) -> None:
+            self.append(envelope.decode(envelope.encode()))  # what the SQS sink does
+
+    record = b'{"topic": "org.fedoraproject.prod.x", "msg": {"n": NaN}, "i": ' + i.encode() + b"}"
+    sink = Sink()
+    source = FedmsgSource(["tcp://hub:9940"], sink)  # type: ignore[arg-type]
+    assert source._handle("tcp://hub:9940", [b"org.fedoraproject.prod.x", record])
+    (envelope,) = sink
+    assert envelope.record == record and envelope.seq is None
+
+
 def test_a_boolean_version_is_not_version_1() -> None:
     with pytest.raises(InvalidEnvelope):
         Envelope.decode('{"v": true, "bus": "fedmsg", "record": {}}')

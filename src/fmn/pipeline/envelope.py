@@ -81,6 +81,8 @@ class Envelope:
         if bus not in BUSES:
             raise ValueError(f"unknown bus {bus!r}")
         when = (received_at or datetime.now(UTC)).isoformat()
+        if not _is_seq(seq):  # a bus's number, not ours to trust: JSON writes no bigger
+            seq = None
         return cls(bus=bus, source=source, received_at=when, record=record, seq=seq)
 
     def with_claim(self, claim: Claim) -> Envelope:
@@ -145,10 +147,15 @@ class Envelope:
         seq = doc.get("seq")
         return cls(bus=doc["bus"], source=str(doc.get("source", "")),
                    received_at=str(doc.get("received_at", "")), record=record, claim=claim,
-                   seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
+                   seq=seq if _is_seq(seq) else None)
 
     def encoded_size(self) -> int:
         return len(self.encode().encode())
+
+
+def _is_seq(value: object) -> bool:
+    """A sequence number the envelope can carry: an integer orjson writes (64 bits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**64
 
 
 #: The standard library's decoder: NaN, Infinity and integers of any size, as Fedora sends.
@@ -177,21 +184,29 @@ def _embeddable(raw: bytes) -> bool:
     JSON in UTF-8 without a byte-order mark or surrounding whitespace (which the
     slice would lose).  Python's ``json`` reads UTF-16 and UTF-32 bytes too, which
     would be no text inside a UTF-8 document: those go as ``record_b64``."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    if not text or text[0] in _EDGES or text[-1] in _EDGES:
+    if not raw or raw[:1] in _EDGES or raw[-1:] in _EDGES or raw.startswith(_BOM):
         return False
     try:
-        loads(text)
-    except ValueError:
-        return False
+        orjson.loads(raw)  # strict JSON in valid UTF-8: the common case, fast
+    except orjson.JSONDecodeError:
+        try:  # what Python's json reads from UTF-8 text (NaN, Infinity...)
+            json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return False
+    if raw.count(b"[") + raw.count(b"{") > _DEEP:
+        try:  # nested deeper than the standard library's scanner, which reads the
+            # envelope, may go (orjson goes to 1024): carried as record_text
+            _DECODER.decode(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return False
     return True
 
 
-#: what may not start or end an embedded record: JSON's whitespace, a byte-order mark
-_EDGES = frozenset(" \t\n\r\ufeff")
+#: what may not start or end an embedded record: JSON's whitespace (and a BOM)
+_EDGES = frozenset((b" ", b"\t", b"\n", b"\r"))
+_BOM = b"\xef\xbb\xbf"
+#: more brackets than this and the record's nesting is checked against Python's own
+_DEEP = 400
 
 
 def _top_level(text: str) -> dict[str, tuple[Any, tuple[int, int]]]:
