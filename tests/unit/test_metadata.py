@@ -318,6 +318,25 @@ def test_fedmsg_without_msg_id_gets_a_stable_derived_id() -> None:
     assert first.sent_at is None
 
 
+@pytest.mark.parametrize(("one", "other"), [
+    (b'{"topic": "t", "msg": {"n": NaN}}', b'{"topic": "t", "msg": {"n": null}}'),
+    (b'{"topic": "t", "msg": {"n": 18446744073709551616}}',
+     b'{"topic": "t", "msg": {"n": 18446744073709551617}}'),
+    (b'{"topic": "t", "msg": {"n": -9223372036854775809}}',
+     b'{"topic": "t", "msg": {"n": -9223372036854775810}}'),
+], ids=["nan-null", "past-64-bits", "below-64-bits"])
+def test_records_that_differ_get_different_derived_ids(one: bytes, other: bytes) -> None:
+    # a shared id would make the second record's sends look done already
+    assert parse(one).id != parse(other).id
+
+
+def test_a_derived_id_is_the_same_from_bytes_and_from_what_json_reads() -> None:
+    import json
+
+    record = b'{"topic": "t", "msg": {"n": 18446744073709551616, "x": NaN, "d": 1e20}}'
+    assert parse(record).id == parse(json.loads(record)).id  # the replay journal's way
+
+
 @pytest.mark.parametrize("record", [
     b'{"topic": "org.fedoraproject.prod.x", "msg": {"s": "\\ud800 lone"}}',
     b'{"topic": "org.fedoraproject.prod.x", "msg": {"\\udfff": NaN}}',

@@ -13,6 +13,8 @@ import.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,9 +53,22 @@ def decode(record: Record) -> Mapping[str, Any]:
     except orjson.JSONDecodeError as error:  # also invalid UTF-8 and lone surrogates
         # What Python's json reads is valid on Fedora's buses (NaN, Infinity)
         data = _lenient(record, error)
+    else:
+        # orjson reads integers past 64 bits as floats: Python's json, exactly
+        long = _LONG_TEXT.search(record) if isinstance(record, str) else \
+            _LONG_BYTES.search(record)
+        if long:
+            with contextlib.suppress(InvalidMessage):  # too deep for it: orjson's reading
+                data = _lenient(record, ValueError("not JSON"))
     if not isinstance(data, dict):
         raise InvalidMessage("not-an-object", f"expected a JSON object, not {type(data).__name__}")
     return data
+
+
+#: maybe an integer past 64 bits (maybe just digits in a string): orjson reads
+#: -2**63 to 2**64 - 1 exactly, which is at most 19 digits below zero, 20 above
+_LONG_BYTES = re.compile(rb"-[0-9]{19}|[0-9]{20}")
+_LONG_TEXT = re.compile(r"-[0-9]{19}|[0-9]{20}")
 
 
 def _lenient(record: bytes | bytearray | memoryview | str, error: Exception) -> Any:

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from fmn.errors import InvalidMessage
 from fmn.message import EMPTY, SEVERITY_NAMES
 
@@ -86,31 +84,26 @@ def message_id(value: Any, record: Mapping[str, Any], key: str) -> str:
 
     Ids must exist (notifications and deduplication key on them), but fedmsg
     envelopes often lack ``msg_id``.  The derived id is the UUID5 of the
-    record's canonical JSON (sorted keys), so replaying a record gives the
-    same id.
+    record's canonical JSON (sorted keys, as Python's ``json`` writes it: NaN
+    stays NaN and integers past 64 bits stay exact, where orjson would write
+    ``null`` and round, and two records would share an id), so replaying a
+    record, as bytes or as the object they decode to, gives the same id.
     """
     if isinstance(value, str) and value:
         return value
     if value is not None:
-        raise InvalidMessage("bad-field", f"{key!r} must be a string, not {type(value).__name__}")
-    try:
-        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        # integers beyond 64 bits (valid on the bus): the standard library writes them
-        import json
+        raise InvalidMessage("bad-field", f"{key!r} must be a non-empty string")
+    import json
 
+    try:
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         try:
-            text = json.dumps(record, sort_keys=True, separators=(",", ":"),
-                              ensure_ascii=False)
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): escaped
-                text = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError, RecursionError) as error:  # non-JSON values
-            raise InvalidMessage("bad-field",
-                                 f"record is not JSON-serialisable: {error}") from error
-        return str(uuid.uuid5(_ID_NAMESPACE, text))
-    return str(uuid.uuid5(_ID_NAMESPACE, canonical.decode()))
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): escaped
+            text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as error:  # non-JSON values
+        raise InvalidMessage("bad-field", f"record is not JSON-serialisable: {error}") from error
+    return str(uuid.uuid5(_ID_NAMESPACE, text))
 
 
 def timestamp_to_rfc3339(value: Any) -> str | None:
