@@ -231,8 +231,10 @@ def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
         stop.set()
         log.warning("stopping: the current run ends cleanly (Ctrl-C again to abort)")
 
-    previous = signal.signal(signal.SIGINT, on_signal) \
-        if threading.current_thread() is threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()
+    # SIGTERM (a killed terminal, a CI timeout) stops as cleanly as Ctrl-C
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if main else {}
     opts.workdir.mkdir(parents=True, exist_ok=True)
     machine = f"{os.cpu_count()} cores, {platform.python_implementation()} " \
               f"{platform.python_version()}"
@@ -264,8 +266,8 @@ def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
                 if not summary["ledger_ok"]:
                     display.say(data.ledger_text)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print("\n\n".join(rep.format_run(s, opts.aws) for s in summaries))
     print(rep.format_summary(summaries))
     doc = {"options": {k: (str(v) if isinstance(v, Path) else v)

@@ -7,9 +7,10 @@ polls cost a fixed amount per queue and month, not per message), Lambda
 invocations, and Lambda compute (the time each function spent in its handler
 times the memory it is configured with in ``functions/<name>/.chalice/config.json``).
 SES follows the mails, not the messages: its own line.  ElastiCache and the
-database are a fixed monthly line.  Handler times measured on a shared
-2-core machine, with every function in one Python process, overstate what
-Lambda would bill: read the compute line as an upper bound.
+database are a fixed monthly line.  Handler times are wall times on a shared
+2-core machine, where each invocation is a thread waiting for its process's
+interpreter lock and for a core: they overstate what Lambda would bill, so
+read the compute line as an upper bound.
 
 The prices are us-east-1 list prices as published by AWS, as of
 :data:`PRICES_AS_OF` (not re-checked from this machine, which has no network):
@@ -22,6 +23,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from fmn.pipeline.queues import QUEUES
 
 PRICES_AS_OF = "2025-01"
 #: SQS standard queues, per million requests (after the first million a month)
@@ -40,6 +43,8 @@ DATABASE_MONTHLY = 0.016 * 730 + 20 * 0.115
 IDLE_RECEIVES_PER_QUEUE_MONTHLY = 5 * 3 * 60 * 24 * 30
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the queues a function long-polls (each idle poll is a request, busy or not)
+POLLED = tuple(q.name for q in QUEUES if q.function)
 BILLED_ROLES = ("bridge", "esm", "function")
 
 
@@ -81,6 +86,7 @@ def bill(messages: int, requests: Sequence[Mapping[str, Any]],
         "memory_mb": {name: memory_mb(name) for name in functions},
         "fixed_monthly": {"ElastiCache (cache.t4g.small)": round(ELASTICACHE_MONTHLY, 2),
                           "PostgreSQL (db.t4g.micro, 20 GB)": round(DATABASE_MONTHLY, 2),
-                          "idle long polls (4 queues)": round(
-                              4 * IDLE_RECEIVES_PER_QUEUE_MONTHLY / 1e6 * SQS_PER_MILLION, 2)},
+                          f"idle long polls ({len(POLLED)} queues)": round(
+                              len(POLLED) * IDLE_RECEIVES_PER_QUEUE_MONTHLY / 1e6
+                              * SQS_PER_MILLION, 2)},
     }

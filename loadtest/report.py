@@ -76,7 +76,10 @@ def summarise(data: Any) -> dict[str, Any]:
         "fraction_of_mail_ceiling": (mails_direct / drain_s) / mail_ceiling
         if mail_ceiling else 0.0,
         "cpu_s": data.cpu_s,
-        "cpu_share": {k: v / drain_s for k, v in data.cpu_s.items()},
+        # over the time it was measured (to the drain, or to the stop when it did not)
+        "cpu_share": {k: v / max(1e-9, getattr(data, "cpu_span_s", 0.0) or drain_s)
+                      for k, v in data.cpu_s.items()},
+        "notes": list(getattr(data, "notes", [])),
         "irc": data.irc,
         "ledger_ok": bool(data.ledger.get("ok")),
         "ledger": data.ledger,
@@ -141,6 +144,8 @@ def format_run(s: dict[str, Any], aws: str) -> str:
                    f"{c['dominant']}; SES ${c['ses_per_million_messages']:,.2f} "
                    f"({c['mails_per_message']:.1f} mails per message); fixed per month: "
                    + ", ".join(f"{k} ${v:.2f}" for k, v in c["fixed_monthly"].items()))
+    for note in s.get("notes", []):
+        out.append(f"  NOTE: {note}")
     led = s["ledger"]
     out.append(f"  ledger: {'OK' if s['ledger_ok'] else 'FAILED'}: published "
                f"{led.get('published', 0):,}, matched {led.get('matched', 0):,}, dead-lettered "

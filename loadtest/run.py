@@ -6,14 +6,14 @@ preferences database), with the match function's maximum concurrency set,
 counts every AWS request of the run
 (:class:`fmn.local.requests.RequestCounter`, in this process, in the bridge's
 and in those of the email sender and the feed function, which run in processes
-of their own as Lambda functions have environments of their own), publishes the re-keyed messages as fast
-as the bus takes them, samples every queue's backlog while it drains, and stops
-once the match function has matched every message and the email and feed queues
-are empty: "to the last email and the last feed event"; the IRC sender, paced
-by the network's flood limit, is reported apart and may still have a backlog.
-Then it reads the ledger, measures the emulator's ceiling for the run's own
-request mix and the mail sink's for the run's own mails, stops the stack and
-removes what it made.
+of their own as Lambda functions have environments of their own), publishes the
+re-keyed messages as fast as the bus takes them, samples every queue's backlog
+while it drains, and stops once the match function has matched every message
+and the email and feed queues are empty: "to the last email and the last feed
+event"; the IRC sender, paced by the network's flood limit, is reported apart
+and may still have a backlog. Then it reads the ledger, measures the emulator's
+ceiling for the run's own request mix and the mail sink's for the run's own
+mails, stops the stack and removes what it made.
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ class RunData:
     journal_write_s: float = 0.0
     #: the machine's 1-minute load average when publishing started and when it drained
     load_average: tuple[float, float] = (0.0, 0.0)
+    #: seconds over which ``cpu_s`` was measured (publishing to drained, or to the stop)
+    cpu_span_s: float = 0.0
+    #: what makes the figures incomplete or suspect (a worker that died...)
+    notes: list[str] = field(default_factory=list)
 
 
 def endpoint_for(opts: Options) -> str | None:
@@ -134,6 +138,9 @@ class _Cpu:
     def __init__(self, pids: dict[str, int | None]) -> None:
         import psutil
 
+        #: each listed process counts its own children, but for this one, whose
+        #: children (bridge, sinks, workers...) are listed on their own
+        self.listed = {pid for pid in pids.values() if pid}
         self.procs: dict[str, Any] = {}
         for name, pid in pids.items():
             if pid:
@@ -149,14 +156,24 @@ class _Cpu:
             try:
                 t = p.cpu_times()
                 out[name] = t.user + t.system
-                # this process's children (bridge, mail sink, workers) are read on their own
-                children = () if name.startswith("this process") else p.children(recursive=True)
+                children = p.children(recursive=True)
+                if p.pid == os.getpid():  # only what no other line counts (the IRC server)
+                    children = [c for c in children if not self._under_listed(c)]
                 for child in children:
                     ct = child.cpu_times()
                     out[name] += ct.user + ct.system
             except psutil.Error:
                 pass
         return out
+
+    def _under_listed(self, proc: Any) -> bool:
+        import psutil
+
+        try:
+            return proc.pid in self.listed or any(a.pid in self.listed for a in proc.parents()
+                                                  if a.pid != os.getpid())
+        except psutil.Error:
+            return True
 
     def used(self) -> dict[str, float]:
         end = self._read()
@@ -225,7 +242,9 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         rekeyer = Rekeyer(templates, names, seed=opts.seed + concurrency)
         outgoing = list(rekeyer.copies(opts.messages))
         say(f"c={concurrency}: publishing {len(outgoing):,} re-keyed messages on {opts.bus}")
-        cpu = _Cpu({"this process (functions, runner, sinks)": os.getpid(),
+        in_process = ", ".join(sorted({functions[q] for q in functions
+                                       if q not in opts.own_process}))
+        cpu = _Cpu({f"this process ({in_process}; runner, IRC server)": os.getpid(),
                     "bridge": stack.bridge_pid, "mail sink": stack.mail.pid,
                     "AWS emulator": stack.moto_pid or _find_pid("localstack.runtime.main"),
                     "redis-server": _find_pid("redis-server"),
@@ -238,6 +257,7 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         publisher.start()
         _watch(stack, data, opts, on_sample, stop, publisher)
         data.cpu_s = cpu.used()
+        data.cpu_span_s = time.time() - data.published_at
         data.load_average = (load_start, os.getloadavg()[0])
         publisher.join(5)
         say(f"c={concurrency}: stopping the functions, reading the ledger ...")
@@ -261,7 +281,8 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
                     "invocations": worker["invocations"], "busy_s": worker["busy_s"],
                     "records": worker["records_ok"] + worker["records_failed"]}
             else:
-                log.warning("the %s worker wrote no totals: its figures are missing", q)
+                data.notes.append(f"the {functions[q]} process wrote no totals (killed?): its "
+                                  "invocations, compute and SQS requests are missing")
         irc = getattr(stack.functions.get("send_irc"), "totals", {})
         data.irc = {k: int(v) for k, v in irc.items()}
         journal = getattr(stack.functions.get("match"), "_state", {}).get("journal")
@@ -415,6 +436,13 @@ def _watch(stack: Any, data: RunData, opts: Options,
             calm = 0
         if time.monotonic() > deadline:
             log.warning("not drained after %.0fs: giving up on this run", opts.timeout_s)
+            return
+        dead = [q for q, w in stack.workers.items() if w.poll() is not None]
+        if dead:  # nothing would drain its queue: no use waiting for the timeout
+            for q in dead:
+                data.notes.append(f"the {q} function's process ended by itself (exit status "
+                                  f"{stack.workers[q].returncode}; its log: worker-{q}.log)")
+            log.error("%s", "; ".join(data.notes))
             return
     data.interrupted = True
 
