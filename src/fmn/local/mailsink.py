@@ -182,17 +182,10 @@ class ProcessMailSink:
         raise RuntimeError("the mail sink process did not start")
 
     def stop(self) -> None:
-        import signal
-        import subprocess
+        from fmn.local.stack import end_process
 
-        if self._process is not None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(5)
-            self._process = None
+        process, self._process = self._process, None
+        end_process(process)
 
     def samples(self, limit: int) -> list[Received]:
         """Up to ``limit`` of the mails received, read back from the Maildir."""
@@ -228,11 +221,15 @@ def _serve(port: int, maildir: str, counter: str) -> None:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: the parent stops it
+    # Ctrl-C reaches the whole process group: the parent stops the sink once the
+    # email sender has finished what it was sending
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sink = Counting(port=port, maildir=Path(maildir), keep=False).start()
+    parent = os.getppid()
     try:
         while not stop.wait(1):
-            pass
+            if os.getppid() != parent:  # the stack died without stopping it
+                break
     finally:
         sink.stop()
 

@@ -731,7 +731,6 @@ fmn_bridge_queue = "{queue}"
 
     def start_worker(self, queue_name: str) -> None:
         """Run the function of ``queue_name`` under its own runner in a child process."""
-        log_file = (self.workdir / f"worker-{queue_name}.log").open("ab")
         poll_wait_s = self.options.long_poll_s if self.long_polling else self.options.poll_wait_s
         args = [sys.executable, "-m", "fmn.local.worker", queue_name,
                 "--poll-wait-s", str(poll_wait_s), "--schedule-s", str(self.options.schedule_s)]
@@ -745,8 +744,9 @@ fmn_bridge_queue = "{queue}"
             args += ["--log-dir", str(self.options.log_dir)]
         args += ["--stats", str(self.worker_file(queue_name, "stats")),
                  "--request-counts", str(self.worker_file(queue_name, "requests"))]
-        self.workers[queue_name] = subprocess.Popen(
-            args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
+        with (self.workdir / f"worker-{queue_name}.log").open("ab") as log_file:
+            self.workers[queue_name] = subprocess.Popen(
+                args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
 
     def worker_file(self, queue_name: str, kind: str) -> Path:
         """What the worker of ``queue_name`` writes when it stops (``stats``: its runner's
@@ -755,13 +755,16 @@ fmn_bridge_queue = "{queue}"
 
     def stop_workers(self) -> None:
         """SIGTERM every function's child process and wait: in-flight invocations
-        finish and each writes its :meth:`worker_file` files."""
+        finish and each writes its :meth:`worker_file` files (a digest flush may take
+        its whole deadline, the email queue's visibility timeout, then the runner its
+        own, so the wait is longer than both)."""
+        timeout = max(q.visibility_timeout_s for q in self.queues()) + 90
         for worker in self.workers.values():
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
         for worker in self.workers.values():
             try:
-                worker.wait(timeout=90)
+                worker.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait(timeout=10)

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -94,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     runner.start()
     flush = getattr(module, "flush_digests_now", None)
+    parent = os.getppid()
     while not stopping.wait(args.schedule_s):
+        if os.getppid() != parent:  # whoever started it is gone without stopping it
+            log.warning("the parent process ended: stopping")
+            break
         if flush is not None:
             try:  # each run with its own deadline, as on AWS
                 flush(scheduled_context(f"{q.function}-flush_digests", q.visibility_timeout_s))
