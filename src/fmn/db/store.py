@@ -94,6 +94,18 @@ def ownership_hash(prefs: Preferences) -> str:
 # transactions
 
 
+def _lock_writers(conn: Connection) -> None:
+    """Take the writers' lock, changing nothing: the first statement of a write
+    that reads before it writes and is no preference change (no :func:`_bump`).
+
+    On SQLite a transaction that reads first and then writes fails at once
+    ("database is locked") when another writer committed in between, the busy
+    timeout notwithstanding; on PostgreSQL two such transactions would both
+    act on what they read.  Writing first makes the others wait instead.
+    """
+    conn.execute(update(StateRow).where(StateRow.id == 1).values(id=StateRow.id))
+
+
 def _bump(conn: Connection) -> int:
     """Advance the change sequence; the first statement of every write.
 

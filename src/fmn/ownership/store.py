@@ -29,7 +29,7 @@ from fmn.db.models import (
     SyncStateRow,
     UserRow,
 )
-from fmn.db.store import _bump
+from fmn.db.store import _bump, _lock_writers
 from fmn.ownership.data import Account, Ownership
 from fmn.ownership.diff import OwnershipDelta
 
@@ -342,6 +342,7 @@ def stamp_live(engine: Engine, scope: str, stamps: Mapping[str, datetime]) -> No
     if not stamps:
         return
     with engine.begin() as conn:
+        _lock_writers(conn)  # concurrent match invocations stamp too: read, then write
         keys = list(stamps)
         current: dict[str, datetime] = {}
         for start in range(0, len(keys), 500):
