@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmn.local.files import read_json
 from fmn.local.requests import RequestCounter, read_counts
 from fmn.pipeline.queues import QUEUES, queue
 from fmn.settings import Settings
@@ -270,19 +271,18 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
 
         data.ledger = report.to_json()
         data.ledger_text = format_report(report, max_listed=30)
-        for runner in stack.runners.values():
-            st = runner.stats()
-            data.functions[st.function] = {"invocations": st.invocations, "busy_s": st.busy_s,
-                                           "records": st.records_ok + st.records_failed}
+        runner_stats = [dataclasses.asdict(r.stats()) for r in stack.runners.values()]
         for q in stack.workers:  # stopped by quiesce: their files are written
-            worker = _read_json(stack.worker_file(q, "stats"))
-            if worker:
-                data.functions[worker["function"]] = {
-                    "invocations": worker["invocations"], "busy_s": worker["busy_s"],
-                    "records": worker["records_ok"] + worker["records_failed"]}
+            worker = read_json(stack.worker_file(q, "stats"))
+            if isinstance(worker, dict):
+                runner_stats.append(worker)
             else:
                 data.notes.append(f"the {functions[q]} process wrote no totals (killed?): its "
                                   "invocations, compute and SQS requests are missing")
+        for st in runner_stats:
+            data.functions[st["function"]] = {
+                "invocations": st["invocations"], "busy_s": st["busy_s"],
+                "records": st["records_ok"] + st["records_failed"]}
         irc = getattr(stack.functions.get("send_irc"), "totals", {})
         data.irc = {k: int(v) for k, v in irc.items()}
         journal = getattr(stack.functions.get("match"), "_state", {}).get("journal")
@@ -326,14 +326,6 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
     data.stages = analyse(rundir, data, feeds)
     (rundir / "run.json").write_text(json.dumps(dataclasses.asdict(data), default=str))
     return data
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def _publish(stack: Any, bus: str, outgoing: list[Outgoing], data: RunData) -> None:

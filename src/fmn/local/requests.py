@@ -27,13 +27,14 @@ its counts there when ``FMN_REQUEST_COUNTS`` names a file).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from fmn.local.files import read_json, write_json
 
 #: SQS bills each 64 KiB chunk of a payload as one request.
 SQS_CHUNK = 64 * 1024
@@ -178,15 +179,10 @@ class RequestCounter:
                        and (roles is None or k.role in roles))
 
     def write(self, path: str | Path) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
-        tmp.replace(path)
+        write_json(path, self.snapshot())
 
 
 def read_counts(path: str | Path) -> list[dict[str, Any]]:
     """What :meth:`RequestCounter.write` wrote (none if nothing was written)."""
-    try:
-        doc: list[dict[str, Any]] = json.loads(Path(path).read_text())
-    except (FileNotFoundError, ValueError):
-        return []
-    return doc
+    doc = read_json(path)
+    return doc if isinstance(doc, list) else []

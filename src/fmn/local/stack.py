@@ -55,6 +55,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from fmn.local.files import write_json
 from fmn.pipeline.alarms import Param, Thresholds
 from fmn.pipeline.queues import BACKENDS, QUEUES
 from fmn.settings import Settings
@@ -759,15 +760,11 @@ fmn_bridge_queue = "{queue}"
         its whole deadline, the email queue's visibility timeout, then the runner its
         own, so the wait is longer than both)."""
         timeout = max(q.visibility_timeout_s for q in self.queues()) + 90
-        for worker in self.workers.values():
+        for worker in self.workers.values():  # all at once: each winds down meanwhile
             if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
+                worker.terminate()
         for worker in self.workers.values():
-            try:
-                worker.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=10)
+            end_process(worker, timeout)
 
     def kill_worker(self, queue_name: str) -> None:
         """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""
@@ -872,9 +869,7 @@ fmn_bridge_queue = "{queue}"
             except Exception as exc:  # a status reading must not kill the stack
                 log.warning("status not updated: %s", exc)
                 continue
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            tmp.replace(path)
+            write_json(path, doc, indent=1)
 
     # -- stop ------------------------------------------------------------------
 
@@ -902,12 +897,7 @@ fmn_bridge_queue = "{queue}"
             self.web.stop()
         if self.feed is not None:  # open streams would hold the shutdown up
             self.feed.stop()
-        if self._bridge is not None and self._bridge.poll() is None:
-            self._bridge.send_signal(signal.SIGTERM)
-            try:
-                self._bridge.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._bridge.kill()
+        end_process(self._bridge, 30)
         self.stop_workers()
         # together: on LocalStack each idle poller may be in a long poll
         stoppers = [threading.Thread(target=runner.stop, kwargs={"timeout": 60},

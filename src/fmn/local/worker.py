@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fmn.local.aws import clients
+from fmn.local.files import write_json
 from fmn.local.runner import EventSourceMapping, scheduled_context
 from fmn.local.stack import load_function
 from fmn.pipeline.queues import queue
@@ -107,19 +107,13 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("digest flush failed: %s", exc)
     runner.stop(timeout=60)
     if args.stats is not None:
-        _write(args.stats, {**dataclasses.asdict(runner.stats()),
-                            "totals": dict(getattr(module, "totals", {}))})
+        write_json(args.stats, {**dataclasses.asdict(runner.stats()),
+                                "totals": dict(getattr(module, "totals", {}))})
     if counter is not None:
         counter.write(args.request_counts)
     if hasattr(module, "reset"):
         module.reset()
     return 0
-
-
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, default=str))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":
