@@ -22,7 +22,11 @@ its ``id:`` (EventSource remembers it without firing an event), then:
   or ``?last_event_id=``; malformed: 400): exactly the events after it; if
   the feed has since dropped events after it (its length or age cap), an
   ``event: gap`` frame first (``{"v": 1, "after": "<that id>"}``, no id),
-  so the client knows to look at the recent notifications page.
+  so the client knows to look at the recent notifications page;
+* in both cases, once what the feed held at connection time has gone out,
+  an ``event: live`` frame (``{"v": 1, "after": "<position>"}``, no id):
+  every event after it is new (the web UI shows desktop notifications for
+  those only).
 
 Each event is ``id: <feed id>``, ``event: notification``, one ``data:``
 line of JSON (``fmn.delivery.feed``).  A ``: keep-alive`` comment goes out
@@ -70,6 +74,7 @@ from fmn.delivery.feed import (
     InvalidEventId,
     cursor_frame,
     gap_frame,
+    live_frame,
     parse_event_id,
     retry_frame,
     sse_frame,
@@ -149,6 +154,15 @@ async def _events(reader: FeedReader, user: str, last_id: str | None, history: i
             if await reader.missed_after(user, last_id):
                 # the feed dropped events after the client's position: say so
                 yield gap_frame(last_id)
+            while True:  # what came while the client was away, without waiting
+                missed = await reader.after(user, cursor, options.batch)
+                for event in missed:
+                    yield sse_frame(event)
+                    cursor = event.id
+                if len(missed) < options.batch:
+                    break
+        # caught up: from here on every event is new (desktop notifications)
+        yield live_frame(cursor)
         while not (closing.is_set() or shutdown.is_set()):
             wait = options.block_s
             if deadline is not None:

@@ -355,6 +355,13 @@ def message_ids(events: list[Event]) -> list[str]:
     return [json.loads(e.data)["message_id"] for e in events]
 
 
+def assert_live_marker(got: Event | None, position: str) -> None:
+    """The caught-up marker: ``event: live``, the position it follows, no id."""
+    assert got is not None and got.event == "live"
+    assert json.loads(got.data) == {"v": 1, "after": position}
+    assert not any(line.startswith("id") for line in got.lines)  # the position stays
+
+
 def test_events_arrive_with_ids_and_a_reconnect_resumes_without_loss_or_repeats(
         start: Callable[..., ServerHandle], feed: RedisFeed) -> None:
     server = start()
@@ -366,6 +373,7 @@ def test_events_arrive_with_ids_and_a_reconnect_resumes_without_loss_or_repeats(
             assert response.headers["content-type"].startswith("text/event-stream")
             reader = EventSourceReader(response)
             seen += reader.events(1)  # from before the connection
+            assert_live_marker(reader.next(), appended[0])
             appended.append(feed.append("alice", event("m1")))
             seen += reader.events(1)  # live
             assert reader.retry_ms == 500
@@ -376,7 +384,8 @@ def test_events_arrive_with_ids_and_a_reconnect_resumes_without_loss_or_repeats(
         with client.stream("GET", "/feed", params={"token": token()},
                            headers={"Last-Event-ID": last}) as response:
             reader = EventSourceReader(response)
-            seen += reader.events(3)
+            seen += reader.events(3)  # missed while away: caught up before the marker
+            assert_live_marker(reader.next(), appended[4])
             appended.append(feed.append("alice", event("m5")))
             seen += reader.events(1)
     assert [e.id for e in seen] == appended  # every event, once, in order
@@ -420,6 +429,29 @@ def test_a_connection_that_saw_no_event_still_resumes_from_where_it_started(
             client.stream("GET", "/feed", params={"token": token(user="nobody-yet")}) \
             as response:  # an empty feed starts before any event
         assert EventSourceReader(response).until_position() == START
+
+
+def test_the_live_marker_follows_everything_the_feed_held_at_connection_time(
+        start: Callable[..., ServerHandle], feed: RedisFeed) -> None:
+    server = start(batch=2)  # a catch-up longer than one read
+    old = [feed.append("alice", event(f"old{n}")) for n in range(3)]
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        with client.stream("GET", "/feed", params={"token": token(), "history": 0}) as response:
+            reader = EventSourceReader(response)
+            assert_live_marker(reader.next(), old[-1])  # no history asked for: at once
+        away = [feed.append("alice", event(f"away{n}")) for n in range(5)]
+        with client.stream("GET", "/feed", params={"token": token()},
+                           headers={"Last-Event-ID": old[-1]}) as response:
+            reader = EventSourceReader(response)
+            assert [e.id for e in reader.events(5)] == away
+            assert_live_marker(reader.next(), away[-1])
+            new = feed.append("alice", event("new"))
+            (got,) = reader.events(1)
+            assert got.id == new and got.event == "notification"
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client, \
+            client.stream("GET", "/feed", params={"token": token(user="nobody-yet")}) \
+            as response:  # an empty feed: the marker at its start
+        assert_live_marker(EventSourceReader(response).next(), START)
 
 
 def test_keep_alive_comments_flow_while_nothing_happens(
@@ -475,6 +507,7 @@ def test_a_response_that_ends_loses_nothing(start: Callable[..., ServerHandle],
         with client.stream("GET", "/feed", params={"token": token()}) as response:
             reader = EventSourceReader(response)
             assert message_ids(reader.events(1)) == ["m0"]
+            assert_live_marker(reader.next(), first)
             assert reader.next() is None  # the server ended the response
         assert reader.last_id == first
         feed.append("alice", event("m1"))
@@ -488,7 +521,8 @@ def test_stopping_the_server_ends_open_streams(start: Callable[..., ServerHandle
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client, \
             client.stream("GET", "/feed", params={"token": token()}) as response:
         reader = EventSourceReader(response)
-        reader.until_position()
+        position = reader.until_position()
+        assert_live_marker(reader.next(), position)
         server.stop()
         assert not server.running
         assert reader.next() is None

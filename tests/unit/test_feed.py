@@ -33,6 +33,7 @@ from fmn.delivery.feed import (
     MemoryFeed,
     cursor_frame,
     event_data,
+    live_frame,
     parse_event_id,
     retry_frame,
     sse_frame,
@@ -140,6 +141,9 @@ def test_frames_take_only_plain_event_names_and_cursors_fire_nothing() -> None:
         sse_frame(FeedEvent("1-0", "{}"), name="x\nid: 2-0")
     assert cursor_frame("7-3") == b"id: 7-3\n\n" and retry_frame(1500) == b"retry: 1500\n\n"
     assert cursor_frame(START) == b"id: 0-0\n\n"
+    assert live_frame("7-3") == b'event: live\ndata: {"v":1,"after":"7-3"}\n\n'
+    with pytest.raises(InvalidEventId):
+        live_frame("7-3\nid: 9-0")
 
 
 # -- the memory feed ---------------------------------------------------------------
@@ -300,12 +304,14 @@ def test_the_endpoint_streams_history_then_resumes_after_last_event_id(
     frames = parse(response.text)
     assert frames[0] == {"retry": "1500"}
     assert frames[1] == {"id": ids[3]}  # the position: where a reconnect resumes
-    assert [(f["id"], f["event"]) for f in frames[2:]] == [(ids[2], "notification"),
-                                                           (ids[3], "notification")]
-    assert [json.loads(f["data"])["message_id"] for f in frames[2:]] == ["m2", "m3"]
+    assert [(f["id"], f["event"]) for f in frames[2:4]] == [(ids[2], "notification"),
+                                                            (ids[3], "notification")]
+    assert [json.loads(f["data"])["message_id"] for f in frames[2:4]] == ["m2", "m3"]
+    assert frames[4] == {"event": "live", "data": f'{{"v":1,"after":"{ids[3]}"}}'}
     resumed = parse(client.get("/feed", params={"token": token},
                                headers={"Last-Event-ID": ids[0]}).text)
-    assert [f.get("id") for f in resumed] == [None, *ids[1:]]
+    assert [f.get("id") for f in resumed] == [None, *ids[1:], None]
+    assert resumed[-1]["event"] == "live"
 
 
 def test_the_endpoint_refuses_who_it_cannot_tell_and_other_users(client: Client) -> None:

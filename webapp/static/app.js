@@ -33,7 +33,7 @@ const state = {
   applications: [],
   editing: null, // the rule being edited (a working copy), or null
   feed: null,
-  liveSince: 0,
+  feedCaughtUp: false, // the feed's "live" marker came: what follows is new
   previewTimer: 0,
   previewSeq: 0,
 };
@@ -112,14 +112,6 @@ class ApiError extends Error {
   }
 }
 
-/** Server time minus this browser's, from a response's Date header (whole seconds: +0.5 s). */
-let serverOffsetMs = 0;
-
-function noteServerClock(response) {
-  const date = Date.parse(response.headers.get("date") || "");
-  if (!Number.isNaN(date)) serverOffsetMs = date + 500 - Date.now();
-}
-
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   if (method !== "GET" && method !== "HEAD") {
@@ -133,7 +125,6 @@ async function api(method, path, body) {
     credentials: "same-origin",
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  noteServerClock(response);
   if (response.status === 204 || response.status === 202) return null;
   let data = null;
   const type = response.headers.get("content-type") || "";
@@ -293,14 +284,17 @@ function openFeed() {
     return;
   }
   feedState("connecting");
-  // The stream first replays recent history: only what the server received from now
-  // on (its clock) is new enough for a desktop notification.
-  state.liveSince = Date.now() + serverOffsetMs;
+  // The stream first replays recent history, then sends a "live" marker: only the
+  // events after it are new enough for a desktop notification.
+  state.feedCaughtUp = false;
   const source = new EventSource(url, { withCredentials: true });
   state.feed = source;
   source.addEventListener("open", () => feedState("live"));
   source.addEventListener("error", () => {
     feedState(source.readyState === EventSource.CLOSED ? "offline" : "reconnecting");
+  });
+  source.addEventListener("live", () => {
+    state.feedCaughtUp = true;
   });
   source.addEventListener("notification", (event) => {
     let data;
@@ -367,8 +361,7 @@ function setupDesktopNotifications() {
 function desktopNotify(data) {
   if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
   if (!desktopWanted() || !$("desktop-notify").checked) return;
-  const received = Date.parse(typeof data.received_at === "string" ? data.received_at : "");
-  if (Number.isNaN(received) || received < (state.liveSince || 0)) return; // history
+  if (!state.feedCaughtUp) return; // replayed history, or what was missed while away
   const text = (value, max) => (typeof value === "string" ? value : "").slice(0, max);
   const app = text(data.app, 40) || "Fedora";
   try {

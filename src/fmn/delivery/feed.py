@@ -177,6 +177,20 @@ def gap_frame(last_id: str) -> bytes:
     return f"event: {GAP_EVENT}\ndata: {data}\n\n".encode()
 
 
+#: The SSE event name of the caught-up marker (``event: live``).
+LIVE_EVENT = "live"
+
+
+def live_frame(position: str) -> bytes:
+    """The marker after what the feed already held when the client connected (the
+    replayed history, or what it missed while away): every event after it is new.
+    The web UI shows desktop notifications only for those, without comparing clocks.
+    No ``id:``: the client's position does not move."""
+    parse_event_id(position)
+    data = orjson.dumps({"v": EVENT_VERSION, "after": position}).decode()
+    return f"event: {LIVE_EVENT}\ndata: {data}\n\n".encode()
+
+
 def missed(last_id: str, first_kept: str | None, dropped: bool) -> bool:
     """Whether a client at ``last_id`` may have missed events the feed dropped."""
     last = parse_event_id(last_id)
