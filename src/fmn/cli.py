@@ -14,6 +14,7 @@
 ``fmn replay``          publish recorded messages on a local fedmsg endpoint or RabbitMQ
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
 ``fmn bench preview``   rule preview latency over a 100,000-message window
+``fmn bench email``     CPU to render and serialize one notification mail
 ``fmn feed-url``        a user's live feed address, with a signed token
 ``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
@@ -355,6 +356,16 @@ def cmd_bench_preview(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_bench_email(args: argparse.Namespace) -> int:
+    from fmn.bench import default_message_files
+    from fmn.delivery.bench import run
+
+    if args.fanout < 1 or args.duration <= 0:
+        return _fail("--fanout must be at least 1 and --duration above 0")
+    files = [Path(m) for m in args.messages] if args.messages else default_message_files()
+    return run(files, fanout=args.fanout, duration=args.duration, json_path=args.json)
+
+
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
@@ -517,6 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_stack)
+    p = bsub.add_parser("email", help="CPU to render and serialize one notification mail")
+    p.add_argument("--fanout", type=int, default=20,
+                   help="recipients of each message, one after another (default 20)")
+    p.add_argument("--duration", type=float, default=5.0,
+                   help="seconds of rendering timed (default 5)")
+    p.add_argument("--messages", action="append",
+                   help="messages JSON Lines (repeatable; default: the shared data)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_email)
     p = bsub.add_parser("preview", help="rule preview latency over a 100,000-message window")
     p.add_argument("--window", type=int, default=100_000, help="messages in the window")
     p.add_argument("--users", type=int, default=10_000,

@@ -109,6 +109,7 @@ def test_prefs_import_then_export_gives_the_same_document(
     (["match", "--prefs", str(GOLDEN / "prefs.json"), "--messages", "{tmp}"],
      "Is a directory"),
     (["bench", "match", "--users", "abc"], "--users takes user counts"),
+    (["bench", "email", "--fanout", "0"], "--fanout must be at least 1"),
     (["prefs", "import", str(GOLDEN / "prefs.json"), "--database", "bogus://x"],
      "not a usable database URL"),
     (["prefs", "export", "--database", "sqlite:///{tmp}/empty.sqlite"], "database error"),
@@ -119,6 +120,17 @@ def test_errors_are_a_message_not_a_traceback(capsysbinary: pytest.CaptureFixtur
     code, _, err = run(capsysbinary, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == 2
     assert err.startswith("fmn: error: ") and says in err and "Traceback" not in err
+
+
+def test_bench_email_prints_and_writes_its_figures(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    messages = tmp_path / "two.jsonl"
+    messages.write_bytes(b"".join((MESSAGES / "fedmsg.jsonl").read_bytes().splitlines(True)[:2]))
+    code, out, _ = run(capsysbinary, "bench", "email", "--fanout", "2", "--duration", "0.2",
+                       "--messages", str(messages), "--json", str(tmp_path / "email.json"))
+    assert code == 0 and b"ms CPU per mail" in out
+    figures = json.loads((tmp_path / "email.json").read_text())
+    assert figures["fanout"] == 2 and figures["mails"] > 0 and figures["cpu_ms_per_mail"] > 0
 
 
 def test_feed_url_signs_a_token_for_the_user(capsysbinary: pytest.CaptureFixture[bytes],

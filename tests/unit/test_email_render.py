@@ -154,3 +154,64 @@ def test_an_idn_domain_goes_out_in_ascii() -> None:
     [item] = deliveries(payload("email", [note(address="bob@bücher.example")]), "email")
     raw = render(item, **KW).as_bytes()
     assert b"To: bob@xn--bcher-kva.example\r\n" in raw
+
+
+# -- header values parsed and folded once (the policy's memory) ----------------------
+
+VARIED = [{}, {"summary": HOSTILE_SUMMARY}, {"summary": "é" * 150 + " =?utf-8?q?x?= ünïcode"},
+          {"summary": "word " * 60, "topic": "org.fedoraproject.prod." + "x" * 150},
+          {"agent": "eve\r\nX-Injected: 1", "packages": ["a\nb", "\x1b[2Jc", "ç" * 90]}]
+
+
+def mails(policy_name: str, monkeypatch: pytest.MonkeyPatch, **serialize: object) -> list[bytes]:
+    """Each varied message to three recipients, serialized, Message-IDs blanked."""
+    import re
+
+    from fmn.delivery import email as rendering
+
+    if policy_name == "plain":  # the stdlib's policy: parses and folds every time
+        monkeypatch.setattr(rendering, "POLICY",
+                            email.policy.SMTP.clone(max_line_length=78))
+    got = []
+    for over in VARIED * 2:
+        notes = [note(user=f"u{n}", address=f"u{n}@example.org", names=(f"rule {n}",),
+                      rules=(f"r{n}",)) for n in range(3)]
+        for item in deliveries(payload("email", notes, **over), "email"):
+            raw = render(item, **KW).as_bytes(**serialize)  # type: ignore[arg-type]
+            got.append(re.sub(rb"Message-ID:(\r\n)? <[^>]*>", b"", raw))
+    monkeypatch.undo()
+    return got
+
+
+def test_remembered_headers_give_the_same_bytes_as_the_stdlib_policy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.delivery import email as rendering
+
+    rendering._STORED.clear()
+    rendering._FOLDED.clear()
+    assert mails("remembering", monkeypatch) == mails("plain", monkeypatch)
+    assert rendering._STORED  # the second round and the other recipients reused them
+    # folded again for another policy (smtplib clones it for SMTPUTF8): that policy's lines
+    utf8 = {"policy": rendering.POLICY.clone(utf8=True)}
+    plain_utf8 = {"policy": email.policy.SMTP.clone(max_line_length=78, utf8=True)}
+    assert mails("remembering", monkeypatch, **utf8) == mails("plain", monkeypatch, **plain_utf8)
+
+
+def test_a_remembered_policy_still_refuses_line_breaks_and_stays_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from email.message import EmailMessage
+
+    from fmn.delivery import email as rendering
+
+    for _ in range(2):
+        msg = EmailMessage(policy=rendering.POLICY)
+        msg["Subject"] = "fine"
+        with pytest.raises(ValueError):
+            msg["Subject"] = "a\r\nBcc: x@example.org"
+        assert msg.get_all("Subject") == ["fine"]
+    monkeypatch.setattr(rendering, "MAX_REMEMBERED_HEADERS", 10)
+    msg = EmailMessage(policy=rendering.POLICY)
+    for n in range(50):
+        msg[f"X-Test-{n}"] = f"value {n}"
+    assert len(rendering._STORED) <= 10 and len(rendering._FOLDED) <= 10
+    assert [str(v) for v in msg.values()] == [f"value {n}" for n in range(50)]

@@ -62,7 +62,60 @@ class _HeaderClasses(HeaderRegistry):
         return made
 
 
-POLICY = email.policy.SMTP.clone(max_line_length=78, header_factory=_HeaderClasses())
+#: Headers whose value differs in every mail: not worth remembering.
+_PER_MAIL_HEADERS = frozenset({"to", "message-id", "list-unsubscribe"})
+#: Header values remembered (parsed, and folded per policy) before starting over: about
+#: 85 bus messages' worth, some 6 MB (a payload groups a message's recipients together).
+MAX_REMEMBERED_HEADERS = 1024
+
+
+class _RememberingPolicy(email.policy.EmailPolicy):
+    """The SMTP policy, parsing and folding each header value once while it repeats.
+
+    A bus message that touches many rules becomes as many mails, all with the
+    same ``From``, ``Subject``, ``Date`` and ``X-Fedmsg-*`` values; parsing a
+    value into its header object and folding that object back into a line
+    were most of the CPU a mail cost.  Both are pure functions of the name,
+    the value and the policy, and the stdlib's header objects are never
+    changed once made, so the one made first serves every later mail.  The
+    checks stay: a value goes through :meth:`EmailPolicy.header_store_parse`
+    (which refuses CR/LF) before it is remembered, and a folded line is reused
+    only for the very header object it was folded from.
+    """
+
+    def header_store_parse(self, name: str, value: str) -> tuple[str, str]:
+        if type(value) is not str or name.lower() in _PER_MAIL_HEADERS:
+            return super().header_store_parse(name, value)
+        key = (name, value)
+        stored = _STORED.get(key)
+        if stored is None:
+            stored = super().header_store_parse(name, value)
+            if len(_STORED) >= MAX_REMEMBERED_HEADERS:
+                _STORED.clear()
+                _FOLDED.clear()
+            _STORED[key] = stored
+            _FOLDED[id(stored[1])] = (stored[1], {})
+        return stored
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        known = _FOLDED.get(id(value))
+        if known is None or known[0] is not value:
+            return super().fold_binary(name, value)
+        how = (name, self.max_line_length, self.linesep, self.utf8, self.cte_type)
+        folded = known[1].get(how)
+        if folded is None:
+            folded = known[1][how] = super().fold_binary(name, value)
+        return folded
+
+
+#: (name, value) -> (name, header object), for values that repeat across mails
+_STORED: dict[tuple[str, str], tuple[str, str]] = {}
+#: id(header object) -> (that object, {(name, policy's folding settings): folded line});
+#: the object is held, so its id cannot be reused while it is here
+_FOLDED: dict[int, tuple[str, dict[tuple[object, ...], bytes]]] = {}
+
+#: :data:`email.policy.SMTP` (CRLF), lines folded at 78
+POLICY = _RememberingPolicy(linesep="\r\n", max_line_length=78, header_factory=_HeaderClasses())
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 _DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
