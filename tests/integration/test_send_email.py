@@ -100,6 +100,8 @@ def test_smtp_mail_has_every_header(env: SimpleNamespace) -> None:
     assert len(msg.get_all("X-Fedmsg-Package")) == 10
     unsubscribe = msg["List-Unsubscribe"].strip("<>")
     assert unsubscribe.startswith("https://notif.example/unsubscribe/")
+    # as mail providers read it: the link itself on the wire, not RFC 2047 words
+    assert f"\r\nList-Unsubscribe: <{unsubscribe}>\r\n".encode() in got[0].raw
     from fmn.auth import verify_unsubscribe
 
     assert verify_unsubscribe(unsubscribe.rsplit("/", 1)[1], "development-only-secret-key") in (

@@ -215,3 +215,34 @@ def test_a_remembered_policy_still_refuses_line_breaks_and_stays_bounded(
         msg[f"X-Test-{n}"] = f"value {n}"
     assert len(rendering._STORED) <= 10 and len(rendering._FOLDED) <= 10
     assert [str(v) for v in msg.values()] == [f"value {n}" for n in range(50)]
+
+
+def unsubscribing(url: str) -> bytes:
+    [item] = deliveries(payload("email", [note()]), "email")
+    return render(item, **{**KW, "unsubscribe_url": url}).as_bytes()
+
+
+def test_a_long_unsubscribe_link_goes_out_on_one_line_not_as_encoded_words() -> None:
+    """Mail providers read List-Unsubscribe as RFC 2369 links: an RFC 2047 word there
+    (what the standard fold makes of any line over 78 characters without a space) hides
+    the one-click link from them."""
+    from fmn.auth import unsubscribe_url
+
+    url = unsubscribe_url("https://notifications.fedoraproject.org", "a-rather-long-fas-name",
+                          "0b6f3a52-9a9e-4e1b-8f53-1d2c3e4f5a6b", "s" * 32)
+    assert len(f"List-Unsubscribe: <{url}>") > 78
+    raw = unsubscribing(url)
+    assert f"\r\nList-Unsubscribe: <{url}>\r\n".encode() in raw
+    assert parsed(raw)["List-Unsubscribe"] == f"<{url}>"
+    digest = render_digest(deliveries(payload("email", [note()]), "email"),
+                           **{**KW, "unsubscribe_url": url}).as_bytes()
+    assert f"\r\nList-Unsubscribe: <{url}>\r\n".encode() in digest
+
+
+def test_an_unsubscribe_link_longer_than_a_mail_line_is_still_folded_validly() -> None:
+    url = "https://notif.example/unsubscribe/" + "x" * 1200
+    raw = unsubscribing(url)
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert parsed(raw)["List-Unsubscribe"] == f"<{url}>"
+    with pytest.raises(ValueError):
+        unsubscribing("https://notif.example/u\r\nBcc: x@example.org")
