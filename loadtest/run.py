@@ -440,15 +440,16 @@ def _watch(stack: Any, data: RunData, opts: Options,
 
 
 def _clean(stack: Any, settings: Settings, options: Any, tag: str) -> None:
-    """Remove the run's queues, Redis keys and RabbitMQ queue and exchange."""
+    """Remove the run's AWS side (queues, alarms, their topic, the claim bucket), Redis
+    keys and RabbitMQ queue and exchange."""
     import redis
 
-    for urls in stack.urls.values():
-        for url in (urls.url, urls.dlq_url):
-            try:
-                stack.sqs.delete_queue(QueueUrl=url)
-            except Exception as exc:  # an emulator gone: nothing left to remove
-                log.debug("queue %s not deleted: %s", url, exc)
+    from fmn.local.messaging import remove_stage
+
+    try:
+        remove_stage(settings)
+    except Exception as exc:  # a moto server ended with the stack: nothing left to remove
+        log.debug("AWS side of the run not removed: %s", exc)
     from fmn.delivery.digest import digest_prefix
     from fmn.preview.window import window_key
 

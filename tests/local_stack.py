@@ -15,6 +15,7 @@ from typing import Any
 
 from services import REDIS_URL, rabbitmq_connection, redis_client
 
+from fmn.local.messaging import remove_stage
 from fmn.local.stack import LocalStack, StackOptions, free_port
 from fmn.settings import Settings
 
@@ -60,29 +61,3 @@ def run_local_stack(aws_env: str, tmp_path: Path, name: str, users: int,
             keys = list(client.scan_iter(match=pattern))
             if keys:
                 client.delete(*keys)
-
-
-def remove_stage(settings: Settings) -> None:
-    """Delete a stage's AWS resources: its messaging stack, queues, alarms, topic, bucket."""
-    import contextlib
-
-    from fmn.aws import client
-    from fmn.local import messaging
-    from fmn.ops.alarms import topic_name
-    from fmn.pipeline.alarms import alarm_names
-
-    prefix = settings.queue_prefix
-    s3 = client("s3", settings)
-    messaging.remove(client("cloudformation", settings), s3, prefix)
-    sqs = client("sqs", settings)
-    for url in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
-        sqs.delete_queue(QueueUrl=url)
-    client("cloudwatch", settings).delete_alarms(AlarmNames=alarm_names(prefix))
-    sns = client("sns", settings)
-    for topic in sns.list_topics().get("Topics", []):
-        if topic["TopicArn"].endswith(f":{topic_name(prefix)}"):
-            sns.delete_topic(TopicArn=topic["TopicArn"])
-    with contextlib.suppress(s3.exceptions.NoSuchBucket):
-        for obj in s3.list_objects_v2(Bucket=settings.claim_bucket).get("Contents", []):
-            s3.delete_object(Bucket=settings.claim_bucket, Key=obj["Key"])
-        s3.delete_bucket(Bucket=settings.claim_bucket)

@@ -4,7 +4,7 @@ A few hundred re-keyed messages at one concurrency, on the test session's
 moto server (any emulator does: counts do not depend on its speed): every
 message published is matched, the ledger accounts for every notification
 with none lost or duplicated, the report's figures are there and consistent,
-and the run leaves none of its queues behind.
+and the run leaves nothing of its own behind (queues, alarms, topic, bucket, keys).
 """
 
 from __future__ import annotations
@@ -65,4 +65,13 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     prefix = json.loads((tmp_path / "c1" / "ledger" / "stack.json").read_text())["queue_prefix"]
     sqs = boto3.client("sqs", endpoint_url=aws_env)
     assert not sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls"), "queues left behind"
+    # an emulator shared by the machine evaluates every alarm it holds, for as long as it runs
+    alarms = boto3.client("cloudwatch", endpoint_url=aws_env).describe_alarms(
+        AlarmNamePrefix=prefix)["MetricAlarms"]
+    assert not alarms, "alarms left behind"
+    topics = boto3.client("sns", endpoint_url=aws_env).list_topics()["Topics"]
+    assert not [t for t in topics if f":{prefix}" in t["TopicArn"]], "alarm topic left behind"
+    buckets = boto3.client("s3", endpoint_url=aws_env).list_buckets()["Buckets"]
+    assert not [b for b in buckets if b["Name"] == f"lt-claims-{prefix[2:-1]}"], \
+        "claim bucket left behind"
     assert not list(redis_client().scan_iter(match=f"{prefix}*")), "Redis keys left behind"

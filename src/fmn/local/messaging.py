@@ -14,11 +14,15 @@ alarms through the API from the same definitions instead
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fmn.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +136,40 @@ def remove(cloudformation: Any, s3: Any, prefix: str, timeout_s: float = 120.0) 
     _wait(cloudformation, name, timeout_s)
     bucket = outputs.get("ClaimBucketName")
     if bucket:  # kept by its removal policy (claims outlive a stack update)
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-        s3.delete_bucket(Bucket=bucket)
+        _empty_and_delete(s3, bucket)
+
+
+def _empty_and_delete(s3: Any, bucket: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=bucket)
+
+
+def remove_stage(settings: Settings) -> None:
+    """Delete everything of a stage on the AWS side, however it was made (this template
+    or the API): its messaging stack, queues, alarms, alarm topic and claim bucket.
+
+    For stages made for one run on an emulator the machine shares (the load test,
+    the tests): LocalStack evaluates every alarm it holds, so alarms left behind
+    by finished runs cost it CPU for as long as it runs.
+    """
+    from fmn.aws import client
+    from fmn.ops.alarms import topic_name
+    from fmn.pipeline.alarms import alarm_names
+
+    prefix = settings.queue_prefix
+    s3 = client("s3", settings)
+    remove(client("cloudformation", settings), s3, prefix)
+    sqs = client("sqs", settings)
+    for url in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", []):
+        sqs.delete_queue(QueueUrl=url)
+    client("cloudwatch", settings).delete_alarms(AlarmNames=alarm_names(prefix))
+    sns = client("sns", settings)
+    for page in sns.get_paginator("list_topics").paginate():
+        for topic in page.get("Topics", []):
+            if topic["TopicArn"].endswith(f":{topic_name(prefix)}"):
+                sns.delete_topic(TopicArn=topic["TopicArn"])
+    with contextlib.suppress(s3.exceptions.NoSuchBucket):
+        _empty_and_delete(s3, settings.claim_bucket)
