@@ -65,7 +65,7 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     prefix = json.loads((tmp_path / "c1" / "ledger" / "stack.json").read_text())["queue_prefix"]
     sqs = boto3.client("sqs", endpoint_url=aws_env)
     assert not sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls"), "queues left behind"
-    # an emulator shared by the machine evaluates every alarm it holds, for as long as it runs
+    # nothing of the run's stays on an emulator the machine shares
     alarms = boto3.client("cloudwatch", endpoint_url=aws_env).describe_alarms(
         AlarmNamePrefix=prefix)["MetricAlarms"]
     assert not alarms, "alarms left behind"

@@ -152,8 +152,7 @@ def remove_stage(settings: Settings) -> None:
     or the API): its messaging stack, queues, alarms, alarm topic and claim bucket.
 
     For stages made for one run on an emulator the machine shares (the load test,
-    the tests): LocalStack evaluates every alarm it holds, so alarms left behind
-    by finished runs cost it CPU for as long as it runs.
+    the tests), which would otherwise pile up there run after run.
     """
     from fmn.aws import client
     from fmn.ops.alarms import topic_name
