@@ -246,3 +246,40 @@ def test_an_unsubscribe_link_longer_than_a_mail_line_is_still_folded_validly() -
     assert parsed(raw)["List-Unsubscribe"] == f"<{url}>"
     with pytest.raises(ValueError):
         unsubscribing("https://notif.example/u\r\nBcc: x@example.org")
+
+
+def test_remembered_values_are_bounded_by_their_characters_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A summary of one-letter words parses into a token per letter (some 100 KB for 200
+    characters): the count alone would let hostile summaries hold about 100 MB."""
+    from email.message import EmailMessage
+
+    from fmn.delivery import email as rendering
+
+    monkeypatch.setattr(rendering, "MAX_REMEMBERED_CHARS", 2_000)
+    rendering._STORED.clear()
+    rendering._FOLDED.clear()
+    rendering._SIZE["chars"] = 0
+    for n in range(100):
+        msg = EmailMessage(policy=rendering.POLICY)
+        msg["Subject"] = " ".join("a" * 98) + f" {n:03d}"
+        msg.as_bytes()
+        assert sum(len(key[1]) for key in rendering._STORED) == rendering._SIZE["chars"] <= 2_000
+    assert 0 < len(rendering._STORED) <= 10
+    msg = EmailMessage(policy=rendering.POLICY)
+    msg["Subject"] = "b" * 2_001  # longer than the whole budget: parsed, not remembered
+    assert str(msg["Subject"]) == "b" * 2_001
+    assert not any(key[1] == "b" * 2_001 for key in rendering._STORED)
+
+
+def test_a_policy_with_another_header_factory_gets_its_own_header_objects() -> None:
+    from email.headerregistry import HeaderRegistry
+    from email.message import EmailMessage
+
+    from fmn.delivery import email as rendering
+
+    plain = rendering.POLICY.clone(header_factory=HeaderRegistry(use_default_map=False))
+    ours, theirs = EmailMessage(policy=rendering.POLICY), EmailMessage(policy=plain)
+    ours["Date"] = theirs["Date"] = "Mon, 01 Jan 2024 12:30:00 +0000"
+    assert hasattr(ours["Date"], "datetime")  # the registry's DateHeader
+    assert not hasattr(theirs["Date"], "datetime")  # that factory's unstructured header

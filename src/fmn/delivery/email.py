@@ -89,9 +89,14 @@ class _HeaderClasses(HeaderRegistry):
 
 #: Headers whose value differs in every mail: not worth remembering.
 _PER_MAIL_HEADERS = frozenset({"to", "message-id", "list-unsubscribe"})
-#: Header values remembered (parsed, and folded per policy) before starting over: about
-#: 85 bus messages' worth, some 6 MB (a payload groups a message's recipients together).
+#: Header values remembered (parsed, and folded per policy) before starting over, and
+#: their characters: a payload groups a message's recipients together, so a few
+#: messages' worth is enough.  A parsed value holds a token tree: ordinary values cost
+#: about 5 KB each (1 MB for the shared messages' 218), and a hostile summary made of
+#: one-letter words about 500 bytes a character, so the characters bound the memory
+#: (some 17 MB at worst, against about 100 MB with the count alone).
 MAX_REMEMBERED_HEADERS = 1024
+MAX_REMEMBERED_CHARS = 32_768
 
 
 class _RememberingPolicy(email.policy.EmailPolicy):
@@ -111,15 +116,20 @@ class _RememberingPolicy(email.policy.EmailPolicy):
     def header_store_parse(self, name: str, value: str) -> tuple[str, str]:
         if type(value) is not str or name.lower() in _PER_MAIL_HEADERS:
             return super().header_store_parse(name, value)
-        key = (name, value)
+        # a policy cloned with another header factory makes other header objects
+        key = (name, value, self.header_factory)
         stored = _STORED.get(key)
         if stored is None:
             stored = super().header_store_parse(name, value)
-            if len(_STORED) >= MAX_REMEMBERED_HEADERS:
+            if len(_STORED) >= MAX_REMEMBERED_HEADERS \
+                    or _SIZE["chars"] + len(value) > MAX_REMEMBERED_CHARS:
                 _STORED.clear()
                 _FOLDED.clear()
-            _STORED[key] = stored
-            _FOLDED[id(stored[1])] = (stored[1], {})
+                _SIZE["chars"] = 0
+            if len(value) <= MAX_REMEMBERED_CHARS:
+                _STORED[key] = stored
+                _FOLDED[id(stored[1])] = (stored[1], {})
+                _SIZE["chars"] += len(value)
         return stored
 
     def fold_binary(self, name: str, value: str) -> bytes:
@@ -133,8 +143,10 @@ class _RememberingPolicy(email.policy.EmailPolicy):
         return folded
 
 
-#: (name, value) -> (name, header object), for values that repeat across mails
-_STORED: dict[tuple[str, str], tuple[str, str]] = {}
+#: (name, value, header factory) -> (name, header object), for values that repeat
+_STORED: dict[tuple[str, str, object], tuple[str, str]] = {}
+#: characters of the values in :data:`_STORED` (approximate when threads race: a bound)
+_SIZE = {"chars": 0}
 #: id(header object) -> (that object, {(name, policy's folding settings): folded line});
 #: the object is held, so its id cannot be reused while it is here
 _FOLDED: dict[int, tuple[str, dict[tuple[object, ...], bytes]]] = {}
