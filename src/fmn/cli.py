@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -360,8 +361,8 @@ def cmd_bench_email(args: argparse.Namespace) -> int:
     from fmn.bench import default_message_files
     from fmn.delivery.bench import run
 
-    if args.fanout < 1 or args.duration <= 0:
-        return _fail("--fanout must be at least 1 and --duration above 0")
+    if args.fanout < 1 or not 0 < args.duration < math.inf:
+        return _fail("--fanout must be at least 1 and --duration a number of seconds above 0")
     files = [Path(m) for m in args.messages] if args.messages else default_message_files()
     return run(files, fanout=args.fanout, duration=args.duration, json_path=args.json)
 

@@ -110,6 +110,9 @@ def test_prefs_import_then_export_gives_the_same_document(
      "Is a directory"),
     (["bench", "match", "--users", "abc"], "--users takes user counts"),
     (["bench", "email", "--fanout", "0"], "--fanout must be at least 1"),
+    (["bench", "email", "--duration", "nan"], "--duration a number of seconds above 0"),
+    (["bench", "email", "--messages", "{tmp}/empty.jsonl"], "no messages in"),
+    (["bench", "email", "--messages", "{tmp}/bad.jsonl"], "bad.jsonl:2: not a bus message"),
     (["prefs", "import", str(GOLDEN / "prefs.json"), "--database", "bogus://x"],
      "not a usable database URL"),
     (["prefs", "export", "--database", "sqlite:///{tmp}/empty.sqlite"], "database error"),
@@ -117,6 +120,9 @@ def test_prefs_import_then_export_gives_the_same_document(
 def test_errors_are_a_message_not_a_traceback(capsysbinary: pytest.CaptureFixture[bytes],
                                               tmp_path: Path, argv: list[str],
                                               says: str) -> None:
+    (tmp_path / "empty.jsonl").write_text("\n")
+    first = (GOLDEN / "messages.jsonl").read_text().splitlines()[0]
+    (tmp_path / "bad.jsonl").write_text(first + "\n{not json\n")
     code, _, err = run(capsysbinary, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == 2
     assert err.startswith("fmn: error: ") and says in err and "Traceback" not in err

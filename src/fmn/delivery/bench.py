@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fmn.delivery.base import Delivery
 from fmn.delivery.email_sender import EmailSender
+from fmn.errors import FmnError, InvalidMessage
 
 
 def _deliveries(files: Sequence[Path], fanout: int) -> list[Delivery]:
@@ -33,10 +34,13 @@ def _deliveries(files: Sequence[Path], fanout: int) -> list[Delivery]:
     items = []
     for path in files:
         with path.open("rb") as lines:
-            for line in lines:
+            for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
-                info = message_info(parse(json.loads(line)))
+                try:
+                    info = message_info(parse(json.loads(line)))
+                except (ValueError, InvalidMessage) as exc:
+                    raise FmnError(f"{path}:{number}: not a bus message: {exc}") from exc
                 for n in range(fanout):
                     items.append(Delivery(
                         backend="email", message=info, user=f"user{n}",
@@ -58,6 +62,8 @@ class _Discard:
 def run(files: Sequence[Path], fanout: int = 20, duration: float = 3.0,
         json_path: str | None = None) -> int:
     items = _deliveries(files, fanout)
+    if not items:
+        raise FmnError(f"no messages in {', '.join(str(f) for f in files)}")
     from fmn.auth import unsubscribe_url
 
     mailer = _Discard()
@@ -67,7 +73,8 @@ def run(files: Sequence[Path], fanout: int = 20, duration: float = 3.0,
                          web_url=web_url,
                          unsubscribe_url=lambda user, dest: unsubscribe_url(
                              web_url, user, dest, "bench-only-secret-key-0123456789"))
-    for item in items[:200]:  # warm up (imports, first-use caches)
+    warm_up = items[:200]
+    for item in warm_up:  # imports, first-use caches
         sender(item)
     walls: list[int] = []
     cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -89,7 +96,7 @@ def run(files: Sequence[Path], fanout: int = 20, duration: float = 3.0,
         "cpu_ms_per_mail": round(1000 * cpu_s / mails, 3) if mails else None,
         "p50_ms": round(walls[mails // 2] / 1e6, 3) if mails else None,
         "p99_ms": round(walls[min(mails - 1, mails * 99 // 100)] / 1e6, 3) if mails else None,
-        "bytes_per_mail": round(mailer.sent_bytes / (mails + 200)) if mails else None,
+        "bytes_per_mail": round(mailer.sent_bytes / (mails + len(warm_up))) if mails else None,
     }
     print(f"email render + serialize: {len(items) // fanout} messages x {fanout} recipients")
     print(f"  {mails:,} mails in {cpu_s:.2f} s CPU: {result['mails_per_cpu_s']:,} mails/s, "
