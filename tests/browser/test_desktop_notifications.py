@@ -107,3 +107,52 @@ def test_a_live_event_asks_for_a_desktop_notification_once_opted_in(
     expect(page.locator("#feed-list > li").first).to_contain_text("after opting out")
     assert len(shown(page)) == 1
     assert probe.errors == []
+
+
+def drop_feed_connection(page: Any, stack: Stack) -> None:
+    """End the page's feed response and refuse its reconnections (the network gone)
+    until :func:`restore_feed_connection`: the browser then resumes from its last event."""
+    page.route(lambda url: url.startswith(stack.feed_url), lambda route: route.abort())
+    closing = stack.servers[1]._on_stop.__self__  # the feed endpoint's close_streams event
+    closing.set()
+    expect(page.locator("#feed-state")).to_have_text("reconnecting")
+    closing.clear()
+
+
+def restore_feed_connection(page: Any, stack: Stack) -> None:
+    page.unroute_all()
+    expect(page.locator("#feed-state")).to_have_text("live")
+
+
+def test_events_missed_while_the_connection_was_down_are_news_a_few_or_one_summary(
+        granted: Any, stack: Stack, probe: PageProbe) -> None:
+    page = granted
+    sign_in(page, stack)
+    page.get_by_label("Desktop notifications while this page is open").check()
+    stack.api.push("alice", summary="live before the drop")
+    page.wait_for_function("() => window.__shown.length === 1")
+
+    # a few missed: each its own notification, once the feed has caught up
+    drop_feed_connection(page, stack)
+    for n in range(2):
+        stack.api.push("alice", summary=f"missed {n}")
+    restore_feed_connection(page, stack)
+    page.wait_for_function("() => window.__shown.length === 3")
+    assert [s["body"] for s in shown(page)[1:]] == ["missed 0", "missed 1"]
+
+    # many missed: one summary, not a burst
+    drop_feed_connection(page, stack)
+    for n in range(5):
+        stack.api.push("alice", summary=f"away {n}")
+    restore_feed_connection(page, stack)
+    expect(page.locator("#feed-list > li").first).to_contain_text("away 4")
+    page.wait_for_function("() => window.__shown.length === 4")
+    summary = shown(page)[3]
+    assert summary["title"] == "Fedora Notifications"
+    assert summary["body"] == "5 new notifications while the connection was down"
+
+    # and what comes after is live again, one by one
+    stack.api.push("alice", summary="live after")
+    page.wait_for_function("() => window.__shown.length === 5")
+    assert shown(page)[4]["body"] == "live after"
+    assert probe.errors == []

@@ -34,6 +34,7 @@ const state = {
   editing: null, // the rule being edited (a working copy), or null
   feed: null,
   feedCaughtUp: false, // the feed's "live" marker came: what follows is new
+  feedMissed: null, // while resuming after a dropped connection: {count, first, gap}
   previewTimer: 0,
   previewSeq: 0,
 };
@@ -286,15 +287,34 @@ function openFeed() {
   feedState("connecting");
   // The stream first replays recent history, then sends a "live" marker: only the
   // events after it are new enough for a desktop notification.
+  // After a dropped connection the browser resumes by itself from its last event: the
+  // events missed meanwhile come before the next "live" marker, and are news (they
+  // arrived while the page was open): a few are shown one by one, more as one summary.
   state.feedCaughtUp = false;
+  state.feedMissed = null;
   const source = new EventSource(url, { withCredentials: true });
   state.feed = source;
   source.addEventListener("open", () => feedState("live"));
   source.addEventListener("error", () => {
     feedState(source.readyState === EventSource.CLOSED ? "offline" : "reconnecting");
+    if (state.feedCaughtUp && source.readyState !== EventSource.CLOSED) {
+      state.feedCaughtUp = false;
+      state.feedMissed = { count: 0, first: [], gap: false };
+    }
+  });
+  source.addEventListener("gap", () => {
+    if (state.feedMissed) state.feedMissed.gap = true; // some were trimmed meanwhile
   });
   source.addEventListener("live", () => {
     state.feedCaughtUp = true;
+    const missed = state.feedMissed;
+    state.feedMissed = null;
+    if (!missed || missed.count === 0) return;
+    if (missed.count <= DESKTOP_MISSED_ONE_BY_ONE && !missed.gap) {
+      missed.first.forEach(desktopNotify);
+    } else {
+      desktopSummary(missed.count, missed.gap);
+    }
   });
   source.addEventListener("notification", (event) => {
     let data;
@@ -308,13 +328,20 @@ function openFeed() {
     list.prepend(messageItem(data, { live: true }));
     while (list.children.length > FEED_MAX_ITEMS) list.lastElementChild.remove();
     $("feed-empty").hidden = true;
-    desktopNotify(data);
+    if (state.feedCaughtUp) {
+      desktopNotify(data);
+    } else if (state.feedMissed) {
+      state.feedMissed.count += 1;
+      if (state.feedMissed.first.length < DESKTOP_MISSED_ONE_BY_ONE) state.feedMissed.first.push(data);
+    }
   });
 }
 
 // -- desktop notifications (opt-in, while the page is open) -------------------------------
 
 const DESKTOP_KEY = "fmn.desktopNotifications";
+// events missed during a dropped connection shown one by one; more make one summary
+const DESKTOP_MISSED_ONE_BY_ONE = 3;
 
 function desktopWanted() {
   try {
@@ -357,11 +384,29 @@ function setupDesktopNotifications() {
   });
 }
 
+function desktopAllowed() {
+  if (typeof Notification === "undefined" || Notification.permission !== "granted") return false;
+  return desktopWanted() && $("desktop-notify").checked;
+}
+
+/** One desktop notification for the events missed while the connection was down. */
+function desktopSummary(count, gap) {
+  if (!desktopAllowed()) return;
+  try {
+    const shown = new Notification("Fedora Notifications", {
+      body: `${count} new notifications while the connection was down` +
+        (gap ? ", and some older ones are no longer in the feed" : ""),
+      tag: "fmn-missed",
+    });
+    shown.addEventListener("click", () => window.focus());
+  } catch {
+    /* as below */
+  }
+}
+
 /** A desktop notification for one live event; the API shows title and body as plain text. */
 function desktopNotify(data) {
-  if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
-  if (!desktopWanted() || !$("desktop-notify").checked) return;
-  if (!state.feedCaughtUp) return; // replayed history, or what was missed while away
+  if (!desktopAllowed()) return;
   const text = (value, max) => (typeof value === "string" ? value : "").slice(0, max);
   const app = text(data.app, 40) || "Fedora";
   try {
