@@ -33,9 +33,9 @@ def _plt() -> Any:
 def throughput(summaries: Sequence[dict[str, Any]], path: Path, machine: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    xs = [s["concurrency"] for s in summaries]
-    ax.plot(xs, [s["avg_processing"] for s in summaries], "o-", color="tab:blue",
-            label=f"this pipeline ({machine})")
+    drained = [s for s in summaries if s["drained"]]  # a stopped run's rate is no rate
+    ax.plot([s["concurrency"] for s in drained], [s["avg_processing"] for s in drained], "o-",
+            color="tab:blue", label=f"this pipeline ({machine})")
     ceil = [(s["concurrency"], s["ceiling_messages_per_s"]) for s in summaries
             if s["ceiling_messages_per_s"]]
     if ceil:

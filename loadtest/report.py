@@ -161,15 +161,19 @@ def format_summary(runs: Sequence[dict[str, Any]]) -> str:
            f"{'2016 msg/s':>10} {'load avg':>9}"]
     for s in runs:
         seed = SEED_2016.get(s["concurrency"])
-        out.append(f"{s['concurrency']:>11} {_td(s['lasted_s']):>16} {s['maxed_at']:>9} "
+        lasted = _td(s["lasted_s"]) if s["drained"] else "not drained"
+        out.append(f"{s['concurrency']:>11} {lasted:>16} {s['maxed_at']:>9} "
                    f"{s['avg_processing']:>9.2f} {s['sqs_requests_per_message']:>11.3f} "
                    f"{100 * s['fraction_of_ceiling']:>8.0f}% "
                    f"{s['cost'].get('sqs_and_lambda', 0):>9.3f} "
                    f"{'OK' if s['ledger_ok'] else 'FAILED':>7} "
                    f"{(f'{seed[2]:.2f}' if seed else '-'):>10} "
                    f"{'{:.1f}-{:.1f}'.format(*s.get('load_average', (0.0, 0.0))):>9}")
-    if runs:
-        best = max(runs, key=lambda s: s["avg_processing"])
+    drained = [s for s in runs if s["drained"]]  # a stopped run's rate is no rate
+    if runs and not drained:
+        out.append("best: none, no run drained")
+    if drained:
+        best = max(drained, key=lambda s: s["avg_processing"])
         out.append(f"best: concurrency {best['concurrency']}, {best['avg_processing']:.1f} "
                    f"msg/s, {best['avg_processing'] / SEED_2016[6][2]:,.0f}x the 2016 best "
                    f"(1.2 msg/s, 6 workers)")

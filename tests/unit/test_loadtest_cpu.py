@@ -46,3 +46,18 @@ def test_a_note_on_a_run_is_printed_with_its_report() -> None:
     data.notes.append("the send_email process wrote no totals (killed?)")
     text = format_run(summarise(data), "moto")
     assert "NOTE: the send_email process wrote no totals" in text
+
+
+def test_a_run_that_did_not_drain_is_no_candidate_for_the_best() -> None:
+    from loadtest.report import format_summary
+
+    def run(concurrency: int, rate: float, drained: bool) -> dict[str, object]:
+        return {"concurrency": concurrency, "lasted_s": 100.0, "maxed_at": 10,
+                "avg_processing": rate, "sqs_requests_per_message": 0.5,
+                "fraction_of_ceiling": 0.1, "cost": {"sqs_and_lambda": 3.0},
+                "ledger_ok": True, "load_average": (1.0, 2.0), "drained": drained}
+
+    text = format_summary([run(1, 18.5, True), run(4, 20.4, False)])
+    assert "best: concurrency 1, 18.5 msg/s" in text
+    assert "not drained" in text.splitlines()[3]
+    assert "best: none, no run drained" in format_summary([run(4, 20.4, False)])
