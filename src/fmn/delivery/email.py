@@ -121,15 +121,16 @@ class _RememberingPolicy(email.policy.EmailPolicy):
         stored = _STORED.get(key)
         if stored is None:
             stored = super().header_store_parse(name, value)
+            if len(value) > MAX_REMEMBERED_CHARS:  # longer than the whole budget: not kept
+                return stored
             if len(_STORED) >= MAX_REMEMBERED_HEADERS \
                     or _SIZE["chars"] + len(value) > MAX_REMEMBERED_CHARS:
                 _STORED.clear()
                 _FOLDED.clear()
                 _SIZE["chars"] = 0
-            if len(value) <= MAX_REMEMBERED_CHARS:
-                _STORED[key] = stored
-                _FOLDED[id(stored[1])] = (stored[1], {})
-                _SIZE["chars"] += len(value)
+            _STORED[key] = stored
+            _FOLDED[id(stored[1])] = (stored[1], {})
+            _SIZE["chars"] += len(value)
         return stored
 
     def fold_binary(self, name: str, value: str) -> bytes:
