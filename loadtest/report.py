@@ -161,9 +161,11 @@ def format_summary(runs: Sequence[dict[str, Any]]) -> str:
            f"{'2016 msg/s':>10} {'load avg':>9}"]
     for s in runs:
         seed = SEED_2016.get(s["concurrency"])
+        # a stopped run's rate is no rate
         lasted = _td(s["lasted_s"]) if s["drained"] else "not drained"
+        rate = f"{s['avg_processing']:.2f}" if s["drained"] else "-"
         out.append(f"{s['concurrency']:>11} {lasted:>16} {s['maxed_at']:>9} "
-                   f"{s['avg_processing']:>9.2f} {s['sqs_requests_per_message']:>11.3f} "
+                   f"{rate:>9} {s['sqs_requests_per_message']:>11.3f} "
                    f"{100 * s['fraction_of_ceiling']:>8.0f}% "
                    f"{s['cost'].get('sqs_and_lambda', 0):>9.3f} "
                    f"{'OK' if s['ledger_ok'] else 'FAILED':>7} "
