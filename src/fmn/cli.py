@@ -364,6 +364,12 @@ def cmd_bench_email(args: argparse.Namespace) -> int:
     if args.fanout < 1 or not 0 < args.duration < math.inf:
         return _fail("--fanout must be at least 1 and --duration a number of seconds above 0")
     files = [Path(m) for m in args.messages] if args.messages else default_message_files()
+    if args.send:
+        from fmn.delivery.bench import run_send
+        from fmn.settings import Settings
+
+        return run_send(files, Settings.from_env().redis_url, fanout=args.fanout,
+                        duration=args.duration, json_path=args.json)
     return run(files, fanout=args.fanout, duration=args.duration, json_path=args.json)
 
 
@@ -534,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipients of each message, one after another (default 20)")
     p.add_argument("--duration", type=float, default=5.0,
                    help="seconds of rendering timed (default 5)")
+    p.add_argument("--send", action="store_true",
+                   help="the whole send: the send-once record on Redis (FMN_REDIS_URL) "
+                        "and SMTP to a local mail sink")
     p.add_argument("--messages", action="append",
                    help="messages JSON Lines (repeatable; default: the shared data)")
     p.add_argument("--json", help="also write the figures to this JSON file")
