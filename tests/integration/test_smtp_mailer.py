@@ -49,3 +49,50 @@ def test_each_thread_keeps_its_own_connection_and_close_ends_them_all() -> None:
         mailer.send(mail("again@example.org"))  # a fresh connection after close()
         assert len(sink.wait_for(7)) == 7
         assert sink.count == 7
+
+
+def test_the_envelope_comes_from_the_parsed_headers_as_send_message_would_make_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import email.utils
+
+    def no_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the addresses were parsed from text again")
+
+    # send_message parses From/To/Bcc/Cc with getaddresses unless given the envelope
+    monkeypatch.setattr(email.utils, "getaddresses", no_parse)
+    msg = mail("to@example.org")
+    msg["Cc"] = "Cee <cc@example.org>, dd@example.org"
+    msg["Bcc"] = "hidden@example.org"
+    with MailSink() as sink:
+        mailer = SmtpMailer(sink.url)
+        mailer.send(msg)
+        (got,) = sink.wait_for(1)
+        mailer.close()
+    assert got.mail_from == "notifications@example.org"
+    # send_message's order: To, Bcc, Cc; and Bcc is not in what is sent
+    assert got.rcpt_tos == ["to@example.org", "hidden@example.org", "cc@example.org",
+                            "dd@example.org"]
+    assert b"hidden@" not in got.raw and "Bcc" not in got.message
+
+
+@pytest.mark.parametrize("how", ["compat32 strings", "Sender header"])
+def test_mails_without_plain_parsed_headers_still_go_through_send_message(how: str) -> None:
+    import email.policy
+
+    if how == "compat32 strings":  # header values kept as text: parsed as before
+        msg = EmailMessage(policy=email.policy.compat32)
+        msg["From"] = "notifications@example.org"
+        msg["To"] = "Someone <to@example.org>"
+        msg["Subject"] = "hello"
+        msg.set_payload("body\n")
+        sender = "notifications@example.org"
+    else:  # send_message takes the envelope sender from Sender when there is one
+        msg = mail("to@example.org")
+        msg["Sender"] = "bounces@example.org"
+        sender = "bounces@example.org"
+    with MailSink() as sink:
+        mailer = SmtpMailer(sink.url)
+        mailer.send(msg)
+        (got,) = sink.wait_for(1)
+        mailer.close()
+    assert got.mail_from == sender and got.rcpt_tos == ["to@example.org"]

@@ -116,7 +116,7 @@ class SmtpMailer:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                self._conn.send_message(msg)
+                self._conn.send_message(msg, *_envelope(msg))
                 return
             except smtplib.SMTPRecipientsRefused as exc:
                 self._reset_after_refusal()
@@ -158,6 +158,33 @@ class SmtpMailer:
             with contextlib.suppress(OSError):
                 self._conn.close()
         self._conn = None
+
+
+def _envelope(msg: EmailMessage) -> tuple[str | None, list[str] | None]:
+    """The envelope sender and recipients, read off ``msg``'s parsed address headers.
+
+    ``smtplib``'s ``send_message`` would parse ``From``, ``To``, ``Cc`` and ``Bcc``
+    again from their text with :mod:`email.utils` (a tenth of the sender's CPU a
+    mail); the header objects of a mail made with a modern policy already hold the
+    addresses it would find.  Anything else (no such objects, a ``Sender`` or
+    ``Resent-*`` header): ``(None, None)``, and ``send_message`` parses as usual.
+    """
+    if any(name in msg for name in ("Sender", "Resent-Date")):
+        return None, None
+    sender = msg["From"]
+    recipients: list[str] = []
+    for name in ("To", "Bcc", "Cc"):  # send_message's order, the first of each
+        header = msg[name]
+        if header is None:
+            continue
+        addresses = getattr(header, "addresses", None)
+        if addresses is None:
+            return None, None
+        recipients.extend(a.addr_spec for a in addresses)
+    addresses = getattr(sender, "addresses", None)
+    if not addresses or not recipients:
+        return None, None
+    return addresses[0].addr_spec, recipients
 
 
 class RecipientDeferred(Deferred):
