@@ -10,7 +10,13 @@ SES follows the mails, not the messages: its own line.  ElastiCache and the
 database are a fixed monthly line.  Handler times are wall times on a shared
 2-core machine, where each invocation is a thread waiting for its process's
 interpreter lock and for a core: they overstate what Lambda would bill, so
-read the compute line as an upper bound.
+read the compute line as an upper bound.  The lower bound takes the CPU time
+the handlers' threads used instead, as Lambda would run it: a function gets
+the share of a vCPU its memory buys (one vCPU at :data:`LAMBDA_MB_PER_VCPU`),
+so a second of CPU lasts ``1769 / memory`` seconds below that and bills about
+1.7 GB-seconds whatever the memory; it leaves out the waits for SMTP or SES,
+Redis and SQS, which Lambda bills too, and this machine's cores are not
+Lambda's.
 
 The prices are us-east-1 list prices as published by AWS, as of
 :data:`PRICES_AS_OF` (not re-checked from this machine, which has no network):
@@ -33,6 +39,9 @@ SQS_PER_MILLION = 0.40
 LAMBDA_PER_MILLION = 0.20
 #: Lambda compute, per GB-second (x86)
 LAMBDA_PER_GB_S = 0.0000166667
+#: the memory at which a function has the equivalent of one vCPU (AWS Lambda's docs);
+#: below it, its CPU share is proportional to its memory
+LAMBDA_MB_PER_VCPU = 1769
 #: SES, per 1,000 mails sent
 SES_PER_THOUSAND = 0.10
 #: ElastiCache cache.t4g.small ($0.032 an hour), one node, a month of 730 hours
@@ -67,6 +76,9 @@ def bill(messages: int, requests: Sequence[Mapping[str, Any]],
                      and not r["idle"])
     invocations = sum(f["invocations"] for f in functions.values())
     gb_s = sum(f["busy_s"] * memory_mb(name) / 1024 for name, f in functions.items())
+    # a CPU-second at memory m (MB) lasts LAMBDA_MB_PER_VCPU / m seconds below one vCPU
+    gb_s_cpu = sum(f.get("cpu_s", 0.0) * max(memory_mb(name), LAMBDA_MB_PER_VCPU) / 1024
+                   for name, f in functions.items())
     lines = {
         "SQS requests": sqs_billed * scale / 1e6 * SQS_PER_MILLION,
         "Lambda requests": invocations * scale / 1e6 * LAMBDA_PER_MILLION,
@@ -77,12 +89,17 @@ def bill(messages: int, requests: Sequence[Mapping[str, Any]],
         "prices_as_of": PRICES_AS_OF,
         "per_million_messages": {k: round(v, 4) for k, v in lines.items()},
         "sqs_and_lambda": round(total, 4),
+        # the same with compute from the handlers' CPU time (module docstring)
+        "lambda_compute_cpu_bound": round(gb_s_cpu * scale * LAMBDA_PER_GB_S, 4),
+        "sqs_and_lambda_cpu_bound": round(
+            total - lines["Lambda compute"] + gb_s_cpu * scale * LAMBDA_PER_GB_S, 4),
         "dominant": max(lines, key=lambda k: lines[k]),
         "ses_per_million_messages": round(mails * scale / 1000 * SES_PER_THOUSAND, 2),
         "mails_per_message": mails / messages,
         "sqs_billed_requests_per_message": sqs_billed / messages,
         "invocations_per_message": invocations / messages,
         "gb_s_per_message": gb_s / messages,
+        "cpu_gb_s_per_message": gb_s_cpu / messages,
         "memory_mb": {name: memory_mb(name) for name in functions},
         "fixed_monthly": {"ElastiCache (cache.t4g.small)": round(ELASTICACHE_MONTHLY, 2),
                           "PostgreSQL (db.t4g.micro, 20 GB)": round(DATABASE_MONTHLY, 2),

@@ -93,7 +93,7 @@ class RunData:
     interrupted: bool = False
     samples: list[Sample] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    #: function -> {"invocations", "busy_s", "records"}
+    #: function -> {"invocations", "busy_s", "cpu_s", "records"}
     functions: dict[str, dict[str, float]] = field(default_factory=dict)
     irc: dict[str, int] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
@@ -282,6 +282,7 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
         for st in runner_stats:
             data.functions[st["function"]] = {
                 "invocations": st["invocations"], "busy_s": st["busy_s"],
+                "cpu_s": st.get("cpu_s", 0.0),
                 "records": st["records_ok"] + st["records_failed"]}
         irc = getattr(stack.functions.get("send_irc"), "totals", {})
         data.irc = {k: int(v) for k, v in irc.items()}

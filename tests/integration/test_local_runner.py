@@ -211,6 +211,30 @@ def test_chalice_handler_gets_lambda_records_and_context(
     assert seen_keys[0]["function_request_id"] == contexts[0].aws_request_id
 
 
+def test_busy_time_is_the_handlers_wall_time_and_cpu_time_its_threads_work(
+    aws: AwsClients, prefix: str, runners: list[EventSourceMapping]
+) -> None:
+    import time
+
+    qdef = QueueDef("cpu", "worker", visibility_timeout_s=5, max_receive_count=2,
+                    batch_size=10, batching_window_s=0, max_concurrency=1)
+    urls = ensure_queues(aws.sqs, prefix, [qdef])["cpu"]
+
+    def handler(event: Any, context: Any) -> None:
+        time.sleep(0.4)  # waiting, as for a server: busy, not CPU
+        t = time.thread_time()
+        while time.thread_time() - t < 0.2:  # working
+            pass
+
+    _send(aws.sqs, urls.url, ["one"])
+    runner = EventSourceMapping(aws.sqs, qdef, urls, handler, **FAST)
+    runners.append(runner.start())
+    _wait_for(lambda: runner.stats().records_ok == 1)
+    stats = runner.stats()
+    assert stats.busy_s >= 0.6
+    assert 0.2 <= stats.cpu_s < 0.45
+
+
 def test_batching_window_gathers_beyond_one_receive(
     aws: AwsClients, prefix: str, runners: list[EventSourceMapping]
 ) -> None:
