@@ -182,7 +182,9 @@ def create_app(settings: Settings | None = None, options: StreamOptions | None =
     (lifespan) and closed at shutdown.
 
     ``app.state.close_streams()`` ends every open stream (call it before
-    stopping the server, or open streams hold the shutdown up).
+    stopping the server, or open streams hold the shutdown up);
+    ``app.state.streams_closing`` is the event it sets (cleared, streams stay open
+    again: a test that drops the browser's connection and then lets it back).
     """
     settings = settings or Settings.from_env()
     options = options or StreamOptions.from_env()
@@ -251,6 +253,7 @@ def create_app(settings: Settings | None = None, options: StreamOptions | None =
                                allow_credentials=True, allow_methods=["GET"],
                                allow_headers=["Authorization", "Last-Event-ID"])],
         lifespan=lifespan)
+    app.state.streams_closing = closing
     app.state.close_streams = closing.set
     return app
 

@@ -13,6 +13,7 @@ Every test saves a screenshot to ``var/test-artifacts/``.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-def _feed_endpoint() -> tuple[MemoryFeed, int, ServerHandle]:
+def _feed_endpoint() -> tuple[MemoryFeed, int, ServerHandle, threading.Event]:
     """The real feed endpoint on a memory feed, allowing the web UI's future port."""
     stream = load_module(STREAM_PATH, "fmn_sse_stream_browser")
     feed = MemoryFeed()
@@ -55,13 +56,14 @@ def _feed_endpoint() -> tuple[MemoryFeed, int, ServerHandle]:
     options = stream.StreamOptions(ping_s=5, block_s=0.2, retry_ms=500,
                                    allow_origins=(f"http://127.0.0.1:{web_port}",))
     feed_app = stream.create_app(Settings(secret_key=SECRET), options, reader=feed.reader(0.02))
-    return feed, web_port, serve(feed_app, name="feed", on_stop=feed_app.state.close_streams)
+    return (feed, web_port, serve(feed_app, name="feed", on_stop=feed_app.state.close_streams),
+            feed_app.state.streams_closing)
 
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     """The fake API with demo data and the real feed endpoint, both running."""
-    feed, web_port, feed_server = _feed_endpoint()
+    feed, web_port, feed_server, feed_closing = _feed_endpoint()
     api = FakeApi(feed, feed_server.url)
     seed_demo(api)
     try:
@@ -70,7 +72,8 @@ def stack() -> Iterator[Stack]:
         feed_server.stop()
         raise
     try:
-        yield Stack(web_server.url, feed_server.url, api, feed, [web_server, feed_server])
+        yield Stack(web_server.url, feed_server.url, api, feed, [web_server, feed_server],
+                    feed_closing=feed_closing)
     finally:
         for server in (web_server, feed_server):
             server.stop()
@@ -81,7 +84,7 @@ def real_stack(tmp_path: Path) -> Iterator[Stack]:
     """The real web app (``webapp/app.py``) and the real feed endpoint on one memory feed."""
     if not WEBAPP_PATH.exists():
         pytest.skip("webapp/app.py is not there yet")
-    feed, web_port, feed_server = _feed_endpoint()
+    feed, web_port, feed_server, feed_closing = _feed_endpoint()
     try:
         url, web_server = start_real_web(web_port, SECRET, feed, feed_server.url,
                                          tmp_path / "web.sqlite")
@@ -89,7 +92,8 @@ def real_stack(tmp_path: Path) -> Iterator[Stack]:
         feed_server.stop()
         raise
     try:
-        yield Stack(url, feed_server.url, None, feed)  # type: ignore[arg-type]
+        yield Stack(url, feed_server.url, None, feed,  # type: ignore[arg-type]
+                    feed_closing=feed_closing)
     finally:
         web_server.stop()
         feed_server.stop()

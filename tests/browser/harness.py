@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ class Stack:
     api: FakeApi
     feed: MemoryFeed
     servers: list[ServerHandle] = field(default_factory=list)
+    #: set: the feed endpoint ends every open stream; cleared: streams stay open again
+    feed_closing: threading.Event | None = None
 
 
 @dataclass

@@ -113,7 +113,8 @@ def drop_feed_connection(page: Any, stack: Stack) -> None:
     """End the page's feed response and refuse its reconnections (the network gone)
     until :func:`restore_feed_connection`: the browser then resumes from its last event."""
     page.route(lambda url: url.startswith(stack.feed_url), lambda route: route.abort())
-    closing = stack.servers[1]._on_stop.__self__  # the feed endpoint's close_streams event
+    closing = stack.feed_closing
+    assert closing is not None
     closing.set()
     expect(page.locator("#feed-state")).to_have_text("reconnecting")
     closing.clear()
