@@ -7,16 +7,27 @@ polls cost a fixed amount per queue and month, not per message), Lambda
 invocations, and Lambda compute (the time each function spent in its handler
 times the memory it is configured with in ``functions/<name>/.chalice/config.json``).
 SES follows the mails, not the messages: its own line.  ElastiCache and the
-database are a fixed monthly line.  Handler times are wall times on a shared
-2-core machine, where each invocation is a thread waiting for its process's
-interpreter lock and for a core: they overstate what Lambda would bill, so
-read the compute line as an upper bound.  The lower bound takes the CPU time
-the handlers' threads used instead, as Lambda would run it: a function gets
-the share of a vCPU its memory buys (one vCPU at :data:`LAMBDA_MB_PER_VCPU`),
-so a second of CPU lasts ``1769 / memory`` seconds below that and bills about
-1.7 GB-seconds whatever the memory; it leaves out the waits for SMTP or SES,
-Redis and SQS, which Lambda bills too, and this machine's cores are not
-Lambda's.
+database are a fixed monthly line.
+
+Compute comes two ways, from each function's handler wall time and the CPU
+time its handler threads used (``thread_time``), at the memory ``m`` it is
+configured with.  Lambda gives a function the share of a vCPU its memory buys
+(one vCPU at :data:`LAMBDA_MB_PER_VCPU` MB), so below that a CPU-second lasts
+``1769 / m`` seconds there.
+
+- **The billed line** (and ``sqs_and_lambda``) is a ceiling: the handler's
+  time off the CPU (waiting for SMTP, Redis, SQS, and here also for the
+  interpreter lock and a core, which Lambda would not make it wait for) plus
+  its CPU time stretched to Lambda's share: ``(wall - cpu + cpu * max(1,
+  1769 / m)) * m / 1024`` GB-seconds.  A run recorded without CPU times
+  bills the wall time alone, which understates it below one vCPU.
+- **The CPU estimate** (``*_cpu_estimate``) prices only the CPU time at that
+  share, ``cpu * max(m, 1769) / 1024`` GB-seconds: roughly a floor, not a
+  strict one.  It leaves out the waits Lambda bills too, while the CPU time it
+  counts is inflated a little by contention and the garbage collector on this
+  2-core machine, whose cores are not Lambda's; and it misses threads a
+  handler starts of its own (the Matrix client's event-loop thread).  ``None``
+  when the run did not record CPU times.
 
 The prices are us-east-1 list prices as published by AWS, as of
 :data:`PRICES_AS_OF` (not re-checked from this machine, which has no network):
@@ -65,6 +76,27 @@ def memory_mb(function: str) -> int:
         return 128
 
 
+def compute_gb_s(functions: Mapping[str, Mapping[str, float]]) -> tuple[float, float | None]:
+    """GB-seconds of Lambda compute: the billed ceiling and the CPU estimate (module docstring).
+
+    The estimate is ``None`` unless every function's CPU time was recorded.
+    """
+    ceiling = 0.0
+    estimate: float | None = 0.0
+    for name, f in functions.items():
+        mb = memory_mb(name)
+        wall = f["busy_s"]
+        cpu = f.get("cpu_s")
+        if cpu is None:
+            ceiling += wall * mb / 1024
+            estimate = None
+            continue
+        ceiling += (max(0.0, wall - cpu) + cpu * max(1.0, LAMBDA_MB_PER_VCPU / mb)) * mb / 1024
+        if estimate is not None:
+            estimate += cpu * max(mb, LAMBDA_MB_PER_VCPU) / 1024
+    return ceiling, estimate
+
+
 def bill(messages: int, requests: Sequence[Mapping[str, Any]],
          functions: Mapping[str, Mapping[str, float]], mails: int) -> dict[str, Any]:
     """Dollars per million bus messages, by line, and what dominates."""
@@ -75,10 +107,7 @@ def bill(messages: int, requests: Sequence[Mapping[str, Any]],
                      if r["api"].startswith("sqs.") and r["role"] in BILLED_ROLES
                      and not r["idle"])
     invocations = sum(f["invocations"] for f in functions.values())
-    gb_s = sum(f["busy_s"] * memory_mb(name) / 1024 for name, f in functions.items())
-    # a CPU-second at memory m (MB) lasts LAMBDA_MB_PER_VCPU / m seconds below one vCPU
-    gb_s_cpu = sum(f.get("cpu_s", 0.0) * max(memory_mb(name), LAMBDA_MB_PER_VCPU) / 1024
-                   for name, f in functions.items())
+    gb_s, gb_s_cpu = compute_gb_s(functions)
     lines = {
         "SQS requests": sqs_billed * scale / 1e6 * SQS_PER_MILLION,
         "Lambda requests": invocations * scale / 1e6 * LAMBDA_PER_MILLION,
@@ -89,9 +118,10 @@ def bill(messages: int, requests: Sequence[Mapping[str, Any]],
         "prices_as_of": PRICES_AS_OF,
         "per_million_messages": {k: round(v, 4) for k, v in lines.items()},
         "sqs_and_lambda": round(total, 4),
-        # the same with compute from the handlers' CPU time (module docstring)
-        "lambda_compute_cpu_bound": round(gb_s_cpu * scale * LAMBDA_PER_GB_S, 4),
-        "sqs_and_lambda_cpu_bound": round(
+        # the same with compute from the handlers' CPU time alone (module docstring)
+        "lambda_compute_cpu_estimate": None if gb_s_cpu is None
+        else round(gb_s_cpu * scale * LAMBDA_PER_GB_S, 4),
+        "sqs_and_lambda_cpu_estimate": None if gb_s_cpu is None else round(
             total - lines["Lambda compute"] + gb_s_cpu * scale * LAMBDA_PER_GB_S, 4),
         "dominant": max(lines, key=lambda k: lines[k]),
         "ses_per_million_messages": round(mails * scale / 1000 * SES_PER_THOUSAND, 2),
@@ -99,7 +129,7 @@ def bill(messages: int, requests: Sequence[Mapping[str, Any]],
         "sqs_billed_requests_per_message": sqs_billed / messages,
         "invocations_per_message": invocations / messages,
         "gb_s_per_message": gb_s / messages,
-        "cpu_gb_s_per_message": gb_s_cpu / messages,
+        "cpu_gb_s_per_message": None if gb_s_cpu is None else gb_s_cpu / messages,
         "memory_mb": {name: memory_mb(name) for name in functions},
         "fixed_monthly": {"ElastiCache (cache.t4g.small)": round(ELASTICACHE_MONTHLY, 2),
                           "PostgreSQL (db.t4g.micro, 20 GB)": round(DATABASE_MONTHLY, 2),

@@ -90,6 +90,19 @@ def summarise(data: Any) -> dict[str, Any]:
     }
 
 
+def _dollars(value: float | None) -> str:
+    """A bill figure for the summary: ``-`` where the run could not price it."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _cpu_estimate(c: dict[str, Any]) -> str:
+    if c.get("sqs_and_lambda_cpu_estimate") is None:
+        return "no CPU-time estimate (the run recorded no handler CPU times)"
+    return (f"${c['sqs_and_lambda_cpu_estimate']:.2f} with compute from the handlers' "
+            f"CPU time alone (${c['lambda_compute_cpu_estimate']:.3f}; an estimate, "
+            f"roughly a floor: no waiting for mail, Redis or SQS)")
+
+
 def _td(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds, 6)))
 
@@ -141,11 +154,9 @@ def format_run(s: dict[str, Any], aws: str) -> str:
         lines = ", ".join(f"{k} ${v:.3f}" for k, v in c["per_million_messages"].items())
         out.append(f"  per million bus messages on AWS (list prices {c['prices_as_of']}): "
                    f"{lines} = ${c['sqs_and_lambda']:.2f} for SQS+Lambda, mostly "
-                   f"{c['dominant']} (an upper bound: handler wall time here); "
-                   f"${c.get('sqs_and_lambda_cpu_bound', 0):.2f} with compute from the "
-                   f"handlers' CPU time at Lambda's CPU share "
-                   f"(${c.get('lambda_compute_cpu_bound', 0):.3f}; a lower bound: no waiting "
-                   f"for mail, Redis or SQS); SES ${c['ses_per_million_messages']:,.2f} "
+                   f"{c['dominant']} (a ceiling: handler wall time, its CPU time at "
+                   f"Lambda's CPU share); " + _cpu_estimate(c)
+                   + f"; SES ${c['ses_per_million_messages']:,.2f} "
                    f"({c['mails_per_message']:.1f} mails per message); fixed per month: "
                    + ", ".join(f"{k} ${v:.2f}" for k, v in c["fixed_monthly"].items()))
     for note in s.get("notes", []):
@@ -161,7 +172,7 @@ def format_run(s: dict[str, Any], aws: str) -> str:
 
 def format_summary(runs: Sequence[dict[str, Any]]) -> str:
     out = ["", f"{'concurrency':>11} {'lasted':>16} {'maxed at':>9} {'msg/s':>9} "
-           f"{'SQS req/msg':>11} {'% ceiling':>9} {'$/M msgs':>9} {'$/M (CPU)':>9} "
+           f"{'SQS req/msg':>11} {'% ceiling':>9} {'$/M (max)':>10} {'$/M (CPU)':>9} "
            f"{'ledger':>7} "
            f"{'2016 msg/s':>10} {'load avg':>9}"]
     for s in runs:
@@ -172,8 +183,8 @@ def format_summary(runs: Sequence[dict[str, Any]]) -> str:
         out.append(f"{s['concurrency']:>11} {lasted:>16} {s['maxed_at']:>9} "
                    f"{rate:>9} {s['sqs_requests_per_message']:>11.3f} "
                    f"{100 * s['fraction_of_ceiling']:>8.0f}% "
-                   f"{s['cost'].get('sqs_and_lambda', 0):>9.3f} "
-                   f"{s['cost'].get('sqs_and_lambda_cpu_bound', 0):>9.3f} "
+                   f"{_dollars(s['cost'].get('sqs_and_lambda')):>10} "
+                   f"{_dollars(s['cost'].get('sqs_and_lambda_cpu_estimate')):>9} "
                    f"{'OK' if s['ledger_ok'] else 'FAILED':>7} "
                    f"{(f'{seed[2]:.2f}' if seed else '-'):>10} "
                    f"{'{:.1f}-{:.1f}'.format(*s.get('load_average', (0.0, 0.0))):>9}")
