@@ -96,3 +96,18 @@ def test_mails_without_plain_parsed_headers_still_go_through_send_message(how: s
         (got,) = sink.wait_for(1)
         mailer.close()
     assert got.mail_from == sender and got.rcpt_tos == ["to@example.org"]
+
+
+@pytest.mark.parametrize("cc", ["Broken <cc@example.org", "a@example.org, , cc@example.org"])
+def test_a_header_with_parse_defects_leaves_the_envelope_to_send_message(cc: str) -> None:
+    from fmn.delivery.mailers import _envelope
+
+    msg = mail("to@example.org")
+    msg["Cc"] = cc
+    assert _envelope(msg) == (None, None)  # the two parsers could disagree here
+    with MailSink() as sink:
+        mailer = SmtpMailer(sink.url)
+        mailer.send(msg)
+        (got,) = sink.wait_for(1)
+        mailer.close()
+    assert got.rcpt_tos[0] == "to@example.org" and "cc@example.org" in got.rcpt_tos

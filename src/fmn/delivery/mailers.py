@@ -165,9 +165,11 @@ def _envelope(msg: EmailMessage) -> tuple[str | None, list[str] | None]:
 
     ``smtplib``'s ``send_message`` would parse ``From``, ``To``, ``Cc`` and ``Bcc``
     again from their text with :mod:`email.utils` (a tenth of the sender's CPU a
-    mail); the header objects of a mail made with a modern policy already hold the
-    addresses it would find.  Anything else (no such objects, a ``Sender`` or
-    ``Resent-*`` header): ``(None, None)``, and ``send_message`` parses as usual.
+    mail).  The header objects of a mail made with a modern policy hold, for a
+    well-formed header, the addresses that parse would find; where the two parsers
+    could disagree (a header with parse defects, an address without an addr-spec),
+    or where ``send_message`` reads other headers (``Sender``, ``Resent-*``), or
+    there are no such objects: ``(None, None)``, and ``send_message`` parses as usual.
     """
     if any(name in msg for name in ("Sender", "Resent-Date")):
         return None, None
@@ -177,14 +179,25 @@ def _envelope(msg: EmailMessage) -> tuple[str | None, list[str] | None]:
         header = msg[name]
         if header is None:
             continue
-        addresses = getattr(header, "addresses", None)
+        addresses = _clean_addresses(header)
         if addresses is None:
             return None, None
-        recipients.extend(a.addr_spec for a in addresses)
-    addresses = getattr(sender, "addresses", None)
-    if not addresses or not recipients:
+        recipients.extend(addresses)
+    senders = _clean_addresses(sender)
+    if not senders or not recipients:
         return None, None
-    return addresses[0].addr_spec, recipients
+    return senders[0], recipients
+
+
+def _clean_addresses(header: object) -> list[str] | None:
+    """The addr-specs of a parsed, defect-free address header; ``None`` otherwise."""
+    addresses = getattr(header, "addresses", None)
+    if addresses is None or getattr(header, "defects", None):
+        return None
+    specs = [a.addr_spec for a in addresses]
+    if not all(spec and spec != "<>" for spec in specs):
+        return None
+    return specs
 
 
 class RecipientDeferred(Deferred):
