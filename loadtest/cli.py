@@ -6,7 +6,10 @@ feed event, the ledger read; then the report in the seed's words, per stage,
 with requests, the emulator's ceiling, CPU and the bill (:mod:`loadtest.report`),
 ``report.json`` and the PNG plots (:mod:`loadtest.plots`) under the work
 directory.  A live display shows each queue's backlog while it runs (a line
-every few seconds when the output is not a terminal).  Ctrl-C stops the
+every few seconds when the output is not a terminal) on stderr, with each
+run's report as it ends; stdout gets all the reports and the summary table at
+the end (only the table when stdout and stderr are one place, so that
+``2>&1`` prints each report once).  Ctrl-C stops the
 current run cleanly (in-flight invocations finish, the stack stops, its
 queues and keys are removed) and reports what was measured; a second Ctrl-C
 aborts.  With ``--lock FILE`` each run holds an exclusive lock on FILE (flock)
@@ -192,6 +195,17 @@ def _logging(display: Display) -> None:
     logging.getLogger("loadtest").setLevel(logging.INFO)
 
 
+def same_destination(out: Any, err: Any) -> bool:
+    """Whether two streams write to the same file, pipe or terminal (``2>&1``, a terminal):
+    each run's report goes to the console (stderr) as it ends and, all together, to
+    stdout at the end, which is once too many when both are one place."""
+    try:
+        a, b = os.fstat(out.fileno()), os.fstat(err.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (captured, closed)
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -268,7 +282,8 @@ def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    print("\n\n".join(rep.format_run(s, opts.aws) for s in summaries))
+    if not same_destination(sys.stdout, sys.stderr):  # else they are on it already
+        print("\n\n".join(rep.format_run(s, opts.aws) for s in summaries))
     print(rep.format_summary(summaries))
     doc = {"options": {k: (str(v) if isinstance(v, Path) else v)
                        for k, v in dataclasses.asdict(opts).items()},

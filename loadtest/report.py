@@ -180,9 +180,12 @@ def format_summary(runs: Sequence[dict[str, Any]]) -> str:
         # a stopped run's rate is no rate
         lasted = _td(s["lasted_s"]) if s["drained"] else "not drained"
         rate = f"{s['avg_processing']:.2f}" if s["drained"] else "-"
+        # not measured (--ceiling-seconds 0) is no fraction either
+        share = f"{100 * s['fraction_of_ceiling']:.0f}%" \
+            if s.get("emulator_ceiling_requests_per_s") else "-"
         out.append(f"{s['concurrency']:>11} {lasted:>16} {s['maxed_at']:>9} "
                    f"{rate:>9} {s['sqs_requests_per_message']:>11.3f} "
-                   f"{100 * s['fraction_of_ceiling']:>8.0f}% "
+                   f"{share:>9} "
                    f"{_dollars(s['cost'].get('sqs_and_lambda')):>10} "
                    f"{_dollars(s['cost'].get('sqs_and_lambda_cpu_estimate')):>9} "
                    f"{'OK' if s['ledger_ok'] else 'FAILED':>7} "

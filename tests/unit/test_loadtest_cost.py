@@ -56,8 +56,8 @@ def test_runs_recorded_without_cpu_times_bill_wall_time_and_no_estimate(
 def _summary(cost_doc: dict[str, Any]) -> dict[str, Any]:
     return {"concurrency": 1, "lasted_s": 10.0, "drained": True, "maxed_at": 5,
             "avg_processing": 10.0, "sqs_requests_per_message": 0.5,
-            "fraction_of_ceiling": 0.1, "cost": cost_doc, "ledger_ok": True,
-            "load_average": [0.1, 0.2]}
+            "fraction_of_ceiling": 0.1, "emulator_ceiling_requests_per_s": 100.0,
+            "cost": cost_doc, "ledger_ok": True, "load_average": [0.1, 0.2]}
 
 
 def test_the_summary_prints_a_dash_where_a_run_has_no_figure(
@@ -73,3 +73,12 @@ def test_the_summary_prints_a_dash_where_a_run_has_no_figure(
     assert " - " not in row_new.split("OK")[0]
     assert f"{new['sqs_and_lambda_cpu_estimate']:.3f}" in row_new
     assert "0.000" not in none and none.split().count("-") >= 2
+
+
+def test_a_ceiling_not_measured_is_a_dash_not_zero_percent() -> None:
+    measured = report.format_summary([_summary({})]).splitlines()[2]
+    unmeasured = report.format_summary([{**_summary({}), "fraction_of_ceiling": 0.0,
+                                         "emulator_ceiling_requests_per_s": 0.0}])
+    assert "10%" in measured.split()
+    assert "0%" not in unmeasured.splitlines()[2].split()
+    assert unmeasured.splitlines()[2].split()[5] == "-"
