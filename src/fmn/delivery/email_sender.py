@@ -71,7 +71,15 @@ class EmailSender:
 
     def send_digest(self, items: Sequence[Delivery], more: int) -> None:
         if self.subscribed is not None:
-            wanted = [item for item in items if self.subscribed(item)]
+            # a digest's items nearly always share one destination and address: ask the
+            # database once for each that occurs, not once an item
+            live: dict[tuple[str, str, str], bool] = {}
+            for item in items:
+                where = (item.user, item.destination, item.address)
+                if where not in live:
+                    live[where] = self.subscribed(item)
+            wanted = [item for item in items
+                      if live[(item.user, item.destination, item.address)]]
             if len(wanted) < len(items):
                 self.dropped += len(items) - len(wanted)
                 log.info("digest of %s: %d items dropped, destination unsubscribed",
