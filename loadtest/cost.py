@@ -19,8 +19,12 @@ configured with.  Lambda gives a function the share of a vCPU its memory buys
   time off the CPU (waiting for SMTP, Redis, SQS, and here also for the
   interpreter lock and a core, which Lambda would not make it wait for) plus
   its CPU time stretched to Lambda's share: ``(wall - cpu + cpu * max(1,
-  1769 / m)) * m / 1024`` GB-seconds.  A run recorded without CPU times
-  bills the wall time alone, which understates it below one vCPU.
+  1769 / m)) * m / 1024`` GB-seconds.  A ceiling for *this machine's*
+  waits only: the mail goes to a local sink and SQS and Redis answer on
+  loopback, where in AWS each mail is an SES call over the network (its wait
+  and its TLS work are not in the run), and a handler's own threads' CPU
+  (the Matrix client's) counts unstretched.  A run recorded without CPU
+  times bills the wall time alone, which understates it below one vCPU.
 - **The CPU estimate** (``*_cpu_estimate``) prices only the CPU time at that
   share, ``cpu * max(m, 1769) / 1024`` GB-seconds: roughly a floor, not a
   strict one.  It leaves out the waits Lambda bills too, while the CPU time it

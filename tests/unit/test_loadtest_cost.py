@@ -82,3 +82,19 @@ def test_a_ceiling_not_measured_is_a_dash_not_zero_percent() -> None:
     assert "10%" in measured.split()
     assert "0%" not in unmeasured.splitlines()[2].split()
     assert unmeasured.splitlines()[2].split()[5] == "-"
+
+
+def test_a_cpu_time_the_runner_did_not_record_is_unknown_not_free(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadtest.run import function_figures
+
+    monkeypatch.setattr(cost, "memory_mb", lambda name: 256)
+    stats = [{"function": "match", "invocations": 3, "busy_s": 2.0, "records_ok": 30,
+              "records_failed": 0, "cpu_s": 1.0},
+             {"function": "send_email", "invocations": 5, "busy_s": 4.0, "records_ok": 50,
+              "records_failed": 1}]  # an older worker's totals: no cpu_s
+    figures = function_figures(stats)
+    assert figures["match"]["cpu_s"] == 1.0 and figures["send_email"]["records"] == 51
+    assert "cpu_s" not in figures["send_email"]
+    bill = cost.bill(100, [], figures, mails=0)
+    assert bill["lambda_compute_cpu_estimate"] is None  # "-", not $0.000
