@@ -305,6 +305,23 @@ def test_an_email_link_verifies_once(service: PreferencesService, world: World) 
     assert info.value.reason == "used"
 
 
+def test_the_link_to_an_idn_address_goes_to_its_ascii_domain(
+        service: PreferencesService, world: World) -> None:
+    """Set as a string, ``bücher.example`` went out as an RFC 2047 encoded word inside
+    the address (``ana@=?utf-8?q?b=C3=BCcher?=.example``): the link reached nobody."""
+    from email.utils import getaddresses
+
+    from fmn.delivery.email import POLICY
+
+    dest = service.add_destination("alice", {"protocol": "email",
+                                             "address": "ana@bücher.example"})
+    assert world.verifier.start("alice", dest.id) == "link"
+    wire = world.mailer.sent[-1].as_bytes(policy=POLICY)
+    to = next(line for line in wire.split(b"\r\n") if line.startswith(b"To:"))
+    assert to == b"To: ana@xn--bcher-kva.example" and b"=?" not in to
+    assert getaddresses([to.decode()[3:]]) == [("", "ana@xn--bcher-kva.example")]
+
+
 def test_a_used_email_link_is_refused(service: PreferencesService, world: World) -> None:
     dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
     world.verifier.start("alice", dest.id)

@@ -221,12 +221,18 @@ def rule_url(web_url: str, rule_id: str) -> str:
     return f"{web_url.rstrip('/')}/#/rules/{quote(rule_id, safe='')}"
 
 
+def to_address(address: str) -> Address:
+    """The ``To`` of a mail to ``address`` (checked: InvalidAddress), its domain in
+    ASCII (IDNA): set as a string, an IDN domain would be written as an RFC 2047
+    encoded word, which is not allowed inside an address and reaches nobody."""
+    local, _, domain = check_address(address).rpartition("@")
+    return Address(addr_spec=f"{local}@{domain.encode('idna').decode('ascii')}")
+
+
 def _base(to: str, sender: str, list_id: str, unsubscribe_url: str) -> EmailMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = sender
-    local, _, domain = check_address(to).rpartition("@")
-    # the domain in ASCII (IDNA): an encoded word is not allowed inside an address
-    msg["To"] = Address(addr_spec=f"{local}@{domain.encode('idna').decode('ascii')}")
+    msg["To"] = to_address(to)
     msg["Precedence"] = "bulk"
     msg["Auto-Submitted"] = "auto-generated"
     msg["List-Id"] = f"Fedora notifications <{list_id}>"

@@ -355,9 +355,12 @@ class Verifier:
         return f"{self.web_url}/verify/email/{token}"
 
     def _mail(self, user: str, dest: Destination, link: str) -> EmailMessage:
+        from fmn.delivery.email import to_address
+
         msg = EmailMessage()
         msg["From"] = self.mail_from
-        msg["To"] = dest.address
+        # an IDN domain in ASCII, as notifications (start() checked there is an address)
+        msg["To"] = to_address(dest.address or "")
         msg["Subject"] = "Confirm your address for Fedora Notifications"
         hours = self.limits.link_ttl_s // 3600
         msg.set_content(
