@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import signal
+import stat
 import sys
 import threading
 import time
@@ -196,14 +197,28 @@ def _logging(display: Display) -> None:
 
 
 def same_destination(out: Any, err: Any) -> bool:
-    """Whether two streams write to the same file, pipe or terminal (``2>&1``, a terminal):
+    """Whether what ``err`` already shows is in ``out``'s destination too, in order:
     each run's report goes to the console (stderr) as it ends and, all together, to
-    stdout at the end, which is once too many when both are one place."""
+    stdout at the end, which is once too many when both are one place (``2>&1``, a
+    terminal).  One file opened twice (``> f 2> f``) is not one place: stdout writes
+    from its own offset, over what stderr wrote, unless it appends (``>> f 2>> f``)."""
+    import fcntl
+
     try:
-        a, b = os.fstat(out.fileno()), os.fstat(err.fileno())
+        out.flush()
+        err.flush()
+        fo, fe = out.fileno(), err.fileno()
+        a, b = os.fstat(fo), os.fstat(fe)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            return False
+        if not stat.S_ISREG(a.st_mode):  # a terminal, a pipe: no offsets
+            return True
+        if fcntl.fcntl(fo, fcntl.F_GETFL) & os.O_APPEND:
+            return True
+        # one open file (2>&1) shares its offset; stderr has written, stdout not yet
+        return os.lseek(fo, 0, os.SEEK_CUR) == os.lseek(fe, 0, os.SEEK_CUR)
     except (AttributeError, OSError, ValueError):  # not a real file (captured, closed)
         return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

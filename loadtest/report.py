@@ -97,7 +97,8 @@ def _dollars(value: float | None) -> str:
 
 def _cpu_estimate(c: dict[str, Any]) -> str:
     if c.get("sqs_and_lambda_cpu_estimate") is None:
-        return "no CPU-time estimate (the run recorded no handler CPU times)"
+        return ("no CPU-time estimate (a function's handler CPU time was not recorded; "
+                "its compute above is its wall time, not stretched to Lambda's CPU share)")
     return (f"${c['sqs_and_lambda_cpu_estimate']:.2f} with compute from the handlers' "
             f"CPU time alone (${c['lambda_compute_cpu_estimate']:.3f}; an estimate, "
             f"roughly a floor: no waiting for mail, Redis or SQS)")

@@ -1,20 +1,32 @@
-"""The load test's console: each run's report reaches a reader once."""
+"""The load test's console: each run's report reaches a reader once, and at least once."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 from loadtest.cli import same_destination
 
 
-def test_streams_on_one_file_are_one_destination(tmp_path: Path) -> None:
+def test_one_open_file_is_one_destination(tmp_path: Path) -> None:
     path = tmp_path / "out.log"
-    with path.open("w") as out, open(out.fileno(), "w", closefd=False) as err:
-        assert same_destination(out, err)  # 2>&1 (the same open file)
-        with path.open("a") as again:
-            assert same_destination(out, again)  # > out.log 2>> out.log
+    with path.open("w") as out, open(os.dup(out.fileno()), "w") as err:
+        err.write("progress, then a run's report\n")
+        assert same_destination(out, err)  # 2>&1: one offset
+
+
+def test_a_file_opened_twice_is_one_destination_only_when_appending(tmp_path: Path) -> None:
+    path = tmp_path / "out.log"
+    with path.open("w") as out, path.open("a") as err:  # > f 2>> f
+        err.write("progress, then a run's report\n")
+        # stdout would write from offset 0, over the report: it must carry its own copy
+        assert not same_destination(out, err)
+    with path.open("a") as out, path.open("a") as err:  # >> f 2>> f
+        err.write("more\n")
+        assert same_destination(out, err)
 
 
 def test_separate_files_and_unreal_streams_are_not(tmp_path: Path) -> None:
@@ -24,3 +36,21 @@ def test_separate_files_and_unreal_streams_are_not(tmp_path: Path) -> None:
     closed = (tmp_path / "c").open("w")
     closed.close()
     assert not same_destination(closed, sys.__stderr__)
+
+
+def test_every_redirection_keeps_the_report_exactly_where_a_reader_looks(
+        tmp_path: Path) -> None:
+    """A child prints a report on stderr, then the table on stdout, with the reports
+    again when ``same_destination`` says stdout does not have them."""
+    child = ("import sys\nfrom loadtest.cli import same_destination\n"
+             "print('start', file=sys.stderr)\nprint('REPORT', file=sys.stderr)\n"
+             "if not same_destination(sys.stdout, sys.stderr):\n    print('REPORT')\n"
+             "print('SUMMARY TABLE, longer than what stderr wrote')\n")
+    for shell, expected in (("> f 2>&1", 1), ("> f 2>> f", 1), (">> f 2>> f", 1)):
+        f = tmp_path / "f"
+        f.write_text("")
+        subprocess.run(f"{sys.executable} -c \"$CHILD\" {shell}", shell=True, check=True,
+                       cwd=tmp_path, env={**os.environ, "CHILD": child,
+                                          "PYTHONPATH": str(Path.cwd())})
+        text = f.read_text()
+        assert text.count("REPORT") == expected and "SUMMARY TABLE" in text, (shell, text)
