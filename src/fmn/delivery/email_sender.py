@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Builds the one-click unsubscribe URL of a (user, destination).
 UnsubscribeUrl = Callable[[str, str], str]
-#: Whether an item's destination still wants mail (verified, same address, user enabled).
+#: Whether an item's destination still wants mail (verified, same address, user enabled):
+#: a function of the item's user, destination and address alone (a digest asks once each).
 Subscribed = Callable[[Delivery], bool]
 
 
