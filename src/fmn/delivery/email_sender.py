@@ -75,12 +75,13 @@ class EmailSender:
             # a digest's items nearly always share one destination and address: ask the
             # database once for each that occurs, not once an item
             live: dict[tuple[str, str, str], bool] = {}
+            wanted = []
             for item in items:
                 where = (item.user, item.destination, item.address)
                 if where not in live:
                     live[where] = self.subscribed(item)
-            wanted = [item for item in items
-                      if live[(item.user, item.destination, item.address)]]
+                if live[where]:
+                    wanted.append(item)
             if len(wanted) < len(items):
                 self.dropped += len(items) - len(wanted)
                 log.info("digest of %s: %d items dropped, destination unsubscribed",
