@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,27 @@ def test_a_header_with_parse_defects_leaves_the_envelope_to_send_message(cc: str
         (got,) = sink.wait_for(1)
         mailer.close()
     assert got.rcpt_tos[0] == "to@example.org" and "cc@example.org" in got.rcpt_tos
+
+
+def test_a_verification_mail_to_an_idn_address_reaches_its_ascii_domain(tmp_path: Any) -> None:
+    """Through the real sink: the envelope and To carry the IDNA domain; set as a plain
+    string it went out as an encoded word inside the address, which reaches nobody."""
+    from fmn import db
+    from fmn.snapshot.store import MemorySnapshotStore
+    from fmn.web.service import PreferencesService
+    from fmn.web.verify import MemoryKeys, Verifier
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    db.upgrade(engine)
+    service = PreferencesService(engine, MemorySnapshotStore())
+    service.login("ana", "ana@example.org")
+    dest = service.add_destination("ana", {"protocol": "email", "address": "ana@bücher.example"})
+    with MailSink() as sink:
+        mailer = SmtpMailer(sink.url)
+        verifier = Verifier(service, MemoryKeys(), "s3cret", web_url="https://fmn.test",
+                            mailer=mailer, mail_from="fmn@example.org", channels={})
+        assert verifier.start("ana", dest.id) == "link"
+        (got,) = sink.wait_for(1)
+        mailer.close()
+    assert got.rcpt_tos == ["ana@xn--bcher-kva.example"]
+    assert b"\nTo: ana@xn--bcher-kva.example\r\n" in got.raw and b"=?" not in got.raw

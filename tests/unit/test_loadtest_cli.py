@@ -10,6 +10,8 @@ from pathlib import Path
 
 from loadtest.cli import same_destination
 
+ROOT = Path(__file__).resolve().parents[2]  # where the loadtest package is
+
 
 def test_one_open_file_is_one_destination(tmp_path: Path) -> None:
     path = tmp_path / "out.log"
@@ -51,6 +53,6 @@ def test_every_redirection_keeps_the_report_exactly_where_a_reader_looks(
         f.write_text("")
         subprocess.run(f"{sys.executable} -c \"$CHILD\" {shell}", shell=True, check=True,
                        cwd=tmp_path, env={**os.environ, "CHILD": child,
-                                          "PYTHONPATH": str(Path.cwd())})
+                                          "PYTHONPATH": str(ROOT)})
         text = f.read_text()
         assert text.count("REPORT") == expected and "SUMMARY TABLE" in text, (shell, text)
