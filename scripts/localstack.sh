@@ -102,7 +102,7 @@ start() {
     # SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL: AWS/SQS metrics every 5 s, so
     # alarms on queue depth evaluate within seconds.  Offline it logs "Error
     # starting the DNS server" and "Docker not available": harmless.
-    SERVICES=sqs,s3,ses,cloudwatch,cloudformation,iam,sts,logs,sns \
+    SERVICES=sqs,s3,ses,cloudwatch,cloudformation,iam,sts,logs,sns,apigateway \
     GATEWAY_LISTEN="127.0.0.1:$PORT" SQS_ENDPOINT_STRATEGY=path SKIP_SSL_CERT_DOWNLOAD=1 \
     DISABLE_EVENTS=1 SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL=5 \
         setsid nohup "$VENV/bin/python" -m localstack.runtime.main \

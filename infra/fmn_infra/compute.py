@@ -3,7 +3,8 @@
 Owns what runs code and what holds state, none of which LocalStack runs:
 
 - one Chalice app per ``functions/*/app.py`` (a new folder joins by itself)
-  and the web app behind API Gateway, each function with a role of its own
+  and the web app behind API Gateway (whose own error answers take the
+  API's error format: :mod:`fmn_infra.gateway`), each function with a role of its own
   holding only its queues, its secrets, the claim bucket's ``claims/``
   prefix (the match function) and SES (the senders of mail);
 - the feed endpoint (``functions/sse/stream.py``) under the Lambda Web
@@ -47,6 +48,7 @@ from constructs import Construct
 
 from fmn.pipeline import alarms
 from fmn.pipeline.queues import BACKENDS, QUEUES, queue
+from fmn_infra import gateway
 from fmn_infra.alarming import AlarmFactory
 from fmn_infra.chalice_apps import ChaliceApp, FunctionInfo
 from fmn_infra.messaging import claim_bucket_name, topic_name
@@ -142,6 +144,8 @@ class ComputeStack(cdk.Stack):
                                  "security_group_ids": [self.functions_sg.security_group_id],
                              })
             self.apps[name] = app
+            if name == "webapp":  # API Gateway's own errors in the API's format
+                gateway.apply(app.get_resource("RestAPI"))
             timeouts = {f.name: f.timeout_s for f in app.functions}
             for definition in alarms.function_alarms(prefix, timeouts):
                 self.alarm_factory.add(definition, [topic], scope=app)

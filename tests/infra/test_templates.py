@@ -136,3 +136,28 @@ def test_cfn_lint_accepts_the_templates(template_files: dict[str, Path]) -> None
                           "--", *map(str, template_files.values())],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_gateway_answers_errors_in_the_api_format(templates: dict[str, Any]) -> None:
+    # API Gateway's own answers (no route, throttled, the function failing) carry
+    # {"error", "detail", "field"}, as the app's own errors do (docs/web-api.md)
+    apis = resources(templates["compute"], "AWS::Serverless::Api")
+    assert len(apis) == 1
+    (api,) = apis.values()
+    answers = api["Properties"]["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
+    assert {"DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN", "THROTTLED",
+            "REQUEST_TOO_LARGE", "INTEGRATION_TIMEOUT"} <= set(answers)
+    assert answers["MISSING_AUTHENTICATION_TOKEN"]["statusCode"] == "404"
+    no_route = json.loads(answers["MISSING_AUTHENTICATION_TOKEN"]["responseTemplates"]
+                          ["application/json"])
+    assert no_route == {"error": "not-found", "detail": "no such path or method", "field": None}
+    for kind, answer in answers.items():
+        template = answer["responseTemplates"]["application/json"]
+        # the message as API Gateway quotes it, a valid JSON string
+        body = json.loads(template.replace("$context.error.messageString", '"a message"'))
+        assert set(body) == {"error", "detail", "field"}, kind
+        headers = answer["responseParameters"]
+        assert headers["gatewayresponse.header.Content-Type"] == "'application/json'"
+        assert headers["gatewayresponse.header.X-Content-Type-Options"] == "'nosniff'"
+    assert answers["THROTTLED"]["responseParameters"][
+        "gatewayresponse.header.Retry-After"] == "'1'"
