@@ -11,6 +11,7 @@ paced socket; a backlog for one nick collapses into one summary line.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,22 +19,23 @@ from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fmn.delivery.backlog import BatchPlan, RecentLines, plan_batch
 from fmn.delivery.base import Delivery
 from fmn.delivery.irc import (
     MAX_LINE_BYTES,
     MAX_LINES_PER_NOTIFICATION,
     RELAY_PREFIX_BYTES,
     InvalidNick,
-    RecentLines,
     TokenBucket,
     check_nick,
     check_wire,
+    irc_lower,
     payload_budget,
-    plan_batch,
     render_lines,
     split_utf8,
     summary_line,
     truncate_utf8,
+    valid_nick,
 )
 from fmn.delivery.irc_client import IrcServer, MemoryIrcLink, PacedSocket
 from fmn.delivery.text import clean
@@ -297,11 +299,15 @@ def test_a_paced_socket_never_writes_faster_than_the_limit(burst: int, rate: flo
 # -- backlogs --------------------------------------------------------------------
 
 
+def irc_plan(items: list[Delivery], allowance: Callable[[str], int]) -> BatchPlan:
+    return plan_batch(items, allowance, valid=valid_nick, fold=irc_lower)
+
+
 def test_a_backlog_for_one_nick_collapses_after_the_first_few() -> None:
     items = [item(nick="alice", message_id=f"a{i}") for i in range(12)]
     items += [item(nick="bob", message_id=f"b{i}") for i in range(4)]
     items += [item(nick="carol", message_id=f"c{i}") for i in range(3)]
-    plan = plan_batch(items, lambda nick: 3)
+    plan = irc_plan(items, lambda nick: 3)
     assert [plan.group(i) is None for i in items[:12]] == [True] * 3 + [False] * 9
     group = plan.group(items[3])
     assert group is not None and group.nick == "alice" and len(group.keys) == 9
@@ -313,20 +319,20 @@ def test_nicks_group_case_insensitively_and_bad_nicks_stay_out() -> None:
     items = [item(nick="Alice", message_id="1"), item(nick="alice", message_id="2"),
              item(nick="ALICE", message_id="3"), item(nick="has space", message_id="4"),
              item(nick="has space", message_id="5"), item(nick="has space", message_id="6")]
-    plan = plan_batch(items, lambda nick: 0)
+    plan = irc_plan(items, lambda nick: 0)
     assert plan.group(items[0]) is plan.group(items[2]) is not None
     assert all(plan.group(i) is None for i in items[3:])
 
 
 def test_lines_in_the_last_window_reduce_the_allowance() -> None:
     clock = FakeClock()
-    recent = RecentLines(per_nick=3, window_s=60, clock=clock)
+    recent = RecentLines(per_nick=3, window_s=60, fold=irc_lower, clock=clock)
     assert recent.allowance("alice") == 3
     recent.note("Alice")
     recent.note("alice")
     assert recent.allowance("ALICE") == 1
     items = [item(nick="alice", message_id=f"a{i}") for i in range(4)]
-    plan = plan_batch(items, recent.allowance)
+    plan = irc_plan(items, recent.allowance)
     assert [plan.group(i) is None for i in items] == [True, False, False, False]
     clock.now += 61
     assert recent.allowance("alice") == 3
@@ -340,6 +346,6 @@ def test_the_summary_line_links_to_the_web_ui() -> None:
 
 def test_the_same_notification_twice_in_a_batch_is_planned_once() -> None:
     items = [item(nick="alice", message_id=f"a{i % 3}") for i in range(9)]  # a0 a1 a2 thrice
-    plan = plan_batch(items, lambda nick: 1)
+    plan = irc_plan(items, lambda nick: 1)
     group = plan.group(items[1])
     assert group is not None and len(group.keys) == 2 and plan.group(items[0]) is None

@@ -172,3 +172,24 @@ def test_a_backlog_becomes_one_summary_and_a_bad_address_goes_alone() -> None:
     assert link.sent[-1][1]["body"] == "4 more notifications: https://web.test/#/notifications"
     counts, _ = run(notifier, bodies[:6], once)
     assert counts["duplicate"] == 6 and len(link.sent) == 3
+
+
+def test_an_unexpected_failure_dead_letters_that_notice_alone() -> None:
+    # a bug or a client library's surprise on one person's notice must not send the
+    # whole record back (and with it every later record of the batch, to keep order)
+    link, _, notifier, _ = make()
+    real_send = link.send
+
+    def send(room_id: str, content: Mapping[str, Any], txn: str) -> str:
+        if link.rooms[room_id].get("@bob:x"):
+            raise TypeError("an answer nobody expected")
+        return real_send(room_id, content, txn)
+
+    link.send = send  # type: ignore[method-assign]
+    once = MemoryOnce()
+    bodies = [body(0, ["@ann:x", "@bob:x", "@cy:x"]), body(1, ["@ann:x"])]
+    counts, failed = run(notifier, bodies, once)
+    assert failed == [] and counts["sent"] == 3 and counts["dead-lettered"] == 1
+    assert counts["dead"] == 1
+    counts, failed = run(notifier, bodies, once)  # redelivered: nothing again
+    assert failed == [] and counts["duplicate"] == 4 and counts["dead"] == 0

@@ -25,27 +25,17 @@ Everything here is plain Python (no sockets); the connection is the
   token for every line it writes to the server.
 * **Backlog.**  Within one batch, a nick gets at most ``per_nick``
   notifications as their own lines (fewer if it already had lines in the
-  last ``window_s`` seconds, :class:`RecentLines`); when two or more are left
-  over they collapse into one line ``"12 more notifications: <web>/#/notifications"``
-  (the UI's page of recent notifications).
+  last ``window_s`` seconds); when two or more are left over they collapse
+  into one line ``"12 more notifications: <web>/#/notifications"`` (the UI's
+  page of recent notifications).  The planning, and the bookkeeping that
+  keeps summaries idempotent, are shared with Matrix: :mod:`fmn.delivery.backlog`.
 * **Time.**  The flood limit can make a batch outlast its invocation: items
   are not started within :attr:`BatchDelivery.deadline_margin_s` of the
   deadline (:class:`~fmn.errors.Postponed`: the record goes back on the
   queue as a fresh message, using up no receive; its sent items are
   skipped then).
-* **Idempotency** (:class:`BatchDelivery`).  Every item, summarised or not,
-  runs inside :class:`~fmn.delivery.once.Once` under its own key
-  (:meth:`~fmn.delivery.base.Delivery.key`).  An item sent on its own is
-  remembered once its lines are written.  For a summarised group, the first
-  item whose action runs in this invocation sends the summary line inside
-  its own action, and the group's later items, in whatever record, are
-  remembered as ``summarised`` without a line.  So a redelivered item is a
-  duplicate whether it was sent or summarised; an action that fails (the
-  summary line was not written) is forgotten and its item comes back; an
-  item is never marked summarised unless a summary line covering it was
-  written.  The summary's count is the group's items not already found done
-  (a later item of the group may still turn out a duplicate, so it can
-  overstate, never understate).
+* **Idempotency.**  Every item runs inside :class:`~fmn.delivery.once.Once`
+  under its own key, a summarised one too (:meth:`fmn.delivery.backlog.BatchPlan.deliver`).
 """
 
 from __future__ import annotations
@@ -53,20 +43,14 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fmn.delivery.base import (
-    DeadLetter,
-    Delivery,
-    Send,
-    dead_letter_now,
-    deliveries,
-)
+from fmn.delivery.backlog import BatchPlan, RecentLines, plan_batch
+from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries
 from fmn.delivery.text import clean
-from fmn.errors import PermanentError, Postponed, RetryableError
+from fmn.errors import PermanentError, Postponed
 
 if TYPE_CHECKING:
     from fmn.delivery.irc_client import IrcLink
@@ -263,109 +247,6 @@ class TokenBucket:
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
-# -- backlogs -----------------------------------------------------------------
-
-
-class RecentLines:
-    """Lines each nick got in the last ``window_s`` seconds (this process only).
-
-    Lambda keeps a warm process for the next batch, so a backlog draining
-    batch after batch still collapses; a cold start forgets, which only
-    means a few more individual lines.
-    """
-
-    def __init__(self, per_nick: int, window_s: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 fold: Callable[[str], str] | None = None) -> None:
-        self.per_nick = per_nick
-        self.window_s = window_s
-        self.clock = clock
-        #: two spellings of one recipient are one (IRC: rfc1459 case folding)
-        self.fold = fold or irc_lower
-        self._lines: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._lines.setdefault(key, deque())
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return times
-
-    def allowance(self, nick: str) -> int:
-        """How many notifications ``nick`` may still get as their own lines now."""
-        with self._lock:
-            now = self.clock()
-            recent = self._recent(self.fold(nick), now)
-            if not recent:
-                del self._lines[self.fold(nick)]
-            return max(0, self.per_nick - len(recent))
-
-    def note(self, nick: str) -> None:
-        with self._lock:
-            now = self.clock()
-            self._recent(self.fold(nick), now).append(now)
-
-
-Key = tuple[str, ...]
-
-
-def _key(item: Delivery) -> Key:
-    return tuple(item.key().values())
-
-
-@dataclass
-class Group:
-    """One nick's notifications of one batch that collapse into one summary line."""
-
-    #: as the first summarised item spells it
-    nick: str
-    keys: set[Key]
-    #: keys found done (sent or summarised earlier) or handled in this invocation
-    settled: set[Key] = field(default_factory=set)
-    summary_sent: bool = False
-
-    def remaining(self, key: Key) -> int:
-        return len(self.keys - (self.settled - {key}))
-
-
-class BatchPlan:
-    """Which items of one batch are summarised (per nick), from the whole batch."""
-
-    def __init__(self, groups: Mapping[Key, Group] | None = None) -> None:
-        self.groups: dict[Key, Group] = dict(groups or {})
-
-    def group(self, item: Delivery) -> Group | None:
-        return self.groups.get(_key(item))
-
-
-def plan_batch(items: Iterable[Delivery], allowance: Callable[[str], int],
-               valid: Callable[[str], bool] = valid_nick,
-               fold: Callable[[str], str] = irc_lower) -> BatchPlan:
-    """Per nick, in batch order: ``allowance(nick)`` items on their own, the rest summarised.
-
-    A single leftover item is sent on its own too: one line either way.
-    Items whose address is not ``valid`` (a nick) are left out of every group
-    (they are dead-lettered on their own).  ``fold`` makes two spellings of an
-    address one recipient.  (The Matrix sender plans with its own ``valid``
-    and ``fold``.)
-    """
-    per_nick: dict[str, list[tuple[Key, str]]] = {}
-    seen: set[Key] = set()
-    for item in items:
-        key = _key(item)
-        if not valid(item.address) or key in seen:  # twice in a batch is once
-            continue
-        seen.add(key)
-        per_nick.setdefault(fold(item.address), []).append((key, item.address))
-    groups: dict[Key, Group] = {}
-    for keys in per_nick.values():
-        rest = keys[max(0, allowance(keys[0][1])):]
-        if len(rest) >= 2:
-            group = Group(rest[0][1], {k for k, _ in rest})
-            groups.update((k, group) for k, _ in rest)
-    return BatchPlan(groups)
-
-
 class IrcNotifier:
     """The IRC backend's :data:`~fmn.delivery.base.Send`: renders items, writes them on a link.
 
@@ -378,7 +259,7 @@ class IrcNotifier:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.link = link
         self.web_url = web_url
-        self.recent = RecentLines(per_nick, window_s, clock)
+        self.recent = RecentLines(per_nick, window_s, fold=irc_lower, clock=clock)
 
     def __call__(self, item: Delivery) -> None:
         nick = check_nick(item.address)
@@ -402,7 +283,8 @@ class IrcNotifier:
                 items += deliveries(body, "irc")
             except PermanentError:
                 continue  # the record fails on its own when it is delivered
-        return BatchDelivery(self, plan_batch(items, self.recent.allowance), remaining_s)
+        plan = plan_batch(items, self.recent.allowance, valid=valid_nick, fold=irc_lower)
+        return BatchDelivery(self, plan, remaining_s)
 
 
 class BatchDelivery:
@@ -442,29 +324,8 @@ class BatchDelivery:
         return counts
 
     def _one(self, item: Delivery, once: Once, dead_letter: DeadLetter) -> list[str]:
-        group = self.plan.group(item)
-        key = _key(item)
-        ran: list[str] = []
-
-        def action() -> str:
-            try:
-                if group is None:
-                    self.notifier(item)
-                    outcome = "sent"
-                else:
-                    if not group.summary_sent:
-                        self.notifier.summary(group.nick, group.remaining(key))
-                        group.summary_sent = True
-                        ran.append("summary-lines")
-                    outcome = "summarised"
-            except RetryableError:
-                raise
-            except Exception as exc:  # this item alone, never the other 49 of its payload
-                outcome = dead_letter_now(item, exc, dead_letter)
-            ran.append(outcome)
-            return outcome
-
-        once.run(item.key(), action)
-        if group is not None:
-            group.settled.add(key)
-        return ran or ["duplicate"]
+        return self.plan.deliver(
+            item, once, dead_letter, send=self.notifier,
+            summarise=lambda group, key: self.notifier.summary(group.nick,
+                                                               group.remaining(key)),
+            summary_outcome="summary-lines")

@@ -31,11 +31,12 @@ and the memory of each person's room the :class:`RoomStore` port
 * **Twice.**  Each notice is sent with a transaction id derived from the
   notification's idempotency key and the room, so a send whose answer was
   lost and that is retried is stored once by the homeserver.
-* **Backlog.**  As for IRC (:func:`fmn.delivery.irc.plan_batch`): within a
-  batch a person gets at most ``per_user`` notices of their own (fewer if
-  they had some within ``window_s``); two or more left over become one
-  notice ``"N more notifications: <web>/#/notifications"``.  The bookkeeping
-  that keeps summaries idempotent is IRC's (:mod:`fmn.delivery.irc`).
+* **Backlog.**  As for IRC (:mod:`fmn.delivery.backlog`): within a batch a
+  person gets at most ``per_user`` notices of their own (fewer if they had
+  some within ``window_s``); two or more left over become one notice
+  ``"N more notifications: <web>/#/notifications"``, kept idempotent by the
+  same bookkeeping; a notice that fails other than retryably dead-letters
+  its item alone.
 """
 
 from __future__ import annotations
@@ -51,15 +52,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from fmn.delivery.backlog import BatchPlan, RecentLines, plan_batch
 from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries
 from fmn.delivery.irc import (
     APP_MAX_BYTES,
-    BatchPlan,
-    Group,
-    RecentLines,
     _rules,
     _url,
-    plan_batch,
     render_text,
     truncate_utf8,
 )
@@ -246,7 +244,7 @@ class MatrixNotifier:
         self.link = link
         self.rooms = rooms
         self.web_url = web_url
-        self.recent = RecentLines(per_user, window_s, clock, fold=fold)
+        self.recent = RecentLines(per_user, window_s, fold=fold, clock=clock)
         self.sleep = sleep
         self.stats: Counter[str] = Counter()
         #: seconds left in the current invocation (set per batch)
@@ -375,30 +373,8 @@ class MatrixBatch:
         return counts
 
     def _one(self, item: Delivery, once: Once, dead_letter: DeadLetter) -> list[str]:
-        group: Group | None = self.plan.group(item)
-        key = tuple(item.key().values())
-        ran: list[str] = []
-
-        def action() -> str:
-            try:
-                if group is None:
-                    self.notifier(item)
-                    outcome = "sent"
-                else:
-                    if not group.summary_sent:
-                        self.notifier.summary(group.nick, group.remaining(key), group.keys)
-                        group.summary_sent = True
-                        ran.append("summary-notices")
-                    outcome = "summarised"
-            except RetryableError:
-                raise
-            except PermanentError as exc:
-                dead_letter(item, str(exc)[:1000])
-                outcome = "dead-lettered"
-            ran.append(outcome)
-            return outcome
-
-        once.run(item.key(), action)
-        if group is not None:
-            group.settled.add(key)
-        return ran or ["duplicate"]
+        return self.plan.deliver(
+            item, once, dead_letter, send=self.notifier,
+            summarise=lambda group, key: self.notifier.summary(
+                group.nick, group.remaining(key), group.keys),
+            summary_outcome="summary-notices")
