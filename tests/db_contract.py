@@ -410,6 +410,27 @@ class DbContract:
         doc["users"].append(dump_user(newcomer))
         assert same_json(db.export_document(engine), doc)
 
+    def test_save_user_against_a_revision_writes_only_if_still_there(
+            self, engine: Engine) -> None:
+        db.import_document(engine, golden())
+        found = db.load_user_revision(engine, "anitya")
+        assert found is not None
+        user, read_at = found
+        assert read_at == db.user_revisions(engine)["anitya"]
+        first = db.save_user(engine, replace(user, enabled=False), read_at)
+        state, exported = db.db_state(engine), db.export_document(engine)
+        # a second edit made from the same read lost the race: nothing written
+        with pytest.raises(db.StaleUser):
+            db.save_user(engine, replace(user, rules=()), read_at)
+        with pytest.raises(db.StaleUser):  # "new" for a user who exists
+            db.save_user(engine, user, db.NEW_USER)
+        assert db.db_state(engine) == state
+        assert same_json(db.export_document(engine), exported)
+        assert db.save_user(engine, replace(user, rules=()), first) > first
+        newcomer = User("newcomer", True)
+        assert db.save_user(engine, newcomer, db.NEW_USER) > 0
+        assert db.load_user_revision(engine, "nobody") is None
+
     def test_save_user_refuses_an_invalid_user(self, engine: Engine) -> None:
         db.import_document(engine, golden())
         state = db.db_state(engine)

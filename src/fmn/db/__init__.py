@@ -31,12 +31,22 @@ from fmn.db.load import (
     export_document,
     load_preferences,
     load_user,
+    load_user_revision,
     user_revisions,
 )
-from fmn.db.store import delete_user, import_document, import_preferences, save_user
+from fmn.db.store import (
+    NEW_USER,
+    StaleUser,
+    delete_user,
+    import_document,
+    import_preferences,
+    save_user,
+)
 
 __all__ = [
+    "NEW_USER",
     "DbState",
+    "StaleUser",
     "alembic_config",
     "db_state",
     "default_url",
@@ -47,6 +57,7 @@ __all__ = [
     "import_preferences",
     "load_preferences",
     "load_user",
+    "load_user_revision",
     "make_engine",
     "normalize_url",
     "save_user",

@@ -104,6 +104,15 @@ def load_user(engine: Engine, name: str) -> User | None:
     return users[0] if users else None
 
 
+def load_user_revision(engine: Engine, name: str) -> tuple[User, int] | None:
+    """The user ``name`` and the revision they are at (read together), or None: what an
+    edit passes back to :func:`fmn.db.save_user` as ``expected_revision``."""
+    with _snapshot(engine) as conn:
+        revision = conn.execute(select(UserRow.revision).where(UserRow.name == name)).scalar()
+        users = _load_users(conn, name)
+    return (users[0], revision) if users and revision is not None else None
+
+
 def user_revisions(engine: Engine) -> dict[str, int]:
     """User name -> revision, in export order."""
     with _snapshot(engine) as conn:

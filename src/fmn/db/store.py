@@ -5,7 +5,10 @@
 the whole content in one transaction: a failure half-way leaves the previous
 content as it was.  Users whose preferences the import leaves unchanged keep
 their rows and revision, so a re-import only rewrites what changed.
-:func:`save_user` and :func:`delete_user` change one user, for the web UI.
+:func:`save_user` and :func:`delete_user` change one user, for the web UI;
+given the revision the change was made from, :func:`save_user` writes only
+if the user is still at it (:class:`StaleUser` otherwise: two concurrent
+edits never silently undo each other).
 Every write transaction bumps the global change sequence first; a user's
 revision is that sequence's value when their preferences last changed.  Rows
 go in by bulk INSERT (executemany), or by COPY on PostgreSQL with psycopg.
@@ -328,19 +331,36 @@ def _insert_ownership(conn: Connection, prefs: Preferences) -> None:
         for name, members in prefs.groups.items() for i, member in enumerate(members)])
 
 
-def save_user(engine: Engine, user: User) -> int:
+class StaleUser(Exception):
+    """The user is no longer at the revision a change was made from: nothing was written
+    (load them again and redo the change)."""
+
+
+#: :func:`save_user`'s ``expected_revision`` for a user who must not exist yet
+#: (every stored user's revision is a change sequence value, 1 or more).
+NEW_USER = 0
+
+
+def save_user(engine: Engine, user: User, expected_revision: int | None = None) -> int:
     """Create ``user`` or replace their settings, destinations and rules.
 
     The user is validated as :func:`fmn.prefs.parse_user` would (raises
-    :class:`fmn.prefs.InvalidPreferences`, nothing written).  A new user goes
-    last in the export order; an existing one keeps their place.  Returns the
-    user's new revision.
+    :class:`fmn.prefs.InvalidPreferences`, nothing written).  With
+    ``expected_revision`` (the revision the change was made from, or
+    :data:`NEW_USER`), nothing is written and :class:`StaleUser` raised unless
+    the stored user is still at it.  A new user goes last in the export order;
+    an existing one keeps their place.  Returns the user's new revision.
     """
     parse_user(dump_user(user), "user")
     h = user_hash(user)
     with engine.begin() as conn:
-        seq = _bump(conn)
-        uid = conn.execute(select(UserRow.id).where(UserRow.name == user.name)).scalar()
+        seq = _bump(conn)  # writers queue here, so the check below cannot race
+        row = conn.execute(select(UserRow.id, UserRow.revision)
+                           .where(UserRow.name == user.name)).first()
+        uid = None if row is None else row[0]
+        if expected_revision is not None \
+                and (NEW_USER if row is None else row[1]) != expected_revision:
+            raise StaleUser(f"{user.name} changed since revision {expected_revision}")
         if uid is None:
             last = conn.execute(select(func.max(UserRow.position))).scalar()
             _insert_users(conn, [(0 if last is None else last + 1, user, h)], seq)

@@ -21,20 +21,26 @@ except a failure to publish a saved change: saving recorded it as pending
 (:mod:`fmn.db.pending`, in the same transaction), so it is published by the
 next write that reaches the store or by the next full publish, and ``me``
 reports ``publish_pending`` until then.
-A change is read-modify-write of the user: two concurrent edits of the same
-user may lose one (last writer wins).
+A change is read-modify-write of the user, saved only if the user is still
+at the revision it was read at (:class:`fmn.db.StaleUser` otherwise); an
+edit that lost such a race is redone from a fresh read (:func:`_redone_if_stale`),
+so two concurrent edits never undo each other (an unsubscribe, an admin's
+disable, a rule added in another tab).  After :data:`EDIT_ATTEMPTS` lost
+races the request is refused with :class:`Conflict`, nothing saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import random
 import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
 from sqlalchemy import Engine, select
@@ -291,6 +297,30 @@ def address_key(protocol: str, address: str | None) -> str:
     return (address or "").lower()
 
 
+#: Times an edit is tried against concurrent edits of the same user before a 409.
+EDIT_ATTEMPTS = 8
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _redone_if_stale(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Run an edit again, from a fresh read, when another request saved the same user
+    first (:class:`fmn.db.StaleUser`); :class:`Conflict` after :data:`EDIT_ATTEMPTS`."""
+
+    @functools.wraps(method)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for attempt in range(EDIT_ATTEMPTS):
+            try:
+                return method(*args, **kwargs)
+            except db.StaleUser:
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # let the winner finish
+        raise Conflict("your preferences were being changed by other requests at the "
+                       "same time; nothing was saved: try again")
+
+    return run
+
+
 class PreferencesService:
     def __init__(self, engine: Engine, store: SnapshotStore, *,
                  admins: frozenset[str] = frozenset(), feed: FeedStore | None = None,
@@ -307,20 +337,25 @@ class PreferencesService:
 
     # -- users ---------------------------------------------------------------
 
+    @_redone_if_stale
     def login(self, name: str, email: str | None) -> User:
         """The user ``name``, created with the first-login defaults if new."""
         user = db.load_user(self.engine, name)
         if user is None:
             user = default_user(name, email)
-            self._save(user)
+            self._save(user, db.NEW_USER)
             log.info("first login of %s: default rules created", name)
         return user
 
     def user(self, name: str) -> User:
-        user = db.load_user(self.engine, name)
-        if user is None:
+        return self._load(name)[0]
+
+    def _load(self, name: str) -> tuple[User, int]:
+        """The user and their revision, for an edit to save against (:meth:`_save`)."""
+        found = db.load_user_revision(self.engine, name)
+        if found is None:
             raise NotSignedIn("no such account; sign in again")
-        return user
+        return found
 
     def is_admin(self, name: str) -> bool:
         return name in self.admins
@@ -334,9 +369,11 @@ class PreferencesService:
                 # a saved change not yet in the snapshot (the store was away)
                 "publish_pending": pending.is_pending(self.engine, name)}
 
-    def _save(self, user: User) -> User:
+    def _save(self, user: User, read_at: int) -> User:
+        """Save an edit of the user as read at revision ``read_at`` (StaleUser if they
+        changed since: the edit is redone, :func:`_redone_if_stale`) and publish it."""
         try:
-            revision = db.save_user(self.engine, user)
+            revision = db.save_user(self.engine, user, read_at)
         except InvalidPreferences as exc:
             raise _invalid(exc) from exc
         try:
@@ -369,6 +406,7 @@ class PreferencesService:
             raise NotFound(f"you have no destination {dest_id!r}")
         return dest
 
+    @_redone_if_stale
     def add_destination(self, name: str, body: Any) -> Destination:
         """A new, unverified destination (``sse``, the user's own feed, needs no proof)."""
         schema.check(schema.NewDestination, body)
@@ -377,7 +415,7 @@ class PreferencesService:
         if protocol not in PROTOCOLS:
             raise Invalid(f"must be one of {', '.join(PROTOCOLS)}", "protocol")
         address = check_destination_address(protocol, b.get("address"))
-        user = self.user(name)
+        user, read_at = self._load(name)
         if len(user.destinations) >= MAX_DESTINATIONS:
             raise Conflict(f"you have {MAX_DESTINATIONS} destinations already; delete one first")
         for d in user.destinations:
@@ -393,13 +431,14 @@ class PreferencesService:
             protocol == "email" and offered_by_account(self.engine, name, protocol, address))
         dest = Destination(self._fresh_id("d-", {d.id for d in user.destinations}),
                            protocol, address, verified=verified)
-        self._save(dataclasses.replace(user, destinations=(*user.destinations, dest)))
+        self._save(dataclasses.replace(user, destinations=(*user.destinations, dest)), read_at)
         return dest
 
+    @_redone_if_stale
     def patch_destination(self, name: str, dest_id: str, body: Any) -> Destination:
         schema.check(schema.DestinationPatch, body)
         b = check_fields(body, DESTINATION_PATCH_FIELDS)
-        user = self.user(name)
+        user, read_at = self._load(name)
         dest = user.destination(dest_id)
         if dest is None:
             raise NotFound(f"you have no destination {dest_id!r}")
@@ -409,15 +448,16 @@ class PreferencesService:
             new = parse_destination(doc, "destination")
         except InvalidPreferences as exc:
             raise _invalid(exc) from exc
-        self._replace_destination(user, new)
+        self._replace_destination(user, new, read_at)
         return new
 
-    def _replace_destination(self, user: User, new: Destination) -> None:
+    def _replace_destination(self, user: User, new: Destination, read_at: int) -> None:
         self._save(dataclasses.replace(user, destinations=tuple(
-            new if d.id == new.id else d for d in user.destinations)))
+            new if d.id == new.id else d for d in user.destinations)), read_at)
 
+    @_redone_if_stale
     def delete_destination(self, name: str, dest_id: str) -> None:
-        user = self.user(name)
+        user, read_at = self._load(name)
         if user.destination(dest_id) is None:
             raise NotFound(f"you have no destination {dest_id!r}")
         users = [r.id for r in user.rules
@@ -426,25 +466,27 @@ class PreferencesService:
             raise Conflict(f"rules {', '.join(users)} still send to this destination; "
                            "change them first")
         self._save(dataclasses.replace(user, destinations=tuple(
-            d for d in user.destinations if d.id != dest_id)))
+            d for d in user.destinations if d.id != dest_id)), read_at)
 
+    @_redone_if_stale
     def mark_verified(self, name: str, dest_id: str, address: str | None) -> Destination:
         """Verify a destination, if it still has the address that was proven."""
-        user = self.user(name)
+        user, read_at = self._load(name)
         dest = user.destination(dest_id)
         if dest is None or dest.address != address:
             raise NotFound("this destination was deleted or changed since")
         if dest.verified:
             return dest
         new = dataclasses.replace(dest, verified=True)
-        self._replace_destination(user, new)
+        self._replace_destination(user, new, read_at)
         return new
 
+    @_redone_if_stale
     def unsubscribe(self, name: str, dest_id: str) -> Destination | None:
         """One-click unsubscribe (RFC 8058): the destination receives nothing until it
         is verified again.  ``None`` when it is gone already (the link stays harmless)."""
         try:
-            user = self.user(name)
+            user, read_at = self._load(name)
         except WebError:  # the account is gone: nothing to stop
             return None
         dest = user.destination(dest_id)
@@ -453,7 +495,7 @@ class PreferencesService:
         if not dest.verified:
             return dest
         new = dataclasses.replace(dest, verified=False)
-        self._replace_destination(user, new)
+        self._replace_destination(user, new, read_at)
         return new
 
     # -- rules ----------------------------------------------------------------
@@ -462,10 +504,7 @@ class PreferencesService:
         return self.user(name).rules
 
     def rule(self, name: str, rule_id: str) -> Rule:
-        for r in self.user(name).rules:
-            if r.id == rule_id:
-                return r
-        raise NotFound(f"you have no rule {rule_id!r}")
+        return _own_rule(self.user(name), rule_id)
 
     def _parse_rule(self, user: User, body: Any, rule_id: str) -> Rule:
         b = check_fields(body, ("id", *RULE_FIELDS), RULE_FIELDS)
@@ -476,35 +515,37 @@ class PreferencesService:
         except InvalidPreferences as exc:
             raise _invalid(exc) from exc
 
+    @_redone_if_stale
     def create_rule(self, name: str, body: Any) -> Rule:
-        user = self.user(name)
+        user, read_at = self._load(name)
         if isinstance(body, Mapping) and "id" in body:
             raise Invalid("rule ids are chosen by the server: leave it out", "id")
         schema.check(schema.NewRule, body)
         if len(user.rules) >= MAX_RULES:
             raise Conflict(f"you have {MAX_RULES} rules already; delete one first")
         rule = self._parse_rule(user, body, self._fresh_id("r-", {r.id for r in user.rules}))
-        self._save(dataclasses.replace(user, rules=(*user.rules, rule)))
+        self._save(dataclasses.replace(user, rules=(*user.rules, rule)), read_at)
         return rule
 
+    @_redone_if_stale
     def replace_rule(self, name: str, rule_id: str, body: Any) -> Rule:
-        user = self.user(name)
-        self.rule(name, rule_id)
+        user, read_at = self._load(name)
+        _own_rule(user, rule_id)
         schema.check(schema.RuleReplacement, body)
         rule = self._parse_rule(user, body, rule_id)
-        return self._put_own_rule(user, rule)
+        return self._put_own_rule(user, rule, read_at)
 
-    def _put_rule(self, user: User, rule: Rule) -> Rule:
+    def _put_rule(self, user: User, rule: Rule, read_at: int) -> Rule:
         self._save(dataclasses.replace(user, rules=tuple(
-            rule if r.id == rule.id else r for r in user.rules)))
+            rule if r.id == rule.id else r for r in user.rules)), read_at)
         return rule
 
-    def _put_own_rule(self, user: User, rule: Rule) -> Rule:
+    def _put_own_rule(self, user: User, rule: Rule, read_at: int) -> Rule:
         """Save the owner's edit of a rule; an admin-disabled rule stays disabled."""
         if rule.enabled and self._admin_disabled(user.name, rule.id):
             raise Conflict("an administrator disabled this rule: it cannot be enabled again "
                            "(you may still edit or delete it)", "enabled")
-        return self._put_rule(user, rule)
+        return self._put_rule(user, rule, read_at)
 
     def _admin_disabled(self, name: str, rule_id: str) -> bool:
         from fmn.db.models import AdminDisabledRuleRow as Row
@@ -513,22 +554,24 @@ class PreferencesService:
             return conn.execute(select(Row.rule_id).where(
                 Row.user_name == name, Row.rule_id == rule_id)).first() is not None
 
+    @_redone_if_stale
     def patch_rule(self, name: str, rule_id: str, body: Any) -> Rule:
         schema.check(schema.RulePatch, body)
         b = check_fields(body, RULE_PATCH_FIELDS)
-        user, rule = self.user(name), self.rule(name, rule_id)
-        doc = {**dump_rule(rule), **b}
-        return self._put_own_rule(user, self._parse_rule(user, doc, rule_id))
+        user, read_at = self._load(name)
+        doc = {**dump_rule(_own_rule(user, rule_id)), **b}
+        return self._put_own_rule(user, self._parse_rule(user, doc, rule_id), read_at)
 
+    @_redone_if_stale
     def delete_rule(self, name: str, rule_id: str) -> None:
         from sqlalchemy import delete
 
         from fmn.db.models import AdminDisabledRuleRow as Row
 
-        user = self.user(name)
-        self.rule(name, rule_id)
+        user, read_at = self._load(name)
+        _own_rule(user, rule_id)
         self._save(dataclasses.replace(user, rules=tuple(r for r in user.rules
-                                                         if r.id != rule_id)))
+                                                         if r.id != rule_id)), read_at)
         with self.engine.begin() as conn:
             conn.execute(delete(Row).where(Row.user_name == name, Row.rule_id == rule_id))
 
@@ -655,19 +698,21 @@ class PreferencesService:
 
     # -- admin --------------------------------------------------------------
 
-    def _admin(self, admin: str, target: str) -> User:
+    def _admin(self, admin: str, target: str) -> tuple[User, int]:
         if not self.is_admin(admin):
             raise Forbidden("admins only")
-        user = db.load_user(self.engine, target)
-        if user is None:
+        found = db.load_user_revision(self.engine, target)
+        if found is None:
             raise NotFound(f"no user {target!r}")
-        return user
+        return found
 
+    @_redone_if_stale
     def disable_user(self, admin: str, target: str) -> User:
-        user = dataclasses.replace(self._admin(admin, target), enabled=False)
+        user, read_at = self._admin(admin, target)
         log.warning("admin %s disabled user %s", admin, target)
-        return self._save(user)
+        return self._save(dataclasses.replace(user, enabled=False), read_at)
 
+    @_redone_if_stale
     def disable_rule(self, admin: str, target: str, rule_id: str) -> Rule:
         """Disable one of ``target``'s rules for good: its owner cannot enable it again
         (they may edit or delete it)."""
@@ -677,7 +722,7 @@ class PreferencesService:
 
         from fmn.db.models import AdminDisabledRuleRow as Row
 
-        user = self._admin(admin, target)
+        user, read_at = self._admin(admin, target)
         for r in user.rules:
             if r.id == rule_id:
                 log.warning("admin %s disabled rule %s of %s", admin, rule_id, target)
@@ -687,12 +732,19 @@ class PreferencesService:
                         conn.execute(insert(Row).values(
                             user_name=target, rule_id=rule_id, admin=admin,
                             since=datetime.now(UTC)))
-                return self._put_rule(user, dataclasses.replace(r, enabled=False))
+                return self._put_rule(user, dataclasses.replace(r, enabled=False), read_at)
         raise NotFound(f"{target} has no rule {rule_id!r}")
 
 
 
 _applications: list[str] = []
+
+
+def _own_rule(user: User, rule_id: str) -> Rule:
+    for r in user.rules:
+        if r.id == rule_id:
+            return r
+    raise NotFound(f"you have no rule {rule_id!r}")
 
 
 def known_applications() -> list[str]:
