@@ -262,7 +262,8 @@ def test_each_user_sees_only_their_own_feed(app: App) -> None:
     app.feed.append("bob", encode_event({**rule_doc, "received_at": time.strftime(
         "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}))
     assert bob.get("/api/v1/stats").json_body == {
-        "days": 7, "rules": {"my-packages": 0, "my-events": 1}, "source": "feed"}
+        "days": 7, "rules": {"my-packages": 0, "my-events": 1}, "source": "feed",
+        "complete": True}
 
 
 def test_admin_routes(app: App) -> None:

@@ -567,3 +567,45 @@ def test_oidc_code_flow_with_pkce(clock: FakeClock) -> None:
     seen["nonce"] = "another"
     with pytest.raises(OidcError, match="nonce"):
         client.finish(pending, {"state": pending["state"], "code": "c"})
+
+
+def test_all_rules_together_share_one_window_budget(
+        engine: Engine, store: RecordingStore, clock: FakeClock) -> None:
+    # up to 100 rules at the rule editor's budget each held one request for 12 s
+    from fmn.web.service import MIN_RULE_BUDGET_MS, WINDOW_BUDGET_MS
+
+    asked: list[float] = []
+
+    def slow_preview(user: Any, rule: Any, limit: int, budget_ms: float | None = None
+                     ) -> dict[str, Any]:
+        assert budget_ms is not None
+        asked.append(budget_ms)
+        clock.now += (budget_ms + 20) / 1000  # the walk, and a rule's set-up besides
+        return {"window": 100_000, "matched": 3, "complete": False, "messages": [
+            {"id": f"m-{rule.id}", "topic": "t", "app": None, "summary": "s", "url": None,
+             "sent_at": "2026-12-04T00:00:00+00:00", "severity": "INFO"}]}
+
+    service = PreferencesService(engine, store, previewer=slow_preview, clock=clock)
+    service.login("alice", "alice@example.org")
+    for i in range(40):
+        service.create_rule("alice", {**TOPIC_RULE, "name": f"rule {i}"})
+    stats = service.stats("alice")
+    assert stats["complete"] is False and stats["source"] == "window"
+    assert 1 < len(asked) < 42 and all(b >= MIN_RULE_BUDGET_MS for b in asked)
+    assert sum(asked) <= WINDOW_BUDGET_MS + MIN_RULE_BUDGET_MS * len(asked)
+    counted = [n for n in stats["rules"].values() if n]
+    assert len(counted) == len(asked) and set(counted) == {3}  # the others: not reached
+    asked.clear()
+    assert 1 < len(service.notifications("alice", 1000)) == len(asked)
+
+
+def test_stats_are_complete_when_the_window_answers_in_time(
+        engine: Engine, store: RecordingStore, clock: FakeClock) -> None:
+    def quick_preview(user: Any, rule: Any, limit: int, budget_ms: float | None = None
+                      ) -> dict[str, Any]:
+        return {"window": 10, "matched": 1, "complete": True, "messages": []}
+
+    service = PreferencesService(engine, store, previewer=quick_preview, clock=clock)
+    service.login("alice", "alice@example.org")
+    assert service.stats("alice") == {"days": 7, "rules": {"my-packages": 1, "my-events": 1},
+                                      "source": "window", "complete": True}

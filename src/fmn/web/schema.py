@@ -443,6 +443,9 @@ class Stats(Answer):
     days: int
     rules: dict[str, int]
     source: Literal["window", "feed"]
+    #: false when the window was too large to count every rule in the time a request
+    #: may take: the counts then cover the newest messages (lower bounds)
+    complete: bool
 
 
 class UserState(Answer):

@@ -173,10 +173,24 @@ def check_fields(body: Any, allowed: Sequence[str], required: Sequence[str] = ()
 class Previewer(Protocol):
     """What the rule editor's preview asks: recent messages this rule would route."""
 
-    def __call__(self, user: User, rule: Rule, limit: int) -> Mapping[str, Any]: ...
+    def __call__(self, user: User, rule: Rule, limit: int,
+                 budget_ms: float | None = None) -> Mapping[str, Any]:
+        """What ``rule`` matched; ``budget_ms`` caps its walk of the window (None: the
+        preview's own default), ``complete`` in the answer says whether it ran out."""
+        ...
 
 
-def unavailable_preview(user: User, rule: Rule, limit: int) -> dict[str, Any]:
+#: What the notifications, the stats and the Atom feed may spend previewing all of one
+#: user's enabled rules, together: each rule gets a share of what is left (at least
+#: :data:`MIN_RULE_BUDGET_MS`), and once it is spent the rules left are not previewed
+#: (answered ``complete: false``).  100 rules at the rule editor's 120 ms each held one
+#: request for 12 s.
+WINDOW_BUDGET_MS = 300.0
+MIN_RULE_BUDGET_MS = 1.0
+
+
+def unavailable_preview(user: User, rule: Rule, limit: int,
+                        budget_ms: float | None = None) -> dict[str, Any]:
     """The stand-in while no preview engine is installed: nothing matched, said so."""
     return {"window": 0, "matched": 0, "messages": [], "took_ms": 0.0, "available": False}
 
@@ -191,9 +205,11 @@ def engine_previewer(engine: Engine, redis_url: str, key: str) -> Previewer:
 
     window = WindowPreview(RedisWindowStore.from_url(redis_url, key=key))
 
-    def run(user: User, rule: Rule, limit: int) -> Mapping[str, Any]:
+    def run(user: User, rule: Rule, limit: int,
+            budget_ms: float | None = None) -> Mapping[str, Any]:
         by_user, by_group = ownership_for(engine, user.name, rule.tracking.groups)
-        result = window.preview(rule, user.name, Ownership(by_user, by_group), limit)
+        result = window.preview(rule, user.name, Ownership(by_user, by_group), limit,
+                                **({} if budget_ms is None else {"budget_ms": budget_ms}))
         return {"window": result.window_size, "matched": result.count,
                 "messages": [{"id": m.id, "topic": m.topic, "app": m.app_name,
                               "summary": m.summary, "url": m.url, "sent_at": m.sent_at,
@@ -613,13 +629,20 @@ class PreferencesService:
     def _window_matches(self, user: User, limit: int) -> tuple[bool, dict[str, Any]]:
         """What each enabled rule matched in the preview window (the last 7 days or
         100,000 messages, whatever the destination): ``(window has messages, rule id ->
-        preview answer)``."""
+        preview answer)``, all within :data:`WINDOW_BUDGET_MS` (an answer that ran out
+        of its share says ``complete: false`` and covers the newest messages, or none)."""
         answers: dict[str, Any] = {}
         seen = False
-        for rule in user.rules:
-            if not rule.enabled:
+        enabled = [r for r in user.rules if r.enabled]
+        deadline = self.clock() + WINDOW_BUDGET_MS / 1000
+        for i, rule in enumerate(enabled):
+            left_ms = (deadline - self.clock()) * 1000
+            if left_ms <= 0:  # a rule's set-up alone (its candidates) takes time too
+                answers[rule.id] = {"window": 0, "matched": 0, "messages": [],
+                                    "complete": False}
                 continue
-            answer = self.previewer(user, rule, limit)
+            share = max(MIN_RULE_BUDGET_MS, left_ms / (len(enabled) - i))
+            answer = self.previewer(user, rule, limit, budget_ms=share)
             if answer.get("available") is False:
                 return False, {}
             seen = seen or bool(answer.get("window"))
@@ -661,7 +684,8 @@ class PreferencesService:
         seen, answers = self._window_matches(user, 1)
         if seen:
             counts.update({rule_id: int(a.get("matched", 0)) for rule_id, a in answers.items()})
-            return {"days": STATS_DAYS, "rules": counts, "source": "window"}
+            return {"days": STATS_DAYS, "rules": counts, "source": "window",
+                    "complete": all(a.get("complete", True) for a in answers.values())}
         since = self.clock() - STATS_DAYS * 24 * 3600
         for event in self._feed_events(name, MAX_FEED_LIMIT):
             try:
@@ -673,7 +697,7 @@ class PreferencesService:
             for rule_id in event.get("rules") or ():
                 if rule_id in counts:
                     counts[rule_id] += 1
-        return {"days": STATS_DAYS, "rules": counts, "source": "feed"}
+        return {"days": STATS_DAYS, "rules": counts, "source": "feed", "complete": True}
 
     # -- catalogue ----------------------------------------------------------
 
