@@ -25,7 +25,6 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -155,13 +154,24 @@ def framework_error(status: int, body: Any) -> Answer | None:
 
 
 def cookies(header: str | None) -> dict[str, str]:
-    """The cookies of a ``Cookie`` header; a garbled header counts as none."""
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header or "")
-    except CookieError:
-        return {}
-    return {k: m.value for k, m in jar.items()}
+    """The cookies of a ``Cookie`` header (``a=1; b=2``), read as browsers send them.
+
+    Each ``name=value`` pair stands alone: one another site or app set on a
+    parent domain that is not a valid "cookie" to :mod:`http.cookies`
+    (``g={"a":1}``, ``a[b]=1``) is skipped, where ``SimpleCookie`` would stop
+    there and lose ours, signing the person out for good.  A value in double
+    quotes loses them; a name given twice keeps its last value.
+    """
+    jar: dict[str, str] = {}
+    for part in (header or "").split(";"):
+        name, eq, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not eq or not name:
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        jar[name] = value
+    return jar
 
 
 def read_body(raw: bytes | None, content_type: str | None) -> Any:
