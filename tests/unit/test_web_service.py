@@ -609,3 +609,21 @@ def test_stats_are_complete_when_the_window_answers_in_time(
     service.login("alice", "alice@example.org")
     assert service.stats("alice") == {"days": 7, "rules": {"my-packages": 1, "my-events": 1},
                                       "source": "window", "complete": True}
+
+
+def test_an_email_domain_in_look_alike_letters_is_the_same_address(
+        service: PreferencesService, world: World) -> None:
+    # full-width letters go to the ASCII domain (IDNA): the same mailbox, so the same
+    # address to the per-address limit and to the duplicate check
+    spellings = ["victim@example.org", "victim@\uff45xample.org", "VICTIM@ex\uff41mple.org"]
+    for user, address in zip(["alice", "bob", "root"], spellings, strict=True):
+        service.login(user, f"{user}@example.net")
+        if address is spellings[-1]:
+            with pytest.raises(RateLimited):  # a third message to that mailbox
+                world.verifier.add(user, {"protocol": "email", "address": address})
+        else:
+            world.verifier.add(user, {"protocol": "email", "address": address})
+    assert [str(m["To"]) for m in world.mailer.sent] == ["victim@example.org"] * 2
+    with pytest.raises(Conflict):  # one person, the same mailbox twice
+        service.add_destination("alice", {"protocol": "email",
+                                          "address": "victim@\uff45xample.org"})

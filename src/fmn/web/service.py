@@ -307,9 +307,18 @@ def check_destination_address(protocol: str, address: Any, field: str = "address
 
 def address_key(protocol: str, address: str | None) -> str:
     """The form of ``address`` under which two spellings of it are one: IRC nicks
-    case-folded as IRC does (rfc1459: ``victim[`` is ``VICTIM{``), others lower-cased."""
+    case-folded as IRC does (rfc1459: ``victim[`` is ``VICTIM{``); an e-mail address
+    with its domain as mail is sent to it (IDNA: ``ｅxample.org``, in full-width
+    letters, is ``example.org``), lower-cased; others lower-cased."""
     if protocol == "irc":
         return irc_lower(address or "")
+    if protocol == "email" and address:
+        local, at, domain = address.rpartition("@")
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:  # not an address mail goes to (check_address refuses it)
+            pass
+        return f"{local}{at}{domain}".lower()
     return (address or "").lower()
 
 
