@@ -627,3 +627,42 @@ def test_an_email_domain_in_look_alike_letters_is_the_same_address(
     with pytest.raises(Conflict):  # one person, the same mailbox twice
         service.add_destination("alice", {"protocol": "email",
                                           "address": "victim@\uff45xample.org"})
+
+
+def test_an_address_that_refuses_its_verification_is_not_kept(
+        service: PreferencesService, world: World) -> None:
+    # a homeserver that will not invite that user: a 400 on the address, not a 500
+    # that kept the destination (and made the retry a 409)
+    from fmn.errors import PermanentError
+
+    class Refusing(RecordingChannel):
+        def send_code(self, address: str, text: str) -> None:
+            raise PermanentError("creating a room: M_FORBIDDEN not allowed to invite")
+
+    world.verifier.channels["matrix"] = Refusing("matrix")
+    with pytest.raises(Invalid) as refused:
+        world.verifier.add("alice", {"protocol": "matrix", "address": "@nobody:example.org"})
+    assert refused.value.field == "address" and "M_FORBIDDEN" in refused.value.detail
+    assert [d.id for d in service.destinations("alice")] == ["email"]
+
+
+def test_a_link_whose_destination_could_not_be_verified_works_again(
+        service: PreferencesService, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.errors import RetryableError
+
+    dest, _ = world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})
+    token = world.link().rsplit("/", 1)[1]
+    mark = service.mark_verified
+
+    def database_away(*args: Any) -> Any:
+        raise RetryableError("the database is away")
+
+    monkeypatch.setattr(service, "mark_verified", database_away)
+    with pytest.raises(RetryableError):
+        world.verifier.confirm_email(token)
+    monkeypatch.setattr(service, "mark_verified", mark)
+    user, verified = world.verifier.confirm_email(token)  # not "used already"
+    assert (user, verified.id, verified.verified) == ("alice", dest.id, True)
+    with pytest.raises(VerificationFailed) as again:
+        world.verifier.confirm_email(token)
+    assert again.value.reason == "used"

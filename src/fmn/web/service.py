@@ -31,6 +31,7 @@ races the request is refused with :class:`Conflict`, nothing saved.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -314,10 +315,9 @@ def address_key(protocol: str, address: str | None) -> str:
         return irc_lower(address or "")
     if protocol == "email" and address:
         local, at, domain = address.rpartition("@")
-        try:
+        # a domain IDNA refuses is no address mail goes to (check_address refuses it)
+        with contextlib.suppress(UnicodeError):
             domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:  # not an address mail goes to (check_address refuses it)
-            pass
         return f"{local}{at}{domain}".lower()
     return (address or "").lower()
 

@@ -30,7 +30,11 @@ tests.  Failures: the refusals are :class:`VerificationFailed` (a
 :class:`~fmn.web.service.WebError` whose ``reason`` is ``expired``, ``used``,
 ``forged``, ``wrong-code``, ``no-code``, ``too-many-attempts`` or
 ``gone``); a mailer or IRC link that is away raises its
-:class:`~fmn.errors.RetryableError`.
+:class:`~fmn.errors.RetryableError`, and one that refuses the address for
+good (a homeserver that will not invite that user) becomes
+:class:`~fmn.web.service.Invalid` on ``address``.  Adding a destination whose
+verification does not go out keeps nothing; a link whose destination could
+not be marked verified (the database away) can be followed again.
 """
 
 from __future__ import annotations
@@ -49,9 +53,10 @@ from typing import Any, Protocol
 from fmn.auth import InvalidToken, seal, unseal
 from fmn.delivery.irc_client import IrcLink
 from fmn.delivery.mailers import Mailer
-from fmn.errors import RetryableError
+from fmn.errors import PermanentError, RetryableError
 from fmn.prefs import Destination
 from fmn.web.service import (
+    Invalid,
     NotFound,
     PreferencesService,
     RateLimited,
@@ -313,13 +318,16 @@ class Verifier:
         same when the verification cannot be sent for now (the mailer, the IRC
         link or Redis away: :class:`~fmn.errors.RetryableError`, a 503): the
         request can then simply be made again, not answered 409 as a duplicate.
+        And the same when the address refuses it for good (a homeserver that
+        will not invite that user): :class:`~fmn.web.service.Invalid`, naming
+        ``address``.
         """
         dest = self.service.add_destination(user, body)
         if dest.verified:
             return dest, "verified"
         try:
             return dest, self.start(user, dest.id)
-        except (RateLimited, RetryableError):
+        except BaseException:
             self.service.delete_destination(user, dest.id)
             raise
 
@@ -334,6 +342,16 @@ class Verifier:
             return "verified"
         self._count(user, dest)
         assert dest.address is not None  # only sse has none, and it is always verified
+        try:
+            return self._send(user, dest)
+        except WebError:
+            raise
+        except PermanentError as exc:  # the relay, IRC or the homeserver refused the address
+            raise Invalid(f"the verification cannot be delivered to this address: "
+                          f"{str(exc)[:300]}", "address") from exc
+
+    def _send(self, user: str, dest: Destination) -> str:
+        assert dest.address is not None
         if dest.protocol == "email":
             self.mailer.send(self._mail(user, dest, self.email_link(user, dest)))
             return "link"
@@ -414,6 +432,9 @@ class Verifier:
             return user, self.service.mark_verified(user, dest.id, dest.address)
         except NotFound as exc:
             raise VerificationFailed("gone", exc.detail) from exc
+        except BaseException:  # not verified (the database away): the link still works
+            self.keys.delete(used)
+            raise
 
     def confirm_code(self, user: str, dest_id: str, body: Any) -> Destination:
         """Check a typed-back code for one of ``user``'s own destinations."""
