@@ -666,3 +666,11 @@ def test_a_link_whose_destination_could_not_be_verified_works_again(
     with pytest.raises(VerificationFailed) as again:
         world.verifier.confirm_email(token)
     assert again.value.reason == "used"
+
+
+def test_a_patch_without_digest_leaves_the_digest_alone(service: PreferencesService) -> None:
+    digest = {"interval_s": 3600, "max_count": 20}
+    set_ = service.patch_destination("alice", "email", {"digest": digest})
+    assert set_.digest is not None and set_.digest.interval_s == 3600
+    assert service.patch_destination("alice", "email", {}).digest == set_.digest
+    assert service.patch_destination("alice", "email", {"digest": None}).digest is None

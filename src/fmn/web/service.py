@@ -64,6 +64,7 @@ from fmn.prefs import (
     Rule,
     Tracking,
     User,
+    dump_destination,
     dump_rule,
     parse_destination,
     parse_rule,
@@ -467,8 +468,9 @@ class PreferencesService:
         dest = user.destination(dest_id)
         if dest is None:
             raise NotFound(f"you have no destination {dest_id!r}")
-        doc = {"id": dest.id, "protocol": dest.protocol, "address": dest.address,
-               "verified": dest.verified, "digest": b.get("digest")}
+        doc = dump_destination(dest)
+        if "digest" in b:  # null turns digests off; left out, they stay as they are
+            doc["digest"] = b["digest"]
         try:
             new = parse_destination(doc, "destination")
         except InvalidPreferences as exc:
