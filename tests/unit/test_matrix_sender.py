@@ -193,3 +193,42 @@ def test_an_unexpected_failure_dead_letters_that_notice_alone() -> None:
     assert counts["dead"] == 1
     counts, failed = run(notifier, bodies, once)  # redelivered: nothing again
     assert failed == [] and counts["duplicate"] == 4 and counts["dead"] == 0
+
+
+def test_a_rate_limit_sends_records_back_fresh_using_up_no_receive() -> None:
+    # through the function's edge: a limit is no failure, so the records wait as fresh
+    # messages (as IRC's flood limit makes them) instead of spending one of their five
+    # receives each time, which dead-lettered good notices under a lasting limit
+    from lambda_events import context, sqs_event
+
+    from fmn.delivery.edge import SenderFunction
+    from fmn.pipeline.redelivery import Redelivery
+
+    class Sqs:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def get_queue_url(self, QueueName: str) -> dict[str, str]:  # noqa: N803 - boto3's
+            return {"QueueUrl": f"url/{QueueName}"}
+
+        def change_message_visibility_batch(self, **kw: Any) -> dict[str, Any]:
+            self.calls += ["back off " + e["Id"] for e in kw["Entries"]]
+            return {}
+
+        def send_message(self, **kw: Any) -> dict[str, Any]:
+            self.calls.append("send to " + kw["QueueUrl"])
+            return {}
+
+    link, _, notifier, _ = make()
+    link.limit_next = [60.0] * 10  # the homeserver: wait a minute, more than there is
+    sqs = Sqs()
+    function = SenderFunction("matrix", lambda settings: notifier)
+    function._state.update(settings=None, sqs=sqs, redelivery=Redelivery(sqs, lambda q: 300),
+                           once=MemoryOnce(), send=notifier, dlq_url=None)
+    event = sqs_event([body(i, ["@ann:x"]) for i in range(3)], queue="fmn-matrix")
+    ctx = context("send_matrix", timeout_s=40)
+    plan = notifier.batch([r["body"] for r in event["Records"]],
+                          lambda: ctx.get_remaining_time_in_millis() / 1000)
+    answer = function.handle(event, ctx, deliver=plan)
+    assert answer == {"batchItemFailures": []} and link.sent == []
+    assert sqs.calls == ["send to url/fmn-matrix"] * 3  # each record again, fresh

@@ -24,10 +24,12 @@ and the memory of each person's room the :class:`RoomStore` port
 * **Rate limits.**  ``M_LIMIT_EXCEEDED`` is :class:`LimitExceeded` with the
   server's ``retry_after_ms``.  The notifier waits that long and tries again
   while the invocation has time for it (``remaining_s`` minus
-  :attr:`MatrixNotifier.deadline_margin_s`); otherwise it raises a
-  :class:`~fmn.errors.RetryableError`, so the record (and every later one of
-  the batch, to keep each room in order) goes back to the queue: nothing is
-  dropped, and what was sent is remembered and skipped when it comes back.
+  :attr:`MatrixNotifier.deadline_margin_s`); otherwise it raises
+  :class:`~fmn.errors.Postponed`, so the record (and every later one of the
+  batch, to keep each room in order) goes back to the queue as a fresh
+  message, using up none of its receives (a limit is no failure: it must
+  not dead-letter anything): nothing is dropped, and what was sent is
+  remembered and skipped when it comes back.
 * **Twice.**  Each notice is sent with a transaction id derived from the
   notification's idempotency key and the room, so a send whose answer was
   lost and that is retried is stored once by the homeserver.
@@ -62,7 +64,7 @@ from fmn.delivery.irc import (
     truncate_utf8,
 )
 from fmn.delivery.text import clean
-from fmn.errors import PermanentError, RetryableError
+from fmn.errors import PermanentError, Postponed, RetryableError
 
 if TYPE_CHECKING:
     from fmn.delivery.once import Once
@@ -286,7 +288,10 @@ class MatrixNotifier:
                 left = (self.remaining_s() - self.deadline_margin_s if self.remaining_s
                         else self.max_wait_s)
                 if exc.retry_after_s > left:
-                    raise RetryableError(
+                    # not a failure: the homeserver says "later", as IRC's flood limit
+                    # does, so the record waits as a fresh message and no receive of
+                    # its own is spent (repeated limits would dead-letter good notices)
+                    raise Postponed(
                         f"rate limited for {exc.retry_after_s:.1f} s with {max(left, 0):.1f} s "
                         f"to spare: the rest goes back to the queue") from exc
                 self.sleep(exc.retry_after_s)
@@ -356,8 +361,9 @@ class MatrixBatch:
 
     def __call__(self, body: str, send: Send, once: Once,
                  dead_letter: DeadLetter) -> Counter[str]:
-        if self.halted is not None:
-            raise RetryableError(f"an earlier record of this batch went back: {self.halted}")
+        if self.halted is not None:  # waits as the record before it does, untried
+            kind = Postponed if isinstance(self.halted, Postponed) else RetryableError
+            raise kind(f"an earlier record of this batch went back: {self.halted}")
         counts: Counter[str] = Counter()
         try:
             for item in deliveries(body, "matrix"):
