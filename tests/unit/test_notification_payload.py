@@ -283,3 +283,26 @@ def test_a_batch_body_is_checked_like_its_parts() -> None:
     # one part alone stays a version-1 body
     (single, positions), = combine(parts[:1], "email")
     assert positions == [0] and orjson.loads(single)["v"] == 1
+
+
+def test_a_recipient_with_100_long_rule_names_does_not_sink_the_others() -> None:
+    # valid preferences: 100 rules, each named with 512 four-byte characters, all firing
+    # on a message with a large (capped) header; the names alone were 205 KB
+    from fmn.pipeline.notifications import MAX_RULE_NAMES_CHARS
+
+    rules = tuple(f"r-{i:08x}" for i in range(100))
+    name = "\U0001f600" * 512
+    message = Message(id="m1", topic="org.fedoraproject.prod.x", summary="\u4e00" * 10_000,
+                      usernames=frozenset(f"user{i:03d}" + "x" * 200 for i in range(100)))
+    notifications = [Notification("m1", "alice", "email", "alice@example.org", "d1", rules),
+                     Notification("m1", "bob", "email", "bob@example.org", "d1", rules[:1])]
+    bodies = pack(message, notifications, "email",
+                  describe=lambda n: (tuple(name for _ in n.rules), None))
+    assert all(len(b.encode()) <= MAX_BODY_BYTES for b in bodies)
+    items = [item for b in bodies for item in unpack(b)[1]]
+    assert [i["user"] for i in items] == ["alice", "bob"]
+    alice, bob = items
+    assert alice["rules"] == list(rules)  # routing untouched; only the names shortened
+    assert sum(map(len, alice["rule_names"])) <= MAX_RULE_NAMES_CHARS
+    assert all(n.endswith("\u2026") and n[0] == "\U0001f600" for n in alice["rule_names"])
+    assert bob["rule_names"] == [name]  # one name alone is within the limit

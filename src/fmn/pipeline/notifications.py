@@ -126,6 +126,21 @@ def _encode_header(info: dict[str, Any]) -> bytes:
 
 #: Longest routing field a notification may carry (preferences allow 512).
 MAX_ROUTING_CHARS = 1024
+#: All rule names of one notification together, in characters.  Names are what a
+#: sender shows, not routing: past this each is shortened to its share.  100 rules
+#: named with 512 four-byte characters each made one notification 205 KB, more than
+#: an SQS message holds beside a large message header, and refused the whole message
+#: for every recipient.
+MAX_RULE_NAMES_CHARS = 8_000
+
+
+def fit_rule_names(names: Sequence[str]) -> list[str]:
+    """``names``, each cut to an equal share (with "…") when together they are longer
+    than :data:`MAX_RULE_NAMES_CHARS`."""
+    if sum(map(len, names)) <= MAX_RULE_NAMES_CHARS:
+        return list(names)
+    each = max(8, MAX_RULE_NAMES_CHARS // len(names))
+    return [n if len(n) <= each else n[:each - 1] + "\u2026" for n in names]
 
 
 def _encode_notification(n: Notification, describe: Describe | None = None) -> bytes | None:
@@ -144,7 +159,7 @@ def _encode_notification(n: Notification, describe: Describe | None = None) -> b
                             "destination": n.destination, "rules": n.rules}
     if describe is not None:
         names, digest = describe(n)
-        item["rule_names"] = names
+        item["rule_names"] = fit_rule_names(names)
         if digest is not None:
             item["digest"] = {"interval_s": digest[0], "max_count": digest[1]}
     return orjson.dumps(item)
