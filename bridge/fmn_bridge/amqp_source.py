@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from fmn.message import too_many_containers
 from fmn.pipeline.envelope import Envelope
 
 from .sqs_sink import SinkClosed, SqsSink
@@ -82,6 +83,8 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
     # the consumer callback and stop the bridge.  A body we cannot carry as
     # a record is forwarded raw instead (None), and the match function
     # dead-letters it: nothing is lost.
+    if too_many_containers(body) is not None:  # reading it would take gigabytes
+        return None
     try:
         text = body.decode(encoding)
         json.loads(text)  # JSON as fedora-messaging reads it (the standard library)

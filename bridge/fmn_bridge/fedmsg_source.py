@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from fmn.message import too_many_containers
 from fmn.pipeline.envelope import Envelope, loads
 from fmn.pipeline.match import MAX_CLAIM_BYTES
 
@@ -213,17 +214,24 @@ class FedmsgSource:
         # fedmsg sends [topic, json]; anything else is forwarded all the same
         record = frames[-1] if frames else b""
         seq: int | None = None
-        try:
-            doc = loads(record)  # as Python's json reads it: NaN and all
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("i"), int):
-            seq = doc["i"]
-            self.tracker.see(publisher_key(endpoint, doc), doc["i"])
-        elif not isinstance(doc, dict):
+        containers = too_many_containers(record)
+        if containers is not None:  # read, it would take gigabytes (fmn.message)
             self.malformed += 1
-            log.warning("fedmsg: message from %s is not a JSON envelope (%d frames,"
-                        " %d bytes); forwarded as is", endpoint, len(frames), len(record))
+            log.warning("fedmsg: message from %s holds up to %d JSON objects and arrays"
+                        " (%d bytes): forwarded unread", endpoint, containers, len(record))
+        else:
+            try:
+                doc = loads(record)  # as Python's json reads it: NaN and all
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("i"), int):
+                seq = doc["i"]
+                self.tracker.see(publisher_key(endpoint, doc), doc["i"])
+            elif not isinstance(doc, dict):
+                self.malformed += 1
+                log.warning("fedmsg: message from %s is not a JSON envelope (%d frames,"
+                            " %d bytes); forwarded as is", endpoint, len(frames), len(record))
+            del doc  # not held while the sink encodes the record (which reads it again)
         try:
             self.sink.put(Envelope.wrap(self.bus, endpoint, record, seq=seq))
         except SinkClosed:

@@ -43,7 +43,7 @@ class InvalidMessage(PermanentError):
     """A bus record that cannot be turned into a :class:`fmn.message.Message`.
 
     ``reason`` is a short machine-friendly tag (``not-json``, ``not-an-object``,
-    ``missing-topic``, ``unknown-format``, ``bad-field``), ``detail`` the human
+    ``missing-topic``, ``unknown-format``, ``bad-field``, ``too-complex``), ``detail`` the human
     explanation.
     """
 

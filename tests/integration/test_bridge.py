@@ -213,6 +213,49 @@ def test_fedmsg_a_frame_above_the_size_limit_is_never_read_and_the_bridge_goes_o
     assert {json.loads(e.record or b"")["topic"] for e in sink} == {"t.small"}
 
 
+def test_fedmsg_a_record_too_complex_to_read_is_forwarded_unread_and_dead_lettered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 32 MiB of {},{},... took 1.8 GB to read in the bridge and over 1 GB in the match
+    # function; such a record is counted, forwarded as it is, and refused by match
+    import zmq
+
+    import fmn.message
+    from fmn.errors import InvalidMessage
+    from fmn.metadata import parse
+    from fmn_bridge.fedmsg_source import FedmsgSource
+
+    monkeypatch.setattr(fmn.message, "MAX_JSON_CONTAINERS", 100)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    sink = Collected()
+    source = FedmsgSource([endpoint], sink)  # type: ignore[arg-type]
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    complex_ = json.dumps({"topic": "t.complex", "msg": {"a": [{}] * 200}, "i": 1}).encode()
+    simple = json.dumps({"topic": "t.simple", "msg": {"a": [{}] * 10}, "i": 2}).encode()
+    try:
+        assert pub.poll(10_000) and pub.recv() == b"\x01"
+        pub.send_multipart([b"t.complex", complex_])
+        pub.send_multipart([b"t.simple", simple])
+        deadline = time.monotonic() + 20
+        while len(sink) < 2:
+            assert time.monotonic() < deadline, f"{len(sink)} of 2 arrived"
+            time.sleep(0.02)
+    finally:
+        source.request_stop()
+        thread.join(5)
+        pub.close()
+    by_topic = {json.loads(e.record or b"")["topic"]: e for e in sink}
+    assert by_topic["t.complex"].record == complex_ and by_topic["t.complex"].seq is None
+    assert by_topic["t.simple"].seq == 2 and source.malformed == 1
+    with pytest.raises(InvalidMessage) as refused:  # what the match function dead-letters
+        parse(Envelope.decode(by_topic["t.complex"].encode()).record or b"")
+    assert refused.value.reason == "too-complex"
+    assert parse(simple).topic == "t.simple"
+
+
 # -- fedora-messaging over AMQP ------------------------------------------------
 
 

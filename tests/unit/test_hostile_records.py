@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from fmn.matcher.base import Notification
@@ -121,3 +122,23 @@ def test_one_unsendable_notification_does_not_sink_its_neighbours() -> None:
     bodies = pack(message, [good, bad, good._replace(user="carol")], "email")
     notifications = [n for body in bodies for n in unpack(body, "email")[1]]
     assert [n["user"] for n in notifications] == ["alice", "carol"]
+
+
+def test_a_record_with_too_many_objects_to_read_is_carried_unread_and_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fmn.message
+    from fmn.errors import InvalidMessage
+    from fmn.metadata import parse
+
+    monkeypatch.setattr(fmn.message, "MAX_JSON_CONTAINERS", 100)
+    body = orjson.dumps({"summary": "x", "items": [{}] * 200})
+    # AMQP: not rebuilt into a record (which reads it), forwarded raw
+    assert make_record("org.fedoraproject.prod.x", Props(), body, "q") is None
+    # the envelope carries it as text rather than read it to embed it, byte for byte
+    record = orjson.dumps({"topic": "t", "msg": {"items": [[]] * 200}})
+    envelope = Envelope.wrap("fedmsg", "tcp://x", record)
+    assert '"record_text"' in envelope.encode()
+    assert Envelope.decode(envelope.encode()).record == record
+    with pytest.raises(InvalidMessage) as refused:  # the match function dead-letters it
+        parse(record)
+    assert refused.value.reason == "too-complex" and "100" in str(refused.value)

@@ -20,8 +20,9 @@ from typing import Any
 
 import orjson
 
+import fmn.message
 from fmn.errors import InvalidMessage
-from fmn.message import Message
+from fmn.message import Message, too_many_containers
 from fmn.metadata import fedmsg_meta, fedora_messaging_meta
 from fmn.metadata._fields import property_errors
 from fmn.metadata.fedmsg_meta import FEDMSG_CONFIG, NetworkDisabled, set_account_map
@@ -48,6 +49,11 @@ def decode(record: Record) -> Mapping[str, Any]:
         raise InvalidMessage(
             "not-an-object", f"expected bytes, str or a mapping, not {type(record).__name__}"
         )
+    containers = too_many_containers(record)
+    if containers is not None:  # read, it would take gigabytes: fmn.message says why
+        raise InvalidMessage("too-complex", f"{containers:,} JSON objects and arrays at "
+                                            f"most, over the {fmn.message.MAX_JSON_CONTAINERS:,} a "
+                                            f"message may hold")
     try:
         data = orjson.loads(record)
     except orjson.JSONDecodeError as error:  # also invalid UTF-8 and lone surrogates

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from fmn.errors import PermanentError
+from fmn.message import too_many_containers
 
 ENVELOPE_VERSION = 1
 BUSES: tuple[str, ...] = ("fedmsg", "fedora-messaging")
@@ -185,6 +186,8 @@ def _embeddable(raw: bytes) -> bool:
     slice would lose).  Python's ``json`` reads UTF-16 and UTF-32 bytes too, which
     would be no text inside a UTF-8 document: those go as ``record_b64``."""
     if not raw or raw[:1] in _EDGES or raw[-1:] in _EDGES or raw.startswith(_BOM):
+        return False
+    if too_many_containers(raw) is not None:  # not read: it would take gigabytes
         return False
     try:
         orjson.loads(raw)  # strict JSON in valid UTF-8: the common case, fast
