@@ -142,3 +142,21 @@ def test_a_record_with_too_many_objects_to_read_is_carried_unread_and_refused(
     with pytest.raises(InvalidMessage) as refused:  # the match function dead-letters it
         parse(record)
     assert refused.value.reason == "too-complex" and "100" in str(refused.value)
+
+
+def test_two_message_ids_never_become_one_idempotency_key() -> None:
+    # the id travels capped and cleaned; a publisher chooses it, and it is part of every
+    # notification's key: two ids alike in their first 10,000 characters, or apart only
+    # in a character SQS refuses, must stay two messages
+    from fmn.pipeline.notifications import MAX_TEXT_CHARS, message_info
+
+    def carried(message_id: str) -> str:
+        text = message_info(Message(id=message_id, topic="t"))["id"]
+        assert isinstance(text, str) and len(text) <= MAX_TEXT_CHARS
+        return text
+
+    long = "a" * MAX_TEXT_CHARS
+    ids = [long + "1", long + "2", "x\ufffe", "x\uffff", "x\ufffd", "2024-abc"]
+    assert len({carried(i) for i in ids}) == len(ids)
+    assert carried("2024-abc") == "2024-abc" and carried("x\ufffd") == "x\ufffd"
+    assert carried(long + "1").startswith("a" * 100)  # still readable

@@ -21,6 +21,7 @@ replaced by U+FFFD.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,13 +83,26 @@ def _names(values: Iterable[str]) -> tuple[list[str], int]:
     return [n for n in (_text(v, MAX_NAME_CHARS) for v in names[:MAX_NAMES]) if n], len(names)
 
 
+def message_id_text(message_id: str) -> str:
+    """The message id a payload carries: the id itself, or, when it had to be cut or
+    cleaned to travel (over :data:`MAX_TEXT_CHARS`, or characters SQS refuses), what
+    is left and a hash of the whole, so that two ids never become one: the id is part
+    of every notification's idempotency key, and a publisher chooses it."""
+    text = _text(message_id, MAX_TEXT_CHARS) or ""
+    if text == message_id:
+        return text
+    whole = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    suffix = f"\u2026#sha256:{whole}"
+    return text[:MAX_TEXT_CHARS - len(suffix)] + suffix
+
+
 def message_info(message: Message) -> dict[str, Any]:
     """The message header of a payload: what a sender renders, capped."""
     usernames, num_usernames = _names(message.usernames)
     packages, num_packages = _names(
         name for kind in ARTIFACT_TYPES for name in message.artifacts(kind))
     return {
-        "id": _text(message.id, MAX_TEXT_CHARS),
+        "id": message_id_text(message.id),
         "topic": _text(message.topic, MAX_TEXT_CHARS),
         "app": _text(message.app_name, MAX_NAME_CHARS),
         "agent": _text(message.agent_name, MAX_NAME_CHARS),
