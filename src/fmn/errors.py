@@ -35,8 +35,14 @@ class Deferred(RetryableError):
 
 class Postponed(RetryableError):
     """Not a failure: the rest of this record's work must wait (an IRC batch paced
-    past its invocation's time).  The edge sends the record again as a fresh
-    message, so waiting never uses up the record's receives."""
+    past its invocation's time, a homeserver's rate limit).  The edge sends the
+    record again as a fresh message, so waiting never uses up the record's
+    receives, after ``delay_s`` (what the other side asked for; SQS delays up to
+    15 minutes)."""
+
+    def __init__(self, detail: str, delay_s: float = 0.0) -> None:
+        super().__init__(detail)
+        self.delay_s = delay_s
 
 
 class InvalidMessage(PermanentError):

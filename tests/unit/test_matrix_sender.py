@@ -198,7 +198,8 @@ def test_an_unexpected_failure_dead_letters_that_notice_alone() -> None:
 def test_a_rate_limit_sends_records_back_fresh_using_up_no_receive() -> None:
     # through the function's edge: a limit is no failure, so the records wait as fresh
     # messages (as IRC's flood limit makes them) instead of spending one of their five
-    # receives each time, which dead-lettered good notices under a lasting limit
+    # receives each time, which dead-lettered good notices under a lasting limit; and
+    # they wait as long as the homeserver asked, or they would come straight back
     from lambda_events import context, sqs_event
 
     from fmn.delivery.edge import SenderFunction
@@ -216,7 +217,7 @@ def test_a_rate_limit_sends_records_back_fresh_using_up_no_receive() -> None:
             return {}
 
         def send_message(self, **kw: Any) -> dict[str, Any]:
-            self.calls.append("send to " + kw["QueueUrl"])
+            self.calls.append(f"send to {kw['QueueUrl']} after {kw.get('DelaySeconds', 0)} s")
             return {}
 
     link, _, notifier, _ = make()
@@ -231,4 +232,5 @@ def test_a_rate_limit_sends_records_back_fresh_using_up_no_receive() -> None:
                           lambda: ctx.get_remaining_time_in_millis() / 1000)
     answer = function.handle(event, ctx, deliver=plan)
     assert answer == {"batchItemFailures": []} and link.sent == []
-    assert sqs.calls == ["send to url/fmn-matrix"] * 3  # each record again, fresh
+    # each record again, fresh, once the limit has passed: not round and round at once
+    assert sqs.calls == ["send to url/fmn-matrix after 60 s"] * 3

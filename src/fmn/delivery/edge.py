@@ -184,7 +184,7 @@ class SenderFunction:
             except Postponed as exc:
                 # the rest waits as a fresh message: waiting uses up no receive
                 try:
-                    redelivery.requeue(record.raw_event)
+                    redelivery.requeue(record.raw_event, exc.delay_s)
                 except Exception as requeue_failed:  # botocore: back off like a failure
                     raise RetryableError(f"{exc}; requeue failed: {requeue_failed}") \
                         from requeue_failed

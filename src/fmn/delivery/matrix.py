@@ -27,8 +27,9 @@ and the memory of each person's room the :class:`RoomStore` port
   :attr:`MatrixNotifier.deadline_margin_s`); otherwise it raises
   :class:`~fmn.errors.Postponed`, so the record (and every later one of the
   batch, to keep each room in order) goes back to the queue as a fresh
-  message, using up none of its receives (a limit is no failure: it must
-  not dead-letter anything): nothing is dropped, and what was sent is
+  message, visible once the limit has passed (SQS delays up to 15 minutes),
+  using up none of its receives (a limit is no failure: it must not
+  dead-letter anything): nothing is dropped, and what was sent is
   remembered and skipped when it comes back.
 * **Twice.**  Each notice is sent with a transaction id derived from the
   notification's idempotency key and the room, so a send whose answer was
@@ -293,7 +294,8 @@ class MatrixNotifier:
                     # its own is spent (repeated limits would dead-letter good notices)
                     raise Postponed(
                         f"rate limited for {exc.retry_after_s:.1f} s with {max(left, 0):.1f} s "
-                        f"to spare: the rest goes back to the queue") from exc
+                        f"to spare: the rest goes back to the queue",
+                        delay_s=exc.retry_after_s) from exc
                 self.sleep(exc.retry_after_s)
 
     def post(self, user_id: str, content: Mapping[str, Any], txn_parts: Sequence[Any]) -> str:
@@ -362,8 +364,10 @@ class MatrixBatch:
     def __call__(self, body: str, send: Send, once: Once,
                  dead_letter: DeadLetter) -> Counter[str]:
         if self.halted is not None:  # waits as the record before it does, untried
-            kind = Postponed if isinstance(self.halted, Postponed) else RetryableError
-            raise kind(f"an earlier record of this batch went back: {self.halted}")
+            detail = f"an earlier record of this batch went back: {self.halted}"
+            if isinstance(self.halted, Postponed):
+                raise Postponed(detail, self.halted.delay_s)
+            raise RetryableError(detail)
         counts: Counter[str] = Counter()
         try:
             for item in deliveries(body, "matrix"):

@@ -32,10 +32,14 @@ comes back after its visibility timeout: at least once, nothing lost.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: SQS's longest delay of a message it is sent (DelaySeconds)
+MAX_DELAY_S = 900
 
 #: SQS's longest visibility timeout (12 hours from the receive).
 MAX_VISIBILITY_S = 12 * 3600
@@ -111,10 +115,13 @@ class Redelivery:
             MessageAttributes={"error": {"DataType": "String",
                                          "StringValue": reason[:256] or "-"}})
 
-    def requeue(self, record: Mapping[str, Any]) -> None:
-        """Send the record's body again as a new message (raises if SQS refuses)."""
+    def requeue(self, record: Mapping[str, Any], delay_s: float = 0.0) -> None:
+        """Send the record's body again as a new message, visible after ``delay_s``
+        (rounded up, at most SQS's 900 s); raises if SQS refuses."""
         name = queue_name(str(record.get("eventSourceARN", "")))
-        self.sqs.send_message(QueueUrl=self.url(name), MessageBody=record["body"])
+        delay = min(MAX_DELAY_S, max(0, math.ceil(delay_s)))
+        self.sqs.send_message(QueueUrl=self.url(name), MessageBody=record["body"],
+                              **({"DelaySeconds": delay} if delay else {}))
 
 
 def _receives(record: Mapping[str, Any]) -> int:
