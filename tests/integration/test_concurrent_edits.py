@@ -105,3 +105,49 @@ def test_an_edit_in_flight_does_not_undo_an_unsubscribe_or_a_disable(
     assert user.enabled is False
     assert [(d.id, d.verified) for d in user.destinations] == [("email", False)]
     assert {r.id: r.name for r in user.rules}["my-packages"] == "Mine"
+
+
+def test_first_logins_at_once_make_one_account(service: PreferencesService) -> None:
+    made: list[int] = []
+    failed: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def login() -> None:
+        start.wait()
+        try:
+            made.append(len(service.login("newcomer", "newcomer@example.org").rules))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=login) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == [] and made == [2] * 8
+    assert [r.id for r in service.rules("newcomer")] == ["my-packages", "my-events"]
+
+
+def test_an_edit_that_keeps_losing_saves_nothing_and_leaves_nothing_behind(
+        service: PreferencesService, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def always_stale(*args: Any, **kwargs: Any) -> int:
+        raise db.StaleUser("another request saved first")
+
+    monkeypatch.setattr(db, "save_user", always_stale)
+    with pytest.raises(Conflict):
+        service.create_rule("alice", RULE)
+    with pytest.raises(Conflict):  # the mark that keeps it disabled is taken back
+        service.disable_rule("root", "alice", "my-packages")
+    with pytest.raises(Conflict):
+        service.disable_user("root", "alice")
+    assert "admin root disabled" not in caplog.text  # nothing was disabled
+    monkeypatch.undo()
+    assert len(service.rules("alice")) == 2 and service.user("alice").enabled
+    off = service.patch_rule("alice", "my-packages", {"enabled": False})
+    assert service.patch_rule("alice", "my-packages", {"enabled": True}).enabled
+    assert not off.enabled
+    service.disable_rule("root", "alice", "my-packages")  # and when it does get through
+    assert "admin root disabled rule my-packages of alice" in caplog.text
+    with pytest.raises(Conflict):
+        service.patch_rule("alice", "my-packages", {"enabled": True})

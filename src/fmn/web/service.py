@@ -741,34 +741,56 @@ class PreferencesService:
             raise NotFound(f"no user {target!r}")
         return found
 
-    @_redone_if_stale
     def disable_user(self, admin: str, target: str) -> User:
-        user, read_at = self._admin(admin, target)
+        user = self._disable_user(admin, target)
         log.warning("admin %s disabled user %s", admin, target)
+        return user
+
+    @_redone_if_stale
+    def _disable_user(self, admin: str, target: str) -> User:
+        user, read_at = self._admin(admin, target)
         return self._save(dataclasses.replace(user, enabled=False), read_at)
 
-    @_redone_if_stale
     def disable_rule(self, admin: str, target: str, rule_id: str) -> Rule:
         """Disable one of ``target``'s rules for good: its owner cannot enable it again
-        (they may edit or delete it)."""
+        (they may edit or delete it).
+
+        The mark that keeps it disabled is written first, so the owner cannot enable
+        the rule between the two writes; if the rule cannot be saved (another request
+        kept winning, the database away), a mark this call wrote is taken back.
+        """
         from datetime import UTC
 
-        from sqlalchemy import insert
+        from sqlalchemy import delete, insert
 
         from fmn.db.models import AdminDisabledRuleRow as Row
 
+        user, _ = self._admin(admin, target)
+        if not any(r.id == rule_id for r in user.rules):
+            raise NotFound(f"{target} has no rule {rule_id!r}")
+        where = (Row.user_name == target, Row.rule_id == rule_id)
+        with self.engine.begin() as conn:
+            marked = conn.execute(select(Row.rule_id).where(*where)).first() is None
+            if marked:
+                conn.execute(insert(Row).values(user_name=target, rule_id=rule_id,
+                                                admin=admin, since=datetime.now(UTC)))
+        try:
+            rule = self._disable_rule(admin, target, rule_id)
+        except BaseException:
+            if marked:
+                with self.engine.begin() as conn:
+                    conn.execute(delete(Row).where(*where))
+            raise
+        log.warning("admin %s disabled rule %s of %s", admin, rule_id, target)
+        return rule
+
+    @_redone_if_stale
+    def _disable_rule(self, admin: str, target: str, rule_id: str) -> Rule:
         user, read_at = self._admin(admin, target)
         for r in user.rules:
             if r.id == rule_id:
-                log.warning("admin %s disabled rule %s of %s", admin, rule_id, target)
-                with self.engine.begin() as conn:
-                    if conn.execute(select(Row.rule_id).where(
-                            Row.user_name == target, Row.rule_id == rule_id)).first() is None:
-                        conn.execute(insert(Row).values(
-                            user_name=target, rule_id=rule_id, admin=admin,
-                            since=datetime.now(UTC)))
                 return self._put_rule(user, dataclasses.replace(r, enabled=False), read_at)
-        raise NotFound(f"{target} has no rule {rule_id!r}")
+        raise NotFound(f"{target} has no rule {rule_id!r}")  # deleted meanwhile
 
 
 
