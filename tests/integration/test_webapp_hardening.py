@@ -209,3 +209,20 @@ def test_a_foreign_cookie_beside_ours_signs_nobody_out(app: App, foreign: str) -
     alice.cookies = {foreign.partition("=")[0]: foreign.partition("=")[2], **ours}
     assert alice.get("/api/v1/me").status_code == 200
     assert alice.post("/api/v1/rules", TOPIC_RULE).status_code == 201  # CSRF read too
+
+
+def test_a_cookie_of_ours_set_again_by_a_sibling_domain_does_not_replace_ours(
+        app: App) -> None:
+    # browsers send the oldest first: ours; a tossed fmn_session/fmn_csrf comes after
+    # and must neither sign alice in as someone else nor split the CSRF token the
+    # page reads (the first fmn_csrf, app.js) from the one the server checks
+    alice = app.client("alice")
+    mallory = app.client("mallory")
+    header = "; ".join([*(f"{k}={v}" for k, v in alice.cookies.items()),
+                        *(f"{k}={v}" for k, v in mallory.cookies.items())])
+    r = alice.http.request("GET", "/api/v1/me", headers={"cookie": header}, body=b"")
+    assert r.status_code == 200 and json.loads(r.body)["name"] == "alice"
+    r = alice.http.request("POST", "/api/v1/rules", body=json.dumps(TOPIC_RULE).encode(),
+                           headers={"cookie": header, "content-type": "application/json",
+                                    "x-csrf-token": alice.cookies["fmn_csrf"]})
+    assert r.status_code == 201

@@ -674,3 +674,17 @@ def test_a_patch_without_digest_leaves_the_digest_alone(service: PreferencesServ
     assert set_.digest is not None and set_.digest.interval_s == 3600
     assert service.patch_destination("alice", "email", {}).digest == set_.digest
     assert service.patch_destination("alice", "email", {"digest": None}).digest is None
+
+
+def test_a_failed_take_back_does_not_hide_why_adding_failed(
+        service: PreferencesService, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.errors import RetryableError
+
+    world.mailer.fail = RetryableError("the mail relay is away")
+
+    def cannot_delete(*args: Any) -> None:
+        raise Conflict("another tab made a rule send to it")
+
+    monkeypatch.setattr(service, "delete_destination", cannot_delete)
+    with pytest.raises(RetryableError, match="relay"):  # not the take-back's Conflict
+        world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})

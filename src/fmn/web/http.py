@@ -160,7 +160,11 @@ def cookies(header: str | None) -> dict[str, str]:
     parent domain that is not a valid "cookie" to :mod:`http.cookies`
     (``g={"a":1}``, ``a[b]=1``) is skipped, where ``SimpleCookie`` would stop
     there and lose ours, signing the person out for good.  A value in double
-    quotes loses them; a name given twice keeps its last value.
+    quotes loses them.  A name given twice keeps its first value, as the UI's
+    script reads it (``app.js``): browsers send the cookie of the longest path
+    first, then the oldest, so one a sibling site later sets on the parent
+    domain comes after ours and neither replaces our session nor splits the
+    CSRF token the page sends from the one checked here.
     """
     jar: dict[str, str] = {}
     for part in (header or "").split(";"):
@@ -170,7 +174,7 @@ def cookies(header: str | None) -> dict[str, str]:
             continue
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
-        jar[name] = value
+        jar.setdefault(name, value)
     return jar
 
 

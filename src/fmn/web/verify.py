@@ -328,7 +328,11 @@ class Verifier:
         try:
             return dest, self.start(user, dest.id)
         except BaseException:
-            self.service.delete_destination(user, dest.id)
+            try:
+                self.service.delete_destination(user, dest.id)
+            except Exception:  # the answer stays the first failure's
+                log.exception("could not take back unverified destination %s of %s",
+                              dest.id, user)
             raise
 
     def start(self, user: str, dest_id: str) -> str:
@@ -433,7 +437,10 @@ class Verifier:
         except NotFound as exc:
             raise VerificationFailed("gone", exc.detail) from exc
         except BaseException:  # not verified (the database away): the link still works
-            self.keys.delete(used)
+            try:
+                self.keys.delete(used)
+            except Exception:  # the answer stays the first failure's
+                log.exception("could not make a verification link usable again")
             raise
 
     def confirm_code(self, user: str, dest_id: str, body: Any) -> Destination:
