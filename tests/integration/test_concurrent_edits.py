@@ -151,3 +151,39 @@ def test_an_edit_that_keeps_losing_saves_nothing_and_leaves_nothing_behind(
     assert "admin root disabled rule my-packages of alice" in caplog.text
     with pytest.raises(Conflict):
         service.patch_rule("alice", "my-packages", {"enabled": True})
+
+
+def test_a_disable_saved_is_kept_whatever_fails_after_or_beside_it(
+        service: PreferencesService, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from fmn.db import pending
+
+    service.login("bob", "bob@example.org")
+    # the database fails right after the save committed (clearing the pending row):
+    # saved is saved, so the disable stands, with its mark
+    real_clear = pending.clear
+
+    def fails(*args: Any) -> None:
+        raise OperationalError("DELETE", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(pending, "clear", fails)
+    assert service.disable_rule("root", "alice", "my-packages").enabled is False
+    monkeypatch.setattr(pending, "clear", real_clear)
+    with pytest.raises(Conflict):
+        service.patch_rule("alice", "my-packages", {"enabled": True})
+    # two admins at once: B's disable gets through while A's fails; A must not take
+    # back the mark B's disable relies on
+    disable_once = service._disable_rule
+
+    def b_wins_then_a_fails(admin: str, target: str, rule_id: str) -> Any:
+        disable_once("root", target, rule_id)  # B, to completion
+        raise Conflict("A lost every race")
+
+    monkeypatch.setattr(service, "_disable_rule", b_wins_then_a_fails)
+    with pytest.raises(Conflict):
+        service.disable_rule("root", "bob", "my-events")
+    monkeypatch.undo()
+    assert {r.id: r.enabled for r in service.rules("bob")}["my-events"] is False
+    with pytest.raises(Conflict):  # the mark is there: bob cannot turn it back on
+        service.patch_rule("bob", "my-events", {"enabled": True})

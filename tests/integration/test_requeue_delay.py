@@ -51,5 +51,9 @@ def test_a_postponed_record_comes_back_fresh_after_its_delay(any_aws_env: str) -
         Redelivery(Recording(), lambda queue: 300).requeue(
             {"eventSourceARN": arn, "body": "x"}, delay_s=3600)
         assert calls[0]["DelaySeconds"] == MAX_DELAY_S == 900
+        for endless in (float("inf"), float("nan")):  # "retry_after_ms": 1e999 reads as inf
+            Redelivery(Recording(), lambda queue: 300).requeue(
+                {"eventSourceARN": arn, "body": "x"}, delay_s=endless)
+            assert calls[-1]["DelaySeconds"] == MAX_DELAY_S
     finally:
         sqs.delete_queue(QueueUrl=url)

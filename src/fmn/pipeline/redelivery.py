@@ -119,7 +119,9 @@ class Redelivery:
         """Send the record's body again as a new message, visible after ``delay_s``
         (rounded up, at most SQS's 900 s); raises if SQS refuses."""
         name = queue_name(str(record.get("eventSourceARN", "")))
-        delay = min(MAX_DELAY_S, max(0, math.ceil(delay_s)))
+        # what the other side asked for: a homeserver's "retry_after_ms": 1e999 is inf
+        delay = min(MAX_DELAY_S, max(0, math.ceil(delay_s))) if math.isfinite(delay_s) \
+            else MAX_DELAY_S
         self.sqs.send_message(QueueUrl=self.url(name), MessageBody=record["body"],
                               **({"DelaySeconds": delay} if delay else {}))
 

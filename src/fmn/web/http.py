@@ -161,10 +161,12 @@ def cookies(header: str | None) -> dict[str, str]:
     (``g={"a":1}``, ``a[b]=1``) is skipped, where ``SimpleCookie`` would stop
     there and lose ours, signing the person out for good.  A value in double
     quotes loses them.  A name given twice keeps its first value, as the UI's
-    script reads it (``app.js``): browsers send the cookie of the longest path
-    first, then the oldest, so one a sibling site later sets on the parent
-    domain comes after ours and neither replaces our session nor splits the
-    CSRF token the page sends from the one checked here.
+    script reads it (``app.js``), so the two agree on the CSRF token.  Browsers
+    send the cookie of the longest path first, then the oldest: a cookie a
+    sibling site sets on the parent domain after ours comes second and is
+    ignored, but one set with a longer path, or before ours (ours is new at
+    each sign-in), still comes first: only ``__Host-`` names would rule that
+    out.
     """
     jar: dict[str, str] = {}
     for part in (header or "").split(";"):

@@ -45,6 +45,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fmn import db
 from fmn.db import pending
@@ -407,10 +408,11 @@ class PreferencesService:
             pending.clear(self.engine, [(user.name, revision)])
             # The store answers again: publish what earlier failures left behind.
             publish_pending(self.engine, self.store)
-        except FmnError as exc:
+        except (FmnError, SQLAlchemyError) as exc:
             # Saved is saved: failing the request now would make the client
             # repeat it.  The pending row saving wrote keeps the change due:
-            # the next write or full publish carries it.
+            # the next write or full publish carries it (the database failing
+            # right after the save, in clearing that row, leaves it due too).
             log.error("saved %s at revision %d but could not publish it (pending): %s",
                       user.name, revision, exc)
         return user
@@ -756,8 +758,10 @@ class PreferencesService:
         (they may edit or delete it).
 
         The mark that keeps it disabled is written first, so the owner cannot enable
-        the rule between the two writes; if the rule cannot be saved (another request
-        kept winning, the database away), a mark this call wrote is taken back.
+        the rule between the two writes, and again after the save (another admin's
+        failed disable may have taken it back meanwhile).  If the rule cannot be saved
+        (another request kept winning, the database away), the mark is taken back
+        unless the rule is disabled all the same (another admin's disable got through).
         """
         from datetime import UTC
 
@@ -769,18 +773,32 @@ class PreferencesService:
         if not any(r.id == rule_id for r in user.rules):
             raise NotFound(f"{target} has no rule {rule_id!r}")
         where = (Row.user_name == target, Row.rule_id == rule_id)
-        with self.engine.begin() as conn:
-            marked = conn.execute(select(Row.rule_id).where(*where)).first() is None
-            if marked:
-                conn.execute(insert(Row).values(user_name=target, rule_id=rule_id,
-                                                admin=admin, since=datetime.now(UTC)))
+
+        def mark() -> None:
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(select(Row.rule_id).where(*where)).first() is None:
+                        conn.execute(insert(Row).values(user_name=target, rule_id=rule_id,
+                                                        admin=admin, since=datetime.now(UTC)))
+            except IntegrityError:  # another admin's request marked it just now
+                pass
+
+        mark()
         try:
             rule = self._disable_rule(admin, target, rule_id)
         except BaseException:
-            if marked:
-                with self.engine.begin() as conn:
-                    conn.execute(delete(Row).where(*where))
+            try:
+                now = db.load_user(self.engine, target)
+                still = now is not None and any(r.id == rule_id and not r.enabled
+                                                for r in now.rules)
+                if not still:
+                    with self.engine.begin() as conn:
+                        conn.execute(delete(Row).where(*where))
+            except Exception:  # the answer stays the first failure's
+                log.exception("could not take back the disable mark of %s's rule %s",
+                              target, rule_id)
             raise
+        mark()
         log.warning("admin %s disabled rule %s of %s", admin, rule_id, target)
         return rule
 
