@@ -35,8 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fmn.delivery.base import DeadLetter, Delivery, dead_letter_now
-from fmn.errors import RetryableError
+from fmn.delivery.base import DeadLetter, Delivery, deliver_one
 
 if TYPE_CHECKING:
     from fmn.delivery.once import Once
@@ -126,30 +125,23 @@ class BatchPlan:
         """
         group = self.group(item)
         key = item_key(item)
-        ran: list[str] = []
+        summaries: list[str] = []
 
-        def action() -> str:
-            try:
-                if group is None:
-                    send(item)
-                    outcome = "sent"
-                else:
-                    if not group.summary_sent:
-                        summarise(group, key)
-                        group.summary_sent = True
-                        ran.append(summary_outcome)
-                    outcome = "summarised"
-            except RetryableError:
-                raise
-            except Exception as exc:  # this item alone, never the others of its payload
-                outcome = dead_letter_now(item, exc, dead_letter)
-            ran.append(outcome)
-            return outcome
+        def send_or_summarise(item: Delivery) -> str | None:
+            if group is None:
+                send(item)
+                return None  # "sent"
+            if not group.summary_sent:
+                summarise(group, key)
+                group.summary_sent = True
+                summaries.append(summary_outcome)
+            return "summarised"
 
-        once.run(item.key(), action)
+        # once, and dead-lettered alone on anything but a RetryableError, as every send
+        outcome = deliver_one(item, send_or_summarise, once, dead_letter)
         if group is not None:
             group.settled.add(key)
-        return ran or ["duplicate"]
+        return [*summaries, outcome]
 
 
 def plan_batch(items: Iterable[Delivery], allowance: Callable[[str], int], *,
