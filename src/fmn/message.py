@@ -24,7 +24,6 @@ SEVERITY_NAMES: dict[int, str] = {v: k for k, v in SEVERITIES.items()}
 EMPTY: frozenset[str] = frozenset()
 
 
-
 #: JSON objects and arrays a bus record may hold before nothing reads it as JSON.
 #: Parsed, each costs 60 bytes of memory or more: a 32 MiB record of ``{},{},...``
 #: took 1.8 GB in the bridge and more than the match function's 1 GB, where real

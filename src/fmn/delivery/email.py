@@ -162,6 +162,14 @@ class InvalidAddress(PermanentError):
     """A destination address that is not one plain e-mail address."""
 
 
+def ascii_address(address: str) -> str:
+    """``address`` with its domain as mail is sent to it: in ASCII, the IDNA way (which
+    also maps look-alikes such as full-width letters to plain ones); UnicodeError if
+    IDNA refuses the domain."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{domain.encode('idna').decode('ascii')}"
+
+
 def check_address(address: str) -> str:
     """``address`` if it is one ``local@domain`` (IDN domains allowed), else InvalidAddress."""
     local, at, domain = address.rpartition("@")
@@ -225,8 +233,7 @@ def to_address(address: str) -> Address:
     """The ``To`` of a mail to ``address`` (checked: InvalidAddress), its domain in
     ASCII (IDNA): set as a string, an IDN domain would be written as an RFC 2047
     encoded word, which is not allowed inside an address and reaches nobody."""
-    local, _, domain = check_address(address).rpartition("@")
-    return Address(addr_spec=f"{local}@{domain.encode('idna').decode('ascii')}")
+    return Address(addr_spec=ascii_address(check_address(address)))
 
 
 def _base(to: str, sender: str, list_id: str, unsubscribe_url: str) -> EmailMessage:

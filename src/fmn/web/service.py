@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fmn import db
 from fmn.db import pending
-from fmn.delivery.email import InvalidAddress, check_address
+from fmn.delivery.email import InvalidAddress, ascii_address, check_address
 from fmn.delivery.feed import FeedStore
 from fmn.delivery.irc import irc_lower, valid_nick
 from fmn.errors import FmnError, PermanentError
@@ -316,11 +316,9 @@ def address_key(protocol: str, address: str | None) -> str:
     if protocol == "irc":
         return irc_lower(address or "")
     if protocol == "email" and address:
-        local, at, domain = address.rpartition("@")
         # a domain IDNA refuses is no address mail goes to (check_address refuses it)
         with contextlib.suppress(UnicodeError):
-            domain = domain.encode("idna").decode("ascii")
-        return f"{local}{at}{domain}".lower()
+            address = ascii_address(address)
     return (address or "").lower()
 
 
