@@ -205,14 +205,16 @@ def engine_previewer(engine: Engine, redis_url: str, key: str) -> Previewer:
     groups the rule names) is read from the database per preview.
     """
     from fmn.preview import Ownership, RedisWindowStore, WindowPreview
+    from fmn.preview.index import DEFAULT_BUDGET_MS
 
     window = WindowPreview(RedisWindowStore.from_url(redis_url, key=key))
 
     def run(user: User, rule: Rule, limit: int,
             budget_ms: float | None = None) -> Mapping[str, Any]:
         by_user, by_group = ownership_for(engine, user.name, rule.tracking.groups)
+        # None is the rule editor's default here; to the window it would mean no bound
         result = window.preview(rule, user.name, Ownership(by_user, by_group), limit,
-                                **({} if budget_ms is None else {"budget_ms": budget_ms}))
+                                DEFAULT_BUDGET_MS if budget_ms is None else budget_ms)
         return {"window": result.window_size, "matched": result.count,
                 "messages": [{"id": m.id, "topic": m.topic, "app": m.app_name,
                               "summary": m.summary, "url": m.url, "sent_at": m.sent_at,
