@@ -38,7 +38,8 @@ class Postponed(RetryableError):
     past its invocation's time, a homeserver's rate limit).  The edge sends the
     record again as a fresh message, so waiting never uses up the record's
     receives, after ``delay_s`` (what the other side asked for; SQS delays up to
-    15 minutes)."""
+    15 minutes); a record postponed for a day goes to the dead-letter queue
+    (:mod:`fmn.pipeline.redelivery`)."""
 
     def __init__(self, detail: str, delay_s: float = 0.0) -> None:
         super().__init__(detail)

@@ -184,13 +184,19 @@ class SenderFunction:
             except Postponed as exc:
                 # the rest waits as a fresh message: waiting uses up no receive
                 try:
-                    redelivery.requeue(record.raw_event, exc.delay_s)
+                    requeued = redelivery.postpone(record.raw_event, str(exc), exc.delay_s)
                 except Exception as requeue_failed:  # botocore: back off like a failure
                     raise RetryableError(f"{exc}; requeue failed: {requeue_failed}") \
                         from requeue_failed
-                counts["postponed"] += 1
-                self.logger.info("record postponed", extra={
-                    "sqs_message_id": record.message_id, "reason": str(exc)[:300]})
+                if requeued:
+                    counts["postponed"] += 1
+                    self.logger.info("record postponed", extra={
+                        "sqs_message_id": record.message_id, "reason": str(exc)[:300]})
+                else:  # it has waited too long: an operator looks at it
+                    counts["PermanentFailures"] += 1
+                    self.logger.warning("record dead-lettered", extra={
+                        "sqs_message_id": record.message_id,
+                        "error": f"postponed too long: {exc}"[:500]})
             except PermanentError as exc:
                 # nothing can read it: retrying cannot help, so it ends now
                 counts["PermanentFailures"] += 1

@@ -23,7 +23,11 @@ failed record apart:
 * **postponed** (:class:`~fmn.errors.Postponed`: not a failure, the rest of
   a record's work must wait, an IRC batch out of time): :meth:`Redelivery.requeue`
   sends the body again as a fresh message and the record counts as done, so
-  a paced backlog never uses up receives.
+  a paced backlog never uses up receives.  The fresh message carries when
+  the record was first postponed (the ``fmn-postponed-since`` attribute):
+  a requeued message is young again to SQS, so the queue's age alarm cannot
+  see a record that keeps coming back, and :meth:`Redelivery.postpone`
+  dead-letters it instead once it has waited :data:`MAX_POSTPONED_S`.
 
 A record the edge cannot treat so (SQS refusing the call) stays failed and
 comes back after its visibility timeout: at least once, nothing lost.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,6 +48,13 @@ MAX_DELAY_S = 900
 
 #: SQS's longest visibility timeout (12 hours from the receive).
 MAX_VISIBILITY_S = 12 * 3600
+
+#: the message attribute of a requeued record: when it was first postponed (epoch seconds)
+POSTPONED_SINCE = "fmn-postponed-since"
+
+#: how long a record may keep being postponed before it goes to the dead-letter queue
+#: (a notice a day late; the queue's message-age alarm never sees a requeued record)
+MAX_POSTPONED_S = 24 * 3600
 
 
 def retry_delay_s(receive_count: int, first_s: float, max_s: float = 6 * 3600) -> int:
@@ -115,15 +127,45 @@ class Redelivery:
             MessageAttributes={"error": {"DataType": "String",
                                          "StringValue": reason[:256] or "-"}})
 
-    def requeue(self, record: Mapping[str, Any], delay_s: float = 0.0) -> None:
+    def postpone(self, record: Mapping[str, Any], reason: str, delay_s: float = 0.0,
+                 now: float | None = None) -> bool:
+        """Requeue the record (True), or dead-letter it (False) once it has been
+        postponed for :data:`MAX_POSTPONED_S`; raises if SQS refuses."""
+        now = time.time() if now is None else now
+        since = postponed_since(record, now)
+        if now - since >= MAX_POSTPONED_S:
+            hours = (now - since) / 3600
+            self.dead_letter(record, f"postponed for {hours:.0f} h: {reason}")
+            return False
+        self.requeue(record, delay_s, since)
+        return True
+
+    def requeue(self, record: Mapping[str, Any], delay_s: float = 0.0,
+                since: float | None = None) -> None:
         """Send the record's body again as a new message, visible after ``delay_s``
-        (rounded up, at most SQS's 900 s); raises if SQS refuses."""
+        (rounded up, at most SQS's 900 s), marked as postponed ``since`` (now by
+        default); raises if SQS refuses."""
         name = queue_name(str(record.get("eventSourceARN", "")))
         # what the other side asked for: a homeserver's "retry_after_ms": 1e999 is inf
         delay = min(MAX_DELAY_S, max(0, math.ceil(delay_s))) if math.isfinite(delay_s) \
             else MAX_DELAY_S
-        self.sqs.send_message(QueueUrl=self.url(name), MessageBody=record["body"],
-                              **({"DelaySeconds": delay} if delay else {}))
+        since = time.time() if since is None else since
+        self.sqs.send_message(
+            QueueUrl=self.url(name), MessageBody=record["body"],
+            MessageAttributes={POSTPONED_SINCE: {"DataType": "Number",
+                                                 "StringValue": f"{since:.3f}"}},
+            **({"DelaySeconds": delay} if delay else {}))
+
+
+def postponed_since(record: Mapping[str, Any], now: float) -> float:
+    """When a Lambda SQS record was first postponed: its :data:`POSTPONED_SINCE`
+    attribute, ``now`` if it has none (or one that is no time, or in the future)."""
+    attribute = (record.get("messageAttributes") or {}).get(POSTPONED_SINCE) or {}
+    try:
+        since = float(attribute.get("stringValue", now))
+    except (AttributeError, TypeError, ValueError):
+        return now
+    return min(since, now) if math.isfinite(since) else now
 
 
 def _receives(record: Mapping[str, Any]) -> int:
