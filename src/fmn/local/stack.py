@@ -763,8 +763,17 @@ fmn_bridge_queue = "{queue}"
         for worker in self.workers.values():  # all at once: each winds down meanwhile
             if worker.poll() is None:
                 worker.terminate()
-        for worker in self.workers.values():
-            end_process(worker, timeout)
+        deadline = time.monotonic() + timeout
+        for name, worker in self.workers.items():
+            try:
+                worker.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # its stacks to its log, then it is killed
+                log.warning("the %s worker did not stop within %ds: killed (its threads' "
+                            "stacks are in %s)", name, timeout,
+                            self.workdir / f"worker-{name}.log")
+                worker.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
+                end_process(worker, 10)
 
     def kill_worker(self, queue_name: str) -> None:
         """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""

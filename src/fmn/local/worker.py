@@ -12,17 +12,21 @@ exports), polls the function's queue as Lambda's event source mapping does,
 runs the email sender's digest schedule when it is the email sender, and stops
 cleanly on SIGTERM: in-flight invocations finish, then it writes its runner's
 totals (``--stats``) and AWS request counts (``--request-counts``) for whoever
-started it.
+started it.  SIGTERM and SIGINT are waited for (``sigtimedwait``), not
+handled: a Python handler runs between two bytecodes of the main thread,
+and one that sets a ``threading.Event`` while that thread holds the event's
+own lock (waking from its wait) never returns.  SIGUSR1 writes every
+thread's stack to the worker's log, so a stop that hangs can be read.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,9 @@ from fmn.pipeline.queues import queue
 from fmn.settings import Settings
 
 log = logging.getLogger("fmn.local.worker")
+
+#: what stops a worker (module docstring)
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="count this process's AWS requests into this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # blocked before any thread starts (threads inherit the mask): a stop signal waits
+    # for the main loop's sigtimedwait, whichever thread it was sent to
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     settings = Settings.from_env()
     q = queue(args.queue)
@@ -90,13 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     runner = EventSourceMapping(sqs, q, urls, handler, function_name=q.function,
                                 poll_wait_s=args.poll_wait_s,
                                 serialize_receives=not args.long_poll)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     runner.start()
     flush = getattr(module, "flush_digests_now", None)
     parent = os.getppid()
-    while not stopping.wait(args.schedule_s):
+    while signal.sigtimedwait(STOP_SIGNALS, args.schedule_s) is None:
         if os.getppid() != parent:  # whoever started it is gone without stopping it
             log.warning("the parent process ended: stopping")
             break
