@@ -14,7 +14,10 @@ endpoint plus the envelope's ``username`` plus its signing certificate (or
 GPG signer); a rise of ``i`` by more than one is a gap (logged, counted), a
 fall is a publisher restart.  Processes sharing a user and certificate (the
 WSGI workers of one app on one host) cannot be told apart by the envelope and
-may show as spurious restarts or gaps; a relay preserves ``i``.
+may show as spurious restarts or gaps; a relay preserves ``i``.  A record too
+complex to read (:func:`fmn.message.too_many_containers`) is forwarded without
+its ``i`` being known: the next rise at its endpoint by one more than it
+should, within :data:`UNREAD_WINDOW` records, is that record, not a gap.
 
 Frames are bounded (``ZMQ_MAXMSGSIZE``, :data:`MAX_FRAME_BYTES` by default,
 what the match function accepts through a claim check at most): ZeroMQ
@@ -32,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +49,10 @@ log = logging.getLogger(__name__)
 
 #: The largest frame read (the largest record the match function reads, through S3).
 MAX_FRAME_BYTES = MAX_CLAIM_BYTES
+
+#: a record forwarded unread explains a missing ``i`` at its endpoint among the next
+#: this many records the source receives (later, it no longer hides a real gap)
+UNREAD_WINDOW = 1000
 
 
 @dataclass
@@ -68,8 +76,19 @@ class SequenceTracker:
     restarts: int = 0
     #: the most gaps kept in ``gaps`` (the counters keep counting)
     keep: int = 1000
+    #: per endpoint, when each record forwarded unread came (the count of records seen)
+    unread: dict[str, deque[int]] = field(default_factory=dict)
+    seen: int = 0
 
-    def see(self, publisher: str, i: int) -> Gap | None:
+    def forwarded_unread(self, endpoint: str) -> None:
+        """A record of ``endpoint`` went on unread: its ``i`` is not known."""
+        self.seen += 1
+        recent = self.unread.setdefault(endpoint, deque())
+        self._lapse(recent)
+        recent.append(self.seen)
+
+    def see(self, publisher: str, i: int, endpoint: str = "") -> Gap | None:
+        self.seen += 1
         prev = self.last.get(publisher)
         self.last[publisher] = i
         if prev is None or i == prev + 1:
@@ -79,13 +98,34 @@ class SequenceTracker:
             log.info("fedmsg publisher %s restarted its sequence (i %d after %d)",
                      publisher, i, prev)
             return None
-        gap = Gap(publisher, prev + 1, i)
+        unread = self._unread(endpoint, i - prev - 1)
+        if unread:
+            log.info("fedmsg publisher %s: i=%d..%d taken for the %d record(s) of %s "
+                     "forwarded unread", publisher, prev + 1, i - 1, unread, endpoint)
+            if prev + 1 + unread == i:
+                return None
+        gap = Gap(publisher, prev + 1 + unread, i)
         self.missing += gap.missing
         if len(self.gaps) < self.keep:
             self.gaps.append(gap)
         log.warning("fedmsg GAP: publisher %s skipped i=%d..%d (%d message(s) never received)",
-                    publisher, prev + 1, i - 1, gap.missing)
+                    publisher, gap.expected, i - 1, gap.missing)
         return gap
+
+    def _unread(self, endpoint: str, missing: int) -> int:
+        """How many of ``missing`` numbers the endpoint's recent unread records take."""
+        recent = self.unread.get(endpoint)
+        if not recent:
+            return 0
+        self._lapse(recent)
+        taken = min(missing, len(recent))
+        for _ in range(taken):
+            recent.popleft()
+        return taken
+
+    def _lapse(self, recent: deque[int]) -> None:
+        while recent and recent[0] <= self.seen - UNREAD_WINDOW:
+            recent.popleft()
 
 
 def publisher_key(endpoint: str, envelope: dict[str, Any]) -> str:
@@ -217,6 +257,7 @@ class FedmsgSource:
         containers = too_many_containers(record)
         if containers is not None:  # read, it would take gigabytes (fmn.message)
             self.malformed += 1
+            self.tracker.forwarded_unread(endpoint)
             log.warning("fedmsg: message from %s holds up to %d JSON objects and arrays"
                         " (%d bytes): forwarded unread", endpoint, containers, len(record))
         else:
@@ -226,7 +267,7 @@ class FedmsgSource:
                 doc = None
             if isinstance(doc, dict) and isinstance(doc.get("i"), int):
                 seq = doc["i"]
-                self.tracker.see(publisher_key(endpoint, doc), doc["i"])
+                self.tracker.see(publisher_key(endpoint, doc), doc["i"], endpoint)
             elif not isinstance(doc, dict):
                 self.malformed += 1
                 log.warning("fedmsg: message from %s is not a JSON envelope (%d frames,"
