@@ -272,8 +272,7 @@ def login() -> http.Answer:
 
     url, pending = oidc.begin("/")
     sealed = seal(pending, _get("settings").secret_key)
-    return http.redirect(url, [_sessions().cookie(http.OIDC_COOKIE, sealed, max_age=600,
-                                                  path="/oidc")])
+    return http.redirect(url, [_sessions().cookie(http.OIDC_COOKIE, sealed, max_age=600)])
 
 
 @api(Operation("GET", "/oidc/callback", "the account system's answer: signs in, then "
@@ -288,14 +287,15 @@ def oidc_callback() -> http.Answer:
         raise NotFound("no account system is configured")
     schema.query(schema.OidcCallbackQuery, request.query_params)
     try:
-        pending = unseal(_jar().get(http.OIDC_COOKIE, ""), _get("settings").secret_key)
+        pending = unseal(_sessions().get(_jar(), http.OIDC_COOKIE),
+                         _get("settings").secret_key)
         account = oidc.finish(pending, dict(request.query_params or {}))
     except OidcError as exc:
         return http.page("Sign-in failed", f"<p>{html.escape(str(exc))}</p>"
                                            "<p><a href=/login>Try again</a></p>", 401)
     _service().login(account.name, account.email)
     cookies = [*_sessions().sign_in(account.name),
-               _sessions().cookie(http.OIDC_COOKIE, "", max_age=0, path="/oidc")]
+               _sessions().cookie(http.OIDC_COOKIE, "", max_age=0)]
     return http.redirect("/", cookies)
 
 
@@ -319,7 +319,7 @@ def dev_login_page() -> http.Answer:
     suggested = list(_get("demo_users"))  # the local stack's: those the replay notifies
     names = (suggested + [n for n in db.user_revisions(_get("engine"))
                           if n not in suggested])[:20]
-    token = _jar().get(http.CSRF_COOKIE, "")
+    token = _sessions().get(_jar(), http.CSRF_COOKIE)
     if not re.fullmatch(r"[0-9a-f]{64}", token):  # only ever reuse one we could have set
         token = secrets.token_hex(32)
     options = "".join(f"<option>{html.escape(n)}</option>" for n in names)
@@ -611,8 +611,9 @@ def admin_disable_rule(user: str, name: str, rule_id: str) -> http.Answer:
 @api(Operation("GET", "/api/v1/openapi.json", "this description", answer=dict[str, Any],
                access="public"))
 def openapi() -> http.Answer:
-    if _openapi.get("routes") != len(OPERATIONS):  # made once (it takes half a second)
-        _openapi.update(routes=len(OPERATIONS), document=document(OPERATIONS))
+    key = (len(OPERATIONS), _sessions().name(http.SESSION_COOKIE))
+    if _openapi.get("key") != key:  # made once (it takes half a second)
+        _openapi.update(key=key, document=document(OPERATIONS, key[1]))
     return http.json_answer(_openapi["document"])
 
 

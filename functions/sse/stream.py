@@ -8,8 +8,8 @@ Routes:
 
 Credentials (:func:`fmn.auth.authenticate`, the first one present decides):
 ``Authorization: Bearer <feed token>``, ``?token=<feed token>`` (EventSource
-cannot set headers), the web app's ``fmn_session`` cookie.  None, or a bad
-one: 401.
+cannot set headers), the web app's ``fmn_session`` cookie (``__Host-fmn_session``
+over https, :func:`fmn.auth.cookie_name`).  None, or a bad one: 401.
 
 A feed response (``text/event-stream``) starts with ``retry:`` and, on a
 first connection, a data-less frame carrying the feed's current position as
@@ -66,6 +66,7 @@ from fmn.auth import (
     SESSION_MAX_AGE_S,
     InvalidToken,
     authenticate,
+    cookie_name,
 )
 from fmn.delivery.feed import (
     START,
@@ -212,7 +213,8 @@ def create_app(settings: Settings | None = None, options: StreamOptions | None =
         try:
             user = authenticate(authorization=request.headers.get("authorization"),
                                 token=request.query_params.get("token"),
-                                session=request.cookies.get(SESSION_COOKIE),
+                                session=request.cookies.get(cookie_name(SESSION_COOKIE,
+                                                                        settings)),
                                 secret=settings.secret_key,
                                 feed_max_age_s=options.feed_token_max_age_s,
                                 session_max_age_s=options.session_max_age_s)

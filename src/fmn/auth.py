@@ -31,8 +31,13 @@ PURPOSES: tuple[str, ...] = ("feed", "session", "unsubscribe", "verify-email", "
 #: The feed endpoint's default lifetimes of the two kinds of credentials.
 FEED_TOKEN_MAX_AGE_S = 7 * 24 * 3600
 SESSION_MAX_AGE_S = 14 * 24 * 3600
-#: The cookie the web app keeps its session in (the feed endpoint reads it too).
+#: The cookie the web app keeps its session in (the feed endpoint reads it too), by
+#: :func:`cookie_name`.
 SESSION_COOKIE = "fmn_session"
+#: The prefix of the web app's cookie names over https: a browser keeps a ``__Host-``
+#: cookie only if it is Secure, host-only (no Domain) and on ``Path=/``, so no other
+#: site under a parent domain (``*.fedoraproject.org``) can set one beside ours.
+HOST_PREFIX = "__Host-"
 #: Fedora account names are short; anything longer in a token is not one of ours.
 MAX_USER_CHARS = 255
 
@@ -163,3 +168,14 @@ def verify_unsubscribe(token: str, secret: Secret, *, max_age_s: float = UNSUBSC
     if not isinstance(user, str) or not user or not isinstance(dest, str):
         raise InvalidToken("invalid", "the payload names no destination")
     return user, dest
+
+
+def secure_cookies(settings: Any) -> bool:
+    """Whether the web app's cookies are Secure (and ``__Host-`` named): served over
+    https (``FMN_WEB_URL``) or in production."""
+    return bool(settings.web_url.startswith("https://") or settings.production)
+
+
+def cookie_name(base: str, settings: Any) -> str:
+    """The name of the web app's cookie ``base`` (``fmn_session``...) under ``settings``."""
+    return HOST_PREFIX + base if secure_cookies(settings) else base

@@ -11,6 +11,7 @@ else, and the OpenAPI description names every route, parameter and body.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -226,3 +227,58 @@ def test_a_cookie_of_ours_set_again_by_a_sibling_domain_does_not_replace_ours(
                            headers={"cookie": header, "content-type": "application/json",
                                     "x-csrf-token": alice.cookies["fmn_csrf"]})
     assert r.status_code == 201
+
+
+def _over_https(app: App) -> None:
+    webapp.configure(replace(app.settings, web_url="https://notifications.fedoraproject.org"),
+                     engine=app.engine, store=app.store, feed=app.feed, mailer=app.mailer,
+                     irc_link=app.irc)
+
+
+def _send(session: Session, method: str, path: str, cookies: dict[str, str],
+          csrf: str | None = None, body: Any = None) -> Any:
+    headers = {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+               "content-type": "application/json"}
+    if csrf is not None:
+        headers["x-csrf-token"] = csrf
+    return session.http.request(method, path, headers=headers,
+                                body=b"" if body is None else json.dumps(body).encode())
+
+
+def test_over_https_cookies_are_host_only_and_named_so(app: App) -> None:
+    _over_https(app)
+    alice = Session(None)
+    assert alice.get("/dev/login").status_code == 200
+    r = _send(alice, "POST", "/dev/login", alice.cookies,
+              alice.cookies["__Host-fmn_csrf"], {"user": "alice"})
+    assert r.status_code == 200, r.body
+    set_cookie = r.headers["Set-Cookie"]
+    for line in [set_cookie] if isinstance(set_cookie, str) else set_cookie:
+        attributes = [a.strip() for a in line.split(";")]
+        # what a browser needs to keep a __Host- cookie: Secure, Path=/, no Domain
+        assert attributes[0].startswith(("__Host-fmn_session=", "__Host-fmn_csrf="))
+        assert "Secure" in attributes and "Path=/" in attributes
+        assert not any(a.lower().startswith("domain") for a in attributes)
+    for line in [set_cookie] if isinstance(set_cookie, str) else set_cookie:
+        name, _, rest = line.partition("=")
+        alice.cookies[name] = rest.split(";", 1)[0]
+    assert json.loads(_send(alice, "GET", "/api/v1/me", alice.cookies).body)["name"] == "alice"
+    r = _send(alice, "POST", "/api/v1/rules", alice.cookies, alice.cookies["__Host-fmn_csrf"],
+              TOPIC_RULE)
+    assert r.status_code == 201
+    r = _send(alice, "GET", "/api/v1/openapi.json", {})
+    assert json.loads(r.body)["components"]["securitySchemes"]["session"]["name"] == \
+        "__Host-fmn_session"
+
+
+def test_over_https_a_cookie_tossed_from_a_sibling_site_is_not_read(app: App) -> None:
+    # any site under the parent domain can set fmn_session/fmn_csrf (Domain=...), even
+    # before ours or with a longer path, so it would come first; none can set __Host-
+    mallory = app.client("mallory")  # mallory's own valid session, under the plain names
+    tossed = {k: v for k, v in mallory.cookies.items()}
+    _over_https(app)
+    r = _send(mallory, "GET", "/api/v1/me", tossed)
+    assert r.status_code == 401  # not read at all
+    r = _send(mallory, "POST", "/api/v1/rules", tossed, tossed["fmn_csrf"], TOPIC_RULE)
+    assert r.status_code == 403
+    assert "__Host-fmn_csrf" in json.loads(r.body)["detail"]

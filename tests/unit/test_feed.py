@@ -336,3 +336,19 @@ def test_the_endpoint_refuses_who_it_cannot_tell_and_other_users(client: Client)
     for history in ("101", "\u00b2", "1.5", ""):
         assert client.get("/feed", params={"token": alice, "history": history}) \
             .status_code == 400
+
+
+def test_over_https_the_feed_reads_the_host_only_session_cookie(
+        stream: ModuleType, feed: MemoryFeed) -> None:
+    # a site under a parent domain can set fmn_session beside ours, never __Host-fmn_session
+    options = stream.StreamOptions(ping_s=0, block_s=0.05, max_stream_s=0.3, retry_ms=1500)
+    client = Client(stream.create_app(
+        Settings(secret_key=SECRET, web_url="https://notifications.fedoraproject.org"),
+        options, reader=feed.reader(0.01)))
+    alice = auth.sign("alice", SECRET, "session")
+    mallory = auth.sign("mallory", SECRET, "session")
+    ours = f"__Host-{auth.SESSION_COOKIE}={alice}"
+    assert client.get("/feed/alice", headers={"Cookie": ours}).status_code == 200
+    tossed = f"{auth.SESSION_COOKIE}={mallory}"
+    assert client.get("/feed", headers={"Cookie": tossed}).status_code == 401
+    assert client.get("/feed/alice", headers={"Cookie": f"{tossed}; {ours}"}).status_code == 200

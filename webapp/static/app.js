@@ -116,7 +116,8 @@ class ApiError extends Error {
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   if (method !== "GET" && method !== "HEAD") {
-    const csrf = cookie("fmn_csrf");
+    // over https the server names its cookies __Host-: no other site can set those
+    const csrf = cookie("__Host-fmn_csrf") || cookie("fmn_csrf");
     if (csrf) headers["X-CSRF-Token"] = csrf;
   }
   if (body !== undefined) headers["Content-Type"] = "application/json";

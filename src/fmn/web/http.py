@@ -10,6 +10,9 @@ of docs/web-api.md:
 - every unsafe method carries ``X-CSRF-Token`` equal to the ``fmn_csrf``
   cookie (double-submit), and that token is an HMAC of the session token,
   so one session's token never passes for another's;
+- over https or in production every cookie's name starts with ``__Host-``
+  (:func:`fmn.auth.cookie_name`), and only those are read: no site under a
+  parent domain can set such a cookie beside ours;
 - a body is at most :data:`MAX_BODY_BYTES` (413 otherwise), JSON or a form;
 - every answer carries ``X-Content-Type-Options: nosniff``; pages (HTML)
   also a Content-Security-Policy with ``frame-ancestors 'none'`` and
@@ -165,8 +168,8 @@ def cookies(header: str | None) -> dict[str, str]:
     send the cookie of the longest path first, then the oldest: a cookie a
     sibling site sets on the parent domain after ours comes second and is
     ignored, but one set with a longer path, or before ours (ours is new at
-    each sign-in), still comes first: only ``__Host-`` names would rule that
-    out.
+    each sign-in), still comes first: what rules that out is the ``__Host-``
+    names :class:`Sessions` uses over https.
     """
     jar: dict[str, str] = {}
     for part in (header or "").split(";"):
@@ -236,20 +239,34 @@ def int_param(params: Mapping[str, str] | None, name: str, default: int) -> int:
 
 
 class Sessions:
-    """Session and CSRF cookies signed with the settings' secret key."""
+    """Session and CSRF cookies signed with the settings' secret key.
+
+    Cookies are named by their base name (:data:`SESSION_COOKIE`...): over
+    https they are Secure and go by ``__Host-`` names (:func:`fmn.auth.cookie_name`),
+    and :meth:`get` reads those only.
+    """
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
+        self.secure = auth.secure_cookies(settings)
 
-    def cookie(self, name: str, value: str, *, max_age: int | None, http_only: bool = True,
-               path: str = "/") -> str:
-        parts = [f"{name}={value}", f"Path={path}", "SameSite=Lax"]
+    def name(self, base: str) -> str:
+        return auth.cookie_name(base, self.settings)
+
+    def get(self, jar: Mapping[str, str], base: str, default: str = "") -> str:
+        """The value of our cookie ``base`` in a request's ``jar`` (:func:`cookies`)."""
+        return jar.get(self.name(base), default)
+
+    def cookie(self, base: str, value: str, *, max_age: int | None,
+               http_only: bool = True) -> str:
+        """A ``Set-Cookie`` value (on ``Path=/`` and host-only, as ``__Host-`` needs)."""
+        parts = [f"{self.name(base)}={value}", "Path=/", "SameSite=Lax"]
         if max_age is not None:
             parts.append(f"Max-Age={max_age}")
         if http_only:
             parts.append("HttpOnly")
-        if self.settings.web_url.startswith("https://") or self.settings.production:
+        if self.secure:
             parts.append("Secure")
         return "; ".join(parts)
 
@@ -261,20 +278,20 @@ class Sessions:
     def check_csrf(self, jar: Mapping[str, str], headers: Mapping[str, str],
                    form: Any = None) -> None:
         """Raise :class:`Forbidden` unless the request proves it comes from our pages."""
-        cookie = jar.get(CSRF_COOKIE, "")
+        cookie = self.get(jar, CSRF_COOKIE)
         sent = headers.get(CSRF_HEADER, "")
         if not sent and isinstance(form, dict):
             sent = str(form.get("csrf", ""))
         if not cookie or not sent or not hmac.compare_digest(cookie.encode(), sent.encode()):
-            raise Forbidden("missing or wrong CSRF token: send the fmn_csrf cookie's value in "
-                            "the X-CSRF-Token header", "X-CSRF-Token")
-        session = jar.get(SESSION_COOKIE)
+            raise Forbidden(f"missing or wrong CSRF token: send the {self.name(CSRF_COOKIE)} "
+                            "cookie's value in the X-CSRF-Token header", "X-CSRF-Token")
+        session = self.get(jar, SESSION_COOKIE)
         if session and not hmac.compare_digest(self.csrf_for(session).encode(), sent.encode()):
             raise Forbidden("the CSRF token belongs to another session", "X-CSRF-Token")
 
     def user(self, jar: Mapping[str, str]) -> str:
         """The signed-in user's name; :class:`NotSignedIn` otherwise."""
-        session = jar.get(SESSION_COOKIE)
+        session = self.get(jar, SESSION_COOKIE)
         if not session:
             raise NotSignedIn("sign in first (GET /login)")
         try:

@@ -138,8 +138,10 @@ def _op_id(path: str) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words) or "Root"
 
 
-def document(operations: Iterable[Operation]) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of ``operations``."""
+def document(operations: Iterable[Operation],
+             session_cookie: str = auth.SESSION_COOKIE) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of ``operations``, signed in by ``session_cookie``
+    (``__Host-fmn_session`` over https: :func:`fmn.auth.cookie_name`)."""
     defs: dict[str, Any] = {}
     _schema(schema.Error, "serialization", defs)
     paths: dict[str, dict[str, Any]] = {}
@@ -152,7 +154,7 @@ def document(operations: Iterable[Operation]) -> dict[str, Any]:
                                 "{\"error\", \"detail\", \"field\"}."},
         "components": {
             "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": auth.SESSION_COOKIE},
+                "session": {"type": "apiKey", "in": "cookie", "name": session_cookie},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}},
             "schemas": dict(sorted(defs.items()))},
         "paths": paths,
