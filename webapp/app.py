@@ -206,8 +206,10 @@ def api(op: Operation) -> Callable[[Callable[..., http.Answer]], Callable[..., R
 
     The view returns an :class:`fmn.web.http.Answer`; the CSRF token of an unsafe
     method is checked first, then the session (``user`` is passed to the view of a
-    signed-in route), and errors become the documented JSON errors.
+    signed-in route), and errors become the documented JSON errors, or pages on the
+    routes that answer pages (the links of mails, opened by people).
     """
+    pages = op.errors_html or op.answer == "html"
 
     def wrap(view: Callable[..., http.Answer]) -> Callable[..., Response]:
         def run(**params: Any) -> Response:
@@ -219,13 +221,13 @@ def api(op: Operation) -> Callable[[Callable[..., http.Answer]], Callable[..., R
                     params["user"] = _sessions().user(_jar())
                 return _response(view(**params))
             except WebError as exc:
-                return _response(http.error(exc))
+                return _response(http.error_page(exc) if pages else http.error(exc))
             except UnsafeConfiguration as exc:
                 log.error("refusing to serve: %s", exc)
                 return _response(http.error_json(500, "misconfigured", str(exc)))
             except (RetryableError, DBAPIError) as exc:  # DBAPIError: the database away
                 log.warning("dependency failed: %s", exc)
-                return _response(http.unavailable())
+                return _response(http.unavailable_page() if pages else http.unavailable())
 
         run.__name__ = view.__name__
         run.__doc__ = view.__doc__
@@ -414,8 +416,6 @@ def verify_email_page(token: str) -> http.Answer:
         user, dest = _get("verifier").check_email(token)
     except VerificationFailed as exc:
         return _not_confirmed(exc)
-    except RetryableError:
-        return _try_again()
     address = html.escape(dest.address or "")
     return http.page("Confirm your address", "<form method=post>"
                      "<input type=hidden name=confirm value=yes>"
@@ -438,8 +438,6 @@ def verify_email(token: str) -> http.Answer:
         _user_name, dest = _get("verifier").confirm_email(token)
     except VerificationFailed as exc:
         return _not_confirmed(exc)
-    except RetryableError:
-        return _try_again()
     return http.page("Address confirmed", f"<p>Notifications may now go to "
                      f"{html.escape(dest.address or '')}.</p><p><a href=/>Your settings</a></p>")
 
@@ -447,10 +445,6 @@ def verify_email(token: str) -> http.Answer:
 def _not_confirmed(exc: WebError) -> http.Answer:
     return http.page("Address not confirmed", f"<p>{html.escape(exc.detail)}</p>"
                      "<p><a href=/>Your settings</a></p>", 400)
-
-
-def _try_again() -> http.Answer:
-    return http.page("Try again shortly", "<p>A service we depend on is unavailable.</p>", 503)
 
 
 def _unsubscribe_target(token: str) -> tuple[str, str] | http.Answer:
@@ -486,11 +480,7 @@ def unsubscribe(token: str) -> http.Answer:
         return target
     schema.check(schema.OneClick, _body())
     user, dest_id = target
-    try:
-        _get("service").unsubscribe(user, dest_id)
-    except RetryableError:
-        return http.page("Try again shortly", "<p>A service we depend on is unavailable.</p>",
-                         503)
+    _get("service").unsubscribe(user, dest_id)
     return http.page("Unsubscribed", "<p>No more notifications go to this address until you "
                      "verify it again in <a href=/>your settings</a>.</p>")
 

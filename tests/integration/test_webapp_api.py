@@ -481,7 +481,7 @@ def test_one_click_unsubscribe_from_a_mail(app: App) -> None:
     # (a link checker or a mail scanner POSTing to the URL)
     for body in (b"", b"List-Unsubscribe=Yes", b"other=One-Click"):
         r = outsider.http.request("POST", path, body=body, headers=FORM)
-        assert r.status_code == 400 and r.json_body["field"] == "List-Unsubscribe", body
+        assert r.status_code == 400 and b"List-Unsubscribe: " in r.body, body  # a page
     assert alice.get("/api/v1/destinations").json_body[0]["verified"] is True
     r = outsider.http.request("POST", path, body=ONE_CLICK, headers=FORM)
     assert r.status_code == 200, r.body

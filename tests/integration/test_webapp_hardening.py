@@ -282,3 +282,39 @@ def test_over_https_a_cookie_tossed_from_a_sibling_site_is_not_read(app: App) ->
     r = _send(mallory, "POST", "/api/v1/rules", tossed, tossed["fmn_csrf"], TOPIC_RULE)
     assert r.status_code == 403
     assert "__Host-fmn_csrf" in json.loads(r.body)["detail"]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_mail_link_opened_with_the_database_away_answers_a_page(
+        app: App, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a person clicking the link of a mail gets a page saying to try again, not JSON
+    from sqlalchemy.exc import OperationalError
+
+    from fmn.auth import unsubscribe_url
+
+    alice = app.client("alice")
+    alice.post("/api/v1/destinations", {"protocol": "email", "address": "a4@example.org"})
+    verify = next(w for w in app.mailer.sent[-1].get_content().split()
+                  if "/verify/email/" in w).removeprefix("http://testserver")
+    unsubscribe = "/" + unsubscribe_url("http://t", "alice", "email",
+                                        app.settings.secret_key).split("/", 3)[3]
+
+    form = {"content-type": "application/x-www-form-urlencoded"} if method == "POST" else {}
+    if method == "POST":  # a refused request on such a route is a page too
+        r = Session(None).http.request("POST", verify, headers=form, body=b"")
+        assert r.status_code == 400 and r.headers["Content-Type"].startswith("text/html")
+
+    def away(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(webapp._get("verifier"), "check_email", away)
+    monkeypatch.setattr(webapp._get("service"), "unsubscribe", away)
+    for path, body in ((verify, b"confirm=yes"), (unsubscribe, b"List-Unsubscribe=One-Click")):
+        r = Session(None).http.request(method, path, headers=form,
+                                       body=body if method == "POST" else b"")
+        if path == unsubscribe and method == "GET":  # its page reads nothing
+            assert r.status_code == 200
+            continue
+        assert r.status_code == 503, (path, r.body)
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert r.headers["Retry-After"] == "5" and b"Try again shortly" in r.body

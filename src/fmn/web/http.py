@@ -110,6 +110,30 @@ def error(exc: WebError) -> Answer:
     return json_answer(exc.as_json(), exc.status, headers)
 
 
+#: the title of an error page (a route a person opens from a mail: ``answer="html"``)
+ERROR_PAGE_TITLES = {400: "Request not valid", 401: "Sign in first", 403: "Not allowed",
+                     404: "Not found", 409: "Changed meanwhile", 413: "Too large",
+                     429: "Too many requests"}
+
+
+def error_page(exc: WebError) -> Answer:
+    """:func:`error` as a page, for the routes people open from a mail."""
+    said = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+    answer = page(ERROR_PAGE_TITLES.get(exc.status, "Request refused"),
+                  f"<p>{html.escape(said)}</p><p><a href=/>Your settings</a></p>", exc.status)
+    if isinstance(exc, RateLimited):
+        answer.headers["Retry-After"] = str(exc.retry_after_s)
+    return answer
+
+
+def unavailable_page() -> Answer:
+    """:func:`unavailable` as a page."""
+    answer = page("Try again shortly", "<p>A service we depend on is unavailable; nothing "
+                                       "was changed. Try this link again shortly.</p>", 503)
+    answer.headers["Retry-After"] = "5"
+    return answer
+
+
 def error_json(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
                ) -> Answer:
     return json_answer({"error": code, "detail": detail, "field": None}, status, headers)
