@@ -12,7 +12,9 @@ Sending is crash-safe, in three steps:
 
 1. :meth:`~DigestStore.claim` atomically moves up to ``cap`` items (the size
    cap) from the list to the destination's *sending* batch under a new batch
-   id, and leases the destination for ``lease_s``;
+   id (random: a counter in Redis, lost or evicted while the records of sent
+   batches are not, would hand out a sent batch's id again, and that digest
+   would be skipped as sent), and leases the destination for ``lease_s``;
 2. the mail is sent inside :class:`~fmn.delivery.once.Once` keyed on that
    batch id;
 3. :meth:`~DigestStore.finish` drops the batch and reschedules whatever
@@ -34,6 +36,7 @@ interval) allows.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +76,7 @@ if not items then
   return false
 end
 redis.call('RPUSH', KEYS[2], unpack(items))
-local id = tostring(redis.call('INCR', KEYS[5]))
+local id = ARGV[4]
 redis.call('SET', KEYS[3], id)
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 return {id, items, redis.call('LLEN', KEYS[1])}
@@ -137,7 +140,7 @@ class DigestStore:
 
     def _keys(self, dk: str) -> list[str]:
         p = self.prefix
-        return [f"{p}items:{dk}", f"{p}sending:{dk}", f"{p}batch:{dk}", f"{p}due", f"{p}seq"]
+        return [f"{p}items:{dk}", f"{p}sending:{dk}", f"{p}batch:{dk}", f"{p}due"]
 
     def add(self, item: Delivery, now: float) -> bool:
         """Queue ``item`` for its digest; True when the count is reached (send now)."""
@@ -146,7 +149,7 @@ class DigestStore:
         dk = destination_key(item)
         entry = orjson.dumps({"t": now, "interval": item.digest.interval_s,
                               "max": item.digest.max_count, "item": to_doc(item)})
-        items, _sending, _batch, due, _seq = self._keys(dk)
+        items, _sending, _batch, due = self._keys(dk)
         try:
             return bool(self._add(keys=[items, due],
                                   args=[dk, entry, now + item.digest.interval_s, now,
@@ -165,10 +168,10 @@ class DigestStore:
 
     def claim(self, dk: str, now: float) -> Claimed | None:
         """The destination's batch to send (an unfinished one first), or None if empty."""
-        items, sending, batch, due, seq = self._keys(dk)
-        try:
-            found = self._claim(keys=[items, sending, batch, due, seq],
-                                args=[dk, self.cap, now + self.lease_s])
+        keys = self._keys(dk)
+        try:  # the id is used only if a new batch is made
+            found = self._claim(keys=keys, args=[dk, self.cap, now + self.lease_s,
+                                                 uuid.uuid4().hex])
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
         if not found:
@@ -180,9 +183,8 @@ class DigestStore:
 
     def finish(self, dk: str, batch_id: str, now: float) -> None:
         """The batch went out: drop it and schedule what waits."""
-        items, sending, batch, due, _seq = self._keys(dk)
         try:
-            self._finish(keys=[items, sending, batch, due], args=[dk, batch_id, now])
+            self._finish(keys=self._keys(dk), args=[dk, batch_id, now])
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
@@ -238,7 +240,6 @@ def check_generation(store: DigestStore, remembered: tuple[str, int] | None,
     ``DigestStoreLost`` and ``DigestItemsLost`` metrics and their alarm).  The
     deployment requires persistence so that this never fires (docs/redis.md).
     """
-    import uuid
 
     token = store.generation(uuid.uuid4().hex)
     waiting = store.waiting()
