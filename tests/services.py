@@ -7,6 +7,7 @@ it fails them, so a green CI always means the real thing was exercised.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,37 @@ def postgres_schema(database):  # type: ignore[no-untyped-def]
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+def prefixed_keys(client, prefix: str):  # type: ignore[no-untyped-def]
+    """The web app's verification :class:`~fmn.web.verify.RedisKeys` on ``client``, every
+    key under ``prefix`` (a test's own, removed with the rest of its keys)."""
+    from fmn.web.verify import RedisKeys
+
+    class PrefixedKeys(RedisKeys):
+        def __init__(self, client: Any) -> None:
+            super().__init__(client)
+            self.prefix = prefix
+
+        def add(self, key: str, value: str, ttl_s: int) -> bool:
+            return super().add(prefix + key, value, ttl_s)
+
+        def put(self, key: str, value: str, ttl_s: int) -> None:
+            super().put(prefix + key, value, ttl_s)
+
+        def get(self, key: str) -> str | None:
+            return super().get(prefix + key)
+
+        def delete(self, key: str) -> None:
+            super().delete(prefix + key)
+
+        def incr(self, key: str, ttl_s: int) -> int:
+            return super().incr(prefix + key, ttl_s)
+
+        def decr(self, key: str) -> None:
+            super().decr(prefix + key)
+
+        def touch(self, key: str, ttl_s: int) -> None:
+            super().touch(prefix + key, ttl_s)
+
+    return PrefixedKeys(client)

@@ -22,7 +22,7 @@ import feedparser
 import pytest
 from chalice.test import Client
 from delivery_data import HOSTILE_SUMMARY, message, notification
-from services import REDIS_URL, redis_client
+from services import REDIS_URL, prefixed_keys, redis_client
 
 from fmn import db
 from fmn.delivery.base import Delivery
@@ -33,37 +33,12 @@ from fmn.local.stack import load_module
 from fmn.settings import Settings
 from fmn.snapshot import sync
 from fmn.snapshot.store import MemorySnapshotStore
-from fmn.web.verify import RedisKeys
 
 pytestmark = pytest.mark.integration
 
 APP_PATH = Path(__file__).resolve().parents[2] / "webapp" / "app.py"
 WEB = "http://testserver"
 ATOM = "{http://www.w3.org/2005/Atom}"
-
-
-class _PrefixedKeys(RedisKeys):
-    def __init__(self, client: Any, prefix: str) -> None:
-        super().__init__(client)
-        self.prefix = prefix
-
-    def add(self, key: str, value: str, ttl_s: int) -> bool:
-        return super().add(self.prefix + key, value, ttl_s)
-
-    def put(self, key: str, value: str, ttl_s: int) -> None:
-        super().put(self.prefix + key, value, ttl_s)
-
-    def get(self, key: str) -> str | None:
-        return super().get(self.prefix + key)
-
-    def delete(self, key: str) -> None:
-        super().delete(self.prefix + key)
-
-    def incr(self, key: str, ttl_s: int) -> int:
-        return super().incr(self.prefix + key, ttl_s)
-
-    def touch(self, key: str, ttl_s: int) -> None:
-        super().touch(self.prefix + key, ttl_s)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +58,7 @@ def web(webapp: ModuleType, tmp_path: Path) -> Iterator[Any]:
     webapp.configure(Settings(redis_url=REDIS_URL, web_url=WEB, secret_key="atom-secret",
                               dev_login=True), engine=engine, store=store,
                      feed=feed, mailer=MemoryMailer(), irc_link=MemoryIrcLink(),
-                     keys=_PrefixedKeys(client, prefix))
+                     keys=prefixed_keys(client, prefix))
     yield feed
     webapp.reset()
     engine.dispose()

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 from chalice.test import Client
-from services import REDIS_URL, postgres_database, postgres_schema, redis_client
+from services import (
+    REDIS_URL,
+    postgres_database,
+    postgres_schema,
+    prefixed_keys,
+    redis_client,
+)
 from sqlalchemy import Engine
 
 from fmn.delivery.feed import RedisFeed, encode_event
@@ -32,7 +38,6 @@ from fmn.snapshot import sync
 from fmn.snapshot.live import LiveSnapshot
 from fmn.snapshot.store import RedisSnapshotStore
 from fmn.web import UnsafeConfiguration, check
-from fmn.web.verify import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -75,34 +80,10 @@ class App:
         sync.publish_full(engine, self.store)  # the matchers' starting point
         webapp.configure(self.settings, engine=engine, store=self.store, feed=self.feed,
                          mailer=self.mailer, irc_link=self.irc,
-                         keys=_PrefixedKeys(self.redis, f"{prefix}v:"))
+                         keys=prefixed_keys(self.redis, f"{prefix}v:"))
 
     def client(self, user: str) -> Session:
         return Session(user)
-
-
-class _PrefixedKeys(RedisKeys):
-    def __init__(self, client: Any, prefix: str) -> None:
-        super().__init__(client)
-        self.prefix = prefix
-
-    def add(self, key: str, value: str, ttl_s: int) -> bool:
-        return super().add(self.prefix + key, value, ttl_s)
-
-    def put(self, key: str, value: str, ttl_s: int) -> None:
-        super().put(self.prefix + key, value, ttl_s)
-
-    def get(self, key: str) -> str | None:
-        return super().get(self.prefix + key)
-
-    def delete(self, key: str) -> None:
-        super().delete(self.prefix + key)
-
-    def incr(self, key: str, ttl_s: int) -> int:
-        return super().incr(self.prefix + key, ttl_s)
-
-    def touch(self, key: str, ttl_s: int) -> None:
-        super().touch(self.prefix + key, ttl_s)
 
 
 class Session:

@@ -472,6 +472,24 @@ def test_a_destination_whose_verification_cannot_go_out_is_not_kept(
     assert sent == "link" and world.mailer.sent[-1]["To"] == "a2@example.org"
 
 
+def test_a_verification_that_could_not_go_out_uses_up_no_try(
+        service: PreferencesService, world: World) -> None:
+    # an hour of a mail relay outage used to spend the person's tries (5 an hour) and the
+    # address's (2): once it was back, the request was refused as too many
+    from fmn.errors import RetryableError
+
+    world.mailer.fail = RetryableError("the mail relay is away")
+    for _ in range(6):
+        with pytest.raises(RetryableError):
+            world.verifier.add("alice", {"protocol": "email", "address": "a5@example.org"})
+    world.mailer.fail = None
+    dest, sent = world.verifier.add("alice", {"protocol": "email", "address": "a5@example.org"})
+    assert sent == "link"
+    assert world.verifier.start("alice", dest.id) == "link"  # the address's second
+    with pytest.raises(RateLimited):  # and what went out still counts
+        world.verifier.start("alice", dest.id)
+
+
 def test_irc_nicks_are_one_nick_under_irc_case_folding(
         service: PreferencesService, world: World) -> None:
     # rfc1459: [ ] \\ ~ are the upper case of { } | ^

@@ -21,7 +21,9 @@
 * **Rate limits**: every request to send a verification counts against the
   user (``per_user`` an hour) and against the address (``per_address`` an
   hour, whoever asks), in counters that expire.  Over either,
-  :class:`~fmn.web.service.RateLimited`.
+  :class:`~fmn.web.service.RateLimited`.  A send that could not go out for
+  now (the mailer or the IRC link away) takes its count back: an outage does
+  not use up a person's tries.
 
 A destination stays unverified in the database until proven, and the
 snapshot never routes to an unverified one.  State lives behind the small
@@ -105,6 +107,10 @@ class Keys(Protocol):
         """Add one; the first increment starts the key's ``ttl_s``."""
         ...
 
+    def decr(self, key: str) -> None:
+        """Take one back, its expiry untouched (nothing if gone)."""
+        ...
+
     def touch(self, key: str, ttl_s: int) -> None:
         """Make ``key`` expire ``ttl_s`` from now, its value untouched (nothing if gone)."""
         ...
@@ -153,6 +159,12 @@ class MemoryKeys:
             value = int(current) + 1
             self._data[key] = (str(value), self._data[key][1])
             return value
+
+    def decr(self, key: str) -> None:
+        with self._lock:
+            current = self._live(key)
+            if current is not None:
+                self._data[key] = (str(int(current) - 1), self._data[key][1])
 
     def touch(self, key: str, ttl_s: int) -> None:
         with self._lock:
@@ -208,8 +220,20 @@ class RedisKeys:
             raise RetryableError(f"Redis failed (incr): {exc}") from exc
         return int(count)
 
+    def decr(self, key: str) -> None:
+        # DECR alone would make a gone key -1, for ever
+        self._call("eval", _DECR_IF_EXISTS, 1, key)
+
     def touch(self, key: str, ttl_s: int) -> None:
         self._call("expire", key, ttl_s)
+
+
+_DECR_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('DECR', KEYS[1])
+end
+return false
+"""
 
 
 # --------------------------------------------------------------------------
@@ -292,15 +316,19 @@ class Verifier:
         key = self.secrets[-1].encode()
         return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
 
+    def _rate_keys(self, user: str, dest: Destination) -> tuple[str, str]:
+        """The counters of ``user`` and of the destination's address."""
+        address = self._digest("address", dest.protocol,
+                               address_key(dest.protocol, dest.address))
+        return f"{self.prefix}rate:user:{user}", f"{self.prefix}rate:addr:{address}"
+
     def _count(self, user: str, dest: Destination) -> None:
         """Count one verification send; RateLimited when the user or the address is over."""
         lim = self.limits
-        address = self._digest("address", dest.protocol,
-                               address_key(dest.protocol, dest.address))
-        for key, limit, what in (
-                (f"{self.prefix}rate:user:{user}", lim.per_user, "you have asked for"),
-                (f"{self.prefix}rate:addr:{address}", lim.per_address,
-                 "this address was sent")):
+        for key, limit, what in zip(self._rate_keys(user, dest),
+                                    (lim.per_user, lim.per_address),
+                                    ("you have asked for", "this address was sent"),
+                                    strict=True):
             if self.keys.incr(key, lim.window_s) > limit:
                 raise RateLimited(f"{what} too many verification messages; try again in an "
                                   f"hour", lim.window_s)
@@ -349,6 +377,13 @@ class Verifier:
         try:
             return self._send(user, dest)
         except WebError:
+            raise
+        except RetryableError:  # nothing went out: the request can be made again
+            try:
+                for key in self._rate_keys(user, dest):
+                    self.keys.decr(key)
+            except Exception:  # the answer stays the send's failure
+                log.exception("could not take back the verification counts of %s", user)
             raise
         except PermanentError as exc:  # the relay, IRC or the homeserver refused the address
             raise Invalid(f"the verification cannot be delivered to this address: "
