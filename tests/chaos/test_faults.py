@@ -69,7 +69,10 @@ def test_kill_9_of_the_match_and_sender_workers_mid_batch(tmp_path: Path) -> Non
     in_flight: dict[str, int] = {}
     with ChaosRun(tmp_path, "kill -9", external=("incoming", "email", "sse"),
                   visibility_s=30) as run:
-        run.publish_fedmsg(rate=50, extra=(POISON,))
+        # 25 a second: the stream lasts 8 s (200 messages), so each queue still has a
+        # batch gathering when its turn comes, the last one's (sse) included; at 50 a
+        # second a slow machine could drain sse first, and its batches are then rare
+        run.publish_fedmsg(rate=25, extra=(POISON,))
         for queue in ("incoming", "email", "sse"):
             run.wait_until(f"a batch in flight on {queue}", lambda q=queue: run.in_flight(q) > 0)
             in_flight[queue] = run.in_flight(queue)
