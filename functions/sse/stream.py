@@ -67,6 +67,7 @@ from fmn.auth import (
     InvalidToken,
     authenticate,
     cookie_name,
+    parse_cookies,
 )
 from fmn.delivery.feed import (
     START,
@@ -213,8 +214,8 @@ def create_app(settings: Settings | None = None, options: StreamOptions | None =
         try:
             user = authenticate(authorization=request.headers.get("authorization"),
                                 token=request.query_params.get("token"),
-                                session=request.cookies.get(cookie_name(SESSION_COOKIE,
-                                                                        settings)),
+                                session=parse_cookies(request.headers.get("cookie")).get(
+                                    cookie_name(SESSION_COOKIE, settings)),
                                 secret=settings.secret_key,
                                 feed_max_age_s=options.feed_token_max_age_s,
                                 session_max_age_s=options.session_max_age_s)

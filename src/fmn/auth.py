@@ -179,3 +179,33 @@ def secure_cookies(settings: Any) -> bool:
 def cookie_name(base: str, settings: Any) -> str:
     """The name of the web app's cookie ``base`` (``fmn_session``...) under ``settings``."""
     return HOST_PREFIX + base if secure_cookies(settings) else base
+
+
+def parse_cookies(header: str | None) -> dict[str, str]:
+    """The cookies of a ``Cookie`` header (``a=1; b=2``), read as browsers send them.
+
+    Each ``name=value`` pair stands alone: one another site or app set on a
+    parent domain that is not a valid "cookie" to :mod:`http.cookies`
+    (``g={"a":1}``, ``a[b]=1``) is skipped, where ``SimpleCookie`` would stop
+    there and lose ours, signing the person out for good.  A value in double
+    quotes loses them.  A name given twice keeps its first value, as the UI's
+    script reads it (``app.js``), so the two agree on the CSRF token.  Browsers
+    send the cookie of the longest path first, then the oldest: a cookie a
+    sibling site sets on the parent domain after ours comes second and is
+    ignored, but one set with a longer path, or before ours (ours is new at
+    each sign-in), still comes first: what rules that out is the ``__Host-``
+    names the web app uses over https (:func:`cookie_name`).  Names and values
+    lose spaces and tabs around them, nothing else: a browser checks the
+    ``__Host-`` rules only on a name that starts with ``__Host-``, so one
+    another site sets as ``"\u00a0__Host-fmn_session"`` must not read as ours.
+    """
+    jar: dict[str, str] = {}
+    for part in (header or "").split(";"):
+        name, eq, value = part.partition("=")
+        name, value = name.strip(" \t"), value.strip(" \t")
+        if not eq or not name:
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        jar.setdefault(name, value)
+    return jar

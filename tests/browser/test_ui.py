@@ -343,3 +343,25 @@ def test_sign_out_returns_to_the_sign_in_page(
     expect(page.get_by_label("Demo user")).to_be_visible()
     assert re.search(r"Sign in", page.title())
     clean(probe)
+
+
+def test_a_cookie_named_ours_behind_a_no_break_space_is_not_read(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    # any site under a parent domain can set "\u00a0__Host-fmn_csrf" (the browser checks the
+    # __Host- rules only on names that start with it); trim() made it read as ours, and
+    # the page sent its value, so every save was refused
+    sign_in(page, stack, "bob")
+    expect(page.locator("#rules-empty")).to_be_visible()
+    ours = next(c["value"] for c in page.context.cookies() if c["name"] == "fmn_csrf")
+    sent = page.evaluate("""(ours) => {
+        document.cookie = "fmn_csrf=; max-age=0; path=/";
+        document.cookie = "\\u00a0fmn_csrf=planted; path=/";
+        document.cookie = `fmn_csrf=${ours}; path=/`;  // now the newer: sent second
+        return document.cookie;
+    }""", ours)
+    assert sent.index("\u00a0fmn_csrf=planted") < sent.index(f"fmn_csrf={ours}")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert [csrf for method, path, csrf in stack.api.requests
+            if (method, path) == ("POST", "/logout")] == [ours]
+    clean(probe)

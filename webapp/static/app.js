@@ -79,7 +79,9 @@ const nextId = (prefix) => `${prefix}-${++uid}`;
 
 function cookie(name) {
   for (const part of document.cookie.split(";")) {
-    const [key, ...rest] = part.trim().split("=");
+    // spaces and tabs only: trim() would make "\u00a0__Host-fmn_csrf", which any
+    // site under a parent domain may set, read as ours (as the server reads it)
+    const [key, ...rest] = part.replace(/^[ \t]+|[ \t]+$/g, "").split("=");
     if (key === name) return decodeURIComponent(rest.join("="));
   }
   return null;

@@ -36,6 +36,8 @@ from fmn.settings import Settings
 from fmn.web.service import Forbidden, Invalid, NotSignedIn, RateLimited, TooLarge, WebError
 
 SESSION_COOKIE = auth.SESSION_COOKIE
+#: the cookies of a ``Cookie`` header (:func:`fmn.auth.parse_cookies`)
+cookies = auth.parse_cookies
 CSRF_COOKIE = "fmn_csrf"
 CSRF_HEADER = "x-csrf-token"
 OIDC_COOKIE = "fmn_oidc"
@@ -178,33 +180,6 @@ def framework_error(status: int, body: Any) -> Answer | None:
 
 # --------------------------------------------------------------------------
 # requests
-
-
-def cookies(header: str | None) -> dict[str, str]:
-    """The cookies of a ``Cookie`` header (``a=1; b=2``), read as browsers send them.
-
-    Each ``name=value`` pair stands alone: one another site or app set on a
-    parent domain that is not a valid "cookie" to :mod:`http.cookies`
-    (``g={"a":1}``, ``a[b]=1``) is skipped, where ``SimpleCookie`` would stop
-    there and lose ours, signing the person out for good.  A value in double
-    quotes loses them.  A name given twice keeps its first value, as the UI's
-    script reads it (``app.js``), so the two agree on the CSRF token.  Browsers
-    send the cookie of the longest path first, then the oldest: a cookie a
-    sibling site sets on the parent domain after ours comes second and is
-    ignored, but one set with a longer path, or before ours (ours is new at
-    each sign-in), still comes first: what rules that out is the ``__Host-``
-    names :class:`Sessions` uses over https.
-    """
-    jar: dict[str, str] = {}
-    for part in (header or "").split(";"):
-        name, eq, value = part.partition("=")
-        name, value = name.strip(), value.strip()
-        if not eq or not name:
-            continue
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        jar.setdefault(name, value)
-    return jar
 
 
 def read_body(raw: bytes | None, content_type: str | None) -> Any:
