@@ -32,7 +32,7 @@ environment by itself.  Defaults are the embedded ones: a SQLite file under
 | ``FMN_FEED_MAXLEN`` | events kept on each user's live feed | ``1000`` |
 | ``FMN_FEED_MAX_AGE_S`` | age of the oldest event kept on a feed | ``604800`` (7 days) |
 | ``FMN_RETRY_DELAY_S`` | a failed record's first retry delay (doubling) | its queue's visibility |
-| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (redrives too) | ``1555200`` (18 days) |
+| ``FMN_IDEMPOTENCY_TTL_S`` | how long a send is remembered (redrives too) | ``1987200`` (23 days) |
 | ``FMN_LEDGER_DIR`` | local runs: the journal of ``fmn ledger`` | unset |
 | ``FMN_ENV`` | ``development`` or ``production`` (stricter web app) | ``development`` |
 | ``FMN_DEV_LOGIN`` | ``1``: the web app's password-less demo login (refused in production) | off |

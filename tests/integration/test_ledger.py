@@ -210,3 +210,31 @@ def _remove_stage(stage: SimpleNamespace, *keys: str) -> None:
     for q in stage.urls.values():
         stage.sqs.delete_queue(QueueUrl=q.url)
         stage.sqs.delete_queue(QueueUrl=q.dlq_url)
+
+
+def test_a_record_a_sender_dead_lettered_whole_is_counted_with_its_reason(
+        aws_env: str, tmp_path: Path) -> None:
+    """A sender puts a whole record on its dead-letter queue (postponed for a day, or
+    unreadable) with the reason as its ``error`` attribute; the ledger said "moved after
+    the queue's maximum receives" instead."""
+    from delivery_data import irc_body
+
+    from fmn.ledger import account
+
+    stage = _digest_stage(tmp_path, aws_env, "alice", 1)  # queues, a journal, a digest item
+    journal = Journal(tmp_path / "ledger")
+    mid = f"{stage.prefix}m-irc"
+    journal.published([mid], "fedmsg")
+    journal.matched([{"id": mid, "sqs": "s-irc", "q": 0,
+                      "n": {"irc": [["bob", "d-bob", "bob", 0]]}}])
+    reason = "postponed for 24 h: IRC sender out of time for this batch"
+    stage.sqs.send_message(QueueUrl=stage.urls["irc"].dlq_url, MessageBody=irc_body(mid, ["bob"]),
+                           MessageAttributes={"error": {"DataType": "String",
+                                                        "StringValue": reason}})
+    try:
+        report = account(tmp_path / "ledger", sqs=stage.sqs, redis=stage.redis)
+    finally:
+        _remove_stage(stage)
+    assert report.backends["irc"].dead_lettered == 1 and report.lost_total == 0
+    assert ("dead-lettered", mid, "irc", "bob bob", reason) in [
+        tuple(e) for e in report.exceptions], report.exceptions

@@ -179,3 +179,24 @@ def test_an_unreachable_endpoint_is_an_error_not_a_traceback(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     assert main(["dlq", "list", "--workdir", str(tmp_path)]) == 2
     assert "AWS error: Could not connect" in capsys.readouterr().err
+
+
+def test_a_redriven_backend_record_loses_its_postponement_clock(aws: AwsClients,
+                                                                prefix: str) -> None:
+    # StartMessageMoveTask keeps every attribute: a record postponed once and then moved
+    # by SQS after its receives would, redriven, be dead-lettered again at its next
+    # postponement ("postponed for 48 h"), undoing the redrive
+    from fmn.pipeline.queues import queue
+    from fmn.pipeline.redelivery import POSTPONED_SINCE
+
+    urls = ensure_queues(aws.sqs, prefix, [queue("irc")])["irc"]
+    aws.sqs.send_message(QueueUrl=urls.dlq_url, MessageBody="paced", MessageAttributes={
+        POSTPONED_SINCE: {"DataType": "Number", "StringValue": "1700000000.000"},
+        "error": {"DataType": "String", "StringValue": "IRC server away"}})
+    found = dlq.find(aws.sqs, prefix, "irc")
+    result = dlq.redrive(aws.sqs, found)
+    assert (result.moved, result.method) == (1, "batched move")
+    got = aws.sqs.receive_message(QueueUrl=urls.url, WaitTimeSeconds=2,
+                                  MessageAttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in got] == ["paced"]
+    assert set(got[0].get("MessageAttributes", {})) == {"error"}

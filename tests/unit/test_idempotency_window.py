@@ -2,7 +2,9 @@
 
 The senders remember each send for ``Settings.idempotency_ttl_s``; a record
 carrying that send can exist for the dead-letter queue's retention (from its
-first enqueue) and then, re-driven, a whole queue retention again.
+first enqueue) and then, re-driven, a whole queue retention again; a
+postponed one goes round for up to a day first, may wait a queue retention,
+and is then put on the dead-letter queue afresh.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pytest
 
 from fmn.local.aws import DLQ_RETENTION_S as DEPLOYED_DLQ_RETENTION_S
 from fmn.pipeline.queues import DLQ_RETENTION_S, QUEUES, idempotency_window_s
+from fmn.pipeline.redelivery import MAX_POSTPONED_S
 from fmn.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -19,7 +22,8 @@ pytestmark = pytest.mark.unit
 def test_sends_are_remembered_as_long_as_a_redriven_record_can_carry_them() -> None:
     ttl = Settings().idempotency_ttl_s
     for q in QUEUES:
-        assert ttl >= DLQ_RETENTION_S + q.retention_s, q.name
+        assert ttl >= MAX_POSTPONED_S + q.retention_s + DLQ_RETENTION_S + q.retention_s, q.name
+    assert ttl == 23 * 24 * 3600  # what the READMEs and docs say
 
 
 def test_the_window_follows_the_queue_definitions() -> None:

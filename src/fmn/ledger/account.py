@@ -173,6 +173,13 @@ def _once_key(queue_prefix: str, backend: str, data: dict[str, str]) -> str:
 # -- readers -------------------------------------------------------------------
 
 
+def error_attribute(message: dict[str, Any]) -> str | None:
+    """The reason a dead letter carries as its ``error`` message attribute, if any."""
+    attribute = (message.get("MessageAttributes") or {}).get("error") or {}
+    value = attribute.get("StringValue")
+    return str(value) if value else None
+
+
 def peek_queue(sqs: Any, url: str, hold_s: int = 60) -> list[dict[str, Any]]:
     """Every message of a queue, read and then made visible again (nothing deleted)."""
     seen: dict[str, dict[str, Any]] = {}
@@ -454,8 +461,8 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
     dead_messages: dict[str, str] = {}
     for m in peek_queue(sqs, urls["incoming"][1]):
         mid = _message_id_of(m["Body"]) or f"sqs:{m['MessageId']}"
-        attribute = (m.get("MessageAttributes") or {}).get("error", {}).get("StringValue")
-        dead_messages[mid] = reasons.get(m["MessageId"]) or attribute or "no reason journalled"
+        dead_messages[mid] = reasons.get(m["MessageId"]) or error_attribute(m) or \
+            "no reason journalled"
 
     report.published = len(published)
     report.published_twice = sum(1 for c in published.values() if c > 1)
@@ -501,8 +508,11 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
                 report.flag("dead-lettered", f"sqs:{m['MessageId']}", backend, "",
                             "an unreadable payload")
                 continue
+            # a whole record a sender dead-lettered (unreadable, postponed too long) says
+            # why in its error attribute; one SQS moved carries no reason at all
             for ident in idents:
-                dead[backend][ident] = reason or "moved after the queue's maximum receives"
+                dead[backend][ident] = reason or error_attribute(m) or \
+                    "moved after the queue's maximum receives"
 
     waiting_sender: dict[str, set[Ident]] = {b: set() for b in BACKENDS}
     for q in QUEUES:

@@ -19,7 +19,12 @@ source queue: with ``StartMessageMoveTask`` where the endpoint has it (AWS,
 LocalStack), otherwise (the moto server) by a batched move that sends each
 batch to the source queue before deleting exactly the messages SQS accepted,
 so a failure midway leaves every message in one queue or the other (at
-worst in both: the senders' idempotency makes that harmless).
+worst in both: the senders' idempotency makes that harmless).  A backend
+queue's dead letters always go by the batched move, which drops their
+postponement clock (:data:`~fmn.pipeline.redelivery.POSTPONED_SINCE`):
+``StartMessageMoveTask`` keeps every attribute, and a record postponed once
+before it failed would go straight back to the dead-letter queue at its
+next postponement, a day after the first.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Any
 import orjson
 
 from fmn.delivery.text import clean, shorten
-from fmn.pipeline.queues import QUEUES, QueueDef
+from fmn.pipeline.queues import BACKENDS, QUEUES, QueueDef
+from fmn.pipeline.redelivery import POSTPONED_SINCE
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +262,9 @@ def redrive(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None = None,
     """Move every message of ``dlq`` back to its source queue."""
     from botocore.exceptions import ClientError
 
+    if dlq.queue.name in BACKENDS:  # not StartMessageMoveTask (module docstring)
+        moved = _batched_move(sqs, dlq, progress)
+        return RedriveResult(moved, "batched move", sum(_attributes(sqs, dlq.url)))
     try:
         handle = sqs.start_message_move_task(SourceArn=dlq.arn,
                                              DestinationArn=dlq.source_arn)["TaskHandle"]
@@ -292,9 +301,12 @@ def _wait_for_task(sqs: Any, dlq: Dlq, handle: str, progress: Callable[[int], No
 
 
 def _sendable(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Message attributes as ``SendMessage`` takes them (no empty list fields)."""
+    """Message attributes as ``SendMessage`` takes them (no empty list fields), but for
+    the postponement clock: a redriven record starts again (module docstring)."""
     out = {}
     for name, value in attributes.items():
+        if name == POSTPONED_SINCE:
+            continue
         kept = {k: v for k, v in value.items()
                 if k in ("DataType", "StringValue", "BinaryValue") and v is not None}
         out[name] = kept

@@ -91,10 +91,18 @@ def idempotency_window_s(queues: tuple[QueueDef, ...] = QUEUES) -> int:
     the record itself exists: in its queue, then in the dead-letter queue
     (SQS counts a dead letter's retention from its *first* enqueue), and,
     re-driven at the last moment, once more for a whole queue retention in
-    its source queue (a redrive enqueues it afresh).  So the window is the
-    dead-letter retention plus the longest queue retention (18 days): a
-    redrive at any time while SQS still holds the dead letter sends nothing
-    twice.  (A dead letter of the incoming queue, re-driven, is matched and
-    sent within the same bound.)  ``docs/notification-payload.md`` states it.
+    its source queue (a redrive enqueues it afresh).  A postponed record
+    (:mod:`fmn.pipeline.redelivery`) goes round as fresh messages for up to
+    :data:`~fmn.pipeline.redelivery.MAX_POSTPONED_S` after its first sends;
+    the last of them may wait a queue retention, and the sender then puts it
+    on the dead-letter queue itself, a fresh message whose retention starts
+    there.  So the window is a day plus the dead-letter retention plus twice
+    the longest queue retention (23 days): a redrive at any time while SQS
+    still holds the dead letter sends nothing twice.  (A dead letter of the
+    incoming queue, re-driven, is matched and sent within the same bound.)
+    ``docs/notification-payload.md`` states it.
     """
-    return DLQ_RETENTION_S + max(q.retention_s for q in queues)
+    from fmn.pipeline.redelivery import MAX_POSTPONED_S
+
+    longest = max(q.retention_s for q in queues)
+    return MAX_POSTPONED_S + longest + DLQ_RETENTION_S + longest
