@@ -33,6 +33,12 @@ class Deferred(RetryableError):
     sent with it go on, and its record comes back later."""
 
 
+class NotSent(RetryableError):
+    """A send that certainly did not go out: the server could not be reached, or it
+    refused the connection or the login, before any of the message was handed over.
+    (A plain :class:`RetryableError` from a send may come after the message went.)"""
+
+
 class Postponed(RetryableError):
     """Not a failure: the rest of this record's work must wait (an IRC batch paced
     past its invocation's time, a homeserver's rate limit).  The edge sends the

@@ -308,6 +308,19 @@ def test_a_silent_connection_is_checked_with_a_ping_before_a_line_is_lost_on_it(
         link.close()
 
 
+def test_a_server_that_cannot_be_reached_got_no_line() -> None:
+    from fmn.errors import NotSent
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    link = IrcClientLink.from_url(f"irc://{SENDER_NICK}@127.0.0.1:{port}",
+                                  TokenBucket(BURST, RATE))
+    for _ in range(2):  # connecting, then waiting for the next attempt: both NotSent
+        with pytest.raises(NotSent):
+            link.send("alice", ["your verification code is 123456"])
+
+
 def test_an_offline_nick_does_not_fail_the_batch(stack: SimpleNamespace,
                                                  irc_app: ModuleType) -> None:
     alice = stack.listen("alice")

@@ -136,3 +136,61 @@ def test_a_verification_mail_to_an_idn_address_reaches_its_ascii_domain(tmp_path
         mailer.close()
     assert got.rcpt_tos == ["ana@xn--bcher-kva.example"]
     assert b"\nTo: ana@xn--bcher-kva.example\r\n" in got.raw and b"=?" not in got.raw
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_relay_that_cannot_be_reached_sent_nothing() -> None:
+    from fmn.errors import NotSent
+
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{_free_port()}")
+    with pytest.raises(NotSent):
+        mailer.send(mail("a@example.org"))
+
+
+def test_a_relay_gone_after_the_message_may_have_sent_it() -> None:
+    """A relay that takes the whole message, then hangs up before saying 250 (a timeout
+    under load looks the same): the mail may be on its way, so this is no NotSent, and
+    the verification rate limit keeps its count (fmn.web.verify)."""
+    import socket
+
+    from fmn.errors import NotSent, RetryableError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    received: list[bytes] = []
+
+    def relay() -> None:
+        for _ in range(2):  # the mailer tries a fresh connection once
+            conn, _addr = server.accept()
+            with conn, conn.makefile("rwb") as f:
+                f.write(b"220 relay\r\n")
+                f.flush()
+                while line := f.readline():
+                    if line.upper().startswith(b"DATA"):
+                        f.write(b"354 go on\r\n")
+                        f.flush()
+                        while (data := f.readline()) not in (b".\r\n", b""):
+                            received.append(data)
+                        break  # the whole mail: hang up without an answer
+                    f.write(b"250 ok\r\n")
+                    f.flush()
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        mailer = SmtpMailer(f"smtp://127.0.0.1:{server.getsockname()[1]}")
+        with pytest.raises(RetryableError) as failed:
+            mailer.send(mail("a@example.org"))
+        assert not isinstance(failed.value, NotSent)
+        assert b"body\r\n" in received
+    finally:
+        thread.join(5)
+        server.close()

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from fmn.delivery.irc import TokenBucket, check_wire, irc_lower, valid_nick
-from fmn.errors import RetryableError
+from fmn.errors import NotSent, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,12 @@ class IrcClientLink:
         for line in lines:  # nothing unsafe is ever handed to the library
             check_wire(nick, line)
         with self._lock:
-            conn = self._ensure()
+            try:
+                conn = self._ensure()
+            except NotSent:
+                raise
+            except RetryableError as exc:  # no connection: no line went
+                raise NotSent(str(exc)) from exc
             for line in lines:
                 conn.privmsg(nick, line)
                 if not conn.is_connected():  # the library swallows a failed write
@@ -390,7 +395,7 @@ class MemoryIrcLink:
             check_wire(nick, line)
         with self._lock:
             if self.down:
-                raise RetryableError("IRC link down (fake)")
+                raise NotSent("IRC link down (fake)")
             for line in lines:
                 if self.fail_after is not None:
                     if self.fail_after <= 0:

@@ -28,7 +28,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fmn.errors import Deferred, PermanentError, RetryableError
+from fmn.errors import Deferred, NotSent, PermanentError, RetryableError
 from fmn.settings import Settings
 
 
@@ -112,10 +112,13 @@ class SmtpMailer:
         # this thread's own connection: no lock held across the conversation
         # A kept connection may have been dropped by the server while idle:
         # one fresh attempt before calling it a failure.
+        # until the conversation about this mail starts, nothing of it went out (NotSent)
+        started = False
         for attempt in (1, 2):
             try:
                 if self._conn is None:
                     self._conn = self._connect()
+                started = True
                 self._conn.send_message(msg, *_envelope(msg))
                 return
             except smtplib.SMTPRecipientsRefused as exc:
@@ -135,15 +138,15 @@ class SmtpMailer:
                 raise RetryableError(f"SMTP sender refused ({exc.smtp_code})") from exc
             except smtplib.SMTPAuthenticationError as exc:
                 self._drop()
-                raise RetryableError(f"SMTP login refused ({exc.smtp_code})") from exc
+                raise _unsent(started)(f"SMTP login refused ({exc.smtp_code})") from exc
             except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 self._drop()
                 if attempt == 2:
-                    raise RetryableError(f"SMTP server {self.host}:{self.port}: {exc}") \
+                    raise _unsent(started)(f"SMTP server {self.host}:{self.port}: {exc}") \
                         from exc
             except (smtplib.SMTPException, OSError) as exc:
                 self._drop()
-                raise RetryableError(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
+                raise _unsent(started)(f"SMTP {self.host}:{self.port}: {exc!r}") from exc
 
     def _reset_after_refusal(self) -> None:
         # The session stays usable after a refused recipient or message.
@@ -158,6 +161,11 @@ class SmtpMailer:
             with contextlib.suppress(OSError):
                 self._conn.close()
         self._conn = None
+
+
+def _unsent(started: bool) -> type[RetryableError]:
+    """:class:`NotSent` while no attempt reached the mail's conversation."""
+    return RetryableError if started else NotSent
 
 
 def _envelope(msg: EmailMessage) -> tuple[str | None, list[str] | None]:
@@ -224,7 +232,7 @@ class SesMailer:
         self.sender = sender
 
     def send(self, msg: EmailMessage) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
         try:
             self.client.send_raw_email(Source=self.sender, Destinations=[str(msg["To"])],
@@ -234,8 +242,11 @@ class SesMailer:
             text = f"SES {code}: {exc.response.get('Error', {}).get('Message', '')[:300]}"
             if code in _SES_PERMANENT:
                 raise PermanentError(text) from exc
-            raise RetryableError(text) from exc  # Throttling, sending paused, not verified
-        except BotoCoreError as exc:
+            # Throttling, sending paused, not verified: SES answered, and took nothing
+            raise NotSent(text) from exc
+        except EndpointConnectionError as exc:  # never reached
+            raise NotSent(f"SES: {exc}") from exc
+        except BotoCoreError as exc:  # a timeout after the request went, say
             raise RetryableError(f"SES: {exc}") from exc
 
 

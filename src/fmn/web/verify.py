@@ -21,9 +21,11 @@
 * **Rate limits**: every request to send a verification counts against the
   user (``per_user`` an hour) and against the address (``per_address`` an
   hour, whoever asks), in counters that expire.  Over either,
-  :class:`~fmn.web.service.RateLimited`.  A send that could not go out for
-  now (the mailer or the IRC link away) takes its count back: an outage does
-  not use up a person's tries.
+  :class:`~fmn.web.service.RateLimited`.  A send that certainly did not go
+  out (:class:`~fmn.errors.NotSent`: the mail relay or the IRC server could
+  not be reached) takes its counts back, so an outage does not use up a
+  person's tries; one that may have gone (a relay that timed out after the
+  message) keeps them, or a slow relay would lift the per-address limit.
 
 A destination stays unverified in the database until proven, and the
 snapshot never routes to an unverified one.  State lives behind the small
@@ -55,7 +57,7 @@ from typing import Any, Protocol
 from fmn.auth import InvalidToken, seal, unseal
 from fmn.delivery.irc_client import IrcLink
 from fmn.delivery.mailers import Mailer
-from fmn.errors import PermanentError, RetryableError
+from fmn.errors import NotSent, PermanentError, RetryableError
 from fmn.prefs import Destination
 from fmn.web.service import (
     Invalid,
@@ -378,7 +380,7 @@ class Verifier:
             return self._send(user, dest)
         except WebError:
             raise
-        except RetryableError:  # nothing went out: the request can be made again
+        except NotSent:  # nothing went out: the request can be made again
             try:
                 for key in self._rate_keys(user, dest):
                     self.keys.decr(key)
