@@ -16,8 +16,11 @@ fall is a publisher restart.  Processes sharing a user and certificate (the
 WSGI workers of one app on one host) cannot be told apart by the envelope and
 may show as spurious restarts or gaps; a relay preserves ``i``.  A record too
 complex to read (:func:`fmn.message.too_many_containers`) is forwarded without
-its ``i`` being known: the next rise at its endpoint by one more than it
-should, within :data:`UNREAD_WINDOW` records, is that record, not a gap.
+its ``i`` (or its publisher) being known: at an endpoint where one publisher
+alone has been seen, its next rise by one more than it should, within
+:data:`UNREAD_WINDOW` records, is that record, not a gap.  At an endpoint of
+many publishers (a relay) it stays a gap: crediting it to the wrong
+publisher would hide a real loss there.
 
 Frames are bounded (``ZMQ_MAXMSGSIZE``, :data:`MAX_FRAME_BYTES` by default,
 what the match function accepts through a claim check at most): ZeroMQ
@@ -79,19 +82,29 @@ class SequenceTracker:
     #: per endpoint, when each record forwarded unread came (the count of records seen)
     unread: dict[str, deque[int]] = field(default_factory=dict)
     seen: int = 0
+    #: per endpoint, its one publisher so far (None once a second one was seen)
+    publishers: dict[str, str | None] = field(default_factory=dict)
 
     def forwarded_unread(self, endpoint: str) -> None:
         """A record of ``endpoint`` went on unread: its ``i`` is not known."""
         self.seen += 1
+        if endpoint in self.publishers and self.publishers[endpoint] is None:
+            return  # an endpoint of many publishers (module docstring)
         recent = self.unread.setdefault(endpoint, deque())
         self._lapse(recent)
         recent.append(self.seen)
 
     def see(self, publisher: str, i: int, endpoint: str = "") -> Gap | None:
         self.seen += 1
+        if self.publishers.setdefault(endpoint, publisher) != publisher:
+            self.publishers[endpoint] = None  # many: nothing unread can be credited here
+            self.unread.pop(endpoint, None)
         prev = self.last.get(publisher)
         self.last[publisher] = i
-        if prev is None or i == prev + 1:
+        if prev is None:  # what went unread before its first record explains nothing
+            self.unread.pop(endpoint, None)
+            return None
+        if i == prev + 1:
             return None
         if i <= prev:  # a fall (or a repeat): the publisher's process restarted
             self.restarts += 1

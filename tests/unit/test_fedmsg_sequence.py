@@ -62,3 +62,23 @@ def test_unread_records_are_kept_for_one_window_only() -> None:
     for _ in range(3 * UNREAD_WINDOW):
         t.forwarded_unread(A)
     assert len(t.unread[A]) == UNREAD_WINDOW
+
+
+def test_at_an_endpoint_of_many_publishers_an_unread_record_explains_nothing() -> None:
+    # a relay carries koji and bodhi: koji's unread i=11 must not hide bodhi's lost 51
+    t = SequenceTracker()
+    t.see("koji", 10, A)
+    t.see("bodhi", 50, A)
+    t.forwarded_unread(A)  # koji's 11
+    gap = t.see("bodhi", 52, A)
+    assert gap is not None and gap.missing == 1  # bodhi's 51: lost, and said so
+    gap = t.see("koji", 12, A)  # a gap all the same: whose the record was is not known
+    assert gap is not None and gap.missing == 1
+
+
+def test_an_unread_record_before_a_publishers_first_explains_nothing_later() -> None:
+    t = SequenceTracker()
+    t.forwarded_unread(A)
+    assert t.see("p", 2, A) is None  # its first record: nothing to compare with
+    gap = t.see("p", 4, A)  # 3 lost: not hidden by the earlier unread record
+    assert gap is not None and gap.missing == 1
