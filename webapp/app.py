@@ -31,6 +31,7 @@ from typing import Any
 
 from chalice.app import Chalice, Request, Response
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fmn.errors import RetryableError
 from fmn.prefs import dump_destination, dump_rule
@@ -225,7 +226,8 @@ def api(op: Operation) -> Callable[[Callable[..., http.Answer]], Callable[..., R
             except UnsafeConfiguration as exc:
                 log.error("refusing to serve: %s", exc)
                 return _response(http.error_json(500, "misconfigured", str(exc)))
-            except (RetryableError, DBAPIError) as exc:  # DBAPIError: the database away
+            # DBAPIError: the database away; PoolTimeout: every connection busy
+            except (RetryableError, DBAPIError, PoolTimeout) as exc:
                 log.warning("dependency failed: %s", exc)
                 return _response(http.unavailable_page() if pages else http.unavailable())
 

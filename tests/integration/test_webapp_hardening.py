@@ -292,10 +292,12 @@ def test_over_https_a_cookie_tossed_from_a_sibling_site_is_not_read(app: App) ->
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("failure", ["away", "busy"])
 def test_a_mail_link_opened_with_the_database_away_answers_a_page(
-        app: App, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        app: App, method: str, failure: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # a person clicking the link of a mail gets a page saying to try again, not JSON
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     from fmn.auth import unsubscribe_url
 
@@ -312,10 +314,15 @@ def test_a_mail_link_opened_with_the_database_away_answers_a_page(
         assert r.status_code == 400 and r.headers["Content-Type"].startswith("text/html")
 
     def away(*args: Any, **kwargs: Any) -> Any:
+        if failure == "busy":  # every pooled connection in use, none freed in time
+            raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
     monkeypatch.setattr(webapp._get("verifier"), "check_email", away)
     monkeypatch.setattr(webapp._get("service"), "unsubscribe", away)
+    monkeypatch.setattr(webapp._get("service"), "rules", away)
+    r = alice.get("/api/v1/rules")  # the API answers the same, in JSON
+    assert r.status_code == 503 and r.json_body["error"] == "unavailable"
     for path, body in ((verify, b"confirm=yes"), (unsubscribe, b"List-Unsubscribe=One-Click")):
         r = Session(None).http.request(method, path, headers=form,
                                        body=body if method == "POST" else b"")
