@@ -32,3 +32,19 @@ def test_the_window_follows_the_queue_definitions() -> None:
     assert Settings.from_env({"FMN_IDEMPOTENCY_TTL_S": "60"}).idempotency_ttl_s == 60
     # dead letters outlive the records of every source queue
     assert all(q.retention_s <= DLQ_RETENTION_S for q in QUEUES)
+
+
+@pytest.mark.parametrize("function", ["send_email", "send_irc", "send_matrix", "sse"])
+def test_every_deployed_sender_remembers_its_sends_for_the_whole_window(function: str) -> None:
+    # each sender's .chalice/config.json once set FMN_IDEMPOTENCY_TTL_S to 4 days, and
+    # Chalice merges a stage's variables into the top level's: on AWS a redrive after
+    # four days sent everything again
+    from pathlib import Path
+
+    from chalice.cli.factory import CLIFactory
+
+    project = Path(__file__).resolve().parents[2] / "functions" / function
+    for stage in ("dev", "prod"):
+        config = CLIFactory(str(project)).create_config_obj(stage)
+        env = config.environment_variables
+        assert Settings.from_env(env).idempotency_ttl_s >= idempotency_window_s(), (stage, env)
