@@ -1,4 +1,4 @@
-"""The SES mailer against the moto server: sent, refused for good, or certainly not sent."""
+"""The SES mailer against the moto server: sent, refused for good, or not sent for sure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from botocore.config import Config
 
 from fmn.delivery.mailers import SesMailer
-from fmn.errors import NotSent, PermanentError
+from fmn.errors import NotSent, PermanentError, RetryableError
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,33 @@ def test_ses_sends_from_a_verified_sender_and_refuses_an_unverified_one(aws_env:
     assert ses.get_send_quota()["SentLast24Hours"] > before
 
 
-def test_ses_that_cannot_be_reached_sent_nothing() -> None:
+def test_ses_that_cannot_be_reached_is_retried_without_a_claim_it_sent_nothing() -> None:
+    # botocore raises the last attempt's error: a connection refused on a retry says
+    # nothing of an earlier attempt whose answer was lost, so it is no NotSent
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ses = boto3.client("ses", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
                        aws_access_key_id="x", aws_secret_access_key="x",
                        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
-    with pytest.raises(NotSent):
+    with pytest.raises(RetryableError) as failed:
         SesMailer(ses, "fmn@example.org").send(mail("a@example.org", "fmn@example.org"))
+    assert not isinstance(failed.value, NotSent)
+
+
+@pytest.mark.parametrize(("retried", "certain"), [(0, True), (2, False)])
+def test_an_ses_refusal_after_retries_may_have_been_sent(retried: int, certain: bool) -> None:
+    """botocore retries a lost answer: a Throttling on the third attempt says nothing of
+    the first, which may have gone through (a NotSent would give a verification's counts
+    back for a mail that went)."""
+    from botocore.exceptions import ClientError
+
+    class Throttled:
+        def send_raw_email(self, **kwargs: object) -> None:
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "slow down"},
+                               "ResponseMetadata": {"RetryAttempts": retried}},
+                              "SendRawEmail")
+
+    with pytest.raises(RetryableError) as failed:
+        SesMailer(Throttled(), "fmn@example.org").send(mail("a@example.org", "fmn@example.org"))
+    assert isinstance(failed.value, NotSent) is certain

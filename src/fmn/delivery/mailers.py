@@ -232,7 +232,7 @@ class SesMailer:
         self.sender = sender
 
     def send(self, msg: EmailMessage) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.send_raw_email(Source=self.sender, Destinations=[str(msg["To"])],
@@ -242,11 +242,12 @@ class SesMailer:
             text = f"SES {code}: {exc.response.get('Error', {}).get('Message', '')[:300]}"
             if code in _SES_PERMANENT:
                 raise PermanentError(text) from exc
-            # Throttling, sending paused, not verified: SES answered, and took nothing
-            raise NotSent(text) from exc
-        except EndpointConnectionError as exc:  # never reached
-            raise NotSent(f"SES: {exc}") from exc
-        except BotoCoreError as exc:  # a timeout after the request went, say
+            # Throttling, sending paused, not verified: SES answered, and took nothing,
+            # unless botocore had tried before (an earlier attempt may have gone through
+            # with its answer lost)
+            retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            raise (RetryableError if retried else NotSent)(text) from exc
+        except BotoCoreError as exc:  # after a lost answer, say: it may have gone
             raise RetryableError(f"SES: {exc}") from exc
 
 

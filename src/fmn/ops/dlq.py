@@ -38,12 +38,15 @@ from typing import Any
 import orjson
 
 from fmn.delivery.text import clean, shorten
+from fmn.pipeline.match import batches_by_size
 from fmn.pipeline.queues import BACKENDS, QUEUES, QueueDef
 from fmn.pipeline.redelivery import POSTPONED_SINCE
 
 log = logging.getLogger(__name__)
 
 SQS_BATCH_MAX = 10
+#: the attributes a redrive does not carry back (:func:`_sendable`)
+_DROPPED_ON_REDRIVE = frozenset({POSTPONED_SINCE, "error"})
 #: how long a message being read or moved stays invisible to others
 _HOLD_S = 60
 #: the answers of an endpoint without ``StartMessageMoveTask`` (the moto server answers
@@ -302,10 +305,11 @@ def _wait_for_task(sqs: Any, dlq: Dlq, handle: str, progress: Callable[[int], No
 
 def _sendable(attributes: dict[str, Any]) -> dict[str, Any]:
     """Message attributes as ``SendMessage`` takes them (no empty list fields), but for
-    the postponement clock: a redriven record starts again (module docstring)."""
+    the postponement clock (a redriven record starts again: module docstring) and the
+    reason it was dead-lettered (if it comes back, the reason must be the new one)."""
     out = {}
     for name, value in attributes.items():
-        if name == POSTPONED_SINCE:
+        if name in _DROPPED_ON_REDRIVE:
             continue
         kept = {k: v for k, v in value.items()
                 if k in ("DataType", "StringValue", "BinaryValue") and v is not None}
@@ -345,24 +349,38 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
             if not batch:
                 break
         seen.update(hashlib.sha256(m["Body"].encode()).hexdigest() for m in batch)
-        sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
-            {"Id": str(i), "MessageBody": m["Body"],
-             "MessageAttributes": _sendable(m.get("MessageAttributes", {}))}
-            for i, m in enumerate(batch)])
-        accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
-        done = [m for i, m in enumerate(batch) if i in accepted]
-        refused = [m for i, m in enumerate(batch) if i not in accepted]
-        if done:
-            sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                for i, m in enumerate(done)])
-        moved += len(done)
-        if progress is not None:
-            progress(moved)
-        if refused:
-            _release(sqs, dlq.url, [m["ReceiptHandle"] for m in refused])
-            reasons = "; ".join(sorted({str(f.get("Message", f.get("Code")))
-                                        for f in sent.get("Failed", [])}))
-            raise DlqError(f"the source queue refused {len(refused)} messages ({reasons}); "
-                           f"{moved} moved, the rest stay in {dlq.name}")
+        entries = [{"MessageBody": m["Body"],
+                    "MessageAttributes": _sendable(m.get("MessageAttributes", {}))}
+                   for m in batch]
+        # ten bodies of up to 250 KiB each are more than one request takes
+        groups = batches_by_size([_entry_bytes(e) for e in entries])
+        for n, group in enumerate(groups):
+            sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
+                {"Id": str(i), **entries[i]} for i in group])
+            accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
+            done = [batch[i] for i in group if i in accepted]
+            if done:
+                sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(done)])
+            moved += len(done)
+            if progress is not None:
+                progress(moved)
+            refused = [batch[i] for i in group if i not in accepted]
+            if refused:
+                later = [batch[i] for g in groups[n + 1:] for i in g]
+                _release(sqs, dlq.url, [m["ReceiptHandle"] for m in refused + later])
+                reasons = "; ".join(sorted({str(f.get("Message", f.get("Code")))
+                                            for f in sent.get("Failed", [])}))
+                raise DlqError(f"the source queue refused {len(refused)} messages "
+                               f"({reasons}); {moved} moved, the rest stay in {dlq.name}")
     return moved
+
+
+def _entry_bytes(entry: dict[str, Any]) -> int:
+    """What a SendMessageBatch entry counts towards the request's size: its body and
+    its attributes' names, types and values."""
+    size = len(entry["MessageBody"].encode())
+    for name, value in entry.get("MessageAttributes", {}).items():
+        size += len(name.encode()) + sum(len(str(v).encode()) for v in value.values())
+    return size

@@ -143,11 +143,15 @@ def send_batches(bodies: Sequence[str]) -> list[list[int]]:
     sends the bodies of every record of an invocation together, so a batch
     of small payloads costs one request per ten, not one per record.
     """
+    return batches_by_size([len(body.encode()) for body in bodies])
+
+
+def batches_by_size(sizes: Sequence[int]) -> list[list[int]]:
+    """:func:`send_batches` of entries of these sizes (bytes)."""
     batches: list[list[int]] = []
     batch: list[int] = []
     used = 0
-    for i, body in enumerate(bodies):
-        size = len(body.encode())
+    for i, size in enumerate(sizes):
         if batch and (len(batch) >= SEND_BATCH_ENTRIES or used + size > SEND_BATCH_BYTES):
             batches.append(batch)
             batch, used = [], 0
