@@ -16,11 +16,12 @@ fall is a publisher restart.  Processes sharing a user and certificate (the
 WSGI workers of one app on one host) cannot be told apart by the envelope and
 may show as spurious restarts or gaps; a relay preserves ``i``.  A record too
 complex to read (:func:`fmn.message.too_many_containers`) is forwarded without
-its ``i`` (or its publisher) being known: at an endpoint where one publisher
-alone has been seen, its next rise by one more than it should, within
-:data:`UNREAD_WINDOW` records, is that record, not a gap.  At an endpoint of
-many publishers (a relay) it stays a gap: crediting it to the wrong
-publisher would hide a real loss there.
+its ``i`` (or its publisher) being known, so the next rise of its publisher
+looks like a gap.  Whose it was cannot be known (a relay carries many
+publishers, and one may be new), and crediting it to the wrong one would
+hide a real loss: a gap stays a gap, counted, and its warning says how many
+records of that endpoint went on unread within :data:`UNREAD_WINDOW`
+records before it (:attr:`Gap.unread`: perhaps those).
 
 Frames are bounded (``ZMQ_MAXMSGSIZE``, :data:`MAX_FRAME_BYTES` by default,
 what the match function accepts through a claim check at most): ZeroMQ
@@ -63,6 +64,9 @@ class Gap:
     publisher: str
     expected: int
     got: int
+    #: how many records of the publisher's endpoint went on unread shortly before (too
+    #: complex to read): perhaps some of the missing, perhaps another publisher's
+    unread: int = 0
 
     @property
     def missing(self) -> int:
@@ -82,51 +86,38 @@ class SequenceTracker:
     #: per endpoint, when each record forwarded unread came (the count of records seen)
     unread: dict[str, deque[int]] = field(default_factory=dict)
     seen: int = 0
-    #: per endpoint, its one publisher so far (None once a second one was seen)
-    publishers: dict[str, str | None] = field(default_factory=dict)
 
     def forwarded_unread(self, endpoint: str) -> None:
         """A record of ``endpoint`` went on unread: its ``i`` is not known."""
         self.seen += 1
-        if endpoint in self.publishers and self.publishers[endpoint] is None:
-            return  # an endpoint of many publishers (module docstring)
         recent = self.unread.setdefault(endpoint, deque())
         self._lapse(recent)
         recent.append(self.seen)
 
     def see(self, publisher: str, i: int, endpoint: str = "") -> Gap | None:
         self.seen += 1
-        if self.publishers.setdefault(endpoint, publisher) != publisher:
-            self.publishers[endpoint] = None  # many: nothing unread can be credited here
-            self.unread.pop(endpoint, None)
         prev = self.last.get(publisher)
         self.last[publisher] = i
-        if prev is None:  # what went unread before its first record explains nothing
-            self.unread.pop(endpoint, None)
-            return None
-        if i == prev + 1:
+        if prev is None or i == prev + 1:
             return None
         if i <= prev:  # a fall (or a repeat): the publisher's process restarted
             self.restarts += 1
             log.info("fedmsg publisher %s restarted its sequence (i %d after %d)",
                      publisher, i, prev)
             return None
-        unread = self._unread(endpoint, i - prev - 1)
-        if unread:
-            log.info("fedmsg publisher %s: i=%d..%d taken for the %d record(s) of %s "
-                     "forwarded unread", publisher, prev + 1, i - 1, unread, endpoint)
-            if prev + 1 + unread == i:
-                return None
-        gap = Gap(publisher, prev + 1 + unread, i)
+        gap = Gap(publisher, prev + 1, i, self._unread(endpoint, i - prev - 1))
         self.missing += gap.missing
         if len(self.gaps) < self.keep:
             self.gaps.append(gap)
-        log.warning("fedmsg GAP: publisher %s skipped i=%d..%d (%d message(s) never received)",
-                    publisher, gap.expected, i - 1, gap.missing)
+        log.warning("fedmsg GAP: publisher %s skipped i=%d..%d (%d message(s) never received%s)",
+                    publisher, gap.expected, i - 1, gap.missing,
+                    f"; {gap.unread} record(s) of {endpoint} went on unread, too complex to "
+                    "read, just before: perhaps among them" if gap.unread else "")
         return gap
 
     def _unread(self, endpoint: str, missing: int) -> int:
-        """How many of ``missing`` numbers the endpoint's recent unread records take."""
+        """How many of ``missing`` numbers the endpoint's recent unread records may be
+        (each is named in one gap at most)."""
         recent = self.unread.get(endpoint)
         if not recent:
             return 0

@@ -252,8 +252,9 @@ def test_fedmsg_a_record_too_complex_to_read_is_forwarded_unread_and_dead_letter
     by_topic = {json.loads(e.record or b"")["topic"]: e for e in sink}
     assert by_topic["t.complex"].record == complex_ and by_topic["t.complex"].seq is None
     assert by_topic["t.simple"].seq == 3 and source.malformed == 1
-    # its i went unread, yet the rise from 1 to 3 is no gap: that record was received
-    assert source.tracker.gaps == [] and source.tracker.missing == 0
+    # its i went unread: the rise from 1 to 3 is a gap (whose the record was cannot be
+    # known), and it says that a record went on unread just before
+    assert [(g.expected, g.got, g.unread) for g in source.tracker.gaps] == [(2, 3, 1)]
     with pytest.raises(InvalidMessage) as refused:  # what the match function dead-letters
         parse(Envelope.decode(by_topic["t.complex"].encode()).record or b"")
     assert refused.value.reason == "too-complex"
