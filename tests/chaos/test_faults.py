@@ -69,11 +69,14 @@ def test_kill_9_of_the_match_and_sender_workers_mid_batch(tmp_path: Path) -> Non
     in_flight: dict[str, int] = {}
     with ChaosRun(tmp_path, "kill -9", external=("incoming", "email", "sse"),
                   visibility_s=30) as run:
-        # 25 a second: the stream lasts 8 s (200 messages), so each queue still has a
-        # batch gathering when its turn comes, the last one's (sse) included; at 50 a
-        # second a slow machine could drain sse first, and its batches are then rare
+        # the sse worker waits for its turn: a slow machine once drained sse before it
+        # came, and its later batches are in flight for milliseconds; held back, it
+        # finds a backlog and holds a batch at once
+        run.stack.kill_worker("sse")
         run.publish_fedmsg(rate=25, extra=(POISON,))
         for queue in ("incoming", "email", "sse"):
+            if queue == "sse":
+                run.stack.start_worker("sse")
             run.wait_until(f"a batch in flight on {queue}", lambda q=queue: run.in_flight(q) > 0)
             in_flight[queue] = run.in_flight(queue)
             run.stack.kill_worker(queue)  # mid-batch: its records wait out their visibility
