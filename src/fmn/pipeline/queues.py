@@ -97,10 +97,14 @@ def idempotency_window_s(queues: tuple[QueueDef, ...] = QUEUES) -> int:
     the last of them may wait a queue retention, and the sender then puts it
     on the dead-letter queue itself, a fresh message whose retention starts
     there.  So the window is a day plus the dead-letter retention plus twice
-    the longest queue retention (23 days): a redrive at any time while SQS
+    the longest queue retention (23 days): one redrive at any time while SQS
     still holds the dead letter sends nothing twice.  (A dead letter of the
     incoming queue, re-driven, is matched and sent within the same bound.)
-    ``docs/notification-payload.md`` states it.
+    What it does not cover: a redriven record starts its postponement clock
+    again (:mod:`fmn.ops.dlq`), so one postponed again after a late redrive,
+    or dead-lettered and redriven a second time, can outlive the window, and
+    what it had sent before may then go again (at least once, as after a lost
+    send-once record).  ``docs/notification-payload.md`` states it.
     """
     from fmn.pipeline.redelivery import MAX_POSTPONED_S
 
