@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 #: The largest frame read (the largest record the match function reads, through S3).
 MAX_FRAME_BYTES = MAX_CLAIM_BYTES
 
-#: a record forwarded unread explains a missing ``i`` at its endpoint among the next
-#: this many records the source receives (later, it no longer hides a real gap)
+#: a record forwarded unread is named in a gap at its endpoint among the next this many
+#: records the source receives (:attr:`Gap.unread`)
 UNREAD_WINDOW = 1000
 
 

@@ -19,11 +19,12 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from fmn.pipeline import alarms
-from fmn.pipeline.queues import QUEUES, queue
+from fmn.pipeline.queues import DLQ_RETENTION_S, QUEUES, queue
 from fmn_infra.alarming import AlarmFactory
 
-#: SQS keeps a message at most 14 days: a dead letter waits that long for an operator
-DLQ_RETENTION = cdk.Duration.days(14)
+#: a dead letter waits this long for an operator (SQS's longest: 14 days); the send-once
+#: window is derived from it (fmn.pipeline.queues.idempotency_window_s)
+DLQ_RETENTION = cdk.Duration.seconds(DLQ_RETENTION_S)
 #: claims outlive every message that can name them (the DLQs' retention)
 CLAIM_EXPIRY = cdk.Duration.days(15)
 

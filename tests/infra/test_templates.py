@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from fmn.pipeline import alarms
-from fmn.pipeline.queues import QUEUES
+from fmn.pipeline.queues import DLQ_RETENTION_S, QUEUES, idempotency_window_s
+from fmn.settings import Settings
 
 pytestmark = pytest.mark.infra
 
@@ -73,6 +74,11 @@ def test_every_queue_has_its_dlq_and_alarms(templates: dict[str, Any]) -> None:
         assert props["VisibilityTimeout"] == q.visibility_timeout_s
         assert props["RedrivePolicy"]["maxReceiveCount"] == q.max_receive_count
         assert dlq["MessageRetentionPeriod"] > props["MessageRetentionPeriod"]
+        # what the send-once window is made of is what is deployed
+        assert dlq["MessageRetentionPeriod"] == DLQ_RETENTION_S
+        assert props["MessageRetentionPeriod"] == q.retention_s
+        assert Settings().idempotency_ttl_s == idempotency_window_s() >= \
+            DLQ_RETENTION_S + 2 * q.retention_s
         for check in (f'"{q.name}-age"', f'"{q.name}-depth"', f'"{q.name}-dlq"'):
             assert any(n.endswith(check + "]]}") for n in alarm_names), (q.name, check)
     assert len(alarm_names) == len(alarms.messaging_alarms(PREFIX))

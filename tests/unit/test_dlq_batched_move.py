@@ -83,3 +83,25 @@ def test_a_message_that_fails_again_at_once_is_moved_once_not_forever(overcount:
     assert (result.moved, result.method) == (25, "batched move")
     assert sqs.sent_back == 25  # each once
     assert len(sqs.dead) == 25 and not sqs.held  # all back where they were, visible
+
+
+class FailingSqs(LoopingSqs):
+    """Its source queue takes one request, then SQS goes away."""
+
+    def send_message_batch(self, *, Entries: list[dict[str, Any]], **kw: Any) -> Any:
+        if self.sent_back:
+            raise ClientError({"Error": {"Code": "ServiceUnavailable"}}, "SendMessageBatch")
+        return super().send_message_batch(Entries=Entries, **kw)
+
+
+def test_sqs_failing_midway_leaves_what_was_not_sent_visible_in_the_dead_letter_queue() -> None:
+    # three bodies of 100 KB: two requests for one receive (256 KiB each at most)
+    sqs = FailingSqs([f"{i}:" + "x" * 100_000 for i in range(3)])
+    from fmn.pipeline.queues import queue
+
+    found = dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
+                    "arn-email", visible=3)
+    with pytest.raises(dlq.DlqError, match="2 moved, the rest stay in fmn-email-dlq"):
+        dlq.redrive(sqs, found)
+    assert sqs.sent_back == 2 and not sqs.held  # the third: visible again, not held
+    assert sorted(b[:2] for b in sqs.dead.values()) == ["0:", "1:", "2:"]

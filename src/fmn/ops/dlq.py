@@ -355,14 +355,26 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
         # ten bodies of up to 250 KiB each are more than one request takes
         groups = batches_by_size([_entry_bytes(e) for e in entries])
         for n, group in enumerate(groups):
-            sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
-                {"Id": str(i), **entries[i]} for i in group])
+            try:
+                sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
+                    {"Id": str(i), **entries[i]} for i in group])
+            except Exception as exc:  # SQS away: what was not sent is visible again at once
+                _release_quietly(sqs, dlq, [batch[i] for g in groups[n:] for i in g])
+                raise DlqError(f"sending to the source queue failed ({exc}); {moved} moved, "
+                               f"the rest stay in {dlq.name}") from exc
             accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
             done = [batch[i] for i in group if i in accepted]
             if done:
-                sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(done)])
+                try:
+                    sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(done)])
+                except Exception as exc:  # sent: their copies come back, and go twice
+                    _release_quietly(sqs, dlq, [batch[i] for g in groups[n + 1:] for i in g])
+                    raise DlqError(f"{moved + len(done)} moved, but deleting the last "
+                                   f"{len(done)} from {dlq.name} failed ({exc}): they come "
+                                   "back there within a minute; the senders send each "
+                                   "notification once") from exc
             moved += len(done)
             if progress is not None:
                 progress(moved)
@@ -375,6 +387,15 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
                 raise DlqError(f"the source queue refused {len(refused)} messages "
                                f"({reasons}); {moved} moved, the rest stay in {dlq.name}")
     return moved
+
+
+def _release_quietly(sqs: Any, dlq: Dlq, messages: list[dict[str, Any]]) -> None:
+    """:func:`_release`, on the way out of a failure (they come back in a minute anyway)."""
+    try:
+        _release(sqs, dlq.url, [m["ReceiptHandle"] for m in messages])
+    except Exception as exc:
+        log.warning("%d messages stay invisible in %s for up to %ds: %s", len(messages),
+                    dlq.name, _HOLD_S, exc)
 
 
 def _entry_bytes(entry: dict[str, Any]) -> int:

@@ -22,10 +22,11 @@
   user (``per_user`` an hour) and against the address (``per_address`` an
   hour, whoever asks), in counters that expire.  Over either,
   :class:`~fmn.web.service.RateLimited`.  A send that certainly did not go
-  out (:class:`~fmn.errors.NotSent`: the mail relay or the IRC server could
-  not be reached) takes its counts back, so an outage does not use up a
-  person's tries; one that may have gone (a relay that timed out after the
-  message) keeps them, or a slow relay would lift the per-address limit.
+  out (:class:`~fmn.errors.NotSent`: an SMTP relay or the IRC server that
+  could not be reached, SES refusing at its first try) takes its counts
+  back, so an outage does not use up a person's tries; one that may have
+  gone (a relay that timed out after the message, SES failing after a
+  retry) keeps them, or a slow relay would lift the per-address limit.
 
 A destination stays unverified in the database until proven, and the
 snapshot never routes to an unverified one.  State lives behind the small
