@@ -210,8 +210,6 @@ def api(op: Operation) -> Callable[[Callable[..., http.Answer]], Callable[..., R
     signed-in route), and errors become the documented JSON errors, or pages on the
     routes that answer pages (the links of mails, opened by people).
     """
-    pages = op.errors_html or op.answer == "html"
-
     def wrap(view: Callable[..., http.Answer]) -> Callable[..., Response]:
         def run(**params: Any) -> Response:
             request = _request()
@@ -222,14 +220,15 @@ def api(op: Operation) -> Callable[[Callable[..., http.Answer]], Callable[..., R
                     params["user"] = _sessions().user(_jar())
                 return _response(view(**params))
             except WebError as exc:
-                return _response(http.error_page(exc) if pages else http.error(exc))
+                return _response(http.error_page(exc) if op.error_pages else http.error(exc))
             except UnsafeConfiguration as exc:
                 log.error("refusing to serve: %s", exc)
                 return _response(http.error_json(500, "misconfigured", str(exc)))
             # DBAPIError: the database away; PoolTimeout: every connection busy
             except (RetryableError, DBAPIError, PoolTimeout) as exc:
                 log.warning("dependency failed: %s", exc)
-                return _response(http.unavailable_page() if pages else http.unavailable())
+                return _response(http.unavailable_page() if op.error_pages
+                                 else http.unavailable())
 
         run.__name__ = view.__name__
         run.__doc__ = view.__doc__

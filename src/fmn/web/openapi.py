@@ -66,6 +66,11 @@ class Operation:
     def csrf(self) -> bool:
         return self.method in ("POST", "PUT", "PATCH", "DELETE") and self.access != "token"
 
+    @property
+    def error_pages(self) -> bool:
+        """Whether its errors are pages (a page's route, opened by a person), not JSON."""
+        return self.errors_html or self.answer == "html"
+
 
 def _schema(t: Any, mode: str, defs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = _no_null_defaults(TypeAdapter(t).json_schema(
@@ -117,7 +122,7 @@ def _operation(op: Operation, defs: dict[str, Any]) -> dict[str, Any]:
         ok["content"] = {JSON: {"schema": _schema(op.answer, "serialization", defs)}}
     error: dict[str, Any] = {"description": "an error (docs/web-api.md lists the codes)",
                              "content": {JSON: {"schema": {"$ref": REF.format(model="Error")}}}}
-    if op.errors_html or op.answer == "html":
+    if op.error_pages:
         error["content"][HTML] = {"schema": {"type": "string"}}
     doc["responses"] = {str(op.ok): ok, "default": error}
     if op.redirects:
