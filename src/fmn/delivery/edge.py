@@ -36,7 +36,7 @@ from fmn.errors import PermanentError, Postponed, RetryableError
 from fmn.pipeline.alarms import BUS_TO_SEND_LATENCY
 from fmn.pipeline.notifications import unpack_all
 from fmn.pipeline.queues import queue
-from fmn.pipeline.redelivery import Redelivery
+from fmn.pipeline.redelivery import Redelivery, reason_attributes
 from fmn.settings import Settings
 
 #: bus-to-send latencies recorded per flush: Powertools flushes a metric by itself, with
@@ -133,8 +133,7 @@ class SenderFunction:
                 self._state["dlq_url"] = sqs.get_queue_url(QueueName=name)["QueueUrl"]
             sqs.send_message(QueueUrl=self._state["dlq_url"],
                              MessageBody=dead_letter_body(item, reason),
-                             MessageAttributes={"error": {"DataType": "String",
-                                                          "StringValue": reason[:256] or "-"}})
+                             MessageAttributes=reason_attributes(reason))
         except Exception as exc:  # botocore errors: the item must not vanish
             raise RetryableError(f"dead-letter queue refused an item: {exc}") from exc
         self.logger.warning("dead-lettered", extra={"user": item.user, "reason": reason[:300],

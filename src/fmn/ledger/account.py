@@ -46,6 +46,7 @@ import orjson
 
 from fmn.ledger.journal import FAILED, MATCHED, PUBLISHED, STACK, read_lines
 from fmn.pipeline.queues import BACKENDS, QUEUES
+from fmn.pipeline.redelivery import reason_of
 
 _PARSER = BytesHeaderParser(policy=compat32)
 
@@ -171,13 +172,6 @@ def _once_key(queue_prefix: str, backend: str, data: dict[str, str]) -> str:
 
 
 # -- readers -------------------------------------------------------------------
-
-
-def error_attribute(message: dict[str, Any]) -> str | None:
-    """The reason a dead letter carries as its ``error`` message attribute, if any."""
-    attribute = (message.get("MessageAttributes") or {}).get("error") or {}
-    value = attribute.get("StringValue")
-    return str(value) if value else None
 
 
 def peek_queue(sqs: Any, url: str, hold_s: int = 60) -> list[dict[str, Any]]:
@@ -461,7 +455,7 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
     dead_messages: dict[str, str] = {}
     for m in peek_queue(sqs, urls["incoming"][1]):
         mid = _message_id_of(m["Body"]) or f"sqs:{m['MessageId']}"
-        dead_messages[mid] = reasons.get(m["MessageId"]) or error_attribute(m) or \
+        dead_messages[mid] = reasons.get(m["MessageId"]) or reason_of(m) or \
             "no reason journalled"
 
     report.published = len(published)
@@ -511,7 +505,7 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
             # a whole record a sender dead-lettered (unreadable, postponed too long) says
             # why in its error attribute; one SQS moved carries no reason at all
             for ident in idents:
-                dead[backend][ident] = reason or error_attribute(m) or \
+                dead[backend][ident] = reason or reason_of(m) or \
                     "moved after the queue's maximum receives"
 
     waiting_sender: dict[str, set[Ident]] = {b: set() for b in BACKENDS}

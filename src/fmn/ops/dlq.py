@@ -40,13 +40,13 @@ import orjson
 from fmn.delivery.text import clean, shorten
 from fmn.pipeline.match import batches_by_size
 from fmn.pipeline.queues import BACKENDS, QUEUES, QueueDef
-from fmn.pipeline.redelivery import POSTPONED_SINCE
+from fmn.pipeline.redelivery import POSTPONED_SINCE, REASON, reason_of
 
 log = logging.getLogger(__name__)
 
 SQS_BATCH_MAX = 10
 #: the attributes a redrive does not carry back (:func:`_sendable`)
-_DROPPED_ON_REDRIVE = frozenset({POSTPONED_SINCE, "error"})
+_DROPPED_ON_REDRIVE = frozenset({POSTPONED_SINCE, REASON})
 #: how long a message being read or moved stays invisible to others
 _HOLD_S = 60
 #: the answers of an endpoint without ``StartMessageMoveTask`` (the moto server answers
@@ -158,7 +158,7 @@ def describe(queue: QueueDef, message: dict[str, Any]) -> DeadLetter:
     """What a dead-lettered SQS message (as ``ReceiveMessage`` returns it) is, readably."""
     sqs_id = str(message.get("MessageId", "-"))
     count = max(0, int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)) - 1)
-    attribute = message.get("MessageAttributes", {}).get("error", {}).get("StringValue")
+    attribute = reason_of(message)
     moved = (f"failed {count} receives (the queue's limit is {queue.max_receive_count})"
              if count else "moved here after repeated failures")
     body = message.get("Body", "")

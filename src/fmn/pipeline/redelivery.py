@@ -52,6 +52,9 @@ MAX_VISIBILITY_S = 12 * 3600
 #: the message attribute of a requeued record: when it was first postponed (epoch seconds)
 POSTPONED_SINCE = "fmn-postponed-since"
 
+#: the message attribute of a dead letter a function put there: why
+REASON = "error"
+
 #: how long a record may keep being postponed before it goes to the dead-letter queue
 #: (a notice a day late; the queue's message-age alarm never sees a requeued record)
 MAX_POSTPONED_S = 24 * 3600
@@ -124,8 +127,7 @@ class Redelivery:
         name = queue_name(str(record.get("eventSourceARN", "")))
         self.sqs.send_message(
             QueueUrl=self.url(f"{name}-dlq"), MessageBody=record["body"],
-            MessageAttributes={"error": {"DataType": "String",
-                                         "StringValue": reason[:256] or "-"}})
+            MessageAttributes=reason_attributes(reason))
 
     def postpone(self, record: Mapping[str, Any], reason: str, delay_s: float = 0.0,
                  now: float | None = None) -> bool:
@@ -155,6 +157,18 @@ class Redelivery:
             MessageAttributes={POSTPONED_SINCE: {"DataType": "Number",
                                                  "StringValue": f"{since:.3f}"}},
             **({"DelaySeconds": delay} if delay else {}))
+
+
+def reason_attributes(reason: str) -> dict[str, Any]:
+    """The message attributes of a dead letter sent with ``reason`` (:data:`REASON`)."""
+    return {REASON: {"DataType": "String", "StringValue": reason[:256] or "-"}}
+
+
+def reason_of(message: Mapping[str, Any]) -> str | None:
+    """The :data:`REASON` of a dead letter as ``ReceiveMessage`` returns it, if any."""
+    attribute = (message.get("MessageAttributes") or {}).get(REASON) or {}
+    value = attribute.get("StringValue")
+    return str(value) if value else None
 
 
 def postponed_since(record: Mapping[str, Any], now: float) -> float:
