@@ -355,11 +355,12 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
         # ten bodies of up to 250 KiB each are more than one request takes
         groups = batches_by_size([_entry_bytes(e) for e in entries])
         for n, group in enumerate(groups):
+            later = [batch[i] for g in groups[n + 1:] for i in g]  # given back on a failure
             try:
                 sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
                     {"Id": str(i), **entries[i]} for i in group])
             except Exception as exc:  # SQS away: what was not sent is visible again at once
-                _release_quietly(sqs, dlq, [batch[i] for g in groups[n:] for i in g])
+                _release_quietly(sqs, dlq, [*(batch[i] for i in group), *later])
                 raise DlqError(f"sending to the source queue failed ({exc}); {moved} moved, "
                                f"the rest stay in {dlq.name}") from exc
             accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
@@ -370,7 +371,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                         for i, m in enumerate(done)])
                 except Exception as exc:  # sent: their copies come back, and go twice
-                    _release_quietly(sqs, dlq, [batch[i] for g in groups[n + 1:] for i in g])
+                    _release_quietly(sqs, dlq, later)
                     raise DlqError(f"{moved + len(done)} moved, but deleting the last "
                                    f"{len(done)} from {dlq.name} failed ({exc}): they come "
                                    "back there within a minute; the senders send each "
@@ -380,8 +381,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
                 progress(moved)
             refused = [batch[i] for i in group if i not in accepted]
             if refused:
-                later = [batch[i] for g in groups[n + 1:] for i in g]
-                _release(sqs, dlq.url, [m["ReceiptHandle"] for m in refused + later])
+                _release_quietly(sqs, dlq, refused + later)
                 reasons = "; ".join(sorted({str(f.get("Message", f.get("Code")))
                                             for f in sent.get("Failed", [])}))
                 raise DlqError(f"the source queue refused {len(refused)} messages "
