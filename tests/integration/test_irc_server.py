@@ -310,11 +310,9 @@ def test_a_silent_connection_is_checked_with_a_ping_before_a_line_is_lost_on_it(
 
 def test_a_server_that_cannot_be_reached_got_no_line() -> None:
     from fmn.errors import NotSent
+    from fmn.local.stack import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    link = IrcClientLink.from_url(f"irc://{SENDER_NICK}@127.0.0.1:{port}",
+    link = IrcClientLink.from_url(f"irc://{SENDER_NICK}@127.0.0.1:{free_port()}",
                                   TokenBucket(BURST, RATE))
     for _ in range(2):  # connecting, then waiting for the next attempt: both NotSent
         with pytest.raises(NotSent):

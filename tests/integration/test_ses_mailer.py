@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from email.message import EmailMessage
 
@@ -12,6 +11,7 @@ from botocore.config import Config
 
 from fmn.delivery.mailers import SesMailer
 from fmn.errors import NotSent, PermanentError, RetryableError
+from fmn.local.stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +39,8 @@ def test_ses_sends_from_a_verified_sender_and_refuses_an_unverified_one(aws_env:
 def test_ses_that_cannot_be_reached_is_retried_without_a_claim_it_sent_nothing() -> None:
     # botocore raises the last attempt's error: a connection refused on a retry says
     # nothing of an earlier attempt whose answer was lost, so it is no NotSent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ses = boto3.client("ses", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
+    ses = boto3.client("ses", region_name="us-east-1",
+                       endpoint_url=f"http://127.0.0.1:{free_port()}",
                        aws_access_key_id="x", aws_secret_access_key="x",
                        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     with pytest.raises(RetryableError) as failed:

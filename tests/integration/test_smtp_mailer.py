@@ -138,18 +138,11 @@ def test_a_verification_mail_to_an_idn_address_reaches_its_ascii_domain(tmp_path
     assert b"\nTo: ana@xn--bcher-kva.example\r\n" in got.raw and b"=?" not in got.raw
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_relay_that_cannot_be_reached_sent_nothing() -> None:
     from fmn.errors import NotSent
+    from fmn.local.stack import free_port
 
-    mailer = SmtpMailer(f"smtp://127.0.0.1:{_free_port()}")
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(NotSent):
         mailer.send(mail("a@example.org"))
 
