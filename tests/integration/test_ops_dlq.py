@@ -224,3 +224,133 @@ def test_a_redrive_of_large_dead_letters_fits_each_request(aws: AwsClients,
             aws.sqs.delete_message(QueueUrl=urls.url, ReceiptHandle=m["ReceiptHandle"])
     assert sorted(got) == sorted(bodies)
     assert _counts(aws.sqs, urls.dlq_url) == (0, 0)
+
+
+def _dead_letters(aws: AwsClients, dlq_url: str, bodies: list[str]) -> None:
+    for start in range(0, len(bodies), 10):
+        aws.sqs.send_message_batch(QueueUrl=dlq_url, Entries=[
+            {"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start:start + 10])])
+
+
+def _drain(aws: AwsClients, url: str, expected: int) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(got) < expected and time.monotonic() < deadline:
+        for m in aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                         WaitTimeSeconds=1).get("Messages", []):
+            got.append(m["Body"])
+            aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return got
+
+
+def test_dead_letters_with_one_body_all_move(aws: AwsClients, prefix: str) -> None:
+    # the move stopped at a body it had moved before, taking a second dead letter with the
+    # same body (the same bus message dead-lettered twice) for one that came back
+    from fmn.pipeline.queues import queue
+
+    urls = ensure_queues(aws.sqs, prefix, [queue("email")])["email"]
+    _dead_letters(aws, urls.dlq_url, ["the same payload"] * 12)  # two receives at least
+    result = dlq.redrive(aws.sqs, dlq.find(aws.sqs, prefix, "email"))
+    assert result.moved == 12
+    assert _drain(aws, urls.url, 12) == ["the same payload"] * 12
+    assert _counts(aws.sqs, urls.dlq_url) == (0, 0)
+
+
+def test_a_dead_letter_that_fails_again_at_once_stops_the_move(
+        aws: AwsClients, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    # SQS keeps a message's id when it moves it to the dead-letter queue: the copies this
+    # move sent come back under the ids SQS gave them, and the move stops there
+    qdef = QueueDef("email", "send_email", visibility_timeout_s=30, max_receive_count=1,
+                    batch_size=10, batching_window_s=0, max_concurrency=1)
+    urls = ensure_queues(aws.sqs, prefix, [qdef])["email"]
+    _dead_letters(aws, urls.dlq_url, [f"held {n}" for n in range(10)])
+    # ten dead letters someone is looking at: counted, so the move may move 20, but not
+    # to be received; only the copies that come back are there to receive after the first
+    held = _receive_all(aws, urls.dlq_url, 10)
+    _dead_letters(aws, urls.dlq_url, [f"poison {n}" for n in range(10)])
+
+    def fail_at_once(**_kwargs: Any) -> None:
+        # the consumer receives the copies and fails them: their second receive moves
+        # them back to the dead-letter queue
+        for _ in range(40):
+            aws.sqs.receive_message(QueueUrl=urls.url, MaxNumberOfMessages=10,
+                                    VisibilityTimeout=0)
+            if _counts(aws.sqs, urls.url) == (0, 0):
+                return
+            time.sleep(0.05)
+
+    aws.sqs.meta.events.register("after-call.sqs.SendMessageBatch", fail_at_once)
+    try:
+        with caplog.at_level("WARNING", logger="fmn.ops.dlq"):
+            result = dlq.redrive(aws.sqs, dlq.find(aws.sqs, prefix, "email", [qdef]))
+    finally:
+        aws.sqs.meta.events.unregister("after-call.sqs.SendMessageBatch", fail_at_once)
+    assert result.moved == 10
+    assert "10 dead letters came back while being moved" in caplog.text
+    assert _counts(aws.sqs, urls.url) == (0, 0)
+    # nothing lost: what came back and what was held are in the dead-letter queue
+    aws.sqs.change_message_visibility_batch(QueueUrl=urls.dlq_url, Entries=[
+        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+        for i, m in enumerate(held)])
+    assert sorted(_drain(aws, urls.dlq_url, 20)) == sorted(
+        [f"held {n}" for n in range(10)] + [f"poison {n}" for n in range(10)])
+
+
+def _receive_all(aws: AwsClients, url: str, count: int) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len(got) < count and time.monotonic() < deadline:
+        got += aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=count - len(got),
+                                       VisibilityTimeout=120, WaitTimeSeconds=1
+                                       ).get("Messages", [])
+    assert len(got) == count
+    return got
+
+
+def _spoil_receipt(times: int) -> tuple[Callable[..., None], list[int]]:
+    """A botocore hook that spoils the first entry's receipt handle in the first
+    ``times`` DeleteMessageBatch requests: SQS then answers it as ``Failed``."""
+    calls: list[int] = []
+
+    def spoil(params: dict[str, Any], **_kwargs: Any) -> None:
+        calls.append(len(params["Entries"]))
+        if len(calls) <= times:
+            params["Entries"][0]["ReceiptHandle"] = "spoiled"
+
+    return spoil, calls
+
+
+def test_a_delete_sqs_fails_is_tried_again(aws: AwsClients, prefix: str) -> None:
+    from fmn.pipeline.queues import queue
+
+    urls = ensure_queues(aws.sqs, prefix, [queue("email")])["email"]
+    _dead_letters(aws, urls.dlq_url, [f"letter {n}" for n in range(5)])
+    spoil, calls = _spoil_receipt(times=1)
+    aws.sqs.meta.events.register("before-parameter-build.sqs.DeleteMessageBatch", spoil)
+    try:
+        result = dlq.redrive(aws.sqs, dlq.find(aws.sqs, prefix, "email"))
+    finally:
+        aws.sqs.meta.events.unregister("before-parameter-build.sqs.DeleteMessageBatch", spoil)
+    assert result.moved == 5 and calls[-1] == 1  # the failed entry alone, once more
+    assert sorted(_drain(aws, urls.url, 5)) == [f"letter {n}" for n in range(5)]
+    assert _counts(aws.sqs, urls.dlq_url) == (0, 0)
+
+
+def test_a_delete_sqs_keeps_failing_is_an_error_not_a_move(aws: AwsClients,
+                                                          prefix: str) -> None:
+    # before: a Failed delete counted as moved, and its copy came back to the dead-letter
+    # queue unannounced (the next redrive sent it a second time)
+    from fmn.pipeline.queues import queue
+
+    urls = ensure_queues(aws.sqs, prefix, [queue("email")])["email"]
+    _dead_letters(aws, urls.dlq_url, [f"letter {n}" for n in range(5)])
+    spoil, _calls = _spoil_receipt(times=99)
+    aws.sqs.meta.events.register("before-parameter-build.sqs.DeleteMessageBatch", spoil)
+    try:
+        with pytest.raises(dlq.DlqError, match=r"deleting 1 of the last 5 .* failed"):
+            dlq.redrive(aws.sqs, dlq.find(aws.sqs, prefix, "email"))
+    finally:
+        aws.sqs.meta.events.unregister("before-parameter-build.sqs.DeleteMessageBatch", spoil)
+    # all five were sent; the one not deleted is still in the dead-letter queue (held)
+    assert sorted(_drain(aws, urls.url, 5)) == [f"letter {n}" for n in range(5)]
+    assert sum(_counts(aws.sqs, urls.dlq_url)) == 1

@@ -1,9 +1,9 @@
 """``fmn dlq redrive`` where SQS has no StartMessageMoveTask: the batched move ends.
 
 On an in-memory SQS whose source queue's consumer still fails: every message
-the move sends back lands on the dead-letter queue again at once.  The move
-takes each dead letter back once and stops, rather than moving them round
-forever.
+the move sends back lands on the dead-letter queue again at once, under the id
+SQS gave it when it was sent (as SQS does).  The move takes each dead letter
+back once and stops, rather than moving them round forever.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ class LoopingSqs:
         #: SQS's counts are approximate: this many more than there are
         self.overcount = overcount
         self.ids = itertools.count()
-        self.dead: dict[str, str] = {}  # receipt handle -> body, visible
-        self.held: dict[str, str] = {}  # received, not yet deleted or released
+        # receipt handle -> (message id, body): visible, and received but not yet
+        # deleted or released
+        self.dead: dict[str, tuple[str, str]] = {}
+        self.held: dict[str, tuple[str, str]] = {}
         for body in bodies:
-            self.dead[f"h{next(self.ids)}"] = body
+            n = next(self.ids)
+            self.dead[f"h{n}"] = (f"m{n}", body)
         self.sent_back = 0
         self.receives = 0
 
@@ -49,14 +52,18 @@ class LoopingSqs:
         out = []
         for h in handles:
             self.held[h] = self.dead.pop(h)
-            out.append({"MessageId": h, "ReceiptHandle": h, "Body": self.held[h]})
+            out.append({"MessageId": self.held[h][0], "ReceiptHandle": h,
+                        "Body": self.held[h][1]})
         return {"Messages": out}
 
     def send_message_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+        ok = []
         for entry in Entries:  # the consumer fails it again: straight back to the DLQ
             self.sent_back += 1
-            self.dead[f"h{next(self.ids)}"] = entry["MessageBody"]
-        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+            n = next(self.ids)
+            self.dead[f"h{n}"] = (f"m{n}", entry["MessageBody"])
+            ok.append({"Id": entry["Id"], "MessageId": f"m{n}"})
+        return {"Successful": ok, "Failed": []}
 
     def delete_message_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> Any:
         for entry in Entries:
@@ -73,7 +80,7 @@ class LoopingSqs:
 @pytest.mark.parametrize("overcount", [0, 40])
 def test_a_message_that_fails_again_at_once_is_moved_once_not_forever(overcount: int) -> None:
     """At most what the queue held at the start; and (when SQS's count was too high)
-    never a body already moved."""
+    never a message already moved."""
     sqs = LoopingSqs([f"body-{i}" for i in range(25)], overcount)
     qdef = QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
                     batch_size=10, batching_window_s=0, max_concurrency=1)
@@ -104,4 +111,4 @@ def test_sqs_failing_midway_leaves_what_was_not_sent_visible_in_the_dead_letter_
     with pytest.raises(dlq.DlqError, match="2 moved, the rest stay in fmn-email-dlq"):
         dlq.redrive(sqs, found)
     assert sqs.sent_back == 2 and not sqs.held  # the third: visible again, not held
-    assert sorted(b[:2] for b in sqs.dead.values()) == ["0:", "1:", "2:"]
+    assert sorted(b[:2] for _id, b in sqs.dead.values()) == ["0:", "1:", "2:"]

@@ -321,15 +321,15 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     """Send each batch to the source queue, then delete what SQS accepted.
 
     Moves at most the messages the dead-letter queue held when it began, and
-    stops at a body it already moved: a message that still fails for good
-    comes straight back, and would otherwise be moved round forever.
+    stops at a copy it sent itself: a message that still fails for good comes
+    straight back (SQS keeps a message's id when it moves it to the dead-letter
+    queue), and would otherwise be moved round forever.  Two dead letters with
+    the same body are two messages, and both move.
     """
-    import hashlib
-
     limit = sum(_attributes(sqs, dlq.url))
     moved = 0
     empty_receives = 0
-    seen: set[str] = set()
+    sent_ids: set[str] = set()  # the ids SQS gave the copies this move sent
     came_back = False
     while empty_receives < 2 and moved < limit and not came_back:
         # one empty answer can be a sampling miss
@@ -338,8 +338,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
             empty_receives += 1
             continue
         empty_receives = 0
-        again = [m for m in batch
-                 if hashlib.sha256(m["Body"].encode()).hexdigest() in seen]
+        again = [m for m in batch if m["MessageId"] in sent_ids]
         if again:
             came_back = True
             _release(sqs, dlq.url, [m["ReceiptHandle"] for m in again])
@@ -348,7 +347,6 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
             batch = [m for m in batch if m not in again]
             if not batch:
                 break
-        seen.update(hashlib.sha256(m["Body"].encode()).hexdigest() for m in batch)
         entries = [{"MessageBody": m["Body"],
                     "MessageAttributes": _sendable(m.get("MessageAttributes", {}))}
                    for m in batch]
@@ -364,18 +362,20 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
                 raise DlqError(f"sending to the source queue failed ({exc}); {moved} moved, "
                                f"the rest stay in {dlq.name}") from exc
             accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
+            sent_ids.update(str(e.get("MessageId")) for e in sent.get("Successful", []))
             done = [batch[i] for i in group if i in accepted]
             if done:
+                cause: Exception | None = None
                 try:
-                    sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                        for i, m in enumerate(done)])
-                except Exception as exc:  # sent: their copies come back, and go twice
+                    undeleted, why = _delete(sqs, dlq, done)
+                except Exception as exc:
+                    cause, undeleted, why = exc, len(done), str(exc)
+                if undeleted:  # sent: their copies come back, and go twice
                     _release_quietly(sqs, dlq, later)
-                    raise DlqError(f"{moved + len(done)} moved, but deleting the last "
-                                   f"{len(done)} from {dlq.name} failed ({exc}): they come "
-                                   "back there within a minute; the senders send each "
-                                   "notification once") from exc
+                    raise DlqError(f"{moved + len(done)} moved, but deleting {undeleted} "
+                                   f"of the last {len(done)} from {dlq.name} failed ({why}): "
+                                   "they come back there within a minute; the senders "
+                                   "send each notification once") from cause
             moved += len(done)
             if progress is not None:
                 progress(moved)
@@ -387,6 +387,22 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
                 raise DlqError(f"the source queue refused {len(refused)} messages "
                                f"({reasons}); {moved} moved, the rest stay in {dlq.name}")
     return moved
+
+
+def _delete(sqs: Any, dlq: Dlq, messages: list[dict[str, Any]]) -> tuple[int, str]:
+    """Delete ``messages`` from the dead-letter queue, trying the entries SQS failed
+    once more: how many it still failed, and why (raises what the client raises)."""
+    why = ""
+    for _attempt in (1, 2):
+        answer = sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+            for i, m in enumerate(messages)])
+        failed = answer.get("Failed", [])
+        if not failed:
+            return 0, ""
+        why = "; ".join(sorted({str(f.get("Message", f.get("Code"))) for f in failed}))
+        messages = [messages[int(f["Id"])] for f in failed]
+    return len(messages), why
 
 
 def _release_quietly(sqs: Any, dlq: Dlq, messages: list[dict[str, Any]]) -> None:
