@@ -53,6 +53,8 @@ log = logging.getLogger("fmn.webapp")
 
 STATIC = Path(__file__).resolve().parent / "static"
 _STATIC_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+#: On ``/api/v1/notifications``: ``false`` when some matches may be missing
+COMPLETE_HEADER = "FMN-Complete"
 
 #: Every route, in the order declared: the OpenAPI description is made from it.
 OPERATIONS: list[Operation] = []
@@ -549,10 +551,13 @@ def preview(user: str) -> http.Answer:
 
 
 @api(Operation("GET", "/api/v1/notifications", "my latest notifications, newest first",
-               query=schema.NotificationsQuery, answer=list[schema.Notification]))
+               query=schema.NotificationsQuery, answer=list[schema.Notification],
+               answer_headers=((COMPLETE_HEADER, "false when some rule's search of the "
+                                "recent messages ran out of time: matches may be missing"),)))
 def notifications(user: str) -> http.Answer:
     q = schema.query(schema.NotificationsQuery, _request().query_params)
-    return http.json_answer(_service().notifications(user, q.limit))
+    found, complete = _service().recent_notifications(user, q.limit)
+    return http.json_answer(found, headers={COMPLETE_HEADER: "true" if complete else "false"})
 
 
 @api(Operation("GET", "/api/v1/atom-url", "my Atom feed's private address",

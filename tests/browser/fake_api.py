@@ -131,6 +131,8 @@ class FakeApi:
         self.users: dict[str, UserState] = {name: UserState() for name in DEMO_USERS}
         self.ids = itertools.count(1)
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, csrf header
+        #: False: the searches behind previews and the recent list "ran out of time"
+        self.complete = True
         self.app = self._build()
 
     # -- state helpers ------------------------------------------------------------------
@@ -403,14 +405,16 @@ class FakeApi:
                                         "severity")} for m in messages]
             return JSONResponse({"window": len(SAMPLE_MESSAGES), "matched": len(messages),
                                  "messages": shown[:int(body.get("limit", 50))],
-                                 "took_ms": (time.perf_counter() - started) * 1000})
+                                 "took_ms": (time.perf_counter() - started) * 1000,
+                                 "complete": self.complete})
 
         async def notifications(request: Request) -> Response:
             # As fmn.web.service: oldest first, each with its feed id.
             user = user_of(request)
             limit = int(request.query_params.get("limit", "50"))
             return JSONResponse([{"id": e.id, **json.loads(e.data)}
-                                 for e in self.feed.latest(user, limit)])
+                                 for e in self.feed.latest(user, limit)],
+                                headers={"FMN-Complete": "true" if self.complete else "false"})
 
         routes = [
             Route("/", endpoint(index)),

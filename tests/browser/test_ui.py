@@ -149,6 +149,21 @@ def test_recent_notifications_and_enable_toggle_and_delete(
     expect(items.first).to_contain_text("A third notification")
     expect(items.nth(1)).to_contain_text("bob commented on bodhi update")
     expect(items.nth(2)).to_contain_text("alice's kernel-6.9.3-200.fc40 completed")
+    # Refresh reads the list again (it did nothing)
+    stack.api.push("alice", summary="A fourth notification", rule_names=["My packages"])
+    page.get_by_role("button", name="Refresh").click()
+    expect(items).to_have_count(4)
+    expect(items.first).to_contain_text("A fourth notification")
+    note = page.locator("#notifications-incomplete")
+    expect(note).to_be_hidden()
+    # the rules' search ran out of time: the list says it may miss some
+    stack.api.complete = False
+    page.get_by_role("button", name="Refresh").click()
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("some recent notifications may be missing")
+    stack.api.complete = True
+    page.get_by_role("button", name="Refresh").click()
+    expect(note).to_be_hidden()
 
     page.get_by_role("link", name="Rules").click()
     expect(page.get_by_role("heading", name="Rules", exact=True)).to_be_focused()
@@ -263,7 +278,16 @@ def test_rule_errors_are_shown_next_to_the_field(
     expect(page.locator("#preview-summary")).to_contain_text("not complete")
     patterns.fill("org.fedoraproject.prod.fas.*")
     expect(page.locator("#preview-summary")).to_contain_text("1 of the last 9 messages match")
+    expect(page.locator("#preview-summary")).not_to_contain_text("time limit")
     expect(patterns).not_to_have_attribute("aria-invalid", "true")
+    # a search that ran out of time says the count may be short
+    stack.api.complete = False
+    patterns.fill("org.fedoraproject.prod.fas.user.*")
+    expect(page.locator("#preview-summary")).to_contain_text(
+        "the search stopped at its time limit, there may be more")
+    stack.api.complete = True
+    patterns.fill("org.fedoraproject.prod.fas.*")
+    expect(page.locator("#preview-summary")).not_to_contain_text("time limit")
     # Saving without a destination: the error is on the destinations group.
     page.locator("#generation-rules").get_by_label("Live feed").uncheck()
     page.get_by_role("button", name="Save rule").click()

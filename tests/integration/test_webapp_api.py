@@ -514,6 +514,32 @@ def test_the_preview_shows_what_a_rule_would_have_matched(app: App) -> None:
     assert bad.status_code == 400 and bad.json_body["field"]
 
 
+def test_notifications_say_when_the_search_ran_out_of_time(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the list was cut silently: a person with many broad rules saw fewer notifications
+    # and no sign of it (the stats said "complete": false, the list nothing)
+    from shared_data import golden_messages
+
+    from fmn.preview.window import RedisWindowStore, record_many, window_key
+    from fmn.web import service
+
+    record_many(RedisWindowStore(app.redis, key=window_key(app.prefix)), golden_messages())
+    alice = Session("alice")
+    alice.post("/api/v1/rules", {
+        "name": "koji stuff", "enabled": True,
+        "tracking": {"kind": "topics", "params": {"patterns": ["*buildsys*"]}},
+        "generation_rules": [{"filters": {}, "destinations": ["email"]}]})
+    whole = alice.get("/api/v1/notifications")
+    assert whole.json_body and whole.headers["FMN-Complete"] == "true"
+    monkeypatch.setattr(service, "WINDOW_BUDGET_MS", 0.0)  # no time for any rule
+    cut = alice.get("/api/v1/notifications")
+    assert cut.status_code == 200 and cut.headers["FMN-Complete"] == "false"
+    assert len(cut.json_body) < len(whole.json_body)
+    doc = alice.get("/api/v1/openapi.json").json_body
+    assert "FMN-Complete" in doc["paths"]["/api/v1/notifications"]["get"]["responses"][
+        "200"]["headers"]
+
+
 def test_hostile_requests_get_a_400_not_a_500(app: App) -> None:
     alice = Session("alice")
     assert alice.get("/api/v1/notifications?limit=%C2%B2").status_code == 400  # "²".isdigit()

@@ -115,7 +115,8 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+/** Calls the API: its JSON answer (null for none); onAnswer(response) is called on a success. */
+async function api(method, path, body, onAnswer) {
   const headers = { Accept: "application/json" };
   if (method !== "GET" && method !== "HEAD") {
     // over https the server names its cookies __Host-: no other site can set those
@@ -137,6 +138,7 @@ async function api(method, path, body) {
     if (response.status === 401 && state.me) signedOut();
     throw new ApiError(response.status, data);
   }
+  if (onAnswer) onAnswer(response);
   return data;
 }
 
@@ -243,10 +245,16 @@ function newestFirst(a, b) {
 async function loadNotifications() {
   const list = $("notification-list");
   try {
-    const events = [...((await api("GET", `${API}/notifications?limit=50`)) || [])];
+    let complete = true;
+    const answer = await api("GET", `${API}/notifications?limit=50`, undefined, (response) => {
+      // false: some rule's search ran out of time, so matches may be missing
+      complete = response.headers.get("FMN-Complete") !== "false";
+    });
+    const events = [...(answer || [])];
     events.sort(newestFirst);
     list.replaceChildren(...events.map((e) => messageItem(e)));
     $("notifications-empty").hidden = list.children.length > 0;
+    $("notifications-incomplete").hidden = complete;
   } catch (error) {
     showAlert(`Could not load recent notifications: ${error.message}`);
   }
@@ -1106,7 +1114,10 @@ async function runPreview() {
       summary.textContent = "The preview is not available on this server.";
     } else {
       summary.textContent = `${answer.matched} of the last ${answer.window} messages match`
-        + (typeof answer.took_ms === "number" ? ` (${answer.took_ms.toFixed(1)} ms).` : ".");
+        + (typeof answer.took_ms === "number" ? ` (${answer.took_ms.toFixed(1)} ms)` : "")
+        + (answer.complete === false
+          ? ", among the newest: the search stopped at its time limit, there may be more."
+          : ".");
     }
     $("preview-list").replaceChildren(...messages.map((m) => messageItem(m)));
     summary.dataset.state = "done";
@@ -1320,5 +1331,6 @@ setupDestinationForm();
 setupEditor();
 setupDesktopNotifications();
 setupAtomFeed();
+$("refresh-notifications").addEventListener("click", () => loadNotifications());
 window.addEventListener("hashchange", () => route());
 start();

@@ -39,6 +39,7 @@ class Operation:
     ``query``: a model of :mod:`fmn.web.schema` declaring the query parameters.
     ``answer``: a model (or a type such as ``list[Model]``), ``"html"``, ``"file"`` (any
     type), ``"redirect"`` or ``None`` (no body); ``redirects``: a form sent answers 302.
+    ``answer_headers``: ``(name, description)`` of headers every success carries.
     ``access``: ``"user"`` (a session), ``"public"`` (none;
     unsafe methods still need the CSRF token) or ``"token"`` (the path's signed token
     is the credential: no session, no CSRF token).
@@ -56,6 +57,7 @@ class Operation:
     access: str = "user"
     errors_html: bool = False
     redirects: bool = False
+    answer_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def content_types(self) -> list[str]:
@@ -120,6 +122,9 @@ def _operation(op: Operation, defs: dict[str, Any]) -> dict[str, Any]:
         ok["headers"] = {"Location": {"schema": {"type": "string"}, "required": True}}
     elif op.answer is not None:
         ok["content"] = {JSON: {"schema": _schema(op.answer, "serialization", defs)}}
+    for name, description in op.answer_headers:
+        ok.setdefault("headers", {})[name] = {"description": description, "required": True,
+                                              "schema": {"type": "string"}}
     error: dict[str, Any] = {"description": "an error (docs/web-api.md lists the codes)",
                              "content": {JSON: {"schema": {"$ref": REF.format(model="Error")}}}}
     if op.error_pages:

@@ -431,6 +431,9 @@ class Preview(Answer):
     matched: int
     messages: list[Message]
     took_ms: float
+    #: False when the search stopped at its time limit: ``matched`` and ``messages``
+    #: then cover the newest of the messages the rule selects
+    complete: bool = True
 
 
 class Notification(Answer):

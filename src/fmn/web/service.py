@@ -666,6 +666,12 @@ class PreferencesService:
         """The user's recent notifications, newest first: what their enabled rules matched
         among the recent bus messages (whatever the channel), and their live feed's events.
         """
+        return self.recent_notifications(name, limit)[0]
+
+    def recent_notifications(self, name: str, limit: int = 50
+                             ) -> tuple[list[dict[str, Any]], bool]:
+        """:meth:`notifications`, and whether every rule's search of the window finished
+        within the time all of them share (False: some matches may be missing)."""
         if not 0 < limit <= MAX_FEED_LIMIT:
             raise Invalid(f"must be an integer from 1 to {MAX_FEED_LIMIT}", "limit")
         user = self.user(name)
@@ -687,7 +693,7 @@ class PreferencesService:
                     item["rule_names"] = [*item.get("rule_names", []), names[rule_id]]
         found = sorted(by_message.values(), key=lambda e: str(e.get("received_at") or ""),
                        reverse=True)
-        return found[:limit]
+        return found[:limit], _complete(answers)
 
     def stats(self, name: str) -> dict[str, Any]:
         """Notifications per rule over the last :data:`STATS_DAYS` days: what each enabled
@@ -698,7 +704,7 @@ class PreferencesService:
         if seen:
             counts.update({rule_id: int(a.get("matched", 0)) for rule_id, a in answers.items()})
             return {"days": STATS_DAYS, "rules": counts, "source": "window",
-                    "complete": all(a.get("complete", True) for a in answers.values())}
+                    "complete": _complete(answers)}
         since = self.clock() - STATS_DAYS * 24 * 3600
         for event in self._feed_events(name, MAX_FEED_LIMIT):
             try:
@@ -848,3 +854,8 @@ def known_applications() -> list[str]:
             log.warning("fedmsg processors unavailable: %s", exc)
         _applications.extend(sorted(names))
     return list(_applications)
+
+
+def _complete(answers: Mapping[str, Any]) -> bool:
+    """Whether every rule's preview answer covered the whole window."""
+    return all(a.get("complete", True) for a in answers.values())
