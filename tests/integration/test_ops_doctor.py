@@ -77,7 +77,7 @@ def test_a_healthy_stage_then_each_fault_on_its_own_line(
         stage: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     status, checks = _doctor(capsys)
     assert list(checks) == ["redis", "database", *(f"queue {q.name}" for q in QUEUES),
-                            "alarms", "snapshot"]
+                            "alarms", "snapshot", "mail from"]
     assert {c["status"] for c in checks.values()} == {"ok"}, checks
     assert status == 0
     assert "40 users" in checks["database"]["detail"]
@@ -103,6 +103,16 @@ def test_a_healthy_stage_then_each_fault_on_its_own_line(
     assert "1 dead letters" in checks["queue sse"]["detail"]
     assert f"{stage.queue_prefix}irc-age" in checks["alarms"]["detail"]
     assert user.name in checks["snapshot"]["detail"]
+
+
+def test_a_sender_address_the_senders_refuse_fails_its_line(
+        stage: Settings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FMN_MAIL_FROM", "Fedora Notifications")  # no address
+    status, checks = _doctor(capsys)
+    assert status == 1
+    assert {n for n, c in checks.items() if c["status"] != "ok"} == {"mail from"}
+    assert "FMN_MAIL_FROM must be one e-mail address" in checks["mail from"]["detail"]
 
 
 def test_redis_away_fails_its_lines_and_the_rest_answer(

@@ -283,3 +283,30 @@ def test_a_policy_with_another_header_factory_gets_its_own_header_objects() -> N
     ours["Date"] = theirs["Date"] = "Mon, 01 Jan 2024 12:30:00 +0000"
     assert hasattr(ours["Date"], "datetime")  # the registry's DateHeader
     assert not hasattr(theirs["Date"], "datetime")  # that factory's unstructured header
+
+
+@pytest.mark.parametrize("sender", ["notifications@fedoraproject.org",
+                                    "Fedora Notifications <notifications@fedoraproject.org>",
+                                    '"Fédora, notifications" <n@fedoraproject.org>'])
+def test_a_sender_with_one_address_is_taken(sender: str) -> None:
+    from fmn.delivery.email import check_sender
+
+    assert check_sender(sender) == sender
+    [item] = deliveries(payload("email", [note()]), "email")
+    assert parsed(render(item, **{**KW, "sender": sender}).as_bytes())["From"].addresses[
+        0].addr_spec.endswith("@fedoraproject.org")
+
+
+@pytest.mark.parametrize("sender", ["", "notifications", "a@example.org, b@example.org",
+                                    "<a@example.org", "a@example.org\r\nBcc: x@example.org",
+                                    "a@exa mple.org"])
+def test_a_sender_that_is_not_one_address_stops_the_sender_at_its_start(sender: str) -> None:
+    # smtplib sent an empty one as MAIL FROM:<>, every mail; a list as it was
+    from fmn.delivery.email import check_sender
+    from fmn.delivery.email_sender import EmailSender
+
+    with pytest.raises(ValueError, match="FMN_MAIL_FROM must be one e-mail address"):
+        check_sender(sender)
+    with pytest.raises(ValueError, match="FMN_MAIL_FROM"):
+        EmailSender(object(), None, sender=sender, web_url="https://x",  # type: ignore[arg-type]
+                    unsubscribe_url=lambda user, dest: "https://x/u")

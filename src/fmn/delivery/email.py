@@ -184,6 +184,24 @@ def check_address(address: str) -> str:
     return address
 
 
+def check_sender(sender: str) -> str:
+    """``sender`` if ``From`` can carry it: one plain address, with or without a display
+    name (``Fedora Notifications <notifications@fedoraproject.org>``); else ValueError
+    naming ``FMN_MAIL_FROM``, so that a wrong setting stops a sender at its start, not
+    every mail (smtplib would send ``MAIL FROM:<>`` for an empty one)."""
+    try:
+        header = POLICY.header_factory("From", sender)
+        addresses = header.addresses
+        if len(addresses) != 1 or header.defects or "\r" in sender or "\n" in sender:
+            raise InvalidAddress("not one address")
+        check_address(addresses[0].addr_spec)
+    except (InvalidAddress, ValueError, TypeError) as exc:
+        raise ValueError(f"FMN_MAIL_FROM must be one e-mail address, such as 'Fedora "
+                         f"Notifications <notifications@fedoraproject.org>': got "
+                         f"{sender[:100]!r} ({exc})") from exc
+    return sender
+
+
 def _header_text(value: object, limit: int = MAX_HEADER_CHARS) -> str:
     return _no_encoded_words(shorten(clean(None if value is None else str(value)), limit))
 

@@ -26,7 +26,7 @@ from email.message import EmailMessage
 
 from fmn.delivery.base import DeadLetter, Delivery
 from fmn.delivery.digest import DigestStore, destination_key, flush, flush_due
-from fmn.delivery.email import render, render_digest
+from fmn.delivery.email import check_sender, render, render_digest
 from fmn.delivery.mailers import Mailer
 from fmn.delivery.once import Once
 
@@ -49,7 +49,7 @@ class EmailSender:
         #: digest items not sent because their destination was unsubscribed meanwhile
         self.dropped = 0
         self.digests = digests
-        self.sender = sender
+        self.sender = check_sender(sender)
         self.web_url = web_url
         self.unsubscribe_url = unsubscribe_url
         self.clock = clock

@@ -187,6 +187,16 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def check_mail_from(settings: Settings) -> Check:
+    from fmn.delivery.email import check_sender
+
+    try:
+        check_sender(settings.mail_from)
+    except ValueError as exc:
+        return Check("mail from", FAIL, str(exc))
+    return Check("mail from", OK, f"mail goes out from {settings.mail_from}")
+
+
 def run_checks(settings: Settings, sqs: Any, cloudwatch: Any) -> Iterator[Check]:
     """Every check, in order, as each completes."""
     from fmn import db
@@ -199,5 +209,6 @@ def run_checks(settings: Settings, sqs: Any, cloudwatch: Any) -> Iterator[Check]
             yield _guarded(f"queue {q.name}", partial(check_queue, sqs, settings.queue_prefix, q))
         yield _guarded("alarms", lambda: check_alarms(cloudwatch, settings.queue_prefix))
         yield _guarded("snapshot", lambda: check_snapshot(settings, engine))
+        yield check_mail_from(settings)
     finally:
         engine.dispose()

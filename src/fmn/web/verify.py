@@ -56,6 +56,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol
 
 from fmn.auth import InvalidToken, seal, unseal
+from fmn.delivery.email import check_sender
 from fmn.delivery.irc_client import IrcLink
 from fmn.delivery.mailers import Mailer
 from fmn.errors import NotSent, PermanentError, RetryableError
@@ -307,7 +308,7 @@ class Verifier:
         self.secrets = [secret] if isinstance(secret, str) else list(secret)
         self.web_url = web_url.rstrip("/")
         self.mailer = mailer
-        self.mail_from = mail_from
+        self.mail_from = check_sender(mail_from)
         self.channels = channels
         self.limits = limits
         self.prefix = prefix
