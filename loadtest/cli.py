@@ -138,8 +138,12 @@ class Display:
             self.live.__exit__(None, None, None)
 
     def say(self, text: str) -> None:
+        from rich.markup import escape
+
+        # the text is not markup: reports carry dead-letter reasons, which carry bus content
         self.note = text
-        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {text}", highlight=False)
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {escape(text)}",
+                           highlight=False)
 
     def update(self, data: RunData, sample: Sample | None, text: str) -> None:
         if text:

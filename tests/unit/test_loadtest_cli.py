@@ -56,3 +56,17 @@ def test_every_redirection_keeps_the_report_exactly_where_a_reader_looks(
                                           "PYTHONPATH": str(ROOT)})
         text = f.read_text()
         assert text.count("REPORT") == expected and "SUMMARY TABLE" in text, (shell, text)
+
+
+def test_a_note_is_printed_as_it_is_not_read_as_markup() -> None:
+    # a ledger line carries dead-letter reasons, hence bus content: "[/x]" raised
+    # MarkupError and ended the run at its report, "[bold]" restyled the console
+    from rich.console import Console
+
+    from loadtest.cli import Display
+
+    display = Display(1)
+    out = io.StringIO()
+    display.console = Console(file=out, width=200, color_system=None)
+    display.say("reason: [/x] and [bold]not bold[/bold] from a message")
+    assert "reason: [/x] and [bold]not bold[/bold] from a message" in out.getvalue()
