@@ -37,9 +37,12 @@ class FakeLink:
         self.rooms: dict[str, dict[str, str]] = {}
         self.sent: list[tuple[str, dict[str, Any], str]] = []
         self.limit_next: list[float] = []
+        self.limit_rooms: list[float] = []  # room creations are limited apart (Synapse)
         self.gone: set[str] = set()
 
     def create_direct_room(self, user_id: str) -> str:
+        if self.limit_rooms:
+            raise LimitExceeded(self.limit_rooms.pop(0))
         room = f"!r{len(self.rooms)}:test"
         self.rooms[room] = {user_id: "invite"}
         return room
@@ -160,6 +163,38 @@ def test_a_limit_too_long_for_the_deadline_returns_the_rest_in_order() -> None:
     counts, failed = run(notifier, bodies, once, remaining_s=100)  # they come back
     assert failed == [] and counts["duplicate"] == 1 and counts["sent"] == 3
     assert [c["body"].split()[1] for _, c, _ in link.sent] == ["n-0", "n-1", "n-2", "n-3"]
+
+
+def test_a_room_creation_limit_holds_back_only_people_without_a_room() -> None:
+    # Synapse limits room creations apart from sends: a burst of people new to Matrix
+    # held back every later record of the batch, other people's too, for minutes
+    link, _, notifier, _ = make()
+    once = MemoryOnce()
+    run(notifier, [body(0, ["@ann:x"])], once)  # ann has a room
+    bodies = [body(1, ["@new:x"]), body(2, ["@ann:x"]), body(3, ["@cy:x"]),
+              body(4, ["@new:x"]), body(5, ["@dee:x"]), body(6, ["@dee:x", "@new:x"]),
+              body(7, ["@dee:x"])]
+    run(notifier, [body(0, ["@dee:x"])], once)  # so has dee
+    link.limit_rooms = [60.0]  # more than the 15 s left minus the margin
+    counts, failed = run(notifier, bodies, once, remaining_s=15)
+    # 1 went back; 3 needs a room; 4 is new's, after 1; 6 is new's too, and 7 is dee's
+    # after 6: each person's notices stay in order; 2 and 5 went on
+    assert failed == [0, 2, 3, 5, 6] and counts["sent"] == 2
+    assert [c["body"].split()[1] for _, c, _ in link.sent] == ["n-0", "n-0", "n-2", "n-5"]
+    counts, failed = run(notifier, [bodies[i] for i in failed], once, remaining_s=100)
+    assert failed == [] and counts["sent"] == 6
+    assert [c["body"].split()[1] for _, c, _ in link.sent][4:] == [
+        "n-1", "n-3", "n-4", "n-6", "n-6", "n-7"]
+
+
+def test_a_send_limit_still_holds_back_the_whole_batch() -> None:
+    link, _, notifier, _ = make()
+    once = MemoryOnce()
+    run(notifier, [body(0, ["@ann:x"]), body(1, ["@bob:x"])], once)
+    link.limit_next = [60.0]  # the bot's sends: every room alike
+    _counts, failed = run(notifier, [body(2, ["@ann:x"]), body(3, ["@bob:x"])], once,
+                          remaining_s=15)
+    assert failed == [0, 1]
 
 
 def test_a_backlog_becomes_one_summary_and_a_bad_address_goes_alone() -> None:

@@ -30,7 +30,12 @@ and the memory of each person's room the :class:`RoomStore` port
   message, visible once the limit has passed (SQS delays up to 15 minutes),
   using up none of its receives (a limit is no failure: it must not
   dead-letter anything): nothing is dropped, and what was sent is
-  remembered and skipped when it comes back.
+  remembered and skipped when it comes back.  Synapse limits room creations
+  apart from sends (``rc_room_creation``: ten, then one a minute), so a
+  burst of people new to Matrix notices would otherwise hold back everyone
+  else's: when only creations are limited (:class:`RoomsLimited`), records
+  for people who have a room go on, and only those for people without one,
+  or for someone whose record went back, wait.
 * **Twice.**  Each notice is sent with a transaction id derived from the
   notification's idempotency key and the room, so a send whose answer was
   lost and that is retried is stored once by the homeserver.
@@ -272,7 +277,10 @@ class MatrixNotifier:
                 self.rooms.forget(user_id, room)
                 room = None
         if room is None:
-            room = self._retrying(lambda: self.link.create_direct_room(user_id))
+            try:
+                room = self._retrying(lambda: self.link.create_direct_room(user_id))
+            except Postponed as exc:  # the bot's room creations, not its sends, are limited
+                raise RoomsLimited(str(exc), exc.delay_s) from exc
             self.rooms.put(user_id, room)
             self.stats["rooms-created"] += 1
             self._checked.add(user_id)
@@ -346,6 +354,11 @@ class MatrixNotifier:
         return MatrixBatch(self, plan)
 
 
+class RoomsLimited(Postponed):
+    """The homeserver limits the bot's room creations (Synapse's ``rc_room_creation``,
+    a limiter apart from its sends) longer than the invocation can wait."""
+
+
 class MatrixBatch:
     """Delivers the records of one planned batch; the ``deliver`` of the sender function.
 
@@ -353,13 +366,19 @@ class MatrixBatch:
     ``summary-notices``, ``rooms-created`` and ``rate-limited``.  After a
     record fails for want of time (a rate limit too long to wait out), every
     later record of the batch fails too without sending, so that each room
-    keeps its order.
+    keeps its order.  When only room creations are limited (:class:`RoomsLimited`),
+    the people who already have a room go on: a later record waits only if it
+    is for someone without a remembered room, or for someone of a record that
+    went back (their order).
     """
 
     def __init__(self, notifier: MatrixNotifier, plan: BatchPlan) -> None:
         self.notifier = notifier
         self.plan = plan
         self.halted: RetryableError | None = None
+        #: the room-creation limit met in this batch, and the people whose records wait
+        self.rooms_limited: RoomsLimited | None = None
+        self.waiting: set[str] = set()
 
     def __call__(self, body: str, send: Send, once: Once,
                  dead_letter: DeadLetter) -> Counter[str]:
@@ -368,11 +387,26 @@ class MatrixBatch:
             if isinstance(self.halted, Postponed):
                 raise Postponed(detail, self.halted.delay_s)
             raise RetryableError(detail)
+        items = deliveries(body, "matrix")
+        people = {item.address for item in items}
+        try:
+            wait = self.rooms_limited is not None and self._must_wait(people)
+        except RetryableError as exc:  # Redis, for the rooms
+            self.halted = exc
+            raise
+        if wait and self.rooms_limited is not None:
+            self.waiting |= {fold(p) for p in people}
+            raise Postponed(f"waits for a room, or for an earlier record of the same person "
+                            f"that went back: {self.rooms_limited}", self.rooms_limited.delay_s)
         counts: Counter[str] = Counter()
         try:
-            for item in deliveries(body, "matrix"):
+            for item in items:
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
+        except RoomsLimited as exc:
+            self.rooms_limited = exc
+            self.waiting |= {fold(p) for p in people}
+            raise
         except RetryableError as exc:
             self.halted = exc
             raise
@@ -381,6 +415,13 @@ class MatrixBatch:
                 counts.update(self.notifier.stats)
                 self.notifier.stats.clear()
         return counts
+
+    def _must_wait(self, people: set[str]) -> bool:
+        """Whether a record for ``people`` must wait once room creations are limited."""
+        if {fold(p) for p in people} & self.waiting:
+            return True
+        # an address that is not a user id has no room and needs none: it dead-letters
+        return any(valid_user_id(p) and self.notifier.rooms.get(p) is None for p in people)
 
     def _one(self, item: Delivery, once: Once, dead_letter: DeadLetter) -> list[str]:
         return self.plan.deliver(
