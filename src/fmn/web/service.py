@@ -811,21 +811,19 @@ class PreferencesService:
     @_redone_if_stale
     def _disable_rule(self, admin: str, target: str, rule_id: str) -> Rule:
         user, read_at = self._admin(admin, target)
-        for r in user.rules:
-            if r.id == rule_id:
-                return self._put_rule(user, dataclasses.replace(r, enabled=False), read_at)
-        raise NotFound(f"{target} has no rule {rule_id!r}")  # deleted meanwhile
-
+        rule = _own_rule(user, rule_id, f"{target} has")  # NotFound: deleted meanwhile
+        return self._put_rule(user, dataclasses.replace(rule, enabled=False), read_at)
 
 
 _applications: list[str] = []
 
 
-def _own_rule(user: User, rule_id: str) -> Rule:
+def _own_rule(user: User, rule_id: str, who: str = "you have") -> Rule:
+    """``user``'s rule ``rule_id``; NotFound ("<who> no rule ...") if they have none."""
     for r in user.rules:
         if r.id == rule_id:
             return r
-    raise NotFound(f"you have no rule {rule_id!r}")
+    raise NotFound(f"{who} no rule {rule_id!r}")
 
 
 def known_applications() -> list[str]:
