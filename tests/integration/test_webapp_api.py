@@ -258,6 +258,8 @@ def test_admin_routes(app: App) -> None:
                                                                       "enabled": False}
     assert root.get("/api/v1/me").json_body["is_admin"] is True
     assert app.client("bob").get("/api/v1/me").json_body["enabled"] is False
+    gone = root.post("/api/v1/admin/users/bob/rules/no-such-rule/disable")
+    assert gone.status_code == 404 and gone.json_body["detail"] == "bob has no rule 'no-such-rule'"
 
 
 def test_a_rule_an_admin_disabled_stays_disabled(app: App) -> None:
