@@ -332,9 +332,12 @@ class FakeApi:
 
         async def resend(request: Request) -> Response:
             user = user_of(request)
-            find_dest(user, request.path_params["id"])
+            dest = find_dest(user, request.path_params["id"])
+            if dest["verified"]:  # as fmn.web.verify: nothing sent
+                return JSONResponse({"verification": "verified"}, status_code=202)
             self.users[user].resent += 1
-            return Response(status_code=202)
+            return JSONResponse({"verification": "link" if dest["protocol"] == "email"
+                                 else "code"}, status_code=202)
 
         async def rules(request: Request) -> Response:
             user = user_of(request)

@@ -70,6 +70,8 @@ def test_real_app_sign_in_add_rule_and_live_feed(
         atom = reader.request.get(first)
         assert atom.status == 200 and "bob commented on FEDORA-2024-77" in atom.text()
         page.get_by_role("button", name="Revoke and make a new address").click()
+        expect(address).to_have_value(first)  # not before it is confirmed
+        page.get_by_role("button", name="Yes, make a new one").click()
         expect(address).not_to_have_value(first)
         assert reader.request.get(first).status == 404
         assert reader.request.get(address.input_value()).status == 200
@@ -78,6 +80,15 @@ def test_real_app_sign_in_add_rule_and_live_feed(
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    # the next person on this page sees nothing of dora's: not her live feed, not her
+    # feed's private address (which reads her notifications without a session)
+    sign_in(page, real_stack, "erin")
+    expect(page.locator("#feed-list")).not_to_contain_text("FEDORA-2024-77")
+    page.get_by_role("link", name="Recent notifications").click()
+    expect(page.get_by_label("Feed address")).to_be_hidden()
+    assert page.locator("#atom-url").input_value() == ""
+    expect(page.locator("#notification-list")).not_to_contain_text("FEDORA-2024-77")
     clean(probe)
 
 

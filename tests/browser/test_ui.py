@@ -389,3 +389,76 @@ def test_a_cookie_named_ours_behind_a_no_break_space_is_not_read(
     assert [csrf for method, path, csrf in stack.api.requests
             if (method, path) == ("POST", "/logout")] == [ours]
     clean(probe)
+
+
+def test_the_page_does_what_a_person_means(page: Any, stack: Stack, probe: PageProbe) -> None:
+    """Found by reading the page as a newcomer: each of these did something else."""
+    sign_in(page, stack)
+
+    # "Skip to content" skips to the content of this view, not to Rules
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_role("link", name="Skip to content").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Destinations")).to_be_visible()
+
+    # a link in a bus message is absolute http(s) or none: a relative one pointed into
+    # this app
+    stack.api.push("alice", summary="relative link", url="/api/v1/atom-url")
+    item = page.locator("#feed-list > li", has_text="relative link")
+    expect(item).to_be_visible()
+    expect(item.locator("a[href]")).to_have_count(0)
+
+    # "Send again" for an address verified meanwhile (in another tab) says so, sends
+    # nothing, and shows it verified
+    page.get_by_label("Destination kind").select_option("email")
+    page.get_by_label("Address", exact=True).fill("later@example.org")
+    page.get_by_role("button", name="Add destination").click()
+    row = page.locator("#destination-list > li", has_text="later@example.org")
+    expect(row).to_contain_text("not verified")
+    for d in stack.api.users["alice"].destinations:
+        if d["address"] == "later@example.org":
+            d["verified"] = True
+    resent = stack.api.users["alice"].resent
+    row.get_by_role("button", name="Send again").click()
+    expect(page.locator("#status")).to_contain_text("is verified already: nothing was sent")
+    expect(row).not_to_contain_text("not verified")
+    assert stack.api.users["alice"].resent == resent
+
+    # an error banner goes once the person moves on
+    page.evaluate("document.getElementById('alert').textContent = 'an old failure'")
+    page.get_by_role("link", name="Rules").click()
+    expect(page.locator("#alert")).to_be_empty()
+
+    # Escape in a search box with text clears the text, not the whole edit
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("Kept")
+    apps = page.get_by_label("Filter the applications list")
+    apps.fill("bod")
+    apps.press("Escape")
+    expect(page.locator("#editor")).to_be_visible()
+    expect(page.get_by_label("Rule name")).to_have_value("Kept")
+
+    # a double click on Save saves one rule
+    before = len(stack.api.users["alice"].rules)
+    page.get_by_role("button", name="Save rule").dblclick()
+    expect(page.locator("#rule-list > li", has_text="Kept")).to_have_count(1)
+    assert len(stack.api.users["alice"].rules) == before + 1
+
+    # the list's Enabled switch and an open editor of the same rule agree
+    rule = page.locator("#rule-list > li", has_text="Kept")
+    rule.get_by_role("button", name="Edit Kept").click()
+    rule.get_by_label("Enabled").uncheck()
+    expect(page.locator("#status")).to_contain_text("Kept disabled")
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#editor")).to_be_hidden()
+    saved = next(r for r in stack.api.users["alice"].rules if r["name"] == "Kept")
+    assert saved["enabled"] is False
+
+    # a sign-out that fails says so, and the person stays signed in
+    page.route("**/logout", lambda route: route.abort())
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#alert")).to_contain_text("Could not sign out")
+    expect(page.locator("#account-name")).to_have_text("alice")
+    page.unroute("**/logout")
+    probe.errors.clear()  # the aborted request, logged by the browser
+    clean(probe)

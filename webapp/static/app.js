@@ -37,6 +37,9 @@ const state = {
   feedMissed: null, // while resuming after a dropped connection: {count, first, gap}
   previewTimer: 0,
   previewSeq: 0,
+  epoch: 0, // bumped at sign-out: answers to an earlier user's requests are dropped
+  notificationsSeq: 0,
+  saving: false, // a rule or destination form is being sent: no second one
 };
 
 // -- small helpers ------------------------------------------------------------
@@ -63,11 +66,12 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** The URL if it is http(s), else null (never javascript:, data:, ...). */
+/** The URL if it is an absolute http(s) one, else null (never javascript:, data:, nor a
+ * relative one, which would become a link into this app). */
 function safeUrl(value) {
-  if (typeof value !== "string") return null;
+  if (typeof value !== "string" || !/^https?:\/\//i.test(value)) return null;
   try {
-    const url = new URL(value, location.href);
+    const url = new URL(value);
     return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
   } catch {
     return null;
@@ -130,7 +134,7 @@ async function api(method, path, body, onAnswer) {
     credentials: "same-origin",
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  if (response.status === 204 || response.status === 202) return null;
+  if (response.status === 204) return null;
   let data = null;
   const type = response.headers.get("content-type") || "";
   if (type.includes("json")) data = await response.json().catch(() => null);
@@ -139,6 +143,8 @@ async function api(method, path, body, onAnswer) {
     throw new ApiError(response.status, data);
   }
   if (onAnswer) onAnswer(response);
+  // a change that went through: an earlier failure's banner no longer holds
+  if (method !== "GET" && !path.endsWith("/preview")) showAlert("");
   return data;
 }
 
@@ -244,18 +250,23 @@ function newestFirst(a, b) {
 
 async function loadNotifications() {
   const list = $("notification-list");
+  const mine = ++state.notificationsSeq;
   try {
     let complete = true;
     const answer = await api("GET", `${API}/notifications?limit=50`, undefined, (response) => {
       // false: some rule's search ran out of time, so matches may be missing
       complete = response.headers.get("FMN-Complete") !== "false";
     });
+    if (mine !== state.notificationsSeq) return; // a later request, or another user
     const events = [...(answer || [])];
     events.sort(newestFirst);
     list.replaceChildren(...events.map((e) => messageItem(e)));
     $("notifications-empty").hidden = list.children.length > 0;
     $("notifications-incomplete").hidden = complete;
   } catch (error) {
+    if (mine !== state.notificationsSeq) return;
+    list.replaceChildren();
+    $("notifications-incomplete").hidden = true;
     showAlert(`Could not load recent notifications: ${error.message}`);
   }
 }
@@ -264,8 +275,10 @@ async function loadNotifications() {
 
 function setupAtomFeed() {
   const show = async (method, path) => {
+    const epoch = state.epoch;
     try {
       const answer = await api(method, path, method === "POST" ? {} : undefined);
+      if (epoch !== state.epoch) return; // signed out meanwhile
       const url = answer && safeUrl(answer.url);
       if (!url) return;
       $("atom-url").value = url;
@@ -277,7 +290,10 @@ function setupAtomFeed() {
     }
   };
   $("atom-show").addEventListener("click", () => show("GET", `${API}/atom-url`));
-  $("atom-revoke").addEventListener("click", () => show("POST", `${API}/atom-url/revoke`));
+  const revoke = $("atom-revoke");
+  revoke.addEventListener("click", () => confirmInline(revoke,
+    "Every feed reader using the current address stops getting it. Make a new one?",
+    () => show("POST", `${API}/atom-url/revoke`), "Yes, make a new one"));
 }
 
 // -- the live feed --------------------------------------------------------------------
@@ -573,7 +589,13 @@ function resendButton(d, errorBox) {
   const button = h("button", { type: "button", class: "secondary" }, "Send again");
   button.addEventListener("click", async () => {
     try {
-      await api("POST", `${API}/destinations/${encodeURIComponent(d.id)}/resend`);
+      const answer = await api("POST",
+        `${API}/destinations/${encodeURIComponent(d.id)}/resend`);
+      if (answer && answer.verification === "verified") {
+        announce(`${destinationLabel(d)} is verified already: nothing was sent.`);
+        await loadDestinations();
+        return;
+      }
       announce(`A new verification message is on its way to ${destinationLabel(d)}.`);
     } catch (error) {
       errorBox.textContent = error.message;
@@ -599,9 +621,9 @@ function focusDestination(id) {
 }
 
 /** Replace `button` with "really?" and "cancel" buttons; run `action` on confirmation. */
-function confirmInline(button, question, action) {
+function confirmInline(button, question, action, answer = "Yes, delete") {
   const box = h("span", { class: "confirm", role: "group", "aria-label": question });
-  const yes = h("button", { type: "button", class: "danger" }, "Yes, delete");
+  const yes = h("button", { type: "button", class: "danger" }, answer);
   const no = h("button", { type: "button", class: "secondary" }, "Cancel");
   box.append(h("span", {}, question), yes, no);
   button.hidden = true;
@@ -638,6 +660,8 @@ function setupDestinationForm() {
     clearErrors(form);
     const body = { protocol: protocol.value };
     if (protocol.value !== "sse") body.address = address.value.trim();
+    if (state.saving) return;
+    state.saving = true;
     try {
       const created = await api("POST", `${API}/destinations`, body);
       state.destinations.push(created);
@@ -647,6 +671,8 @@ function setupDestinationForm() {
       focusDestination(created.id);
     } catch (error) {
       showError(form, $("destination-form-error"), error);
+    } finally {
+      state.saving = false;
     }
   });
 }
@@ -690,6 +716,10 @@ function ruleItem(rule) {
       const updated = await api("PATCH", `${API}/rules/${encodeURIComponent(rule.id)}`,
         { enabled: toggle.checked });
       Object.assign(rule, updated || { enabled: toggle.checked });
+      if (state.editing && state.editing.id === rule.id) { // or saving it undoes the switch
+        state.editing.enabled = rule.enabled;
+        $("rule-enabled-new").checked = rule.enabled;
+      }
       announce(`${name} ${rule.enabled ? "enabled" : "disabled"}.`);
     } catch (error) {
       toggle.checked = !toggle.checked;
@@ -1154,7 +1184,10 @@ function setupEditor() {
     if (first) first.focus();
   });
   form.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") $("cancel-rule").click();
+    if (event.key !== "Escape") return;
+    const field = event.target;
+    if (field instanceof HTMLInputElement && field.type === "search" && field.value) return;
+    $("cancel-rule").click();
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -1165,6 +1198,8 @@ function setupEditor() {
     $("rule-form-error").hidden = true;
     const body = editedRule();
     const id = state.editing.id;
+    if (state.saving) return;
+    state.saving = true;
     try {
       const saved = id
         ? await api("PUT", `${API}/rules/${encodeURIComponent(id)}`, body)
@@ -1178,6 +1213,8 @@ function setupEditor() {
       if (heading) heading.focus();
     } catch (error) {
       showError(form, $("rule-form-error"), error);
+    } finally {
+      state.saving = false;
     }
   });
 }
@@ -1200,6 +1237,9 @@ function showView(name, { focus = true } = {}) {
     else link.removeAttribute("aria-current");
   }
   if (name === "notifications") loadNotifications();
+  if (name === "destinations") {
+    loadDestinations().catch((error) => showAlert(`Could not load your destinations: ${error.message}`));
+  }
   if (name === "rules" && state.editing) renderGenerationRules(); // destinations may have changed
   if (focus) {
     const heading = view.querySelector("h2");
@@ -1210,6 +1250,10 @@ function showView(name, { focus = true } = {}) {
 
 function route({ focus = true } = {}) {
   if (!state.me) return;
+  if (location.hash === "#main") { // the skip link: stay on this view
+    $("main").focus();
+    return;
+  }
   const name = location.hash.replace(/^#\/?/, "");
   // #/rules/<id>: the rule a mail's "why you got this" names
   const ruleLink = /^rules\/(.+)$/.exec(name);
@@ -1281,8 +1325,10 @@ function setupSignIn() {
   $("sign-out").addEventListener("click", async () => {
     try {
       await api("POST", "/logout");
-    } catch {
-      // signed out anyway, as far as this page is concerned
+    } catch (error) {
+      if (error.status === 401) return; // the session had ended: api() has signed out
+      showAlert(`Could not sign out: ${error.message}. You are still signed in; try again.`);
+      return;
     }
     signedOut();
   });
@@ -1290,8 +1336,23 @@ function setupSignIn() {
 
 function signedOut() {
   state.me = null;
+  state.epoch += 1;
+  state.notificationsSeq += 1;
   closeFeed();
   closeEditor();
+  // nothing of this user stays for the next one on this page (the feed address reads
+  // their notifications without a session)
+  state.destinations = [];
+  state.rules = [];
+  for (const id of ["feed-list", "notification-list", "rule-list", "destination-list"]) {
+    $(id).replaceChildren();
+  }
+  $("feed-empty").hidden = false;
+  $("notifications-incomplete").hidden = true;
+  $("atom-url").value = "";
+  $("atom-row").hidden = true;
+  showAlert("");
+  $("status").textContent = "";
   showSignIn().then(() => $("main").focus());
 }
 
@@ -1332,5 +1393,8 @@ setupEditor();
 setupDesktopNotifications();
 setupAtomFeed();
 $("refresh-notifications").addEventListener("click", () => loadNotifications());
-window.addEventListener("hashchange", () => route());
+window.addEventListener("hashchange", () => {
+  showAlert(""); // a view opened afresh: the last one's error no longer holds
+  route();
+});
 start();
