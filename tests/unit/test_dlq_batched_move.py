@@ -9,6 +9,7 @@ back once and stops, rather than moving them round forever.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
@@ -90,6 +91,39 @@ def test_a_message_that_fails_again_at_once_is_moved_once_not_forever(overcount:
     assert (result.moved, result.method) == (25, "batched move")
     assert sqs.sent_back == 25  # each once
     assert len(sqs.dead) == 25 and not sqs.held  # all back where they were, visible
+
+
+class DeadLetteringSqs(LoopingSqs):
+    """Its consumer is a sender that dead-letters each record itself: the copy comes
+    back under a new id, with its body (and, here, no id in SendMessageBatch's answer)."""
+
+    def send_message_batch(self, *, Entries: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+        for entry in Entries:
+            self.sent_back += 1
+            n = next(self.ids)
+            self.dead[f"h{n}"] = (f"new-{n}", entry["MessageBody"])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def receive_message(self, *, MaxNumberOfMessages: int, **kw: Any) -> dict[str, Any]:
+        got = super().receive_message(MaxNumberOfMessages=MaxNumberOfMessages, **kw)
+        for m in got["Messages"]:  # the copies are young; the first 25 were there before
+            young = m["MessageId"].startswith("new-")
+            m["Attributes"] = {"SentTimestamp": str(int((time.time() + (2 if young else -60))
+                                                        * 1000))}
+        return got
+
+
+@pytest.mark.parametrize("overcount", [0, 40])
+def test_a_record_its_sender_dead_letters_again_is_moved_once(overcount: int) -> None:
+    # its copy comes back under a new id: told by its body, on a message younger than
+    # the move (two dead letters with one body from before both move: the other test)
+    sqs = DeadLetteringSqs([f"body-{i}" for i in range(25)], overcount)
+    found = dlq.Dlq(QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
+                             batch_size=10, batching_window_s=0, max_concurrency=1),
+                    "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work", visible=25)
+    result = dlq.redrive(sqs, found)
+    assert result.moved == 25 and sqs.sent_back == 25  # each once
+    assert len(sqs.dead) == 25 and not sqs.held
 
 
 class FailingSqs(LoopingSqs):

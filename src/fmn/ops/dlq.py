@@ -322,14 +322,37 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
 
     Moves at most the messages the dead-letter queue held when it began, and
     stops at a copy it sent itself: a message that still fails for good comes
-    straight back (SQS keeps a message's id when it moves it to the dead-letter
-    queue), and would otherwise be moved round forever.  Two dead letters with
-    the same body are two messages, and both move.
+    straight back, and would otherwise be moved round forever.  A copy comes
+    back under the id SQS gave it when SQS moves it after its receives (SQS
+    keeps a message's id), or under a new id, with its body, when a sender
+    dead-letters it itself (:meth:`~fmn.pipeline.redelivery.Redelivery.dead_letter`):
+    then it is the body of a copy sent, on a message SQS took after the move
+    began, by SQS's own clock (:func:`_sqs_now`; a copy back within the second
+    the move began in is taken for an older dead letter and moved once more).
+    Two dead letters with the same body that were there before are two
+    messages, and both move.
     """
-    limit = sum(_attributes(sqs, dlq.url))
+    import hashlib
+
+    def digest(m: dict[str, Any]) -> str:
+        return hashlib.sha256(m["Body"].encode()).hexdigest()
+
+    def returned(m: dict[str, Any]) -> bool:
+        if m.get("MessageId") in sent_ids:
+            return True
+        sent_at = int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
+        return sent_at >= after and digest(m) in sent_bodies
+
+    first = sqs.get_queue_attributes(QueueUrl=dlq.url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+    # every dead letter there before the move was sent before this (one second later
+    # than SQS's answer said: its Date header has whole seconds)
+    after = _sqs_now(first) + 1
+    limit = sum(int(v) for v in first["Attributes"].values())
     moved = 0
     empty_receives = 0
     sent_ids: set[str] = set()  # the ids SQS gave the copies this move sent
+    sent_bodies: set[str] = set()  # and their bodies' digests
     came_back = False
     while empty_receives < 2 and moved < limit and not came_back:
         # one empty answer can be a sampling miss
@@ -338,7 +361,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
             empty_receives += 1
             continue
         empty_receives = 0
-        again = [m for m in batch if m["MessageId"] in sent_ids]
+        again = [m for m in batch if returned(m)]
         if again:
             came_back = True
             _release(sqs, dlq.url, [m["ReceiptHandle"] for m in again])
@@ -362,8 +385,10 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
                 raise DlqError(f"sending to the source queue failed ({exc}); {moved} moved, "
                                f"the rest stay in {dlq.name}") from exc
             accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
-            sent_ids.update(str(e.get("MessageId")) for e in sent.get("Successful", []))
+            sent_ids.update(str(e["MessageId"]) for e in sent.get("Successful", [])
+                            if e.get("MessageId"))
             done = [batch[i] for i in group if i in accepted]
+            sent_bodies.update(digest(m) for m in done)
             if done:
                 cause: Exception | None = None
                 try:
@@ -389,14 +414,31 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     return moved
 
 
+def _sqs_now(answer: dict[str, Any]) -> float:
+    """SQS's time when it answered (its ``Date`` header, whole seconds); this machine's
+    if the answer has none."""
+    from email.utils import parsedate_to_datetime
+
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).timestamp() if date else time.time()
+    except (TypeError, ValueError):
+        return time.time()
+
+
 def _delete(sqs: Any, dlq: Dlq, messages: list[dict[str, Any]]) -> tuple[int, str]:
     """Delete ``messages`` from the dead-letter queue, trying the entries SQS failed
     once more: how many it still failed, and why (raises what the client raises)."""
     why = ""
-    for _attempt in (1, 2):
-        answer = sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-            for i, m in enumerate(messages)])
+    for attempt in (1, 2):
+        try:
+            answer = sqs.delete_message_batch(QueueUrl=dlq.url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, m in enumerate(messages)])
+        except Exception as exc:
+            if attempt == 1:
+                raise
+            return len(messages), f"{why}; then {exc}"
         failed = answer.get("Failed", [])
         if not failed:
             return 0, ""
