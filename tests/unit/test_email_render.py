@@ -299,7 +299,9 @@ def test_a_sender_with_one_address_is_taken(sender: str) -> None:
 
 @pytest.mark.parametrize("sender", ["", "notifications", "a@example.org, b@example.org",
                                     "<a@example.org", "a@example.org\r\nBcc: x@example.org",
-                                    "a@exa mple.org"])
+                                    "a@exa mple.org", "<", '"', "Fedora\u2028 <a@example.org>",
+                                    "a@example.org\x85", "grp: a@example.org;",
+                                    "a@example.org,"])
 def test_a_sender_that_is_not_one_address_stops_the_sender_at_its_start(sender: str) -> None:
     # smtplib sent an empty one as MAIL FROM:<>, every mail; a list as it was
     from fmn.delivery.email import check_sender

@@ -288,6 +288,25 @@ def test_a_rule_an_admin_disabled_cannot_be_enabled_again_by_its_owner(
 # -- verification ------------------------------------------------------------
 
 
+def test_a_bad_sender_address_refuses_mail_verification_alone(
+        service: PreferencesService, world: World, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # FMN_MAIL_FROM is checked at start; the web app keeps working, minus e-mail
+    from fmn.errors import NotSent
+
+    with caplog.at_level("ERROR", logger="fmn.web.verify"):
+        verifier = Verifier(service, world.keys, "s3cret", web_url="https://fmn.test",
+                            mailer=world.mailer, mail_from="Fedora Notifications",
+                            channels={"irc": IrcCodeChannel(world.irc)}, clock=clock)
+    assert "FMN_MAIL_FROM must be one e-mail address" in caplog.text
+    mail = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    with pytest.raises(NotSent, match="FMN_MAIL_FROM"):
+        verifier.start("alice", mail.id)
+    assert world.mailer.sent == []
+    irc = service.add_destination("alice", {"protocol": "irc", "address": "alice_"})
+    assert verifier.start("alice", irc.id) == "code"
+
+
 def test_an_email_link_verifies_once(service: PreferencesService, world: World) -> None:
     dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
     assert world.verifier.start("alice", dest.id) == "link"

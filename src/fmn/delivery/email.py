@@ -190,12 +190,16 @@ def check_sender(sender: str) -> str:
     naming ``FMN_MAIL_FROM``, so that a wrong setting stops a sender at its start, not
     every mail (smtplib would send ``MAIL FROM:<>`` for an empty one)."""
     try:
+        if not sender.isprintable():  # line breaks (U+2028 too), controls
+            raise InvalidAddress("a control or line-break character")
         header = POLICY.header_factory("From", sender)
-        addresses = header.addresses
-        if len(addresses) != 1 or header.defects or "\r" in sender or "\n" in sender:
+        groups = header.groups
+        if len(groups) != 1 or groups[0].display_name is not None \
+                or len(groups[0].addresses) != 1 or header.defects \
+                or sender.strip().startswith(",") or sender.strip().endswith(","):
             raise InvalidAddress("not one address")
-        check_address(addresses[0].addr_spec)
-    except (InvalidAddress, ValueError, TypeError) as exc:
+        check_address(groups[0].addresses[0].addr_spec)
+    except Exception as exc:  # noqa: BLE001 - the parser raises IndexError on some
         raise ValueError(f"FMN_MAIL_FROM must be one e-mail address, such as 'Fedora "
                          f"Notifications <notifications@fedoraproject.org>': got "
                          f"{sender[:100]!r} ({exc})") from exc

@@ -209,6 +209,6 @@ def run_checks(settings: Settings, sqs: Any, cloudwatch: Any) -> Iterator[Check]
             yield _guarded(f"queue {q.name}", partial(check_queue, sqs, settings.queue_prefix, q))
         yield _guarded("alarms", lambda: check_alarms(cloudwatch, settings.queue_prefix))
         yield _guarded("snapshot", lambda: check_snapshot(settings, engine))
-        yield check_mail_from(settings)
+        yield _guarded("mail from", lambda: check_mail_from(settings))
     finally:
         engine.dispose()

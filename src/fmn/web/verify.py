@@ -308,7 +308,13 @@ class Verifier:
         self.secrets = [secret] if isinstance(secret, str) else list(secret)
         self.web_url = web_url.rstrip("/")
         self.mailer = mailer
-        self.mail_from = check_sender(mail_from)
+        #: None when FMN_MAIL_FROM is not one address: e-mail verification is then refused
+        #: (NotSent, a 503), while the rest of the web app works
+        self.mail_from: str | None = None
+        try:
+            self.mail_from = check_sender(mail_from)
+        except ValueError as exc:
+            log.error("verification mail cannot be sent: %s", exc)
         self.channels = channels
         self.limits = limits
         self.prefix = prefix
@@ -396,6 +402,9 @@ class Verifier:
     def _send(self, user: str, dest: Destination) -> str:
         assert dest.address is not None
         if dest.protocol == "email":
+            if self.mail_from is None:
+                raise NotSent("verification mail cannot be sent now: the server's sender "
+                              "address (FMN_MAIL_FROM) is not one e-mail address")
             self.mailer.send(self._mail(user, dest, self.email_link(user, dest)))
             return "link"
         code = f"{secrets.randbelow(10**6):06d}"
@@ -419,7 +428,7 @@ class Verifier:
         from fmn.delivery.email import to_address
 
         msg = EmailMessage()
-        msg["From"] = self.mail_from
+        msg["From"] = self.mail_from or ""
         # an IDN domain in ASCII, as notifications (start() checked there is an address)
         msg["To"] = to_address(dest.address or "")
         msg["Subject"] = "Confirm your address for Fedora Notifications"
