@@ -395,10 +395,13 @@ def test_the_page_does_what_a_person_means(page: Any, stack: Stack, probe: PageP
     """Found by reading the page as a newcomer: each of these did something else."""
     sign_in(page, stack)
 
-    # "Skip to content" skips to the content of this view, not to Rules
+    # "Skip to content" skips to the content of this view, not to Rules, nor to nothing
     page.get_by_role("link", name="Destinations").click()
     page.get_by_role("link", name="Skip to content").focus()
     page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Destinations")).to_be_visible()
+    assert "#main" not in page.url
+    page.reload()  # the address is still the view's
     expect(page.get_by_role("heading", name="Destinations")).to_be_visible()
 
     # a link in a bus message is absolute http(s) or none: a relative one pointed into
@@ -424,10 +427,18 @@ def test_the_page_does_what_a_person_means(page: Any, stack: Stack, probe: PageP
     expect(row).not_to_contain_text("not verified")
     assert stack.api.users["alice"].resent == resent
 
-    # an error banner goes once the person moves on
-    page.evaluate("document.getElementById('alert').textContent = 'an old failure'")
+    # an error banner stays until it is dismissed (it stayed for good, and moving on
+    # must not hide an error nobody read)
+    page.route("**/api/v1/destinations", lambda route: route.abort())
     page.get_by_role("link", name="Rules").click()
-    expect(page.locator("#alert")).to_be_empty()
+    page.get_by_role("link", name="Destinations").click()
+    alert = page.locator("#alert")
+    expect(alert).to_contain_text("Could not load your destinations")
+    page.unroute("**/api/v1/destinations")
+    page.get_by_role("link", name="Rules").click()
+    expect(alert).to_contain_text("Could not load your destinations")
+    alert.get_by_role("button", name="Dismiss").click()
+    expect(alert).to_be_empty()
 
     # Escape in a search box with text clears the text, not the whole edit
     page.get_by_role("button", name="New rule").click()

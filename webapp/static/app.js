@@ -39,6 +39,7 @@ const state = {
   previewSeq: 0,
   epoch: 0, // bumped at sign-out: answers to an earlier user's requests are dropped
   notificationsSeq: 0,
+  destinationsSeq: 0,
   saving: false, // a rule or destination form is being sent: no second one
 };
 
@@ -66,12 +67,13 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** The URL if it is an absolute http(s) one, else null (never javascript:, data:, nor a
- * relative one, which would become a link into this app). */
-function safeUrl(value) {
-  if (typeof value !== "string" || !/^https?:\/\//i.test(value)) return null;
+/** The URL if it is an absolute http(s) one, else null (never javascript:, data:, nor,
+ * from a message, a relative one, which would become a link into this app); `relative`
+ * lets the server's own addresses (the feed's) be relative to the page. */
+function safeUrl(value, { relative = false } = {}) {
+  if (typeof value !== "string" || (!relative && !/^https?:\/\//i.test(value))) return null;
   try {
-    const url = new URL(value);
+    const url = new URL(value, location.href);
     return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
   } catch {
     return null;
@@ -98,8 +100,19 @@ function announce(text) {
   setTimeout(() => { el.textContent = text; }, 30);
 }
 
+/** The error banner: it stays until dismissed (or replaced), so no error goes unread. */
 function showAlert(text) {
-  $("alert").textContent = text || "";
+  const box = $("alert");
+  if (!text) {
+    box.replaceChildren();
+    return;
+  }
+  const dismiss = h("button", { type: "button", class: "secondary" }, "Dismiss");
+  dismiss.addEventListener("click", () => {
+    box.replaceChildren();
+    $("main").focus();
+  });
+  box.replaceChildren(h("span", {}, text), " ", dismiss);
 }
 
 function formatTime(value) {
@@ -143,8 +156,6 @@ async function api(method, path, body, onAnswer) {
     throw new ApiError(response.status, data);
   }
   if (onAnswer) onAnswer(response);
-  // a change that went through: an earlier failure's banner no longer holds
-  if (method !== "GET" && !path.endsWith("/preview")) showAlert("");
   return data;
 }
 
@@ -279,7 +290,7 @@ function setupAtomFeed() {
     try {
       const answer = await api(method, path, method === "POST" ? {} : undefined);
       if (epoch !== state.epoch) return; // signed out meanwhile
-      const url = answer && safeUrl(answer.url);
+      const url = answer && safeUrl(answer.url, { relative: true });
       if (!url) return;
       $("atom-url").value = url;
       $("atom-row").hidden = false;
@@ -306,7 +317,7 @@ function feedState(text) {
 
 function openFeed() {
   closeFeed();
-  const url = state.me && safeUrl(state.me.feed_url);
+  const url = state.me && safeUrl(state.me.feed_url, { relative: true });
   if (!url || typeof EventSource === "undefined") {
     feedState("unavailable");
     return;
@@ -466,7 +477,11 @@ function destinationLabel(d) {
 }
 
 async function loadDestinations() {
-  state.destinations = (await api("GET", `${API}/destinations`)) || [];
+  const [epoch, mine] = [state.epoch, ++state.destinationsSeq];
+  const found = (await api("GET", `${API}/destinations`)) || [];
+  // another user since, or a later read or change of the list: this answer is old
+  if (epoch !== state.epoch || mine !== state.destinationsSeq) return;
+  state.destinations = found;
   renderDestinations();
 }
 
@@ -572,6 +587,7 @@ function destinationItem(d) {
     async () => {
       try {
         await api("DELETE", `${API}/destinations/${encodeURIComponent(d.id)}`);
+        state.destinationsSeq++; // a list read before this is old now
         state.destinations = state.destinations.filter((x) => x.id !== d.id);
         renderDestinations();
         announce(`${destinationLabel(d)} removed.`);
@@ -607,6 +623,7 @@ function resendButton(d, errorBox) {
 
 function replaceDestination(updated) {
   if (!updated) return;
+  state.destinationsSeq++; // a list read before this is old now
   state.destinations = state.destinations.map((x) => (x.id === updated.id ? updated : x));
   renderDestinations();
 }
@@ -662,8 +679,11 @@ function setupDestinationForm() {
     if (protocol.value !== "sse") body.address = address.value.trim();
     if (state.saving) return;
     state.saving = true;
+    const epoch = state.epoch;
     try {
       const created = await api("POST", `${API}/destinations`, body);
+      if (epoch !== state.epoch) return; // another user since
+      state.destinationsSeq++; // a list read before this is old now
       state.destinations.push(created);
       renderDestinations();
       address.value = "";
@@ -694,7 +714,10 @@ function trackingSummary(t) {
 }
 
 async function loadRules() {
-  state.rules = (await api("GET", `${API}/rules`)) || [];
+  const epoch = state.epoch;
+  const found = (await api("GET", `${API}/rules`)) || [];
+  if (epoch !== state.epoch) return; // another user since
+  state.rules = found;
   renderRules();
 }
 
@@ -991,6 +1014,9 @@ function artifactPicker(chosen) {
 function renderGenerationRules() {
   const box = $("generation-rules");
   const gens = state.editing.generation_rules;
+  // a destination removed meanwhile is no longer offered: nor is it kept, unseen
+  const known = new Set(state.destinations.map((d) => d.id));
+  for (const g of gens) g.destinations = (g.destinations || []).filter((id) => known.has(id));
   box.replaceChildren(...gens.map((g, i) => generationFieldset(g, i, gens.length)));
 }
 
@@ -1200,10 +1226,12 @@ function setupEditor() {
     const id = state.editing.id;
     if (state.saving) return;
     state.saving = true;
+    const epoch = state.epoch;
     try {
       const saved = id
         ? await api("PUT", `${API}/rules/${encodeURIComponent(id)}`, body)
         : await api("POST", `${API}/rules`, body);
+      if (epoch !== state.epoch) return; // another user since
       if (id) state.rules = state.rules.map((r) => (r.id === id ? saved : r));
       else state.rules.push(saved);
       closeEditor();
@@ -1250,10 +1278,6 @@ function showView(name, { focus = true } = {}) {
 
 function route({ focus = true } = {}) {
   if (!state.me) return;
-  if (location.hash === "#main") { // the skip link: stay on this view
-    $("main").focus();
-    return;
-  }
   const name = location.hash.replace(/^#\/?/, "");
   // #/rules/<id>: the rule a mail's "why you got this" names
   const ruleLink = /^rules\/(.+)$/.exec(name);
@@ -1338,6 +1362,7 @@ function signedOut() {
   state.me = null;
   state.epoch += 1;
   state.notificationsSeq += 1;
+  state.saving = false; // an earlier user's request still out must not block the next
   closeFeed();
   closeEditor();
   // nothing of this user stays for the next one on this page (the feed address reads
@@ -1393,8 +1418,10 @@ setupEditor();
 setupDesktopNotifications();
 setupAtomFeed();
 $("refresh-notifications").addEventListener("click", () => loadNotifications());
-window.addEventListener("hashchange", () => {
-  showAlert(""); // a view opened afresh: the last one's error no longer holds
-  route();
+window.addEventListener("hashchange", () => route());
+// the skip link moves the focus, not the view (as a hash, #main would be a route)
+document.querySelector(".skip-link").addEventListener("click", (event) => {
+  event.preventDefault();
+  $("main").focus();
 });
 start();
