@@ -105,6 +105,8 @@ class UserState:
     destinations: list[dict[str, Any]] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
     resent: int = 0
+    enabled: bool = True  # False: an administrator turned the account off
+    publish_pending: bool = False
 
 
 def _field_path(where: str) -> str:
@@ -272,8 +274,11 @@ class FakeApi:
             user = user_of(request)
             feed_url = (auth.feed_url(self.feed_base_url, user, SECRET)
                         if self.feed_base_url else None)
+            state = self.users[user]
             return JSONResponse({"name": user, "email": DEMO_USERS[user], "is_admin": False,
-                                 "enabled": True, "feed_url": feed_url})
+                                 "enabled": state.enabled,
+                                 "publish_pending": state.publish_pending,
+                                 "feed_url": feed_url})
 
         async def destinations(request: Request) -> Response:
             user = user_of(request)

@@ -465,6 +465,17 @@ def test_the_page_does_what_a_person_means(page: Any, stack: Stack, probe: PageP
     saved = next(r for r in stack.api.users["alice"].rules if r["name"] == "Kept")
     assert saved["enabled"] is False
 
+    # what the server says of the account is shown: it was ignored
+    expect(page.locator("#account-note")).to_be_hidden()
+    stack.api.users["alice"].enabled = False
+    stack.api.users["alice"].publish_pending = True
+    page.reload()
+    note = page.locator("#account-note")
+    expect(note).to_contain_text("An administrator has turned your notifications off")
+    expect(note).to_contain_text("Your last change is saved but not yet in force")
+    stack.api.users["alice"].enabled = True
+    stack.api.users["alice"].publish_pending = False
+
     # a sign-out that fails says so, and the person stays signed in
     page.route("**/logout", lambda route: route.abort())
     page.get_by_role("button", name="Sign out").click()

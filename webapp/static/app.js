@@ -1376,6 +1376,7 @@ function signedOut() {
   $("notifications-incomplete").hidden = true;
   $("atom-url").value = "";
   $("atom-row").hidden = true;
+  $("account-note").hidden = true;
   showAlert("");
   $("status").textContent = "";
   showSignIn().then(() => $("main").focus());
@@ -1394,6 +1395,16 @@ async function start() {
     return;
   }
   showAlert("");
+  const notes = [];
+  if (state.me.enabled === false) {
+    notes.push("An administrator has turned your notifications off: nothing is sent to you "
+      + "until they are turned on again.");
+  }
+  if (state.me.publish_pending) {
+    notes.push("Your last change is saved but not yet in force: it will be within minutes.");
+  }
+  $("account-note").textContent = notes.join(" ");
+  $("account-note").hidden = notes.length === 0;
   $("account-name").textContent = state.me.name;
   $("account").hidden = false;
   $("nav").hidden = false;
