@@ -135,6 +135,8 @@ class FakeApi:
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, csrf header
         #: False: the searches behind previews and the recent list "ran out of time"
         self.complete = True
+        #: the preview window's matches the recent list adds to the feed's events (no id)
+        self.window_matches: list[dict[str, Any]] = []
         self.app = self._build()
 
     # -- state helpers ------------------------------------------------------------------
@@ -153,6 +155,10 @@ class FakeApi:
         saved = self._validate_rule(user, rule, self.new_id("r"))
         self.users[user].rules.append(saved)
         return saved
+
+    def feed_events(self, user: str) -> list[dict[str, Any]]:
+        """``user``'s live-feed events, as the recent list gets them."""
+        return [json.loads(e.data) for e in self.feed.latest(user, 1000)]
 
     def push(self, user: str, **fields: Any) -> str:
         """Append a notification to ``user``'s live feed (what the sse sender would do)."""
@@ -421,7 +427,8 @@ class FakeApi:
             user = user_of(request)
             limit = int(request.query_params.get("limit", "50"))
             return JSONResponse([{"id": e.id, **json.loads(e.data)}
-                                 for e in self.feed.latest(user, limit)],
+                                 for e in self.feed.latest(user, limit)]
+                                + self.window_matches,
                                 headers={"FMN-Complete": "true" if self.complete else "false"})
 
         routes = [

@@ -149,6 +149,24 @@ def test_recent_notifications_and_enable_toggle_and_delete(
     expect(items.first).to_contain_text("A third notification")
     expect(items.nth(1)).to_contain_text("bob commented on bodhi update")
     expect(items.nth(2)).to_contain_text("alice's kernel-6.9.3-200.fc40 completed")
+    # live-feed events and the window's matches in one order, by the time received (a
+    # match's time in another offset sorted by its text, ahead of newer events)
+    from datetime import UTC, datetime, timedelta, timezone
+
+    # an hour before the oldest event, written two hours east: its text sorts later
+    oldest = min(datetime.fromisoformat(e["received_at"]) for e in stack.api.feed_events("alice"))
+    at = (oldest - timedelta(hours=1)).astimezone(timezone(timedelta(hours=2))).isoformat()
+    assert at > max(e["received_at"] for e in stack.api.feed_events("alice"))
+    assert datetime.fromisoformat(at) < oldest.astimezone(UTC)
+    stack.api.window_matches = [{
+        "message_id": "w-1", "topic": "org.fedoraproject.prod.buildsys.build.state.change",
+        "app": "koji", "summary": "An older match", "url": None, "severity": "INFO",
+        "rules": ["r1"], "rule_names": ["My packages"], "sent_at": at, "received_at": at}]
+    page.get_by_role("button", name="Refresh").click()
+    expect(items).to_have_count(4)
+    expect(items.last).to_contain_text("An older match")
+    stack.api.window_matches = []
+
     # Refresh reads the list again (it did nothing)
     stack.api.push("alice", summary="A fourth notification", rule_names=["My packages"])
     page.get_by_role("button", name="Refresh").click()

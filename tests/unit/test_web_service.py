@@ -224,7 +224,9 @@ def test_destinations_start_unverified_and_cannot_be_deleted_while_used(
     assert dest.verified is False
     with pytest.raises(Conflict):
         service.add_destination("alice", {"protocol": "irc", "address": "ALICE"})
-    with pytest.raises(Conflict):
+    # the rules that still use it, by the names the UI shows (their ids meant nothing)
+    with pytest.raises(Conflict, match="^rules 'My packages', 'My events' still send to "
+                                       "this destination; change them first$"):
         service.delete_destination("alice", "email")
     with pytest.raises(Invalid) as info:
         service.patch_destination("alice", dest.id, {"digest": {"interval_s": 3600,

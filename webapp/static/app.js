@@ -247,16 +247,17 @@ function messageItem(m, { live = false } = {}) {
     h("p", { class: "summary" }, title), meta, rules);
 }
 
-/** Newest first, whichever order the server used: by feed id ("<ms>-<seq>"), else received_at. */
+/** Newest first, whichever order the server used: by the time received (a feed event's
+ * id, "<ms>-<seq>", where received_at is unreadable), then by the feed's sequence.  One
+ * key for all: live-feed events and the window's matches are mixed in one list. */
 function newestFirst(a, b) {
   const key = (e) => {
     const m = /^(\d+)-(\d+)$/.exec(String(e.id || ""));
-    return m ? [Number(m[1]), Number(m[2])] : null;
+    const at = Date.parse(String(e.received_at || ""));
+    return [Number.isNaN(at) ? (m ? Number(m[1]) : 0) : at, m ? Number(m[2]) : 0];
   };
-  const ka = key(a);
-  const kb = key(b);
-  if (ka && kb) return kb[0] - ka[0] || kb[1] - ka[1];
-  return String(b.received_at || "").localeCompare(String(a.received_at || ""));
+  const [ka, kb] = [key(a), key(b)];
+  return kb[0] - ka[0] || kb[1] - ka[1];
 }
 
 async function loadNotifications() {

@@ -489,11 +489,13 @@ class PreferencesService:
         user, read_at = self._load(name)
         if user.destination(dest_id) is None:
             raise NotFound(f"you have no destination {dest_id!r}")
-        users = [r.id for r in user.rules
+        names = [r.name or r.id for r in user.rules
                  if any(dest_id in g.destinations for g in r.generation_rules)]
-        if users:
-            raise Conflict(f"rules {', '.join(users)} still send to this destination; "
-                           "change them first")
+        if names:  # by the names people see in the UI
+            listed = ", ".join(repr(n) for n in names)
+            raise Conflict(f"rules {listed} still send to this destination; change them first"
+                           if len(names) > 1 else
+                           f"rule {listed} still sends to this destination; change it first")
         self._save(dataclasses.replace(user, destinations=tuple(
             d for d in user.destinations if d.id != dest_id)), read_at)
 
