@@ -146,3 +146,21 @@ def test_sqs_failing_midway_leaves_what_was_not_sent_visible_in_the_dead_letter_
         dlq.redrive(sqs, found)
     assert sqs.sent_back == 2 and not sqs.held  # the third: visible again, not held
     assert sorted(b[:2] for _id, b in sqs.dead.values()) == ["0:", "1:", "2:"]
+
+
+def test_a_senders_dead_letter_of_a_redriven_notification_is_known_for_it() -> None:
+    # a sender dead-letters one notification with a new reason and one more dead letter:
+    # the move must know it for the copy it sent, or it circles (a real send each time)
+    from delivery_data import notification, payload
+
+    from fmn.delivery.base import dead_letter_body, deliveries
+
+    body = payload("email", [notification("bob", "bob@example.org", "email")])
+    [item] = deliveries(body, "email")
+    first = dead_letter_body(item, "550 mailbox unavailable")
+    [again] = deliveries(first, "email")
+    second = dead_letter_body(again, "550 mailbox unavailable, still")
+    assert first != second and dlq._digest(first) == dlq._digest(second)
+    other = payload("email", [notification("cy", "cy@example.org", "email")])
+    assert dlq._digest(other) != dlq._digest(body)
+    assert dlq._digest("not json") != dlq._digest("not json either")

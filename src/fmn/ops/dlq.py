@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -326,22 +327,18 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     back under the id SQS gave it when SQS moves it after its receives (SQS
     keeps a message's id), or under a new id, with its body, when a sender
     dead-letters it itself (:meth:`~fmn.pipeline.redelivery.Redelivery.dead_letter`):
-    then it is the body of a copy sent, on a message SQS took after the move
+    then it is the body of a copy sent (but for what a sender's dead letter
+    changes in it: :func:`_digest`), on a message SQS took after the move
     began, by SQS's own clock (:func:`_sqs_now`; a copy back within the second
     the move began in is taken for an older dead letter and moved once more).
     Two dead letters with the same body that were there before are two
     messages, and both move.
     """
-    import hashlib
-
-    def digest(m: dict[str, Any]) -> str:
-        return hashlib.sha256(m["Body"].encode()).hexdigest()
-
     def returned(m: dict[str, Any]) -> bool:
         if m.get("MessageId") in sent_ids:
             return True
         sent_at = int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
-        return sent_at >= after and digest(m) in sent_bodies
+        return sent_at >= after and _digest(m["Body"]) in sent_bodies
 
     first = sqs.get_queue_attributes(QueueUrl=dlq.url, AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
@@ -388,7 +385,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
             sent_ids.update(str(e["MessageId"]) for e in sent.get("Successful", [])
                             if e.get("MessageId"))
             done = [batch[i] for i in group if i in accepted]
-            sent_bodies.update(digest(m) for m in done)
+            sent_bodies.update(_digest(m["Body"]) for m in done)
             if done:
                 cause: Exception | None = None
                 try:
@@ -414,6 +411,25 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     return moved
 
 
+def _digest(body: str) -> str:
+    """What a body is, whoever dead-lettered it: a sender dead-letters one notification
+    with a new ``error`` and one more ``dead_letters``
+    (:func:`fmn.delivery.base.dead_letter_body`), the rest as it was sent."""
+    import hashlib
+
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("notifications"), list):
+        doc = {**doc, "notifications": [
+            {k: v for k, v in n.items() if k != "dead_letters"} if isinstance(n, dict) else n
+            for n in doc["notifications"]]}
+        doc.pop("error", None)
+        body = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def _sqs_now(answer: dict[str, Any]) -> float:
     """SQS's time when it answered (its ``Date`` header, whole seconds); this machine's
     if the answer has none."""
@@ -421,7 +437,11 @@ def _sqs_now(answer: dict[str, Any]) -> float:
 
     date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     try:
-        return parsedate_to_datetime(date).timestamp() if date else time.time()
+        if not date:
+            return time.time()
+        when = parsedate_to_datetime(date)
+        # "-0000" and asctime dates parse naive: they are UTC (RFC 5322), not local time
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     except (TypeError, ValueError):
         return time.time()
 
