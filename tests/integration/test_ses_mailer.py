@@ -36,6 +36,19 @@ def test_ses_sends_from_a_verified_sender_and_refuses_an_unverified_one(aws_env:
     assert ses.get_send_quota()["SentLast24Hours"] > before
 
 
+def test_ses_sends_from_a_sender_with_a_display_name(aws_env: str) -> None:
+    # the envelope sender (Source) is the address; From keeps the name, non-ASCII too
+    ses = boto3.client("ses", region_name="us-east-1")
+    address = f"fmn-{uuid.uuid4().hex[:8]}@example.org"
+    ses.verify_email_identity(EmailAddress=address)
+    sender = f"Fédora Notifications <{address}>"
+    seen: list[str] = []
+    ses.meta.events.register("provide-client-params.ses.SendRawEmail",
+                             lambda params, **_: seen.append(params["Source"]))
+    SesMailer(ses, sender).send(mail("a@example.org", sender))
+    assert seen == [address]
+
+
 def test_ses_that_cannot_be_reached_is_retried_without_a_claim_it_sent_nothing() -> None:
     # botocore raises the last attempt's error: a connection refused on a retry says
     # nothing of an earlier attempt whose answer was lost, so it is no NotSent

@@ -23,6 +23,7 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
@@ -190,15 +191,21 @@ def check_sender(sender: str) -> str:
     naming ``FMN_MAIL_FROM``, so that a wrong setting stops a sender at its start, not
     every mail (smtplib would send ``MAIL FROM:<>`` for an empty one)."""
     try:
-        if not sender.isprintable():  # line breaks (U+2028 too), controls
-            raise InvalidAddress("a control or line-break character")
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in sender):
+            raise InvalidAddress("a control, format or line-break character")
+        if "=?" in sender:  # an encoded word may decode to anything, address syntax too
+            raise InvalidAddress("an RFC 2047 encoded word: write the name as it is")
         header = POLICY.header_factory("From", sender)
         groups = header.groups
         if len(groups) != 1 or groups[0].display_name is not None \
                 or len(groups[0].addresses) != 1 or header.defects \
                 or sender.strip().startswith(",") or sender.strip().endswith(","):
             raise InvalidAddress("not one address")
-        check_address(groups[0].addresses[0].addr_spec)
+        addr_spec = groups[0].addresses[0].addr_spec
+        check_address(addr_spec)
+        if not addr_spec.isascii():  # From would carry it as encoded words: no address
+            raise InvalidAddress("the address must be ASCII (an IDN domain in its xn-- "
+                                 "form)")
     except Exception as exc:  # noqa: BLE001 - the parser raises IndexError on some
         raise ValueError(f"FMN_MAIL_FROM must be one e-mail address, such as 'Fedora "
                          f"Notifications <notifications@fedoraproject.org>': got "

@@ -228,8 +228,12 @@ class SesMailer:
     """Amazon SES (v1 ``SendRawEmail``), through a boto3 client."""
 
     def __init__(self, client: Any, sender: str) -> None:
+        from email.utils import parseaddr
+
         self.client = client
-        self.sender = sender
+        # SES takes Source as an address, or a display name in encoded words only: the
+        # envelope sender is the address (the mail's From keeps the name)
+        self.sender = parseaddr(sender)[1] or sender
 
     def send(self, msg: EmailMessage) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
