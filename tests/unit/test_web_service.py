@@ -616,6 +616,22 @@ def test_oidc_code_flow_with_pkce(clock: FakeClock) -> None:
         client.finish(pending, {"state": pending["state"], "code": "c"})
 
 
+def test_recent_notifications_are_the_newest_whatever_offset_their_time_has(
+        engine: Engine, store: RecordingStore, clock: FakeClock) -> None:
+    # sorted as text, 12:30+02:00 (10:30 UTC) came before 11:00 UTC, and the newest was cut
+    def preview(user: Any, rule: Any, limit: int, budget_ms: float | None = None
+                ) -> dict[str, Any]:
+        return {"window": 2, "matched": 2, "complete": True, "messages": [
+            {"id": m, "topic": "t", "app": None, "summary": m, "url": None, "sent_at": at,
+             "severity": "INFO"} for m, at in (("older", "2026-12-04T12:30:00+02:00"),
+                                                ("newer", "2026-12-04T11:00:00+00:00"))]}
+
+    service = PreferencesService(engine, store, previewer=preview, clock=clock)
+    service.login("alice", "alice@example.org")
+    assert [n["message_id"] for n in service.notifications("alice", 1)] == ["newer"]
+    assert [n["message_id"] for n in service.notifications("alice", 2)] == ["newer", "older"]
+
+
 def test_all_rules_together_share_one_window_budget(
         engine: Engine, store: RecordingStore, clock: FakeClock) -> None:
     # up to 100 rules at the rule editor's budget each held one request for 12 s

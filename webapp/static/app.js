@@ -40,6 +40,7 @@ const state = {
   epoch: 0, // bumped at sign-out: answers to an earlier user's requests are dropped
   notificationsSeq: 0,
   destinationsSeq: 0,
+  removedDestinations: new Set(), // removed on this page: an open rule edit drops them
   saving: false, // a rule or destination form is being sent: no second one
 };
 
@@ -522,10 +523,12 @@ function destinationItem(d) {
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         clearErrors(li);
+        const epoch = state.epoch;
         try {
           const updated = await api("POST", `${API}/destinations/${encodeURIComponent(d.id)}/verify`,
             { code: input.value.trim() });
-          replaceDestination(updated);
+          if (epoch !== state.epoch) return; // another user since
+          replaceDestination(updated, epoch);
           announce(`${destinationLabel(d)} verified.`);
           focusDestination(d.id);
         } catch (error) {
@@ -572,9 +575,11 @@ function destinationItem(d) {
     const digest = on.checked
       ? { interval_s: Math.round(Number(interval.value) * 60), max_count: Math.round(Number(count.value)) }
       : null;
+    const epoch = state.epoch;
     try {
       const updated = await api("PATCH", `${API}/destinations/${encodeURIComponent(d.id)}`, { digest });
-      replaceDestination(updated);
+      if (epoch !== state.epoch) return; // another user since
+      replaceDestination(updated, epoch);
       announce(`Digest setting saved for ${destinationLabel(d)}.`);
       focusDestination(d.id);
     } catch (error) {
@@ -586,8 +591,11 @@ function destinationItem(d) {
   const remove = h("button", { type: "button", class: "danger" }, `Remove ${destinationLabel(d)}`);
   remove.addEventListener("click", () => confirmInline(remove, `Really remove ${destinationLabel(d)}?`,
     async () => {
+      const epoch = state.epoch;
       try {
         await api("DELETE", `${API}/destinations/${encodeURIComponent(d.id)}`);
+        if (epoch !== state.epoch) return; // another user since
+        state.removedDestinations.add(d.id);
         state.destinationsSeq++; // a list read before this is old now
         state.destinations = state.destinations.filter((x) => x.id !== d.id);
         renderDestinations();
@@ -605,9 +613,11 @@ function destinationItem(d) {
 function resendButton(d, errorBox) {
   const button = h("button", { type: "button", class: "secondary" }, "Send again");
   button.addEventListener("click", async () => {
+    const epoch = state.epoch;
     try {
       const answer = await api("POST",
         `${API}/destinations/${encodeURIComponent(d.id)}/resend`);
+      if (epoch !== state.epoch) return; // another user since
       if (answer && answer.verification === "verified") {
         announce(`${destinationLabel(d)} is verified already: nothing was sent.`);
         await loadDestinations();
@@ -622,8 +632,8 @@ function resendButton(d, errorBox) {
   return button;
 }
 
-function replaceDestination(updated) {
-  if (!updated) return;
+function replaceDestination(updated, epoch) {
+  if (!updated || epoch !== state.epoch) return; // none, or another user since
   state.destinationsSeq++; // a list read before this is old now
   state.destinations = state.destinations.map((x) => (x.id === updated.id ? updated : x));
   renderDestinations();
@@ -693,7 +703,7 @@ function setupDestinationForm() {
     } catch (error) {
       showError(form, $("destination-form-error"), error);
     } finally {
-      state.saving = false;
+      if (epoch === state.epoch) state.saving = false; // not an earlier user's request
     }
   });
 }
@@ -1015,9 +1025,11 @@ function artifactPicker(chosen) {
 function renderGenerationRules() {
   const box = $("generation-rules");
   const gens = state.editing.generation_rules;
-  // a destination removed meanwhile is no longer offered: nor is it kept, unseen
-  const known = new Set(state.destinations.map((d) => d.id));
-  for (const g of gens) g.destinations = (g.destinations || []).filter((id) => known.has(id));
+  // a destination removed here meanwhile is no longer offered: nor is it kept, unseen
+  // (only those: a list that failed to load must not empty the rule's destinations)
+  for (const g of gens) {
+    g.destinations = (g.destinations || []).filter((id) => !state.removedDestinations.has(id));
+  }
   box.replaceChildren(...gens.map((g, i) => generationFieldset(g, i, gens.length)));
 }
 
@@ -1243,7 +1255,7 @@ function setupEditor() {
     } catch (error) {
       showError(form, $("rule-form-error"), error);
     } finally {
-      state.saving = false;
+      if (epoch === state.epoch) state.saving = false; // not an earlier user's request
     }
   });
 }
@@ -1364,6 +1376,10 @@ function signedOut() {
   state.epoch += 1;
   state.notificationsSeq += 1;
   state.saving = false; // an earlier user's request still out must not block the next
+  state.removedDestinations = new Set();
+  clearErrors($("destination-form"));
+  $("destination-form-error").hidden = true;
+  $("dest-address").value = "";
   closeFeed();
   closeEditor();
   // nothing of this user stays for the next one on this page (the feed address reads

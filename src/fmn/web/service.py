@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import orjson
@@ -693,8 +693,9 @@ class PreferencesService:
                 if rule_id not in item.setdefault("rules", []):
                     item["rules"] = [*item["rules"], rule_id]
                     item["rule_names"] = [*item.get("rule_names", []), names[rule_id]]
-        found = sorted(by_message.values(), key=lambda e: str(e.get("received_at") or ""),
-                       reverse=True)
+        # by the time received, whatever offset it is written in (as text, a match's
+        # time two hours east sorted ahead of newer events, and the newest were cut)
+        found = sorted(by_message.values(), key=_received, reverse=True)
         return found[:limit], _complete(answers)
 
     def stats(self, name: str) -> dict[str, Any]:
@@ -854,6 +855,15 @@ def known_applications() -> list[str]:
             log.warning("fedmsg processors unavailable: %s", exc)
         _applications.extend(sorted(names))
     return list(_applications)
+
+
+def _received(event: Mapping[str, Any]) -> float:
+    """When a notification of the recent list was received (0 when unreadable)."""
+    try:
+        when = datetime.fromisoformat(str(event.get("received_at")))
+    except ValueError:
+        return 0.0
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _complete(answers: Mapping[str, Any]) -> bool:
