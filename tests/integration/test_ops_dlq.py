@@ -321,8 +321,11 @@ def test_a_dead_letter_that_fails_again_at_once_stops_the_move(
     aws.sqs.change_message_visibility_batch(QueueUrl=urls.dlq_url, Entries=[
         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
         for i, m in enumerate(held)])
-    assert sorted(map(dlq._digest, _drain(aws, urls.dlq_url, 20))) == sorted(
-        map(dlq._digest, [f"held {n}" for n in range(10)] + poison))
+    def digest(body: str) -> list[str]:
+        return sorted(dlq._digest(body))
+
+    assert sorted(map(digest, _drain(aws, urls.dlq_url, 20))) == sorted(
+        map(digest, [f"held {n}" for n in range(10)] + poison))
 
 
 def _receive_all(aws: AwsClients, url: str, count: int) -> list[dict[str, Any]]:

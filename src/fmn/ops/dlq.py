@@ -327,8 +327,8 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     back under the id SQS gave it when SQS moves it after its receives (SQS
     keeps a message's id), or under a new id, with its body, when a sender
     dead-letters it itself (:meth:`~fmn.pipeline.redelivery.Redelivery.dead_letter`):
-    then it is the body of a copy sent (but for what a sender's dead letter
-    changes in it: :func:`_digest`), on a message SQS took after the move
+    then it carries a notification of a copy sent (:func:`_digest`), on a
+    message SQS took after the move
     began, by SQS's own clock (:func:`_sqs_now`; a copy back within the second
     the move began in is taken for an older dead letter and moved once more).
     Two dead letters with the same body that were there before are two
@@ -338,7 +338,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
         if m.get("MessageId") in sent_ids:
             return True
         sent_at = int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
-        return sent_at >= after and _digest(m["Body"]) in sent_bodies
+        return sent_at >= after and not _digest(m["Body"]).isdisjoint(sent_bodies)
 
     first = sqs.get_queue_attributes(QueueUrl=dlq.url, AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
@@ -349,7 +349,7 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     moved = 0
     empty_receives = 0
     sent_ids: set[str] = set()  # the ids SQS gave the copies this move sent
-    sent_bodies: set[str] = set()  # and their bodies' digests
+    sent_bodies: set[str] = set()  # and what their bodies carry (_digest)
     came_back = False
     while empty_receives < 2 and moved < limit and not came_back:
         # one empty answer can be a sampling miss
@@ -385,7 +385,8 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
             sent_ids.update(str(e["MessageId"]) for e in sent.get("Successful", [])
                             if e.get("MessageId"))
             done = [batch[i] for i in group if i in accepted]
-            sent_bodies.update(_digest(m["Body"]) for m in done)
+            for m in done:
+                sent_bodies |= _digest(m["Body"])
             if done:
                 cause: Exception | None = None
                 try:
@@ -411,23 +412,26 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     return moved
 
 
-def _digest(body: str) -> str:
-    """What a body is, whoever dead-lettered it: a sender dead-letters one notification
-    with a new ``error`` and one more ``dead_letters``
-    (:func:`fmn.delivery.base.dead_letter_body`), the rest as it was sent."""
+def _digest(body: str) -> set[str]:
+    """What a body is, whoever dead-lettered it: the notifications it carries, each as
+    (bus message, backend, user, destination, address).  A sender dead-letters one
+    notification of a payload alone, with a new ``error``, one more ``dead_letters``
+    and a part of its own (:func:`fmn.delivery.base.dead_letter_body`), so a copy that
+    comes back is known by any notification it shares with a body sent.  A body that
+    is no payload is its own digest."""
     import hashlib
+
+    from fmn.delivery.base import deliveries
 
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("notifications"), list):
-        doc = {**doc, "notifications": [
-            {k: v for k, v in n.items() if k != "dead_letters"} if isinstance(n, dict) else n
-            for n in doc["notifications"]]}
-        doc.pop("error", None)
-        body = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
-    return hashlib.sha256(body.encode()).hexdigest()
+        items = deliveries(body, str(doc["backend"])) if isinstance(doc, dict) else []
+    except Exception:  # noqa: BLE001 - not a payload: the body is what it is
+        items = []
+    if not items:
+        return {hashlib.sha256(body.encode()).hexdigest()}
+    return {orjson.dumps([i.message_id, i.backend, i.user, i.destination, i.address]).decode()
+            for i in items}
 
 
 def _sqs_now(answer: dict[str, Any]) -> float:
