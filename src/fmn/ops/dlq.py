@@ -116,10 +116,16 @@ def _text(value: Any, cap: int = 200) -> str:
     return shorten(clean(value), cap) if value is not None else "-"
 
 
-def _attributes(sqs: Any, url: str) -> tuple[int, int]:
-    attrs = sqs.get_queue_attributes(
+def _counts_answer(sqs: Any, url: str) -> dict[str, Any]:
+    """GetQueueAttributes for the visible and in-flight counts, the whole answer."""
+    answer: dict[str, Any] = sqs.get_queue_attributes(
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                      "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+                                      "ApproximateNumberOfMessagesNotVisible"])
+    return answer
+
+
+def _attributes(sqs: Any, url: str, answer: dict[str, Any] | None = None) -> tuple[int, int]:
+    attrs = (answer or _counts_answer(sqs, url))["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]), \
         int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
@@ -328,9 +334,9 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     keeps a message's id), or under a new id, with its body, when a sender
     dead-letters it itself (:meth:`~fmn.pipeline.redelivery.Redelivery.dead_letter`):
     then it carries a notification of a copy sent (:func:`_digest`), on a
-    message SQS took after the move
-    began, by SQS's own clock (:func:`_sqs_now`; a copy back within the second
-    the move began in is taken for an older dead letter and moved once more).
+    message SQS took after the move began, by SQS's own clock (:func:`_sqs_now`;
+    a copy back within the second the move began in is taken for an older dead
+    letter and moved once more).
     Two dead letters with the same body that were there before are two
     messages, and both move.
     """
@@ -340,12 +346,11 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
         sent_at = int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
         return sent_at >= after and not _digest(m["Body"]).isdisjoint(sent_bodies)
 
-    first = sqs.get_queue_attributes(QueueUrl=dlq.url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+    first = _counts_answer(sqs, dlq.url)
     # every dead letter there before the move was sent before this (one second later
     # than SQS's answer said: its Date header has whole seconds)
     after = _sqs_now(first) + 1
-    limit = sum(int(v) for v in first["Attributes"].values())
+    limit = sum(_attributes(sqs, dlq.url, first))
     moved = 0
     empty_receives = 0
     sent_ids: set[str] = set()  # the ids SQS gave the copies this move sent
