@@ -502,3 +502,77 @@ def test_the_page_does_what_a_person_means(page: Any, stack: Stack, probe: PageP
     page.unroute("**/logout")
     probe.errors.clear()  # the aborted request, logged by the browser
     clean(probe)
+
+
+def test_an_earlier_users_late_answers_change_nothing_for_the_next(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    """alice's destination add is answered only after she signed out and bob signed in.
+
+    Its answer, a 401, signed bob out of the page (his session still valid), and its error
+    was written into bob's destination form; her form also stayed blocked for him.
+    """
+    sign_in(page, stack)
+    held: list[Any] = []
+    page.route("**/api/v1/destinations",
+               lambda route: held.append(route) if route.request.method == "POST"
+               else route.continue_())
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_label("Destination kind").select_option("email")
+    page.get_by_label("Address", exact=True).fill("slow@example.org")
+    add = page.get_by_role("button", name="Add destination")
+    add.click()
+    while not held:
+        page.wait_for_timeout(20)
+    expect(add).to_have_attribute("aria-disabled", "true")  # busy, and says so
+    add.click(force=True)  # a second press while the first is out sends nothing
+    page.wait_for_timeout(200)
+    assert len(held) == 1
+
+    # one form busy leaves the other free: a rule saves meanwhile
+    page.get_by_role("link", name="Rules").click()
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("Meanwhile")
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#rule-list > li", has_text="Meanwhile")).to_have_count(1)
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Demo user").fill("bob")
+    page.get_by_role("button", name="Sign in as this user").click()
+    expect(page.locator("#account-name")).to_have_text("bob")
+    held[0].fulfill(status=401, content_type="application/json",
+                    body='{"error": "not_signed_in", "detail": "Sign in first.",'
+                         ' "field": "address"}')
+    page.unroute("**/api/v1/destinations")
+    page.wait_for_timeout(300)
+    expect(page.locator("#account-name")).to_have_text("bob")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_hidden()
+    page.get_by_role("link", name="Destinations").click()
+    expect(page.locator("#destination-form-error")).to_be_hidden()
+    expect(page.locator("#destination-form .field-error:visible")).to_have_count(0)
+
+    # bob's own add goes through: alice's request left the form free
+    page.get_by_label("Destination kind").select_option("email")
+    page.get_by_label("Address", exact=True).fill("bob@example.org")
+    page.get_by_role("button", name="Add destination").click()
+    expect(page.locator("#destination-list > li", has_text="bob@example.org")).to_have_count(1)
+    assert not any(d["address"] == "slow@example.org"
+                   for d in stack.api.users["bob"].destinations)
+    clean(probe)
+
+
+def test_the_account_note_follows_each_change(page: Any, stack: Stack, probe: PageProbe) -> None:
+    """A change saved but not yet in force was said only at sign-in, not after the change."""
+    sign_in(page, stack)
+    note = page.locator("#account-note")
+    expect(note).to_be_hidden()
+    stack.api.users["alice"].publish_pending = True
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("Pending")
+    page.get_by_role("button", name="Save rule").click()
+    expect(note).to_contain_text("Your last change is saved but not yet in force")
+    stack.api.users["alice"].publish_pending = False
+    rule = page.locator("#rule-list > li", has_text="Pending")
+    rule.get_by_label("Enabled").uncheck()
+    expect(note).to_be_hidden()
+    clean(probe)

@@ -41,7 +41,6 @@ const state = {
   notificationsSeq: 0,
   destinationsSeq: 0,
   removedDestinations: new Set(), // removed on this page: an open rule edit drops them
-  saving: false, // a rule or destination form is being sent: no second one
 };
 
 // -- small helpers ------------------------------------------------------------
@@ -116,6 +115,32 @@ function showAlert(text) {
   box.replaceChildren(h("span", {}, text), " ", dismiss);
 }
 
+/**
+ * Runs `work` (async) for `control`, a form or a button, unless it is at it already, so a
+ * double click sends once. Meanwhile the control is marked busy: its buttons look disabled
+ * but keep the focus, and other forms stay free.
+ */
+async function whileBusy(control, work) {
+  if (control.getAttribute("aria-busy") === "true") return;
+  setBusy(control, true);
+  try {
+    await work();
+  } finally {
+    setBusy(control, false);
+  }
+}
+
+function setBusy(control, busy) {
+  const buttons = control instanceof HTMLButtonElement ? [control]
+    : [...control.querySelectorAll('button[type="submit"]')];
+  if (busy) control.setAttribute("aria-busy", "true");
+  else control.removeAttribute("aria-busy");
+  for (const button of buttons) {
+    if (busy) button.setAttribute("aria-disabled", "true");
+    else button.removeAttribute("aria-disabled");
+  }
+}
+
 function formatTime(value) {
   if (!value) return "";
   const date = new Date(value);
@@ -133,8 +158,19 @@ class ApiError extends Error {
   }
 }
 
-/** Calls the API: its JSON answer (null for none); onAnswer(response) is called on a success. */
+/** A promise that never settles: what api() gives for an earlier user's request. */
+const abandoned = () => new Promise(() => {});
+
+/**
+ * Calls the API: its JSON answer (null for none); onAnswer(response) is called on a success.
+ *
+ * An answer that comes after a sign-out belongs to the person who made the request, not to
+ * whoever is on the page now: its promise never settles, so neither the caller's success
+ * nor its error path draws it (a late 401 does not sign the next person out). Callers
+ * therefore need no check of their own after an await of api().
+ */
 async function api(method, path, body, onAnswer) {
+  const epoch = state.epoch;
   const headers = { Accept: "application/json" };
   if (method !== "GET" && method !== "HEAD") {
     // over https the server names its cookies __Host-: no other site can set those
@@ -142,16 +178,25 @@ async function api(method, path, body, onAnswer) {
     if (csrf) headers["X-CSRF-Token"] = csrf;
   }
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 204) return null;
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (error) {
+    if (epoch !== state.epoch) return abandoned();
+    throw error;
+  }
   let data = null;
   const type = response.headers.get("content-type") || "";
-  if (type.includes("json")) data = await response.json().catch(() => null);
+  if (response.status !== 204 && type.includes("json")) {
+    data = await response.json().catch(() => null);
+  }
+  if (epoch !== state.epoch) return abandoned(); // signed out meanwhile
+  if (response.status === 204) return null;
   if (!response.ok) {
     if (response.status === 401 && state.me) signedOut();
     throw new ApiError(response.status, data);
@@ -288,10 +333,8 @@ async function loadNotifications() {
 
 function setupAtomFeed() {
   const show = async (method, path) => {
-    const epoch = state.epoch;
     try {
       const answer = await api(method, path, method === "POST" ? {} : undefined);
-      if (epoch !== state.epoch) return; // signed out meanwhile
       const url = answer && safeUrl(answer.url, { relative: true });
       if (!url) return;
       $("atom-url").value = url;
@@ -479,10 +522,9 @@ function destinationLabel(d) {
 }
 
 async function loadDestinations() {
-  const [epoch, mine] = [state.epoch, ++state.destinationsSeq];
+  const mine = ++state.destinationsSeq;
   const found = (await api("GET", `${API}/destinations`)) || [];
-  // another user since, or a later read or change of the list: this answer is old
-  if (epoch !== state.epoch || mine !== state.destinationsSeq) return;
+  if (mine !== state.destinationsSeq) return; // a later read or change of the list: this is old
   state.destinations = found;
   renderDestinations();
 }
@@ -523,13 +565,12 @@ function destinationItem(d) {
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         clearErrors(li);
-        const epoch = state.epoch;
         try {
           const updated = await api("POST", `${API}/destinations/${encodeURIComponent(d.id)}/verify`,
             { code: input.value.trim() });
-          if (epoch !== state.epoch) return; // another user since
-          replaceDestination(updated, epoch);
+          replaceDestination(updated);
           announce(`${destinationLabel(d)} verified.`);
+          refreshAccountNote();
           focusDestination(d.id);
         } catch (error) {
           // A wrong code is about the code field, whatever the server names.
@@ -575,12 +616,11 @@ function destinationItem(d) {
     const digest = on.checked
       ? { interval_s: Math.round(Number(interval.value) * 60), max_count: Math.round(Number(count.value)) }
       : null;
-    const epoch = state.epoch;
     try {
       const updated = await api("PATCH", `${API}/destinations/${encodeURIComponent(d.id)}`, { digest });
-      if (epoch !== state.epoch) return; // another user since
-      replaceDestination(updated, epoch);
+      replaceDestination(updated);
       announce(`Digest setting saved for ${destinationLabel(d)}.`);
+      refreshAccountNote();
       focusDestination(d.id);
     } catch (error) {
       showError(digestForm, errorBox, error);
@@ -591,15 +631,14 @@ function destinationItem(d) {
   const remove = h("button", { type: "button", class: "danger" }, `Remove ${destinationLabel(d)}`);
   remove.addEventListener("click", () => confirmInline(remove, `Really remove ${destinationLabel(d)}?`,
     async () => {
-      const epoch = state.epoch;
       try {
         await api("DELETE", `${API}/destinations/${encodeURIComponent(d.id)}`);
-        if (epoch !== state.epoch) return; // another user since
         state.removedDestinations.add(d.id);
         state.destinationsSeq++; // a list read before this is old now
         state.destinations = state.destinations.filter((x) => x.id !== d.id);
         renderDestinations();
         announce(`${destinationLabel(d)} removed.`);
+        refreshAccountNote();
         $("destinations-title").focus();
       } catch (error) {
         showError(li, errorBox, error);
@@ -613,11 +652,9 @@ function destinationItem(d) {
 function resendButton(d, errorBox) {
   const button = h("button", { type: "button", class: "secondary" }, "Send again");
   button.addEventListener("click", async () => {
-    const epoch = state.epoch;
     try {
       const answer = await api("POST",
         `${API}/destinations/${encodeURIComponent(d.id)}/resend`);
-      if (epoch !== state.epoch) return; // another user since
       if (answer && answer.verification === "verified") {
         announce(`${destinationLabel(d)} is verified already: nothing was sent.`);
         await loadDestinations();
@@ -632,8 +669,8 @@ function resendButton(d, errorBox) {
   return button;
 }
 
-function replaceDestination(updated, epoch) {
-  if (!updated || epoch !== state.epoch) return; // none, or another user since
+function replaceDestination(updated) {
+  if (!updated) return;
   state.destinationsSeq++; // a list read before this is old now
   state.destinations = state.destinations.map((x) => (x.id === updated.id ? updated : x));
   renderDestinations();
@@ -680,32 +717,31 @@ function setupDestinationForm() {
   };
   protocol.addEventListener("change", sync);
   sync();
-  form.addEventListener("submit", async (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    // A preview still pending or in flight must not clear what saving reports.
-    clearTimeout(state.previewTimer);
-    state.previewSeq++;
-    clearErrors(form);
-    const body = { protocol: protocol.value };
-    if (protocol.value !== "sse") body.address = address.value.trim();
-    if (state.saving) return;
-    state.saving = true;
-    const epoch = state.epoch;
-    try {
-      const created = await api("POST", `${API}/destinations`, body);
-      if (epoch !== state.epoch) return; // another user since
-      state.destinationsSeq++; // a list read before this is old now
-      state.destinations.push(created);
-      renderDestinations();
-      address.value = "";
-      announce(`${destinationLabel(created)} added${created.verified ? "" : "; verify it to use it"}.`);
-      focusDestination(created.id);
-    } catch (error) {
-      showError(form, $("destination-form-error"), error);
-    } finally {
-      if (epoch === state.epoch) state.saving = false; // not an earlier user's request
-    }
+    whileBusy(form, () => addDestination(form, protocol, address));
   });
+}
+
+async function addDestination(form, protocol, address) {
+  // A preview still pending or in flight must not clear what saving reports.
+  clearTimeout(state.previewTimer);
+  state.previewSeq++;
+  clearErrors(form);
+  const body = { protocol: protocol.value };
+  if (protocol.value !== "sse") body.address = address.value.trim();
+  try {
+    const created = await api("POST", `${API}/destinations`, body);
+    state.destinationsSeq++; // a list read before this is old now
+    state.destinations.push(created);
+    renderDestinations();
+    address.value = "";
+    announce(`${destinationLabel(created)} added${created.verified ? "" : "; verify it to use it"}.`);
+    focusDestination(created.id);
+    refreshAccountNote();
+  } catch (error) {
+    showError(form, $("destination-form-error"), error);
+  }
 }
 
 // -- rules: the list ---------------------------------------------------------------------
@@ -725,9 +761,7 @@ function trackingSummary(t) {
 }
 
 async function loadRules() {
-  const epoch = state.epoch;
   const found = (await api("GET", `${API}/rules`)) || [];
-  if (epoch !== state.epoch) return; // another user since
   state.rules = found;
   renderRules();
 }
@@ -755,6 +789,7 @@ function ruleItem(rule) {
         $("rule-enabled-new").checked = rule.enabled;
       }
       announce(`${name} ${rule.enabled ? "enabled" : "disabled"}.`);
+      refreshAccountNote();
     } catch (error) {
       toggle.checked = !toggle.checked;
       errorBox.textContent = error.message;
@@ -773,6 +808,7 @@ function ruleItem(rule) {
       renderRules();
       if (state.editing && state.editing.id === rule.id) closeEditor();
       announce(`${name} deleted.`);
+      refreshAccountNote();
       $("rules-title").focus();
     } catch (error) {
       errorBox.textContent = error.message;
@@ -1228,36 +1264,35 @@ function setupEditor() {
     if (field instanceof HTMLInputElement && field.type === "search" && field.value) return;
     $("cancel-rule").click();
   });
-  form.addEventListener("submit", async (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    // A preview still pending or in flight must not clear what saving reports.
-    clearTimeout(state.previewTimer);
-    state.previewSeq++;
-    clearErrors(form);
-    $("rule-form-error").hidden = true;
-    const body = editedRule();
-    const id = state.editing.id;
-    if (state.saving) return;
-    state.saving = true;
-    const epoch = state.epoch;
-    try {
-      const saved = id
-        ? await api("PUT", `${API}/rules/${encodeURIComponent(id)}`, body)
-        : await api("POST", `${API}/rules`, body);
-      if (epoch !== state.epoch) return; // another user since
-      if (id) state.rules = state.rules.map((r) => (r.id === id ? saved : r));
-      else state.rules.push(saved);
-      closeEditor();
-      renderRules();
-      announce(`Rule ${saved.name || ""} saved.`);
-      const heading = ruleHeading(saved.id);
-      if (heading) heading.focus();
-    } catch (error) {
-      showError(form, $("rule-form-error"), error);
-    } finally {
-      if (epoch === state.epoch) state.saving = false; // not an earlier user's request
-    }
+    whileBusy(form, () => saveRule(form));
   });
+}
+
+async function saveRule(form) {
+  // A preview still pending or in flight must not clear what saving reports.
+  clearTimeout(state.previewTimer);
+  state.previewSeq++;
+  clearErrors(form);
+  $("rule-form-error").hidden = true;
+  const body = editedRule();
+  const id = state.editing.id;
+  try {
+    const saved = id
+      ? await api("PUT", `${API}/rules/${encodeURIComponent(id)}`, body)
+      : await api("POST", `${API}/rules`, body);
+    if (id) state.rules = state.rules.map((r) => (r.id === id ? saved : r));
+    else state.rules.push(saved);
+    closeEditor();
+    renderRules();
+    announce(`Rule ${saved.name || ""} saved.`);
+    const heading = ruleHeading(saved.id);
+    if (heading) heading.focus();
+    refreshAccountNote();
+  } catch (error) {
+    showError(form, $("rule-form-error"), error);
+  }
 }
 
 function ruleHeading(id) {
@@ -1375,7 +1410,8 @@ function signedOut() {
   state.me = null;
   state.epoch += 1;
   state.notificationsSeq += 1;
-  state.saving = false; // an earlier user's request still out must not block the next
+  // an earlier user's request never settles (api()): it must not keep a form busy
+  for (const el of document.querySelectorAll('[aria-busy="true"]')) setBusy(el, false);
   state.removedDestinations = new Set();
   clearErrors($("destination-form"));
   $("destination-form-error").hidden = true;
@@ -1399,6 +1435,30 @@ function signedOut() {
   showSignIn().then(() => $("main").focus());
 }
 
+/** What the page says of the account as a whole: turned off, or a change not yet in force. */
+function showAccountNote() {
+  const notes = [];
+  if (state.me.enabled === false) {
+    notes.push("An administrator has turned your notifications off: nothing is sent to you "
+      + "until they are turned on again.");
+  }
+  if (state.me.publish_pending) {
+    notes.push("Your last change is saved but not yet in force: it will be within minutes.");
+  }
+  $("account-note").textContent = notes.join(" ");
+  $("account-note").hidden = notes.length === 0;
+}
+
+/** After a change: is it in force yet? A failed read leaves the note as it was. */
+async function refreshAccountNote() {
+  try {
+    state.me = await api("GET", `${API}/me`);
+    showAccountNote();
+  } catch {
+    // not worth a banner over a change that was saved
+  }
+}
+
 async function start() {
   try {
     state.me = await api("GET", `${API}/me`);
@@ -1412,16 +1472,7 @@ async function start() {
     return;
   }
   showAlert("");
-  const notes = [];
-  if (state.me.enabled === false) {
-    notes.push("An administrator has turned your notifications off: nothing is sent to you "
-      + "until they are turned on again.");
-  }
-  if (state.me.publish_pending) {
-    notes.push("Your last change is saved but not yet in force: it will be within minutes.");
-  }
-  $("account-note").textContent = notes.join(" ");
-  $("account-note").hidden = notes.length === 0;
+  showAccountNote();
   $("account-name").textContent = state.me.name;
   $("account").hidden = false;
   $("nav").hidden = false;
@@ -1445,7 +1496,8 @@ setupDestinationForm();
 setupEditor();
 setupDesktopNotifications();
 setupAtomFeed();
-$("refresh-notifications").addEventListener("click", () => loadNotifications());
+$("refresh-notifications").addEventListener("click",
+  () => whileBusy($("refresh-notifications"), loadNotifications));
 window.addEventListener("hashchange", () => route());
 // the skip link moves the focus, not the view (as a hash, #main would be a route)
 document.querySelector(".skip-link").addEventListener("click", (event) => {
