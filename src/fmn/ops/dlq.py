@@ -328,24 +328,21 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     """Send each batch to the source queue, then delete what SQS accepted.
 
     Moves at most the messages the dead-letter queue held when it began, and
-    stops at a copy it sent itself: a message that still fails for good comes
-    straight back, and would otherwise be moved round forever.  A copy comes
-    back under the id SQS gave it when SQS moves it after its receives (SQS
-    keeps a message's id), or under a new id, with its body, when a sender
-    dead-letters it itself (:meth:`~fmn.pipeline.redelivery.Redelivery.dead_letter`):
-    then it carries a notification of a copy sent (:func:`_digest`), on a
-    message SQS took after the move began, by SQS's own clock (:func:`_sqs_now`;
-    a copy back within the second the move began in is taken for an older dead
-    letter and moved once more).
-    Two dead letters with the same body that were there before are two
-    messages, and both move.
+    never a copy it sent itself: a message that still fails for good comes
+    straight back, and would otherwise be moved round forever.  A copy that
+    came back is held (kept invisible) while the move goes on with the
+    others, and is visible again in the dead-letter queue when it ends: one
+    bad notification among thousands does not keep the rest there.  A copy
+    comes back under the id SQS gave it when SQS moves it after its receives
+    (SQS keeps a message's id), or under a new id, with its body, when a
+    sender dead-letters it itself
+    (:meth:`~fmn.pipeline.redelivery.Redelivery.dead_letter`): then it carries
+    a notification of a copy sent (:func:`_digest`), on a message SQS took
+    after the move began, by SQS's own clock (:func:`_sqs_now`; a copy back
+    within the second the move began in is taken for an older dead letter and
+    moved once more).  Two dead letters with the same body that were there
+    before are two messages, and both move.
     """
-    def returned(m: dict[str, Any]) -> bool:
-        if m.get("MessageId") in sent_ids:
-            return True
-        sent_at = int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
-        return sent_at >= after and not _digest(m["Body"]).isdisjoint(sent_bodies)
-
     first = _counts_answer(sqs, dlq.url)
     # every dead letter there before the move was sent before this (one second later
     # than SQS's answer said: its Date header has whole seconds)
@@ -354,72 +351,90 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
     moved = 0
     empty_receives = 0
     sent_ids: set[str] = set()  # the ids SQS gave the copies this move sent
-    sent_bodies: set[str] = set()  # and what their bodies carry (_digest)
-    came_back = False
-    while empty_receives < 2 and moved < limit and not came_back:
-        # one empty answer can be a sampling miss
-        batch = _receive(sqs, dlq.url, min(SQS_BATCH_MAX, limit - moved))
-        if not batch:
-            empty_receives += 1
-            continue
-        empty_receives = 0
-        again = [m for m in batch if returned(m)]
-        if again:
-            came_back = True
-            _release(sqs, dlq.url, [m["ReceiptHandle"] for m in again])
-            log.warning("%d dead letters came back while being moved (they fail again at "
-                        "once): left in %s", len(again), dlq.name)
-            batch = [m for m in batch if m not in again]
+    sent_bodies: set[bytes] = set()  # and what their bodies carry (_digest)
+    held: dict[str, dict[str, Any]] = {}  # copies come back, by id: their latest receipt
+
+    def returned(m: dict[str, Any]) -> bool:
+        if m.get("MessageId") in sent_ids or m.get("MessageId") in held:
+            return True
+        sent_at = int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000
+        return sent_at >= after and not _digest(m["Body"]).isdisjoint(sent_bodies)
+
+    try:
+        while empty_receives < 2 and moved < limit:
+            # one empty answer can be a sampling miss
+            batch = _receive(sqs, dlq.url, min(SQS_BATCH_MAX, limit - moved))
             if not batch:
-                break
-        entries = [{"MessageBody": m["Body"],
-                    "MessageAttributes": _sendable(m.get("MessageAttributes", {}))}
-                   for m in batch]
-        # ten bodies of up to 250 KiB each are more than one request takes
-        groups = batches_by_size([_entry_bytes(e) for e in entries])
-        for n, group in enumerate(groups):
-            later = [batch[i] for g in groups[n + 1:] for i in g]  # given back on a failure
-            try:
-                sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
-                    {"Id": str(i), **entries[i]} for i in group])
-            except Exception as exc:  # SQS away: what was not sent is visible again at once
-                _release_quietly(sqs, dlq, [*(batch[i] for i in group), *later])
-                raise DlqError(f"sending to the source queue failed ({exc}); {moved} moved, "
-                               f"the rest stay in {dlq.name}") from exc
-            accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
-            sent_ids.update(str(e["MessageId"]) for e in sent.get("Successful", [])
-                            if e.get("MessageId"))
-            done = [batch[i] for i in group if i in accepted]
-            for m in done:
-                sent_bodies |= _digest(m["Body"])
-            if done:
-                cause: Exception | None = None
-                try:
-                    undeleted, why = _delete(sqs, dlq, done)
-                except Exception as exc:
-                    cause, undeleted, why = exc, len(done), str(exc)
-                if undeleted:  # sent: their copies come back, and go twice
-                    _release_quietly(sqs, dlq, later)
-                    raise DlqError(f"{moved + len(done)} moved, but deleting {undeleted} "
-                                   f"of the last {len(done)} from {dlq.name} failed ({why}): "
-                                   "they come back there within a minute; the senders "
-                                   "send each notification once") from cause
-            moved += len(done)
-            if progress is not None:
-                progress(moved)
-            refused = [batch[i] for i in group if i not in accepted]
-            if refused:
-                _release_quietly(sqs, dlq, refused + later)
-                reasons = "; ".join(sorted({str(f.get("Message", f.get("Code")))
-                                            for f in sent.get("Failed", [])}))
-                raise DlqError(f"the source queue refused {len(refused)} messages "
-                               f"({reasons}); {moved} moved, the rest stay in {dlq.name}")
+                empty_receives += 1
+                continue
+            empty_receives = 0
+            again = [m for m in batch if returned(m)]
+            held.update((m["MessageId"], m) for m in again)
+            batch = [m for m in batch if m not in again]
+            if batch:
+                moved = _move_batch(sqs, dlq, batch, moved, sent_ids, sent_bodies, progress)
+    finally:
+        if held:
+            log.warning("%d dead letters came back while being moved (they fail again at "
+                        "once): left in %s", len(held), dlq.name)
+            _release_quietly(sqs, dlq, list(held.values()))
     return moved
 
 
-def _digest(body: str) -> set[str]:
+def _move_batch(sqs: Any, dlq: Dlq, batch: list[dict[str, Any]], moved: int,
+                sent_ids: set[str], sent_bodies: set[bytes],
+                progress: Callable[[int], None] | None) -> int:
+    """Send ``batch`` to the source queue and delete what SQS took: ``moved`` plus those
+    (DlqError, with the rest of the batch visible again at once, on any failure)."""
+    entries = [{"MessageBody": m["Body"],
+                "MessageAttributes": _sendable(m.get("MessageAttributes", {}))}
+               for m in batch]
+    # ten bodies of up to 250 KiB each are more than one request takes
+    groups = batches_by_size([_entry_bytes(e) for e in entries])
+    for n, group in enumerate(groups):
+        later = [batch[i] for g in groups[n + 1:] for i in g]  # given back on a failure
+        try:
+            sent = sqs.send_message_batch(QueueUrl=dlq.source_url, Entries=[
+                {"Id": str(i), **entries[i]} for i in group])
+        except Exception as exc:  # SQS away: what was not sent is visible again at once
+            _release_quietly(sqs, dlq, [*(batch[i] for i in group), *later])
+            raise DlqError(f"sending to the source queue failed ({exc}); {moved} moved, "
+                           f"the rest stay in {dlq.name}") from exc
+        accepted = {int(e["Id"]) for e in sent.get("Successful", [])}
+        sent_ids.update(str(e["MessageId"]) for e in sent.get("Successful", [])
+                        if e.get("MessageId"))
+        done = [batch[i] for i in group if i in accepted]
+        refused = [batch[i] for i in group if i not in accepted]
+        for m in done:
+            sent_bodies |= _digest(m["Body"])
+        if done:
+            cause: Exception | None = None
+            try:
+                undeleted, why = _delete(sqs, dlq, done)
+            except Exception as exc:
+                cause, undeleted, why = exc, len(done), str(exc)
+            if undeleted:  # sent: their copies come back, and go twice
+                _release_quietly(sqs, dlq, refused + later)
+                raise DlqError(f"{moved + len(done)} moved, but deleting {undeleted} "
+                               f"of the last {len(done)} from {dlq.name} failed ({why}): "
+                               "they come back there within a minute; the senders "
+                               "send each notification once") from cause
+        moved += len(done)
+        if progress is not None:
+            progress(moved)
+        if refused:
+            _release_quietly(sqs, dlq, refused + later)
+            reasons = "; ".join(sorted({str(f.get("Message", f.get("Code")))
+                                        for f in sent.get("Failed", [])}))
+            raise DlqError(f"the source queue refused {len(refused)} messages "
+                           f"({reasons}); {moved} moved, the rest stay in {dlq.name}")
+    return moved
+
+
+def _digest(body: str) -> set[bytes]:
     """What a body is, whoever dead-lettered it: the notifications it carries, each as
-    (bus message, backend, user, destination, address).  A sender dead-letters one
+    (bus message, backend, user, destination, address), hashed (a publisher chooses
+    the message id, up to 10,000 characters).  A sender dead-letters one
     notification of a payload alone, with a new ``error``, one more ``dead_letters``
     and a part of its own (:func:`fmn.delivery.base.dead_letter_body`), so a copy that
     comes back is known by any notification it shares with a body sent.  A body that
@@ -434,9 +449,10 @@ def _digest(body: str) -> set[str]:
     except Exception:  # noqa: BLE001 - not a payload: the body is what it is
         items = []
     if not items:
-        return {hashlib.sha256(body.encode()).hexdigest()}
-    return {orjson.dumps([i.message_id, i.backend, i.user, i.destination, i.address]).decode()
-            for i in items}
+        return {hashlib.sha256(body.encode("utf-8", "surrogatepass")).digest()}
+    return {hashlib.sha256(orjson.dumps(
+        [i.message_id, i.backend, i.user, i.destination, i.address])).digest()
+        for i in items}
 
 
 def _sqs_now(answer: dict[str, Any]) -> float:
