@@ -318,3 +318,61 @@ def test_a_sender_that_is_not_one_address_stops_the_sender_at_its_start(sender: 
     with pytest.raises(ValueError, match="FMN_MAIL_FROM"):
         EmailSender(object(), None, sender=sender, web_url="https://x",  # type: ignore[arg-type]
                     unsubscribe_url=lambda user, dest: "https://x/u")
+
+
+ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-"
+
+
+def _header_bytes(made_with: email.policy.Policy, name: str, value: object,
+                  **serialize: object) -> tuple[bytes, str, tuple[object, ...]]:
+    msg = email.message.EmailMessage(policy=made_with)
+    msg[name] = value
+    header = msg[name]
+    addresses = tuple((a.display_name, a.username, a.domain)
+                      for a in getattr(header, "addresses", ()))
+    return msg.as_bytes(**serialize), str(header), addresses  # type: ignore[arg-type]
+
+
+def _outcome(made_with: email.policy.Policy, name: str, value: object) -> object:
+    try:
+        return _header_bytes(made_with, name, value)
+    except Exception as exc:  # noqa: BLE001 - the same failure is the same outcome
+        return type(exc)
+
+
+def test_to_and_message_id_read_without_the_parser_are_what_the_parser_gives() -> None:
+    """To and Message-ID differ in every mail, so they skip the parser when plain: the
+    bytes, the value and the addresses must be the stdlib's, short lines and long."""
+    from email.headerregistry import Address
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fmn.delivery import email as rendering
+
+    plain = email.policy.SMTP.clone(max_line_length=78)
+    atom = st.text(ATEXT, min_size=1, max_size=30)
+    label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+    local = st.lists(atom, min_size=1, max_size=6).map(".".join)
+    domain = st.lists(label, min_size=1, max_size=6).map(".".join)
+
+    @settings(max_examples=400, deadline=None)
+    @given(local, domain, st.booleans(), st.booleans())
+    def same(local: str, domain: str, as_address: bool, utf8: bool) -> None:
+        value = Address(username=local, domain=domain) if as_address else f"{local}@{domain}"
+        serialize = {"policy": rendering.POLICY.clone(utf8=True)} if utf8 else {}
+        plain_serialize = {"policy": plain.clone(utf8=True)} if utf8 else {}
+        assert _header_bytes(rendering.POLICY, "To", value, **serialize) \
+            == _header_bytes(plain, "To", value, **plain_serialize)
+        msgid = email.utils.make_msgid(domain=domain)
+        assert _header_bytes(rendering.POLICY, "Message-ID", msgid, **serialize) \
+            == _header_bytes(plain, "Message-ID", msgid, **plain_serialize)
+
+    same()
+    # and what is not plain goes through the parser, as before
+    for value in ["Bob <bob@example.org>", '"a b"@example.org', "a@b, c@d", "bob@exämple.org",
+                  "bob@example.org\u200b", "<x@y> junk", "bob@-bad-.org", "a..b@example.org"]:
+        for name in ("To", "Message-ID"):
+            assert _outcome(rendering.POLICY, name, value) == _outcome(plain, name, value)
+    with pytest.raises(ValueError):
+        _header_bytes(rendering.POLICY, "To", "bob@example.org\r\nBcc: eve@example.org")
