@@ -576,3 +576,44 @@ def test_the_account_note_follows_each_change(page: Any, stack: Stack, probe: Pa
     rule.get_by_label("Enabled").uncheck()
     expect(note).to_be_hidden()
     clean(probe)
+
+
+def test_an_open_edit_drops_a_destination_removed_meanwhile_and_only_that(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    """A rule edit kept, unseen, a destination removed in the Destinations view, and the
+    save was refused.  The pruning drops only what was removed on this page: a list that
+    failed to load changes no rule."""
+    sign_in(page, stack)
+    by_protocol = {d["protocol"]: d["id"] for d in stack.api.users["alice"].destinations}
+
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("Pruned")
+    page.get_by_role("checkbox", name="IRC: alice_f (not verified)").check()
+    page.get_by_role("checkbox", name="Live feed").check()
+    page.get_by_role("link", name="Destinations").click()
+    row = page.locator("#destination-list > li", has_text="IRC: alice_f")
+    row.get_by_role("button", name="Remove IRC: alice_f").click()
+    row.get_by_role("button", name="Yes, delete").click()
+    expect(page.locator("#status")).to_contain_text("IRC: alice_f removed")
+    page.get_by_role("link", name="Rules").click()
+    expect(page.locator("#editor")).to_be_visible()
+    expect(page.get_by_role("checkbox", name="IRC: alice_f (not verified)")).to_have_count(0)
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#editor")).to_be_hidden()
+    saved = next(r for r in stack.api.users["alice"].rules if r["name"] == "Pruned")
+    assert saved["generation_rules"][0]["destinations"] == [by_protocol["sse"]]
+
+    # the list fails to load: an open edit keeps what its rule had
+    page.get_by_role("button", name="Edit My packages").click()
+    page.route("**/api/v1/destinations", lambda route: route.abort())
+    page.get_by_role("link", name="Destinations").click()
+    expect(page.locator("#alert")).to_contain_text("Could not load your destinations")
+    page.unroute("**/api/v1/destinations")
+    page.get_by_role("link", name="Rules").click()
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#editor")).to_be_hidden()
+    kept = next(r for r in stack.api.users["alice"].rules if r["name"] == "My packages")
+    assert sorted(kept["generation_rules"][0]["destinations"]) \
+        == sorted([by_protocol["sse"], by_protocol["email"]])
+    probe.errors.clear()  # the aborted request, logged by the browser
+    clean(probe)
