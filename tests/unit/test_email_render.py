@@ -95,7 +95,11 @@ def test_missing_fields_still_render() -> None:
 @pytest.mark.parametrize("address", [
     "a@x, b@y", "a b@example.org", "<a@example.org>", "a@example.org\r\nBcc: c@d",
     '"a b"@example.org', "ü@example.org", "a@x@y", "a@-bad-.org", "", "@example.org",
-    "a@", "a@exa mple.org"])
+    "a@", "a@exa mple.org",
+    # an RFC 2047 word is atext, but the parser decodes it: a line break, a second address
+    "=?utf-8?q?a=0D=0ABcc=3A=20eve=40evil.example?=." + "p" * 60 + "@example.org",
+    "=?utf-8?q?eve=40evil.example=2C=20?=." + "p" * 60 + "@example.org",
+    "=?utf-8?q?x?=@example.org"])
 def test_bad_addresses_are_refused(address: str) -> None:
     with pytest.raises(InvalidAddress):
         check_address(address)

@@ -114,7 +114,9 @@ class _ToHeader(_ParsedOnDemand, UniqueAddressHeader):
     def parse(cls, value: Any, kwds: dict[str, Any]) -> None:
         text = value.addr_spec if isinstance(value, Address) and not value.display_name \
             else value
-        plain = _PLAIN_ADDRESS.match(text) if isinstance(text, str) else None
+        # no "=?": the parser would decode an encoded word (to_address refuses one)
+        plain = _PLAIN_ADDRESS.match(text) if isinstance(text, str) and "=?" not in text \
+            else None
         if plain is None:
             UniqueAddressHeader.parse.__func__(cls, value, kwds)  # type: ignore[attr-defined]
             return
@@ -245,6 +247,10 @@ def check_address(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at or not _LOCAL_PART.match(local) or len(address) > 254:
         raise InvalidAddress(f"not a plain e-mail address: {address[:100]!r}")
+    if "=?" in local:
+        # atext allows it, but the mail parser decodes an RFC 2047 word even here (a
+        # long To is parsed to be folded): "=?utf-8?q?a=0D=0ABcc...?=" became a line
+        raise InvalidAddress(f"an encoded word in an e-mail address: {address[:100]!r}")
     try:
         ascii_domain = domain.encode("idna").decode("ascii")
     except UnicodeError as exc:
