@@ -251,3 +251,41 @@ def test_a_digest_holds_a_few_bytes_per_notification_whatever_the_ids() -> None:
     digest = dlq._digest(body)
     assert len(digest) == 100 and {len(d) for d in digest} == {32}
     assert {len(d) for d in dlq._digest("no payload")} == {32}
+
+
+class ExpiringSqs(LoopingSqs):
+    """Received messages become visible again three receives later, as when the move's
+    hold (its visibility timeout) runs out."""
+
+    def __init__(self, bodies: list[str], overcount: int = 0) -> None:
+        super().__init__(bodies, overcount)
+        self.received_at: dict[str, int] = {}
+
+    def receive_message(self, *, MaxNumberOfMessages: int, **kw: Any) -> dict[str, Any]:
+        for h in [h for h, n in self.received_at.items() if self.receives - n >= 3]:
+            if h in self.held:
+                self.dead[h] = self.held.pop(h)
+            del self.received_at[h]
+        got = super().receive_message(MaxNumberOfMessages=MaxNumberOfMessages, **kw)
+        for m in got["Messages"]:
+            self.received_at[m["ReceiptHandle"]] = self.receives
+        return got
+
+    def change_message_visibility_batch(self, *, Entries: list[dict[str, Any]],
+                                        **_: Any) -> Any:
+        for entry in Entries:  # a hold that ran out: nothing to give back
+            if entry["ReceiptHandle"] in self.held:
+                self.dead[entry["ReceiptHandle"]] = self.held.pop(entry["ReceiptHandle"])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+
+def test_copies_whose_hold_runs_out_do_not_keep_the_move_going() -> None:
+    """Held copies came back in turn, each receive of them counted as a sign of more to
+    move, and with SQS's count too high the move never ended."""
+    sqs = ExpiringSqs([f"body-{i}" for i in range(25)], overcount=40)
+    found = dlq.Dlq(QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
+                             batch_size=10, batching_window_s=0, max_concurrency=1),
+                    "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work", visible=25)
+    result = dlq.redrive(sqs, found)
+    assert result.moved == 25 and sqs.sent_back == 25
+    assert len(sqs.dead) == 25 and not sqs.held

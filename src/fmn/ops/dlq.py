@@ -362,17 +362,18 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
 
     try:
         while empty_receives < 2 and moved < limit:
-            # one empty answer can be a sampling miss
+            # one empty answer can be a sampling miss; an answer of copies alone (held
+            # ones come back every _HOLD_S) moves nothing either: it counts as empty, or
+            # copies coming back in turn would keep the move going for ever
             batch = _receive(sqs, dlq.url, min(SQS_BATCH_MAX, limit - moved))
+            again = [m for m in batch if returned(m)]
+            held.update((m["MessageId"], m) for m in again)
+            batch = [m for m in batch if m not in again]
             if not batch:
                 empty_receives += 1
                 continue
             empty_receives = 0
-            again = [m for m in batch if returned(m)]
-            held.update((m["MessageId"], m) for m in again)
-            batch = [m for m in batch if m not in again]
-            if batch:
-                moved = _move_batch(sqs, dlq, batch, moved, sent_ids, sent_bodies, progress)
+            moved = _move_batch(sqs, dlq, batch, moved, sent_ids, sent_bodies, progress)
     finally:
         if held:
             log.warning("%d dead letters came back while being moved (they fail again at "
