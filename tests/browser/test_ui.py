@@ -617,3 +617,58 @@ def test_an_open_edit_drops_a_destination_removed_meanwhile_and_only_that(
         == sorted([by_protocol["sse"], by_protocol["email"]])
     probe.errors.clear()  # the aborted request, logged by the browser
     clean(probe)
+
+
+def test_a_401_signs_out_and_leaves_no_error_for_the_next_person(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    """alice's session ended on the server; her destination add got a 401: the page
+    signed out, then drew her error into the form bob found on signing in."""
+    sign_in(page, stack)
+    page.route("**/api/v1/destinations", lambda route: route.fulfill(
+        status=401, content_type="application/json",
+        body='{"error": "not_signed_in", "detail": "Sign in first.", "field": "address"}')
+        if route.request.method == "POST" else route.continue_())
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_label("Destination kind").select_option("email")
+    page.get_by_label("Address", exact=True).fill("x@example.org")
+    page.get_by_role("button", name="Add destination").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.unroute("**/api/v1/destinations")
+    page.get_by_label("Demo user").fill("bob")
+    page.get_by_role("button", name="Sign in as this user").click()
+    expect(page.locator("#account-name")).to_have_text("bob")
+    page.get_by_role("link", name="Destinations").click()
+    expect(page.locator("#destination-form .field-error:visible")).to_have_count(0)
+    expect(page.get_by_label("Address", exact=True)).not_to_have_attribute("aria-invalid",
+                                                                            "true")
+    clean(probe)
+
+
+def test_a_late_account_read_does_not_undo_a_newer_one(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, stack)
+    held: list[Any] = []
+
+    def first_held(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:  # the first change's read: answered now, delivered after the second's
+            held.append((route, route.fetch()))
+
+    note = page.locator("#account-note")
+    stack.api.users["alice"].publish_pending = True
+    page.route("**/api/v1/me", first_held)
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("One")
+    page.get_by_role("button", name="Save rule").click()
+    while not held:
+        page.wait_for_timeout(20)
+    stack.api.users["alice"].publish_pending = False  # in force now
+    page.locator("#rule-list > li", has_text="One").get_by_label("Enabled").uncheck()
+    expect(page.locator("#status")).to_contain_text("One disabled")
+    page.wait_for_timeout(200)
+    route, answer = held[0]
+    route.fulfill(response=answer)
+    page.wait_for_timeout(300)
+    expect(note).to_be_hidden()
+    clean(probe)

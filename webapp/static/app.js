@@ -40,6 +40,7 @@ const state = {
   epoch: 0, // bumped at sign-out: answers to an earlier user's requests are dropped
   notificationsSeq: 0,
   destinationsSeq: 0,
+  meSeq: 0,
   removedDestinations: new Set(), // removed on this page: an open rule edit drops them
 };
 
@@ -166,8 +167,9 @@ const abandoned = () => new Promise(() => {});
  *
  * An answer that comes after a sign-out belongs to the person who made the request, not to
  * whoever is on the page now: its promise never settles, so neither the caller's success
- * nor its error path draws it (a late 401 does not sign the next person out). Callers
- * therefore need no check of their own after an await of api().
+ * nor its error path draws it (a late 401 does not sign the next person out). Nor does
+ * a 401 that signs the person out. Callers therefore need no check of their own after an
+ * await of api().
  */
 async function api(method, path, body, onAnswer) {
   const epoch = state.epoch;
@@ -198,7 +200,12 @@ async function api(method, path, body, onAnswer) {
   if (epoch !== state.epoch) return abandoned(); // signed out meanwhile
   if (response.status === 204) return null;
   if (!response.ok) {
-    if (response.status === 401 && state.me) signedOut();
+    if (response.status === 401 && state.me) {
+      // the session ended: the page is cleared for whoever signs in next, and the
+      // caller's error path must not draw into it
+      signedOut();
+      return abandoned();
+    }
     throw new ApiError(response.status, data);
   }
   if (onAnswer) onAnswer(response);
@@ -1398,7 +1405,7 @@ function setupSignIn() {
     try {
       await api("POST", "/logout");
     } catch (error) {
-      if (error.status === 401) return; // the session had ended: api() has signed out
+      // (a 401, the session had ended, never comes here: api() has signed out)
       showAlert(`Could not sign out: ${error.message}. You are still signed in; try again.`);
       return;
     }
@@ -1451,8 +1458,12 @@ function showAccountNote() {
 
 /** After a change: is it in force yet? A failed read leaves the note as it was. */
 async function refreshAccountNote() {
+  const mine = ++state.meSeq;
   try {
-    state.me = await api("GET", `${API}/me`);
+    const me = await api("GET", `${API}/me`);
+    // an earlier change's answer, late, must not undo a later one's
+    if (mine !== state.meSeq || !me || typeof me !== "object") return;
+    state.me = me;
     showAccountNote();
   } catch {
     // not worth a banner over a change that was saved
@@ -1461,7 +1472,9 @@ async function refreshAccountNote() {
 
 async function start() {
   try {
-    state.me = await api("GET", `${API}/me`);
+    const me = await api("GET", `${API}/me`);
+    if (!me || typeof me !== "object") throw new Error("the server did not say who you are");
+    state.me = me;
   } catch (error) {
     if (error.status === 401) {
       state.me = null;
