@@ -154,10 +154,10 @@ class Competitor:
 def test_a_rate_limited_burst_of_200_all_arrive_in_order(
         stack: SimpleNamespace, matrix_app: ModuleType,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """200 notifications to two people, the bot limited to 5 messages a second."""
+    """200 notifications to two people, the bot limited to 10 messages a second."""
     monkeypatch.setenv("FMN_MATRIX_PER_USER", "1000")  # every one a notice of its own
     matrix_app.reset()
-    stack.synapse.override_ratelimit(stack.bot, stack.bot.user_id, 5, 5)
+    stack.synapse.override_ratelimit(stack.bot, stack.bot.user_id, 10, 5)
     people = [stack.person("bob"), stack.person("carol")]
     bodies = [body_for(f"b-{i:03d}", [p.user_id for p in people]) for i in range(100)]
     competitor = Competitor(stack.synapse, stack.bot,
