@@ -289,3 +289,22 @@ def test_copies_whose_hold_runs_out_do_not_keep_the_move_going() -> None:
     result = dlq.redrive(sqs, found)
     assert result.moved == 25 and sqs.sent_back == 25
     assert len(sqs.dead) == 25 and not sqs.held
+
+
+def test_copies_coming_back_faster_than_the_rest_move_do_not_end_the_move() -> None:
+    """Every notification is refused again: each payload moved comes back as three
+    copies, newest first, and two receives of new copies alone ended the move with
+    nine tenths of the dead letters still there."""
+    from delivery_data import notification, payload
+
+    from fmn.pipeline.queues import queue
+
+    bodies = [payload("email", [notification(f"u{i}-{j}", f"bad@{i}-{j}.example.org",
+                                             f"d{j}") for j in range(3)], id=f"msg-{i}")
+              for i in range(100)]
+    sqs = OneBadAddress(bodies)
+    found = dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
+                    "arn-email", visible=100)
+    result = dlq.redrive(sqs, found)
+    assert result.moved == 100 and sqs.sent_back == 100
+    assert not sqs.held and len(sqs.dead) == 300  # the copies, each one notification

@@ -362,15 +362,18 @@ def _batched_move(sqs: Any, dlq: Dlq, progress: Callable[[int], None] | None) ->
 
     try:
         while empty_receives < 2 and moved < limit:
-            # one empty answer can be a sampling miss; an answer of copies alone (held
-            # ones come back every _HOLD_S) moves nothing either: it counts as empty, or
-            # copies coming back in turn would keep the move going for ever
+            # one empty answer can be a sampling miss; an answer of held copies alone
+            # (they come back every _HOLD_S) counts as empty too, or copies coming back
+            # in turn would keep the move going for ever.  Copies seen for the first
+            # time do not: they are bounded by the notifications moved, and while they
+            # come back faster than the rest move they would end the move early
             batch = _receive(sqs, dlq.url, min(SQS_BATCH_MAX, limit - moved))
             again = [m for m in batch if returned(m)]
+            first_seen = any(m["MessageId"] not in held for m in again)
             held.update((m["MessageId"], m) for m in again)
             batch = [m for m in batch if m not in again]
             if not batch:
-                empty_receives += 1
+                empty_receives = 0 if first_seen else empty_receives + 1
                 continue
             empty_receives = 0
             moved = _move_batch(sqs, dlq, batch, moved, sent_ids, sent_bodies, progress)
