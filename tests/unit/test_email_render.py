@@ -380,3 +380,21 @@ def test_to_and_message_id_read_without_the_parser_are_what_the_parser_gives() -
             assert _outcome(rendering.POLICY, name, value) == _outcome(plain, name, value)
     with pytest.raises(ValueError):
         _header_bytes(rendering.POLICY, "To", "bob@example.org\r\nBcc: eve@example.org")
+
+
+def test_a_sender_with_a_display_name_gives_a_plain_list_id_and_message_id() -> None:
+    """The list's domain was the text after the last "@": "...fedoraproject.org>"."""
+    from fmn.delivery.email_sender import EmailSender
+    from fmn.delivery.mailers import MemoryMailer
+
+    mailer = MemoryMailer()
+    sender = EmailSender(mailer, None,
+                         sender="Fedora Notifications <notifications@fedoraproject.org>",
+                         web_url="https://notif.example",
+                         unsubscribe_url=lambda user, dest: "https://notif.example/u/T")
+    [item] = deliveries(payload("email", [note()]), "email")
+    sender(item)
+    msg = parsed(mailer.sent[0].as_bytes())
+    assert msg["List-Id"] == "Fedora notifications <notifications.fedoraproject.org>"
+    assert msg["Message-ID"].endswith("@notifications.fedoraproject.org>")
+    assert not msg["Message-ID"].defects

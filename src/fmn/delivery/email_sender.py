@@ -19,6 +19,7 @@ counted in :attr:`EmailSender.dropped`, if its destination no longer wants it.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -53,8 +54,10 @@ class EmailSender:
         self.web_url = web_url
         self.unsubscribe_url = unsubscribe_url
         self.clock = clock
-        # the mail domain names the list: List-Id and Message-IDs
-        self.list_id = "notifications." + (sender.rpartition("@")[2] or "localhost")
+        # the mail domain names the list: List-Id and Message-IDs (the address's domain,
+        # not the text after the last "@": "Name <a@example.org>" ends in ">")
+        address = email.utils.parseaddr(sender)[1]
+        self.list_id = "notifications." + (address.rpartition("@")[2] or "localhost")
         self._ready: set[str] = set()
 
     def render(self, item: Delivery) -> EmailMessage:
