@@ -22,6 +22,21 @@ from fmn.pipeline.queues import QueueDef
 pytestmark = pytest.mark.unit
 
 
+def work_dlq(visible: int) -> dlq.Dlq:
+    """The dead-letter queue of a queue of no backend (moved as a backend's would be)."""
+    return dlq.Dlq(QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
+                            batch_size=10, batching_window_s=0, max_concurrency=1),
+                   "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work",
+                   visible=visible)
+
+
+def email_dlq(visible: int) -> dlq.Dlq:
+    from fmn.pipeline.queues import queue
+
+    return dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
+                   "arn-email", visible=visible)
+
+
 class LoopingSqs:
     """A dead-letter queue and a source queue whose consumer fails at once, for good."""
 
@@ -84,11 +99,7 @@ def test_a_message_that_fails_again_at_once_is_moved_once_not_forever(overcount:
     """At most what the queue held at the start; and (when SQS's count was too high)
     never a message already moved."""
     sqs = LoopingSqs([f"body-{i}" for i in range(25)], overcount)
-    qdef = QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
-                    batch_size=10, batching_window_s=0, max_concurrency=1)
-    found = dlq.Dlq(qdef, "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work",
-                    visible=25)
-    result = dlq.redrive(sqs, found)
+    result = dlq.redrive(sqs, work_dlq(25))
     assert (result.moved, result.method) == (25, "batched move")
     assert sqs.sent_back == 25  # each once
     assert len(sqs.dead) == 25 and not sqs.held  # all back where they were, visible
@@ -119,10 +130,7 @@ def test_a_record_its_sender_dead_letters_again_is_moved_once(overcount: int) ->
     # its copy comes back under a new id: told by its body, on a message younger than
     # the move (two dead letters with one body from before both move: the other test)
     sqs = DeadLetteringSqs([f"body-{i}" for i in range(25)], overcount)
-    found = dlq.Dlq(QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
-                             batch_size=10, batching_window_s=0, max_concurrency=1),
-                    "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work", visible=25)
-    result = dlq.redrive(sqs, found)
+    result = dlq.redrive(sqs, work_dlq(25))
     assert result.moved == 25 and sqs.sent_back == 25  # each once
     assert len(sqs.dead) == 25 and not sqs.held
 
@@ -139,12 +147,8 @@ class FailingSqs(LoopingSqs):
 def test_sqs_failing_midway_leaves_what_was_not_sent_visible_in_the_dead_letter_queue() -> None:
     # three bodies of 100 KB: two requests for one receive (256 KiB each at most)
     sqs = FailingSqs([f"{i}:" + "x" * 100_000 for i in range(3)])
-    from fmn.pipeline.queues import queue
-
-    found = dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
-                    "arn-email", visible=3)
     with pytest.raises(dlq.DlqError, match="2 moved, the rest stay in fmn-email-dlq"):
-        dlq.redrive(sqs, found)
+        dlq.redrive(sqs, email_dlq(3))
     assert sqs.sent_back == 2 and not sqs.held  # the third: visible again, not held
     assert sorted(b[:2] for _id, b in sqs.dead.values()) == ["0:", "1:", "2:"]
 
@@ -172,6 +176,15 @@ def test_a_senders_dead_letter_of_a_redriven_notification_is_known_for_it() -> N
     assert dlq._digest(refused) < dlq._digest(both)
 
 
+def payloads(count: int, per: int, address: Any) -> list[str]:
+    """``count`` e-mail payloads of ``per`` notifications; ``address(i, j)`` for each."""
+    from delivery_data import notification, payload
+
+    return [payload("email", [notification(f"u{i}-{j}", address(i, j), f"d{j}")
+                              for j in range(per)], id=f"msg-{i}")
+            for i in range(count)]
+
+
 class OneBadAddress(DeadLetteringSqs):
     """An email sender that delivers every notification but those to bad@, which it
     dead-letters one by one; SQS hands out the newest dead letters first."""
@@ -194,18 +207,9 @@ class OneBadAddress(DeadLetteringSqs):
 def test_one_bad_address_among_thousands_does_not_keep_the_rest_in_the_queue() -> None:
     """The move stopped at the first copy that came back: with one refused address in a
     payload of 200, the other 99 payloads stayed, run after run."""
-    from delivery_data import notification, payload
-
-    from fmn.pipeline.queues import queue
-
-    bodies = [payload("email", [notification(f"u{i}-{j}", "bad@example.org" if (i, j) == (0, 5)
-                                             else f"u{i}-{j}@example.org", f"d{j}")
-                                for j in range(200)], id=f"msg-{i}")
-              for i in range(100)]
-    sqs = OneBadAddress(bodies)
-    found = dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
-                    "arn-email", visible=100)
-    result = dlq.redrive(sqs, found)
+    sqs = OneBadAddress(payloads(100, 200, lambda i, j: "bad@example.org" if (i, j) == (0, 5)
+                                 else f"u{i}-{j}@example.org"))
+    result = dlq.redrive(sqs, email_dlq(100))
     assert result.moved == 100 and sqs.sent_back == 100
     # what is left is the one refused notification, visible again
     assert not sqs.held and [len(orjson.loads(b)["notifications"])
@@ -228,13 +232,10 @@ class SentHalfThenUndeletable(LoopingSqs):
 
 
 def test_what_sqs_refused_is_visible_at_once_when_the_delete_then_fails() -> None:
-    from fmn.pipeline.queues import queue
 
     sqs = SentHalfThenUndeletable([f"b{i}" for i in range(10)])
-    found = dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
-                    "arn-email", visible=10)
     with pytest.raises(dlq.DlqError, match="deleting 5 of the last 5"):
-        dlq.redrive(sqs, found)
+        dlq.redrive(sqs, email_dlq(10))
     # the five sent stay held (their copies went; they come back in a minute), the five
     # refused were not sent: visible again at once
     assert sorted(b for _id, b in sqs.held.values()) == [f"b{i}" for i in range(5)]
@@ -283,10 +284,7 @@ def test_copies_whose_hold_runs_out_do_not_keep_the_move_going() -> None:
     """Held copies came back in turn, each receive of them counted as a sign of more to
     move, and with SQS's count too high the move never ended."""
     sqs = ExpiringSqs([f"body-{i}" for i in range(25)], overcount=40)
-    found = dlq.Dlq(QueueDef("work", "worker", visibility_timeout_s=1, max_receive_count=2,
-                             batch_size=10, batching_window_s=0, max_concurrency=1),
-                    "fmn-work-dlq", "url-dlq", "arn-dlq", "url-work", "arn-work", visible=25)
-    result = dlq.redrive(sqs, found)
+    result = dlq.redrive(sqs, work_dlq(25))
     assert result.moved == 25 and sqs.sent_back == 25
     assert len(sqs.dead) == 25 and not sqs.held
 
@@ -295,16 +293,7 @@ def test_copies_coming_back_faster_than_the_rest_move_do_not_end_the_move() -> N
     """Every notification is refused again: each payload moved comes back as three
     copies, newest first, and two receives of new copies alone ended the move with
     nine tenths of the dead letters still there."""
-    from delivery_data import notification, payload
-
-    from fmn.pipeline.queues import queue
-
-    bodies = [payload("email", [notification(f"u{i}-{j}", f"bad@{i}-{j}.example.org",
-                                             f"d{j}") for j in range(3)], id=f"msg-{i}")
-              for i in range(100)]
-    sqs = OneBadAddress(bodies)
-    found = dlq.Dlq(queue("email"), "fmn-email-dlq", "url-dlq", "arn-dlq", "url-email",
-                    "arn-email", visible=100)
-    result = dlq.redrive(sqs, found)
+    sqs = OneBadAddress(payloads(100, 3, lambda i, j: f"bad@{i}-{j}.example.org"))
+    result = dlq.redrive(sqs, email_dlq(100))
     assert result.moved == 100 and sqs.sent_back == 100
     assert not sqs.held and len(sqs.dead) == 300  # the copies, each one notification
