@@ -322,7 +322,7 @@ async function loadNotifications() {
       // false: some rule's search ran out of time, so matches may be missing
       complete = response.headers.get("FMN-Complete") !== "false";
     });
-    if (mine !== state.notificationsSeq) return; // a later request, or another user
+    if (mine !== state.notificationsSeq) return; // a later request has the list
     const events = [...(answer || [])];
     events.sort(newestFirst);
     list.replaceChildren(...events.map((e) => messageItem(e)));
@@ -1415,8 +1415,7 @@ function setupSignIn() {
 
 function signedOut() {
   state.me = null;
-  state.epoch += 1;
-  state.notificationsSeq += 1;
+  state.epoch += 1; // (an earlier user's answers never settle: api())
   // an earlier user's request never settles (api()): it must not keep a form busy
   for (const el of document.querySelectorAll('[aria-busy="true"]')) setBusy(el, false);
   state.removedDestinations = new Set();
