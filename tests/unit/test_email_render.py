@@ -99,7 +99,11 @@ def test_missing_fields_still_render() -> None:
     # an RFC 2047 word is atext, but the parser decodes it: a line break, a second address
     "=?utf-8?q?a=0D=0ABcc=3A=20eve=40evil.example?=." + "p" * 60 + "@example.org",
     "=?utf-8?q?eve=40evil.example=2C=20?=." + "p" * 60 + "@example.org",
-    "=?utf-8?q?x?=@example.org"])
+    "=?utf-8?q?x?=@example.org",
+    # IDNA maps a one-dot leader to a dot: one label would be mailed as two
+    "a@ex\u2024ample.org", "a@example\ufe52org",
+    # 252 characters, but 1,000 as sent (each label in its xn-- form)
+    "a@" + ".".join(["\u00e9" * 20] * 11) + ".org"])
 def test_bad_addresses_are_refused(address: str) -> None:
     with pytest.raises(InvalidAddress):
         check_address(address)
@@ -109,7 +113,9 @@ def test_bad_addresses_are_refused(address: str) -> None:
 
 
 @pytest.mark.parametrize("address", ["bob@example.org", "first.last+tag@sub.example.org",
-                                     "bob@bücher.example", "o'neil@example.org"])
+                                     "bob@bücher.example", "o'neil@example.org",
+                                     "bob@example\u3002org",
+                                     "a@" + ".".join(["b" * 63] * 3) + "." + "b" * 60])
 def test_good_addresses_pass(address: str) -> None:
     assert check_address(address) == address
     [item] = deliveries(payload("email", [note(address=address)]), "email")

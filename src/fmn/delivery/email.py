@@ -228,6 +228,8 @@ _FOLDED: dict[int, tuple[str, dict[tuple[object, ...], bytes]]] = {}
 POLICY = _RememberingPolicy(linesep="\r\n", max_line_length=78, header_factory=_HeaderClasses())
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
 _DOMAIN_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+#: What IDNA takes for the dot between labels (RFC 3490, 3.1)
+_IDNA_DOTS = re.compile("[.\u3002\uff0e\uff61]")
 
 
 class InvalidAddress(PermanentError):
@@ -252,11 +254,16 @@ def check_address(address: str) -> str:
         # long To is parsed to be folded): "=?utf-8?q?a=0D=0ABcc...?=" became a line
         raise InvalidAddress(f"an encoded word in an e-mail address: {address[:100]!r}")
     try:
-        ascii_domain = domain.encode("idna").decode("ascii")
+        # label by label: IDNA maps look-alikes, and one of them is a dot ("ex\u2024ample"
+        # is "ex.ample"), so encoding the whole name could turn one label into two
+        labels = [label.encode("idna").decode("ascii") for label in _IDNA_DOTS.split(domain)]
     except UnicodeError as exc:
         raise InvalidAddress(f"bad domain in {address[:100]!r}") from exc
-    if not all(_DOMAIN_LABEL.match(label) for label in ascii_domain.split(".")):
+    if not all(_DOMAIN_LABEL.match(label) for label in labels):
         raise InvalidAddress(f"bad domain in {address[:100]!r}")
+    if len(local) + 1 + len(".".join(labels)) > 254:
+        # the limit is on the address as sent: an IDN domain grows in its xn-- form
+        raise InvalidAddress(f"too long as sent (its domain in ASCII): {address[:100]!r}")
     return address
 
 
