@@ -672,3 +672,27 @@ def test_a_late_account_read_does_not_undo_a_newer_one(
     page.wait_for_timeout(300)
     expect(note).to_be_hidden()
     clean(probe)
+
+
+def test_a_list_answered_for_the_account_is_not_taken_for_one(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    sign_in(page, stack)
+    note = page.locator("#account-note")
+    stack.api.users["alice"].publish_pending = True
+    page.get_by_role("button", name="New rule").click()
+    page.get_by_label("Rule name").fill("One")
+    page.get_by_role("button", name="Save rule").click()
+    expect(note).to_be_visible()
+    # a later read answered with a list: the account, and its note, stay as they were
+    page.route("**/api/v1/me", lambda route: route.fulfill(
+        status=200, content_type="application/json", body='[{"name": "mallory"}]'))
+    page.locator("#rule-list > li", has_text="One").get_by_label("Enabled").uncheck()
+    expect(page.locator("#status")).to_contain_text("One disabled")
+    page.wait_for_timeout(300)
+    expect(note).to_be_visible()
+    expect(page.locator("#account-name")).to_have_text("alice")
+    # and at start, the page says the server did not say who you are
+    page.reload()
+    expect(page.locator("#alert")).to_contain_text("did not say who you are")
+    expect(page.locator("#account")).to_be_hidden()
+    clean(probe)

@@ -1456,12 +1456,17 @@ function showAccountNote() {
 }
 
 /** After a change: is it in force yet? A failed read leaves the note as it was. */
+/** Whether an answer to /me is an account: an object (not a list) with a name. */
+function isAccount(me) {
+  return !!me && typeof me === "object" && !Array.isArray(me) && typeof me.name === "string";
+}
+
 async function refreshAccountNote() {
   const mine = ++state.meSeq;
   try {
     const me = await api("GET", `${API}/me`);
     // an earlier change's answer, late, must not undo a later one's
-    if (mine !== state.meSeq || !me || typeof me !== "object") return;
+    if (mine !== state.meSeq || !isAccount(me)) return;
     state.me = me;
     showAccountNote();
   } catch {
@@ -1472,7 +1477,7 @@ async function refreshAccountNote() {
 async function start() {
   try {
     const me = await api("GET", `${API}/me`);
-    if (!me || typeof me !== "object") throw new Error("the server did not say who you are");
+    if (!isAccount(me)) throw new Error("the server did not say who you are");
     state.me = me;
   } catch (error) {
     if (error.status === 401) {
