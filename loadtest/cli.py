@@ -12,7 +12,9 @@ the end (only the table when stdout and stderr are one place, so that
 ``2>&1`` prints each report once).  Ctrl-C stops the
 current run cleanly (in-flight invocations finish, the stack stops, its
 queues and keys are removed) and reports what was measured; a second Ctrl-C
-aborts.  With ``--lock FILE`` each run holds an exclusive lock on FILE (flock)
+aborts.  One load test owns its work directory at a time: a second one there
+exits at once (status 2), since each run starts by emptying its directory.
+With ``--lock FILE`` each run holds an exclusive lock on FILE (flock)
 while it runs and lets it go between runs, so other heavy jobs sharing the
 machine neither overlap a run nor wait for the whole series.  Exit status: 0
 when every run's ledger is clean, 1 otherwise, 2 for bad options.
@@ -247,7 +249,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                    bus=args.bus, aws=aws, seed=args.seed, workdir=Path(args.workdir),
                    timeout_s=args.timeout, ceiling_s=args.ceiling_seconds,
                    own_process=() if args.in_process else Options.own_process)
-    return run(opts, plots=not args.no_plots, lock=args.lock)
+    with workdir_owned(opts.workdir) as other:
+        if other is not None:
+            print(f"fmn loadtest: another load test ({other}) is using {opts.workdir}: each "
+                  f"run starts by emptying its directory there. Wait for it, or give this "
+                  f"one a --workdir of its own", file=sys.stderr)
+            return 2
+        return run(opts, plots=not args.no_plots, lock=args.lock)
+
+
+@contextlib.contextmanager
+def workdir_owned(workdir: Path) -> Iterator[str | None]:
+    """Own ``workdir`` for the duration: an exclusive flock on ``workdir/.lock``,
+    taken without waiting.  Yields None when owned, else who owns it ("pid N"):
+    a second load test there would empty the first one's run directory under it."""
+    import fcntl
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            yield f"pid {f.read().strip() or '?'}"
+            return
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield None
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:

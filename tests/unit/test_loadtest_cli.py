@@ -1,4 +1,5 @@
-"""The load test's console: each run's report reaches a reader once, and at least once."""
+"""The load test's console: each run's report reaches a reader once, and at least once;
+a second load test in the same work directory is refused."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from loadtest.cli import same_destination
 
@@ -70,3 +73,23 @@ def test_a_note_is_printed_as_it_is_not_read_as_markup() -> None:
     display.console = Console(file=out, width=200, color_system=None)
     display.say("reason: [/x] and [bold]not bold[/bold] from a message")
     assert "reason: [/x] and [bold]not bold[/bold] from a message" in out.getvalue()
+
+
+def test_a_second_load_test_in_the_same_workdir_exits_and_touches_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.cli import main, workdir_owned
+
+    run_dir = tmp_path / "c1"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")
+    with workdir_owned(tmp_path) as other:
+        assert other is None
+        # a second one: refused at once, the first one's run directory left alone
+        assert main(["--workdir", str(tmp_path), "--aws", "moto", "--messages", "1",
+                     "--concurrency", "1"]) == 2
+        assert (run_dir / "run.json").exists()
+        err = capsys.readouterr().err
+        assert f"another load test (pid {os.getpid()}) is using {tmp_path}" in err
+        assert "--workdir" in err
+    with workdir_owned(tmp_path) as other:  # let go when the first one ends
+        assert other is None
