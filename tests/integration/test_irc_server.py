@@ -347,6 +347,53 @@ def test_an_address_that_is_not_a_nick_goes_to_the_dead_letter_queue(
     assert "not an IRC nick" in dead["MessageAttributes"]["error"]["StringValue"]
 
 
+def test_a_line_in_another_encoding_from_anyone_on_the_network_loses_nothing(
+        stack: SimpleNamespace, irc_app: ModuleType) -> None:
+    """Anyone can message the bot: a Latin-1 line (not UTF-8) must not fail a send,
+    dead-letter a notification, or hide the 401 that came with it."""
+    sqs = boto3.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"{stack.prefix}irc-dlq")["QueueUrl"]
+    alice = stack.listen("alice")
+    mallory = stack.listen("mallory")
+    assert stack.invoke([body(f"{stack.tag}-m1", ["alice"])]) == []
+    alice.wait_for(1)
+    mallory.sock.sendall(f"PRIVMSG {SENDER_NICK} :caf\xe9 cr\xe8me\r\n".encode("latin-1"))
+    time.sleep(0.3)  # it waits in the bot's socket
+    before = irc_app.totals.get("offline", 0)  # the module's totals, over the tests
+    assert stack.invoke([body(f"{stack.tag}-m2", ["ghost", "alice"]),
+                         body(f"{stack.tag}-m3", ["alice"])]) == []
+    assert len(alice.wait_for(3)) == 3
+    assert sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=0).get("Messages") is None
+    deadline = time.monotonic() + 5
+    offline = irc_app.totals.get("offline", 0) - before
+    while not offline and time.monotonic() < deadline:
+        offline = len(link_of(irc_app).offline())
+        time.sleep(0.05)
+    assert offline == 1  # the 401 for ghost was read
+
+
+def test_a_line_the_library_cannot_handle_drops_the_connection_not_the_notification(
+        stack: SimpleNamespace, irc_app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = boto3.client("sqs")
+    dlq = sqs.create_queue(QueueName=f"{stack.prefix}irc-dlq")["QueueUrl"]
+    alice = stack.listen("alice")
+    assert stack.invoke([body(f"{stack.tag}-m1", ["alice"])]) == []
+    alice.wait_for(1)
+    link = link_of(irc_app)
+    connects = link.connects
+
+    def unreadable() -> None:
+        raise ValueError("a line the parser chokes on")
+
+    monkeypatch.setattr(link._conn, "process_data", unreadable)
+    alice.sock.sendall(f"PRIVMSG {SENDER_NICK} :hello\r\n".encode())
+    time.sleep(0.3)
+    assert stack.invoke([body(f"{stack.tag}-m2", ["alice"])]) == []
+    assert len(alice.wait_for(2)) == 2  # sent on a new connection
+    assert link.connects == connects + 1
+    assert sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=0).get("Messages") is None
+
+
 # -- TLS --------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ all of it, so threads (the local runner's invocations) may share one link.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -277,6 +278,7 @@ class IrcClientLink:
 
     def _open(self) -> None:
         import irc.client
+        from jaraco.stream.buffer import LenientDecodingLineBuffer  # the library's own
 
         self.close()
         server = self.server
@@ -285,6 +287,10 @@ class IrcClientLink:
         for event, handler in self._handlers(session).items():
             reactor.add_global_handler(event, handler)
         conn = reactor.server()
+        # Anyone on the network can message the bot, in any encoding: the library's
+        # strict UTF-8 buffer raised out of every later read on a Latin-1 line (the
+        # next send dead-lettered, the lines read with it lost).  UTF-8, else Latin-1.
+        conn.buffer_class = LenientDecodingLineBuffer
         self._reactor, self._conn, self._session = reactor, conn, session
         sasl = server.password is not None
         try:
@@ -356,11 +362,25 @@ class IrcClientLink:
                 "error": error, "nosuchnick": no_such_nick, "pong": pong}
 
     def _pump(self, timeout: float) -> None:
-        """Read and handle what the server sent (waiting up to ``timeout`` for it)."""
-        self._reactor.process_once(timeout)
-        # TLS may hold decrypted lines that select() does not report.
-        while self._connected() and self._conn.socket.pending():
-            self._conn.process_data()
+        """Read and handle what the server sent (waiting up to ``timeout`` for it).
+
+        A line the library cannot handle is no reason to fail a notification (it
+        came from the server, or from anyone through it, and may follow lines
+        already sent): the connection is dropped, what came with it is lost, and
+        the next send connects again."""
+        try:
+            self._reactor.process_once(timeout)
+            # TLS may hold decrypted lines that select() does not report.
+            while self._connected() and self._conn.socket.pending():
+                self._conn.process_data()
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the library's parser raises
+            log.warning("IRC: could not read what %s sent (%s: %s): reconnecting",
+                        self._where(), type(exc).__name__, str(exc)[:200])
+            with contextlib.suppress(Exception):
+                self._conn.disconnect("unreadable input")
+            self.nickname = None
 
     def _ping(self) -> bool:
         """True if the server answers a PING within ``pong_timeout_s``."""
