@@ -41,6 +41,7 @@ from fmn import auth
 from fmn.delivery.base import Delivery
 from fmn.delivery.feed import (
     ENTRY_FIELD,
+    MAX_SUMMARY_CHARS,
     START,
     AsyncRedisFeed,
     FeedStore,
@@ -49,6 +50,7 @@ from fmn.delivery.feed import (
     RedisFeed,
     event_data,
 )
+from fmn.delivery.text import clean, shorten
 from fmn.errors import RetryableError
 from fmn.local.http import ServerHandle, serve
 from fmn.local.stack import free_port, load_module
@@ -470,13 +472,16 @@ def test_a_hostile_summary_arrives_as_one_safe_event(
     summary = ("evil\r\nid: 1-0\nevent: admin\rdata: x\u2028<script>alert(1)</script>"
                "\x1b[2J\x1b]0;pwned\x07\u0085\x0b\x1c" * 200)[:10_000]
     server = start()
-    appended = feed.append("alice", event_data(delivery("hostile", summary=summary), 0))
+    # in the message id, which travels whole; the summary is shown cleaned
+    appended = feed.append("alice", event_data(delivery(summary, summary=summary), 0))
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client, \
             client.stream("GET", "/feed", params={"token": token()}) as response:
         (got,) = EventSourceReader(response).events(1)
     assert got.id == appended and got.event == "notification"
     assert [line.split(":", 1)[0] for line in got.lines] == ["id", "event", "data", ""]
-    assert json.loads(got.data)["summary"] == summary
+    doc = json.loads(got.data)
+    assert doc["message_id"] == summary
+    assert doc["summary"] == shorten(clean(summary), MAX_SUMMARY_CHARS)
 
 
 def test_only_the_user_gets_their_feed(start: Callable[..., ServerHandle],

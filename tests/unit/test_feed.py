@@ -27,6 +27,8 @@ from fmn import auth
 from fmn.delivery.base import Delivery
 from fmn.delivery.feed import (
     EVENT_VERSION,
+    MAX_SUMMARY_CHARS,
+    MAX_URL_CHARS,
     START,
     FeedEvent,
     InvalidEventId,
@@ -38,6 +40,7 @@ from fmn.delivery.feed import (
     retry_frame,
     sse_frame,
 )
+from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError
 from fmn.local.stack import load_module
 from fmn.pipeline.notifications import MAX_TEXT_CHARS
@@ -90,28 +93,49 @@ def test_an_event_carries_what_the_feed_shows() -> None:
 
 
 def test_a_hostile_summary_is_one_safe_event_that_says_the_same() -> None:
-    data = event_data(delivery(HOSTILE_SUMMARY), received_at=0)
+    # the message id is carried whole (the page and the ledger know a message by it)
+    data = event_data(delivery(HOSTILE_SUMMARY, msg_id=HOSTILE_SUMMARY), received_at=0)
     for raw in ("\r", "\n", "\x1b", "\x00", "\x07", "\u2028", "\u2029", "\u0085"):
         assert raw not in data
     lines = frame_lines(sse_frame(FeedEvent("1704067200000-0", data)))
-    # id, event, one data line: the summary's "id:"/"event:" text starts no field
+    # id, event, one data line: the text's "id:"/"event:" starts no field
     assert [line.split(":", 1)[0] for line in lines] == ["id", "event", "data"]
     assert lines[:2] == ["id: 1704067200000-0", "event: notification"]
-    assert json.loads(lines[2].removeprefix("data: "))["summary"] == HOSTILE_SUMMARY
-    assert len(HOSTILE_SUMMARY) == 10_000
+    doc = json.loads(lines[2].removeprefix("data: "))
+    assert doc["message_id"] == HOSTILE_SUMMARY and len(HOSTILE_SUMMARY) == 10_000
+    # what a person reads is cleaned as mail and IRC are, and capped
+    assert doc["summary"] == shorten(clean(HOSTILE_SUMMARY), MAX_SUMMARY_CHARS)
+    assert doc["summary"].startswith("line one id: 999-0 event: admin data:")
+
+
+def test_text_a_person_reads_has_no_bidi_overrides_and_stays_small() -> None:
+    doc = json.loads(event_data(delivery(
+        "FEDORA-2024-1 \u202e\u2066gnp.exe\u2069 was \u200fapproved\x1b[8m hidden",
+        topic="org.\u202efedora\x01", agent="al\u2066ice", app="ko\x01ji"), 0))
+    assert doc["summary"] == "FEDORA-2024-1 gnp.exe was approved hidden"
+    assert (doc["topic"], doc["agent"], doc["app"]) == ("org.fedora", "alice", "koji")
+    # 10,000 control characters (six bytes each in JSON) were a 60 kB event, a feed
+    # of 1000 of them 60 MB a person in Redis
+    for summary in ("\x01" * 10_000, "\U0001F600" * 10_000, '"\\' * 5_000):
+        assert len(event_data(delivery(summary), 0).encode()) < 5_000
 
 
 def test_untrusted_fields_are_capped_typed_and_links_are_web_links() -> None:
     doc = json.loads(event_data(delivery(
         summary="x" * 50_000, agent=["not", "a", "name"], app="a" * 1000,
         url="javascript:alert(1)", severity={"not": "hashable"}, sent_at=12), received_at=0))
-    assert len(doc["summary"]) == MAX_TEXT_CHARS and len(doc["app"]) == 255
+    assert len(doc["summary"]) == MAX_SUMMARY_CHARS and len(doc["app"]) == 255
     assert doc["agent"] is None and doc["url"] is None
     assert doc["severity"] is None and doc["sent_at"] is None
     assert json.loads(event_data(delivery(url="HTTP://example.org/x"), 0))["url"] \
         == "HTTP://example.org/x"
-    for bad in ("data:text/html,<script>", " javascript:x", "//evil.example", "ftp://x"):
+    # a link is carried as it is, or not at all: never cut or cleaned into another
+    for bad in ("data:text/html,<script>", " javascript:x", "//evil.example", "ftp://x",
+                "https://example.org/" + "u" * MAX_URL_CHARS, "https://evil.example/\u202egro",
+                "https://example.org/\x00", "https://example.org/a\r\nb"):
         assert json.loads(event_data(delivery(url=bad), 0))["url"] is None
+
+
     assert json.loads(event_data(delivery(severity="<b>"), 0))["severity"] is None
     assert json.loads(event_data(delivery(summary=None), 0))["summary"] is None
     assert json.loads(event_data(delivery(summary="a\ud800b"), 0))["summary"] == "a\ufffdb"

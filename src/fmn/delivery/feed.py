@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import orjson
 
 from fmn.delivery.base import Delivery
+from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.notifications import MAX_NAME_CHARS, MAX_NAMES, MAX_TEXT_CHARS
 
@@ -54,6 +55,11 @@ EVENT_NAME = "notification"
 #: The position before any event: reading after it gives the whole feed.
 START = "0-0"
 SEVERITIES = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
+#: The most characters of an event's summary, topic and names: shown in a list and a
+#: desktop notification (a feed keeps 1000 events a person, so each counts).
+MAX_SUMMARY_CHARS = 1000
+#: The longest link an event carries (a longer one is left out, not cut)
+MAX_URL_CHARS = 2048
 #: The one field of a stream entry: the event JSON.
 ENTRY_FIELD = "d"
 _EVENT_ID = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")  # not \d: no other digits
@@ -96,13 +102,22 @@ def _text(value: Any, limit: int) -> str | None:
     return _SURROGATES.sub("\ufffd", value[:limit])
 
 
+def _shown(value: Any, limit: int) -> str | None:
+    """Bus text a person reads (in the page, in a desktop notification): cleaned as mail
+    and IRC are (no bidi overrides, escapes or control characters), and capped."""
+    if not isinstance(value, str):
+        return None
+    return shorten(clean(value), limit)
+
+
 def _url(value: Any) -> str | None:
     # A feed entry's link is clicked in a browser: only web addresses, never
-    # javascript: or data: URLs.
-    url = _text(value, MAX_TEXT_CHARS)
-    if url is None or not url.lower().startswith(("https://", "http://")):
+    # javascript: or data: URLs; one that cleaning would change, or too long, is
+    # left out rather than altered into another address.
+    if not isinstance(value, str) or len(value) > MAX_URL_CHARS or clean(value) != value \
+            or not value.lower().startswith(("https://", "http://")):
         return None
-    return url
+    return value
 
 
 def _names(values: tuple[str, ...]) -> list[str]:
@@ -125,10 +140,10 @@ def event_data(item: Delivery, received_at: float) -> str:
     return encode_event({
         "v": EVENT_VERSION,
         "message_id": _text(m.get("id"), MAX_TEXT_CHARS),
-        "topic": _text(m.get("topic"), MAX_TEXT_CHARS),
-        "app": _text(m.get("app"), MAX_NAME_CHARS),
-        "agent": _text(m.get("agent"), MAX_NAME_CHARS),
-        "summary": _text(m.get("summary"), MAX_TEXT_CHARS),
+        "topic": _shown(m.get("topic"), MAX_NAME_CHARS),
+        "app": _shown(m.get("app"), MAX_NAME_CHARS),
+        "agent": _shown(m.get("agent"), MAX_NAME_CHARS),
+        "summary": _shown(m.get("summary"), MAX_SUMMARY_CHARS),
         "url": _url(m.get("url")),
         "sent_at": _text(m.get("sent_at"), 64),
         "severity": severity if isinstance(severity, str) and severity in SEVERITIES else None,
