@@ -696,3 +696,17 @@ def test_a_list_answered_for_the_account_is_not_taken_for_one(
     expect(page.locator("#alert")).to_contain_text("did not say who you are")
     expect(page.locator("#account")).to_be_hidden()
     clean(probe)
+
+
+def test_bus_text_shows_without_bidi_overrides_or_control_characters(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    """Text from the bus (a live event, a stored one, a preview) cannot reorder how it
+    reads: "gnp.exe" in a right-to-left override reads "exe.png"."""
+    stack.api.push("alice", summary="FEDORA-2024-1 \u202e\u2066gnp.exe\u2069 was\u2028"
+                   "\u200fapproved\x1b[8m", app="bo\u202edhi", topic="org.\x00fedora")
+    sign_in(page, stack)
+    first = page.locator("#feed-list > li").first
+    expect(first.locator(".summary")).to_have_text("FEDORA-2024-1 gnp.exe was approved[8m")
+    expect(first.locator(".app")).to_have_text("bodhi")
+    expect(first.locator(".topic")).to_have_text("org.fedora")
+    clean(probe)

@@ -280,18 +280,33 @@ function showError(form, formError, error, { focus = true } = {}) {
 
 // -- messages and notifications -------------------------------------------------------
 
+// Bus text breaks (made spaces) and what changes how it reads rather than what it
+// says: C0/C1 controls, bidi marks, embeddings, overrides and isolates (which can make
+// "gnp.exe" read as "exe.png"), the byte-order mark. The same set mail and IRC remove.
+const BREAKS = /[\t\n\v\f\r\u0085\u2028\u2029]+/g;
+const UNSHOWN = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff\ufffe\uffff]/g;
+
+/** Untrusted text as one plain line of at most ``max`` characters ("" if not text). */
+function plain(value, max = 1000) {
+  if (typeof value !== "string") return "";
+  return value.replace(BREAKS, " ").replace(UNSHOWN, "").replace(/ {2,}/g, " ").trim()
+    .slice(0, max);
+}
+
 /** One message or feed event as a list item; every value inserted as text. */
 function messageItem(m, { live = false } = {}) {
   const severity = SEVERITIES.includes(m.severity) ? m.severity : null;
-  const summary = m.summary || m.topic || "(no summary)";
+  const summary = plain(m.summary) || plain(m.topic, 255) || "(no summary)";
+  const app = plain(m.app, 255);
+  const topic = plain(m.topic, 255);
   const url = safeUrl(m.url);
   const title = url
     ? h("a", { href: url, rel: "noopener noreferrer", target: "_blank" }, summary)
     : h("span", {}, summary);
   const meta = h("p", { class: "meta" },
-    m.app ? h("span", { class: "app" }, m.app) : null,
+    app ? h("span", { class: "app" }, app) : null,
     severity ? h("span", { class: `severity severity-${severity.toLowerCase()}` }, severity) : null,
-    m.topic ? h("code", { class: "topic" }, m.topic) : null,
+    topic ? h("code", { class: "topic" }, topic) : null,
     h("time", { datetime: m.sent_at || m.received_at || "" },
       formatTime(m.sent_at || m.received_at)));
   const rules = Array.isArray(m.rule_names) && m.rule_names.length
@@ -497,12 +512,12 @@ function desktopSummary(count, gap) {
 /** A desktop notification for one live event; the API shows title and body as plain text. */
 function desktopNotify(data) {
   if (!desktopAllowed()) return;
-  const text = (value, max) => (typeof value === "string" ? value : "").slice(0, max);
-  const app = text(data.app, 40) || "Fedora";
+  const app = plain(data.app, 40) || "Fedora";
   try {
     const shown = new Notification(`[${app}] Fedora Notifications`, {
-      body: text(data.summary, 300) || text(data.topic, 200),
-      tag: text(data.message_id, 200) || undefined,
+      body: plain(data.summary, 300) || plain(data.topic, 200),
+      tag: typeof data.message_id === "string" && data.message_id
+        ? data.message_id.slice(0, 200) : undefined,
     });
     const url = safeUrl(data.url);
     shown.addEventListener("click", () => {
