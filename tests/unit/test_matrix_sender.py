@@ -82,9 +82,9 @@ def make(per_user: int = 10) -> tuple[FakeLink, MemoryRooms, MatrixNotifier, Clo
                                        clock=clock, sleep=clock.sleep), clock
 
 
-def body(i: int, people: list[str]) -> str:
+def body(i: int, people: list[str], summary: str | None = None) -> str:
     return payload("matrix", [notification(p[1:3], p, "d") for p in people],
-                   id=f"m-{i}", summary=f"n-{i}")
+                   id=f"m-{i}", summary=summary or f"n-{i}")
 
 
 def run(notifier: MatrixNotifier, bodies: list[str], once: MemoryOnce,
@@ -116,6 +116,15 @@ def test_the_notice_is_plain_text_and_escaped_html() -> None:
     assert "<script" not in html and "href" not in html and len(plain.encode()) < 2100
     assert summary_notice(3, "https://web.test")[0] == \
         "3 more notifications: https://web.test/#/notifications"
+
+
+def test_a_notice_mentions_nobody_whatever_its_text_says() -> None:
+    """Without m.mentions, "@room" or the person's name in a summary highlights."""
+    link, _rooms, notifier, _ = make()
+    summary = "@room urgent: @ann:x, ann, please look"
+    run(notifier, [body(0, ["@ann:x"], summary=summary)], MemoryOnce())
+    [(_room, content, _txn)] = link.sent
+    assert "@room urgent" in content["body"] and content["m.mentions"] == {}
 
 
 @pytest.mark.parametrize("address", ["bob", "bob@example.org", "@bob", "@:x", "@bo b:x",

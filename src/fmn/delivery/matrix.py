@@ -147,8 +147,11 @@ def summary_notice(count: int, web_url: str) -> tuple[str, str]:
 
 
 def notice(body: str, formatted: str) -> dict[str, Any]:
+    # "m.mentions": {} says the notice mentions nobody: without it, clients and the
+    # homeserver fall back to scanning the text, and a summary holding "@room" (the bot
+    # may use it: it made the room) or the person's name would notify as a highlight
     return {"msgtype": "m.notice", "body": body, "format": HTML_FORMAT,
-            "formatted_body": formatted}
+            "formatted_body": formatted, "m.mentions": {}}
 
 
 def txn_id(*parts: Any) -> str:
