@@ -6,7 +6,8 @@ callback; one flusher thread sends the buffer in batches of up to 10 entries
 oldest has waited ``linger_s``.  ``ack`` is called, from the flusher thread,
 only after SQS accepted that entry, so a source that acknowledges its bus
 only then never loses a message.  Nothing is ever dropped: an envelope above
-``MAX_INLINE_BYTES`` (or one SQS refuses as a sender fault) goes to S3 and
+``MAX_INLINE_BYTES``, one holding a character SQS does not take, or one SQS
+refuses as a sender fault or for its contents, goes to S3 and
 the queue carries a claim; failed entries and failed calls are retried with
 exponential backoff for as long as it takes; while SQS is unreachable the
 buffer grows up to its bound, and when it is full ``put`` blocks (logged loudly once
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -37,6 +39,14 @@ BATCH_MAX_BYTES = 262_144
 FULL_ALARM_S = 1.0
 
 Ack = Callable[[], None]
+
+#: A character SQS does not take in a message body (its allowed set: tab, LF, CR,
+#: U+0020..U+D7FF, U+E000..U+FFFD, U+10000..U+10FFFF).  The envelope's JSON escapes
+#: the C0 controls, but a record embedded as received may hold U+FFFE or U+FFFF raw
+#: (valid JSON), which SQS refuses, and not always as a sender fault.
+_SQS_REFUSES = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+#: Error codes of a body SQS will never take, whatever its fault flag says
+_NEVER_TAKEN = ("InvalidMessageContents",)
 
 
 class SinkClosed(RuntimeError):
@@ -224,8 +234,9 @@ class SqsSink:
         while pending and not self._abort.is_set():
             try:
                 for item in pending.values():
-                    if not item.claimed and item.size > MAX_INLINE_BYTES:
-                        self._claim(item)
+                    if not item.claimed and (item.size > MAX_INLINE_BYTES
+                                             or _SQS_REFUSES.search(item.body)):
+                        self._claim(item)  # the bytes as received, in S3
                 url = self._url()
                 resp = self._sqs.send_message_batch(QueueUrl=url, Entries=[
                     {"Id": n, "MessageBody": item.body} for n, item in pending.items()])
@@ -240,6 +251,10 @@ class SqsSink:
                              type(exc).__name__, delay)
                 if type(exc).__name__ in ("QueueDoesNotExist",) or "NonExistentQueue" in str(exc):
                     self._queue_url = None  # look the URL up again next time
+                if any(code in str(exc) for code in _NEVER_TAKEN):
+                    # the whole call refused for one body's contents: which one is not
+                    # said, so every body of the call goes as a claim (plain ASCII)
+                    self._claim_all(pending.values())
                 self._abort.wait(delay)
                 delay = min(delay * 2, self._backoff_max)
                 continue
@@ -255,7 +270,9 @@ class SqsSink:
                 self.stats.retried_entries += 1
                 log.warning("SQS refused an entry (%s: %s; sender fault: %s)",
                             fail.get("Code"), fail.get("Message"), fail.get("SenderFault"))
-                if fail.get("SenderFault") and not item.claimed:
+                never = fail.get("SenderFault") or any(
+                    code in str(fail.get("Code", "")) for code in _NEVER_TAKEN)
+                if never and not item.claimed:
                     # SQS will never take this body (say, characters it does not
                     # allow): the claim envelope is plain ASCII, so it always can.
                     try:
@@ -289,6 +306,14 @@ class SqsSink:
             self._queue_url = str(
                 self._sqs.get_queue_url(QueueName=self._queue_name)["QueueUrl"])
         return self._queue_url
+
+    def _claim_all(self, items: Any) -> None:
+        for item in items:
+            if not item.claimed:
+                try:
+                    self._claim(item)
+                except Exception as exc:  # noqa: BLE001 - retried with the batch
+                    log.warning("claim check to S3 failed (%s); will retry", exc)
 
     def _claim(self, item: _Item) -> None:
         """Put the record in S3 and make the item's body a claim envelope."""
