@@ -102,6 +102,56 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
         return None
 
 
+#: The header a delivery gets when the broker sent headers pika cannot decode
+UNREADABLE_HEADERS = "x-fmn-unreadable-headers"
+
+
+def tolerate_unreadable_headers() -> None:
+    """Make pika decode a delivery whose header table it cannot read, without it.
+
+    RabbitMQ passes on header values pika's decoder raises on (a timestamp past
+    2038 x 2**32, tables nested hundreds deep).  The error surfaces as a lost
+    connection, the broker redelivers the same message, and nothing behind it
+    in the queue is ever consumed.  So when the properties fail to decode, they
+    are decoded again with the header table skipped (it is length-prefixed),
+    and the headers say only why: the message itself is forwarded and the
+    match function decides what it is.  Idempotent; the bridge calls it once.
+    """
+    import struct
+
+    from pika import data
+    from pika.spec import BasicProperties
+
+    decode = BasicProperties.decode
+    if getattr(decode, "fmn_tolerant", False):
+        return
+
+    def tolerant(self: Any, encoded: bytes, offset: int = 0) -> Any:
+        try:
+            return decode(self, encoded, offset)
+        except Exception as exc:  # noqa: BLE001 - whatever the table decoder raised
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        flags, = struct.unpack_from(">H", encoded, offset)
+        if flags & 1 or not flags & BasicProperties.FLAG_HEADERS:
+            raise ValueError(f"unreadable message properties ({reason})")
+        end = offset + 2
+        for flag in (BasicProperties.FLAG_CONTENT_TYPE, BasicProperties.FLAG_CONTENT_ENCODING):
+            if flags & flag:
+                _, end = data.decode_short_string(encoded, end)
+        table_size, = struct.unpack_from(">I", encoded, end)
+        rest = encoded[end + 4 + table_size:]
+        without = struct.pack(">H", flags & ~BasicProperties.FLAG_HEADERS) \
+            + encoded[offset + 2:end] + rest
+        result = decode(self, without, 0)
+        self.headers = {UNREADABLE_HEADERS: reason}
+        log.warning("AMQP: a delivery's headers could not be read (%s); forwarded "
+                    "without them", reason)
+        return result
+
+    tolerant.fmn_tolerant = True  # type: ignore[attr-defined]
+    BasicProperties.decode = tolerant
+
+
 def redact(url: str) -> str:
     """The broker URL without credentials or query (it names the envelope's source)."""
     parts = urlsplit(url)
@@ -213,6 +263,7 @@ class AmqpSource:
     def _consume(self) -> None:
         import pika
 
+        tolerate_unreadable_headers()
         conn = pika.BlockingConnection(connection_parameters(self.conf))
         try:
             self._generation += 1

@@ -376,6 +376,67 @@ def test_amqp_all_forwarded_once_and_acked(aws: Aws, rabbit: Rabbit, tmp_path: P
     assert source.acks_lost == 0 and sink.stats.forwarded == len(records)
 
 
+def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RabbitMQ passes on header values pika cannot decode: each one was a lost
+    connection, the same message redelivered, and nothing behind it ever consumed."""
+    import struct
+    import sys as _sys
+
+    import pika
+    import pika.data
+
+    from fmn_bridge.amqp_source import UNREADABLE_HEADERS, AmqpSource, load_config
+
+    class Raw(bytes):
+        """A header value written as its raw AMQP field (type octet, then the value)."""
+
+    encode_value = pika.data.encode_value
+
+    def raw_or_encoded(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, Raw):
+            pieces.append(bytes(value))
+            return len(value)
+        return int(encode_value(pieces, value))
+
+    deep: Any = "leaf"
+    for _ in range(700):
+        deep = {"a": deep}
+    with monkeypatch.context() as patch:  # only the publisher writes what pika cannot read
+        patch.setattr(pika.data, "encode_value", raw_or_encoded)
+        limit = _sys.getrecursionlimit()
+        _sys.setrecursionlimit(20_000)  # pika encodes a table by recursion too
+        try:
+            for n, headers in enumerate([{"when": Raw(b"T" + struct.pack(">Q", 2**63))},
+                                         {"deep": deep}, {"fine": "yes"}]):
+                rabbit.ch.basic_publish(
+                    rabbit.exchange, f"org.test.m{n}", json.dumps({"n": n}).encode(),
+                    pika.BasicProperties(headers=headers, message_id=f"m{n}",
+                                         content_type="application/json"))
+        finally:
+            _sys.setrecursionlimit(limit)
+    sink = aws.sink()
+    source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml"))), sink)
+    sink.start()
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: source.acked == 3, 30, "every delivery acknowledged")
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        assert sink.flush_and_stop(10)
+        source.sink_drained()
+        thread.join(10)
+    assert rabbit.counts() == (0, 0) and source.connects == 1
+    got = {json.loads(e.record or b"")["id"]: json.loads(e.record or b"") for e in aws.drain()}
+    assert sorted(got) == ["m0", "m1", "m2"]
+    assert "OverflowError" in got["m0"]["headers"][UNREADABLE_HEADERS]
+    assert "RecursionError" in got["m1"]["headers"][UNREADABLE_HEADERS]
+    assert got["m2"]["headers"] == {"fine": "yes"}
+    assert [got[m]["body"] for m in ("m0", "m1", "m2")] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
 def _bridge(aws: Aws, config: Path, log: Path) -> subprocess.Popen[bytes]:
     """``fmn bridge`` as a process of its own, logging to ``log``."""
     env = {**os.environ, "AWS_ENDPOINT_URL": aws.endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
