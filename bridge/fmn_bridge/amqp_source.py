@@ -102,6 +102,8 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
         return None
 
 
+#: Seconds a connection must have consumed for its loss to start the backoff over
+STABLE_S = 10.0
 #: The header a delivery gets when the broker sent headers pika cannot decode
 UNREADABLE_HEADERS = "x-fmn-unreadable-headers"
 
@@ -215,6 +217,8 @@ class AmqpSource:
         self.acks_lost = 0
         self.not_json = 0
         self.connects = 0
+        #: when the current connection began consuming (None: not yet)
+        self._consuming_since: float | None = None
         #: consuming on an open connection (the heartbeat reports it)
         self.connected = False
 
@@ -236,14 +240,18 @@ class AmqpSource:
         delay = self._backoff_initial
         try:
             while not self._stop.is_set():
-                connects = self.connects
+                self._consuming_since = None
                 try:
                     self._consume()
                     return
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     self._generation += 1  # acks for the lost connection are void
                     self._outstanding = 0
-                    if self.connects > connects:  # it had worked: start the backoff over
+                    since = self._consuming_since
+                    if since is not None and time.monotonic() - since >= STABLE_S:
+                        # it had worked a while: start the backoff over.  Not on a mere
+                        # connect: a declare refused, or a connection lost at once each
+                        # time, would reconnect to the broker twice a second for ever.
                         delay = self._backoff_initial
                     if self._stop.is_set():
                         log.warning("AMQP connection lost during shutdown (%s: %s); the"
@@ -283,6 +291,7 @@ class AmqpSource:
                          actual, configured, self.source_name, self.prefetch)
             self.ready.set()
             self.connected = True
+            self._consuming_since = time.monotonic()
             while not self._stop.is_set():
                 conn.process_data_events(time_limit=0.2)
             # Shutdown: no new deliveries (pika requeues prefetched, undispatched

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -381,7 +383,6 @@ def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
     """RabbitMQ passes on header values pika cannot decode: each one was a lost
     connection, the same message redelivered, and nothing behind it ever consumed."""
     import struct
-    import sys as _sys
 
     import pika
     import pika.data
@@ -404,8 +405,8 @@ def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
         deep = {"a": deep}
     with monkeypatch.context() as patch:  # only the publisher writes what pika cannot read
         patch.setattr(pika.data, "encode_value", raw_or_encoded)
-        limit = _sys.getrecursionlimit()
-        _sys.setrecursionlimit(20_000)  # pika encodes a table by recursion too
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(20_000)  # pika encodes a table by recursion too
         try:
             for n, headers in enumerate([{"when": Raw(b"T" + struct.pack(">Q", 2**63))},
                                          {"deep": deep}, {"fine": "yes"}]):
@@ -414,7 +415,7 @@ def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
                     pika.BasicProperties(headers=headers, message_id=f"m{n}",
                                          content_type="application/json"))
         finally:
-            _sys.setrecursionlimit(limit)
+            sys.setrecursionlimit(limit)
     sink = aws.sink()
     source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml"))), sink)
     sink.start()
@@ -830,3 +831,25 @@ def test_amqp_reconnects_after_a_network_cut(aws: Aws, rabbit: Rabbit, tmp_path:
     seen = Counter(_canon(json.loads(e.record or b"")) for e in got)
     assert set(seen) == set(_expected(records, rabbit.queue))
     assert len(got) - len(records) <= 20  # duplicates only from the unacked window
+
+
+def test_amqp_a_declare_refused_each_time_backs_off_more_and_more(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A connection that never consumed is no reason to start the backoff over (it
+    reconnected to the broker twice a second, for ever, on a missing queue)."""
+    from fmn_bridge.amqp_source import AmqpSource
+
+    conf = {"amqp_url": AMQP_URL, "passive_declares": True,
+            "queues": {f"fmn-test-missing-{uuid.uuid4().hex[:8]}": {"durable": True}},
+            "bindings": []}
+    source = AmqpSource(conf, sink=None, backoff_initial_s=0.1, backoff_max_s=30)
+    thread = threading.Thread(target=source.run, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="fmn_bridge.amqp_source"):
+        thread.start()
+        _wait(lambda: source.connects >= 4, 30, "four attempts")
+        source.request_stop()
+        thread.join(10)
+    waits = [float(m.group(1)) for r in caplog.records
+             if (m := re.search(r"reconnecting in ([0-9.]+)s", r.getMessage()))]
+    assert len(waits) >= 3
+    assert all(later > earlier for earlier, later in zip(waits, waits[1:], strict=False))
