@@ -83,6 +83,8 @@ class SequenceTracker:
     restarts: int = 0
     #: the most gaps kept in ``gaps`` (the counters keep counting)
     keep: int = 1000
+    #: the most publishers whose ``i`` is remembered
+    max_publishers: int = 10_000
     #: per endpoint, when each record forwarded unread came (the count of records seen)
     unread: dict[str, deque[int]] = field(default_factory=dict)
     seen: int = 0
@@ -96,8 +98,12 @@ class SequenceTracker:
 
     def see(self, publisher: str, i: int, endpoint: str = "") -> Gap | None:
         self.seen += 1
-        prev = self.last.get(publisher)
-        self.last[publisher] = i
+        prev = self.last.pop(publisher, None)
+        self.last[publisher] = i  # the most recently seen last (dicts keep order)
+        if len(self.last) > self.max_publishers:
+            # hostile input can invent publishers without end: the one heard from
+            # longest ago is forgotten (its next message starts it afresh, no gap)
+            del self.last[next(iter(self.last))]
         if prev is None or i == prev + 1:
             return None
         if i <= prev:  # a fall (or a repeat): the publisher's process restarted
@@ -137,7 +143,11 @@ def publisher_key(endpoint: str, envelope: dict[str, Any]) -> str:
     signer = envelope.get("certificate") or envelope.get("signer") or ""
     ident = hashlib.sha1(str(signer).encode(), usedforsecurity=False).hexdigest()[:12] \
         if signer else "unsigned"
-    return f"{endpoint}|{envelope.get('username', '?')}|{ident}"
+    user = str(envelope.get("username", "?"))
+    if len(user) > 64:  # a name is short; the key of a long one must not be the whole text
+        user = "sha1:" + hashlib.sha1(user.encode("utf-8", "replace"),
+                                      usedforsecurity=False).hexdigest()
+    return f"{endpoint}|{user}|{ident}"
 
 
 class FedmsgSource:

@@ -71,3 +71,20 @@ def test_unread_records_are_kept_for_one_window_only() -> None:
     for _ in range(3 * UNREAD_WINDOW):
         t.forwarded_unread(A)
     assert len(t.unread[A]) == UNREAD_WINDOW
+
+
+def test_publishers_invented_without_end_are_not_remembered_without_end() -> None:
+    from fmn_bridge.fedmsg_source import publisher_key
+
+    t = SequenceTracker(max_publishers=3)
+    for n in range(10):
+        t.see(f"p{n}", 1)
+    assert list(t.last) == ["p7", "p8", "p9"]
+    t.see("p8", 2)  # heard from again: remembered longest
+    t.see("p10", 1)
+    assert list(t.last) == ["p9", "p8", "p10"]
+    assert t.see("p8", 4) is not None  # its gap still reported
+    # a username of a megabyte keys its publisher by a hash, not by the whole text
+    key = publisher_key("tcp://hub:9940", {"username": "u" * 1_000_000})
+    assert len(key) < 120 and key == publisher_key("tcp://hub:9940", {"username": "u" * 1_000_000})
+    assert publisher_key("tcp://hub:9940", {"username": "alice"}) == "tcp://hub:9940|alice|unsigned"
