@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from fmn.pipeline.queues import queue
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--heartbeat-interval", type=float, default=60.0,
                       help="seconds between CloudWatch heartbeats (messages bridged, bus"
                            " connections; 0: none; default 60)")
+    tune.add_argument("--spool-dir", metavar="DIR",
+                      help="where a stop writes the fedmsg envelopes SQS has not accepted, "
+                           "for the next start to send first, in DIR/<queue> (default: "
+                           "FMN_BRIDGE_SPOOL, else var/bridge-spool)")
     tune.add_argument("--shutdown-timeout", type=float, default=30.0,
                       help="how long shutdown may spend flushing to SQS (default 30)")
     p.add_argument("--log-level", default="INFO")
@@ -95,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sqs, s3 = make_clients(endpoint, region)
     counter = _request_counter(prefix, sqs, s3)
+    # one spool per queue: two bridges (two stages on one machine) never send each other's
+    spool = Path(args.spool_dir or os.environ.get("FMN_BRIDGE_SPOOL") or "var/bridge-spool")
     sink = SqsSink(sqs, s3, queue_name, bucket, linger_s=args.linger_ms / 1000,
-                   max_items=args.buffer_items, backoff_max_s=args.backoff_max)
+                   max_items=args.buffer_items, backoff_max_s=args.backoff_max,
+                   spool_dir=spool / queue_name)
     try:
         sources = _sources(args, sink)
     except Exception as exc:  # noqa: BLE001 - a bad configuration: say what, exit 2

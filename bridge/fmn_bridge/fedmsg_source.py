@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,8 @@ MAX_FRAME_BYTES = MAX_CLAIM_BYTES
 #: a record forwarded unread is named in a gap at its endpoint among the next this many
 #: records the source receives (:attr:`Gap.unread`)
 UNREAD_WINDOW = 1000
+#: At a stop, the most seconds spent taking in what ZeroMQ had already received
+STOP_INTAKE_S = 10.0
 
 
 @dataclass
@@ -183,6 +186,10 @@ class FedmsgSource:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _running(self) -> bool:
+        """Whether a full sink should hold this source back (not once it is stopping)."""
+        return not self._stop.is_set()
+
     def sink_drained(self) -> None:
         """Nothing to do: ZeroMQ has no acknowledgement."""
 
@@ -240,6 +247,7 @@ class FedmsgSource:
                         if not self._handle(sockets[sock], frames):
                             return
         finally:
+            self._take_in_queued(sockets)
             for sock in sockets:
                 sock.disable_monitor()
                 sock.close(linger=0)
@@ -247,6 +255,32 @@ class FedmsgSource:
                 monitor.close(linger=0)
             self.stopped_receiving.set()
             log.info("fedmsg source stopped (%d received)", self.received)
+
+    def _take_in_queued(self, sockets: dict[Any, str]) -> None:
+        """At a stop: what ZeroMQ has received and queued would go with the socket
+        (thousands, when SQS was slow): it goes to the sink instead, past its bounds
+        (it is in memory either way), which sends it or spools it for the next start."""
+        import zmq
+
+        if not self._stop.is_set():
+            return  # ended by a closed sink: nothing takes them
+        taken = 0
+        deadline = time.monotonic() + STOP_INTAKE_S
+        for sock, endpoint in sockets.items():
+            while time.monotonic() < deadline:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except (zmq.Again, zmq.ZMQError):
+                    break
+                if not self._handle(endpoint, frames):
+                    return
+                taken += 1
+        if taken:
+            log.warning("fedmsg: %d message(s) ZeroMQ had already received taken in at the"
+                        " stop", taken)
+        if time.monotonic() >= deadline:
+            log.error("fedmsg: stopped taking in ZeroMQ's queue after %.0f s; what is left"
+                      " in it is lost", STOP_INTAKE_S)
 
     def _reconnect(self, sock: Any, monitor: Any, endpoint: str) -> None:
         """A connection dropped: a frame above the limit, or the peer went away."""
@@ -288,7 +322,8 @@ class FedmsgSource:
                             " %d bytes); forwarded as is", endpoint, len(frames), len(record))
             del doc  # not held while the sink encodes the record (which reads it again)
         try:
-            self.sink.put(Envelope.wrap(self.bus, endpoint, record, seq=seq))
+            self.sink.put(Envelope.wrap(self.bus, endpoint, record, seq=seq),
+                          block=self._running)
         except SinkClosed:
             log.error("fedmsg: a message arrived during shutdown and could not be forwarded")
             return False

@@ -12,13 +12,16 @@ the queue carries a claim; failed entries and failed calls are retried with
 exponential backoff for as long as it takes; while SQS is unreachable the
 buffer grows up to its bound, and when it is full ``put`` blocks (logged loudly once
 per episode, when it has blocked a second) so the sources stop reading instead of dropping.
-:meth:`flush_and_stop` sends what is buffered before the process exits.
+:meth:`flush_and_stop` sends what is buffered before the process exits; what SQS
+has not taken by then and no broker would send again (fedmsg's) goes to a spool
+file in ``spool_dir``, which the next :meth:`start` sends ahead of everything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -26,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fmn.pipeline.envelope import MAX_INLINE_BYTES, Envelope, make_claim
@@ -61,6 +65,8 @@ class _Item:
     ack: Ack | None
     enqueued: float
     claimed: bool = False
+    #: the spool file it was read back from (it stays there until SQS accepted it)
+    spooled: Path | None = None
 
 
 @dataclass
@@ -72,6 +78,9 @@ class SinkStats:
     failed_calls: int = 0
     full_episodes: int = 0
     ack_errors: int = 0
+    #: envelopes written to the spool at stop, and read back from it at start
+    spooled: int = 0
+    unspooled: int = 0
 
 
 class SqsSink:
@@ -90,6 +99,7 @@ class SqsSink:
         max_bytes: int = 64 * 1024 * 1024,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
+        spool_dir: Path | None = None,
     ) -> None:
         self._sqs = sqs
         self._s3 = s3
@@ -109,6 +119,10 @@ class SqsSink:
         self._abort = threading.Event()
         self._full_logged = False
         self._thread: threading.Thread | None = None
+        #: the batch being sent (its items are in neither the buffer nor SQS)
+        self._sending: list[_Item] = []
+        self._spool_dir = spool_dir
+        self._spool_left: dict[Path, int] = {}
         self.stats = SinkStats()
 
     # -- the source side ------------------------------------------------------
@@ -116,14 +130,84 @@ class SqsSink:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sqs-sink", daemon=True)
         self._thread.start()
+        if self._spool_dir is not None:
+            self._unspool(self._spool_dir)
 
-    def put(self, envelope: Envelope, ack: Ack | None = None) -> None:
-        """Queue one envelope; blocks while the buffer is full (backpressure)."""
+    # -- the spool: what a stop left unsent, sent by the next start ----------------
+
+    def _unspool(self, spool_dir: Path) -> None:
+        """Queue, ahead of any source, the envelopes an earlier stop spooled; each file
+        is removed once SQS accepted all of it (a crash meanwhile leaves it for the next)."""
+        for path in sorted(spool_dir.glob("*.jsonl")):
+            items: list[_Item] = []
+            for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+                if not line:
+                    continue
+                try:
+                    envelope = Envelope.decode(line)
+                except Exception as exc:  # noqa: BLE001 - kept in the file, said out loud
+                    log.error("spool %s:%d is not an envelope (%s): the file is kept",
+                              path, number, exc)
+                    items = []
+                    break
+                items.append(_Item(envelope, line, len(line.encode()), None,
+                                   time.monotonic(), spooled=path))
+            if not items:
+                continue
+            with self._cond:
+                self._spool_left[path] = len(items)
+                for item in items:  # past the bounds: they were this buffer's at the stop
+                    self._buf.append(item)
+                    self._buf_bytes += item.size
+                self.stats.unspooled += len(items)
+                self._cond.notify_all()
+            log.warning("re-sending %d envelope(s) an earlier stop left unsent (%s)",
+                        len(items), path)
+
+    def _spooled_accepted(self, items: list[_Item]) -> None:
+        for item in items:
+            path = item.spooled
+            if path is None:
+                continue
+            with self._cond:
+                self._spool_left[path] -= 1
+                done = self._spool_left[path] == 0
+            if done:
+                path.unlink(missing_ok=True)
+                log.info("spool %s sent: removed", path)
+
+    def _spool(self, spool_dir: Path) -> int:
+        """Write what SQS has not accepted and nothing else would send again: envelopes
+        with no acknowledgement (fedmsg: a broker redelivers the others) that are not
+        already in a spool file.  The count written."""
+        with self._cond:
+            items = [i for i in (*self._sending, *self._buf)
+                     if i.ack is None and i.spooled is None]
+        if not items:
+            return 0
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        path = spool_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for item in items:
+                f.write(item.body + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(path)
+        self.stats.spooled += len(items)
+        return len(items)
+
+    def put(self, envelope: Envelope, ack: Ack | None = None, *,
+            block: bool | Callable[[], bool] = True) -> None:
+        """Queue one envelope; blocks while the buffer is full (backpressure), unless
+        ``block`` is False, or a function that turns False (a source stopping: what
+        it holds is in memory already, and the stop may spool it)."""
         body = envelope.encode()
         item = _Item(envelope, body, len(body.encode()), ack, time.monotonic())
         with self._cond:
             blocked_since = time.monotonic()
-            while not self._closing and self._is_full(item.size):
+            while (block() if callable(block) else block) and not self._closing \
+                    and self._is_full(item.size):
                 # a burst fills the buffer for milliseconds, which is just
                 # backpressure; a buffer full for a second means SQS is not keeping up
                 if not self._full_logged and time.monotonic() - blocked_since >= FULL_ALARM_S:
@@ -169,12 +253,25 @@ class SqsSink:
                 self._abort.set()  # stop retrying: the caller is giving up
                 self._thread.join(5)
         left = self.buffered
-        if left:
-            log.error("SQS sink stopped with %d envelope(s) not accepted by SQS"
-                      " (unacknowledged: an AMQP broker redelivers them; fedmsg cannot)", left)
-        else:
+        if not left:
             log.info("SQS sink flushed: everything accepted by SQS")
-        return left == 0
+            return True
+        spooled = 0
+        if self._spool_dir is not None:
+            try:
+                spooled = self._spool(self._spool_dir)
+            except OSError as exc:
+                log.error("writing the spool in %s failed: %s", self._spool_dir, exc)
+        if spooled:
+            log.error("SQS sink stopped with %d envelope(s) not accepted by SQS: %d written "
+                      "to the spool in %s, which the next start sends first (the rest: "
+                      "an AMQP broker redelivers them, or a spool file holds them already)",
+                      left, spooled, self._spool_dir)
+        else:
+            log.error("SQS sink stopped with %d envelope(s) not accepted by SQS"
+                      " (unacknowledged: an AMQP broker redelivers them; fedmsg's are "
+                      "lost without a spool directory)", left)
+        return False
 
     # -- the flusher thread ---------------------------------------------------
 
@@ -221,6 +318,7 @@ class SqsSink:
                 batch.append(item)
                 total += size
             self._in_flight = len(batch)
+            self._sending = batch
             if self._full_logged and not self._is_full(0):
                 self._full_logged = False
                 log.warning("SQS sink buffer no longer full (%d items)", len(self._buf))
@@ -290,8 +388,11 @@ class SqsSink:
     def _accepted(self, items: list[_Item]) -> None:
         with self._cond:
             self._in_flight -= len(items)
+            gone = {id(i) for i in items}
+            self._sending = [i for i in self._sending if id(i) not in gone]
             self.stats.forwarded += len(items)
             self._cond.notify_all()
+        self._spooled_accepted(items)
         for item in items:
             if item.ack is None:
                 continue

@@ -176,7 +176,7 @@ def test_fedmsg_zmq_all_forwarded_once_and_gap_reported(aws: Aws) -> None:
 class Collected(list[Envelope]):
     """A sink that keeps what it is given."""
 
-    def put(self, envelope: Envelope, ack: Any = None) -> None:
+    def put(self, envelope: Envelope, ack: Any = None, *, block: Any = True) -> None:
         self.append(envelope)
 
 
@@ -853,3 +853,94 @@ def test_amqp_a_declare_refused_each_time_backs_off_more_and_more(
              if (m := re.search(r"reconnecting in ([0-9.]+)s", r.getMessage()))]
     assert len(waits) >= 3
     assert all(later > earlier for earlier, later in zip(waits, waits[1:], strict=False))
+
+
+def test_fedmsg_envelopes_sqs_has_not_taken_at_a_stop_are_sent_by_the_next_start(
+        aws: Aws, tmp_path: Path) -> None:
+    """fedmsg has no redelivery: what a stop could not send goes to the spool, and the
+    next start sends it ahead of everything (AMQP's are left to the broker)."""
+    from fmn_bridge.sqs_sink import SqsSink, make_clients
+
+    spool = tmp_path / "spool"
+    down_sqs, _ = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens there
+
+    def envelopes(first: int, n: int) -> list[Envelope]:
+        return [Envelope.wrap("fedmsg", "tcp://hub:9940",
+                              json.dumps({"topic": "t", "msg": {"n": k}}).encode(), seq=k)
+                for k in range(first, first + n)]
+
+    def down() -> Any:
+        return SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                       backoff_initial_s=0.05, backoff_max_s=0.1)
+
+    first = down()
+    first.start()
+    for env in envelopes(0, 12):
+        first.put(env)
+    first.put(envelopes(100, 1)[0], ack=lambda: None)  # AMQP's: the broker redelivers
+    assert not first.flush_and_stop(1.0)
+    [written] = list(spool.glob("*.jsonl"))
+    assert len(written.read_text().splitlines()) == 12 and first.stats.spooled == 12
+
+    # a start that cannot send either: the file stays as it is, nothing is written twice
+    second = down()
+    second.start()
+    assert second.stats.unspooled == 12
+    assert not second.flush_and_stop(1.0)
+    assert list(spool.glob("*.jsonl")) == [written] and second.stats.spooled == 0
+
+    third = SqsSink(aws.sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool)
+    third.start()
+    for env in envelopes(12, 3):
+        third.put(env)
+    assert third.flush_and_stop(10)
+    assert sorted(e.seq for e in aws.drain()) == list(range(15))  # once each
+    assert list(spool.iterdir()) == []
+
+
+def test_fedmsg_bridge_stopped_while_sqs_is_down_loses_nothing_across_the_restart(
+        aws: Aws, tmp_path: Path) -> None:
+    """SIGTERM while SQS is unreachable: what the bridge buffered, and what ZeroMQ had
+    already received behind it, goes to the spool; the next start sends it."""
+    import zmq
+
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    spool = tmp_path / "spool"
+
+    def bridge(aws_endpoint: str, log: Path) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "AWS_ENDPOINT_URL": aws_endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
+               "FMN_CLAIM_BUCKET": aws.bucket, "PYTHONPATH": str(REPO / "bridge")}
+        with log.open("wb") as err:
+            return subprocess.Popen(
+                [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", endpoint,
+                 "--spool-dir", str(spool), "--buffer-items", "50", "--backoff-max", "0.2",
+                 "--shutdown-timeout", "3", "--heartbeat-interval", "0", "--linger-ms", "20"],
+                env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+    try:
+        down = bridge("http://127.0.0.1:9", tmp_path / "down.log")  # nothing listens there
+        assert pub.poll(20_000), "the bridge never subscribed"
+        pub.recv()
+        for i in range(1, 301):  # 50 fill the buffer; ZeroMQ holds the rest
+            env = {"topic": "org.fedoraproject.prod.test", "i": i, "username": "alpha",
+                   "msg": {"n": i}, "msg_id": f"2026-{i}", "timestamp": 0}
+            pub.send_multipart([env["topic"].encode(), json.dumps(env).encode()])
+        time.sleep(1.0)
+        down.send_signal(signal.SIGTERM)
+        assert down.wait(30) == 1  # not everything reached SQS: said so
+        log = (tmp_path / "down.log").read_text()
+        assert "written to the spool" in log
+        [spooled] = list((spool / aws.queue_name).glob("*.jsonl"))
+        assert len(spooled.read_text().splitlines()) == 300
+
+        up = bridge(aws.endpoint, tmp_path / "up.log")
+        _wait(lambda: aws.count() >= 300, 30, "the spool sent")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    finally:
+        pub.close()
+    got = aws.drain()
+    assert sorted(e.seq or 0 for e in got) == list(range(1, 301))  # each once
+    assert list((spool / aws.queue_name).iterdir()) == []

@@ -99,7 +99,7 @@ payloads = st.builds(
 
 
 class Sink(list[Envelope]):
-    def put(self, envelope: Envelope, ack: Any = None) -> None:
+    def put(self, envelope: Envelope, ack: Any = None, *, block: Any = True) -> None:
         self.append(envelope)
 
 

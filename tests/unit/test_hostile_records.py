@@ -99,7 +99,7 @@ def test_a_fedmsg_sequence_number_json_cannot_write_is_dropped_not_fatal(i: str)
     from fmn_bridge.fedmsg_source import FedmsgSource
 
     class Sink(list[Envelope]):
-        def put(self, envelope: Envelope, ack: Any = None) -> None:
+        def put(self, envelope: Envelope, ack: Any = None, *, block: Any = True) -> None:
             self.append(envelope.decode(envelope.encode()))  # what the SQS sink does
 
     record = b'{"topic": "org.fedoraproject.prod.x", "msg": {"n": NaN}, "i": ' + i.encode() + b"}"
