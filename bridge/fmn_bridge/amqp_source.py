@@ -354,8 +354,11 @@ class AmqpSource:
             log.warning("AMQP: message %s on %s has a body that is not JSON; forwarded raw",
                         getattr(props, "message_id", None), method.routing_key)
         try:
+            # never blocks: this runs on pika's thread, whose heartbeats a wait for a
+            # full buffer (filled by fedmsg too) would stop, and the broker would
+            # drop the connection; what it adds is bounded by the prefetch anyway
             self.sink.put(Envelope.wrap(self.bus, f"{self.source_name}#{queue}", record),
-                          ack=lambda: self._ack_threadsafe(conn, ch, gen, tag))
+                          ack=lambda: self._ack_threadsafe(conn, ch, gen, tag), block=False)
         except SinkClosed:
             self._outstanding -= 1
             ch.basic_nack(tag, requeue=True)

@@ -194,7 +194,7 @@ def _sources(args: argparse.Namespace, sink: SqsSink) -> list[Source]:
         amqp = AmqpSource(load_config(args.amqp_config), sink, queue=args.amqp_queue,
                           prefetch=args.prefetch, drain_timeout_s=args.shutdown_timeout)
         if amqp.prefetch > args.buffer_items:
-            # else a full buffer would block pika's thread (and its heartbeats)
+            # the buffer's bound would mean nothing: the AMQP source never waits for it
             raise ValueError(f"prefetch {amqp.prefetch} exceeds --buffer-items"
                              f" {args.buffer_items}")
         sources.append(amqp)

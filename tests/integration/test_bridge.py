@@ -944,3 +944,33 @@ def test_fedmsg_bridge_stopped_while_sqs_is_down_loses_nothing_across_the_restar
     got = aws.drain()
     assert sorted(e.seq or 0 for e in got) == list(range(1, 301))  # each once
     assert list((spool / aws.queue_name).iterdir()) == []
+
+
+def test_amqp_a_buffer_full_of_other_sources_messages_never_holds_pika_up(
+        rabbit: Rabbit, tmp_path: Path) -> None:
+    """The buffer is shared with fedmsg: a wait for room on pika's thread stopped its
+    heartbeats, the broker dropped the connection, and every message came twice."""
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+    from fmn_bridge.sqs_sink import SqsSink, make_clients
+
+    records = _fm_records()[:5]
+    rabbit.publish(records)
+    down_sqs, down_s3 = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens
+    sink = SqsSink(down_sqs, down_s3, "q", "b", max_items=1, backoff_max_s=0.1)
+    sink.start()
+    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", b'{"i": 1}'))  # full from now on
+    source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=5))),
+                        sink, drain_timeout_s=1)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: source.received == len(records), 20, "every prefetched delivery taken")
+        assert source.connects == 1 and source.acked == 0  # none in SQS: none acknowledged
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        sink.flush_and_stop(0.5)
+        source.sink_drained()
+        thread.join(10)
+    # back on the queue for the next consumer
+    _wait(lambda: rabbit.counts()[0] == len(records), 10, "the deliveries requeued")
