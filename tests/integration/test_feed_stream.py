@@ -49,6 +49,7 @@ from fmn.delivery.feed import (
     MemoryFeed,
     RedisFeed,
     event_data,
+    feed_message_id,
 )
 from fmn.delivery.text import clean, shorten
 from fmn.errors import RetryableError
@@ -472,7 +473,7 @@ def test_a_hostile_summary_arrives_as_one_safe_event(
     summary = ("evil\r\nid: 1-0\nevent: admin\rdata: x\u2028<script>alert(1)</script>"
                "\x1b[2J\x1b]0;pwned\x07\u0085\x0b\x1c" * 200)[:10_000]
     server = start()
-    # in the message id, which travels whole; the summary is shown cleaned
+    # in the message id and the summary too
     appended = feed.append("alice", event_data(delivery(summary, summary=summary), 0))
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client, \
             client.stream("GET", "/feed", params={"token": token()}) as response:
@@ -480,7 +481,7 @@ def test_a_hostile_summary_arrives_as_one_safe_event(
     assert got.id == appended and got.event == "notification"
     assert [line.split(":", 1)[0] for line in got.lines] == ["id", "event", "data", ""]
     doc = json.loads(got.data)
-    assert doc["message_id"] == summary
+    assert doc["message_id"] == feed_message_id(summary)
     assert doc["summary"] == shorten(clean(summary), MAX_SUMMARY_CHARS)
 
 

@@ -238,3 +238,30 @@ def test_a_record_a_sender_dead_lettered_whole_is_counted_with_its_reason(
     assert report.backends["irc"].dead_lettered == 1 and report.lost_total == 0
     assert ("dead-lettered", mid, "irc", "bob bob", reason) in [
         tuple(e) for e in report.exceptions], report.exceptions
+
+
+def test_a_feed_event_whose_id_was_shortened_is_counted_as_delivered(
+        aws_env: str, tmp_path: Path) -> None:
+    """An id the event cannot carry as it is (long, or full of characters JSON escapes
+    to six bytes) goes as a hash: the ledger still finds the notification delivered."""
+    from fmn.delivery.base import Delivery
+    from fmn.delivery.feed import event_data, feed_message_id
+    from fmn.ledger import account
+
+    stage = _digest_stage(tmp_path, aws_env, "alice", 1)
+    journal = Journal(tmp_path / "ledger")
+    mid = f"{stage.prefix}" + "\u2028" * 400
+    assert feed_message_id(mid) != mid
+    journal.published([mid], "fedmsg")
+    journal.matched([{"id": mid, "sqs": "s-sse", "q": 0,
+                      "n": {"sse": [["bob", "d-feed", None, 0]]}}])
+    feed = RedisFeed(stage.redis, f"{stage.prefix}feed:")
+    feed.append("bob", event_data(Delivery(
+        backend="sse", message={"id": mid}, user="bob", address=None, destination="d-feed",
+        rules=("r1",), rule_names=("r1",)), 0))
+    try:
+        report = account(tmp_path / "ledger", sqs=stage.sqs, redis=stage.redis)
+    finally:
+        _remove_stage(stage, f"{stage.prefix}feed:*")
+    assert report.backends["sse"].delivered == 1, report.exceptions
+    assert report.lost_total == 0 and report.duplicates_total == 0, report.exceptions

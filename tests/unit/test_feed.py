@@ -12,6 +12,7 @@ a moment so their whole body can be read.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -35,6 +36,7 @@ from fmn.delivery.feed import (
     MemoryFeed,
     cursor_frame,
     event_data,
+    feed_message_id,
     live_frame,
     parse_event_id,
     retry_frame,
@@ -93,7 +95,6 @@ def test_an_event_carries_what_the_feed_shows() -> None:
 
 
 def test_a_hostile_summary_is_one_safe_event_that_says_the_same() -> None:
-    # the message id is carried whole (the page and the ledger know a message by it)
     data = event_data(delivery(HOSTILE_SUMMARY, msg_id=HOSTILE_SUMMARY), received_at=0)
     for raw in ("\r", "\n", "\x1b", "\x00", "\x07", "\u2028", "\u2029", "\u0085"):
         assert raw not in data
@@ -102,7 +103,11 @@ def test_a_hostile_summary_is_one_safe_event_that_says_the_same() -> None:
     assert [line.split(":", 1)[0] for line in lines] == ["id", "event", "data"]
     assert lines[:2] == ["id: 1704067200000-0", "event: notification"]
     doc = json.loads(lines[2].removeprefix("data: "))
-    assert doc["message_id"] == HOSTILE_SUMMARY and len(HOSTILE_SUMMARY) == 10_000
+    # an id like that is carried as what is left of its start and a hash of the whole
+    assert doc["message_id"] == feed_message_id(HOSTILE_SUMMARY) != HOSTILE_SUMMARY
+    assert doc["message_id"].endswith(
+        "#sha256:" + hashlib.sha256(HOSTILE_SUMMARY.encode()).hexdigest()[:32])
+    assert len(HOSTILE_SUMMARY) == 10_000 and len(data.encode()) < 5_000
     # what a person reads is cleaned as mail and IRC are, and capped
     assert doc["summary"] == shorten(clean(HOSTILE_SUMMARY), MAX_SUMMARY_CHARS)
     assert doc["summary"].startswith("line one id: 999-0 event: admin data:")
@@ -116,8 +121,13 @@ def test_text_a_person_reads_has_no_bidi_overrides_and_stays_small() -> None:
     assert (doc["topic"], doc["agent"], doc["app"]) == ("org.fedora", "alice", "koji")
     # 10,000 control characters (six bytes each in JSON) were a 60 kB event, a feed
     # of 1000 of them 60 MB a person in Redis
-    for summary in ("\x01" * 10_000, "\U0001F600" * 10_000, '"\\' * 5_000):
-        assert len(event_data(delivery(summary), 0).encode()) < 5_000
+    for text in ("\x01" * 10_000, "\U0001F600" * 10_000, '"\\' * 5_000, "\u2028" * 10_000,
+                 "\x85" * 10_000):
+        assert len(event_data(delivery(text), 0).encode()) < 5_000
+        assert len(event_data(delivery(msg_id=text), 0).encode()) < 5_000
+    # Fedora's ids are carried as they are
+    for plain_id in ("2024-0001", "4064cf6b-ab57-5af1-85e7-af7b9188328b", "a\"b\\c é"):
+        assert json.loads(event_data(delivery(msg_id=plain_id), 0))["message_id"] == plain_id
 
 
 def test_untrusted_fields_are_capped_typed_and_links_are_web_links() -> None:

@@ -31,6 +31,7 @@ inserts the text as text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import threading
 import time
@@ -45,7 +46,7 @@ import orjson
 from fmn.delivery.base import Delivery
 from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError, RetryableError
-from fmn.pipeline.notifications import MAX_NAME_CHARS, MAX_NAMES, MAX_TEXT_CHARS
+from fmn.pipeline.notifications import MAX_NAME_CHARS, MAX_NAMES
 
 #: Version of the event JSON (the ``v`` key); readers ignore keys they do not know.
 EVENT_VERSION = 1
@@ -65,6 +66,8 @@ ENTRY_FIELD = "d"
 _EVENT_ID = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")  # not \d: no other digits
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _LINE_BREAKS = re.compile(r"\r\n|\r|\n")
+#: what the event JSON escapes as six bytes for one character, and lone surrogates
+_ESCAPED = re.compile("[\x00-\x1f\u0085\u2028\u2029\ud800-\udfff]")
 _UINT64_MAX = 2**64 - 1
 
 Clock = Callable[[], float]
@@ -100,6 +103,18 @@ def _text(value: Any, limit: int) -> str | None:
     if not isinstance(value, str):
         return None
     return _SURROGATES.sub("\ufffd", value[:limit])
+
+
+def feed_message_id(message_id: Any) -> str | None:
+    """The message id an event carries: the payload's id when it is short and plain (as
+    Fedora's are), else what ``clean`` leaves of its start and a hash of the whole.
+    An id is the publisher's choice: 10,000 U+2028s are 60 kB once JSON-escaped."""
+    if not isinstance(message_id, str):
+        return None
+    if len(message_id) <= MAX_NAME_CHARS and not _ESCAPED.search(message_id):
+        return message_id
+    whole = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{clean(message_id)[:MAX_NAME_CHARS - 50]}\u2026#sha256:{whole}"
 
 
 def _shown(value: Any, limit: int) -> str | None:
@@ -139,7 +154,7 @@ def event_data(item: Delivery, received_at: float) -> str:
     severity = m.get("severity")
     return encode_event({
         "v": EVENT_VERSION,
-        "message_id": _text(m.get("id"), MAX_TEXT_CHARS),
+        "message_id": feed_message_id(m.get("id")),
         "topic": _shown(m.get("topic"), MAX_NAME_CHARS),
         "app": _shown(m.get("app"), MAX_NAME_CHARS),
         "agent": _shown(m.get("agent"), MAX_NAME_CHARS),

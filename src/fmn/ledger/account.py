@@ -597,11 +597,13 @@ def account(journal_dir: str | Path, *, sqs: Any = None, redis: Any = None,
                     "for an address with no digest notification")
 
     # the live feed: events per (message id, user)
+    from fmn.delivery.feed import feed_message_id
+
     events, trimmed = read_feeds(redis, info.feed_prefix)
     sse = report.backends["sse"]
     remaining = Counter(events)
     for ident in expected.get("sse", {}):
-        key = (ident[0], ident[1])
+        key = (feed_message_id(ident[0]) or "", ident[1])  # as the event carries it
         if remaining[key] > 0:
             remaining[key] -= 1
             sse.delivered += 1
