@@ -710,3 +710,30 @@ def test_bus_text_shows_without_bidi_overrides_or_control_characters(
     expect(first.locator(".app")).to_have_text("bodhi")
     expect(first.locator(".topic")).to_have_text("org.fedora")
     clean(probe)
+
+
+def test_artifact_and_group_names_show_without_bidi_overrides(
+        page: Any, stack: Stack, probe: PageProbe) -> None:
+    """Ownership comes from the bus and Fedora's sources: a package named
+    "fmn\u202egpj.exe" must not read "fmnexe.jpg" in the rule editor."""
+    sign_in(page, stack)
+    body = ('{"direct": [{"type": "rpms", "name": "fmn\\u202egpj.exe"}], "groups": ['
+            '{"name": "ops\\u2066x", "artifacts": [{"type": "rpms", "name": "b\\u200fc"}]}], '
+            '"refreshed": {"reconcile": null, "live": null, "accounts": null}, "account": null}')
+    page.route("**/api/v1/ownership", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=body))
+    page.route("**/api/v1/artifacts?*", lambda route: route.fulfill(
+        status=200, content_type="application/json",
+        body='[{"type": "rpms", "name": "ker\\u202enel"}]'))
+    page.get_by_role("button", name="New rule").click()
+    expect(page.locator("#owned-direct")).to_contain_text("rpms/fmngpj.exe")
+    expect(page.locator(".owned-group")).to_contain_text("Through opsx (1): rpms/bc")
+    shown = [page.locator(where).first.text_content() or ""
+             for where in ("#owned-direct", ".owned-group")]
+    page.get_by_label("Tracking kind").select_option("artifacts-followed")
+    page.get_by_label("Find an artifact").fill("ker")
+    page.get_by_role("button", name="Follow rpms/kernel", exact=True).click()
+    expect(page.locator("#artifact-chosen")).to_contain_text("rpms/kernel")
+    shown.append(page.locator("#artifact-chosen").text_content() or "")
+    assert not any(c in text for text in shown for c in "\u202e\u2066\u200f")
+    clean(probe)

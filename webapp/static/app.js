@@ -293,6 +293,11 @@ function plain(value, max = 1000) {
     .slice(0, max);
 }
 
+/** "type/name" of an artifact, shown: names come from the bus and Fedora's sources. */
+function artifactName(a) {
+  return `${plain(a.type, 64)}/${plain(a.name, 512)}`;
+}
+
 /** One message or feed event as a list item; every value inserted as text. */
 function messageItem(m, { live = false } = {}) {
   const severity = SEVERITIES.includes(m.severity) ? m.severity : null;
@@ -774,7 +779,7 @@ function trackingSummary(t) {
     case "artifacts-owned": return "Artifacts I own";
     case "artifacts-group-owned": return `Artifacts owned by ${(p.groups || []).join(", ")}`;
     case "artifacts-followed":
-      return `Following ${(p.artifacts || []).map((a) => `${a.type}/${a.name}`).join(", ")}`;
+      return `Following ${(p.artifacts || []).map((a) => `${artifactName(a)}`).join(", ")}`;
     case "related-events": return "Events about me";
     case "users-followed": return `Following ${(p.usernames || []).join(", ")}`;
     case "topics": return `Topics ${(p.patterns || []).join(", ")}`;
@@ -946,7 +951,7 @@ function renderTrackingParams() {
 const OWNED_SHOWN = 40;
 
 function ownedList(artifacts) {
-  const shown = artifacts.slice(0, OWNED_SHOWN).map((a) => `${a.type}/${a.name}`).join(", ");
+  const shown = artifacts.slice(0, OWNED_SHOWN).map((a) => `${artifactName(a)}`).join(", ");
   const more = artifacts.length > OWNED_SHOWN ? ` and ${artifacts.length - OWNED_SHOWN} more` : "";
   return artifacts.length ? shown + more : "nothing";
 }
@@ -963,7 +968,7 @@ function ownershipPanel(kind) {
     ];
     for (const g of o.groups) {
       rows.push(h("p", { class: "owned-group", "data-group": g.name },
-        `Through ${g.name} (${g.artifacts.length}): ${ownedList(g.artifacts)}`));
+        `Through ${plain(g.name, 512)} (${g.artifacts.length}): ${ownedList(g.artifacts)}`));
     }
     if (kind === "artifacts-owned" && o.groups.length) {
       rows.push(h("p", { class: "hint" },
@@ -993,14 +998,14 @@ function artifactPicker(chosen) {
   const renderChosen = () => {
     chosenList.replaceChildren(...chosen.map((a, i) => {
       const remove = h("button", { type: "button", class: "chip-remove" }, "Remove");
-      remove.setAttribute("aria-label", `Stop following ${a.type}/${a.name}`);
+      remove.setAttribute("aria-label", `Stop following ${artifactName(a)}`);
       remove.addEventListener("click", () => {
         chosen.splice(i, 1);
         renderChosen();
         schedulePreview();
         search.focus();
       });
-      return h("li", { class: "chip" }, h("span", {}, `${a.type}/${a.name}`), remove);
+      return h("li", { class: "chip" }, h("span", {}, `${artifactName(a)}`), remove);
     }));
     if (!chosen.length) chosenList.append(h("li", { class: "empty" }, "None yet."));
   };
@@ -1021,15 +1026,15 @@ function artifactPicker(chosen) {
         const found = (await api("GET", `${API}/artifacts?${params}`)) || [];
         if (mine !== seq) return;
         results.replaceChildren(...found.map((a) => {
-          const add = h("button", { type: "button", class: "choice" }, `${a.type}/${a.name}`);
-          add.setAttribute("aria-label", `Follow ${a.type}/${a.name}`);
+          const add = h("button", { type: "button", class: "choice" }, `${artifactName(a)}`);
+          add.setAttribute("aria-label", `Follow ${artifactName(a)}`);
           add.addEventListener("click", () => {
             if (!chosen.some((c) => c.type === a.type && c.name === a.name)) {
               chosen.push({ type: a.type, name: a.name });
             }
             renderChosen();
             schedulePreview();
-            announce(`Following ${a.type}/${a.name}.`);
+            announce(`Following ${artifactName(a)}.`);
             search.focus();
           });
           return h("li", {}, add);
