@@ -249,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    bus=args.bus, aws=aws, seed=args.seed, workdir=Path(args.workdir),
                    timeout_s=args.timeout, ceiling_s=args.ceiling_seconds,
                    own_process=() if args.in_process else Options.own_process)
+    if args.lock and Path(args.lock).resolve() == (opts.workdir / ".lock").resolve():
+        print(f"fmn loadtest: --lock {args.lock} is the work directory's own lock, which "
+              f"this load test holds throughout: give another file", file=sys.stderr)
+        return 2
     with workdir_owned(opts.workdir) as other:
         if other is not None:
             print(f"fmn loadtest: another load test ({other}) is using {opts.workdir}: each "

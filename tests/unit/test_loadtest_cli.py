@@ -93,3 +93,12 @@ def test_a_second_load_test_in_the_same_workdir_exits_and_touches_nothing(
         assert "--workdir" in err
     with workdir_owned(tmp_path) as other:  # let go when the first one ends
         assert other is None
+
+
+def test_the_work_directorys_own_lock_is_refused_as_lock_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.cli import main
+
+    assert main(["--workdir", str(tmp_path), "--aws", "moto", "--messages", "1",
+                 "--concurrency", "1", "--lock", str(tmp_path / ".lock")]) == 2
+    assert "give another file" in capsys.readouterr().err
