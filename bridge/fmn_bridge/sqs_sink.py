@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fmn.pipeline.envelope import MAX_INLINE_BYTES, Envelope, make_claim
 
 log = logging.getLogger(__name__)
@@ -137,22 +139,36 @@ class SqsSink:
 
     def _unspool(self, spool_dir: Path) -> None:
         """Queue, ahead of any source, the envelopes an earlier stop spooled; each file
-        is removed once SQS accepted all of it (a crash meanwhile leaves it for the next)."""
+        is removed once SQS accepted all of it (a crash meanwhile leaves it for the next).
+        A line that is no envelope is set aside in ``<file>.bad`` with an error; a file
+        that cannot be read is left where it is, with an error: neither stops the rest."""
         for path in sorted(spool_dir.glob("*.jsonl")):
+            try:
+                lines = path.read_bytes().split(b"\n")
+            except OSError as exc:
+                log.error("spool %s cannot be read (%s): left as it is", path, exc)
+                continue
             items: list[_Item] = []
-            for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            bad: list[bytes] = []
+            for number, line in enumerate(lines, 1):
                 if not line:
                     continue
-                try:
-                    envelope = Envelope.decode(line)
-                except Exception as exc:  # noqa: BLE001 - kept in the file, said out loud
-                    log.error("spool %s:%d is not an envelope (%s): the file is kept",
-                              path, number, exc)
-                    items = []
-                    break
-                items.append(_Item(envelope, line, len(line.encode()), None,
+                try:  # each line is the body as a JSON string: no raw line break in it
+                    body = orjson.loads(line)
+                    envelope = Envelope.decode(body)
+                except Exception as exc:  # noqa: BLE001 - set aside, said out loud
+                    log.error("spool %s:%d is not an envelope (%s): set aside in %s.bad",
+                              path, number, exc, path.name)
+                    bad.append(line)
+                    continue
+                items.append(_Item(envelope, body, len(body.encode()), None,
                                    time.monotonic(), spooled=path))
+            if bad:
+                with path.with_name(path.name + ".bad").open("ab") as f:
+                    f.write(b"".join(line + b"\n" for line in bad))
             if not items:
+                if bad:
+                    path.unlink(missing_ok=True)
                 continue
             with self._cond:
                 self._spool_left[path] = len(items)
@@ -188,9 +204,9 @@ class SqsSink:
         spool_dir.mkdir(parents=True, exist_ok=True)
         path = spool_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.jsonl"
         tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for item in items:
-                f.write(item.body + "\n")
+        with tmp.open("wb") as f:
+            for item in items:  # a JSON string a line: a record may hold line breaks
+                f.write(orjson.dumps(item.body) + b"\n")
             f.flush()
             os.fsync(f.fileno())
         tmp.rename(path)

@@ -974,3 +974,35 @@ def test_amqp_a_buffer_full_of_other_sources_messages_never_holds_pika_up(
         thread.join(10)
     # back on the queue for the next consumer
     _wait(lambda: rabbit.counts()[0] == len(records), 10, "the deliveries requeued")
+
+
+def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
+        aws: Aws, tmp_path: Path) -> None:
+    """A record travels byte for byte: a raw LF between its tokens, or a U+2028 in a
+    string, split a spool line, and the whole file was never sent."""
+    from fmn_bridge.sqs_sink import SqsSink, make_clients
+
+    spool = tmp_path / "spool"
+    down_sqs, _ = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens there
+    records = [b'{"i": 1,\n "msg": {"text": "a\r\nb"}}',
+               '{"i": 2, "msg": {"text": "a\u2028b\u0085c"}}'.encode(), b'{"i": 3}']
+    first = SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                    backoff_initial_s=0.05, backoff_max_s=0.1)
+    first.start()
+    for n, record in enumerate(records, 1):
+        first.put(Envelope.wrap("fedmsg", "tcp://hub:9940", record, seq=n))
+    assert not first.flush_and_stop(1.0)
+    [written] = list(spool.glob("*.jsonl"))
+    # another file: one line that is no envelope among good ones; and one not even text
+    good = json.dumps(Envelope.wrap("fedmsg", "tcp://hub:9940", b'{"i": 4}', seq=4).encode())
+    (spool / "0-other.jsonl").write_text(f'"not an envelope"\n{good}\n')
+    (spool / "1-garbage.jsonl").write_bytes(b"\xff\xfe\x00 not utf-8\n")
+
+    up = SqsSink(aws.sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool)
+    up.start()
+    assert up.flush_and_stop(10)
+    got = {e.seq: e.record for e in aws.drain()}
+    assert got == {1: records[0], 2: records[1], 3: records[2], 4: b'{"i": 4}'}
+    assert not written.exists() and not (spool / "0-other.jsonl").exists()
+    assert (spool / "0-other.jsonl.bad").read_text() == '"not an envelope"\n'
+    assert (spool / "1-garbage.jsonl.bad").exists()  # set aside, not a crash at start
