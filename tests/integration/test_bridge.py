@@ -1006,3 +1006,41 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     assert not written.exists() and not (spool / "0-other.jsonl").exists()
     assert (spool / "0-other.jsonl.bad").read_text() == '"not an envelope"\n'
     assert (spool / "1-garbage.jsonl.bad").exists()  # set aside, not a crash at start
+
+
+def test_amqp_reconnects_while_sqs_is_down_do_not_pile_up_copies(
+        rabbit: Rabbit, tmp_path: Path) -> None:
+    """What a lost connection put in the buffer can no longer be acknowledged, and the
+    broker delivers it again: kept, it was a prefetch of copies more per reconnect."""
+    from urllib.parse import urlsplit
+
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+    from fmn_bridge.sqs_sink import SqsSink, make_clients
+
+    broker = urlsplit(AMQP_URL)
+    proxy = Proxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    conf = load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=5)))
+    conf["amqp_url"] = AMQP_URL.replace(f":{broker.port or 5672}/", f":{proxy.port}/")
+    rabbit.publish(_fm_records()[:20])
+    down_sqs, down_s3 = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens
+    sink = SqsSink(down_sqs, down_s3, "q", "b", max_items=10, backoff_max_s=0.1)
+    sink.start()
+    source = AmqpSource(conf, sink, backoff_initial_s=0.1, backoff_max_s=0.2,
+                        drain_timeout_s=1)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        for cut in range(1, 6):
+            _wait(lambda cut=cut: source.connects == cut and source.received >= 5 * cut, 20,
+                  "a prefetch delivered")
+            proxy.cut()
+        _wait(lambda: source.connects == 6, 20, "connected again")
+        # at most the batch being retried and one connection's prefetch
+        assert sink.buffered <= 10, sink.buffered
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        sink.flush_and_stop(0.5)
+        source.sink_drained()
+        thread.join(10)
+        proxy.close()
