@@ -141,6 +141,8 @@ def tolerate_unreadable_headers() -> None:
             if flags & flag:
                 _, end = data.decode_short_string(encoded, end)
         table_size, = struct.unpack_from(">I", encoded, end)
+        if end + 4 + table_size > len(encoded):  # the length itself is wrong: give up
+            raise ValueError(f"unreadable message properties ({reason})")
         rest = encoded[end + 4 + table_size:]
         without = struct.pack(">H", flags & ~BasicProperties.FLAG_HEADERS) \
             + encoded[offset + 2:end] + rest

@@ -187,7 +187,9 @@ def _sources(args: argparse.Namespace, sink: SqsSink) -> list[Source]:
     if args.fedmsg:
         from .fedmsg_source import FedmsgSource
 
-        sources.append(FedmsgSource(args.fedmsg, sink))
+        # taking in ZeroMQ's queue at a stop ends well before the sink is closed
+        sources.append(FedmsgSource(args.fedmsg, sink,
+                                    stop_intake_s=min(10.0, args.shutdown_timeout / 2)))
     if args.amqp_config:
         from .amqp_source import AmqpSource, load_config
 

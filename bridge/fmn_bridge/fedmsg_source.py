@@ -160,7 +160,8 @@ class FedmsgSource:
 
     def __init__(self, endpoints: list[str], sink: SqsSink, *, rcvhwm: int = 100_000,
                  reconnect_ivl_ms: int = 100, reconnect_ivl_max_ms: int = 30_000,
-                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = MAX_FRAME_BYTES,
+                 stop_intake_s: float = STOP_INTAKE_S) -> None:
         if not endpoints:
             raise ValueError("at least one fedmsg endpoint is needed")
         self.endpoints = list(endpoints)
@@ -171,6 +172,7 @@ class FedmsgSource:
         self.disconnects = 0
         self._rcvhwm = rcvhwm
         self.max_frame_bytes = max_frame_bytes
+        self.stop_intake_s = stop_intake_s
         self._ivl = reconnect_ivl_ms
         self._ivl_max = reconnect_ivl_max_ms
         self._stop = threading.Event()
@@ -265,7 +267,7 @@ class FedmsgSource:
         if not self._stop.is_set():
             return  # ended by a closed sink: nothing takes them
         taken = 0
-        deadline = time.monotonic() + STOP_INTAKE_S
+        deadline = time.monotonic() + self.stop_intake_s
         for sock, endpoint in sockets.items():
             while time.monotonic() < deadline:
                 try:
@@ -280,7 +282,7 @@ class FedmsgSource:
                         " stop", taken)
         if time.monotonic() >= deadline:
             log.error("fedmsg: stopped taking in ZeroMQ's queue after %.0f s; what is left"
-                      " in it is lost", STOP_INTAKE_S)
+                      " in it is lost", self.stop_intake_s)
 
     def _reconnect(self, sock: Any, monitor: Any, endpoint: str) -> None:
         """A connection dropped: a frame above the limit, or the peer went away."""
