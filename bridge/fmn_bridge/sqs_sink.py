@@ -117,7 +117,6 @@ class SqsSink:
         self._backoff_max = backoff_max_s
         self._buf: deque[_Item] = deque()
         self._buf_bytes = 0
-        self._in_flight = 0
         self._cond = threading.Condition()
         self._closing = False
         self._abort = threading.Event()
@@ -265,7 +264,7 @@ class SqsSink:
     def buffered(self) -> int:
         """Envelopes not yet accepted by SQS (in the buffer or in the batch being sent)."""
         with self._cond:
-            return len(self._buf) + self._in_flight
+            return len(self._buf) + len(self._sending)
 
     @property
     def alive(self) -> bool:
@@ -347,7 +346,6 @@ class SqsSink:
                 self._buf_bytes -= item.size
                 batch.append(item)
                 total += size
-            self._in_flight = len(batch)
             self._sending = batch
             if self._full_logged and not self._is_full(0):
                 self._full_logged = False
@@ -403,11 +401,7 @@ class SqsSink:
                 if never and not item.claimed:
                     # SQS will never take this body (say, characters it does not
                     # allow): the claim envelope is plain ASCII, so it always can.
-                    try:
-                        self._claim(item)
-                        fixed += 1
-                    except Exception as exc:  # noqa: BLE001 - retried with the batch
-                        log.warning("claim check to S3 failed (%s); will retry", exc)
+                    fixed += self._try_claim(item)
             if pending and fixed < len(pending):
                 # a transient refusal (throttling, SQS's own fault): back off
                 self._abort.wait(delay)
@@ -417,7 +411,6 @@ class SqsSink:
 
     def _accepted(self, items: list[_Item]) -> None:
         with self._cond:
-            self._in_flight -= len(items)
             gone = {id(i) for i in items}
             self._sending = [i for i in self._sending if id(i) not in gone]
             self.stats.forwarded += len(items)
@@ -441,10 +434,16 @@ class SqsSink:
     def _claim_all(self, items: Any) -> None:
         for item in items:
             if not item.claimed:
-                try:
-                    self._claim(item)
-                except Exception as exc:  # noqa: BLE001 - retried with the batch
-                    log.warning("claim check to S3 failed (%s); will retry", exc)
+                self._try_claim(item)
+
+    def _try_claim(self, item: _Item) -> bool:
+        """:meth:`_claim`; False (logged) when S3 failed: the batch retries it."""
+        try:
+            self._claim(item)
+        except Exception as exc:  # noqa: BLE001 - retried with the batch
+            log.warning("claim check to S3 failed (%s); will retry", exc)
+            return False
+        return True
 
     def _claim(self, item: _Item) -> None:
         """Put the record in S3 and make the item's body a claim envelope."""
