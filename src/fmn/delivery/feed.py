@@ -31,7 +31,6 @@ inserts the text as text.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import threading
 import time
@@ -46,7 +45,7 @@ import orjson
 from fmn.delivery.base import Delivery
 from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError, RetryableError
-from fmn.pipeline.notifications import MAX_NAME_CHARS, MAX_NAMES
+from fmn.pipeline.notifications import MAX_NAME_CHARS, MAX_NAMES, hashed_id
 
 #: Version of the event JSON (the ``v`` key); readers ignore keys they do not know.
 EVENT_VERSION = 1
@@ -113,8 +112,7 @@ def feed_message_id(message_id: Any) -> str | None:
         return None
     if len(message_id) <= MAX_NAME_CHARS and not _ESCAPED.search(message_id):
         return message_id
-    whole = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{clean(message_id)[:MAX_NAME_CHARS - 50]}\u2026#sha256:{whole}"
+    return hashed_id(clean(message_id), message_id, MAX_NAME_CHARS)
 
 
 def _shown(value: Any, limit: int) -> str | None:

@@ -91,9 +91,15 @@ def message_id_text(message_id: str) -> str:
     text = _text(message_id, MAX_TEXT_CHARS) or ""
     if text == message_id:
         return text
+    return hashed_id(text, message_id, MAX_TEXT_CHARS)
+
+
+def hashed_id(kept: str, message_id: str, limit: int) -> str:
+    """At most ``limit`` characters: the start of ``kept`` (what could travel of
+    ``message_id``) and a hash of the whole id, so that two ids never become one."""
     whole = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     suffix = f"\u2026#sha256:{whole}"
-    return text[:MAX_TEXT_CHARS - len(suffix)] + suffix
+    return kept[:limit - len(suffix)] + suffix
 
 
 def message_info(message: Message) -> dict[str, Any]:
