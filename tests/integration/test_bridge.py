@@ -96,6 +96,37 @@ def aws(aws_env: str) -> Aws:
     return Aws(aws_env)
 
 
+def _fedmsg(record: bytes, seq: int | None = None) -> Envelope:
+    return Envelope.wrap("fedmsg", "tcp://hub:9940", record, seq=seq)
+
+
+def _sent_through(sink: Any, aws: Aws, records: list[bytes]) -> dict[int, Envelope]:
+    """Each record as a fedmsg envelope numbered by its place, through a started sink:
+    every one acknowledged; what reached the queue, by number."""
+    acked: list[int] = []
+    for n, record in enumerate(records):
+        sink.put(_fedmsg(record, n), ack=lambda n=n: acked.append(n))
+    assert sink.flush_and_stop(10)
+    assert sorted(acked) == list(range(len(records)))
+    got = {e.seq or 0: e for e in aws.drain()}
+    assert set(got) == set(range(len(records)))
+    return got
+
+
+def _claimed(aws: Aws, envelope: Envelope) -> bytes:
+    """The record an envelope's claim names, read from S3."""
+    claim = envelope.claim
+    assert claim is not None
+    return bytes(aws.s3.get_object(Bucket=claim.bucket, Key=claim.key)["Body"].read())
+
+
+def _down_clients() -> tuple[Any, Any]:
+    """SQS and S3 clients of an endpoint where nothing listens: AWS unreachable."""
+    from fmn_bridge.sqs_sink import make_clients
+
+    return make_clients("http://127.0.0.1:9", "us-east-1")
+
+
 def _canon(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True)
 
@@ -658,19 +689,9 @@ def test_refused_entries_are_retried_or_claim_checked(aws: Aws) -> None:
     sink = SqsSink(Refusing(aws.sqs), aws.s3, aws.queue_name, aws.bucket,
                    backoff_initial_s=0.01, backoff_max_s=0.05)
     sink.start()
-    acked: list[int] = []
-    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", odd, seq=0), ack=lambda: acked.append(0))
-    for n in range(1, 5):
-        body = json.dumps({"topic": "t", "msg": {"n": n}}).encode()
-        sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", body, seq=n),
-                 ack=lambda n=n: acked.append(n))
-    assert sink.flush_and_stop(10)
-    assert sorted(acked) == list(range(5))
-    got = {e.seq: e for e in aws.drain()}
-    assert set(got) == set(range(5))
-    claim = got[0].claim
-    assert claim is not None
-    assert aws.s3.get_object(Bucket=claim.bucket, Key=claim.key)["Body"].read() == odd
+    got = _sent_through(sink, aws, [odd] + [
+        json.dumps({"topic": "t", "msg": {"n": n}}).encode() for n in range(1, 5)])
+    assert _claimed(aws, got[0]) == odd
     assert sink.stats.retried_entries == 2 and sink.stats.claimed == 1
 
 
@@ -684,20 +705,10 @@ def test_a_record_with_characters_sqs_does_not_take_goes_to_s3_as_received(
                      ensure_ascii=False).encode()
     sink = aws.sink(backoff_initial_s=0.01, backoff_max_s=0.05)
     sink.start()
-    acked: list[int] = []
-    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", odd, seq=0), ack=lambda: acked.append(0))
-    for n in range(1, 10):
-        body = json.dumps({"topic": "t", "msg": {"n": n, "text": "\U0001f600\ue000"}},
-                          ensure_ascii=False).encode()
-        sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", body, seq=n),
-                 ack=lambda n=n: acked.append(n))
-    assert sink.flush_and_stop(10)
-    assert sorted(acked) == list(range(10))
-    got = {e.seq: e for e in aws.drain()}
-    assert set(got) == set(range(10))
-    claim = got[0].claim
-    assert claim is not None
-    assert aws.s3.get_object(Bucket=claim.bucket, Key=claim.key)["Body"].read() == odd
+    got = _sent_through(sink, aws, [odd] + [
+        json.dumps({"topic": "t", "msg": {"n": n, "text": "\U0001f600\ue000"}},
+                   ensure_ascii=False).encode() for n in range(1, 10)])
+    assert _claimed(aws, got[0]) == odd
     assert all(got[n].claim is None for n in range(1, 10))  # allowed characters stay inline
     assert sink.stats.claimed == 1 and sink.stats.retried_entries == 0
 
@@ -734,16 +745,9 @@ def test_a_body_refused_for_its_contents_goes_to_s3_whatever_the_fault_flag(
     sink = SqsSink(Refusing(aws.sqs), aws.s3, aws.queue_name, aws.bucket,
                    backoff_initial_s=0.01, backoff_max_s=0.05)
     sink.start()
-    acked: list[int] = []
-    for n in range(4):
-        text = "refuse me" if n == 0 else f"fine {n}"
-        sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940",
-                               json.dumps({"topic": "t", "msg": text}).encode(), seq=n),
-                 ack=lambda n=n: acked.append(n))
-    assert sink.flush_and_stop(10)
-    assert sorted(acked) == list(range(4))
-    got = {e.seq: e for e in aws.drain()}
-    assert set(got) == set(range(4))
+    got = _sent_through(sink, aws, [
+        json.dumps({"topic": "t", "msg": "refuse me" if n == 0 else f"fine {n}"}).encode()
+        for n in range(4)])
     if whole_call:  # which body is not said, so each went as a claim
         assert all(e.claim is not None for e in got.values())
     else:
@@ -859,14 +863,13 @@ def test_fedmsg_envelopes_sqs_has_not_taken_at_a_stop_are_sent_by_the_next_start
         aws: Aws, tmp_path: Path) -> None:
     """fedmsg has no redelivery: what a stop could not send goes to the spool, and the
     next start sends it ahead of everything (AMQP's are left to the broker)."""
-    from fmn_bridge.sqs_sink import SqsSink, make_clients
+    from fmn_bridge.sqs_sink import SqsSink
 
     spool = tmp_path / "spool"
-    down_sqs, _ = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens there
+    down_sqs, _ = _down_clients()
 
     def envelopes(first: int, n: int) -> list[Envelope]:
-        return [Envelope.wrap("fedmsg", "tcp://hub:9940",
-                              json.dumps({"topic": "t", "msg": {"n": k}}).encode(), seq=k)
+        return [_fedmsg(json.dumps({"topic": "t", "msg": {"n": k}}).encode(), k)
                 for k in range(first, first + n)]
 
     def down() -> Any:
@@ -951,14 +954,14 @@ def test_amqp_a_buffer_full_of_other_sources_messages_never_holds_pika_up(
     """The buffer is shared with fedmsg: a wait for room on pika's thread stopped its
     heartbeats, the broker dropped the connection, and every message came twice."""
     from fmn_bridge.amqp_source import AmqpSource, load_config
-    from fmn_bridge.sqs_sink import SqsSink, make_clients
+    from fmn_bridge.sqs_sink import SqsSink
 
     records = _fm_records()[:5]
     rabbit.publish(records)
-    down_sqs, down_s3 = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens
+    down_sqs, down_s3 = _down_clients()
     sink = SqsSink(down_sqs, down_s3, "q", "b", max_items=1, backoff_max_s=0.1)
     sink.start()
-    sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", b'{"i": 1}'))  # full from now on
+    sink.put(_fedmsg(b'{"i": 1}'))  # full from now on
     source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=5))),
                         sink, drain_timeout_s=1)
     thread = threading.Thread(target=source.run, daemon=True)
@@ -980,21 +983,21 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
         aws: Aws, tmp_path: Path) -> None:
     """A record travels byte for byte: a raw LF between its tokens, or a U+2028 in a
     string, split a spool line, and the whole file was never sent."""
-    from fmn_bridge.sqs_sink import SqsSink, make_clients
+    from fmn_bridge.sqs_sink import SqsSink
 
     spool = tmp_path / "spool"
-    down_sqs, _ = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens there
+    down_sqs, _ = _down_clients()
     records = [b'{"i": 1,\n "msg": {"text": "a\r\nb"}}',
                '{"i": 2, "msg": {"text": "a\u2028b\u0085c"}}'.encode(), b'{"i": 3}']
     first = SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
                     backoff_initial_s=0.05, backoff_max_s=0.1)
     first.start()
     for n, record in enumerate(records, 1):
-        first.put(Envelope.wrap("fedmsg", "tcp://hub:9940", record, seq=n))
+        first.put(_fedmsg(record, n))
     assert not first.flush_and_stop(1.0)
     [written] = list(spool.glob("*.jsonl"))
     # another file: one line that is no envelope among good ones; and one not even text
-    good = json.dumps(Envelope.wrap("fedmsg", "tcp://hub:9940", b'{"i": 4}', seq=4).encode())
+    good = json.dumps(_fedmsg(b'{"i": 4}', 4).encode())
     (spool / "0-other.jsonl").write_text(f'"not an envelope"\n{good}\n')
     (spool / "1-garbage.jsonl").write_bytes(b"\xff\xfe\x00 not utf-8\n")
 
@@ -1015,14 +1018,14 @@ def test_amqp_reconnects_while_sqs_is_down_do_not_pile_up_copies(
     from urllib.parse import urlsplit
 
     from fmn_bridge.amqp_source import AmqpSource, load_config
-    from fmn_bridge.sqs_sink import SqsSink, make_clients
+    from fmn_bridge.sqs_sink import SqsSink
 
     broker = urlsplit(AMQP_URL)
     proxy = Proxy(broker.hostname or "127.0.0.1", broker.port or 5672)
     conf = load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=5)))
     conf["amqp_url"] = AMQP_URL.replace(f":{broker.port or 5672}/", f":{proxy.port}/")
     rabbit.publish(_fm_records()[:20])
-    down_sqs, down_s3 = make_clients("http://127.0.0.1:9", "us-east-1")  # nothing listens
+    down_sqs, down_s3 = _down_clients()
     sink = SqsSink(down_sqs, down_s3, "q", "b", max_items=10, backoff_max_s=0.1)
     sink.start()
     source = AmqpSource(conf, sink, backoff_initial_s=0.1, backoff_max_s=0.2,
