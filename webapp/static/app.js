@@ -779,7 +779,7 @@ function trackingSummary(t) {
     case "artifacts-owned": return "Artifacts I own";
     case "artifacts-group-owned": return `Artifacts owned by ${(p.groups || []).join(", ")}`;
     case "artifacts-followed":
-      return `Following ${(p.artifacts || []).map((a) => `${artifactName(a)}`).join(", ")}`;
+      return `Following ${(p.artifacts || []).map(artifactName).join(", ")}`;
     case "related-events": return "Events about me";
     case "users-followed": return `Following ${(p.usernames || []).join(", ")}`;
     case "topics": return `Topics ${(p.patterns || []).join(", ")}`;
@@ -951,7 +951,7 @@ function renderTrackingParams() {
 const OWNED_SHOWN = 40;
 
 function ownedList(artifacts) {
-  const shown = artifacts.slice(0, OWNED_SHOWN).map((a) => `${artifactName(a)}`).join(", ");
+  const shown = artifacts.slice(0, OWNED_SHOWN).map(artifactName).join(", ");
   const more = artifacts.length > OWNED_SHOWN ? ` and ${artifacts.length - OWNED_SHOWN} more` : "";
   return artifacts.length ? shown + more : "nothing";
 }
@@ -1005,7 +1005,7 @@ function artifactPicker(chosen) {
         schedulePreview();
         search.focus();
       });
-      return h("li", { class: "chip" }, h("span", {}, `${artifactName(a)}`), remove);
+      return h("li", { class: "chip" }, h("span", {}, artifactName(a)), remove);
     }));
     if (!chosen.length) chosenList.append(h("li", { class: "empty" }, "None yet."));
   };
@@ -1026,7 +1026,7 @@ function artifactPicker(chosen) {
         const found = (await api("GET", `${API}/artifacts?${params}`)) || [];
         if (mine !== seq) return;
         results.replaceChildren(...found.map((a) => {
-          const add = h("button", { type: "button", class: "choice" }, `${artifactName(a)}`);
+          const add = h("button", { type: "button", class: "choice" }, artifactName(a));
           add.setAttribute("aria-label", `Follow ${artifactName(a)}`);
           add.addEventListener("click", () => {
             if (!chosen.some((c) => c.type === a.type && c.name === a.name)) {
@@ -1435,7 +1435,7 @@ function setupSignIn() {
 
 function signedOut() {
   state.me = null;
-  state.epoch += 1; // (an earlier user's answers never settle: api())
+  state.epoch += 1;
   // an earlier user's request never settles (api()): it must not keep a form busy
   for (const el of document.querySelectorAll('[aria-busy="true"]')) setBusy(el, false);
   state.removedDestinations = new Set();
@@ -1475,12 +1475,12 @@ function showAccountNote() {
   $("account-note").hidden = notes.length === 0;
 }
 
-/** After a change: is it in force yet? A failed read leaves the note as it was. */
 /** Whether an answer to /me is an account: an object (not a list) with a name. */
 function isAccount(me) {
   return !!me && typeof me === "object" && !Array.isArray(me) && typeof me.name === "string";
 }
 
+/** After a change: is it in force yet? A failed read leaves the note as it was. */
 async function refreshAccountNote() {
   const mine = ++state.meSeq;
   try {
