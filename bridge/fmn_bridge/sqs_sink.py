@@ -167,9 +167,8 @@ class SqsSink:
             if bad:
                 with path.with_name(path.name + ".bad").open("ab") as f:
                     f.write(b"".join(line + b"\n" for line in bad))
-            if not items:
-                if bad:
-                    path.unlink(missing_ok=True)
+            if not items:  # nothing to send: its bad lines, if any, are in the .bad file
+                path.unlink(missing_ok=True)
                 continue
             with self._cond:
                 self._spool_left[path] = len(items)

@@ -1000,6 +1000,7 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     good = json.dumps(_fedmsg(b'{"i": 4}', 4).encode())
     (spool / "0-other.jsonl").write_text(f'"not an envelope"\n{good}\n')
     (spool / "1-garbage.jsonl").write_bytes(b"\xff\xfe\x00 not utf-8\n")
+    (spool / "2-empty.jsonl").write_bytes(b"")  # read at every start, had it stayed
 
     up = SqsSink(aws.sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool)
     up.start()
@@ -1009,6 +1010,8 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     assert not written.exists() and not (spool / "0-other.jsonl").exists()
     assert (spool / "0-other.jsonl.bad").read_text() == '"not an envelope"\n'
     assert (spool / "1-garbage.jsonl.bad").exists()  # set aside, not a crash at start
+    assert sorted(p.name for p in spool.iterdir()) == ["0-other.jsonl.bad",
+                                                       "1-garbage.jsonl.bad"]
 
 
 def test_amqp_reconnects_while_sqs_is_down_do_not_pile_up_copies(
