@@ -280,16 +280,6 @@ class AmqpSource:
             gen = self._generation
             self._outstanding = 0
             self.connects += 1
-            # what an earlier connection put in the buffer and SQS has not taken can never
-            # be acknowledged now: the broker delivers it again, so it goes (else each
-            # reconnect during an SQS outage adds a prefetch of copies)
-            discard = getattr(self.sink, "discard", None)
-            if discard is not None:
-                dropped = discard(lambda t: isinstance(t, tuple) and len(t) == 2
-                                  and t[0] is self and t[1] != gen)
-                if dropped:
-                    log.info("AMQP: %d delivery(ies) of a lost connection dropped from the"
-                             " buffer (the broker redelivers them)", dropped)
             ch = conn.channel()
             ch.basic_qos(prefetch_count=self.prefetch)
             names = self._declare(ch)
@@ -370,8 +360,7 @@ class AmqpSource:
             # full buffer (filled by fedmsg too) would stop, and the broker would
             # drop the connection; what it adds is bounded by the prefetch anyway
             self.sink.put(Envelope.wrap(self.bus, f"{self.source_name}#{queue}", record),
-                          ack=lambda: self._ack_threadsafe(conn, ch, gen, tag), block=False,
-                          tag=(self, gen))
+                          ack=lambda: self._ack_threadsafe(conn, ch, gen, tag), block=False)
         except SinkClosed:
             self._outstanding -= 1
             ch.basic_nack(tag, requeue=True)

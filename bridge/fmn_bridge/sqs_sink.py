@@ -69,8 +69,6 @@ class _Item:
     claimed: bool = False
     #: the spool file it was read back from (it stays there until SQS accepted it)
     spooled: Path | None = None
-    #: what the source said it belongs to (:meth:`SqsSink.discard`)
-    tag: object = None
 
 
 @dataclass
@@ -214,12 +212,12 @@ class SqsSink:
         return len(items)
 
     def put(self, envelope: Envelope, ack: Ack | None = None, *,
-            block: bool | Callable[[], bool] = True, tag: object = None) -> None:
+            block: bool | Callable[[], bool] = True) -> None:
         """Queue one envelope; blocks while the buffer is full (backpressure), unless
         ``block`` is False, or a function that turns False (a source stopping: what
         it holds is in memory already, and the stop may spool it)."""
         body = envelope.encode()
-        item = _Item(envelope, body, len(body.encode()), ack, time.monotonic(), tag=tag)
+        item = _Item(envelope, body, len(body.encode()), ack, time.monotonic())
         with self._cond:
             blocked_since = time.monotonic()
             while (block() if callable(block) else block) and not self._closing \
@@ -241,18 +239,6 @@ class SqsSink:
             self._buf_bytes += item.size
             self.stats.received += 1
             self._cond.notify_all()
-
-    def discard(self, stale: Callable[[object], bool]) -> int:
-        """Drop the buffered envelopes whose tag is ``stale`` (not the batch being sent):
-        an AMQP source's from a lost connection, which the broker delivers again."""
-        with self._cond:
-            kept = deque(i for i in self._buf if not stale(i.tag))
-            dropped = len(self._buf) - len(kept)
-            if dropped:
-                self._buf = kept
-                self._buf_bytes = sum(i.size for i in kept)
-                self._cond.notify_all()
-            return dropped
 
     def _is_full(self, size: int) -> bool:
         if not self._buf:  # one item always fits, whatever its size
