@@ -13,13 +13,16 @@ acknowledged, through ``add_callback_threadsafe`` on the connection's own
 thread, only after the sink reports SQS accepted it; so a crash at any point
 loses nothing (RabbitMQ redelivers what was unacknowledged; the one price is
 a possible duplicate, which the pipeline tolerates).  Connection failures are
-retried with exponential backoff.  On stop it cancels the consumer (pika
-returns undelivered prefetched messages to the queue), waits for the sink to
-flush and the acks to go out, and closes.
+retried with exponential backoff.  A delivery the broker makes again after a
+lost connection, while its first copy still waits in the sink (SQS away), is
+not buffered twice: the copy acknowledges the new delivery once SQS takes it.
+On stop it cancels the consumer (pika returns undelivered prefetched messages
+to the queue), waits for the sink to flush and the acks to go out, and closes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +32,7 @@ import threading
 import time
 from base64 import b64encode
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -186,6 +190,24 @@ def connection_parameters(conf: Mapping[str, Any]) -> Any:
     return params
 
 
+@dataclass
+class _Delivery:
+    """Which delivery a buffered envelope's acknowledgement goes to.
+
+    The envelope is in the sink, not yet accepted by SQS.  If its connection is lost
+    meanwhile, the broker delivers the same message again on the next one; that
+    delivery takes this place (:meth:`AmqpSource._on_message`) instead of adding a
+    second copy to the buffer, and the envelope's acknowledgement, when SQS takes
+    it, goes to the new delivery.
+    """
+
+    key: bytes
+    conn: Any
+    ch: Any
+    gen: int
+    tag: int
+
+
 class AmqpSource:
     """Consume fedora-messaging queues into the sink (see the module docstring)."""
 
@@ -219,6 +241,11 @@ class AmqpSource:
         self.acks_lost = 0
         self.not_json = 0
         self.connects = 0
+        #: redeliveries that took the place of their lost connection's copy in the buffer
+        self.merged = 0
+        #: record digest -> the delivery its buffered envelope acknowledges
+        self._unacked: dict[bytes, _Delivery] = {}
+        self._unacked_lock = threading.Lock()
         #: when the current connection began consuming (None: not yet)
         self._consuming_since: float | None = None
         #: consuming on an open connection (the heartbeat reports it)
@@ -232,7 +259,7 @@ class AmqpSource:
 
     def stats(self) -> dict[str, int]:
         return {"acked": self.acked, "unacked": self._outstanding, "acks_lost": self.acks_lost,
-                "not_json": self.not_json, "connects": self.connects}
+                "not_json": self.not_json, "connects": self.connects, "merged": self.merged}
 
     # -- the connection thread --------------------------------------------------
 
@@ -355,15 +382,40 @@ class AmqpSource:
             record = body
             log.warning("AMQP: message %s on %s has a body that is not JSON; forwarded raw",
                         getattr(props, "message_id", None), method.routing_key)
+        delivery = _Delivery(hashlib.sha256(record).digest(), conn, ch, gen, tag)
+        with self._unacked_lock:
+            earlier = self._unacked.get(delivery.key)
+            if method.redelivered and earlier is not None and earlier.gen != gen:
+                # its copy from a lost connection is still buffered (SQS has not taken
+                # it): that copy now acknowledges this delivery, and no second is added
+                earlier.conn, earlier.ch, earlier.gen, earlier.tag = conn, ch, gen, tag
+                self.merged += 1
+                return
+            self._unacked[delivery.key] = delivery
         try:
             # never blocks: this runs on pika's thread, whose heartbeats a wait for a
             # full buffer (filled by fedmsg too) would stop, and the broker would
             # drop the connection; what it adds is bounded by the prefetch anyway
             self.sink.put(Envelope.wrap(self.bus, f"{self.source_name}#{queue}", record),
-                          ack=lambda: self._ack_threadsafe(conn, ch, gen, tag), block=False)
+                          ack=lambda: self._accepted(delivery), block=False)
         except SinkClosed:
+            self._forget(delivery)
             self._outstanding -= 1
             ch.basic_nack(tag, requeue=True)
+
+    def _forget(self, delivery: _Delivery) -> None:
+        with self._unacked_lock:
+            if self._unacked.get(delivery.key) is delivery:
+                del self._unacked[delivery.key]
+
+    def _accepted(self, delivery: _Delivery) -> None:
+        """Called by the sink thread once SQS accepted the envelope: acknowledge the
+        delivery it stands for now (a later one, if its connection was lost)."""
+        with self._unacked_lock:
+            if self._unacked.get(delivery.key) is delivery:
+                del self._unacked[delivery.key]
+            conn, ch, gen, tag = delivery.conn, delivery.ch, delivery.gen, delivery.tag
+        self._ack_threadsafe(conn, ch, gen, tag)
 
     def _ack_threadsafe(self, conn: Any, ch: Any, gen: int, tag: int) -> None:
         """Called by the sink thread once SQS accepted the message."""

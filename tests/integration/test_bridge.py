@@ -84,11 +84,11 @@ class Aws:
                 return out
             out.extend(Envelope.decode(m["Body"]) for m in msgs)
 
-    def sink(self, **kw: Any) -> Any:
+    def sink(self, sqs: Any = None, **kw: Any) -> Any:
         from fmn_bridge.sqs_sink import SqsSink
 
         kw.setdefault("backoff_max_s", 0.5)
-        return SqsSink(self.sqs, self.s3, self.queue_name, self.bucket, **kw)
+        return SqsSink(sqs or self.sqs, self.s3, self.queue_name, self.bucket, **kw)
 
 
 @pytest.fixture
@@ -835,6 +835,112 @@ def test_amqp_reconnects_after_a_network_cut(aws: Aws, rabbit: Rabbit, tmp_path:
     seen = Counter(_canon(json.loads(e.record or b"")) for e in got)
     assert set(seen) == set(_expected(records, rabbit.queue))
     assert len(got) - len(records) <= 20  # duplicates only from the unacked window
+
+
+class _GatedSqs:
+    """A real SQS client whose sends fail until :attr:`up` is set (SQS away, then back)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.up = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def send_message_batch(self, **kw: Any) -> Any:
+        if not self.up.is_set():
+            raise ConnectionError("SQS unreachable")
+        return self.client.send_message_batch(**kw)
+
+
+def _amqp_through_a_proxy(rabbit: Rabbit, tmp_path: Path, sink: Any, *, prefetch: int,
+                          **queue: bool) -> tuple[Any, Proxy, threading.Thread]:
+    """An AMQP source consuming ``rabbit``'s queue over a :class:`Proxy` the test can cut;
+    ``queue`` overrides its declaration (``exclusive``, ``auto_delete``)."""
+    from urllib.parse import urlsplit
+
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+
+    broker = urlsplit(AMQP_URL)
+    proxy = Proxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    conf = load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=prefetch)))
+    conf["amqp_url"] = AMQP_URL.replace(f":{broker.port or 5672}/", f":{proxy.port}/")
+    conf["queues"][rabbit.queue].update(queue)
+    source = AmqpSource(conf, sink, backoff_initial_s=0.1, backoff_max_s=0.2,
+                        drain_timeout_s=5)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    return source, proxy, thread
+
+
+def _stop_amqp(source: Any, sink: Any, thread: threading.Thread, proxy: Proxy) -> None:
+    source.request_stop()
+    assert source.stopped_receiving.wait(10)
+    assert sink.flush_and_stop(10)
+    source.sink_drained()
+    thread.join(10)
+    proxy.close()
+
+
+def test_amqp_reconnects_while_sqs_is_away_buffer_each_message_once(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """While SQS is away nothing is acknowledged, so each lost connection's deliveries
+    come again on the next: each redelivery takes its buffered copy's place (it was a
+    prefetch of copies more per reconnect, each sent twice once SQS was back)."""
+    records = _fm_records()[:20]
+    rabbit.publish(records)
+    gated = _GatedSqs(aws.sqs)
+    sink = aws.sink(gated, backoff_max_s=0.1)
+    sink.start()
+    source, proxy, thread = _amqp_through_a_proxy(rabbit, tmp_path, sink, prefetch=5)
+    try:
+        for cut in range(1, 6):
+            _wait(lambda cut=cut: source.connects == cut and source.received >= 5 * cut, 20,
+                  "a prefetch delivered")
+            proxy.cut()
+        _wait(lambda: source.connects == 6 and source.received >= 30, 20, "redelivered")
+        assert sink.buffered == 5 and source.merged == 25
+        gated.up.set()
+        _wait(lambda: rabbit.counts()[0] == 0 and source.stats()["unacked"] == 0
+              and sink.buffered == 0, 30, "everything sent and acknowledged")
+    finally:
+        gated.up.set()
+        _stop_amqp(source, sink, thread, proxy)
+    assert rabbit.counts() == (0, 0)
+    got = aws.drain()
+    assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
+        _expected(records, rabbit.queue)  # each once: no copy of a lost connection's
+    assert source.acks_lost == 0
+
+
+def test_amqp_an_exclusive_queue_lost_with_its_connection_loses_no_buffered_message(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """An exclusive queue dies with its connection and nothing is redelivered: what
+    the bridge buffered from it is all there is, and SQS gets it once it is back."""
+    records = _fm_records()[:12]
+    gated = _GatedSqs(aws.sqs)
+    sink = aws.sink(gated, backoff_max_s=0.1)
+    sink.start()
+    rabbit.ch.queue_delete(rabbit.queue)  # the source declares it, as its own
+    source, proxy, thread = _amqp_through_a_proxy(rabbit, tmp_path, sink, prefetch=50,
+                                                  durable=False, exclusive=True,
+                                                  auto_delete=True)
+    try:
+        _wait(source.ready.is_set, 20, "consuming")
+        rabbit.publish(records[:6])
+        _wait(lambda: source.received == 6, 20, "delivered")
+        proxy.cut()
+        _wait(lambda: source.connects == 2 and source.connected, 20, "connected again")
+        rabbit.publish(records[6:])
+        _wait(lambda: source.received == 12, 20, "delivered on the new connection")
+        gated.up.set()
+        _wait(lambda: sink.buffered == 0, 30, "sent")
+    finally:
+        gated.up.set()
+        _stop_amqp(source, sink, thread, proxy)
+    got = aws.drain()
+    assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
+        _expected(records, rabbit.queue)
 
 
 def test_amqp_a_declare_refused_each_time_backs_off_more_and_more(
