@@ -162,12 +162,13 @@ class SqsSink:
                     continue
                 items.append(_Item(envelope, body, len(body.encode()), None,
                                    time.monotonic(), spooled=path))
-            if bad:
-                with path.with_name(path.name + ".bad").open("ab") as f:
-                    f.write(b"".join(line + b"\n" for line in bad))
-            if not items:  # nothing to send: its bad lines, if any, are in the .bad file
+            if not items:  # nothing to send: its bad lines, if any, go to the .bad file
+                self._set_aside(path, bad)
                 path.unlink(missing_ok=True)
                 continue
+            if bad:  # and the file keeps only what is to be sent: set aside once
+                self._set_aside(path, bad)
+                _write_spool(path, [item.body for item in items])
             with self._cond:
                 self._spool_left[path] = len(items)
                 for item in items:  # past the bounds: they were this buffer's at the stop
@@ -177,6 +178,12 @@ class SqsSink:
                 self._cond.notify_all()
             log.warning("re-sending %d envelope(s) an earlier stop left unsent (%s)",
                         len(items), path)
+
+    @staticmethod
+    def _set_aside(path: Path, bad: list[bytes]) -> None:
+        if bad:
+            with path.with_name(path.name + ".bad").open("ab") as f:
+                f.write(b"".join(line + b"\n" for line in bad))
 
     def _spooled_accepted(self, items: list[_Item]) -> None:
         for item in items:
@@ -201,13 +208,7 @@ class SqsSink:
             return 0
         spool_dir.mkdir(parents=True, exist_ok=True)
         path = spool_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            for item in items:  # a JSON string a line: a record may hold line breaks
-                f.write(orjson.dumps(item.body) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.rename(path)
+        _write_spool(path, [item.body for item in items])
         self.stats.spooled += len(items)
         return len(items)
 
@@ -446,6 +447,17 @@ class SqsSink:
         item.claimed = True
         self.stats.claimed += 1
         log.info("record of %d bytes claim-checked to s3://%s/%s", len(record), self._bucket, key)
+
+
+def _write_spool(path: Path, bodies: list[str]) -> None:
+    """Write (or replace) a spool file whole: a crash leaves the old one or the new one."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        for body in bodies:  # a JSON string a line: a record may hold line breaks
+            f.write(orjson.dumps(body) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(path)
 
 
 def make_clients(endpoint_url: str | None, region: str) -> tuple[Any, Any]:

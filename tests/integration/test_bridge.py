@@ -1107,6 +1107,10 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     (spool / "0-other.jsonl").write_text(f'"not an envelope"\n{good}\n')
     (spool / "1-garbage.jsonl").write_bytes(b"\xff\xfe\x00 not utf-8\n")
     (spool / "2-empty.jsonl").write_bytes(b"")  # read at every start, had it stayed
+    again = SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                    backoff_initial_s=0.05, backoff_max_s=0.1)  # a start with SQS still away
+    again.start()
+    assert not again.flush_and_stop(0.5)
 
     up = SqsSink(aws.sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool)
     up.start()
@@ -1114,7 +1118,7 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     got = {e.seq: e.record for e in aws.drain()}
     assert got == {1: records[0], 2: records[1], 3: records[2], 4: b'{"i": 4}'}
     assert not written.exists() and not (spool / "0-other.jsonl").exists()
-    assert (spool / "0-other.jsonl.bad").read_text() == '"not an envelope"\n'
+    assert (spool / "0-other.jsonl.bad").read_text() == '"not an envelope"\n'  # once
     assert (spool / "1-garbage.jsonl.bad").exists()  # set aside, not a crash at start
     assert sorted(p.name for p in spool.iterdir()) == ["0-other.jsonl.bad",
                                                        "1-garbage.jsonl.bad"]
