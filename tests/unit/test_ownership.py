@@ -39,14 +39,16 @@ pytestmark = pytest.mark.unit
 def test_owner_map_users_groups_orphans_and_unknown_namespaces() -> None:
     data = parse_owner_map({"rpms": {"kernel": ["jforbes", "@kernel-maint", "orphan"],
                                      "dead": ["orphan"], "bad\nname": ["x"],
-                                     "ok": ["a", 7, "a", "b\x00c"]},
+                                     "ok": ["a", 7, "a", "b\x00c", "c\u2066d"],
+                                     # read as "fmnexe.jpg" where shown
+                                     "fmn\u202egpj.exe": ["x"]},
                             "container": {"toolbox": ["debarshir"]},
                             "tests": {"x": ["y"]}})
     assert data.owners["rpms"]["kernel"] == Owners(("jforbes",), ("kernel-maint",))
     assert "dead" not in data.owners["rpms"]  # nobody maintains it
     assert data.owners["rpms"]["ok"].users == ("a",)
     assert data.owners["containers"]["toolbox"].users == ("debarshir",)
-    assert data.skipped == 3
+    assert data.skipped == 5
     with pytest.raises(InvalidSource):
         parse_owner_map({"tests": {}})
     with pytest.raises(InvalidSource):

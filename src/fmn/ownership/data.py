@@ -42,10 +42,14 @@ DEFAULT_MATRIX_SERVER = "fedora.im"
 
 # Names follow the preferences' rule (spec section 2): a non-empty string of at
 # most 512 characters with no control character (nothing that can end a mail
-# header or an IRC line); Fedora's own names are far stricter, and the
-# recorded messages hold OpenID URLs and e-mail addresses as user names.
-_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff\s]"
-                   r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]{0,511}")
+# header or an IRC line), and here no bidirectional mark, embedding, override
+# or isolate nor byte-order mark either: a name learnt from the bus is shown in
+# the rule editor, where "rpms/fmn\u202egpj.exe" would read as "rpms/fmnexe.jpg".
+# Fedora's own names are far stricter, and the recorded messages hold OpenID
+# URLs and e-mail addresses as user names.
+_NOT_IN_NAME = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029" \
+    r"\u2066-\u2069\ud800-\udfff\ufeff\ufffe\uffff"
+_NAME = re.compile(rf"[^{_NOT_IN_NAME}\s][^{_NOT_IN_NAME}]{{0,511}}")
 _EMAIL = re.compile(r"[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,255}")
 
 
