@@ -292,7 +292,7 @@ def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
     """Every run of ``opts``, then the report; the exit status."""
     from fmn.bench import default_message_files
     from loadtest import report as rep
-    from loadtest.messages import load_templates
+    from loadtest.messages import for_bus, load_templates
 
     stop = threading.Event()
 
@@ -319,7 +319,7 @@ def run(opts: Options, plots: bool = True, lock: str | None = None) -> int:
                         f"bus {opts.bus}, AWS {opts.aws}, match concurrency "
                         f"{', '.join(map(str, opts.concurrencies))}; {machine}; load average "
                         f"{os.getloadavg()[0]:.1f} at the start")
-            templates = load_templates(list(default_message_files()))
+            templates = for_bus(load_templates(list(default_message_files())), opts.bus)
             from loadtest.run import run_once
 
             for i, c in enumerate(opts.concurrencies, 1):

@@ -82,6 +82,17 @@ def load_templates(files: Sequence[Path]) -> list[Template]:
     return templates
 
 
+def for_bus(templates: Sequence[Template], bus: str) -> list[Template]:
+    """The templates a bus carries: fedora-messaging records alone on AMQP (a fedmsg
+    envelope has no ``body``, nor the schema header the match function would read its
+    metadata by: published as one, it was dead-lettered); every template on fedmsg
+    (the match function reads either form from a frame)."""
+    chosen = [t for t in templates if bus == "fedmsg" or t.bus == bus]
+    if not chosen:
+        raise ValueError(f"no shared message is of the {bus} bus's form")
+    return chosen
+
+
 class Rekeyer:
     """Copies of the templates with fresh ids and swapped names (module docstring)."""
 

@@ -18,19 +18,24 @@ from services import redis_client
 
 pytestmark = pytest.mark.e2e
 
-MESSAGES, USERS = 200, 500
+USERS = 500
 
 
-def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+# AMQP carries the fedora-messaging messages alone (a fedmsg envelope published there
+# had no body and was dead-lettered, and that run never drained); fewer, to keep it short
+@pytest.mark.parametrize(("bus", "messages"), [("fedmsg", 200), ("amqp", 100)])
+def test_a_short_load_test_accounts_for_every_message(
+        aws_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], bus: str,
+        messages: int) -> None:
     from loadtest.cli import run
     from loadtest.run import Options
 
     redis_client()
-    opts = Options(messages=MESSAGES, concurrencies=(1,), users=USERS, aws="moto",
+    opts = Options(messages=messages, concurrencies=(1,), users=USERS, aws="moto",
                    aws_endpoint=aws_env, workdir=tmp_path, timeout_s=600, ceiling_s=1.0,
-                   seed=3)
-    status = run(opts, plots=True)
+                   seed=3, bus=bus)
+    plots = bus == "fedmsg"
+    status = run(opts, plots=plots)
     out = capsys.readouterr().out
     assert status == 0, out
     for words in ("Lasted for", "Maxed at:", "Avg processing:", "SQS requests per bus message",
@@ -41,11 +46,11 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     (run_, ) = report["runs"]
     assert run_["drained"]
     ledger = run_["ledger"]
-    assert ledger["ok"] and ledger["published"] == ledger["matched"] == MESSAGES
+    assert ledger["ok"] and ledger["published"] == ledger["matched"] == messages
     assert ledger["lost_total"] == ledger["duplicates_total"] == 0
     stages = {s["stage"]: s for s in run_["stages"]}
-    assert stages["bus -> incoming queue"]["count"] == MESSAGES
-    assert stages["match (incoming -> backend queues)"]["count"] == MESSAGES
+    assert stages["bus -> incoming queue"]["count"] == messages
+    assert stages["match (incoming -> backend queues)"]["count"] == messages
     email = ledger["backends"]["email"]
     # every direct mail in the sink was timed once, as the ledger counted them delivered
     assert stages["email queue -> mail"]["count"] == email["delivered"] > 0
@@ -59,7 +64,7 @@ def test_a_short_load_test_accounts_for_every_message(aws_env: str, tmp_path: Pa
     # the sink's ceiling is measured on a sink of its own: the run's mails stay the run's
     assert run_["mail_ceiling_per_s"] > 0
     assert not (tmp_path / "c1" / "ceiling-mail").exists()
-    for png in ("throughput.png", "backlog-c1.png", "latency.png"):
+    for png in ("throughput.png", "backlog-c1.png", "latency.png") if plots else ():
         assert (tmp_path / png).stat().st_size > 1000
 
     prefix = json.loads((tmp_path / "c1" / "ledger" / "stack.json").read_text())["queue_prefix"]
