@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -104,6 +105,31 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
         return ('{"body": ' + text.strip() + ", " + rest[1:]).encode()
     except (UnicodeError, LookupError, ValueError, RecursionError, TypeError):
         return None
+
+
+#: Headers a broker adds to a delivery each time it makes it again (a quorum queue
+#: counts them): two deliveries of one message differ in nothing else
+REDELIVERY_HEADERS = frozenset({"x-delivery-count"})
+
+
+def delivery_key(queue: str, routing_key: str, properties: Any, body: bytes,
+                 record: bytes) -> bytes:
+    """What every delivery of one message has in common: its queue, routing key and
+    record (``record``, less the headers the broker adds at each redelivery)."""
+    headers = getattr(properties, "headers", None) or {}
+    if not REDELIVERY_HEADERS.isdisjoint(headers):
+        same = SimpleNamespace(
+            content_encoding=getattr(properties, "content_encoding", None),
+            message_id=getattr(properties, "message_id", None),
+            priority=getattr(properties, "priority", None),
+            headers={k: v for k, v in headers.items() if k not in REDELIVERY_HEADERS})
+        record = make_record(routing_key, same, body, queue) or body
+    digest = hashlib.sha256()
+    for part in (queue.encode("utf-8", "surrogatepass"),
+                 routing_key.encode("utf-8", "surrogatepass"), record):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 #: Seconds a connection must have consumed for its loss to start the backoff over
@@ -194,7 +220,8 @@ def connection_parameters(conf: Mapping[str, Any]) -> Any:
 class _Delivery:
     """Which delivery a buffered envelope's acknowledgement goes to.
 
-    The envelope is in the sink, not yet accepted by SQS.  If its connection is lost
+    The envelope is in the sink, not yet accepted by SQS (``key``: its
+    :func:`delivery_key`).  If its connection is lost
     meanwhile, the broker delivers the same message again on the next one; that
     delivery takes this place (:meth:`AmqpSource._on_message`) instead of adding a
     second copy to the buffer, and the envelope's acknowledgement, when SQS takes
@@ -382,7 +409,8 @@ class AmqpSource:
             record = body
             log.warning("AMQP: message %s on %s has a body that is not JSON; forwarded raw",
                         getattr(props, "message_id", None), method.routing_key)
-        delivery = _Delivery(hashlib.sha256(record).digest(), conn, ch, gen, tag)
+        key = delivery_key(queue, method.routing_key, props, body, record)
+        delivery = _Delivery(key, conn, ch, gen, tag)
         with self._unacked_lock:
             earlier = self._unacked.get(delivery.key)
             if method.redelivered and earlier is not None and earlier.gen != gen:
