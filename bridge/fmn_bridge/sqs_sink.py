@@ -162,13 +162,19 @@ class SqsSink:
                     continue
                 items.append(_Item(envelope, body, len(body.encode()), None,
                                    time.monotonic(), spooled=path))
-            if not items:  # nothing to send: its bad lines, if any, go to the .bad file
-                self._set_aside(path, bad)
-                path.unlink(missing_ok=True)
-                continue
-            if bad:  # and the file keeps only what is to be sent: set aside once
-                self._set_aside(path, bad)
-                _write_spool(path, [item.body for item in items])
+            try:
+                if not items:  # nothing to send: its bad lines, if any, go to the .bad file
+                    self._set_aside(path, bad)
+                    path.unlink(missing_ok=True)
+                    continue
+                if bad:  # and the file keeps only what is to be sent: set aside once
+                    self._set_aside(path, bad)
+                    _write_spool(path, [item.body for item in items])
+            except OSError as exc:  # a full disk: send what was read all the same
+                log.error("spool %s: setting its bad lines aside failed (%s); they stay "
+                          "in it", path, exc)
+                if not items:
+                    continue
             with self._cond:
                 self._spool_left[path] = len(items)
                 for item in items:  # past the bounds: they were this buffer's at the stop

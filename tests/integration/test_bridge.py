@@ -854,9 +854,9 @@ class _GatedSqs:
 
 
 def _amqp_through_a_proxy(rabbit: Rabbit, tmp_path: Path, sink: Any, *, prefetch: int,
-                          **queue: bool) -> tuple[Any, Proxy, threading.Thread]:
+                          **queue: Any) -> tuple[Any, Proxy, threading.Thread]:
     """An AMQP source consuming ``rabbit``'s queue over a :class:`Proxy` the test can cut;
-    ``queue`` overrides its declaration (``exclusive``, ``auto_delete``)."""
+    ``queue`` overrides its declaration (``exclusive``, ``auto_delete``, ``arguments``)."""
     from urllib.parse import urlsplit
 
     from fmn_bridge.amqp_source import AmqpSource, load_config
@@ -882,17 +882,25 @@ def _stop_amqp(source: Any, sink: Any, thread: threading.Thread, proxy: Proxy) -
     proxy.close()
 
 
+@pytest.mark.parametrize("kind", ["classic", "quorum"])
 def test_amqp_reconnects_while_sqs_is_away_buffer_each_message_once(
-        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+        aws: Aws, rabbit: Rabbit, tmp_path: Path, kind: str) -> None:
     """While SQS is away nothing is acknowledged, so each lost connection's deliveries
     come again on the next: each redelivery takes its buffered copy's place (it was a
-    prefetch of copies more per reconnect, each sent twice once SQS was back)."""
+    prefetch of copies more per reconnect, each sent twice once SQS was back).  A
+    quorum queue adds a header that counts the deliveries: the same message still."""
+    arguments = {"x-queue-type": kind}
+    if kind == "quorum":
+        rabbit.ch.queue_delete(rabbit.queue)
+        rabbit.ch.queue_declare(rabbit.queue, durable=True, arguments=arguments)
+        rabbit.ch.queue_bind(rabbit.queue, rabbit.exchange, routing_key="#")
     records = _fm_records()[:20]
     rabbit.publish(records)
     gated = _GatedSqs(aws.sqs)
     sink = aws.sink(gated, backoff_max_s=0.1)
     sink.start()
-    source, proxy, thread = _amqp_through_a_proxy(rabbit, tmp_path, sink, prefetch=5)
+    source, proxy, thread = _amqp_through_a_proxy(rabbit, tmp_path, sink, prefetch=5,
+                                                  arguments=arguments)
     try:
         for cut in range(1, 6):
             _wait(lambda cut=cut: source.connects == cut and source.received >= 5 * cut, 20,
@@ -1083,6 +1091,34 @@ def test_amqp_a_buffer_full_of_other_sources_messages_never_holds_pika_up(
         thread.join(10)
     # back on the queue for the next consumer
     _wait(lambda: rabbit.counts()[0] == len(records), 10, "the deliveries requeued")
+
+
+def test_a_spool_that_cannot_be_rewritten_is_sent_all_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting a bad line aside rewrites the file; on a full disk that fails, and the
+    error escaped the start: the bridge did not start, and later files went unread."""
+    import errno
+
+    from fmn_bridge import sqs_sink
+
+    def full(path: Path, bodies: list[str]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sqs_sink, "_write_spool", full)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = json.dumps(_fedmsg(b'{"i": 4}', 4).encode())
+    (spool / "0-other.jsonl").write_text(f'"not an envelope"\n{good}\n')
+    (spool / "1-later.jsonl").write_text(f"{good}\n")
+    down_sqs, down_s3 = _down_clients()
+    sink = sqs_sink.SqsSink(down_sqs, down_s3, "q", "b", spool_dir=spool,
+                            backoff_initial_s=0.05, backoff_max_s=0.1)
+    sink.start()
+    try:
+        assert sink.stats.unspooled == 2
+    finally:
+        sink.flush_and_stop(0.2)
+    assert (spool / "0-other.jsonl").read_text() == f'"not an envelope"\n{good}\n'
 
 
 def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
