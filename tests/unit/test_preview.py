@@ -205,10 +205,11 @@ def test_a_spent_time_budget_answers_with_the_newest_matches() -> None:
     full = INDEX.preview(rule, "nobody", limit=5)
     assert full.complete and full.candidates == full.total_candidates > 512
     cut = INDEX.preview(rule, "nobody", limit=5, budget_ms=0.0)  # spent at once
-    assert not cut.complete and cut.candidates == 512 < cut.total_candidates
+    # the budget is checked at every candidate (one can take milliseconds)
+    assert not cut.complete and cut.candidates == 1 < cut.total_candidates
     assert cut.count <= full.count
     # newest first: what it did see are the same most recent matches
-    assert [m.id for m in cut.matches] == [m.id for m in full.matches]
+    assert [m.id for m in cut.matches] == [m.id for m in full.matches][:cut.count]
     assert cut.to_json()["complete"] is False
 
 
