@@ -417,6 +417,26 @@ def test_an_irc_code_verifies(service: PreferencesService, world: World) -> None
     assert world.verifier.confirm_code("alice", dest.id, {"code": code}).verified
 
 
+def test_a_code_whose_destination_could_not_be_verified_works_again(
+        service: PreferencesService, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code was deleted before the save: a failed save cost a resend."""
+    from fmn.errors import RetryableError
+
+    dest = service.add_destination("alice", {"protocol": "irc", "address": "alice_"})
+    world.verifier.start("alice", dest.id)
+    code = world.code("alice_")
+    mark = service.mark_verified
+
+    def database_away(*args: Any) -> Any:
+        raise RetryableError("the database is away")
+
+    monkeypatch.setattr(service, "mark_verified", database_away)
+    with pytest.raises(RetryableError):
+        world.verifier.confirm_code("alice", dest.id, {"code": code})
+    monkeypatch.setattr(service, "mark_verified", mark)
+    assert world.verifier.confirm_code("alice", dest.id, {"code": code}).verified
+
+
 def test_an_irc_code_expires(service: PreferencesService, world: World,
                              clock: FakeClock) -> None:
     dest = service.add_destination("alice", {"protocol": "irc", "address": "alice_"})

@@ -519,5 +519,8 @@ class Verifier:
         given = self._digest("code", user, dest.id, dest.address or "", code)
         if not hmac.compare_digest(given, expected):
             raise VerificationFailed("wrong-code", "wrong code", "code")
+        # the code goes once the destination is saved verified: a failed save (a lost
+        # race, the database away) leaves it for another try, not a resend to spend
+        verified = self.service.mark_verified(user, dest_id, dest.address)
         self.keys.delete(key)
-        return self.service.mark_verified(user, dest_id, dest.address)
+        return verified
