@@ -445,8 +445,10 @@ def parse_rule(data: Any, where: str, dest_ids: set[str]) -> Rule:
             if dest not in dest_ids:
                 raise InvalidPreferences(f"{gw}.destinations[{j}]",
                                          f"{dest!r} is not one of this user's destinations")
+        # a set (spec section 2): each listed once, or each copy was a row of its own
+        # that every save of the user deleted and wrote again
         gens.append(GenerationRule(filters=parse_filters(go["filters"], f"{gw}.filters"),
-                                   destinations=dests))
+                                   destinations=tuple(dict.fromkeys(dests))))
     rule = Rule(
         id=rule_id,
         name=_str(r["name"], _where(where, "name")),

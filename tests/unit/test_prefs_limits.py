@@ -122,3 +122,12 @@ def test_ownership_data_is_not_held_to_the_preference_limits() -> None:
     doc = golden()
     doc["groups"]["packager"] = [f"p{i}" for i in range(5000)]
     parse_document(doc)
+
+
+def test_a_destination_listed_twice_in_a_generation_rule_is_kept_once() -> None:
+    doc = golden()
+    gen = doc["users"][0]["rules"][0]["generation_rules"][0]
+    listed = list(gen["destinations"])
+    gen["destinations"] = listed * 200
+    parsed = parse_document(doc)
+    assert list(parsed.users[0].rules[0].generation_rules[0].destinations) == listed
