@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from fmn.fields import MISSING, json_equal, lookup_path
+from fmn.fields import MISSING, ValueSet, lookup_path
 from fmn.message import ARTIFACT_TYPES, SEVERITY_NAMES, Message
 from fmn.prefs import Owners, Rule
 from fmn.preview.window import (
@@ -161,7 +161,7 @@ class _Entry:
 
 #: A message class: (topic, app_name, lowercased app_name, severity).
 _ClassKey = tuple[str, str | None, str | None, int]
-_Fields = tuple[tuple[tuple[str, ...], tuple[Any, ...]], ...]
+_Fields = tuple[tuple[tuple[str, ...], ValueSet], ...]
 #: Byte strings that the JSON text of a body passing a ``fields`` filter must
 #: contain: each key of a path (``"key":``), and one of the values when they
 #: are all strings.  The bodies were encoded by orjson, which writes no
@@ -207,11 +207,10 @@ def _compile_gen(rule: Rule) -> list[_Gen]:
     return gens
 
 
-def _fields_pass(fields: tuple[tuple[tuple[str, ...], tuple[Any, ...]], ...],
-                 body: Any) -> bool:
+def _fields_pass(fields: _Fields, body: Any) -> bool:
     for path, values in fields:
         value = lookup_path(body, path)
-        if value is MISSING or not any(json_equal(value, v) for v in values):
+        if value is MISSING or not values.matches(value):
             return False
     return True
 

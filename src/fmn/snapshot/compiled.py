@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from fmn.fields import MISSING, json_equal, lookup_path
+from fmn.fields import MISSING, ValueSet, lookup_path
 from fmn.gcpause import gc_paused
 from fmn.message import ARTIFACT_TYPES, SEVERITIES, Message
 from fmn.prefs import Destination, Filters, Preferences, User
@@ -274,8 +274,8 @@ class CompiledFilter:
         self.severities: frozenset[int] | None = (frozenset(spec["sev"]) if "sev" in spec
                                                   else None)
         self.topic_match = glob_matcher(spec["topic"]) if "topic" in spec else None
-        self.fields: tuple[tuple[tuple[str, ...], tuple[Any, ...]], ...] | None = (
-            tuple((tuple(path.split(".")), tuple(values)) for path, values in spec["fields"])
+        self.fields: tuple[tuple[tuple[str, ...], ValueSet], ...] | None = (
+            tuple((tuple(path.split(".")), ValueSet(values)) for path, values in spec["fields"])
             if "fields" in spec else None
         )
 
@@ -295,7 +295,7 @@ class CompiledFilter:
         if self.fields is not None:
             for path, values in self.fields:
                 value = lookup_path(m.body, path)
-                if value is MISSING or not any(json_equal(value, v) for v in values):
+                if value is MISSING or not values.matches(value):
                     return False
         return True
 
