@@ -432,18 +432,17 @@ class AmqpSource:
             ch.basic_nack(tag, requeue=True)
 
     def _forget(self, delivery: _Delivery) -> None:
+        """Out of the map: no redelivery can take its place any more."""
         with self._unacked_lock:
             if self._unacked.get(delivery.key) is delivery:
                 del self._unacked[delivery.key]
 
     def _accepted(self, delivery: _Delivery) -> None:
         """Called by the sink thread once SQS accepted the envelope: acknowledge the
-        delivery it stands for now (a later one, if its connection was lost)."""
-        with self._unacked_lock:
-            if self._unacked.get(delivery.key) is delivery:
-                del self._unacked[delivery.key]
-            conn, ch, gen, tag = delivery.conn, delivery.ch, delivery.gen, delivery.tag
-        self._ack_threadsafe(conn, ch, gen, tag)
+        delivery it stands for now (a later one, if its connection was lost).  Only a
+        delivery in the map is ever retargeted, so once forgotten its target holds."""
+        self._forget(delivery)
+        self._ack_threadsafe(delivery.conn, delivery.ch, delivery.gen, delivery.tag)
 
     def _ack_threadsafe(self, conn: Any, ch: Any, gen: int, tag: int) -> None:
         """Called by the sink thread once SQS accepted the message."""

@@ -163,12 +163,11 @@ class SqsSink:
                 items.append(_Item(envelope, body, len(body.encode()), None,
                                    time.monotonic(), spooled=path))
             try:
-                if not items:  # nothing to send: its bad lines, if any, go to the .bad file
-                    self._set_aside(path, bad)
+                self._set_aside(path, bad)
+                if not items:  # nothing to send: its bad lines, if any, are in the .bad file
                     path.unlink(missing_ok=True)
                     continue
                 if bad:  # and the file keeps only what is to be sent: set aside once
-                    self._set_aside(path, bad)
                     _write_spool(path, [item.body for item in items])
             except OSError as exc:  # a full disk: send what was read all the same
                 log.error("spool %s: setting its bad lines aside failed (%s); they stay "

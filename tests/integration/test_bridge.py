@@ -801,42 +801,6 @@ class Proxy:
         self.cut()
 
 
-def test_amqp_reconnects_after_a_network_cut(aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
-    from urllib.parse import urlsplit
-
-    from fmn_bridge.amqp_source import AmqpSource, load_config
-
-    broker = urlsplit(AMQP_URL)
-    proxy = Proxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    conf = load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=20)))
-    conf["amqp_url"] = AMQP_URL.replace(f":{broker.port or 5672}/", f":{proxy.port}/")
-    records = _fm_records()[:80]
-    sink = aws.sink()
-    source = AmqpSource(conf, sink, backoff_initial_s=0.1, backoff_max_s=0.5)
-    sink.start()
-    thread = threading.Thread(target=source.run, daemon=True)
-    thread.start()
-    try:
-        rabbit.publish(records[:40])
-        _wait(lambda: source.acked >= 20, 20, "the first deliveries acknowledged")
-        proxy.cut()
-        rabbit.publish(records[40:])
-        _wait(lambda: rabbit.counts()[0] == 0 and source.connects >= 2
-              and source.stats()["unacked"] == 0 and sink.buffered == 0, 30, "catching up")
-    finally:
-        source.request_stop()
-        assert source.stopped_receiving.wait(10)
-        assert sink.flush_and_stop(10)
-        source.sink_drained()
-        thread.join(10)
-        proxy.close()
-    assert rabbit.counts() == (0, 0)
-    got = aws.drain()
-    seen = Counter(_canon(json.loads(e.record or b"")) for e in got)
-    assert set(seen) == set(_expected(records, rabbit.queue))
-    assert len(got) - len(records) <= 20  # duplicates only from the unacked window
-
-
 class _GatedSqs:
     """A real SQS client whose sends fail until :attr:`up` is set (SQS away, then back)."""
 
@@ -880,6 +844,27 @@ def _stop_amqp(source: Any, sink: Any, thread: threading.Thread, proxy: Proxy) -
     source.sink_drained()
     thread.join(10)
     proxy.close()
+
+
+def test_amqp_reconnects_after_a_network_cut(aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    records = _fm_records()[:80]
+    sink = aws.sink()
+    sink.start()
+    source, proxy, thread = _amqp_through_a_proxy(rabbit, tmp_path, sink, prefetch=20)
+    try:
+        rabbit.publish(records[:40])
+        _wait(lambda: source.acked >= 20, 20, "the first deliveries acknowledged")
+        proxy.cut()
+        rabbit.publish(records[40:])
+        _wait(lambda: rabbit.counts()[0] == 0 and source.connects >= 2
+              and source.stats()["unacked"] == 0 and sink.buffered == 0, 30, "catching up")
+    finally:
+        _stop_amqp(source, sink, thread, proxy)
+    assert rabbit.counts() == (0, 0)
+    got = aws.drain()
+    seen = Counter(_canon(json.loads(e.record or b"")) for e in got)
+    assert set(seen) == set(_expected(records, rabbit.queue))
+    assert len(got) - len(records) <= 20  # duplicates only from the unacked window
 
 
 @pytest.mark.parametrize("kind", ["classic", "quorum"])
