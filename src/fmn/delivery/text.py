@@ -38,6 +38,12 @@ _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _SPACES = re.compile(r"\s+")
 
 
+#: Bidirectional marks, embeddings, overrides and isolates: they reorder the text
+#: around them as shown ("fmn\u202egpj.exe" reads "fmnexe.jpg")
+BIDI_CONTROLS: tuple[int, ...] = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                                  *range(0x2066, 0x206A))
+
+
 def _control_table() -> dict[int, str | None]:
     table: dict[int, str | None] = {c: None for c in range(0x20)}
     table.update({c: None for c in range(0x7F, 0xA0)})  # DEL and C1
@@ -45,9 +51,7 @@ def _control_table() -> dict[int, str | None]:
         table[ord(c)] = " "
     # Bidi marks, embeddings, overrides and isolates; the byte-order mark;
     # the non-characters U+FFFE/U+FFFF.
-    for c in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF,
-              0xFFFE, 0xFFFF]:
-        table[c] = None
+    table.update(dict.fromkeys([*BIDI_CONTROLS, 0xFEFF, 0xFFFE, 0xFFFF]))
     return table
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from fmn.delivery.text import BIDI_CONTROLS
 from fmn.errors import PermanentError
 from fmn.message import ARTIFACT_TYPES
 from fmn.prefs import Owners
@@ -47,8 +48,8 @@ DEFAULT_MATRIX_SERVER = "fedora.im"
 # the rule editor, where "rpms/fmn\u202egpj.exe" would read as "rpms/fmnexe.jpg".
 # Fedora's own names are far stricter, and the recorded messages hold OpenID
 # URLs and e-mail addresses as user names.
-_NOT_IN_NAME = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029" \
-    r"\u2066-\u2069\ud800-\udfff\ufeff\ufffe\uffff"
+_NOT_IN_NAME = r"\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff" \
+    + "".join(map(chr, BIDI_CONTROLS))
 _NAME = re.compile(rf"[^{_NOT_IN_NAME}\s][^{_NOT_IN_NAME}]{{0,511}}")
 _EMAIL = re.compile(r"[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9.-]{1,255}")
 
