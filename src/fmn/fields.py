@@ -8,6 +8,7 @@ there is no value there, and the filter fails.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,35 +54,44 @@ def lookup_path(body: Any, path: Sequence[str]) -> Any:
     return node
 
 
-def json_key(value: Any, depth: int) -> Any:
+def json_key(value: Any, depth: int, nodes: int = sys.maxsize) -> Any:
     """A hashable key of a decoded JSON value: two values' keys are equal exactly when
     :func:`json_equal` says the values are.  :data:`NO_MATCH` for a value equal to
     nothing here: NaN or a container holding one (NaN equals nothing), or one nesting
-    more than ``depth`` containers (deeper than every value it is compared with)."""
+    more than ``depth`` containers or holding more than ``nodes`` values, itself and
+    every item at every level counted (bigger than every value it is compared with:
+    a message's array of millions is given up at its length, not walked)."""
+    if type(value) is str:  # the usual message value: as below, without the walk
+        return ("x", str, value)
+    return _key(value, depth, [nodes])
+
+
+def _key(value: Any, depth: int, left: list[int]) -> Any:
+    left[0] -= 1
     if isinstance(value, bool):
         return ("b", value)
     if isinstance(value, int | float):
         return ("n", value) if value == value else NO_MATCH  # 1 and 1.0: one key
-    if isinstance(value, Mapping):
-        if depth <= 0:
-            return NO_MATCH
-        items = []
-        for k, v in value.items():
-            key = json_key(v, depth - 1)
-            if key is NO_MATCH:
-                return NO_MATCH
-            items.append((k, key))
-        return ("o", frozenset(items))
     if isinstance(value, list | tuple):
-        if depth <= 0:
+        if depth <= 0 or len(value) > left[0]:
             return NO_MATCH
         keys = []
         for v in value:
-            key = json_key(v, depth - 1)
+            key = _key(v, depth - 1, left)
             if key is NO_MATCH:
                 return NO_MATCH
             keys.append(key)
         return ("a", tuple(keys))
+    if isinstance(value, Mapping):
+        if depth <= 0 or len(value) > left[0]:
+            return NO_MATCH
+        items = []
+        for k, v in value.items():
+            key = _key(v, depth - 1, left)
+            if key is NO_MATCH:
+                return NO_MATCH
+            items.append((k, key))
+        return ("o", frozenset(items))
     try:  # a string, null: equal to a value of its own type that == says is equal
         hash(value)
     except TypeError:
@@ -97,14 +107,24 @@ def _depth(value: Any) -> int:
     return 0
 
 
+def _nodes(value: Any) -> int:
+    if isinstance(value, Mapping):
+        return 1 + sum(map(_nodes, value.values()))
+    if isinstance(value, list | tuple):
+        return 1 + sum(map(_nodes, value))
+    return 1
+
+
 class ValueSet(tuple):  # type: ignore[type-arg]
     """The values a ``fields`` filter lists for one path (a tuple of them), with
     ``matches(value)``: whether ``value`` is :func:`json_equal` to one of them, by one
     hash lookup instead of a comparison with each (a filter of hundreds of values was
-    tens of milliseconds of the matcher's time for every message it saw)."""
+    tens of milliseconds of the matcher's time for every message it saw).  A value
+    deeper or bigger than every listed one is given up without being walked whole."""
 
     keys: frozenset[Any]
     depth: int
+    nodes: int
 
     def __new__(cls, values: Iterable[Any]) -> ValueSet:
         self = super().__new__(cls, values)
@@ -112,7 +132,8 @@ class ValueSet(tuple):  # type: ignore[type-arg]
         keys.discard(NO_MATCH)
         self.keys = frozenset(keys)
         self.depth = max(map(_depth, self), default=0)
+        self.nodes = max(map(_nodes, self), default=0)
         return self
 
     def matches(self, value: Any) -> bool:
-        return json_key(value, self.depth) in self.keys
+        return json_key(value, self.depth, self.nodes) in self.keys

@@ -65,3 +65,19 @@ def test_a_value_nested_deeper_than_every_listed_one_is_not_walked() -> None:
 def test_values_stay_a_tuple_for_their_other_readers() -> None:
     values = ValueSet(["a", 1, {"b": 2}])
     assert values == ("a", 1, {"b": 2}) and list(values) == ["a", 1, {"b": 2}]
+
+
+class _Unwalkable(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        raise AssertionError("walked")
+
+
+def test_a_value_bigger_than_every_listed_one_is_not_walked() -> None:
+    """A message's array of millions was turned into a key whole (half a second)
+    before the lookup, where comparing stops at the length: it is given up at it."""
+    big = _Unwalkable(range(1000))
+    assert not ValueSet([[1, 2], {"a": [3]}]).matches(big)
+    assert not ValueSet([{"a": [1, 2]}]).matches({"a": big})
+    assert not ValueSet(["x"]).matches(big)
+    assert ValueSet([[1, [2, 3]]]).matches([1.0, [2, 3]])  # as big as listed: still found
+    assert not ValueSet([[1, [2, 3]]]).matches([1, [2, 3, 4]])
