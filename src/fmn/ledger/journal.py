@@ -73,7 +73,11 @@ class Journal:
 
     def published(self, ids: Iterable[str], bus: str, at: float | None = None) -> None:
         t = time.time() if at is None else at
-        self._append(PUBLISHED, ({"id": i, "bus": bus, "t": t} for i in ids))
+        self.published_at(((i, t) for i in ids), bus)
+
+    def published_at(self, entries: Iterable[tuple[str, float]], bus: str) -> None:
+        """Messages published, each with its own time (journalled in batches, later)."""
+        self._append(PUBLISHED, ({"id": i, "bus": bus, "t": t} for i, t in entries))
 
     def matched(self, entries: Sequence[Mapping[str, Any]]) -> None:
         """``{"id", "sqs", "q", "n"}`` per record (``t`` is added: now)."""
