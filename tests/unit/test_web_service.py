@@ -99,7 +99,8 @@ class World:
                                  mailer=self.mailer, mail_from="fmn@example.org",
                                  channels={"irc": IrcCodeChannel(self.irc),
                                            "matrix": self.matrix},
-                                 limits=Limits(per_user=5, per_address=2), clock=clock)
+                                 limits=Limits(per_user=5, per_address=2,
+                                               per_address_all=3), clock=clock)
 
     def link(self) -> str:
         body = self.mailer.sent[-1].get_content()
@@ -480,10 +481,15 @@ def test_verification_sends_are_rate_limited_per_address_and_per_user(
     a = service.add_destination("alice", {"protocol": "irc", "address": "victim"})
     b = service.add_destination("bob", {"protocol": "irc", "address": "victim"})
     world.verifier.start("alice", a.id)
-    world.verifier.start("bob", b.id)
-    with pytest.raises(RateLimited):  # a third message to the same nick, whoever asks
+    world.verifier.start("alice", a.id)
+    with pytest.raises(RateLimited):  # a third from alice to the same nick
         world.verifier.start("alice", a.id)
-    assert len(world.irc.lines_to("victim")) == 2
+    world.verifier.start("bob", b.id)
+    service.login("carol", "carol@example.org")
+    c = service.add_destination("carol", {"protocol": "irc", "address": "victim"})
+    with pytest.raises(RateLimited):  # a fourth to the nick, whoever asks
+        world.verifier.start("carol", c.id)
+    assert len(world.irc.lines_to("victim")) == 3
     nicks = [service.add_destination("alice", {"protocol": "irc", "address": f"n{i}"})
              for i in range(5)]
     sent = 0
@@ -491,9 +497,24 @@ def test_verification_sends_are_rate_limited_per_address_and_per_user(
         for d in nicks:
             world.verifier.start("alice", d.id)
             sent += 1
-    assert sent == 3  # alice had used 2 of her 5 already (one of them refused)
+    assert sent == 2  # alice had used 3 of her 5 already (one of them refused)
     clock.now += 3601
     world.verifier.start("alice", a.id)  # an hour later the window has passed
+
+
+def test_one_account_cannot_use_up_a_strangers_verifications(
+        service: PreferencesService, world: World) -> None:
+    # the address's limit counted every account's requests together: bob adding
+    # alice's own nick and asking twice left alice none of her two for the hour
+    m = service.add_destination("bob", {"protocol": "irc", "address": "alice"})
+    for _ in range(2):
+        world.verifier.start("bob", m.id)
+    with pytest.raises(RateLimited):
+        world.verifier.start("bob", m.id)
+    mine = service.add_destination("alice", {"protocol": "irc", "address": "alice"})
+    world.verifier.start("alice", mine.id)
+    assert world.verifier.confirm_code("alice", mine.id, {"code": world.code("alice")}).verified
+    assert len(world.irc.lines_to("alice")) == 3  # the limit over all accounts
 
 
 def test_a_destination_whose_verification_cannot_go_out_is_not_kept(
@@ -550,8 +571,9 @@ def test_irc_nicks_are_one_nick_under_irc_case_folding(
     c = service.add_destination("carol", {"protocol": "irc", "address": "Victim["})
     world.verifier.start("alice", a.id)
     world.verifier.start("bob", b.id)
-    with pytest.raises(RateLimited):  # a third message to the same nick, however spelt
-        world.verifier.start("carol", c.id)
+    world.verifier.start("carol", c.id)
+    with pytest.raises(RateLimited):  # a fourth message to the same nick, however spelt
+        world.verifier.start("alice", a.id)
 
 
 def test_an_atom_feed_address_lives_while_it_is_read(clock: FakeClock) -> None:
@@ -700,15 +722,17 @@ def test_an_email_domain_in_look_alike_letters_is_the_same_address(
         service: PreferencesService, world: World) -> None:
     # full-width letters go to the ASCII domain (IDNA): the same mailbox, so the same
     # address to the per-address limit and to the duplicate check
-    spellings = ["victim@example.org", "victim@\uff45xample.org", "VICTIM@ex\uff41mple.org"]
-    for user, address in zip(["alice", "bob", "root"], spellings, strict=True):
+    spellings = ["victim@example.org", "victim@\uff45xample.org", "Victim@example.org",
+                 "VICTIM@ex\uff41mple.org"]
+    for user, address in zip(["alice", "bob", "carol", "root"], spellings, strict=True):
         service.login(user, f"{user}@example.net")
         if address is spellings[-1]:
-            with pytest.raises(RateLimited):  # a third message to that mailbox
+            with pytest.raises(RateLimited):  # a fourth message to that mailbox
                 world.verifier.add(user, {"protocol": "email", "address": address})
         else:
             world.verifier.add(user, {"protocol": "email", "address": address})
-    assert [str(m["To"]) for m in world.mailer.sent] == ["victim@example.org"] * 2
+    assert [str(m["To"]) for m in world.mailer.sent] == ["victim@example.org"] * 2 + \
+        ["Victim@example.org"]
     with pytest.raises(Conflict):  # one person, the same mailbox twice
         service.add_destination("alice", {"protocol": "email",
                                           "address": "victim@\uff45xample.org"})

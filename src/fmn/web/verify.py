@@ -19,9 +19,13 @@
   :class:`RecordingChannel` keeps the code and logs that it was made (the
   code itself only outside production).
 * **Rate limits**: every request to send a verification counts against the
-  user (``per_user`` an hour) and against the address (``per_address`` an
-  hour, whoever asks), in counters that expire.  Over either,
-  :class:`~fmn.web.service.RateLimited`.  A send that certainly did not go
+  user (``per_user`` an hour), against the address as asked by that user
+  (``per_address`` an hour) and against the address whoever asks
+  (``per_address_all`` an hour), in counters that expire.  Over any,
+  :class:`~fmn.web.service.RateLimited`.  The address's own limit is per
+  account, so one account adding a stranger's address cannot use up the
+  stranger's tries; the higher limit over all accounts still bounds what the
+  stranger receives (it takes several accounts to reach it).  A send that certainly did not go
   out (:class:`~fmn.errors.NotSent`: an SMTP relay or the IRC server that
   could not be reached, SES refusing at its first try) takes its counts
   back, so an outage does not use up a person's tries; one that may have
@@ -296,6 +300,7 @@ class Limits:
     window_s: int = 3600
     per_user: int = 10
     per_address: int = 3
+    per_address_all: int = 10
 
 
 class Verifier:
@@ -326,22 +331,26 @@ class Verifier:
         key = self.secrets[-1].encode()
         return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
 
-    def _rate_keys(self, user: str, dest: Destination) -> tuple[str, str]:
-        """The counters of ``user`` and of the destination's address."""
+    def _rate_keys(self, user: str, dest: Destination) -> tuple[str, str, str]:
+        """The counters of ``user``, of the address as ``user``'s, and of the address."""
         address = self._digest("address", dest.protocol,
                                address_key(dest.protocol, dest.address))
-        return f"{self.prefix}rate:user:{user}", f"{self.prefix}rate:addr:{address}"
+        return (f"{self.prefix}rate:user:{user}",
+                f"{self.prefix}rate:addr:{address}:{user}",
+                f"{self.prefix}rate:addr:{address}")
 
     def _count(self, user: str, dest: Destination) -> None:
         """Count one verification send; RateLimited when the user or the address is over."""
         lim = self.limits
         for key, limit, what in zip(self._rate_keys(user, dest),
-                                    (lim.per_user, lim.per_address),
-                                    ("you have asked for", "this address was sent"),
+                                    (lim.per_user, lim.per_address, lim.per_address_all),
+                                    ("you have asked for too many verification messages",
+                                     "you have asked for too many verification messages "
+                                     "to this address",
+                                     "this address was sent too many verification messages"),
                                     strict=True):
             if self.keys.incr(key, lim.window_s) > limit:
-                raise RateLimited(f"{what} too many verification messages; try again in an "
-                                  f"hour", lim.window_s)
+                raise RateLimited(f"{what}; try again in an hour", lim.window_s)
 
     def _code_key(self, user: str, dest_id: str, kind: str) -> str:
         return f"{self.prefix}{kind}:{user}:{dest_id}"
