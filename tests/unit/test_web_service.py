@@ -739,19 +739,25 @@ def test_an_email_domain_in_look_alike_letters_is_the_same_address(
 
 
 def test_an_address_that_refuses_its_verification_is_not_kept(
-        service: PreferencesService, world: World) -> None:
+        service: PreferencesService, world: World, caplog: pytest.LogCaptureFixture) -> None:
     # a homeserver that will not invite that user: a 400 on the address, not a 500
     # that kept the destination (and made the retry a 409)
     from fmn.errors import PermanentError
 
     class Refusing(RecordingChannel):
         def send_code(self, address: str, text: str) -> None:
-            raise PermanentError("creating a room: M_FORBIDDEN not allowed to invite")
+            raise PermanentError("creating a room: M_FORBIDDEN Your account is suspended: "
+                                 "log in again at https://phish.example")
 
     world.verifier.channels["matrix"] = Refusing("matrix")
-    with pytest.raises(Invalid) as refused:
+    with pytest.raises(Invalid) as refused, caplog.at_level("WARNING", "fmn.web.verify"):
         world.verifier.add("alice", {"protocol": "matrix", "address": "@nobody:example.org"})
-    assert refused.value.field == "address" and "M_FORBIDDEN" in refused.value.detail
+    assert refused.value.field == "address"
+    # the homeserver's own words are the operator's to read, not the person's: another
+    # homeserver's text shown in our page as our answer would be theirs to phish with
+    assert refused.value.detail == ("the verification cannot be delivered to this address: "
+                                    "the Matrix homeserver refused it")
+    assert "phish.example" in caplog.text and "M_FORBIDDEN" in caplog.text
     assert [d.id for d in service.destinations("alice")] == ["email"]
 
 

@@ -41,7 +41,8 @@ tests.  Failures: the refusals are :class:`VerificationFailed` (a
 ``gone``); a mailer or IRC link that is away raises its
 :class:`~fmn.errors.RetryableError`, and one that refuses the address for
 good (a homeserver that will not invite that user) becomes
-:class:`~fmn.web.service.Invalid` on ``address``.  Adding a destination whose
+:class:`~fmn.web.service.Invalid` on ``address``, naming who refused (their
+own words go to the log only).  Adding a destination whose
 verification does not go out keeps nothing; a link whose destination could
 not be marked verified (the database away) can be followed again.
 """
@@ -78,6 +79,10 @@ from fmn.web.service import (
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+#: Who refuses a verification, by protocol, in the answer that says so.
+_REFUSER = {"email": "mail server", "irc": "IRC server", "matrix": "Matrix homeserver"}
 
 
 class VerificationFailed(WebError):
@@ -405,8 +410,13 @@ class Verifier:
                 log.exception("could not take back the verification counts of %s", user)
             raise
         except PermanentError as exc:  # the relay, IRC or the homeserver refused the address
-            raise Invalid(f"the verification cannot be delivered to this address: "
-                          f"{str(exc)[:300]}", "address") from exc
+            # its words stay in the log: a remote homeserver's or relay's text is theirs to
+            # choose, and the answer would carry it into the person's page as ours
+            log.warning("verification of %s's %s destination %s refused: %s", user,
+                        dest.protocol, dest.id, exc)
+            raise Invalid(f"the verification cannot be delivered to this address: the "
+                          f"{_REFUSER.get(dest.protocol, 'server')} refused it", "address") \
+                from exc
 
     def _send(self, user: str, dest: Destination) -> str:
         assert dest.address is not None
