@@ -483,6 +483,10 @@ def unsubscribe(token: str) -> http.Answer:
         return target
     schema.check(schema.OneClick, _body())
     user, dest_id = target
+    try:  # first: a link confirmed in between would undo the unsubscribe
+        _get("verifier").revoke(user, dest_id)
+    except Exception:  # Redis away: stopping the mails matters more than old links
+        log.exception("could not revoke the verifications sent to %s's %s", user, dest_id)
     _get("service").unsubscribe(user, dest_id)
     return http.page("Unsubscribed", "<p>No more notifications go to this address until you "
                      "verify it again in <a href=/>your settings</a>.</p>")

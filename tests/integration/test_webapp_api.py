@@ -476,6 +476,57 @@ def test_one_click_unsubscribe_from_a_mail(app: App) -> None:
     assert outsider.get(forged).status_code == 400
 
 
+def test_an_unsubscribe_outlasts_the_verification_links_sent_before_it(app: App) -> None:
+    """A second verification link still in the mailbox turned an unsubscribed address
+    back on; after the one-click unsubscribe it is refused, and a new one works."""
+    from fmn.auth import unsubscribe_url
+
+    s = app.client("alice")
+    dest = s.post("/api/v1/destinations", {"protocol": "email",
+                                           "address": "a4@example.org"}).json_body
+    assert s.post(f"/api/v1/destinations/{dest['id']}/resend").status_code == 202
+    first, second = (
+        next(w for w in m.get_content().split() if "/verify/email/" in w)
+        .removeprefix("http://testserver") for m in app.mailer.sent[-2:])
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    outsider = Session(None)
+    assert outsider.http.request("POST", first, headers=form,
+                                 body=b"confirm=yes").status_code == 200
+    url = unsubscribe_url("http://web.test", "alice", dest["id"], app.settings.secret_key)
+    r = outsider.http.request("POST", "/" + url.split("/", 3)[3], body=ONE_CLICK, headers=FORM)
+    assert r.status_code == 200
+    for r in (outsider.get(second),
+              outsider.http.request("POST", second, headers=form, body=b"confirm=yes")):
+        assert r.status_code == 400 and b"before the address was unsubscribed" in r.body
+    mine = [d for d in s.get("/api/v1/destinations").json_body if d["id"] == dest["id"]]
+    assert mine[0]["verified"] is False
+    assert s.post(f"/api/v1/destinations/{dest['id']}/resend").status_code == 202
+    third = next(w for w in app.mailer.sent[-1].get_content().split() if "/verify/email/" in w)
+    r = outsider.http.request("POST", third.removeprefix("http://testserver"), headers=form,
+                              body=b"confirm=yes")
+    assert r.status_code == 200 and b"Address confirmed" in r.body
+
+
+def test_an_unsubscribe_goes_through_with_redis_away(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revoking the old links needs Redis; stopping the mails must not."""
+    import redis
+
+    from fmn.auth import unsubscribe_url
+    from fmn.web.verify import Verifier
+
+    def away(self: Verifier, user: str, dest_id: str) -> None:
+        raise redis.ConnectionError("Redis is away")
+
+    monkeypatch.setattr(Verifier, "revoke", away)
+    alice = app.client("alice")
+    url = unsubscribe_url("http://web.test", "alice", "email", app.settings.secret_key)
+    r = Session(None).http.request("POST", "/" + url.split("/", 3)[3], body=ONE_CLICK,
+                                   headers=FORM)
+    assert r.status_code == 200
+    assert alice.get("/api/v1/destinations").json_body[0]["verified"] is False
+
+
 def test_the_preview_shows_what_a_rule_would_have_matched(app: App) -> None:
     """The real preview engine over the window the match function fills."""
     from shared_data import golden_messages

@@ -37,7 +37,8 @@ snapshot never routes to an unverified one.  State lives behind the small
 :class:`Keys` port: :class:`RedisKeys` in production, :class:`MemoryKeys` in
 tests.  Failures: the refusals are :class:`VerificationFailed` (a
 :class:`~fmn.web.service.WebError` whose ``reason`` is ``expired``, ``used``,
-``forged``, ``wrong-code``, ``no-code``, ``too-many-attempts`` or
+``forged``, ``wrong-code``, ``no-code``, ``too-many-attempts``,
+``revoked`` (sent before a one-click unsubscribe: :meth:`Verifier.revoke`) or
 ``gone``); a mailer or IRC link that is away raises its
 :class:`~fmn.errors.RetryableError`, and one that refuses the address for
 good (a homeserver that will not invite that user) becomes
@@ -439,8 +440,8 @@ class Verifier:
 
     def email_link(self, user: str, dest: Destination) -> str:
         token = seal({"u": user, "d": dest.id, "a": dest.address,
-                      "j": secrets.token_urlsafe(12)}, self.secrets, "verify-email",
-                     clock=self.clock)
+                      "j": secrets.token_urlsafe(12), "t": self.clock()}, self.secrets,
+                     "verify-email", clock=self.clock)
         return f"{self.web_url}/verify/email/{token}"
 
     def _mail(self, user: str, dest: Destination, link: str) -> EmailMessage:
@@ -458,6 +459,14 @@ class Verifier:
             f"{hours} hours and press its Confirm button:\n\n{link}\n\nIf it was not you, "
             f"ignore this message: nothing will be sent to you.\n")
         return msg
+
+    def revoke(self, user: str, dest_id: str) -> None:
+        """Make every verification sent so far for a destination worthless: after a
+        one-click unsubscribe, a link or code still in the mailbox must not turn its
+        notifications back on (only one asked for afterwards does)."""
+        self.keys.put(self._code_key(user, dest_id, "revoked"), repr(self.clock()),
+                      self.limits.link_ttl_s)
+        self.keys.delete(self._code_key(user, dest_id, "code"))
 
     # -- proving ------------------------------------------------------------
 
@@ -490,6 +499,14 @@ class Verifier:
             raise VerificationFailed("gone", "this destination was deleted since") from exc
         if dest.address != address:
             raise VerificationFailed("gone", "this destination was changed since")
+        revoked = self.keys.get(self._code_key(user, dest_id, "revoked"))
+        sent_at = doc.get("t")  # links from before it was written down: as old as can be
+        if revoked is not None and not (isinstance(sent_at, int | float)
+                                        and not isinstance(sent_at, bool)
+                                        and sent_at > float(revoked)):
+            raise VerificationFailed("revoked", "this link was sent before the address was "
+                                                "unsubscribed; ask for a new one from your "
+                                                "settings")
         return user, dest, f"{self.prefix}used:{doc['j']}"
 
     def confirm_email(self, token: str) -> tuple[str, Destination]:
