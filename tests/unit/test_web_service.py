@@ -371,6 +371,7 @@ def test_links_and_codes_sent_before_an_unsubscribe_turn_nothing_back_on(
     clock.now += 60
     for d in (dest, irc):
         world.verifier.revoke("alice", d.id)
+    revoked_at = clock.now
     service.unsubscribe("alice", dest.id)
     for attempt in (world.verifier.check_email, world.verifier.confirm_email):
         with pytest.raises(VerificationFailed) as info:
@@ -384,8 +385,31 @@ def test_links_and_codes_sent_before_an_unsubscribe_turn_nothing_back_on(
     clock.now += 3600  # one asked for afterwards works (past the hour's limit on sends)
     world.verifier.start("alice", dest.id)
     assert world.verifier.confirm_email(world.link().rsplit("/", 1)[1])[1].verified
-    clock.now += 24 * 3600 + 1  # the revocation outlives every link it covers, then goes
+    # the revocation outlives every link it covers (their times are whole seconds), then goes
+    clock.now = revoked_at + 24 * 3600 + 1
+    assert world.keys.get("fmn:verify:revoked:alice:" + dest.id) is not None
+    clock.now = revoked_at + 24 * 3600 + 3601
     assert world.keys.get("fmn:verify:revoked:alice:" + dest.id) is None
+
+
+def test_a_link_from_before_links_carried_their_time_is_refused_once_revoked(
+        service: PreferencesService, world: World, clock: FakeClock) -> None:
+    from fmn.auth import seal
+
+    dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
+    old = seal({"u": "alice", "d": dest.id, "a": "a2@example.org", "j": "old-link"}, "s3cret",
+               "verify-email", clock=clock)
+    assert world.verifier.check_email(old) == ("alice", dest)  # good while nothing revoked
+    clock.now += 60
+    world.verifier.revoke("alice", dest.id)
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_email(old)
+    assert info.value.reason == "revoked"
+    # and a link sent in the same instant as the revocation is refused with it
+    world.verifier.start("alice", dest.id)
+    with pytest.raises(VerificationFailed) as info:
+        world.verifier.confirm_email(world.link().rsplit("/", 1)[1])
+    assert info.value.reason == "revoked"
 
 
 def test_a_link_for_a_deleted_destination_is_refused(service: PreferencesService,
@@ -532,7 +556,7 @@ def test_verification_sends_are_rate_limited_per_address_and_per_user(
         for d in nicks:
             world.verifier.start("alice", d.id)
             sent += 1
-    assert sent == 2  # alice had used 3 of her 5 already (one of them refused)
+    assert sent == 3  # alice had used 2 of her 5 already (the refused one counts nothing)
     clock.now += 3601
     world.verifier.start("alice", a.id)  # an hour later the window has passed
 
@@ -550,6 +574,26 @@ def test_one_account_cannot_use_up_a_strangers_verifications(
     world.verifier.start("alice", mine.id)
     assert world.verifier.confirm_code("alice", mine.id, {"code": world.code("alice")}).verified
     assert len(world.irc.lines_to("alice")) == 3  # the limit over all accounts
+
+
+def test_a_refused_request_uses_up_none_of_the_askers_tries(
+        service: PreferencesService, world: World) -> None:
+    # three other accounts fill the nick's overall limit; alice, retrying for her own
+    # nick meanwhile, used up her own hour too: every refusal had counted
+    for user in ("bob", "carol", "dave"):
+        service.login(user, f"{user}@example.org")
+        d = service.add_destination(user, {"protocol": "irc", "address": "alice"})
+        world.verifier.start(user, d.id)
+    mine = service.add_destination("alice", {"protocol": "irc", "address": "alice"})
+    for _ in range(5):
+        with pytest.raises(RateLimited, match="this address was sent too many"):
+            world.verifier.start("alice", mine.id)
+    others = [service.add_destination("alice", {"protocol": "irc", "address": f"n{i}"})
+              for i in range(5)]
+    for d in others:  # all five of her tries are still hers
+        world.verifier.start("alice", d.id)
+    with pytest.raises(RateLimited, match="you have asked for too many verification messages;"):
+        world.verifier.start("alice", others[0].id)
 
 
 def test_a_destination_whose_verification_cannot_go_out_is_not_kept(

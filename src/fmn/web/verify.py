@@ -309,6 +309,10 @@ class Limits:
     per_address_all: int = 10
 
 
+#: How much longer than a link lives its revocation is kept.
+REVOCATION_MARGIN_S = 3600
+
+
 class Verifier:
     def __init__(self, service: PreferencesService, keys: Keys, secret: str | list[str], *,
                  web_url: str, mailer: Mailer, mail_from: str,
@@ -346,8 +350,13 @@ class Verifier:
                 f"{self.prefix}rate:addr:{address}")
 
     def _count(self, user: str, dest: Destination) -> None:
-        """Count one verification send; RateLimited when the user or the address is over."""
+        """Count one verification send; RateLimited when the user or the address is over.
+
+        A refused request takes its counts back: otherwise a person retrying while
+        other accounts held the address's overall limit used up their own tries, and
+        stayed refused for an hour after those accounts' requests had expired."""
         lim = self.limits
+        counted: list[str] = []
         for key, limit, what in zip(self._rate_keys(user, dest),
                                     (lim.per_user, lim.per_address, lim.per_address_all),
                                     ("you have asked for too many verification messages",
@@ -355,8 +364,17 @@ class Verifier:
                                      "to this address",
                                      "this address was sent too many verification messages"),
                                     strict=True):
+            counted.append(key)
             if self.keys.incr(key, lim.window_s) > limit:
+                self._uncount(counted)
                 raise RateLimited(f"{what}; try again in an hour", lim.window_s)
+
+    def _uncount(self, keys: list[str]) -> None:
+        try:
+            for key in keys:
+                self.keys.decr(key)
+        except Exception:  # the answer stays the refusal or the failure that came first
+            log.exception("could not take back verification counts")
 
     def _code_key(self, user: str, dest_id: str, kind: str) -> str:
         return f"{self.prefix}{kind}:{user}:{dest_id}"
@@ -404,11 +422,7 @@ class Verifier:
         except WebError:
             raise
         except NotSent:  # nothing went out: the request can be made again
-            try:
-                for key in self._rate_keys(user, dest):
-                    self.keys.decr(key)
-            except Exception:  # the answer stays the send's failure
-                log.exception("could not take back the verification counts of %s", user)
+            self._uncount(list(self._rate_keys(user, dest)))
             raise
         except PermanentError as exc:  # the relay, IRC or the homeserver refused the address
             # its words stay in the log: a remote homeserver's or relay's text is theirs to
@@ -464,8 +478,10 @@ class Verifier:
         """Make every verification sent so far for a destination worthless: after a
         one-click unsubscribe, a link or code still in the mailbox must not turn its
         notifications back on (only one asked for afterwards does)."""
+        # kept past the last covered link's expiry: a link's own time is in whole
+        # seconds, and the web servers' clocks may differ a little
         self.keys.put(self._code_key(user, dest_id, "revoked"), repr(self.clock()),
-                      self.limits.link_ttl_s)
+                      self.limits.link_ttl_s + REVOCATION_MARGIN_S)
         self.keys.delete(self._code_key(user, dest_id, "code"))
 
     # -- proving ------------------------------------------------------------
@@ -499,6 +515,8 @@ class Verifier:
             raise VerificationFailed("gone", "this destination was deleted since") from exc
         if dest.address != address:
             raise VerificationFailed("gone", "this destination was changed since")
+        # read after the destination: a confirm racing an unsubscribe (which revokes
+        # first) either sees the revocation or still finds the destination verified
         revoked = self.keys.get(self._code_key(user, dest_id, "revoked"))
         sent_at = doc.get("t")  # links from before it was written down: as old as can be
         if revoked is not None and not (isinstance(sent_at, int | float)
