@@ -56,7 +56,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -369,7 +369,7 @@ class Verifier:
                 self._uncount(counted)
                 raise RateLimited(f"{what}; try again in an hour", lim.window_s)
 
-    def _uncount(self, keys: list[str]) -> None:
+    def _uncount(self, keys: Sequence[str]) -> None:
         try:
             for key in keys:
                 self.keys.decr(key)
@@ -422,7 +422,7 @@ class Verifier:
         except WebError:
             raise
         except NotSent:  # nothing went out: the request can be made again
-            self._uncount(list(self._rate_keys(user, dest)))
+            self._uncount(self._rate_keys(user, dest))
             raise
         except PermanentError as exc:  # the relay, IRC or the homeserver refused the address
             # its words stay in the log: a remote homeserver's or relay's text is theirs to
