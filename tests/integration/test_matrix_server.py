@@ -259,15 +259,20 @@ def test_a_matrix_destination_is_verified_by_a_code_sent_over_matrix(
     service = PreferencesService(engine, MemorySnapshotStore())
     service.login("heidi", "heidi@example.org")
     heidi = stack.person("heidi")
+    notifier = make_notifier(Settings.from_env())
     verifier = Verifier(service, MemoryKeys(), "s3cret", web_url=WEB, mailer=MemoryMailer(),
                         mail_from="fmn@example.org",
                         channels={"irc": RecordingChannel("irc"),
-                                  "matrix": MatrixCodeChannel(make_notifier(Settings.from_env()))})
-    dest = service.add_destination("heidi", {"protocol": "matrix", "address": heidi.user_id})
-    assert not dest.verified
-    assert verifier.start("heidi", dest.id) == "code"
-    (got,) = heidi.wait_for(1)
-    assert got.sender == stack.bot.user_id and got.content["msgtype"] == "m.notice"
-    code = next(w for w in got.body.split() if w.isdigit() and len(w) == 6)
-    assert verifier.confirm_code("heidi", dest.id, {"code": code}).verified
-    engine.dispose()
+                                  "matrix": MatrixCodeChannel(notifier)})
+    try:
+        dest = service.add_destination("heidi", {"protocol": "matrix",
+                                                 "address": heidi.user_id})
+        assert not dest.verified
+        assert verifier.start("heidi", dest.id) == "code"
+        (got,) = heidi.wait_for(1)
+        assert got.sender == stack.bot.user_id and got.content["msgtype"] == "m.notice"
+        code = next(w for w in got.body.split() if w.isdigit() and len(w) == 6)
+        assert verifier.confirm_code("heidi", dest.id, {"code": code}).verified
+    finally:
+        notifier.link.close()  # its HTTP session, not left for the interpreter's exit
+        engine.dispose()

@@ -79,7 +79,7 @@ class NioLink:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, daemon=True,
+                threading.Thread(target=_serve, args=(loop,), daemon=True,
                                  name="matrix-nio").start()
                 self._loop = loop
             loop = self._loop
@@ -157,6 +157,14 @@ class NioLink:
             with contextlib.suppress(Exception):  # closing is best effort
                 asyncio.run_coroutine_threadsafe(client.close(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The session's loop, on its own thread, until :meth:`NioLink.close` stops it."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def make_notifier(settings: Any) -> MatrixNotifier:
