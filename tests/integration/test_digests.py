@@ -212,11 +212,12 @@ def test_a_scheduled_flush_crashed_mid_send_goes_out_after_its_deadline(
     no_deadline = PowertoolsOnce(w.store.redis, 3600, name=f"fmn-test-{w.tag}-none")
     add(w, 1, digest=(60, 100), start=2)
     w.clock.now += 60
-    with monkeypatch.context() as patch, pytest.raises(Crash):
-        patch.setattr(w.mailer, "send", crash)
-        w.sender.flush_due(no_deadline, w.dead_letter)
-    w.clock.now += 300
-    assert w.sender.flush_due(no_deadline, w.dead_letter) == 0  # "in progress elsewhere"
+    with pytest.warns(UserWarning, match="remaining time"):  # Powertools says so too
+        with monkeypatch.context() as patch, pytest.raises(Crash):
+            patch.setattr(w.mailer, "send", crash)
+            w.sender.flush_due(no_deadline, w.dead_letter)
+        w.clock.now += 300
+        assert w.sender.flush_due(no_deadline, w.dead_letter) == 0  # "in progress elsewhere"
 
 
 def test_refused_digest_address_dead_letters_every_item(world: SimpleNamespace) -> None:

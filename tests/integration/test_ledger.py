@@ -16,6 +16,7 @@ from fmn.delivery.feed import RedisFeed
 from fmn.delivery.once import PowertoolsOnce, sends_prefix
 from fmn.ledger.account import once_key, peek_queue, read_feeds, read_once
 from fmn.ledger.journal import MATCHED, Journal, read_lines
+from fmn.local.runner import scheduled_context
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,7 @@ def test_once_key_finds_the_senders_record() -> None:
     client = redis_client()
     prefix = f"ledger-{uuid.uuid4().hex[:8]}-"
     once = PowertoolsOnce(client, 60, name=sends_prefix(prefix, "irc"))
+    once.register_context(scheduled_context("send_irc", 60))  # as the sender's invocation
     ident = ("msg-1", "alice", "dest-1", "alice_irc")
     key = {"message": ident[0], "backend": "irc", "user": ident[1], "destination": ident[2],
            "address": ident[3]}
@@ -147,6 +149,7 @@ def test_a_digest_sent_but_not_cleared_counts_as_sent(
     claimed = stage.store.claim(stage.dk, stage.now)
     assert claimed is not None
     once = PowertoolsOnce(stage.redis, 60, name=sends_prefix(stage.prefix, "email"))
+    once.register_context(scheduled_context("send_email-flush_digests", 60))
     mail = email.message.EmailMessage()
     mail["To"] = stage.address
     mail["X-Fedmsg-Digest-Count"] = "2"
