@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from fmn.pipeline.queues import queue
 from fmn.settings import Settings
 
-from .sqs_sink import SqsSink, make_clients
+from .sqs_sink import SpoolInUse, SqsSink, make_clients
 
 log = logging.getLogger("fmn_bridge")
 
@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between CloudWatch heartbeats (messages bridged, bus"
                            " connections; 0: none; default 60)")
     tune.add_argument("--spool-dir", metavar="DIR",
-                      help="where a stop writes the fedmsg envelopes SQS has not accepted, "
-                           "for the next start to send first, in DIR/<queue> (default: "
+                      help="where fedmsg envelopes are written ahead until SQS accepts"
+                           " them, and a stop leaves what it could not send, for the next "
+                           "start to send first: DIR/<queue>, one bridge at a time (default: "
                            "FMN_BRIDGE_SPOOL, else var/bridge-spool)")
     tune.add_argument("--shutdown-timeout", type=float, default=30.0,
                       help="how long shutdown may spend flushing to SQS (default 30)")
@@ -100,11 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sqs, s3 = make_clients(endpoint, region)
     counter = _request_counter(prefix, sqs, s3)
-    # one spool per queue: two bridges (two stages on one machine) never send each other's
+    # one spool per queue: two bridges (two stages on one machine) never send each other's;
+    # only fedmsg needs one (an AMQP broker sends again what SQS has not taken)
     spool = Path(args.spool_dir or os.environ.get("FMN_BRIDGE_SPOOL") or "var/bridge-spool")
     sink = SqsSink(sqs, s3, queue_name, bucket, linger_s=args.linger_ms / 1000,
                    max_items=args.buffer_items, backoff_max_s=args.backoff_max,
-                   spool_dir=spool / queue_name)
+                   spool_dir=spool / queue_name if args.fedmsg else None)
     try:
         sources = _sources(args, sink)
     except Exception as exc:  # noqa: BLE001 - a bad configuration: say what, exit 2
@@ -121,7 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     log.info("bridging into SQS queue %s (endpoint %s)", queue_name, endpoint or "AWS")
-    sink.start()
+    try:
+        sink.start()
+    except SpoolInUse as exc:
+        log.error("%s", exc)
+        return 2
     heartbeat = None
     if args.heartbeat_interval > 0:
         from .heartbeat import Heartbeat
@@ -207,9 +213,9 @@ def _log_stats(sink: SqsSink, sources: Sequence[Source]) -> None:
     st = sink.stats
     extra = " ".join(f"{k}={v}" for s in sources for k, v in s.stats().items())
     log.info("stats: received=%d forwarded=%d buffered=%d claimed=%d failed_calls=%d"
-             " retried_entries=%d full_episodes=%d %s", st.received, st.forwarded,
-             sink.buffered, st.claimed, st.failed_calls, st.retried_entries,
-             st.full_episodes, extra)
+             " retried_entries=%d full_episodes=%d journaled=%d journal_errors=%d %s",
+             st.received, st.forwarded, sink.buffered, st.claimed, st.failed_calls,
+             st.retried_entries, st.full_episodes, st.journaled, st.journal_errors, extra)
 
 
 if __name__ == "__main__":

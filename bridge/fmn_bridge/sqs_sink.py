@@ -15,10 +15,24 @@ per episode, when it has blocked a second) so the sources stop reading instead o
 :meth:`flush_and_stop` sends what is buffered before the process exits; what SQS
 has not taken by then and no broker would send again (fedmsg's) goes to a spool
 file in ``spool_dir``, which the next :meth:`start` sends ahead of everything.
+
+A process killed outright (SIGKILL, the out-of-memory killer, a power cut of the
+process's container) runs no stop, so with a ``spool_dir`` every envelope no broker
+would send again is also written ahead, as :meth:`put` takes it, to a journal: a
+spool file of this process (one ``write`` a line, no fsync: it outlives the process,
+not the machine), beside a ``.sent`` file listing the lines SQS has accepted.  The
+next start sends the lines a journal holds and its ``.sent`` does not: what SQS had
+accepted is not sent twice, save the batch in flight at the kill (a duplicate the
+pipeline's idempotency absorbs).  A journal is removed once SQS holds all of it and
+it has reached :data:`JOURNAL_SEGMENT_LINES` lines or :data:`JOURNAL_SEGMENT_BYTES`
+(a new one follows), and at a stop, which writes what is left in one spool file.  One
+process at a time uses a spool directory (a lock file; :class:`SpoolInUse`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -43,6 +57,10 @@ BATCH_MAX_ENTRIES = 10
 BATCH_MAX_BYTES = 262_144
 #: how long ``put`` blocks on a full buffer before the loud log line
 FULL_ALARM_S = 1.0
+#: a journal is replaced by a new one, and removed once SQS holds all of it, at this
+#: many lines or bytes (what the disk holds while SQS keeps up)
+JOURNAL_SEGMENT_LINES = 10_000
+JOURNAL_SEGMENT_BYTES = 16 * 1024 * 1024
 
 Ack = Callable[[], None]
 
@@ -59,6 +77,11 @@ class SinkClosed(RuntimeError):
     """``put`` after :meth:`SqsSink.flush_and_stop` began."""
 
 
+class SpoolInUse(RuntimeError):
+    """Another process holds the spool directory (it would send that process's
+    journal while it runs, and remove it)."""
+
+
 @dataclass
 class _Item:
     envelope: Envelope
@@ -67,8 +90,10 @@ class _Item:
     ack: Ack | None
     enqueued: float
     claimed: bool = False
-    #: the spool file it was read back from (it stays there until SQS accepted it)
+    #: the spool file or journal that holds it (it stays there until SQS accepted it)
     spooled: Path | None = None
+    #: its line in that file, counted from 0 (what the file's ``.sent`` lists)
+    line: int = -1
 
 
 @dataclass
@@ -83,6 +108,9 @@ class SinkStats:
     #: envelopes written to the spool at stop, and read back from it at start
     spooled: int = 0
     unspooled: int = 0
+    #: envelopes written ahead to the journal; those whose write failed
+    journaled: int = 0
+    journal_errors: int = 0
 
 
 class SqsSink:
@@ -124,96 +152,206 @@ class SqsSink:
         self._sending: list[_Item] = []
         self._spool_dir = spool_dir
         self._spool_left: dict[Path, int] = {}
+        self._lock_fd: int | None = None
+        #: this process's journals (the last one is written to while ``_journal_fd`` is open)
+        self._journals: list[Path] = []
+        self._journal_fd: int | None = None
+        self._journal_lines = 0
+        self._journal_bytes = 0
+        self._journal_failing = False
         self.stats = SinkStats()
 
     # -- the source side ------------------------------------------------------
 
     def start(self) -> None:
+        """Start sending; with a spool directory, take it (:class:`SpoolInUse` when
+        another process has it) and queue what earlier runs left in it."""
+        if self._spool_dir is not None:
+            self._lock(self._spool_dir)
         self._thread = threading.Thread(target=self._run, name="sqs-sink", daemon=True)
         self._thread.start()
         if self._spool_dir is not None:
             self._unspool(self._spool_dir)
 
-    # -- the spool: what a stop left unsent, sent by the next start ----------------
+    def _lock(self, spool_dir: Path) -> None:
+        """Hold the directory itself (``flock`` on it: no lock file to leave behind)."""
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolInUse(f"the spool directory {spool_dir} is in use by another bridge"
+                             " on the same queue; give each its own --spool-dir") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the kernel drops the lock (also at a kill)
+            self._lock_fd = None
+
+    # -- the spool: what a stop or a kill left unsent, sent by the next start -------
 
     def _unspool(self, spool_dir: Path) -> None:
-        """Queue, ahead of any source, the envelopes an earlier stop spooled; each file
-        is removed once SQS accepted all of it (a crash meanwhile leaves it for the next).
+        """Queue, ahead of any source, the envelopes earlier runs left: the spool files of
+        their stops and the journals of processes killed outright, less the lines each
+        file's ``.sent`` lists.  A file is removed once SQS accepted all of it (a crash
+        meanwhile leaves it, with what was accepted in its ``.sent``, for the next start).
         A line that is no envelope is set aside in ``<file>.bad`` with an error; a file
         that cannot be read is left where it is, with an error: neither stops the rest."""
+        for orphan in spool_dir.glob("*.jsonl.sent"):  # its file removed, then a kill
+            if not orphan.with_suffix("").exists():
+                orphan.unlink(missing_ok=True)
         for path in sorted(spool_dir.glob("*.jsonl")):
             try:
                 lines = path.read_bytes().split(b"\n")
             except OSError as exc:
                 log.error("spool %s cannot be read (%s): left as it is", path, exc)
                 continue
+            sent = _read_sent(_sent_path(path))
             items: list[_Item] = []
-            bad: list[bytes] = []
-            for number, line in enumerate(lines, 1):
-                if not line:
+            bad: list[int] = []
+            for number, line in enumerate(lines):
+                if not line or number in sent:
                     continue
                 try:  # each line is the body as a JSON string: no raw line break in it
                     body = orjson.loads(line)
                     envelope = Envelope.decode(body)
                 except Exception as exc:  # noqa: BLE001 - set aside, said out loud
                     log.error("spool %s:%d is not an envelope (%s): set aside in %s.bad",
-                              path, number, exc, path.name)
-                    bad.append(line)
+                              path, number + 1, exc, path.name)
+                    bad.append(number)
                     continue
                 items.append(_Item(envelope, body, len(body.encode()), None,
-                                   time.monotonic(), spooled=path))
-            try:
-                self._set_aside(path, bad)
-                if not items:  # nothing to send: its bad lines, if any, are in the .bad file
-                    path.unlink(missing_ok=True)
-                    continue
-                if bad:  # and the file keeps only what is to be sent: set aside once
-                    _write_spool(path, [item.body for item in items])
-            except OSError as exc:  # a full disk: send what was read all the same
-                log.error("spool %s: setting its bad lines aside failed (%s); they stay "
-                          "in it", path, exc)
-                if not items:
-                    continue
+                                   time.monotonic(), spooled=path, line=number))
+            set_aside = True
+            if bad:  # set aside once: their numbers join the sent ones
+                try:
+                    _append(path.with_name(path.name + ".bad"),
+                            b"".join(lines[n] + b"\n" for n in bad))
+                    _append(_sent_path(path), _numbers(bad))
+                except OSError as exc:  # a full disk: send what was read all the same
+                    set_aside = False
+                    log.error("spool %s: setting its bad lines aside failed (%s); they "
+                              "stay in it", path, exc)
+            if not items:  # nothing to send: its bad lines, if any, are in the .bad file
+                if set_aside:
+                    _remove(path)
+                continue
             with self._cond:
                 self._spool_left[path] = len(items)
-                for item in items:  # past the bounds: they were this buffer's at the stop
+                for item in items:  # past the bounds: they were a buffer's at the stop
                     self._buf.append(item)
                     self._buf_bytes += item.size
                 self.stats.unspooled += len(items)
                 self._cond.notify_all()
-            log.warning("re-sending %d envelope(s) an earlier stop left unsent (%s)",
+            log.warning("re-sending %d envelope(s) an earlier run left unsent (%s)",
                         len(items), path)
 
-    @staticmethod
-    def _set_aside(path: Path, bad: list[bytes]) -> None:
-        if bad:
-            with path.with_name(path.name + ".bad").open("ab") as f:
-                f.write(b"".join(line + b"\n" for line in bad))
-
     def _spooled_accepted(self, items: list[_Item]) -> None:
+        """SQS holds these: their lines join their files' ``.sent``, and a file SQS now
+        holds all of (and that no one writes to any more) is removed."""
+        accepted: dict[Path, list[int]] = {}
         for item in items:
-            path = item.spooled
-            if path is None:
-                continue
-            with self._cond:
-                self._spool_left[path] -= 1
-                done = self._spool_left[path] == 0
-            if done:
-                path.unlink(missing_ok=True)
-                log.info("spool %s sent: removed", path)
+            if item.spooled is not None:
+                accepted.setdefault(item.spooled, []).append(item.line)
+        if not accepted:
+            return
+        with self._cond:
+            for path, numbers in accepted.items():
+                if path not in self._spool_left:  # a stop that gave up has spooled it
+                    continue
+                try:
+                    _append(_sent_path(path), _numbers(numbers))
+                except OSError as exc:  # sent again after a kill: a duplicate, not a loss
+                    log.warning("spool %s: recording %d line(s) as sent failed (%s)",
+                                path, len(numbers), exc)
+                self._spool_left[path] -= len(numbers)
+                if self._spool_left[path] == 0 and not self._writing(path):
+                    self._done_with(path)
+
+    def _writing(self, path: Path) -> bool:
+        return self._journal_fd is not None and bool(self._journals) \
+            and self._journals[-1] == path
+
+    def _done_with(self, path: Path) -> None:
+        """SQS holds every line of ``path``: it goes, and its ``.sent`` after it."""
+        del self._spool_left[path]
+        if path in self._journals:
+            self._journals.remove(path)
+        else:
+            log.info("spool %s sent: removed", path)
+        _remove(path)
+
+    def _journal(self, item: _Item) -> None:
+        """Write ``item`` ahead to this process's journal (under ``_cond``).  A failed
+        write is logged (once an episode) and the item goes on without: only a kill
+        before SQS takes it would lose it, and a stop spools it."""
+        assert self._spool_dir is not None
+        line = orjson.dumps(item.body) + b"\n"
+        try:
+            if self._journal_fd is not None and (
+                    self._journal_lines >= JOURNAL_SEGMENT_LINES
+                    or self._journal_bytes + len(line) > JOURNAL_SEGMENT_BYTES):
+                self._close_journal()
+            if self._journal_fd is None:
+                path = self._spool_dir / (f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-"
+                                          f"{os.getpid()}.jsonl")
+                self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                           0o644)
+                self._journals.append(path)
+                self._spool_left[path] = 0
+                self._journal_lines = self._journal_bytes = 0
+            if os.write(self._journal_fd, line) != len(line):
+                raise OSError("short write (the disk is full?)")
+        except OSError as exc:
+            self.stats.journal_errors += 1
+            if not self._journal_failing:
+                self._journal_failing = True
+                log.error("writing ahead to the journal in %s failed (%s): until it works "
+                          "again, a kill of this process loses what SQS has not accepted",
+                          self._spool_dir, exc)
+            self._close_journal()  # a torn line ends that file; the next write starts one
+            return
+        if self._journal_failing:
+            self._journal_failing = False
+            log.warning("writing ahead to the journal in %s works again", self._spool_dir)
+        path = self._journals[-1]
+        item.spooled, item.line = path, self._journal_lines
+        self._spool_left[path] += 1
+        self._journal_lines += 1
+        self._journal_bytes += len(line)
+        self.stats.journaled += 1
+
+    def _close_journal(self) -> None:
+        """Stop writing to the current journal; removed now if SQS holds all of it."""
+        if self._journal_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self._journal_fd)
+        self._journal_fd = None
+        path = self._journals[-1]
+        if self._spool_left.get(path) == 0:
+            self._done_with(path)
 
     def _spool(self, spool_dir: Path) -> int:
-        """Write what SQS has not accepted and nothing else would send again: envelopes
-        with no acknowledgement (fedmsg: a broker redelivers the others) that are not
-        already in a spool file.  The count written."""
+        """Write, in one spool file, what SQS has not accepted and nothing else would
+        send again: envelopes with no acknowledgement (fedmsg: a broker redelivers the
+        others) that are in this process's journals or in no file; then remove those
+        journals.  The count written."""
         with self._cond:
+            self._close_journal()
+            journals = set(self._journals)
             items = [i for i in (*self._sending, *self._buf)
-                     if i.ack is None and i.spooled is None]
-        if not items:
-            return 0
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        path = spool_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.jsonl"
-        _write_spool(path, [item.body for item in items])
+                     if i.ack is None and (i.spooled is None or i.spooled in journals)]
+            if items:
+                spool_dir.mkdir(parents=True, exist_ok=True)
+                path = spool_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.jsonl"
+                _write_spool(path, [item.body for item in items])
+            for journal in self._journals:  # what they hold that SQS has not is in ``path``
+                self._spool_left.pop(journal, None)
+                _remove(journal)
+            self._journals.clear()
         self.stats.spooled += len(items)
         return len(items)
 
@@ -221,7 +359,8 @@ class SqsSink:
             block: bool | Callable[[], bool] = True) -> None:
         """Queue one envelope; blocks while the buffer is full (backpressure), unless
         ``block`` is False, or a function that turns False (a source stopping: what
-        it holds is in memory already, and the stop may spool it)."""
+        it holds is in memory already, and the stop may spool it).  With a spool
+        directory, an envelope with no ``ack`` is written ahead to the journal first."""
         body = envelope.encode()
         item = _Item(envelope, body, len(body.encode()), ack, time.monotonic())
         with self._cond:
@@ -241,6 +380,8 @@ class SqsSink:
                 self._cond.wait(0.25)
             if self._closing:
                 raise SinkClosed("the SQS sink is shutting down")
+            if ack is None and self._spool_dir is not None:
+                self._journal(item)
             self._buf.append(item)
             self._buf_bytes += item.size
             self.stats.received += 1
@@ -274,6 +415,9 @@ class SqsSink:
                 self._thread.join(5)
         left = self.buffered
         if not left:
+            with self._cond:
+                self._close_journal()  # SQS holds all of it: removed
+            self._unlock()
             log.info("SQS sink flushed: everything accepted by SQS")
             return True
         spooled = 0
@@ -281,7 +425,9 @@ class SqsSink:
             try:
                 spooled = self._spool(self._spool_dir)
             except OSError as exc:
-                log.error("writing the spool in %s failed: %s", self._spool_dir, exc)
+                log.error("writing the spool in %s failed (%s): the journal stays, for the"
+                          " next start", self._spool_dir, exc)
+            self._unlock()
         if spooled:
             log.error("SQS sink stopped with %d envelope(s) not accepted by SQS: %d written "
                       "to the spool in %s, which the next start sends first (the rest: "
@@ -452,6 +598,43 @@ class SqsSink:
         item.claimed = True
         self.stats.claimed += 1
         log.info("record of %d bytes claim-checked to s3://%s/%s", len(record), self._bucket, key)
+
+
+def _sent_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sent")
+
+
+def _read_sent(path: Path) -> set[int]:
+    """The line numbers a ``.sent`` file lists: each ends with a line break, so a write
+    the machine's crash cut short names no line it did not mean."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:  # sent again: duplicates, not a loss
+        log.error("%s cannot be read (%s): its lines are sent again", path, exc)
+        return set()
+    return {int(n) for n in text.split(b"\n")[:-1] if n.isdigit()}
+
+
+def _numbers(numbers: list[int]) -> bytes:
+    return "".join(f"{n}\n" for n in numbers).encode()
+
+
+def _append(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(f"short write to {path} (the disk is full?)")
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """A spool file or journal, then its ``.sent`` (a kill between leaves the file, whose
+    lines are then sent again: duplicates, never a loss)."""
+    path.unlink(missing_ok=True)
+    _sent_path(path).unlink(missing_ok=True)
 
 
 def _write_spool(path: Path, bodies: list[str]) -> None:

@@ -15,6 +15,7 @@
 ``fmn bench match``     matcher throughput, latency, snapshot build time and memory
 ``fmn bench preview``   rule preview latency over a 100,000-message window
 ``fmn bench email``     CPU to render and serialize one notification mail
+``fmn bench bridge``    the bridge's SQS sink a message, with and without its journal
 ``fmn feed-url``        a user's live feed address, with a signed token
 ``fmn sync``            ownership, groups and accounts from dist-git and FASJSON
 ``fmn ledger``          a local run's accounts: every message once, nothing lost or twice
@@ -373,6 +374,16 @@ def cmd_bench_email(args: argparse.Namespace) -> int:
     return run(files, fanout=args.fanout, duration=args.duration, json_path=args.json)
 
 
+def cmd_bench_bridge(args: argparse.Namespace) -> int:
+    from fmn.bench import default_message_files
+    from fmn_bridge.bench import run
+
+    if args.messages < 1 or args.rounds < 1:
+        return _fail("--messages and --rounds must be at least 1")
+    files = [Path(m) for m in args.files] if args.files else default_message_files()
+    return run(files, messages=args.messages, rounds=args.rounds, json_path=args.json)
+
+
 def cmd_bench_match(args: argparse.Namespace) -> int:
     from fmn.bench import run_match_benchmark
 
@@ -547,6 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="messages JSON Lines (repeatable; default: the shared data)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench_email)
+    p = bsub.add_parser("bridge", help="the bridge's SQS sink a message, with and without "
+                                       "its write-ahead journal")
+    p.add_argument("--messages", type=int, default=100_000, help="messages a round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
+    p.add_argument("--files", action="append", metavar="JSONL",
+                   help="messages JSON Lines (repeatable; default: the shared data)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench_bridge)
     p = bsub.add_parser("preview", help="rule preview latency over a 100,000-message window")
     p.add_argument("--window", type=int, default=100_000, help="messages in the window")
     p.add_argument("--users", type=int, default=10_000,

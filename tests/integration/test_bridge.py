@@ -1004,31 +1004,11 @@ def test_fedmsg_bridge_stopped_while_sqs_is_down_loses_nothing_across_the_restar
         aws: Aws, tmp_path: Path) -> None:
     """SIGTERM while SQS is unreachable: what the bridge buffered, and what ZeroMQ had
     already received behind it, goes to the spool; the next start sends it."""
-    import zmq
-
-    pub = zmq.Context.instance().socket(zmq.XPUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
     spool = tmp_path / "spool"
-
-    def bridge(aws_endpoint: str, log: Path) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "AWS_ENDPOINT_URL": aws_endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
-               "FMN_CLAIM_BUCKET": aws.bucket, "PYTHONPATH": str(REPO / "bridge")}
-        with log.open("wb") as err:
-            return subprocess.Popen(
-                [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", endpoint,
-                 "--spool-dir", str(spool), "--buffer-items", "50", "--backoff-max", "0.2",
-                 "--shutdown-timeout", "3", "--heartbeat-interval", "0", "--linger-ms", "20"],
-                env=env, stdout=subprocess.DEVNULL, stderr=err)
-
-    try:
-        down = bridge("http://127.0.0.1:9", tmp_path / "down.log")  # nothing listens there
-        assert pub.poll(20_000), "the bridge never subscribed"
-        pub.recv()
-        for i in range(1, 301):  # 50 fill the buffer; ZeroMQ holds the rest
-            env = {"topic": "org.fedoraproject.prod.test", "i": i, "username": "alpha",
-                   "msg": {"n": i}, "msg_id": f"2026-{i}", "timestamp": 0}
-            pub.send_multipart([env["topic"].encode(), json.dumps(env).encode()])
+    with _FedmsgHub() as hub:
+        down = hub.bridge(aws, "http://127.0.0.1:9", spool, tmp_path / "down.log",
+                          "--buffer-items", "50")  # nothing listens at :9
+        hub.publish(1, 301)  # 50 fill the buffer; ZeroMQ holds the rest
         time.sleep(1.0)
         down.send_signal(signal.SIGTERM)
         assert down.wait(30) == 1  # not everything reached SQS: said so
@@ -1037,15 +1017,128 @@ def test_fedmsg_bridge_stopped_while_sqs_is_down_loses_nothing_across_the_restar
         [spooled] = list((spool / aws.queue_name).glob("*.jsonl"))
         assert len(spooled.read_text().splitlines()) == 300
 
-        up = bridge(aws.endpoint, tmp_path / "up.log")
+        up = hub.bridge(aws, aws.endpoint, spool, tmp_path / "up.log")
         _wait(lambda: aws.count() >= 300, 30, "the spool sent")
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
-    finally:
-        pub.close()
     got = aws.drain()
     assert sorted(e.seq or 0 for e in got) == list(range(1, 301))  # each once
     assert list((spool / aws.queue_name).iterdir()) == []
+
+
+class _FedmsgHub:
+    """A fedmsg hub's PUB socket, and ``fmn bridge`` processes subscribed to it."""
+
+    def __init__(self) -> None:
+        import zmq
+
+        self.pub = zmq.Context.instance().socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def __enter__(self) -> _FedmsgHub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pub.close()
+
+    def bridge(self, aws: Aws, aws_endpoint: str, spool: Path, log: Path,
+               *options: str) -> subprocess.Popen[bytes]:
+        """Start a bridge and wait until it has subscribed."""
+        env = {**os.environ, "AWS_ENDPOINT_URL": aws_endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
+               "FMN_CLAIM_BUCKET": aws.bucket, "PYTHONPATH": str(REPO / "bridge")}
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.endpoint,
+                 "--spool-dir", str(spool), "--backoff-max", "0.2", "--shutdown-timeout",
+                 "3", "--heartbeat-interval", "0", "--linger-ms", "20", *options],
+                env=env, stdout=subprocess.DEVNULL, stderr=err)
+        while True:  # a bridge gone before unsubscribed: its b"\x00" comes first
+            assert self.pub.poll(20_000), "the bridge never subscribed"
+            if self.pub.recv().startswith(b"\x01"):
+                return proc
+
+    def publish(self, first: int, end: int) -> None:
+        """fedmsg envelopes numbered ``first`` to ``end - 1`` (their ``i``)."""
+        for i in range(first, end):
+            env = {"topic": "org.fedoraproject.prod.test", "i": i, "username": "alpha",
+                   "msg": {"n": i}, "msg_id": f"2026-{i}", "timestamp": 0}
+            self.pub.send_multipart([env["topic"].encode(), json.dumps(env).encode()])
+
+
+def _journaled(spool: Path) -> int:
+    """Lines written ahead to the journals in ``spool`` (a bridge's, as it runs)."""
+    return sum(len(p.read_bytes().splitlines()) for p in spool.glob("*.jsonl"))
+
+
+def test_fedmsg_bridge_killed_while_sqs_is_down_loses_nothing_it_took_in(
+        aws: Aws, tmp_path: Path) -> None:
+    """SIGKILL runs no stop: what the bridge had taken in was in memory alone, and fedmsg
+    never sends it again.  Written ahead to the journal, the next start sends it."""
+    spool = tmp_path / "spool"
+    with _FedmsgHub() as hub:
+        down = hub.bridge(aws, "http://127.0.0.1:9", spool, tmp_path / "down.log")
+        hub.publish(1, 201)
+        _wait(lambda: _journaled(spool / aws.queue_name) == 200, 30, "200 written ahead")
+        down.send_signal(signal.SIGKILL)
+        down.wait(10)
+
+        up = hub.bridge(aws, aws.endpoint, spool, tmp_path / "up.log")
+        _wait(lambda: aws.count() >= 200, 30, "the journal sent")
+        hub.publish(201, 211)  # and the bus goes on
+        _wait(lambda: aws.count() >= 210, 30, "the new messages sent")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    assert "re-sending 200 envelope(s) an earlier run left unsent" in \
+        (tmp_path / "up.log").read_text()
+    assert sorted(e.seq or 0 for e in aws.drain()) == list(range(1, 211))  # each once
+    assert list((spool / aws.queue_name).iterdir()) == []
+
+
+def test_fedmsg_bridge_killed_after_sqs_took_everything_sends_nothing_twice(
+        aws: Aws, tmp_path: Path) -> None:
+    """The journal's ``.sent`` lists what SQS accepted: a kill after it took everything
+    leaves nothing to send again."""
+    spool = tmp_path / "spool"
+    with _FedmsgHub() as hub:
+        first = hub.bridge(aws, aws.endpoint, spool, tmp_path / "first.log")
+        hub.publish(1, 101)
+        _wait(lambda: aws.count() >= 100, 30, "100 in SQS")
+        [journal] = list((spool / aws.queue_name).glob("*.jsonl"))
+        _wait(lambda: len(journal.with_name(journal.name + ".sent").read_bytes().split())
+              == 100, 10, "100 recorded as sent")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        assert journal.exists()  # no stop removed it
+
+        second = hub.bridge(aws, aws.endpoint, spool, tmp_path / "second.log")
+        hub.publish(101, 106)
+        _wait(lambda: aws.count() >= 105, 30, "the new messages sent")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    assert "re-sending" not in (tmp_path / "second.log").read_text()
+    assert sorted(e.seq or 0 for e in aws.drain()) == list(range(1, 106))  # each once
+    assert list((spool / aws.queue_name).iterdir()) == []
+
+
+def test_two_bridges_never_share_a_spool_directory(aws: Aws, tmp_path: Path) -> None:
+    """A second bridge on the same spool would send the first's journal as the first
+    writes it, then remove it: it refuses to start, and says why."""
+    spool = tmp_path / "spool"
+    with _FedmsgHub() as hub:
+        first = hub.bridge(aws, aws.endpoint, spool, tmp_path / "first.log")
+        try:
+            second = subprocess.run(
+                [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", hub.endpoint,
+                 "--spool-dir", str(spool), "--heartbeat-interval", "0"],
+                env={**os.environ, "AWS_ENDPOINT_URL": aws.endpoint,
+                     "FMN_QUEUE_PREFIX": aws.prefix, "PYTHONPATH": str(REPO / "bridge")},
+                capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2
+            assert "is in use by another bridge on the same queue" in second.stderr
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(30) == 0
 
 
 def test_amqp_a_buffer_full_of_other_sources_messages_never_holds_pika_up(
@@ -1078,18 +1171,18 @@ def test_amqp_a_buffer_full_of_other_sources_messages_never_holds_pika_up(
     _wait(lambda: rabbit.counts()[0] == len(records), 10, "the deliveries requeued")
 
 
-def test_a_spool_that_cannot_be_rewritten_is_sent_all_the_same(
+def test_a_spool_whose_bad_line_cannot_be_set_aside_is_sent_all_the_same(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Setting a bad line aside rewrites the file; on a full disk that fails, and the
+    """Setting a bad line aside writes two files; on a full disk that fails, and the
     error escaped the start: the bridge did not start, and later files went unread."""
     import errno
 
     from fmn_bridge import sqs_sink
 
-    def full(path: Path, bodies: list[str]) -> None:
+    def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sqs_sink, "_write_spool", full)
+    monkeypatch.setattr(sqs_sink, "_append", full)
     spool = tmp_path / "spool"
     spool.mkdir()
     good = json.dumps(_fedmsg(b'{"i": 4}', 4).encode())
@@ -1143,3 +1236,77 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     assert (spool / "1-garbage.jsonl.bad").exists()  # set aside, not a crash at start
     assert sorted(p.name for p in spool.iterdir()) == ["0-other.jsonl.bad",
                                                        "1-garbage.jsonl.bad"]
+
+
+def test_the_journal_is_replaced_and_removed_as_sqs_takes_it(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While SQS keeps up, the disk holds one journal of at most a segment's lines; what
+    a broker sends again (an ``ack``) is not written ahead."""
+    from fmn_bridge import sqs_sink
+
+    monkeypatch.setattr(sqs_sink, "JOURNAL_SEGMENT_LINES", 10)
+    spool = tmp_path / "spool"
+    sink = aws.sink(spool_dir=spool)
+    sink.start()
+    try:
+        for n in range(25):
+            sink.put(_fedmsg(b'{"i": %d}' % n, n))
+        sink.put(_fedmsg(b'{"i": 99}', 99), ack=lambda: None)
+        _wait(lambda: sink.stats.forwarded == 26, 30, "all accepted")
+        _wait(lambda: len(list(spool.glob("*.jsonl"))) == 1, 10, "full journals removed")
+        [journal] = list(spool.glob("*.jsonl"))
+        assert len(journal.read_bytes().splitlines()) == 5  # the 21st to 25th
+        assert sink.stats.journaled == 25
+    finally:
+        assert sink.flush_and_stop(10)
+    assert list(spool.iterdir()) == []
+    assert sorted(e.seq or 0 for e in aws.drain()) == [*range(25), 99]
+
+
+def test_a_journal_that_cannot_be_written_is_said_once_and_a_stop_still_spools(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk: the envelopes go on without their journal line (one error, not one
+    a message), and a stop with SQS away writes them to the spool all the same."""
+    import errno
+
+    from fmn_bridge import sqs_sink
+
+    real_open = os.open
+
+    def full(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith(".jsonl") and flags & os.O_APPEND:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args)
+
+    spool = tmp_path / "spool"
+    down_sqs, _ = _down_clients()
+    first = sqs_sink.SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                             backoff_initial_s=0.05, backoff_max_s=0.1)
+    first.start()
+    with monkeypatch.context() as patch:
+        patch.setattr(sqs_sink.os, "open", full)
+        for n in range(3):
+            first.put(_fedmsg(b'{"i": %d}' % n, n))
+    first.put(_fedmsg(b'{"i": 3}', 3))  # the disk has room again
+    assert not first.flush_and_stop(0.5)
+    assert (first.stats.journal_errors, first.stats.journaled, first.stats.spooled) == (3, 1, 4)
+    failed = [r for r in caplog.records if "writing ahead to the journal" in r.getMessage()]
+    assert [r.levelname for r in failed] == ["ERROR", "WARNING"]  # failed; works again
+
+    up = aws.sink(spool_dir=spool)
+    up.start()
+    assert up.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == [0, 1, 2, 3]
+    assert list(spool.iterdir()) == []
+
+
+def test_a_sent_list_cut_short_names_no_line_it_did_not_mean(tmp_path: Path) -> None:
+    """A crash of the machine can cut a ``.sent`` write short: "13\\n" as "1" would
+    have skipped line 1, never sent."""
+    from fmn_bridge.sqs_sink import _read_sent
+
+    sent = tmp_path / "j.jsonl.sent"
+    sent.write_bytes(b"0\n2\n1")
+    assert _read_sent(sent) == {0, 2}
+    assert _read_sent(tmp_path / "none.sent") == set()

@@ -113,6 +113,8 @@ def test_prefs_import_then_export_gives_the_same_document(
     (["bench", "email", "--duration", "nan"], "--duration a number of seconds above 0"),
     (["bench", "email", "--messages", "{tmp}/empty.jsonl"], "no messages in"),
     (["bench", "email", "--messages", "{tmp}/bad.jsonl"], "bad.jsonl:2: not a bus message"),
+    (["bench", "bridge", "--messages", "0"], "--messages and --rounds must be at least 1"),
+    (["bench", "bridge", "--files", "{tmp}/empty.jsonl"], "no messages in"),
     (["prefs", "import", str(GOLDEN / "prefs.json"), "--database", "bogus://x"],
      "not a usable database URL"),
     (["prefs", "export", "--database", "sqlite:///{tmp}/empty.sqlite"], "database error"),
@@ -137,6 +139,17 @@ def test_bench_email_prints_and_writes_its_figures(
     assert code == 0 and b"ms CPU per mail" in out
     figures = json.loads((tmp_path / "email.json").read_text())
     assert figures["fanout"] == 2 and figures["mails"] > 0 and figures["cpu_ms_per_mail"] > 0
+
+
+def test_bench_bridge_prints_and_writes_its_figures(
+        capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
+    code, out, _ = run(capsysbinary, "bench", "bridge", "--messages", "300", "--rounds", "1",
+                       "--files", str(MESSAGES / "fedmsg.jsonl"),
+                       "--json", str(tmp_path / "bridge.json"))
+    assert code == 0 and b"us CPU a message" in out
+    figures = json.loads((tmp_path / "bridge.json").read_text())
+    assert figures["rounds"]["journal"][0]["journaled"] == 300
+    assert figures["rounds"]["no journal"][0]["journaled"] == 0
 
 
 def test_feed_url_signs_a_token_for_the_user(capsysbinary: pytest.CaptureFixture[bytes],

@@ -653,7 +653,9 @@ fmn_bridge_queue = "{queue}"
         self._bridge = subprocess.Popen(
             [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", self.options.fedmsg_endpoint,
              "--amqp-config", str(config), "--stats-interval", "1",
-             "--heartbeat-interval", str(LOCAL_HEARTBEAT_S)],
+             "--heartbeat-interval", str(LOCAL_HEARTBEAT_S),
+             # the stack's own: not left behind in the shared var/bridge-spool
+             "--spool-dir", str(self.workdir / "bridge-spool")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         reader = threading.Thread(target=self._read_bridge, name="bridge-log", daemon=True)
         reader.start()
