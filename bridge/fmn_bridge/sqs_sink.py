@@ -605,14 +605,19 @@ def _sent_path(path: Path) -> Path:
 
 
 def _read_sent(path: Path) -> set[int]:
-    """The line numbers a ``.sent`` file lists: each ends with a line break, so a write
-    the machine's crash cut short names no line it did not mean."""
+    """The line numbers a ``.sent`` file lists.  Each ends with a line break: a record a
+    crash or a full disk cut short is cut off the file here, before anything appends to
+    it (``"1"`` then ``"20\n"`` would read as line 120, never sent)."""
     try:
         text = path.read_bytes()
+        if text and not text.endswith(b"\n"):
+            text = text[:text.rfind(b"\n") + 1]
+            os.truncate(path, len(text))
     except FileNotFoundError:
         return set()
     except OSError as exc:  # sent again: duplicates, not a loss
-        log.error("%s cannot be read (%s): its lines are sent again", path, exc)
+        log.error("%s cannot be read or repaired (%s): its lines are sent again", path, exc)
+        path.unlink(missing_ok=True)
         return set()
     return {int(n) for n in text.split(b"\n")[:-1] if n.isdigit()}
 
@@ -622,10 +627,16 @@ def _numbers(numbers: list[int]) -> bytes:
 
 
 def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` whole or not at all (a short write is cut off again)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        if os.write(fd, data) != len(data):
-            raise OSError(f"short write to {path} (the disk is full?)")
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {path} (the disk is full?)")
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 

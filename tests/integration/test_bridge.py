@@ -1304,9 +1304,11 @@ def test_a_journal_that_cannot_be_written_is_said_once_and_a_stop_still_spools(
 def test_a_sent_list_cut_short_names_no_line_it_did_not_mean(tmp_path: Path) -> None:
     """A crash of the machine can cut a ``.sent`` write short: "13\\n" as "1" would
     have skipped line 1, never sent."""
-    from fmn_bridge.sqs_sink import _read_sent
+    from fmn_bridge.sqs_sink import _append, _read_sent
 
     sent = tmp_path / "j.jsonl.sent"
     sent.write_bytes(b"0\n2\n1")
     assert _read_sent(sent) == {0, 2}
+    _append(sent, b"20\n")  # the next record after it: not line 120
+    assert _read_sent(sent) == {0, 2, 20}
     assert _read_sent(tmp_path / "none.sent") == set()
