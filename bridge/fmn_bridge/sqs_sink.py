@@ -26,7 +26,7 @@ accepted is not sent twice, save the batch in flight at the kill (a duplicate th
 pipeline's idempotency absorbs).  A journal is removed once SQS holds all of it and
 it has reached :data:`JOURNAL_SEGMENT_LINES` lines or :data:`JOURNAL_SEGMENT_BYTES`
 (a new one follows), and at a stop, which writes what is left in one spool file.  One
-process at a time uses a spool directory (a lock file; :class:`SpoolInUse`).
+process at a time uses a spool directory (``flock`` on it; :class:`SpoolInUse`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -271,8 +272,7 @@ class SqsSink:
                     self._done_with(path)
 
     def _writing(self, path: Path) -> bool:
-        return self._journal_fd is not None and bool(self._journals) \
-            and self._journals[-1] == path
+        return self._journal_fd is not None and self._journals[-1] == path
 
     def _done_with(self, path: Path) -> None:
         """SQS holds every line of ``path``: it goes, and its ``.sent`` after it."""
@@ -295,8 +295,7 @@ class SqsSink:
                     or self._journal_bytes + len(line) > JOURNAL_SEGMENT_BYTES):
                 self._close_journal()
             if self._journal_fd is None:
-                path = self._spool_dir / (f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-"
-                                          f"{os.getpid()}.jsonl")
+                path = _new_spool_path(self._spool_dir)
                 self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                                            0o644)
                 self._journals.append(path)
@@ -346,7 +345,7 @@ class SqsSink:
                      if i.ack is None and (i.spooled is None or i.spooled in journals)]
             if items:
                 spool_dir.mkdir(parents=True, exist_ok=True)
-                path = spool_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}.jsonl"
+                path = _new_spool_path(spool_dir)
                 _write_spool(path, [item.body for item in items])
             for journal in self._journals:  # what they hold that SQS has not is in ``path``
                 self._spool_left.pop(journal, None)
@@ -600,6 +599,17 @@ class SqsSink:
         log.info("record of %d bytes claim-checked to s3://%s/%s", len(record), self._bucket, key)
 
 
+_spool_files = itertools.count()
+
+
+def _new_spool_path(spool_dir: Path) -> Path:
+    """A name for a new spool file or journal: in the order written (the order the next
+    start reads them), and never one this process already used, even within a
+    microsecond (a stop's spool file must not replace the journal it empties)."""
+    return spool_dir / (f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-"
+                        f"{next(_spool_files):06d}.jsonl")
+
+
 def _sent_path(path: Path) -> Path:
     return path.with_name(path.name + ".sent")
 
@@ -642,8 +652,9 @@ def _append(path: Path, data: bytes) -> None:
 
 
 def _remove(path: Path) -> None:
-    """A spool file or journal, then its ``.sent`` (a kill between leaves the file, whose
-    lines are then sent again: duplicates, never a loss)."""
+    """A spool file or journal, then its ``.sent`` (a kill between leaves the ``.sent``
+    alone, which the next start removes: removing it first would leave the file whole,
+    its lines all sent again)."""
     path.unlink(missing_ok=True)
     _sent_path(path).unlink(missing_ok=True)
 
