@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from fmn.pipeline.queues import queue
 from fmn.settings import Settings
 
-from .sqs_sink import SpoolInUse, SqsSink, make_clients
+from .sqs_sink import SpoolError, SqsSink, make_clients
 
 log = logging.getLogger("fmn_bridge")
 
@@ -102,11 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sqs, s3 = make_clients(endpoint, region)
     counter = _request_counter(prefix, sqs, s3)
     # one spool per queue: two bridges (two stages on one machine) never send each other's;
-    # only fedmsg needs one (an AMQP broker sends again what SQS has not taken)
+    # only fedmsg writes to it (an AMQP broker sends again what SQS has not taken), but an
+    # AMQP-only bridge still sends what an earlier fedmsg bridge left there
     spool = Path(args.spool_dir or os.environ.get("FMN_BRIDGE_SPOOL") or "var/bridge-spool")
     sink = SqsSink(sqs, s3, queue_name, bucket, linger_s=args.linger_ms / 1000,
                    max_items=args.buffer_items, backoff_max_s=args.backoff_max,
-                   spool_dir=spool / queue_name if args.fedmsg else None)
+                   spool_dir=spool / queue_name, write_ahead=bool(args.fedmsg))
     try:
         sources = _sources(args, sink)
     except Exception as exc:  # noqa: BLE001 - a bad configuration: say what, exit 2
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("bridging into SQS queue %s (endpoint %s)", queue_name, endpoint or "AWS")
     try:
         sink.start()
-    except SpoolInUse as exc:
+    except SpoolError as exc:  # in use, or not usable: nothing has started
         log.error("%s", exc)
         return 2
     heartbeat = None

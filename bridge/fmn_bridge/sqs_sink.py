@@ -26,7 +26,11 @@ accepted is not sent twice, save the batch in flight at the kill (a duplicate th
 pipeline's idempotency absorbs).  A journal is removed once SQS holds all of it and
 it has reached :data:`JOURNAL_SEGMENT_LINES` lines or :data:`JOURNAL_SEGMENT_BYTES`
 (a new one follows), and at a stop, which writes what is left in one spool file.  One
-process at a time uses a spool directory (``flock`` on it; :class:`SpoolInUse`).
+process at a time uses a spool directory (``flock`` on its ``.lock`` file, which works on
+NFS too; :class:`SpoolInUse`); a directory that cannot be used at all is
+:class:`SpoolUnusable`.  A sink with nothing to write ahead (``write_ahead=False``: a
+bridge with AMQP sources alone, whose broker sends again what SQS has not taken) still
+sends what an earlier bridge left in the directory, if no other process holds it.
 """
 
 from __future__ import annotations
@@ -78,9 +82,18 @@ class SinkClosed(RuntimeError):
     """``put`` after :meth:`SqsSink.flush_and_stop` began."""
 
 
-class SpoolInUse(RuntimeError):
+class SpoolError(RuntimeError):
+    """The spool directory cannot be used: the bridge must not run without it."""
+
+
+class SpoolInUse(SpoolError):
     """Another process holds the spool directory (it would send that process's
     journal while it runs, and remove it)."""
+
+
+class SpoolUnusable(SpoolError):
+    """The spool directory cannot be created, locked or read (permissions, a full or
+    read-only disk): a bridge without it would lose what a kill interrupts."""
 
 
 @dataclass
@@ -131,6 +144,7 @@ class SqsSink:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
         spool_dir: Path | None = None,
+        write_ahead: bool = True,
     ) -> None:
         self._sqs = sqs
         self._s3 = s3
@@ -152,6 +166,9 @@ class SqsSink:
         #: the batch being sent (its items are in neither the buffer nor SQS)
         self._sending: list[_Item] = []
         self._spool_dir = spool_dir
+        #: whether envelopes with no ``ack`` are journaled (and the spool is needed)
+        self._write_ahead = write_ahead
+        self._sent_failing = False
         self._spool_left: dict[Path, int] = {}
         self._lock_fd: int | None = None
         #: this process's journals (the last one is written to while ``_journal_fd`` is open)
@@ -165,25 +182,72 @@ class SqsSink:
     # -- the source side ------------------------------------------------------
 
     def start(self) -> None:
-        """Start sending; with a spool directory, take it (:class:`SpoolInUse` when
-        another process has it) and queue what earlier runs left in it."""
-        if self._spool_dir is not None:
+        """Start sending; with a spool directory, take it and queue what earlier runs left
+        in it (:class:`SpoolInUse` when another process has it, :class:`SpoolUnusable`
+        when it cannot be used; nothing is started then).  Without ``write_ahead`` the
+        directory is only taken when an earlier run left something in it, and only if
+        free: whoever holds it sends it."""
+        if self._spool_dir is not None and not self._write_ahead:
+            self._spool_dir = self._leftovers_to_send(self._spool_dir)  # taken, or None
+        elif self._spool_dir is not None:
             self._lock(self._spool_dir)
+        if self._spool_dir is not None:
+            try:
+                self._unspool(self._spool_dir)
+            except OSError as exc:
+                self._unlock()
+                error = SpoolUnusable(f"the spool directory {self._spool_dir} cannot be "
+                                      f"read: {exc}")
+                if self._write_ahead:
+                    raise error from exc
+                log.error("spool files an earlier bridge left are not sent: %s", error)
+                self._spool_dir = None
         self._thread = threading.Thread(target=self._run, name="sqs-sink", daemon=True)
         self._thread.start()
-        if self._spool_dir is not None:
-            self._unspool(self._spool_dir)
+
+    def _leftovers_to_send(self, spool_dir: Path) -> Path | None:
+        """With nothing to write ahead: ``spool_dir``, locked, if an earlier run left spool
+        files or journals in it and no other process holds it; else None (said when there
+        are): a bridge with no spool of its own never fails to start for one."""
+        try:
+            left = sorted(spool_dir.glob("*.jsonl"))
+        except OSError:
+            left = []
+        if not left:
+            return None
+        try:
+            self._lock(spool_dir)
+        except SpoolInUse:
+            log.info("%d spool file(s) in %s: another bridge holds the directory and sends"
+                     " them", len(left), spool_dir)
+            return None
+        except SpoolUnusable as exc:  # this bridge needs no spool of its own: it goes on
+            log.error("%d spool file(s) an earlier bridge left are not sent: %s", len(left),
+                      exc)
+            return None
+        log.info("%d spool file(s) an earlier bridge left in %s: sent first", len(left),
+                 spool_dir)
+        return spool_dir
 
     def _lock(self, spool_dir: Path) -> None:
-        """Hold the directory itself (``flock`` on it: no lock file to leave behind)."""
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY)
+        """Hold ``spool_dir/.lock`` (``flock``, released by the kernel when the process ends,
+        killed or not; a regular file, as NFS locks only those)."""
+        try:
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(spool_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SpoolUnusable(f"the spool directory {spool_dir} cannot be used: {exc}"
+                                ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise SpoolInUse(f"the spool directory {spool_dir} is in use by another bridge"
                              " on the same queue; give each its own --spool-dir") from None
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolUnusable(f"the spool directory {spool_dir} cannot be locked: {exc}"
+                                ) from exc
         self._lock_fd = fd
 
     def _unlock(self) -> None:
@@ -203,6 +267,12 @@ class SqsSink:
         for orphan in spool_dir.glob("*.jsonl.sent"):  # its file removed, then a kill
             if not orphan.with_suffix("").exists():
                 orphan.unlink(missing_ok=True)
+        for unfinished in spool_dir.glob("*.tmp"):
+            # a stop's spool file, its writing cut short: the journals it was to replace
+            # are removed only after it is whole, so they still hold its lines
+            log.warning("removing %s, a spool file whose writing was cut short (its "
+                        "journals are still here)", unfinished)
+            unfinished.unlink(missing_ok=True)
         for path in sorted(spool_dir.glob("*.jsonl")):
             try:
                 lines = path.read_bytes().split(b"\n")
@@ -265,8 +335,16 @@ class SqsSink:
                 try:
                     _append(_sent_path(path), _numbers(numbers))
                 except OSError as exc:  # sent again after a kill: a duplicate, not a loss
-                    log.warning("spool %s: recording %d line(s) as sent failed (%s)",
-                                path, len(numbers), exc)
+                    if not self._sent_failing:
+                        self._sent_failing = True
+                        log.warning("spool %s: recording %d line(s) as sent failed (%s): "
+                                    "a kill would send them again (duplicates)",
+                                    path, len(numbers), exc)
+                else:
+                    if self._sent_failing:
+                        self._sent_failing = False
+                        log.warning("recording lines as sent in %s works again",
+                                    self._spool_dir)
                 self._spool_left[path] -= len(numbers)
                 if self._spool_left[path] == 0 and not self._writing(path):
                     self._done_with(path)
@@ -301,8 +379,14 @@ class SqsSink:
                 self._journals.append(path)
                 self._spool_left[path] = 0
                 self._journal_lines = self._journal_bytes = 0
-            if os.write(self._journal_fd, line) != len(line):
-                raise OSError("short write (the disk is full?)")
+            try:
+                if os.write(self._journal_fd, line) != len(line):
+                    raise OSError("short write (the disk is full?)")
+            except OSError:
+                # the torn line cut off again: the next start would call it no envelope
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._journal_fd, self._journal_bytes)
+                raise
         except OSError as exc:
             self.stats.journal_errors += 1
             if not self._journal_failing:
@@ -379,7 +463,7 @@ class SqsSink:
                 self._cond.wait(0.25)
             if self._closing:
                 raise SinkClosed("the SQS sink is shutting down")
-            if ack is None and self._spool_dir is not None:
+            if ack is None and self._spool_dir is not None and self._write_ahead:
                 self._journal(item)
             self._buf.append(item)
             self._buf_bytes += item.size
@@ -412,6 +496,7 @@ class SqsSink:
             if self._thread.is_alive():
                 self._abort.set()  # stop retrying: the caller is giving up
                 self._thread.join(5)
+        stuck = self._thread is not None and self._thread.is_alive()
         left = self.buffered
         if not left:
             with self._cond:
@@ -419,23 +504,31 @@ class SqsSink:
             self._unlock()
             log.info("SQS sink flushed: everything accepted by SQS")
             return True
-        spooled = 0
+        with self._cond:
+            items = [*self._sending, *self._buf]
+            journals = set(self._journals)
+        redelivered = sum(i.ack is not None for i in items)
+        # in an earlier run's spool file, which stays until SQS has it
+        on_disk = sum(i.ack is None and i.spooled is not None and i.spooled not in journals
+                      for i in items)
+        spooled = lost = 0
         if self._spool_dir is not None:
             try:
                 spooled = self._spool(self._spool_dir)
-            except OSError as exc:
-                log.error("writing the spool in %s failed (%s): the journal stays, for the"
+            except OSError as exc:  # the journals stay: what they hold is not lost
+                on_disk += sum(i.ack is None and i.spooled in journals for i in items)
+                lost = sum(i.ack is None and i.spooled is None for i in items)
+                log.error("writing the spool in %s failed (%s): the journals stay, for the"
                           " next start", self._spool_dir, exc)
-            self._unlock()
-        if spooled:
-            log.error("SQS sink stopped with %d envelope(s) not accepted by SQS: %d written "
-                      "to the spool in %s, which the next start sends first (the rest: "
-                      "an AMQP broker redelivers them, or a spool file holds them already)",
-                      left, spooled, self._spool_dir)
+            if not stuck:  # else the kernel releases it at exit, once nothing writes here
+                self._unlock()
         else:
-            log.error("SQS sink stopped with %d envelope(s) not accepted by SQS"
-                      " (unacknowledged: an AMQP broker redelivers them; fedmsg's are "
-                      "lost without a spool directory)", left)
+            lost = left - redelivered
+        log.error("SQS sink stopped with %d envelope(s) not accepted by SQS: %d written to "
+                  "the spool in %s now and %d in its files already (the next start sends "
+                  "them first), %d unacknowledged (their AMQP broker sends them again)%s",
+                  left, spooled, self._spool_dir, on_disk, redelivered,
+                  f"; {lost} LOST (no spool could hold them)" if lost else "")
         return False
 
     # -- the flusher thread ---------------------------------------------------
@@ -662,12 +755,24 @@ def _remove(path: Path) -> None:
 def _write_spool(path: Path, bodies: list[str]) -> None:
     """Write (or replace) a spool file whole: a crash leaves the old one or the new one."""
     tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        for body in bodies:  # a JSON string a line: a record may hold line breaks
-            f.write(orjson.dumps(body) + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.rename(path)
+    try:
+        with tmp.open("wb") as f:
+            for body in bodies:  # a JSON string a line: a record may hold line breaks
+                f.write(orjson.dumps(body) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    # the rename itself on disk before the journals it replaces are removed (where the
+    # file system can say so: not every one syncs a directory)
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def make_clients(endpoint_url: str | None, region: str) -> tuple[Any, Any]:

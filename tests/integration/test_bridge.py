@@ -127,6 +127,20 @@ def _down_clients() -> tuple[Any, Any]:
     return make_clients("http://127.0.0.1:9", "us-east-1")
 
 
+def _left_in(spool: Path) -> list[str]:
+    """What a spool directory holds, less the lock file that stays in it."""
+    return sorted(p.name for p in spool.iterdir() if p.name != ".lock")
+
+
+def _whole_envelope(line: bytes) -> bool:
+    """Whether a spool line is one whole envelope."""
+    try:
+        Envelope.decode(json.loads(line))
+    except ValueError:
+        return False
+    return True
+
+
 def _canon(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True)
 
@@ -997,7 +1011,7 @@ def test_fedmsg_envelopes_sqs_has_not_taken_at_a_stop_are_sent_by_the_next_start
         third.put(env)
     assert third.flush_and_stop(10)
     assert sorted(e.seq for e in aws.drain()) == list(range(15))  # once each
-    assert list(spool.iterdir()) == []
+    assert _left_in(spool) == []
 
 
 def test_fedmsg_bridge_stopped_while_sqs_is_down_loses_nothing_across_the_restart(
@@ -1023,7 +1037,7 @@ def test_fedmsg_bridge_stopped_while_sqs_is_down_loses_nothing_across_the_restar
         assert up.wait(30) == 0
     got = aws.drain()
     assert sorted(e.seq or 0 for e in got) == list(range(1, 301))  # each once
-    assert list((spool / aws.queue_name).iterdir()) == []
+    assert _left_in(spool / aws.queue_name) == []
 
 
 class _FedmsgHub:
@@ -1035,12 +1049,17 @@ class _FedmsgHub:
         self.pub = zmq.Context.instance().socket(zmq.XPUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.endpoint = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> _FedmsgHub:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.pub.close()
+        for proc in self.procs:  # a test that failed half-way leaves none running
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
     def bridge(self, aws: Aws, aws_endpoint: str, spool: Path, log: Path,
                *options: str) -> subprocess.Popen[bytes]:
@@ -1053,6 +1072,7 @@ class _FedmsgHub:
                  "--spool-dir", str(spool), "--backoff-max", "0.2", "--shutdown-timeout",
                  "3", "--heartbeat-interval", "0", "--linger-ms", "20", *options],
                 env=env, stdout=subprocess.DEVNULL, stderr=err)
+        self.procs.append(proc)
         while True:  # a bridge gone before unsubscribed: its b"\x00" comes first
             assert self.pub.poll(20_000), "the bridge never subscribed"
             if self.pub.recv().startswith(b"\x01"):
@@ -1092,7 +1112,7 @@ def test_fedmsg_bridge_killed_while_sqs_is_down_loses_nothing_it_took_in(
     assert "re-sending 200 envelope(s) an earlier run left unsent" in \
         (tmp_path / "up.log").read_text()
     assert sorted(e.seq or 0 for e in aws.drain()) == list(range(1, 211))  # each once
-    assert list((spool / aws.queue_name).iterdir()) == []
+    assert _left_in(spool / aws.queue_name) == []
 
 
 def test_fedmsg_bridge_killed_after_sqs_took_everything_sends_nothing_twice(
@@ -1118,7 +1138,7 @@ def test_fedmsg_bridge_killed_after_sqs_took_everything_sends_nothing_twice(
         assert second.wait(30) == 0
     assert "re-sending" not in (tmp_path / "second.log").read_text()
     assert sorted(e.seq or 0 for e in aws.drain()) == list(range(1, 106))  # each once
-    assert list((spool / aws.queue_name).iterdir()) == []
+    assert _left_in(spool / aws.queue_name) == []
 
 
 def test_two_bridges_never_share_a_spool_directory(aws: Aws, tmp_path: Path) -> None:
@@ -1234,7 +1254,7 @@ def test_the_spool_keeps_records_with_line_breaks_and_sets_a_bad_line_aside(
     assert not written.exists() and not (spool / "0-other.jsonl").exists()
     assert (spool / "0-other.jsonl.bad").read_text() == '"not an envelope"\n'  # once
     assert (spool / "1-garbage.jsonl.bad").exists()  # set aside, not a crash at start
-    assert sorted(p.name for p in spool.iterdir()) == ["0-other.jsonl.bad",
+    assert _left_in(spool) == ["0-other.jsonl.bad",
                                                        "1-garbage.jsonl.bad"]
 
 
@@ -1259,7 +1279,7 @@ def test_the_journal_is_replaced_and_removed_as_sqs_takes_it(
         assert sink.stats.journaled == 25
     finally:
         assert sink.flush_and_stop(10)
-    assert list(spool.iterdir()) == []
+    assert _left_in(spool) == []
     assert sorted(e.seq or 0 for e in aws.drain()) == [*range(25), 99]
 
 
@@ -1298,7 +1318,7 @@ def test_a_journal_that_cannot_be_written_is_said_once_and_a_stop_still_spools(
     up.start()
     assert up.flush_and_stop(10)
     assert sorted(e.seq or 0 for e in aws.drain()) == [0, 1, 2, 3]
-    assert list(spool.iterdir()) == []
+    assert _left_in(spool) == []
 
 
 def test_a_sent_list_cut_short_names_no_line_it_did_not_mean(tmp_path: Path) -> None:
@@ -1312,3 +1332,227 @@ def test_a_sent_list_cut_short_names_no_line_it_did_not_mean(tmp_path: Path) -> 
     _append(sent, b"20\n")  # the next record after it: not line 120
     assert _read_sent(sent) == {0, 2, 20}
     assert _read_sent(tmp_path / "none.sent") == set()
+
+
+def test_the_spool_lock_is_a_file_so_it_holds_where_directories_cannot_be_locked(
+        aws: Aws, tmp_path: Path) -> None:
+    """``flock`` on the directory itself fails on NFS (EBADF); a regular lock file is
+    what every file system locks.  It stays in the directory, empty."""
+    from fmn_bridge.sqs_sink import SpoolInUse
+
+    spool = tmp_path / "spool"
+    first = aws.sink(spool_dir=spool)
+    first.start()
+    try:
+        assert (spool / ".lock").is_file()
+        with pytest.raises(SpoolInUse):  # another open file description: refused
+            aws.sink(spool_dir=spool).start()
+    finally:
+        assert first.flush_and_stop(10)
+    second = aws.sink(spool_dir=spool)
+    second.start()  # free again
+    assert second.flush_and_stop(10)
+
+
+def test_a_spool_directory_that_cannot_be_used_is_a_message_and_exit_2(
+        aws: Aws, tmp_path: Path) -> None:
+    """A bridge that cannot write ahead would lose what a kill interrupts: it does not
+    start, and says why in one line (it was a traceback and exit 1)."""
+    not_a_dir = tmp_path / "spool"
+    not_a_dir.write_text("a file where the directory should be\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", "tcp://127.0.0.1:9",
+         "--spool-dir", str(not_a_dir), "--heartbeat-interval", "0"],
+        env={**os.environ, "AWS_ENDPOINT_URL": aws.endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
+             "PYTHONPATH": str(REPO / "bridge")},
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert f"the spool directory {not_a_dir}/{aws.queue_name} cannot be used" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_spool_that_cannot_be_read_at_start_starts_nothing(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the spool failing after the lock was taken left the lock held and the
+    flusher running behind an exception."""
+    from fmn_bridge import sqs_sink
+
+    def unreadable(self: Path, pattern: str) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    spool = tmp_path / "spool"
+    sink = aws.sink(spool_dir=spool)
+    with monkeypatch.context() as patch:
+        patch.setattr(sqs_sink.Path, "glob", unreadable)
+        with pytest.raises(sqs_sink.SpoolUnusable, match="cannot be read"):
+            sink.start()
+    assert not sink.alive
+    again = aws.sink(spool_dir=spool)  # the lock was let go
+    again.start()
+    assert again.flush_and_stop(10)
+
+
+def test_a_bridge_with_amqp_alone_sends_what_a_fedmsg_bridge_left_in_its_spool(
+        aws: Aws, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only fedmsg writes ahead, but the spool is the queue's: a bridge moved to AMQP
+    alone used to leave an earlier fedmsg bridge's spool unsent, silently.  It sends it
+    when no other bridge holds the directory, and writes nothing ahead itself."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    caplog.set_level(logging.INFO, logger="fmn_bridge")
+    spool = tmp_path / "spool"
+    down_sqs, _ = _down_clients()
+    fedmsg = SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                     backoff_initial_s=0.05, backoff_max_s=0.1)
+    fedmsg.start()
+    for n in range(5):
+        fedmsg.put(_fedmsg(b'{"i": %d}' % n, n))
+    assert not fedmsg.flush_and_stop(0.5)
+
+    holder = aws.sink(spool_dir=spool)  # another bridge holds it: left to that one
+    holder._lock(spool)
+    try:
+        busy = aws.sink(spool_dir=spool, write_ahead=False)
+        busy.start()
+        assert busy.stats.unspooled == 0
+        assert busy.flush_and_stop(10)
+    finally:
+        holder._unlock()
+    assert "another bridge holds the directory and sends them" in caplog.text
+
+    amqp = aws.sink(spool_dir=spool, write_ahead=False)
+    amqp.start()
+    amqp.put(_fedmsg(b'{"i": 99}', 99), ack=lambda: None)
+    assert amqp.stats.unspooled == 5 and amqp.stats.journaled == 0
+    assert amqp.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == [0, 1, 2, 3, 4, 99]
+    assert _left_in(spool) == []
+
+    empty = tmp_path / "never-made"  # nothing left: the directory is not even made
+    nothing = aws.sink(spool_dir=empty, write_ahead=False)
+    nothing.start()
+    assert nothing.flush_and_stop(10)
+    assert not empty.exists()
+
+
+def test_a_journal_line_cut_short_by_a_full_disk_is_cut_off(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Half a line written, then the disk full: the half stayed, and the next start
+    called it "not an envelope" (an ERROR, a .bad file) though nothing was wrong."""
+    from fmn_bridge import sqs_sink
+
+    real_write = os.write
+    short = {"left": 1}
+
+    def half(fd: int, data: Any) -> int:
+        if short["left"] and bytes(data).endswith(b"\n") and len(data) > 20:
+            short["left"] = 0
+            return real_write(fd, bytes(data)[:len(data) // 2])
+        return real_write(fd, data)
+
+    spool = tmp_path / "spool"
+    down_sqs, _ = _down_clients()
+    first = sqs_sink.SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                             backoff_initial_s=0.05, backoff_max_s=0.1)
+    first.start()
+    first.put(_fedmsg(b'{"i": 0}', 0))
+    with monkeypatch.context() as patch:
+        patch.setattr(sqs_sink.os, "write", half)
+        first.put(_fedmsg(b'{"i": 1}', 1))  # torn, and cut off again
+    first.put(_fedmsg(b'{"i": 2}', 2))
+    assert first.stats.journal_errors == 1
+    for journal in spool.glob("*.jsonl"):  # every line whole: what a kill now leaves
+        assert all(_whole_envelope(line) for line in journal.read_bytes().splitlines())
+    assert not first.flush_and_stop(0.5)
+
+    caplog.clear()
+    up = aws.sink(spool_dir=spool)
+    up.start()
+    assert up.flush_and_stop(10)
+    assert "not an envelope" not in caplog.text
+    assert sorted(e.seq or 0 for e in aws.drain()) == [0, 1, 2]
+    assert _left_in(spool) == []
+
+
+def test_a_stop_whose_spool_cannot_be_written_leaves_no_half_file_and_says_what_is_lost(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The stop's spool file, its write failed, stayed as ``.tmp`` forever; and the stop
+    said "fedmsg's are lost without a spool directory" with one there.  Now the journal
+    keeps what it holds, the half file goes, and the count of what is lost is said."""
+    import errno
+
+    from fmn_bridge import sqs_sink
+
+    spool = tmp_path / "spool"
+    down_sqs, _ = _down_clients()
+    first = sqs_sink.SqsSink(down_sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                             backoff_initial_s=0.05, backoff_max_s=0.1)
+    first.start()
+    for n in range(3):
+        first.put(_fedmsg(b'{"i": %d}' % n, n))
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqs_sink.os, "fsync", full)
+        assert not first.flush_and_stop(0.5)
+    assert list(spool.glob("*.tmp")) == []
+    assert "3 in its files already" in caplog.text and "LOST" not in caplog.text
+    (spool / "20260101T000000000000-1-000000.tmp").write_bytes(b'"half a li')  # a crash's
+
+    up = aws.sink(spool_dir=spool)
+    up.start()
+    assert up.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == [0, 1, 2]
+    assert _left_in(spool) == []
+
+
+def test_a_stop_says_how_many_fedmsg_envelopes_are_lost_without_a_spool(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from fmn_bridge.sqs_sink import SqsSink
+
+    down_sqs, down_s3 = _down_clients()
+    sink = SqsSink(down_sqs, down_s3, "q", "b", backoff_initial_s=0.05, backoff_max_s=0.1)
+    sink.start()
+    sink.put(_fedmsg(b'{"i": 1}', 1))
+    sink.put(_fedmsg(b'{"i": 2}', 2), ack=lambda: None)
+    assert not sink.flush_and_stop(0.3)
+    assert "1 unacknowledged (their AMQP broker sends them again); 1 LOST" in caplog.text
+
+
+def test_a_stop_with_a_stuck_flusher_keeps_the_spool_locked_until_the_process_ends(
+        aws: Aws, tmp_path: Path) -> None:
+    """The flusher stuck in a call to SQS may still record lines as sent after the stop
+    gave up: another bridge must not take the directory before this process is gone."""
+    from fmn_bridge.sqs_sink import SpoolInUse, SqsSink
+
+    release = threading.Event()
+
+    class Hung:
+        def get_queue_url(self, **kw: Any) -> Any:
+            return aws.sqs.get_queue_url(**kw)
+
+        def send_message_batch(self, **kw: Any) -> Any:
+            release.wait(60)
+            return aws.sqs.send_message_batch(**kw)
+
+    spool = tmp_path / "spool"
+    sink = SqsSink(Hung(), aws.s3, aws.queue_name, aws.bucket, spool_dir=spool)
+    sink.start()
+    sink.put(_fedmsg(b'{"i": 1}', 1))
+    _wait(lambda: sink.buffered == 1 and not sink._buf, 10, "the batch in flight")
+    try:
+        assert not sink.flush_and_stop(0.1)  # gives up after its 5 s grace
+        with pytest.raises(SpoolInUse):
+            aws.sink(spool_dir=spool).start()
+    finally:
+        release.set()
+        _wait(lambda: not sink.alive, 10, "the flusher done")
+    sink._unlock()  # what the process's end does
+    up = aws.sink(spool_dir=spool)
+    up.start()  # sends the spooled copy: the batch in flight was the duplicate allowed
+    assert up.flush_and_stop(10)
+    assert [e.seq for e in aws.drain()] == [1, 1]

@@ -38,3 +38,28 @@ def test_messages_published_before_the_bridge_binds_wait_in_its_queue(tmp_path: 
         channel.queue_delete(options.amqp_queue)
         channel.exchange_delete(options.amqp_exchange)
         rabbit.close()
+
+
+def test_a_fresh_stack_sends_nothing_an_earlier_stacks_bridge_left_in_its_spool(
+        tmp_path: Path) -> None:
+    """The queues start empty; the spool of an earlier stack's bridge (killed with it)
+    was sent into the new stack's incoming queue, and its counts were off.  (A restart of
+    the bridge within a stack, the bridge fault, keeps it: ``restart_bridge``.)"""
+    tag = uuid.uuid4().hex[:8]
+    options = StackOptions(workdir=tmp_path, amqp_url=AMQP_URL, amqp_queue=f"fmn-test-{tag}",
+                           amqp_exchange=f"fmn-test-{tag}")
+    stack = LocalStack(Settings(), options)
+    left = tmp_path / "bridge-spool" / "fmn-dev-incoming" / "20260101T000000000000-1-0.jsonl"
+    left.parent.mkdir(parents=True)
+    try:
+        left.write_text('"an earlier stack\'s envelope"\n')
+        stack._start_bridge()
+        assert not left.exists()
+    finally:
+        if stack._bridge is not None:
+            stack._bridge.kill()
+            stack._bridge.wait(10)
+        channel = rabbitmq_connection().channel()
+        channel.queue_delete(options.amqp_queue)
+        channel.exchange_delete(options.amqp_exchange)
+        channel.connection.close()

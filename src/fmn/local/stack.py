@@ -644,8 +644,9 @@ fmn_bridge_queue = "{queue}"
         self._start_bridge(purge=False)
 
     def _start_bridge(self, purge: bool = True) -> str:
-        if purge:
+        if purge:  # as the queues were: what an earlier stack's bridge left is not sent
             self._purge_amqp_queue()
+            shutil.rmtree(self.workdir / "bridge-spool", ignore_errors=True)
         config = self._bridge_config()
         env = {**os.environ, **self.env}
         if self.options.request_counts is not None:
