@@ -9,13 +9,18 @@ the emulator's), once with no spool directory and once writing ahead to a
 journal in a temporary directory, alternating for ``--rounds`` rounds.  It
 prints, for each, bus messages per second from the first put until SQS
 accepted the last, this process's CPU microseconds a message, and the
-journal's bytes a message; ``--json`` also writes them.  Nothing asserts a
-time.
+journal's bytes a message; ``--json`` also writes them.  A third variant is an
+SQS outage: SQS refuses every batch until all the messages are put into a
+buffer of 1,000, so nearly all of them spill to the journal on disk, then it
+accepts; it prints the intake rate (puts while spilling) and the drain rate
+(reading them back and sending), and the CPU a message over both.  Nothing
+asserts a time.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,6 +42,23 @@ class _InstantSqs:
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]],  # noqa: N803
                            ) -> dict[str, Any]:
         return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+
+class _OutageSqs(_InstantSqs):
+    """SQS away until ``up`` is set, then answering at once."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]],  # noqa: N803
+                           ) -> dict[str, Any]:
+        if not self.up:
+            raise ConnectionError("SQS is away")
+        return super().send_message_batch(QueueUrl, Entries)
+
+
+#: the buffer of the outage variant: nearly everything spills to the journal
+OUTAGE_BUFFER = 1000
 
 
 def _records(files: Sequence[Path]) -> list[bytes]:
@@ -65,6 +87,27 @@ def _round(records: list[bytes], messages: int, spool: Path | None) -> dict[str,
             "journaled": sink.stats.journaled, "journal_peak_bytes": journal_bytes}
 
 
+def _outage(records: list[bytes], messages: int, spool: Path) -> dict[str, float]:
+    logging.getLogger("fmn_bridge.sqs_sink").setLevel(logging.ERROR)  # the outage's retries
+    sqs = _OutageSqs()
+    sink = SqsSink(sqs, None, "bench", "bench", spool_dir=spool, linger_s=0.05,
+                   max_items=OUTAGE_BUFFER, backoff_initial_s=0.01, backoff_max_s=0.01)
+    sink.start()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for n in range(messages):
+        sink.put(Envelope.wrap("fedmsg", "tcp://hub:9940", records[n % len(records)], seq=n))
+    intake = time.perf_counter() - wall
+    sqs.up = True
+    drain_from = time.perf_counter()
+    while sink.stats.forwarded < messages:
+        time.sleep(0.001)
+    now = time.perf_counter()
+    cpu = time.process_time() - cpu
+    assert sink.flush_and_stop(10)
+    return {"intake_per_s": messages / intake, "drain_per_s": messages / (now - drain_from),
+            "cpu_us": cpu / messages * 1e6, "spilled": sink.stats.spilled}
+
+
 def run(files: Sequence[Path], *, messages: int, rounds: int,
         json_path: str | None = None) -> int:
     records = _records(files)
@@ -86,7 +129,17 @@ def run(files: Sequence[Path], *, messages: int, rounds: int,
               f"{cpus[0]:.1f} to {cpus[-1]:.1f} us CPU a message")
     print("the journal on disk stays below one segment while SQS keeps up "
           f"(peak seen {max(x['journal_peak_bytes'] for x in results['journal']):,.0f} bytes)")
+    print(f"SQS away until all are put, a buffer of {OUTAGE_BUFFER:,} (the rest spills to "
+          "the journal on disk):")
+    outages = []
+    with tempfile.TemporaryDirectory(prefix="fmn-bench-bridge-") as tmp:
+        for r in range(rounds):
+            res = _outage(records, messages, Path(tmp) / f"o{r}")
+            outages.append(res)
+            print(f"  round {r + 1}: {res['spilled']:,.0f} spilled; taken in at "
+                  f"{res['intake_per_s']:,.0f} msg/s, drained at {res['drain_per_s']:,.0f} "
+                  f"msg/s, {res['cpu_us']:.1f} us CPU a message")
     if json_path:
         Path(json_path).write_text(json.dumps(
-            {"messages": messages, "rounds": results}, indent=2) + "\n")
+            {"messages": messages, "rounds": results, "outage": outages}, indent=2) + "\n")
     return 0

@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--linger-ms", type=float, default=50.0,
                       help="longest wait for a batch of 10 to fill (default 50)")
     tune.add_argument("--buffer-items", type=int, default=10_000,
-                      help="bound of the in-memory buffer; when full, sources block"
-                           " (default 10000)")
+                      help="bound of the in-memory buffer; when full, fedmsg envelopes wait"
+                           " in the journal on disk and AMQP sources block (default 10000)")
     tune.add_argument("--backoff-max", type=float, default=10.0,
                       help="longest wait between SQS retries, seconds (default 10)")
     tune.add_argument("--stats-interval", type=float, default=60.0,
@@ -214,9 +214,11 @@ def _log_stats(sink: SqsSink, sources: Sequence[Source]) -> None:
     st = sink.stats
     extra = " ".join(f"{k}={v}" for s in sources for k, v in s.stats().items())
     log.info("stats: received=%d forwarded=%d buffered=%d claimed=%d failed_calls=%d"
-             " retried_entries=%d full_episodes=%d journaled=%d journal_errors=%d %s",
+             " retried_entries=%d full_episodes=%d journaled=%d journal_errors=%d"
+             " spilled=%d %s",
              st.received, st.forwarded, sink.buffered, st.claimed, st.failed_calls,
-             st.retried_entries, st.full_episodes, st.journaled, st.journal_errors, extra)
+             st.retried_entries, st.full_episodes, st.journaled, st.journal_errors,
+             st.spilled, extra)
 
 
 if __name__ == "__main__":

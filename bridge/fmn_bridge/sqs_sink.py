@@ -25,7 +25,14 @@ next start sends the lines a journal holds and its ``.sent`` does not: what SQS 
 accepted is not sent twice, save the batch in flight at the kill (a duplicate the
 pipeline's idempotency absorbs).  A journal is removed once SQS holds all of it and
 it has reached :data:`JOURNAL_SEGMENT_LINES` lines or :data:`JOURNAL_SEGMENT_BYTES`
-(a new one follows), and at a stop, which writes what is left in one spool file.  One
+(a new one follows), and at a stop, which writes what is left in one spool file.
+
+With a journal, a full buffer does not stop a source whose envelopes it journals: they
+*spill*, staying on disk alone (their line's place in the journal is all memory holds),
+and the flusher reads them back in order as the buffer empties.  A long SQS outage then
+costs disk, not memory, and never holds fedmsg's ZeroMQ queue up, where a kill would lose
+what waits (and the hub drops what no longer fits).  An envelope with an ``ack`` (AMQP:
+its broker holds it) still blocks its source on a full buffer.  One
 process at a time uses a spool directory (``flock`` on its ``.lock`` file, which works on
 NFS too; :class:`SpoolInUse`); a directory that cannot be used at all is
 :class:`SpoolUnusable`.  A sink with nothing to write ahead (``write_ahead=False``: a
@@ -45,7 +52,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +117,11 @@ class _Item:
     line: int = -1
 
 
+#: An envelope on disk alone (spilled): its journal, line number, byte offset and length
+#: of the line, and when it was taken in
+_Spilled = tuple[Path, int, int, int, float]
+
+
 @dataclass
 class SinkStats:
     received: int = 0
@@ -125,6 +137,8 @@ class SinkStats:
     #: envelopes written ahead to the journal; those whose write failed
     journaled: int = 0
     journal_errors: int = 0
+    #: envelopes that waited on disk alone, the buffer being full (see the module docstring)
+    spilled: int = 0
 
 
 class SqsSink:
@@ -177,6 +191,11 @@ class SqsSink:
         self._journal_lines = 0
         self._journal_bytes = 0
         self._journal_failing = False
+        #: envelopes on disk alone, oldest first; the journal read back from (path, fd)
+        self._spilled: deque[_Spilled] = deque()
+        self._spill_reader: tuple[Path, int] | None = None
+        self._spill_logged = False
+        self._refill_failing = False
         self.stats = SinkStats()
 
     # -- the source side ------------------------------------------------------
@@ -260,8 +279,10 @@ class SqsSink:
     def _unspool(self, spool_dir: Path) -> None:
         """Queue, ahead of any source, the envelopes earlier runs left: the spool files of
         their stops and the journals of processes killed outright, less the lines each
-        file's ``.sent`` lists.  A file is removed once SQS accepted all of it (a crash
-        meanwhile leaves it, with what was accepted in its ``.sent``, for the next start).
+        file's ``.sent`` lists.  They are queued as spilled (on disk alone, read back as
+        the buffer empties): a large spool costs no memory.  A file is removed once SQS
+        accepted all of it (a crash meanwhile leaves it, with what was accepted in its
+        ``.sent``, for the next start).
         A line that is no envelope is set aside in ``<file>.bad`` with an error; a file
         that cannot be read is left where it is, with an error: neither stops the rest."""
         for orphan in spool_dir.glob("*.jsonl.sent"):  # its file removed, then a kill
@@ -274,33 +295,34 @@ class SqsSink:
                         "journals are still here)", unfinished)
             unfinished.unlink(missing_ok=True)
         for path in sorted(spool_dir.glob("*.jsonl")):
+            sent = _read_sent(_sent_path(path))
+            items: list[_Spilled] = []
+            bad: list[tuple[int, bytes]] = []
+            now = time.monotonic()
             try:
-                lines = path.read_bytes().split(b"\n")
+                with path.open("rb") as f:
+                    offset = 0
+                    for number, raw in enumerate(f):
+                        line = raw[:-1] if raw.endswith(b"\n") else raw
+                        if line and number not in sent:
+                            try:  # the body as a JSON string: no raw line break in it
+                                Envelope.decode(orjson.loads(line))
+                            except Exception as exc:  # noqa: BLE001 - set aside, said
+                                log.error("spool %s:%d is not an envelope (%s): set aside "
+                                          "in %s.bad", path, number + 1, exc, path.name)
+                                bad.append((number, line))
+                            else:
+                                items.append((path, number, offset, len(line), now))
+                        offset += len(raw)
             except OSError as exc:
                 log.error("spool %s cannot be read (%s): left as it is", path, exc)
                 continue
-            sent = _read_sent(_sent_path(path))
-            items: list[_Item] = []
-            bad: list[int] = []
-            for number, line in enumerate(lines):
-                if not line or number in sent:
-                    continue
-                try:  # each line is the body as a JSON string: no raw line break in it
-                    body = orjson.loads(line)
-                    envelope = Envelope.decode(body)
-                except Exception as exc:  # noqa: BLE001 - set aside, said out loud
-                    log.error("spool %s:%d is not an envelope (%s): set aside in %s.bad",
-                              path, number + 1, exc, path.name)
-                    bad.append(number)
-                    continue
-                items.append(_Item(envelope, body, len(body.encode()), None,
-                                   time.monotonic(), spooled=path, line=number))
             set_aside = True
             if bad:  # set aside once: their numbers join the sent ones
                 try:
                     _append(path.with_name(path.name + ".bad"),
-                            b"".join(lines[n] + b"\n" for n in bad))
-                    _append(_sent_path(path), _numbers(bad))
+                            b"".join(line + b"\n" for _, line in bad))
+                    _append(_sent_path(path), _numbers([n for n, _ in bad]))
                 except OSError as exc:  # a full disk: send what was read all the same
                     set_aside = False
                     log.error("spool %s: setting its bad lines aside failed (%s); they "
@@ -311,9 +333,7 @@ class SqsSink:
                 continue
             with self._cond:
                 self._spool_left[path] = len(items)
-                for item in items:  # past the bounds: they were a buffer's at the stop
-                    self._buf.append(item)
-                    self._buf_bytes += item.size
+                self._spilled.extend(items)
                 self.stats.unspooled += len(items)
                 self._cond.notify_all()
             log.warning("re-sending %d envelope(s) an earlier run left unsent (%s)",
@@ -361,10 +381,11 @@ class SqsSink:
             log.info("spool %s sent: removed", path)
         _remove(path)
 
-    def _journal(self, item: _Item) -> None:
-        """Write ``item`` ahead to this process's journal (under ``_cond``).  A failed
-        write is logged (once an episode) and the item goes on without: only a kill
-        before SQS takes it would lose it, and a stop spools it."""
+    def _journal(self, item: _Item) -> tuple[int, int]:
+        """Write ``item`` ahead to this process's journal (under ``_cond``); the line's
+        byte offset and length, (0, 0) when the write failed.  A failed write is logged
+        (once an episode) and the item goes on without: only a kill before SQS takes it
+        would lose it, and a stop spools it."""
         assert self._spool_dir is not None
         line = orjson.dumps(item.body) + b"\n"
         try:
@@ -395,16 +416,18 @@ class SqsSink:
                           "again, a kill of this process loses what SQS has not accepted",
                           self._spool_dir, exc)
             self._close_journal()  # a torn line ends that file; the next write starts one
-            return
+            return 0, 0
         if self._journal_failing:
             self._journal_failing = False
             log.warning("writing ahead to the journal in %s works again", self._spool_dir)
         path = self._journals[-1]
         item.spooled, item.line = path, self._journal_lines
+        offset = self._journal_bytes
         self._spool_left[path] += 1
         self._journal_lines += 1
         self._journal_bytes += len(line)
         self.stats.journaled += 1
+        return offset, len(line)
 
     def _close_journal(self) -> None:
         """Stop writing to the current journal; removed now if SQS holds all of it."""
@@ -425,18 +448,24 @@ class SqsSink:
         with self._cond:
             self._close_journal()
             journals = set(self._journals)
-            items = [i for i in (*self._sending, *self._buf)
-                     if i.ack is None and (i.spooled is None or i.spooled in journals)]
-            if items:
+            bodies = [i.body for i in (*self._sending, *self._buf)
+                      if i.ack is None and (i.spooled is None or i.spooled in journals)]
+            # spilled from this process's journals: copied, line by line; those of an
+            # earlier run's files stay there, where the next start finds them again
+            spilled = [ref for ref in self._spilled if ref[0] in journals]
+            written = len(bodies) + len(spilled)
+            if written:
                 spool_dir.mkdir(parents=True, exist_ok=True)
                 path = _new_spool_path(spool_dir)
-                _write_spool(path, [item.body for item in items])
+                _write_spool(path, bodies, spilled)  # fails (OSError): the journals stay
+            self._spilled = deque(ref for ref in self._spilled if ref[0] not in journals)
+            self._close_spill_reader()
             for journal in self._journals:  # what they hold that SQS has not is in ``path``
                 self._spool_left.pop(journal, None)
                 _remove(journal)
             self._journals.clear()
-        self.stats.spooled += len(items)
-        return len(items)
+        self.stats.spooled += written
+        return written
 
     def put(self, envelope: Envelope, ack: Ack | None = None, *,
             block: bool | Callable[[], bool] = True) -> None:
@@ -447,6 +476,12 @@ class SqsSink:
         body = envelope.encode()
         item = _Item(envelope, body, len(body.encode()), ack, time.monotonic())
         with self._cond:
+            if self._closing:
+                raise SinkClosed("the SQS sink is shutting down")
+            if (ack is None and self._spool_dir is not None and self._write_ahead
+                    and not self._journal_failing
+                    and (self._spilled or self._is_full(item.size)) and self._spill(item)):
+                return
             blocked_since = time.monotonic()
             while (block() if callable(block) else block) and not self._closing \
                     and self._is_full(item.size):
@@ -470,6 +505,64 @@ class SqsSink:
             self.stats.received += 1
             self._cond.notify_all()
 
+    def _spill(self, item: _Item) -> bool:
+        """Journal ``item`` and keep it on disk alone, behind those spilled before it
+        (under ``_cond``); False when the journal could not take it."""
+        offset, length = self._journal(item)
+        if not length:
+            return False
+        assert item.spooled is not None
+        self._spilled.append((item.spooled, item.line, offset, length, item.enqueued))
+        self.stats.received += 1
+        self.stats.spilled += 1
+        if not self._spill_logged:
+            self._spill_logged = True
+            log.warning("SQS sink buffer full (%d items, %d bytes): envelopes wait in the "
+                        "journal in %s, on disk alone, until SQS takes them (nothing is "
+                        "dropped)", len(self._buf), self._buf_bytes, self._spool_dir)
+        self._cond.notify_all()
+        return True
+
+    def _refill(self) -> None:
+        """Move spilled envelopes back into the buffer, oldest first, while there is room
+        (the flusher, under ``_cond``).  A line that cannot be read back stays spilled
+        (logged); a stop or the next start sends it from the journal."""
+        while self._spilled and not self._is_full(self._spilled[0][3]):
+            path, line, offset, length, enqueued = self._spilled[0]
+            try:
+                if self._spill_reader is None or self._spill_reader[0] != path:
+                    self._close_spill_reader()
+                    self._spill_reader = (path, os.open(path, os.O_RDONLY))
+                raw = os.pread(self._spill_reader[1], length, offset)
+                body = orjson.loads(raw)
+                envelope = Envelope.decode(body)
+            except Exception as exc:  # noqa: BLE001 - the disk; said, and tried again later
+                if not self._refill_failing:  # once an episode: tried again every second
+                    self._refill_failing = True
+                    log.error("reading back %s:%d from the journal failed (%s: %s); it "
+                              "stays there", path, line + 1, type(exc).__name__, exc)
+                return
+            if self._refill_failing:
+                self._refill_failing = False
+                log.warning("reading back from the journal works again")
+            self._spilled.popleft()
+            item = _Item(envelope, body, len(body.encode()), None, enqueued,
+                         spooled=path, line=line)
+            self._buf.append(item)
+            self._buf_bytes += item.size
+        if not self._spilled:
+            self._close_spill_reader()
+            if self._spill_logged:
+                self._spill_logged = False
+                log.warning("SQS sink: every envelope that waited on disk is back in the "
+                            "buffer (%d spilled so far)", self.stats.spilled)
+
+    def _close_spill_reader(self) -> None:
+        if self._spill_reader is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._spill_reader[1])
+            self._spill_reader = None
+
     def _is_full(self, size: int) -> bool:
         if not self._buf:  # one item always fits, whatever its size
             return False
@@ -479,7 +572,7 @@ class SqsSink:
     def buffered(self) -> int:
         """Envelopes not yet accepted by SQS (in the buffer or in the batch being sent)."""
         with self._cond:
-            return len(self._buf) + len(self._sending)
+            return len(self._buf) + len(self._sending) + len(self._spilled)
 
     @property
     def alive(self) -> bool:
@@ -511,12 +604,14 @@ class SqsSink:
         # in an earlier run's spool file, which stays until SQS has it
         on_disk = sum(i.ack is None and i.spooled is not None and i.spooled not in journals
                       for i in items)
+        on_disk += sum(ref[0] not in journals for ref in self._spilled)
         spooled = lost = 0
         if self._spool_dir is not None:
             try:
                 spooled = self._spool(self._spool_dir)
             except OSError as exc:  # the journals stay: what they hold is not lost
                 on_disk += sum(i.ack is None and i.spooled in journals for i in items)
+                on_disk += sum(ref[0] in journals for ref in self._spilled)
                 lost = sum(i.ack is None and i.spooled is None for i in items)
                 log.error("writing the spool in %s failed (%s): the journals stay, for the"
                           " next start", self._spool_dir, exc)
@@ -555,12 +650,13 @@ class SqsSink:
         """Wait for a full batch or the linger deadline; None when closing and empty."""
         with self._cond:
             while True:
+                self._refill()
                 if self._buf:
                     if (len(self._buf) >= BATCH_MAX_ENTRIES or self._closing
                             or time.monotonic() - self._buf[0].enqueued >= self._linger):
                         break
                     self._cond.wait(self._linger - (time.monotonic() - self._buf[0].enqueued))
-                elif self._closing:
+                elif self._closing and (not self._spilled or self._abort.is_set()):
                     return None
                 else:
                     self._cond.wait(1.0)
@@ -752,19 +848,31 @@ def _remove(path: Path) -> None:
     _sent_path(path).unlink(missing_ok=True)
 
 
-def _write_spool(path: Path, bodies: list[str]) -> None:
-    """Write (or replace) a spool file whole: a crash leaves the old one or the new one."""
+def _write_spool(path: Path, bodies: list[str], spilled: Sequence[_Spilled] = ()) -> None:
+    """Write (or replace) a spool file whole: a crash leaves the old one or the new one.
+    ``bodies``, then the lines of ``spilled`` copied from their journals."""
     tmp = path.with_suffix(".tmp")
+    readers: dict[Path, int] = {}
     try:
         with tmp.open("wb") as f:
             for body in bodies:  # a JSON string a line: a record may hold line breaks
                 f.write(orjson.dumps(body) + b"\n")
+            for source, _, offset, length, _ in spilled:
+                if source not in readers:
+                    readers[source] = os.open(source, os.O_RDONLY)
+                line = os.pread(readers[source], length, offset)
+                if len(line) != length:
+                    raise OSError(f"{source}: a line spilled there is cut short")
+                f.write(line if line.endswith(b"\n") else line + b"\n")
             f.flush()
             os.fsync(f.fileno())
         tmp.rename(path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        for fd in readers.values():
+            os.close(fd)
     # the rename itself on disk before the journals it replaces are removed (where the
     # file system can say so: not every one syncs a directory)
     with contextlib.suppress(OSError):

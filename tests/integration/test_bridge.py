@@ -1556,3 +1556,111 @@ def test_a_stop_with_a_stuck_flusher_keeps_the_spool_locked_until_the_process_en
     up.start()  # sends the spooled copy: the batch in flight was the duplicate allowed
     assert up.flush_and_stop(10)
     assert [e.seq for e in aws.drain()] == [1, 1]
+
+
+class _Switch:
+    """An SQS client that fails every send until switched on."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.on = threading.Event()
+
+    def get_queue_url(self, **kw: Any) -> Any:
+        return self.real.get_queue_url(**kw)
+
+    def send_message_batch(self, **kw: Any) -> Any:
+        if not self.on.is_set():
+            raise ConnectionError("SQS is away")
+        return self.real.send_message_batch(**kw)
+
+
+def test_a_full_buffer_spills_fedmsg_envelopes_to_the_journal_instead_of_blocking(
+        aws: Aws, tmp_path: Path) -> None:
+    """SQS away longer than the buffer lasts: fedmsg's source blocked, and what fedmsg kept
+    publishing waited in ZeroMQ's memory (lost at a kill; the hub drops it once that is
+    full too).  Written ahead anyway, it now waits on disk alone and memory stays bounded;
+    an AMQP delivery (its broker holds it) never goes to disk."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    sqs = _Switch(aws.sqs)
+    spool = tmp_path / "spool"
+    sink = SqsSink(sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool, max_items=5,
+                   backoff_initial_s=0.05, backoff_max_s=0.1)
+    sink.start()
+    try:
+        taken = threading.Thread(target=lambda: [sink.put(_fedmsg(b'{"i": %d}' % n, n))
+                                                 for n in range(60)], daemon=True)
+        taken.start()
+        taken.join(20)
+        assert not taken.is_alive(), "put blocked on a full buffer"
+        assert len(sink._buf) + len(sink._sending) <= 10 and sink.stats.spilled >= 50
+        assert sink.buffered == 60 and _journaled(spool) == 60
+        spilled = sink.stats.spilled
+
+        acked: list[int] = []
+        sink.put(_fedmsg(b'{"i": 99}', 99), ack=lambda: acked.append(99), block=False)
+        assert sink.stats.spilled == spilled and _journaled(spool) == 60  # in memory
+        sqs.on.set()
+        _wait(lambda: sink.stats.forwarded == 61, 30, "everything sent")
+        assert acked == [99]
+    finally:
+        assert sink.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == [*range(60), 99]  # once each
+    assert _left_in(spool) == []
+
+
+def test_a_stop_spools_what_waited_on_disk_and_the_next_start_reads_it_back_bounded(
+        aws: Aws, tmp_path: Path) -> None:
+    """What spilled is copied into the stop's spool file; the next start queues it on
+    disk alone too, and reads it back as the buffer empties (it was all read into memory,
+    past the buffer's bounds)."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    spool = tmp_path / "spool"
+    down = SqsSink(_Switch(aws.sqs), aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                   max_items=5, backoff_initial_s=0.05, backoff_max_s=0.1)
+    down.start()
+    deadline = time.monotonic() + 10  # a put that blocks gives up (rather than hang)
+    for n in range(40):
+        down.put(_fedmsg(b'{"i": %d}' % n, n), block=lambda: time.monotonic() < deadline)
+    assert not down.flush_and_stop(0.5)
+    assert down.stats.spooled == 40
+    [spooled] = list(spool.glob("*.jsonl"))
+    assert len(spooled.read_bytes().splitlines()) == 40
+
+    sqs = _Switch(aws.sqs)
+    up = SqsSink(sqs, aws.s3, aws.queue_name, aws.bucket, spool_dir=spool, max_items=5,
+                 backoff_initial_s=0.05, backoff_max_s=0.1)
+    up.start()
+    try:
+        assert up.stats.unspooled == 40
+        time.sleep(0.3)
+        assert len(up._buf) + len(up._sending) <= 10 and up.buffered == 40
+        up.put(_fedmsg(b'{"i": 40}', 40))  # new ones wait behind them, on disk too
+        sqs.on.set()
+        _wait(lambda: up.stats.forwarded == 41, 30, "all sent")
+    finally:
+        assert up.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == list(range(41))
+    assert _left_in(spool) == []
+
+
+def test_fedmsg_bridge_killed_after_a_long_outage_loses_nothing_beyond_its_buffer(
+        aws: Aws, tmp_path: Path) -> None:
+    """A buffer of 20 and 300 messages while SQS is away: the bridge takes them all in
+    (on disk), so a SIGKILL finds none in ZeroMQ's memory."""
+    spool = tmp_path / "spool"
+    with _FedmsgHub() as hub:
+        down = hub.bridge(aws, "http://127.0.0.1:9", spool, tmp_path / "down.log",
+                          "--buffer-items", "20")
+        hub.publish(1, 301)
+        _wait(lambda: _journaled(spool / aws.queue_name) == 300, 30, "300 written ahead")
+        down.send_signal(signal.SIGKILL)
+        down.wait(10)
+
+        up = hub.bridge(aws, aws.endpoint, spool, tmp_path / "up.log", "--buffer-items", "20")
+        _wait(lambda: aws.count() >= 300, 60, "the journal sent")
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    assert sorted(e.seq or 0 for e in aws.drain()) == list(range(1, 301))  # each once
+    assert _left_in(spool / aws.queue_name) == []

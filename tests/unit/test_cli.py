@@ -143,13 +143,14 @@ def test_bench_email_prints_and_writes_its_figures(
 
 def test_bench_bridge_prints_and_writes_its_figures(
         capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path) -> None:
-    code, out, _ = run(capsysbinary, "bench", "bridge", "--messages", "300", "--rounds", "1",
+    code, out, _ = run(capsysbinary, "bench", "bridge", "--messages", "1500", "--rounds", "1",
                        "--files", str(MESSAGES / "fedmsg.jsonl"),
                        "--json", str(tmp_path / "bridge.json"))
-    assert code == 0 and b"us CPU a message" in out
+    assert code == 0 and b"us CPU a message" in out and b"drained at" in out
     figures = json.loads((tmp_path / "bridge.json").read_text())
-    assert figures["rounds"]["journal"][0]["journaled"] == 300
+    assert figures["rounds"]["journal"][0]["journaled"] == 1500
     assert figures["rounds"]["no journal"][0]["journaled"] == 0
+    assert figures["outage"][0]["spilled"] > 0  # past the outage's buffer of 1,000
 
 
 def test_feed_url_signs_a_token_for_the_user(capsysbinary: pytest.CaptureFixture[bytes],
