@@ -26,9 +26,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -52,7 +52,9 @@ SEND_ATTEMPTS = 3
 # configure_logs=False: Chalice would add a plain handler to the logger Powertools uses
 app = Chalice(app_name="fmn-match", configure_logs=False)
 logger = Logger(service="fmn-match")
-metrics = Metrics(namespace="FMN", service="match")
+# its own metric set (Powertools' Metrics share one across every instance in a
+# process: a function run beside others, as locally, flushed theirs as its own)
+metrics = EphemeralMetrics(namespace="FMN", service="match")
 _state: dict[str, Any] = {}
 #: totals since the process started (the local stack's status display reads them)
 totals: Counter[str] = Counter()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from chalice.app import Chalice, Rate
 
 from fmn.settings import Settings
@@ -20,7 +20,9 @@ from fmn.settings import Settings
 # configure_logs=False: Chalice would add a plain handler to the logger Powertools uses
 app = Chalice(app_name="fmn-snapshot", configure_logs=False)
 logger = Logger(service="fmn-snapshot")
-metrics = Metrics(namespace="FMN", service="snapshot")
+# its own metric set (Powertools' Metrics share one across every instance in a
+# process: a function run beside others, as locally, flushed theirs as its own)
+metrics = EphemeralMetrics(namespace="FMN", service="snapshot")
 #: how often the whole snapshot is published again
 EVERY_MINUTES = 15
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from chalice.app import Chalice, Cron, Rate
 
 from fmn.ownership.reconcile import SyncReport
@@ -29,7 +29,9 @@ from fmn.settings import Settings
 
 app = Chalice(app_name="fmn-sync", configure_logs=False)
 logger = Logger(service="fmn-sync")
-metrics = Metrics(namespace="FMN", service="sync")
+# its own metric set (Powertools' Metrics share one across every instance in a
+# process: a function run beside others, as locally, flushed theirs as its own)
+metrics = EphemeralMetrics(namespace="FMN", service="sync")
 _state: dict[str, Any] = {}
 
 

@@ -49,7 +49,8 @@ class SenderFunction:
 
     def __init__(self, backend: str, make_send: Callable[[Settings], Send],
                  service: str | None = None, deadline_margin_s: float | None = None) -> None:
-        from aws_lambda_powertools import Logger, Metrics
+        from aws_lambda_powertools import Logger
+        from aws_lambda_powertools.metrics import EphemeralMetrics
 
         self.backend = backend
         self.make_send = make_send
@@ -57,7 +58,8 @@ class SenderFunction:
         self.deadline_margin_s = deadline_margin_s
         self.service = service or f"fmn-send-{backend}"
         self.logger = Logger(service=self.service)
-        self.metrics = Metrics(namespace="FMN", service=self.service)
+        # its own metric set: Powertools' Metrics share one across a process's instances
+        self.metrics = EphemeralMetrics(namespace="FMN", service=self.service)
         #: totals since the process started (the local stack's status reads them)
         self.totals: Counter[str] = Counter()
         self._state: dict[str, Any] = {}

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 def _powertools(module: ModuleType) -> tuple[list[Any], list[Any]]:
     from aws_lambda_powertools import Logger, Metrics
+    from aws_lambda_powertools.metrics import EphemeralMetrics
 
     loggers: list[Any] = []
     metrics: list[Any] = []
@@ -30,7 +31,7 @@ def _powertools(module: ModuleType) -> tuple[list[Any], list[Any]]:
         for obj in candidates:
             if isinstance(obj, Logger) and obj not in loggers:
                 loggers.append(obj)
-            elif isinstance(obj, Metrics) and obj not in metrics:
+            elif isinstance(obj, Metrics | EphemeralMetrics) and obj not in metrics:
                 metrics.append(obj)
     return loggers, metrics
 

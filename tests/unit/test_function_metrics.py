@@ -1,0 +1,38 @@
+"""Each function's metrics are its own, also beside other functions in one process.
+
+Powertools' ``Metrics`` share one metric set across every instance in a process: the
+local runner runs several functions in one, and a sender's flush published what the
+match function had counted, under the sender's name, leaving the match function an
+empty set ("No application metrics to publish").
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fmn.delivery.edge import SenderFunction
+from fmn.local.stack import load_function
+
+
+def _emf(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_a_function_flushes_only_its_own_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    match = load_function("match")
+    irc = SenderFunction("irc", make_send=lambda settings: None)  # type: ignore[arg-type, return-value]
+    match.metrics.add_metric(name="MessagesMatched", unit=MetricUnit.Count, value=3)
+    irc.metrics.add_metric(name="Sent", unit=MetricUnit.Count, value=1)
+    irc.metrics.flush_metrics()
+    [flushed] = _emf(capsys.readouterr().out)
+    assert "Sent" in flushed and "MessagesMatched" not in flushed
+    assert flushed["service"] == "fmn-send-irc"
+
+    match.metrics.flush_metrics()
+    [own] = _emf(capsys.readouterr().out)
+    assert own["MessagesMatched"] == [3.0]
+    assert own["service"] == "match"
