@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--spool-dir", metavar="DIR",
                       help="where fedmsg envelopes are written ahead until SQS accepts"
                            " them, and a stop leaves what it could not send, for the next "
-                           "start to send first: DIR/<queue>, one bridge at a time (default: "
+                           "start to send first (a bridge with AMQP alone only sends what "
+                           "is left there): DIR/<queue>, one bridge at a time (default: "
                            "FMN_BRIDGE_SPOOL, else var/bridge-spool)")
     tune.add_argument("--shutdown-timeout", type=float, default=30.0,
                       help="how long shutdown may spend flushing to SQS (default 30)")

@@ -220,7 +220,14 @@ class SqsSink:
                 if self._write_ahead:
                     raise error from exc
                 log.error("spool files an earlier bridge left are not sent: %s", error)
+                with self._cond:  # what was queued before the error stays in its files
+                    self._spilled.clear()
+                    self._spool_left.clear()
+                    self.stats.unspooled = 0
                 self._spool_dir = None
+        if (self._spool_dir is not None and not self._write_ahead
+                and not self._spool_left):  # nothing in them was left to send
+            self._release_leftovers()
         self._thread = threading.Thread(target=self._run, name="sqs-sink", daemon=True)
         self._thread.start()
 
@@ -229,8 +236,12 @@ class SqsSink:
         files or journals in it and no other process holds it; else None (said when there
         are): a bridge with no spool of its own never fails to start for one."""
         try:
-            left = sorted(spool_dir.glob("*.jsonl"))
-        except OSError:
+            left = [name for name in os.listdir(spool_dir) if name.endswith(".jsonl")]
+        except FileNotFoundError:
+            left = []
+        except OSError as exc:  # this bridge needs no spool of its own: it goes on
+            log.error("spool files an earlier bridge left in %s cannot be listed (%s): "
+                      "not sent", spool_dir, exc)
             left = []
         if not left:
             return None
@@ -285,14 +296,15 @@ class SqsSink:
         ``.sent``, for the next start).
         A line that is no envelope is set aside in ``<file>.bad`` with an error; a file
         that cannot be read is left where it is, with an error: neither stops the rest."""
+        os.listdir(spool_dir)  # Path.glob says nothing of a directory it cannot list
         for orphan in spool_dir.glob("*.jsonl.sent"):  # its file removed, then a kill
             if not orphan.with_suffix("").exists():
                 orphan.unlink(missing_ok=True)
         for unfinished in spool_dir.glob("*.tmp"):
             # a stop's spool file, its writing cut short: the journals it was to replace
             # are removed only after it is whole, so they still hold its lines
-            log.warning("removing %s, a spool file whose writing was cut short (its "
-                        "journals are still here)", unfinished)
+            log.warning("removing %s, a spool file whose writing was cut short (the "
+                        "journals it was to replace are still here)", unfinished)
             unfinished.unlink(missing_ok=True)
         for path in sorted(spool_dir.glob("*.jsonl")):
             sent = _read_sent(_sent_path(path))
@@ -373,13 +385,25 @@ class SqsSink:
         return self._journal_fd is not None and self._journals[-1] == path
 
     def _done_with(self, path: Path) -> None:
-        """SQS holds every line of ``path``: it goes, and its ``.sent`` after it."""
+        """SQS holds every line of ``path``: it goes, and its ``.sent`` after it.  A sink
+        with nothing to write ahead lets go of the directory once it has sent everything
+        an earlier run left (a fedmsg bridge may then take it)."""
         del self._spool_left[path]
         if path in self._journals:
             self._journals.remove(path)
-        else:
+            _remove(path)
+        elif _remove(path):
             log.info("spool %s sent: removed", path)
-        _remove(path)
+        if not self._write_ahead and not self._spool_left:
+            self._release_leftovers()
+
+    def _release_leftovers(self) -> None:
+        """With nothing to write ahead: the earlier runs' files are sent; the directory is
+        free again."""
+        log.info("what earlier bridges left in %s is sent: the directory is free",
+                 self._spool_dir)
+        self._spool_dir = None
+        self._unlock()
 
     def _journal(self, item: _Item) -> tuple[int, int]:
         """Write ``item`` ahead to this process's journal (under ``_cond``); the line's
@@ -618,11 +642,12 @@ class SqsSink:
             if not stuck:  # else the kernel releases it at exit, once nothing writes here
                 self._unlock()
         else:
-            lost = left - redelivered
+            lost = sum(i.ack is None and i.spooled is None for i in items)
+        where = f" in {self._spool_dir}" if self._spool_dir is not None else ""
         log.error("SQS sink stopped with %d envelope(s) not accepted by SQS: %d written to "
-                  "the spool in %s now and %d in its files already (the next start sends "
+                  "the spool%s now and %d in spool files already (the next start sends "
                   "them first), %d unacknowledged (their AMQP broker sends them again)%s",
-                  left, spooled, self._spool_dir, on_disk, redelivered,
+                  left, spooled, where, on_disk, redelivered,
                   f"; {lost} LOST (no spool could hold them)" if lost else "")
         return False
 
@@ -840,12 +865,21 @@ def _append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path) -> bool:
     """A spool file or journal, then its ``.sent`` (a kill between leaves the ``.sent``
     alone, which the next start removes: removing it first would leave the file whole,
-    its lines all sent again)."""
-    path.unlink(missing_ok=True)
-    _sent_path(path).unlink(missing_ok=True)
+    its lines all sent again).  False, with an error, when the file cannot be removed (a
+    directory that turned read-only): it stays, and the next start sends again what its
+    ``.sent`` does not list (duplicates, not a loss); nothing here stops the sink."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("%s cannot be removed (%s): the next start sends again what it holds "
+                  "and its .sent does not list", path, exc)
+        return False
+    with contextlib.suppress(OSError):  # an orphan .sent is removed by the next start
+        _sent_path(path).unlink(missing_ok=True)
+    return True
 
 
 def _write_spool(path: Path, bodies: list[str], spilled: Sequence[_Spilled] = ()) -> None:

@@ -1377,13 +1377,13 @@ def test_a_spool_that_cannot_be_read_at_start_starts_nothing(
     flusher running behind an exception."""
     from fmn_bridge import sqs_sink
 
-    def unreadable(self: Path, pattern: str) -> Any:
-        raise PermissionError(13, "Permission denied", str(self))
+    def unreadable(path: Any) -> Any:  # a directory it may lock but not list (0300)
+        raise PermissionError(13, "Permission denied", str(path))
 
     spool = tmp_path / "spool"
     sink = aws.sink(spool_dir=spool)
-    with monkeypatch.context() as patch:
-        patch.setattr(sqs_sink.Path, "glob", unreadable)
+    with monkeypatch.context() as patch:  # Path.glob would say nothing: it returns []
+        patch.setattr(sqs_sink.os, "listdir", unreadable)
         with pytest.raises(sqs_sink.SpoolUnusable, match="cannot be read"):
             sink.start()
     assert not sink.alive
@@ -1424,6 +1424,11 @@ def test_a_bridge_with_amqp_alone_sends_what_a_fedmsg_bridge_left_in_its_spool(
     amqp.start()
     amqp.put(_fedmsg(b'{"i": 99}', 99), ack=lambda: None)
     assert amqp.stats.unspooled == 5 and amqp.stats.journaled == 0
+    # once they are sent it lets go of the directory: a fedmsg bridge may start on it
+    _wait(lambda: amqp._lock_fd is None, 30, "the directory let go")
+    fedmsg_again = aws.sink(spool_dir=spool)
+    fedmsg_again.start()
+    assert fedmsg_again.flush_and_stop(10)
     assert amqp.flush_and_stop(10)
     assert sorted(e.seq or 0 for e in aws.drain()) == [0, 1, 2, 3, 4, 99]
     assert _left_in(spool) == []
@@ -1500,7 +1505,7 @@ def test_a_stop_whose_spool_cannot_be_written_leaves_no_half_file_and_says_what_
         patch.setattr(sqs_sink.os, "fsync", full)
         assert not first.flush_and_stop(0.5)
     assert list(spool.glob("*.tmp")) == []
-    assert "3 in its files already" in caplog.text and "LOST" not in caplog.text
+    assert "3 in spool files already" in caplog.text and "LOST" not in caplog.text
     (spool / "20260101T000000000000-1-000000.tmp").write_bytes(b'"half a li')  # a crash's
 
     up = aws.sink(spool_dir=spool)
@@ -1664,3 +1669,35 @@ def test_fedmsg_bridge_killed_after_a_long_outage_loses_nothing_beyond_its_buffe
         assert up.wait(30) == 0
     assert sorted(e.seq or 0 for e in aws.drain()) == list(range(1, 301))  # each once
     assert _left_in(spool / aws.queue_name) == []
+
+
+def test_a_sent_file_that_cannot_be_removed_stops_nothing(
+        aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A directory turned read-only: removing a spool file SQS holds all of raised in the
+    flusher, which died (the bridge stopped, and every restart sent the file again)."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    spool = tmp_path / "spool"
+    down = SqsSink(_Switch(aws.sqs), aws.s3, aws.queue_name, aws.bucket, spool_dir=spool,
+                   backoff_initial_s=0.05, backoff_max_s=0.1)
+    down.start()
+    down.put(_fedmsg(b'{"i": 1}', 1))
+    assert not down.flush_and_stop(0.3)
+    [left] = list(spool.glob("*.jsonl"))
+    real_unlink = Path.unlink
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        if self == left:
+            raise PermissionError(13, "Permission denied", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    up = aws.sink(spool_dir=spool)
+    up.start()
+    _wait(lambda: up.stats.forwarded == 1, 30, "the spool sent")
+    up.put(_fedmsg(b'{"i": 2}', 2))
+    _wait(lambda: up.stats.forwarded == 2, 30, "the next one sent")
+    assert up.alive and "cannot be removed" in caplog.text
+    assert up.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == [1, 2]
