@@ -88,7 +88,16 @@ def _round(records: list[bytes], messages: int, spool: Path | None) -> dict[str,
 
 
 def _outage(records: list[bytes], messages: int, spool: Path) -> dict[str, float]:
-    logging.getLogger("fmn_bridge.sqs_sink").setLevel(logging.ERROR)  # the outage's retries
+    sink_log = logging.getLogger("fmn_bridge.sqs_sink")
+    level = sink_log.level
+    sink_log.setLevel(logging.ERROR)  # the outage's retries, not the caller's afterwards
+    try:
+        return _outage_round(records, messages, spool)
+    finally:
+        sink_log.setLevel(level)
+
+
+def _outage_round(records: list[bytes], messages: int, spool: Path) -> dict[str, float]:
     sqs = _OutageSqs()
     sink = SqsSink(sqs, None, "bench", "bench", spool_dir=spool, linger_s=0.05,
                    max_items=OUTAGE_BUFFER, backoff_initial_s=0.01, backoff_max_s=0.01)

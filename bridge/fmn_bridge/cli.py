@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="longest wait for a batch of 10 to fill (default 50)")
     tune.add_argument("--buffer-items", type=int, default=10_000,
                       help="bound of the in-memory buffer; when full, fedmsg envelopes wait"
-                           " in the journal on disk and AMQP sources block (default 10000)")
+                           " in the journal on disk; AMQP takes its prefetch at most"
+                           " (default 10000)")
     tune.add_argument("--backoff-max", type=float, default=10.0,
                       help="longest wait between SQS retries, seconds (default 10)")
     tune.add_argument("--stats-interval", type=float, default=60.0,

@@ -32,7 +32,7 @@ With a journal, a full buffer does not stop a source whose envelopes it journals
 and the flusher reads them back in order as the buffer empties.  A long SQS outage then
 costs disk, not memory, and never holds fedmsg's ZeroMQ queue up, where a kill would lose
 what waits (and the hub drops what no longer fits).  An envelope with an ``ack`` (AMQP:
-its broker holds it) still blocks its source on a full buffer.  One
+its broker holds it) is never spilled: AMQP is bounded by its prefetch.  One
 process at a time uses a spool directory (``flock`` on its ``.lock`` file, which works on
 NFS too; :class:`SpoolInUse`); a directory that cannot be used at all is
 :class:`SpoolUnusable`.  A sink with nothing to write ahead (``write_ahead=False``: a
