@@ -629,6 +629,7 @@ class SqsSink:
         on_disk = sum(i.ack is None and i.spooled is not None and i.spooled not in journals
                       for i in items)
         on_disk += sum(ref[0] not in journals for ref in self._spilled)
+        in_no_file = sum(i.ack is None and i.spooled is None for i in items)
         spooled = lost = 0
         if self._spool_dir is not None:
             try:
@@ -636,13 +637,13 @@ class SqsSink:
             except OSError as exc:  # the journals stay: what they hold is not lost
                 on_disk += sum(i.ack is None and i.spooled in journals for i in items)
                 on_disk += sum(ref[0] in journals for ref in self._spilled)
-                lost = sum(i.ack is None and i.spooled is None for i in items)
+                lost = in_no_file
                 log.error("writing the spool in %s failed (%s): the journals stay, for the"
                           " next start", self._spool_dir, exc)
             if not stuck:  # else the kernel releases it at exit, once nothing writes here
                 self._unlock()
         else:
-            lost = sum(i.ack is None and i.spooled is None for i in items)
+            lost = in_no_file
         where = f" in {self._spool_dir}" if self._spool_dir is not None else ""
         log.error("SQS sink stopped with %d envelope(s) not accepted by SQS: %d written to "
                   "the spool%s now and %d in spool files already (the next start sends "
@@ -886,15 +887,17 @@ def _write_spool(path: Path, bodies: list[str], spilled: Sequence[_Spilled] = ()
     """Write (or replace) a spool file whole: a crash leaves the old one or the new one.
     ``bodies``, then the lines of ``spilled`` copied from their journals."""
     tmp = path.with_suffix(".tmp")
-    readers: dict[Path, int] = {}
+    reader: tuple[Path, int] | None = None  # one journal open at a time: refs come in order
     try:
         with tmp.open("wb") as f:
             for body in bodies:  # a JSON string a line: a record may hold line breaks
                 f.write(orjson.dumps(body) + b"\n")
             for source, _, offset, length, _ in spilled:
-                if source not in readers:
-                    readers[source] = os.open(source, os.O_RDONLY)
-                line = os.pread(readers[source], length, offset)
+                if reader is None or reader[0] != source:
+                    if reader is not None:
+                        os.close(reader[1])
+                    reader = (source, os.open(source, os.O_RDONLY))
+                line = os.pread(reader[1], length, offset)
                 if len(line) != length:
                     raise OSError(f"{source}: a line spilled there is cut short")
                 f.write(line if line.endswith(b"\n") else line + b"\n")
@@ -905,8 +908,8 @@ def _write_spool(path: Path, bodies: list[str], spilled: Sequence[_Spilled] = ()
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        for fd in readers.values():
-            os.close(fd)
+        if reader is not None:
+            os.close(reader[1])
     # the rename itself on disk before the journals it replaces are removed (where the
     # file system can say so: not every one syncs a directory)
     with contextlib.suppress(OSError):
