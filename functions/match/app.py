@@ -38,6 +38,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalice.app import Chalice
 
+from fmn import emf
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
@@ -413,4 +414,4 @@ def handle_event(raw: dict[str, Any], context: Any) -> PartialItemFailureRespons
             totals.update(call.counts)
             for name, value in sorted(call.counts.items()):
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-            metrics.flush_metrics()
+            emf.flush(metrics)

@@ -15,6 +15,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from chalice.app import Chalice, Rate
 
+from fmn import emf
 from fmn.settings import Settings
 
 # configure_logs=False: Chalice would add a plain handler to the logger Powertools uses
@@ -45,7 +46,7 @@ def publish(context: Any = None) -> int:
         engine.dispose()
     logger.info("snapshot published", extra={"snapshot": data.id, "users": len(data.users)})
     metrics.add_metric(name="SnapshotUsers", unit=MetricUnit.Count, value=len(data.users))
-    metrics.flush_metrics()
+    emf.flush(metrics)
     return len(data.users)
 
 

@@ -24,6 +24,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from chalice.app import Chalice, Cron, Rate
 
+from fmn import emf
 from fmn.ownership.reconcile import SyncReport
 from fmn.settings import Settings
 
@@ -58,7 +59,7 @@ def _done(report: SyncReport) -> dict[str, Any]:
                        unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="SnapshotChanges", unit=MetricUnit.Count,
                        value=report.snapshot_changes)
-    metrics.flush_metrics()
+    emf.flush(metrics)
     return report.as_dict()
 
 

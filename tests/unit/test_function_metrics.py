@@ -9,6 +9,7 @@ empty set ("No application metrics to publish").
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -36,3 +37,37 @@ def test_a_function_flushes_only_its_own_metrics(capsys: pytest.CaptureFixture[s
     [own] = _emf(capsys.readouterr().out)
     assert own["MessagesMatched"] == [3.0]
     assert own["service"] == "match"
+
+
+def test_disabled_metrics_do_not_pile_up(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """With metrics disabled (the local stack's default) a flush still forgets its values.
+
+    Powertools keeps a disabled set: after 100 latencies ``add_metric`` printed them to
+    stdout by itself, and a flush right after that warned "No application metrics to
+    publish" (the intermittent warning of the local stack's end-to-end test).
+    """
+    import warnings
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    email = SenderFunction("email", make_send=lambda settings: None)  # type: ignore[arg-type, return-value]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(150):
+            email.record_latency([12.5])
+            email.count(Counter(sent=1))
+    assert capsys.readouterr().out == ""
+    assert not email.metrics.metric_set
+
+
+def test_a_flush_publishes_then_forgets(capsys: pytest.CaptureFixture[str]) -> None:
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    from fmn import emf
+
+    irc = SenderFunction("irc", make_send=lambda settings: None)  # type: ignore[arg-type, return-value]
+    irc.metrics.add_metric(name="Sent", unit=MetricUnit.Count, value=2)
+    emf.flush(irc.metrics)
+    [flushed] = _emf(capsys.readouterr().out)
+    assert flushed["Sent"] == [2.0]
+    assert not irc.metrics.metric_set

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from fmn import emf
 from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, Postponed, RetryableError
@@ -118,7 +119,7 @@ class SenderFunction:
             for name, value in sorted(counts.items()):
                 self.metrics.add_metric(name=_metric_name(name), unit=MetricUnit.Count,
                                         value=value)
-            self.metrics.flush_metrics()
+            emf.flush(self.metrics)
 
     def begin(self, context: Any) -> None:
         """Start an invocation: its deadline bounds the in-progress marks of sends."""
@@ -262,7 +263,7 @@ class SenderFunction:
             for ms in sample:
                 self.metrics.add_metric(name=BUS_TO_SEND_LATENCY,
                                         unit=MetricUnit.Milliseconds, value=ms)
-            self.metrics.flush_metrics()
+            emf.flush(self.metrics)
 
 
 def _watching(send: Send, out_of_time: Callable[[], bool]) -> Send:
