@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true",
                    help="run the email sender and the feed function in this process "
                         "with the others (by default each has a process of its own)")
+    p.add_argument("--email-processes", type=int, default=Options.email_processes,
+                   metavar="N",
+                   help="processes the email sender runs in, its maximum concurrency shared "
+                        "among them (default %(default)s; LocalStack only: the moto server "
+                        "hands one message to two receivers)")
     p.add_argument("--no-plots", action="store_true")
     return p
 
@@ -235,8 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fmn loadtest: --concurrency takes numbers such as 1,2,4, not "
               f"{args.concurrency!r}", file=sys.stderr)
         return 2
-    if args.messages < 1 or args.users < 1 or not concurrencies or min(concurrencies) < 1:
-        print("fmn loadtest: --messages, --users and each concurrency must be at least 1",
+    if args.messages < 1 or args.users < 1 or not concurrencies or min(concurrencies) < 1 \
+            or args.email_processes < 1:
+        print("fmn loadtest: --messages, --users, --email-processes and each concurrency "
+              "must be at least 1",
               file=sys.stderr)
         return 2
     aws = args.aws or ("localstack" if localstack_answers() else "moto")
@@ -248,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(messages=args.messages, concurrencies=concurrencies, users=args.users,
                    bus=args.bus, aws=aws, seed=args.seed, workdir=Path(args.workdir),
                    timeout_s=args.timeout, ceiling_s=args.ceiling_seconds,
-                   own_process=() if args.in_process else Options.own_process)
+                   own_process=() if args.in_process else Options.own_process,
+                   email_processes=args.email_processes)
     if args.lock and Path(args.lock).resolve() == (opts.workdir / ".lock").resolve():
         print(f"fmn loadtest: --lock {args.lock} is the work directory's own lock, which "
               f"this load test holds throughout: give another file", file=sys.stderr)

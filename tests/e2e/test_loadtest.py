@@ -23,18 +23,21 @@ USERS = 500
 
 # AMQP carries the fedora-messaging messages alone (a fedmsg envelope published there
 # had no body and was dead-lettered, and that run never drained); fewer, to keep it short
-@pytest.mark.parametrize(("bus", "messages"), [("fedmsg", 200), ("amqp", 100)])
+# On LocalStack (real long polls) the email sender runs in two processes sharing its queue.
+@pytest.mark.parametrize(("bus", "messages", "aws"), [
+    ("fedmsg", 200, "moto"), ("amqp", 100, "moto"), ("fedmsg", 200, "localstack")])
 def test_a_short_load_test_accounts_for_every_message(
-        aws_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], bus: str,
-        messages: int) -> None:
+        request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        bus: str, messages: int, aws: str) -> None:
     from loadtest.cli import run
     from loadtest.run import Options
 
+    aws_env: str = request.getfixturevalue("aws_env" if aws == "moto" else "localstack_env")
     redis_client()
-    opts = Options(messages=messages, concurrencies=(1,), users=USERS, aws="moto",
+    opts = Options(messages=messages, concurrencies=(1,), users=USERS, aws=aws,
                    aws_endpoint=aws_env, workdir=tmp_path, timeout_s=600, ceiling_s=1.0,
-                   seed=3, bus=bus)
-    plots = bus == "fedmsg"
+                   seed=3, bus=bus, email_processes=2)
+    plots = bus == "fedmsg" and aws == "moto"
     status = run(opts, plots=plots)
     out = capsys.readouterr().out
     assert status == 0, out
@@ -63,6 +66,11 @@ def test_a_short_load_test_accounts_for_every_message(
     # the email sender ran in a process of its own and reported its totals and requests
     assert run_["functions"]["send_email"]["records"] > 0
     assert run_["cpu_s"]["send_email (own process)"] > 0
+    if aws == "localstack":  # and a second one, whose totals and requests add up with it
+        assert run_["cpu_s"]["send_email (own process 2)"] > 0
+        assert (tmp_path / "c1" / "worker-email-2-stats.json").exists()
+    else:
+        assert "send_email (own process 2)" not in run_["cpu_s"]
     assert run_["sqs_requests_by_stage_per_message"]["send_email event source -> email"] > 0
     # the sink's ceiling is measured on a sink of its own: the run's mails stay the run's
     assert run_["mail_ceiling_per_s"] > 0

@@ -102,3 +102,12 @@ def test_the_work_directorys_own_lock_is_refused_as_lock_file(
     assert main(["--workdir", str(tmp_path), "--aws", "moto", "--messages", "1",
                  "--concurrency", "1", "--lock", str(tmp_path / ".lock")]) == 2
     assert "give another file" in capsys.readouterr().err
+
+
+def test_no_email_process_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.cli import main
+
+    assert main(["--workdir", str(tmp_path), "--aws", "moto", "--messages", "1",
+                 "--concurrency", "1", "--email-processes", "0"]) == 2
+    assert "--email-processes" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing started

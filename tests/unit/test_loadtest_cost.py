@@ -98,3 +98,15 @@ def test_a_cpu_time_the_runner_did_not_record_is_unknown_not_free(
     assert "cpu_s" not in figures["send_email"]
     bill = cost.bill(100, [], figures, mails=0)
     assert bill["lambda_compute_cpu_estimate"] is None  # "-", not $0.000
+
+
+def test_a_function_run_by_several_processes_adds_up() -> None:
+    from loadtest.run import function_figures
+
+    email = {"function": "send_email", "invocations": 5, "busy_s": 4.0, "records_ok": 50,
+             "records_failed": 1, "cpu_s": 1.5}
+    figures = function_figures([email, {**email, "invocations": 3, "cpu_s": 0.5}])
+    assert figures["send_email"] == {"invocations": 8, "busy_s": 8.0, "records": 102,
+                                     "cpu_s": 2.0}
+    # one of them without a CPU time: the whole is not known
+    assert "cpu_s" not in function_figures([email, {**email, "cpu_s": None}])["send_email"]

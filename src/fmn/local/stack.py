@@ -57,7 +57,7 @@ from typing import Any
 
 from fmn.local.files import write_json
 from fmn.pipeline.alarms import Param, Thresholds
-from fmn.pipeline.queues import BACKENDS, QUEUES
+from fmn.pipeline.queues import BACKENDS, QUEUES, queue
 from fmn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,12 @@ class StackOptions:
     #: queues whose function runs in a child process (``fmn.local.worker``) that a
     #: fault test can kill (``LocalStack.kill_worker``); the others run in-process
     external: tuple[str, ...] = ()
+    #: queue -> how many child processes run its function (external queues; 1 by
+    #: default): Lambda runs each concurrent invocation in an environment, and an
+    #: interpreter, of its own. The queue's maximum concurrency is shared among them,
+    #: and the first alone runs the schedule. Only where receives are real long polls
+    #: (LocalStack): the moto server hands one message to two receivers.
+    processes: dict[str, int] = field(default_factory=dict)
     #: every queue's visibility timeout and its function's timeout, scaled down
     #: for fault tests (None: the definitions' own)
     visibility_s: int | None = None
@@ -195,7 +201,10 @@ class LocalStack:
         self.urls: dict[str, Any] = {}
         self.runners: dict[str, Any] = {}
         self.functions: dict[str, ModuleType] = {}
+        #: worker name (the queue's, ``<queue>-2``... for further processes) -> process
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        #: worker name -> its queue
+        self.worker_queues: dict[str, str] = {}
         self._moto: subprocess.Popen[bytes] | None = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
@@ -697,9 +706,9 @@ fmn_bridge_queue = "{queue}"
             if q.name == "matrix" and self.matrix is None:
                 continue  # no homeserver: the queue keeps them
             if q.name in self.options.external:
-                self.start_worker(q.name)
-                started.append(f"{q.function} (own process) <- "
-                               f"{q.sqs_name(self.settings.queue_prefix)}")
+                n = self.start_workers(q.name)
+                started.append(f"{q.function} ({'own process' if n == 1 else f'{n} processes'})"
+                               f" <- {q.sqs_name(self.settings.queue_prefix)}")
                 continue
             if q.function not in self.functions:
                 self.functions[q.function] = load_function(q.function)
@@ -733,29 +742,54 @@ fmn_bridge_queue = "{queue}"
         return [dataclasses.replace(q, visibility_timeout_s=self.options.visibility_s)
                 for q in QUEUES]
 
-    def start_worker(self, queue_name: str) -> None:
-        """Run the function of ``queue_name`` under its own runner in a child process."""
+    def start_workers(self, queue_name: str) -> int:
+        """Run the function of ``queue_name`` in its child processes (``processes``,
+        where receives are long polls); how many were started."""
+        q = queue(queue_name)
+        n = max(1, self.options.processes.get(queue_name, 1))
+        if n > 1 and not self.long_polling:
+            log.warning("the %s function runs in one process, not %d: this emulator hands "
+                        "one message to two receivers", q.function, n)
+            n = 1
+        total = self.options.max_concurrency.get(queue_name, q.max_concurrency)
+        for i in range(n):
+            share = total // n + (1 if i < total % n else 0)  # the queue's, shared out
+            self.start_worker(queue_name, queue_name if i == 0 else f"{queue_name}-{i + 1}",
+                              max_concurrency=max(1, share) if n > 1 else None,
+                              schedule=i == 0)
+        return n
+
+    def start_worker(self, queue_name: str, name: str | None = None,
+                     max_concurrency: int | None = None, schedule: bool = True) -> None:
+        """Run the function of ``queue_name`` under its own runner in a child process
+        (the worker ``name``, the queue's by default)."""
+        name = name or queue_name
         poll_wait_s = self.options.long_poll_s if self.long_polling else self.options.poll_wait_s
         args = [sys.executable, "-m", "fmn.local.worker", queue_name,
                 "--poll-wait-s", str(poll_wait_s), "--schedule-s", str(self.options.schedule_s)]
         if self.options.visibility_s is not None:
             args += ["--visibility-s", str(self.options.visibility_s)]
-        if queue_name in self.options.max_concurrency:
-            args += ["--max-concurrency", str(self.options.max_concurrency[queue_name])]
+        if max_concurrency is None:
+            max_concurrency = self.options.max_concurrency.get(queue_name)
+        if max_concurrency is not None:
+            args += ["--max-concurrency", str(max_concurrency)]
+        if not schedule:
+            args.append("--no-schedule")
         if self.long_polling:
             args.append("--long-poll")
         if self.options.log_dir is not None:
             args += ["--log-dir", str(self.options.log_dir)]
-        args += ["--stats", str(self.worker_file(queue_name, "stats")),
-                 "--request-counts", str(self.worker_file(queue_name, "requests"))]
-        with (self.workdir / f"worker-{queue_name}.log").open("ab") as log_file:
-            self.workers[queue_name] = subprocess.Popen(
+        args += ["--stats", str(self.worker_file(name, "stats")),
+                 "--request-counts", str(self.worker_file(name, "requests"))]
+        with (self.workdir / f"worker-{name}.log").open("ab") as log_file:
+            self.workers[name] = subprocess.Popen(
                 args, env={**os.environ, **self.env}, stdout=log_file, stderr=log_file)
+        self.worker_queues[name] = queue_name
 
-    def worker_file(self, queue_name: str, kind: str) -> Path:
-        """What the worker of ``queue_name`` writes when it stops (``stats``: its runner's
+    def worker_file(self, name: str, kind: str) -> Path:
+        """What the worker ``name`` writes when it stops (``stats``: its runner's
         totals; ``requests``: its AWS request counts), as JSON."""
-        return self.workdir / f"worker-{queue_name}-{kind}.json"
+        return self.workdir / f"worker-{name}-{kind}.json"
 
     def stop_workers(self) -> None:
         """SIGTERM every function's child process and wait: in-flight invocations
@@ -778,9 +812,11 @@ fmn_bridge_queue = "{queue}"
                 time.sleep(1.0)
                 end_process(worker, 10)
 
-    def kill_worker(self, queue_name: str) -> None:
-        """SIGKILL the child process of ``queue_name``: what it was doing is cut short."""
-        worker = self.workers.pop(queue_name)
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL the worker ``name`` (its queue's first, by the queue's name): what it
+        was doing is cut short."""
+        worker = self.workers.pop(name)
+        self.worker_queues.pop(name, None)
         worker.kill()
         worker.wait(timeout=10)
 

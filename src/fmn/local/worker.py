@@ -9,7 +9,8 @@ of its own (in one interpreter, their many short waits on Redis and SMTP queue
 behind the match function's CPU-bound threads for the interpreter lock).  A
 worker reads the stack's settings from the environment (what ``LocalStack``
 exports), polls the function's queue as Lambda's event source mapping does,
-runs the email sender's digest schedule when it is the email sender, and stops
+runs the email sender's digest schedule when it is the email sender (unless
+``--no-schedule``: another process of it runs it), and stops
 cleanly on SIGTERM: in-flight invocations finish, then it writes its runner's
 totals (``--stats``) and AWS request counts (``--request-counts``) for whoever
 started it.  SIGTERM and SIGINT are waited for (``sigtimedwait``), not
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-poll", action="store_true",
                         help="concurrent real long polls (LocalStack, SQS), not receives "
                              "taking turns (the moto server)")
+    parser.add_argument("--no-schedule", action="store_true",
+                        help="not the function's schedule (the email sender's digest flush): "
+                             "another process of the same function runs it")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="the function's JSON logs and EMF lines to DIR/<function>.log")
     parser.add_argument("--stats", type=Path, default=None,
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                                 poll_wait_s=args.poll_wait_s,
                                 serialize_receives=not args.long_poll)
     runner.start()
-    flush = getattr(module, "flush_digests_now", None)
+    flush = None if args.no_schedule else getattr(module, "flush_digests_now", None)
     parent = os.getppid()
     while signal.sigtimedwait(STOP_SIGNALS, args.schedule_s) is None:
         if os.getppid() != parent:  # whoever started it is gone without stopping it
