@@ -1564,11 +1564,13 @@ def test_a_stop_with_a_stuck_flusher_keeps_the_spool_locked_until_the_process_en
 
 
 class _Switch:
-    """An SQS client that fails every send until switched on."""
+    """An SQS client that fails every send until switched on; ``sent``: the envelopes'
+    numbers in the order SQS accepted them."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
         self.on = threading.Event()
+        self.sent: list[int | None] = []
 
     def get_queue_url(self, **kw: Any) -> Any:
         return self.real.get_queue_url(**kw)
@@ -1576,7 +1578,11 @@ class _Switch:
     def send_message_batch(self, **kw: Any) -> Any:
         if not self.on.is_set():
             raise ConnectionError("SQS is away")
-        return self.real.send_message_batch(**kw)
+        resp = self.real.send_message_batch(**kw)
+        failed = {f["Id"] for f in resp.get("Failed", ())}
+        self.sent += [Envelope.decode(e["MessageBody"]).seq for e in kw["Entries"]
+                      if e["Id"] not in failed]
+        return resp
 
 
 def test_a_full_buffer_spills_fedmsg_envelopes_to_the_journal_instead_of_blocking(
@@ -1611,6 +1617,8 @@ def test_a_full_buffer_spills_fedmsg_envelopes_to_the_journal_instead_of_blockin
     finally:
         assert sink.flush_and_stop(10)
     assert sorted(e.seq or 0 for e in aws.drain()) == [*range(60), 99]  # once each
+    # read back from disk in the order they came (99 took no place in that line)
+    assert [n for n in sqs.sent if n != 99] == list(range(60))
     assert _left_in(spool) == []
 
 
@@ -1647,6 +1655,7 @@ def test_a_stop_spools_what_waited_on_disk_and_the_next_start_reads_it_back_boun
     finally:
         assert up.flush_and_stop(10)
     assert sorted(e.seq or 0 for e in aws.drain()) == list(range(41))
+    assert sqs.sent == list(range(41))  # the earlier run's in order, then the new one
     assert _left_in(spool) == []
 
 
