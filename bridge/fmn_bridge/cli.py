@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "start to send first (a bridge with AMQP alone only sends what "
                            "is left there): DIR/<queue>, one bridge at a time (default: "
                            "FMN_BRIDGE_SPOOL, else var/bridge-spool)")
+    tune.add_argument("--spool-wait", type=float, default=40.0, metavar="SECONDS",
+                      help="how long a start waits for another bridge to let the spool "
+                           "directory go, as when a restart overlaps the old bridge's "
+                           "shutdown flush (default 40: longer than --shutdown-timeout's "
+                           "default; 0: exit 2 at once)")
     tune.add_argument("--shutdown-timeout", type=float, default=30.0,
                       help="how long shutdown may spend flushing to SQS (default 30)")
     p.add_argument("--log-level", default="INFO")
@@ -109,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spool = Path(args.spool_dir or os.environ.get("FMN_BRIDGE_SPOOL") or "var/bridge-spool")
     sink = SqsSink(sqs, s3, queue_name, bucket, linger_s=args.linger_ms / 1000,
                    max_items=args.buffer_items, backoff_max_s=args.backoff_max,
-                   spool_dir=spool / queue_name, write_ahead=bool(args.fedmsg))
+                   spool_dir=spool / queue_name, write_ahead=bool(args.fedmsg),
+                   spool_wait_s=max(0.0, args.spool_wait))
     try:
         sources = _sources(args, sink)
     except Exception as exc:  # noqa: BLE001 - a bad configuration: say what, exit 2

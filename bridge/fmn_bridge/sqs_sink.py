@@ -159,6 +159,7 @@ class SqsSink:
         backoff_max_s: float = 10.0,
         spool_dir: Path | None = None,
         write_ahead: bool = True,
+        spool_wait_s: float = 0.0,
     ) -> None:
         self._sqs = sqs
         self._s3 = s3
@@ -182,6 +183,9 @@ class SqsSink:
         self._spool_dir = spool_dir
         #: whether envelopes with no ``ack`` are journaled (and the spool is needed)
         self._write_ahead = write_ahead
+        #: how long a start waits for another process to let the spool directory go
+        #: (a restart overlapping the old bridge's shutdown flush)
+        self._spool_wait_s = spool_wait_s
         self._sent_failing = False
         self._spool_left: dict[Path, int] = {}
         self._lock_fd: int | None = None
@@ -209,7 +213,7 @@ class SqsSink:
         if self._spool_dir is not None and not self._write_ahead:
             self._spool_dir = self._leftovers_to_send(self._spool_dir)  # taken, or None
         elif self._spool_dir is not None:
-            self._lock(self._spool_dir)
+            self._lock(self._spool_dir, wait_s=self._spool_wait_s)
         if self._spool_dir is not None:
             try:
                 self._unspool(self._spool_dir)
@@ -259,25 +263,42 @@ class SqsSink:
                  spool_dir)
         return spool_dir
 
-    def _lock(self, spool_dir: Path) -> None:
+    def _lock(self, spool_dir: Path, wait_s: float = 0.0) -> None:
         """Hold ``spool_dir/.lock`` (``flock``, released by the kernel when the process ends,
-        killed or not; a regular file, as NFS locks only those)."""
+        killed or not; a regular file, as NFS locks only those), waiting up to ``wait_s``
+        for another process to let it go."""
         try:
             spool_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(spool_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise SpoolUnusable(f"the spool directory {spool_dir} cannot be used: {exc}"
                                 ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolInUse(f"the spool directory {spool_dir} is in use by another bridge"
-                             " on the same queue; give each its own --spool-dir") from None
-        except OSError as exc:
-            os.close(fd)
-            raise SpoolUnusable(f"the spool directory {spool_dir} cannot be locked: {exc}"
-                                ) from exc
+        deadline = time.monotonic() + wait_s
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    if not waited:
+                        waited = True
+                        log.warning("the spool directory %s is in use by another bridge: "
+                                    "waiting up to %gs for it to let go", spool_dir, wait_s)
+                    time.sleep(min(0.2, left))
+                    continue
+                os.close(fd)
+                raise SpoolInUse(f"the spool directory {spool_dir} is in use by another "
+                                 "bridge on the same queue"
+                                 f"{f' (waited {wait_s:g}s)' if wait_s > 0 else ''}; give "
+                                 "each its own --spool-dir") from None
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolUnusable(f"the spool directory {spool_dir} cannot be locked: "
+                                    f"{exc}") from exc
+        if waited:
+            log.info("the spool directory %s is this bridge's now", spool_dir)
         self._lock_fd = fd
 
     def _unlock(self) -> None:

@@ -1141,6 +1141,46 @@ def test_fedmsg_bridge_killed_after_sqs_took_everything_sends_nothing_twice(
     assert _left_in(spool / aws.queue_name) == []
 
 
+def test_a_start_waits_for_the_bridge_letting_the_spool_go(
+        aws: Aws, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A restart overlapping the old bridge's shutdown flush (or an AMQP-only bridge
+    still sending what an earlier one left) waited for nothing: exit 2 at once."""
+    from fmn_bridge.sqs_sink import SpoolInUse
+
+    spool = tmp_path / "spool"
+    old = aws.sink(spool_dir=spool)
+    old.start()
+    old.put(_fedmsg(b'{"i": 1}', 1))
+    new = aws.sink(spool_dir=spool, spool_wait_s=30)
+    started = threading.Thread(target=new.start, daemon=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="fmn_bridge.sqs_sink"):
+            started.start()
+            time.sleep(0.5)
+            assert started.is_alive(), "did not wait for the directory"
+            assert old.flush_and_stop(10)
+            started.join(10)
+            assert not started.is_alive(), "the directory let go, and still waiting"
+        assert "waiting up to 30s for it to let go" in caplog.text
+        assert "is this bridge's now" in caplog.text
+        new.put(_fedmsg(b'{"i": 2}', 2))
+    finally:
+        assert new.flush_and_stop(10)
+    assert sorted(e.seq or 0 for e in aws.drain()) == [1, 2]
+    # without a wait, or past it, a held directory is refused
+    holder = aws.sink(spool_dir=spool)
+    holder.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SpoolInUse, match=r"\(waited 0.3s\); give each its own"):
+            aws.sink(spool_dir=spool, spool_wait_s=0.3).start()
+        assert time.monotonic() - t0 >= 0.3
+        with pytest.raises(SpoolInUse):
+            aws.sink(spool_dir=spool).start()
+    finally:
+        assert holder.flush_and_stop(10)
+
+
 def test_two_bridges_never_share_a_spool_directory(aws: Aws, tmp_path: Path) -> None:
     """A second bridge on the same spool would send the first's journal as the first
     writes it, then remove it: it refuses to start, and says why."""
@@ -1150,12 +1190,15 @@ def test_two_bridges_never_share_a_spool_directory(aws: Aws, tmp_path: Path) -> 
         try:
             second = subprocess.run(
                 [sys.executable, "-m", "fmn_bridge.cli", "--fedmsg", hub.endpoint,
-                 "--spool-dir", str(spool), "--heartbeat-interval", "0"],
+                 "--spool-dir", str(spool), "--heartbeat-interval", "0",
+                 "--spool-wait", "1"],
                 env={**os.environ, "AWS_ENDPOINT_URL": aws.endpoint,
                      "FMN_QUEUE_PREFIX": aws.prefix, "PYTHONPATH": str(REPO / "bridge")},
                 capture_output=True, text=True, timeout=60)
             assert second.returncode == 2
-            assert "is in use by another bridge on the same queue" in second.stderr
+            assert "waiting up to 1s for it to let go" in second.stderr
+            assert "is in use by another bridge on the same queue (waited 1s)" \
+                in second.stderr
         finally:
             first.send_signal(signal.SIGTERM)
             assert first.wait(30) == 0
