@@ -295,6 +295,24 @@ def test_one_deferred_recipient_does_not_hold_the_others_up(env: SimpleNamespace
     assert dead_letters(env) == []
 
 
+def test_a_4xx_at_the_end_of_data_defers_that_recipient_alone(env: SimpleNamespace) -> None:
+    """A server that checks the mailbox only after DATA: the payload's other recipients
+    went untried (the whole record retried, then dead-lettered with them in it)."""
+    env.sink.refuse_data["full@example.org"] = "452 4.2.2 mailbox full"
+    body = payload("email", [note("alice", "alice@example.org"),
+                             note("full", "full@example.org"), note("bob", "bob@example.org"),
+                             note("carol", "carol@example.org")], id=mid(env))
+    assert invoke(env, body) == ["m0"]  # comes back for the deferred one
+    assert sorted(r.rcpt_tos[0] for r in env.sink.wait_for(3)) == [
+        "alice@example.org", "bob@example.org", "carol@example.org"]
+    env.sink.refuse_data.clear()
+    assert invoke(env, body) == []
+    assert sorted(r.rcpt_tos[0] for r in env.sink.wait_for(4)) == [
+        "alice@example.org", "bob@example.org", "carol@example.org",
+        "full@example.org"]  # each exactly once
+    assert dead_letters(env) == []
+
+
 def test_an_unforeseen_failure_dead_letters_that_item_alone(
         env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     sender = env.app.function.get("send")

@@ -114,12 +114,13 @@ class SmtpMailer:
         # one fresh attempt before calling it a failure.
         # until the conversation about this mail starts, nothing of it went out (NotSent)
         started = False
+        envelope = _envelope(msg)
         for attempt in (1, 2):
             try:
                 if self._conn is None:
                     self._conn = self._connect()
                 started = True
-                self._conn.send_message(msg, *_envelope(msg))
+                self._conn.send_message(msg, *envelope)
                 return
             except smtplib.SMTPRecipientsRefused as exc:
                 self._reset_after_refusal()
@@ -131,7 +132,12 @@ class SmtpMailer:
                 raise PermanentError(f"SMTP server cannot take this mail: {exc}") from exc
             except smtplib.SMTPDataError as exc:
                 self._reset_after_refusal()
-                raise _by_code(exc.smtp_code, exc.smtp_error, "message refused") from exc
+                # a mail to one recipient (every notification's): a 4xx at the end of
+                # DATA (mailbox full, greylisting) is about this one, as at RCPT
+                one = envelope[1] is not None and len(envelope[1]) == 1
+                raise _by_code(exc.smtp_code, exc.smtp_error, "message refused",
+                               deferred=RecipientDeferred if one else RetryableError) \
+                    from exc
             except smtplib.SMTPSenderRefused as exc:
                 # our sender address: a configuration problem, not this mail's
                 self._drop()

@@ -10,7 +10,8 @@ fsync per mail on the server's event loop held every connection up (it
 made the sink, not the sender, the limit of the load test).  ``refuse``
 maps recipient addresses to SMTP replies (``"550 5.1.1 no such user"``,
 ``"451 4.3.0 try later"``) so tests can make the server refuse like a real
-one.
+one; ``refuse_data`` does the same at the end of DATA (a server that checks
+the mailbox or the content only then).
 
 :class:`ProcessMailSink` is the same server in a process of its own, which
 keeps no mail in memory, only the Maildir and a count: the load test's
@@ -61,6 +62,10 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        for address in envelope.rcpt_tos:
+            reply = self.sink.refuse_data.get(address)
+            if reply:
+                return reply
         raw = envelope.original_content or envelope.content
         got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(raw))
         with self.sink.lock:
@@ -87,6 +92,7 @@ class MailSink:
         self.count = 0
         self.messages: list[Received] = []
         self.refuse: dict[str, str] = {}
+        self.refuse_data: dict[str, str] = {}
         self.lock = threading.Condition()
         self.maildir = mailbox.Maildir(str(maildir), create=True) if maildir else None
         self._names = itertools.count()
