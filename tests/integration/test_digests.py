@@ -258,6 +258,42 @@ def test_one_failing_digest_does_not_hold_the_others_up(world: SimpleNamespace,
                                                            "carol@example.org"]
 
 
+@pytest.mark.parametrize("failure", ["deferred", "unforeseen"])
+def test_a_digest_that_keeps_failing_ends_in_the_dead_letter_queue(
+        world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """Its batch stayed claimed and came back at every lease, forever, with everything
+    for the destination piling up behind it in Redis; a single mail goes to its queue's
+    dead-letter queue after about an hour, or at once for an error nobody foresaw."""
+    from fmn.delivery.mailers import RecipientDeferred
+
+    w = world
+    add(w, 2, (60, 100))
+    w.clock.now += 60
+
+    def send(msg: object) -> None:
+        if failure == "deferred":
+            raise RecipientDeferred("SMTP recipient refused: 452 4.2.2 mailbox full")
+        raise KeyError("a case nobody foresaw")
+
+    monkeypatch.setattr(w.mailer, "send", send)
+    if failure == "unforeseen":  # at once
+        assert w.sender.flush_due(w.once, w.dead_letter) == 2
+        assert len(w.dead) == 2 and "KeyError" in w.dead[0][1]
+        return
+    for _ in range(12):  # an hour of leases: tried again each time
+        assert w.sender.flush_due(w.once, w.dead_letter) == 0
+        assert w.dead == []
+        w.clock.now += 300
+    assert w.sender.flush_due(w.once, w.dead_letter) == 2  # past the hour: given up
+    assert [i.message_id for i, _ in w.dead] == [f"{w.tag}-0", f"{w.tag}-1"]
+    assert all("digest not sent for 3600s" in r and "452" in r for _, r in w.dead)
+    monkeypatch.undo()
+    add(w, 1, (60, 100), start=2)  # what comes after goes out as usual
+    w.clock.now += 60
+    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert digest_items(w) == [["build 2 done"]]
+
+
 def test_items_of_a_destination_unsubscribed_meanwhile_do_not_go_out(
         world: SimpleNamespace, tmp_path: Any) -> None:
     """bob unsubscribes (one-click) while three items wait in his digest: the digest,

@@ -21,7 +21,11 @@ Sending is crash-safe, in three steps:
    arrived meanwhile (or what the cap left).
 
 A crash before 2 leaves the batch claimed: when the lease runs out the same
-batch (same id) is claimed again and sent.  A crash between 2 and 3 sends
+batch (same id) is claimed again and sent.  A batch whose send keeps failing
+(its server refusing for now) is tried again at each lease for ``give_up_s``
+from its first failure, about what a single mail gets from its queue, then
+each of its items goes to the dead-letter queue with the last error; an
+error nobody foresaw sends them there at once, as for a single mail.  A crash between 2 and 3 sends
 nothing twice: the retry finds the batch id already sent and only finishes.
 Items that arrive while a batch is out wait in the list for the next digest;
 none is lost.
@@ -45,7 +49,7 @@ import orjson
 
 from fmn.delivery.base import DeadLetter, Delivery, from_doc, to_doc
 from fmn.delivery.once import Once
-from fmn.errors import PermanentError, RetryableError
+from fmn.errors import PermanentError, Postponed, RetryableError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,9 @@ log = logging.getLogger(__name__)
 DIGEST_CAP = 100
 #: How long a claimed batch is left alone before it is claimed (and sent) again.
 LEASE_S = 300
+#: How long a batch that keeps failing is tried again before its items are dead-lettered
+#: (a single mail: 5 receives over about an hour, then its queue's dead-letter queue).
+GIVE_UP_S = 3600.0
 
 _ADD = """
 local n = redis.call('RPUSH', KEYS[1], ARGV[2])
@@ -126,7 +133,7 @@ class DigestStore:
     """Digest lists, batches and the due set, in Redis (module docstring)."""
 
     def __init__(self, redis: Any, prefix: str = "fmn:digest:", cap: int = DIGEST_CAP,
-                 lease_s: float = LEASE_S) -> None:
+                 lease_s: float = LEASE_S, give_up_s: float = GIVE_UP_S) -> None:
         from fmn.redisconn import hash_tagged
 
         self.redis = redis
@@ -134,6 +141,7 @@ class DigestStore:
         self.prefix = hash_tagged(prefix)
         self.cap = cap
         self.lease_s = lease_s
+        self.give_up_s = give_up_s
         self._add = redis.register_script(_ADD)
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
@@ -185,6 +193,20 @@ class DigestStore:
         """The batch went out: drop it and schedule what waits."""
         try:
             self._finish(keys=self._keys(dk), args=[dk, batch_id, now])
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+
+    def failing_since(self, dk: str, batch_id: str, now: float) -> float:
+        """When the batch's sending first failed (``now`` at its first failure); kept a
+        while past ``give_up_s``, under the store's hash tag."""
+        key = f"{self.prefix}failing:{dk}"
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(key, batch_id, repr(now))
+                pipe.hget(key, batch_id)
+                pipe.expire(key, int(self.give_up_s + self.lease_s) + 86_400)
+                _, first, _ = pipe.execute()
+            return float(first)
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
@@ -271,9 +293,21 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
                 send(c.items, c.remaining)
                 return "sent"
             except PermanentError as exc:  # the address is refused: each item dead-lettered
-                for item in c.items:
-                    dead_letter(item, str(exc)[:1000])
-                return "dead-lettered"
+                reason = str(exc)
+            except Postponed:  # out of time: not the batch's failure
+                raise
+            except RetryableError as exc:  # for now: again at the lease, for a while
+                failing_s = now - store.failing_since(dk, c.batch_id, now)
+                if failing_s < store.give_up_s:
+                    raise
+                reason = f"digest not sent for {failing_s:.0f}s: {exc}"
+            except Exception as exc:  # nobody foresaw it: trying again cannot help
+                reason = f"{type(exc).__name__}: {exc}"
+            for item in c.items:
+                dead_letter(item, reason[:1000])
+            log.warning("digest of %s dead-lettered (%d items): %s", dk[:200], len(c.items),
+                        reason[:300])
+            return "dead-lettered"
 
         once.run({"digest": dk, "batch": claimed.batch_id}, action)
         store.finish(dk, claimed.batch_id, now)
