@@ -916,7 +916,8 @@ def _write_spool(path: Path, bodies: list[str], spilled: Sequence[_Spilled] = ()
             for source, _, offset, length, _ in spilled:
                 if reader is None or reader[0] != source:
                     if reader is not None:
-                        os.close(reader[1])
+                        fd, reader = reader[1], None  # closed once, even if the open fails
+                        os.close(fd)
                     reader = (source, os.open(source, os.O_RDONLY))
                 line = os.pread(reader[1], length, offset)
                 if len(line) != length:

@@ -10,6 +10,7 @@ duplicates are allowed only within the unacknowledged window (prefetch).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -1753,3 +1754,33 @@ def test_a_sent_file_that_cannot_be_removed_stops_nothing(
     assert up.alive and "cannot be removed" in caplog.text
     assert up.flush_and_stop(10)
     assert sorted(e.seq or 0 for e in aws.drain()) == [1, 2]
+
+
+def test_a_stop_that_cannot_open_the_next_journal_closes_nothing_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening the next journal failing (EMFILE) left the previous one's descriptor to be
+    closed again: the error said EBADF, and a number another thread had reused meanwhile
+    (the stuck flusher's socket) was closed under it."""
+    from fmn_bridge import sqs_sink
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b'"x"\n')
+    b.write_bytes(b'"y"\n')
+    real_open = os.open
+    reused: list[int] = []
+
+    def emfile(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == b:
+            reused.append(real_open(os.devnull, os.O_RDONLY))  # the number just freed
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(sqs_sink.os, "open", emfile)
+    with pytest.raises(OSError) as raised:
+        sqs_sink._write_spool(tmp_path / "out.jsonl", [],
+                              [(a, 0, 0, 4, 0.0), (b, 0, 0, 4, 0.0)])
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EMFILE
+    os.fstat(reused[0])  # still open: not closed by the spool write
+    os.close(reused[0])
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.tmp").exists()
