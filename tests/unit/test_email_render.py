@@ -404,3 +404,24 @@ def test_a_sender_with_a_display_name_gives_a_plain_list_id_and_message_id() -> 
     assert msg["List-Id"] == "Fedora notifications <notifications.fedoraproject.org>"
     assert msg["Message-ID"].endswith("@notifications.fedoraproject.org>")
     assert not msg["Message-ID"].defects
+
+
+@pytest.mark.parametrize(("sent_at", "expected"), [
+    ("2024-01-02T03:04:05+05:30", "Mon, 01 Jan 2024 21:34:05 +0000"),  # in UTC
+    # an offset with seconds: no RFC 5322 form ("+053015.500000" was written)
+    ("2024-01-02T03:04:05+05:30:15.5", "Mon, 01 Jan 2024 21:33:49 +0000"),
+    ("2024-01-02T03:04:05.999", "Tue, 02 Jan 2024 03:04:05 +0000"),
+    ("0001-01-01T00:00:00+23:59", "now"),  # read back by parsers as 2001
+    ("1969-12-31T23:59:59Z", "now"),
+    ("2999-01-01T00:00:00Z", "now"),  # beyond a fast clock's day
+    ("9999-12-31T23:59:59-23:59", "now"),  # past datetime's range in UTC
+    ("yesterday", "now"), (None, "now"),
+])
+def test_a_mail_date_is_in_utc_and_in_range(sent_at: object, expected: str) -> None:
+    from datetime import UTC, datetime
+
+    from fmn.delivery.email import mail_date
+
+    now = datetime(2026, 12, 5, 17, 0, 0, 123456, tzinfo=UTC)
+    assert mail_date(sent_at, now=now) == (
+        "Sat, 05 Dec 2026 17:00:00 +0000" if expected == "now" else expected)

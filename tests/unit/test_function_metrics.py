@@ -71,3 +71,19 @@ def test_a_flush_publishes_then_forgets(capsys: pytest.CaptureFixture[str]) -> N
     [flushed] = _emf(capsys.readouterr().out)
     assert flushed["Sent"] == [2.0]
     assert not irc.metrics.metric_set
+
+
+def test_a_latency_from_an_untrusted_timestamp_is_left_out() -> None:
+    """The publisher's sent-at is untrusted: year 0001 gave 63,932,087,056,905 ms, which
+    the flush keeps as its maximum."""
+    from datetime import UTC, datetime
+
+    from fmn.delivery.edge import _since_ms
+
+    now = datetime(2026, 12, 5, 17, 0, 0, tzinfo=UTC)
+    assert _since_ms("2026-12-05T16:59:58Z", now) == 2000.0
+    assert _since_ms("2026-12-05T17:00:30+00:00", now) == 0.0  # a fast clock: no less than 0
+    assert _since_ms("2026-12-01T17:00:00", now) == 4 * 24 * 3600 * 1000.0  # an outage
+    for bogus in ("0001-01-01T00:00:00Z", "2999-01-01T00:00:00Z", "2026-11-01T00:00:00Z",
+                  "9999-12-31T23:59:59-23:59", "not a date", None):
+        assert _since_ms(bogus, now) is None, bogus

@@ -294,17 +294,26 @@ def _message_of(body: str) -> tuple[str | None, list[str]]:
     return (",".join(ids[:10]) or None), times
 
 
-def _since_ms(sent_at: str | None) -> float | None:
-    """Milliseconds since the bus message was sent (``None``: no usable time)."""
+#: the latencies kept: a sent-at further ahead (a publisher's fast clock) or further
+#: back (a replay, a wrong clock, an untrusted field) says nothing of this pipeline,
+#: and would make the flush's maximum, which is always kept, meaningless
+LATENCY_RANGE_MS = (-60_000.0, 7 * 24 * 3600 * 1000.0)
+
+
+def _since_ms(sent_at: str | None, now: datetime | None = None) -> float | None:
+    """Milliseconds since the bus message was sent, as its publisher stamped it
+    (``None``: no usable time, or one out of :data:`LATENCY_RANGE_MS`)."""
     if not sent_at:
         return None
     try:
         when = datetime.fromisoformat(sent_at.replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        ms = ((now or datetime.now(UTC)) - when).total_seconds() * 1000
+    except (ValueError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (datetime.now(UTC) - when).total_seconds() * 1000)
+    low, high = LATENCY_RANGE_MS
+    return max(0.0, ms) if low <= ms <= high else None
 
 
 def _metric_name(count: str) -> str:

@@ -25,7 +25,7 @@ import email.utils
 import re
 import unicodedata
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import (
     Address,
     Group,
@@ -323,15 +323,28 @@ def category(topic: str, app: str | None) -> str:
     return app or (parts[0] if parts else "")
 
 
-def mail_date(sent_at: object) -> str:
-    """An RFC 5322 date from the message's RFC 3339 sent-at (now, if unreadable)."""
+#: the oldest sent-at a mail's Date takes (Fedora's bus is younger; a year before 1970
+#: is read back by mail parsers as another century)
+OLDEST_DATE = datetime(2000, 1, 1, tzinfo=UTC)
+#: how far ahead of this clock a sent-at may be (a publisher's clock a little fast)
+FUTURE_DATE_SLACK = timedelta(days=1)
+
+
+def mail_date(sent_at: object, now: datetime | None = None) -> str:
+    """An RFC 5322 date, in UTC, from the message's RFC 3339 sent-at: now, if unreadable
+    or out of range (before 2000, or more than a day ahead: a publisher's clock or an
+    untrusted field; an offset with seconds has no RFC 5322 form)."""
+    now = now or datetime.now(UTC)
     try:
         when = datetime.fromisoformat(str(sent_at))
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-    except ValueError:
-        when = datetime.now(UTC)
-    return email.utils.format_datetime(when)
+        when = when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        when = now
+    if not OLDEST_DATE <= when <= now + FUTURE_DATE_SLACK:
+        when = now
+    return email.utils.format_datetime(when.replace(microsecond=0))
 
 
 def rule_url(web_url: str, rule_id: str) -> str:

@@ -43,7 +43,8 @@ SENT = "Sent"
 DEAD_LETTERED = "DeadLettered"
 RETRYABLE_FAILURES = "RetryableFailures"
 PERMANENT_FAILURES = "PermanentFailures"
-#: milliseconds from the bus message's arrival at the bridge to its delivery
+#: milliseconds from the bus message's own timestamp (its publisher's clock) to its
+#: delivery; values more than a minute ahead or a week back are left out
 BUS_TO_SEND_LATENCY = "BusToSendLatency"
 
 # -- what the bridge publishes (PutMetricData, namespace FMN) ------------------
