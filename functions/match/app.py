@@ -60,8 +60,9 @@ _state: dict[str, Any] = {}
 #: totals since the process started (the local stack's status display reads them)
 totals: Counter[str] = Counter()
 # Lambda runs one invocation per process at a time, the local runner several
-# in threads: per-invocation state stays local; what is shared is locked.
-_lock = threading.Lock()
+# in threads: per-invocation state stays local; what is shared is locked
+# (re-entrant: a snapshot rebuild counts its metric under it, wherever it runs from).
+_lock = threading.RLock()
 
 
 def reset() -> None:
@@ -113,8 +114,9 @@ def _rebuilder(s: Settings, store: Any) -> Any:
         if not engines:
             engines.append(db.make_engine(s.database_url))
         rebuilt = rebuild_if_missing(engines[0], store)
-        if rebuilt:
-            metrics.add_metric(name="SnapshotRebuilt", unit=MetricUnit.Count, value=1)
+        if rebuilt:  # concurrent invocations are threads under the local runner
+            with _lock:
+                metrics.add_metric(name="SnapshotRebuilt", unit=MetricUnit.Count, value=1)
         return rebuilt
 
     return rebuild
