@@ -350,3 +350,42 @@ def test_a_redis_restarted_empty_cannot_lose_digests_unnoticed(world: SimpleName
         w.store.redis.delete(key)  # a restart without persistence
     assert check() == 3  # loudly, once, with what was waiting
     assert check() is None
+
+
+def test_a_digest_given_up_is_never_sent_after_some_of_it_was_dead_lettered(
+        world: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dead-letter queue refusing an item part-way through a give-up: the next lease
+    sent the whole batch, the items already dead-lettered included."""
+    from fmn.delivery.mailers import RecipientDeferred
+    from fmn.errors import RetryableError
+
+    w = world
+    add(w, 3, (60, 100))
+    w.clock.now += 60
+    real_send = w.mailer.send
+
+    def away(msg: object) -> None:
+        raise RecipientDeferred("SMTP recipient refused: 452 4.2.2 mailbox full")
+
+    monkeypatch.setattr(w.mailer, "send", away)
+    assert w.sender.flush_due(w.once, w.dead_letter) == 0  # the first failure
+    w.clock.now += 3600
+    refuse = [True]
+
+    def dead_letter(item: Any, reason: str) -> None:
+        if len(w.dead) == 1 and refuse[0]:
+            refuse[0] = False
+            raise RetryableError("dead-letter queue refused an item")
+        w.dead.append((item, reason))
+
+    w.sender.flush_due(w.once, dead_letter)
+    assert [i.message_id for i, _ in w.dead] == [f"{w.tag}-0"]
+    monkeypatch.setattr(w.mailer, "send", real_send)  # the server is back
+    w.clock.now += 300  # the lease
+    w.sender.flush_due(w.once, dead_letter)
+    assert w.mailer.sent == []  # given up: not sent, its rest dead-lettered
+    assert sorted(i.message_id for i, _ in w.dead) == [
+        f"{w.tag}-0", f"{w.tag}-0", f"{w.tag}-1", f"{w.tag}-2"]  # at least once each
+    assert all("452" in r for _, r in w.dead)
+    # and nothing of the batch's failures is kept once it is done
+    assert not w.store.redis.exists(f"{w.store.prefix}failing:{destination_key(w.dead[0][0])}")

@@ -42,6 +42,9 @@ class Store:
     def is_due(self, dk: str, now: float) -> bool:
         return False
 
+    def failure(self, dk: str, batch_id: str) -> str | None:
+        return None
+
 
 def test_one_unreadable_digest_does_not_stop_the_others() -> None:
     store, sent = Store(), []

@@ -196,6 +196,16 @@ class DigestStore:
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
+    def failure(self, dk: str, batch_id: str) -> str | None:
+        """What is known of the batch's failures: None (none), the time of its first
+        (a number), or ``gave-up <reason>`` once it was given up."""
+        try:
+            value = self.redis.hget(f"{self.prefix}failing:{dk}", batch_id)
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+        return None if value is None else (value.decode() if isinstance(value, bytes)
+                                           else str(value))
+
     def failing_since(self, dk: str, batch_id: str, now: float) -> float:
         """When the batch's sending first failed (``now`` at its first failure); kept a
         while past ``give_up_s``, under the store's hash tag."""
@@ -207,6 +217,21 @@ class DigestStore:
                 pipe.expire(key, int(self.give_up_s + self.lease_s) + 86_400)
                 _, first, _ = pipe.execute()
             return float(first)
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+
+    def give_up(self, dk: str, batch_id: str, reason: str) -> None:
+        """Remember the batch is given up, before its items are dead-lettered: if that is
+        cut short, the next lease dead-letters the rest rather than send them all."""
+        try:
+            self.redis.hset(f"{self.prefix}failing:{dk}", batch_id, f"gave-up {reason}")
+        except Exception as exc:
+            raise RetryableError(f"digest store: {exc}") from exc
+
+    def forget_failure(self, dk: str, batch_id: str) -> None:
+        """The batch is done (sent or dead-lettered): its failures are no longer kept."""
+        try:
+            self.redis.hdel(f"{self.prefix}failing:{dk}", batch_id)
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
@@ -288,21 +313,30 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
         if claimed is None:
             return sent
 
-        def action(c: Claimed = claimed) -> str:
-            try:
-                send(c.items, c.remaining)
-                return "sent"
-            except PermanentError as exc:  # the address is refused: each item dead-lettered
-                reason = str(exc)
-            except Postponed:  # out of time: not the batch's failure
-                raise
-            except RetryableError as exc:  # for now: again at the lease, for a while
-                failing_s = now - store.failing_since(dk, c.batch_id, now)
-                if failing_s < store.give_up_s:
+        failed = [store.failure(dk, claimed.batch_id)]  # one read a batch
+
+        def action(c: Claimed = claimed, failed: list[str | None] = failed) -> str:
+            known = failed[0]
+            if known is not None and known.startswith("gave-up "):
+                reason = known.removeprefix("gave-up ")  # its dead-lettering was cut short
+            else:
+                try:
+                    send(c.items, c.remaining)
+                    return "sent"
+                except PermanentError as exc:  # the address is refused: each dead-lettered
+                    reason = str(exc)
+                except Postponed:  # out of time: not the batch's failure
                     raise
-                reason = f"digest not sent for {failing_s:.0f}s: {exc}"
-            except Exception as exc:  # nobody foresaw it: trying again cannot help
-                reason = f"{type(exc).__name__}: {exc}"
+                except RetryableError as exc:  # for now: again at the lease, for a while
+                    failed[0] = "failing"
+                    failing_s = now - store.failing_since(dk, c.batch_id, now)
+                    if failing_s < store.give_up_s:
+                        raise
+                    reason = f"digest not sent for {failing_s:.0f}s: {exc}"
+                except Exception as exc:  # nobody foresaw it: trying again cannot help
+                    reason = f"{type(exc).__name__}: {exc}"
+                store.give_up(dk, c.batch_id, reason[:1000])
+                failed[0] = "gave-up"
             for item in c.items:
                 dead_letter(item, reason[:1000])
             log.warning("digest of %s dead-lettered (%d items): %s", dk[:200], len(c.items),
@@ -311,6 +345,8 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
 
         once.run({"digest": dk, "batch": claimed.batch_id}, action)
         store.finish(dk, claimed.batch_id, now)
+        if failed[0] is not None:
+            store.forget_failure(dk, claimed.batch_id)
         sent += len(claimed.items)
         if not store.is_due(dk, now):  # what is left waits for its interval
             return sent
