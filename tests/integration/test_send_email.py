@@ -313,6 +313,21 @@ def test_a_4xx_at_the_end_of_data_defers_that_recipient_alone(env: SimpleNamespa
     assert dead_letters(env) == []
 
 
+def test_a_server_wide_4xx_at_the_end_of_data_stops_the_payload(env: SimpleNamespace) -> None:
+    """Insufficient storage is the server's state, not one mailbox's: the payload stops
+    there rather than push every other mail through DATA to be refused."""
+    for user in ("alice", "bob", "carol"):
+        env.sink.refuse_data[f"{user}@example.org"] = "452 4.3.1 insufficient system storage"
+    body = payload("email", [note(u, f"{u}@example.org") for u in ("alice", "bob", "carol")],
+                   id=mid(env))
+    assert invoke(env, body) == ["m0"]
+    assert env.sink.count == 0 and env.sink.data_refused == 1  # one tried, then stopped
+    env.sink.refuse_data.clear()
+    assert invoke(env, body) == []
+    assert sorted(r.rcpt_tos[0] for r in env.sink.wait_for(3)) == [
+        "alice@example.org", "bob@example.org", "carol@example.org"]
+
+
 def test_an_unforeseen_failure_dead_letters_that_item_alone(
         env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
     sender = env.app.function.get("send")

@@ -133,11 +133,13 @@ class SmtpMailer:
             except smtplib.SMTPDataError as exc:
                 self._reset_after_refusal()
                 # a mail to one recipient (every notification's): a 4xx at the end of
-                # DATA (mailbox full, greylisting) is about this one, as at RCPT
+                # DATA that names the mailbox or a policy (4.2.x full, 4.7.x greylisting)
+                # is about this one, as at RCPT; others (4.3.x storage, 421) the server's
                 one = envelope[1] is not None and len(envelope[1]) == 1
+                deferred = RecipientDeferred if one and _about_recipient(
+                    exc.smtp_code, exc.smtp_error) else RetryableError
                 raise _by_code(exc.smtp_code, exc.smtp_error, "message refused",
-                               deferred=RecipientDeferred if one else RetryableError) \
-                    from exc
+                               deferred=deferred) from exc
             except smtplib.SMTPSenderRefused as exc:
                 # our sender address: a configuration problem, not this mail's
                 self._drop()
@@ -217,6 +219,16 @@ def _clean_addresses(header: object) -> list[str] | None:
 class RecipientDeferred(Deferred):
     """This recipient only, for now (a 4xx to RCPT: mailbox full, greylisting): the
     payload's other recipients go on; this one's record comes back later."""
+
+
+def _about_recipient(code: int, text: bytes | str) -> bool:
+    """Whether a 4xx reply is about the recipient's mailbox or a policy (RFC 3463 enhanced
+    status 4.2.x or 4.7.x; without one, 450 mailbox unavailable), not the server's state."""
+    detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    status = detail.lstrip().split(" ", 1)[0]
+    if status[:2] == "4." and status.count(".") == 2:
+        return status.startswith(("4.2.", "4.7."))
+    return code == 450
 
 
 def _by_code(code: int, text: bytes | str, what: str,

@@ -65,6 +65,7 @@ class _Handler:
         for address in envelope.rcpt_tos:
             reply = self.sink.refuse_data.get(address)
             if reply:
+                self.sink.data_refused += 1
                 return reply
         raw = envelope.original_content or envelope.content
         got = Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(raw))
@@ -93,6 +94,8 @@ class MailSink:
         self.messages: list[Received] = []
         self.refuse: dict[str, str] = {}
         self.refuse_data: dict[str, str] = {}
+        #: mails refused at the end of DATA
+        self.data_refused = 0
         self.lock = threading.Condition()
         self.maildir = mailbox.Maildir(str(maildir), create=True) if maildir else None
         self._names = itertools.count()
