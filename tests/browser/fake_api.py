@@ -22,7 +22,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,9 @@ class FakeApi:
         self.feed_base_url = feed_base_url
         self.users: dict[str, UserState] = {name: UserState() for name in DEMO_USERS}
         self.ids = itertools.count(1)
+        #: the last event's receipt time: each later by a millisecond at least, as the
+        #: list orders by it (two pushes in one millisecond came out in either order)
+        self._received = datetime.min.replace(tzinfo=UTC)
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, csrf header
         #: False: the searches behind previews and the recent list "ran out of time"
         self.complete = True
@@ -160,6 +163,10 @@ class FakeApi:
         """``user``'s live-feed events, as the recent list gets them."""
         return [json.loads(e.data) for e in self.feed.latest(user, 1000)]
 
+    def _received_now(self) -> datetime:
+        self._received = max(datetime.now(UTC), self._received + timedelta(milliseconds=1))
+        return self._received
+
     def push(self, user: str, **fields: Any) -> str:
         """Append a notification to ``user``'s live feed (what the sse sender would do)."""
         event = {"v": 1, "message_id": f"live-{next(self.ids)}",
@@ -167,7 +174,7 @@ class FakeApi:
                  "agent": "bob", "summary": "A notification", "url": None,
                  "sent_at": "2024-06-01T13:00:00+00:00", "severity": "INFO",
                  "rules": [], "rule_names": [],
-                 "received_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+                 "received_at": self._received_now().isoformat(timespec="milliseconds")}
         event.update(fields)
         return self.feed.append(user, encode_event(event))
 
