@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 #: Artifact types, in the order the spec lists them.  Each is also the name of
@@ -30,6 +31,18 @@ EMPTY: frozenset[str] = frozenset()
 #: Fedora messages hold a few hundred.  Such a record is forwarded as it is and
 #: dead-lettered by the match function (``too-complex``).
 MAX_JSON_CONTAINERS = 1_000_000
+
+
+def sent_time(sent_at: object) -> datetime | None:
+    """A message's RFC 3339 ``sent_at`` as an aware datetime (UTC when it names no zone),
+    or None when it does not say, or not readably.  The publisher wrote it: untrusted."""
+    if not sent_at:
+        return None
+    try:
+        when = datetime.fromisoformat(str(sent_at))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def too_many_containers(raw: bytes | bytearray | memoryview | str) -> int | None:

@@ -34,6 +34,7 @@ from fmn import emf
 from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, Postponed, RetryableError
+from fmn.message import sent_time
 from fmn.pipeline.alarms import BUS_TO_SEND_LATENCY
 from fmn.pipeline.notifications import unpack_all
 from fmn.pipeline.queues import queue
@@ -303,14 +304,12 @@ LATENCY_RANGE_MS = (-60_000.0, 7 * 24 * 3600 * 1000.0)
 def _since_ms(sent_at: str | None, now: datetime | None = None) -> float | None:
     """Milliseconds since the bus message was sent, as its publisher stamped it
     (``None``: no usable time, or one out of :data:`LATENCY_RANGE_MS`)."""
-    if not sent_at:
+    when = sent_time(sent_at)
+    if when is None:
         return None
     try:
-        when = datetime.fromisoformat(sent_at.replace("Z", "+00:00"))
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
         ms = ((now or datetime.now(UTC)) - when).total_seconds() * 1000
-    except (ValueError, OverflowError):
+    except OverflowError:  # year 1 or 9999 with an offset
         return None
     low, high = LATENCY_RANGE_MS
     return max(0.0, ms) if low <= ms <= high else None

@@ -41,6 +41,7 @@ from urllib.parse import quote
 from fmn.delivery.base import Delivery
 from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError
+from fmn.message import sent_time
 
 #: Subject lines are cut here (characters); mail clients show far fewer.
 MAX_SUBJECT_CHARS = 200
@@ -335,14 +336,12 @@ def mail_date(sent_at: object, now: datetime | None = None) -> str:
     or out of range (before 2000, or more than a day ahead: a publisher's clock or an
     untrusted field; an offset with seconds has no RFC 5322 form)."""
     now = now or datetime.now(UTC)
+    when = sent_time(sent_at)
     try:
-        when = datetime.fromisoformat(str(sent_at))
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        when = when.astimezone(UTC)
-    except (ValueError, OverflowError):
-        when = now
-    if not OLDEST_DATE <= when <= now + FUTURE_DATE_SLACK:
+        when = when.astimezone(UTC) if when is not None else None
+    except OverflowError:  # year 1 or 9999 with an offset
+        when = None
+    if when is None or not OLDEST_DATE <= when <= now + FUTURE_DATE_SLACK:
         when = now
     return email.utils.format_datetime(when.replace(microsecond=0))
 

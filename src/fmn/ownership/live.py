@@ -41,13 +41,13 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
 
 from fmn.errors import FmnError, RetryableError
-from fmn.message import Message
+from fmn.message import Message, sent_time
 from fmn.ownership import store as ostore
 from fmn.ownership.data import (
     DISTGIT_NAMESPACES,
@@ -267,14 +267,8 @@ class LiveResult:
 
 
 def sent_at(message: Message) -> datetime | None:
-    """When the message was sent (UTC), or None if it does not say (or not readably)."""
-    if not message.sent_at:
-        return None
-    try:
-        when = datetime.fromisoformat(message.sent_at)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    """When the message was sent, or None if it does not say (or not readably)."""
+    return sent_time(message.sent_at)
 
 
 def _member_key(group: str, user: str) -> str:
