@@ -21,12 +21,13 @@ Sending is crash-safe, in three steps:
    arrived meanwhile (or what the cap left).
 
 A crash before 2 leaves the batch claimed: when the lease runs out the same
-batch (same id) is claimed again and sent.  A batch whose send keeps failing
-(its server refusing for now) is tried again at each lease for ``give_up_s``
-from its first failure, about what a single mail gets from its queue, then
-each of its items goes to the dead-letter queue with the last error; an
-error nobody foresaw sends them there at once, as for a single mail.  A crash between 2 and 3 sends
+batch (same id) is claimed again and sent.  A crash between 2 and 3 sends
 nothing twice: the retry finds the batch id already sent and only finishes.
+A batch whose send keeps failing (its server refusing for now) is tried
+again at each lease for ``give_up_s`` from its first failure, about what a
+single mail gets from its queue, then each of its items goes to the
+dead-letter queue with the last error; an error nobody foresaw sends them
+there at once, as for a single mail.
 Items that arrive while a batch is out wait in the list for the next digest;
 none is lost.
 
@@ -196,11 +197,15 @@ class DigestStore:
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
+    def _failing_key(self, dk: str) -> str:
+        """The destination's batches that failed: batch id -> first failure, or give-up."""
+        return f"{self.prefix}failing:{dk}"
+
     def failure(self, dk: str, batch_id: str) -> str | None:
         """What is known of the batch's failures: None (none), the time of its first
         (a number), or ``gave-up <reason>`` once it was given up."""
         try:
-            value = self.redis.hget(f"{self.prefix}failing:{dk}", batch_id)
+            value = self.redis.hget(self._failing_key(dk), batch_id)
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
         return None if value is None else (value.decode() if isinstance(value, bytes)
@@ -209,7 +214,7 @@ class DigestStore:
     def failing_since(self, dk: str, batch_id: str, now: float) -> float:
         """When the batch's sending first failed (``now`` at its first failure); kept a
         while past ``give_up_s``, under the store's hash tag."""
-        key = f"{self.prefix}failing:{dk}"
+        key = self._failing_key(dk)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hsetnx(key, batch_id, repr(now))
@@ -224,14 +229,14 @@ class DigestStore:
         """Remember the batch is given up, before its items are dead-lettered: if that is
         cut short, the next lease dead-letters the rest rather than send them all."""
         try:
-            self.redis.hset(f"{self.prefix}failing:{dk}", batch_id, f"gave-up {reason}")
+            self.redis.hset(self._failing_key(dk), batch_id, f"gave-up {reason}")
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
     def forget_failure(self, dk: str, batch_id: str) -> None:
         """The batch is done (sent or dead-lettered): its failures are no longer kept."""
         try:
-            self.redis.hdel(f"{self.prefix}failing:{dk}", batch_id)
+            self.redis.hdel(self._failing_key(dk), batch_id)
         except Exception as exc:
             raise RetryableError(f"digest store: {exc}") from exc
 
@@ -313,10 +318,11 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
         if claimed is None:
             return sent
 
-        failed = [store.failure(dk, claimed.batch_id)]  # one read a batch
+        known = store.failure(dk, claimed.batch_id)  # one read a batch
+        failed = [known is not None]  # then its record is dropped once it is done
 
-        def action(c: Claimed = claimed, failed: list[str | None] = failed) -> str:
-            known = failed[0]
+        def action(c: Claimed = claimed, known: str | None = known,
+                   failed: list[bool] = failed) -> str:
             if known is not None and known.startswith("gave-up "):
                 reason = known.removeprefix("gave-up ")  # its dead-lettering was cut short
             else:
@@ -328,7 +334,7 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
                 except Postponed:  # out of time: not the batch's failure
                     raise
                 except RetryableError as exc:  # for now: again at the lease, for a while
-                    failed[0] = "failing"
+                    failed[0] = True
                     failing_s = now - store.failing_since(dk, c.batch_id, now)
                     if failing_s < store.give_up_s:
                         raise
@@ -336,7 +342,7 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
                 except Exception as exc:  # nobody foresaw it: trying again cannot help
                     reason = f"{type(exc).__name__}: {exc}"
                 store.give_up(dk, c.batch_id, reason[:1000])
-                failed[0] = "gave-up"
+                failed[0] = True
             for item in c.items:
                 dead_letter(item, reason[:1000])
             log.warning("digest of %s dead-lettered (%d items): %s", dk[:200], len(c.items),
@@ -345,7 +351,7 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
 
         once.run({"digest": dk, "batch": claimed.batch_id}, action)
         store.finish(dk, claimed.batch_id, now)
-        if failed[0] is not None:
+        if failed[0]:
             store.forget_failure(dk, claimed.batch_id)
         sent += len(claimed.items)
         if not store.is_due(dk, now):  # what is left waits for its interval
