@@ -224,17 +224,20 @@ class RecipientDeferred(Deferred):
 def _about_recipient(code: int, text: bytes | str) -> bool:
     """Whether a 4xx reply is about the recipient's mailbox or a policy (RFC 3463 enhanced
     status 4.2.x or 4.7.x; without one, 450 mailbox unavailable), not the server's state."""
-    detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-    status = detail.lstrip().split(" ", 1)[0]
+    status = _reply(text).lstrip().split(" ", 1)[0]
     if status[:2] == "4." and status.count(".") == 2:
         return status.startswith(("4.2.", "4.7."))
     return code == 450
 
 
+def _reply(text: bytes | str) -> str:
+    """An SMTP reply's text, as smtplib gives it (bytes), readable."""
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+
+
 def _by_code(code: int, text: bytes | str, what: str,
              deferred: type[RetryableError] = RetryableError) -> Exception:
-    detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-    message = f"SMTP {what}: {code} {detail[:300]}"
+    message = f"SMTP {what}: {code} {_reply(text)[:300]}"
     return PermanentError(message) if 500 <= code < 600 else deferred(message)
 
 
