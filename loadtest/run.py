@@ -187,12 +187,13 @@ class _Cpu:
         return {k: round(end[k] - self.start.get(k, 0.0), 2) for k in end}
 
 
-def _find_pid(fragment: str) -> int | None:
+def _find_pid(*fragments: str) -> int | None:
+    """The first process with one of ``fragments`` in one of its arguments."""
     import psutil
 
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if any(fragment in part for part in p.info["cmdline"] or ()):
+            if any(f in part for part in p.info["cmdline"] or () for f in fragments):
                 return int(p.info["pid"])
         except psutil.Error:
             continue
@@ -256,7 +257,8 @@ def run_once(opts: Options, concurrency: int, templates: Sequence[Template],
                                        if q not in opts.own_process}))
         cpu = _Cpu({f"this process ({in_process}; runner, IRC server)": os.getpid(),
                     "bridge": stack.bridge_pid, "mail sink": stack.mail.pid,
-                    "AWS emulator": stack.moto_pid or _find_pid("localstack.runtime.main"),
+                    "AWS emulator": stack.moto_pid or _find_pid(
+                        "localstack.runtime.main", "localstack_runtime.py"),
                     "redis-server": _find_pid("redis-server"),
                     **{f"{functions[stack.worker_queues[w]]} (own process"
                        f"{'' if w in functions else ' ' + w.rsplit('-', 1)[1]})": p.pid

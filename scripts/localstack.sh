@@ -99,13 +99,16 @@ start() {
     install
     mkdir -p "$RUNDIR"
     say "starting at $URL (log: $RUNDIR/localstack.log)"
-    # SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL: AWS/SQS metrics every 5 s, so
-    # alarms on queue depth evaluate within seconds.  Offline it logs "Error
-    # starting the DNS server" and "Docker not available": harmless.
+    # SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL: AWS/SQS depth metrics every 5 s,
+    # so alarms on queue depth evaluate within seconds.  localstack_runtime.py
+    # is LocalStack's runtime without SQS's per-request metrics, which nothing
+    # here reads and which cost the emulator most of its CPU under load.
+    # Offline it logs "Error starting the DNS server" and "Docker not
+    # available": harmless.
     SERVICES=sqs,s3,ses,cloudwatch,cloudformation,iam,sts,logs,sns,apigateway \
     GATEWAY_LISTEN="127.0.0.1:$PORT" SQS_ENDPOINT_STRATEGY=path SKIP_SSL_CERT_DOWNLOAD=1 \
     DISABLE_EVENTS=1 SQS_CLOUDWATCH_METRICS_REPORT_INTERVAL=5 \
-        setsid nohup "$VENV/bin/python" -m localstack.runtime.main \
+        setsid nohup "$VENV/bin/python" scripts/localstack_runtime.py \
         >>"$RUNDIR/localstack.log" 2>&1 </dev/null &
     echo $! >"$RUNDIR/localstack.pid"
     for _ in $(seq 1 120); do

@@ -233,3 +233,33 @@ def test_the_template_deploys_over_a_stage_an_earlier_run_made_through_the_api(
         for topic in sns.list_topics()["Topics"]:
             if topic["TopicArn"].endswith(f":{prefix}alarms"):
                 sns.delete_topic(TopicArn=topic["TopicArn"])
+
+
+def test_the_emulator_publishes_queue_depth_but_not_per_request_metrics(localstack: str) -> None:
+    """``scripts/localstack_runtime.py`` turns off SQS's per-request metrics (two or three
+    internal PutMetricData calls for each SQS call: most of the emulator's CPU under load)
+    and keeps the depth metrics the alarms watch."""
+    sqs, cw = _client("sqs"), _client("cloudwatch")
+    name = f"t{uuid.uuid4().hex[:8]}-metrics"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    try:
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "MessageBody": "x"} for i in range(3)])
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1)["Messages"]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
+        sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        names: set[str] = set()
+        deadline = time.monotonic() + 30  # depth metrics every 5 s
+        while "ApproximateNumberOfMessagesVisible" not in names and time.monotonic() < deadline:
+            time.sleep(1)
+            names = {m["MetricName"] for m in cw.list_metrics(
+                Namespace="AWS/SQS", Dimensions=[{"Name": "QueueName", "Value": name}])["Metrics"]}
+        assert "ApproximateNumberOfMessagesVisible" in names, names
+        per_request = names & {"NumberOfMessagesSent", "SentMessageSize",
+                               "NumberOfMessagesReceived", "NumberOfEmptyReceives",
+                               "NumberOfMessagesDeleted"}
+        assert not per_request, (
+            f"{per_request}: was LocalStack started by scripts/localstack.sh "
+            "(scripts/localstack_runtime.py)?")
+    finally:
+        sqs.delete_queue(QueueUrl=url)
