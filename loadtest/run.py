@@ -71,10 +71,10 @@ class Options:
     own_process: tuple[str, ...] = ("email", "sse")
     #: how many processes the email sender runs in (where receives are long polls), as
     #: Lambda gives each concurrent invocation an environment of its own: one
-    #: interpreter holds its threads to one core.  One by default: on two cores the
-    #: run is bound by the machine's CPU, not by the sender's (3,000 messages, 2
-    #: processes: 573 mails/s against 552, within run-to-run noise)
-    email_processes: int = 1
+    #: interpreter holds its threads to one core, and one sender was the limit (3,000
+    #: messages at concurrency 2 on two cores, LocalStack without per-request metrics:
+    #: 1 process 80 s, 2 processes 57 s, 3 processes 57 s, the machine then full)
+    email_processes: int = 2
 
 
 @dataclass
