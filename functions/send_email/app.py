@@ -105,7 +105,7 @@ def deliver(body: str, send: Send, once: Once, dead_letter: DeadLetter) -> Count
     counts = deliver_payload(body, "email", send, once, dead_letter)
     try:  # ``send`` may be the deadline's watch around the sender: ask the sender itself
         sender = cast(EmailSender, function.get("send"))
-        counts["digested"] += sender.flush_ready(once, dead_letter)
+        counts.update(sender.flush_ready(once, dead_letter))
     except RetryableError as exc:  # the schedule sends it later; the items are safe
         function.logger.warning("digest not sent yet", extra={"error": str(exc)[:300]})
     return counts
@@ -131,9 +131,9 @@ def flush_digests_now(context: Any = None) -> int:
         except RetryableError as exc:
             function.logger.warning("digest store generation not checked",
                                     extra={"error": str(exc)[:300]})
-    sent = sender.flush_due(function.once, function.dead_letter)
-    function.count(Counter(digested=sent))
-    return sent
+    counts = sender.flush_due(function.once, function.dead_letter)
+    function.count(counts)
+    return counts["digested"]
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

@@ -75,14 +75,14 @@ def test_interval_trigger(world: SimpleNamespace) -> None:
     add(w, 3, digest=(3600, 100))
     w.clock.now += 1800
     add(w, 1, digest=(3600, 100), start=3)
-    assert w.sender.flush_ready(w.once, w.dead_letter) == 0
+    assert w.sender.flush_ready(w.once, w.dead_letter)["digested"] == 0
     w.clock.now += 1799  # the oldest item is 3,599 s old
-    assert w.sender.flush_due(w.once, w.dead_letter) == 0 and w.mailer.sent == []
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 0 and w.mailer.sent == []
     w.clock.now += 1  # 3,600 s
-    assert w.sender.flush_due(w.once, w.dead_letter) == 4
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 4
     assert digest_items(w) == [[f"build {i} done" for i in range(4)]]
     assert w.mailer.sent[0]["Subject"] == "Fedora notifications: 4 new"
-    assert w.sender.flush_due(w.once, w.dead_letter) == 0  # nothing left
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 0  # nothing left
     dk = destination_key(deliveries(payload("email", [note("bob", destination="d9")]),
                                     "email")[0])
     assert w.store.pending(dk) == 0 and not w.store.is_due(dk, w.clock.now + 10**6)
@@ -91,13 +91,13 @@ def test_interval_trigger(world: SimpleNamespace) -> None:
 def test_count_trigger(world: SimpleNamespace) -> None:
     w = world
     add(w, 2, digest=(86400, 3))
-    assert w.sender.flush_ready(w.once, w.dead_letter) == 0
+    assert w.sender.flush_ready(w.once, w.dead_letter)["digested"] == 0
     add(w, 1, digest=(86400, 3), start=2)  # the third: the count is reached
-    assert w.sender.flush_ready(w.once, w.dead_letter) == 3
+    assert w.sender.flush_ready(w.once, w.dead_letter)["digested"] == 3
     assert digest_items(w) == [["build 0 done", "build 1 done", "build 2 done"]]
     # the count also makes the destination due for the schedule, at once
     add(w, 3, digest=(86400, 3), start=3)
-    assert w.sender.flush_due(w.once, w.dead_letter) == 3
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 3
     assert len(w.mailer.sent) == 2
 
 
@@ -108,7 +108,7 @@ def test_redelivered_notification_is_in_the_digest_once(world: SimpleNamespace) 
     for _ in range(3):
         deliver_payload(body, "email", w.sender, w.once, w.dead_letter)
     w.clock.now += 60
-    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 1
     assert digest_items(w) == [["only once"]]
 
 
@@ -116,7 +116,7 @@ def test_size_cap_splits_into_several_mails(world: SimpleNamespace) -> None:
     w = world  # cap = 5 per mail
     add(w, 12, digest=(60, 1000))
     w.clock.now += 60
-    assert w.sender.flush_due(w.once, w.dead_letter) == 12
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 12
     assert [len(d) for d in digest_items(w)] == [5, 5, 2]
     assert [m["Subject"] for m in w.mailer.sent] == [
         "Fedora notifications: 5 new (7 more)", "Fedora notifications: 5 new (2 more)",
@@ -130,11 +130,11 @@ def test_a_digest_after_the_store_lost_its_keys_still_goes_out(world: SimpleName
     # batch's id, and was skipped as sent
     w = world
     add(w, 3, digest=(86400, 3))
-    assert w.sender.flush_ready(w.once, w.dead_letter) == 3
+    assert w.sender.flush_ready(w.once, w.dead_letter)["digested"] == 3
     for key in redis_any.scan_iter(f"{w.store.prefix}*"):  # not the sends remembered
         redis_any.delete(key)
     add(w, 3, digest=(86400, 3), start=3)
-    assert w.sender.flush_ready(w.once, w.dead_letter) == 3
+    assert w.sender.flush_ready(w.once, w.dead_letter)["digested"] == 3
     assert digest_items(w) == [["build 0 done", "build 1 done", "build 2 done"],
                                ["build 3 done", "build 4 done", "build 5 done"]]
 
@@ -153,9 +153,9 @@ def test_crash_between_sending_and_clearing(world: SimpleNamespace,
         w.sender.flush_due(w.once, w.dead_letter)
     assert len(w.mailer.sent) == 1  # the digest went out, but was not cleared
     add(w, 2, digest=(60, 100), start=3)  # arriving meanwhile
-    assert w.sender.flush_due(w.once, w.dead_letter) == 0  # the batch is leased
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 0  # the batch is leased
     w.clock.now += 300  # the lease runs out: the batch is taken up again
-    assert w.sender.flush_due(w.once, w.dead_letter) == 5
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 5
     # the crashed batch was not sent again; the two newer items went in a new digest
     assert digest_items(w) == [["build 0 done", "build 1 done", "build 2 done"],
                                ["build 3 done", "build 4 done"]]
@@ -177,8 +177,8 @@ def test_crash_before_sending(world: SimpleNamespace, monkeypatch: pytest.Monkey
         w.sender.flush_due(w.once, w.dead_letter)
     assert w.mailer.sent == []
     w.clock.now += 300  # the lease runs out: the same batch is claimed and sent
-    assert w.sender.flush_due(w.once, w.dead_letter) == 2
-    assert w.sender.flush_due(w.once, w.dead_letter) == 0
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 2
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 0
     assert digest_items(w) == [["build 0 done", "build 1 done"]]
 
 
@@ -205,7 +205,7 @@ def test_a_scheduled_flush_crashed_mid_send_goes_out_after_its_deadline(
     time.sleep(0.3)  # that run's deadline passes
     w.clock.now += 300  # and the lease
     w.once.register_context(scheduled_context("send_email-flush_digests", 60))
-    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 2
     assert digest_items(w) == [["build 0 done", "build 1 done"]]
 
     # the same crash in a run with no deadline: the batch stays in progress
@@ -217,7 +217,7 @@ def test_a_scheduled_flush_crashed_mid_send_goes_out_after_its_deadline(
             patch.setattr(w.mailer, "send", crash)
             w.sender.flush_due(no_deadline, w.dead_letter)
         w.clock.now += 300
-        assert w.sender.flush_due(no_deadline, w.dead_letter) == 0  # "in progress elsewhere"
+        assert w.sender.flush_due(no_deadline, w.dead_letter) == {}  # "in progress elsewhere"
 
 
 def test_refused_digest_address_dead_letters_every_item(world: SimpleNamespace) -> None:
@@ -227,7 +227,8 @@ def test_refused_digest_address_dead_letters_every_item(world: SimpleNamespace) 
                        id=f"{w.tag}-{i}")
         deliver_payload(body, "email", w.sender, w.once, w.dead_letter)
     w.clock.now += 60
-    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    # dead-lettered, not sent: the DeadLettered metric, not Digested
+    assert w.sender.flush_due(w.once, w.dead_letter) == {"dead-lettered": 2}
     assert w.mailer.sent == [] and len(w.dead) == 2
 
 
@@ -249,11 +250,11 @@ def test_one_failing_digest_does_not_hold_the_others_up(world: SimpleNamespace,
         real(msg)  # type: ignore[arg-type]
 
     monkeypatch.setattr(w.mailer, "send", send)
-    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 1
     assert [str(m["To"]) for m in w.mailer.sent] == ["carol@example.org"]
     monkeypatch.undo()
     w.clock.now += 300  # bob's claim's lease runs out
-    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 1
     assert sorted(str(m["To"]) for m in w.mailer.sent) == ["bob@example.org",
                                                            "carol@example.org"]
 
@@ -277,20 +278,20 @@ def test_a_digest_that_keeps_failing_ends_in_the_dead_letter_queue(
 
     monkeypatch.setattr(w.mailer, "send", send)
     if failure == "unforeseen":  # at once
-        assert w.sender.flush_due(w.once, w.dead_letter) == 2
+        assert w.sender.flush_due(w.once, w.dead_letter) == {"dead-lettered": 2}
         assert len(w.dead) == 2 and "KeyError" in w.dead[0][1]
         return
     for _ in range(12):  # an hour of leases: tried again each time
-        assert w.sender.flush_due(w.once, w.dead_letter) == 0
+        assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 0
         assert w.dead == []
         w.clock.now += 300
-    assert w.sender.flush_due(w.once, w.dead_letter) == 2  # past the hour: given up
+    assert w.sender.flush_due(w.once, w.dead_letter) == {"dead-lettered": 2}  # given up
     assert [i.message_id for i, _ in w.dead] == [f"{w.tag}-0", f"{w.tag}-1"]
     assert all("digest not sent for 3600s" in r and "452" in r for _, r in w.dead)
     monkeypatch.undo()
     add(w, 1, (60, 100), start=2)  # what comes after goes out as usual
     w.clock.now += 60
-    assert w.sender.flush_due(w.once, w.dead_letter) == 1
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 1
     assert digest_items(w) == [["build 2 done"]]
 
 
@@ -323,7 +324,7 @@ def test_items_of_a_destination_unsubscribed_meanwhile_do_not_go_out(
         "d9", "email", "bob@example.org", True, Digest(3600, 100)),)))
     add(w, 2, digest=(3600, 100), start=10)
     w.clock.now += 3600
-    assert w.sender.flush_due(w.once, w.dead_letter) == 2
+    assert w.sender.flush_due(w.once, w.dead_letter)["digested"] == 2
     assert digest_items(w) == [["build 10 done", "build 11 done"]]
 
 
@@ -368,7 +369,7 @@ def test_a_digest_given_up_is_never_sent_after_some_of_it_was_dead_lettered(
         raise RecipientDeferred("SMTP recipient refused: 452 4.2.2 mailbox full")
 
     monkeypatch.setattr(w.mailer, "send", away)
-    assert w.sender.flush_due(w.once, w.dead_letter) == 0  # the first failure
+    assert w.sender.flush_due(w.once, w.dead_letter) == {}  # the first failure
     w.clock.now += 3600
     refuse = [True]
 
@@ -382,7 +383,7 @@ def test_a_digest_given_up_is_never_sent_after_some_of_it_was_dead_lettered(
     assert [i.message_id for i, _ in w.dead] == [f"{w.tag}-0"]
     monkeypatch.setattr(w.mailer, "send", real_send)  # the server is back
     w.clock.now += 300  # the lease
-    w.sender.flush_due(w.once, dead_letter)
+    assert w.sender.flush_due(w.once, dead_letter) == {"dead-lettered": 3}
     assert w.mailer.sent == []  # given up: not sent, its rest dead-lettered
     assert sorted(i.message_id for i, _ in w.dead) == [
         f"{w.tag}-0", f"{w.tag}-0", f"{w.tag}-1", f"{w.tag}-2"]  # at least once each

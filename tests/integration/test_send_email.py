@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -207,6 +208,29 @@ def test_refused_address_is_dead_lettered_alone(env: SimpleNamespace) -> None:
     assert any("550" in d["error"] for d in dead)
     assert all(d["body"]["v"] == 1 and d["body"]["message"]["id"] == mid(env) for d in dead)
     assert env.app.totals["dead-lettered"] >= 2
+
+
+def test_a_refused_digest_counts_as_dead_lettered_not_as_digested(
+        env: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A digest full at its count goes out within the invocation; its address refused,
+    its items are dead-lettered, and counted so (DeadLettered), not as sent (Digested)."""
+    from fmn import db
+    from fmn.prefs import Destination, Digest, User
+
+    url = f"sqlite:///{tmp_path / 'prefs.sqlite'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    db.save_user(engine, User("gone", True, (Destination(
+        "d9", "email", "gone@example.org", True, Digest(3600, 2)),)))
+    monkeypatch.setenv("FMN_DATABASE_URL", url)  # a digest checks its destination there
+    env.app.reset()
+    env.sink.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    bodies = [payload("email", [note("gone", "gone@example.org", "d9", digest=(3600, 2))],
+                      id=mid(env, n)) for n in range(2)]
+    assert invoke(env, *bodies) == []
+    assert len(dead_letters(env)) == 2
+    assert env.app.totals["dead-lettered"] == 2 and env.app.totals["digested"] == 0
+    assert env.sink.messages == []
 
 
 def test_a_redriven_dead_letter_is_sent_once_the_relay_is_fixed(env: SimpleNamespace) -> None:

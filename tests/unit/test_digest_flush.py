@@ -56,5 +56,5 @@ def test_one_unreadable_digest_does_not_stop_the_others() -> None:
         raise AssertionError("nothing to dead-letter")
 
     store_: Any = store
-    assert flush_due(store_, 0.0, send, MemoryOnce(), dead_letter) == 2
+    assert flush_due(store_, 0.0, send, MemoryOnce(), dead_letter) == {"digested": 2}
     assert sent == ["alice", "carol"] and store.finished == ["alice", "carol"]

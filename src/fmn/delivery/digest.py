@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -310,13 +311,14 @@ SendDigest = Callable[[Sequence[Delivery], int], None]
 
 
 def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
-          dead_letter: DeadLetter) -> int:
-    """Send the destination's digest batches until none is left; notifications sent."""
-    sent = 0
+          dead_letter: DeadLetter) -> Counter[str]:
+    """Send the destination's digest batches until none is left; notifications
+    ``digested`` (sent in a digest) and ``dead-lettered``."""
+    counts: Counter[str] = Counter()
     while True:
         claimed = store.claim(dk, now)
         if claimed is None:
-            return sent
+            return counts
 
         known = store.failure(dk, claimed.batch_id)  # one read a batch
         failed = [known is not None]  # then its record is dropped once it is done
@@ -349,30 +351,30 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
                         reason[:300])
             return "dead-lettered"
 
-        once.run({"digest": dk, "batch": claimed.batch_id}, action)
+        outcome = once.run({"digest": dk, "batch": claimed.batch_id}, action)
         store.finish(dk, claimed.batch_id, now)
         if failed[0]:
             store.forget_failure(dk, claimed.batch_id)
-        sent += len(claimed.items)
+        counts["digested" if outcome == "sent" else "dead-lettered"] += len(claimed.items)
         if not store.is_due(dk, now):  # what is left waits for its interval
-            return sent
+            return counts
 
 
 def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
-              dead_letter: DeadLetter) -> int:
-    """Send every digest due by ``now``; notifications sent (the schedule's job).
+              dead_letter: DeadLetter) -> Counter[str]:
+    """Send every digest due by ``now`` (the schedule's job); what :func:`flush` counts.
 
     One destination failing, for whatever reason (its server away, its batch
     being sent elsewhere, an entry nobody can read), does not hold the others
     up: its claim's lease brings it back later, and it stays due (and logged)
     until it goes out.
     """
-    sent = 0
+    counts: Counter[str] = Counter()
     for dk in store.due(now):
         try:
-            sent += flush(store, dk, now, send, once, dead_letter)
+            counts += flush(store, dk, now, send, once, dead_letter)
         except RetryableError as exc:
             log.warning("digest of %s not sent yet: %s", dk[:200], exc)
         except Exception:  # one destination's fault, never every other digest's
             log.exception("digest of %s failed; the next run tries it again", dk[:200])
-    return sent
+    return counts

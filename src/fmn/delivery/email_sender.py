@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
@@ -97,21 +98,23 @@ class EmailSender:
             items, sender=self.sender, web_url=self.web_url, list_id=self.list_id,
             unsubscribe_url=self.unsubscribe_url(first.user, first.destination), more=more))
 
-    def flush_ready(self, once: Once, dead_letter: DeadLetter) -> int:
-        """Send the digests that reached their count; notifications sent."""
-        sent = 0
+    def flush_ready(self, once: Once, dead_letter: DeadLetter) -> Counter[str]:
+        """Send the digests that reached their count; notifications ``digested`` and
+        ``dead-lettered``."""
+        counts: Counter[str] = Counter()
         if self.digests is None:
-            return 0
+            return counts
         while True:
             try:  # shared by the local runner's threads: another may take the last one
                 dk = self._ready.pop()
             except KeyError:
-                return sent
-            sent += flush(self.digests, dk, self.clock(), self.send_digest, once, dead_letter)
+                return counts
+            counts += flush(self.digests, dk, self.clock(), self.send_digest, once,
+                            dead_letter)
 
-    def flush_due(self, once: Once, dead_letter: DeadLetter) -> int:
+    def flush_due(self, once: Once, dead_letter: DeadLetter) -> Counter[str]:
         """Send every digest that is due (interval passed, count reached, or a batch
-        left unfinished); notifications sent."""
+        left unfinished); notifications ``digested`` and ``dead-lettered``."""
         if self.digests is None:
-            return 0
+            return Counter()
         return flush_due(self.digests, self.clock(), self.send_digest, once, dead_letter)
