@@ -212,6 +212,17 @@ def test_accounts_feed_destinations_and_locked_ones_stop_receiving(
     # a full publish keeps dave out too
     sync.publish_full(env.engine, env.store)
     assert routed(env, "dave-tool") == set()
+    # and so do his own edit in the web app (a session outlives the lock) and a save
+    # published late (pending): each used to publish his rules back as they were
+    from fmn.web.service import PreferencesService
+
+    PreferencesService(env.engine, env.store).patch_rule("dave", "mine", {"name": "Mine"})
+    assert routed(env, "dave-tool") == set()
+    dave = db.load_user(env.engine, "dave")
+    assert dave is not None
+    db.save_user(env.engine, dave)  # saved, not yet published
+    assert sync.publish_pending(env.engine, env.store) == 1
+    assert routed(env, "dave-tool") == set()
 
     env.up.users["dave"]["result"]["locked"] = False
     assert reconcile_accounts(env.engine, env.store, env.fasjson.user).ok

@@ -154,6 +154,14 @@ def blocked_users(engine: Engine) -> set[str]:
             (AccountRow.locked.is_(True)) | (AccountRow.deleted.is_(True)))).scalars())
 
 
+def is_blocked(engine: Engine, name: str) -> bool:
+    """Whether ``name``'s account is locked or deleted (:func:`blocked_users`, for one)."""
+    with engine.connect() as conn:
+        return conn.execute(select(AccountRow.username).where(
+            AccountRow.username == name,
+            (AccountRow.locked.is_(True)) | (AccountRow.deleted.is_(True)))).first() is not None
+
+
 def user_names(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(select(UserRow.name).order_by(UserRow.position)).scalars())

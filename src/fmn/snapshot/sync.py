@@ -104,7 +104,7 @@ def publish_pending(engine: Engine, store: SnapshotStore, limit: int = 100) -> i
         if user is None or current is None:
             publish_user(store, name, None, max(revision, db.db_state(engine).change_seq))
         else:
-            publish_user(store, name, user, current)
+            publish_saved(engine, store, user, current)
         pending.clear(engine, [(name, revision)])
     if waiting:
         log.info("published %d pending user changes", len(waiting))
@@ -140,6 +140,19 @@ def rebuild_if_missing(engine: Engine, store: SnapshotStore, *, wait_s: float = 
             return False
     raise SnapshotMissing(f"no snapshot after waiting {wait_s:.0f}s for another "
                           "process to rebuild it")
+
+
+def publish_saved(engine: Engine, store: SnapshotStore, user: User, revision: int) -> None:
+    """Publish a user as saved at ``revision``: with nothing to receive if their Fedora
+    account is locked or deleted, as :func:`publish_full` has them (:func:`receivable`).
+
+    A save after the account was blocked must not bring the user's rules back; one
+    before it has the lower revision, which the block's own publish supersedes
+    (:func:`fmn.ownership.publish.publish_account_users`).
+    """
+    from fmn.ownership.store import is_blocked
+
+    publish_user(store, user.name, None if is_blocked(engine, user.name) else user, revision)
 
 
 def publish_user(store: SnapshotStore, name: str, user: User | None, revision: int) -> None:

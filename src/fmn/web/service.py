@@ -8,7 +8,7 @@ user, change the value types, validate the result through
 :mod:`fmn.prefs` (so a refusal names the field, e.g.
 ``generation_rules[0].filters.severities[1]``), save it with
 :func:`fmn.db.save_user` and publish the new revision with
-:func:`fmn.snapshot.sync.publish_user`, so the next message is matched on
+:func:`fmn.snapshot.sync.publish_saved`, so the next message is matched on
 it.  Ids of new destinations and rules are made here; a body that carries
 a field the API does not know is refused.
 
@@ -71,7 +71,7 @@ from fmn.prefs import (
     parse_rule,
 )
 from fmn.snapshot.store import SnapshotStore
-from fmn.snapshot.sync import publish_pending, publish_user
+from fmn.snapshot.sync import publish_pending, publish_saved
 from fmn.web import schema
 
 log = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ class PreferencesService:
         except InvalidPreferences as exc:
             raise _invalid(exc) from exc
         try:
-            publish_user(self.store, user.name, user, revision)
+            publish_saved(self.engine, self.store, user, revision)
             pending.clear(self.engine, [(user.name, revision)])
             # The store answers again: publish what earlier failures left behind.
             publish_pending(self.engine, self.store)
