@@ -76,6 +76,14 @@ def test_bodies_over_the_limit_and_bad_json() -> None:
                  b"One-Click\r\n--x--\r\n")
     assert http.read_body(multipart, "multipart/form-data; boundary=x") == {
         "List-Unsubscribe": "One-Click"}
+    # a boundary is case-sensitive: browsers' and mail systems' have capitals
+    boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    multipart = multipart.replace(b"--x", b"--" + boundary.encode())
+    assert http.read_body(multipart, f"Multipart/Form-Data; boundary={boundary}") == {
+        "List-Unsubscribe": "One-Click"}
+    # a line break in the header cannot start a header of its own
+    assert http.read_body(multipart, f"multipart/form-data; boundary={boundary}\r\n"
+                          "Content-Type: text/plain") == {"List-Unsubscribe": "One-Click"}
 
 
 def test_framework_errors_are_rewritten() -> None:

@@ -195,8 +195,8 @@ def read_body(raw: bytes | None, content_type: str | None) -> Any:
     ctype = (content_type or "").lower()
     if ctype.startswith("application/x-www-form-urlencoded"):
         return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-    if ctype.startswith("multipart/form-data"):
-        return _multipart(raw, ctype)
+    if ctype.startswith("multipart/form-data"):  # the boundary as sent: it is case-sensitive
+        return _multipart(raw, content_type or "")
     if not raw.strip():
         return None
     try:
@@ -210,8 +210,8 @@ def _multipart(raw: bytes, ctype: str) -> dict[str, str]:
     from email.parser import BytesParser
     from email.policy import HTTP
 
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + ctype.encode("latin-1", "replace") + b"\r\n\r\n" + raw)
+    header = ctype.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + header + b"\r\n\r\n" + raw)
     out: dict[str, str] = {}
     if not message.is_multipart():
         return out
