@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -747,10 +748,46 @@ def test_recent_notifications_are_the_newest_whatever_offset_their_time_has(
              "severity": "INFO"} for m, at in (("older", "2026-12-04T12:30:00+02:00"),
                                                 ("newer", "2026-12-04T11:00:00+00:00"))]}
 
+    clock.now = datetime(2026, 12, 5, tzinfo=UTC).timestamp()
     service = PreferencesService(engine, store, previewer=preview, clock=clock)
     service.login("alice", "alice@example.org")
     assert [n["message_id"] for n in service.notifications("alice", 1)] == ["newer"]
     assert [n["message_id"] for n in service.notifications("alice", 2)] == ["newer", "older"]
+
+
+def test_window_messages_in_the_recent_list_are_cleaned_and_never_pinned_on_top(
+        engine: Engine, store: RecordingStore, clock: FakeClock) -> None:
+    """A window match carries the publisher's words: its summary and link are cleaned as
+    the live feed's are, a sent-at ahead of our clock is not believed (9999-12-31 put
+    it on top of every list and of the Atom feed), and a long id is the feed's hashed
+    one, so a message both delivered live and in the window is one item."""
+    from fmn.delivery.feed import MemoryFeed, encode_event, feed_message_id
+
+    long_id = "2026-" + "x" * 300
+    clock.now = datetime(2026, 12, 5, 19, tzinfo=UTC).timestamp()
+
+    def preview(user: Any, rule: Any, limit: int, budget_ms: float | None = None
+                ) -> dict[str, Any]:
+        return {"window": 3, "matched": 3, "complete": True, "messages": [
+            {"id": "evil", "topic": "t", "app": "x", "severity": "INFO",
+             "summary": "\u202eFAKE\u202c on top", "url": "javascript:alert(1)",
+             "sent_at": "9999-12-31T23:59:59+00:00"},
+            {"id": "real", "topic": "t", "app": "y", "severity": "INFO", "summary": "real",
+             "url": "https://src.fedoraproject.org/", "sent_at": "2026-12-05T18:00:00+00:00"},
+            {"id": long_id, "topic": "t", "app": "z", "severity": "INFO", "summary": "both",
+             "url": None, "sent_at": "2026-12-05T17:00:00+00:00"}]}
+
+    feed = MemoryFeed()
+    feed.append("alice", encode_event({
+        "v": 1, "message_id": feed_message_id(long_id), "summary": "both", "rules": [],
+        "received_at": "2026-12-05T17:00:01.000+00:00"}))
+    service = PreferencesService(engine, store, previewer=preview, clock=clock, feed=feed)
+    service.login("alice", "alice@example.org")
+    items = service.notifications("alice", 10)
+    assert [i["summary"] for i in items] == ["real", "both", "FAKE on top"]
+    evil = items[-1]
+    assert evil["url"] is None and evil["received_at"] is None
+    assert items[0]["url"] == "https://src.fedoraproject.org/"
 
 
 def test_all_rules_together_share_one_window_budget(
@@ -882,3 +919,17 @@ def test_a_failed_take_back_does_not_hide_why_adding_failed(
     monkeypatch.setattr(service, "delete_destination", cannot_delete)
     with pytest.raises(RetryableError, match="relay"):  # not the take-back's Conflict
         world.verifier.add("alice", {"protocol": "email", "address": "a2@example.org"})
+
+
+def test_an_atom_feed_takes_its_times_from_receipt_not_from_the_publisher() -> None:
+    """A window message whose sent-at is not believed has no receipt time: the
+    publisher's 9999-12-31 must not become the feed's or the entry's time."""
+    from fmn.web.atom import render
+
+    doc = render("alice", [
+        {"message_id": "real", "summary": "real", "sent_at": "2026-12-05T18:00:00+00:00",
+         "received_at": "2026-12-05T18:00:01.000+00:00"},
+        {"message_id": "evil", "summary": "evil", "sent_at": "9999-12-31T23:59:59+00:00",
+         "received_at": None}], "https://notif.example/atom/x", "https://notif.example")
+    assert b"9999" not in doc
+    assert b"<updated>2026-12-05T18:00:01" in doc

@@ -146,12 +146,11 @@ def encode_event(doc: Mapping[str, Any]) -> str:
             .replace("\u2029", "\\u2029"))
 
 
-def event_data(item: Delivery, received_at: float) -> str:
-    """The feed event of one notification (the JSON documented in functions/sse/README.md)."""
-    m = item.message
+def message_fields(m: Mapping[str, Any]) -> dict[str, Any]:
+    """What a page shows of a bus message (``id``, ``topic``, ``app``, ``agent``,
+    ``summary``, ``url``, ``sent_at``, ``severity``), cleaned: the publisher wrote it."""
     severity = m.get("severity")
-    return encode_event({
-        "v": EVENT_VERSION,
+    return {
         "message_id": feed_message_id(m.get("id")),
         "topic": _shown(m.get("topic"), MAX_NAME_CHARS),
         "app": _shown(m.get("app"), MAX_NAME_CHARS),
@@ -160,6 +159,14 @@ def event_data(item: Delivery, received_at: float) -> str:
         "url": _url(m.get("url")),
         "sent_at": _text(m.get("sent_at"), 64),
         "severity": severity if isinstance(severity, str) and severity in SEVERITIES else None,
+    }
+
+
+def event_data(item: Delivery, received_at: float) -> str:
+    """The feed event of one notification (the JSON documented in functions/sse/README.md)."""
+    return encode_event({
+        "v": EVENT_VERSION,
+        **message_fields(item.message),
         "rules": _names(item.rules),
         "rule_names": _names(item.rule_names),
         "received_at": datetime.fromtimestamp(received_at, UTC)

@@ -127,7 +127,8 @@ def render(user: str, items: Iterable[Mapping[str, Any]], self_url: str,
     gen.author({"name": "Fedora Notifications"})
     gen.link(href=self_url, rel="self", type="application/atom+xml")
     gen.link(href=f"{web_url.rstrip('/')}/", rel="alternate", type="text/html")
-    gen.updated(max((_when(i.get("received_at") or i.get("sent_at")) for i in items),
+    # the time received, never the publisher's word alone (None: not believable)
+    gen.updated(max((_when(i.get("received_at")) for i in items),
                     default=datetime.fromtimestamp(0, UTC)))
     # feedgen puts the last added entry first: add the oldest first
     for item in reversed(items):
@@ -137,8 +138,10 @@ def render(user: str, items: Iterable[Mapping[str, Any]], self_url: str,
         app = shorten(clean(item.get("app")) or "fedora", 40)
         summary = shorten(clean(item.get("summary")) or clean(item.get("topic")), 500)
         entry.title(f"[{app}] {summary}" if summary else f"[{app}]")
-        entry.updated(_when(item.get("received_at") or item.get("sent_at")))
-        entry.published(_when(item.get("sent_at") or item.get("received_at")))
+        received = _when(item.get("received_at"))
+        entry.updated(received)
+        entry.published(min(_when(item.get("sent_at")), received)
+                        if item.get("sent_at") else received)
         url = _http_url(item.get("url"))
         if url:
             entry.link(href=url, rel="alternate")

@@ -50,7 +50,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from fmn import db
 from fmn.db import pending
 from fmn.delivery.email import InvalidAddress, ascii_address, check_address
-from fmn.delivery.feed import FeedStore
+from fmn.delivery.feed import FeedStore, message_fields
 from fmn.delivery.irc import irc_lower, valid_nick
 from fmn.errors import FmnError, PermanentError
 from fmn.message import ARTIFACT_TYPES
@@ -681,15 +681,24 @@ class PreferencesService:
         by_message = {str(e.get("message_id")): e for e in events}
         _seen, answers = self._window_matches(user, limit)
         names = {r.id: r.name for r in user.rules}
+        now = self.clock()
         for rule_id, answer in answers.items():
             for m in answer.get("messages", ()):
-                item = by_message.get(m["id"])
+                # the window's messages are the publisher's words, cleaned as the live
+                # feed's are, under the id the feed gives them (one item for both)
+                shown = message_fields(m)
+                key = str(shown["message_id"])
+                item = by_message.get(key)
                 if item is None:
-                    item = by_message[m["id"]] = {
-                        "message_id": m["id"], "topic": m["topic"], "app": m["app"],
-                        "summary": m["summary"], "url": m["url"], "sent_at": m["sent_at"],
-                        "severity": m["severity"], "rules": [], "rule_names": [],
-                        "received_at": m["sent_at"]}
+                    shown.pop("agent")
+                    item = by_message[key] = {
+                        **shown, "rules": [], "rule_names": [],
+                        # received when sent, as far as the window knows; a time ahead
+                        # of ours is not believed (a publisher's 9999-12-31 would pin the
+                        # message on top of every list): unknown, listed last
+                        "received_at": m["sent_at"]
+                        if _received({"received_at": m["sent_at"]}) <= now + MAX_AHEAD_S
+                        else None}
                 if rule_id not in item.setdefault("rules", []):
                     item["rules"] = [*item["rules"], rule_id]
                     item["rule_names"] = [*item.get("rule_names", []), names[rule_id]]
@@ -855,6 +864,10 @@ def known_applications() -> list[str]:
             log.warning("fedmsg processors unavailable: %s", exc)
         _applications.extend(sorted(names))
     return list(_applications)
+
+
+#: how far ahead of this clock a window message's sent-at may be and still be believed
+MAX_AHEAD_S = 300
 
 
 def _received(event: Mapping[str, Any]) -> float:
