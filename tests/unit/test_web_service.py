@@ -669,6 +669,7 @@ def test_an_atom_feed_address_lives_while_it_is_read(clock: FakeClock) -> None:
     keys = CountingKeys(clock)
     feeds = AtomFeeds(keys, "s3cret", "https://fmn.test")
     token = feeds.url("alice").rsplit("/", 1)[1]
+    keys.touched = 0  # giving the address out keeps it too
     for _day in range(800):  # a feed reader polling every hour for more than two years
         for _hour in range(24):
             assert feeds.user_of(token) == "alice"
@@ -684,6 +685,32 @@ def test_an_atom_feed_address_lives_while_it_is_read(clock: FakeClock) -> None:
     clock.now += 2 * 24 * 3600
     with pytest.raises(FeedNotFound):
         feeds.user_of(token)
+
+
+def test_a_revocation_is_not_undone_by_an_address_asked_for_meanwhile(
+        clock: FakeClock) -> None:
+    """Asking for the address read the key and wrote it back: a revocation in between
+    was undone, the leaked address worked again and the new one answered 404."""
+    from fmn.web.atom import AtomFeeds, FeedNotFound
+
+    race = {"armed": False, "revoked": ""}
+
+    class RacingKeys(MemoryKeys):
+        def get(self, key: str) -> str | None:
+            value = super().get(key)
+            if race["armed"]:  # the revocation runs right after this read
+                race["armed"] = False
+                race["revoked"] = feeds.revoke("alice")
+            return value
+
+    keys = RacingKeys(clock)
+    feeds = AtomFeeds(keys, "s3cret", "https://fmn.test")
+    leaked = feeds.url("alice").rsplit("/", 1)[1]
+    race["armed"] = True
+    feeds.url("alice")  # another tab asks for the address as the revocation runs
+    with pytest.raises(FeedNotFound):
+        feeds.user_of(leaked)
+    assert feeds.user_of(race["revoked"].rsplit("/", 1)[1]) == "alice"
 
 
 # -- configuration and sign-in ---------------------------------------------
