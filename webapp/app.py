@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fmn.errors import RetryableError
-from fmn.prefs import dump_destination, dump_rule
+from fmn.prefs import dump_destination
 from fmn.settings import Settings
 from fmn.web import UnsafeConfiguration, http, schema
 from fmn.web import check as check_settings
@@ -45,6 +45,7 @@ from fmn.web.service import (
     PreferencesService,
     WebError,
     known_applications,
+    rule_answer,
 )
 
 app = Chalice(app_name="fmn-webapp")
@@ -494,30 +495,33 @@ def unsubscribe(token: str) -> http.Answer:
 
 @api(Operation("GET", "/api/v1/rules", "my rules", answer=list[schema.Rule]))
 def list_rules(user: str) -> http.Answer:
-    return http.json_answer([dump_rule(r) for r in _service().rules(user)])
+    return http.json_answer([rule_answer(r) for r in _service().rules(user)])
 
 
 @api(Operation("POST", "/api/v1/rules", "create a rule", body=schema.NewRule, ok=201,
                answer=schema.Rule))
 def create_rule(user: str) -> http.Answer:
-    return http.json_answer(dump_rule(_service().create_rule(user, _body())), 201)
+    return http.json_answer(rule_answer(_service().create_rule(user, _body())), 201)
 
 
 @api(Operation("GET", "/api/v1/rules/{rule_id}", "one rule", answer=schema.Rule))
 def get_rule(user: str, rule_id: str) -> http.Answer:
-    return http.json_answer(dump_rule(_service().rule(user, rule_id)))
+    return http.json_answer(rule_answer(_service().rule(user, rule_id)))
 
 
-@api(Operation("PUT", "/api/v1/rules/{rule_id}", "replace a rule",
+@api(Operation("PUT", "/api/v1/rules/{rule_id}", "replace a rule; with If-Match: \"<its "
+               "etag>\", only if nobody changed it since (else 412, nothing saved)",
                body=schema.RuleReplacement, answer=schema.Rule))
 def replace_rule(user: str, rule_id: str) -> http.Answer:
-    return http.json_answer(dump_rule(_service().replace_rule(user, rule_id, _body())))
+    if_match = _request().headers.get("if-match")
+    return http.json_answer(rule_answer(_service().replace_rule(user, rule_id, _body(),
+                                                                if_match=if_match)))
 
 
 @api(Operation("PATCH", "/api/v1/rules/{rule_id}", "enable or disable, rename",
                body=schema.RulePatch, answer=schema.Rule))
 def patch_rule(user: str, rule_id: str) -> http.Answer:
-    return http.json_answer(dump_rule(_service().patch_rule(user, rule_id, _body())))
+    return http.json_answer(rule_answer(_service().patch_rule(user, rule_id, _body())))
 
 
 @api(Operation("DELETE", "/api/v1/rules/{rule_id}", "delete a rule", ok=204))
@@ -605,7 +609,7 @@ def admin_disable_user(user: str, name: str) -> http.Answer:
 @api(Operation("POST", "/api/v1/admin/users/{name}/rules/{rule_id}/disable",
                "admin: disable a rule", answer=schema.Rule))
 def admin_disable_rule(user: str, name: str, rule_id: str) -> http.Answer:
-    return http.json_answer(dump_rule(_service().disable_rule(user, name, rule_id)))
+    return http.json_answer(rule_answer(_service().disable_rule(user, name, rule_id)))
 
 
 @api(Operation("GET", "/api/v1/openapi.json", "this description", answer=dict[str, Any],

@@ -123,3 +123,31 @@ def test_an_email_address_is_confirmed_by_the_pages_button_not_by_opening_the_li
     page.get_by_role("link", name="Destinations").click()
     expect(item.locator(".badge")).to_have_text("verified")
     clean(probe)
+
+
+def test_an_editor_left_open_does_not_undo_a_change_made_elsewhere(
+        page: Any, real_stack: Stack, probe: PageProbe) -> None:
+    """The editor PUT the whole rule it had opened: a rename and a disable made meanwhile
+    on another device were silently undone.  It now sends the version it opened (the
+    rule's etag): the server saves nothing and says why."""
+    sign_in(page, real_stack, "gus")
+    page.get_by_role("button", name="Edit My packages").click()
+    expect(page.locator("#editor")).to_be_visible()
+
+    # the phone: the same account renames and disables the rule
+    api = page.context.request
+    rules = api.get(f"{real_stack.url}/api/v1/rules").json()
+    rule_id = next(r["id"] for r in rules if r["name"] == "My packages")
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"].endswith("fmn_csrf"))
+    changed = api.patch(f"{real_stack.url}/api/v1/rules/{rule_id}",
+                        data={"name": "Muted on the phone", "enabled": False},
+                        headers={"X-CSRF-Token": csrf})
+    assert changed.status == 200, changed.text()
+
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#rule-form-error")).to_contain_text("changed elsewhere")
+    expect(page.locator("#editor")).to_be_visible()
+    stored = api.get(f"{real_stack.url}/api/v1/rules/{rule_id}").json()
+    assert stored["name"] == "Muted on the phone" and stored["enabled"] is False
+    probe.errors.clear()  # the 412, logged by the browser
+    clean(probe)

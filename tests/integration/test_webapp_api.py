@@ -277,6 +277,40 @@ def test_a_rule_an_admin_disabled_stays_disabled(app: App) -> None:
     assert r.status_code == 200 and r.json_body["enabled"] is False
 
 
+def test_a_rule_replaced_from_a_stale_copy_is_refused(app: App) -> None:
+    """PUT replaced the whole rule with no precondition: an editor open on another
+    device undid a rename and a disable made meanwhile.  With the rule's etag (If-Match,
+    or sent back in the body as read) a stale copy gets 412 and nothing is saved."""
+    phone, laptop = app.client("bob"), app.client("bob")
+    opened = laptop.get("/api/v1/rules/my-events").json_body
+    assert opened["etag"] and all(r["etag"] for r in laptop.get("/api/v1/rules").json_body)
+    changed = phone.request("PATCH", "/api/v1/rules/my-events",
+                            {"name": "Muted", "enabled": False})
+    assert changed.status_code == 200 and changed.json_body["etag"] != opened["etag"]
+
+    stale = {**opened, "name": "Laptop's edit"}  # as read, etag included
+    r = laptop.request("PUT", "/api/v1/rules/my-events", stale)
+    assert r.status_code == 412 and r.json_body["error"] == "precondition-failed"
+    no_etag = {k: v for k, v in stale.items() if k != "etag"}
+    r = laptop.request("PUT", "/api/v1/rules/my-events", no_etag,
+                       headers={"if-match": f'"{opened["etag"]}"'})
+    assert r.status_code == 412
+    kept = laptop.get("/api/v1/rules/my-events").json_body
+    assert (kept["name"], kept["enabled"]) == ("Muted", False)
+
+    # the current version, by header (also weak or among others) or in the body, is saved
+    for headers in ({"if-match": f'W/"x", "{kept["etag"]}"'}, {"if-match": "*"}):
+        r = laptop.request("PUT", "/api/v1/rules/my-events", {**no_etag, "enabled": False},
+                           headers=headers)
+        assert r.status_code == 200, r.body
+    current = laptop.get("/api/v1/rules/my-events").json_body
+    r = laptop.request("PUT", "/api/v1/rules/my-events", {**current, "name": "Fresh"})
+    assert r.status_code == 200 and r.json_body["name"] == "Fresh"
+    # and a client that sends none replaces as before
+    r = laptop.request("PUT", "/api/v1/rules/my-events", {**no_etag, "name": "Blind"})
+    assert r.status_code == 200 and r.json_body["name"] == "Blind"
+
+
 # -- verification ---------------------------------------------------------------
 
 

@@ -1305,6 +1305,9 @@ async function saveRule(form) {
   $("rule-form-error").hidden = true;
   const body = editedRule();
   const id = state.editing.id;
+  // the version the editor opened: a change made meanwhile elsewhere (another tab, a
+  // phone) is not silently undone; the server answers 412 and saves nothing
+  if (id && state.editing.etag) body.etag = state.editing.etag;
   try {
     const saved = id
       ? await api("PUT", `${API}/rules/${encodeURIComponent(id)}`, body)

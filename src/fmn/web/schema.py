@@ -257,6 +257,9 @@ class NewRule(Model):
 class RuleReplacement(NewRule):
     #: may be sent back unchanged (the path's id)
     id: Ident | Absent = None
+    #: may be sent back as it was read: then, as with If-Match, the rule is replaced only
+    #: if nobody changed it since
+    etag: Annotated[str, StringConstraints(max_length=64)] | Absent = None
 
 
 class RulePatch(Model):
@@ -270,6 +273,8 @@ class Rule(Answer):
     enabled: bool
     tracking: dict[str, Any]
     generation_rules: list[dict[str, Any]]
+    #: the rule's version: send it back as ``If-Match: "<etag>"`` when replacing the rule
+    etag: str
 
 
 class PreviewRule(NewRule):
@@ -353,8 +358,8 @@ def query(model: type[Model], params: Mapping[str, str] | None) -> Any:
 
 class Error(Answer):
     model_config = ConfigDict(extra="forbid")
-    #: invalid, not-signed-in, forbidden, not-found, conflict, rate-limited,
-    #: verification-failed, too-large, method-not-allowed, unsupported-media-type,
+    #: invalid, not-signed-in, forbidden, not-found, conflict, precondition-failed,
+    #: rate-limited, verification-failed, too-large, method-not-allowed, unsupported-media-type,
     #: unavailable, misconfigured, internal
     error: str
     detail: str

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import random
 import re
@@ -125,6 +126,12 @@ class NotFound(WebError):
 
 class Conflict(WebError):
     status, code = 409, "conflict"
+
+
+class PreconditionFailed(WebError):
+    """An ``If-Match`` that no longer names the current version (:func:`rule_etag`)."""
+
+    status, code = 412, "precondition-failed"
 
 
 class TooLarge(WebError):
@@ -538,11 +545,13 @@ class PreferencesService:
         return _own_rule(self.user(name), rule_id)
 
     def _parse_rule(self, user: User, body: Any, rule_id: str) -> Rule:
-        b = check_fields(body, ("id", *RULE_FIELDS), RULE_FIELDS)
+        b = check_fields(body, ("id", "etag", *RULE_FIELDS), RULE_FIELDS)
         if "id" in b and b["id"] != rule_id:
             raise Invalid("rule ids are chosen by the server: leave it out", "id")
+        # the etag is the precondition (replace_rule), not a part of the rule
+        doc = {k: v for k, v in b.items() if k != "etag"}
         try:
-            return parse_rule({**b, "id": rule_id}, "rule", {d.id for d in user.destinations})
+            return parse_rule({**doc, "id": rule_id}, "rule", {d.id for d in user.destinations})
         except InvalidPreferences as exc:
             raise _invalid(exc) from exc
 
@@ -559,9 +568,19 @@ class PreferencesService:
         return rule
 
     @_redone_if_stale
-    def replace_rule(self, name: str, rule_id: str, body: Any) -> Rule:
+    def replace_rule(self, name: str, rule_id: str, body: Any,
+                     if_match: str | None = None) -> Rule:
+        """Replace the rule; with ``if_match`` (an ``If-Match`` header) or an ``etag`` in the
+        body, only if it still is the version that names (an editor open elsewhere must
+        not undo a change made meanwhile: a rename, a disable)."""
         user, read_at = self._load(name)
-        _own_rule(user, rule_id)
+        current = _own_rule(user, rule_id)
+        if if_match is None and isinstance(body, Mapping) and isinstance(body.get("etag"), str):
+            if_match = f'"{body["etag"]}"'  # a rule sent back as it was read
+        if if_match is not None and not _matches(if_match, rule_etag(current)):
+            raise PreconditionFailed("this rule was changed elsewhere (another tab or device) "
+                                     "since it was opened: nothing was saved; open it again "
+                                     "to see the change")
         schema.check(schema.RuleReplacement, body)
         rule = self._parse_rule(user, body, rule_id)
         return self._put_own_rule(user, rule, read_at)
@@ -828,6 +847,23 @@ class PreferencesService:
 
 
 _applications: list[str] = []
+
+
+def rule_etag(rule: Rule) -> str:
+    """The rule's version as the API shows it (its ``etag``; ``If-Match`` on a PUT)."""
+    return hashlib.sha256(orjson.dumps(dump_rule(rule), option=orjson.OPT_SORT_KEYS)
+                          ).hexdigest()[:24]
+
+
+def rule_answer(rule: Rule) -> dict[str, Any]:
+    """A rule as the API answers it: its document and its ``etag``."""
+    return {**dump_rule(rule), "etag": rule_etag(rule)}
+
+
+def _matches(if_match: str, etag: str) -> bool:
+    """Whether an ``If-Match`` header (``*``, or quoted tags, comma-separated) names ``etag``."""
+    tags = [t.strip().removeprefix("W/").strip('"') for t in if_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def _own_rule(user: User, rule_id: str, who: str = "you have") -> Rule:
