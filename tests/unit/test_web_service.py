@@ -289,6 +289,29 @@ def test_a_rule_an_admin_disabled_cannot_be_enabled_again_by_its_owner(
     assert rule.id not in {r.id for r in service.rules("bob")}
 
 
+def test_a_rule_deleted_is_answered_deleted_even_if_its_admin_mark_stays(
+        service: PreferencesService, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """The admin-disable mark goes in a transaction of its own, after the rule's deletion
+    was saved and published: its failure answered 503 for a rule already gone."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    rule = service.create_rule("bob", TOPIC_RULE)
+    service.disable_rule("root", "bob", rule.id)
+
+    def refuse(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("DELETE FROM admin_disabled_rules"):
+            raise OperationalError(statement, {}, Exception("the database went away"))
+
+    event.listen(engine, "before_cursor_execute", refuse)
+    try:
+        service.delete_rule("bob", rule.id)
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse)
+    assert rule.id not in {r.id for r in service.rules("bob")}
+    assert "admin-disable mark" in caplog.text
+
+
 # -- verification ------------------------------------------------------------
 
 

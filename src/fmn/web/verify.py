@@ -391,7 +391,9 @@ class Verifier:
         request can then simply be made again, not answered 409 as a duplicate.
         And the same when the address refuses it for good (a homeserver that
         will not invite that user): :class:`~fmn.web.service.Invalid`, naming
-        ``address``.
+        ``address``.  Should taking it back fail too (the database away as well),
+        it stays in the list, unverified (nothing goes to it), where its
+        verification can be sent again or it can be deleted; that is logged.
         """
         dest = self.service.add_destination(user, body)
         if dest.verified:
