@@ -83,6 +83,7 @@ from fmn.delivery.feed import (
 )
 from fmn.errors import RetryableError
 from fmn.settings import Settings
+from fmn.web import check as check_settings
 
 log = logging.getLogger("fmn.feed.stream")
 MAX_HISTORY = 100
@@ -189,6 +190,9 @@ def create_app(settings: Settings | None = None, options: StreamOptions | None =
     again: a test that drops the browser's connection and then lets it back).
     """
     settings = settings or Settings.from_env()
+    # the web app's refusals: with the public development key in production, anyone
+    # could sign a session or feed token for anyone and read their feed here
+    check_settings(settings)
     options = options or StreamOptions.from_env()
     closing = threading.Event()
     held: dict[str, FeedReader] = {} if reader is None else {"reader": reader}

@@ -317,6 +317,17 @@ def client(stream: ModuleType, feed: MemoryFeed) -> Client:
                                     reader=feed.reader(0.01)))
 
 
+def test_the_endpoint_refuses_the_development_key_in_production(
+        stream: ModuleType, feed: MemoryFeed) -> None:
+    """It checked nothing: with the public development key anyone could sign a token
+    for anyone and read their feed, where the web app refused to start."""
+    from fmn.web import UnsafeConfiguration
+
+    with pytest.raises(UnsafeConfiguration, match="FMN_SECRET_KEY"):
+        stream.create_app(Settings(env="production"), reader=feed.reader(0.01))
+    stream.create_app(Settings(env="production", secret_key=SECRET), reader=feed.reader(0.01))
+
+
 def parse(body: str) -> list[dict[str, str]]:
     """The frames of an event stream, as field -> value (comments as ':')."""
     frames = []
