@@ -149,5 +149,22 @@ def test_an_editor_left_open_does_not_undo_a_change_made_elsewhere(
     expect(page.locator("#editor")).to_be_visible()
     stored = api.get(f"{real_stack.url}/api/v1/rules/{rule_id}").json()
     assert stored["name"] == "Muted on the phone" and stored["enabled"] is False
+
+    # opened again, the editor has the rule as it is now, and saving works
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_role("button", name="Edit Muted on the phone").click()
+    expect(page.get_by_label("Rule name")).to_have_value("Muted on the phone")
+    page.get_by_label("Rule name").fill("Mine again")
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#editor")).to_be_hidden()
+
+    # a switch in the list while its editor is open is this page's own change
+    page.get_by_role("button", name="Edit Mine again").click()
+    page.locator("#rule-list > li", has_text="Mine again").get_by_role("checkbox").check()
+    page.get_by_label("Rule name").fill("Switched on")
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#editor")).to_be_hidden()
+    stored = api.get(f"{real_stack.url}/api/v1/rules/{rule_id}").json()
+    assert stored["name"] == "Switched on" and stored["enabled"] is True
     probe.errors.clear()  # the 412, logged by the browser
     clean(probe)

@@ -813,6 +813,7 @@ function ruleItem(rule) {
       Object.assign(rule, updated || { enabled: toggle.checked });
       if (state.editing && state.editing.id === rule.id) { // or saving it undoes the switch
         state.editing.enabled = rule.enabled;
+        state.editing.etag = rule.etag; // this page's own change is not "elsewhere"
         $("rule-enabled-new").checked = rule.enabled;
       }
       announce(`${name} ${rule.enabled ? "enabled" : "disabled"}.`);
@@ -1322,6 +1323,11 @@ async function saveRule(form) {
     refreshAccountNote();
   } catch (error) {
     showError(form, $("rule-form-error"), error);
+    // changed elsewhere: the list gets the rule as it is now, so opening it again
+    // shows that change (and its version), instead of failing the same way
+    if (error instanceof ApiError && error.status === 412) {
+      loadRules().catch(() => {});
+    }
   }
 }
 
