@@ -710,6 +710,28 @@ def test_an_atom_feed_address_lives_while_it_is_read(clock: FakeClock) -> None:
         feeds.user_of(token)
 
 
+def test_an_address_given_out_as_its_key_expires_still_works(clock: FakeClock) -> None:
+    """Kept by its expiry alone, a key that lapsed between the read and the keeping was
+    not there any more: the address given out answered 404 at once."""
+    from fmn.web.atom import KEY_TTL_S, AtomFeeds
+
+    lapse = {"armed": False}
+
+    class LapsingKeys(MemoryKeys):
+        def get(self, key: str) -> str | None:
+            value = super().get(key)
+            if lapse["armed"]:
+                lapse["armed"] = False
+                clock.now += KEY_TTL_S + 1  # the year runs out right after the read
+            return value
+
+    feeds = AtomFeeds(LapsingKeys(clock), "s3cret", "https://fmn.test")
+    feeds.url("alice")
+    lapse["armed"] = True
+    token = feeds.url("alice").rsplit("/", 1)[1]
+    assert feeds.user_of(token) == "alice"
+
+
 def test_a_revocation_is_not_undone_by_an_address_asked_for_meanwhile(
         clock: FakeClock) -> None:
     """Asking for the address read the key and wrote it back: a revocation in between
@@ -825,7 +847,9 @@ def test_window_messages_in_the_recent_list_are_cleaned_and_never_pinned_on_top(
             {"id": "real", "topic": "t", "app": "y", "severity": "INFO", "summary": "real",
              "url": "https://src.fedoraproject.org/", "sent_at": "2026-12-05T18:00:00+00:00"},
             {"id": long_id, "topic": "t", "app": "z", "severity": "INFO", "summary": "both",
-             "url": None, "sent_at": "2026-12-05T17:00:00+00:00"}]}
+             "url": None, "sent_at": "2026-12-05T17:00:00+00:00"},
+            {"id": "garbled", "topic": "t", "app": "z", "severity": "INFO",
+             "summary": "garbled", "url": None, "sent_at": "\u202e" + "9" * 5000}]}
 
     feed = MemoryFeed()
     feed.append("alice", encode_event({
@@ -834,10 +858,15 @@ def test_window_messages_in_the_recent_list_are_cleaned_and_never_pinned_on_top(
     service = PreferencesService(engine, store, previewer=preview, clock=clock, feed=feed)
     service.login("alice", "alice@example.org")
     items = service.notifications("alice", 10)
-    assert [i["summary"] for i in items] == ["real", "both", "FAKE on top"]
-    evil = items[-1]
+    assert [i["summary"] for i in items][:2] == ["real", "both"]
+    assert {i["summary"] for i in items[2:]} == {"FAKE on top", "garbled"}
+    evil = next(i for i in items if i["message_id"] == "evil")
     assert evil["url"] is None and evil["received_at"] is None
+    # a receipt time is always ours: UTC, to the millisecond; none for what is no time
+    assert items[0]["received_at"] == "2026-12-05T18:00:00.000+00:00"
     assert items[0]["url"] == "https://src.fedoraproject.org/"
+    garbled = next(i for i in items if i["message_id"] == "garbled")
+    assert garbled["received_at"] is None and len(garbled["sent_at"]) <= 64
 
 
 def test_all_rules_together_share_one_window_budget(

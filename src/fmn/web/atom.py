@@ -70,9 +70,12 @@ class AtomFeeds:
             if not self.keys.add(self._key_name(user), candidate, KEY_TTL_S):
                 current = self.keys.get(self._key_name(user))  # another request made one
             current = current or candidate
-        # in use: keep it, by its expiry only; writing back the key read would undo
-        # a revocation that ran in between, and the revoked address would work again
-        self.keys.touch(self._key_name(user), KEY_TTL_S)
+        # in use: keep it.  Never by writing back the key read: a revocation that ran
+        # in between would be undone, and the revoked address would work again.  Only
+        # if there is none (it expired meanwhile, or ours lost to one already gone),
+        # else by its expiry.
+        if not self.keys.add(self._key_name(user), current, KEY_TTL_S):
+            self.keys.touch(self._key_name(user), KEY_TTL_S)
         return f"{self.web_url}/atom/{seal({'u': user, 'k': current}, self.secrets, 'atom')}"
 
     def revoke(self, user: str) -> str:

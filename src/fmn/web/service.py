@@ -716,12 +716,11 @@ class PreferencesService:
                     shown.pop("agent")
                     item = by_message[key] = {
                         **shown, "rules": [], "rule_names": [],
-                        # received when sent, as far as the window knows; a time ahead
-                        # of ours is not believed (a publisher's 9999-12-31 would pin the
-                        # message on top of every list): unknown, listed last
-                        "received_at": m["sent_at"]
-                        if _received({"received_at": m["sent_at"]}) <= now + MAX_AHEAD_S
-                        else None}
+                        # received when sent, as far as the window knows, written by us;
+                        # a time ahead of ours is not believed (a publisher's 9999-12-31
+                        # would pin the message on top of every list), nor one that does
+                        # not read as a time: unknown, listed last
+                        "received_at": _window_received(m.get("sent_at"), now)}
                 if rule_id not in item.setdefault("rules", []):
                     item["rules"] = [*item["rules"], rule_id]
                     item["rule_names"] = [*item.get("rule_names", []), names[rule_id]]
@@ -908,6 +907,15 @@ def known_applications() -> list[str]:
 
 #: how far ahead of this clock a window message's sent-at may be and still be believed
 MAX_AHEAD_S = 300
+
+
+def _window_received(sent_at: Any, now: float) -> str | None:
+    """A window message's receipt time, as ours (UTC, milliseconds), from its sent-at;
+    None when that is no time or more than :data:`MAX_AHEAD_S` ahead of ``now``."""
+    at = _received({"received_at": sent_at})
+    if not 0 < at <= now + MAX_AHEAD_S:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 def _received(event: Mapping[str, Any]) -> float:
