@@ -346,6 +346,8 @@ class ComputeStack(cdk.Stack):
                 "AWS_LWA_READINESS_CHECK_PATH": "/healthz", "PORT": "8080",
                 "REDIS_URL": env["REDIS_URL"], "FMN_WEB_URL": env["FMN_WEB_URL"],
                 "FMN_SECRETS": self.secrets["signing_key"].secret_arn,
+                # as the web app: the development signing key is refused at start
+                "FMN_ENV": "production",
                 "FMN_SSE_MAX_STREAM_S": "870", "FMN_SSE_PING_S": "15",
             },
             vpc=self.vpc, security_groups=[self.functions_sg],

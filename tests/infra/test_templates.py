@@ -134,6 +134,12 @@ def test_cache_never_evicts_and_lets_only_functions_in(templates: dict[str, Any]
 def test_feed_endpoint_streams(templates: dict[str, Any]) -> None:
     templates["compute"].has_resource_properties("AWS::Lambda::Url",
                                                  {"InvokeMode": "RESPONSE_STREAM"})
+    # production, as the web app: the development signing key is refused at start
+    from aws_cdk.assertions import Match
+
+    templates["compute"].has_resource_properties("AWS::Lambda::Function", {
+        "Handler": "stream/run.sh",
+        "Environment": {"Variables": Match.object_like({"FMN_ENV": "production"})}})
 
 
 def test_cfn_lint_accepts_the_templates(template_files: dict[str, Path]) -> None:
