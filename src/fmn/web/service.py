@@ -575,13 +575,13 @@ class PreferencesService:
         not undo a change made meanwhile: a rename, a disable)."""
         user, read_at = self._load(name)
         current = _own_rule(user, rule_id)
-        if if_match is None and isinstance(body, Mapping) and isinstance(body.get("etag"), str):
+        schema.check(schema.RuleReplacement, body)  # a body refused is a 400 whatever else
+        if if_match is None and isinstance(body.get("etag"), str):
             if_match = f'"{body["etag"]}"'  # a rule sent back as it was read
         if if_match is not None and not _matches(if_match, rule_etag(current)):
             raise PreconditionFailed("this rule was changed elsewhere (another tab or device) "
                                      "since it was opened: nothing was saved; open it again "
                                      "to see the change")
-        schema.check(schema.RuleReplacement, body)
         rule = self._parse_rule(user, body, rule_id)
         return self._put_own_rule(user, rule, read_at)
 
