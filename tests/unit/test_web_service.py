@@ -334,6 +334,18 @@ def test_a_bad_sender_address_refuses_mail_verification_alone(
     assert verifier.start("alice", irc.id) == "code"
 
 
+def test_an_imported_unverified_live_feed_is_verified_on_asking(
+        service: PreferencesService, world: World, engine: Engine) -> None:
+    """A live feed imported unverified (the spec allows it) made the resend fail (500, an
+    assert on its address): it is the user's own feed, there is nothing to prove."""
+    from fmn.prefs import Destination, User
+
+    db.save_user(engine, User("ivy", True, (Destination("f1", "sse", None, False),)))
+    assert world.verifier.start("ivy", "f1") == "verified"
+    assert service.destination("ivy", "f1").verified
+    assert world.mailer.sent == [] and world.matrix.sent == []
+
+
 def test_an_email_link_verifies_once(service: PreferencesService, world: World) -> None:
     dest = service.add_destination("alice", {"protocol": "email", "address": "a2@example.org"})
     assert world.verifier.start("alice", dest.id) == "link"

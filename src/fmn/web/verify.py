@@ -417,8 +417,11 @@ class Verifier:
         dest = self.service.destination(user, dest_id)
         if dest.verified:
             return "verified"
+        if dest.protocol == "sse" or dest.address is None:
+            # the user's own live feed (unverified only if imported so): nothing to prove
+            self.service.mark_verified(user, dest.id, dest.address)
+            return "verified"
         self._count(user, dest)
-        assert dest.address is not None  # only sse has none, and it is always verified
         try:
             return self._send(user, dest)
         except WebError:
