@@ -66,6 +66,8 @@ def test_a_short_load_test_accounts_for_every_message(
     # the email sender ran in a process of its own and reported its totals and requests
     assert run_["functions"]["send_email"]["records"] > 0
     assert run_["cpu_s"]["send_email (own process)"] > 0
+    # the emulator's process is found, whichever command line started it
+    assert "AWS emulator" in run_["cpu_s"]
     if aws == "localstack":  # and a second one, whose totals and requests add up with it
         assert run_["cpu_s"]["send_email (own process 2)"] > 0
         assert (tmp_path / "c1" / "worker-email-2-stats.json").exists()
