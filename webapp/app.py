@@ -518,10 +518,13 @@ def replace_rule(user: str, rule_id: str) -> http.Answer:
                                                                 if_match=if_match)))
 
 
-@api(Operation("PATCH", "/api/v1/rules/{rule_id}", "enable or disable, rename",
+@api(Operation("PATCH", "/api/v1/rules/{rule_id}", "enable or disable, rename; with "
+               "If-Match: \"<its etag>\", only if nobody changed it since (else 412)",
                body=schema.RulePatch, answer=schema.Rule))
 def patch_rule(user: str, rule_id: str) -> http.Answer:
-    return http.json_answer(rule_answer(_service().patch_rule(user, rule_id, _body())))
+    if_match = _request().headers.get("if-match")
+    return http.json_answer(rule_answer(_service().patch_rule(user, rule_id, _body(),
+                                                              if_match=if_match)))
 
 
 @api(Operation("DELETE", "/api/v1/rules/{rule_id}", "delete a rule", ok=204))

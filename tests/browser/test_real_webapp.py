@@ -166,5 +166,19 @@ def test_an_editor_left_open_does_not_undo_a_change_made_elsewhere(
     expect(page.locator("#editor")).to_be_hidden()
     stored = api.get(f"{real_stack.url}/api/v1/rules/{rule_id}").json()
     assert stored["name"] == "Switched on" and stored["enabled"] is True
-    probe.errors.clear()  # the 412, logged by the browser
+
+    # but a switch after a change elsewhere changes nothing, and the editor opened
+    # before it stays refused: the switch must not lend it the newer version
+    page.get_by_role("button", name="Edit Switched on").click()
+    changed = api.patch(f"{real_stack.url}/api/v1/rules/{rule_id}",
+                        data={"name": "Renamed on the phone"}, headers={"X-CSRF-Token": csrf})
+    assert changed.status == 200, changed.text()
+    page.locator("#rule-list > li", has_text="Switched on").get_by_role("checkbox").uncheck()
+    expect(page.locator("#rule-list > li", has_text="Renamed on the phone")).to_contain_text(
+        "changed elsewhere")
+    page.get_by_role("button", name="Save rule").click()
+    expect(page.locator("#rule-form-error")).to_contain_text("changed elsewhere")
+    stored = api.get(f"{real_stack.url}/api/v1/rules/{rule_id}").json()
+    assert stored["name"] == "Renamed on the phone" and stored["enabled"] is True
+    probe.errors.clear()  # the 412s, logged by the browser
     clean(probe)

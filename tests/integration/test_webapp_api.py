@@ -277,6 +277,10 @@ def test_a_rule_an_admin_disabled_stays_disabled(app: App) -> None:
     assert r.status_code == 200 and r.json_body["enabled"] is False
 
 
+def r_etag(session: Session) -> str:
+    return str(session.get("/api/v1/rules/my-events").json_body["etag"])
+
+
 def test_a_rule_replaced_from_a_stale_copy_is_refused(app: App) -> None:
     """PUT replaced the whole rule with no precondition: an editor open on another
     device undid a rename and a disable made meanwhile.  With the rule's etag (If-Match,
@@ -309,6 +313,16 @@ def test_a_rule_replaced_from_a_stale_copy_is_refused(app: App) -> None:
     # and a client that sends none replaces as before
     r = laptop.request("PUT", "/api/v1/rules/my-events", {**no_etag, "name": "Blind"})
     assert r.status_code == 200 and r.json_body["name"] == "Blind"
+
+    # a switch (PATCH) takes the version it was drawn from the same way
+    assert laptop.get("/api/v1/rules/my-events").json_body["enabled"] is True
+    r = laptop.request("PATCH", "/api/v1/rules/my-events",
+                       {"enabled": False, "etag": opened["etag"]})
+    assert r.status_code == 412
+    assert laptop.get("/api/v1/rules/my-events").json_body["enabled"] is True
+    r = laptop.request("PATCH", "/api/v1/rules/my-events", {"enabled": False},
+                       headers={"if-match": f'"{r_etag(laptop)}"'})
+    assert r.status_code == 200 and r.json_body["enabled"] is False
 
 
 # -- verification ---------------------------------------------------------------

@@ -807,13 +807,19 @@ function ruleItem(rule) {
   const toggle = h("input", { id: toggleId, type: "checkbox", checked: Boolean(rule.enabled) });
   toggle.addEventListener("change", async () => {
     errorBox.hidden = true;
+    // the version this switch was drawn from: if the rule changed elsewhere since,
+    // the server answers 412 and changes nothing (the list is then reloaded)
+    const from = rule.etag;
     try {
-      const updated = await api("PATCH", `${API}/rules/${encodeURIComponent(rule.id)}`,
-        { enabled: toggle.checked });
+      const body = { enabled: toggle.checked };
+      if (from) body.etag = from;
+      const updated = await api("PATCH", `${API}/rules/${encodeURIComponent(rule.id)}`, body);
       Object.assign(rule, updated || { enabled: toggle.checked });
       if (state.editing && state.editing.id === rule.id) { // or saving it undoes the switch
         state.editing.enabled = rule.enabled;
-        state.editing.etag = rule.etag; // this page's own change is not "elsewhere"
+        // this page's own change is not "elsewhere": an editor opened from the version
+        // the switch changed follows it (one opened from another keeps its own)
+        if (from && state.editing.etag === from) state.editing.etag = rule.etag;
         $("rule-enabled-new").checked = rule.enabled;
       }
       announce(`${name} ${rule.enabled ? "enabled" : "disabled"}.`);
@@ -822,6 +828,17 @@ function ruleItem(rule) {
       toggle.checked = !toggle.checked;
       errorBox.textContent = error.message;
       errorBox.hidden = false;
+      if (error instanceof ApiError && error.status === 412) {
+        // the list gets the rule as it is now; the message stays until the next change
+        loadRules().then(() => {
+          const item = [...$("rule-list").children].find((el) => el.dataset.ruleId === rule.id);
+          const box = item && item.querySelector(".form-error");
+          if (box) {
+            box.textContent = error.message;
+            box.hidden = false;
+          }
+        }).catch(() => {});
+      }
     }
   });
   const edit = h("button", { type: "button", class: "secondary" }, "Edit");

@@ -265,6 +265,8 @@ class RuleReplacement(NewRule):
 class RulePatch(Model):
     enabled: bool | Absent = None
     name: Text | Absent = None
+    #: the version the change was made from (as If-Match): 412 if it is not the current one
+    etag: Annotated[str, StringConstraints(max_length=64)] | Absent = None
 
 
 class Rule(Answer):

@@ -576,12 +576,7 @@ class PreferencesService:
         user, read_at = self._load(name)
         current = _own_rule(user, rule_id)
         schema.check(schema.RuleReplacement, body)  # a body refused is a 400 whatever else
-        if if_match is None and isinstance(body.get("etag"), str):
-            if_match = f'"{body["etag"]}"'  # a rule sent back as it was read
-        if if_match is not None and not _matches(if_match, rule_etag(current)):
-            raise PreconditionFailed("this rule was changed elsewhere (another tab or device) "
-                                     "since it was opened: nothing was saved; open it again "
-                                     "to see the change")
+        _check_version(current, body, if_match)
         rule = self._parse_rule(user, body, rule_id)
         return self._put_own_rule(user, rule, read_at)
 
@@ -605,11 +600,16 @@ class PreferencesService:
                 Row.user_name == name, Row.rule_id == rule_id)).first() is not None
 
     @_redone_if_stale
-    def patch_rule(self, name: str, rule_id: str, body: Any) -> Rule:
+    def patch_rule(self, name: str, rule_id: str, body: Any,
+                   if_match: str | None = None) -> Rule:
+        """Enable, disable or rename; with ``if_match`` or an ``etag`` in the body, only the
+        version that names (as :meth:`replace_rule`)."""
         schema.check(schema.RulePatch, body)
-        b = check_fields(body, RULE_PATCH_FIELDS)
+        b = check_fields(body, (*RULE_PATCH_FIELDS, "etag"))
         user, read_at = self._load(name)
-        doc = {**dump_rule(_own_rule(user, rule_id)), **b}
+        current = _own_rule(user, rule_id)
+        _check_version(current, b, if_match)
+        doc = {**dump_rule(current), **{k: v for k, v in b.items() if k != "etag"}}
         return self._put_own_rule(user, self._parse_rule(user, doc, rule_id), read_at)
 
     @_redone_if_stale
@@ -861,6 +861,17 @@ def rule_etag(rule: Rule) -> str:
 def rule_answer(rule: Rule) -> dict[str, Any]:
     """A rule as the API answers it: its document and its ``etag``."""
     return {**dump_rule(rule), "etag": rule_etag(rule)}
+
+
+def _check_version(current: Rule, body: Mapping[str, Any], if_match: str | None) -> None:
+    """PreconditionFailed unless ``if_match`` (a header), or else the body's ``etag`` (the
+    rule sent back as it was read), names ``current``'s version; nothing named: no check."""
+    if if_match is None and isinstance(body.get("etag"), str):
+        if_match = f'"{body["etag"]}"'
+    if if_match is not None and not _matches(if_match, rule_etag(current)):
+        raise PreconditionFailed("this rule was changed elsewhere (another tab or device) "
+                                 "since it was opened: nothing was saved; open it again "
+                                 "to see the change")
 
 
 def _matches(if_match: str, etag: str) -> bool:
