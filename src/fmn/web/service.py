@@ -853,7 +853,7 @@ _applications: list[str] = []
 
 
 def rule_etag(rule: Rule) -> str:
-    """The rule's version as the API shows it (its ``etag``; ``If-Match`` on a PUT)."""
+    """The rule's version as the API shows it (its ``etag``; ``If-Match`` on PUT, PATCH)."""
     return hashlib.sha256(orjson.dumps(dump_rule(rule), option=orjson.OPT_SORT_KEYS)
                           ).hexdigest()[:24]
 
