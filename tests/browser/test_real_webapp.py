@@ -158,12 +158,21 @@ def test_an_editor_left_open_does_not_undo_a_change_made_elsewhere(
     page.get_by_role("button", name="Save rule").click()
     expect(page.locator("#editor")).to_be_hidden()
 
-    # a switch in the list while its editor is open is this page's own change
+    # a switch in the list while its editor is open is this page's own change, even
+    # when the save is pressed before the switch's answer is back: the switch's
+    # request is held until after the save was pressed
+    held: list[Any] = []
+    page.route("**/api/v1/rules/*", lambda route: held.append(route)
+               if route.request.method == "PATCH" else route.continue_())
     page.get_by_role("button", name="Edit Mine again").click()
     page.locator("#rule-list > li", has_text="Mine again").get_by_role("checkbox").check()
     page.get_by_label("Rule name").fill("Switched on")
     page.get_by_role("button", name="Save rule").click()
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    held[0].continue_()
     expect(page.locator("#editor")).to_be_hidden()
+    page.unroute("**/api/v1/rules/*")
     stored = api.get(f"{real_stack.url}/api/v1/rules/{rule_id}").json()
     assert stored["name"] == "Switched on" and stored["enabled"] is True
 

@@ -32,6 +32,7 @@ const state = {
   rules: [],
   applications: [],
   editing: null, // the rule being edited (a working copy), or null
+  switching: null, // a rule's switch in the list on its way to the server (a promise)
   feed: null,
   feedCaughtUp: false, // the feed's "live" marker came: what follows is new
   feedMissed: null, // while resuming after a dropped connection: {count, first, gap}
@@ -813,7 +814,10 @@ function ruleItem(rule) {
     try {
       const body = { enabled: toggle.checked };
       if (from) body.etag = from;
-      const updated = await api("PATCH", `${API}/rules/${encodeURIComponent(rule.id)}`, body);
+      const request = api("PATCH", `${API}/rules/${encodeURIComponent(rule.id)}`, body);
+      // a save of the open editor waits for it: it takes the version this answers
+      state.switching = request.then(() => {}, () => {});
+      const updated = await request;
       Object.assign(rule, updated || { enabled: toggle.checked });
       if (state.editing && state.editing.id === rule.id) { // or saving it undoes the switch
         state.editing.enabled = rule.enabled;
@@ -1321,6 +1325,8 @@ async function saveRule(form) {
   state.previewSeq++;
   clearErrors(form);
   $("rule-form-error").hidden = true;
+  if (state.switching) await state.switching; // a switch in the list still on its way
+  if (!state.editing) return;
   const body = editedRule();
   const id = state.editing.id;
   // the version the editor opened: a change made meanwhile elsewhere (another tab, a
