@@ -107,6 +107,7 @@ class UserState:
     resent: int = 0
     enabled: bool = True  # False: an administrator turned the account off
     publish_pending: bool = False
+    account_blocked: bool = False  # the Fedora account locked or deleted
 
 
 def _field_path(where: str) -> str:
@@ -291,6 +292,7 @@ class FakeApi:
             return JSONResponse({"name": user, "email": DEMO_USERS[user], "is_admin": False,
                                  "enabled": state.enabled,
                                  "publish_pending": state.publish_pending,
+                                 "account_blocked": state.account_blocked,
                                  "feed_url": feed_url})
 
         async def destinations(request: Request) -> Response:

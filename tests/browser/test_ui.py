@@ -487,12 +487,15 @@ def test_the_page_does_what_a_person_means(page: Any, stack: Stack, probe: PageP
     expect(page.locator("#account-note")).to_be_hidden()
     stack.api.users["alice"].enabled = False
     stack.api.users["alice"].publish_pending = True
+    stack.api.users["alice"].account_blocked = True
     page.reload()
     note = page.locator("#account-note")
     expect(note).to_contain_text("An administrator has turned your notifications off")
     expect(note).to_contain_text("Your last change is saved but not yet in force")
+    expect(note).to_contain_text("Your Fedora account is locked or deleted")
     stack.api.users["alice"].enabled = True
     stack.api.users["alice"].publish_pending = False
+    stack.api.users["alice"].account_blocked = False
 
     # a sign-out that fails says so, and the person stays signed in
     page.route("**/logout", lambda route: route.abort())

@@ -216,8 +216,11 @@ def test_accounts_feed_destinations_and_locked_ones_stop_receiving(
     # published late (pending): each used to publish his rules back as they were
     from fmn.web.service import PreferencesService
 
-    PreferencesService(env.engine, env.store).patch_rule("dave", "mine", {"name": "Mine"})
+    service = PreferencesService(env.engine, env.store)
+    service.patch_rule("dave", "mine", {"name": "Mine"})
     assert routed(env, "dave-tool") == set()
+    assert service.me("dave")["account_blocked"] is True  # the web app says why
+    assert service.me("alice")["account_blocked"] is False
     dave = db.load_user(env.engine, "dave")
     assert dave is not None
     db.save_user(env.engine, dave)  # saved, not yet published

@@ -146,7 +146,8 @@ def test_first_login_sets_a_safe_session_and_the_defaults(app: App) -> None:
     assert "HttpOnly" not in next(c for c in cookies if c.startswith("fmn_csrf="))
     assert s.get("/api/v1/me").json_body == {"name": "alice", "email": "alice@example.org",
                                              "is_admin": False, "enabled": True,
-                                             "publish_pending": False, "feed_url": None}
+                                             "publish_pending": False, "feed_url": None,
+                                             "account_blocked": False}
     rules = s.get("/api/v1/rules").json_body
     assert {(r["name"], r["tracking"]["kind"], r["enabled"]) for r in rules} == {
         ("My packages", "artifacts-owned", True), ("My events", "related-events", True)}

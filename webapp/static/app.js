@@ -1500,6 +1500,10 @@ function showAccountNote() {
     notes.push("An administrator has turned your notifications off: nothing is sent to you "
       + "until they are turned on again.");
   }
+  if (state.me.account_blocked === true) {
+    notes.push("Your Fedora account is locked or deleted: nothing is sent to you while it "
+      + "is (your settings are kept).");
+  }
   if (state.me.publish_pending) {
     notes.push("Your last change is saved but not yet in force: it will be within minutes.");
   }

@@ -378,6 +378,8 @@ class Me(Answer):
     feed_url: str | None = None
     #: a saved change not yet in the snapshot (it is retried; matching lags until then)
     publish_pending: bool = False
+    #: the Fedora account is locked or deleted: nothing is sent to it
+    account_blocked: bool = False
 
 
 class ArtifactAnswer(Answer):

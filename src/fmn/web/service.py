@@ -398,8 +398,12 @@ class PreferencesService:
         user = self.user(name)
         email = next((d.address for d in user.destinations
                       if d.protocol == "email" and d.verified), None)
+        from fmn.ownership.store import is_blocked
+
         return {"name": user.name, "email": email, "is_admin": self.is_admin(name),
                 "enabled": user.enabled,
+                # the Fedora account locked or deleted: nothing is sent (publish_saved)
+                "account_blocked": is_blocked(self.engine, name),
                 # a saved change not yet in the snapshot (the store was away)
                 "publish_pending": pending.is_pending(self.engine, name)}
 
