@@ -32,6 +32,7 @@ from typing import Any
 
 from fmn.auth import InvalidToken, seal, unseal
 from fmn.delivery.text import clean, shorten
+from fmn.message import sent_time
 from fmn.web.service import WebError
 from fmn.web.verify import Keys
 
@@ -105,11 +106,8 @@ class AtomFeeds:
 
 
 def _when(value: Any) -> datetime:
-    try:
-        when = datetime.fromisoformat(str(value))
-    except ValueError:
-        return datetime.fromtimestamp(0, UTC)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    """A time of an item (aware), or the epoch when it has none readable."""
+    return sent_time(value) or datetime.fromtimestamp(0, UTC)
 
 
 def _http_url(value: Any) -> str | None:

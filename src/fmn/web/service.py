@@ -54,7 +54,7 @@ from fmn.delivery.email import InvalidAddress, ascii_address, check_address
 from fmn.delivery.feed import FeedStore, message_fields
 from fmn.delivery.irc import irc_lower, valid_nick
 from fmn.errors import FmnError, PermanentError
-from fmn.message import ARTIFACT_TYPES
+from fmn.message import ARTIFACT_TYPES, sent_time
 from fmn.prefs import (
     MAX_DESTINATIONS,
     MAX_RULES,
@@ -745,11 +745,8 @@ class PreferencesService:
                     "complete": _complete(answers)}
         since = self.clock() - STATS_DAYS * 24 * 3600
         for event in self._feed_events(name, MAX_FEED_LIMIT):
-            try:
-                at = datetime.fromisoformat(str(event.get("received_at"))).timestamp()
-            except ValueError:
-                continue
-            if at < since:
+            at = _received(event)
+            if not at or at < since:  # unreadable, or before the period
                 continue
             for rule_id in event.get("rules") or ():
                 if rule_id in counts:
@@ -927,19 +924,16 @@ MAX_AHEAD_S = 300
 def _window_received(sent_at: Any, now: float) -> str | None:
     """A window message's receipt time, as ours (UTC, milliseconds), from its sent-at;
     None when that is no time or more than :data:`MAX_AHEAD_S` ahead of ``now``."""
-    at = _received({"received_at": sent_at})
-    if not 0 < at <= now + MAX_AHEAD_S:
+    when = sent_time(sent_at)
+    if when is None or not 0 < when.timestamp() <= now + MAX_AHEAD_S:
         return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def _received(event: Mapping[str, Any]) -> float:
     """When a notification of the recent list was received (0 when unreadable)."""
-    try:
-        when = datetime.fromisoformat(str(event.get("received_at")))
-    except ValueError:
-        return 0.0
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    when = sent_time(event.get("received_at"))
+    return 0.0 if when is None else when.timestamp()
 
 
 def _complete(answers: Mapping[str, Any]) -> bool:
