@@ -147,19 +147,22 @@ def account_of(engine: Engine, name: str) -> Account | None:
     return load_accounts(engine, [name]).get(name)
 
 
+def _blocked() -> Any:
+    """The accounts locked or deleted: their users receive nothing."""
+    return select(AccountRow.username).where(
+        (AccountRow.locked.is_(True)) | (AccountRow.deleted.is_(True)))
+
+
 def blocked_users(engine: Engine) -> set[str]:
     """Users whose account is locked or deleted: they receive nothing."""
     with engine.connect() as conn:
-        return set(conn.execute(select(AccountRow.username).where(
-            (AccountRow.locked.is_(True)) | (AccountRow.deleted.is_(True)))).scalars())
+        return set(conn.execute(_blocked()).scalars())
 
 
 def is_blocked(engine: Engine, name: str) -> bool:
     """Whether ``name``'s account is locked or deleted (:func:`blocked_users`, for one)."""
     with engine.connect() as conn:
-        return conn.execute(select(AccountRow.username).where(
-            AccountRow.username == name,
-            (AccountRow.locked.is_(True)) | (AccountRow.deleted.is_(True)))).first() is not None
+        return conn.execute(_blocked().where(AccountRow.username == name)).first() is not None
 
 
 def user_names(engine: Engine) -> list[str]:
