@@ -835,7 +835,7 @@ function ruleItem(rule) {
       if (error instanceof ApiError && error.status === 412) {
         // the list gets the rule as it is now; the message stays until the next change
         loadRules().then(() => {
-          const item = [...$("rule-list").children].find((el) => el.dataset.ruleId === rule.id);
+          const item = ruleListItem(rule.id);
           const box = item && item.querySelector(".form-error");
           if (box) {
             box.textContent = error.message;
@@ -1354,8 +1354,13 @@ async function saveRule(form) {
   }
 }
 
+/** The rule list's item of rule ``id`` (or undefined). */
+function ruleListItem(id) {
+  return [...$("rule-list").children].find((el) => el.dataset.ruleId === id);
+}
+
 function ruleHeading(id) {
-  const li = [...$("rule-list").children].find((el) => el.dataset.ruleId === id);
+  const li = ruleListItem(id);
   return li ? li.querySelector(".item-title") : null;
 }
 
