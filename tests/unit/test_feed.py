@@ -137,6 +137,10 @@ def test_untrusted_fields_are_capped_typed_and_links_are_web_links() -> None:
     assert len(doc["summary"]) == MAX_SUMMARY_CHARS and len(doc["app"]) == 255
     assert doc["agent"] is None and doc["url"] is None
     assert doc["severity"] is None and doc["sent_at"] is None
+    # the time is shown as text when it is not a date: cleaned like every shown field
+    shown = json.loads(event_data(delivery(
+        sent_at="\u202e\u2066yesterday,\r\nsigned by admin\x1b[31m"), 0))["sent_at"]
+    assert shown == "yesterday, signed by admin"
     assert json.loads(event_data(delivery(url="HTTP://example.org/x"), 0))["url"] \
         == "HTTP://example.org/x"
     # a link is carried as it is, or not at all: never cut or cleaned into another

@@ -157,7 +157,7 @@ def message_fields(m: Mapping[str, Any]) -> dict[str, Any]:
         "agent": _shown(m.get("agent"), MAX_NAME_CHARS),
         "summary": _shown(m.get("summary"), MAX_SUMMARY_CHARS),
         "url": _url(m.get("url")),
-        "sent_at": _text(m.get("sent_at"), 64),
+        "sent_at": _shown(m.get("sent_at"), 64),
         "severity": severity if isinstance(severity, str) and severity in SEVERITIES else None,
     }
 
