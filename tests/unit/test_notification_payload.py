@@ -114,12 +114,37 @@ def test_a_hostile_message_is_carried_as_capped_json() -> None:
     '{"v": 1, "backend": "email", "message": MSG, "notifications": [{"user": "a"}]}',
     '{"v": 1, "backend": "email", "message": MSG, "notifications": [{"user": "a", '
     '"address": "a@x", "destination": "d1", "rules": "r1"}]}',
+    # every field a sender reads has its type: a sender writes the message again
+    '{"v": 1, "backend": "email", "message": MSG_summary=[[1]], "notifications": []}',
+    '{"v": 1, "backend": "email", "message": MSG_agent={"a": 1}, "notifications": []}',
+    '{"v": 1, "backend": "email", "message": MSG_sent_at=12, "notifications": []}',
+    '{"v": 1, "backend": "email", "message": MSG_num_packages=true, "notifications": []}',
+    '{"v": 1, "backend": "email", "message": MSG_num_usernames=-1, "notifications": []}',
+    '{"v": 1, "backend": "email", "message": MSG_num_usernames=1.5, "notifications": []}',
 ])
 def test_bad_bodies_are_refused(body: str) -> None:
-    msg = json.dumps(json.loads(pack(MESSAGE, followers(1), "email")[0])["message"])
+    msg = json.loads(pack(MESSAGE, followers(1), "email")[0])["message"]
+    if "MSG_" in body:  # MSG_<field>=<JSON value>: the message with that field changed
+        start, _, rest = body.partition("MSG_")
+        field, _, rest = rest.partition("=")
+        value, _, end = rest.partition(", ")
+        body = start + json.dumps({**msg, field: json.loads(value)}) + ", " + end
     with pytest.raises(InvalidPayload) as info:
-        unpack(body.replace("MSG", msg))
+        unpack(body.replace("MSG", json.dumps(msg)))
     assert isinstance(info.value, PermanentError)
+
+
+def test_a_message_field_no_sender_reads_does_not_travel_on() -> None:
+    """A sender writes the message again (a dead letter, a digest item): a field it
+    does not know, however deep, is dropped on reading, never written again."""
+    doc = json.loads(pack(MESSAGE, followers(1), "email")[0])
+    nested: object = "deep"
+    for _ in range(600):  # orjson reads 1,024 levels and writes only 255
+        nested = [nested]
+    doc["message"]["extra"] = nested
+    info, items = unpack(json.dumps(doc))
+    assert "extra" not in info and len(items) == 1
+    assert set(info) == set(json.loads(pack(MESSAGE, followers(1), "email")[0])["message"])
 
 
 def test_a_payload_for_another_backend_is_refused() -> None:

@@ -337,6 +337,13 @@ def _checked(doc: Any, backend: str | None
         raise InvalidPayload("message id and topic must be strings")
     if not _str_list(info["usernames"]) or not _str_list(info["packages"]):
         raise InvalidPayload("message usernames and packages must be lists of strings")
+    if not all(info[k] is None or isinstance(info[k], str) for k in _TEXT_KEYS):
+        raise InvalidPayload("message " + ", ".join(_TEXT_KEYS) + " must be strings or null")
+    if not all(_count(info[k]) for k in _COUNT_KEYS):
+        raise InvalidPayload("message " + " and ".join(_COUNT_KEYS) + " must be counts")
+    # What the senders read, and nothing else: a sender writes the message again (a dead
+    # letter, a digest item), which any other value, however nested, could keep it from
+    info = {k: info[k] for k in MESSAGE_KEYS}
     items = doc.get("notifications")
     if not isinstance(items, list):
         raise InvalidPayload("notifications must be a list")
@@ -344,6 +351,15 @@ def _checked(doc: Any, backend: str | None
         if not _valid_notification(item):
             raise InvalidPayload(f"bad notification {str(item)[:200]!r}")
     return info, items
+
+
+#: the message fields that are a string or null, and those that are a count
+_TEXT_KEYS = ("app", "agent", "summary", "url", "sent_at", "severity")
+_COUNT_KEYS = ("num_usernames", "num_packages")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _str_list(value: Any) -> bool:
