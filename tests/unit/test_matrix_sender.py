@@ -38,9 +38,14 @@ class FakeLink:
         self.sent: list[tuple[str, dict[str, Any], str]] = []
         self.limit_next: list[float] = []
         self.limit_rooms: list[float] = []  # room creations are limited apart (Synapse)
+        self.limit_membership: list[float] = []
+        #: called before each request (a slow homeserver moves a clock)
+        self.before: Any = None
         self.gone: set[str] = set()
 
     def create_direct_room(self, user_id: str) -> str:
+        if self.before is not None:
+            self.before()
         if self.limit_rooms:
             raise LimitExceeded(self.limit_rooms.pop(0))
         room = f"!r{len(self.rooms)}:test"
@@ -48,11 +53,17 @@ class FakeLink:
         return room
 
     def membership(self, room_id: str, user_id: str) -> str | None:
+        if self.before is not None:
+            self.before()
+        if self.limit_membership:
+            raise LimitExceeded(self.limit_membership.pop(0))
         if room_id in self.gone:
             raise RoomGone(room_id)
         return self.rooms.get(room_id, {}).get(user_id)
 
     def send(self, room_id: str, content: Mapping[str, Any], txn: str) -> str:
+        if self.before is not None:
+            self.before()
         if self.limit_next:
             raise LimitExceeded(self.limit_next.pop(0))
         if room_id in self.gone:
@@ -156,6 +167,57 @@ def test_a_rate_limit_is_waited_out_within_the_deadline() -> None:
                          remaining_s=100)
     assert failed == [] and counts["sent"] == 3 and counts["rate-limited"] == 2
     assert clock.slept == [0.5, 1.5]
+
+
+def test_a_limit_on_the_membership_check_is_waited_out_too() -> None:
+    # a limit on "is the person still in the room" failed the whole batch back to the
+    # queue, using up a receive of every record, where a limit on a send is waited out
+    link, _, notifier, clock = make()
+    once = MemoryOnce()
+    run(notifier, [body(0, ["@ann:x"])], once)  # ann has a room
+    link.limit_membership = [0.5]
+    counts, failed = run(notifier, [body(1, ["@ann:x"]), body(2, ["@ann:x"])], once,
+                         remaining_s=100)
+    assert failed == [] and counts["sent"] == 2 and counts["rate-limited"] == 1
+    assert clock.slept == [0.5]
+    link.limit_membership = [60.0]  # too long to wait: the batch goes back, in order
+    counts, failed = run(notifier, [body(3, ["@ann:x"]), body(4, ["@ann:x"])], once,
+                         remaining_s=30)
+    assert failed == [0, 1] and counts["sent"] == 0
+
+
+def test_a_slow_homeserver_sends_the_rest_back_before_the_deadline() -> None:
+    """Notices are started only while the invocation has time for one: a batch of 100
+    notices at 2 s a request, in a 280 s invocation, ends before Lambda would kill it."""
+    from fmn.delivery import matrix
+    from fmn.delivery.matrix_client import REQUEST_TIMEOUT_S
+
+    assert matrix.ITEM_MARGIN_S >= 3 * REQUEST_TIMEOUT_S
+    link, rooms, notifier, clock = make()
+    people = [f"@p{i}:x" for i in range(100)]
+    for person in people:
+        rooms.put(person, link.create_direct_room(person))
+        link.rooms[rooms.get(person) or ""][person] = "join"
+    link.before = lambda: setattr(clock, "now", clock.now + 2.0)
+    clock.now = 0.0
+    bodies = [body(r, people[r * 10:(r + 1) * 10]) for r in range(10)]
+    counts, failed = run_timed(notifier, bodies, MemoryOnce(), lambda: 280 - clock.now)
+    assert clock.now <= 280 - matrix.ITEM_MARGIN_S + 4  # the last notice: two requests
+    assert failed and failed == list(range(failed[0], 10))  # the rest, in order
+    assert 0 < len(link.sent) < 100 and counts["sent"] <= len(link.sent)
+
+
+def run_timed(notifier: MatrixNotifier, bodies: list[str], once: MemoryOnce,
+              remaining_s: Any) -> tuple[Counter[str], list[int]]:
+    plan = notifier.batch(bodies, remaining_s)
+    counts: Counter[str] = Counter()
+    failed = []
+    for i, b in enumerate(bodies):
+        try:
+            counts.update(plan(b, notifier, once, lambda *_: None))
+        except RetryableError:
+            failed.append(i)
+    return counts, failed
 
 
 def test_a_limit_too_long_for_the_deadline_returns_the_rest_in_order() -> None:

@@ -56,7 +56,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
@@ -74,6 +74,13 @@ from fmn.errors import PermanentError, Postponed, RetryableError
 
 if TYPE_CHECKING:
     from fmn.delivery.once import Once
+
+#: Start no notice with less time left in the invocation: one notice may take three
+#: requests (is the person still in the room, a new room, the send), each up to the
+#: client's timeout (:data:`fmn.delivery.matrix_client.REQUEST_TIMEOUT_S`).
+ITEM_MARGIN_S = 60.0
+
+T = TypeVar("T")
 
 #: The most bytes of a message's summary in one notice (events may be 64 KiB; a
 #: notification is a glance, and its link has the rest).
@@ -270,8 +277,9 @@ class MatrixNotifier:
         """The person's direct room: remembered and still theirs, or a new one."""
         room = self.rooms.get(user_id)
         if room is not None and user_id not in self._checked:
-            try:
-                state = self.link.membership(room, user_id)
+            known = room
+            try:  # a limit on this check is waited out like one on a send
+                state = self._retrying(lambda: self.link.membership(known, user_id))
             except RoomGone:
                 state = None
             if state in ("join", "invite"):
@@ -291,7 +299,7 @@ class MatrixNotifier:
 
     # -- sending ---------------------------------------------------------------
 
-    def _retrying(self, call: Callable[[], str]) -> str:
+    def _retrying(self, call: Callable[[], T]) -> T:
         while True:
             try:
                 return call()
@@ -365,6 +373,10 @@ class RoomsLimited(Postponed):
 class MatrixBatch:
     """Delivers the records of one planned batch; the ``deliver`` of the sender function.
 
+    No notice is started within :data:`ITEM_MARGIN_S` of the invocation's deadline
+    (at most half the time it started with): the rest of the batch goes back to the
+    queue as fresh messages (:class:`~fmn.errors.Postponed`), in order.
+
     Counts ``sent``, ``summarised``, ``duplicate``, ``dead-lettered``,
     ``summary-notices``, ``rooms-created`` and ``rate-limited``.  After a
     record fails for want of time (a rate limit too long to wait out), every
@@ -378,6 +390,9 @@ class MatrixBatch:
     def __init__(self, notifier: MatrixNotifier, plan: BatchPlan) -> None:
         self.notifier = notifier
         self.plan = plan
+        remaining = notifier.remaining_s
+        #: start no notice with less time left than this (None: no deadline)
+        self.margin_s = min(ITEM_MARGIN_S, remaining() / 2) if remaining else None
         self.halted: RetryableError | None = None
         #: the room-creation limit met in this batch, and the people whose records wait
         self.rooms_limited: RoomsLimited | None = None
@@ -404,6 +419,11 @@ class MatrixBatch:
         counts: Counter[str] = Counter()
         try:
             for item in items:
+                remaining = self.notifier.remaining_s
+                if self.margin_s is not None and remaining and remaining() < self.margin_s:
+                    # a slow homeserver made the batch longer than the invocation
+                    raise Postponed("Matrix sender out of time for this batch: the rest "
+                                    "comes back (what was sent is remembered)")
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
         except RoomsLimited as exc:
