@@ -213,6 +213,29 @@ def test_a_batch_that_runs_out_of_time_leaves_the_rest_for_later() -> None:
     assert failed == [1, 2] and counts == Counter(sent=1)
 
 
+def test_no_item_starts_with_less_time_left_than_the_link_may_block() -> None:
+    # one send may reconnect: a silent server's PING check, a connection, its
+    # registration and a stalled write, a minute with the defaults; a 10 s margin let
+    # that run past the invocation's deadline and fail the whole batch
+    from fmn.delivery.irc_client import IrcClientLink, IrcServer, TokenBucket
+
+    real = IrcClientLink(IrcServer("irc.example", 6667, "fmn"), TokenBucket(5, 2.0))
+    assert real.longest_send_s == 5 + 10 + 15 + 30
+    link = MemoryIrcLink()
+    link.longest_send_s = real.longest_send_s
+    s = Sender(link)
+    left = iter([280.0, 100.0, 59.0])
+    counts, failed = s.run([body("m1", ["alice"]), body("m2", ["bob"]), body("m3", ["carol"])],
+                           remaining_s=lambda: next(left))
+    assert failed == [2] and counts == Counter(sent=2)
+    # a short invocation still gets work done: at most half its time is kept back
+    s = Sender(link)
+    left = iter([40.0, 21.0, 19.0])
+    counts, failed = s.run([body("m4", ["alice"]), body("m5", ["bob"]), body("m6", ["carol"])],
+                           remaining_s=lambda: next(left))
+    assert failed == [2] and counts == Counter(sent=2)
+
+
 def test_hostile_content_reaches_the_link_only_as_safe_lines() -> None:
     s = Sender()
     hostile = "\x1b[31mx\r\nQUIT :bye\r\n\x01ACTION\x01 <b>" + "z" * 10_000

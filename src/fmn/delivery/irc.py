@@ -295,8 +295,10 @@ class BatchDelivery:
     ``offline`` (recipients the server said were not there; not retried).
     """
 
-    #: Stop starting items this close to the deadline: an invocation killed
-    #: mid-send would fail its whole batch and leave its item in progress.
+    #: Stop starting items this close to the deadline: an invocation killed mid-send
+    #: would fail its whole batch and leave its item in progress.  Longer when the
+    #: link's longest send is (a reconnect's timeouts), up to half the time the
+    #: invocation started with.
     deadline_margin_s = 10.0
 
     def __init__(self, notifier: IrcNotifier, plan: BatchPlan,
@@ -304,6 +306,16 @@ class BatchDelivery:
         self.notifier = notifier
         self.plan = plan
         self.remaining_s = remaining_s
+        self._margin_s: float | None = None
+
+    def _out_of_time(self) -> bool:
+        if self.remaining_s is None:
+            return False
+        left = self.remaining_s()
+        if self._margin_s is None:  # the first item: the time the invocation started with
+            longest = min(self.notifier.link.longest_send_s, left / 2)
+            self._margin_s = max(self.deadline_margin_s, longest)
+        return left < self._margin_s
 
     def __call__(self, body: str, send: Send, once: Once,
                  dead_letter: DeadLetter) -> Counter[str]:
@@ -311,7 +323,7 @@ class BatchDelivery:
         counts: Counter[str] = Counter()
         try:
             for item in deliveries(body, "irc"):
-                if self.remaining_s is not None and self.remaining_s() < self.deadline_margin_s:
+                if self._out_of_time():
                     # The flood limit made the batch longer than the invocation: the
                     # rest comes back (what was sent is remembered).
                     raise Postponed("IRC sender out of time for this batch")

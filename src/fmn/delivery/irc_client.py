@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 
 class IrcLink(Protocol):
+    #: the longest one ``send`` can block (a reconnect, then a stalled write): the
+    #: sender starts no item with less time than this left in its invocation
+    longest_send_s: float
+
     def send(self, nick: str, lines: Sequence[str]) -> None:
         """Write each line as ``PRIVMSG nick :line``, paced by the flood limit."""
         ...
@@ -183,6 +187,13 @@ class IrcClientLink:
         self._failures = 0
         self._retry_at = 0.0
         self._offline: list[str] = []
+
+    @property
+    def longest_send_s(self) -> float:
+        """A silent server's PING check, a new connection and its registration, and
+        one write that stalls: the most one :meth:`send` blocks before it raises."""
+        return (self.pong_timeout_s + self.connect_timeout_s + self.register_timeout_s
+                + self.io_timeout_s)
 
     @classmethod
     def from_url(cls, url: str, bucket: TokenBucket, **options: Any) -> IrcClientLink:
@@ -396,6 +407,8 @@ class IrcClientLink:
 
 class MemoryIrcLink:
     """In-memory :class:`IrcLink` for tests: records lines, can be down or miss nicks."""
+
+    longest_send_s = 0.0
 
     def __init__(self, online: Iterable[str] | None = None) -> None:
         #: (nick, line) in the order written
