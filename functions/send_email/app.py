@@ -17,7 +17,7 @@ from typing import Any, cast
 from chalice.app import Chalice, Rate
 
 from fmn.delivery.base import DeadLetter, Delivery, Send, deliver_payload
-from fmn.delivery.edge import SenderFunction
+from fmn.delivery.edge import SenderFunction, Watched
 from fmn.delivery.email_sender import EmailSender
 from fmn.delivery.once import Once
 from fmn.errors import RetryableError
@@ -105,7 +105,9 @@ def deliver(body: str, send: Send, once: Once, dead_letter: DeadLetter) -> Count
     counts = deliver_payload(body, "email", send, once, dead_letter)
     try:  # ``send`` may be the deadline's watch around the sender: ask the sender itself
         sender = cast(EmailSender, function.get("send"))
-        counts.update(sender.flush_ready(once, dead_letter))
+        # the digests that reached their count, while the invocation has time for them
+        out_of_time = send.out_of_time if isinstance(send, Watched) else None
+        counts.update(sender.flush_ready(once, dead_letter, out_of_time))
     except RetryableError as exc:  # the schedule sends it later; the items are safe
         function.logger.warning("digest not sent yet", extra={"error": str(exc)[:300]})
     return counts
@@ -131,7 +133,8 @@ def flush_digests_now(context: Any = None) -> int:
         except RetryableError as exc:
             function.logger.warning("digest store generation not checked",
                                     extra={"error": str(exc)[:300]})
-    counts = sender.flush_due(function.once, function.dead_letter)
+    counts = sender.flush_due(function.once, function.dead_letter,
+                              function.out_of_time(context))
     function.count(counts)
     return counts["digested"]
 

@@ -237,6 +237,42 @@ def test_a_refused_digest_counts_as_dead_lettered_not_as_digested(
     assert env.sink.messages == []
 
 
+def test_digests_full_after_a_record_wait_once_the_invocation_is_out_of_time(
+        env: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests a record fills go out after its items, while the invocation has time:
+    here each mail takes 10 s of a 100 s invocation, which starts nothing in its last
+    25 s.  The rest stays due, and the schedule's flush sends it, each digest once."""
+    from types import SimpleNamespace as Context
+
+    from fmn import db
+    from fmn.prefs import Destination, Digest, User
+
+    url = f"sqlite:///{tmp_path / 'prefs.sqlite'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    people = [f"p{i}" for i in range(12)]
+    for person in people:
+        db.save_user(engine, User(person, True, (Destination(
+            "d9", "email", f"{person}@example.org", True, Digest(3600, 1)),)))
+    monkeypatch.setenv("FMN_DATABASE_URL", url)
+    env.app.reset()
+    late = Context(**{**vars(context("send_email")),
+                      "get_remaining_time_in_millis": lambda: 100_000 - 10_000 * env.sink.count})
+    body = payload("email", [note(p, f"{p}@example.org", "d9", digest=(3600, 1))
+                             for p in people], id=mid(env))
+    result = env.app.handle_email(sqs_event([body], f"fmn-t{env.tag}-email"), late)
+    assert result == {"batchItemFailures": []}
+    assert env.sink.count == 8  # the ninth would have started with 20 s left
+    left = iter([60_000] + [10_000] * 100)  # the schedule's run watches its deadline too
+    ending = Context(**{**vars(context("send_email")),
+                        "get_remaining_time_in_millis": lambda: next(left)})
+    assert env.app.flush_digests_now(ending) == 0 and env.sink.count == 8
+    assert env.app.flush_digests_now(context("send_email")) == 4
+    got = sorted(r.rcpt_tos[0] for r in env.sink.wait_for(12))
+    assert got == sorted(f"{p}@example.org" for p in people)
+    assert env.app.flush_digests_now(context("send_email")) == 0
+
+
 def test_a_redriven_dead_letter_is_sent_once_the_relay_is_fixed(env: SimpleNamespace) -> None:
     env.sink.refuse["gone@example.org"] = "550 5.1.1 mailbox unavailable"
     body = payload("email", [note("bob", "bob@example.org"), note("gone", "gone@example.org")],

@@ -310,12 +310,19 @@ def check_generation(store: DigestStore, remembered: tuple[str, int] | None,
 SendDigest = Callable[[Sequence[Delivery], int], None]
 
 
+#: Whether the invocation is too near its deadline to start another digest.
+OutOfTime = Callable[[], bool]
+
+
 def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
-          dead_letter: DeadLetter) -> Counter[str]:
+          dead_letter: DeadLetter, out_of_time: OutOfTime | None = None) -> Counter[str]:
     """Send the destination's digest batches until none is left; notifications
-    ``digested`` (sent in a digest) and ``dead-lettered``."""
+    ``digested`` (sent in a digest) and ``dead-lettered``.  Once ``out_of_time``, no
+    batch is claimed: the rest stays due, for the next flush."""
     counts: Counter[str] = Counter()
     while True:
+        if out_of_time is not None and out_of_time():
+            return counts
         claimed = store.claim(dk, now)
         if claimed is None:
             return counts
@@ -361,7 +368,8 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
 
 
 def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
-              dead_letter: DeadLetter) -> Counter[str]:
+              dead_letter: DeadLetter, out_of_time: OutOfTime | None = None
+              ) -> Counter[str]:
     """Send every digest due by ``now`` (the schedule's job); what :func:`flush` counts.
 
     One destination failing, for whatever reason (its server away, its batch
@@ -371,8 +379,10 @@ def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
     """
     counts: Counter[str] = Counter()
     for dk in store.due(now):
+        if out_of_time is not None and out_of_time():
+            break  # the rest stays due: the next run sends it
         try:
-            counts += flush(store, dk, now, send, once, dead_letter)
+            counts += flush(store, dk, now, send, once, dead_letter, out_of_time)
         except RetryableError as exc:
             log.warning("digest of %s not sent yet: %s", dk[:200], exc)
         except Exception:  # one destination's fault, never every other digest's

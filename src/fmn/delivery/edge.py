@@ -165,9 +165,9 @@ class SenderFunction:
         self.begin(context)
         once, send = self.once, self.get("send")
         redelivery: Redelivery = self.get("redelivery")
-        out_of_time = self._deadline(context)
+        out_of_time = self.out_of_time(context)
         if out_of_time is not None:
-            send = _watching(send, out_of_time)
+            send = Watched(send, out_of_time)
 
         def record_handler(record: Any) -> None:
             message_id, sent_at = _message_of(record.body)
@@ -238,7 +238,7 @@ class SenderFunction:
             self.record_latency(latencies)
             self.logger.set_correlation_id(None)
 
-    def _deadline(self, context: Any) -> Callable[[], bool] | None:
+    def out_of_time(self, context: Any) -> Callable[[], bool] | None:
         """Whether the invocation is within the margin of its deadline (None: not watched).
 
         The margin is at most half the time the invocation starts with, so a
@@ -267,16 +267,19 @@ class SenderFunction:
             emf.flush(self.metrics)
 
 
-def _watching(send: Send, out_of_time: Callable[[], bool]) -> Send:
+class Watched:
     """``send``, refusing to start an item once out of time (:class:`Postponed`: nothing is
-    remembered for it, and the record goes back on its queue)."""
+    remembered for it, and the record goes back on its queue).  A ``deliver`` that does
+    more than send items (the email sender's digests) asks :attr:`out_of_time` too."""
 
-    def watched(item: Delivery) -> str | None:
-        if out_of_time():
+    def __init__(self, send: Send, out_of_time: Callable[[], bool]) -> None:
+        self.send = send
+        self.out_of_time = out_of_time
+
+    def __call__(self, item: Delivery) -> str | None:
+        if self.out_of_time():
             raise Postponed(f"{item.backend} sender out of time: the record's rest comes back")
-        return send(item)
-
-    return watched
+        return self.send(item)
 
 
 def _message_of(body: str) -> tuple[str | None, list[str]]:

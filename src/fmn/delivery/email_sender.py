@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
 from fmn.delivery.base import DeadLetter, Delivery
-from fmn.delivery.digest import DigestStore, destination_key, flush, flush_due
+from fmn.delivery.digest import DigestStore, OutOfTime, destination_key, flush, flush_due
 from fmn.delivery.email import check_sender, render, render_digest
 from fmn.delivery.mailers import Mailer
 from fmn.delivery.once import Once
@@ -98,23 +98,29 @@ class EmailSender:
             items, sender=self.sender, web_url=self.web_url, list_id=self.list_id,
             unsubscribe_url=self.unsubscribe_url(first.user, first.destination), more=more))
 
-    def flush_ready(self, once: Once, dead_letter: DeadLetter) -> Counter[str]:
+    def flush_ready(self, once: Once, dead_letter: DeadLetter,
+                    out_of_time: OutOfTime | None = None) -> Counter[str]:
         """Send the digests that reached their count; notifications ``digested`` and
-        ``dead-lettered``."""
+        ``dead-lettered``.  Once ``out_of_time`` it starts no digest: what is left is
+        due, and the next flush (this one's next call, or the schedule's) sends it."""
         counts: Counter[str] = Counter()
         if self.digests is None:
             return counts
-        while True:
+        while out_of_time is None or not out_of_time():
             try:  # shared by the local runner's threads: another may take the last one
                 dk = self._ready.pop()
             except KeyError:
                 return counts
             counts += flush(self.digests, dk, self.clock(), self.send_digest, once,
-                            dead_letter)
+                            dead_letter, out_of_time)
+        return counts
 
-    def flush_due(self, once: Once, dead_letter: DeadLetter) -> Counter[str]:
+    def flush_due(self, once: Once, dead_letter: DeadLetter,
+                  out_of_time: OutOfTime | None = None) -> Counter[str]:
         """Send every digest that is due (interval passed, count reached, or a batch
-        left unfinished); notifications ``digested`` and ``dead-lettered``."""
+        left unfinished), none once ``out_of_time``; notifications ``digested`` and
+        ``dead-lettered``."""
         if self.digests is None:
             return Counter()
-        return flush_due(self.digests, self.clock(), self.send_digest, once, dead_letter)
+        return flush_due(self.digests, self.clock(), self.send_digest, once, dead_letter,
+                         out_of_time)
