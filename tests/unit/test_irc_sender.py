@@ -221,6 +221,8 @@ def test_no_item_starts_with_less_time_left_than_the_link_may_block() -> None:
 
     real = IrcClientLink(IrcServer("irc.example", 6667, "fmn"), TokenBucket(5, 2.0))
     assert real.longest_send_s == 5 + 10 + 15 + 30
+    tls = IrcClientLink(IrcServer("irc.example", 6697, "fmn", tls=True), TokenBucket(5, 2.0))
+    assert tls.longest_send_s == 5 + 10 + 10 + 15 + 30  # the handshake: the connect timeout
     link = MemoryIrcLink()
     link.longest_send_s = real.longest_send_s
     s = Sender(link)

@@ -190,10 +190,13 @@ class IrcClientLink:
 
     @property
     def longest_send_s(self) -> float:
-        """A silent server's PING check, a new connection and its registration, and
-        one write that stalls: the most one :meth:`send` blocks before it raises."""
-        return (self.pong_timeout_s + self.connect_timeout_s + self.register_timeout_s
-                + self.io_timeout_s)
+        """A silent server's PING check, a new connection (and its TLS handshake, which
+        runs under the connection's timeout) and its registration, and one write that
+        stalls: the most one :meth:`send` blocks before it raises, for a host name
+        with one address (``create_connection`` tries each address in turn)."""
+        handshake = self.connect_timeout_s if self.server.tls else 0.0
+        return (self.pong_timeout_s + self.connect_timeout_s + handshake
+                + self.register_timeout_s + self.io_timeout_s)
 
     @classmethod
     def from_url(cls, url: str, bucket: TokenBucket, **options: Any) -> IrcClientLink:
