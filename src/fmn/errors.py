@@ -15,6 +15,8 @@ the text of an exception.
 
 from __future__ import annotations
 
+from collections import Counter
+
 
 class FmnError(Exception):
     """Base of every error the project raises on purpose."""
@@ -50,6 +52,9 @@ class Postponed(RetryableError):
     def __init__(self, detail: str, delay_s: float = 0.0) -> None:
         super().__init__(detail)
         self.delay_s = delay_s
+        #: what the record's delivery did before it was postponed (``sent``...): the
+        #: edge counts it, since a record that comes back finds those items done
+        self.done: Counter[str] = Counter()
 
 
 class InvalidMessage(PermanentError):

@@ -300,6 +300,29 @@ CONTEXT = SimpleNamespace(function_name="send_irc", memory_limit_in_mb=256,
                           aws_request_id="req-1", get_remaining_time_in_millis=lambda: 200_000)
 
 
+def test_what_a_record_sent_before_it_ran_out_of_time_is_counted_sent(
+        app: ModuleType) -> None:
+    # the record goes back, and its sent items come back as duplicates: counted only
+    # then, Sent would miss them and Duplicate hold them
+    link = MemoryIrcLink()
+    sqs = wire(app, link)
+    # time runs out once the first line is written (ms, as Lambda's context says)
+    late = SimpleNamespace(**{**vars(CONTEXT), "get_remaining_time_in_millis":
+                              lambda: 5_000 if link.sent else 200_000})
+    before = Counter(app.totals)
+    assert app.handle_irc(event([body("m1", ["alice", "bob", "carol"])]), late) \
+        == {"batchItemFailures": []}
+    (requeued,) = sqs.sent  # the rest of the record, as a fresh message
+    counted = Counter(app.totals)
+    counted.subtract(before)
+    assert len(link.sent) == 1 and counted["sent"] == 1 and counted["postponed"] == 1
+    app.handle_irc(event([requeued["MessageBody"]]), CONTEXT)
+    counted = Counter(app.totals)
+    counted.subtract(before)
+    assert len(link.sent) == 3 and counted["sent"] == 3 and counted["duplicate"] == 1
+    app.reset()
+
+
 def test_the_handler_is_chalice_wired_to_the_irc_queue(app: ModuleType) -> None:
     (source,) = app.app.event_sources
     assert source.queue.endswith("irc") and source.batch_size == 10

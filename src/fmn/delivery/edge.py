@@ -185,6 +185,10 @@ class SenderFunction:
                 if done.get("sent"):
                     latencies.extend(ms for ms in map(_since_ms, sent_at) if ms is not None)
             except Postponed as exc:
+                # what the record did before is done, and counted: it is skipped later
+                counts.update(exc.done)
+                if exc.done.get("sent"):
+                    latencies.extend(ms for ms in map(_since_ms, sent_at) if ms is not None)
                 # the rest waits as a fresh message: waiting uses up no receive
                 try:
                     requeued = redelivery.postpone(record.raw_event, str(exc), exc.delay_s)

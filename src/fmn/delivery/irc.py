@@ -321,6 +321,7 @@ class BatchDelivery:
                  dead_letter: DeadLetter) -> Counter[str]:
         # ``send`` is the function's send, i.e. self.notifier: the plan needs its summaries.
         counts: Counter[str] = Counter()
+        postponed: Postponed | None = None
         try:
             for item in deliveries(body, "irc"):
                 if self._out_of_time():
@@ -329,10 +330,15 @@ class BatchDelivery:
                     raise Postponed("IRC sender out of time for this batch")
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
+        except Postponed as exc:
+            postponed = exc
+            raise
         finally:
             offline = self.notifier.link.offline()
             if offline:
                 counts["offline"] += len(offline)
+            if postponed is not None:  # what went before it is counted all the same
+                postponed.done.update(counts)
         return counts
 
     def _one(self, item: Delivery, once: Once, dead_letter: DeadLetter) -> list[str]:

@@ -23,8 +23,8 @@ and the memory of each person's room the :class:`RoomStore` port
   remembered, and the notice goes there.
 * **Rate limits.**  ``M_LIMIT_EXCEEDED`` is :class:`LimitExceeded` with the
   server's ``retry_after_ms``.  The notifier waits that long and tries again
-  while the invocation has time for it (``remaining_s`` minus
-  :attr:`MatrixNotifier.deadline_margin_s`); otherwise it raises
+  while the invocation has time for it (``remaining_s`` minus the time kept
+  back, :attr:`MatrixNotifier.margin_s`); otherwise it raises
   :class:`~fmn.errors.Postponed`, so the record (and every later one of the
   batch, to keep each room in order) goes back to the queue as a fresh
   message, visible once the limit has passed (SQS delays up to 15 minutes),
@@ -36,6 +36,11 @@ and the memory of each person's room the :class:`RoomStore` port
   else's: when only creations are limited (:class:`RoomsLimited`), records
   for people who have a room go on, and only those for people without one,
   or for someone whose record went back, wait.
+* **Time.**  No request starts with less than :attr:`MatrixNotifier.margin_s`
+  left in the invocation (10 s plus the link's longest request, up to half
+  the time the invocation started with): a slow homeserver makes the batch
+  go back in order (:class:`OutOfTime`, a Postponed), never run past the
+  deadline, where Lambda would end it and every record would spend a receive.
 * **Twice.**  Each notice is sent with a transaction id derived from the
   notification's idempotency key and the room, so a send whose answer was
   lost and that is retried is stored once by the homeserver.
@@ -74,11 +79,6 @@ from fmn.errors import PermanentError, Postponed, RetryableError
 
 if TYPE_CHECKING:
     from fmn.delivery.once import Once
-
-#: Start no notice with less time left in the invocation: one notice may take three
-#: requests (is the person still in the room, a new room, the send), each up to the
-#: client's timeout (:data:`fmn.delivery.matrix_client.REQUEST_TIMEOUT_S`).
-ITEM_MARGIN_S = 60.0
 
 T = TypeVar("T")
 
@@ -172,6 +172,10 @@ def txn_id(*parts: Any) -> str:
 class MatrixLink(Protocol):
     """The bot's session on a homeserver; errors are translated (module docstring)."""
 
+    #: the longest one request may block before it raises: no request starts with
+    #: less time than this left in the invocation
+    longest_request_s: float
+
     def create_direct_room(self, user_id: str) -> str:
         """A new room with ``user_id`` invited, marked direct; its room id."""
         ...
@@ -251,7 +255,9 @@ class MatrixNotifier:
     into the function's metrics.
     """
 
-    #: Do not start waiting out a rate limit this close to the invocation's deadline.
+    #: Start no request, and no wait for a rate limit, this close to the invocation's
+    #: deadline, plus the link's longest request (up to half the time the invocation
+    #: started with, never less than this): the rest goes back (:class:`OutOfTime`).
     deadline_margin_s = 10.0
     #: Outside an invocation (no deadline), the longest single wait.
     max_wait_s = 30.0
@@ -265,8 +271,9 @@ class MatrixNotifier:
         self.recent = RecentLines(per_user, window_s, fold=fold, clock=clock)
         self.sleep = sleep
         self.stats: Counter[str] = Counter()
-        #: seconds left in the current invocation (set per batch)
+        #: seconds left in the current invocation, and the time kept back (set per batch)
         self.remaining_s: Callable[[], float] | None = None
+        self.margin_s = self.deadline_margin_s
         #: people whose room was checked in this batch
         self._checked: set[str] = set()
         self._lock = threading.RLock()
@@ -290,6 +297,8 @@ class MatrixNotifier:
         if room is None:
             try:
                 room = self._retrying(lambda: self.link.create_direct_room(user_id))
+            except OutOfTime:
+                raise
             except Postponed as exc:  # the bot's room creations, not its sends, are limited
                 raise RoomsLimited(str(exc), exc.delay_s) from exc
             self.rooms.put(user_id, room)
@@ -300,12 +309,18 @@ class MatrixNotifier:
     # -- sending ---------------------------------------------------------------
 
     def _retrying(self, call: Callable[[], T]) -> T:
+        """One request, rate limits waited out while the invocation has time."""
         while True:
+            if self.remaining_s is not None and self.remaining_s() < self.margin_s:
+                # a slow homeserver made the batch longer than the invocation: a
+                # request started now could still run when Lambda ends it
+                raise OutOfTime("Matrix sender out of time for this batch: the rest comes "
+                                "back (what was sent is remembered)")
             try:
                 return call()
             except LimitExceeded as exc:
                 self.stats["rate-limited"] += 1
-                left = (self.remaining_s() - self.deadline_margin_s if self.remaining_s
+                left = (self.remaining_s() - self.margin_s if self.remaining_s
                         else self.max_wait_s)
                 if exc.retry_after_s > left:
                     # not a failure: the homeserver says "later", as IRC's flood limit
@@ -361,8 +376,17 @@ class MatrixNotifier:
         with self._lock:
             self._checked.clear()
             self.remaining_s = remaining_s
+            self.margin_s = self.deadline_margin_s
+            if remaining_s is not None:
+                kept = min(self.deadline_margin_s + self.link.longest_request_s,
+                           remaining_s() / 2)
+                self.margin_s = max(self.deadline_margin_s, kept)
         plan = plan_batch(items, self.recent.allowance, valid=valid_user_id, fold=fold)
         return MatrixBatch(self, plan)
+
+
+class OutOfTime(Postponed):
+    """Too little of the invocation is left to start a request to the homeserver."""
 
 
 class RoomsLimited(Postponed):
@@ -373,9 +397,9 @@ class RoomsLimited(Postponed):
 class MatrixBatch:
     """Delivers the records of one planned batch; the ``deliver`` of the sender function.
 
-    No notice is started within :data:`ITEM_MARGIN_S` of the invocation's deadline
-    (at most half the time it started with): the rest of the batch goes back to the
-    queue as fresh messages (:class:`~fmn.errors.Postponed`), in order.
+    No request starts within :attr:`MatrixNotifier.margin_s` of the invocation's
+    deadline: the rest of the batch goes back to the queue as fresh messages
+    (:class:`OutOfTime`), in order, and what a record sent before is counted.
 
     Counts ``sent``, ``summarised``, ``duplicate``, ``dead-lettered``,
     ``summary-notices``, ``rooms-created`` and ``rate-limited``.  After a
@@ -390,9 +414,6 @@ class MatrixBatch:
     def __init__(self, notifier: MatrixNotifier, plan: BatchPlan) -> None:
         self.notifier = notifier
         self.plan = plan
-        remaining = notifier.remaining_s
-        #: start no notice with less time left than this (None: no deadline)
-        self.margin_s = min(ITEM_MARGIN_S, remaining() / 2) if remaining else None
         self.halted: RetryableError | None = None
         #: the room-creation limit met in this batch, and the people whose records wait
         self.rooms_limited: RoomsLimited | None = None
@@ -417,26 +438,25 @@ class MatrixBatch:
             raise Postponed(f"waits for a room, or for an earlier record of the same person "
                             f"that went back: {self.rooms_limited}", self.rooms_limited.delay_s)
         counts: Counter[str] = Counter()
+        postponed: Postponed | None = None
         try:
             for item in items:
-                remaining = self.notifier.remaining_s
-                if self.margin_s is not None and remaining and remaining() < self.margin_s:
-                    # a slow homeserver made the batch longer than the invocation
-                    raise Postponed("Matrix sender out of time for this batch: the rest "
-                                    "comes back (what was sent is remembered)")
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
         except RoomsLimited as exc:
-            self.rooms_limited = exc
+            self.rooms_limited = postponed = exc
             self.waiting |= {fold(p) for p in people}
             raise
         except RetryableError as exc:
             self.halted = exc
+            postponed = exc if isinstance(exc, Postponed) else None
             raise
         finally:
             with self.notifier._lock:
                 counts.update(self.notifier.stats)
                 self.notifier.stats.clear()
+            if postponed is not None:  # what went before it is counted all the same
+                postponed.done.update(counts)
         return counts
 
     def _must_wait(self, people: set[str]) -> bool:

@@ -64,6 +64,9 @@ def _raise_for(resp: Any, what: str) -> None:
 class NioLink:
     """A bot's Matrix session (homeserver URL and access token)."""
 
+    #: a request is given up after twice the client's own timeout (:meth:`_run`)
+    longest_request_s = 2 * REQUEST_TIMEOUT_S
+
     def __init__(self, homeserver: str, access_token: str) -> None:
         if not access_token:
             raise ValueError("the Matrix bot needs an access token (FMN_MATRIX_TOKEN)")
