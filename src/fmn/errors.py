@@ -27,7 +27,15 @@ class PermanentError(FmnError):
 
 
 class RetryableError(FmnError):
-    """A dependency failed; the same input may succeed later."""
+    """A dependency failed; the same input may succeed later.
+
+    ``done`` is what a record's delivery did before this stopped it (``sent``...):
+    the edge counts it, since when the record comes back those items are skipped
+    as done."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.done: Counter[str] = Counter()
 
 
 class Deferred(RetryableError):
@@ -52,9 +60,6 @@ class Postponed(RetryableError):
     def __init__(self, detail: str, delay_s: float = 0.0) -> None:
         super().__init__(detail)
         self.delay_s = delay_s
-        #: what the record's delivery did before it was postponed (``sent``...): the
-        #: edge counts it, since a record that comes back finds those items done
-        self.done: Counter[str] = Counter()
 
 
 class InvalidMessage(PermanentError):

@@ -323,6 +323,20 @@ def test_what_a_record_sent_before_it_ran_out_of_time_is_counted_sent(
     app.reset()
 
 
+def test_what_a_failed_record_sent_before_is_counted_sent(app: ModuleType) -> None:
+    link = MemoryIrcLink()
+    wire(app, link)
+    link.fail_after = 1  # the connection drops after the first line
+    before = Counter(app.totals)
+    with pytest.raises(BatchProcessingError):  # its one record failed: it comes back
+        app.handle_irc(event([body("m1", ["alice", "bob"])]), CONTEXT)
+    counted = Counter(app.totals)
+    counted.subtract(before)
+    assert len(link.sent) == 1 and counted["sent"] == 1  # alice's line went
+    assert counted["RetryableFailures"] == 1
+    app.reset()
+
+
 def test_the_handler_is_chalice_wired_to_the_irc_queue(app: ModuleType) -> None:
     (source,) = app.app.event_sources
     assert source.queue.endswith("irc") and source.batch_size == 10

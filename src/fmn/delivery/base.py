@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmn.delivery.once import Once
-from fmn.errors import Deferred, PermanentError, Postponed, RetryableError
+from fmn.errors import Deferred, PermanentError, RetryableError
 from fmn.pipeline.notifications import unpack_all
 from fmn.prefs import Digest
 
@@ -213,10 +213,11 @@ def deliver_payload(body: str | bytes, backend: str, send: Send, once: Once,
         except Deferred as exc:
             counts["deferred"] += 1
             deferred = deferred or exc
-        except Postponed as exc:  # out of time: what went before it is counted all the same
+        except RetryableError as exc:  # what went before it is counted all the same
             exc.done.update(counts)
             raise
     if deferred is not None:
+        deferred.done.update(counts)
         raise deferred
     return counts
 

@@ -216,6 +216,8 @@ class SenderFunction:
                         from dlq_failed
             except Exception as exc:
                 counts["RetryableFailures"] += 1
+                if isinstance(exc, RetryableError):  # what went before it: done, counted
+                    counts.update(exc.done)
                 self.logger.warning("record failed", extra={
                     "sqs_message_id": record.message_id, "failure": "retryable",
                     "error": str(exc)[:500]})

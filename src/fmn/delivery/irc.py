@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from fmn.delivery.backlog import BatchPlan, RecentLines, plan_batch
 from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries
 from fmn.delivery.text import clean
-from fmn.errors import PermanentError, Postponed
+from fmn.errors import PermanentError, Postponed, RetryableError
 
 if TYPE_CHECKING:
     from fmn.delivery.irc_client import IrcLink
@@ -321,7 +321,7 @@ class BatchDelivery:
                  dead_letter: DeadLetter) -> Counter[str]:
         # ``send`` is the function's send, i.e. self.notifier: the plan needs its summaries.
         counts: Counter[str] = Counter()
-        postponed: Postponed | None = None
+        stopped: RetryableError | None = None
         try:
             for item in deliveries(body, "irc"):
                 if self._out_of_time():
@@ -330,15 +330,15 @@ class BatchDelivery:
                     raise Postponed("IRC sender out of time for this batch")
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
-        except Postponed as exc:
-            postponed = exc
+        except RetryableError as exc:  # out of time, or the server away
+            stopped = exc
             raise
         finally:
             offline = self.notifier.link.offline()
             if offline:
                 counts["offline"] += len(offline)
-            if postponed is not None:  # what went before it is counted all the same
-                postponed.done.update(counts)
+            if stopped is not None:  # what went before it is counted all the same
+                stopped.done.update(counts)
         return counts
 
     def _one(self, item: Delivery, once: Once, dead_letter: DeadLetter) -> list[str]:

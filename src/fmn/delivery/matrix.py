@@ -438,25 +438,24 @@ class MatrixBatch:
             raise Postponed(f"waits for a room, or for an earlier record of the same person "
                             f"that went back: {self.rooms_limited}", self.rooms_limited.delay_s)
         counts: Counter[str] = Counter()
-        postponed: Postponed | None = None
+        stopped: RetryableError | None = None
         try:
             for item in items:
                 for outcome in self._one(item, once, dead_letter):
                     counts[outcome] += 1
         except RoomsLimited as exc:
-            self.rooms_limited = postponed = exc
+            self.rooms_limited = stopped = exc
             self.waiting |= {fold(p) for p in people}
             raise
         except RetryableError as exc:
-            self.halted = exc
-            postponed = exc if isinstance(exc, Postponed) else None
+            self.halted = stopped = exc
             raise
         finally:
             with self.notifier._lock:
                 counts.update(self.notifier.stats)
                 self.notifier.stats.clear()
-            if postponed is not None:  # what went before it is counted all the same
-                postponed.done.update(counts)
+            if stopped is not None:  # what went before it is counted all the same
+                stopped.done.update(counts)
         return counts
 
     def _must_wait(self, people: set[str]) -> bool:
