@@ -228,6 +228,35 @@ def test_a_slow_homeserver_sends_the_rest_back_before_the_deadline(limits: bool)
     assert counted["sent"] == len(link.sent) > 0
 
 
+def test_out_of_time_before_a_new_room_is_not_a_room_creation_limit() -> None:
+    # a room-creation limit lets the records of people with a room go on; running out
+    # of time must stop the batch, in order, whatever request it falls on
+    from fmn.delivery.matrix import OutOfTime
+
+    link, _, notifier, clock = make()
+    once = MemoryOnce()
+    run(notifier, [body(0, ["@ann:x"])], once)  # ann has a room, new has none
+    link.longest_request_s = 20.0
+    link.before = lambda: setattr(clock, "now", clock.now + 20.0)
+    clock.now = 0.0
+    plan = notifier.batch([body(1, ["@ann:x"]), body(2, ["@new:x"]), body(3, ["@ann:x"])],
+                          lambda: 60 - clock.now)  # 30 s kept back: one request of 20 s
+    plan(body(1, ["@ann:x"]), notifier, once, lambda *_: None)  # check and send: 40 s
+    with pytest.raises(OutOfTime):
+        plan(body(2, ["@new:x"]), notifier, once, lambda *_: None)
+    assert plan.rooms_limited is None
+    with pytest.raises(Postponed):  # the later record waits its turn
+        plan(body(3, ["@ann:x"]), notifier, once, lambda *_: None)
+
+
+def test_a_verification_code_does_not_inherit_a_batch_deadline() -> None:
+    link, _, notifier, _ = make()
+    notifier.batch([body(0, ["@ann:x"])], lambda: 0.0)  # a batch whose time is up
+    notifier.send_text("@ann:x", "your code is 123456", "t1")
+    assert link.sent[-1][1]["body"] == "your code is 123456"
+    assert notifier.remaining_s is not None  # the batch's own deadline is untouched
+
+
 def test_a_limit_too_long_for_the_deadline_returns_the_rest_in_order() -> None:
     link, _, notifier, clock = make()
     once = MemoryOnce()

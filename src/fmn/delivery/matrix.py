@@ -362,7 +362,12 @@ class MatrixNotifier:
         with self._lock:
             self._checked.discard(user_id)
             body = clean(text)
-            self.post(user_id, notice(body, html.escape(body)), ["text", txn])
+            # outside any batch: the last batch's deadline is not this call's
+            remaining, self.remaining_s = self.remaining_s, None
+            try:
+                self.post(user_id, notice(body, html.escape(body)), ["text", txn])
+            finally:
+                self.remaining_s = remaining
 
     def batch(self, bodies: Iterable[str | bytes],
               remaining_s: Callable[[], float] | None = None) -> MatrixBatch:
