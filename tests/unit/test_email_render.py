@@ -140,6 +140,9 @@ def test_clean_removes_what_changes_meaning() -> None:
     assert clean("\x1b[31mred\x1b[0m \x9b1mx") == "red x"
     assert clean("\x1b]8;;http://evil\x07link\x1b]8;;\x07") == "link"
     assert clean("abc\u202edef\u2066g\ud800") == "abcdefg\ufffd"
+    # what shows as nothing goes: a name that reads as another's is another's
+    assert clean("fedora\u200b-ad\u00admin\u2060") == "fedora-admin"
+    assert clean("\U0001f468\u200d\U0001f469") == "\U0001f468\u200d\U0001f469"  # joiners stay
     assert clean("<b>&amp;</b>") == "<b>&amp;</b>"  # HTML is escaped where HTML is made
     assert clean(None) == ""
 

@@ -6,7 +6,9 @@ any of it reaches a mail header, a mail body, an IRC line or a terminal,
 rather than shown: terminal escape sequences (ANSI CSI/OSC), C0 and C1
 control characters, DEL, IRC formatting codes, the line and paragraph
 separators U+2028/2029, bidirectional overrides and isolates (which can make
-a link read as another); lone surrogates become U+FFFD.  Line breaks and tabs become spaces, so the
+a link read as another), characters that show as nothing (a zero-width space,
+a soft hyphen: two names that read alike would differ); lone surrogates
+become U+FFFD.  Line breaks and tabs become spaces, so the
 result is always one line; :func:`shorten` then caps its length.  HTML is
 *not* touched: it is harmless in plain text and escaped by whoever renders
 HTML.
@@ -42,6 +44,12 @@ _SPACES = re.compile(r"\s+")
 #: around them as shown ("fmn\u202egpj.exe" reads "fmnexe.jpg")
 BIDI_CONTROLS: tuple[int, ...] = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
                                   *range(0x2066, 0x206A))
+#: Characters that show as nothing at all and join nothing: a soft hyphen, the
+#: Mongolian vowel separator, the zero-width space, the word joiner and the invisible
+#: operators, the interlinear annotation marks ("fedora\u200b-admin" reads as
+#: "fedora-admin").  The zero-width (non-)joiners stay: scripts and emoji need them.
+INVISIBLE: tuple[int, ...] = (0x00AD, 0x180E, 0x200B, *range(0x2060, 0x2065),
+                              *range(0xFFF9, 0xFFFC))
 
 
 def _control_table() -> dict[int, str | None]:
@@ -49,9 +57,9 @@ def _control_table() -> dict[int, str | None]:
     table.update({c: None for c in range(0x7F, 0xA0)})  # DEL and C1
     for c in "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029":  # breaks: words stay apart
         table[ord(c)] = " "
-    # Bidi marks, embeddings, overrides and isolates; the byte-order mark;
-    # the non-characters U+FFFE/U+FFFF.
-    table.update(dict.fromkeys([*BIDI_CONTROLS, 0xFEFF, 0xFFFE, 0xFFFF]))
+    # Bidi marks, embeddings, overrides and isolates; invisible characters; the
+    # byte-order mark; the non-characters U+FFFE/U+FFFF.
+    table.update(dict.fromkeys([*BIDI_CONTROLS, *INVISIBLE, 0xFEFF, 0xFFFE, 0xFFFF]))
     return table
 
 
