@@ -148,6 +148,13 @@ Send = Callable[[Delivery], str | None]
 DeadLetter = Callable[[Delivery, str], None]
 
 
+def time_kept_back(wanted_s: float, started_with_s: float, floor_s: float = 0.0) -> float:
+    """How long before its deadline an invocation starts no more work: ``wanted_s`` (the
+    longest one piece of work can block), at most half the time the invocation started
+    with, so that a short one still gets work done, and never less than ``floor_s``."""
+    return max(floor_s, min(wanted_s, started_with_s / 2))
+
+
 class Refused(Exception):
     """Why an item cannot be sent (:func:`refusal`): the reason its dead letter
     carries (:func:`dead_letter_now`)."""

@@ -31,7 +31,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fmn import emf
-from fmn.delivery.base import DeadLetter, Delivery, Send, dead_letter_body, deliver_payload
+from fmn.delivery.base import (
+    DeadLetter,
+    Delivery,
+    Send,
+    dead_letter_body,
+    deliver_payload,
+    time_kept_back,
+)
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, Postponed, RetryableError
 from fmn.message import sent_time
@@ -253,7 +260,7 @@ class SenderFunction:
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         if self.deadline_margin_s is None or remaining_ms is None:
             return None
-        margin_ms = min(self.deadline_margin_s * 1000, remaining_ms() / 2)
+        margin_ms = time_kept_back(self.deadline_margin_s * 1000, remaining_ms())
         return lambda: remaining_ms() <= margin_ms
 
     def record_latency(self, latencies: list[float]) -> None:

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fmn.delivery.backlog import BatchPlan, RecentLines, plan_batch
-from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries
+from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries, time_kept_back
 from fmn.delivery.text import clean
 from fmn.errors import PermanentError, Postponed, RetryableError
 
@@ -313,8 +313,8 @@ class BatchDelivery:
             return False
         left = self.remaining_s()
         if self._margin_s is None:  # the first item: the time the invocation started with
-            longest = min(self.notifier.link.longest_send_s, left / 2)
-            self._margin_s = max(self.deadline_margin_s, longest)
+            self._margin_s = time_kept_back(self.notifier.link.longest_send_s, left,
+                                            floor_s=self.deadline_margin_s)
         return left < self._margin_s
 
     def __call__(self, body: str, send: Send, once: Once,

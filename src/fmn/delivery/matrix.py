@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import orjson
 
 from fmn.delivery.backlog import BatchPlan, RecentLines, plan_batch
-from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries
+from fmn.delivery.base import DeadLetter, Delivery, Send, deliveries, time_kept_back
 from fmn.delivery.irc import (
     APP_MAX_BYTES,
     _rules,
@@ -383,9 +383,9 @@ class MatrixNotifier:
             self.remaining_s = remaining_s
             self.margin_s = self.deadline_margin_s
             if remaining_s is not None:
-                kept = min(self.deadline_margin_s + self.link.longest_request_s,
-                           remaining_s() / 2)
-                self.margin_s = max(self.deadline_margin_s, kept)
+                self.margin_s = time_kept_back(
+                    self.deadline_margin_s + self.link.longest_request_s, remaining_s(),
+                    floor_s=self.deadline_margin_s)
         plan = plan_batch(items, self.recent.allowance, valid=valid_user_id, fold=fold)
         return MatrixBatch(self, plan)
 
