@@ -148,6 +148,10 @@ Send = Callable[[Delivery], str | None]
 DeadLetter = Callable[[Delivery, str], None]
 
 
+#: Whether the invocation is too near its deadline to start more work (a send, a digest).
+TimeUp = Callable[[], bool]
+
+
 def time_kept_back(wanted_s: float, started_with_s: float, floor_s: float = 0.0) -> float:
     """How long before its deadline an invocation starts no more work: ``wanted_s`` (the
     longest one piece of work can block), at most half the time the invocation started

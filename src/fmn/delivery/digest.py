@@ -49,7 +49,7 @@ from typing import Any
 
 import orjson
 
-from fmn.delivery.base import DeadLetter, Delivery, from_doc, to_doc
+from fmn.delivery.base import DeadLetter, Delivery, TimeUp, from_doc, to_doc
 from fmn.delivery.once import Once
 from fmn.errors import PermanentError, Postponed, RetryableError
 
@@ -310,12 +310,8 @@ def check_generation(store: DigestStore, remembered: tuple[str, int] | None,
 SendDigest = Callable[[Sequence[Delivery], int], None]
 
 
-#: Whether the invocation is too near its deadline to start another digest.
-OutOfTime = Callable[[], bool]
-
-
 def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
-          dead_letter: DeadLetter, out_of_time: OutOfTime | None = None) -> Counter[str]:
+          dead_letter: DeadLetter, out_of_time: TimeUp | None = None) -> Counter[str]:
     """Send the destination's digest batches until none is left; notifications
     ``digested`` (sent in a digest) and ``dead-lettered``.  Once ``out_of_time``, no
     batch is claimed: the rest stays due, for the next flush."""
@@ -368,7 +364,7 @@ def flush(store: DigestStore, dk: str, now: float, send: SendDigest, once: Once,
 
 
 def flush_due(store: DigestStore, now: float, send: SendDigest, once: Once,
-              dead_letter: DeadLetter, out_of_time: OutOfTime | None = None
+              dead_letter: DeadLetter, out_of_time: TimeUp | None = None
               ) -> Counter[str]:
     """Send every digest due by ``now`` (the schedule's job); what :func:`flush` counts.
 

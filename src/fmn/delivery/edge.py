@@ -35,6 +35,7 @@ from fmn.delivery.base import (
     DeadLetter,
     Delivery,
     Send,
+    TimeUp,
     dead_letter_body,
     deliver_payload,
     time_kept_back,
@@ -251,7 +252,7 @@ class SenderFunction:
             self.record_latency(latencies)
             self.logger.set_correlation_id(None)
 
-    def out_of_time(self, context: Any) -> Callable[[], bool] | None:
+    def out_of_time(self, context: Any) -> TimeUp | None:
         """Whether the invocation is within the margin of its deadline (None: not watched).
 
         The margin is at most half the time the invocation starts with, so a
@@ -285,7 +286,7 @@ class Watched:
     remembered for it, and the record goes back on its queue).  A ``deliver`` that does
     more than send items (the email sender's digests) asks :attr:`out_of_time` too."""
 
-    def __init__(self, send: Send, out_of_time: Callable[[], bool]) -> None:
+    def __init__(self, send: Send, out_of_time: TimeUp) -> None:
         self.send = send
         self.out_of_time = out_of_time
 

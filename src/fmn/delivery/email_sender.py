@@ -26,8 +26,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
-from fmn.delivery.base import DeadLetter, Delivery
-from fmn.delivery.digest import DigestStore, OutOfTime, destination_key, flush, flush_due
+from fmn.delivery.base import DeadLetter, Delivery, TimeUp
+from fmn.delivery.digest import DigestStore, destination_key, flush, flush_due
 from fmn.delivery.email import check_sender, render, render_digest
 from fmn.delivery.mailers import Mailer
 from fmn.delivery.once import Once
@@ -99,7 +99,7 @@ class EmailSender:
             unsubscribe_url=self.unsubscribe_url(first.user, first.destination), more=more))
 
     def flush_ready(self, once: Once, dead_letter: DeadLetter,
-                    out_of_time: OutOfTime | None = None) -> Counter[str]:
+                    out_of_time: TimeUp | None = None) -> Counter[str]:
         """Send the digests that reached their count; notifications ``digested`` and
         ``dead-lettered``.  Once ``out_of_time`` it starts no digest: what is left is
         due, and the next flush (this one's next call, or the schedule's) sends it."""
@@ -116,7 +116,7 @@ class EmailSender:
         return counts
 
     def flush_due(self, once: Once, dead_letter: DeadLetter,
-                  out_of_time: OutOfTime | None = None) -> Counter[str]:
+                  out_of_time: TimeUp | None = None) -> Counter[str]:
         """Send every digest that is due (interval passed, count reached, or a batch
         left unfinished), none once ``out_of_time``; notifications ``digested`` and
         ``dead-lettered``."""
