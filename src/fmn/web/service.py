@@ -613,7 +613,7 @@ class PreferencesService:
         user, read_at = self._load(name)
         current = _own_rule(user, rule_id)
         _check_version(current, b, if_match)
-        doc = {**dump_rule(current), **{k: v for k, v in b.items() if k != "etag"}}
+        doc = {**dump_rule(current), **b}  # _parse_rule leaves the etag out
         return self._put_own_rule(user, self._parse_rule(user, doc, rule_id), read_at)
 
     @_redone_if_stale
