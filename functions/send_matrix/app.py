@@ -54,11 +54,7 @@ def reset() -> None:
 
 
 def process(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
-    notifier: MatrixNotifier = function.get("send")
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    plan = notifier.batch((record.get("body", "") for record in event.get("Records", ())),
-                          remaining_s=(lambda: remaining() / 1000) if remaining else None)
-    response: PartialItemFailureResponse = function.handle(event, context, deliver=plan)
+    response: PartialItemFailureResponse = function.handle_planned(event, context)
     return response
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from delivery_data import irc_body
+from delivery_data import irc_body, notification, payload
 from fakes import FakeClock
 
 from fmn.delivery.base import Delivery
@@ -323,17 +324,24 @@ def test_what_a_record_sent_before_it_ran_out_of_time_is_counted_sent(
     app.reset()
 
 
-def test_what_a_failed_record_sent_before_is_counted_sent(app: ModuleType) -> None:
+def test_what_a_failed_record_sent_before_is_counted_sent(
+        app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     link = MemoryIrcLink()
     wire(app, link)
+    latencies: list[float] = []
+    monkeypatch.setattr(app.function, "record_latency", latencies.extend)
     link.fail_after = 1  # the connection drops after the first line
     before = Counter(app.totals)
+    just_sent = datetime.now(UTC).isoformat()  # the bus-to-send latency counts it
+    record = payload("irc", [notification(n, n, f"d-{n}") for n in ("alice", "bob")],
+                     id="m1", sent_at=just_sent)
     with pytest.raises(BatchProcessingError):  # its one record failed: it comes back
-        app.handle_irc(event([body("m1", ["alice", "bob"])]), CONTEXT)
+        app.handle_irc(event([record]), CONTEXT)
     counted = Counter(app.totals)
     counted.subtract(before)
     assert len(link.sent) == 1 and counted["sent"] == 1  # alice's line went
     assert counted["RetryableFailures"] == 1
+    assert len(latencies) == 1 and 0 <= latencies[0] < 60_000  # and how long it took
     app.reset()
 
 

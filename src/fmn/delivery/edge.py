@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fmn import emf
 from fmn.delivery.base import (
@@ -177,6 +177,12 @@ class SenderFunction:
         if out_of_time is not None:
             send = Watched(send, out_of_time)
 
+        def took(done: Counter[str], sent_at: list[str]) -> None:
+            """Count what a record did; what it sent gives bus-to-send latencies."""
+            counts.update(done)
+            if done.get("sent"):
+                latencies.extend(ms for ms in map(_since_ms, sent_at) if ms is not None)
+
         def record_handler(record: Any) -> None:
             message_id, sent_at = _message_of(record.body)
             # every log line of this record names the bus message it is about
@@ -189,14 +195,10 @@ class SenderFunction:
                                            self.dead_letter)
                 else:
                     done = deliver(record.body, send, once, self.dead_letter)
-                counts.update(done)
-                if done.get("sent"):
-                    latencies.extend(ms for ms in map(_since_ms, sent_at) if ms is not None)
+                took(done, sent_at)
             except Postponed as exc:
                 # what the record did before is done, and counted: it is skipped later
-                counts.update(exc.done)
-                if exc.done.get("sent"):
-                    latencies.extend(ms for ms in map(_since_ms, sent_at) if ms is not None)
+                took(exc.done, sent_at)
                 # the rest waits as a fresh message: waiting uses up no receive
                 try:
                     requeued = redelivery.postpone(record.raw_event, str(exc), exc.delay_s)
@@ -225,7 +227,7 @@ class SenderFunction:
             except Exception as exc:
                 counts["RetryableFailures"] += 1
                 if isinstance(exc, RetryableError):  # what went before it: done, counted
-                    counts.update(exc.done)
+                    took(exc.done, sent_at)
                 self.logger.warning("record failed", extra={
                     "sqs_message_id": record.message_id, "failure": "retryable",
                     "error": str(exc)[:500]})
@@ -251,6 +253,17 @@ class SenderFunction:
             self.count(counts)
             self.record_latency(latencies)
             self.logger.set_correlation_id(None)
+
+    def handle_planned(self, event: dict[str, Any], context: Any) -> Any:
+        """:meth:`handle` for a sender that plans across a whole batch (IRC, Matrix):
+        its send callable's ``batch(bodies, remaining_s)`` returns the per-record
+        ``deliver``, given the seconds the invocation has left (None: no deadline)."""
+        planner: Planner = self.get("send")
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        plan = planner.batch((record.get("body", "") for record in event.get("Records", ())),
+                             remaining_s=(lambda: remaining_ms() / 1000) if remaining_ms
+                             else None)
+        return self.handle(event, context, deliver=plan)
 
     def out_of_time(self, context: Any) -> TimeUp | None:
         """Whether the invocation is within the margin of its deadline (None: not watched).
@@ -279,6 +292,13 @@ class SenderFunction:
                 self.metrics.add_metric(name=BUS_TO_SEND_LATENCY,
                                         unit=MetricUnit.Milliseconds, value=ms)
             emf.flush(self.metrics)
+
+
+class Planner(Protocol):
+    """A send callable that also plans a batch (:meth:`SenderFunction.handle_planned`)."""
+
+    def batch(self, bodies: Iterable[str | bytes], remaining_s: Callable[[], float] | None = None
+              ) -> Callable[[str, Send, Once, DeadLetter], Counter[str]]: ...
 
 
 class Watched:
