@@ -66,8 +66,8 @@ class InvalidMessage(PermanentError):
     """A bus record that cannot be turned into a :class:`fmn.message.Message`.
 
     ``reason`` is a short machine-friendly tag (``not-json``, ``not-an-object``,
-    ``missing-topic``, ``unknown-format``, ``bad-field``, ``too-complex``), ``detail`` the human
-    explanation.
+    ``missing-topic``, ``topic-too-long``, ``unknown-format``, ``bad-field``,
+    ``too-complex``), ``detail`` the human explanation.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -387,6 +387,10 @@ FEDMSG_ENVELOPE = orjson.loads(FEDMSG_LINES[0])
         pytest.param(b'{"msg": {}}', "missing-topic", id="missing-topic"),
         pytest.param(b'{"topic": 7, "msg": {}}', "missing-topic", id="int-topic"),
         pytest.param(b'{"topic": "", "msg": {}}', "missing-topic", id="empty-topic"),
+        pytest.param({**FEDMSG_ENVELOPE, "topic": "a." * 128}, "topic-too-long",
+                     id="fedmsg-topic-256"),
+        pytest.param({**FM_RECORD, "topic": "x" * 1_000_000}, "topic-too-long",
+                     id="fm-topic-megabyte"),
         pytest.param(b'{"topic": "a.b"}', "unknown-format", id="neither-form"),
         pytest.param(b'{"topic": "a.b", "msg": {}, "body": {}}', "unknown-format", id="both-forms"),
         pytest.param({**FM_RECORD, "body": "a string"}, "bad-field", id="fm-body-string"),
@@ -416,6 +420,25 @@ def test_unknown_schema_gets_base_message_behaviour() -> None:
     assert message.usernames == frozenset()
     assert message.summary == FM_RECORD["topic"]  # the base class's summary is the topic
     assert message.severity == FM_RECORD["headers"]["fedora_messaging_severity"]
+
+
+def test_an_overlong_schema_name_is_read_as_unknown_and_not_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmn.metadata import fedora_messaging_meta
+
+    looked_up: list[str | None] = []
+    cached = fedora_messaging_meta.schema_class
+
+    def schema_class(name: str | None) -> Any:
+        looked_up.append(name)
+        return cached(name)
+
+    monkeypatch.setattr(fedora_messaging_meta, "schema_class", schema_class)
+    name = "x" * 1_000_000
+    record = {**FM_RECORD, "headers": {**FM_RECORD["headers"], "fedora_messaging_schema": name}}
+    message = parse(record)
+    assert message.summary == FM_RECORD["topic"]  # the base class, as for an unknown name
+    assert looked_up and name not in looked_up  # no megabyte key in the cache
 
 
 def test_record_without_headers_or_id_still_parses() -> None:
@@ -498,3 +521,11 @@ def test_parse_accepts_str_bytes_and_mappings_alike() -> None:
         parse(line) == parse(line.decode()) == parse(bytearray(line)) == parse(orjson.loads(line))
     )
     assert metadata.parse is parse
+
+
+def test_a_topic_of_the_longest_length_a_bus_allows_is_read() -> None:
+    from fmn.metadata import MAX_TOPIC_LENGTH
+
+    topic = "org.fedoraproject.prod." + "x" * (MAX_TOPIC_LENGTH - 23)
+    assert len(topic) == MAX_TOPIC_LENGTH
+    assert parse({**FEDMSG_ENVELOPE, "topic": topic}).topic == topic

@@ -89,6 +89,13 @@ def _lenient(record: bytes | bytearray | memoryview | str, error: Exception) -> 
         raise InvalidMessage("not-json", str(error)) from error
 
 
+#: The longest topic a message may have: AMQP's limit on a routing key (255 bytes of
+#: a short string), which no fedora-messaging topic can exceed; fedmsg topics are far
+#: shorter.  Every topic rule's pattern runs over the whole topic, and the topic is a
+#: cache key: a topic of megabytes cost seconds and hundreds of megabytes a message.
+MAX_TOPIC_LENGTH = 255
+
+
 def parse(record: Record) -> Message:
     """The :class:`~fmn.message.Message` of one fedmsg envelope or fedora-messaging record."""
     data = decode(record)
@@ -96,6 +103,12 @@ def parse(record: Record) -> Message:
     if not isinstance(topic, str) or not topic:
         raise InvalidMessage(
             "missing-topic", f"'topic' must be a non-empty string, not {type(topic).__name__}"
+        )
+    if len(topic) > MAX_TOPIC_LENGTH:
+        raise InvalidMessage(
+            "topic-too-long",
+            f"'topic' has {len(topic):,} characters, more than the {MAX_TOPIC_LENGTH} a bus "
+            f"topic can have: {topic[:80]!r}...",
         )
     is_fedmsg = "msg" in data
     if "body" in data:

@@ -53,6 +53,11 @@ _BASE_SCHEMA = "base.message"
 _registry_lock = threading.Lock()
 
 
+#: Longer schema names are no registered schema's (entry-point names of a few dozen
+#: characters), and are not cache keys: 1,024 of megabytes each would be gigabytes.
+MAX_SCHEMA_NAME_LENGTH = 255
+
+
 @functools.lru_cache(maxsize=1024)
 def schema_class(schema_name: str | None) -> type[SchemaMessage]:
     """The registered class for a schema name; the base ``Message`` when unknown."""
@@ -99,8 +104,8 @@ def from_record(record: Mapping[str, Any]) -> FmnMessage:
     msg_id = _fields.message_id(record.get("id"), record, "id")
 
     schema_name = headers.get("fedora_messaging_schema")
-    if not isinstance(schema_name, str):
-        schema_name = None
+    if not isinstance(schema_name, str) or len(schema_name) > MAX_SCHEMA_NAME_LENGTH:
+        schema_name = None  # no schema registers such a name: the base class, uncached
     cls = schema_class(schema_name)
     source = schema_name or _BASE_SCHEMA
     header_severity = headers.get("fedora_messaging_severity")
