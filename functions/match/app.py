@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -39,6 +40,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalice.app import Chalice
 
 from fmn import emf
+from fmn.delivery.base import time_kept_back
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
@@ -256,11 +258,23 @@ def record_window(results: list[MatchResult]) -> int:
     return len(messages)
 
 
+#: Start no record this close to the invocation's deadline (at most half the time it
+#: started with): the matched records' payloads still have to go out, and one record
+#: (a claim-checked one, fetched from S3) may take seconds.
+DEADLINE_MARGIN_S = 10.0
+
+
 class _Invocation:
     """One invocation's matched records and counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: Any = None) -> None:
         self.counts: Counter[str] = Counter()
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        #: whether the invocation is too close to its deadline to start a record
+        self.out_of_time: Callable[[], bool] | None = None
+        if remaining_ms is not None:
+            margin_ms = time_kept_back(DEADLINE_MARGIN_S * 1000, remaining_ms())
+            self.out_of_time = lambda: remaining_ms() <= margin_ms
         #: (SQS message id, result), sent together at the end
         self.matched: list[tuple[str, MatchResult]] = []
         #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)
@@ -269,6 +283,9 @@ class _Invocation:
         self.sent_early: set[str] = set()
 
     def record(self, record: SQSRecord) -> None:
+        if self.out_of_time is not None and self.out_of_time():
+            self._postpone(record)
+            return
         try:
             result = match_record(record.body, _get("matcher"), fetch_claim)
             if result.message is not None and changes_ownership(result.message):
@@ -305,6 +322,25 @@ class _Invocation:
         for backend, count in result.notifications.items():
             self.counts[f"Notifications_{backend}"] += count
             self.counts[f"Payloads_{backend}"] += len(result.bodies[backend])
+
+    def _postpone(self, record: SQSRecord) -> None:
+        """Out of time: the record goes back on the queue as a fresh message (it spends
+        no receive, as running past the timeout would for the whole batch)."""
+        reason = "match out of time for this record"
+        try:
+            requeued = _get("redelivery").postpone(record.raw_event, reason)
+        except Exception as exc:  # botocore: it comes back when its visibility ends
+            raise RetryableError(f"{reason}; requeue failed: {exc}") from exc
+        if requeued:
+            self.counts["Postponed"] += 1
+            logger.info("record postponed", extra={"sqs_message_id": record.message_id,
+                                                   "reason": reason})
+        else:  # postponed for too long: dead-lettered with the reason
+            self.counts["PermanentFailures"] += 1
+            self.counts["DeadLettered"] += 1
+            journal = _get("journal")
+            if journal is not None:
+                journal.failed(record.message_id, "permanent", f"postponed too long: {reason}")
 
     def _send_then_apply(self, mid: str, result: MatchResult) -> None:
         """An ownership change: its own notifications go out first, on the owners it
@@ -383,7 +419,7 @@ def handle_event(raw: dict[str, Any], context: Any) -> PartialItemFailureRespons
     """The handler on the raw Lambda SQS event (what the local runner calls)."""
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-    call = _Invocation()
+    call = _Invocation(context)
     redelivery: Redelivery = _get("redelivery")
     try:
         try:

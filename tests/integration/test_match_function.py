@@ -33,6 +33,7 @@ from fmn.metadata import parse
 from fmn.pipeline.envelope import Envelope, make_claim
 from fmn.pipeline.notifications import unpack_all
 from fmn.pipeline.queues import BACKENDS, QUEUES
+from fmn.pipeline.redelivery import POSTPONED_SINCE
 from fmn.prefs import parse_document
 from fmn.snapshot import build_snapshot, compile_snapshot
 from fmn.snapshot.store import RedisSnapshotStore
@@ -190,6 +191,38 @@ def test_a_poisoned_record_fails_alone(match_app: ModuleType, env: SimpleNamespa
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
     assert sorted(m["Body"] for m in dead) == sorted(poison)
     assert all(m["MessageAttributes"]["error"]["StringValue"] for m in dead)
+
+
+def test_records_left_when_time_runs_short_go_back_fresh(
+        match_app: ModuleType, env: SimpleNamespace, records: list[bytes],
+        expected: list[Key]) -> None:
+    # one slow record must not take the batch past the timeout: Lambda would end the
+    # invocation, nothing of the batch would be sent, and every record spend a receive
+    with_notes = {k[0] for k in expected}
+    good = [r for r in records if parse(r).id in with_notes][:6]
+    bodies = [wrap(r) for r in good]
+    asked = 0
+
+    def remaining_ms() -> int:  # asked at the start, then before each record
+        nonlocal asked
+        asked += 1
+        return 60_000 if asked <= 3 else 5_000
+
+    ctx = context("fmn-match", memory_mb=1024)
+    ctx.get_remaining_time_in_millis = remaining_ms  # type: ignore[method-assign]
+    response = match_app.handle_incoming(sqs_event(bodies, f"{env.prefix}incoming"), ctx)
+    assert response["batchItemFailures"] == []  # none spends a receive
+    found, _ = drain(env)
+    first = {parse(r).id for r in good[:2]}
+    assert Counter(found) == Counter(k for k in expected if k[0] in first)
+    back = []
+    while got := env.sqs.receive_message(QueueUrl=env.urls["incoming"], MaxNumberOfMessages=10,
+                                         MessageAttributeNames=["All"]).get("Messages"):
+        back += got
+        env.sqs.delete_message_batch(QueueUrl=env.urls["incoming"], Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+    assert sorted(m["Body"] for m in back) == sorted(bodies[2:])  # in full, to match later
+    assert all(POSTPONED_SINCE in m["MessageAttributes"] for m in back)
 
 
 def test_a_claim_checked_record_is_fetched_from_s3(match_app: ModuleType, env: SimpleNamespace,
