@@ -8,8 +8,10 @@ changes that user's own entry: it goes through the per-user path
 (:func:`fmn.snapshot.sync.publish_user`) at the revision the database gave it.
 
 A store that is away does not undo what the database already holds: the
-failure is logged and the next full publish (``fmn snapshot publish``, the
-scheduled reconcile) carries the change.
+failure is logged and the next full publish (``fmn snapshot publish``, or the
+scheduled one of ``functions/snapshot``) carries the change.  The ownership
+reconcile does not: it compares the sources with the database, which already
+has the change.
 """
 
 from __future__ import annotations
