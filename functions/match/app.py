@@ -21,6 +21,7 @@ The event source mapping needs ``FunctionResponseTypes:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -178,6 +179,7 @@ def send(backend: str, entries: list[tuple[tuple[str, ...], str]]) -> set[str]:
 def _sync_settings() -> Any:
     from fmn.ownership.settings import SyncSettings
 
+    _get("settings")  # the state is built first: _get builds it only while it is empty
     if "ownership" not in _state:
         with _lock:
             if "ownership" not in _state:
@@ -193,6 +195,30 @@ def changes_ownership(message: Any) -> bool:
     return bool(sync.live) and classify(message, dict(sync.live_namespaces)) is not None
 
 
+#: HTTP timeout of a FASJSON request made while matching (FMN_LIVE_FASJSON=1); the
+#: reconcile's requests keep FMN_SYNC_TIMEOUT_S (60 s), longer than this function runs
+LIVE_FASJSON_TIMEOUT_S = 5.0
+
+
+def live_updater() -> Any:
+    """The :class:`~fmn.ownership.live.LiveUpdater` of this process, built on first use."""
+    from fmn.ownership.live import LiveUpdater
+
+    sync = _sync_settings()
+    with _lock:
+        if "updater" not in _state:
+            from fmn import db
+
+            _state["updater"] = LiveUpdater(
+                db.make_engine(_get("settings").database_url), _get("store"),
+                # a request may not take the invocation past its deadline (30 s)
+                fasjson=dataclasses.replace(
+                    sync, timeout_s=min(sync.timeout_s, LIVE_FASJSON_TIMEOUT_S)).fasjson()
+                if sync.live_fasjson else None,
+                namespaces=dict(sync.live_namespaces))
+        return _state["updater"]
+
+
 def live_ownership(message: Any) -> None:
     """Apply an ownership or membership message once its notifications went out
     (fmn.ownership.live).
@@ -205,20 +231,9 @@ def live_ownership(message: Any) -> None:
     (:meth:`_Invocation.record`): a record that comes back is then matched
     again on the same owners, not on those its first attempt wrote.
     """
-    from fmn.ownership.live import LiveUpdater
-
     if not changes_ownership(message):
         return
-    sync = _sync_settings()
-    with _lock:
-        if "updater" not in _state:
-            from fmn import db
-
-            _state["updater"] = LiveUpdater(
-                db.make_engine(_get("settings").database_url), _get("store"),
-                fasjson=sync.fasjson() if sync.live_fasjson else None,
-                namespaces=dict(sync.live_namespaces))
-    result = _state["updater"].handle(message)
+    result = live_updater().handle(message)
     if result is not None and result.snapshot_changes:
         _get("live").refresh_now()
         with _lock:

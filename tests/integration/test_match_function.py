@@ -367,3 +367,16 @@ def test_a_snapshot_lost_with_redis_is_rebuilt_from_the_database(
     assert Counter(found) == Counter(k for k in expected if k[0] in ids)
     assert env.store.current_id() is not None
     assert match_app._get("live").rebuilds == 1
+
+
+def test_a_fasjson_request_while_matching_is_bounded_well_within_the_timeout(
+        match_app: ModuleType, env: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    # the reconcile's 60 s would let one request take the invocation past its 30 s
+    for name, value in {"FMN_DATABASE_URL": f"sqlite:///{tmp_path / 'fmn.sqlite'}",
+                        "FMN_LIVE_FASJSON": "1", "FMN_FASJSON_AUTH": "none",
+                        "FMN_SYNC_TIMEOUT_S": "60"}.items():
+        monkeypatch.setenv(name, value)
+    match_app.reset()
+    assert match_app.live_updater().fasjson.timeout_s == match_app.LIVE_FASJSON_TIMEOUT_S == 5.0
+    match_app.reset()
