@@ -589,7 +589,7 @@ def atom_feed(token: str) -> http.Answer:
     from fmn.web import atom
 
     user = _get("atom").user_of(token)
-    body = atom.render(user, _service().notifications(user, atom.ENTRIES),
+    body = atom.render(user, _service().delivered_notifications(user, atom.ENTRIES),
                        f"{_get('settings').web_url}/atom/{token}", _get("settings").web_url)
     return http.Answer(200, body.decode(), {
         "Content-Type": atom.CONTENT_TYPE, "Cache-Control": "private, max-age=60",

@@ -30,6 +30,8 @@ from fmn.delivery.feed import MemoryFeed, event_data
 from fmn.delivery.irc_client import MemoryIrcLink
 from fmn.delivery.mailers import MemoryMailer
 from fmn.local.stack import load_module
+from fmn.ownership.data import Account
+from fmn.ownership.publish import publish_accounts
 from fmn.settings import Settings
 from fmn.snapshot import sync
 from fmn.snapshot.store import MemorySnapshotStore
@@ -56,7 +58,8 @@ def web(webapp: ModuleType, tmp_path: Path) -> Iterator[Any]:
     store = MemorySnapshotStore()
     sync.publish_full(engine, store)
     webapp.configure(Settings(redis_url=REDIS_URL, web_url=WEB, secret_key="atom-secret",
-                              dev_login=True), engine=engine, store=store,
+                              dev_login=True, admins=frozenset({"root"})),
+                     engine=engine, store=store,
                      feed=feed, mailer=MemoryMailer(), irc_link=MemoryIrcLink(),
                      keys=prefixed_keys(client, prefix))
     yield feed
@@ -171,3 +174,32 @@ def test_reading_the_feed_keeps_its_address_alive(webapp: ModuleType, web: Memor
     keys.client.expire(name, 3600)  # a year since the address was shown: almost gone
     assert Client(webapp.app).http.get(url.removeprefix(WEB)).status_code == 200
     assert keys.client.ttl(name) > 365 * 24 * 3600  # the reader keeps it a year longer
+
+
+def test_nothing_is_delivered_to_a_disabled_user_or_a_locked_account(
+        webapp: ModuleType, web: MemoryFeed) -> None:
+    """The feed is a delivery channel: an admin's disable, or a locked or deleted Fedora
+    account, stops it as it stops the mails (a valid, empty feed: a reader keeps polling,
+    and the entries are back once the user receives again)."""
+    reader = Client(webapp.app).http
+    urls = {}
+    for name in ("erin", "frank"):
+        notify(web, name, f"{name}-1", summary=f"{name}'s build")
+        http, headers = signed_in(webapp, name)
+        urls[name] = json.loads(http.get("/api/v1/atom-url", headers=headers).body)["url"]
+        assert len(feedparser.parse(reader.get(urls[name].removeprefix(WEB)).body).entries) == 1
+    root, root_headers = signed_in(webapp, "root")
+    assert root.post("/api/v1/admin/users/erin/disable", headers=root_headers,
+                     body=b"{}").status_code == 200
+    publish_accounts(webapp._get("engine"), webapp._get("store"),
+                     [Account("frank", locked=True)])
+    for name in ("erin", "frank"):
+        answer = reader.get(urls[name].removeprefix(WEB))
+        assert answer.status_code == 200
+        parsed = feedparser.parse(answer.body)
+        assert not parsed.bozo and parsed.version == "atom10"
+        assert parsed.entries == [], name
+        assert f"{name}'s build" not in answer.body.decode()
+    publish_accounts(webapp._get("engine"), webapp._get("store"),
+                     [Account("frank", locked=False)])
+    assert len(feedparser.parse(reader.get(urls["frank"].removeprefix(WEB)).body).entries) == 1

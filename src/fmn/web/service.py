@@ -394,6 +394,17 @@ class PreferencesService:
     def is_admin(self, name: str) -> bool:
         return name in self.admins
 
+    def stopped(self, name: str) -> str | None:
+        """Why nothing is sent to ``name`` (an admin disabled the user, or their Fedora
+        account is locked or deleted: the snapshot routes nothing to them), or None."""
+        from fmn.ownership.store import is_blocked
+
+        if not self.user(name).enabled:
+            return "an administrator disabled this account"
+        if is_blocked(self.engine, name):
+            return "the Fedora account is locked or deleted"
+        return None
+
     def me(self, name: str) -> dict[str, Any]:
         user = self.user(name)
         email = next((d.address for d in user.destinations
@@ -696,6 +707,13 @@ class PreferencesService:
         among the recent bus messages (whatever the channel), and their live feed's events.
         """
         return self.recent_notifications(name, limit)[0]
+
+    def delivered_notifications(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        """:meth:`notifications` as a delivery channel (the Atom feed) hands them out:
+        none while nothing is sent to the user (:meth:`stopped`)."""
+        if self.stopped(name) is not None:
+            return []
+        return self.notifications(name, limit)
 
     def recent_notifications(self, name: str, limit: int = 50
                              ) -> tuple[list[dict[str, Any]], bool]:
