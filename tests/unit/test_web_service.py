@@ -270,6 +270,39 @@ def test_admins_disable_users_and_rules_others_cannot(service: PreferencesServic
         service.disable_user("root", "nobody")
 
 
+def test_a_disabled_user_or_locked_account_reaches_no_one_new(
+        service: PreferencesService, world: World) -> None:
+    """An existing session of a user an admin disabled, or whose Fedora account is locked,
+    cannot add destinations nor make the service send verifications to third parties; it
+    may still read, and switch things off."""
+    from fmn.ownership.data import Account
+    from fmn.ownership.store import apply_accounts
+
+    pending = {name: service.add_destination(name, {"protocol": "irc",
+                                                    "address": f"{name}nick"})
+               for name in ("alice", "bob")}
+    service.disable_user("root", "alice")
+    apply_accounts(service.engine, [Account("bob", locked=True)])
+    for name, why in (("alice", "disabled"), ("bob", "locked")):
+        before = service.destinations(name)
+        with pytest.raises(Forbidden) as info:
+            world.verifier.add(name, {"protocol": "email", "address": f"x-{name}@example.net"})
+        assert why in info.value.detail and info.value.as_json()["error"] == "forbidden"
+        with pytest.raises(Forbidden):
+            world.verifier.add(name, {"protocol": "irc", "address": f"stranger{name}"})
+        with pytest.raises(Forbidden):
+            service.add_destination(name, {"protocol": "sse"})
+        with pytest.raises(Forbidden):  # a resend
+            world.verifier.start(name, pending[name].id)
+        assert service.destinations(name) == before
+        # switching off still works
+        service.patch_destination(name, "email", {"digest": None})
+        service.patch_rule(name, "my-events", {"enabled": False})
+        service.delete_destination(name, pending[name].id)
+    assert world.mailer.sent == [] and world.irc.lines_to("strangeralice") == []
+    assert world.irc.lines_to("alicenick") == world.irc.lines_to("bobnick") == []
+
+
 def test_a_rule_an_admin_disabled_cannot_be_enabled_again_by_its_owner(
         service: PreferencesService) -> None:
     rule = service.create_rule("bob", TOPIC_RULE)

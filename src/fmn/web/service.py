@@ -405,6 +405,14 @@ class PreferencesService:
             return "the Fedora account is locked or deleted"
         return None
 
+    def check_may_reach_others(self, name: str) -> None:
+        """:class:`Forbidden` while nothing is sent to ``name`` (:meth:`stopped`): such a
+        user's session may still read and switch things off, but not add a destination
+        nor make the service send a verification to an address (a stranger's, maybe)."""
+        why = self.stopped(name)
+        if why is not None:
+            raise Forbidden(f"{why}: destinations cannot be added nor verifications sent")
+
     def me(self, name: str) -> dict[str, Any]:
         user = self.user(name)
         email = next((d.address for d in user.destinations
@@ -465,6 +473,7 @@ class PreferencesService:
         if protocol not in PROTOCOLS:
             raise Invalid(f"must be one of {', '.join(PROTOCOLS)}", "protocol")
         address = check_destination_address(protocol, b.get("address"))
+        self.check_may_reach_others(name)
         user, read_at = self._load(name)
         if len(user.destinations) >= MAX_DESTINATIONS:
             raise Conflict(f"you have {MAX_DESTINATIONS} destinations already; delete one first")

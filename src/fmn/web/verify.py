@@ -412,11 +412,13 @@ class Verifier:
         """Send the destination's verification (link or code); what was sent: ``link``/``code``.
 
         RateLimited when over a limit (nothing sent); Conflict-free for an
-        already verified destination (nothing sent, ``verified``).
+        already verified destination (nothing sent, ``verified``); Forbidden while
+        the user is disabled or their account blocked (nothing sent).
         """
         dest = self.service.destination(user, dest_id)
         if dest.verified:
             return "verified"
+        self.service.check_may_reach_others(user)
         if dest.protocol == "sse" or dest.address is None:
             # the user's own live feed (unverified only if imported so): nothing to prove
             self.service.mark_verified(user, dest.id, dest.address)
