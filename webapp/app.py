@@ -591,9 +591,11 @@ def atom_feed(token: str) -> http.Answer:
     user = _get("atom").user_of(token)
     body = atom.render(user, _service().delivered_notifications(user, atom.ENTRIES),
                        f"{_get('settings').web_url}/atom/{token}", _get("settings").web_url)
+    # the common headers first: the feed's address is its credential, no page it links to
+    # may learn it (their same-origin Referrer-Policy must not replace no-referrer)
     return http.Answer(200, body.decode(), {
-        "Content-Type": atom.CONTENT_TYPE, "Cache-Control": "private, max-age=60",
-        "Referrer-Policy": "no-referrer", **http.COMMON_HEADERS})
+        **http.COMMON_HEADERS, "Content-Type": atom.CONTENT_TYPE,
+        "Cache-Control": "private, max-age=60", "Referrer-Policy": "no-referrer"})
 
 
 @api(Operation("GET", "/api/v1/stats", "notifications per rule, last 7 days",

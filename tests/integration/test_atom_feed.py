@@ -113,6 +113,8 @@ def test_the_feed_is_atom_with_only_its_owners_notifications(
     answer = reader.get(url.removeprefix(WEB))
     assert answer.status_code == 200
     assert answer.headers["Content-Type"].startswith("application/atom+xml")
+    # the address is the credential: a linked page must not learn it from the Referer
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
     parsed = feedparser.parse(answer.body)
     assert not parsed.bozo, parsed.get("bozo_exception")
     assert parsed.version == "atom10"
