@@ -588,6 +588,10 @@ def test_too_many_wrong_codes_destroy_the_code(service: PreferencesService,
     with pytest.raises(VerificationFailed) as info:
         world.verifier.confirm_code("alice", dest.id, {"code": code})
     assert info.value.reason == "too-many-attempts" and info.value.status == 429
+    # a 429 says when to come back, as every other one does: the code's lifetime
+    from fmn.web.http import error
+
+    assert error(info.value).headers["Retry-After"] == "600"
     with pytest.raises(VerificationFailed) as info:
         world.verifier.confirm_code("alice", dest.id, {"code": code})
     assert info.value.reason == "no-code"

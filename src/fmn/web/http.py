@@ -33,7 +33,7 @@ from urllib.parse import parse_qs
 
 from fmn import auth
 from fmn.settings import Settings
-from fmn.web.service import Forbidden, Invalid, NotSignedIn, RateLimited, TooLarge, WebError
+from fmn.web.service import Forbidden, Invalid, NotSignedIn, TooLarge, WebError
 
 SESSION_COOKIE = auth.SESSION_COOKIE
 #: the cookies of a ``Cookie`` header (:func:`fmn.auth.parse_cookies`)
@@ -107,7 +107,7 @@ def empty(status: int = 204) -> Answer:
 
 def error(exc: WebError) -> Answer:
     headers = {}
-    if isinstance(exc, RateLimited):
+    if exc.retry_after_s is not None:  # RateLimited, too many wrong codes
         headers["Retry-After"] = str(exc.retry_after_s)
     return json_answer(exc.as_json(), exc.status, headers)
 
@@ -123,7 +123,7 @@ def error_page(exc: WebError) -> Answer:
     said = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
     answer = page(ERROR_PAGE_TITLES.get(exc.status, "Request refused"),
                   f"<p>{html.escape(said)}</p><p><a href=/>Your settings</a></p>", exc.status)
-    if isinstance(exc, RateLimited):
+    if exc.retry_after_s is not None:
         answer.headers["Retry-After"] = str(exc.retry_after_s)
     return answer
 

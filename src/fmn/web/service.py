@@ -98,6 +98,8 @@ class WebError(PermanentError):
 
     status = 400
     code = "invalid"
+    #: a refusal for a while: the seconds its ``Retry-After`` header says (None: none)
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {detail}" if field else detail)

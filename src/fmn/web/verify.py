@@ -97,7 +97,15 @@ class VerificationFailed(WebError):
 
 
 class TooManyAttempts(VerificationFailed):
+    """Too many wrong codes: the code is gone.  ``Retry-After`` is the code's lifetime (a
+    new code asked for meanwhile may be typed at once)."""
+
     status, code = 429, "rate-limited"
+
+    def __init__(self, reason: str, detail: str, retry_after_s: int,
+                 field: str | None = None) -> None:
+        super().__init__(reason, detail, field)
+        self.retry_after_s = retry_after_s
 
 
 # --------------------------------------------------------------------------
@@ -576,7 +584,7 @@ class Verifier:
         if tries > self.limits.max_attempts:
             self.keys.delete(key)
             raise TooManyAttempts("too-many-attempts", "too many wrong codes; ask for a new one",
-                                  "code")
+                                  self.limits.code_ttl_s, "code")
         given = self._digest("code", user, dest.id, dest.address or "", code)
         if not hmac.compare_digest(given, expected):
             raise VerificationFailed("wrong-code", "wrong code", "code")
