@@ -840,7 +840,8 @@ def test_oidc_code_flow_with_pkce(clock: FakeClock) -> None:
         seen.update(form)
         return httpx.Response(200, json={"id_token": _jwt({
             "iss": issuer, "aud": "fmn", "exp": clock() + 60, "nonce": seen["nonce"],
-            "sub": "1", "nickname": "alice", "email": "alice@example.org"})})
+            "sub": "1", "nickname": "alice", "email": "alice@example.org",
+            "email_verified": True})})
 
     client = OidcClient(issuer, "fmn", None, "https://fmn.test/oidc/callback",
                         http=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock)
@@ -857,6 +858,48 @@ def test_oidc_code_flow_with_pkce(clock: FakeClock) -> None:
     seen["nonce"] = "another"
     with pytest.raises(OidcError, match="nonce"):
         client.finish(pending, {"state": pending["state"], "code": "c"})
+
+
+@pytest.mark.parametrize(("token", "userinfo", "expected"), [
+    ({"email": "someone@example.org", "email_verified": False}, None, None),
+    ({"email": "someone@example.org"}, None, None),  # not said verified: not trusted
+    ({"email": "someone@example.org", "email_verified": False},
+     {"email": "other@example.org"}, None),
+    ({"email": "someone@example.org", "email_verified": False},
+     {"email": "other@example.org", "email_verified": True}, "other@example.org"),
+    ({"email": "someone@example.org", "email_verified": True}, None, "someone@example.org"),
+])
+def test_only_an_email_the_issuer_verified_becomes_a_verified_destination(
+        engine: Engine, store: RecordingStore, clock: FakeClock, token: dict[str, Any],
+        userinfo: dict[str, Any] | None, expected: str | None) -> None:
+    """An ID token's e-mail without ``email_verified`` may be anyone's: the first sign-in
+    must not make it a verified destination (the live feed stands in, as without one)."""
+    issuer = "https://id.example.org"
+    nonce: dict[str, str] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json={
+                "issuer": issuer, "authorization_endpoint": f"{issuer}/auth",
+                "token_endpoint": f"{issuer}/token",
+                **({"userinfo_endpoint": f"{issuer}/userinfo"} if userinfo else {})})
+        if request.url.path == "/userinfo":
+            return httpx.Response(200, json={"sub": "1", **(userinfo or {})})
+        return httpx.Response(200, json={"access_token": "t", "id_token": _jwt({
+            "iss": issuer, "aud": "fmn", "exp": clock() + 60, "nonce": nonce["n"],
+            "sub": "1", "nickname": "newbie", **token})})
+
+    client = OidcClient(issuer, "fmn", None, "https://fmn.test/oidc/callback",
+                        http=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock)
+    _url, pending = client.begin()
+    nonce["n"] = pending["nonce"]
+    account = client.finish(pending, {"state": pending["state"], "code": "c"})
+    assert account.email == expected
+    user = PreferencesService(engine, store, clock=clock).login(account.name, account.email)
+    if expected is None:
+        assert [(d.protocol, d.verified) for d in user.destinations] == [("sse", True)]
+    else:
+        assert [(d.address, d.verified) for d in user.destinations] == [(expected, True)]
 
 
 def test_recent_notifications_are_the_newest_whatever_offset_their_time_has(

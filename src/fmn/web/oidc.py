@@ -47,8 +47,20 @@ class OidcError(PermanentError):
 
 @dataclass(frozen=True)
 class Account:
+    """The signed-in account: its name, and an e-mail address the issuer says it verified
+    (``email_verified``; None without one: the first sign-in then sends to the live feed)."""
+
     name: str
     email: str | None
+
+
+def _verified_email(doc: dict[str, Any]) -> str | None:
+    """``doc``'s ``email`` if its ``email_verified`` is true (OIDC Core 5.1): an address
+    the issuer did not verify may be anyone's, and the first sign-in trusts it as ours."""
+    email = doc.get("email")
+    if isinstance(email, str) and email and doc.get("email_verified") in (True, "true"):
+        return email
+    return None
 
 
 def _b64url(data: bytes) -> str:
@@ -158,7 +170,7 @@ class OidcClient:
             raise OidcError("the token endpoint gave no ID token")
         claims = self.check_claims(_claims(tokens["id_token"]), str(pending.get("nonce", "")))
         name = claims.get("nickname") or claims.get("preferred_username")
-        email = claims.get("email")
+        email = _verified_email(claims)
         userinfo_url = self.discovery().get("userinfo_endpoint")
         if (not name or not email) and isinstance(userinfo_url, str) \
                 and isinstance(tokens.get("access_token"), str):
@@ -166,10 +178,10 @@ class OidcClient:
                 "Authorization": f"Bearer {tokens['access_token']}"})
             if info.get("sub") == claims.get("sub"):
                 name = name or info.get("nickname") or info.get("preferred_username")
-                email = email or info.get("email")
+                email = email or _verified_email(info)
         if not isinstance(name, str) or not name:
             raise OidcError("the account system did not tell us your account name")
-        return Account(name=name, email=email if isinstance(email, str) else None)
+        return Account(name=name, email=email)
 
     def check_claims(self, claims: dict[str, Any], nonce: str) -> dict[str, Any]:
         if str(claims.get("iss", "")).rstrip("/") != self.issuer:

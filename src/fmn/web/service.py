@@ -273,8 +273,9 @@ def new_id(prefix: str) -> str:
 def default_user(name: str, email: str | None) -> User:
     """A first login's preferences: "My packages" and "My events" on the account's address.
 
-    The account's e-mail comes from the account system, so it counts as
-    verified.  Without one, the rules go to the user's live feed instead.
+    The account's e-mail comes from the account system, which said it verified it
+    (the OIDC claim ``email_verified``: :class:`fmn.web.oidc.Account`), so it counts
+    as verified.  Without one, the rules go to the user's live feed instead.
     """
     dest: Destination | None = None
     if email:
