@@ -634,6 +634,26 @@ def test_verification_sends_are_rate_limited_per_address_and_per_user(
     world.verifier.start("alice", a.id)  # an hour later the window has passed
 
 
+def test_sub_addresses_count_as_their_mailbox(service: PreferencesService,
+                                              world: World) -> None:
+    """victim+1@, victim+2@... reach victim@'s mailbox: its limits count them as one."""
+    sent = []
+    with pytest.raises(RateLimited):
+        for i in range(4):
+            world.verifier.add("alice", {"protocol": "email",
+                                         "address": f"Victim+{i}@example.org"})
+            sent.append(i)
+    assert sent == [0, 1]  # alice's 2 an hour to one address
+    service.login("carol", "carol@example.org")
+    world.verifier.add("bob", {"protocol": "email", "address": "victim+b@example.org"})
+    with pytest.raises(RateLimited):  # the address's 3 an hour, whoever asks
+        world.verifier.add("carol", {"protocol": "email", "address": "victim@example.org"})
+    assert len(world.mailer.sent) == 3
+    # another mailbox is not held up: the tag comes off the local part only
+    world.verifier.add("carol", {"protocol": "email", "address": "victim@example.net"})
+    assert len(world.mailer.sent) == 4
+
+
 def test_one_account_cannot_use_up_a_strangers_verifications(
         service: PreferencesService, world: World) -> None:
     # the address's limit counted every account's requests together: bob adding

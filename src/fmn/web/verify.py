@@ -21,7 +21,8 @@
 * **Rate limits**: every request to send a verification counts against the
   user (``per_user`` an hour), against the address as asked by that user
   (``per_address`` an hour) and against the address whoever asks
-  (``per_address_all`` an hour), in counters that expire.  Over any,
+  (``per_address_all`` an hour), in counters that expire (an e-mail address
+  counted as its mailbox, its ``+tag`` off: :func:`mailbox_key`).  Over any,
   :class:`~fmn.web.service.RateLimited`.  The address's own limit is per
   account, so one account adding a stranger's address cannot use up the
   stranger's tries; the higher limit over all accounts still bounds what the
@@ -106,6 +107,17 @@ class TooManyAttempts(VerificationFailed):
                  field: str | None = None) -> None:
         super().__init__(reason, detail, field)
         self.retry_after_s = retry_after_s
+
+
+def mailbox_key(protocol: str, address: str | None) -> str:
+    """:func:`~fmn.web.service.address_key`, and for an e-mail address without the
+    ``+tag`` of its local part: ``victim+1@`` and ``victim+2@`` reach one mailbox, and
+    its verification limits count them as one (only those: they are two destinations)."""
+    key = address_key(protocol, address)
+    if protocol == "email" and "@" in key:
+        local, _, domain = key.rpartition("@")
+        key = f"{local.split('+', 1)[0] or local}@{domain}"
+    return key
 
 
 # --------------------------------------------------------------------------
@@ -350,9 +362,10 @@ class Verifier:
         return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
 
     def _rate_keys(self, user: str, dest: Destination) -> tuple[str, str, str]:
-        """The counters of ``user``, of the address as ``user``'s, and of the address."""
+        """The counters of ``user``, of the address as ``user``'s, and of the address
+        (one mailbox's: :func:`mailbox_key`)."""
         address = self._digest("address", dest.protocol,
-                               address_key(dest.protocol, dest.address))
+                               mailbox_key(dest.protocol, dest.address))
         return (f"{self.prefix}rate:user:{user}",
                 f"{self.prefix}rate:addr:{address}:{user}",
                 f"{self.prefix}rate:addr:{address}")
