@@ -730,13 +730,35 @@ def _allowed(path: str) -> list[str]:
     return []
 
 
+#: What the local server's own refusals say (http.server's words are an HTML page's).
+_SERVER_ERRORS = {
+    400: "the request could not be read (not HTTP/1.x)",
+    414: "the request line is over 64 KiB",
+    431: "a request header is over 64 KiB, or there are over 100 of them",
+}
+
+
 def _documented_gateway_errors(handler_cls: Any) -> Any:
     """The local gateway's own refusals in the documented format: an unknown path (404),
-    a method no route has (405: TRACE, CONNECT...)."""
+    a method no route has (405: TRACE, CONNECT...), and whatever http.server refuses
+    before any route runs (414, 431, 400...)."""
 
     class Handler(handler_cls):  # type: ignore[misc,valid-type]
         def _send_error_response(self, error: Any) -> None:
             self._send(http.error_json(404, "not-found", "no such path"))
+
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's refusals (a request line or headers over its limits, a
+            request it cannot parse) as the documented JSON error, not its HTML page."""
+            self.log_error("code %d, message %s", code, message)
+            detail = _SERVER_ERRORS.get(code) or explain or message \
+                or self.responses.get(code, ("refused",))[0]
+            answer = http.error_json(code, http.FRAMEWORK_ERRORS.get(
+                code, "invalid" if code < 500 else "internal"), detail)
+            answer.headers["Connection"] = "close"
+            self.close_connection = True
+            self._send(answer)
 
         def _send(self, answer: http.Answer) -> None:
             body = answer.body if isinstance(answer.body, bytes) else answer.body.encode()
@@ -745,7 +767,8 @@ def _documented_gateway_errors(handler_cls: Any) -> Any:
                 self.send_header(name, str(value))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _no_such_method(self) -> None:
             answer = http.error_json(405, "method-not-allowed",

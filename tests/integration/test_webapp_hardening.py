@@ -154,6 +154,51 @@ def test_the_frameworks_own_errors_have_the_documented_format(app: App) -> None:
     assert doc["error"] == "internal" and "a bug" not in doc["detail"]
 
 
+def test_the_local_servers_own_refusals_have_the_documented_format(app: App) -> None:
+    """A request line or header over http.server's 64 KiB, or one it cannot parse, was
+    answered with its HTML error page."""
+    import socket
+
+    import httpx
+
+    handle = webapp.serve_local(app.settings, 0, engine=app.engine, store=app.store,
+                                feed=app.feed, mailer=app.mailer, irc_link=app.irc)
+    host, port = handle.url.removeprefix("http://").split(":")
+
+    def answer(request: bytes) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(request)
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        return raw
+
+    def send(request: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        head, _, body = answer(request).partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+        return int(status.split()[1]), headers, json.loads(body)
+
+    try:
+        for request, status in (
+                (b"GET /oidc/callback?code=" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+                (b"GET /api/v1/me HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431)):
+            got, headers, doc = send(request)
+            assert got == status
+            assert headers["content-type"] == "application/json"
+            assert headers["x-content-type-options"] == "nosniff"
+            assert set(doc) == {"error", "detail", "field"} and doc["error"] == "too-large"
+            assert "64 KiB" in doc["detail"]
+        # a request line it cannot read: answered as HTTP/0.9 would be (no status line, no
+        # headers: http.server cannot know the version), but the body is still ours
+        raw = answer(b"GET /<script> HTTP/1.1 x\r\n\r\n")
+        assert json.loads(raw)["error"] == "invalid" and b"<script>" not in raw
+        r = httpx.request("TRACE", f"{handle.url}/api/v1/me", timeout=5)  # still a 405
+        assert r.status_code == 405 and r.json()["error"] == "method-not-allowed"
+    finally:
+        handle.stop()
+
+
 def test_pages_cannot_be_framed_and_answers_cannot_be_sniffed(app: App) -> None:
     s = Session(None)
     ui = s.get("/")

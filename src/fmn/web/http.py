@@ -153,8 +153,9 @@ def unavailable() -> Answer:
 
 #: The error codes of the framework's own answers, in the documented format.
 FRAMEWORK_ERRORS = {400: "invalid", 403: "forbidden", 404: "not-found",
-                    405: "method-not-allowed", 413: "too-large", 415: "unsupported-media-type",
-                    429: "rate-limited", 500: "internal", 502: "internal", 503: "unavailable",
+                    405: "method-not-allowed", 413: "too-large", 414: "too-large",
+                    415: "unsupported-media-type", 429: "rate-limited", 431: "too-large",
+                    500: "internal", 502: "internal", 503: "unavailable",
                     504: "unavailable"}
 
 
