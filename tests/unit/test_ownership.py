@@ -161,3 +161,59 @@ def test_an_ownership_change_reaches_a_live_snapshot() -> None:
     store.publish_ownership({"owners": {"no-such-type": {}}})  # skipped, loudly
     assert matcher.match(build) == []
     assert live.bad_changes == 1
+
+
+def _forked_project() -> dict[str, Any]:
+    for line in (MESSAGES / "fedmsg.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["topic"] == "org.fedoraproject.stg.pagure.project.forked":
+            project: dict[str, Any] = record["msg"]["project"]
+            return project
+    raise LookupError("forked")
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("user.added", {"new_user": "friend", "new_access": "commit"}),
+    ("deleted", {}),
+])
+def test_a_fork_of_a_package_is_not_the_package(kind: str, extra: dict[str, Any]) -> None:
+    fork = _forked_project()  # the shared data's forks/puiterwijk/rpms/ipsilon
+    assert (fork["namespace"], fork["name"], fork["parent"] is not None) == (
+        "rpms", "ipsilon", True)
+    package = {**fork, "parent": None, "fullname": "rpms/ipsilon"}
+    only_parent = {**fork, "fullname": "rpms/ipsilon"}
+    only_fullname = {**fork, "parent": None}
+
+    def message(project: dict[str, Any], topic: str = "org.fedoraproject.prod") -> Message:
+        return Message(id="m", topic=f"{topic}.pagure.project.{kind}",
+                       body={"project": project, "agent": "puiterwijk", **extra})
+
+    for project in (fork, only_parent, only_fullname):
+        assert classify(message(project)) is None
+        assert classify(message(project), {"rpms": "rpms", "fedora-infra": "rpms"}) is None
+    update = classify(message(package))
+    assert update is not None and list(update.artifacts) == [("rpms", "ipsilon")]
+    # pagure.io publishes as io.pagure.*: a project named like an rpm there is no package
+    assert classify(message(package, "io.pagure.prod")) is None
+
+
+def test_a_fork_answered_for_a_dist_git_project_is_refused() -> None:
+    from fmn.ownership.sources import DistGit, SourceError
+
+    class Response:
+        status_code = 200
+
+        def __init__(self, doc: Any) -> None:
+            self.doc = doc
+            self.content = json.dumps(doc).encode()
+
+        def json(self) -> Any:
+            return self.doc
+
+    fork = _forked_project()
+    session = type("S", (), {"get": lambda self, url, timeout: Response(fork)})()
+    with pytest.raises(SourceError, match="fork"):
+        DistGit("https://src.example", session).project("rpms", "ipsilon")
+    package = {**fork, "parent": None, "fullname": "rpms/ipsilon"}
+    session = type("S", (), {"get": lambda self, url, timeout: Response(package)})()
+    assert DistGit("https://src.example", session).project("rpms", "ipsilon") is not None

@@ -140,9 +140,20 @@ def parse_owner_map(doc: Any) -> Ownership:
     return out
 
 
+def is_fork(project: Mapping[str, Any]) -> bool:
+    """Whether a Pagure project is someone's fork: it has a ``parent``, or its
+    ``fullname`` is ``forks/<user>/<namespace>/<name>``.  A fork of ``rpms/<pkg>``
+    carries namespace ``rpms`` and name ``<pkg>`` like the package itself, but
+    anyone may fork and give anyone access to the fork: it is not the package."""
+    fullname = project.get("fullname")
+    return project.get("parent") is not None or (
+        isinstance(fullname, str) and fullname.startswith("forks/"))
+
+
 def project_artifact(project: Any) -> tuple[str, str] | None:
-    """(artifact type, name) of a dist-git project, or None if it is not one."""
-    if not isinstance(project, Mapping):
+    """(artifact type, name) of a dist-git project, or None if it is not one
+    (a fork of one is not one either: :func:`is_fork`)."""
+    if not isinstance(project, Mapping) or is_fork(project):
         return None
     atype = DISTGIT_NAMESPACES.get(project.get("namespace") or "")
     name = project.get("name")

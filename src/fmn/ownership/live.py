@@ -13,7 +13,10 @@ Messages understood (topic suffixes, any environment prefix):
   message's ``project`` carries the access lists; the change it announces is
   applied on top (so a project serialised before or after the change gives
   the same result).  Only dist-git namespaces count (``rpms``, ``container``,
-  ``modules``, ``flatpaks``); pagure.io's projects are not packages.
+  ``modules``, ``flatpaks``) and only dist-git's topics (``org.fedoraproject.*``,
+  or no prefix): pagure.io's projects (``io.pagure.*``) are not packages, and
+  neither is a fork (a ``parent``, or a ``fullname`` under ``forks/``), whose
+  messages carry the package's namespace and name: forks are ignored (logged).
 * pkgdb (Fedora's package database until 2017; the shared data has it):
   ``pkgdb.package.new`` (the point of contact owns it), ``pkgdb.acl.user.remove``
   and ``pkgdb.package.update.status`` to ``Retired`` on the development branch.
@@ -53,6 +56,7 @@ from fmn.ownership.data import (
     DISTGIT_NAMESPACES,
     MAINTAINER_ACCESS,
     ORPHAN,
+    is_fork,
     project_artifact,
     project_owners,
     valid_name,
@@ -137,6 +141,8 @@ def classify(message: Message, namespaces: Mapping[str, str] | None = None
     body = _body(message)
     kind = _suffix(topic, *PAGURE)
     if kind is not None:
+        if not _dist_git_topic(topic, kind):
+            return None  # pagure.io (io.pagure.*): its projects are not packages
         return _pagure(kind, body, namespaces or {})
     kind = _suffix(topic, *FAS)
     if kind is not None:
@@ -147,8 +153,22 @@ def classify(message: Message, namespaces: Mapping[str, str] | None = None
     return None
 
 
+#: the topic prefix of dist-git's messages (src.fedoraproject.org publishes as
+#: Fedora, ``org.fedoraproject.<env>.pagure.*``; pagure.io as ``io.pagure.<env>.pagure.*``)
+DIST_GIT_PREFIX = "org.fedoraproject."
+
+
+def _dist_git_topic(topic: str, kind: str) -> bool:
+    """Whether a pagure topic comes from dist-git (or carries no prefix at all)."""
+    return topic == kind or topic.startswith(DIST_GIT_PREFIX)
+
+
 def _pagure(kind: str, body: Mapping[str, Any], extra: Mapping[str, str]) -> LiveUpdate | None:
     project = body.get("project")
+    if isinstance(project, Mapping) and is_fork(project):
+        log.info("live %s: %r is a fork, not a package: ignored", kind,
+                 str(project.get("fullname"))[:200])
+        return None
     key = project_artifact(project)
     if key is None and isinstance(project, Mapping):
         atype = extra.get(project.get("namespace") or "")

@@ -22,6 +22,7 @@ from fmn.ownership.data import (
     Account,
     InvalidSource,
     Ownership,
+    is_fork,
     parse_account,
     parse_members_page,
     parse_owner_map,
@@ -107,6 +108,9 @@ class DistGit(_Http):
             return None
         if not isinstance(doc, dict) or "access_users" not in doc:
             raise SourceError(f"dist-git project {atype}/{name}: no access_users")
+        if is_fork(doc):  # a fork's maintainers are not the package's
+            raise SourceError(f"dist-git project {atype}/{name}: answered with a fork "
+                              f"({str(doc.get('fullname'))[:200]!r})")
         return project_owners(doc)
 
 
