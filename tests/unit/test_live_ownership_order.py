@@ -21,7 +21,7 @@ from fmn.message import Message
 from fmn.ownership import store as ostore
 from fmn.ownership.data import Ownership
 from fmn.ownership.diff import OwnershipDelta
-from fmn.ownership.live import LiveUpdater
+from fmn.ownership.live import LiveUpdater, sent_at
 from fmn.ownership.reconcile import reconcile_ownership
 from fmn.prefs import Owners, Preferences
 from fmn.snapshot import compile_snapshot
@@ -117,3 +117,49 @@ def test_a_message_older_than_the_last_reconcile_is_already_in_it(
     updater.handle(pagure("user.added", soon, ["pingou", "newu"], new_user="newu",
                           new_access="admin"))
     assert owners(engine) == {"pingou", "newu"}
+
+
+def test_a_message_stamped_ahead_of_the_clock_does_not_freeze_the_package(
+        engine: Engine, updater: LiveUpdater) -> None:
+    now = datetime.now(UTC)
+    tomorrow = (now + timedelta(days=1)).isoformat()  # a publisher's clock a day ahead
+    updater.handle(pagure("user.added", tomorrow, ["pingou", "eve"], new_user="eve",
+                          new_access="admin"))
+    assert owners(engine) == {"pingou", "eve"}
+    # the genuine removal sent a minute later is applied, not "older than what is known"
+    soon = (now + timedelta(minutes=1)).isoformat()
+    removed = updater.handle(pagure("user.removed", soon, ["pingou"], removed_user="eve"))
+    assert removed is not None and removed.stale == 0
+    assert owners(engine) == {"pingou"}
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-05:00", "2999-01-01T00:00:00+00:00"])
+def test_a_sent_at_beyond_the_skew_or_the_calendar_is_taken_as_now(stamp: str) -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    message = pagure("user.added", stamp, ["pingou"])
+    assert sent_at(message, now) == now
+    # within the skew, and in the past, the message's own time (in UTC)
+    assert sent_at(pagure("x", "2026-01-02T03:08:05+00:00", []), now) == \
+        now + timedelta(minutes=4)
+    assert sent_at(pagure("x", "2026-01-01T22:04:05-05:00", []), now) == now
+
+
+def test_a_reconcile_brings_back_stamps_ahead_of_its_fetch(
+        engine: Engine, updater: LiveUpdater) -> None:
+    far = datetime.now(UTC) + timedelta(days=400)  # left by a message before the fix
+    ostore.stamp_live(engine, "artifact", {"rpms/foo": far})
+    ostore.stamp_live(engine, "member", {"developers/testuser": far})
+
+    def fetch() -> Ownership:
+        return Ownership(owners={"rpms": {"foo": Owners(users=("pingou",))}},
+                         groups={"developers": ("testuser",)})
+
+    assert reconcile_ownership(engine, updater.store, fetch).ok
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    added = updater.handle(pagure("user.added", soon, ["pingou", "newu"], new_user="newu",
+                                  new_access="admin"))
+    assert added is not None and added.stale == 0
+    assert owners(engine) == {"pingou", "newu"}
+    gone = updater.handle(member("member.removed", soon, "testuser"))
+    assert gone is not None and gone.stale == 0
+    assert ostore.members_of(engine, ["developers"])["developers"] == ()

@@ -34,7 +34,10 @@ applied only if its message is not older (``sent_at``) than the last one
 applied to the same artifact, or to the same member of the same group, nor
 than the last full reconcile's fetch (which already holds it); the newest
 ``sent_at`` applied is kept per artifact and per member (``live_stamps``).
-A message without a ``sent_at`` cannot be placed and is applied as before.
+A message without a ``sent_at`` cannot be placed and is applied as before; one
+stamped more than :data:`MAX_CLOCK_SKEW` ahead of this clock is taken as sent
+now (its stamp would make every genuine message after it stale), and a full
+reconcile brings every stamp newer than its fetch back to the fetch's time.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -286,9 +289,34 @@ class LiveResult:
     stale: int = 0
 
 
-def sent_at(message: Message) -> datetime | None:
-    """When the message was sent, or None if it does not say (or not readably)."""
-    return sent_time(message.sent_at)
+#: how far ahead of this machine's clock a publisher's clock may be
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+#: the oldest stamp kept as is (every database stores it; older is "the oldest")
+_OLDEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def sent_at(message: Message, now: datetime | None = None) -> datetime | None:
+    """When the message was sent (UTC), or None if it does not say (or not readably).
+
+    The publisher wrote it: a time further ahead than :data:`MAX_CLOCK_SKEW`
+    (a wrong clock, a crafted header, the calendar's last second with an offset
+    that puts it in year 10000, which PostgreSQL stores and Python cannot read
+    back) is taken as now, or the stamp it leaves would make every genuine
+    message after it stale; one before 1970 is taken as 1970.
+    """
+    when = sent_time(message.sent_at)
+    if when is None:
+        return None
+    now = now or datetime.now(UTC)
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:  # beyond the calendar once in UTC
+        when = now + timedelta(days=1) if when.year > 1 else _OLDEST
+    if when > now + MAX_CLOCK_SKEW:
+        log.warning("message %s is stamped %s, ahead of this clock (%s): taken as sent now",
+                    message.id, str(message.sent_at)[:64], now.isoformat())
+        return now
+    return max(when, _OLDEST)
 
 
 def _member_key(group: str, user: str) -> str:

@@ -133,6 +133,11 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     # arrives late (SQS retries, a dead-letter redrive) must not undo it.
     ostore.stamp_live(engine, "reconcile", {"ownership": fetched_at, **(
         {"members": fetched_at} if with_groups else {})})
+    # What it fetched replaced what live messages had set: a stamp ahead of the
+    # fetch (a publisher's clock ahead, a message applied during the fetch) would
+    # leave later genuine messages stale; it cannot outlive a reconcile.
+    ostore.reset_live_stamps(engine, ("artifact", "member") if with_groups
+                             else ("artifact",), fetched_at)
     report.seconds = time.perf_counter() - started
     ostore.record_sync(engine, "ownership", ok=True, error=None, detail=report.as_dict())
     log.info("%s", report.summary())

@@ -369,3 +369,15 @@ def stamp_live(engine: Engine, scope: str, stamps: Mapping[str, datetime]) -> No
             [{"b_key": k} for k in newer])
         conn.execute(insert(LiveStampRow), [{"scope": scope, "key": k, "sent_at": v}
                                             for k, v in newer.items()])
+
+
+def reset_live_stamps(engine: Engine, scopes: Iterable[str], at: datetime) -> int:
+    """Bring the stamps of ``scopes`` newer than ``at`` back to ``at`` (a reconcile
+    fetched as of ``at`` has replaced what they stood for); how many.  Done in
+    SQL: a stamp PostgreSQL holds beyond Python's calendar is never read."""
+    with engine.begin() as conn:
+        _lock_writers(conn)
+        result = conn.execute(update(LiveStampRow).where(
+            LiveStampRow.scope.in_(list(scopes)), LiveStampRow.sent_at > at)
+            .values(sent_at=at))
+    return int(result.rowcount or 0)

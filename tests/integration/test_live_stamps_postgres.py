@@ -1,0 +1,88 @@
+"""Live ownership stamps on PostgreSQL, which stores what Python cannot read back.
+
+``9999-12-31T23:59:59-05:00`` is a valid RFC 3339 time; PostgreSQL stores it
+as year 10000, and every later read of the stamp raised (psycopg's
+``DataError``): every later message about the package went round the
+retries into the dead-letter queue.  No server: the tests skip locally and
+fail in CI (``CI`` set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from services import postgres_database, postgres_schema
+from sqlalchemy import Engine, text
+
+from fmn.message import Message
+from fmn.ownership import store as ostore
+from fmn.ownership.data import Ownership
+from fmn.ownership.live import LiveUpdater
+from fmn.ownership.reconcile import reconcile_ownership
+from fmn.prefs import Owners, Preferences
+from fmn.snapshot import compile_snapshot
+from fmn.snapshot.store import MemorySnapshotStore
+
+pytestmark = pytest.mark.integration
+
+KEY = ("rpms", "bar")
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[Any]:
+    yield from postgres_database()
+
+
+@pytest.fixture
+def engine(database: Any) -> Iterator[Engine]:
+    yield from postgres_schema(database)
+
+
+@pytest.fixture
+def updater(engine: Engine) -> LiveUpdater:
+    store = MemorySnapshotStore()
+    store.publish(compile_snapshot(Preferences()))
+    return LiveUpdater(engine, store)
+
+
+def pagure(kind: str, at: str, owners: list[str], **body: Any) -> Message:
+    project = {"namespace": "rpms", "name": "bar",
+               "access_users": {"owner": owners[:1], "admin": owners[1:]}}
+    return Message(id=f"{kind}-{at}", topic=f"org.fedoraproject.prod.pagure.project.{kind}",
+                   sent_at=at, body={"project": project, **body})
+
+
+def owners(engine: Engine) -> set[str]:
+    found = ostore.owners_of(engine, [KEY]).get(KEY)
+    return set(found.users) if found else set()
+
+
+def test_a_message_at_the_calendar_s_edge_does_not_break_later_ones(
+        engine: Engine, updater: LiveUpdater) -> None:
+    updater.handle(pagure("user.added", "9999-12-31T23:59:59-05:00", ["pingou", "eve"],
+                          new_user="eve", new_access="admin"))
+    assert owners(engine) == {"pingou", "eve"}
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    removed = updater.handle(pagure("user.removed", soon, ["pingou"], removed_user="eve"))
+    assert removed is not None and removed.stale == 0
+    assert owners(engine) == {"pingou"}
+
+
+def test_a_reconcile_clears_a_stamp_python_cannot_read(
+        engine: Engine, updater: LiveUpdater) -> None:
+    with engine.begin() as conn:  # what such a message left before the fix
+        conn.execute(text("INSERT INTO live_stamps (scope, key, sent_at) VALUES "
+                          "('artifact', 'rpms/bar', '9999-12-31T23:59:59-05:00')"))
+
+    def fetch() -> Ownership:
+        return Ownership(owners={"rpms": {"bar": Owners(users=("pingou",))}})
+
+    assert reconcile_ownership(engine, updater.store, fetch, with_groups=False).ok
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    added = updater.handle(pagure("user.added", soon, ["pingou", "newu"], new_user="newu",
+                                  new_access="admin"))
+    assert added is not None and added.stale == 0
+    assert owners(engine) == {"pingou", "newu"}
