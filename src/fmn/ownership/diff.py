@@ -1,8 +1,9 @@
 """What changed between the database and a fetch, and whether a fetch is believable.
 
 A reconcile applies only the difference (:class:`OwnershipDelta`), and only
-when the fetch passes :func:`implausible`: an empty answer, or one that lost
-more than ``max_drop`` of the entries the database holds, is far more likely
+when the fetch passes :func:`implausible` and, for owners, :func:`pairs_dropped`:
+an empty answer, or one that lost more than ``max_drop`` of the entries (or of
+the artifact-owner pairs) the database holds, is far more likely
 a broken upstream (a truncated file, a failing LDAP page) than Fedora losing
 a tenth of its packagers overnight, and applying it would unsubscribe
 thousands of people.
@@ -120,4 +121,29 @@ def implausible(what: str, before: int, after: int, max_drop: float) -> str | No
         return (f"the fetched {what} has {after} entries where the database holds "
                 f"{before}: a drop of {1 - after / before:.1%}, more than the "
                 f"{max_drop:.0%} allowed: refused")
+    return None
+
+
+def owner_pairs(owners: Mapping[str, Mapping[str, Owners]], *, users_only: bool = False
+                ) -> set[tuple[str, str, str]]:
+    """Every (artifact type, artifact, owner) of ``owners``; groups as ``@group``
+    unless ``users_only``."""
+    out: set[tuple[str, str, str]] = set()
+    for atype, names in owners.items():
+        for name, o in names.items():
+            out.update((atype, name, u) for u in o.users)
+            if not users_only:
+                out.update((atype, name, "@" + g) for g in o.groups)
+    return out
+
+
+def pairs_dropped(what: str, before: set[Any], after: set[Any], max_drop: float) -> str | None:
+    """Why a fetch that keeps only part of the (artifact, owner) pairs the database holds
+    must not be applied; ``None`` when it keeps enough.  Counting artifacts alone
+    accepts an owner map that keeps every package and loses every maintainer."""
+    lost = len(before - after)
+    if before and lost > max(len(before) * max_drop, MIN_DROP_ALLOWED):
+        return (f"the fetched {what} loses {lost} of the {len(before)} (artifact, owner) "
+                f"pairs the database holds: a drop of {lost / len(before):.1%}, more than "
+                f"the {max_drop:.0%} allowed: refused")
     return None

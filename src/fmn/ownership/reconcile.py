@@ -7,7 +7,9 @@ share one shape:
 1. fetch everything from the source; any failure (:class:`SourceError`)
    changes nothing;
 2. check that the answer is believable (:func:`~fmn.ownership.diff.implausible`:
-   not empty, not a drop of more than ``max_drop`` of the entries);
+   not empty, not a drop of more than ``max_drop`` of the entries; for owners,
+   :func:`~fmn.ownership.diff.pairs_dropped`: not more than ``max_drop`` of the
+   (artifact, owner) pairs lost, all of them or the users' alone);
 3. compute the difference with the database and write only that;
 4. publish only what changed to the snapshot's log: ownership changes as
    ownership entries, users whose account changed state through their own
@@ -42,6 +44,8 @@ from fmn.ownership.diff import (
     diff_groups,
     diff_owners,
     implausible,
+    owner_pairs,
+    pairs_dropped,
 )
 from fmn.ownership.publish import publish_account_users, publish_delta
 
@@ -114,6 +118,11 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
         before, after = len(current.owners.get(atype, {})), len(data.owners.get(atype, {}))
         reason = reason or (implausible(f"owner map's {atype}", before, after, max_drop)
                             if before >= 20 else None)
+    # Every package kept but its maintainers gone is no more believable than the
+    # packages gone: count the (artifact, owner) pairs lost too, users on their own.
+    for label, users_only in (("owner map's owners", False), ("owner map's user owners", True)):
+        reason = reason or pairs_dropped(label, owner_pairs(current.owners, users_only=users_only),
+                                         owner_pairs(data.owners, users_only=users_only), max_drop)
     if with_groups and current.membership_count():
         reason = reason or implausible("group membership", current.membership_count(),
                                        data.membership_count(), max_drop)

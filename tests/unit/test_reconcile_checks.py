@@ -1,0 +1,72 @@
+"""The full reconcile's checks that a fetch is believable, on SQLite and the in-memory
+snapshot store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from fmn import db
+from fmn.ownership import store as ostore
+from fmn.ownership.data import Ownership
+from fmn.ownership.reconcile import reconcile_ownership
+from fmn.prefs import Owners, Preferences
+from fmn.snapshot import compile_snapshot
+from fmn.snapshot.store import MemorySnapshotStore
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'prefs.sqlite'}")
+    db.upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def store() -> MemorySnapshotStore:
+    store = MemorySnapshotStore()
+    store.publish(compile_snapshot(Preferences()))
+    return store
+
+
+def owner_map(users: int, groups: tuple[str, ...] = ("python-sig",)) -> Ownership:
+    data = Ownership()
+    for i in range(1000):
+        data.owners["rpms"][f"pkg{i}"] = Owners(
+            users=tuple(f"user{i}-{n}" for n in range(users)), groups=groups)
+    return data
+
+
+def test_an_owner_map_that_keeps_the_packages_but_loses_their_maintainers_is_refused(
+        engine: Engine, store: MemorySnapshotStore) -> None:
+    assert reconcile_ownership(engine, store, lambda: owner_map(2), with_groups=False).ok
+    before = ostore.load_ownership(engine).owners
+    stripped = reconcile_ownership(engine, store, lambda: owner_map(0), with_groups=False)
+    assert not stripped.ok and stripped.reason is not None
+    assert "(artifact, owner) pairs" in stripped.reason and "refused" in stripped.reason
+    assert ostore.load_ownership(engine).owners == before
+    # a day's churn goes through; the override lets a real change through too
+    churn = owner_map(2)
+    for i in range(20):
+        churn.owners["rpms"][f"pkg{i}"] = Owners(users=(f"user{i}-0",), groups=("python-sig",))
+    assert reconcile_ownership(engine, store, lambda: churn, with_groups=False).ok
+    forced = reconcile_ownership(engine, store, lambda: owner_map(0), with_groups=False,
+                                 max_drop=1.0)
+    assert forced.ok
+    assert not any(o.users for o in ostore.load_ownership(engine).owners["rpms"].values())
+
+
+def test_many_group_owners_do_not_hide_the_loss_of_the_user_owners(
+        engine: Engine, store: MemorySnapshotStore) -> None:
+    groups = tuple(f"sig{n}" for n in range(20))
+    assert reconcile_ownership(engine, store, lambda: owner_map(1, groups),
+                               with_groups=False).ok
+    # 1,000 of 21,000 pairs lost (under 10 %), but every user owner
+    stripped = reconcile_ownership(engine, store, lambda: owner_map(0, groups),
+                                   with_groups=False)
+    assert not stripped.ok and "user owners" in (stripped.reason or "")
+    assert all(o.users for o in ostore.load_ownership(engine).owners["rpms"].values())
