@@ -27,7 +27,13 @@ from fmn.matcher import IndexedMatcher
 from fmn.message import Message
 from fmn.ownership import store as ostore
 from fmn.ownership.reconcile import reconcile_accounts, reconcile_ownership
-from fmn.ownership.sources import DistGit, FasJson, fetch_ownership, make_session
+from fmn.ownership.sources import (
+    DistGit,
+    FasJson,
+    RetryPolicy,
+    fetch_ownership,
+    make_session,
+)
 from fmn.snapshot import sync
 from fmn.snapshot.live import LiveSnapshot
 from fmn.snapshot.store import RedisSnapshotStore
@@ -85,7 +91,7 @@ def env(tmp_path: Path) -> Iterator[SimpleNamespace]:
     sync.publish_full(engine, store)
     live = LiveSnapshot(store, poll_interval=0)
     with serve(up.app(), name="upstreams") as server:
-        session = make_session("none")
+        session = make_session("none", RetryPolicy(backoff_s=0))  # retried at once
         yield SimpleNamespace(
             up=up, engine=engine, store=store, live=live, matcher=IndexedMatcher(live),
             distgit=DistGit(server.url, session, 10),

@@ -10,9 +10,10 @@ from sqlalchemy import Engine
 
 from fmn import db
 from fmn.ownership import store as ostore
-from fmn.ownership.data import Ownership
-from fmn.ownership.reconcile import reconcile_ownership
-from fmn.prefs import Owners, Preferences
+from fmn.ownership.data import Account, Ownership
+from fmn.ownership.reconcile import reconcile_accounts, reconcile_ownership
+from fmn.ownership.sources import SourceError
+from fmn.prefs import Owners, Preferences, parse_document
 from fmn.snapshot import compile_snapshot
 from fmn.snapshot.store import MemorySnapshotStore
 
@@ -70,3 +71,30 @@ def test_many_group_owners_do_not_hide_the_loss_of_the_user_owners(
                                    with_groups=False)
     assert not stripped.ok and "user owners" in (stripped.reason or "")
     assert all(o.users for o in ostore.load_ownership(engine).owners["rpms"].values())
+
+
+def test_an_account_that_cannot_be_fetched_is_skipped_not_the_whole_sync(
+        engine: Engine, store: MemorySnapshotStore) -> None:
+    names = [f"user{i}" for i in range(100)]
+    db.import_preferences(engine, parse_document({"version": 1, "users": [
+        {"name": n, "enabled": True, "destinations": [], "rules": []} for n in names]}))
+    assert reconcile_accounts(engine, store, lambda n: Account(username=n)).ok
+
+    def fetch(name: str) -> Account:
+        if name == "user57":  # still failing after the source's retries
+            raise SourceError("GET /v1/users/user57/: HTTP 503")
+        return Account(username=name, locked=name in ("user3", "user57"))
+
+    report = reconcile_accounts(engine, store, fetch, workers=2)
+    assert report.ok and report.failed == 1 and report.fetched == 99
+    assert "1 accounts could not be fetched" in report.summary()
+    assert ostore.blocked_users(engine) == {"user3"}  # user57 left as it was
+    assert ostore.sync_states(engine)["accounts"]["detail"]["failed"] == 1
+
+    def down(name: str) -> Account:
+        raise SourceError(f"GET /v1/users/{name}/: HTTP 500")
+
+    refused = reconcile_accounts(engine, store, down)
+    assert not refused.ok and "HTTP 500" in (refused.reason or "")
+    assert refused.failed == 100
+    assert ostore.blocked_users(engine) == {"user3"}

@@ -70,6 +70,8 @@ class SyncReport:
     #: entries appended to the snapshot's change log
     snapshot_changes: int = 0
     skipped: int = 0
+    #: accounts that could not be fetched (after retries): left as they were
+    failed: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -85,7 +87,9 @@ class SyncReport:
         return (f"{self.source}: {self.fetched} fetched, {what} changed, "
                 f"{self.users_affected} users affected, {self.snapshot_changes} snapshot "
                 f"changes published, in {self.seconds:.2f}s"
-                + (f" ({self.skipped} unusable entries skipped)" if self.skipped else ""))
+                + (f" ({self.skipped} unusable entries skipped)" if self.skipped else "")
+                + (f" ({self.failed} accounts could not be fetched: left as they were)"
+                   if self.failed else ""))
 
 
 def _refuse(engine: Engine, report: SyncReport, reason: str, started: float) -> SyncReport:
@@ -158,24 +162,45 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
                        workers: int = 8, progress: Progress | None = None) -> SyncReport:
     """Fetch the account of every user (or of ``names``) and store what changed.
 
-    A user whose account is now locked or deleted is published with nothing
+    An account that cannot be fetched (after the source's retries) is left as
+    it was and counted (``failed``); the run is refused only when none could be.
+    The drop check compares what was fetched with what the database held for
+    those same accounts.  A user whose account is now locked or deleted is published with nothing
     to receive; one whose account is usable again gets their rules back.
     """
     started = time.perf_counter()
     report = SyncReport(source="accounts", ok=True)
     wanted = list(ostore.user_names(engine) if names is None else names)
     fetched: list[Account] = []
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for i, account in enumerate(pool.map(fetch_user, wanted)):
-                fetched.append(account)
-                if progress is not None:
-                    progress(i + 1, len(wanted))
-    except FmnError as exc:
-        return _refuse(engine, report, f"fetch failed: {exc}", started)
-    report.fetched = len(fetched)
-    known = ostore.load_accounts(engine, wanted)
-    usable_before = sum(1 for n in wanted if not (known[n].blocked if n in known else False))
+    errors: list[str] = []
+
+    def fetch_one(name: str) -> Account | FmnError:
+        try:
+            return fetch_user(name)
+        except FmnError as exc:  # retried already (sources.RetryPolicy)
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (name, answer) in enumerate(zip(wanted, pool.map(fetch_one, wanted),
+                                               strict=True)):
+            if isinstance(answer, FmnError):
+                errors.append(f"{name}: {answer}")
+            else:
+                fetched.append(answer)
+            if progress is not None:
+                progress(i + 1, len(wanted))
+    report.fetched, report.failed = len(fetched), len(errors)
+    if errors:
+        # An account that could not be fetched stays as it was; the others are
+        # applied (a locked account must not keep receiving because of one 503).
+        log.warning("accounts: %d of %d could not be fetched, left as they were: %s",
+                    len(errors), len(wanted), "; ".join(errors[:5]))
+        if not fetched:
+            return _refuse(engine, report, f"fetch failed: none of the {len(wanted)} "
+                           f"accounts could be fetched: {errors[0]}", started)
+    known = ostore.load_accounts(engine, [a.username for a in fetched])
+    usable_before = sum(1 for a in fetched if not (
+        known[a.username].blocked if a.username in known else False))
     usable_after = sum(1 for a in fetched if not a.blocked)
     if wanted:
         reason = implausible("usable accounts", usable_before, usable_after, max_drop)
@@ -214,7 +239,8 @@ def format_status(states: dict[str, Any]) -> str:
         else:
             what = (f"{d.get('fetched', 0)} fetched, {d.get('artifacts_changed', 0)} artifacts / "
                     f"{d.get('groups_changed', 0)} groups / {d.get('accounts_changed', 0)} "
-                    f"accounts changed, {d.get('snapshot_changes', 0)} snapshot changes")
+                    f"accounts changed, {d.get('snapshot_changes', 0)} snapshot changes"
+                    + (f", {d['failed']} accounts not fetched" if d.get("failed") else ""))
         lines.append(f"{source:<10} last {s.get('attempted_at')}, last success "
                      f"{s.get('succeeded_at') or 'never'}: {what}")
     return "\n".join(lines)

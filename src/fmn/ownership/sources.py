@@ -5,8 +5,14 @@ with SPNEGO (requests-gssapi, the machine's keytab via ``KRB5_CLIENT_KTNAME``);
 ``auth="none"`` is for tests and local fixtures.  Every failure to get a
 complete, well-formed answer (connection refused, a 5xx, a body cut short,
 JSON that does not parse, a member list shorter than its own page count)
-is a :class:`SourceError`, so the reconcile changes nothing.  A 404 is an
+is a :class:`SourceError`, so the ownership reconcile changes nothing (the
+account sync leaves that one account as it was).  A 404 is an
 answer, not a failure: the group or account does not exist.
+
+Before that, every GET is retried (:class:`RetryPolicy`): a 429 or a 5xx
+answer and a failed connection come back after an exponential back-off, or
+after the ``Retry-After`` the server asks for (capped), a bounded number of
+times: one 503 among the 100,000 GETs of an account sync is no failure.
 """
 
 from __future__ import annotations
@@ -47,10 +53,45 @@ class SourceError(RetryableError):
     """An upstream did not give a complete, well-formed answer."""
 
 
-def make_session(auth: str = "none") -> Any:
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a GET is retried on a 429, a 5xx or a failed connection."""
+
+    #: retries after the first attempt
+    retries: int = 4
+    #: back-off before the n-th retry: ``backoff_s * 2**(n-1)`` (0: none)
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    #: the longest ``Retry-After`` honoured (a longer one is waited this long)
+    retry_after_max_s: float = 60.0
+    statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+
+    def urllib3(self) -> Any:
+        from urllib3.util.retry import Retry
+
+        cap = self.retry_after_max_s
+
+        class BoundedRetry(Retry):
+            def get_retry_after(self, response: Any) -> float | None:
+                after = super().get_retry_after(response)
+                return None if after is None else min(after, cap)
+
+        return BoundedRetry(
+            total=self.retries, connect=self.retries, read=self.retries,
+            status=self.retries, other=0, allowed_methods=frozenset({"GET"}),
+            status_forcelist=self.statuses, backoff_factor=self.backoff_s,
+            backoff_max=self.backoff_max_s, respect_retry_after_header=True,
+            raise_on_status=False)  # the last answer is returned: a SourceError names it
+
+
+def make_session(auth: str = "none", retry: RetryPolicy | None = None) -> Any:
     import requests
+    from requests.adapters import HTTPAdapter
 
     session = requests.Session()
+    adapter = HTTPAdapter(max_retries=(retry or RetryPolicy()).urllib3())
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     session.headers["User-Agent"] = "fmn-sync (Fedora notifications)"
     session.headers["Accept"] = "application/json"
     if auth == "gssapi":
