@@ -203,6 +203,7 @@ LIVE_FASJSON_TIMEOUT_S = 5.0
 def live_updater() -> Any:
     """The :class:`~fmn.ownership.live.LiveUpdater` of this process, built on first use."""
     from fmn.ownership.live import LiveUpdater
+    from fmn.ownership.sources import RetryPolicy
 
     sync = _sync_settings()
     with _lock:
@@ -211,10 +212,11 @@ def live_updater() -> Any:
 
             _state["updater"] = LiveUpdater(
                 db.make_engine(_get("settings").database_url), _get("store"),
-                # a request may not take the invocation past its deadline (30 s)
+                # a request may not take the invocation past its deadline (30 s): one
+                # try, no back-off (the record fails and comes back after its own)
                 fasjson=dataclasses.replace(
-                    sync, timeout_s=min(sync.timeout_s, LIVE_FASJSON_TIMEOUT_S)).fasjson()
-                if sync.live_fasjson else None,
+                    sync, timeout_s=min(sync.timeout_s, LIVE_FASJSON_TIMEOUT_S)
+                ).fasjson(RetryPolicy(retries=0)) if sync.live_fasjson else None,
                 namespaces=dict(sync.live_namespaces))
         return _state["updater"]
 

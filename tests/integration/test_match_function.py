@@ -378,5 +378,7 @@ def test_a_fasjson_request_while_matching_is_bounded_well_within_the_timeout(
                         "FMN_SYNC_TIMEOUT_S": "60"}.items():
         monkeypatch.setenv(name, value)
     match_app.reset()
-    assert match_app.live_updater().fasjson.timeout_s == match_app.LIVE_FASJSON_TIMEOUT_S == 5.0
+    fasjson = match_app.live_updater().fasjson
+    assert fasjson.timeout_s == match_app.LIVE_FASJSON_TIMEOUT_S == 5.0
+    assert fasjson.session.get_adapter("https://fasjson.test/").max_retries.total == 0
     match_app.reset()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fmn.ownership.diff import DEFAULT_MAX_DROP
 
@@ -62,7 +63,10 @@ class SyncSettings:
 
         return DistGit(self.distgit_url, make_session("none"), self.timeout_s)
 
-    def fasjson(self) -> object:
+    def fasjson(self, retry: Any = None) -> object:
+        """The FASJSON client; ``retry`` (a :class:`~fmn.ownership.sources.RetryPolicy`)
+        replaces the default retries, made for a sync with time to wait."""
         from fmn.ownership.sources import FasJson, make_session
 
-        return FasJson(self.fasjson_url, make_session(self.fasjson_auth), self.timeout_s)
+        return FasJson(self.fasjson_url, make_session(self.fasjson_auth, retry),
+                       self.timeout_s)
