@@ -86,3 +86,18 @@ def test_a_reconcile_clears_a_stamp_python_cannot_read(
                                   new_access="admin"))
     assert added is not None and added.stale == 0
     assert owners(engine) == {"pingou", "newu"}
+
+
+def test_live_updates_of_other_processes_wait_for_each_other(engine: Engine) -> None:
+    # match invocations run in many processes: the lock is the database's
+    from fmn.ownership.live import LIVE_LOCK_KEY, applying_alone
+
+    def taken_elsewhere() -> bool:
+        with engine.connect() as other, other.begin():
+            got = other.execute(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                {"key": LIVE_LOCK_KEY}).scalar()
+        return not got
+
+    with applying_alone(engine):
+        assert taken_elsewhere()
+    assert not taken_elsewhere()  # let go with its transaction

@@ -38,19 +38,24 @@ A message without a ``sent_at`` cannot be placed and is applied as before; one
 stamped more than :data:`MAX_CLOCK_SKEW` ahead of this clock is taken as sent
 now (its stamp would make every genuine message after it stale), and a full
 reconcile brings every stamp newer than its fetch back to the fetch's time.
+Updates are applied one at a time, across processes (:func:`applying_alone`):
+the check, the read, the write and the stamps of one are done before the next
+one checks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from fmn.errors import FmnError, RetryableError
 from fmn.message import Message, sent_time
@@ -327,6 +332,34 @@ def _artifact_key(key: tuple[str, str]) -> str:
     return f"{key[0]}/{key[1]}"
 
 
+#: the PostgreSQL advisory lock live updates take (any number: only they use it)
+LIVE_LOCK_KEY = 0x666D6E6C697665  # "fmnlive"
+#: live updates of one process, on a database without advisory locks (SQLite)
+_process_lock = threading.Lock()
+
+
+@contextmanager
+def applying_alone(engine: Engine) -> Iterator[None]:
+    """One live update at a time: its staleness check, its read of the owners, its
+    write and its stamps are transactions of their own, and an older message that
+    passed its check could otherwise write after a newer one had committed.
+
+    Within a process, a lock of the process (the local runner's threads): on
+    SQLite, which local runs use, that is all.  On PostgreSQL, across processes
+    too (match invocations run in many): an advisory lock held by a transaction
+    of its own, let go when it ends, even if the process dies.  The process lock
+    comes first, so that a process's waiting threads hold no connection of the
+    pool that the one applying needs.
+    """
+    with _process_lock:
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIVE_LOCK_KEY})
+            yield
+
+
 class LiveUpdater:
     """Applies :func:`classify`'s answer to the database and the snapshot's change log.
 
@@ -350,7 +383,8 @@ class LiveUpdater:
             return None
         started = time.perf_counter()
         try:
-            result = self._apply(update, sent_at(message))
+            with applying_alone(self.engine):
+                result = self._apply(update, sent_at(message))
         except FmnError:
             raise
         except Exception as exc:  # SQLAlchemy's errors: the database is away
