@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from fmn import db
 from fmn.ownership import store as ostore
 from fmn.ownership.data import Account, Ownership
-from fmn.ownership.reconcile import reconcile_accounts, reconcile_ownership
+from fmn.ownership.reconcile import MAX_FAILED_IN_A_ROW, reconcile_accounts, reconcile_ownership
 from fmn.ownership.sources import SourceError
 from fmn.prefs import Owners, Preferences, parse_document
 from fmn.snapshot import compile_snapshot
@@ -91,10 +91,16 @@ def test_an_account_that_cannot_be_fetched_is_skipped_not_the_whole_sync(
     assert ostore.blocked_users(engine) == {"user3"}  # user57 left as it was
     assert ostore.sync_states(engine)["accounts"]["detail"]["failed"] == 1
 
+    asked: list[str] = []
+
     def down(name: str) -> Account:
+        asked.append(name)
         raise SourceError(f"GET /v1/users/{name}/: HTTP 500")
 
     refused = reconcile_accounts(engine, store, down)
     assert not refused.ok and "HTTP 500" in (refused.reason or "")
-    assert refused.failed == 100
+    # the source is down: the sync stops, and says so, rather than retry every account
+    assert "20 accounts in a row" in (refused.reason or "")
+    assert refused.failed == MAX_FAILED_IN_A_ROW and len(asked) < 100
+    assert "in a row" in ostore.sync_states(engine)["accounts"]["error"]
     assert ostore.blocked_users(engine) == {"user3"}

@@ -66,11 +66,11 @@ def server() -> Iterator[Server]:
 
 
 def test_a_failing_answer_is_retried_until_it_comes(server: Server) -> None:
-    server.failures = [(503, {}), (429, {"Retry-After": "3600"}), (502, {})]
+    server.failures = [(503, {}), (429, {"Retry-After": "3600"})]
     fasjson = FasJson(server.url, make_session("none", NO_WAIT), 5)
     started = time.monotonic()
     assert fasjson.user("alice").emails == ("a@b.org",)
-    assert server.hits == 4
+    assert server.hits == 3  # the default: two retries
     assert time.monotonic() - started < 5  # the hour asked for is capped (here at 0)
 
 

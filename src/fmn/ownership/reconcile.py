@@ -157,13 +157,20 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     return report
 
 
+#: Accounts that could not be fetched one after another, after which the account sync
+#: stops and is refused (recorded, and a SyncRefused metric): the source is down, and
+#: each account's retries would only run the job into its timeout, unrecorded.
+MAX_FAILED_IN_A_ROW = 20
+
+
 def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], Account], *,
                        names: Iterable[str] | None = None, max_drop: float = DEFAULT_MAX_DROP,
                        workers: int = 8, progress: Progress | None = None) -> SyncReport:
     """Fetch the account of every user (or of ``names``) and store what changed.
 
     An account that cannot be fetched (after the source's retries) is left as
-    it was and counted (``failed``); the run is refused only when none could be.
+    it was and counted (``failed``); the run is refused when none could be, and
+    stops and is refused after :data:`MAX_FAILED_IN_A_ROW` failures in a row.
     The drop check compares what was fetched with what the database held for
     those same accounts.  A user whose account is now locked or deleted is published with nothing
     to receive; one whose account is usable again gets their rules back.
@@ -180,16 +187,25 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
         except FmnError as exc:  # retried already (sources.RetryPolicy)
             return exc
 
+    in_a_row = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for i, (name, answer) in enumerate(zip(wanted, pool.map(fetch_one, wanted),
                                                strict=True)):
             if isinstance(answer, FmnError):
                 errors.append(f"{name}: {answer}")
+                in_a_row += 1
             else:
                 fetched.append(answer)
+                in_a_row = 0
             if progress is not None:
                 progress(i + 1, len(wanted))
+            if in_a_row >= MAX_FAILED_IN_A_ROW:  # the source is down, not one account
+                pool.shutdown(wait=True, cancel_futures=True)
+                break
     report.fetched, report.failed = len(fetched), len(errors)
+    if in_a_row >= MAX_FAILED_IN_A_ROW:
+        return _refuse(engine, report, f"fetch failed: {in_a_row} accounts in a row could not "
+                       f"be fetched, the source is failing: {errors[-1]}", started)
     if errors:
         # An account that could not be fetched stays as it was; the others are
         # applied (a locked account must not keep receiving because of one 503).

@@ -57,13 +57,15 @@ class SourceError(RetryableError):
 class RetryPolicy:
     """How a GET is retried on a 429, a 5xx or a failed connection."""
 
-    #: retries after the first attempt
-    retries: int = 4
-    #: back-off before the n-th retry: ``backoff_s * 2**(n-1)`` (0: none)
+    #: retries after the first attempt: a GET that hangs costs (retries + 1) times the
+    #: timeout, and the hourly and daily jobs must end within their Lambda timeout
+    retries: int = 2
+    #: back-off before the retries (urllib3's): none before the first, then
+    #: ``backoff_s * 2**n`` (2 s before the second at 1 s), at most ``backoff_max_s``
     backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 10.0
     #: the longest ``Retry-After`` honoured (a longer one is waited this long)
-    retry_after_max_s: float = 60.0
+    retry_after_max_s: float = 30.0
     statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
 
     def urllib3(self) -> Any:
