@@ -136,7 +136,8 @@ def _build(s: Settings, o: dict[str, Any]) -> None:
         from fmn.web.oidc import OidcClient
 
         oidc = OidcClient(s.oidc_issuer, s.oidc_client_id, s.oidc_client_secret,
-                          f"{s.web_url}/oidc/callback", clock=clock)
+                          f"{s.web_url}/oidc/callback", clock=clock,
+                          trust_email=s.oidc_trust_email)
     from fmn.web.atom import AtomFeeds
 
     _state.update(settings=s, engine=engine, store=store, feed=feed, service=service,

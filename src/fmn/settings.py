@@ -110,6 +110,8 @@ class Settings:
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None
+    #: the issuer's ``email`` is verified even without ``email_verified`` (FMN_OIDC_TRUST_EMAIL)
+    oidc_trust_email: bool = False
     admins: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -158,6 +160,7 @@ class Settings:
             oidc_issuer=(env.get("FMN_OIDC_ISSUER") or "").rstrip("/") or None,
             oidc_client_id=env.get("FMN_OIDC_CLIENT_ID") or None,
             oidc_client_secret=env.get("FMN_OIDC_CLIENT_SECRET") or None,
+            oidc_trust_email=env.get("FMN_OIDC_TRUST_EMAIL", "").strip().lower() in _TRUE,
             admins=frozenset(a.strip() for a in env.get("FMN_ADMINS", "").split(",")
                              if a.strip()),
         )

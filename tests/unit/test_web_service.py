@@ -880,18 +880,21 @@ def test_oidc_code_flow_with_pkce(clock: FakeClock) -> None:
         client.finish(pending, {"state": pending["state"], "code": "c"})
 
 
-@pytest.mark.parametrize(("token", "userinfo", "expected"), [
-    ({"email": "someone@example.org", "email_verified": False}, None, None),
-    ({"email": "someone@example.org"}, None, None),  # not said verified: not trusted
+@pytest.mark.parametrize(("token", "userinfo", "expected", "trust"), [
+    ({"email": "someone@example.org", "email_verified": False}, None, None, False),
+    ({"email": "someone@example.org"}, None, None, False),  # not said verified: not trusted
     ({"email": "someone@example.org", "email_verified": False},
-     {"email": "other@example.org"}, None),
+     {"email": "other@example.org"}, None, False),
     ({"email": "someone@example.org", "email_verified": False},
-     {"email": "other@example.org", "email_verified": True}, "other@example.org"),
-    ({"email": "someone@example.org", "email_verified": True}, None, "someone@example.org"),
+     {"email": "other@example.org", "email_verified": True}, "other@example.org", False),
+    ({"email": "someone@example.org", "email_verified": True}, None, "someone@example.org", False),
+    # an issuer trusted to release only verified addresses (FMN_OIDC_TRUST_EMAIL)
+    ({"email": "someone@example.org"}, None, "someone@example.org", True),
+    ({"email": None}, None, None, True),
 ])
 def test_only_an_email_the_issuer_verified_becomes_a_verified_destination(
         engine: Engine, store: RecordingStore, clock: FakeClock, token: dict[str, Any],
-        userinfo: dict[str, Any] | None, expected: str | None) -> None:
+        userinfo: dict[str, Any] | None, expected: str | None, trust: bool) -> None:
     """An ID token's e-mail without ``email_verified`` may be anyone's: the first sign-in
     must not make it a verified destination (the live feed stands in, as without one)."""
     issuer = "https://id.example.org"
@@ -910,7 +913,8 @@ def test_only_an_email_the_issuer_verified_becomes_a_verified_destination(
             "sub": "1", "nickname": "newbie", **token})})
 
     client = OidcClient(issuer, "fmn", None, "https://fmn.test/oidc/callback",
-                        http=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock)
+                        http=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock,
+                        trust_email=trust)
     _url, pending = client.begin()
     nonce["n"] = pending["nonce"]
     account = client.finish(pending, {"state": pending["state"], "code": "c"})

@@ -54,11 +54,13 @@ class Account:
     email: str | None
 
 
-def _verified_email(doc: dict[str, Any]) -> str | None:
-    """``doc``'s ``email`` if its ``email_verified`` is true (OIDC Core 5.1): an address
-    the issuer did not verify may be anyone's, and the first sign-in trusts it as ours."""
+def _verified_email(doc: dict[str, Any], trust: bool = False) -> str | None:
+    """``doc``'s ``email`` if its ``email_verified`` is true (OIDC Core 5.1), or if the
+    issuer is ``trust``ed to release only verified ones: an address the issuer did not
+    verify may be anyone's, and the first sign-in trusts it as ours."""
     email = doc.get("email")
-    if isinstance(email, str) and email and doc.get("email_verified") in (True, "true"):
+    if isinstance(email, str) and email and (
+            trust or doc.get("email_verified") in (True, "true")):
         return email
     return None
 
@@ -102,8 +104,10 @@ def _claims(id_token: str) -> dict[str, Any]:
 class OidcClient:
     def __init__(self, issuer: str, client_id: str, client_secret: str | None,
                  redirect_uri: str, *, http: httpx.Client | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, trust_email: bool = False) -> None:
         self.issuer = issuer.rstrip("/")
+        #: the issuer releases only verified addresses (no ``email_verified`` needed)
+        self.trust_email = trust_email
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uri = redirect_uri
@@ -170,7 +174,7 @@ class OidcClient:
             raise OidcError("the token endpoint gave no ID token")
         claims = self.check_claims(_claims(tokens["id_token"]), str(pending.get("nonce", "")))
         name = claims.get("nickname") or claims.get("preferred_username")
-        email = _verified_email(claims)
+        email = _verified_email(claims, self.trust_email)
         userinfo_url = self.discovery().get("userinfo_endpoint")
         if (not name or not email) and isinstance(userinfo_url, str) \
                 and isinstance(tokens.get("access_token"), str):
@@ -178,7 +182,7 @@ class OidcClient:
                 "Authorization": f"Bearer {tokens['access_token']}"})
             if info.get("sub") == claims.get("sub"):
                 name = name or info.get("nickname") or info.get("preferred_username")
-                email = email or _verified_email(info)
+                email = email or _verified_email(info, self.trust_email)
         if not isinstance(name, str) or not name:
             raise OidcError("the account system did not tell us your account name")
         return Account(name=name, email=email)
