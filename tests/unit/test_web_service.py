@@ -654,6 +654,16 @@ def test_sub_addresses_count_as_their_mailbox(service: PreferencesService,
     assert len(world.mailer.sent) == 4
 
 
+def test_gmail_spellings_with_dots_count_as_their_mailbox() -> None:
+    from fmn.web.verify import mailbox_key
+
+    same = {mailbox_key("email", a) for a in (
+        "victim@gmail.com", "v.ictim@gmail.com", "Vi.c.tim+x@GMAIL.com", "victim@googlemail.com")}
+    assert same == {"victim@gmail.com", "victim@googlemail.com"}
+    # elsewhere a dot makes another mailbox
+    assert mailbox_key("email", "v.ictim@example.org") == "v.ictim@example.org"
+
+
 def test_one_account_cannot_use_up_a_strangers_verifications(
         service: PreferencesService, world: World) -> None:
     # the address's limit counted every account's requests together: bob adding

@@ -109,14 +109,23 @@ class TooManyAttempts(VerificationFailed):
         self.retry_after_s = retry_after_s
 
 
+#: domains whose mailboxes ignore dots in the local part (``v.ictim@`` is ``victim@``)
+DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
 def mailbox_key(protocol: str, address: str | None) -> str:
     """:func:`~fmn.web.service.address_key`, and for an e-mail address without the
-    ``+tag`` of its local part: ``victim+1@`` and ``victim+2@`` reach one mailbox, and
-    its verification limits count them as one (only those: they are two destinations)."""
+    ``+tag`` of its local part (and its dots at Gmail): ``victim+1@`` and ``victim+2@``
+    reach one mailbox, and its verification limits count them as one (only those: they
+    are two destinations).  Other providers' conventions (a ``-tag``) are not known
+    here, so such spellings count apart."""
     key = address_key(protocol, address)
     if protocol == "email" and "@" in key:
         local, _, domain = key.rpartition("@")
-        key = f"{local.split('+', 1)[0] or local}@{domain}"
+        local = local.split("+", 1)[0] or local
+        if domain in DOTLESS_DOMAINS:
+            local = local.replace(".", "") or local
+        key = f"{local}@{domain}"
     return key
 
 
