@@ -91,11 +91,20 @@ def test_an_account_that_cannot_be_fetched_is_skipped_not_the_whole_sync(
     assert ostore.blocked_users(engine) == {"user3"}  # user57 left as it was
     assert ostore.sync_states(engine)["accounts"]["detail"]["failed"] == 1
 
+    def odd(name: str) -> Account:  # 30 accounts side by side it answers oddly for
+        if name in {f"user{i}" for i in range(40, 70)}:
+            raise SourceError(f"GET /v1/users/{name}/: HTTP 403")
+        return Account(username=name, locked=name in ("user3", "user90"))
+
+    report = reconcile_accounts(engine, store, odd, workers=2)
+    assert report.ok and report.failed == 30  # not the source failing: the sync goes on
+    assert ostore.blocked_users(engine) == {"user3", "user90"}
+
     asked: list[str] = []
 
     def down(name: str) -> Account:
         asked.append(name)
-        raise SourceError(f"GET /v1/users/{name}/: HTTP 500")
+        raise SourceError(f"GET /v1/users/{name}/: HTTP 500", source_down=True)
 
     refused = reconcile_accounts(engine, store, down)
     assert not refused.ok and "HTTP 500" in (refused.reason or "")
@@ -103,4 +112,4 @@ def test_an_account_that_cannot_be_fetched_is_skipped_not_the_whole_sync(
     assert "20 accounts in a row" in (refused.reason or "")
     assert refused.failed == MAX_FAILED_IN_A_ROW and len(asked) < 100
     assert "in a row" in ostore.sync_states(engine)["accounts"]["error"]
-    assert ostore.blocked_users(engine) == {"user3"}
+    assert ostore.blocked_users(engine) == {"user3", "user90"}

@@ -77,9 +77,14 @@ def test_a_failing_answer_is_retried_until_it_comes(server: Server) -> None:
 def test_retries_are_bounded(server: Server) -> None:
     server.failures = [(503, {})] * 10
     fasjson = FasJson(server.url, make_session("none", RetryPolicy(retries=2, backoff_s=0)), 5)
-    with pytest.raises(SourceError, match="HTTP 503"):
+    with pytest.raises(SourceError, match="HTTP 503") as down:
         fasjson.user("alice")
-    assert server.hits == 3
+    assert server.hits == 3 and down.value.source_down
+    # one odd answer is not the source failing (the account sync goes on past it)
+    server.failures, server.hits = [(403, {})], 0
+    with pytest.raises(SourceError, match="HTTP 403") as odd:
+        fasjson.user("alice")
+    assert not odd.value.source_down and server.hits == 1
     # a 404 is an answer, not retried
     server.failures, server.hits = [(404, {})], 0
     assert fasjson.user("alice").deleted and server.hits == 1

@@ -157,9 +157,11 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     return report
 
 
-#: Accounts that could not be fetched one after another, after which the account sync
-#: stops and is refused (recorded, and a SyncRefused metric): the source is down, and
-#: each account's retries would only run the job into its timeout, unrecorded.
+#: Accounts that could not be fetched one after another because the source failed (no
+#: connection, a timeout, a 5xx or 429 after the retries: ``SourceError.source_down``),
+#: after which the account sync stops and is refused (recorded, and a SyncRefused
+#: metric): the source is down, and each account's retries would only run the job into
+#: its timeout, unrecorded.
 MAX_FAILED_IN_A_ROW = 20
 
 
@@ -193,7 +195,9 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
                                                strict=True)):
             if isinstance(answer, FmnError):
                 errors.append(f"{name}: {answer}")
-                in_a_row += 1
+                # only the source failing counts: an account it answers oddly for, however
+                # many of them sit together, must not stop every day's sync
+                in_a_row = in_a_row + 1 if getattr(answer, "source_down", False) else 0
             else:
                 fetched.append(answer)
                 in_a_row = 0

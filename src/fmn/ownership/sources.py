@@ -50,7 +50,16 @@ Progress = Callable[[int, int | None], None]
 
 
 class SourceError(RetryableError):
-    """An upstream did not give a complete, well-formed answer."""
+    """An upstream did not give a complete, well-formed answer.
+
+    ``source_down``: the source itself failed (no connection, a timeout, a 5xx or
+    a 429 after the retries), not one answer of it (another 4xx, a body that is
+    not what was asked for).
+    """
+
+    def __init__(self, detail: str, delay_s: float = 0.0, *, source_down: bool = False) -> None:
+        super().__init__(detail, delay_s)
+        self.source_down = source_down
 
 
 @dataclass(frozen=True)
@@ -123,10 +132,12 @@ class _Http:
             if missing_ok and response.status_code == 404:
                 return None
             if response.status_code != 200:
-                raise SourceError(f"GET {url}: HTTP {response.status_code}")
+                raise SourceError(f"GET {url}: HTTP {response.status_code}", source_down=(
+                    response.status_code >= 500 or response.status_code == 429))
             content = response.content  # reads the whole body: a short one raises here
         except requests.RequestException as exc:
-            raise SourceError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+            raise SourceError(f"GET {url}: {type(exc).__name__}: {exc}",
+                              source_down=True) from exc
         try:
             return response.json() if content else None
         except ValueError as exc:

@@ -55,12 +55,14 @@ class Account:
 
 
 def _verified_email(doc: dict[str, Any], trust: bool = False) -> str | None:
-    """``doc``'s ``email`` if its ``email_verified`` is true (OIDC Core 5.1), or if the
-    issuer is ``trust``ed to release only verified ones: an address the issuer did not
-    verify may be anyone's, and the first sign-in trusts it as ours."""
+    """``doc``'s ``email`` if its ``email_verified`` is true (OIDC Core 5.1), or missing
+    from an issuer ``trust``ed to release only verified ones (never when it says false):
+    an address the issuer did not verify may be anyone's, and the first sign-in trusts
+    it as ours."""
     email = doc.get("email")
+    verified = doc.get("email_verified")
     if isinstance(email, str) and email and (
-            trust or doc.get("email_verified") in (True, "true")):
+            verified in (True, "true") or (trust and verified is None)):
         return email
     return None
 

@@ -109,8 +109,9 @@ class TooManyAttempts(VerificationFailed):
         self.retry_after_s = retry_after_s
 
 
-#: domains whose mailboxes ignore dots in the local part (``v.ictim@`` is ``victim@``)
-DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+#: domains whose mailboxes ignore dots in the local part (``v.ictim@`` is ``victim@``),
+#: and the one they count as (googlemail.com is gmail.com)
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 
 
 def mailbox_key(protocol: str, address: str | None) -> str:
@@ -124,7 +125,7 @@ def mailbox_key(protocol: str, address: str | None) -> str:
         local, _, domain = key.rpartition("@")
         local = local.split("+", 1)[0] or local
         if domain in DOTLESS_DOMAINS:
-            local = local.replace(".", "") or local
+            local, domain = local.replace(".", "") or local, DOTLESS_DOMAINS[domain]
         key = f"{local}@{domain}"
     return key
 
