@@ -23,7 +23,7 @@ from fmn.ownership.data import Ownership
 from fmn.ownership.diff import OwnershipDelta
 from fmn.ownership.live import LiveUpdater, sent_at
 from fmn.ownership.reconcile import reconcile_ownership
-from fmn.prefs import Owners, Preferences
+from fmn.prefs import Owners, Preferences, parse_document
 from fmn.snapshot import compile_snapshot
 from fmn.snapshot.store import MemorySnapshotStore
 
@@ -163,3 +163,52 @@ def test_a_reconcile_brings_back_stamps_ahead_of_its_fetch(
     gone = updater.handle(member("member.removed", soon, "testuser"))
     assert gone is not None and gone.stale == 0
     assert ostore.members_of(engine, ["developers"])["developers"] == ()
+
+
+def test_an_account_is_fetched_without_holding_other_updates_up(engine: Engine) -> None:
+    """A FASJSON request (up to seconds) is no ownership write: other live updates, of
+    every match process, do not wait for it."""
+    from fmn.ownership import live
+    from fmn.ownership.data import Account
+
+    db.import_preferences(engine, parse_document({"version": 1, "users": [
+        {"name": "alice", "enabled": True, "destinations": [], "rules": []}]}))
+    held: list[bool] = []
+
+    class Fasjson:
+        def user(self, name: str) -> Account:
+            held.append(live._process_lock.locked())
+            return Account(username=name, locked=True)
+
+    store = MemorySnapshotStore()
+    store.publish(compile_snapshot(Preferences()))
+    updater = LiveUpdater(engine, store, fasjson=Fasjson())
+    result = updater.handle(Message(id="u1", topic="org.fedoraproject.prod.fas.user.update",
+                                    sent_at=datetime.now(UTC).isoformat(),
+                                    body={"msg": {"user": "alice"}}))
+    assert result is not None and result.accounts == 1 and held == [False]
+    assert ostore.blocked_users(engine) == {"alice"}
+
+
+def test_a_reconcile_writes_as_one_writer_with_live_updates(
+        engine: Engine, updater: LiveUpdater, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live message older than the fetch that passed its staleness check must not write
+    after the reconcile: the reconcile reads, compares and writes under the same lock."""
+    from fmn.ownership import live
+
+    held: list[bool] = []
+    apply_delta = ostore.apply_delta
+
+    def watched(engine: Engine, delta: OwnershipDelta) -> int:
+        held.append(live._process_lock.locked())
+        return apply_delta(engine, delta)
+
+    monkeypatch.setattr(ostore, "apply_delta", watched)
+
+    def fetch() -> Ownership:
+        held.append(live._process_lock.locked())  # the fetch (network) holds nothing up
+        return Ownership(owners={"rpms": {"foo": Owners(users=("pingou",))}},
+                         groups={"developers": ("testuser",)})
+
+    assert reconcile_ownership(engine, updater.store, fetch).ok
+    assert held == [False, True]

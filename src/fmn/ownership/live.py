@@ -38,9 +38,10 @@ A message without a ``sent_at`` cannot be placed and is applied as before; one
 stamped more than :data:`MAX_CLOCK_SKEW` ahead of this clock is taken as sent
 now (its stamp would make every genuine message after it stale), and a full
 reconcile brings every stamp newer than its fetch back to the fetch's time.
-Updates are applied one at a time, across processes (:func:`applying_alone`):
-the check, the read, the write and the stamps of one are done before the next
-one checks.
+Updates are applied one at a time, across processes, and apart from a
+reconcile's comparison and write (:func:`applying_alone`): the check, the read,
+the write and the stamps of one are done before the next one checks.  An
+account's FASJSON request is made after, holding nothing up.
 """
 
 from __future__ import annotations
@@ -385,6 +386,8 @@ class LiveUpdater:
         try:
             with applying_alone(self.engine):
                 result = self._apply(update, sent_at(message))
+            # accounts are no owners: their FASJSON requests hold no other update up
+            self._accounts(update, result)
         except FmnError:
             raise
         except Exception as exc:  # SQLAlchemy's errors: the database is away
@@ -435,7 +438,7 @@ class LiveUpdater:
         return stale
 
     def _apply(self, update: LiveUpdate, when: datetime | None = None) -> LiveResult:
-        from fmn.ownership.publish import publish_accounts, publish_delta
+        from fmn.ownership.publish import publish_delta
 
         stale = 0 if when is None else self._drop_stale(update, when)
         delta = OwnershipDelta()
@@ -477,14 +480,18 @@ class LiveUpdater:
             ostore.stamp_live(self.engine, "member", {
                 _member_key(g, u): when for g, (added, removed) in update.members.items()
                 if g in tracked for u in added | removed})
-        accounts = 0
-        if update.accounts and self.fasjson is not None:
-            names = [n for n in update.accounts if n in set(ostore.user_names_in(
-                self.engine, update.accounts))]
-            fetched = [self.fasjson.user(n) for n in names]
-            if fetched:
-                accounts = len(fetched)
-                changes += publish_accounts(self.engine, self.store, fetched)
         return LiveResult(kind=update.kind, delta=delta, users_affected=affected,
-                          snapshot_changes=changes, seconds=0.0, accounts=accounts,
-                          stale=stale)
+                          snapshot_changes=changes, seconds=0.0, stale=stale)
+
+    def _accounts(self, update: LiveUpdate, result: LiveResult) -> None:
+        """Fetch and store the accounts ``update`` names (with ``fasjson``), into ``result``."""
+        from fmn.ownership.publish import publish_accounts
+
+        if not update.accounts or self.fasjson is None:
+            return
+        names = [n for n in update.accounts if n in set(ostore.user_names_in(
+            self.engine, update.accounts))]
+        fetched = [self.fasjson.user(n) for n in names]
+        if fetched:
+            result.accounts = len(fetched)
+            result.snapshot_changes += publish_accounts(self.engine, self.store, fetched)

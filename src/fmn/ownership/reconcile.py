@@ -47,6 +47,7 @@ from fmn.ownership.diff import (
     owner_pairs,
     pairs_dropped,
 )
+from fmn.ownership.live import applying_alone
 from fmn.ownership.publish import publish_account_users, publish_delta
 
 log = logging.getLogger(__name__)
@@ -116,41 +117,47 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     except FmnError as exc:
         return _refuse(engine, report, f"fetch failed: {exc}", started)
     report.fetched, report.skipped = data.artifact_count(), data.skipped
-    current = ostore.load_ownership(engine)
-    reason = implausible("owner map", current.artifact_count(), data.artifact_count(), max_drop)
-    for atype in ARTIFACT_TYPES:
-        before, after = len(current.owners.get(atype, {})), len(data.owners.get(atype, {}))
-        reason = reason or (implausible(f"owner map's {atype}", before, after, max_drop)
-                            if before >= 20 else None)
-    # Every package kept but its maintainers gone is no more believable than the
-    # packages gone: count the (artifact, owner) pairs lost too, users on their own.
-    for label, users_only in (("owner map's owners", False), ("owner map's user owners", True)):
-        reason = reason or pairs_dropped(label, owner_pairs(current.owners, users_only=users_only),
-                                         owner_pairs(data.owners, users_only=users_only), max_drop)
-    if with_groups and current.membership_count():
-        reason = reason or implausible("group membership", current.membership_count(),
-                                       data.membership_count(), max_drop)
-    if reason:
-        return _refuse(engine, report, reason, started)
-    delta = OwnershipDelta()
-    diff_owners(current.owners, data.owners, delta)
-    if with_groups:
-        diff_groups(current.groups, data.groups, delta)
-    report.artifacts_changed = delta.artifact_count()
-    report.groups_changed = len(delta.groups)
-    report.users_affected = len(affected_users(delta, current.owners, current.groups))
-    if delta:
-        ostore.apply_delta(engine, delta)
-        report.snapshot_changes = publish_delta(store, delta)
-    # A live message sent before the fetch began is in what it fetched: one that
-    # arrives late (SQS retries, a dead-letter redrive) must not undo it.
-    ostore.stamp_live(engine, "reconcile", {"ownership": fetched_at, **(
-        {"members": fetched_at} if with_groups else {})})
-    # What it fetched replaced what live messages had set: a stamp ahead of the
-    # fetch (a publisher's clock ahead, a message applied during the fetch) would
-    # leave later genuine messages stale; it cannot outlive a reconcile.
-    ostore.reset_live_stamps(engine, ("artifact", "member") if with_groups
-                             else ("artifact",), fetched_at)
+    # One writer with live updates (fmn.ownership.live.applying_alone): a live message
+    # older than this fetch that passed its staleness check must not write after the
+    # fetch's result, nor one written meanwhile be missing from what it is compared to.
+    with applying_alone(engine):
+        current = ostore.load_ownership(engine)
+        reason = implausible("owner map", current.artifact_count(), data.artifact_count(), max_drop)
+        for atype in ARTIFACT_TYPES:
+            before, after = len(current.owners.get(atype, {})), len(data.owners.get(atype, {}))
+            reason = reason or (implausible(f"owner map's {atype}", before, after, max_drop)
+                                if before >= 20 else None)
+        # Every package kept but its maintainers gone is no more believable than the
+        # packages gone: count the (artifact, owner) pairs lost too, users on their own.
+        for label, users_only in (("owner map's owners", False),
+                                  ("owner map's user owners", True)):
+            reason = reason or pairs_dropped(
+                label, owner_pairs(current.owners, users_only=users_only),
+                owner_pairs(data.owners, users_only=users_only), max_drop)
+        if with_groups and current.membership_count():
+            reason = reason or implausible("group membership", current.membership_count(),
+                                           data.membership_count(), max_drop)
+        if reason:
+            return _refuse(engine, report, reason, started)
+        delta = OwnershipDelta()
+        diff_owners(current.owners, data.owners, delta)
+        if with_groups:
+            diff_groups(current.groups, data.groups, delta)
+        report.artifacts_changed = delta.artifact_count()
+        report.groups_changed = len(delta.groups)
+        report.users_affected = len(affected_users(delta, current.owners, current.groups))
+        if delta:
+            ostore.apply_delta(engine, delta)
+            report.snapshot_changes = publish_delta(store, delta)
+        # A live message sent before the fetch began is in what it fetched: one that
+        # arrives late (SQS retries, a dead-letter redrive) must not undo it.
+        ostore.stamp_live(engine, "reconcile", {"ownership": fetched_at, **(
+            {"members": fetched_at} if with_groups else {})})
+        # What it fetched replaced what live messages had set: a stamp ahead of the
+        # fetch (a publisher's clock ahead, a message applied during the fetch) would
+        # leave later genuine messages stale; it cannot outlive a reconcile.
+        ostore.reset_live_stamps(engine, ("artifact", "member") if with_groups
+                                 else ("artifact",), fetched_at)
     report.seconds = time.perf_counter() - started
     ostore.record_sync(engine, "ownership", ok=True, error=None, detail=report.as_dict())
     log.info("%s", report.summary())
