@@ -25,7 +25,6 @@ import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -41,7 +40,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from chalice.app import Chalice
 
 from fmn import emf
-from fmn.delivery.base import time_kept_back
+from fmn.delivery.base import time_up
 from fmn.errors import PermanentError, RetryableError
 from fmn.pipeline.envelope import Claim
 from fmn.pipeline.match import MatchResult, match_record, send_batches
@@ -286,12 +285,8 @@ class _Invocation:
 
     def __init__(self, context: Any = None) -> None:
         self.counts: Counter[str] = Counter()
-        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         #: whether the invocation is too close to its deadline to start a record
-        self.out_of_time: Callable[[], bool] | None = None
-        if remaining_ms is not None:
-            margin_ms = time_kept_back(DEADLINE_MARGIN_S * 1000, remaining_ms())
-            self.out_of_time = lambda: remaining_ms() <= margin_ms
+        self.out_of_time = time_up(context, DEADLINE_MARGIN_S)
         #: (SQS message id, result), sent together at the end
         self.matched: list[tuple[str, MatchResult]] = []
         #: SQS message id -> when it entered the incoming queue (ms; the ledger's journal)

@@ -159,6 +159,24 @@ def time_kept_back(wanted_s: float, started_with_s: float, floor_s: float = 0.0)
     return max(floor_s, min(wanted_s, started_with_s / 2))
 
 
+def seconds_left(context: Any) -> Callable[[], float] | None:
+    """The seconds an invocation has left, from Lambda's context (None: no deadline)."""
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining_ms is None:
+        return None
+    return lambda: remaining_ms() / 1000
+
+
+def time_up(context: Any, wanted_s: float) -> TimeUp | None:
+    """Whether the invocation is within :func:`time_kept_back` of ``wanted_s`` of its
+    deadline, from Lambda's context (None: no deadline)."""
+    left = seconds_left(context)
+    if left is None:
+        return None
+    margin_s = time_kept_back(wanted_s, left())
+    return lambda: left() <= margin_s
+
+
 class Refused(Exception):
     """Why an item cannot be sent (:func:`refusal`): the reason its dead letter
     carries (:func:`dead_letter_now`)."""

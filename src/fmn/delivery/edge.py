@@ -38,7 +38,8 @@ from fmn.delivery.base import (
     TimeUp,
     dead_letter_body,
     deliver_payload,
-    time_kept_back,
+    seconds_left,
+    time_up,
 )
 from fmn.delivery.once import Once, PowertoolsOnce, sends_prefix
 from fmn.errors import PermanentError, Postponed, RetryableError
@@ -259,10 +260,8 @@ class SenderFunction:
         its send callable's ``batch(bodies, remaining_s)`` returns the per-record
         ``deliver``, given the seconds the invocation has left (None: no deadline)."""
         planner: Planner = self.get("send")
-        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         plan = planner.batch((record.get("body", "") for record in event.get("Records", ())),
-                             remaining_s=(lambda: remaining_ms() / 1000) if remaining_ms
-                             else None)
+                             remaining_s=seconds_left(context))
         return self.handle(event, context, deliver=plan)
 
     def out_of_time(self, context: Any) -> TimeUp | None:
@@ -271,11 +270,9 @@ class SenderFunction:
         The margin is at most half the time the invocation starts with, so a
         function given a short timeout (a fault test's) still gets work done.
         """
-        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-        if self.deadline_margin_s is None or remaining_ms is None:
+        if self.deadline_margin_s is None:
             return None
-        margin_ms = time_kept_back(self.deadline_margin_s * 1000, remaining_ms())
-        return lambda: remaining_ms() <= margin_ms
+        return time_up(context, self.deadline_margin_s)
 
     def record_latency(self, latencies: list[float]) -> None:
         """Bus-to-send latency (ms) of the payloads just sent, at most
