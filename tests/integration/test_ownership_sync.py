@@ -248,3 +248,42 @@ def test_accounts_refused_when_upstream_fails_or_most_vanish(env: SimpleNamespac
     report = reconcile_accounts(env.engine, env.store, env.fasjson.user)
     assert not report.ok and "usable accounts" in (report.reason or "")
     assert not ostore.blocked_users(env.engine)
+
+
+def test_groups_not_reached_in_time_keep_their_members_and_come_first_next_time(
+        env: SimpleNamespace) -> None:
+    assert reconcile(env).ok
+    members_stamp = ostore.live_stamps(env.engine, "reconcile", ["members"])
+    env.up.groups["kernel-maint"].append("newcomer")
+    env.up.groups["python-sig"].append("another")
+    env.up.owner_map["rpms"]["glibc"] = ["alice"]
+
+    def after(n: int) -> Any:
+        asked = iter(range(1_000))
+        return lambda: next(asked) >= n  # out of time once n groups were fetched
+
+    def partial(start_at: str | None) -> Any:
+        return reconcile_ownership(env.engine, env.store, lambda: fetch_ownership(
+            env.distgit, env.fasjson, ostore.tracked_groups(env.engine),
+            out_of_time=after(1), start_at=start_at), start_at=start_at)
+
+    first = partial(None)  # kernel-maint fetched, python-sig not reached
+    assert first.ok and first.not_reached == 1 and first.resume_from == "python-sig"
+    assert "1 groups not reached in time" in first.summary()
+    members = ostore.members_of(env.engine, ["kernel-maint", "python-sig"])
+    assert "newcomer" in members["kernel-maint"]
+    assert set(members["python-sig"]) == {"carol", "yann", "zoe"}  # as it was, not dropped
+    assert routed(env, "glibc") == {"alice"}  # the owner map was applied whole
+    # the members' reconcile stamp stays: python-sig's live messages are still news
+    assert ostore.live_stamps(env.engine, "reconcile", ["members"]) == members_stamp
+    assert ostore.sync_states(env.engine)["ownership"]["detail"]["resume_from"] == "python-sig"
+
+    second = partial("python-sig")  # starts with the group not reached
+    assert second.ok and second.resume_from == "kernel-maint"
+    assert "another" in ostore.members_of(env.engine, ["python-sig"])["python-sig"]
+    assert reconcile(env).resume_from is None  # a whole fetch: nothing left over
+
+    env.up.mode = "fail"  # a refused run keeps where the next one starts
+    refused = partial("python-sig")
+    assert not refused.ok and refused.resume_from == "python-sig"
+    assert ostore.sync_states(env.engine)["ownership"]["detail"]["resume_from"] == "python-sig"

@@ -77,6 +77,9 @@ class Ownership:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: entries skipped because a name was unusable (reported, never stored)
     skipped: int = 0
+    #: groups whose members were not fetched, in the order they would have been (the
+    #: fetch ran out of time): their membership stays as the database has it
+    not_reached: tuple[str, ...] = ()
 
     def artifact_count(self) -> int:
         return sum(len(v) for v in self.owners.values())

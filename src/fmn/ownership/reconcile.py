@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -73,6 +73,13 @@ class SyncReport:
     skipped: int = 0
     #: accounts that could not be fetched (after retries): left as they were
     failed: int = 0
+    #: groups (ownership) or accounts not fetched because the run ran out of time: left
+    #: as they were; the next run starts with ``resume_from``
+    not_reached: int = 0
+    resume_from: str | None = None
+    #: accounts: when the pass over every account this run belongs to began (ISO, UTC);
+    #: a pass that ran out of time goes on in the next run
+    pass_started_at: str | None = None
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,7 +97,13 @@ class SyncReport:
                 f"changes published, in {self.seconds:.2f}s"
                 + (f" ({self.skipped} unusable entries skipped)" if self.skipped else "")
                 + (f" ({self.failed} accounts could not be fetched: left as they were)"
-                   if self.failed else ""))
+                   if self.failed else "")
+                + (f" ({self.not_reached} {self._what()} not reached in time: left as they "
+                   f"were, the next run starts with {self.resume_from})"
+                   if self.not_reached else ""))
+
+    def _what(self) -> str:
+        return "groups" if self.source == "ownership" else "accounts"
 
 
 def _refuse(engine: Engine, report: SyncReport, reason: str, started: float) -> SyncReport:
@@ -103,25 +116,34 @@ def _refuse(engine: Engine, report: SyncReport, reason: str, started: float) -> 
 
 def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownership], *,
                         max_drop: float = DEFAULT_MAX_DROP,
-                        with_groups: bool = True) -> SyncReport:
+                        with_groups: bool = True, start_at: str | None = None) -> SyncReport:
     """Fetch the ownership data and make the database (and the snapshot) agree.
 
     ``with_groups``: the fetch includes group members (FASJSON); without, the
-    database's membership is left as it is.
+    database's membership is left as it is.  Groups the fetch ran out of time for
+    (``Ownership.not_reached``) keep their members; the report's ``resume_from``
+    names the first, for the next fetch to start with (``start_at``, the group this
+    one started with, is kept when the run is refused).
     """
     started = time.perf_counter()
     fetched_at = datetime.now(UTC)  # what the fetch says is true as of (about) now
-    report = SyncReport(source="ownership", ok=True)
+    report = SyncReport(source="ownership", ok=True, resume_from=start_at)
     try:
         data = fetch()
     except FmnError as exc:
         return _refuse(engine, report, f"fetch failed: {exc}", started)
     report.fetched, report.skipped = data.artifact_count(), data.skipped
+    partial = with_groups and bool(data.not_reached)
+    report.not_reached = len(data.not_reached) if partial else 0
+    report.resume_from = data.not_reached[0] if partial else None
     # One writer with live updates (fmn.ownership.live.applying_alone): a live message
     # older than this fetch that passed its staleness check must not write after the
     # fetch's result, nor one written meanwhile be missing from what it is compared to.
     with applying_alone(engine):
         current = ostore.load_ownership(engine)
+        for group in data.not_reached:  # out of time before it: as the database has it
+            if with_groups and group in current.groups:
+                data.groups[group] = current.groups[group]
         reason = implausible("owner map", current.artifact_count(), data.artifact_count(), max_drop)
         for atype in ARTIFACT_TYPES:
             before, after = len(current.owners.get(atype, {})), len(data.owners.get(atype, {}))
@@ -151,12 +173,15 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
             report.snapshot_changes = publish_delta(store, delta)
         # A live message sent before the fetch began is in what it fetched: one that
         # arrives late (SQS retries, a dead-letter redrive) must not undo it.
+        # (Not for the members when some groups were not reached: their live messages
+        # are all that is newer than the database.)
+        members = with_groups and not partial
         ostore.stamp_live(engine, "reconcile", {"ownership": fetched_at, **(
-            {"members": fetched_at} if with_groups else {})})
+            {"members": fetched_at} if members else {})})
         # What it fetched replaced what live messages had set: a stamp ahead of the
         # fetch (a publisher's clock ahead, a message applied during the fetch) would
         # leave later genuine messages stale; it cannot outlive a reconcile.
-        ostore.reset_live_stamps(engine, ("artifact", "member") if with_groups
+        ostore.reset_live_stamps(engine, ("artifact", "member") if members
                                  else ("artifact",), fetched_at)
     report.seconds = time.perf_counter() - started
     ostore.record_sync(engine, "ownership", ok=True, error=None, detail=report.as_dict())
@@ -172,9 +197,45 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
 MAX_FAILED_IN_A_ROW = 20
 
 
+#: How often every account is checked: a pass over all of them begins at most this
+#: often (the scheduled job runs hourly; a pass longer than one run goes on in the next)
+ACCOUNT_PASS_EVERY = timedelta(hours=23)
+
+_NOT_REACHED = object()
+
+
+def account_pass(engine: Engine, now: datetime | None = None) -> tuple[bool, str | None,
+                                                                       str | None]:
+    """Whether the scheduled account sync has work, and from where: ``(due, start_at,
+    pass_started_at)``.
+
+    Due when no pass ever ran, when the last run ran out of time (it goes on from the
+    account it did not reach, in the same pass) or was refused (retried, from where it
+    had got to), and when the last pass began :data:`ACCOUNT_PASS_EVERY` ago.
+    """
+    now = now or datetime.now(UTC)
+    state = ostore.sync_states(engine).get("accounts")
+    if state is None:
+        return True, None, None
+    detail = state.get("detail") or {}
+    resume_from, began = detail.get("resume_from"), detail.get("pass_started_at")
+    if resume_from or state.get("error"):
+        return True, resume_from, began if resume_from else None
+    try:
+        last = datetime.fromisoformat(began or state.get("succeeded_at") or "")
+    except ValueError:
+        return True, None, None
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    return now - last >= ACCOUNT_PASS_EVERY, None, None
+
+
 def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], Account], *,
                        names: Iterable[str] | None = None, max_drop: float = DEFAULT_MAX_DROP,
-                       workers: int = 8, progress: Progress | None = None) -> SyncReport:
+                       workers: int = 8, progress: Progress | None = None,
+                       out_of_time: Callable[[], bool] | None = None,
+                       start_at: str | None = None,
+                       pass_started_at: str | None = None) -> SyncReport:
     """Fetch the account of every user (or of ``names``) and store what changed.
 
     An account that cannot be fetched (after the source's retries) is left as
@@ -183,14 +244,34 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
     The drop check compares what was fetched with what the database held for
     those same accounts.  A user whose account is now locked or deleted is published with nothing
     to receive; one whose account is usable again gets their rules back.
+
+    Every user's account is fetched in name order, from ``start_at`` on (a pass that
+    ran out of time going on, :func:`account_pass`); once ``out_of_time()`` says so no
+    more are started, what was fetched is applied, and the report's ``resume_from``
+    names the first account not reached.  A run over ``names`` only keeps the pass
+    where it was.
     """
     started = time.perf_counter()
     report = SyncReport(source="accounts", ok=True)
-    wanted = list(ostore.user_names(engine) if names is None else names)
+    if names is None:
+        wanted = sorted(ostore.user_names(engine))
+        if start_at is not None:
+            wanted = [n for n in wanted if n >= start_at]
+        report.pass_started_at = (pass_started_at if start_at is not None and pass_started_at
+                                  else datetime.now(UTC).isoformat(timespec="seconds"))
+        report.resume_from = start_at  # where a refused run is retried from
+    else:
+        wanted = list(names)
+        detail = (ostore.sync_states(engine).get("accounts") or {}).get("detail") or {}
+        report.resume_from = detail.get("resume_from")
+        report.pass_started_at = detail.get("pass_started_at")
     fetched: list[Account] = []
     errors: list[str] = []
+    not_reached: list[str] = []
 
-    def fetch_one(name: str) -> Account | FmnError:
+    def fetch_one(name: str) -> Account | FmnError | object:
+        if out_of_time is not None and out_of_time():
+            return _NOT_REACHED
         try:
             return fetch_user(name)
         except FmnError as exc:  # retried already (sources.RetryPolicy)
@@ -200,12 +281,15 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for i, (name, answer) in enumerate(zip(wanted, pool.map(fetch_one, wanted),
                                                strict=True)):
-            if isinstance(answer, FmnError):
+            if answer is _NOT_REACHED:
+                not_reached.append(name)
+            elif isinstance(answer, FmnError):
                 errors.append(f"{name}: {answer}")
                 # only the source failing counts: an account it answers oddly for, however
                 # many of them sit together, must not stop every day's sync
                 in_a_row = in_a_row + 1 if getattr(answer, "source_down", False) else 0
             else:
+                assert isinstance(answer, Account)
                 fetched.append(answer)
                 in_a_row = 0
             if progress is not None:
@@ -217,6 +301,10 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
     if in_a_row >= MAX_FAILED_IN_A_ROW:
         return _refuse(engine, report, f"fetch failed: {in_a_row} accounts in a row could not "
                        f"be fetched, the source is failing: {errors[-1]}", started)
+    report.not_reached = len(not_reached)
+    if not_reached:
+        log.warning("accounts: out of time after %d of %d; the next run starts with %s",
+                    len(wanted) - len(not_reached), len(wanted), min(not_reached))
     if errors:
         # An account that could not be fetched stays as it was; the others are
         # applied (a locked account must not keep receiving because of one 503).
@@ -229,10 +317,12 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
     usable_before = sum(1 for a in fetched if not (
         known[a.username].blocked if a.username in known else False))
     usable_after = sum(1 for a in fetched if not a.blocked)
-    if wanted:
+    if fetched:  # (none at all: out of time before the first)
         reason = implausible("usable accounts", usable_before, usable_after, max_drop)
         if reason:
             return _refuse(engine, report, reason, started)
+    if names is None:  # the pass goes on from the first account not reached, or is done
+        report.resume_from = min(not_reached) if not_reached else None
     changed = [a for a in fetched if a.username not in known or not known[a.username].same_as(a)]
     report.accounts_changed = len(changed)
     if changed:
@@ -267,7 +357,9 @@ def format_status(states: dict[str, Any]) -> str:
             what = (f"{d.get('fetched', 0)} fetched, {d.get('artifacts_changed', 0)} artifacts / "
                     f"{d.get('groups_changed', 0)} groups / {d.get('accounts_changed', 0)} "
                     f"accounts changed, {d.get('snapshot_changes', 0)} snapshot changes"
-                    + (f", {d['failed']} accounts not fetched" if d.get("failed") else ""))
+                    + (f", {d['failed']} accounts not fetched" if d.get("failed") else "")
+                    + (f", {d['not_reached']} not reached in time (the next run starts with "
+                       f"{d.get('resume_from')})" if d.get("not_reached") else ""))
         lines.append(f"{source:<10} last {s.get('attempted_at')}, last success "
                      f"{s.get('succeeded_at') or 'never'}: {what}")
     return "\n".join(lines)

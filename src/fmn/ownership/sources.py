@@ -77,6 +77,13 @@ class RetryPolicy:
     retry_after_max_s: float = 30.0
     statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
 
+    def worst_get_s(self, timeout_s: float) -> float:
+        """The longest one GET can take with these retries (each try one timeout, each
+        wait the longest back-off or ``Retry-After``): how long before its deadline a
+        job must start no more GETs."""
+        return (self.retries + 1) * timeout_s + self.retries * max(self.backoff_max_s,
+                                                                    self.retry_after_max_s)
+
     def urllib3(self) -> Any:
         from urllib3.util.retry import Retry
 
@@ -219,14 +226,30 @@ class FasJson(_Http):
 
 def fetch_ownership(distgit: DistGit, fasjson: FasJson | None,
                     extra_groups: Iterable[str] = (),
-                    progress: Progress | None = None) -> Ownership:
+                    progress: Progress | None = None, *,
+                    out_of_time: Callable[[], bool] | None = None,
+                    start_at: str | None = None) -> Ownership:
     """The owner map, plus the members of every group that owns something (and of
-    ``extra_groups``, the groups the users' rules name)."""
+    ``extra_groups``, the groups the users' rules name).
+
+    The groups are fetched in name order, from ``start_at`` on and then from the
+    first (where the last fetch ran out of time, so that no group waits for ever);
+    once ``out_of_time()`` says so, no more are fetched: the rest are listed in
+    ``not_reached``, for the reconcile to leave as they are.
+    """
     data = distgit.owner_map()
     if fasjson is None:
         return data
     groups = sorted(data.owner_groups() | set(extra_groups))
+    if start_at is not None:
+        groups = [g for g in groups if g >= start_at] + [g for g in groups if g < start_at]
     for i, group in enumerate(groups):
+        if out_of_time is not None and out_of_time():
+            data.not_reached = tuple(groups[i:])
+            log.warning("group members: out of time after %d of %d groups; %d left as "
+                        "they were, the next run starts with %s", i, len(groups),
+                        len(groups) - i, group)
+            break
         members = fasjson.group_members(group)
         if members is not None:
             data.groups[group] = members
