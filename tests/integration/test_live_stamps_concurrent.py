@@ -84,8 +84,8 @@ def test_an_older_message_checked_first_cannot_write_after_a_newer_one(tmp_path:
     checked, b_done = threading.Event(), threading.Event()
     check = a._drop_stale
 
-    def check_then_give_b_its_chance(update: object, when: datetime) -> int:
-        n = check(update, when)  # type: ignore[arg-type]
+    def check_then_give_b_its_chance(bound: object, update: object, when: datetime) -> int:
+        n = check(bound, update, when)  # type: ignore[arg-type]
         checked.set()
         b_done.wait(1.0)  # B runs whole here unless the updates are applied one at a time
         return n

@@ -101,3 +101,44 @@ def test_live_updates_of_other_processes_wait_for_each_other(engine: Engine) -> 
     with applying_alone(engine):
         assert taken_elsewhere()
     assert not taken_elsewhere()  # let go with its transaction
+
+
+def test_a_lost_lock_connection_takes_the_update_with_it(
+        engine: Engine, updater: LiveUpdater, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The update is written in the advisory lock's own transaction: were it written on
+    # other connections, a lock connection dying half way would let another process in
+    # while this one went on writing.
+    from fmn.errors import RetryableError
+    from fmn.ownership.live import LIVE_LOCK_KEY
+
+    def holder() -> int | None:
+        with engine.connect() as other:
+            return other.execute(text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                "(classid::bigint << 32) + objid::bigint = :key"),
+                {"key": LIVE_LOCK_KEY}).scalar()
+
+    original = ostore.stamp_live
+    killed: list[int] = []
+
+    def stamp_after_losing_the_lock(*args: Any, **kwargs: Any) -> None:
+        pid = holder()
+        assert pid is not None  # written under the lock...
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        killed.append(pid)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(ostore, "stamp_live", stamp_after_losing_the_lock)
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    with pytest.raises(RetryableError):
+        updater.handle(pagure("user.added", soon, ["pingou", "eve"], new_user="eve",
+                              new_access="admin"))
+    assert killed
+    assert owners(engine) == set()  # ...and went with it: nothing written without the lock
+    assert holder() is None
+    monkeypatch.setattr(ostore, "stamp_live", original)
+    again = updater.handle(pagure("user.added", soon, ["pingou", "eve"], new_user="eve",
+                                  new_access="admin"))  # the retry applies it
+    assert again is not None and owners(engine) == {"pingou", "eve"}

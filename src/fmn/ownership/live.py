@@ -51,12 +51,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from fmn.errors import FmnError, RetryableError
 from fmn.message import Message, sent_time
@@ -339,26 +339,51 @@ LIVE_LOCK_KEY = 0x666D6E6C697665  # "fmnlive"
 _process_lock = threading.Lock()
 
 
+class _InOneTransaction:
+    """An engine's stand-in whose every ``begin()`` and ``connect()`` is the one
+    transaction of ``conn``: the store's functions, each written as a transaction of
+    its own, then commit together, or not at all."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.dialect = conn.dialect
+
+    def begin(self) -> Any:
+        return nullcontext(self._conn)
+
+    def connect(self) -> Any:
+        return nullcontext(self)
+
+    def execution_options(self, **options: Any) -> _InOneTransaction:
+        return self  # a read-only snapshot's options: this transaction is the snapshot
+
+    def __getattr__(self, name: str) -> Any:  # execute, scalars, ... of the connection
+        return getattr(self._conn, name)
+
+
 @contextmanager
-def applying_alone(engine: Engine) -> Iterator[None]:
+def applying_alone(engine: Engine) -> Iterator[Engine]:
     """One live update at a time: its staleness check, its read of the owners, its
-    write and its stamps are transactions of their own, and an older message that
-    passed its check could otherwise write after a newer one had committed.
+    write and its stamps, which an older message that passed its check could
+    otherwise write after a newer one had committed.  Yields the engine to do them
+    with.
 
     Within a process, a lock of the process (the local runner's threads): on
-    SQLite, which local runs use, that is all.  On PostgreSQL, across processes
-    too (match invocations run in many): an advisory lock held by a transaction
-    of its own, let go when it ends, even if the process dies.  The process lock
-    comes first, so that a process's waiting threads hold no connection of the
-    pool that the one applying needs.
+    SQLite, which local runs use, that is all, and the engine is the engine.  On
+    PostgreSQL, across processes too (match invocations run in many): an advisory
+    lock held by a transaction, let go when it ends, even if the process dies; the
+    update is done in that same transaction (the engine yielded stands for it), so
+    a connection lost half way loses the lock and the writes together, never the
+    lock alone.  The process lock comes first, so that a process's waiting threads
+    hold no connection of the pool that the one applying needs.
     """
     with _process_lock:
         if engine.dialect.name != "postgresql":
-            yield
+            yield engine
             return
         with engine.connect() as conn, conn.begin():
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIVE_LOCK_KEY})
-            yield
+            yield cast(Engine, _InOneTransaction(conn))
 
 
 class LiveUpdater:
@@ -384,8 +409,8 @@ class LiveUpdater:
             return None
         started = time.perf_counter()
         try:
-            with applying_alone(self.engine):
-                result = self._apply(update, sent_at(message))
+            with applying_alone(self.engine) as engine:
+                result = self._apply(engine, update, sent_at(message))
             # accounts are no owners: their FASJSON requests hold no other update up
             self._accounts(update, result)
         except FmnError:
@@ -406,13 +431,13 @@ class LiveUpdater:
                  if result.stale else "")
         return result
 
-    def _drop_stale(self, update: LiveUpdate, when: datetime) -> int:
+    def _drop_stale(self, engine: Engine, update: LiveUpdate, when: datetime) -> int:
         """Take out of ``update`` what a newer message or the last reconcile already
         set; how many artifacts and group members were taken out."""
-        reconciled = ostore.live_stamps(self.engine, "reconcile", ("ownership", "members"))
+        reconciled = ostore.live_stamps(engine, "reconcile", ("ownership", "members"))
         stale = 0
         if update.artifacts:
-            known = ostore.live_stamps(self.engine, "artifact",
+            known = ostore.live_stamps(engine, "artifact",
                                        (_artifact_key(k) for k in update.artifacts))
             since = reconciled.get("ownership")
             for key in list(update.artifacts):
@@ -423,7 +448,7 @@ class LiveUpdater:
         if update.members:
             keys = [_member_key(g, u) for g, (added, removed) in update.members.items()
                     for u in added | removed]
-            known = ostore.live_stamps(self.engine, "member", keys)
+            known = ostore.live_stamps(engine, "member", keys)
             since = reconciled.get("members")
             for group, (added, removed) in list(update.members.items()):
                 for users in (added, removed):
@@ -437,14 +462,15 @@ class LiveUpdater:
                     del update.members[group]
         return stale
 
-    def _apply(self, update: LiveUpdate, when: datetime | None = None) -> LiveResult:
+    def _apply(self, engine: Engine, update: LiveUpdate,
+               when: datetime | None = None) -> LiveResult:
         from fmn.ownership.publish import publish_delta
 
-        stale = 0 if when is None else self._drop_stale(update, when)
+        stale = 0 if when is None else self._drop_stale(engine, update, when)
         delta = OwnershipDelta()
         affected: set[str] = set()
         if update.artifacts:
-            current = ostore.owners_of(self.engine, update.artifacts)
+            current = ostore.owners_of(engine, update.artifacts)
             for key, change in update.artifacts.items():
                 was = current.get(key)
                 new = change.apply(was)
@@ -459,7 +485,7 @@ class LiveUpdater:
                 affected |= set(was.users if was else ()) ^ set(new.users if new else ())
         tracked: set[str] = set()
         if update.members:
-            known = ostore.members_of(self.engine, update.members)
+            known = ostore.members_of(engine, update.members)
             tracked = set(known)
             for group, (added, removed) in update.members.items():
                 if group not in known:
@@ -472,12 +498,12 @@ class LiveUpdater:
                     affected |= set(before) ^ set(after)
         changes = 0
         if delta:
-            ostore.apply_delta(self.engine, delta)
+            ostore.apply_delta(engine, delta)
             changes += publish_delta(self.store, delta)
         if when is not None:  # what this message said is now the newest known
-            ostore.stamp_live(self.engine, "artifact",
+            ostore.stamp_live(engine, "artifact",
                               {_artifact_key(k): when for k in update.artifacts})
-            ostore.stamp_live(self.engine, "member", {
+            ostore.stamp_live(engine, "member", {
                 _member_key(g, u): when for g, (added, removed) in update.members.items()
                 if g in tracked for u in added | removed})
         return LiveResult(kind=update.kind, delta=delta, users_affected=affected,
