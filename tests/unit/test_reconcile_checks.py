@@ -113,3 +113,20 @@ def test_an_account_that_cannot_be_fetched_is_skipped_not_the_whole_sync(
     assert refused.failed == MAX_FAILED_IN_A_ROW and len(asked) < 100
     assert "in a row" in ostore.sync_states(engine)["accounts"]["error"]
     assert ostore.blocked_users(engine) == {"user3", "user90"}
+
+
+def test_one_locked_account_can_be_synced_on_its_own(engine: Engine,
+                                                      store: MemorySnapshotStore) -> None:
+    # `fmn sync accounts --user mallory`, to switch a locked account off now: every
+    # account fetched is locked, and yet it is no source answering nothing
+    names = [f"user{i}" for i in range(30)]
+    db.import_preferences(engine, parse_document({"version": 1, "users": [
+        {"name": n, "enabled": True, "destinations": [], "rules": []} for n in names]}))
+    report = reconcile_accounts(engine, store, lambda n: Account(username=n, locked=True),
+                                names=["user7"])
+    assert report.ok, report.reason
+    assert ostore.blocked_users(engine) == {"user7"}
+    # every account locked at once still is
+    refused = reconcile_accounts(engine, store, lambda n: Account(username=n, locked=True))
+    assert not refused.ok and "usable accounts is empty" in (refused.reason or "")
+    assert ostore.blocked_users(engine) == {"user7"}

@@ -112,12 +112,18 @@ def affected_users(delta: OwnershipDelta, old_owners: Mapping[str, Mapping[str, 
     return users
 
 
+def too_many_lost(before: int, lost: int, max_drop: float) -> bool:
+    """Whether losing ``lost`` of ``before`` entries is more than a fetch may: more than
+    ``max_drop`` of them, and more than :data:`MIN_DROP_ALLOWED` (a handful may go)."""
+    return before > 0 and lost > max(before * max_drop, MIN_DROP_ALLOWED)
+
+
 def implausible(what: str, before: int, after: int, max_drop: float) -> str | None:
     """Why a fetch of ``after`` entries, where the database holds ``before``, must not
     be applied; ``None`` when it looks sane."""
     if after == 0:
         return f"the fetched {what} is empty (the database holds {before}): refused"
-    if before and before - after > max(before * max_drop, MIN_DROP_ALLOWED):
+    if too_many_lost(before, before - after, max_drop):
         return (f"the fetched {what} has {after} entries where the database holds "
                 f"{before}: a drop of {1 - after / before:.1%}, more than the "
                 f"{max_drop:.0%} allowed: refused")
@@ -142,7 +148,7 @@ def pairs_dropped(what: str, before: set[Any], after: set[Any], max_drop: float)
     must not be applied; ``None`` when it keeps enough.  Counting artifacts alone
     accepts an owner map that keeps every package and loses every maintainer."""
     lost = len(before - after)
-    if before and lost > max(len(before) * max_drop, MIN_DROP_ALLOWED):
+    if too_many_lost(len(before), lost, max_drop):
         return (f"the fetched {what} loses {lost} of the {len(before)} (artifact, owner) "
                 f"pairs the database holds: a drop of {lost / len(before):.1%}, more than "
                 f"the {max_drop:.0%} allowed: refused")

@@ -46,6 +46,7 @@ from fmn.ownership.diff import (
     implausible,
     owner_pairs,
     pairs_dropped,
+    too_many_lost,
 )
 from fmn.ownership.live import applying_alone
 from fmn.ownership.publish import publish_account_users, publish_delta
@@ -317,7 +318,11 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
     usable_before = sum(1 for a in fetched if not (
         known[a.username].blocked if a.username in known else False))
     usable_after = sum(1 for a in fetched if not a.blocked)
-    if fetched:  # (none at all: out of time before the first)
+    # Every account of a run over them all locked or gone is the source answering
+    # nothing; the few an operator names (`fmn sync accounts --user NAME`, to switch a
+    # locked account off now) may all be, as long as they are few.
+    if fetched and (names is None or too_many_lost(usable_before,
+                                                   usable_before - usable_after, max_drop)):
         reason = implausible("usable accounts", usable_before, usable_after, max_drop)
         if reason:
             return _refuse(engine, report, reason, started)
