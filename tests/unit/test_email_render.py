@@ -458,3 +458,11 @@ def test_a_mail_date_is_in_utc_and_in_range(sent_at: object, expected: str) -> N
     now = datetime(2026, 12, 5, 17, 0, 0, 123456, tzinfo=UTC)
     assert mail_date(sent_at, now=now) == (
         "Sat, 05 Dec 2026 17:00:00 +0000" if expected == "now" else expected)
+
+
+def test_a_long_message_id_keeps_what_tells_it_apart_in_its_header() -> None:
+    first, second = ("build-" + "x" * 300 + end for end in ("-1", "-2"))
+    got = [parsed(one(id=i))["X-Fedmsg-Id"] for i in (first, second)]
+    assert got[0] != got[1]
+    assert all(g.startswith("build-xxx") and len(g) <= 200 for g in got)
+    assert parsed(one(id="2024-abc"))["X-Fedmsg-Id"] == "2024-abc"

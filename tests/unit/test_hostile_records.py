@@ -160,3 +160,26 @@ def test_two_message_ids_never_become_one_idempotency_key() -> None:
     assert len({carried(i) for i in ids}) == len(ids)
     assert carried("2024-abc") == "2024-abc" and carried("x\ufffd") == "x\ufffd"
     assert carried(long + "1").startswith("a" * 100)  # still readable
+
+
+def test_a_header_shrunk_to_fit_keeps_two_ids_apart() -> None:
+    # Over 64 KB of header (a long id and a summary of control characters, each escaped
+    # to six bytes): the id is shortened too, and must keep what told it apart, or the
+    # second message's notifications are taken for the first's and never sent.
+    from fmn.delivery.base import deliver_payload
+    from fmn.delivery.once import MemoryOnce
+
+    once, sent = MemoryOnce(), []
+    ids = []
+    for i in (1, 2):
+        m = Message(id="release-" + "x" * 9000 + f"-{i}", topic="org.fedoraproject.prod.x",
+                    summary="\x07" * 10_000 + f" message {i}")
+        [body] = pack(m, [Notification(m.id, "bob", "email", "bob@example.org", "d1",
+                                       ("r1",))], "email")
+        carried = orjson.loads(body)["message"]["id"]
+        assert len(carried) < len(m.id) and carried.startswith("release-xxx")
+        ids.append(carried)
+        counts = deliver_payload(body, "email", lambda item: sent.append(item.message["id"]),
+                                 once, lambda item, reason: None)
+        assert counts == {"sent": 1}
+    assert ids[0] != ids[1] and sent == ids

@@ -42,6 +42,7 @@ from fmn.delivery.base import Delivery
 from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError
 from fmn.message import sent_time
+from fmn.pipeline.notifications import MAX_TEXT_CHARS, hashed_id
 
 #: Subject lines are cut here (characters); mail clients show far fewer.
 MAX_SUBJECT_CHARS = 200
@@ -300,6 +301,15 @@ def _header_text(value: object, limit: int = MAX_HEADER_CHARS) -> str:
     return _no_encoded_words(shorten(clean(None if value is None else str(value)), limit))
 
 
+def _message_id_header(value: object) -> str:
+    """``X-Fedmsg-Id``: the id, or when too long for a header, its start and a hash of
+    the whole (cut, two messages' ids could read the same)."""
+    whole = _header_text(value, MAX_TEXT_CHARS)
+    if len(whole) <= MAX_HEADER_CHARS:
+        return whole
+    return _no_encoded_words(hashed_id(whole, str(value), MAX_HEADER_CHARS))
+
+
 def _no_encoded_words(text: str) -> str:
     # Setting a header decodes RFC 2047 encoded words ("=?utf-8?q?a=0D=0AB?=") in
     # its value, so cleaned text could turn back into CR/LF on the wire: break
@@ -392,7 +402,7 @@ def render(item: Delivery, *, sender: str, web_url: str, list_id: str,
          or f"{app or 'Fedora'}: {topic}")
     msg["Date"] = mail_date(m.get("sent_at"))
     msg["Message-ID"] = email.utils.make_msgid(domain=list_id)
-    _set(msg, "X-Fedmsg-Id", _header_text(m.get("id")))
+    _set(msg, "X-Fedmsg-Id", _message_id_header(m.get("id")))
     _set(msg, "X-Fedmsg-Topic", topic)
     _set(msg, "X-Fedmsg-Category", _header_text(category(str(m.get("topic") or ""), app), 100))
     agent = _header_text(m.get("agent"), 100)

@@ -137,7 +137,10 @@ def _encode_header(info: dict[str, Any]) -> bytes:
                 info[k] = info[k][: len(info[k]) // 2]
         elif texts:
             for k in texts:
-                info[k] = info[k][: len(info[k]) // 2]
+                # the id keeps a hash of what it was: cut, two ids could become one,
+                # and the second message's notifications be taken for duplicates
+                info[k] = (hashed_id(info[k], info[k], len(info[k]) // 2) if k == "id"
+                           else info[k][: len(info[k]) // 2])
         else:  # cannot happen with the caps above; refuse rather than loop
             raise PayloadTooLarge(f"message header of {len(encoded)} bytes")
         encoded = orjson.dumps(info)
