@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fmn.auth import InvalidToken, seal, unseal
+from fmn.delivery.email import OLDEST_DATE
 from fmn.delivery.text import clean, shorten
 from fmn.message import sent_time
 from fmn.web.service import WebError
@@ -106,8 +107,20 @@ class AtomFeeds:
 
 
 def _when(value: Any) -> datetime:
-    """A time of an item (aware), or the epoch when it has none readable."""
-    return sent_time(value) or datetime.fromtimestamp(0, UTC)
+    """A time of an item in UTC, or the epoch when it has none readable: Atom's dates
+    are RFC 3339's, which has no offset with seconds (Python reads one)."""
+    when = sent_time(value)
+    try:
+        return when.astimezone(UTC) if when is not None else datetime.fromtimestamp(0, UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        return datetime.fromtimestamp(0, UTC)
+
+
+def _published(sent_at: Any, received: datetime) -> datetime:
+    """When the publisher says it sent the message, unless that is unreadable, before
+    2000 or after it was received (an untrusted field): then when it was received."""
+    sent = _when(sent_at) if sent_at else None
+    return sent if sent is not None and OLDEST_DATE <= sent <= received else received
 
 
 def _http_url(value: Any) -> str | None:
@@ -143,8 +156,7 @@ def render(user: str, items: Iterable[Mapping[str, Any]], self_url: str,
         entry.title(f"[{app}] {summary}" if summary else f"[{app}]")
         received = _when(item.get("received_at"))
         entry.updated(received)
-        entry.published(min(_when(item.get("sent_at")), received)
-                        if item.get("sent_at") else received)
+        entry.published(_published(item.get("sent_at"), received))
         url = _http_url(item.get("url"))
         if url:
             entry.link(href=url, rel="alternate")
