@@ -143,6 +143,11 @@ def test_clean_removes_what_changes_meaning() -> None:
     # what shows as nothing goes: a name that reads as another's is another's
     assert clean("fedora\u200b-ad\u00admin\u2060") == "fedora-admin"
     assert clean("\U0001f468\u200d\U0001f469") == "\U0001f468\u200d\U0001f469"  # joiners stay
+    # tag characters, deprecated and musical format characters, the combining grapheme
+    # joiner and the Hangul fillers show as nothing too (the last two are printable)
+    for hidden in ("\U000e0061\U000e0064", "\u206a", "\U0001d173", "\U0001bca0", "\u034f",
+                   "\u115f", "\u3164", "\uffa0"):
+        assert clean(f"fedora{hidden}-admin") == "fedora-admin", ascii(hidden)
     assert clean("<b>&amp;</b>") == "<b>&amp;</b>"  # HTML is escaped where HTML is made
     assert clean(None) == ""
 
@@ -157,7 +162,8 @@ def test_clean_of_printable_text_is_the_full_cleaning() -> None:
 
     special = st.sampled_from([" ", "  ", "\t", "\r\n", "\x1b[31m", "\x1b]8;;x\x07", "\x9b1m",
                                "\x03" "4,5", "\x02", "\u2028", "\u202e", "\u00a0", "\u3000",
-                               "\ufeff", "\uffff", "\ud800", "\x85", "\x1c"])
+                               "\ufeff", "\uffff", "\ud800", "\x85", "\x1c", "\u034f",
+                               "\u3164", "\U000e0061"])
     anything = st.characters(exclude_categories=())
     pieces = st.lists(st.one_of(special, st.text(anything, max_size=8),
                                 st.text("ab c-./:", max_size=12)), max_size=8)

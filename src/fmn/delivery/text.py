@@ -44,12 +44,22 @@ _SPACES = re.compile(r"\s+")
 #: around them as shown ("fmn\u202egpj.exe" reads "fmnexe.jpg")
 BIDI_CONTROLS: tuple[int, ...] = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
                                   *range(0x2066, 0x206A))
+#: Printable by Python's measure, yet shown as nothing: the combining grapheme joiner,
+#: the Hangul fillers.
+PRINTABLE_INVISIBLE: tuple[int, ...] = (0x034F, 0x115F, 0x1160, 0x3164, 0xFFA0)
+_PRINTABLE_INVISIBLE = re.compile("[" + "".join(map(chr, PRINTABLE_INVISIBLE)) + "]")
 #: Characters that show as nothing at all and join nothing: a soft hyphen, the
 #: Mongolian vowel separator, the zero-width space, the word joiner and the invisible
 #: operators, the interlinear annotation marks ("fedora\u200b-admin" reads as
 #: "fedora-admin").  The zero-width (non-)joiners stay: scripts and emoji need them.
 INVISIBLE: tuple[int, ...] = (0x00AD, 0x180E, 0x200B, *range(0x2060, 0x2065),
-                              *range(0xFFF9, 0xFFFC))
+                              *range(0xFFF9, 0xFFFC),
+                              # the deprecated format characters, the shorthand and
+                              # musical format controls, the tag characters (a flag's
+                              # tags too: the flag is left black)
+                              *range(0x206A, 0x2070), *range(0x1BCA0, 0x1BCA4),
+                              *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE0080),
+                              *PRINTABLE_INVISIBLE)
 
 
 def _control_table() -> dict[int, str | None]:
@@ -70,11 +80,12 @@ def clean(text: Any) -> str:
     """``text`` as one line of printable characters (``""`` for anything not a string)."""
     if not isinstance(text, str) or not text:
         return ""
-    if text.isprintable():
+    if text.isprintable() and (text.isascii() or not _PRINTABLE_INVISIBLE.search(text)):
         # Nearly every field: nothing to remove.  A printable string holds no
         # control, format (bidi), surrogate, separator or non-character code
         # point, so none of the patterns below can match, and its only
-        # whitespace is the plain space.  Same result, a fraction of the time.
+        # whitespace is the plain space (the few printable characters that show as
+        # nothing are looked for apart).  Same result, a fraction of the time.
         line: str = _SPACES.sub(" ", text) if "  " in text else text
         return line.strip(" ")
     return _clean_all(text)
