@@ -33,3 +33,22 @@ def test_latencies_and_counts_reach_the_file_never_the_console(
     recorded = values[0] if isinstance(values[0], list) else [values[0]]
     assert len(recorded) <= LATENCY_SAMPLE
     assert max(recorded) == sent - 1 and min(recorded) == 0
+
+
+def test_the_console_line_carries_nothing_a_terminal_acts_on() -> None:
+    # log lines quote bus messages (ids, topics): an escape sequence in one must not
+    # reach the operator's terminal, nor a carriage return overwrite the line
+    import logging
+
+    from fmn.local.logs import OneLine
+
+    record = logging.LogRecord("fmn.x", logging.WARNING, __file__, 1,
+                               "message %s is odd", ("a\x1b]0;pwned\x07b\rc\x1b[2Jd\ne",), None)
+    try:
+        raise ValueError("boom\x1b[31m\r\nred")
+    except ValueError:
+        import sys
+        record.exc_info = sys.exc_info()
+    line = OneLine().format(record)
+    assert "\x1b" not in line and "\r" not in line and "\n" not in line
+    assert line.endswith("message ab cd e is odd (ValueError: boom red)")

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
+from fmn.delivery.text import clean
+
 
 def _powertools(module: ModuleType) -> tuple[list[Any], list[Any]]:
     from aws_lambda_powertools import Logger, Metrics
@@ -73,4 +75,5 @@ class OneLine(logging.Formatter):
             text = super().format(record) + note
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
-        return text.replace("\n", " ")[:400]
+        # one line, and nothing a terminal would act on: log lines quote bus messages
+        return clean(text)[:400]
