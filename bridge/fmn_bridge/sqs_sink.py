@@ -9,9 +9,12 @@ only then never loses a message.  Nothing is ever dropped: an envelope above
 ``MAX_INLINE_BYTES``, one holding a character SQS does not take, or one SQS
 refuses as a sender fault or for its contents, goes to S3 and
 the queue carries a claim; failed entries and failed calls are retried with
-exponential backoff for as long as it takes; while SQS is unreachable the
-buffer grows up to its bound, and when it is full ``put`` blocks (logged loudly once
-per episode, when it has blocked a second) so the sources stop reading instead of dropping.
+exponential backoff for as long as it takes.  An envelope whose claim cannot be
+written (S3 away, the bucket missing, no permission: said at start, and loudly once
+an episode) waits aside, in memory, tried again with backoff, while every other one
+is sent.  While SQS is unreachable the buffer grows up to its bound, and when it is
+full ``put`` blocks (logged loudly once per episode, when it has blocked a second) so
+the sources stop reading instead of dropping.
 :meth:`flush_and_stop` sends what is buffered before the process exits; what SQS
 has not taken by then and no broker would send again (fedmsg's) goes to a spool
 file in ``spool_dir``, which the next :meth:`start` sends ahead of everything.
@@ -83,6 +86,10 @@ Ack = Callable[[], None]
 _SQS_REFUSES = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 #: Error codes of a body SQS will never take, whatever its fault flag says
 _NEVER_TAKEN = ("InvalidMessageContents",)
+#: S3 error codes that trying again does not mend: the claim bucket is missing or this
+#: bridge may not write to it (a configuration to fix, said loudly)
+_S3_PERMANENT = ("NoSuchBucket", "AccessDenied", "AllAccessDisabled", "InvalidBucketName",
+                 "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccountProblem")
 
 
 class SinkClosed(RuntimeError):
@@ -111,6 +118,8 @@ class _Item:
     ack: Ack | None
     enqueued: float
     claimed: bool = False
+    #: SQS refused its body for its contents: it goes as a claim (the next try)
+    to_claim: bool = False
     #: the spool file or journal that holds it (it stays there until SQS accepted it)
     spooled: Path | None = None
     #: its line in that file, counted from 0 (what the file's ``.sent`` lists)
@@ -139,6 +148,10 @@ class SinkStats:
     journal_errors: int = 0
     #: envelopes that waited on disk alone, the buffer being full (see the module docstring)
     spilled: int = 0
+    #: claim checks to S3 that failed (the envelope waited aside, tried again later);
+    #: those of them whose error trying again does not mend (no bucket, no permission)
+    claim_errors: int = 0
+    claim_errors_permanent: int = 0
 
 
 class SqsSink:
@@ -200,6 +213,13 @@ class SqsSink:
         self._spill_reader: tuple[Path, int] | None = None
         self._spill_logged = False
         self._refill_failing = False
+        #: envelopes whose claim check failed, waiting aside (oldest first) so that the
+        #: rest go on; tried again, all at once, from ``_claim_retry_at`` on
+        self._held: list[_Item] = []
+        self._claim_retry_at = 0.0
+        self._claim_delay = backoff_initial_s
+        self._claim_failing = False
+        self._claim_error_logged = False
         self.stats = SinkStats()
 
     # -- the source side ------------------------------------------------------
@@ -234,6 +254,9 @@ class SqsSink:
             self._release_leftovers()
         self._thread = threading.Thread(target=self._run, name="sqs-sink", daemon=True)
         self._thread.start()
+        # its own thread: an S3 slow to answer holds no message up
+        threading.Thread(target=self._check_bucket, name="sqs-sink-bucket",
+                         daemon=True).start()
 
     def _leftovers_to_send(self, spool_dir: Path) -> Path | None:
         """With nothing to write ahead: ``spool_dir``, locked, if an earlier run left spool
@@ -493,7 +516,7 @@ class SqsSink:
         with self._cond:
             self._close_journal()
             journals = set(self._journals)
-            bodies = [i.body for i in (*self._sending, *self._buf)
+            bodies = [i.body for i in (*self._sending, *self._held, *self._buf)
                       if i.ack is None and (i.spooled is None or i.spooled in journals)]
             # spilled from this process's journals: copied, line by line; those of an
             # earlier run's files stay there, where the next start finds them again
@@ -615,9 +638,16 @@ class SqsSink:
 
     @property
     def buffered(self) -> int:
-        """Envelopes not yet accepted by SQS (in the buffer or in the batch being sent)."""
+        """Envelopes not yet accepted by SQS (in the buffer, in the batch being sent, on
+        disk alone, or waiting aside for their claim)."""
         with self._cond:
-            return len(self._buf) + len(self._sending) + len(self._spilled)
+            return len(self._buf) + len(self._sending) + len(self._spilled) + len(self._held)
+
+    @property
+    def claims_waiting(self) -> int:
+        """Envelopes waiting aside because their claim check to S3 failed."""
+        with self._cond:
+            return len(self._held)
 
     @property
     def alive(self) -> bool:
@@ -643,7 +673,7 @@ class SqsSink:
             log.info("SQS sink flushed: everything accepted by SQS")
             return True
         with self._cond:
-            items = [*self._sending, *self._buf]
+            items = [*self._sending, *self._held, *self._buf]
             journals = set(self._journals)
         redelivered = sum(i.ack is not None for i in items)
         # in an earlier run's spool file, which stays until SQS has it
@@ -694,28 +724,37 @@ class SqsSink:
             raise
 
     def _next_batch(self) -> list[_Item] | None:
-        """Wait for a full batch or the linger deadline; None when closing and empty."""
+        """Wait for a full batch or the linger deadline, or for envelopes whose claim
+        failed to be due again (they go first); None when closing and empty."""
         with self._cond:
             while True:
                 self._refill()
-                if self._buf:
-                    if (len(self._buf) >= BATCH_MAX_ENTRIES or self._closing
+                due = bool(self._held) and time.monotonic() >= self._claim_retry_at
+                if due or self._buf:
+                    if (due or len(self._buf) >= BATCH_MAX_ENTRIES or self._closing
                             or time.monotonic() - self._buf[0].enqueued >= self._linger):
                         break
                     self._cond.wait(self._linger - (time.monotonic() - self._buf[0].enqueued))
-                elif self._closing and (not self._spilled or self._abort.is_set()):
+                elif self._closing and ((not self._spilled and not self._held)
+                                        or self._abort.is_set()):
                     return None
+                elif self._held:
+                    self._cond.wait(min(1.0, self._claim_retry_at - time.monotonic()))
                 else:
                     self._cond.wait(1.0)
             batch: list[_Item] = []
             total = 0
-            while self._buf and len(batch) < BATCH_MAX_ENTRIES:
+            while (due and self._held or self._buf) and len(batch) < BATCH_MAX_ENTRIES:
                 # a claimed envelope is tiny; an inline one is at most MAX_INLINE_BYTES
-                size = min(self._buf[0].size, MAX_INLINE_BYTES)
+                held = due and bool(self._held)
+                size = min((self._held[0] if held else self._buf[0]).size, MAX_INLINE_BYTES)
                 if batch and total + size > BATCH_MAX_BYTES:
                     break
-                item = self._buf.popleft()
-                self._buf_bytes -= item.size
+                if held:
+                    item = self._held.pop(0)
+                else:
+                    item = self._buf.popleft()
+                    self._buf_bytes -= item.size
                 batch.append(item)
                 total += size
             self._sending = batch
@@ -726,33 +765,34 @@ class SqsSink:
             return batch
 
     def _deliver(self, batch: list[_Item]) -> None:
-        """Send until SQS accepted every entry of the batch (or the sink is aborted)."""
+        """Send until SQS accepted every entry of the batch (or the sink is aborted); an
+        entry whose claim check failed leaves the batch, to wait aside (see ``_hold``)."""
         pending = {str(n): item for n, item in enumerate(batch)}
         delay = self._backoff_initial
         while pending and not self._abort.is_set():
+            self._claim_pending(pending)
+            if not pending:
+                return
             try:
-                for item in pending.values():
-                    if not item.claimed and (item.size > MAX_INLINE_BYTES
-                                             or _SQS_REFUSES.search(item.body)):
-                        self._claim(item)  # the bytes as received, in S3
                 url = self._url()
                 resp = self._sqs.send_message_batch(QueueUrl=url, Entries=[
                     {"Id": n, "MessageBody": item.body} for n, item in pending.items()])
             except Exception as exc:  # noqa: BLE001 - any failure of the call: retry it
                 self.stats.failed_calls += 1
                 if self.stats.failed_calls == 1 or delay >= self._backoff_max:
-                    log.warning("SQS/S3 call failed (%s: %s); %d envelope(s) waiting,"
+                    log.warning("SQS call failed (%s: %s); %d envelope(s) waiting,"
                                 " retrying in %.1fs", type(exc).__name__, exc,
                                 self.buffered, delay)
                 else:
-                    log.info("SQS/S3 call failed again (%s); retrying in %.1fs",
+                    log.info("SQS call failed again (%s); retrying in %.1fs",
                              type(exc).__name__, delay)
                 if type(exc).__name__ in ("QueueDoesNotExist",) or "NonExistentQueue" in str(exc):
                     self._queue_url = None  # look the URL up again next time
                 if any(code in str(exc) for code in _NEVER_TAKEN):
                     # the whole call refused for one body's contents: which one is not
                     # said, so every body of the call goes as a claim (plain ASCII)
-                    self._claim_all(pending.values())
+                    for item in pending.values():
+                        item.to_claim = True
                 self._abort.wait(delay)
                 delay = min(delay * 2, self._backoff_max)
                 continue
@@ -773,7 +813,8 @@ class SqsSink:
                 if never and not item.claimed:
                     # SQS will never take this body (say, characters it does not
                     # allow): the claim envelope is plain ASCII, so it always can.
-                    fixed += self._try_claim(item)
+                    item.to_claim = True  # claimed (or set aside) before the next try
+                    fixed += 1
             if pending and fixed < len(pending):
                 # a transient refusal (throttling, SQS's own fault): back off
                 self._abort.wait(delay)
@@ -803,19 +844,97 @@ class SqsSink:
                 self._sqs.get_queue_url(QueueName=self._queue_name)["QueueUrl"])
         return self._queue_url
 
-    def _claim_all(self, items: Any) -> None:
-        for item in items:
-            if not item.claimed:
-                self._try_claim(item)
+    def _claim_pending(self, pending: dict[str, _Item]) -> None:
+        """Claim-check the entries SQS would not take inline (too large, characters it
+        does not allow, refused for their contents): the bytes as received go to S3.  An
+        entry whose claim fails leaves ``pending`` and waits aside (:meth:`_hold`), and so
+        do, untried, the entries after it that need a claim, and those that come while
+        claims fail, until the back-off has passed: S3 would fail them alike."""
+        failed: list[str] = []
+        trying = not self._claim_failing or time.monotonic() >= self._claim_retry_at
+        for n, item in pending.items():
+            if item.claimed or not (item.to_claim or item.size > MAX_INLINE_BYTES
+                                    or _SQS_REFUSES.search(item.body)):
+                continue
+            if trying:
+                try:
+                    self._claim(item)
+                except Exception as exc:  # noqa: BLE001 - S3's or the network's: tried again
+                    trying = False
+                    self._claim_failed(exc)
+                else:
+                    self._claim_worked()
+                    continue
+            failed.append(n)
+        if failed:
+            self._hold([pending.pop(n) for n in failed])
 
-    def _try_claim(self, item: _Item) -> bool:
-        """:meth:`_claim`; False (logged) when S3 failed: the batch retries it."""
+    def _hold(self, items: list[_Item]) -> None:
+        """Set aside envelopes whose claim check failed: they are tried again, ahead of
+        the buffer, once the claim back-off has passed, and meanwhile every other envelope
+        is sent.  Nothing is lost: they count as buffered, a stop spools them (fedmsg) or
+        leaves them unacknowledged (AMQP), and their journal lines stay until SQS has them."""
+        with self._cond:
+            gone = {id(i) for i in items}
+            self._sending = [i for i in self._sending if id(i) not in gone]
+            self._held.extend(items)
+            self._cond.notify_all()
+
+    def _claim_failed(self, exc: Exception) -> None:
+        """Count and say a failed claim check (loudly once an episode when trying again
+        cannot mend it) and back the next try off."""
+        self.stats.claim_errors += 1
+        code = _error_code(exc)
+        wait = self._claim_delay
+        self._claim_retry_at = time.monotonic() + wait
+        self._claim_delay = min(self._claim_delay * 2, self._backoff_max)
+        if code in _S3_PERMANENT:
+            self.stats.claim_errors_permanent += 1
+            if not self._claim_error_logged:
+                self._claim_error_logged = True
+                self._claim_failing = True
+                log.error("claim check to s3://%s FAILED (%s: %s): the bucket is missing or "
+                          "this bridge may not write to it (FMN_CLAIM_BUCKET, s3:PutObject);"
+                          " envelopes too large for SQS wait aside (%d now), tried again "
+                          "every %gs at most, until it is fixed; every other one is sent",
+                          self._bucket, type(exc).__name__, exc, self.claims_waiting + 1,
+                          self._backoff_max)
+                return
+        if not self._claim_failing:
+            self._claim_failing = True
+            log.warning("claim check to s3://%s failed (%s: %s); the envelope waits aside, "
+                        "tried again in %.1fs; every other one is sent", self._bucket,
+                        type(exc).__name__, exc, wait)
+        else:
+            log.info("claim check to S3 failed again (%s); tried again in %.1fs",
+                     type(exc).__name__, wait)
+
+    def _claim_worked(self) -> None:
+        self._claim_delay = self._backoff_initial
+        if self._claim_failing:
+            self._claim_failing = self._claim_error_logged = False
+            log.warning("claim checks to s3://%s work again (%d envelope(s) still waiting "
+                        "aside follow)", self._bucket, self.claims_waiting)
+
+    def _check_bucket(self) -> None:
+        """Say at start, not with the first oversized record, that the claim bucket cannot
+        be used.  Only said: every envelope that needs no claim is sent all the same."""
         try:
-            self._claim(item)
-        except Exception as exc:  # noqa: BLE001 - retried with the batch
-            log.warning("claim check to S3 failed (%s); will retry", exc)
-            return False
-        return True
+            self._s3.head_bucket(Bucket=self._bucket)
+        except Exception as exc:  # noqa: BLE001 - said; each claim is tried (and said) anyway
+            code = _error_code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                why = "does not exist"
+            elif code in ("403", "AccessDenied", "Forbidden"):
+                why = ("refuses HeadBucket: another account's bucket, or no s3:ListBucket "
+                       "(claims need s3:PutObject alone, so they may work all the same)")
+            else:
+                why = f"cannot be checked ({type(exc).__name__}: {exc})"
+            log.warning("the claim bucket s3://%s %s: an envelope too large for SQS waits "
+                        "until its claim can be written, every other one is sent (check "
+                        "FMN_CLAIM_BUCKET or --claim-bucket)", self._bucket, why)
+        else:
+            log.info("claim bucket s3://%s is there", self._bucket)
 
     def _claim(self, item: _Item) -> None:
         """Put the record in S3 and make the item's body a claim envelope."""
@@ -833,6 +952,14 @@ class SqsSink:
         item.claimed = True
         self.stats.claimed += 1
         log.info("record of %d bytes claim-checked to s3://%s/%s", len(record), self._bucket, key)
+
+
+def _error_code(exc: Exception) -> str:
+    """A botocore error's code ("NoSuchBucket"; "404" for a HEAD); "" for another error."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 _spool_files = itertools.count()

@@ -628,6 +628,78 @@ def test_oversized_record_goes_to_s3_with_a_claim(aws: Aws) -> None:
     assert sink.stats.claimed == 1
 
 
+def test_a_claim_bucket_that_cannot_be_written_holds_up_the_oversized_record_alone(
+        aws: Aws, caplog: pytest.LogCaptureFixture) -> None:
+    """A claim bucket that cannot be written (missing, a wrong FMN_CLAIM_BUCKET, no
+    s3:PutObject) failed the whole batch holding an oversized record, retried for ever:
+    the flusher sent nothing else though SQS worked.  Now the oversized one waits aside,
+    tried again, said once, and is sent once the bucket can be written."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    caplog.set_level(logging.INFO, logger="fmn_bridge.sqs_sink")
+    bucket = f"{aws.bucket}-later"  # not there yet
+    sink = SqsSink(aws.sqs, aws.s3, aws.queue_name, bucket, backoff_initial_s=0.05,
+                   backoff_max_s=0.3)
+    sink.start()
+    big = json.dumps({"topic": "t", "msg": {"log": "x" * 300_000}}).encode()
+    acked: list[int] = []
+    try:
+        sink.put(_fedmsg(big, 0), ack=lambda: acked.append(0))
+        for n in range(1, 51):
+            sink.put(_fedmsg(json.dumps({"topic": "t", "msg": {"n": n}}).encode(), n),
+                     ack=lambda n=n: acked.append(n))
+        _wait(lambda: len(acked) == 50, 20, "the 50 small envelopes sent")
+        got = aws.drain()
+        assert sorted(e.seq or 0 for e in got) == list(range(1, 51))
+        # the oversized one waits aside, tried again: not lost, not sent inline
+        _wait(lambda: sink.stats.claim_errors >= 3, 10, "the claim tried again")
+        assert 0 not in acked and sink.claims_waiting == 1 and sink.buffered == 1
+        assert sink.stats.claim_errors_permanent == sink.stats.claim_errors
+        _wait(lambda: any("does not exist" in r.getMessage() for r in caplog.records
+                          if r.levelno == logging.WARNING), 10, "the start's bucket check")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "NoSuchBucket" in errors[0]  # once, not per try
+        aws.s3.create_bucket(Bucket=bucket)
+        _wait(lambda: 0 in acked, 10, "the oversized one sent once its bucket exists")
+        assert sink.flush_and_stop(10)
+    finally:
+        if sink.alive:
+            sink.flush_and_stop(1)
+    got = aws.drain()
+    assert [e.seq for e in got] == [0] and got[0].claim is not None
+    assert got[0].claim.bucket == bucket and _claimed(aws, got[0]) == big
+    assert sink.claims_waiting == 0 and sink.stats.claimed == 1
+    assert any("work again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_while_a_claim_fails_spools_the_oversized_fedmsg_record_for_the_next_start(
+        aws: Aws, tmp_path: Path) -> None:
+    """An envelope waiting aside for its claim is buffered like any other: a stop that
+    cannot send it writes it to the spool, and the next start sends it."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    bucket = f"{aws.bucket}-later"
+    spool = tmp_path / "spool"
+    sink = SqsSink(aws.sqs, aws.s3, aws.queue_name, bucket, backoff_initial_s=0.05,
+                   backoff_max_s=0.3, spool_dir=spool)
+    sink.start()
+    big = json.dumps({"topic": "t", "msg": {"log": "y" * 300_000}}).encode()
+    sink.put(_fedmsg(big, 0))
+    sink.put(_fedmsg(b'{"topic": "t", "msg": {}}', 1))
+    _wait(lambda: sink.stats.forwarded == 1 and sink.claims_waiting == 1, 10,
+          "the small one sent, the oversized one aside")
+    assert not sink.flush_and_stop(1)
+    assert sink.stats.spooled == 1
+    assert [e.seq for e in aws.drain()] == [1]
+    aws.s3.create_bucket(Bucket=bucket)
+    again = SqsSink(aws.sqs, aws.s3, aws.queue_name, bucket, spool_dir=spool)
+    again.start()
+    assert again.flush_and_stop(10)
+    got = aws.drain()
+    assert [e.seq for e in got] == [0] and _claimed(aws, got[0]) == big
+    assert _left_in(spool) == []
+
+
 # -- (e) SQS outage ------------------------------------------------------------
 
 
