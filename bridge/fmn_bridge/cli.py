@@ -223,10 +223,11 @@ def _log_stats(sink: SqsSink, sources: Sequence[Source]) -> None:
     extra = " ".join(f"{k}={v}" for s in sources for k, v in s.stats().items())
     log.info("stats: received=%d forwarded=%d buffered=%d claimed=%d failed_calls=%d"
              " retried_entries=%d full_episodes=%d journaled=%d journal_errors=%d"
-             " spilled=%d %s",
+             " spilled=%d claim_errors=%d claim_errors_permanent=%d claims_waiting=%d %s",
              st.received, st.forwarded, sink.buffered, st.claimed, st.failed_calls,
              st.retried_entries, st.full_episodes, st.journaled, st.journal_errors,
-             st.spilled, extra)
+             st.spilled, st.claim_errors, st.claim_errors_permanent, sink.claims_waiting,
+             extra)
 
 
 if __name__ == "__main__":

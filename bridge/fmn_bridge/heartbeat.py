@@ -6,7 +6,9 @@ the bridge publishes, with PutMetricData into namespace ``FMN``
 ``MessagesBridged`` (dimension ``Queue``: messages SQS accepted since the
 last beat; the silence alarm fires when it stays below 1, or is missing, for
 longer than Fedora's bus is ever quiet) and ``BusConnected`` (dimensions
-``Queue`` and ``Bus``: 1 while the source is connected, else 0).  It runs in
+``Queue`` and ``Bus``: 1 while the source is connected, else 0) and
+``ClaimsWaiting`` (dimension ``Queue``: envelopes waiting because their claim
+check to S3 failed, a claim bucket missing or not writable).  It runs in
 its own thread; a CloudWatch failure is logged and never stops the bridge.
 """
 
@@ -17,7 +19,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from fmn.pipeline.alarms import BRIDGE_CONNECTED, BRIDGE_MESSAGES, NAMESPACE
+from fmn.pipeline.alarms import (
+    BRIDGE_CLAIMS_WAITING,
+    BRIDGE_CONNECTED,
+    BRIDGE_MESSAGES,
+    NAMESPACE,
+)
 
 from .sqs_sink import SqsSink
 
@@ -39,8 +46,11 @@ class Heartbeat:
         forwarded = self._sink.stats.forwarded
         bridged, self._last = forwarded - self._last, forwarded
         queue_dim = {"Name": "Queue", "Value": self._queue}
-        data: list[dict[str, Any]] = [{"MetricName": BRIDGE_MESSAGES, "Value": bridged,
-                                       "Unit": "Count", "Dimensions": [queue_dim]}]
+        data: list[dict[str, Any]] = [
+            {"MetricName": BRIDGE_MESSAGES, "Value": bridged, "Unit": "Count",
+             "Dimensions": [queue_dim]},
+            {"MetricName": BRIDGE_CLAIMS_WAITING, "Value": self._sink.claims_waiting,
+             "Unit": "Count", "Dimensions": [queue_dim]}]
         for source in self._sources:
             connected = bool(getattr(source, "connected", False))
             data.append({"MetricName": BRIDGE_CONNECTED, "Value": 1 if connected else 0,

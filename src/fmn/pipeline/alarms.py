@@ -17,9 +17,9 @@ API where CloudFormation cannot).  Plain Python: no AWS SDK.
 
 Metric names: the functions emit theirs with Powertools (EMF) into
 :data:`NAMESPACE` (dimension ``service``); the bridge publishes
-:data:`BRIDGE_MESSAGES` and :data:`BRIDGE_CONNECTED` with PutMetricData into
-:data:`NAMESPACE` with the dimension ``Queue`` (the incoming queue's name,
-which tells stages apart) and, for the connection, ``Bus``.
+:data:`BRIDGE_MESSAGES`, :data:`BRIDGE_CONNECTED` and :data:`BRIDGE_CLAIMS_WAITING`
+with PutMetricData into :data:`NAMESPACE` with the dimension ``Queue`` (the
+incoming queue's name, which tells stages apart) and, for the connection, ``Bus``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ BUS_TO_SEND_LATENCY = "BusToSendLatency"
 BRIDGE_MESSAGES = "MessagesBridged"
 #: 1 while the bridge is connected to a bus, 0 otherwise (dimensions ``Queue``, ``Bus``)
 BRIDGE_CONNECTED = "BusConnected"
+#: envelopes waiting because their claim check to S3 failed (the claim bucket missing
+#: or not writable; dimension ``Queue``)
+BRIDGE_CLAIMS_WAITING = "ClaimsWaiting"
 #: the buses the bridge connects to (``Envelope.bus``)
 BUSES: tuple[str, ...] = ("fedmsg", "fedora-messaging")
 #: how often the bridge publishes its heartbeat, seconds
