@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from services import postgres_database, postgres_schema
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from fmn.message import Message
 from fmn.ownership import store as ostore
@@ -142,3 +143,40 @@ def test_a_lost_lock_connection_takes_the_update_with_it(
     again = updater.handle(pagure("user.added", soon, ["pingou", "eve"], new_user="eve",
                                   new_access="admin"))  # the retry applies it
     assert again is not None and owners(engine) == {"pingou", "eve"}
+
+
+def test_a_change_reaches_the_snapshot_only_once_committed_and_holds_no_writer_up(
+        engine: Engine, updater: LiveUpdater, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Published before its commit, a change could be lost by the database yet stand in
+    # the log, and a full publish meanwhile would take it for published; and the
+    # writers' lock held across the publish kept every web save waiting for Redis.
+    from fmn.db.store import _bump
+
+    seen: list[tuple[set[str], bool]] = []
+    original = updater.store.publish_ownership
+
+    def publish_ownership(change: Any) -> Any:
+        try:
+            with engine.connect() as other, other.begin():
+                other.execute(text("SET LOCAL lock_timeout = '500ms'"))
+                _bump(other)  # what every web save does first
+            free = True
+        except OperationalError:  # LockNotAvailable
+            free = False
+        seen.append((owners(engine), free))
+        return original(change)
+
+    monkeypatch.setattr(updater.store, "publish_ownership", publish_ownership)
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    result = updater.handle(pagure("user.added", soon, ["pingou", "eve"], new_user="eve",
+                                   new_access="admin"))
+    assert result is not None and result.snapshot_changes == 1
+    assert seen == [({"pingou", "eve"}, True)]  # committed, and no writer waiting
+
+    def fetch() -> Ownership:
+        return Ownership(owners={"rpms": {"bar": Owners(users=("pingou",))}})
+
+    seen.clear()
+    report = reconcile_ownership(engine, updater.store, fetch, with_groups=False)
+    assert report.ok and report.snapshot_changes == 1
+    assert seen == [({"pingou"}, True)]

@@ -50,7 +50,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -361,29 +361,69 @@ class _InOneTransaction:
         return getattr(self._conn, name)
 
 
+class Alone:
+    """What :func:`applying_alone` yields: the engine to read and write with, and the
+    snapshot publishes to run once those writes are committed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._after: list[Callable[[], None]] = []
+
+    def after_commit(self, publish: Callable[[], None]) -> None:
+        """Run ``publish`` once the writes are committed, still alone: the snapshot's
+        log must never hold a change the database might yet lose (a full publish
+        meanwhile would take it for published), and gets the changes in the order the
+        database did."""
+        self._after.append(publish)
+
+    def _committed(self) -> None:
+        for publish in self._after:
+            publish()
+
+
 @contextmanager
-def applying_alone(engine: Engine) -> Iterator[Engine]:
+def applying_alone(engine: Engine) -> Iterator[Alone]:
     """One live update at a time: its staleness check, its read of the owners, its
     write and its stamps, which an older message that passed its check could
-    otherwise write after a newer one had committed.  Yields the engine to do them
-    with.
+    otherwise write after a newer one had committed.
 
     Within a process, a lock of the process (the local runner's threads): on
     SQLite, which local runs use, that is all, and the engine is the engine.  On
     PostgreSQL, across processes too (match invocations run in many): an advisory
-    lock held by a transaction, let go when it ends, even if the process dies; the
-    update is done in that same transaction (the engine yielded stands for it), so
-    a connection lost half way loses the lock and the writes together, never the
-    lock alone.  The process lock comes first, so that a process's waiting threads
-    hold no connection of the pool that the one applying needs.
+    lock of the database session, and the update written in one transaction of that
+    same session (the engine yielded stands for it), so that a connection lost half
+    way loses the lock and the writes together, never the lock alone.  The
+    publishes run after the commit, before the lock is let go; the writers' row
+    lock (:func:`fmn.db.store._bump`) is not held across them.  The process lock
+    comes first, so that a process's waiting threads hold no connection of the pool
+    that the one applying needs.
     """
     with _process_lock:
         if engine.dialect.name != "postgresql":
-            yield engine
+            alone = Alone(engine)
+            yield alone
+            alone._committed()
             return
-        with engine.connect() as conn, conn.begin():
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIVE_LOCK_KEY})
-            yield cast(Engine, _InOneTransaction(conn))
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LIVE_LOCK_KEY})
+            conn.commit()
+            try:
+                alone = Alone(cast(Engine, _InOneTransaction(conn)))
+                with conn.begin():
+                    yield alone
+                alone._committed()
+            finally:
+                _unlock(conn)
+
+
+def _unlock(conn: Connection) -> None:
+    """Let the session's advisory lock go; a connection that cannot is closed, which
+    lets it go too (a pooled connection must never keep it)."""
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LIVE_LOCK_KEY})
+        conn.commit()
+    except Exception:  # noqa: BLE001 (the connection is lost or broken: closed below)
+        conn.invalidate()
 
 
 class LiveUpdater:
@@ -409,8 +449,8 @@ class LiveUpdater:
             return None
         started = time.perf_counter()
         try:
-            with applying_alone(self.engine) as engine:
-                result = self._apply(engine, update, sent_at(message))
+            with applying_alone(self.engine) as alone:
+                result = self._apply(alone, update, sent_at(message))
             # accounts are no owners: their FASJSON requests hold no other update up
             self._accounts(update, result)
         except FmnError:
@@ -462,10 +502,11 @@ class LiveUpdater:
                     del update.members[group]
         return stale
 
-    def _apply(self, engine: Engine, update: LiveUpdate,
+    def _apply(self, alone: Alone, update: LiveUpdate,
                when: datetime | None = None) -> LiveResult:
         from fmn.ownership.publish import publish_delta
 
+        engine = alone.engine
         stale = 0 if when is None else self._drop_stale(engine, update, when)
         delta = OwnershipDelta()
         affected: set[str] = set()
@@ -496,18 +537,22 @@ class LiveUpdater:
                 if set(after) != set(before):
                     delta.groups[group] = after
                     affected |= set(before) ^ set(after)
-        changes = 0
+        result = LiveResult(kind=update.kind, delta=delta, users_affected=affected,
+                            snapshot_changes=0, seconds=0.0, stale=stale)
         if delta:
             ostore.apply_delta(engine, delta)
-            changes += publish_delta(self.store, delta)
+
+            def publish() -> None:
+                result.snapshot_changes += publish_delta(self.store, delta)
+
+            alone.after_commit(publish)
         if when is not None:  # what this message said is now the newest known
             ostore.stamp_live(engine, "artifact",
                               {_artifact_key(k): when for k in update.artifacts})
             ostore.stamp_live(engine, "member", {
                 _member_key(g, u): when for g, (added, removed) in update.members.items()
                 if g in tracked for u in added | removed})
-        return LiveResult(kind=update.kind, delta=delta, users_affected=affected,
-                          snapshot_changes=changes, seconds=0.0, stale=stale)
+        return result
 
     def _accounts(self, update: LiveUpdate, result: LiveResult) -> None:
         """Fetch and store the accounts ``update`` names (with ``fasjson``), into ``result``."""

@@ -141,7 +141,7 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     # older than this fetch that passed its staleness check must not write after the
     # fetch's result, nor one written meanwhile be missing from what it is compared to.
     with applying_alone(engine) as alone:
-        current = ostore.load_ownership(alone)
+        current = ostore.load_ownership(alone.engine)
         for group in data.not_reached:  # out of time before it: as the database has it
             if with_groups and group in current.groups:
                 data.groups[group] = current.groups[group]
@@ -170,19 +170,23 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
         report.groups_changed = len(delta.groups)
         report.users_affected = len(affected_users(delta, current.owners, current.groups))
         if delta:
-            ostore.apply_delta(alone, delta)
-            report.snapshot_changes = publish_delta(store, delta)
+            ostore.apply_delta(alone.engine, delta)
+
+            def publish() -> None:
+                report.snapshot_changes = publish_delta(store, delta)
+
+            alone.after_commit(publish)
         # A live message sent before the fetch began is in what it fetched: one that
         # arrives late (SQS retries, a dead-letter redrive) must not undo it.
         # (Not for the members when some groups were not reached: their live messages
         # are all that is newer than the database.)
         members = with_groups and not partial
-        ostore.stamp_live(alone, "reconcile", {"ownership": fetched_at, **(
+        ostore.stamp_live(alone.engine, "reconcile", {"ownership": fetched_at, **(
             {"members": fetched_at} if members else {})})
         # What it fetched replaced what live messages had set: a stamp ahead of the
         # fetch (a publisher's clock ahead, a message applied during the fetch) would
         # leave later genuine messages stale; it cannot outlive a reconcile.
-        ostore.reset_live_stamps(alone, ("artifact", "member") if members
+        ostore.reset_live_stamps(alone.engine, ("artifact", "member") if members
                                  else ("artifact",), fetched_at)
     report.seconds = time.perf_counter() - started
     ostore.record_sync(engine, "ownership", ok=True, error=None, detail=report.as_dict())
