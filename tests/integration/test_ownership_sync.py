@@ -265,9 +265,9 @@ def test_groups_not_reached_in_time_keep_their_members_and_come_first_next_time(
     def partial(start_at: str | None) -> Any:
         return reconcile_ownership(env.engine, env.store, lambda: fetch_ownership(
             env.distgit, env.fasjson, ostore.tracked_groups(env.engine),
-            out_of_time=after(1), start_at=start_at), start_at=start_at)
+            out_of_time=after(2), start_at=start_at), start_at=start_at)
 
-    first = partial(None)  # kernel-maint fetched, python-sig not reached
+    first = partial(None)  # kernel-maint fetched (two pages), python-sig not reached
     assert first.ok and first.not_reached == 1 and first.resume_from == "python-sig"
     assert "1 groups not reached in time" in first.summary()
     members = ostore.members_of(env.engine, ["kernel-maint", "python-sig"])
@@ -287,3 +287,15 @@ def test_groups_not_reached_in_time_keep_their_members_and_come_first_next_time(
     refused = partial("python-sig")
     assert not refused.ok and refused.resume_from == "python-sig"
     assert ostore.sync_states(env.engine)["ownership"]["detail"]["resume_from"] == "python-sig"
+
+
+def test_time_is_checked_before_every_page_of_a_group(env: SimpleNamespace) -> None:
+    assert reconcile(env).ok
+    env.up.groups["kernel-maint"].append("newcomer")  # two pages, two to a page
+    looks = iter(range(1_000))
+    report = reconcile_ownership(env.engine, env.store, lambda: fetch_ownership(
+        env.distgit, env.fasjson, ostore.tracked_groups(env.engine),
+        out_of_time=lambda: next(looks) >= 1))  # time for one GET only
+    assert report.ok and report.resume_from == "kernel-maint" and report.not_reached == 2
+    # its first page was read, not applied: a group is applied whole or not at all
+    assert "newcomer" not in ostore.members_of(env.engine, ["kernel-maint"])["kernel-maint"]

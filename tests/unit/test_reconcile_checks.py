@@ -130,3 +130,21 @@ def test_one_locked_account_can_be_synced_on_its_own(engine: Engine,
     refused = reconcile_accounts(engine, store, lambda n: Account(username=n, locked=True))
     assert not refused.ok and "usable accounts is empty" in (refused.reason or "")
     assert ostore.blocked_users(engine) == {"user7"}
+
+
+def test_where_the_next_group_fetch_starts_survives_refusals_and_runs_without_groups(
+        engine: Engine, store: MemorySnapshotStore) -> None:
+    def resume_from() -> object:
+        return ostore.sync_states(engine)["ownership"]["detail"]["resume_from"]
+
+    partial = owner_map(2)
+    partial.groups = {"python-sig": ("alice",)}
+    partial.not_reached = ("r-group", "s-group")
+    assert reconcile_ownership(engine, store, lambda: partial).ok
+    assert resume_from() == "r-group"
+    # an owner map from a file fetches no group: where they start stays
+    assert reconcile_ownership(engine, store, lambda: owner_map(2), with_groups=False).ok
+    assert resume_from() == "r-group"
+    # refused (every maintainer gone): nothing applied, it starts where it started
+    refused = reconcile_ownership(engine, store, lambda: owner_map(0), start_at="r-group")
+    assert not refused.ok and resume_from() == "r-group"

@@ -126,3 +126,49 @@ def test_the_longest_get_bounds_the_time_kept_back() -> None:
     # three tries of 60 s, two waits of at most 30 s (Retry-After's cap)
     assert RetryPolicy().worst_get_s(60) == 240
     assert RetryPolicy(retries=0).worst_get_s(5) == 5
+
+
+def test_a_pass_whose_last_accounts_are_all_gone_finishes(engine: Engine,
+                                                          store: MemorySnapshotStore) -> None:
+    # the tail of a pass is part of one: all of it deleted is no source answering nothing
+    first = reconcile_accounts(engine, store, lambda n: Account(username=n), workers=1,
+                               out_of_time=out_of_time_after(48))
+    assert first.resume_from == "user48"
+    gone = {"user48", "user49"}
+    tail = reconcile_accounts(engine, store, lambda n: Account(username=n, deleted=n in gone),
+                              start_at="user48", pass_started_at=first.pass_started_at)
+    assert tail.ok, tail.reason
+    assert tail.resume_from is None and tail.pass_finished_at is not None
+    assert ostore.blocked_users(engine) == gone
+    assert account_pass(engine)[0] is False  # done, not stuck retrying the tail
+
+
+def test_a_run_over_named_accounts_does_not_hide_an_unfinished_pass(
+        engine: Engine, store: MemorySnapshotStore) -> None:
+    assert reconcile_accounts(engine, store, lambda n: Account(username=n)).ok
+    # every account a 404 at once: refused, the pass is not done
+    refused = reconcile_accounts(engine, store, lambda n: Account(username=n, deleted=True))
+    assert not refused.ok
+    assert account_pass(engine) == (True, None, None)
+    assert reconcile_accounts(engine, store, lambda n: Account(username=n),
+                              names=["user03"]).ok
+    assert account_pass(engine) == (True, None, None)  # still due
+
+
+def test_a_run_stopped_by_a_failing_source_keeps_what_it_fetched(
+        engine: Engine, store: MemorySnapshotStore) -> None:
+    def fails_from_user20(name: str) -> Account:
+        if name >= "user20":  # the source starts failing (rate limited, say)
+            raise SourceError(f"GET /v1/users/{name}/: HTTP 503", source_down=True)
+        return Account(username=name, locked=name == "user05")
+
+    stopped = reconcile_accounts(engine, store, fails_from_user20, workers=1)
+    assert not stopped.ok and stopped.stopped and "20 accounts in a row" in (stopped.reason or "")
+    assert stopped.fetched == 20 and stopped.resume_from == "user20"
+    assert ostore.blocked_users(engine) == {"user05"}  # applied, not thrown away
+    assert "STOPPED" in format_status(ostore.sync_states(engine))
+    due, start_at, began = account_pass(engine)
+    assert due and start_at == "user20" and began == stopped.pass_started_at
+    rest = reconcile_accounts(engine, store, lambda n: Account(username=n, locked=n == "user05"),
+                              start_at=start_at, pass_started_at=began)
+    assert rest.ok and rest.fetched == 30 and rest.pass_finished_at is not None

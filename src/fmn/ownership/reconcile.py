@@ -79,8 +79,13 @@ class SyncReport:
     not_reached: int = 0
     resume_from: str | None = None
     #: accounts: when the pass over every account this run belongs to began (ISO, UTC);
-    #: a pass that ran out of time goes on in the next run
+    #: a pass that ran out of time goes on in the next run; when it finished (None:
+    #: not yet)
     pass_started_at: str | None = None
+    pass_finished_at: str | None = None
+    #: accounts: the run stopped part way (the source failing), after applying what
+    #: it had fetched (``reason`` says why)
+    stopped: bool = False
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,6 +94,10 @@ class SyncReport:
         return out
 
     def summary(self) -> str:
+        if self.stopped:
+            return (f"{self.source}: {self.reason}; the {self.fetched} fetched before were "
+                    f"applied ({self.accounts_changed} changed, {self.snapshot_changes} "
+                    f"snapshot changes); the next run starts with {self.resume_from}")
         if not self.ok:
             return f"{self.source}: nothing changed: {self.reason}"
         what = (f"{self.artifacts_changed} artifacts, {self.groups_changed} groups"
@@ -128,6 +137,10 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     """
     started = time.perf_counter()
     fetched_at = datetime.now(UTC)  # what the fetch says is true as of (about) now
+    if not with_groups:  # no group is fetched: where the next fetch of them starts stays
+        detail = (ostore.sync_states(engine).get("ownership") or {}).get("detail") or {}
+        start_at = detail.get("resume_from") if isinstance(detail.get("resume_from"),
+                                                           str) else None
     report = SyncReport(source="ownership", ok=True, resume_from=start_at)
     try:
         data = fetch()
@@ -136,7 +149,6 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     report.fetched, report.skipped = data.artifact_count(), data.skipped
     partial = with_groups and bool(data.not_reached)
     report.not_reached = len(data.not_reached) if partial else 0
-    report.resume_from = data.not_reached[0] if partial else None
     # One writer with live updates (fmn.ownership.live.applying_alone): a live message
     # older than this fetch that passed its staleness check must not write after the
     # fetch's result, nor one written meanwhile be missing from what it is compared to.
@@ -162,6 +174,8 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
                                            data.membership_count(), max_drop)
         if reason:
             return _refuse(engine, report, reason, started)
+        if with_groups:  # applied: the next fetch starts with the first group not reached
+            report.resume_from = data.not_reached[0] if partial else None
         delta = OwnershipDelta()
         diff_owners(current.owners, data.owners, delta)
         if with_groups:
@@ -196,9 +210,10 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
 
 #: Accounts that could not be fetched one after another because the source failed (no
 #: connection, a timeout, a 5xx or 429 after the retries: ``SourceError.source_down``),
-#: after which the account sync stops and is refused (recorded, and a SyncRefused
-#: metric): the source is down, and each account's retries would only run the job into
-#: its timeout, unrecorded.
+#: after which the account sync stops (recorded as not done, and a SyncRefused metric):
+#: the source is down, and each account's retries would only run the job into its
+#: timeout, unrecorded.  What it fetched before is applied; the next run starts with
+#: the first account of the failures.
 MAX_FAILED_IN_A_ROW = 20
 
 
@@ -209,29 +224,34 @@ ACCOUNT_PASS_EVERY = timedelta(hours=23)
 _NOT_REACHED = object()
 
 
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
 def account_pass(engine: Engine, now: datetime | None = None) -> tuple[bool, str | None,
                                                                        str | None]:
     """Whether the scheduled account sync has work, and from where: ``(due, start_at,
     pass_started_at)``.
 
-    Due when no pass ever ran, when the last run ran out of time (it goes on from the
-    account it did not reach, in the same pass) or was refused (retried, from where it
-    had got to), and when the last pass began :data:`ACCOUNT_PASS_EVERY` ago.
+    Due when the last pass did not finish (it goes on from ``resume_from``, the first
+    account the last run did not reach or could not fetch, in the same pass; with
+    none, a new pass begins), and when the last finished pass began
+    :data:`ACCOUNT_PASS_EVERY` ago.  Only a run over every account finishes a pass
+    (``pass_finished_at``); a run over named accounts changes nothing of it.
     """
     now = now or datetime.now(UTC)
     state = ostore.sync_states(engine).get("accounts")
-    if state is None:
-        return True, None, None
-    detail = state.get("detail") or {}
+    detail = (state or {}).get("detail") or {}
     resume_from, began = detail.get("resume_from"), detail.get("pass_started_at")
-    if resume_from or state.get("error"):
-        return True, resume_from, began if resume_from else None
-    try:
-        last = datetime.fromisoformat(began or state.get("succeeded_at") or "")
-    except ValueError:
+    if resume_from:
+        return True, resume_from, began
+    last = _parse_time(began) if detail.get("pass_finished_at") else None
+    if last is None:  # never finished (never ran, refused, or recorded before passes)
         return True, None, None
-    if last.tzinfo is None:
-        last = last.replace(tzinfo=UTC)
     return now - last >= ACCOUNT_PASS_EVERY, None, None
 
 
@@ -245,16 +265,17 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
 
     An account that cannot be fetched (after the source's retries) is left as
     it was and counted (``failed``); the run is refused when none could be, and
-    stops and is refused after :data:`MAX_FAILED_IN_A_ROW` failures in a row.
-    The drop check compares what was fetched with what the database held for
-    those same accounts.  A user whose account is now locked or deleted is published with nothing
-    to receive; one whose account is usable again gets their rules back.
+    stops after :data:`MAX_FAILED_IN_A_ROW` failures in a row of the source (what it
+    fetched before is applied, the run recorded as not done).  The drop check
+    compares what was fetched with what the database held for those same accounts.
+    A user whose account is now locked or deleted is published with nothing to
+    receive; one whose account is usable again gets their rules back.
 
     Every user's account is fetched in name order, from ``start_at`` on (a pass that
-    ran out of time going on, :func:`account_pass`); once ``out_of_time()`` says so no
+    did not finish going on, :func:`account_pass`); once ``out_of_time()`` says so no
     more are started, what was fetched is applied, and the report's ``resume_from``
-    names the first account not reached.  A run over ``names`` only keeps the pass
-    where it was.
+    names the first account not reached.  A run over ``names`` keeps the pass where
+    it was.
     """
     started = time.perf_counter()
     report = SyncReport(source="accounts", ok=True)
@@ -270,6 +291,7 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
         detail = (ostore.sync_states(engine).get("accounts") or {}).get("detail") or {}
         report.resume_from = detail.get("resume_from")
         report.pass_started_at = detail.get("pass_started_at")
+        report.pass_finished_at = detail.get("pass_finished_at")
     fetched: list[Account] = []
     errors: list[str] = []
     not_reached: list[str] = []
@@ -283,6 +305,8 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
             return exc
 
     in_a_row = 0
+    stopped: str | None = None
+    resume_at: str | None = None
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for i, (name, answer) in enumerate(zip(wanted, pool.map(fetch_one, wanted),
                                                strict=True)):
@@ -301,13 +325,14 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
                 progress(i + 1, len(wanted))
             if in_a_row >= MAX_FAILED_IN_A_ROW:  # the source is down, not one account
                 pool.shutdown(wait=True, cancel_futures=True)
+                # not done: the failures' first account and every one after it
+                not_reached, resume_at = wanted[i + 1:], wanted[i - in_a_row + 1]
+                stopped = (f"stopped: {in_a_row} accounts in a row could not be fetched, "
+                           f"the source is failing: {errors[-1]}")
                 break
     report.fetched, report.failed = len(fetched), len(errors)
-    if in_a_row >= MAX_FAILED_IN_A_ROW:
-        return _refuse(engine, report, f"fetch failed: {in_a_row} accounts in a row could not "
-                       f"be fetched, the source is failing: {errors[-1]}", started)
     report.not_reached = len(not_reached)
-    if not_reached:
+    if not_reached and not stopped:
         log.warning("accounts: out of time after %d of %d; the next run starts with %s",
                     len(wanted) - len(not_reached), len(wanted), min(not_reached))
     if errors:
@@ -316,22 +341,28 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
         log.warning("accounts: %d of %d could not be fetched, left as they were: %s",
                     len(errors), len(wanted), "; ".join(errors[:5]))
         if not fetched:
-            return _refuse(engine, report, f"fetch failed: none of the {len(wanted)} "
-                           f"accounts could be fetched: {errors[0]}", started)
+            if names is None and resume_at is not None:
+                report.resume_from = resume_at
+            return _refuse(engine, report, stopped or f"fetch failed: none of the "
+                           f"{len(wanted)} accounts could be fetched: {errors[0]}", started)
     known = ostore.load_accounts(engine, [a.username for a in fetched])
     usable_before = sum(1 for a in fetched if not (
         known[a.username].blocked if a.username in known else False))
     usable_after = sum(1 for a in fetched if not a.blocked)
-    # Every account of a run over them all locked or gone is the source answering
-    # nothing; the few an operator names (`fmn sync accounts --user NAME`, to switch a
-    # locked account off now) may all be, as long as they are few.
-    if fetched and (names is None or too_many_lost(usable_before,
-                                                   usable_before - usable_after, max_drop)):
+    # Every account of a whole pass locked or gone is the source answering nothing;
+    # part of one (named accounts, `fmn sync accounts --user NAME` to switch a locked
+    # account off now; the tail of a pass that ran out of time) may all be, as long as
+    # they are few.
+    whole = names is None and start_at is None and not not_reached and not stopped
+    if usable_before and (whole or too_many_lost(usable_before,
+                                                 usable_before - usable_after, max_drop)):
         reason = implausible("usable accounts", usable_before, usable_after, max_drop)
         if reason:
             return _refuse(engine, report, reason, started)
-    if names is None:  # the pass goes on from the first account not reached, or is done
-        report.resume_from = min(not_reached) if not_reached else None
+    if names is None:  # the pass goes on from the first account not done, or is done
+        report.resume_from = resume_at or (min(not_reached) if not_reached else None)
+        if report.resume_from is None:
+            report.pass_finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     changed = [a for a in fetched if a.username not in known or not known[a.username].same_as(a)]
     report.accounts_changed = len(changed)
     if changed:
@@ -339,8 +370,13 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
         report.users_affected = len(revisions)
         report.snapshot_changes = publish_account_users(engine, store, revisions)
     report.seconds = time.perf_counter() - started
-    ostore.record_sync(engine, "accounts", ok=True, error=None, detail=report.as_dict())
-    log.info("%s", report.summary())
+    if stopped:
+        report.ok, report.reason, report.stopped = False, stopped, True
+        log.error("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    ostore.record_sync(engine, "accounts", ok=report.ok, error=report.reason,
+                       detail=report.as_dict())
     return report
 
 
@@ -360,6 +396,10 @@ def format_status(states: dict[str, Any]) -> str:
         if source == "live":
             what = (f"{d.get('topic')}: {d.get('artifacts', 0)} artifacts, "
                     f"{d.get('groups', 0)} groups, {d.get('users_affected', 0)} users")
+        elif d.get("stopped"):
+            what = (f"STOPPED: {s['error']}; {d.get('fetched', 0)} fetched before were applied "
+                    f"({d.get('accounts_changed', 0)} accounts changed), the next run starts "
+                    f"with {d.get('resume_from')}")
         elif s.get("error"):
             what = f"REFUSED: {s['error']}"
         else:

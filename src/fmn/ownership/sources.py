@@ -62,6 +62,10 @@ class SourceError(RetryableError):
         self.source_down = source_down
 
 
+class OutOfTime(Exception):
+    """A job's time ran out before its next GET (no failure of the source)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a GET is retried on a 429, a 5xx or a failed connection."""
@@ -180,8 +184,12 @@ class FasJson(_Http):
 
     page_size: int = 1000
 
-    def group_members(self, group: str) -> tuple[str, ...] | None:
-        """Every member of ``group``, following the pages; None if the group does not exist."""
+    def group_members(self, group: str, out_of_time: Callable[[], bool] | None = None
+                      ) -> tuple[str, ...] | None:
+        """Every member of ``group``, following the pages; None if the group does not exist.
+
+        ``out_of_time()`` is asked before each page: :class:`OutOfTime` when it says so.
+        """
         url: str | None = (f"/v1/groups/{quote(group, safe='')}/members/"
                            f"?page_size={self.page_size}")
         members: list[str] = []
@@ -191,6 +199,8 @@ class FasJson(_Http):
             pages += 1
             if pages > MAX_PAGES:
                 raise SourceError(f"members of {group}: more than {MAX_PAGES} pages")
+            if out_of_time is not None and out_of_time():
+                raise OutOfTime(f"members of {group}: out of time at page {pages}")
             doc = self.get(url, missing_ok=pages == 1)
             if doc is None:
                 return None
@@ -244,13 +254,14 @@ def fetch_ownership(distgit: DistGit, fasjson: FasJson | None,
     if start_at is not None:
         groups = [g for g in groups if g >= start_at] + [g for g in groups if g < start_at]
     for i, group in enumerate(groups):
-        if out_of_time is not None and out_of_time():
+        try:
+            members = fasjson.group_members(group, out_of_time)  # (a page at a time)
+        except OutOfTime:
             data.not_reached = tuple(groups[i:])
             log.warning("group members: out of time after %d of %d groups; %d left as "
                         "they were, the next run starts with %s", i, len(groups),
                         len(groups) - i, group)
             break
-        members = fasjson.group_members(group)
         if members is not None:
             data.groups[group] = members
         if progress is not None:
