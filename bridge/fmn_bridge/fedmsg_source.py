@@ -144,8 +144,10 @@ class SequenceTracker:
 def publisher_key(endpoint: str, envelope: dict[str, Any]) -> str:
     """Who incremented this envelope's ``i``: endpoint, user, signing identity."""
     signer = envelope.get("certificate") or envelope.get("signer") or ""
-    ident = hashlib.sha1(str(signer).encode(), usedforsecurity=False).hexdigest()[:12] \
-        if signer else "unsigned"
+    # surrogatepass: JSON may escape a lone surrogate (the text "\ud800"), which
+    # Python's json reads and a strict UTF-8 encode refuses
+    ident = hashlib.sha1(str(signer).encode("utf-8", "surrogatepass"),
+                         usedforsecurity=False).hexdigest()[:12] if signer else "unsigned"
     user = str(envelope.get("username", "?"))
     if len(user) > 64:  # a name is short; the key of a long one must not be the whole text
         user = "sha1:" + hashlib.sha1(user.encode("utf-8", "replace"),
@@ -303,26 +305,16 @@ class FedmsgSource:
         self.received += 1
         # fedmsg sends [topic, json]; anything else is forwarded all the same
         record = frames[-1] if frames else b""
-        seq: int | None = None
-        containers = too_many_containers(record)
-        if containers is not None:  # read, it would take gigabytes (fmn.message)
+        try:
+            seq = self._read(endpoint, frames, record)
+        except Exception:  # noqa: BLE001 - whatever a hostile record provokes
+            # the bookkeeping is ours, the record the publisher's: a record it
+            # cannot read must not stop the source (fedmsg never sends again what
+            # arrives while none runs); it goes on as it came, its i unknown
+            seq = None
             self.malformed += 1
-            self.tracker.forwarded_unread(endpoint)
-            log.warning("fedmsg: message from %s holds up to %d JSON objects and arrays"
-                        " (%d bytes): forwarded unread", endpoint, containers, len(record))
-        else:
-            try:
-                doc = loads(record)  # as Python's json reads it: NaN and all
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict) and isinstance(doc.get("i"), int):
-                seq = doc["i"]
-                self.tracker.see(publisher_key(endpoint, doc), doc["i"], endpoint)
-            elif not isinstance(doc, dict):
-                self.malformed += 1
-                log.warning("fedmsg: message from %s is not a JSON envelope (%d frames,"
-                            " %d bytes); forwarded as is", endpoint, len(frames), len(record))
-            del doc  # not held while the sink encodes the record (which reads it again)
+            log.exception("fedmsg: reading a message from %s (%d bytes) failed; forwarded"
+                          " as is", endpoint, len(record))
         try:
             self.sink.put(Envelope.wrap(self.bus, endpoint, record, seq=seq),
                           block=self._running)
@@ -330,3 +322,27 @@ class FedmsgSource:
             log.error("fedmsg: a message arrived during shutdown and could not be forwarded")
             return False
         return True
+
+    def _read(self, endpoint: str, frames: list[bytes], record: bytes) -> int | None:
+        """The envelope's ``i``, seen by the sequence tracker; None if it has none."""
+        seq: int | None = None
+        containers = too_many_containers(record)
+        if containers is not None:  # read, it would take gigabytes (fmn.message)
+            self.malformed += 1
+            self.tracker.forwarded_unread(endpoint)
+            log.warning("fedmsg: message from %s holds up to %d JSON objects and arrays"
+                        " (%d bytes): forwarded unread", endpoint, containers, len(record))
+            return None
+        try:
+            doc = loads(record)  # as Python's json reads it: NaN and all
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("i"), int):
+            seq = doc["i"]
+            self.tracker.see(publisher_key(endpoint, doc), doc["i"], endpoint)
+        elif not isinstance(doc, dict):
+            self.malformed += 1
+            log.warning("fedmsg: message from %s is not a JSON envelope (%d frames,"
+                        " %d bytes); forwarded as is", endpoint, len(frames), len(record))
+        del doc  # not held while the sink encodes the record (which reads it again)
+        return seq

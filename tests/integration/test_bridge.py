@@ -309,6 +309,83 @@ def test_fedmsg_a_record_too_complex_to_read_is_forwarded_unread_and_dead_letter
     assert parse(simple).topic == "t.simple"
 
 
+def _fedmsg_through(frames: list[bytes], source_options: dict[str, Any] | None = None,
+                    *, before: Callable[[Any], None] | None = None
+                    ) -> tuple[Any, Collected, threading.Thread]:
+    """Publish ``frames`` (fedmsg records) on a ZeroMQ hub to a fedmsg source, until
+    all arrived in its sink or the source's thread ended; the source, the sink and
+    the thread (stopped, or still running if the source died)."""
+    import zmq
+
+    from fmn_bridge.fedmsg_source import FedmsgSource
+
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
+    sink = Collected()
+    source = FedmsgSource([endpoint], sink, **(source_options or {}))  # type: ignore[arg-type]
+    if before is not None:
+        before(source)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        assert pub.poll(10_000) and pub.recv() == b"\x01"
+        for frame in frames:
+            pub.send_multipart([b"t", frame])
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while len(sink) < len(frames) and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        alive = thread.is_alive()
+    finally:
+        source.request_stop()
+        thread.join(5)
+        pub.close()
+    assert alive, "the fedmsg source died"
+    return source, sink, thread
+
+
+def test_fedmsg_a_signer_with_a_lone_surrogate_is_forwarded_and_the_source_goes_on() -> None:
+    """JSON may escape a lone surrogate, which Python's json reads: keying its signer
+    by it (a strict UTF-8 encode) raised, the source's thread died, and what the hub
+    published after it was lost until a restart."""
+    frames = [b'{"topic": "t", "i": 1, "msg": {}, "certificate": "abc"}',
+              b'{"topic": "t", "i": 7, "msg": {}, "certificate": "\\ud800"}',
+              b'{"topic": "t", "i": 9, "msg": {}, "signer": "\\udc80"}',
+              b'{"topic": "t", "i": 2, "msg": {}, "certificate": "abc"}']
+    source, sink, _ = _fedmsg_through(frames)
+    assert [e.record for e in sink] == frames  # each as it came
+    assert [e.seq for e in sink] == [1, 7, 9, 2]
+    # each signer is a publisher of its own: no gap, no restart, nothing malformed
+    assert source.tracker.gaps == [] and source.tracker.restarts == 0
+    assert source.malformed == 0 and len(source.tracker.last) == 3
+
+
+def test_fedmsg_a_message_whose_bookkeeping_fails_is_forwarded_as_is(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever reading a record for its sequence number raises, the record goes on
+    (fedmsg never sends again what arrives while no source runs)."""
+    frames = [json.dumps({"topic": "t", "i": i, "msg": {}}).encode() for i in (1, 2, 3)]
+
+    def failing_on_two(source: Any) -> None:
+        see = source.tracker.see
+
+        def see_or_fail(publisher: str, i: int, endpoint: str = "") -> Any:
+            if i == 2:
+                raise RuntimeError("a bug in the bookkeeping")
+            return see(publisher, i, endpoint)
+        source.tracker.see = see_or_fail
+
+    with caplog.at_level(logging.ERROR, logger="fmn_bridge.fedmsg_source"):
+        source, sink, _ = _fedmsg_through(frames, before=failing_on_two)
+    assert [e.record for e in sink] == frames
+    assert [e.seq for e in sink] == [1, None, 3]  # its i not taken as known
+    assert source.malformed == 1
+    assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError)
+               for r in caplog.records)  # logged, with the traceback
+
+
 # -- fedora-messaging over AMQP ------------------------------------------------
 
 

@@ -88,3 +88,14 @@ def test_publishers_invented_without_end_are_not_remembered_without_end() -> Non
     key = publisher_key("tcp://hub:9940", {"username": "u" * 1_000_000})
     assert len(key) < 120 and key == publisher_key("tcp://hub:9940", {"username": "u" * 1_000_000})
     assert publisher_key("tcp://hub:9940", {"username": "alice"}) == "tcp://hub:9940|alice|unsigned"
+
+
+def test_a_signer_with_a_lone_surrogate_has_a_key_of_its_own() -> None:
+    """JSON may escape a lone surrogate, and Python's json reads it: keying it by a
+    strict UTF-8 encode raised, and the fedmsg source's thread died."""
+    from fmn_bridge.fedmsg_source import publisher_key
+
+    lone = publisher_key("tcp://hub:9940", {"username": "a", "certificate": "\ud800"})
+    other = publisher_key("tcp://hub:9940", {"username": "a", "signer": "\udc80"})
+    assert lone == publisher_key("tcp://hub:9940", {"username": "a", "certificate": "\ud800"})
+    assert len({lone, other, "tcp://hub:9940|a|unsigned"}) == 3
