@@ -71,7 +71,27 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> bytes | None:
+def _text(value: Any) -> Any:
+    """An AMQP short string as text.  pika hands one that is not UTF-8 (a routing
+    key, a header name, a message id) over as ``bytes``: its bytes that are not
+    UTF-8 are escaped (``\\xff``), the rest kept.  Anything else as it is."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return value
+
+
+def _table(value: Any) -> Any:
+    """A header table (and the tables and arrays within) whose names are all text:
+    JSON has no other names."""
+    if isinstance(value, Mapping):
+        return {_text(k): _table(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_table(v) for v in value]
+    return value
+
+
+def make_record(routing_key: str | bytes, properties: Any, body: bytes,
+                queue: str) -> bytes | None:
     """The ``fedora_messaging.message.dumps`` line for one delivery; None if the body is not JSON.
 
     Built from the AMQP message the way ``fedora_messaging.message.get_message``
@@ -82,7 +102,7 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
     Python's ``json`` accepts and strict encoders refuse or round (``NaN``,
     ``Infinity``, integers beyond 64 bits) arrives as it was sent.
     """
-    encoding = getattr(properties, "content_encoding", None) or "utf-8"
+    encoding = _text(getattr(properties, "content_encoding", None)) or "utf-8"
     # Message content is untrusted: whatever it holds (an unknown encoding,
     # nesting deep enough to exhaust the stack), this must not raise out of
     # the consumer callback and stop the bridge.  A body we cannot carry as
@@ -94,11 +114,11 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
         text = body.decode(encoding)
         json.loads(text)  # JSON as fedora-messaging reads it (the standard library)
         members = {
-            "headers": dict(getattr(properties, "headers", None) or {}),
-            "id": getattr(properties, "message_id", None),
+            "headers": _table(dict(getattr(properties, "headers", None) or {})),
+            "id": _text(getattr(properties, "message_id", None)),
             "priority": getattr(properties, "priority", None) or 0,
             "queue": queue,
-            "topic": routing_key,
+            "topic": _text(routing_key),
         }
         # sorted keys, as fedora-messaging writes them: "body" comes first
         rest = json.dumps(members, ensure_ascii=False, sort_keys=True, default=_jsonable)
@@ -112,11 +132,15 @@ def make_record(routing_key: str, properties: Any, body: bytes, queue: str) -> b
 REDELIVERY_HEADERS = frozenset({"x-delivery-count"})
 
 
-def delivery_key(queue: str, routing_key: str, properties: Any, body: bytes,
+def delivery_key(queue: str, routing_key: str | bytes, properties: Any, body: bytes,
                  record: bytes) -> bytes:
     """What every delivery of one message has in common: its queue, routing key and
     record (``record``, less the headers the broker adds at each redelivery)."""
     headers = getattr(properties, "headers", None) or {}
+    if isinstance(routing_key, bytes):  # not UTF-8: its bytes as they came
+        raw_key = routing_key
+    else:
+        raw_key = routing_key.encode("utf-8", "surrogatepass")
     if not REDELIVERY_HEADERS.isdisjoint(headers):
         same = SimpleNamespace(
             content_encoding=getattr(properties, "content_encoding", None),
@@ -125,8 +149,7 @@ def delivery_key(queue: str, routing_key: str, properties: Any, body: bytes,
             headers={k: v for k, v in headers.items() if k not in REDELIVERY_HEADERS})
         record = make_record(routing_key, same, body, queue) or body
     digest = hashlib.sha256()
-    for part in (queue.encode("utf-8", "surrogatepass"),
-                 routing_key.encode("utf-8", "surrogatepass"), record):
+    for part in (queue.encode("utf-8", "surrogatepass"), raw_key, record):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()

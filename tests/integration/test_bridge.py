@@ -561,6 +561,73 @@ def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
     assert [got[m]["body"] for m in ("m0", "m1", "m2")] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
+def _amqp_consumed(aws: Aws, rabbit: Rabbit, tmp_path: Path,
+                   n: int) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """An AMQP source consuming ``rabbit``'s queue until ``n`` deliveries are
+    acknowledged (it must not die meanwhile), then stopped; the source, and the
+    records that reached SQS by message id."""
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+
+    sink = aws.sink()
+    source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml"))), sink)
+    sink.start()
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: source.acked == n or not thread.is_alive(), 30,
+              "every delivery acknowledged")
+        assert thread.is_alive(), "the AMQP source died"
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        assert sink.flush_and_stop(10)
+        source.sink_drained()
+        thread.join(10)
+    got = [json.loads(e.record or b"") for e in aws.drain()]
+    assert len(got) == n
+    return source, {rec.get("id"): rec for rec in got}
+
+
+def test_amqp_a_routing_key_that_is_not_utf8_is_forwarded_and_nothing_behind_it_stops(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """pika hands a short string that is not UTF-8 over as bytes: keying a routing key
+    as text raised out of pika's callback, the source died, and the broker gave
+    the same message first to every restart (a poison message)."""
+    import pika
+
+    for n, topic in enumerate([b"org.test.good", b"org.test.\xff\xfe.bad", b"org.test.after"]):
+        rabbit.ch.basic_publish(rabbit.exchange, topic, json.dumps({"n": n}).encode(),
+                                pika.BasicProperties(message_id=f"m{n}",
+                                                     content_type="application/json"))
+    source, got = _amqp_consumed(aws, rabbit, tmp_path, 3)
+    assert rabbit.counts() == (0, 0) and source.connects == 1
+    assert {m: rec["topic"] for m, rec in got.items()} == {
+        "m0": "org.test.good", "m1": "org.test.\\xff\\xfe.bad", "m2": "org.test.after"}
+    assert [got[m]["body"] for m in ("m0", "m1", "m2")] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert source.not_json == 0
+
+
+def test_amqp_header_names_that_are_not_utf8_keep_the_record(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """A header name that is not UTF-8 (pika hands it over as bytes) made the record
+    unwritable (JSON names are text): the message went on as its bare body, which
+    the match function dead-letters, logged as a body that is not JSON."""
+    import pika
+
+    headers = {"fedora_messaging_schema": "base.message", b"x-\xff": "v",
+               "table": {b"k\xfe": 1, "list": [{b"\xfd": True}]}}
+    rabbit.ch.basic_publish(rabbit.exchange, "org.test.headers", b'{"comment": "hi"}',
+                            pika.BasicProperties(message_id=b"m-\xfc", headers=headers,
+                                                 content_type="application/json"))
+    source, got = _amqp_consumed(aws, rabbit, tmp_path, 1)
+    assert rabbit.counts() == (0, 0) and source.not_json == 0
+    assert got == {"m-\\xfc": {
+        "body": {"comment": "hi"}, "id": "m-\\xfc", "priority": 0, "queue": rabbit.queue,
+        "topic": "org.test.headers",
+        "headers": {"fedora_messaging_schema": "base.message", "x-\\xff": "v",
+                    "table": {"k\\xfe": 1, "list": [{"\\xfd": True}]}}}}
+
+
 def _bridge(aws: Aws, config: Path, log: Path) -> subprocess.Popen[bytes]:
     """``fmn bridge`` as a process of its own, logging to ``log``."""
     env = {**os.environ, "AWS_ENDPOINT_URL": aws.endpoint, "FMN_QUEUE_PREFIX": aws.prefix,
