@@ -290,6 +290,8 @@ class AmqpSource:
         self.acked = 0
         self.acks_lost = 0
         self.not_json = 0
+        #: deliveries whose reading failed unexpectedly (forwarded raw)
+        self.unreadable = 0
         self.connects = 0
         #: redeliveries that took the place of their lost connection's copy in the buffer
         self.merged = 0
@@ -309,7 +311,8 @@ class AmqpSource:
 
     def stats(self) -> dict[str, int]:
         return {"acked": self.acked, "unacked": self._outstanding, "acks_lost": self.acks_lost,
-                "not_json": self.not_json, "connects": self.connects, "merged": self.merged}
+                "not_json": self.not_json, "unreadable": self.unreadable,
+                "connects": self.connects, "merged": self.merged}
 
     # -- the connection thread --------------------------------------------------
 
@@ -424,15 +427,18 @@ class AmqpSource:
         self.received += 1
         self._outstanding += 1
         tag = method.delivery_tag
-        record = make_record(method.routing_key, props, body, queue)
-        if record is None:
-            # forwarded raw (the envelope keeps it verbatim); the match
-            # function dead-letters it: never dropped here
-            self.not_json += 1
+        try:
+            record, key = self._read(queue, method, props, body)
+        except Exception:  # noqa: BLE001 - whatever a hostile delivery provokes
+            # raised out of pika's callback, it stopped the source, and the broker
+            # gives the same message first to every restart: forwarded raw instead
+            # (the match function dead-letters it), acknowledged once SQS has it
+            self.unreadable += 1
             record = body
-            log.warning("AMQP: message %s on %s has a body that is not JSON; forwarded raw",
-                        getattr(props, "message_id", None), method.routing_key)
-        key = delivery_key(queue, method.routing_key, props, body, record)
+            key = hashlib.sha256(b"raw\0" + queue.encode("utf-8", "surrogatepass")
+                                 + b"\0" + body).digest()
+            log.exception("AMQP: a delivery on %s could not be read; its body forwarded raw",
+                          queue)
         delivery = _Delivery(key, conn, ch, gen, tag)
         with self._unacked_lock:
             earlier = self._unacked.get(delivery.key)
@@ -453,6 +459,18 @@ class AmqpSource:
             self._forget(delivery)
             self._outstanding -= 1
             ch.basic_nack(tag, requeue=True)
+
+    def _read(self, queue: str, method: Any, props: Any, body: bytes) -> tuple[bytes, bytes]:
+        """A delivery's record and :func:`delivery_key`."""
+        record = make_record(method.routing_key, props, body, queue)
+        if record is None:
+            # forwarded raw (the envelope keeps it verbatim); the match
+            # function dead-letters it: never dropped here
+            self.not_json += 1
+            record = body
+            log.warning("AMQP: message %s on %s has a body that is not JSON; forwarded raw",
+                        getattr(props, "message_id", None), method.routing_key)
+        return record, delivery_key(queue, method.routing_key, props, body, record)
 
     def _forget(self, delivery: _Delivery) -> None:
         """Out of the map: no redelivery can take its place any more."""

@@ -561,23 +561,32 @@ def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
     assert [got[m]["body"] for m in ("m0", "m1", "m2")] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
-def _amqp_consumed(aws: Aws, rabbit: Rabbit, tmp_path: Path,
-                   n: int) -> tuple[Any, dict[str, dict[str, Any]]]:
+def _amqp_consumed(aws: Aws, rabbit: Rabbit, tmp_path: Path, n: int,
+                   sqs_away: _GatedSqs | None = None) -> tuple[Any, dict[str, dict[str, Any]]]:
     """An AMQP source consuming ``rabbit``'s queue until ``n`` deliveries are
     acknowledged (it must not die meanwhile), then stopped; the source, and the
-    records that reached SQS by message id."""
+    records that reached SQS by message id.  With ``sqs_away``, SQS takes nothing
+    until the ``n`` are received, and none is acknowledged before."""
     from fmn_bridge.amqp_source import AmqpSource, load_config
 
-    sink = aws.sink()
+    sink = aws.sink(sqs_away)
     source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml"))), sink)
     sink.start()
     thread = threading.Thread(target=source.run, daemon=True)
     thread.start()
     try:
+        if sqs_away is not None:
+            _wait(lambda: source.received == n or not thread.is_alive(), 30, "delivered")
+            time.sleep(0.5)
+            assert thread.is_alive(), "the AMQP source died"
+            assert source.acked == 0 and rabbit.counts() == (0, 1)
+            sqs_away.up.set()
         _wait(lambda: source.acked == n or not thread.is_alive(), 30,
               "every delivery acknowledged")
         assert thread.is_alive(), "the AMQP source died"
     finally:
+        if sqs_away is not None:
+            sqs_away.up.set()
         source.request_stop()
         assert source.stopped_receiving.wait(10)
         assert sink.flush_and_stop(10)
@@ -626,6 +635,38 @@ def test_amqp_header_names_that_are_not_utf8_keep_the_record(
         "topic": "org.test.headers",
         "headers": {"fedora_messaging_schema": "base.message", "x-\\xff": "v",
                     "table": {"k\\xfe": 1, "list": [{"\\xfd": True}]}}}}
+
+
+def test_amqp_a_delivery_whose_reading_fails_is_forwarded_raw_once_sqs_has_it(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever reading a delivery raises, it must not leave pika's callback: that
+    stopped the source, and every restart met the same message first.  Its body
+    is forwarded raw, and acknowledged only once SQS has it."""
+    import pika
+
+    import fmn_bridge.amqp_source
+
+    make_record = fmn_bridge.amqp_source.make_record
+
+    def failing(routing_key: Any, properties: Any, body: bytes, queue: str) -> Any:
+        if b"boom" in body:
+            raise RuntimeError("a bug in reading deliveries")
+        return make_record(routing_key, properties, body, queue)
+
+    monkeypatch.setattr(fmn_bridge.amqp_source, "make_record", failing)
+    bodies = [b'{"n": 0}', b'{"n": 1, "boom": true}', b'{"n": 2}']
+    for n, body in enumerate(bodies):
+        rabbit.ch.basic_publish(rabbit.exchange, f"org.test.m{n}", body,
+                                pika.BasicProperties(message_id=f"m{n}"))
+    with caplog.at_level(logging.ERROR, logger="fmn_bridge.amqp_source"):
+        source, got = _amqp_consumed(aws, rabbit, tmp_path, 3, _GatedSqs(aws.sqs))
+    assert rabbit.counts() == (0, 0) and source.connects == 1
+    assert got[None] == {"n": 1, "boom": True}  # the body alone: dead-lettered downstream
+    assert [got[m]["body"] for m in ("m0", "m2")] == [{"n": 0}, {"n": 2}]
+    assert source.stats()["unreadable"] == 1 and source.not_json == 0
+    assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError)
+               for r in caplog.records)  # logged, with the traceback
 
 
 def _bridge(aws: Aws, config: Path, log: Path) -> subprocess.Popen[bytes]:
