@@ -13,9 +13,11 @@ acknowledged, through ``add_callback_threadsafe`` on the connection's own
 thread, only after the sink reports SQS accepted it; so a crash at any point
 loses nothing (RabbitMQ redelivers what was unacknowledged; the one price is
 a possible duplicate, which the pipeline tolerates).  Connection failures are
-retried with exponential backoff.  A delivery the broker makes again after a
-lost connection, while its first copy still waits in the sink (SQS away), is
-not buffered twice: the copy acknowledges the new delivery once SQS takes it.
+retried with exponential backoff, and so are a channel the broker closed and a
+consumer it cancelled (the connection up, nothing delivered any more).  A
+delivery the broker makes again after a lost connection, while its first copy
+still waits in the sink (SQS away), is not buffered twice: the copy
+acknowledges the new delivery once SQS takes it.
 On stop it cancels the consumer (pika returns undelivered prefetched messages
 to the queue), waits for the sink to flush and the acks to go out, and closes.
 """
@@ -363,12 +365,12 @@ class AmqpSource:
             ch = conn.channel()
             ch.basic_qos(prefetch_count=self.prefetch)
             names = self._declare(ch)
-            tags = []
+            tags: dict[str, str] = {}  # consumer tag -> queue
             for configured, actual in names.items():
                 def on_message(ch_: Any, method: Any, props: Any, body: bytes,
                                _q: str = actual) -> None:
                     self._on_message(conn, ch_, gen, _q, method, props, body)
-                tags.append(ch.basic_consume(actual, on_message, auto_ack=False))
+                tags[ch.basic_consume(actual, on_message, auto_ack=False)] = actual
                 log.info("AMQP: consuming %s (configured as %r) on %s, prefetch %d",
                          actual, configured, self.source_name, self.prefetch)
             self.ready.set()
@@ -376,10 +378,12 @@ class AmqpSource:
             self._consuming_since = time.monotonic()
             while not self._stop.is_set():
                 conn.process_data_events(time_limit=0.2)
+                self._check_channel(ch, tags)
             # Shutdown: no new deliveries (pika requeues prefetched, undispatched
             # ones), then keep the connection serving acks while the sink flushes.
             for tag in tags:
-                ch.basic_cancel(tag)
+                if tag in ch.consumer_tags:
+                    ch.basic_cancel(tag)
             self.stopped_receiving.set()
             deadline = time.monotonic() + self._drain_timeout
             while time.monotonic() < deadline and not (
@@ -396,6 +400,30 @@ class AmqpSource:
                     conn.close()
                 except Exception:  # noqa: BLE001 - closing a broken connection
                     log.debug("closing the AMQP connection failed", exc_info=True)
+
+    @staticmethod
+    def _check_channel(ch: Any, tags: Mapping[str, str]) -> None:
+        """Raise if the channel can consume no more, though the connection is up.
+
+        The broker closes a channel on any channel error (a delivery left
+        unacknowledged past RabbitMQ's ``consumer_timeout``, as while SQS is away,
+        is one: 406 PRECONDITION_FAILED), and cancels a consumer whose queue was
+        deleted or whose node failed over (Basic.Cancel).  Neither raises out of
+        ``process_data_events``: the source would go on with nothing delivered,
+        reported connected.  Raised, it reconnects as after a lost connection: the
+        broker redelivers the channel's unacknowledged messages, and what of them
+        still waits in the sink takes the redelivery's place (the generation).
+        """
+        import pika.exceptions
+
+        if not ch.is_open:
+            raise pika.exceptions.AMQPChannelError(
+                "the broker closed the channel (the reason is logged above)")
+        gone = [queue for tag, queue in tags.items() if tag not in ch.consumer_tags]
+        if gone:
+            raise pika.exceptions.AMQPChannelError(
+                f"the broker cancelled the consumer of {', '.join(gone)} (queue deleted,"
+                " or its node failed over)")
 
     def _declare(self, ch: Any) -> dict[str, str]:
         """Declare the consumed queues and their bindings; configured name -> actual name."""

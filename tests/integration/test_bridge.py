@@ -1208,6 +1208,84 @@ def test_amqp_an_exclusive_queue_lost_with_its_connection_loses_no_buffered_mess
         _expected(records, rabbit.queue)
 
 
+def test_amqp_a_channel_the_broker_closed_is_consumed_again_each_message_once(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """The broker closes a channel on a channel error (what RabbitMQ's consumer_timeout
+    does to deliveries unacknowledged while SQS is away: 406), the connection staying
+    up: the source went on with nothing more delivered, reported connected.  It
+    reconnects; the redeliveries take the place of their copies waiting in the sink."""
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+
+    records = _fm_records()[:9]
+    gated = _GatedSqs(aws.sqs)
+    sink = aws.sink(gated, backoff_max_s=0.1)
+    sink.start()
+    source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml", prefetch=10))),
+                        sink, backoff_initial_s=0.1, backoff_max_s=0.2, drain_timeout_s=5)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        rabbit.publish(records[:6])
+        _wait(lambda: source.received == 6, 20, "delivered, waiting for SQS")
+        # a channel error, as the broker's timeout makes it: an acknowledgement of a
+        # delivery tag the channel never gave, sent on the source's own channel
+        delivery = next(iter(source._unacked.values()))
+        delivery.conn.add_callback_threadsafe(lambda: delivery.ch.basic_ack(999_999))
+        _wait(lambda: source.connects == 2 and source.received == 12, 20,
+              "consuming again, the channel's deliveries made again")
+        assert source.connected and source.merged == 6 and sink.buffered == 6
+        rabbit.publish(records[6:])
+        gated.up.set()
+        _wait(lambda: source.acked == 9 and rabbit.counts() == (0, 1), 30,
+              "everything sent and acknowledged")
+    finally:
+        gated.up.set()
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        assert sink.flush_and_stop(10)
+        source.sink_drained()
+        thread.join(10)
+    assert rabbit.counts() == (0, 0)
+    got = aws.drain()
+    assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
+        _expected(records, rabbit.queue)  # each once
+    assert source.acks_lost == 0
+
+
+def test_amqp_a_consumer_the_broker_cancelled_is_consumed_again(
+        aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
+    """The broker cancels a consumer whose queue is deleted or whose node fails over
+    (Basic.Cancel), the channel and connection staying up: the source went on with
+    nothing more delivered, reported connected.  It reconnects and declares again."""
+    from fmn_bridge.amqp_source import AmqpSource, load_config
+
+    records = _fm_records()[:6]
+    sink = aws.sink()
+    sink.start()
+    source = AmqpSource(load_config(str(rabbit.config(tmp_path / "fm.toml"))), sink,
+                        backoff_initial_s=0.1, backoff_max_s=0.2, drain_timeout_s=5)
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        rabbit.publish(records[:3])
+        _wait(lambda: source.acked == 3, 20, "the first deliveries acknowledged")
+        rabbit.ch.queue_delete(rabbit.queue)  # the broker cancels its consumers
+        rabbit.ch.queue_declare(rabbit.queue, durable=True)
+        rabbit.ch.queue_bind(rabbit.queue, rabbit.exchange, routing_key="#")
+        rabbit.publish(records[3:])
+        _wait(lambda: source.acked == 6, 20, "consuming the queue again")
+        assert source.connects == 2 and source.connected and rabbit.counts() == (0, 1)
+    finally:
+        source.request_stop()
+        assert source.stopped_receiving.wait(10)
+        assert sink.flush_and_stop(10)
+        source.sink_drained()
+        thread.join(10)
+    got = aws.drain()
+    assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
+        _expected(records, rabbit.queue)
+
+
 def test_amqp_a_declare_refused_each_time_backs_off_more_and_more(
         caplog: pytest.LogCaptureFixture) -> None:
     """A connection that never consumed is no reason to start the backoff over (it
