@@ -180,3 +180,39 @@ def test_a_change_reaches_the_snapshot_only_once_committed_and_holds_no_writer_u
     report = reconcile_ownership(engine, updater.store, fetch, with_groups=False)
     assert report.ok and report.snapshot_changes == 1
     assert seen == [({"pingou"}, True)]
+
+
+def test_the_lock_never_goes_back_to_the_pool_held(engine: Engine,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # An interrupt right after the lock was taken (before the update began), or in the
+    # update or its publishes: the session lock must not stay on a pooled connection,
+    # where every other process would wait for it for ever.
+    from sqlalchemy import Connection
+
+    from fmn.ownership.live import LIVE_LOCK_KEY, applying_alone
+
+    def free_elsewhere() -> bool:
+        with engine.connect() as other, other.begin():
+            return bool(other.execute(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                      {"key": LIVE_LOCK_KEY}).scalar())
+
+    commit = Connection.commit
+    calls = iter(range(1_000))
+
+    def interrupted_commit(self: Connection) -> None:
+        if next(calls) == 0:  # the commit right after pg_advisory_lock
+            raise KeyboardInterrupt
+        commit(self)
+
+    monkeypatch.setattr(Connection, "commit", interrupted_commit)
+    with pytest.raises(KeyboardInterrupt), applying_alone(engine):
+        pass
+    monkeypatch.setattr(Connection, "commit", commit)
+    assert free_elsewhere()
+
+    with pytest.raises(KeyboardInterrupt), applying_alone(engine) as alone:
+        alone.after_commit(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert free_elsewhere()
+    with applying_alone(engine):  # and the next update takes it and lets it go
+        assert not free_elsewhere()
+    assert free_elsewhere()

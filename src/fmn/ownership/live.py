@@ -405,15 +405,20 @@ def applying_alone(engine: Engine) -> Iterator[Alone]:
             alone._committed()
             return
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LIVE_LOCK_KEY})
-            conn.commit()
             try:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": LIVE_LOCK_KEY})
+                conn.commit()
                 alone = Alone(cast(Engine, _InOneTransaction(conn)))
                 with conn.begin():
                     yield alone
                 alone._committed()
-            finally:
-                _unlock(conn)
+            except BaseException:
+                # whatever stopped it (an error, an interrupt, the generator closed), the
+                # session lock must not go back to the pool: closing the connection
+                # lets it go whether it was taken or not
+                conn.invalidate()
+                raise
+            _unlock(conn)
 
 
 def _unlock(conn: Connection) -> None:
@@ -422,8 +427,9 @@ def _unlock(conn: Connection) -> None:
     try:
         conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LIVE_LOCK_KEY})
         conn.commit()
-    except Exception:  # noqa: BLE001 (the connection is lost or broken: closed below)
+    except BaseException:
         conn.invalidate()
+        raise
 
 
 class LiveUpdater:
