@@ -11,8 +11,9 @@ refuses as a sender fault or for its contents, goes to S3 and
 the queue carries a claim; failed entries and failed calls are retried with
 exponential backoff for as long as it takes.  An envelope whose claim cannot be
 written (S3 away, the bucket missing, no permission: said at start, and loudly once
-an episode) waits aside, in memory, tried again with backoff, while every other one
-is sent.  While SQS is unreachable the buffer grows up to its bound, and when it is
+an episode) waits aside, in memory, tried again with backoff, while the others are
+sent; what waits aside takes the buffer's room as any buffered envelope does.  While
+SQS is unreachable the buffer grows up to its bound, and when it is
 full ``put`` blocks (logged loudly once per episode, when it has blocked a second) so
 the sources stop reading instead of dropping.
 :meth:`flush_and_stop` sends what is buffered before the process exits; what SQS
@@ -216,6 +217,7 @@ class SqsSink:
         #: envelopes whose claim check failed, waiting aside (oldest first) so that the
         #: rest go on; tried again, all at once, from ``_claim_retry_at`` on
         self._held: list[_Item] = []
+        self._held_bytes = 0
         self._claim_retry_at = 0.0
         self._claim_delay = backoff_initial_s
         self._claim_failing = False
@@ -559,10 +561,11 @@ class SqsSink:
                     self._full_logged = True
                     self.stats.full_episodes += 1
                     log.error(
-                        "SQS sink buffer FULL (%d items, %d bytes; bounds %d items, %d bytes):"
-                        " SQS is not accepting messages fast enough; sources are blocked"
-                        " until it drains (nothing is dropped)",
-                        len(self._buf), self._buf_bytes, self._max_items, self._max_bytes)
+                        "SQS sink buffer FULL (%d items, %d bytes, %d of them waiting for "
+                        "their claim; bounds %d items, %d bytes): SQS is not accepting "
+                        "messages fast enough or claims to S3 fail; sources are blocked"
+                        " until it drains (nothing is dropped)", *self._in_memory(),
+                        len(self._held), self._max_items, self._max_bytes)
                 self._cond.wait(0.25)
             if self._closing:
                 raise SinkClosed("the SQS sink is shutting down")
@@ -585,9 +588,10 @@ class SqsSink:
         self.stats.spilled += 1
         if not self._spill_logged:
             self._spill_logged = True
-            log.warning("SQS sink buffer full (%d items, %d bytes): envelopes wait in the "
-                        "journal in %s, on disk alone, until SQS takes them (nothing is "
-                        "dropped)", len(self._buf), self._buf_bytes, self._spool_dir)
+            log.warning("SQS sink buffer full (%d items, %d bytes, %d of them waiting for "
+                        "their claim): envelopes wait in the journal in %s, on disk alone, "
+                        "until SQS takes them (nothing is dropped)", *self._in_memory(),
+                        len(self._held), self._spool_dir)
         self._cond.notify_all()
         return True
 
@@ -632,9 +636,30 @@ class SqsSink:
             self._spill_reader = None
 
     def _is_full(self, size: int) -> bool:
-        if not self._buf:  # one item always fits, whatever its size
+        """Whether an envelope of ``size`` bytes finds no room in memory (under ``_cond``).
+        The envelopes waiting aside for their claim take room as the buffer's do, and so
+        do those of the batch in flight that may join them (a record needing a claim it
+        does not have): else each held record freed its room, ``put`` never spilled and
+        ``_refill`` read spilled records back only for them to wait aside too, memory
+        growing without bound while claims fail.  When they alone fill it, fedmsg's new
+        envelopes spill (AMQP's never wait: its prefetch, at most the buffer's items,
+        bounds them).  One envelope always fits when nothing else is in memory."""
+        items, nbytes = self._in_memory()
+        if not items:
             return False
-        return len(self._buf) >= self._max_items or self._buf_bytes + size > self._max_bytes
+        return items >= self._max_items or nbytes + size > self._max_bytes
+
+    def _in_memory(self) -> tuple[int, int]:
+        """The envelopes, and their bytes, the buffer's bounds apply to (under ``_cond``):
+        the buffer, those waiting aside for their claim, and those of the batch in flight
+        that may join them."""
+        items = len(self._buf) + len(self._held)
+        nbytes = self._buf_bytes + self._held_bytes
+        for item in self._sending:
+            if not item.claimed and (item.to_claim or item.size > MAX_INLINE_BYTES):
+                items += 1
+                nbytes += item.size
+        return items, nbytes
 
     @property
     def buffered(self) -> int:
@@ -752,6 +777,7 @@ class SqsSink:
                     break
                 if held:
                     item = self._held.pop(0)
+                    self._held_bytes -= item.size
                 else:
                     item = self._buf.popleft()
                     self._buf_bytes -= item.size
@@ -871,13 +897,15 @@ class SqsSink:
 
     def _hold(self, items: list[_Item]) -> None:
         """Set aside envelopes whose claim check failed: they are tried again, ahead of
-        the buffer, once the claim back-off has passed, and meanwhile every other envelope
-        is sent.  Nothing is lost: they count as buffered, a stop spools them (fedmsg) or
+        the buffer, once the claim back-off has passed, and meanwhile the others are sent
+        (as long as the held ones leave room in the buffer: they take it as buffered ones
+        do).  Nothing is lost: they count as buffered, a stop spools them (fedmsg) or
         leaves them unacknowledged (AMQP), and their journal lines stay until SQS has them."""
         with self._cond:
             gone = {id(i) for i in items}
             self._sending = [i for i in self._sending if id(i) not in gone]
             self._held.extend(items)
+            self._held_bytes += sum(i.size for i in items)
             self._cond.notify_all()
 
     def _claim_failed(self, exc: Exception) -> None:

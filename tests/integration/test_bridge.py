@@ -885,6 +885,62 @@ def test_a_stop_while_a_claim_fails_spools_the_oversized_fedmsg_record_for_the_n
     assert _left_in(spool) == []
 
 
+
+def test_records_waiting_for_their_claim_take_the_buffers_room_the_rest_spills(
+        aws: Aws, tmp_path: Path) -> None:
+    """Records waiting aside for their claim (the bucket missing) took no room in the
+    buffer: each freed its place, so ``put`` never spilled, and what had spilled was read
+    back into memory only to wait aside too: 40 records of 300 kB all held in memory
+    with a buffer of 5 items and 2 MB.  They count now: memory stays within the bounds,
+    the rest waits in the journal on disk (small envelopes too, once held records fill
+    the buffer), and once the bucket exists each reaches SQS once."""
+    from fmn_bridge.sqs_sink import SqsSink
+
+    bucket = f"{aws.bucket}-later"  # not there yet
+    spool = tmp_path / "spool"
+    max_items, max_bytes = 5, 2_000_000
+    sink = SqsSink(aws.sqs, aws.s3, aws.queue_name, bucket, spool_dir=spool,
+                   max_items=max_items, max_bytes=max_bytes, backoff_initial_s=0.05,
+                   backoff_max_s=0.2)
+    sink.start()
+
+    def in_memory() -> tuple[int, int]:
+        with sink._cond:
+            held = sink._held
+            return (len(sink._buf) + len(held),
+                    sink._buf_bytes + sum(i.size for i in held))
+
+    try:
+        bigs = {n: json.dumps({"topic": "t", "msg": {"n": n, "log": "x" * 300_000}}
+                              ).encode() for n in range(40)}
+        deadline = time.monotonic() + 20  # a put that blocks gives up (rather than hang)
+        for n, big in bigs.items():
+            sink.put(_fedmsg(big, n), block=lambda: time.monotonic() < deadline)
+        _wait(lambda: sink.stats.claim_errors >= 3 and sink.claims_waiting > 0, 10,
+              "claims failing, records aside")
+        for n in range(100, 110):  # small ones: behind them, on disk
+            sink.put(_fedmsg(json.dumps({"topic": "t", "msg": {"n": n}}).encode(), n),
+                     block=lambda: time.monotonic() < deadline)
+        for _ in range(20):  # the held ones tried again meanwhile, and again held
+            items, nbytes = in_memory()
+            assert items <= max_items and nbytes <= max_bytes, (items, nbytes)
+            time.sleep(0.05)
+        assert sink.claims_waiting <= max_items and sink.buffered == 50
+        assert sink.stats.spilled >= 50 - max_items and _journaled(spool) == 50
+        assert sink.stats.forwarded == 0
+
+        aws.s3.create_bucket(Bucket=bucket)
+        _wait(lambda: sink.stats.forwarded == 50, 60, "everything sent once claims work")
+        assert sink.flush_and_stop(10)
+    finally:
+        if sink.alive:
+            sink.flush_and_stop(1)
+    got = aws.drain()
+    assert sorted(e.seq or 0 for e in got) == [*range(40), *range(100, 110)]  # once each
+    assert all(_claimed(aws, e) == bigs[e.seq or 0] for e in got if (e.seq or 0) < 40)
+    assert sink.claims_waiting == 0 and sink.stats.claimed == 40
+    assert _left_in(spool) == []
+
 # -- (e) SQS outage ------------------------------------------------------------
 
 
