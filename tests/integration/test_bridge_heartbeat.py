@@ -38,6 +38,11 @@ def test_heartbeat_publishes_messages_bridged_and_connection_per_bus(aws_env: st
     silent = alarms.bridge_alarms("hb-test-")[0].put_metric_alarm()
     assert (silent["MetricName"], tuple((d["Name"], d["Value"]) for d in silent["Dimensions"])
             ) in names
+    # and the claims-waiting alarm this one
+    (waiting,) = [a.put_metric_alarm() for a in alarms.bridge_alarms("hb-test-")
+                  if a.metric.name == alarms.BRIDGE_CLAIMS_WAITING]
+    assert (waiting["MetricName"], tuple((d["Name"], d["Value"])
+                                         for d in waiting["Dimensions"])) in names
 
 
 def test_a_failing_cloudwatch_never_stops_the_bridge() -> None:

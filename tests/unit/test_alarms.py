@@ -45,6 +45,23 @@ def test_bridge_silence_counts_missing_data_as_silence() -> None:
     assert kwargs["Dimensions"] == [{"Name": "Queue", "Value": "p-incoming"}]
 
 
+def test_bridge_claims_waiting_fires_on_any_record_held_for_evaluation_periods() -> None:
+    """With the claim bucket broken, AMQP stops after its prefetch of oversized records
+    (unacknowledged until SQS has them) while fedmsg keeps the silence alarm quiet: the
+    bridge's ClaimsWaiting metric has an alarm of its own."""
+    (waiting,) = [a for a in alarms.bridge_alarms("p-") if a.name == "p-bridge-claims-waiting"]
+    kwargs = waiting.put_metric_alarm(alarms.Thresholds(evaluation_periods=4))
+    assert kwargs["Namespace"] == alarms.NAMESPACE
+    assert kwargs["MetricName"] == alarms.BRIDGE_CLAIMS_WAITING
+    assert kwargs["Dimensions"] == [{"Name": "Queue", "Value": "p-incoming"}]
+    assert kwargs["ComparisonOperator"] == "GreaterThanThreshold"
+    assert kwargs["Threshold"] == 0.0 and kwargs["EvaluationPeriods"] == 4
+    assert kwargs["Statistic"] == "Maximum" and kwargs["TreatMissingData"] == "notBreaching"
+    assert "docs/operations.md#bridge-claims-waiting" in kwargs["AlarmDescription"]
+    assert "p-bridge-claims-waiting" in alarms.alarm_names("p-")
+    assert waiting.logical_id == "BridgeClaimsWaitingAlarm"
+
+
 def test_every_threshold_is_a_documented_parameter() -> None:
     params = alarms.threshold_parameters()
     assert len({cfn for _, cfn, _, _ in params}) == len(params)

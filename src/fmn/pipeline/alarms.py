@@ -6,7 +6,8 @@ signal that does not depend on volume), its visible messages, and any
 message in its dead-letter queue; per function, errors, throttles and a
 duration near its timeout; and, for the bridge, silence (nothing bridged for
 longer than Fedora's bus is ever quiet: a dead bridge makes every queue look
-healthy) and a lost bus connection.
+healthy), records waiting for a claim check to S3 that fails, and a lost bus
+connection.
 
 Every threshold is a field of :class:`Thresholds` with a documented default;
 the CDK stacks turn each field into a CloudFormation parameter
@@ -83,7 +84,7 @@ THRESHOLD_DOCS: dict[str, tuple[str, str]] = {
                  "CloudWatch period of the alarms, seconds (10, 20, 30 or a multiple of 60)"),
     "evaluation_periods": ("EvaluationPeriods",
                            "consecutive breaching periods before a depth, error, throttle, "
-                           "duration or connection alarm fires"),
+                           "duration, connection or claims-waiting alarm fires"),
     "queue_age_s": ("QueueAgeSeconds",
                     "alarm when a queue's oldest message is older than this: the pipeline "
                     "is behind, whatever the volume"),
@@ -304,7 +305,8 @@ def function_alarms(prefix: str, timeouts_s: Mapping[str, int]) -> list[AlarmDef
 
 
 def bridge_alarms(prefix: str, buses: Iterable[str] = BUSES) -> list[AlarmDef]:
-    """The bridge: silence (nothing bridged; no data counts) and a lost connection per bus."""
+    """The bridge: silence (nothing bridged; no data counts), envelopes waiting for a claim
+    check to S3 that fails, and a lost connection per bus."""
     incoming = next(q for q in QUEUES if q.name == "incoming").sqs_name(prefix)
     queue_dim = ("Queue", incoming)
     alarms = [
@@ -316,6 +318,19 @@ def bridge_alarms(prefix: str, buses: Iterable[str] = BUSES) -> list[AlarmDef]:
                  Metric(NAMESPACE, BRIDGE_MESSAGES, (queue_dim,), "Sum"),
                  # less than one message in a period as long as the silence
                  LT, 1, period=Param("bridge_silence_s"), treat_missing_data="breaching"),
+        # the claim bucket missing or not writable: the records too large for SQS wait
+        # in the bridge, and AMQP stops altogether once its prefetch of them waits (they
+        # stay unacknowledged until SQS has them), which no silence alarm sees while
+        # fedmsg flows
+        AlarmDef(f"{prefix}bridge-claims-waiting",
+                 "Records too large for SQS have waited in the bridge for EvaluationPeriods"
+                 " periods: their claim check to S3 fails (the claim bucket is missing or "
+                 "the bridge may not s3:PutObject to it). AMQP stops once its prefetch of "
+                 "them waits; fedmsg's wait in the journal on disk. "
+                 "Runbook: docs/operations.md#bridge-claims-waiting",
+                 "bridge", "claims",
+                 Metric(NAMESPACE, BRIDGE_CLAIMS_WAITING, (queue_dim,), "Maximum"),
+                 GT, 0, evaluation_periods=EVALUATION_PERIODS),
     ]
     for bus in buses:
         alarms.append(AlarmDef(
