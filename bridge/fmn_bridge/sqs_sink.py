@@ -12,10 +12,11 @@ the queue carries a claim; failed entries and failed calls are retried with
 exponential backoff for as long as it takes.  An envelope whose claim cannot be
 written (S3 away, the bucket missing, no permission: said at start, and loudly once
 an episode) waits aside, in memory, tried again with backoff, while the others are
-sent; what waits aside takes the buffer's room as any buffered envelope does.  While
-SQS is unreachable the buffer grows up to its bound, and when it is
-full ``put`` blocks (logged loudly once per episode, when it has blocked a second) so
-the sources stop reading instead of dropping.
+sent; what waits aside takes the buffer's room as any buffered envelope does (an AMQP
+source, whose held envelopes stay unacknowledged, gets nothing more from its broker
+once its prefetch of them waits).  While SQS is unreachable the buffer grows up to
+its bound, and when it is full ``put`` blocks (logged loudly once per episode, when it
+has blocked a second) so the sources stop reading instead of dropping.
 :meth:`flush_and_stop` sends what is buffered before the process exits; what SQS
 has not taken by then and no broker would send again (fedmsg's) goes to a spool
 file in ``spool_dir``, which the next :meth:`start` sends ahead of everything.
@@ -899,8 +900,10 @@ class SqsSink:
         """Set aside envelopes whose claim check failed: they are tried again, ahead of
         the buffer, once the claim back-off has passed, and meanwhile the others are sent
         (as long as the held ones leave room in the buffer: they take it as buffered ones
-        do).  Nothing is lost: they count as buffered, a stop spools them (fedmsg) or
-        leaves them unacknowledged (AMQP), and their journal lines stay until SQS has them."""
+        do; and an AMQP source, whose held envelopes stay unacknowledged, gets nothing more
+        from its broker once its prefetch of them is held).  Nothing is lost: they count
+        as buffered, a stop spools them (fedmsg) or leaves them unacknowledged (AMQP), and
+        their journal lines stay until SQS has them."""
         with self._cond:
             gone = {id(i) for i in items}
             self._sending = [i for i in self._sending if id(i) not in gone]
@@ -924,14 +927,15 @@ class SqsSink:
                 log.error("claim check to s3://%s FAILED (%s: %s): the bucket is missing or "
                           "this bridge may not write to it (FMN_CLAIM_BUCKET, s3:PutObject);"
                           " envelopes too large for SQS wait aside (%d now), tried again "
-                          "every %gs at most, until it is fixed; every other one is sent",
+                          "every %gs at most, until it is fixed; the others are sent, but "
+                          "AMQP stops once its prefetch of them waits (unacknowledged)",
                           self._bucket, type(exc).__name__, exc, self.claims_waiting + 1,
                           self._backoff_max)
                 return
         if not self._claim_failing:
             self._claim_failing = True
             log.warning("claim check to s3://%s failed (%s: %s); the envelope waits aside, "
-                        "tried again in %.1fs; every other one is sent", self._bucket,
+                        "tried again in %.1fs; the others are sent", self._bucket,
                         type(exc).__name__, exc, wait)
         else:
             log.info("claim check to S3 failed again (%s); tried again in %.1fs",
@@ -946,7 +950,8 @@ class SqsSink:
 
     def _check_bucket(self) -> None:
         """Say at start, not with the first oversized record, that the claim bucket cannot
-        be used.  Only said: every envelope that needs no claim is sent all the same."""
+        be used.  Only said: the envelopes that need no claim are sent all the same (AMQP's
+        until its prefetch of held ones is reached, see ``_hold``)."""
         try:
             self._s3.head_bucket(Bucket=self._bucket)
         except Exception as exc:  # noqa: BLE001 - said; each claim is tried (and said) anyway
@@ -959,8 +964,9 @@ class SqsSink:
             else:
                 why = f"cannot be checked ({type(exc).__name__}: {exc})"
             log.warning("the claim bucket s3://%s %s: an envelope too large for SQS waits "
-                        "until its claim can be written, every other one is sent (check "
-                        "FMN_CLAIM_BUCKET or --claim-bucket)", self._bucket, why)
+                        "until its claim can be written, the others are sent (AMQP's until"
+                        " its prefetch of them waits; check FMN_CLAIM_BUCKET or "
+                        "--claim-bucket)", self._bucket, why)
         else:
             log.info("claim bucket s3://%s is there", self._bucket)
 
