@@ -486,11 +486,7 @@ def test_amqp_all_forwarded_once_and_acked(aws: Aws, rabbit: Rabbit, tmp_path: P
     try:
         _wait(lambda: source.acked == len(records), 30, "every delivery acknowledged")
     finally:
-        source.request_stop()
-        assert source.stopped_receiving.wait(10)
-        assert sink.flush_and_stop(10)
-        source.sink_drained()
-        thread.join(10)
+        _stop_amqp(source, sink, thread)
     assert not thread.is_alive()
     assert rabbit.counts() == (0, 0)  # nothing left, nothing unacked (it would be requeued)
     got = aws.drain()
@@ -547,11 +543,7 @@ def test_amqp_headers_pika_cannot_read_stop_nothing_behind_them(
     try:
         _wait(lambda: source.acked == 3, 30, "every delivery acknowledged")
     finally:
-        source.request_stop()
-        assert source.stopped_receiving.wait(10)
-        assert sink.flush_and_stop(10)
-        source.sink_drained()
-        thread.join(10)
+        _stop_amqp(source, sink, thread)
     assert rabbit.counts() == (0, 0) and source.connects == 1
     got = {json.loads(e.record or b"")["id"]: json.loads(e.record or b"") for e in aws.drain()}
     assert sorted(got) == ["m0", "m1", "m2"]
@@ -587,11 +579,7 @@ def _amqp_consumed(aws: Aws, rabbit: Rabbit, tmp_path: Path, n: int,
     finally:
         if sqs_away is not None:
             sqs_away.up.set()
-        source.request_stop()
-        assert source.stopped_receiving.wait(10)
-        assert sink.flush_and_stop(10)
-        source.sink_drained()
-        thread.join(10)
+        _stop_amqp(source, sink, thread)
     got = [json.loads(e.record or b"") for e in aws.drain()]
     assert len(got) == n
     return source, {rec.get("id"): rec for rec in got}
@@ -1165,13 +1153,17 @@ def _amqp_through_a_proxy(rabbit: Rabbit, tmp_path: Path, sink: Any, *, prefetch
     return source, proxy, thread
 
 
-def _stop_amqp(source: Any, sink: Any, thread: threading.Thread, proxy: Proxy) -> None:
+def _stop_amqp(source: Any, sink: Any, thread: threading.Thread,
+               proxy: Proxy | None = None) -> None:
+    """Stop the AMQP source as the CLI does: no more deliveries, the sink flushed, the
+    last acknowledgements sent."""
     source.request_stop()
     assert source.stopped_receiving.wait(10)
     assert sink.flush_and_stop(10)
     source.sink_drained()
     thread.join(10)
-    proxy.close()
+    if proxy is not None:
+        proxy.close()
 
 
 def test_amqp_reconnects_after_a_network_cut(aws: Aws, rabbit: Rabbit, tmp_path: Path) -> None:
@@ -1296,11 +1288,7 @@ def test_amqp_a_channel_the_broker_closed_is_consumed_again_each_message_once(
               "everything sent and acknowledged")
     finally:
         gated.up.set()
-        source.request_stop()
-        assert source.stopped_receiving.wait(10)
-        assert sink.flush_and_stop(10)
-        source.sink_drained()
-        thread.join(10)
+        _stop_amqp(source, sink, thread)
     assert rabbit.counts() == (0, 0)
     got = aws.drain()
     assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
@@ -1332,11 +1320,7 @@ def test_amqp_a_consumer_the_broker_cancelled_is_consumed_again(
         _wait(lambda: source.acked == 6, 20, "consuming the queue again")
         assert source.connects == 2 and source.connected and rabbit.counts() == (0, 1)
     finally:
-        source.request_stop()
-        assert source.stopped_receiving.wait(10)
-        assert sink.flush_and_stop(10)
-        source.sink_drained()
-        thread.join(10)
+        _stop_amqp(source, sink, thread)
     got = aws.drain()
     assert Counter(_canon(json.loads(e.record or b"")) for e in got) == \
         _expected(records, rabbit.queue)
