@@ -45,6 +45,17 @@ def sent_time(sent_at: object) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def sent_time_utc(sent_at: object) -> datetime | None:
+    """:func:`sent_time` in UTC (RFC 3339 and RFC 5322 writers want no offset with
+    seconds), or None also when its offset takes it beyond the calendar (year 1 or
+    9999)."""
+    when = sent_time(sent_at)
+    try:
+        return when.astimezone(UTC) if when is not None else None
+    except OverflowError:
+        return None
+
+
 def too_many_containers(raw: bytes | bytearray | memoryview | str) -> int | None:
     """How many ``{`` and ``[`` ``raw`` holds (an upper bound on its JSON objects and
     arrays: brackets inside strings count too), when over :data:`MAX_JSON_CONTAINERS`;

@@ -41,7 +41,7 @@ from urllib.parse import quote
 from fmn.delivery.base import Delivery
 from fmn.delivery.text import clean, shorten
 from fmn.errors import PermanentError
-from fmn.message import sent_time
+from fmn.message import sent_time_utc
 from fmn.pipeline.notifications import MAX_TEXT_CHARS, hashed_id
 
 #: Subject lines are cut here (characters); mail clients show far fewer.
@@ -346,11 +346,7 @@ def mail_date(sent_at: object, now: datetime | None = None) -> str:
     or out of range (before 2000, or more than a day ahead: a publisher's clock or an
     untrusted field; an offset with seconds has no RFC 5322 form)."""
     now = now or datetime.now(UTC)
-    when = sent_time(sent_at)
-    try:
-        when = when.astimezone(UTC) if when is not None else None
-    except OverflowError:  # year 1 or 9999 with an offset
-        when = None
+    when = sent_time_utc(sent_at)
     if when is None or not OLDEST_DATE <= when <= now + FUTURE_DATE_SLACK:
         when = now
     return email.utils.format_datetime(when.replace(microsecond=0))

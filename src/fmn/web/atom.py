@@ -33,7 +33,7 @@ from typing import Any
 from fmn.auth import InvalidToken, seal, unseal
 from fmn.delivery.email import OLDEST_DATE
 from fmn.delivery.text import clean, shorten
-from fmn.message import sent_time
+from fmn.message import sent_time_utc
 from fmn.web.service import WebError
 from fmn.web.verify import Keys
 
@@ -109,11 +109,7 @@ class AtomFeeds:
 def _when(value: Any) -> datetime:
     """A time of an item in UTC, or the epoch when it has none readable: Atom's dates
     are RFC 3339's, which has no offset with seconds (Python reads one)."""
-    when = sent_time(value)
-    try:
-        return when.astimezone(UTC) if when is not None else datetime.fromtimestamp(0, UTC)
-    except OverflowError:  # year 1 or 9999 with an offset
-        return datetime.fromtimestamp(0, UTC)
+    return sent_time_utc(value) or datetime.fromtimestamp(0, UTC)
 
 
 def _published(sent_at: Any, received: datetime) -> datetime:
