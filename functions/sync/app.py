@@ -81,16 +81,8 @@ def _out_of_time(context: Any) -> Any:
                    + WRITE_RESERVE_S)
 
 
-def _resume_from(engine: Any, source: str) -> str | None:
-    from fmn.ownership.store import sync_states
-
-    detail = (sync_states(engine).get(source) or {}).get("detail") or {}
-    value = detail.get("resume_from")
-    return value if isinstance(value, str) else None
-
-
 def sync_ownership_now(context: Any = None) -> dict[str, Any]:
-    from fmn.ownership.reconcile import reconcile_ownership
+    from fmn.ownership.reconcile import reconcile_ownership, resume_point
     from fmn.ownership.sources import fetch_ownership
     from fmn.ownership.store import tracked_groups
 
@@ -98,7 +90,7 @@ def sync_ownership_now(context: Any = None) -> dict[str, Any]:
     s = d["sync"]
     distgit, fasjson = s.distgit(), s.fasjson()
     groups = tracked_groups(d["engine"])
-    out_of_time, start_at = _out_of_time(context), _resume_from(d["engine"], "ownership")
+    out_of_time, start_at = _out_of_time(context), resume_point(d["engine"], "ownership")
     return _done(reconcile_ownership(
         d["engine"], d["store"], lambda: fetch_ownership(
             distgit, fasjson, groups, out_of_time=out_of_time, start_at=start_at),

@@ -124,6 +124,13 @@ def _refuse(engine: Engine, report: SyncReport, reason: str, started: float) -> 
     return report
 
 
+def resume_point(engine: Engine, source: str) -> str | None:
+    """Where the next run of ``source`` starts: the first group or account the last one
+    did not reach (None: from the first)."""
+    value = ostore.sync_detail(engine, source).get("resume_from")
+    return value if isinstance(value, str) else None
+
+
 def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownership], *,
                         max_drop: float = DEFAULT_MAX_DROP,
                         with_groups: bool = True, start_at: str | None = None) -> SyncReport:
@@ -138,9 +145,7 @@ def reconcile_ownership(engine: Engine, store: Any, fetch: Callable[[], Ownershi
     started = time.perf_counter()
     fetched_at = datetime.now(UTC)  # what the fetch says is true as of (about) now
     if not with_groups:  # no group is fetched: where the next fetch of them starts stays
-        detail = (ostore.sync_states(engine).get("ownership") or {}).get("detail") or {}
-        start_at = detail.get("resume_from") if isinstance(detail.get("resume_from"),
-                                                           str) else None
+        start_at = resume_point(engine, "ownership")
     report = SyncReport(source="ownership", ok=True, resume_from=start_at)
     try:
         data = fetch()
@@ -244,8 +249,7 @@ def account_pass(engine: Engine, now: datetime | None = None) -> tuple[bool, str
     (``pass_finished_at``); a run over named accounts changes nothing of it.
     """
     now = now or datetime.now(UTC)
-    state = ostore.sync_states(engine).get("accounts")
-    detail = (state or {}).get("detail") or {}
+    detail = ostore.sync_detail(engine, "accounts")
     resume_from, began = detail.get("resume_from"), detail.get("pass_started_at")
     if resume_from:
         return True, resume_from, began
@@ -288,7 +292,7 @@ def reconcile_accounts(engine: Engine, store: Any, fetch_user: Callable[[str], A
         report.resume_from = start_at  # where a refused run is retried from
     else:
         wanted = list(names)
-        detail = (ostore.sync_states(engine).get("accounts") or {}).get("detail") or {}
+        detail = ostore.sync_detail(engine, "accounts")
         report.resume_from = detail.get("resume_from")
         report.pass_started_at = detail.get("pass_started_at")
         report.pass_finished_at = detail.get("pass_finished_at")

@@ -228,6 +228,14 @@ def record_sync(engine: Engine, source: str, *, ok: bool, error: str | None,
                     k: v for k, v in values.items() if k != "succeeded_at"}))
 
 
+def sync_detail(engine: Engine, source: str) -> dict[str, Any]:
+    """The figures the last attempt of ``source`` recorded (``{}`` when there was none)."""
+    with engine.connect() as conn:
+        detail = conn.execute(select(SyncStateRow.detail)
+                              .where(SyncStateRow.source == source)).scalar()
+    return dict(detail or {})
+
+
 def _utc(value: datetime | None) -> str | None:
     if value is None:
         return None
