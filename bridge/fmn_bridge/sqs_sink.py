@@ -127,6 +127,12 @@ class _Item:
     #: its line in that file, counted from 0 (what the file's ``.sent`` lists)
     line: int = -1
 
+    @property
+    def needs_claim(self) -> bool:
+        """Whether it still needs its claim for its size or a refusal by SQS (a
+        character SQS does not take is looked for only where it is sent)."""
+        return not self.claimed and (self.to_claim or self.size > MAX_INLINE_BYTES)
+
 
 #: An envelope on disk alone (spilled): its journal, line number, byte offset and length
 #: of the line, and when it was taken in
@@ -657,7 +663,7 @@ class SqsSink:
         items = len(self._buf) + len(self._held)
         nbytes = self._buf_bytes + self._held_bytes
         for item in self._sending:
-            if not item.claimed and (item.to_claim or item.size > MAX_INLINE_BYTES):
+            if item.needs_claim:
                 items += 1
                 nbytes += item.size
         return items, nbytes
@@ -880,8 +886,8 @@ class SqsSink:
         failed: list[str] = []
         trying = not self._claim_failing or time.monotonic() >= self._claim_retry_at
         for n, item in pending.items():
-            if item.claimed or not (item.to_claim or item.size > MAX_INLINE_BYTES
-                                    or _SQS_REFUSES.search(item.body)):
+            if not item.needs_claim and (item.claimed
+                                              or not _SQS_REFUSES.search(item.body)):
                 continue
             if trying:
                 try:
